@@ -1,0 +1,32 @@
+//! MLX's distributed layer, owned by the project: a safe [`Group`] over the mlx-c
+//! `mlx_distributed_*` calls (mlx-rs 0.33 has no distributed API), with every failure a
+//! [`DistError`] instead of an abort, plus `kooka dist-check` ([`check`]).
+//!
+//! Like every MLX object, a [`Group`] stays on the thread that made it (it is `!Send`).
+
+pub mod check;
+mod error_capture;
+mod group;
+mod topology;
+mod watchdog;
+
+pub use group::{Backend, Group};
+pub use topology::{Topology, TopologyError};
+pub use watchdog::Watchdog;
+
+/// Everything that can go wrong in the distributed layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    #[error("the MLX distributed backend `{0}` is not available in this MLX build")]
+    Unavailable(&'static str),
+    #[error("invalid distributed environment")]
+    Topology(#[from] TopologyError),
+    #[error("could not initialise the MLX distributed group ({backend}): {message}")]
+    Init { backend: &'static str, message: String },
+    #[error("{op}: rank {peer} is not a peer of rank {rank} in a group of {size}")]
+    InvalidPeer { op: &'static str, rank: usize, peer: usize, size: usize },
+    #[error("{op} failed: {message}")]
+    Op { op: &'static str, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, DistError>;

@@ -1,0 +1,18 @@
+//! The `kooka` binary: parse the command line, set up logging, dispatch. Exit codes are
+//! decided here and only here.
+
+use clap::Parser;
+use kooka::cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    kooka::cli::init_tracing(cli.log_format);
+    let result = match cli.command {
+        Command::Convert(args) => kooka::cli::run_convert(args),
+        Command::DistCheck(args) => kooka::cli::run_dist(args),
+    };
+    if let Err(err) = result {
+        eprintln!("kooka: error: {err:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,1 @@
+//! Small helpers around mlx-rs shared by the rest of the crate.

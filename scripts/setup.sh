@@ -66,10 +66,14 @@ mkdir -p "$DL"
 step "system packages"
 command -v python3 >/dev/null || fail "python3 is required (Debian: apt-get install python3 python3-venv)"
 command -v cargo >/dev/null || fail "cargo is required: install Rust with https://rustup.rs"
+if [ $WITH_TESTS = 1 ] && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  fail "python3 cannot make venvs (Debian: apt-get install python3-venv)"
+fi
 if [ "$OS" = Linux ]; then
   need=()
   pkgs=(libclang-dev libopenblas0-pthread)
-  [ $WITH_TESTS = 1 ] && pkgs+=(python3-venv)
+  # Tests also need sshd + iproute2 for the remote-launch test hosts (network namespaces).
+  [ $WITH_TESTS = 1 ] && pkgs+=(openssh-server openssh-client iproute2)
   for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
   if [ ${#need[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

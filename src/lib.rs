@@ -3,17 +3,26 @@
 //!
 //! # Layout
 //!
+//! - [`bench`]: `kooka bench`, prefill/decode speed with the definitions `scripts/bench.py`
+//!   uses for mlx-lm.
+//! - [`chat`]: chat templates rendered as transformers does, and tool-call parsers.
 //! - [`cli`]: the command line (clap derive); `main.rs` only parses it and dispatches.
 //! - [`convert`]: the GGUF importer (`kooka convert --from-gguf`): GGUF reader, lossless
 //!   Q4_1/Q8_0 -> MLX affine repacking, dequantization of other types, tokenizer.json from
 //!   the GGUF vocabulary, and the MLX model folder writer. Pure Rust, no MLX state.
 //! - [`dist`]: MLX's distributed group (ring backend) behind a safe, `Result`-returning
 //!   wrapper over the mlx-c calls.
-//! - [`mlx`]: small helpers around mlx-rs shared by the rest (error conversion, checks).
+//! - [`model`]: the model runtime: load MLX model folders, Llama-family forwards, KV caches.
+//! - [`engine`]: batched generation over a model: prefill, async decode, sampling, stops.
+//! - [`tokenizer`]: tokenizer.json + chat template + EOS ids, streaming detokenizer.
 //!
 //! See `docs/ARCHITECTURE.md` for how a request will flow through the actors.
 
+pub mod bench;
+pub mod chat;
 pub mod cli;
 pub mod convert;
 pub mod dist;
-pub mod mlx;
+pub mod engine;
+pub mod model;
+pub mod tokenizer;

@@ -10,6 +10,12 @@ fn main() {
     let result = match cli.command {
         Command::Convert(args) => kooka::cli::run_convert(args),
         Command::DistCheck(args) => kooka::cli::run_dist(args),
+        Command::Bench(args) => kooka::cli::run_bench(args),
+        Command::Generate(args) => kooka::cli::run_generate(args),
+        Command::Launch(args) => {
+            let subcommands = <Cli as clap::CommandFactory>::command().get_subcommands().map(|c| c.get_name().to_string()).collect();
+            std::process::exit(kooka_launcher::main(args, subcommands))
+        }
     };
     if let Err(err) = result {
         eprintln!("kooka: error: {err:#}");

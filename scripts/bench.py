@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""kooka vs mlx-lm, same model folder, same prompt token ids, same MLX build, one run.
+
+usage: third_party/venv/bin/python scripts/bench.py [--model DIR] [--prompt-tokens 512]
+           [--gen-tokens 128] [--reps 3] [--kooka target/release/kooka] [--json OUT]
+
+Both sides load the model once, warm up once, then run `--reps` times; EOS is ignored so
+every run generates exactly `--gen-tokens` tokens. Reported per side: median prefill
+tokens/s (prompt tokens / time to the first token) and median decode tokens/s (tokens after
+the first / their time), then the ratio kooka / mlx-lm. mlx-lm runs as it ships (the model's
+own dtypes); kooka runs with its default compute dtype for the backend.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXT = (
+    "The history of computing is a story of abstraction layered on abstraction. Early "
+    "machines were programmed by rewiring; then came stored programs, assemblers, compilers, "
+    "operating systems, networks and, eventually, models that write programs themselves. "
+)
+
+
+def prompt_ids(tokenizer, n):
+    ids = []
+    while len(ids) < n:
+        ids.extend(tokenizer.encode(TEXT, add_special_tokens=False))
+    return ids[:n]
+
+
+def bench_mlx_lm(model_dir, ids, gen, reps):
+    import mlx.core as mx
+    from mlx_lm import load, stream_generate
+
+    model, tokenizer = load(model_dir)
+    tokenizer.eos_token_ids = []  # generate exactly `gen` tokens
+    prefill, decode = [], []
+    for rep in range(reps + 1):
+        first = last = None
+        start = time.perf_counter()
+        count = 0
+        for response in stream_generate(model, tokenizer, mx.array(ids), max_tokens=gen):
+            now = time.perf_counter()
+            if first is None:
+                first = now
+            last = now
+            count += 1
+        if rep == 0:
+            continue  # warm-up
+        prefill.append(len(ids) / (first - start))
+        decode.append((count - 1) / (last - first))
+    return {"prefill_tps": prefill, "decode_tps": decode, "peak_memory_gb": mx.get_peak_memory() / 1e9}
+
+
+def bench_kooka(kooka, model_dir, ids, gen, reps):
+    ids_file = os.path.join(ROOT, "target", "bench-prompt-ids.json")
+    with open(ids_file, "w") as f:
+        json.dump(ids, f)
+    cmd = [kooka, "bench", "--model", model_dir, "--prompt-ids-file", ids_file,
+           "--gen-tokens", str(gen), "--reps", str(reps), "--json"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.path.join(ROOT, "models", "SmolLM2-135M-Instruct"))
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--gen-tokens", type=int, default=128)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--kooka", default=os.path.join(ROOT, "target", "release", "kooka"))
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(args.model, "tokenizer.json"))
+    ids = prompt_ids(tokenizer, args.prompt_tokens)
+
+    import mlx.core as mx
+    device = str(mx.default_device())
+    kooka = bench_kooka(args.kooka, args.model, ids, args.gen_tokens, args.reps)
+    ref = bench_mlx_lm(args.model, ids, args.gen_tokens, args.reps)
+
+    rows = []
+    for key, label in (("prefill_tps", "prefill tok/s"), ("decode_tps", "decode tok/s")):
+        k, r = statistics.median(kooka[key]), statistics.median(ref[key])
+        rows.append((label, k, r, k / r))
+    print(f"model {os.path.basename(args.model.rstrip('/'))}, device {device}, "
+          f"{args.prompt_tokens} prompt tokens, {args.gen_tokens} generated, median of {args.reps}")
+    print(f"| metric | kooka | mlx-lm 0.32.2 | kooka / mlx-lm |")
+    print(f"|---|---|---|---|")
+    for label, k, r, ratio in rows:
+        print(f"| {label} | {k:.1f} | {r:.1f} | {ratio:.2f}x |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device, "kooka": kooka, "mlx_lm": ref, "args": vars(args)}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+//! `kooka bench`: prefill and decode speed of the engine on one model and one prompt, with
+//! the same definitions `scripts/bench.py` uses for mlx-lm, so the two compare directly.
+//!
+//! The model loads once; one warm-up run (MLX compiles kernels on first use on some
+//! backends), then `reps` timed runs. EOS is ignored so every run generates exactly
+//! `gen_tokens`. Prefill tokens/s = prompt tokens / time to the first token; decode
+//! tokens/s = (tokens after the first) / their time.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+use crate::engine::{sampling::SamplingParams, Engine, SequenceRequest};
+use crate::model::{load_model, ComputeDtype};
+
+pub struct BenchOptions {
+    pub model: PathBuf,
+    pub prompt_ids: Vec<u32>,
+    pub gen_tokens: usize,
+    pub reps: usize,
+    pub dtype: ComputeDtype,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct BenchReport {
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    pub prefill_tps: Vec<f64>,
+    pub decode_tps: Vec<f64>,
+    pub peak_memory_gb: f64,
+}
+
+impl BenchReport {
+    pub fn median(values: &[f64]) -> f64 {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+}
+
+pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
+    if options.prompt_ids.is_empty() || options.gen_tokens < 2 {
+        bail!("bench needs a non-empty prompt and at least 2 generated tokens");
+    }
+    let model = load_model(&options.model, options.dtype)
+        .with_context(|| format!("loading {}", options.model.display()))?;
+    let mut engine = Engine::new(model);
+    let mut report = BenchReport {
+        prompt_tokens: options.prompt_ids.len(),
+        gen_tokens: options.gen_tokens,
+        prefill_tps: Vec::new(),
+        decode_tps: Vec::new(),
+        peak_memory_gb: 0.0,
+    };
+    for rep in 0..=options.reps {
+        let (prefill, decode) = one_run(&mut engine, options)?;
+        if rep > 0 {
+            report.prefill_tps.push(prefill);
+            report.decode_tps.push(decode);
+        }
+    }
+    report.peak_memory_gb = mlx_rs::memory::peak_memory().unwrap_or(0) as f64 / 1e9;
+    Ok(report)
+}
+
+fn one_run(engine: &mut Engine, options: &BenchOptions) -> anyhow::Result<(f64, f64)> {
+    let request = SequenceRequest {
+        prompt: options.prompt_ids.clone(),
+        params: SamplingParams::default(),
+        max_tokens: options.gen_tokens,
+        stop_ids: Vec::new(),
+        return_prompt_logits: false,
+    };
+    let start = Instant::now();
+    engine.add(request)?;
+    let mut first = None;
+    let mut count = 0usize;
+    while engine.has_work() {
+        count += engine.step()?.len();
+        if first.is_none() && count > 0 {
+            first = Some(Instant::now());
+        }
+    }
+    let end = Instant::now();
+    let first = first.context("the engine produced no token")?;
+    let prefill = options.prompt_ids.len() as f64 / (first - start).as_secs_f64();
+    let decode = (count - 1) as f64 / (end - first).as_secs_f64();
+    Ok((prefill, decode))
+}

@@ -1,0 +1,289 @@
+//! Per-sequence sampling: a chain of logits processors (bias, penalties; grammars can plug
+//! in later) followed by a sampler (greedy, or temperature with top-p / min-p / top-k
+//! masks), all as lazy MLX ops so the decode loop can queue the next step before reading
+//! the current token. Semantics follow mlx-lm's `sample_utils`.
+
+use mlx_rs::ops::indexing::{argmax_axis, put_along_axis, take_along_axis, TryIndexOp};
+use mlx_rs::ops::argpartition_axis;
+use mlx_rs::{ops, random, Array, Dtype};
+
+use crate::model::Result;
+
+/// What a request asks of sampling. `Default` is greedy with no processors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 = greedy (argmax).
+    pub temperature: f32,
+    /// Nucleus mass in (0, 1); other values disable it.
+    pub top_p: f32,
+    /// 0 disables.
+    pub top_k: i32,
+    /// 0 disables.
+    pub min_p: f32,
+    pub repetition_penalty: Option<f32>,
+    pub repetition_context_size: usize,
+    pub presence_penalty: Option<f32>,
+    pub presence_context_size: usize,
+    pub frequency_penalty: Option<f32>,
+    pub frequency_context_size: usize,
+    /// Added to the logits of these token ids.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Same seed, same tokens. `None` draws one from the clock.
+    pub seed: Option<u64>,
+    /// Report each sampled token's log-probability.
+    pub logprobs: bool,
+    /// Also report this many most likely tokens per step.
+    pub top_logprobs: usize,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            repetition_penalty: None,
+            repetition_context_size: 20,
+            presence_penalty: None,
+            presence_context_size: 20,
+            frequency_penalty: None,
+            frequency_context_size: 20,
+            logit_bias: Vec::new(),
+            seed: None,
+            logprobs: false,
+            top_logprobs: 0,
+        }
+    }
+}
+
+/// Rewrites one sequence's logits `[1, V]` given its token history (prompt + generated,
+/// 1-D, possibly still lazy).
+pub trait LogitsProcessor {
+    fn process(&mut self, history: &Array, logits: &Array) -> Result<Array>;
+}
+
+/// Additive bias on chosen token ids.
+pub struct LogitBias {
+    bias: Array,
+}
+
+impl LogitBias {
+    pub fn new(vocab: i32, bias: &[(u32, f32)]) -> Self {
+        let mut dense = vec![0f32; vocab.max(0) as usize];
+        for &(id, b) in bias {
+            if let Some(slot) = dense.get_mut(id as usize) {
+                *slot += b;
+            }
+        }
+        LogitBias { bias: Array::from_slice(&dense, &[1, vocab]) }
+    }
+}
+
+impl LogitsProcessor for LogitBias {
+    fn process(&mut self, _history: &Array, logits: &Array) -> Result<Array> {
+        Ok(logits.add(self.bias.as_dtype(logits.dtype())?)?)
+    }
+}
+
+/// Which penalty a [`Penalty`] applies to tokens seen in the last `context` tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PenaltyKind {
+    /// Multiplicative, sign-aware (CTRL): `l < 0 ? l * p : l / p`.
+    Repetition,
+    /// `l - p` once per distinct token.
+    Presence,
+    /// `l - p * count`.
+    Frequency,
+}
+
+pub struct Penalty {
+    pub kind: PenaltyKind,
+    pub penalty: f32,
+    pub context: usize,
+}
+
+impl LogitsProcessor for Penalty {
+    fn process(&mut self, history: &Array, logits: &Array) -> Result<Array> {
+        let n = history.shape()[0];
+        if n == 0 || self.context == 0 {
+            return Ok(logits.clone());
+        }
+        let start = n.saturating_sub(self.context as i32);
+        let recent = history.try_index(start..n)?.as_dtype(Dtype::Int32)?;
+        let vocab = logits.shape()[logits.ndim() - 1];
+        // counts[v] = occurrences of v in the window, via a one-hot sum (window is small).
+        let ids = ops::arange::<_, i32>(None, vocab, None)?;
+        let counts = recent.reshape(&[-1, 1])?.eq(ids.reshape(&[1, -1])?)?.as_dtype(Dtype::Float32)?.sum_axis(0, true)?;
+        let seen = counts.gt(Array::from_f32(0.0))?;
+        let p = Array::from_f32(self.penalty).as_dtype(logits.dtype())?;
+        Ok(match self.kind {
+            PenaltyKind::Repetition => {
+                let scaled = ops::select(&logits.lt(Array::from_f32(0.0))?, logits.multiply(&p)?, logits.divide(&p)?)?;
+                ops::select(&seen, scaled, logits)?
+            }
+            PenaltyKind::Presence => ops::select(&seen, logits.subtract(&p)?, logits)?,
+            PenaltyKind::Frequency => logits.subtract(counts.as_dtype(logits.dtype())?.multiply(&p)?)?,
+        })
+    }
+}
+
+/// The processors a request's parameters ask for, in mlx-lm's order.
+pub fn make_processors(params: &SamplingParams, vocab: i32) -> Vec<Box<dyn LogitsProcessor>> {
+    let mut v: Vec<Box<dyn LogitsProcessor>> = Vec::new();
+    if !params.logit_bias.is_empty() {
+        v.push(Box::new(LogitBias::new(vocab, &params.logit_bias)));
+    }
+    let penalties = [
+        (PenaltyKind::Repetition, params.repetition_penalty, params.repetition_context_size),
+        (PenaltyKind::Presence, params.presence_penalty, params.presence_context_size),
+        (PenaltyKind::Frequency, params.frequency_penalty, params.frequency_context_size),
+    ];
+    for (kind, penalty, context) in penalties {
+        if let Some(p) = penalty.filter(|p| *p != 0.0) {
+            v.push(Box::new(Penalty { kind, penalty: p, context }));
+        }
+    }
+    v
+}
+
+fn neg_inf(like: &Array) -> Result<Array> {
+    Ok(Array::from_f32(f32::NEG_INFINITY).as_dtype(like.dtype())?)
+}
+
+/// Keeps the smallest set of most likely tokens whose mass reaches `top_p`.
+pub fn apply_top_p(logprobs: &Array, top_p: f32) -> Result<Array> {
+    let sorted = ops::sort_axis(logprobs, -1)?;
+    let probs = sorted.as_dtype(Dtype::Float32)?.exp()?;
+    let above = ops::cumsum(&probs, -1, true, false)?;
+    let total = above.try_index((.., ..1))?.add(probs.try_index((.., ..1))?)?;
+    let dropped = above.ge(total.multiply(Array::from_f32(top_p))?)?.as_dtype(Dtype::Int32)?.sum_axis(-1, true)?;
+    let threshold = take_along_axis(&sorted, &dropped, -1)?;
+    Ok(ops::select(&logprobs.lt(&threshold)?, neg_inf(logprobs)?, logprobs)?)
+}
+
+/// Drops tokens less likely than `min_p` times the most likely one.
+pub fn apply_min_p(logprobs: &Array, min_p: f32) -> Result<Array> {
+    let top = logprobs.max_axis(-1, true)?;
+    let threshold = top.add(Array::from_f32(min_p.ln()))?;
+    Ok(ops::select(&logprobs.lt(&threshold)?, neg_inf(logprobs)?, logprobs)?)
+}
+
+/// Keeps the `k` most likely tokens.
+pub fn apply_top_k(logprobs: &Array, k: i32) -> Result<Array> {
+    let vocab = logprobs.shape()[logprobs.ndim() - 1];
+    if k <= 0 || k >= vocab {
+        return Ok(logprobs.clone());
+    }
+    let part = argpartition_axis(&logprobs.negative()?, k - 1, -1)?;
+    let masked = part.try_index((.., k..))?;
+    let fill = ops::broadcast_to(neg_inf(logprobs)?, masked.shape())?;
+    Ok(put_along_axis(logprobs, &masked, &fill, -1)?)
+}
+
+/// Picks the next token from log-probabilities `[1, V]`; owns the sequence's PRNG key.
+pub struct Sampler {
+    params: SamplingParams,
+    key: Array,
+}
+
+impl Sampler {
+    pub fn new(params: &SamplingParams) -> Result<Self> {
+        let seed = params.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+        });
+        Ok(Sampler { params: params.clone(), key: random::key(seed)? })
+    }
+
+    /// The sampled token ids `[1]` (uint32, lazy).
+    pub fn sample(&mut self, logprobs: &Array) -> Result<Array> {
+        let p = &self.params;
+        if p.temperature <= 0.0 {
+            return Ok(argmax_axis(logprobs, -1, false)?);
+        }
+        let mut x = logprobs.clone();
+        if 0.0 < p.top_p && p.top_p < 1.0 {
+            x = apply_top_p(&x, p.top_p)?;
+        }
+        if p.min_p != 0.0 {
+            x = apply_min_p(&x, p.min_p)?;
+        }
+        if p.top_k > 0 {
+            x = apply_top_k(&x, p.top_k)?;
+        }
+        let (next, sub) = random::split(&self.key, 2)?;
+        self.key = next;
+        let scaled = x.multiply(Array::from_f32(1.0 / p.temperature))?;
+        Ok(random::categorical(&scaled, -1, None, &sub)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(a: &Array) -> Vec<f32> {
+        let a = a.as_dtype(Dtype::Float32).unwrap();
+        a.eval().unwrap();
+        a.as_slice::<f32>().to_vec()
+    }
+
+    fn kept(a: &Array) -> Vec<bool> {
+        host(a).iter().map(|x| x.is_finite()).collect()
+    }
+
+    /// log-softmax of probabilities [0.5, 0.25, 0.15, 0.07, 0.03].
+    fn logprobs() -> Array {
+        let p = [0.07f32, 0.5, 0.03, 0.25, 0.15];
+        Array::from_iter(p.iter().map(|x| x.ln()), &[1, 5])
+    }
+
+    #[test]
+    fn top_k_keeps_k_most_likely() {
+        assert_eq!(kept(&apply_top_k(&logprobs(), 2).unwrap()), [false, true, false, true, false]);
+        assert_eq!(kept(&apply_top_k(&logprobs(), 5).unwrap()), [true; 5]);
+    }
+
+    #[test]
+    fn top_p_keeps_nucleus() {
+        // 0.5 + 0.25 = 0.75 < 0.8, so 0.15 is needed too.
+        assert_eq!(kept(&apply_top_p(&logprobs(), 0.8).unwrap()), [false, true, false, true, true]);
+        assert_eq!(kept(&apply_top_p(&logprobs(), 0.5).unwrap()), [false, true, false, false, false]);
+    }
+
+    #[test]
+    fn min_p_scales_with_top_token() {
+        // threshold 0.2 * 0.5 = 0.1: keeps 0.5, 0.25, 0.15.
+        assert_eq!(kept(&apply_min_p(&logprobs(), 0.2).unwrap()), [false, true, false, true, true]);
+    }
+
+    #[test]
+    fn penalties_touch_only_recent_tokens() {
+        let logits = Array::from_slice(&[2.0f32, -2.0, 1.0, 4.0], &[1, 4]);
+        let history = Array::from_slice(&[3u32, 0, 1, 1], &[4]);
+        let mut rep = Penalty { kind: PenaltyKind::Repetition, penalty: 2.0, context: 3 };
+        assert_eq!(host(&rep.process(&history, &logits).unwrap()), [1.0, -4.0, 1.0, 4.0]);
+        let mut pres = Penalty { kind: PenaltyKind::Presence, penalty: 0.5, context: 20 };
+        assert_eq!(host(&pres.process(&history, &logits).unwrap()), [1.5, -2.5, 1.0, 3.5]);
+        let mut freq = Penalty { kind: PenaltyKind::Frequency, penalty: 0.5, context: 20 };
+        assert_eq!(host(&freq.process(&history, &logits).unwrap()), [1.5, -3.0, 1.0, 3.5]);
+        let mut bias = LogitBias::new(4, &[(2, 10.0)]);
+        assert_eq!(host(&bias.process(&history, &logits).unwrap()), [2.0, -2.0, 11.0, 4.0]);
+    }
+
+    #[test]
+    fn seeded_sampling_repeats_and_greedy_is_argmax() {
+        let params = SamplingParams { temperature: 1.0, seed: Some(7), ..Default::default() };
+        let draw = |params: &SamplingParams| -> Vec<u32> {
+            let mut s = Sampler::new(params).unwrap();
+            (0..20).map(|_| s.sample(&logprobs()).unwrap().try_item_exact::<u32>().unwrap()).collect()
+        };
+        let a = draw(&params);
+        assert_eq!(a, draw(&params));
+        assert!(a.iter().collect::<std::collections::HashSet<_>>().len() > 1, "temperature 1 should vary: {a:?}");
+        let g = draw(&SamplingParams::default());
+        assert!(g.iter().all(|&t| t == 1));
+        let k1 = draw(&SamplingParams { temperature: 1.0, top_k: 1, seed: Some(3), ..Default::default() });
+        assert!(k1.iter().all(|&t| t == 1));
+    }
+}

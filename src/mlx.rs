@@ -1,1 +1,0 @@
-//! Small helpers around mlx-rs shared by the rest of the crate.

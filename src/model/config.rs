@@ -1,0 +1,191 @@
+//! `config.json` of an MLX model folder: the architecture hyper-parameters and the MLX
+//! quantization block (global defaults plus per-module overrides keyed by module path).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::{ModelError, Result};
+
+/// Hyper-parameters shared by the Llama family (llama, mistral, qwen2, qwen3).
+/// Defaults that differ per architecture are left `None` here and filled in by the
+/// architecture (see [`super::llama::ArchFlags`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelConfig {
+    pub model_type: String,
+    pub hidden_size: i32,
+    pub num_hidden_layers: i32,
+    pub intermediate_size: i32,
+    pub num_attention_heads: i32,
+    #[serde(default)]
+    pub num_key_value_heads: Option<i32>,
+    #[serde(default)]
+    pub head_dim: Option<i32>,
+    pub rms_norm_eps: f32,
+    pub vocab_size: i32,
+    #[serde(default)]
+    pub rope_theta: Option<f32>,
+    #[serde(default)]
+    pub rope_traditional: bool,
+    #[serde(default)]
+    pub rope_scaling: Option<Value>,
+    #[serde(default)]
+    pub rope_parameters: Option<Value>,
+    #[serde(default)]
+    pub tie_word_embeddings: Option<bool>,
+    #[serde(default)]
+    pub attention_bias: Option<bool>,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default)]
+    pub max_position_embeddings: Option<i32>,
+    /// `int` or `[int]`.
+    #[serde(default)]
+    pub eos_token_id: Option<Value>,
+    #[serde(default)]
+    pub quantization: Option<Value>,
+}
+
+/// How one affine-quantized tensor is packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantSpec {
+    pub group_size: i32,
+    pub bits: i32,
+}
+
+/// The `quantization` block: a global default and per-module overrides (`false` = not
+/// quantized, or a `{group_size, bits}` object).
+#[derive(Debug, Clone, Default)]
+pub struct QuantConfig {
+    pub default: Option<QuantSpec>,
+    pub overrides: HashMap<String, Option<QuantSpec>>,
+}
+
+pub const SUPPORTED_BITS: [i32; 6] = [2, 3, 4, 5, 6, 8];
+pub const SUPPORTED_GROUPS: [i32; 3] = [32, 64, 128];
+
+impl QuantSpec {
+    pub fn validate(self, what: &str) -> Result<Self> {
+        if !SUPPORTED_BITS.contains(&self.bits) || !SUPPORTED_GROUPS.contains(&self.group_size) {
+            return Err(ModelError::Config(format!(
+                "{what}: unsupported quantization bits={} group_size={} (bits {SUPPORTED_BITS:?}, groups {SUPPORTED_GROUPS:?})",
+                self.bits, self.group_size
+            )));
+        }
+        Ok(self)
+    }
+}
+
+fn parse_spec(v: &Value, what: &str) -> Result<QuantSpec> {
+    let int = |k: &str| -> Result<i32> {
+        v.get(k)
+            .and_then(Value::as_i64)
+            .map(|x| x as i32)
+            .ok_or_else(|| ModelError::Config(format!("quantization {what}: missing integer {k:?}")))
+    };
+    if let Some(mode) = v.get("mode").and_then(Value::as_str) {
+        if mode != "affine" {
+            return Err(ModelError::Config(format!("quantization {what}: mode {mode:?} unsupported (only affine)")));
+        }
+    }
+    QuantSpec { group_size: int("group_size")?, bits: int("bits")? }.validate(&format!("quantization {what}"))
+}
+
+impl QuantConfig {
+    pub fn parse(v: &Value) -> Result<Self> {
+        let obj = v.as_object().ok_or_else(|| ModelError::Config("quantization must be an object".into()))?;
+        let default = if obj.contains_key("bits") { Some(parse_spec(v, "default")?) } else { None };
+        let mut overrides = HashMap::new();
+        for (k, val) in obj {
+            match val {
+                Value::Object(_) => {
+                    overrides.insert(k.clone(), Some(parse_spec(val, k)?));
+                }
+                Value::Bool(false) => {
+                    overrides.insert(k.clone(), None);
+                }
+                _ => {}
+            }
+        }
+        Ok(QuantConfig { default, overrides })
+    }
+
+    /// The packing the config names for module `path`, if it names one: `Some(None)` means
+    /// "explicitly not quantized".
+    pub fn for_module(&self, path: &str) -> Option<Option<QuantSpec>> {
+        self.overrides.get(path).copied()
+    }
+}
+
+impl ModelConfig {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text = read_to_string(&path)?;
+        serde_json::from_str(&text).map_err(|e| ModelError::Parse { path, message: e.to_string() })
+    }
+
+    pub fn quant_config(&self) -> Result<QuantConfig> {
+        self.quantization.as_ref().map(QuantConfig::parse).transpose().map(Option::unwrap_or_default)
+    }
+
+    pub fn kv_heads(&self) -> i32 {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> i32 {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// `eos_token_id` as a list (it may be one int or a list).
+    pub fn eos_ids(&self) -> Vec<u32> {
+        ids_of(self.eos_token_id.as_ref())
+    }
+
+    /// `rope_scaling`, or transformers 5's `rope_parameters`.
+    pub fn rope_scaling(&self) -> Option<&Value> {
+        self.rope_scaling.as_ref().or(self.rope_parameters.as_ref()).filter(|v| v.is_object())
+    }
+
+    pub fn check(&self) -> Result<()> {
+        let positive = [
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("intermediate_size", self.intermediate_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("vocab_size", self.vocab_size),
+            ("num_key_value_heads", self.kv_heads()),
+            ("head_dim", self.head_dim()),
+        ];
+        for (name, v) in positive {
+            if v <= 0 {
+                return Err(ModelError::Config(format!("{name} must be positive, got {v}")));
+            }
+        }
+        if self.num_attention_heads % self.kv_heads() != 0 {
+            return Err(ModelError::Config(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads,
+                self.kv_heads()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Token ids from a JSON int, list of ints, or nothing.
+pub fn ids_of(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+        _ => Vec::new(),
+    }
+}
+
+pub fn read_to_string(path: &Path) -> Result<String> {
+    if !path.exists() {
+        return Err(ModelError::MissingFile(path.to_path_buf()));
+    }
+    std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })
+}

@@ -1,0 +1,260 @@
+//! The building blocks of a transformer forward: linear layers and embeddings (float or
+//! MLX affine-quantized), RMSNorm and RoPE. Each mirrors the op sequence of the matching
+//! `mlx.nn` layer so results are bit-identical to mlx-lm on the same weights.
+
+use mlx_rs::{fast, ops, Array, Dtype};
+
+use super::config::{QuantConfig, QuantSpec};
+use super::error::{ModelError, Result};
+use super::weights::Weights;
+
+/// Packed affine-quantized matrix `[rows, cols]` (MLX layout: uint32 words along cols).
+pub struct QuantMatrix {
+    pub w: Array,
+    pub scales: Array,
+    pub biases: Array,
+    pub spec: QuantSpec,
+}
+
+impl QuantMatrix {
+    /// Loads `<path>.weight/.scales/.biases` for a `[rows, cols]` matrix. The packing comes
+    /// from the config's per-module entry when it has one, else from the shapes (as mlx-lm
+    /// does), and is then checked against every shape.
+    /// `cast_scales`: apply the weight policy's dtype to scales/biases (else keep them as
+    /// stored, for dequantizing exactly as mlx-lm's `dequantize_model` does).
+    fn load(ws: &mut Weights, path: &str, rows: i32, cols: i32, quant: &QuantConfig, cast_scales: bool) -> Result<Self> {
+        let wname = format!("{path}.weight");
+        let sname = format!("{path}.scales");
+        let bname = format!("{path}.biases");
+        let w = ws.take(&wname, None)?;
+        let scales = ws.take(&sname, None)?;
+        let spec = match quant.for_module(path) {
+            Some(Some(spec)) => spec,
+            Some(None) => {
+                return Err(ModelError::BadTensor {
+                    name: sname,
+                    message: "config says this module is not quantized, but it has scales".into(),
+                })
+            }
+            None => {
+                let (ws_last, ss_last) = (w.shape().last().copied().unwrap_or(0), scales.shape().last().copied().unwrap_or(0));
+                if ws_last <= 0 || ss_last <= 0 {
+                    return Err(ModelError::BadTensor { name: wname, message: "empty quantized tensor".into() });
+                }
+                QuantSpec { group_size: cols / ss_last, bits: ws_last * 32 / cols }
+                    .validate(&format!("inferred packing of {path}"))?
+            }
+        };
+        if w.dtype() != Dtype::Uint32 {
+            return Err(ModelError::BadTensor { name: wname, message: format!("packed weight must be uint32, found {:?}", w.dtype()) });
+        }
+        if cols % spec.group_size != 0 || (cols * spec.bits) % 32 != 0 {
+            return Err(ModelError::BadTensor { name: wname, message: format!("{cols} columns do not fit {spec:?}") });
+        }
+        let check = |name: &str, a: &Array, want: [i32; 2]| -> Result<()> {
+            if a.shape() != want {
+                return Err(ModelError::ShapeMismatch { name: name.into(), expected: want.to_vec(), found: a.shape().to_vec() });
+            }
+            Ok(())
+        };
+        check(&wname, &w, [rows, cols * spec.bits / 32])?;
+        check(&sname, &scales, [rows, cols / spec.group_size])?;
+        let biases = ws.take(&bname, Some(&[rows, cols / spec.group_size]))?;
+        let (scales, biases) = if cast_scales { (ws.cast(&sname, scales)?, ws.cast(&bname, biases)?) } else { (scales, biases) };
+        Ok(QuantMatrix { w, scales, biases, spec })
+    }
+
+    fn dequantize(&self) -> Result<Array> {
+        Ok(ops::dequantize(&self.w, &self.scales, &self.biases, self.spec.group_size, self.spec.bits)?)
+    }
+
+    /// `x @ W.T` with the packed matrix.
+    fn matmul_t(&self, x: &Array) -> Result<Array> {
+        Ok(ops::quantized_matmul(x, &self.w, &self.scales, &self.biases, true, self.spec.group_size, self.spec.bits)?)
+    }
+}
+
+/// A `[out, in]` matrix, float or packed.
+pub enum Matrix {
+    Dense(Array),
+    Quant(QuantMatrix),
+}
+
+impl Matrix {
+    /// Loads module `path`'s matrix: quantized iff `<path>.scales` exists. Under a
+    /// dequantizing policy the packed matrix is expanded once here (then cast).
+    pub fn load(ws: &mut Weights, path: &str, rows: i32, cols: i32, quant: &QuantConfig) -> Result<Self> {
+        if !ws.contains(&format!("{path}.scales")) {
+            return Ok(Matrix::Dense(ws.take_float(&format!("{path}.weight"), &[rows, cols])?));
+        }
+        let q = QuantMatrix::load(ws, path, rows, cols, quant, !ws.policy.dequantize)?;
+        if ws.policy.dequantize {
+            // Dequantize in the stored scale dtype, then cast: the same values as mlx-lm's
+            // `dequantize_model` followed by `set_dtype`.
+            let dense = q.dequantize()?;
+            return Ok(Matrix::Dense(ws.cast(path, dense)?));
+        }
+        Ok(Matrix::Quant(q))
+    }
+
+    /// `x @ W.T`.
+    pub fn matmul_t(&self, x: &Array) -> Result<Array> {
+        match self {
+            Matrix::Dense(w) => Ok(ops::matmul(x, w.t())?),
+            Matrix::Quant(q) => q.matmul_t(x),
+        }
+    }
+
+    pub fn arrays(&self) -> Vec<&Array> {
+        match self {
+            Matrix::Dense(w) => vec![w],
+            Matrix::Quant(q) => vec![&q.w, &q.scales, &q.biases],
+        }
+    }
+}
+
+/// `nn.Linear` / `nn.QuantizedLinear`.
+pub struct Linear {
+    pub weight: Matrix,
+    pub bias: Option<Array>,
+}
+
+impl Linear {
+    pub fn load(ws: &mut Weights, path: &str, input: i32, output: i32, bias: bool, quant: &QuantConfig) -> Result<Self> {
+        let weight = Matrix::load(ws, path, output, input, quant)?;
+        let bias = if bias { Some(ws.take_float(&format!("{path}.bias"), &[output])?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        match (&self.weight, &self.bias) {
+            (Matrix::Dense(w), Some(b)) => Ok(ops::addmm(b, x, w.t(), None, None)?),
+            (m, None) => m.matmul_t(x),
+            (m, Some(b)) => Ok(m.matmul_t(x)?.add(b)?),
+        }
+    }
+
+    pub fn arrays(&self) -> Vec<&Array> {
+        let mut v = self.weight.arrays();
+        v.extend(self.bias.iter());
+        v
+    }
+}
+
+/// `nn.Embedding` / `nn.QuantizedEmbedding`, usable as the tied output projection.
+pub struct Embedding {
+    pub table: Matrix,
+}
+
+impl Embedding {
+    pub fn load(ws: &mut Weights, path: &str, vocab: i32, dims: i32, quant: &QuantConfig) -> Result<Self> {
+        Ok(Embedding { table: Matrix::load(ws, path, vocab, dims, quant)? })
+    }
+
+    /// Rows for `ids` (any integer shape) -> `[..., dims]`. A packed table gathers the
+    /// packed rows, scales and biases, then dequantizes only those.
+    pub fn forward(&self, ids: &Array) -> Result<Array> {
+        match &self.table {
+            Matrix::Dense(w) => Ok(w.take_axis(ids, 0)?),
+            Matrix::Quant(q) => Ok(ops::dequantize(
+                q.w.take_axis(ids, 0)?,
+                q.scales.take_axis(ids, 0)?,
+                &q.biases.take_axis(ids, 0)?,
+                q.spec.group_size,
+                q.spec.bits,
+            )?),
+        }
+    }
+
+    /// The embedding used as the output projection: `x @ E.T`.
+    pub fn as_linear(&self, x: &Array) -> Result<Array> {
+        self.table.matmul_t(x)
+    }
+}
+
+/// `nn.RMSNorm`.
+pub struct RmsNorm {
+    pub weight: Array,
+    pub eps: f32,
+}
+
+impl RmsNorm {
+    pub fn load(ws: &mut Weights, path: &str, dims: i32, eps: f32) -> Result<Self> {
+        Ok(RmsNorm { weight: ws.take_float(&format!("{path}.weight"), &[dims])?, eps })
+    }
+
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        Ok(fast::rms_norm(x, Some(&self.weight), self.eps)?)
+    }
+}
+
+/// Rotary position embedding over the first `dims` features of each head.
+pub struct Rope {
+    pub dims: i32,
+    pub traditional: bool,
+    pub kind: RopeKind,
+}
+
+pub enum RopeKind {
+    /// `base`, position `scale` (1/factor for "linear" scaling).
+    Base { base: f32, scale: f32 },
+    /// Precomputed per-pair frequencies (Llama-3 scaling).
+    Freqs(Array),
+}
+
+impl Rope {
+    /// From `rope_theta` and `rope_scaling` (none/default, linear, llama3).
+    pub fn new(dims: i32, base: f32, traditional: bool, scaling: Option<&serde_json::Value>) -> Result<Self> {
+        let kind = match scaling {
+            None => RopeKind::Base { base, scale: 1.0 },
+            Some(cfg) => {
+                let ty = cfg.get("type").or_else(|| cfg.get("rope_type")).and_then(|v| v.as_str()).unwrap_or("default");
+                let num = |k: &str, default: Option<f64>| -> Result<f64> {
+                    cfg.get(k).and_then(|v| v.as_f64()).or(default).ok_or_else(|| ModelError::Config(format!("rope_scaling.{k} missing")))
+                };
+                match ty {
+                    "default" => RopeKind::Base { base, scale: 1.0 },
+                    "linear" => RopeKind::Base { base, scale: 1.0 / num("factor", None)? as f32 },
+                    "llama3" => RopeKind::Freqs(llama3_freqs(
+                        dims,
+                        base,
+                        num("factor", None)?,
+                        num("low_freq_factor", Some(1.0))?,
+                        num("high_freq_factor", Some(4.0))?,
+                        num("original_max_position_embeddings", Some(8192.0))?,
+                    )?),
+                    other => return Err(ModelError::Config(format!("rope_scaling type {other:?} unsupported (default, linear, llama3)"))),
+                }
+            }
+        };
+        Ok(Rope { dims, traditional, kind })
+    }
+
+    /// `x`: `[B, H, L, D]`, positions `offset..offset+L`.
+    pub fn forward(&self, x: &Array, offset: i32) -> Result<Array> {
+        Ok(match &self.kind {
+            RopeKind::Base { base, scale } => fast::rope(x, self.dims, self.traditional, *base, *scale, offset, None)?,
+            RopeKind::Freqs(f) => fast::rope(x, self.dims, self.traditional, None, 1.0, offset, f)?,
+        })
+    }
+}
+
+/// Llama-3 frequency scaling, computed in float32 with MLX ops in the same order as
+/// mlx-lm's `Llama3RoPE` so the frequencies are bit-identical.
+fn llama3_freqs(dims: i32, base: f32, factor: f64, low: f64, high: f64, old_ctx: f64) -> Result<Array> {
+    let low_wavelen = (old_ctx / low) as f32;
+    let high_wavelen = (old_ctx / high) as f32;
+    let idx = Array::from_iter((0..dims).step_by(2).map(|i| i as f32), &[(dims + 1) / 2]);
+    let freqs = ops::power(Array::from_f32(base), idx.divide(Array::from_f32(dims as f32))?)?;
+    let wavelens = freqs.multiply(Array::from_f32(2.0 * std::f32::consts::PI))?;
+    let factor_a = Array::from_f32(factor as f32);
+    let freqs = ops::select(&wavelens.gt(Array::from_f32(low_wavelen))?, freqs.multiply(&factor_a)?, &freqs)?;
+    let medium = wavelens.gt(Array::from_f32(high_wavelen))?.logical_and(&wavelens.lt(Array::from_f32(low_wavelen))?)?;
+    let smooth = Array::from_f32(old_ctx as f32)
+        .divide(&wavelens)?
+        .subtract(Array::from_f32(low as f32))?
+        .divide(Array::from_f32((high - low) as f32))?;
+    let one = Array::from_f32(1.0);
+    let smooth_freqs = freqs.divide(one.subtract(&smooth)?.divide(&factor_a)?.add(&smooth)?)?;
+    Ok(ops::select(&medium, smooth_freqs, freqs)?)
+}

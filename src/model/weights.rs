@@ -1,0 +1,127 @@
+//! Reading a folder's safetensors (one file, or shards listed by
+//! `model.safetensors.index.json`) into a name -> tensor map that the architecture
+//! consumes tensor by tensor, with shape checks that name the tensor.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use mlx_rs::{Array, Dtype};
+
+use super::config::read_to_string;
+use super::error::{ModelError, Result};
+
+/// How weights are turned into the arrays the forward pass uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightPolicy {
+    /// Dequantize affine-quantized linears/embeddings once at load.
+    pub dequantize: bool,
+    /// Cast float weights (and quantization scales/biases) to this dtype; `None` keeps
+    /// the checkpoint's dtypes.
+    pub dtype: Option<Dtype>,
+}
+
+/// The checkpoint's tensors, taken out one by one by the model builder.
+pub struct Weights {
+    tensors: HashMap<String, Array>,
+    pub policy: WeightPolicy,
+}
+
+/// The safetensors files of a model folder: the index's shards, else `model*.safetensors`.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = read_to_string(&index)?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Parse { path: index.clone(), message: e.to_string() })?;
+        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Parse {
+            path: index.clone(),
+            message: "no weight_map object".into(),
+        })?;
+        let files: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
+        let paths: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
+        if let Some(missing) = paths.iter().find(|p| !p.exists()) {
+            return Err(ModelError::MissingFile(missing.clone()));
+        }
+        if !paths.is_empty() {
+            return Ok(paths);
+        }
+    }
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("model") && name.ends_with(".safetensors")
+        })
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(ModelError::MissingFile(dir.join("model.safetensors")));
+    }
+    Ok(paths)
+}
+
+impl Weights {
+    pub fn load(dir: &Path, policy: WeightPolicy) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        for path in weight_files(dir)? {
+            let part = Array::load_safetensors(&path)
+                .map_err(|e| ModelError::Parse { path: path.clone(), message: e.to_string() })?;
+            tensors.extend(part);
+        }
+        Ok(Weights { tensors, policy })
+    }
+
+    /// For tests and tools: weights from an in-memory map.
+    pub fn from_map(tensors: HashMap<String, Array>, policy: WeightPolicy) -> Self {
+        Weights { tensors, policy }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Remove a tensor, checking its shape when `shape` is given.
+    pub fn take(&mut self, name: &str, shape: Option<&[i32]>) -> Result<Array> {
+        let a = self.tensors.remove(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        if let Some(expected) = shape {
+            if a.shape() != expected {
+                return Err(ModelError::ShapeMismatch {
+                    name: name.to_string(),
+                    expected: expected.to_vec(),
+                    found: a.shape().to_vec(),
+                });
+            }
+        }
+        Ok(a)
+    }
+
+    /// A float tensor, cast per the policy.
+    pub fn take_float(&mut self, name: &str, shape: &[i32]) -> Result<Array> {
+        let a = self.take(name, Some(shape))?;
+        self.cast(name, a)
+    }
+
+    pub fn cast(&self, name: &str, a: Array) -> Result<Array> {
+        let dt = a.dtype();
+        if !matches!(dt, Dtype::Float32 | Dtype::Float16 | Dtype::Bfloat16) {
+            return Err(ModelError::BadTensor { name: name.into(), message: format!("expected a float tensor, found {dt:?}") });
+        }
+        match self.policy.dtype {
+            Some(want) if want != dt => Ok(a.as_dtype(want)?),
+            _ => Ok(a),
+        }
+    }
+
+    /// Drop tensors the architecture does not use on purpose; error on any others.
+    pub fn finish(mut self, ignore: impl Fn(&str) -> bool) -> Result<()> {
+        self.tensors.retain(|k, _| !ignore(k));
+        if self.tensors.is_empty() {
+            return Ok(());
+        }
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        let shown: Vec<&str> = names.iter().take(8).map(|s| s.as_str()).collect();
+        Err(ModelError::UnusedTensors(format!("{} ({} in all)", shown.join(", "), names.len())))
+    }
+}

@@ -1,0 +1,99 @@
+"""Create tiny random MLX model folders with mlx-lm, for kooka's parity tests.
+
+Usage: make_tiny_models.py OUTDIR
+
+Every folder holds config.json + model.safetensors (+ model.safetensors.index.json), written
+the way mlx-lm's save_model/save_config write them. Weights come from mlx-lm's own model
+classes with mx.random.seed(0), so reruns give identical files. No tokenizer: the parity
+tests feed token ids directly.
+"""
+import json
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_map
+from mlx_lm.models import llama, qwen2, qwen3
+from mlx_lm.utils import save_config, save_model
+
+BASE = dict(
+    hidden_size=128,
+    num_hidden_layers=2,
+    intermediate_size=256,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-5,
+    vocab_size=320,
+    max_position_embeddings=512,
+)
+
+ARCHS = {
+    "llama": (llama, dict(model_type="llama", rope_theta=10000.0, tie_word_embeddings=False)),
+    "llama_tied": (llama, dict(model_type="llama", rope_theta=10000.0, tie_word_embeddings=True)),
+    "llama3_rope": (llama, dict(
+        model_type="llama", rope_theta=500000.0, tie_word_embeddings=True,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64})),
+    "mistral": (llama, dict(model_type="mistral", rope_theta=1000000.0, tie_word_embeddings=False)),
+    "qwen2": (qwen2, dict(model_type="qwen2", rope_theta=1000000.0, tie_word_embeddings=True)),
+    "qwen3": (qwen3, dict(model_type="qwen3", rope_theta=1000000.0, tie_word_embeddings=True,
+                          head_dim=48)),
+}
+
+# name -> (global quantization or None, per-module overrides)
+VARIANTS = {
+    "bf16": (None, {}),
+    "q4g64": ({"group_size": 64, "bits": 4}, {}),
+    "q8g32": ({"group_size": 32, "bits": 8}, {}),
+}
+# Extra variants only for one architecture, to cover the rarer layouts.
+EXTRA = {
+    ("llama", "mixed"): ({"group_size": 64, "bits": 4},
+                         {"model.embed_tokens": {"group_size": 32, "bits": 8},
+                          "lm_head": {"group_size": 128, "bits": 6},
+                          "model.layers.0.mlp.down_proj": False}),
+    ("llama_tied", "q3g32"): ({"group_size": 32, "bits": 3}, {}),
+    ("llama_tied", "f16"): (None, {}),
+}
+
+
+def build(arch, variant, quant, overrides, out):
+    module, extra = ARCHS[arch]
+    config = dict(BASE, **extra)
+    mx.random.seed(0)
+    args = module.ModelArgs.from_dict(config)
+    model = module.Model(args)
+    # Wider weights than the default init so the tiny model's logits are far from flat.
+    model.update(tree_map(lambda p: p * 4.0 if p.ndim == 2 else p, model.parameters()))
+    dtype = mx.float16 if variant == "f16" else mx.bfloat16
+    model.set_dtype(dtype)
+    if quant is not None:
+        def predicate(path, m):
+            if path in overrides:
+                return overrides[path]
+            return hasattr(m, "to_quantized")
+        nn.quantize(model, group_size=quant["group_size"], bits=quant["bits"],
+                    class_predicate=predicate)
+        config["quantization"] = dict(quant, **overrides)
+    mx.eval(model.parameters())
+    save_model(out, model)
+    save_config(config, out / "config.json")
+
+
+def main():
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    jobs = [(a, v, *VARIANTS[v]) for a in ARCHS for v in VARIANTS]
+    jobs += [(a, v, *q) for (a, v), q in EXTRA.items()]
+    for arch, variant, quant, overrides in jobs:
+        name = f"{arch}-{variant}"
+        build(arch, variant, quant, overrides, out / name)
+        names.append(name)
+    (out / "models.json").write_text(json.dumps(names))
+    print(json.dumps(names))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+//! `kooka launch`'s flags (clap derive), mirroring `mlx.launch` (MLX 0.32) plus kooka's own.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// Start and supervise the ranks of a multi-process run, as `mlx.launch --backend ring`
+/// would set them up (same MLX_RANK / MLX_HOSTFILE, same ports). Output lines are
+/// prefixed with their rank; when a rank fails the others are stopped and its exit code
+/// is returned; SIGINT / SIGTERM reach every rank, local and remote.
+///
+/// A command whose first word is a kooka subcommand (`serve`, `generate`, `dist-check`,
+/// ...) runs this same kooka binary; on remote hosts, the binary must exist at the same
+/// absolute path. Remote hosts are reached with the system `ssh` (key-based, no prompts:
+/// BatchMode=yes) and need `bash`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+Ranks get MLX_RANK and MLX_HOSTFILE exactly as `mlx.launch --backend ring` sets them (a single
+rank gets neither). Output lines are prefixed with `[rank] `. When a rank exits non-zero the
+others get SIGTERM (SIGKILL after --grace-period) and kooka launch exits with that rank's code;
+SIGINT/SIGTERM to kooka launch reach every rank, local and remote (exit code 128+signal).
+
+A command starting with a kooka subcommand (serve, generate, dist-check, ...) runs this kooka
+binary; on remote hosts it must exist at the same absolute path. Remote hosts (ssh other than
+127.0.0.1) are reached with the system ssh (keys, no prompts: BatchMode=yes) and need bash.
+
+Examples:
+  kooka launch -n 2 -- dist-check --expect-size 2
+  kooka launch --hostfile hosts.toml -- serve --model M
+  kooka launch --dry-run --hosts 10.0.0.1,10.0.0.2 -- python3 job.py")]
+pub struct LaunchArgs {
+    /// Comma-separated hosts (ssh names; IP addresses are also used for the ring).
+    /// 127.0.0.1 runs locally. Default: 127.0.0.1.
+    #[arg(long, conflicts_with = "hostfile")]
+    pub hosts: Option<String>,
+    /// Repeat each host this many times (ranks per host).
+    #[arg(short = 'n', long = "repeat-hosts", value_name = "N", conflicts_with = "hostfile",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat_hosts: Option<u32>,
+    /// Hostfile: kooka's TOML (see hostfile.example.toml) or mlx.launch's JSON.
+    #[arg(long, value_name = "FILE")]
+    pub hostfile: Option<PathBuf>,
+    /// Distributed backend (default: the hostfile's, else ring). Only `ring` for now.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Set an environment variable on every rank (repeatable; wins over the hostfile's).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory of every rank (default: the launcher's, where it exists).
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// Print what is started and every rank's exit; sets MLX_RING_VERBOSE=1.
+    #[arg(long)]
+    pub verbose: bool,
+    /// First ring port; ports count up by one per rank, IP and connection.
+    #[arg(short = 'p', long, default_value_t = 32323)]
+    pub starting_port: u16,
+    /// Ring connections (ports) per IP address.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub connections_per_ip: u32,
+    /// Do not prefix output lines with `[rank] ` (output is then passed through unbuffered).
+    #[arg(long)]
+    pub no_prefix: bool,
+    /// Print each rank's host, command and environment (with MLX_HOSTFILE's content) and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds between SIGTERM and SIGKILL when stopping ranks.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub grace_period: f64,
+    /// Extra ssh option, passed as `-o OPT` (repeatable), e.g. `IdentityFile=~/.ssh/k`, `Port=2222`.
+    #[arg(long = "ssh-option", value_name = "OPT", allow_hyphen_values = true)]
+    pub ssh_options: Vec<String>,
+    /// Give remote ranks a terminal (`ssh -tt`); default: none (`ssh -T`).
+    #[arg(long)]
+    pub tty: bool,
+    /// The command every rank runs (after the flags, optionally after `--`).
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}

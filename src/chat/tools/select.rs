@@ -1,0 +1,139 @@
+//! Chooses the tool-call parser for a model, from `tokenizer_config.json`'s
+//! `tool_parser_type` or from the chat template's own markup, and says why (log it: a wrong
+//! parser silently turns tool calls into text).
+//!
+//! The template wins over the config in one case: a template that writes `<function=` and
+//! `<parameter=` is qwen3_coder even if the config says json_tools (NVIDIA Nemotron ships
+//! exactly that mismatch).
+
+use serde_json::Value;
+
+/// The wire formats kooka parses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParserKind {
+    /// `<tool_call>{json}</tool_call>` (Hermes, Qwen2.5, SmolLM3).
+    JsonTools,
+    /// `<tool_call><function=..><parameter=..>` (Qwen3-Coder, Nemotron).
+    Qwen3Coder,
+    /// `<minimax:tool_call><invoke name=..>` (MiniMax-M2).
+    MinimaxM2,
+    /// `[TOOL_CALLS]...` (Mistral).
+    Mistral,
+    /// A bare `{"name":..,"parameters":..}` reply (Llama 3.x).
+    Llama3Json,
+    /// `<|tool_call_start|>[f(a=1)]<|tool_call_end|>` (LFM2).
+    Pythonic,
+}
+
+impl ParserKind {
+    /// The name used in configs and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ParserKind::JsonTools => "json_tools",
+            ParserKind::Qwen3Coder => "qwen3_coder",
+            ParserKind::MinimaxM2 => "minimax_m2",
+            ParserKind::Mistral => "mistral",
+            ParserKind::Llama3Json => "llama3_json",
+            ParserKind::Pythonic => "pythonic",
+        }
+    }
+
+    /// Parses a configured name (also the common aliases other servers use).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(
+            match name.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+                "json_tools" | "hermes" | "qwen" | "qwen2_5" | "json" => ParserKind::JsonTools,
+                "qwen3_coder" | "qwen3coder" | "nemotron" => ParserKind::Qwen3Coder,
+                "minimax_m2" | "minimax" => ParserKind::MinimaxM2,
+                "mistral" => ParserKind::Mistral,
+                "llama3_json" | "llama3" | "llama" | "llama3.1" => ParserKind::Llama3Json,
+                "pythonic" | "lfm2" => ParserKind::Pythonic,
+                _ => return None,
+            },
+        )
+    }
+}
+
+/// Infers the parser from the template's markup, most specific first.
+fn from_template(template: &str) -> Option<(ParserKind, &'static str)> {
+    let has = |s: &str| template.contains(s);
+    if has("<function=") && has("<parameter=") {
+        return Some((
+            ParserKind::Qwen3Coder,
+            "the chat template writes <function=...><parameter=...>",
+        ));
+    }
+    if has("<minimax:tool_call>") {
+        return Some((
+            ParserKind::MinimaxM2,
+            "the chat template writes <minimax:tool_call>",
+        ));
+    }
+    if has("[TOOL_CALLS]") {
+        return Some((ParserKind::Mistral, "the chat template writes [TOOL_CALLS]"));
+    }
+    if has("<|tool_call_start|>") || has("<|tool_list_start|>") {
+        return Some((
+            ParserKind::Pythonic,
+            "the chat template writes LFM2's <|tool_call_start|> / <|tool_list_start|>",
+        ));
+    }
+    if has("<tool_call>") {
+        return Some((
+            ParserKind::JsonTools,
+            "the chat template writes <tool_call>",
+        ));
+    }
+    if has("<|python_tag|>") || has("\"parameters\": ") {
+        return Some((
+            ParserKind::Llama3Json,
+            "the chat template writes Llama 3 JSON calls (<|python_tag|> / \"parameters\")",
+        ));
+    }
+    None
+}
+
+/// Picks the parser: `tokenizer_config` (`tool_parser_type`) unless the template proves it
+/// wrong (the Nemotron rule), else the template's markup. `None`: no known tool-call format
+/// (serve without tool parsing). The string says why, for the startup log.
+pub fn select_parser(
+    tokenizer_config: Option<&Value>,
+    chat_template: Option<&str>,
+) -> (Option<ParserKind>, String) {
+    let inferred = chat_template.and_then(from_template);
+    let configured = tokenizer_config
+        .and_then(|c| c.get("tool_parser_type"))
+        .and_then(Value::as_str);
+    if let Some(name) = configured {
+        match (ParserKind::from_name(name), inferred) {
+            (Some(kind), Some((ParserKind::Qwen3Coder, why))) if kind != ParserKind::Qwen3Coder => {
+                return (
+                    Some(ParserKind::Qwen3Coder),
+                    format!("tokenizer_config.json says tool_parser_type={name:?}, but {why}: using qwen3_coder"),
+                );
+            }
+            (Some(kind), _) => {
+                return (
+                    Some(kind),
+                    format!("tokenizer_config.json says tool_parser_type={name:?}"),
+                );
+            }
+            (None, _) => {
+                if let Some((kind, why)) = inferred {
+                    let why = format!(
+                        "unknown tool_parser_type={name:?} in tokenizer_config.json; {why}"
+                    );
+                    return (Some(kind), why);
+                }
+                return (None, format!("unknown tool_parser_type={name:?} and no tool-call markup in the chat template"));
+            }
+        }
+    }
+    match inferred {
+        Some((kind, why)) => (Some(kind), why.to_string()),
+        None => (
+            None,
+            "no tool_parser_type and no known tool-call markup in the chat template".to_string(),
+        ),
+    }
+}

@@ -1,0 +1,440 @@
+//! The tool-call parsers on hand-written model replies, each compared with hand-written
+//! expected JSON, fed all at once and character by character (the two must agree, and no
+//! markup may reach `content`).
+
+use kooka::chat::tools::{new_parser, select_parser, ParseEvent, ParsedReply, ParserKind};
+use serde_json::{json, Value};
+
+fn tools() -> Vec<Value> {
+    vec![
+        json!({"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}, "metric": {"type": "boolean"}},
+            "required": ["city"]}}}),
+        json!({"type": "function", "function": {"name": "write_file", "parameters": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {"file_path": {"type": "string"}, "content": {"type": "string"}, "mode": {"type": "object"},
+                           "tags": {"type": "array"}, "ratio": {"type": "number"}}}}}),
+    ]
+}
+
+/// The reply as `{"content", "tool_calls": [{"name", "arguments": <parsed>}]}`, checking the
+/// event stream's invariants on the way.
+fn summarise(events: Vec<ParseEvent>) -> Value {
+    let mut open = None;
+    for e in &events {
+        match e {
+            ParseEvent::ToolCallStart { index, id, .. } => {
+                assert!(open.is_none(), "call {index} started inside another");
+                assert!(!id.is_empty());
+                open = Some(*index);
+            }
+            ParseEvent::ToolCallArgsDelta { index, .. } => {
+                assert_eq!(open, Some(*index), "delta outside its call")
+            }
+            ParseEvent::ToolCallEnd { index } => {
+                assert_eq!(open.take(), Some(*index));
+            }
+            ParseEvent::Content(text) => assert!(!text.is_empty(), "empty content event"),
+        }
+    }
+    assert!(open.is_none(), "unterminated call");
+    let mut reply = ParsedReply::default();
+    reply.extend(events);
+    let calls: Vec<Value> = reply
+        .tool_calls
+        .iter()
+        .map(|c| {
+            let args: Value = serde_json::from_str(&c.arguments)
+                .unwrap_or_else(|e| panic!("arguments {:?} are not JSON: {e}", c.arguments));
+            json!({"name": c.name, "arguments": args})
+        })
+        .collect();
+    json!({"content": reply.content, "tool_calls": calls})
+}
+
+fn run(kind: ParserKind, text: &str, per_char: bool) -> Value {
+    let mut parser = new_parser(kind, &tools());
+    let mut events = Vec::new();
+    if per_char {
+        for c in text.chars() {
+            events.extend(parser.push(&c.to_string()));
+        }
+    } else {
+        events.extend(parser.push(text));
+    }
+    events.extend(parser.finish());
+    summarise(events)
+}
+
+/// Parses `text` at once and char by char; both must equal `want`.
+#[track_caller]
+fn check(kind: ParserKind, text: &str, want: Value) {
+    assert_eq!(run(kind, text, false), want, "{kind:?} at once: {text:?}");
+    assert_eq!(
+        run(kind, text, true),
+        want,
+        "{kind:?} char by char: {text:?}"
+    );
+}
+
+fn call(name: &str, arguments: Value) -> Value {
+    json!({"name": name, "arguments": arguments})
+}
+
+fn reply(content: &str, calls: Vec<Value>) -> Value {
+    json!({"content": content, "tool_calls": calls})
+}
+
+#[test]
+fn json_tools() {
+    let k = ParserKind::JsonTools;
+    let paris = r#"<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>"#;
+    check(
+        k,
+        paris,
+        reply("", vec![call("get_weather", json!({"city": "Paris"}))]),
+    );
+    check(
+        k,
+        &format!("Let me check.\n{paris}\n<tool_call>\n{{\"name\": \"get_weather\", \"arguments\": \"{{\\\"city\\\": \\\"東京\\\", \\\"days\\\": 2}}\"}}\n</tool_call>\n"),
+        reply(
+            "Let me check.\n",
+            vec![call("get_weather", json!({"city": "Paris"})), call("get_weather", json!({"city": "東京", "days": 2}))],
+        ),
+    );
+    check(
+        k,
+        "no calls, just <b>text</b> and <tool",
+        reply("no calls, just <b>text</b> and <tool", vec![]),
+    );
+    // Malformed body: given back as text.
+    check(
+        k,
+        "<tool_call>{\"name\": oops}</tool_call>",
+        reply("<tool_call>{\"name\": oops}</tool_call>", vec![]),
+    );
+    // Unterminated but complete JSON at EOS still counts.
+    check(
+        k,
+        r#"<tool_call>{"name": "get_weather", "arguments": {}}"#,
+        reply("", vec![call("get_weather", json!({}))]),
+    );
+}
+
+#[test]
+fn qwen3_coder() {
+    let k = ParserKind::Qwen3Coder;
+    let one = "<tool_call>\n<function=get_weather>\n<parameter=city>\nNew York\n</parameter>\n<parameter=days>\n3\n</parameter>\n<parameter=metric>\ntrue\n</parameter>\n</function>\n</tool_call>";
+    check(
+        k,
+        one,
+        reply(
+            "",
+            vec![call(
+                "get_weather",
+                json!({"city": "New York", "days": 3, "metric": true}),
+            )],
+        ),
+    );
+    let two = "<tool_call>\n<function=write_file>\n<parameter=file_path>\nsrc/a.rs\n</parameter>\n<parameter=content>\nfn main() {\n    // 42\n}\n</parameter>\n<parameter=mode>\n{\"append\": false}\n</parameter>\n<parameter=tags>\n[\"x\", 1]\n</parameter>\n<parameter=ratio>\n0.5\n</parameter>\n</function>\n</tool_call>";
+    check(
+        k,
+        &format!("I'll do both.\n\n{one}\n{two}\n"),
+        reply(
+            "I'll do both.\n\n",
+            vec![
+                call(
+                    "get_weather",
+                    json!({"city": "New York", "days": 3, "metric": true}),
+                ),
+                call(
+                    "write_file",
+                    json!({"file_path": "src/a.rs", "content": "fn main() {\n    // 42\n}", "mode": {"append": false},
+                           "tags": ["x", 1], "ratio": 0.5}),
+                ),
+            ],
+        ),
+    );
+    // Unknown tool: values are JSON if they parse, else strings; no parameters -> {}.
+    check(
+        k,
+        "<tool_call><function=other><parameter=n>7</parameter><parameter=s>hi</parameter></function></tool_call><tool_call><function=noargs></function></tool_call>",
+        reply("", vec![call("other", json!({"n": 7, "s": "hi"})), call("noargs", json!({}))]),
+    );
+    // A string-typed value that looks like a number stays a string.
+    check(
+        k,
+        "<tool_call><function=get_weather><parameter=city>1984</parameter></function></tool_call>",
+        reply("", vec![call("get_weather", json!({"city": "1984"}))]),
+    );
+    // No function inside the block: text.
+    check(
+        k,
+        "<tool_call>garbage</tool_call>",
+        reply("<tool_call>garbage</tool_call>", vec![]),
+    );
+    // Cut off at EOS before the closing tags: the call is closed with what was complete.
+    check(
+        k,
+        "<tool_call>\n<function=get_weather>\n<parameter=city>\nRome\n</parameter>\n",
+        reply("", vec![call("get_weather", json!({"city": "Rome"}))]),
+    );
+}
+
+#[test]
+fn qwen3_coder_streams_parameters() {
+    let mut p = new_parser(ParserKind::Qwen3Coder, &tools());
+    let mut events = p.push("<tool_call>\n<function=get_weather>\n");
+    assert!(
+        matches!(events.as_slice(), [ParseEvent::ToolCallStart { index: 0, name, .. }] if name == "get_weather")
+    );
+    events = p.push("<parameter=city>\nOslo\n</parameter>\n");
+    assert_eq!(
+        events,
+        vec![ParseEvent::ToolCallArgsDelta {
+            index: 0,
+            delta: r#"{"city":"Oslo""#.into()
+        }]
+    );
+    events = p.push("<parameter=days>2</parameter></function></tool_call>");
+    assert_eq!(
+        events,
+        vec![
+            ParseEvent::ToolCallArgsDelta {
+                index: 0,
+                delta: r#","days":2"#.into()
+            },
+            ParseEvent::ToolCallArgsDelta {
+                index: 0,
+                delta: "}".into()
+            },
+            ParseEvent::ToolCallEnd { index: 0 },
+        ]
+    );
+    assert!(p.finish().is_empty());
+}
+
+#[test]
+fn minimax_m2() {
+    let k = ParserKind::MinimaxM2;
+    let text = "Writing it.\n<minimax:tool_call>\n<invoke name=\"write_file\">\n<parameter name=\"file_path\">kooka- server/validate. js</parameter>\n<parameter name=\"content\">42</parameter>\n<parameter name=\"bogus\">1</parameter>\n<parameter name=\"ratio\">2</parameter>\n</invoke>\n<invoke name=\"get_weather\">\n<parameter name=\"city\">Grüße, 東京</parameter>\n<parameter name=\"days\">5</parameter>\n</invoke>\n</minimax:tool_call>";
+    check(
+        k,
+        text,
+        reply(
+            "Writing it.\n",
+            vec![
+                // Path de-spaced, "42" kept a string by the schema, forbidden key dropped.
+                call(
+                    "write_file",
+                    json!({"file_path": "kooka-server/validate.js", "content": "42", "ratio": 2}),
+                ),
+                call("get_weather", json!({"city": "Grüße, 東京", "days": 5})),
+            ],
+        ),
+    );
+    check(
+        k,
+        "<minimax:tool_call><invoke name=\"get_weather\"><parameter name=\"city\">Paris</parameter></invoke></minimax:tool_call>",
+        reply("", vec![call("get_weather", json!({"city": "Paris"}))]),
+    );
+    check(
+        k,
+        "<minimax:tool_call>oops</minimax:tool_call> ok",
+        reply("<minimax:tool_call>oops</minimax:tool_call> ok", vec![]),
+    );
+}
+
+#[test]
+fn mistral() {
+    let k = ParserKind::Mistral;
+    check(
+        k,
+        r#"[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_weather", "arguments": {"city": "Lyon", "days": 1}}]"#,
+        reply(
+            "",
+            vec![
+                call("get_weather", json!({"city": "Paris"})),
+                call("get_weather", json!({"city": "Lyon", "days": 1})),
+            ],
+        ),
+    );
+    check(
+        k,
+        r#"Sure. [TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]write_file[CALL_ID]abc123XYZ[ARGS]{"file_path": "a.txt"}"#,
+        reply(
+            "Sure. ",
+            vec![
+                call("get_weather", json!({"city": "Paris"})),
+                call("write_file", json!({"file_path": "a.txt"})),
+            ],
+        ),
+    );
+    check(
+        k,
+        "[TOOL_CALLS]not json",
+        reply("[TOOL_CALLS]not json", vec![]),
+    );
+    check(k, "plain [TOOL", reply("plain [TOOL", vec![]));
+}
+
+#[test]
+fn mistral_ids() {
+    let mut p = new_parser(ParserKind::Mistral, &tools());
+    let mut r = ParsedReply::parse(
+        p.as_mut(),
+        r#"[TOOL_CALLS]a[CALL_ID]abc123XYZ[ARGS]{}[TOOL_CALLS]b[ARGS]{}"#,
+    );
+    assert_eq!(r.tool_calls[0].id, "abc123XYZ");
+    let generated = r.tool_calls.remove(1).id;
+    assert!(
+        generated.len() == 9 && generated.chars().all(|c| c.is_ascii_alphanumeric()),
+        "{generated}"
+    );
+}
+
+#[test]
+fn llama3_json() {
+    let k = ParserKind::Llama3Json;
+    check(
+        k,
+        r#"{"name": "get_weather", "parameters": {"city": "Paris", "days": 2}}"#,
+        reply(
+            "",
+            vec![call("get_weather", json!({"city": "Paris", "days": 2}))],
+        ),
+    );
+    check(
+        k,
+        r#"<|python_tag|>{"name": "get_weather", "parameters": {"city": "A"}}; {"name": "get_weather", "parameters": {"city": "B"}}"#,
+        reply(
+            "",
+            vec![
+                call("get_weather", json!({"city": "A"})),
+                call("get_weather", json!({"city": "B"})),
+            ],
+        ),
+    );
+    check(
+        k,
+        "The weather is {fine}.",
+        reply("The weather is {fine}.", vec![]),
+    );
+    check(k, "  {\"oops\": 1}", reply("  {\"oops\": 1}", vec![]));
+    check(k, "<|python", reply("<|python", vec![]));
+}
+
+#[test]
+fn pythonic() {
+    let k = ParserKind::Pythonic;
+    check(
+        k,
+        r#"<|tool_call_start|>[get_weather(city="Paris", days=3, metric=True)]<|tool_call_end|>"#,
+        reply(
+            "",
+            vec![call(
+                "get_weather",
+                json!({"city": "Paris", "days": 3, "metric": true}),
+            )],
+        ),
+    );
+    check(
+        k,
+        r#"On it. <|tool_call_start|>[get_weather(city='Lyon'), write_file(file_path="a b.txt", mode={'x': [1, 2.5, None]}, tags=("t",))]<|tool_call_end|>"#,
+        reply(
+            "On it. ",
+            vec![
+                call("get_weather", json!({"city": "Lyon"})),
+                call(
+                    "write_file",
+                    json!({"file_path": "a b.txt", "mode": {"x": [1, 2.5, null]}, "tags": ["t"]}),
+                ),
+            ],
+        ),
+    );
+    check(
+        k,
+        "<|tool_call_start|>[broken(]<|tool_call_end|>",
+        reply("<|tool_call_start|>[broken(]<|tool_call_end|>", vec![]),
+    );
+}
+
+#[test]
+fn parser_selection() {
+    let nemotron = "...<tool_call>\n<function=example>\n<parameter=x>...";
+    let cfg = json!({"tool_parser_type": "json_tools"});
+    let (kind, why) = select_parser(Some(&cfg), Some(nemotron));
+    assert_eq!(kind, Some(ParserKind::Qwen3Coder));
+    assert!(
+        why.contains("json_tools") && why.contains("qwen3_coder"),
+        "{why}"
+    );
+    assert_eq!(
+        select_parser(
+            Some(&json!({"tool_parser_type": "mistral"})),
+            Some("<tool_call>")
+        )
+        .0,
+        Some(ParserKind::Mistral)
+    );
+    let infer = |t: &str| select_parser(None, Some(t)).0;
+    assert_eq!(infer("<minimax:tool_call>"), Some(ParserKind::MinimaxM2));
+    assert_eq!(infer("[TOOL_CALLS]"), Some(ParserKind::Mistral));
+    assert_eq!(infer("<|tool_call_start|>"), Some(ParserKind::Pythonic));
+    assert_eq!(
+        infer("<tool_call>{{ tool | tojson }}</tool_call>"),
+        Some(ParserKind::JsonTools)
+    );
+    assert_eq!(infer("<|python_tag|>"), Some(ParserKind::Llama3Json));
+    assert_eq!(infer("{{ messages }}"), None);
+}
+
+/// Every template in the corpus that mentions a tool-call format gets the expected parser.
+#[test]
+fn parser_selection_on_corpus() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("third_party/llama.cpp/templates");
+    assert!(
+        dir.is_dir(),
+        "{} is missing: run scripts/setup.sh --tests",
+        dir.display()
+    );
+    let expect = [
+        ("Qwen3-Coder.jinja", Some(ParserKind::Qwen3Coder)),
+        (
+            "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16.jinja",
+            Some(ParserKind::Qwen3Coder),
+        ),
+        ("MiniMax-M2.jinja", Some(ParserKind::MinimaxM2)),
+        (
+            "Qwen-Qwen2.5-7B-Instruct.jinja",
+            Some(ParserKind::JsonTools),
+        ),
+        (
+            "mistralai-Mistral-Nemo-Instruct-2407.jinja",
+            Some(ParserKind::Mistral),
+        ),
+        (
+            "Mistral-Small-3.2-24B-Instruct-2506.jinja",
+            Some(ParserKind::Mistral),
+        ),
+        (
+            "meta-llama-Llama-3.1-8B-Instruct.jinja",
+            Some(ParserKind::Llama3Json),
+        ),
+        (
+            "meta-llama-Llama-3.2-3B-Instruct.jinja",
+            Some(ParserKind::Llama3Json),
+        ),
+        ("LFM2-8B-A1B.jinja", Some(ParserKind::Pythonic)),
+        ("LFM2.5-8B-A1B.jinja", Some(ParserKind::Pythonic)),
+        ("google-gemma-2-2b-it.jinja", None),
+    ];
+    for (file, want) in expect {
+        let source = std::fs::read_to_string(dir.join(file)).unwrap();
+        let (kind, why) = select_parser(None, Some(&source));
+        assert_eq!(kind, want, "{file}: {why}");
+    }
+}

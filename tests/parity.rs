@@ -1,7 +1,14 @@
 //! Parity of `kooka generate` with the Python reference, mlx-lm 0.32.2, on tiny random
 //! models made by `tests/python/make_tiny_models.py` (llama tied/untied, llama3 rope,
-//! mistral, qwen2, qwen3; bf16, f16, 4/8/3-bit and mixed per-module quantization), and on
+//! mistral, qwen2, qwen3, the mixtures of experts qwen3_moe and mixtral, mistral with
+//! sliding-window layers (rotating KV cache, windows 8 and 16) and qwen2 with a sliding
+//! window mlx-lm ignores; bf16, f16, 4/8/3-bit and mixed per-module quantization), and on
 //! SmolLM2-135M-Instruct when `models/SmolLM2-135M-Instruct` exists.
+//!
+//! The MoE and sliding-window models also run a 40-token prompt: its prefill routes more
+//! than 64 (token, expert) pairs (mlx-lm's sorted gathered-matmul path) and overruns the
+//! windows (banded prefill mask, then trimming the rotating cache); the sliding-window
+//! models also prefill it in chunks of 7 (mlx-lm's `prefill_step_size`).
 //!
 //! For each model and both compute modes (`native` = weights as stored, vs mlx-lm as
 //! loaded; `f32` = dequantized float32, vs mlx-lm dequantized and cast to float32):
@@ -47,7 +54,9 @@ fn tiny_models() -> (PathBuf, Vec<String>) {
 }
 
 fn reference(jobs: &Value) -> Vec<Value> {
-    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("jobs-{}.json", std::process::id()));
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("jobs-{}-{call}.json", std::process::id()));
     std::fs::write(&file, jobs.to_string()).unwrap();
     let out = Command::new(python()).arg(root().join("tests/python/mlx_lm_reference.py")).arg(&file).output().expect("running mlx_lm_reference.py");
     assert!(out.status.success(), "mlx_lm_reference.py failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -56,7 +65,14 @@ fn reference(jobs: &Value) -> Vec<Value> {
 
 /// Runs `kooka generate` with the debug flags; returns its JSON and the logits.
 fn kooka(model: &Path, args: &[&str]) -> (Value, Vec<f32>) {
-    let logits = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("logits-{}-{}.json", std::process::id(), model.file_name().unwrap().to_string_lossy()));
+    // Unique per call: tests run in parallel threads of one process.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let logits = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "logits-{}-{call}-{}.json",
+        std::process::id(),
+        model.file_name().unwrap().to_string_lossy()
+    ));
     let out = Command::new(KOOKA)
         .arg("generate")
         .arg("--model")
@@ -86,25 +102,26 @@ fn logits_error(got: &[f32], want: &[f64]) -> f64 {
 const PROMPT: [u32; 12] = [1, 17, 42, 99, 3, 250, 7, 7, 300, 12, 64, 5];
 const N: usize = 40;
 
-#[test]
-fn tiny_models_match_mlx_lm() {
-    let (dir, names) = tiny_models();
+/// Runs every model in `names` in both compute modes on `prompt` for `n` greedy tokens
+/// (prefilling in chunks of `step`), kooka against mlx-lm; panics listing every mismatch.
+fn check_parity(dir: &Path, names: &[String], prompt: &[u32], n: usize, step: usize) {
     let modes = [("native", false), ("f32", true)];
     let mut jobs = Vec::new();
-    for n in &names {
+    for name in names {
         for (_, f32) in &modes {
-            jobs.push(json!({"model": dir.join(n), "tokens": PROMPT, "max_tokens": N, "f32": f32}));
+            jobs.push(json!({"model": dir.join(name), "tokens": prompt, "max_tokens": n, "f32": f32, "prefill_step_size": step}));
         }
     }
     let refs = reference(&Value::Array(jobs));
-    let prompt = PROMPT.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
-    let n = N.to_string();
+    let prompt_arg = prompt.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
+    let (n_arg, step_arg) = (n.to_string(), step.to_string());
     let mut failures = Vec::new();
     let mut passed = Vec::new();
     for (i, name) in names.iter().enumerate() {
         for (j, (mode, _)) in modes.iter().enumerate() {
             let want = &refs[i * modes.len() + j];
-            let (got, logits) = kooka(&dir.join(name), &["--prompt-tokens", &prompt, "--max-tokens", &n, "--compute-dtype", mode]);
+            let args = ["--prompt-tokens", &prompt_arg, "--max-tokens", &n_arg, "--compute-dtype", mode, "--prefill-step-size", &step_arg];
+            let (got, logits) = kooka(&dir.join(name), &args);
             let (gt, wt) = (ids(&got["tokens"]), ids(&want["tokens"]));
             let want_logits: Vec<f64> = want["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
             let err = logits_error(&logits, &want_logits);
@@ -118,8 +135,37 @@ fn tiny_models_match_mlx_lm() {
             }
         }
     }
-    println!("parity passed: {}", passed.join(", "));
+    println!("parity passed ({}-token prompt, prefill step {step}): {}", prompt.len(), passed.join(", "));
     assert!(failures.is_empty(), "{} parity failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn tiny_models_match_mlx_lm() {
+    let (dir, names) = tiny_models();
+    check_parity(&dir, &names, &PROMPT, N, 2048);
+}
+
+#[test]
+fn moe_and_sliding_window_match_mlx_lm_on_long_prompt() {
+    let (dir, names) = tiny_models();
+    let names: Vec<String> =
+        names.into_iter().filter(|n| ["qwen3_moe", "mixtral", "mistral_swa"].iter().any(|p| n.starts_with(p))).collect();
+    assert!(names.len() >= 8, "MoE / sliding-window tiny models missing: {names:?}");
+    check_parity(&dir, &names, &long_prompt(), 32, 2048);
+}
+
+/// Chunked prefill through rotating caches: later chunks attend to the trimmed,
+/// reordered window of earlier ones (banded masks with an offset).
+#[test]
+fn sliding_window_chunked_prefill_matches_mlx_lm() {
+    let (dir, names) = tiny_models();
+    let names: Vec<String> = names.into_iter().filter(|n| n.starts_with("mistral_swa") || n == "qwen3_moe-q4g64").collect();
+    assert!(names.len() >= 5, "sliding-window tiny models missing: {names:?}");
+    check_parity(&dir, &names, &long_prompt(), 24, 7);
+}
+
+fn long_prompt() -> Vec<u32> {
+    (0..40u32).map(|i| (i * 37 + 11) % 320).collect()
 }
 
 #[test]

@@ -1,5 +1,13 @@
-//! Per-layer key/value cache that grows in steps of [`KV_STEP`] positions (preallocated
-//! with zeros and written with slice updates), like mlx-lm's `KVCache`.
+//! Per-layer key/value caches, op for op like mlx-lm's `models/cache.py`:
+//! - the default cache grows in steps of [`KV_STEP`] positions (preallocated with zeros
+//!   and written with slice updates), like `KVCache`;
+//! - a rotating cache (sliding-window layers) keeps at most `max_size` positions (the
+//!   first `keep` never evicted), like `RotatingKVCache`: multi-token updates concatenate
+//!   in temporal order keeping the last `max_size - 1` positions plus the new ones (so
+//!   every query sees a full window), single tokens overwrite the oldest slot in place.
+//!
+//! The physical order of the rotating buffer is kept identical to mlx-lm's, so the
+//! attention sums run in the same order and results stay bit-identical.
 
 use mlx_rs::ops::indexing::{TryIndexMutOp, TryIndexOp};
 use mlx_rs::{ops, Array};
@@ -9,12 +17,43 @@ use super::error::Result;
 /// Positions added each time the cache grows.
 pub const KV_STEP: i32 = 256;
 
-/// Keys and values of one layer, `[B, kv_heads, capacity, head_dim]`, valid up to `offset`.
+/// The attention mask a forward needs, as mlx-lm's `make_mask` decides it.
+pub enum AttnMask {
+    None,
+    Causal,
+    /// Boolean `[L, keys]`, true where attention is allowed.
+    Array(Array),
+}
+
+/// Sliding-window state of a rotating cache.
+#[derive(Clone, Copy)]
+struct Rotation {
+    max_size: i32,
+    keep: i32,
+    /// Next write slot (`_idx`).
+    idx: i32,
+}
+
+/// Keys and values of one layer, `[B, kv_heads, capacity, head_dim]`.
 #[derive(Default)]
 pub struct KvCache {
     keys: Option<Array>,
     values: Option<Array>,
     offset: i32,
+    rotation: Option<Rotation>,
+}
+
+/// `v[..., a..b, :]`.
+fn slice(v: &Array, a: i32, b: i32) -> Result<Array> {
+    Ok(v.try_index((.., .., a..b, ..))?)
+}
+
+fn concat(parts: Vec<Array>) -> Result<Array> {
+    Ok(ops::concatenate(&parts, 2)?)
+}
+
+fn len(v: &Array) -> i32 {
+    v.shape()[2]
 }
 
 impl KvCache {
@@ -22,30 +61,64 @@ impl KvCache {
         Self::default()
     }
 
-    /// Number of positions stored (the next token's position).
+    /// A rotating cache of at most `max_size` positions whose first `keep` stay.
+    pub fn rotating(max_size: i32, keep: i32) -> Self {
+        KvCache { rotation: Some(Rotation { max_size, keep, idx: 0 }), ..Self::default() }
+    }
+
+    /// Number of positions seen (the next token's position).
     pub fn offset(&self) -> i32 {
         self.offset
     }
 
-    /// Appends `keys`/`values` (`[B, H, L, D]`) and returns all valid positions.
+    /// Appends `keys`/`values` (`[B, H, L, D]`) and returns the positions to attend to.
     pub fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
+        match self.rotation {
+            None => self.update_growing(keys, values),
+            Some(_) if keys.shape()[2] == 1 => self.update_in_place(keys, values),
+            Some(_) => self.update_concat(keys, values),
+        }
+    }
+
+    /// The mask for `n` new queries (`create_attention_mask` / `make_mask` in mlx-lm, with
+    /// the window of a rotating cache equal to its size).
+    pub fn make_mask(&self, n: i32) -> Result<AttnMask> {
+        match self.rotation {
+            _ if n <= 1 => Ok(AttnMask::None),
+            None => Ok(AttnMask::Causal),
+            Some(r) => {
+                let offset = (r.max_size - 1).min(self.offset);
+                if offset + n > r.max_size {
+                    Ok(AttnMask::Array(causal_mask(n, offset, r.max_size)))
+                } else {
+                    Ok(AttnMask::Causal)
+                }
+            }
+        }
+    }
+
+    fn parts(&mut self) -> (&mut Array, &mut Array) {
+        match (self.keys.as_mut(), self.values.as_mut()) {
+            (Some(k), Some(v)) => (k, v),
+            _ => unreachable!("the cache is allocated before it is written"),
+        }
+    }
+
+    fn update_growing(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
         let prev = self.offset;
         let l = keys.shape()[2];
-        let capacity = self.keys.as_ref().map(|k| k.shape()[2]).unwrap_or(0);
+        let capacity = self.keys.as_ref().map(len).unwrap_or(0);
         if self.keys.is_none() || prev + l > capacity {
-            let (b, h, dk) = (keys.shape()[0], keys.shape()[1], keys.shape()[3]);
-            let dv = values.shape()[3];
             let n = (KV_STEP + l - 1) / KV_STEP * KV_STEP;
-            let new_k = ops::zeros_dtype(&[b, h, n, dk], keys.dtype())?;
-            let new_v = ops::zeros_dtype(&[b, h, n, dv], values.dtype())?;
+            let (new_k, new_v) = zeros_like_step(keys, values, n)?;
             match (self.keys.take(), self.values.take()) {
                 (Some(mut k), Some(mut v)) => {
                     if prev % KV_STEP != 0 {
-                        k = k.try_index((.., .., ..prev, ..))?;
-                        v = v.try_index((.., .., ..prev, ..))?;
+                        k = slice(&k, 0, prev)?;
+                        v = slice(&v, 0, prev)?;
                     }
-                    self.keys = Some(ops::concatenate(&[k, new_k], 2)?);
-                    self.values = Some(ops::concatenate(&[v, new_v], 2)?);
+                    self.keys = Some(concat(vec![k, new_k])?);
+                    self.values = Some(concat(vec![v, new_v])?);
                 }
                 _ => {
                     self.keys = Some(new_k);
@@ -55,14 +128,120 @@ impl KvCache {
         }
         self.offset += l;
         let end = self.offset;
-        let (k, v) = match (self.keys.as_mut(), self.values.as_mut()) {
-            (Some(k), Some(v)) => (k, v),
-            _ => unreachable!("allocated above"),
-        };
+        let (k, v) = self.parts();
         k.try_index_mut((.., .., prev..end, ..), keys)?;
         v.try_index_mut((.., .., prev..end, ..), values)?;
-        if end < k.shape()[2] {
-            Ok((k.try_index((.., .., ..end, ..))?, v.try_index((.., .., ..end, ..))?))
+        if end < len(k) {
+            Ok((slice(k, 0, end)?, slice(v, 0, end)?))
+        } else {
+            Ok((k.clone(), v.clone()))
+        }
+    }
+
+    /// `_temporal_order`: the buffer rearranged oldest-first, unused tail sliced off.
+    fn temporal_order(&self, r: Rotation, v: &Array) -> Result<Array> {
+        if r.idx == len(v) {
+            Ok(v.clone())
+        } else if r.idx < self.offset {
+            let mut parts = Vec::with_capacity(3);
+            if r.keep > 0 {
+                parts.push(slice(v, 0, r.keep)?);
+            }
+            parts.push(slice(v, r.idx, len(v))?);
+            parts.push(slice(v, r.keep, r.idx)?);
+            concat(parts)
+        } else {
+            slice(v, 0, r.idx)
+        }
+    }
+
+    /// `_trim`: drop `trim` positions after the first `keep`, then append `append`.
+    fn trim(r: Rotation, trim: i32, v: Array, append: Option<&Array>) -> Result<Array> {
+        let mut parts = Vec::with_capacity(3);
+        if trim > 0 {
+            if r.keep > 0 {
+                parts.push(slice(&v, 0, r.keep)?);
+            }
+            parts.push(slice(&v, trim + r.keep, len(&v))?);
+        } else {
+            parts.push(v);
+        }
+        parts.extend(append.cloned());
+        if parts.len() == 1 {
+            return Ok(parts.remove(0));
+        }
+        concat(parts)
+    }
+
+    fn update_concat(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
+        let Some(mut r) = self.rotation else { unreachable!("rotating caches only") };
+        match (self.keys.take(), self.values.take()) {
+            (Some(k), Some(v)) => {
+                let k = self.temporal_order(r, &k)?;
+                let v = self.temporal_order(r, &v)?;
+                r.idx = len(&k);
+                let trim = r.idx - r.max_size + 1;
+                self.keys = Some(Self::trim(r, trim, k, Some(keys))?);
+                self.values = Some(Self::trim(r, trim, v, Some(values))?);
+            }
+            _ => {
+                self.keys = Some(keys.clone());
+                self.values = Some(values.clone());
+            }
+        }
+        self.offset += keys.shape()[2];
+        let (k, v) = self.parts();
+        r.idx = len(k);
+        let out = (k.clone(), v.clone());
+        self.rotation = Some(r);
+        Ok(out)
+    }
+
+    fn update_in_place(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
+        let Some(mut r) = self.rotation else { unreachable!("rotating caches only") };
+        let s = keys.shape()[2];
+        let prev = self.offset;
+        let grow = match &self.keys {
+            None => true,
+            Some(k) => prev >= len(k) && len(k) < r.max_size,
+        };
+        if grow {
+            let new_size = KV_STEP.min(r.max_size - prev);
+            let (new_k, new_v) = zeros_like_step(keys, values, new_size)?;
+            match (self.keys.take(), self.values.take()) {
+                (Some(k), Some(v)) => {
+                    self.keys = Some(concat(vec![k, new_k])?);
+                    self.values = Some(concat(vec![v, new_v])?);
+                }
+                _ => {
+                    self.keys = Some(new_k);
+                    self.values = Some(new_v);
+                }
+            }
+            r.idx = prev;
+        }
+        let trim = self.keys.as_ref().map(len).unwrap_or(0) - r.max_size;
+        if trim > 0 {
+            if let (Some(k), Some(v)) = (self.keys.take(), self.values.take()) {
+                self.keys = Some(Self::trim(r, trim, k, None)?);
+                self.values = Some(Self::trim(r, trim, v, None)?);
+            }
+            r.idx = r.max_size;
+        }
+        if r.idx == r.max_size {
+            r.idx = r.keep;
+        }
+        let (a, b) = (r.idx, r.idx + s);
+        let (k, v) = self.parts();
+        k.try_index_mut((.., .., a..b, ..), keys)?;
+        v.try_index_mut((.., .., a..b, ..), values)?;
+        self.offset += s;
+        r.idx += s;
+        self.rotation = Some(r);
+        let end = self.offset;
+        let (k, v) = self.parts();
+        if end < len(k) {
+            Ok((slice(k, 0, end)?, slice(v, 0, end)?))
         } else {
             Ok((k.clone(), v.clone()))
         }
@@ -76,4 +255,19 @@ impl KvCache {
     pub fn nbytes(&self) -> usize {
         self.state().iter().map(|a| a.nbytes()).sum()
     }
+}
+
+fn zeros_like_step(keys: &Array, values: &Array, n: i32) -> Result<(Array, Array)> {
+    let (b, h, dk) = (keys.shape()[0], keys.shape()[1], keys.shape()[3]);
+    let dv = values.shape()[3];
+    Ok((ops::zeros_dtype(&[b, h, n, dk], keys.dtype())?, ops::zeros_dtype(&[b, h, n, dv], values.dtype())?))
+}
+
+/// mlx-lm's `create_causal_mask(n, offset, window_size)`: query `i` (position
+/// `offset + i`) may see key `j` iff `j <= offset + i < j + window`.
+pub fn causal_mask(n: i32, offset: i32, window: i32) -> Array {
+    let keys = offset + n;
+    let allowed: Vec<bool> =
+        (0..n).flat_map(|i| (0..keys).map(move |j| offset + i >= j && offset + i < j + window)).collect();
+    Array::from_slice(&allowed, &[n, keys])
 }

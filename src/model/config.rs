@@ -9,9 +9,10 @@ use serde_json::Value;
 
 use super::error::{ModelError, Result};
 
-/// Hyper-parameters shared by the Llama family (llama, mistral, qwen2, qwen3).
-/// Defaults that differ per architecture are left `None` here and filled in by the
-/// architecture (see [`super::llama::ArchFlags`]).
+/// Hyper-parameters of the supported architectures (the Llama family: llama, mistral,
+/// qwen2, qwen3; and the mixtures of experts qwen3_moe, mixtral). Defaults that differ per
+/// architecture are left `None` here and filled in by the architecture (see
+/// [`super::llama::ArchFlags`]).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ModelConfig {
     pub model_type: String,
@@ -46,6 +47,29 @@ pub struct ModelConfig {
     pub eos_token_id: Option<Value>,
     #[serde(default)]
     pub quantization: Option<Value>,
+    /// Per-layer attention kind (`"full_attention"` / `"sliding_attention"`); mlx-lm's
+    /// llama/mistral give the sliding layers a rotating cache of `sliding_window`.
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
+    #[serde(default)]
+    pub sliding_window: Option<i32>,
+    /// Mixture of experts: experts (qwen3_moe `num_experts`, mixtral `num_local_experts`).
+    #[serde(default)]
+    pub num_experts: Option<i32>,
+    #[serde(default)]
+    pub num_local_experts: Option<i32>,
+    #[serde(default)]
+    pub num_experts_per_tok: Option<i32>,
+    /// qwen3_moe: each expert's hidden size, sparse-layer stride, dense layers, and whether
+    /// the top-k router scores are renormalized to sum to one.
+    #[serde(default)]
+    pub moe_intermediate_size: Option<i32>,
+    #[serde(default)]
+    pub decoder_sparse_step: Option<i32>,
+    #[serde(default)]
+    pub mlp_only_layers: Option<Vec<i32>>,
+    #[serde(default)]
+    pub norm_topk_prob: Option<bool>,
 }
 
 /// How one affine-quantized tensor is packed.

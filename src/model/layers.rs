@@ -17,12 +17,21 @@ pub struct QuantMatrix {
 }
 
 impl QuantMatrix {
-    /// Loads `<path>.weight/.scales/.biases` for a `[rows, cols]` matrix. The packing comes
-    /// from the config's per-module entry when it has one, else from the shapes (as mlx-lm
-    /// does), and is then checked against every shape.
+    /// Loads `<path>.weight/.scales/.biases` for a `[..lead, rows, cols]` matrix (`lead`
+    /// is empty for a linear, `[experts]` for stacked experts). The packing comes from the
+    /// config's per-module entry when it has one, else from the shapes (as mlx-lm does),
+    /// and is then checked against every shape.
     /// `cast_scales`: apply the weight policy's dtype to scales/biases (else keep them as
     /// stored, for dequantizing exactly as mlx-lm's `dequantize_model` does).
-    fn load(ws: &mut Weights, path: &str, rows: i32, cols: i32, quant: &QuantConfig, cast_scales: bool) -> Result<Self> {
+    pub(crate) fn load(
+        ws: &mut Weights,
+        path: &str,
+        lead: &[i32],
+        rows: i32,
+        cols: i32,
+        quant: &QuantConfig,
+        cast_scales: bool,
+    ) -> Result<Self> {
         let wname = format!("{path}.weight");
         let sname = format!("{path}.scales");
         let bname = format!("{path}.biases");
@@ -51,26 +60,31 @@ impl QuantMatrix {
         if cols % spec.group_size != 0 || (cols * spec.bits) % 32 != 0 {
             return Err(ModelError::BadTensor { name: wname, message: format!("{cols} columns do not fit {spec:?}") });
         }
-        let check = |name: &str, a: &Array, want: [i32; 2]| -> Result<()> {
-            if a.shape() != want {
-                return Err(ModelError::ShapeMismatch { name: name.into(), expected: want.to_vec(), found: a.shape().to_vec() });
+        let shape = |last: i32| -> Vec<i32> { lead.iter().copied().chain([rows, last]).collect() };
+        let check = |name: &str, a: &Array, want: Vec<i32>| -> Result<()> {
+            if a.shape() != want.as_slice() {
+                return Err(ModelError::ShapeMismatch { name: name.into(), expected: want, found: a.shape().to_vec() });
             }
             Ok(())
         };
-        check(&wname, &w, [rows, cols * spec.bits / 32])?;
-        check(&sname, &scales, [rows, cols / spec.group_size])?;
-        let biases = ws.take(&bname, Some(&[rows, cols / spec.group_size]))?;
+        check(&wname, &w, shape(cols * spec.bits / 32))?;
+        check(&sname, &scales, shape(cols / spec.group_size))?;
+        let biases = ws.take(&bname, Some(&shape(cols / spec.group_size)))?;
         let (scales, biases) = if cast_scales { (ws.cast(&sname, scales)?, ws.cast(&bname, biases)?) } else { (scales, biases) };
         Ok(QuantMatrix { w, scales, biases, spec })
     }
 
-    fn dequantize(&self) -> Result<Array> {
+    pub(crate) fn dequantize(&self) -> Result<Array> {
         Ok(ops::dequantize(&self.w, &self.scales, &self.biases, self.spec.group_size, self.spec.bits)?)
     }
 
     /// `x @ W.T` with the packed matrix.
     fn matmul_t(&self, x: &Array) -> Result<Array> {
         Ok(ops::quantized_matmul(x, &self.w, &self.scales, &self.biases, true, self.spec.group_size, self.spec.bits)?)
+    }
+
+    pub(crate) fn arrays(&self) -> Vec<&Array> {
+        vec![&self.w, &self.scales, &self.biases]
     }
 }
 
@@ -87,7 +101,7 @@ impl Matrix {
         if !ws.contains(&format!("{path}.scales")) {
             return Ok(Matrix::Dense(ws.take_float(&format!("{path}.weight"), &[rows, cols])?));
         }
-        let q = QuantMatrix::load(ws, path, rows, cols, quant, !ws.policy.dequantize)?;
+        let q = QuantMatrix::load(ws, path, &[], rows, cols, quant, !ws.policy.dequantize)?;
         if ws.policy.dequantize {
             // Dequantize in the stored scale dtype, then cast: the same values as mlx-lm's
             // `dequantize_model` followed by `set_dtype`.
@@ -108,7 +122,7 @@ impl Matrix {
     pub fn arrays(&self) -> Vec<&Array> {
         match self {
             Matrix::Dense(w) => vec![w],
-            Matrix::Quant(q) => vec![&q.w, &q.scales, &q.biases],
+            Matrix::Quant(q) => q.arrays(),
         }
     }
 }

@@ -22,6 +22,9 @@ pub mod config;
 pub mod error;
 pub mod layers;
 pub mod llama;
+pub mod mixtral;
+pub mod moe;
+pub mod qwen3_moe;
 pub mod weights;
 
 use std::path::Path;
@@ -59,7 +62,7 @@ pub enum ComputeDtype {
 impl ComputeDtype {
     /// The weight policy on the current default device.
     pub fn policy(self) -> WeightPolicy {
-        let on_cpu = Device::try_default().ok().and_then(|d| d.get_type().ok()).is_none_or(|t| matches!(t, DeviceType::Cpu));
+        let on_cpu = default_device_is_cpu();
         match self {
             ComputeDtype::Auto if on_cpu => WeightPolicy { dequantize: true, dtype: Some(Dtype::Float32) },
             ComputeDtype::Auto | ComputeDtype::Native => WeightPolicy { dequantize: false, dtype: None },
@@ -70,27 +73,48 @@ impl ComputeDtype {
     }
 }
 
+/// Whether MLX's default device is the CPU (or cannot be queried).
+pub(crate) fn default_device_is_cpu() -> bool {
+    Device::try_default().ok().and_then(|d| d.get_type().ok()).is_none_or(|t| matches!(t, DeviceType::Cpu))
+}
+
 /// `model_type` values the registry can build.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral"];
 
 /// Says which checkpoint tensors an architecture drops on purpose.
 type IgnoreFn = fn(&str) -> bool;
 type Builder = fn(&ModelConfig, &mut Weights) -> Result<(Box<dyn LanguageModel>, IgnoreFn)>;
 
-fn build_llama(cfg: &ModelConfig, ws: &mut Weights) -> Result<(Box<dyn LanguageModel>, IgnoreFn)> {
-    let m = llama::Llama::load(cfg, ws)?;
-    let ignore: IgnoreFn = if cfg.tie_word_embeddings.unwrap_or(true) {
+/// Precomputed rotary frequencies are always dropped; so is `lm_head` under tied embeddings.
+fn ignore_for(tied: bool) -> IgnoreFn {
+    if tied {
         |n| n.contains("rotary_emb.inv_freq") || n.starts_with("lm_head.")
     } else {
         |n| n.contains("rotary_emb.inv_freq")
-    };
-    Ok((Box::new(m), ignore))
+    }
+}
+
+fn build_llama(cfg: &ModelConfig, ws: &mut Weights) -> Result<(Box<dyn LanguageModel>, IgnoreFn)> {
+    let m = llama::Llama::load(cfg, ws)?;
+    Ok((Box::new(m), ignore_for(cfg.tie_word_embeddings.unwrap_or(true))))
+}
+
+fn build_qwen3_moe(cfg: &ModelConfig, ws: &mut Weights) -> Result<(Box<dyn LanguageModel>, IgnoreFn)> {
+    let (m, tied) = qwen3_moe::load(cfg, ws)?;
+    Ok((Box::new(m), ignore_for(tied)))
+}
+
+fn build_mixtral(cfg: &ModelConfig, ws: &mut Weights) -> Result<(Box<dyn LanguageModel>, IgnoreFn)> {
+    let (m, tied) = mixtral::load(cfg, ws)?;
+    Ok((Box::new(m), ignore_for(tied)))
 }
 
 /// The registry: `model_type` -> builder.
 fn builder_for(model_type: &str) -> Option<Builder> {
     match model_type {
         "llama" | "mistral" | "qwen2" | "qwen3" => Some(build_llama),
+        "qwen3_moe" => Some(build_qwen3_moe),
+        "mixtral" => Some(build_mixtral),
         _ => None,
     }
 }

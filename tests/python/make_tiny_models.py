@@ -14,7 +14,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
-from mlx_lm.models import llama, qwen2, qwen3
+from mlx_lm.models import llama, mixtral, qwen2, qwen3, qwen3_moe
 from mlx_lm.utils import save_config, save_model
 
 BASE = dict(
@@ -28,6 +28,8 @@ BASE = dict(
     max_position_embeddings=512,
 )
 
+MOE_BASE = dict(BASE, hidden_size=64)
+
 ARCHS = {
     "llama": (llama, dict(model_type="llama", rope_theta=10000.0, tie_word_embeddings=False)),
     "llama_tied": (llama, dict(model_type="llama", rope_theta=10000.0, tie_word_embeddings=True)),
@@ -39,6 +41,39 @@ ARCHS = {
     "qwen2": (qwen2, dict(model_type="qwen2", rope_theta=1000000.0, tie_word_embeddings=True)),
     "qwen3": (qwen3, dict(model_type="qwen3", rope_theta=1000000.0, tie_word_embeddings=True,
                           head_dim=48)),
+    # Mixture of experts: qwen3_moe with one dense layer (mlp_only_layers) between two
+    # sparse ones, 8 experts top-2 with renormalized scores; mixtral with 4 experts top-2.
+    "qwen3_moe": (qwen3_moe, dict(
+        MOE_BASE, model_type="qwen3_moe", rope_theta=1000000.0, tie_word_embeddings=False,
+        num_hidden_layers=3, head_dim=16, intermediate_size=128, moe_intermediate_size=64,
+        num_experts=8, num_experts_per_tok=2, decoder_sparse_step=1, mlp_only_layers=[1],
+        norm_topk_prob=True)),
+    "mixtral": (mixtral, dict(
+        MOE_BASE, model_type="mixtral", rope_theta=1000000.0, tie_word_embeddings=False,
+        intermediate_size=64, num_local_experts=4, num_experts_per_tok=2)),
+    # Sliding-window attention: mlx-lm's llama honours `sliding_window` only on layers that
+    # `layer_types` marks "sliding_attention" (a RotatingKVCache of that size). The
+    # 12-token test prompt and 40 generated tokens overrun the window of 8.
+    "mistral_swa": (llama, dict(
+        model_type="mistral", rope_theta=1000000.0, tie_word_embeddings=False,
+        sliding_window=8, layer_types=["sliding_attention", "full_attention"])),
+}
+
+# Architectures only built in the EXTRA variants listed below.
+ARCHS_EXTRA = {
+    # Window 16 > prompt: the rotating cache grows first, then wraps during decoding.
+    "mistral_swa16": (llama, dict(
+        model_type="mistral", rope_theta=1000000.0, tie_word_embeddings=True,
+        sliding_window=16, layer_types=["full_attention", "sliding_attention"])),
+    # mlx-lm's qwen2 ignores use_sliding_window: so must kooka.
+    "qwen2_swa": (qwen2, dict(model_type="qwen2", rope_theta=1000000.0, tie_word_embeddings=True,
+                              use_sliding_window=True, sliding_window=8, max_window_layers=1)),
+    # Top-3 of 8 without renormalization, every second layer sparse.
+    "qwen3_moe_k3": (qwen3_moe, dict(
+        MOE_BASE, model_type="qwen3_moe", rope_theta=1000000.0, tie_word_embeddings=True,
+        head_dim=16, intermediate_size=128, moe_intermediate_size=64, num_experts=8,
+        num_experts_per_tok=3, decoder_sparse_step=2, mlp_only_layers=[],
+        norm_topk_prob=False)),
 }
 
 # name -> (global quantization or None, per-module overrides)
@@ -55,27 +90,49 @@ EXTRA = {
                           "model.layers.0.mlp.down_proj": False}),
     ("llama_tied", "q3g32"): ({"group_size": 32, "bits": 3}, {}),
     ("llama_tied", "f16"): (None, {}),
+    ("mistral_swa16", "bf16"): (None, {}),
+    ("mistral_swa16", "q4g64"): ({"group_size": 64, "bits": 4}, {}),
+    ("qwen2_swa", "bf16"): (None, {}),
+    ("qwen3_moe_k3", "bf16"): (None, {}),
+    ("qwen3_moe_k3", "q8g64"): ({"group_size": 64, "bits": 8}, {}),
+    ("mixtral", "mixed"): ({"group_size": 64, "bits": 4},
+                           {"model.layers.1.block_sparse_moe.switch_mlp.down_proj":
+                                {"group_size": 32, "bits": 8},
+                            "model.layers.0.block_sparse_moe.gate": False}),
 }
 
 
 def build(arch, variant, quant, overrides, out):
-    module, extra = ARCHS[arch]
+    module, extra = ARCHS.get(arch) or ARCHS_EXTRA[arch]
     config = dict(BASE, **extra)
     mx.random.seed(0)
     args = module.ModelArgs.from_dict(config)
     model = module.Model(args)
     # Wider weights than the default init so the tiny model's logits are far from flat.
-    model.update(tree_map(lambda p: p * 4.0 if p.ndim == 2 else p, model.parameters()))
+    # (ndim >= 2: stacked expert weights [experts, out, in] too.)
+    model.update(tree_map(lambda p: p * 4.0 if p.ndim >= 2 else p, model.parameters()))
     dtype = mx.float16 if variant == "f16" else mx.bfloat16
     model.set_dtype(dtype)
     if quant is not None:
+        # The model's own quant_predicate (qwen3_moe: routers at 8 bits) applies as in
+        # mlx_lm.convert, and its per-module choices are recorded in the config likewise.
+        own = getattr(model, "quant_predicate", None)
+        chosen = dict(overrides)
+
         def predicate(path, m):
             if path in overrides:
                 return overrides[path]
-            return hasattr(m, "to_quantized")
+            if not hasattr(m, "to_quantized"):
+                return False
+            if own is not None:
+                r = own(path, m)
+                if isinstance(r, dict):
+                    chosen[path] = r
+                return r
+            return True
         nn.quantize(model, group_size=quant["group_size"], bits=quant["bits"],
                     class_predicate=predicate)
-        config["quantization"] = dict(quant, **overrides)
+        config["quantization"] = dict(quant, **chosen)
     mx.eval(model.parameters())
     save_model(out, model)
     save_config(config, out / "config.json")

@@ -3,12 +3,13 @@
 Usage: mlx_lm_reference.py JOBS_JSON   (a file, or '-' for stdin)
 
 JOBS_JSON is a list of jobs, each {"model": DIR, "max_tokens": N, "f32": bool, and either
-"tokens": [ids] or "prompt": TEXT (rendered through the folder's chat template)}.
+"tokens": [ids] or "prompt": TEXT (rendered through the folder's chat template), and
+optionally "prefill_step_size": S (default 2048, as generate_step)}.
 Prints one JSON list with, per job, {"prompt_tokens": [...], "tokens": [...greedy ids...],
 "logits": [...last prompt position, float32...]}. With "f32": true the model is
 dequantized and cast to float32 after loading (kooka's `--compute-dtype f32`).
 The logits come from the same path as generate_step: prompt[:-1] prefilled into a KV
-cache, then the last prompt token alone. EOS does not stop the greedy run.
+cache (in chunks of prefill_step_size), then the last prompt token alone. EOS does not stop the greedy run.
 """
 import json
 import sys
@@ -18,6 +19,34 @@ from mlx_lm import load
 from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import dequantize_model
+
+# mlx-lm 0.32.2's QuantizedSwitchLinear passes `global_scale=` (nvfp4 experts) to
+# mx.gather_qmm, which mlx 0.32.2 does not accept. For affine experts it is always None:
+# drop it and otherwise call gather_qmm with exactly mlx-lm's arguments.
+_gather_qmm = mx.gather_qmm
+
+
+def _gather_qmm_compat(*args, global_scale=None, **kwargs):
+    if global_scale is not None:
+        raise NotImplementedError("global_scale needs a newer mlx")
+    return _gather_qmm(*args, **kwargs)
+
+
+mx.gather_qmm = _gather_qmm_compat
+
+# MLX's CPU gather_mm only supports float32, so mlx-lm fails on bf16/f16 float experts on
+# CPU. kooka then runs each gathered matmul in float32 and casts the result back to the
+# input's dtype; the reference does the same, to compare everything else in bf16.
+_gather_mm = mx.gather_mm
+
+
+def _gather_mm_f32_on_cpu(a, b, *args, **kwargs):
+    if a.dtype == mx.float32 and b.dtype == mx.float32:
+        return _gather_mm(a, b, *args, **kwargs)
+    return _gather_mm(a.astype(mx.float32), b.astype(mx.float32), *args, **kwargs).astype(a.dtype)
+
+
+mx.gather_mm = _gather_mm_f32_on_cpu
 
 
 def run(job, cache):
@@ -40,12 +69,14 @@ def run(job, cache):
     else:
         ids = list(job["tokens"])
     prompt = mx.array(ids)
+    step = job.get("prefill_step_size", 2048)
     pc = make_prompt_cache(model)
-    if len(ids) > 1:
-        model(prompt[None, :-1], cache=pc)
+    for start in range(0, len(ids) - 1, step):
+        model(prompt[None, start:min(start + step, len(ids) - 1)], cache=pc)
+        mx.eval([c.state for c in pc])
     logits = model(prompt[None, -1:], cache=pc)[0, -1].astype(mx.float32)
     out = []
-    for tok, _ in generate_step(prompt, model, max_tokens=job["max_tokens"]):
+    for tok, _ in generate_step(prompt, model, max_tokens=job["max_tokens"], prefill_step_size=step):
         out.append(int(tok))
     return {"prompt_tokens": ids, "tokens": out, "logits": logits.tolist()}
 

@@ -1,0 +1,221 @@
+//! Mixture-of-experts feed-forward, shared by qwen3_moe and mixtral: a router picks the
+//! top-k experts of each token, whose SwiGLU MLPs run through MLX's gathered matmuls
+//! (`gather_mm` on float experts, `gather_qmm` on affine-quantized ones) and whose outputs
+//! are summed with the router scores. The same op sequence as mlx-lm's
+//! `models/switch_layers.py` (`SwitchLinear`, `QuantizedSwitchLinear`, `SwitchGLU`) and the
+//! sparse blocks of `qwen3_moe.py` / `mixtral.py`, so results are bit-identical.
+//!
+//! MLX's CPU `gather_mm` only takes float32 (mlx-lm itself fails on bf16/f16 experts on
+//! CPU): there, float experts of another dtype are kept as float32 copies and each
+//! gathered matmul runs on float32 inputs, its result cast back to the input's dtype.
+//!
+//! Expert weights are stacked `[num_experts, out, in]` under `<prefix>.switch_mlp.
+//! {gate,up,down}_proj.{weight,scales,biases}`: the layout mlx-lm saves (its `sanitize`
+//! stacks Hugging Face's per-expert tensors on load).
+
+use mlx_rs::ops::indexing::TryIndexOp;
+use mlx_rs::{nn, ops, Array, Dtype};
+
+use super::config::QuantConfig;
+use super::error::{ModelError, Result};
+use super::layers::{Linear, QuantMatrix};
+use super::weights::Weights;
+
+/// mlx-lm sorts tokens by expert once this many (token, expert) pairs are routed.
+const SORT_THRESHOLD: usize = 64;
+
+/// Stacked expert matrices `[experts, out, in]`, float or packed.
+enum Experts {
+    Dense(Array),
+    Quant(QuantMatrix),
+}
+
+/// `SwitchLinear` / `QuantizedSwitchLinear` (no bias).
+struct SwitchLinear {
+    w: Experts,
+    /// CPU fallback: the experts are float32 copies; inputs go through float32 and results
+    /// back to their dtype.
+    f32_on_cpu: bool,
+}
+
+impl SwitchLinear {
+    /// Quantized iff `<path>.scales` exists; a dequantizing policy expands the packed
+    /// experts once here, then casts (as mlx-lm's `dequantize_model` + `set_dtype`).
+    fn load(ws: &mut Weights, path: &str, experts: i32, input: i32, output: i32, quant: &QuantConfig) -> Result<Self> {
+        if !ws.contains(&format!("{path}.scales")) {
+            let w = ws.take_float(&format!("{path}.weight"), &[experts, output, input])?;
+            return Self::dense(w);
+        }
+        let q = QuantMatrix::load(ws, path, &[experts], output, input, quant, !ws.policy.dequantize)?;
+        if ws.policy.dequantize {
+            let dense = q.dequantize()?;
+            return Self::dense(ws.cast(path, dense)?);
+        }
+        Ok(SwitchLinear { w: Experts::Quant(q), f32_on_cpu: false })
+    }
+
+    fn dense(w: Array) -> Result<Self> {
+        if w.dtype() != Dtype::Float32 && super::default_device_is_cpu() {
+            return Ok(SwitchLinear { w: Experts::Dense(w.as_dtype(Dtype::Float32)?), f32_on_cpu: true });
+        }
+        Ok(SwitchLinear { w: Experts::Dense(w), f32_on_cpu: false })
+    }
+
+    /// `x @ W[idx].T`, batched over the broadcast of `x`'s and `idx`'s batch shapes.
+    fn forward(&self, x: &Array, idx: &Array, sorted: bool) -> Result<Array> {
+        match &self.w {
+            Experts::Dense(w) if self.f32_on_cpu && x.dtype() != Dtype::Float32 => {
+                let y = ops::gather_mm(x.as_dtype(Dtype::Float32)?, w.swap_axes(-1, -2)?, None, idx, sorted)?;
+                Ok(y.as_dtype(x.dtype())?)
+            }
+            Experts::Dense(w) => Ok(ops::gather_mm(x, w.swap_axes(-1, -2)?, None, idx, sorted)?),
+            Experts::Quant(q) => Ok(ops::gather_qmm(
+                x,
+                &q.w,
+                &q.scales,
+                &q.biases,
+                None,
+                idx,
+                true,
+                q.spec.group_size,
+                q.spec.bits,
+                sorted,
+            )?),
+        }
+    }
+
+    fn arrays(&self) -> Vec<&Array> {
+        match &self.w {
+            Experts::Dense(w) => vec![w],
+            Experts::Quant(q) => q.arrays(),
+        }
+    }
+}
+
+/// `SwitchGLU`: each token through its selected experts' SwiGLU MLPs.
+struct SwitchGlu {
+    gate_proj: SwitchLinear,
+    up_proj: SwitchLinear,
+    down_proj: SwitchLinear,
+}
+
+impl SwitchGlu {
+    fn load(ws: &mut Weights, prefix: &str, experts: i32, dims: i32, hidden: i32, quant: &QuantConfig) -> Result<Self> {
+        let p = |n: &str| format!("{prefix}.{n}");
+        Ok(SwitchGlu {
+            gate_proj: SwitchLinear::load(ws, &p("gate_proj"), experts, dims, hidden, quant)?,
+            up_proj: SwitchLinear::load(ws, &p("up_proj"), experts, dims, hidden, quant)?,
+            down_proj: SwitchLinear::load(ws, &p("down_proj"), experts, hidden, dims, quant)?,
+        })
+    }
+
+    fn mlp(&self, x: &Array, idx: &Array, sorted: bool) -> Result<Array> {
+        let up = self.up_proj.forward(x, idx, sorted)?;
+        let gate = self.gate_proj.forward(x, idx, sorted)?;
+        self.down_proj.forward(&nn::silu(&gate)?.multiply(&up)?, idx, sorted)
+    }
+
+    /// `x`: `[B, L, D]`, `indices`: `[B, L, k]` -> `[B, L, k, D]`.
+    fn forward(&self, x: &Array, indices: &Array) -> Result<Array> {
+        let x = x.expand_dims_axes(&[-2, -3])?;
+        if indices.size() < SORT_THRESHOLD {
+            return Ok(self.mlp(&x, indices, false)?.squeeze_axes(&[-2])?);
+        }
+        // Sort the (token, expert) pairs by expert so each expert's rows are contiguous.
+        let shape = indices.shape().to_vec();
+        let k = shape.last().copied().unwrap_or(1);
+        let flat = indices.flatten(None, None)?;
+        let order = ops::argsort_axis(&flat, -1)?;
+        let inv_order = ops::argsort_axis(&order, -1)?;
+        let xs = x.flatten(0, -3)?.take_axis(order.floor_divide(Array::from_int(k))?, 0)?;
+        let idx = flat.take_axis(&order, 0)?;
+        let y = self.mlp(&xs, &idx, true)?.take_axis(&inv_order, 0)?;
+        Ok(ops::unflatten(&y, 0, &shape)?.squeeze_axes(&[-2])?)
+    }
+
+    fn arrays(&self) -> Vec<&Array> {
+        [&self.gate_proj, &self.up_proj, &self.down_proj].into_iter().flat_map(SwitchLinear::arrays).collect()
+    }
+}
+
+/// How router logits become expert choices and weights.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Routing {
+    /// qwen3_moe: softmax over all experts, top-k, optionally renormalized to sum to one.
+    SoftmaxTopK { norm_topk_prob: bool },
+    /// mixtral: top-k logits, softmax over those.
+    TopKSoftmax,
+}
+
+/// The shape of a sparse MoE block.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MoeSpec {
+    /// Model width.
+    pub dims: i32,
+    /// Each expert's hidden size.
+    pub hidden: i32,
+    pub experts: i32,
+    pub top_k: i32,
+    pub routing: Routing,
+}
+
+/// A sparse MoE block: router (`gate`) + stacked experts (`switch_mlp`).
+pub(crate) struct SparseMoe {
+    gate: Linear,
+    switch_mlp: SwitchGlu,
+    top_k: i32,
+    experts: i32,
+    routing: Routing,
+}
+
+impl SparseMoe {
+    /// Loads `<prefix>.gate` and `<prefix>.switch_mlp.*`.
+    pub(crate) fn load(ws: &mut Weights, prefix: &str, m: &MoeSpec, quant: &QuantConfig) -> Result<Self> {
+        if m.experts <= 0 || m.top_k <= 0 || m.top_k > m.experts || m.hidden <= 0 {
+            return Err(ModelError::Config(format!(
+                "mixture of experts needs 0 < num_experts_per_tok ({}) <= experts ({}) and a positive expert size ({})",
+                m.top_k, m.experts, m.hidden
+            )));
+        }
+        Ok(SparseMoe {
+            gate: Linear::load(ws, &format!("{prefix}.gate"), m.dims, m.experts, false, quant)?,
+            switch_mlp: SwitchGlu::load(ws, &format!("{prefix}.switch_mlp"), m.experts, m.dims, m.hidden, quant)?,
+            top_k: m.top_k,
+            experts: m.experts,
+            routing: m.routing,
+        })
+    }
+
+    /// `x`: `[B, L, D]` -> `[B, L, D]`.
+    pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
+        let (k, e) = (self.top_k, self.experts);
+        let gates = self.gate.forward(x)?;
+        let (inds, scores) = match self.routing {
+            Routing::SoftmaxTopK { norm_topk_prob } => {
+                let gates = ops::softmax_axis(&gates, -1, true)?;
+                let inds = ops::argpartition_axis(&gates, -k, -1)?.try_index((.., .., (e - k)..))?;
+                let scores = gates.take_along_axis(&inds, -1)?;
+                let scores = if norm_topk_prob { scores.divide(scores.sum_axis(-1, true)?)? } else { scores };
+                (inds, scores)
+            }
+            Routing::TopKSoftmax => {
+                let inds = ops::argpartition_axis(gates.negative()?, k - 1, -1)?.try_index((.., .., ..k))?;
+                let scores = ops::softmax_axis(gates.take_along_axis(&inds, -1)?, -1, true)?;
+                (inds, scores)
+            }
+        };
+        let y = self.switch_mlp.forward(x, &inds)?;
+        let out = y.multiply(scores.expand_dims(-1)?)?.sum_axis(-2, false)?;
+        match self.routing {
+            // qwen3_moe casts back to the experts' dtype (a no-op unless the router's differs).
+            Routing::SoftmaxTopK { .. } if out.dtype() != y.dtype() => Ok(out.as_dtype(y.dtype())?),
+            _ => Ok(out),
+        }
+    }
+
+    pub(crate) fn arrays(&self) -> Vec<&Array> {
+        let mut v = self.gate.arrays();
+        v.extend(self.switch_mlp.arrays());
+        v
+    }
+}

@@ -11,7 +11,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CUDA_WHEEL_SHA=335094ccd1c0c6dc3e09c8caba207c8180602bacc0c38ba20c1d81e9456ab394
 mkdir -p /opt/mlxw
-cp -n "$ROOT"/third_party/gpu/* /opt/mlxw/ 2>/dev/null || true
+cp -rn "$ROOT"/third_party/gpu/* /opt/mlxw/ 2>/dev/null || true
 [ "${1:-}" = stash ] && { ls -la /opt/mlxw; exit 0; }
 cd /opt/mlxw
 if ! [ -f /opt/mlxsite/.done ]; then

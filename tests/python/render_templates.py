@@ -5,7 +5,7 @@ For each template in `third_party/llama.cpp/templates/*.jinja` and each case in
 `transformers.utils.chat_template_utils.render_jinja_template` exactly as
 `PreTrainedTokenizerBase.apply_chat_template` does (messages normalised first, special tokens
 then the template kwargs passed as kwargs), with `strftime_now` frozen to FROZEN_NOW so the
-output is deterministic. It writes `tests/fixtures/chat/expected.json`:
+output is deterministic. It writes `target/templates-expected.json` (or the path given as its argument):
 
     {"frozen_now": "...", "bos_token": "<s>", "eos_token": "</s>",
      "templates": {"<file>.jinja": {"fnv1a64": "...", "cases": {"<conv>/agp=<bool>":
@@ -26,7 +26,8 @@ import transformers.utils.chat_template_utils as ctu
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "third_party" / "llama.cpp" / "templates"
 FIXTURE = ROOT / "tests" / "fixtures" / "chat" / "conversations.json"
-OUT = ROOT / "tests" / "fixtures" / "chat" / "expected.json"
+# The renders quote the (third-party) templates, so they are written at test time, never committed.
+OUT = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "target" / "templates-expected.json"
 
 # The same instant is frozen on kooka's side (tests/templates.rs).
 FROZEN_NOW = _dt.datetime(2025, 3, 14, 9, 26, 53)
@@ -95,7 +96,7 @@ def main():
                 err += 1
         out["templates"][path.name] = entry
     OUT.write_text(json.dumps(out, ensure_ascii=False, indent=1, sort_keys=True) + "\n")
-    print(f"{len(out['templates'])} templates: {ok} renders, {err} errors -> {OUT.relative_to(ROOT)}")
+    print(f"{len(out['templates'])} templates: {ok} renders, {err} errors -> {OUT}")
 
 
 if __name__ == "__main__":

@@ -33,11 +33,15 @@ def prompt_ids(tokenizer, n):
     return ids[:n]
 
 
-def bench_mlx_lm(model_dir, ids, gen, reps):
+def bench_mlx_lm(model_dir, ids, gen, reps, f32=False):
     import mlx.core as mx
     from mlx_lm import load, stream_generate
 
     model, tokenizer = load(model_dir)
+    if f32:  # the same weights kooka's CPU default computes with
+        from mlx_lm.utils import dequantize_model
+        model = dequantize_model(model)
+        model.set_dtype(mx.float32)
     tokenizer.eos_token_ids = []  # generate exactly `gen` tokens
     prefill, decode = [], []
     for rep in range(reps + 1):
@@ -58,9 +62,10 @@ def bench_mlx_lm(model_dir, ids, gen, reps):
 
 
 def bench_kooka(kooka, model_dir, ids, gen, reps):
-    ids_file = os.path.join(ROOT, "target", "bench-prompt-ids.json")
-    with open(ids_file, "w") as f:
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(ids, f)
+        ids_file = f.name
     cmd = [kooka, "bench", "--model", model_dir, "--prompt-ids-file", ids_file,
            "--gen-tokens", str(gen), "--reps", str(reps), "--json"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -75,6 +80,8 @@ def main():
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--kooka", default=os.path.join(ROOT, "target", "release", "kooka"))
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--ref-f32", action="store_true",
+                        help="run mlx-lm with the weights dequantized and cast to float32 (kooka's CPU default)")
     args = parser.parse_args()
 
     from transformers import PreTrainedTokenizerFast
@@ -85,7 +92,7 @@ def main():
     import mlx.core as mx
     device = str(mx.default_device())
     kooka = bench_kooka(args.kooka, args.model, ids, args.gen_tokens, args.reps)
-    ref = bench_mlx_lm(args.model, ids, args.gen_tokens, args.reps)
+    ref = bench_mlx_lm(args.model, ids, args.gen_tokens, args.reps, f32=args.ref_f32)
 
     rows = []
     for key, label in (("prefill_tps", "prefill tok/s"), ("decode_tps", "decode tok/s")):
@@ -93,7 +100,8 @@ def main():
         rows.append((label, k, r, k / r))
     print(f"model {os.path.basename(args.model.rstrip('/'))}, device {device}, "
           f"{args.prompt_tokens} prompt tokens, {args.gen_tokens} generated, median of {args.reps}")
-    print(f"| metric | kooka | mlx-lm 0.32.2 | kooka / mlx-lm |")
+    ref_name = "mlx-lm 0.32.2" + (" (f32 weights)" if args.ref_f32 else "")
+    print(f"| metric | kooka | {ref_name} | kooka / mlx-lm |")
     print(f"|---|---|---|---|")
     for label, k, r, ratio in rows:
         print(f"| {label} | {k:.1f} | {r:.1f} | {ratio:.2f}x |")

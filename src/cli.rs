@@ -7,7 +7,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "kooka", version, about = "MLX inference server (OpenAI / Anthropic APIs), single- or multi-rank")]
+#[command(
+    name = "kooka",
+    version,
+    about = "MLX inference server (OpenAI / Anthropic APIs), single- or multi-rank"
+)]
 pub struct Cli {
     /// Log line format on stderr (filter with RUST_LOG, default `info`).
     #[arg(long, global = true, env = "KOOKA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -42,7 +46,11 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Model folder (default: models/SmolLM2-135M-Instruct, or $KOOKA_MODEL).
-    #[arg(long, env = "KOOKA_MODEL", default_value = "models/SmolLM2-135M-Instruct")]
+    #[arg(
+        long,
+        env = "KOOKA_MODEL",
+        default_value = "models/SmolLM2-135M-Instruct"
+    )]
     pub model: PathBuf,
     /// JSON file with the prompt's token ids (a list of integers).
     #[arg(long, conflicts_with = "prompt_tokens")]
@@ -93,7 +101,11 @@ pub struct DistCheckArgs {
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
     /// Model folder (default: models/SmolLM2-135M-Instruct).
-    #[arg(long, env = "KOOKA_MODEL", default_value = "models/SmolLM2-135M-Instruct")]
+    #[arg(
+        long,
+        env = "KOOKA_MODEL",
+        default_value = "models/SmolLM2-135M-Instruct"
+    )]
     pub model: PathBuf,
     /// The prompt (the user message when the chat template is applied).
     #[arg(long, default_value = "")]
@@ -167,7 +179,9 @@ impl From<ComputeDtypeArg> for crate::model::ComputeDtype {
 pub fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -189,7 +203,10 @@ pub fn run_convert(args: ConvertArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_dist(args: DistCheckArgs) -> anyhow::Result<()> {
-    let report = crate::dist::check::run(args.expect_size, std::time::Duration::from_secs(args.timeout_secs))?;
+    let report = crate::dist::check::run(
+        args.expect_size,
+        std::time::Duration::from_secs(args.timeout_secs),
+    )?;
     println!("{report}");
     Ok(())
 }
@@ -202,13 +219,22 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     use crate::model::ComputeDtype;
 
     let dtype: ComputeDtype = args.compute_dtype.into();
-    let model = crate::model::load_model(&args.model, dtype).with_context(|| format!("loading {}", args.model.display()))?;
+    let model = crate::model::load_model(&args.model, dtype)
+        .with_context(|| format!("loading {}", args.model.display()))?;
     let needs_tokenizer = args.prompt_tokens.is_none() || !args.print_tokens;
-    let tokenizer = if needs_tokenizer { Some(crate::tokenizer::Tokenizer::load(&args.model)?) } else { None };
+    let tokenizer = if needs_tokenizer {
+        Some(crate::tokenizer::Tokenizer::load(&args.model)?)
+    } else {
+        None
+    };
     let prompt = match (&args.prompt_tokens, &tokenizer) {
         (Some(ids), _) => ids.clone(),
         (None, Some(tok)) => {
-            let chat = if args.no_chat { false } else { args.chat || tok.chat_template.is_some() };
+            let chat = if args.no_chat {
+                false
+            } else {
+                args.chat || tok.chat_template.is_some()
+            };
             if chat {
                 let messages = serde_json::json!([{"role": "user", "content": args.prompt}]);
                 tok.encode(&tok.apply_chat_template(&messages, true)?, false)?
@@ -233,17 +259,33 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         stop_strings: args.stop.clone(),
-        eos_ids: tokenizer.as_ref().map(|t| t.eos_ids.clone()).unwrap_or_default(),
+        eos_ids: tokenizer
+            .as_ref()
+            .map(|t| t.eos_ids.clone())
+            .unwrap_or_default(),
         ignore_eos: args.ignore_eos,
         return_prompt_logits: args.print_logits.is_some(),
     };
     let mut out = std::io::stdout().lock();
-    let decoder = if args.print_tokens { None } else { tokenizer.as_ref().map(|t| t as &dyn crate::engine::text::Decode) };
+    let decoder = if args.print_tokens {
+        None
+    } else {
+        tokenizer
+            .as_ref()
+            .map(|t| t as &dyn crate::engine::text::Decode)
+    };
     let prompt_ids = prompt.clone();
-    let stats = generate(&mut engine, decoder, prompt, &opts, &mut |text| {
-        let _ = out.write_all(text.as_bytes());
-        let _ = out.flush();
-    }, &mut |_| {})?;
+    let stats = generate(
+        &mut engine,
+        decoder,
+        prompt,
+        &opts,
+        &mut |text| {
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        },
+        &mut |_| {},
+    )?;
     if args.print_tokens {
         let json = serde_json::json!({"prompt_tokens": prompt_ids, "tokens": stats.tokens, "finish": stats.finish});
         writeln!(out, "{json}")?;
@@ -252,7 +294,8 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.print_logits {
         let logits = stats.prompt_logits.clone().unwrap_or_default();
-        std::fs::write(path, serde_json::to_string(&logits)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string(&logits)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     eprintln!("{stats}");
     Ok(())
@@ -261,10 +304,15 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     use crate::bench::{BenchOptions, BenchReport};
     let prompt_ids: Vec<u32> = match &args.prompt_ids_file {
-        Some(path) => serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
-            .with_context(|| format!("{} is not a JSON list of token ids", path.display()))?,
+        Some(path) => serde_json::from_str(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("{} is not a JSON list of token ids", path.display()))?,
         // Ids 100.. are ordinary tokens in every vocabulary kooka serves.
-        None => (0..args.prompt_tokens as u32).map(|i| 100 + i % 1000).collect(),
+        None => (0..args.prompt_tokens as u32)
+            .map(|i| 100 + i % 1000)
+            .collect(),
     };
     let options = BenchOptions {
         model: args.model,

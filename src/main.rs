@@ -13,7 +13,10 @@ fn main() {
         Command::Bench(args) => kooka::cli::run_bench(args),
         Command::Generate(args) => kooka::cli::run_generate(args),
         Command::Launch(args) => {
-            let subcommands = <Cli as clap::CommandFactory>::command().get_subcommands().map(|c| c.get_name().to_string()).collect();
+            let subcommands = <Cli as clap::CommandFactory>::command()
+                .get_subcommands()
+                .map(|c| c.get_name().to_string())
+                .collect();
             std::process::exit(kooka_launcher::main(args, subcommands))
         }
     };

@@ -34,7 +34,12 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
         return Ok(None);
     }
     let text = read_to_string(path)?;
-    serde_json::from_str(&text).map(Some).map_err(|e| ModelError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| ModelError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
 }
 
 impl Tokenizer {
@@ -43,7 +48,10 @@ impl Tokenizer {
         if !path.exists() {
             return Err(ModelError::MissingFile(path));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Parse { path: path.clone(), message: e.to_string() })?;
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         let cfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
         let mut chat_template = match cfg.get("chat_template") {
             Some(Value::String(s)) => Some(s.clone()),
@@ -62,18 +70,31 @@ impl Tokenizer {
         }
         let bos_token = token_str(cfg.get("bos_token"));
         let eos_token = token_str(cfg.get("eos_token"));
-        let mut eos_ids: Vec<u32> = eos_token.as_deref().and_then(|t| inner.token_to_id(t)).into_iter().collect();
+        let mut eos_ids: Vec<u32> = eos_token
+            .as_deref()
+            .and_then(|t| inner.token_to_id(t))
+            .into_iter()
+            .collect();
         if let Some(gen) = read_json(&dir.join("generation_config.json"))? {
             eos_ids.extend(ids_of(gen.get("eos_token_id")));
         }
         eos_ids.sort_unstable();
         eos_ids.dedup();
-        Ok(Tokenizer { inner, chat_template, bos_token, eos_token, eos_ids })
+        Ok(Tokenizer {
+            inner,
+            chat_template,
+            bos_token,
+            eos_token,
+            eos_ids,
+        })
     }
 
     /// Token ids of `text`; `special` adds the post-processor's special tokens (BOS...).
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, special).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, special)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -83,29 +104,48 @@ impl Tokenizer {
 
     /// Renders the chat template for `messages` (`[{"role", "content"}]`) with
     /// `add_generation_prompt`, as transformers' `apply_chat_template` does.
-    pub fn apply_chat_template(&self, messages: &Value, add_generation_prompt: bool) -> Result<String> {
-        let template = self.chat_template.as_deref().ok_or_else(|| ModelError::Template("the tokenizer has no chat_template".into()))?;
+    pub fn apply_chat_template(
+        &self,
+        messages: &Value,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| ModelError::Template("the tokenizer has no chat_template".into()))?;
         let mut env = minijinja::Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template("chat", template).map_err(|e| ModelError::Template(e.to_string()))?;
-        let tmpl = env.get_template("chat").map_err(|e| ModelError::Template(e.to_string()))?;
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_template("chat", template)
+            .map_err(|e| ModelError::Template(e.to_string()))?;
+        let tmpl = env
+            .get_template("chat")
+            .map_err(|e| ModelError::Template(e.to_string()))?;
         let ctx = minijinja::context! {
             messages => minijinja::Value::from_serialize(messages),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),
         };
-        tmpl.render(ctx).map_err(|e| ModelError::Template(format!("{e:#}")))
+        tmpl.render(ctx)
+            .map_err(|e| ModelError::Template(format!("{e:#}")))
     }
 }
 
 impl Decode for Tokenizer {
     fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(|e| ModelError::Tokenizer(e.to_string()))
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 }

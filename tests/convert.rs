@@ -27,30 +27,53 @@ fn root() -> PathBuf {
 /// A test data path that must exist.
 fn data(rel: &str) -> PathBuf {
     let p = root().join(rel);
-    assert!(p.exists(), "{} is missing: run scripts/setup.sh --tests", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh --tests",
+        p.display()
+    );
     p
 }
 
 /// A fresh, unique (not yet existing) directory path under target/.
 fn temp_dir(tag: &str) -> PathBuf {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let base = root().join("target/test-tmp");
     std::fs::create_dir_all(&base).expect("create target/test-tmp");
     base.join(format!("{tag}-{}-{nanos}", std::process::id()))
 }
 
 fn kooka(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kooka")).args(args).output().expect("run kooka")
+    Command::new(env!("CARGO_BIN_EXE_kooka"))
+        .args(args)
+        .output()
+        .expect("run kooka")
 }
 
 fn convert(gguf: &Path, out: &Path, extra: &[&str]) -> String {
     let start = Instant::now();
-    let mut args = vec!["convert", "--from-gguf", gguf.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let mut args = vec![
+        "convert",
+        "--from-gguf",
+        gguf.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     let o = kooka(&args);
-    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
     assert!(o.status.success(), "kooka convert failed: {stderr}");
-    eprintln!("converted {} in {:.1}s: {stdout}", gguf.display(), start.elapsed().as_secs_f64());
+    eprintln!(
+        "converted {} in {:.1}s: {stdout}",
+        gguf.display(),
+        start.elapsed().as_secs_f64()
+    );
     stdout.into_owned()
 }
 
@@ -60,7 +83,10 @@ fn smol_folder() -> &'static Path {
     DIR.get_or_init(|| {
         let out = temp_dir("smol");
         let summary = convert(&data(SMOL), &out, &[]);
-        assert!(summary.contains("llama") && summary.contains("repacked"), "{summary}");
+        assert!(
+            summary.contains("llama") && summary.contains("repacked"),
+            "{summary}"
+        );
         out
     })
 }
@@ -78,11 +104,22 @@ fn done_with_smol_folder() {
 fn python_greedy(model: &Path, prompt: &str) -> String {
     let o = Command::new(data(PYTHON))
         .arg(root().join("tests/python/mlx_lm_greedy.py"))
-        .args(["--model", model.to_str().unwrap(), "--prompt", prompt, "--max-tokens", "20"])
+        .args([
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "20",
+        ])
         .output()
         .expect("run python");
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(o.status.success(), "mlx-lm failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "mlx-lm failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     stdout
 }
 
@@ -94,27 +131,67 @@ fn json(path: &Path) -> serde_json::Value {
 fn smollm2_folder_matches_gguf_blocks_through_mlx() {
     let gguf = GgufFile::open(&data(SMOL)).expect("open gguf");
     let dir = smol_folder();
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     let cfg = json(&dir.join("config.json"));
     assert_eq!(cfg["model_type"], "llama");
-    assert_eq!((cfg["num_attention_heads"].as_u64(), cfg["num_key_value_heads"].as_u64()), (Some(9), Some(3)));
+    assert_eq!(
+        (
+            cfg["num_attention_heads"].as_u64(),
+            cfg["num_key_value_heads"].as_u64()
+        ),
+        (Some(9), Some(3))
+    );
     assert_eq!(cfg["tie_word_embeddings"], true);
     assert_eq!(cfg["quantization"]["bits"], 4);
     assert_eq!(cfg["quantization"]["model.embed_tokens"]["bits"], 8);
     assert_eq!(cfg["quantization_config"], cfg["quantization"]);
     let tc = json(&dir.join("tokenizer_config.json"));
-    assert!(tc["chat_template"].as_str().is_some_and(|t| t.contains("im_start")));
+    assert!(tc["chat_template"]
+        .as_str()
+        .is_some_and(|t| t.contains("im_start")));
 
-    let weights = Array::load_safetensors(dir.join("model.safetensors")).expect("mlx loads safetensors");
+    let weights =
+        Array::load_safetensors(dir.join("model.safetensors")).expect("mlx loads safetensors");
     assert!(!weights.contains_key("lm_head.weight"));
     let cases = [
-        ("blk.0.attn_q.weight", "model.layers.0.self_attn.q_proj", 4, Some(9)),
-        ("blk.0.attn_k.weight", "model.layers.0.self_attn.k_proj", 4, Some(3)),
-        ("blk.17.attn_k.weight", "model.layers.17.self_attn.k_proj", 4, Some(3)),
-        ("blk.29.attn_v.weight", "model.layers.29.self_attn.v_proj", 4, None),
-        ("blk.3.ffn_down.weight", "model.layers.3.mlp.down_proj", 4, None),
+        (
+            "blk.0.attn_q.weight",
+            "model.layers.0.self_attn.q_proj",
+            4,
+            Some(9),
+        ),
+        (
+            "blk.0.attn_k.weight",
+            "model.layers.0.self_attn.k_proj",
+            4,
+            Some(3),
+        ),
+        (
+            "blk.17.attn_k.weight",
+            "model.layers.17.self_attn.k_proj",
+            4,
+            Some(3),
+        ),
+        (
+            "blk.29.attn_v.weight",
+            "model.layers.29.self_attn.v_proj",
+            4,
+            None,
+        ),
+        (
+            "blk.3.ffn_down.weight",
+            "model.layers.3.mlp.down_proj",
+            4,
+            None,
+        ),
         ("token_embd.weight", "model.embed_tokens", 8, None),
     ];
     for (gname, module, bits, heads) in cases {
@@ -127,9 +204,17 @@ fn smollm2_folder_matches_gguf_blocks_through_mlx() {
         if let Some(n) = heads {
             want = permute::unpermute_rows(&want, rows, n);
         }
-        let get = |s: &str| weights.get(&format!("{module}.{s}")).unwrap_or_else(|| panic!("{module}.{s} missing"));
+        let get = |s: &str| {
+            weights
+                .get(&format!("{module}.{s}"))
+                .unwrap_or_else(|| panic!("{module}.{s} missing"))
+        };
         let (w, s, b) = (get("weight"), get("scales"), get("biases"));
-        assert_eq!(w.shape(), &[rows as i32, (cols * bits / 32) as i32], "{module}");
+        assert_eq!(
+            w.shape(),
+            &[rows as i32, (cols * bits / 32) as i32],
+            "{module}"
+        );
         assert_eq!(s.shape(), &[rows as i32, (cols / 32) as i32], "{module}");
         // In f32 (scales/biases widened exactly), MLX's scale*q + bias equals ggml's d*q + m.
         let s32 = s.as_type::<f32>().unwrap();
@@ -138,20 +223,36 @@ fn smollm2_folder_matches_gguf_blocks_through_mlx() {
         got.eval().unwrap();
         let got: &[f32] = got.as_slice();
         assert_eq!(got.len(), want.len(), "{module}");
-        let worst = (0..want.len()).map(|i| (want[i] - got[i]).abs()).fold(0f32, f32::max);
+        let worst = (0..want.len())
+            .map(|i| (want[i] - got[i]).abs())
+            .fold(0f32, f32::max);
         if let Some(i) = (0..want.len()).find(|&i| want[i] != got[i]) {
-            panic!("{module}: element {i} (row {}) ggml {} vs mlx {} (max abs diff {worst})", i / cols, want[i], got[i]);
+            panic!(
+                "{module}: element {i} (row {}) ggml {} vs mlx {} (max abs diff {worst})",
+                i / cols,
+                want[i],
+                got[i]
+            );
         }
         // In f16 (what inference uses) MLX rounds s*q and the sum separately, so only a
         // rounding-sized difference from the exact value is allowed.
-        let got16 = mlx_rs::ops::dequantize(w, s, b, 32, bits as i32).unwrap().as_type::<f32>().unwrap();
+        let got16 = mlx_rs::ops::dequantize(w, s, b, 32, bits as i32)
+            .unwrap()
+            .as_type::<f32>()
+            .unwrap();
         got16.eval().unwrap();
         let biases: &[f32] = b32.as_slice();
         for (i, (g, w)) in got16.as_slice::<f32>().iter().zip(&want).enumerate() {
             let tol = (w.abs() + biases[i / 32].abs()) * 2f32.powi(-10) + 2f32.powi(-24);
-            assert!((g - w).abs() <= tol, "{module}: f16 element {i}: mlx {g} vs exact {w}");
+            assert!(
+                (g - w).abs() <= tol,
+                "{module}: f16 element {i}: mlx {g} vs exact {w}"
+            );
         }
-        eprintln!("{module}: {bits}-bit, {} values identical to ggml's (f32), f16 within rounding", want.len());
+        eprintln!(
+            "{module}: {bits}-bit, {} values identical to ggml's (f32), f16 within rounding",
+            want.len()
+        );
     }
     done_with_smol_folder();
 }
@@ -166,33 +267,66 @@ fn smollm2_mlx_lm_answers_paris() {
 
 /// Cases of a llama.cpp vocab test: (.inp cases, .out expected ids).
 fn golden(name: &str) -> Vec<(String, Vec<u32>)> {
-    let inp = std::fs::read_to_string(data(&format!("third_party/llama.cpp/ggml-vocab-{name}.gguf.inp"))).unwrap();
-    let out = std::fs::read_to_string(data(&format!("third_party/llama.cpp/ggml-vocab-{name}.gguf.out"))).unwrap();
+    let inp = std::fs::read_to_string(data(&format!(
+        "third_party/llama.cpp/ggml-vocab-{name}.gguf.inp"
+    )))
+    .unwrap();
+    let out = std::fs::read_to_string(data(&format!(
+        "third_party/llama.cpp/ggml-vocab-{name}.gguf.out"
+    )))
+    .unwrap();
     let mut cases: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
     if cases.last() == Some(&"") {
         cases.pop(); // the file ends with a separator
     }
-    let expected: Vec<Vec<u32>> =
-        out.lines().map(|l| l.split_whitespace().map(|x| x.parse().expect("id")).collect()).collect();
-    assert_eq!(cases.len(), expected.len(), "{name}: .inp/.out case counts differ");
+    let expected: Vec<Vec<u32>> = out
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .map(|x| x.parse().expect("id"))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        cases.len(),
+        expected.len(),
+        "{name}: .inp/.out case counts differ"
+    );
     cases.into_iter().map(String::from).zip(expected).collect()
 }
 
 #[test]
 fn tokenizer_matches_llama_cpp_golden_vectors() {
     for name in ["llama-bpe", "qwen2", "gpt-2"] {
-        let doc = tokenizer_json_from_gguf(&data(&format!("third_party/llama.cpp/ggml-vocab-{name}.gguf"))).expect(name);
-        let tok = tokenizers::Tokenizer::from_str(&doc.to_string()).expect("tokenizers loads our json");
+        let doc = tokenizer_json_from_gguf(&data(&format!(
+            "third_party/llama.cpp/ggml-vocab-{name}.gguf"
+        )))
+        .expect(name);
+        let tok =
+            tokenizers::Tokenizer::from_str(&doc.to_string()).expect("tokenizers loads our json");
         let cases = golden(name);
         let mut failures = Vec::new();
         for (text, want) in &cases {
-            let got = tok.encode(text.as_str(), false).expect("encode").get_ids().to_vec();
+            let got = tok
+                .encode(text.as_str(), false)
+                .expect("encode")
+                .get_ids()
+                .to_vec();
             if &got != want {
                 failures.push(format!("{text:?}: want {want:?} got {got:?}"));
             }
         }
-        eprintln!("{name}: {}/{} golden cases match", cases.len() - failures.len(), cases.len());
-        assert!(failures.is_empty(), "{name}: {} mismatches:\n{}", failures.len(), failures.join("\n"));
+        eprintln!(
+            "{name}: {}/{} golden cases match",
+            cases.len() - failures.len(),
+            cases.len()
+        );
+        assert!(
+            failures.is_empty(),
+            "{name}: {} mismatches:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
 }
 
@@ -201,16 +335,41 @@ fn truncated_gguf_fails_cleanly() {
     let full = std::fs::read(data(SMOL)).unwrap();
     let dir = temp_dir("trunc");
     std::fs::create_dir_all(&dir).unwrap();
-    for n in [0, 3, 11, 24, 1000, 200_000, 1_700_000, full.len() / 2, full.len() - 1] {
+    for n in [
+        0,
+        3,
+        11,
+        24,
+        1000,
+        200_000,
+        1_700_000,
+        full.len() / 2,
+        full.len() - 1,
+    ] {
         let cut = dir.join(format!("cut-{n}.gguf"));
         std::fs::write(&cut, &full[..n]).unwrap();
         let out = dir.join(format!("out-{n}"));
-        let o = kooka(&["convert", "--from-gguf", cut.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let o = kooka(&[
+            "convert",
+            "--from-gguf",
+            cut.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "cut at {n} converted");
-        assert!(!stderr.contains("panicked"), "cut at {n} panicked: {stderr}");
-        assert!(stderr.contains("truncated") || stderr.contains("malformed"), "cut at {n}: unclear error: {stderr}");
-        assert!(!out.exists(), "cut at {n}: output folder created for a bad input");
+        assert!(
+            !stderr.contains("panicked"),
+            "cut at {n} panicked: {stderr}"
+        );
+        assert!(
+            stderr.contains("truncated") || stderr.contains("malformed"),
+            "cut at {n}: unclear error: {stderr}"
+        );
+        assert!(
+            !out.exists(),
+            "cut at {n}: output folder created for a bad input"
+        );
     }
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -220,7 +379,13 @@ fn refuses_non_empty_out_dir_without_force() {
     let out = temp_dir("nonempty");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "x").unwrap();
-    let o = kooka(&["convert", "--from-gguf", data(SMOL).to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = kooka(&[
+        "convert",
+        "--from-gguf",
+        data(SMOL).to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--force"));
     std::fs::remove_dir_all(&out).ok();
 }
@@ -228,9 +393,20 @@ fn refuses_non_empty_out_dir_without_force() {
 #[test]
 fn rejects_bit_width_mlx_lacks() {
     let out = temp_dir("bits7");
-    let o = kooka(&["convert", "--from-gguf", data(SMOL).to_str().unwrap(), "--out", out.to_str().unwrap(), "--requantize", "7"]);
+    let o = kooka(&[
+        "convert",
+        "--from-gguf",
+        data(SMOL).to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--requantize",
+        "7",
+    ]);
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && stderr.contains("2, 3, 4, 5, 6 or 8"), "{stderr}");
+    assert!(
+        !o.status.success() && stderr.contains("2, 3, 4, 5, 6 or 8"),
+        "{stderr}"
+    );
     assert!(!out.exists());
 }
 
@@ -244,7 +420,13 @@ fn qwen25_converts_and_answers_slow() {
     let summary = convert(&data(QWEN), &out, &["--requantize", "8"]);
     assert!(summary.contains("qwen2"), "{summary}");
     let cfg = json(&out.join("config.json"));
-    assert_eq!((cfg["model_type"].as_str(), cfg["quantization"]["bits"].as_u64()), (Some("qwen2"), Some(8)));
+    assert_eq!(
+        (
+            cfg["model_type"].as_str(),
+            cfg["quantization"]["bits"].as_u64()
+        ),
+        (Some("qwen2"), Some(8))
+    );
     let text = python_greedy(&out, FRANCE);
     eprintln!("Qwen2.5-Coder (mlx-lm, greedy, --requantize 8): {text:?}");
     assert!(text.contains("Paris"), "answer without Paris: {text:?}");

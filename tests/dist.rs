@@ -11,18 +11,27 @@ fn kooka() -> Command {
 
 /// Loopback ports the OS says are free now; distinct per call, so parallel runs differ.
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("dist-{name}-{}", std::process::id()));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("dist-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
 fn ring_hostfile(name: &str, ranks: usize) -> PathBuf {
-    let hosts: Vec<Vec<String>> = free_ports(ranks).into_iter().map(|p| vec![format!("127.0.0.1:{p}")]).collect();
+    let hosts: Vec<Vec<String>> = free_ports(ranks)
+        .into_iter()
+        .map(|p| vec![format!("127.0.0.1:{p}")])
+        .collect();
     let path = scratch(name).join("hostfile.json");
     std::fs::write(&path, serde_json::to_string(&hosts).unwrap()).unwrap();
     path
@@ -32,7 +41,13 @@ fn run_ranks(hostfile: &PathBuf, ranks: usize) -> Vec<Output> {
     let children: Vec<_> = (0..ranks)
         .map(|rank| {
             kooka()
-                .args(["dist-check", "--expect-size", &ranks.to_string(), "--timeout-secs", "90"])
+                .args([
+                    "dist-check",
+                    "--expect-size",
+                    &ranks.to_string(),
+                    "--timeout-secs",
+                    "90",
+                ])
                 .env("MLX_RANK", rank.to_string())
                 .env("MLX_HOSTFILE", hostfile)
                 .stdout(Stdio::piped())
@@ -41,7 +56,10 @@ fn run_ranks(hostfile: &PathBuf, ranks: usize) -> Vec<Output> {
                 .unwrap()
         })
         .collect();
-    children.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
 }
 
 #[test]
@@ -50,7 +68,11 @@ fn two_rank_ring_all_sum_all_gather_send_recv() {
     let outputs = run_ranks(&hostfile, 2);
     for (rank, out) in outputs.iter().enumerate() {
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "rank {rank} failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "rank {rank} failed: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
         assert_eq!(report["rank"], rank);
         assert_eq!(report["size"], 2);
@@ -58,16 +80,31 @@ fn two_rank_ring_all_sum_all_gather_send_recv() {
         assert_eq!(report["all_gather"], serde_json::json!([0.0, 1.0]));
         let peer = 1 - rank;
         let sent = 10.0 * peer as f64;
-        assert_eq!(report["received"], serde_json::json!([peer, [sent, sent + 1.0]]));
+        assert_eq!(
+            report["received"],
+            serde_json::json!([peer, [sent, sent + 1.0]])
+        );
     }
 }
 
 #[test]
 fn single_rank_without_environment() {
-    let out = kooka().arg("dist-check").env_remove("MLX_RANK").env_remove("MLX_HOSTFILE").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kooka()
+        .arg("dist-check")
+        .env_remove("MLX_RANK")
+        .env_remove("MLX_HOSTFILE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((report["rank"].as_u64(), report["size"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(
+        (report["rank"].as_u64(), report["size"].as_u64()),
+        (Some(0), Some(1))
+    );
 }
 
 #[test]
@@ -77,20 +114,43 @@ fn bad_environment_is_a_clear_error_not_a_crash() {
     std::fs::write(&garbage, "not json").unwrap();
     let cases: [(&[(&str, &str)], &str); 4] = [
         (&[("MLX_RANK", "0")], "MLX_HOSTFILE is not"),
-        (&[("MLX_RANK", "zero"), ("MLX_HOSTFILE", garbage.to_str().unwrap())], "not a non-negative integer"),
-        (&[("MLX_RANK", "0"), ("MLX_HOSTFILE", garbage.to_str().unwrap())], "not a JSON list"),
-        (&[("MLX_RANK", "0"), ("MLX_HOSTFILE", "/nonexistent/hosts.json")], "cannot read MLX_HOSTFILE"),
+        (
+            &[
+                ("MLX_RANK", "zero"),
+                ("MLX_HOSTFILE", garbage.to_str().unwrap()),
+            ],
+            "not a non-negative integer",
+        ),
+        (
+            &[
+                ("MLX_RANK", "0"),
+                ("MLX_HOSTFILE", garbage.to_str().unwrap()),
+            ],
+            "not a JSON list",
+        ),
+        (
+            &[
+                ("MLX_RANK", "0"),
+                ("MLX_HOSTFILE", "/nonexistent/hosts.json"),
+            ],
+            "cannot read MLX_HOSTFILE",
+        ),
     ];
     for (env, expected) in cases {
         let mut cmd = kooka();
-        cmd.arg("dist-check").env_remove("MLX_RANK").env_remove("MLX_HOSTFILE");
+        cmd.arg("dist-check")
+            .env_remove("MLX_RANK")
+            .env_remove("MLX_HOSTFILE");
         for (k, v) in env {
             cmd.env(k, v);
         }
         let out = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{env:?}: {stderr}");
-        assert!(stderr.contains(expected), "{env:?}: {stderr:?} lacks {expected:?}");
+        assert!(
+            stderr.contains(expected),
+            "{env:?}: {stderr:?} lacks {expected:?}"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }

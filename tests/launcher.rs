@@ -22,7 +22,8 @@ fn repo() -> PathBuf {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("launcher-{name}-{}", std::process::id()));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("launcher-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -35,7 +36,9 @@ fn free_port_block(n: u16) -> u16 {
     let seed = (std::process::id() % 1000) as u16 * 17;
     for _ in 0..200 {
         let start = 40000 + (seed + NEXT.fetch_add(n + 3, Ordering::SeqCst)) % 20000;
-        let held: Vec<_> = (start..start + n).map(|p| TcpListener::bind(("127.0.0.1", p))).collect();
+        let held: Vec<_> = (start..start + n)
+            .map(|p| TcpListener::bind(("127.0.0.1", p)))
+            .collect();
         if held.iter().all(|l| l.is_ok()) {
             return start;
         }
@@ -55,7 +58,10 @@ const SHOW_ENV: &str = "import os, json, time; e = os.environ; print(json.dumps(
     'hostfile': open(e['MLX_HOSTFILE']).read() if 'MLX_HOSTFILE' in e else None}), flush=True); time.sleep(0.5)";
 
 fn python() -> String {
-    repo().join("third_party/venv/bin/python").display().to_string()
+    repo()
+        .join("third_party/venv/bin/python")
+        .display()
+        .to_string()
 }
 
 /// Rank reports (one JSON object line per rank) from an output, keyed by MLX_RANK; with
@@ -68,10 +74,16 @@ fn reports(stdout: &str, prefixed: bool) -> BTreeMap<String, Value> {
             (true, _) => continue,
             (false, _) => (None, line),
         };
-        let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(body) else { continue };
+        let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(body) else {
+            continue;
+        };
         let rank = v["rank"].as_str().unwrap_or("none").to_string();
         if let Some(tag) = tag {
-            assert_eq!(v["rank"].as_str().unwrap_or("0"), tag, "prefix and MLX_RANK differ: {line}");
+            assert_eq!(
+                v["rank"].as_str().unwrap_or("0"),
+                tag,
+                "prefix and MLX_RANK differ: {line}"
+            );
         }
         out.insert(rank, v);
     }
@@ -85,13 +97,26 @@ fn mlx_launch(args: &[&str]) -> BTreeMap<String, Value> {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(out.status.success(), "mlx.launch {args:?}: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mlx.launch {args:?}: {}",
+        text(&out.stderr)
+    );
     reports(&text(&out.stdout), false)
 }
 
 fn kooka_launch(args: &[&str]) -> BTreeMap<String, Value> {
-    let out = kooka().arg("launch").args(args).args(["--", &python(), "-c", SHOW_ENV]).output().unwrap();
-    assert!(out.status.success(), "kooka launch {args:?}: {}", text(&out.stderr));
+    let out = kooka()
+        .arg("launch")
+        .args(args)
+        .args(["--", &python(), "-c", SHOW_ENV])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kooka launch {args:?}: {}",
+        text(&out.stderr)
+    );
     reports(&text(&out.stdout), true)
 }
 
@@ -118,57 +143,146 @@ fn rank_environment_matches_mlx_launch() {
     let cases: Vec<Vec<&str>> = vec![
         vec!["-n", "2"],
         vec!["-n", "3", "--connections-per-ip", "2", "-p", &port],
-        vec!["--hostfile", json, "-p", &port, "--env", "BAR=cli value", "--verbose"],
+        vec![
+            "--hostfile",
+            json,
+            "-p",
+            &port,
+            "--env",
+            "BAR=cli value",
+            "--verbose",
+        ],
     ];
     for args in &cases {
         let expected = mlx_launch(args);
         let got = kooka_launch(args);
         assert!(expected.len() >= 2, "mlx.launch {args:?} gave {expected:?}");
-        assert_eq!(got, expected, "kooka launch {args:?} differs from mlx.launch");
+        assert_eq!(
+            got, expected,
+            "kooka launch {args:?} differs from mlx.launch"
+        );
     }
     // The same hosts as kooka's TOML give the same result as mlx.launch's JSON.
-    let toml_args = ["--hostfile", toml.to_str().unwrap(), "-p", &port, "--env", "BAR=cli value", "--verbose"];
+    let toml_args = [
+        "--hostfile",
+        toml.to_str().unwrap(),
+        "-p",
+        &port,
+        "--env",
+        "BAR=cli value",
+        "--verbose",
+    ];
     assert_eq!(kooka_launch(&toml_args), mlx_launch(&cases[2]));
     // And the hostfile is what the issue spells out.
     let two = kooka_launch(&["-n", "2"]);
-    assert_eq!(two["1"]["hostfile"], "[[\"127.0.0.1:32323\"], [\"127.0.0.1:32324\"]]\n");
+    assert_eq!(
+        two["1"]["hostfile"],
+        "[[\"127.0.0.1:32323\"], [\"127.0.0.1:32324\"]]\n"
+    );
 }
 
 #[test]
 fn single_rank_gets_no_hostfile() {
-    let out = kooka().args(["launch", "--", "sh", "-c", "echo ${MLX_RANK-unset} ${MLX_HOSTFILE-unset}"]).output().unwrap();
+    let out = kooka()
+        .args([
+            "launch",
+            "--",
+            "sh",
+            "-c",
+            "echo ${MLX_RANK-unset} ${MLX_HOSTFILE-unset}",
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(text(&out.stdout), "[0] unset unset\n");
     // And a bare kooka subcommand runs this kooka binary, as a group of one.
-    let out = kooka().args(["launch", "--no-prefix", "dist-check", "--expect-size", "1"]).output().unwrap();
+    let out = kooka()
+        .args(["launch", "--no-prefix", "dist-check", "--expect-size", "1"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((report["rank"].as_u64(), report["size"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(
+        (report["rank"].as_u64(), report["size"].as_u64()),
+        (Some(0), Some(1))
+    );
 }
 
 #[test]
 fn dry_run_and_config_errors() {
-    let out = kooka().args(["launch", "--dry-run", "-n", "2", "-p", "40100", "--connections-per-ip", "2", "--env", "A=b c", "dist-check"]).output().unwrap();
+    let out = kooka()
+        .args([
+            "launch",
+            "--dry-run",
+            "-n",
+            "2",
+            "-p",
+            "40100",
+            "--connections-per-ip",
+            "2",
+            "--env",
+            "A=b c",
+            "dist-check",
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let s = text(&out.stdout);
     assert!(s.contains("rank 1: host 127.0.0.1 (local)"), "{s}");
-    assert!(s.contains(&format!("command: {} dist-check", env!("CARGO_BIN_EXE_kooka"))), "{s}");
-    assert!(s.contains("env: A='b c'") && s.contains("env: MLX_RANK=1"), "{s}");
+    assert!(
+        s.contains(&format!(
+            "command: {} dist-check",
+            env!("CARGO_BIN_EXE_kooka")
+        )),
+        "{s}"
+    );
+    assert!(
+        s.contains("env: A='b c'") && s.contains("env: MLX_RANK=1"),
+        "{s}"
+    );
     assert!(s.contains(r#"MLX_HOSTFILE content: [["127.0.0.1:40100", "127.0.0.1:40101"], ["127.0.0.1:40102", "127.0.0.1:40103"]]"#), "{s}");
 
     let dir = scratch("errors");
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, "[[hosts]]\nssh = \"127.0.0.1\"\nips = [\"127.0.0.1\"]\n[[hosts]]\nssh = \"me@box\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[[hosts]]\nssh = \"127.0.0.1\"\nips = [\"127.0.0.1\"]\n[[hosts]]\nssh = \"me@box\"\n",
+    )
+    .unwrap();
     let cases: [(Vec<&str>, String); 4] = [
-        (vec!["--hostfile", bad.to_str().unwrap()], format!("hostfile {}: host 1 (ssh \"me@box\"), field \"ips\"", bad.display())),
-        (vec!["--backend", "mpi", "-n", "2"], "\"mpi\" is not supported yet".into()),
-        (vec!["--env", "NOPE", "-n", "2"], "\"NOPE\" is not of the form K=V".into()),
-        (vec!["--hosts", "127.0.0.1,box"], "host 1 (ssh \"box\"), field \"ips\"".into()),
+        (
+            vec!["--hostfile", bad.to_str().unwrap()],
+            format!(
+                "hostfile {}: host 1 (ssh \"me@box\"), field \"ips\"",
+                bad.display()
+            ),
+        ),
+        (
+            vec!["--backend", "mpi", "-n", "2"],
+            "\"mpi\" is not supported yet".into(),
+        ),
+        (
+            vec!["--env", "NOPE", "-n", "2"],
+            "\"NOPE\" is not of the form K=V".into(),
+        ),
+        (
+            vec!["--hosts", "127.0.0.1,box"],
+            "host 1 (ssh \"box\"), field \"ips\"".into(),
+        ),
     ];
     for (args, want) in cases {
-        let out = kooka().arg("launch").args(&args).args(["--", "true"]).output().unwrap();
+        let out = kooka()
+            .arg("launch")
+            .args(&args)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(text(&out.stderr).contains(&want), "{args:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(&want),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
     }
 }
 
@@ -176,7 +290,19 @@ fn dry_run_and_config_errors() {
 fn two_local_ranks_run_a_real_ring() {
     let port = free_port_block(2).to_string();
     let out = kooka()
-        .args(["launch", "-n", "2", "-p", &port, "--", "dist-check", "--expect-size", "2", "--timeout-secs", "30"])
+        .args([
+            "launch",
+            "-n",
+            "2",
+            "-p",
+            &port,
+            "--",
+            "dist-check",
+            "--expect-size",
+            "2",
+            "--timeout-secs",
+            "30",
+        ])
         .output()
         .unwrap();
     check_dist(&out);
@@ -184,12 +310,22 @@ fn two_local_ranks_run_a_real_ring() {
 
 fn check_dist(out: &Output) {
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "launch failed: {stdout}\n{}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "launch failed: {stdout}\n{}",
+        text(&out.stderr)
+    );
     for rank in 0..2 {
         let tag = format!("[{rank}] ");
-        let line = stdout.lines().find(|l| l.starts_with(&tag)).unwrap_or_else(|| panic!("no rank {rank} line: {stdout}"));
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&tag))
+            .unwrap_or_else(|| panic!("no rank {rank} line: {stdout}"));
         let report: Value = serde_json::from_str(&line[tag.len()..]).unwrap();
-        assert_eq!((report["rank"].as_u64(), report["size"].as_u64()), (Some(rank), Some(2)));
+        assert_eq!(
+            (report["rank"].as_u64(), report["size"].as_u64()),
+            (Some(rank), Some(2))
+        );
         assert_eq!(report["all_sum"], serde_json::json!([3.0, 3.0, 3.0, 3.0]));
     }
 }
@@ -198,13 +334,28 @@ fn check_dist(out: &Output) {
 fn failing_rank_stops_the_others_and_sets_the_exit_code() {
     let start = Instant::now();
     let out = kooka()
-        .args(["launch", "-n", "2", "--", "sh", "-c", "if [ $MLX_RANK = 1 ]; then echo bye >&2; exit 3; fi; sleep 60"])
+        .args([
+            "launch",
+            "-n",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            "if [ $MLX_RANK = 1 ]; then echo bye >&2; exit 3; fi; sleep 60",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-    assert!(start.elapsed() < Duration::from_secs(10), "teardown took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "teardown took {:?}",
+        start.elapsed()
+    );
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("[1] bye\n") && stderr.contains("rank 1 (127.0.0.1) exited with code 3"), "{stderr}");
+    assert!(
+        stderr.contains("[1] bye\n") && stderr.contains("rank 1 (127.0.0.1) exited with code 3"),
+        "{stderr}"
+    );
 }
 
 /// Rank script for teardown tests: records its pid and a background child's, then waits.
@@ -218,12 +369,22 @@ fn read_pids(dir: &Path, n: usize, within: Duration) -> Vec<u32> {
     loop {
         let pids: Vec<u32> = (0..n)
             .flat_map(|r| [format!("rank{r}.pid"), format!("child{r}.pid")])
-            .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok()?.trim().parse().ok())
+            .filter_map(|f| {
+                std::fs::read_to_string(dir.join(f))
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
             .collect();
         if pids.len() == 2 * n {
             return pids;
         }
-        assert!(Instant::now() < until, "ranks did not start (pid files in {})", dir.display());
+        assert!(
+            Instant::now() < until,
+            "ranks did not start (pid files in {})",
+            dir.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -231,7 +392,10 @@ fn read_pids(dir: &Path, n: usize, within: Duration) -> Vec<u32> {
 /// Alive = has a /proc entry that is not a zombie.
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')).unwrap_or(false),
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| !rest.starts_with('Z'))
+            .unwrap_or(false),
         Err(_) => false,
     }
 }
@@ -246,7 +410,11 @@ fn assert_gone(pids: &[u32], within: Duration) {
 }
 
 fn sigterm(child: &Child) {
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
 }
 
 fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
@@ -266,7 +434,11 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitSt
 #[test]
 fn sigterm_to_the_launcher_leaves_nothing_behind() {
     let dir = scratch("sigterm");
-    let mut launcher = kooka().args(["launch", "-n", "2", "--", "sh", "-c", &pid_script(&dir)]).stdout(Stdio::null()).spawn().unwrap();
+    let mut launcher = kooka()
+        .args(["launch", "-n", "2", "--", "sh", "-c", &pid_script(&dir)])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let pids = read_pids(&dir, 2, Duration::from_secs(10));
     assert!(pids.iter().all(|&p| alive(p)));
     sigterm(&launcher);
@@ -279,14 +451,25 @@ fn sigterm_to_the_launcher_leaves_nothing_behind() {
 fn sigint_to_the_launcher_reaches_every_rank() {
     let dir = scratch("sigint");
     let script = format!("trap 'echo got INT; exit 9' INT; {}", pid_script(&dir));
-    let mut launcher = kooka().args(["launch", "-n", "2", "--", "sh", "-c", &script]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut launcher = kooka()
+        .args(["launch", "-n", "2", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let pids = read_pids(&dir, 2, Duration::from_secs(10));
-    assert!(Command::new("kill").args(["-INT", &launcher.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &launcher.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let status = wait_with_timeout(&mut launcher, Duration::from_secs(4));
     assert_eq!(status.code(), Some(128 + 2));
     let mut stdout = String::new();
     std::io::Read::read_to_string(launcher.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    assert!(stdout.contains("[0] got INT\n") && stdout.contains("[1] got INT\n"), "{stdout}");
+    assert!(
+        stdout.contains("[0] got INT\n") && stdout.contains("[1] got INT\n"),
+        "{stdout}"
+    );
     assert_gone(&pids, Duration::from_secs(2));
 }
 
@@ -304,11 +487,18 @@ struct TestHosts {
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("ip {}: {}", args.join(" "), text(&out.stderr).trim()))
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            text(&out.stderr).trim()
+        ))
     }
 }
 
@@ -322,30 +512,63 @@ impl TestHosts {
             eprintln!("SKIP remote launcher test: cannot create network namespaces ({e})");
             return Ok(None);
         }
-        let mut hosts = TestHosts { dir, namespaces: vec![names[0].clone()], links: vec![], sshd: vec![], ssh_addrs: vec![], ring_addrs: vec![] };
+        let mut hosts = TestHosts {
+            dir,
+            namespaces: vec![names[0].clone()],
+            links: vec![],
+            sshd: vec![],
+            ssh_addrs: vec![],
+            ring_addrs: vec![],
+        };
         ip(&["netns", "add", &names[1]])?;
         hosts.namespaces.push(names[1].clone());
         let (x, y) = (200 + id % 50, (id / 50) % 80 * 3);
         for (i, ns) in names.iter().enumerate() {
             // ssh link: root end 10.x.(y+i).1, namespace end .2
             let (root_end, ns_end) = (format!("kl{id}{i}h"), format!("kl{id}{i}n"));
-            ip(&["link", "add", &root_end, "type", "veth", "peer", "name", &ns_end])?;
+            ip(&[
+                "link", "add", &root_end, "type", "veth", "peer", "name", &ns_end,
+            ])?;
             hosts.links.push(root_end.clone());
             ip(&["link", "set", &ns_end, "netns", ns])?;
-            ip(&["addr", "add", &format!("10.{x}.{}.1/24", y + i as u32), "dev", &root_end])?;
+            ip(&[
+                "addr",
+                "add",
+                &format!("10.{x}.{}.1/24", y + i as u32),
+                "dev",
+                &root_end,
+            ])?;
             ip(&["link", "set", &root_end, "up"])?;
-            ip(&["-n", ns, "addr", "add", &format!("10.{x}.{}.2/24", y + i as u32), "dev", &ns_end])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("10.{x}.{}.2/24", y + i as u32),
+                "dev",
+                &ns_end,
+            ])?;
             ip(&["-n", ns, "link", "set", &ns_end, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             hosts.ssh_addrs.push(format!("10.{x}.{}.2", y + i as u32));
         }
         // ring link between the two namespaces: 10.x.(y+2).2 and .3
         let (a_end, b_end) = (format!("kl{id}ra"), format!("kl{id}rb"));
-        ip(&["link", "add", &a_end, "type", "veth", "peer", "name", &b_end])?;
+        ip(&[
+            "link", "add", &a_end, "type", "veth", "peer", "name", &b_end,
+        ])?;
         hosts.links.push(a_end.clone());
         for (ns, end, host) in [(&names[0], &a_end, 2), (&names[1], &b_end, 3)] {
             ip(&["link", "set", end, "netns", ns])?;
-            ip(&["-n", ns, "addr", "add", &format!("10.{x}.{}.{host}/24", y + 2), "dev", end])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("10.{x}.{}.{host}/24", y + 2),
+                "dev",
+                end,
+            ])?;
             ip(&["-n", ns, "link", "set", end, "up"])?;
             hosts.ring_addrs.push(format!("10.{x}.{}.{host}", y + 2));
         }
@@ -357,12 +580,17 @@ impl TestHosts {
         std::fs::create_dir_all("/run/sshd").map_err(|e| format!("/run/sshd: {e}"))?;
         let d = &self.dir;
         for key in ["hostkey", "userkey"] {
-            let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(d.join(key)).output().map_err(|e| e.to_string())?;
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(d.join(key))
+                .output()
+                .map_err(|e| e.to_string())?;
             if !out.status.success() {
                 return Err(format!("ssh-keygen: {}", text(&out.stderr)));
             }
         }
-        std::fs::copy(d.join("userkey.pub"), d.join("authorized_keys")).map_err(|e| e.to_string())?;
+        std::fs::copy(d.join("userkey.pub"), d.join("authorized_keys"))
+            .map_err(|e| e.to_string())?;
         for (i, ns) in self.namespaces.clone().iter().enumerate() {
             let config = d.join(format!("sshd{i}.conf"));
             std::fs::write(
@@ -376,7 +604,8 @@ impl TestHosts {
                 ),
             )
             .map_err(|e| e.to_string())?;
-            let log = std::fs::File::create(d.join(format!("sshd{i}.log"))).map_err(|e| e.to_string())?;
+            let log =
+                std::fs::File::create(d.join(format!("sshd{i}.log"))).map_err(|e| e.to_string())?;
             let child = Command::new("ip")
                 .args(["netns", "exec", ns, "/usr/sbin/sshd", "-D", "-e", "-f"])
                 .arg(&config)
@@ -388,7 +617,12 @@ impl TestHosts {
         }
         for addr in &self.ssh_addrs {
             let until = Instant::now() + Duration::from_secs(10);
-            while std::net::TcpStream::connect_timeout(&format!("{addr}:22").parse().unwrap(), Duration::from_millis(200)).is_err() {
+            while std::net::TcpStream::connect_timeout(
+                &format!("{addr}:22").parse().unwrap(),
+                Duration::from_millis(200),
+            )
+            .is_err()
+            {
                 if Instant::now() > until {
                     return Err(format!("sshd on {addr} did not come up: {}", self.logs()));
                 }
@@ -399,13 +633,23 @@ impl TestHosts {
     }
 
     fn logs(&self) -> String {
-        (0..2).map(|i| std::fs::read_to_string(self.dir.join(format!("sshd{i}.log"))).unwrap_or_default()).collect::<Vec<_>>().join("\n")
+        (0..2)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.join(format!("sshd{i}.log"))).unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn hostfile(&self) -> PathBuf {
         let path = self.dir.join("hosts.toml");
         let hosts: String = (0..2)
-            .map(|i| format!("[[hosts]]\nssh = \"root@{}\"\nips = [\"{}\"]\n\n", self.ssh_addrs[i], self.ring_addrs[i]))
+            .map(|i| {
+                format!(
+                    "[[hosts]]\nssh = \"root@{}\"\nips = [\"{}\"]\n\n",
+                    self.ssh_addrs[i], self.ring_addrs[i]
+                )
+            })
             .collect();
         std::fs::write(&path, format!("backend = \"ring\"\n\n{hosts}")).unwrap();
         path
@@ -413,7 +657,9 @@ impl TestHosts {
 
     fn launch(&self, command: &[&str]) -> Command {
         let mut cmd = kooka();
-        cmd.args(["launch", "--hostfile"]).arg(self.hostfile()).args(["--grace-period", "3"]);
+        cmd.args(["launch", "--hostfile"])
+            .arg(self.hostfile())
+            .args(["--grace-period", "3"]);
         for opt in [
             format!("IdentityFile={}/userkey", self.dir.display()),
             "IdentitiesOnly=yes".into(),
@@ -433,9 +679,19 @@ impl Drop for TestHosts {
     fn drop(&mut self) {
         // Rank processes this test started (their pid files), then the sshd servers.
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for e in entries.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".pid")) {
-                if let Ok(pid) = std::fs::read_to_string(e.path()).unwrap_or_default().trim().parse::<u32>() {
-                    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).stderr(Stdio::null()).status();
+            for e in entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".pid"))
+            {
+                if let Ok(pid) = std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .trim()
+                    .parse::<u32>()
+                {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .stderr(Stdio::null())
+                        .status();
                 }
             }
         }
@@ -445,7 +701,10 @@ impl Drop for TestHosts {
         }
         for i in 0..self.sshd.len() {
             if let Ok(pid) = std::fs::read_to_string(self.dir.join(format!("sshd{i}.pidfile"))) {
-                let _ = Command::new("kill").args(["-TERM", pid.trim()]).stderr(Stdio::null()).status();
+                let _ = Command::new("kill")
+                    .args(["-TERM", pid.trim()])
+                    .stderr(Stdio::null())
+                    .status();
             }
         }
         for link in &self.links {
@@ -466,7 +725,10 @@ fn remote_ranks_over_ssh_in_network_namespaces() {
     };
 
     // A real ring between the two namespaces, started over ssh.
-    let out = hosts.launch(&["dist-check", "--expect-size", "2", "--timeout-secs", "30"]).output().unwrap();
+    let out = hosts
+        .launch(&["dist-check", "--expect-size", "2", "--timeout-secs", "30"])
+        .output()
+        .unwrap();
     if !out.status.success() {
         eprintln!("sshd logs:\n{}", hosts.logs());
     }
@@ -474,7 +736,11 @@ fn remote_ranks_over_ssh_in_network_namespaces() {
 
     // Teardown reaches the remote ranks (and what they started).
     let script = pid_script(&hosts.dir);
-    let mut launcher = hosts.launch(&["sh", "-c", &script]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut launcher = hosts
+        .launch(&["sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stdout = launcher.stdout.take().unwrap();
     let pump = std::thread::spawn(move || BufReader::new(stdout).lines().count());
     let pids = read_pids(&hosts.dir, 2, Duration::from_secs(15));

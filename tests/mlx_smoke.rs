@@ -3,12 +3,19 @@
 use mlx_rs::{fast, ops, random, Array};
 
 fn host(a: &Array) -> Vec<f32> {
-    a.as_dtype(mlx_rs::Dtype::Float32).unwrap().as_slice::<f32>().to_vec()
+    a.as_dtype(mlx_rs::Dtype::Float32)
+        .unwrap()
+        .as_slice::<f32>()
+        .to_vec()
 }
 
 fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    let worst = got.iter().zip(want).map(|(g, w)| (g - w).abs() / (1.0 + w.abs())).fold(0.0f32, f32::max);
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs() / (1.0 + w.abs()))
+        .fold(0.0f32, f32::max);
     assert!(worst <= tol, "{what}: worst relative error {worst} > {tol}");
 }
 
@@ -81,11 +88,28 @@ fn causal_sdpa_matches_reference() {
     let q = uniform(&[1, 1, len as i32, dim as i32], 6);
     let k = uniform(&[1, 1, len as i32, dim as i32], 7);
     let v = uniform(&[1, 1, len as i32, dim as i32], 8);
-    let got = host(&fast::scaled_dot_product_attention(&q, &k, &v, scale, fast::ScaledDotProductAttentionMask::Causal, None).unwrap());
+    let got = host(
+        &fast::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            scale,
+            fast::ScaledDotProductAttentionMask::Causal,
+            None,
+        )
+        .unwrap(),
+    );
     let (qs, ks, vs) = (host(&q), host(&k), host(&v));
     let mut want = vec![0.0; len * dim];
     for i in 0..len {
-        let scores: Vec<f32> = (0..=i).map(|j| (0..dim).map(|d| qs[i * dim + d] * ks[j * dim + d]).sum::<f32>() * scale).collect();
+        let scores: Vec<f32> = (0..=i)
+            .map(|j| {
+                (0..dim)
+                    .map(|d| qs[i * dim + d] * ks[j * dim + d])
+                    .sum::<f32>()
+                    * scale
+            })
+            .collect();
         let max = scores.iter().cloned().fold(f32::MIN, f32::max);
         let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
         let total: f32 = exps.iter().sum();
@@ -103,17 +127,31 @@ fn quantized_matmul_matches_dequantized_reference() {
         let (wq, scales, biases) = ops::quantize(&w, group, bits).unwrap();
         let w_deq = ops::dequantize(&wq, &scales, &biases, group, bits).unwrap();
         let x = uniform(&[3, 128], 10);
-        let got = host(&ops::quantized_matmul(&x, &wq, &scales, &biases, true, group, bits).unwrap());
+        let got =
+            host(&ops::quantized_matmul(&x, &wq, &scales, &biases, true, group, bits).unwrap());
         let (xs, ws) = (host(&x), host(&w_deq));
         // x [3,128] times w^T, w being [48,128].
-        let want: Vec<f32> = (0..3).flat_map(|i| (0..48).map(move |j| (i, j)))
+        let want: Vec<f32> = (0..3)
+            .flat_map(|i| (0..48).map(move |j| (i, j)))
             .map(|(i, j)| (0..128).map(|p| xs[i * 128 + p] * ws[j * 128 + p]).sum())
             .collect();
-        assert_close(&got, &want, 1e-4, &format!("quantized_matmul {bits}-bit g{group}"));
+        assert_close(
+            &got,
+            &want,
+            1e-4,
+            &format!("quantized_matmul {bits}-bit g{group}"),
+        );
         // And the quantization itself is close to the original weights.
-        let err = host(&w).iter().zip(host(&w_deq)).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let err = host(&w)
+            .iter()
+            .zip(host(&w_deq))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         let step = 2.0 / ((1 << bits) - 1) as f32;
-        assert!(err <= step, "{bits}-bit g{group}: dequantized error {err} above one step {step}");
+        assert!(
+            err <= step,
+            "{bits}-bit g{group}: dequantized error {err} above one step {step}"
+        );
     }
 }
 

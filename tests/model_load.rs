@@ -19,7 +19,11 @@ fn tiny(name: &str) -> PathBuf {
             .arg(&dir)
             .output()
             .expect("running make_tiny_models.py");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     dir.join(name)
 }
@@ -33,7 +37,8 @@ fn edited(name: &str, tag: &str, edit: impl Fn(&mut serde_json::Value)) -> PathB
     for f in ["model.safetensors", "model.safetensors.index.json"] {
         std::fs::copy(src.join(f), dst.join(f)).unwrap();
     }
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     edit(&mut cfg);
     std::fs::write(dst.join("config.json"), cfg.to_string()).unwrap();
     dst
@@ -49,34 +54,56 @@ fn load_err(dir: &Path) -> ModelError {
 #[test]
 fn missing_config_is_named() {
     let e = load_err(Path::new("/nonexistent/model"));
-    assert!(matches!(e, ModelError::MissingFile(ref p) if p.ends_with("config.json")), "{e}");
+    assert!(
+        matches!(e, ModelError::MissingFile(ref p) if p.ends_with("config.json")),
+        "{e}"
+    );
 }
 
 #[test]
 fn unsupported_model_type_lists_supported() {
     let dir = edited("llama-bf16", "gpt2", |c| c["model_type"] = "gpt2".into());
     let msg = load_err(&dir).to_string();
-    assert!(msg.contains("\"gpt2\"") && msg.contains("llama") && msg.contains("qwen3"), "{msg}");
+    assert!(
+        msg.contains("\"gpt2\"") && msg.contains("llama") && msg.contains("qwen3"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn shape_mismatch_names_tensor() {
     let dir = edited("llama-bf16", "vocab", |c| c["vocab_size"] = 300.into());
     let msg = load_err(&dir).to_string();
-    assert!(msg.contains("model.embed_tokens.weight") && msg.contains("300"), "{msg}");
+    assert!(
+        msg.contains("model.embed_tokens.weight") && msg.contains("300"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn wrong_quantization_override_is_an_error() {
-    let dir = edited("llama-q4g64", "quant", |c| c["quantization"]["model.embed_tokens"] = serde_json::json!({"group_size": 32, "bits": 8}));
+    let dir = edited("llama-q4g64", "quant", |c| {
+        c["quantization"]["model.embed_tokens"] = serde_json::json!({"group_size": 32, "bits": 8})
+    });
     let msg = load_err(&dir).to_string();
     assert!(msg.contains("model.embed_tokens"), "{msg}");
 }
 
 #[test]
 fn every_tiny_model_loads_in_every_dtype() {
-    for name in ["llama-mixed", "qwen3-q4g64", "qwen2-q8g32", "llama_tied-q3g32"] {
-        for dt in [ComputeDtype::Auto, ComputeDtype::Native, ComputeDtype::F32, ComputeDtype::F16, ComputeDtype::Bf16] {
+    for name in [
+        "llama-mixed",
+        "qwen3-q4g64",
+        "qwen2-q8g32",
+        "llama_tied-q3g32",
+    ] {
+        for dt in [
+            ComputeDtype::Auto,
+            ComputeDtype::Native,
+            ComputeDtype::F32,
+            ComputeDtype::F16,
+            ComputeDtype::Bf16,
+        ] {
             if let Err(e) = load_model(&tiny(name), dt) {
                 panic!("{name} {dt:?}: {e}");
             }
@@ -89,12 +116,30 @@ fn chunked_prefill_gives_the_same_tokens() {
     let model = tiny("llama-q8g32");
     let run = |step: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_kooka"))
-            .args(["generate", "--print-tokens", "--ignore-eos", "--compute-dtype", "f32", "--max-tokens", "16"])
-            .args(["--prompt-tokens", "5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21", "--prefill-step-size", step, "--model"])
+            .args([
+                "generate",
+                "--print-tokens",
+                "--ignore-eos",
+                "--compute-dtype",
+                "f32",
+                "--max-tokens",
+                "16",
+            ])
+            .args([
+                "--prompt-tokens",
+                "5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21",
+                "--prefill-step-size",
+                step,
+                "--model",
+            ])
             .arg(&model)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["tokens"].clone()
     };

@@ -47,19 +47,33 @@ fn tiny_models() -> (PathBuf, Vec<String>) {
             .arg(&dir)
             .output()
             .expect("running make_tiny_models.py");
-        assert!(out.status.success(), "make_tiny_models.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "make_tiny_models.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let names: Vec<String> = serde_json::from_str(&std::fs::read_to_string(&list).unwrap()).unwrap();
+    let names: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(&list).unwrap()).unwrap();
     (dir, names)
 }
 
 fn reference(jobs: &Value) -> Vec<Value> {
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("jobs-{}-{call}.json", std::process::id()));
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("jobs-{}-{call}.json", std::process::id()));
     std::fs::write(&file, jobs.to_string()).unwrap();
-    let out = Command::new(python()).arg(root().join("tests/python/mlx_lm_reference.py")).arg(&file).output().expect("running mlx_lm_reference.py");
-    assert!(out.status.success(), "mlx_lm_reference.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(python())
+        .arg(root().join("tests/python/mlx_lm_reference.py"))
+        .arg(&file)
+        .output()
+        .expect("running mlx_lm_reference.py");
+    assert!(
+        out.status.success(),
+        "mlx_lm_reference.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("reference JSON")
 }
 
@@ -82,21 +96,34 @@ fn kooka(model: &Path, args: &[&str]) -> (Value, Vec<f32>) {
         .args(args)
         .output()
         .expect("running kooka");
-    assert!(out.status.success(), "kooka generate failed on {}: {}", model.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kooka generate failed on {}: {}",
+        model.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).expect("kooka JSON");
     let l: Vec<f32> = serde_json::from_str(&std::fs::read_to_string(&logits).unwrap()).unwrap();
     (v, l)
 }
 
 fn ids(v: &Value) -> Vec<u64> {
-    v.as_array().expect("id list").iter().map(|x| x.as_u64().unwrap()).collect()
+    v.as_array()
+        .expect("id list")
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
 }
 
 /// `max|got - want| / (1 + max|want|)`.
 fn logits_error(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "vocab size");
     let scale = 1.0 + want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    got.iter().zip(want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max) / scale
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - w).abs())
+        .fold(0.0, f64::max)
+        / scale
 }
 
 const PROMPT: [u32; 12] = [1, 17, 42, 99, 3, 250, 7, 7, 300, 12, 64, 5];
@@ -113,17 +140,35 @@ fn check_parity(dir: &Path, names: &[String], prompt: &[u32], n: usize, step: us
         }
     }
     let refs = reference(&Value::Array(jobs));
-    let prompt_arg = prompt.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
+    let prompt_arg = prompt
+        .iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let (n_arg, step_arg) = (n.to_string(), step.to_string());
     let mut failures = Vec::new();
     let mut passed = Vec::new();
     for (i, name) in names.iter().enumerate() {
         for (j, (mode, _)) in modes.iter().enumerate() {
             let want = &refs[i * modes.len() + j];
-            let args = ["--prompt-tokens", &prompt_arg, "--max-tokens", &n_arg, "--compute-dtype", mode, "--prefill-step-size", &step_arg];
+            let args = [
+                "--prompt-tokens",
+                &prompt_arg,
+                "--max-tokens",
+                &n_arg,
+                "--compute-dtype",
+                mode,
+                "--prefill-step-size",
+                &step_arg,
+            ];
             let (got, logits) = kooka(&dir.join(name), &args);
             let (gt, wt) = (ids(&got["tokens"]), ids(&want["tokens"]));
-            let want_logits: Vec<f64> = want["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            let want_logits: Vec<f64> = want["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
             let err = logits_error(&logits, &want_logits);
             let tol = if *mode == "f32" { 1e-4 } else { 2e-2 };
             // Guard against vacuous passes: a degenerate model would repeat one token.
@@ -135,8 +180,17 @@ fn check_parity(dir: &Path, names: &[String], prompt: &[u32], n: usize, step: us
             }
         }
     }
-    println!("parity passed ({}-token prompt, prefill step {step}): {}", prompt.len(), passed.join(", "));
-    assert!(failures.is_empty(), "{} parity failures:\n{}", failures.len(), failures.join("\n"));
+    println!(
+        "parity passed ({}-token prompt, prefill step {step}): {}",
+        prompt.len(),
+        passed.join(", ")
+    );
+    assert!(
+        failures.is_empty(),
+        "{} parity failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -148,9 +202,18 @@ fn tiny_models_match_mlx_lm() {
 #[test]
 fn moe_and_sliding_window_match_mlx_lm_on_long_prompt() {
     let (dir, names) = tiny_models();
-    let names: Vec<String> =
-        names.into_iter().filter(|n| ["qwen3_moe", "mixtral", "mistral_swa"].iter().any(|p| n.starts_with(p))).collect();
-    assert!(names.len() >= 8, "MoE / sliding-window tiny models missing: {names:?}");
+    let names: Vec<String> = names
+        .into_iter()
+        .filter(|n| {
+            ["qwen3_moe", "mixtral", "mistral_swa"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
+        .collect();
+    assert!(
+        names.len() >= 8,
+        "MoE / sliding-window tiny models missing: {names:?}"
+    );
     check_parity(&dir, &names, &long_prompt(), 32, 2048);
 }
 
@@ -159,8 +222,14 @@ fn moe_and_sliding_window_match_mlx_lm_on_long_prompt() {
 #[test]
 fn sliding_window_chunked_prefill_matches_mlx_lm() {
     let (dir, names) = tiny_models();
-    let names: Vec<String> = names.into_iter().filter(|n| n.starts_with("mistral_swa") || n == "qwen3_moe-q4g64").collect();
-    assert!(names.len() >= 5, "sliding-window tiny models missing: {names:?}");
+    let names: Vec<String> = names
+        .into_iter()
+        .filter(|n| n.starts_with("mistral_swa") || n == "qwen3_moe-q4g64")
+        .collect();
+    assert!(
+        names.len() >= 5,
+        "sliding-window tiny models missing: {names:?}"
+    );
     check_parity(&dir, &names, &long_prompt(), 24, 7);
 }
 
@@ -173,7 +242,20 @@ fn seeded_sampling_repeats() {
     let (dir, _) = tiny_models();
     let model = dir.join("llama-q4g64");
     let run = |seed: &str| {
-        let args = ["--prompt-tokens", "1,2,3,4", "--max-tokens", "24", "--temperature", "0.9", "--top-p", "0.95", "--top-k", "50", "--seed", seed];
+        let args = [
+            "--prompt-tokens",
+            "1,2,3,4",
+            "--max-tokens",
+            "24",
+            "--temperature",
+            "0.9",
+            "--top-p",
+            "0.95",
+            "--top-k",
+            "50",
+            "--seed",
+            seed,
+        ];
         ids(&kooka(&model, &args).0["tokens"])
     };
     let a = run("42");
@@ -185,17 +267,51 @@ fn seeded_sampling_repeats() {
 fn smollm2_matches_mlx_lm_through_chat_template() {
     let model = root().join("models/SmolLM2-135M-Instruct");
     if !model.join("config.json").exists() {
-        println!("SKIPPED: {} not found (the GGUF importer has not produced it yet)", model.display());
+        println!(
+            "SKIPPED: {} not found (the GGUF importer has not produced it yet)",
+            model.display()
+        );
         return;
     }
-    let prompts = ["What is the capital of France?", "Write a haiku about the sea.", "List three prime numbers and explain why they are prime."];
-    let jobs: Vec<Value> = prompts.iter().map(|p| json!({"model": model, "prompt": p, "max_tokens": 64, "f32": true})).collect();
+    let prompts = [
+        "What is the capital of France?",
+        "Write a haiku about the sea.",
+        "List three prime numbers and explain why they are prime.",
+    ];
+    let jobs: Vec<Value> = prompts
+        .iter()
+        .map(|p| json!({"model": model, "prompt": p, "max_tokens": 64, "f32": true}))
+        .collect();
     let refs = reference(&Value::Array(jobs));
     for (p, want) in prompts.iter().zip(&refs) {
-        let (got, logits) = kooka(&model, &["--prompt", p, "--max-tokens", "64", "--compute-dtype", "f32", "--chat"]);
-        assert_eq!(ids(&got["prompt_tokens"]), ids(&want["prompt_tokens"]), "prompt tokens (chat template) for {p:?}");
-        assert_eq!(ids(&got["tokens"]), ids(&want["tokens"]), "greedy tokens for {p:?}");
-        let want_logits: Vec<f64> = want["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let (got, logits) = kooka(
+            &model,
+            &[
+                "--prompt",
+                p,
+                "--max-tokens",
+                "64",
+                "--compute-dtype",
+                "f32",
+                "--chat",
+            ],
+        );
+        assert_eq!(
+            ids(&got["prompt_tokens"]),
+            ids(&want["prompt_tokens"]),
+            "prompt tokens (chat template) for {p:?}"
+        );
+        assert_eq!(
+            ids(&got["tokens"]),
+            ids(&want["tokens"]),
+            "greedy tokens for {p:?}"
+        );
+        let want_logits: Vec<f64> = want["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
         let err = logits_error(&logits, &want_logits);
         assert!(err <= 1e-4, "logits error {err} for {p:?}");
     }

@@ -70,7 +70,11 @@ fn read_json(path: &Path) -> Value {
 fn render_expected() -> PathBuf {
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("templates-expected.json");
     let python = root().join("third_party/venv/bin/python");
-    assert!(python.exists(), "{} is missing: run scripts/setup.sh --tests", python.display());
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup.sh --tests",
+        python.display()
+    );
     let status = std::process::Command::new(&python)
         .arg(root().join("tests/python/render_templates.py"))
         .arg(&out)

@@ -74,6 +74,11 @@ pub struct LaunchArgs {
     #[arg(long)]
     pub tty: bool,
     /// The command every rank runs (after the flags, optionally after `--`).
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
     pub command: Vec<String>,
 }

@@ -34,7 +34,11 @@ impl RankPlan {
 }
 
 /// The ring's address lists, one per rank: `connections_per_ip` consecutive ports per IP.
-pub fn ring_addresses(hostfile: &Hostfile, starting_port: u16, connections_per_ip: usize) -> Result<Vec<Vec<String>>, HostfileError> {
+pub fn ring_addresses(
+    hostfile: &Hostfile,
+    starting_port: u16,
+    connections_per_ip: usize,
+) -> Result<Vec<Vec<String>>, HostfileError> {
     let mut port = u32::from(starting_port);
     let mut out = Vec::with_capacity(hostfile.hosts.len());
     for (i, host) in hostfile.hosts.iter().enumerate() {
@@ -65,7 +69,12 @@ pub fn hostfile_content(addresses: &[Vec<String>]) -> String {
     let json_str = |s: &String| serde_json::to_string(s).expect("strings serialize");
     let ranks: Vec<String> = addresses
         .iter()
-        .map(|node| format!("[{}]", node.iter().map(json_str).collect::<Vec<_>>().join(", ")))
+        .map(|node| {
+            format!(
+                "[{}]",
+                node.iter().map(json_str).collect::<Vec<_>>().join(", ")
+            )
+        })
         .collect();
     format!("[{}]\n", ranks.join(", "))
 }
@@ -89,7 +98,15 @@ pub fn plan(
     connections_per_ip: usize,
 ) -> Result<Vec<RankPlan>, HostfileError> {
     let multi = hostfile.hosts.len() > 1;
-    let content = if multi { Some(hostfile_content(&ring_addresses(hostfile, starting_port, connections_per_ip)?)) } else { None };
+    let content = if multi {
+        Some(hostfile_content(&ring_addresses(
+            hostfile,
+            starting_port,
+            connections_per_ip,
+        )?))
+    } else {
+        None
+    };
     Ok(hostfile
         .hosts
         .iter()
@@ -101,7 +118,13 @@ pub fn plan(
             if verbose {
                 env.push(("MLX_RING_VERBOSE".into(), "1".into()));
             }
-            RankPlan { rank, host: host.ssh.clone(), local: host.is_local(), env: last_wins(env), hostfile: content.clone() }
+            RankPlan {
+                rank,
+                host: host.ssh.clone(),
+                local: host.is_local(),
+                env: last_wins(env),
+                hostfile: content.clone(),
+            }
         })
         .collect())
 }
@@ -117,7 +140,10 @@ mod tests {
 
     #[test]
     fn ports_match_mlx_launch() {
-        assert_eq!(hostfile_content(&ring_addresses(&local(2), 32323, 1).unwrap()), "[[\"127.0.0.1:32323\"], [\"127.0.0.1:32324\"]]\n");
+        assert_eq!(
+            hostfile_content(&ring_addresses(&local(2), 32323, 1).unwrap()),
+            "[[\"127.0.0.1:32323\"], [\"127.0.0.1:32324\"]]\n"
+        );
         assert_eq!(
             hostfile_content(&ring_addresses(&local(2), 40100, 2).unwrap()),
             "[[\"127.0.0.1:40100\", \"127.0.0.1:40101\"], [\"127.0.0.1:40102\", \"127.0.0.1:40103\"]]\n"
@@ -131,7 +157,12 @@ mod tests {
         assert_eq!(
             ring_addresses(&hf, 5000, 2).unwrap(),
             vec![
-                vec!["10.0.0.1:5000", "10.0.0.1:5001", "10.0.1.1:5002", "10.0.1.1:5003"],
+                vec![
+                    "10.0.0.1:5000",
+                    "10.0.0.1:5001",
+                    "10.0.1.1:5002",
+                    "10.0.1.1:5003"
+                ],
                 vec!["10.0.0.2:5004", "10.0.0.2:5005"]
             ]
         );
@@ -139,10 +170,16 @@ mod tests {
 
     #[test]
     fn port_overflow_and_missing_ips_are_errors() {
-        assert!(ring_addresses(&local(3), 65534, 1).unwrap_err().to_string().contains("past 65535"));
+        assert!(ring_addresses(&local(3), 65534, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("past 65535"));
         let hf = Hostfile::from_list("127.0.0.1,box", 1).unwrap();
         let e = plan(&hf, &[], false, 32323, 1).unwrap_err().to_string();
-        assert!(e.starts_with(r#"hostfile --hosts: host 1 (ssh "box"), field "ips""#), "{e}");
+        assert!(
+            e.starts_with(r#"hostfile --hosts: host 1 (ssh "box"), field "ips""#),
+            "{e}"
+        );
     }
 
     #[test]
@@ -151,14 +188,33 @@ mod tests {
         hf.env = vec![("A".into(), "file".into()), ("B".into(), "file".into())];
         hf.hosts[1].env = vec![("B".into(), "host".into())];
         let plans = plan(&hf, &[("A".into(), "cli".into())], true, 32323, 1).unwrap();
-        assert_eq!(plans[0].env, vec![("B".into(), "file".into()), ("A".into(), "cli".into()), ("MLX_RING_VERBOSE".into(), "1".into())]);
+        assert_eq!(
+            plans[0].env,
+            vec![
+                ("B".into(), "file".into()),
+                ("A".into(), "cli".into()),
+                ("MLX_RING_VERBOSE".into(), "1".into())
+            ]
+        );
         assert_eq!(plans[1].env[0], ("B".into(), "host".into()));
         assert_eq!(plans[1].mlx_rank().as_deref(), Some("1"));
 
         // One rank: no hostfile, no MLX_RANK, and no IPs needed.
-        let one = Hostfile { source: "x".into(), backend: None, env: vec![], hosts: vec![Host { ssh: "box".into(), ips: vec![], env: vec![] }] };
+        let one = Hostfile {
+            source: "x".into(),
+            backend: None,
+            env: vec![],
+            hosts: vec![Host {
+                ssh: "box".into(),
+                ips: vec![],
+                env: vec![],
+            }],
+        };
         let plans = plan(&one, &[], false, 32323, 1).unwrap();
-        assert_eq!((plans[0].hostfile.clone(), plans[0].mlx_rank()), (None, None));
+        assert_eq!(
+            (plans[0].hostfile.clone(), plans[0].mlx_rank()),
+            (None, None)
+        );
         assert!(!plans[0].local);
     }
 }

@@ -65,12 +65,23 @@ impl std::fmt::Display for Format {
 #[derive(Debug, thiserror::Error)]
 pub enum HostfileError {
     #[error("hostfile {file}: cannot read it: {source}")]
-    Read { file: String, source: std::io::Error },
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("hostfile {file}: not valid {format}: {message}")]
-    Syntax { file: String, format: Format, message: String },
+    Syntax {
+        file: String,
+        format: Format,
+        message: String,
+    },
     /// `location` is e.g. `host 1 (ssh "b"), field "ips"`.
     #[error("hostfile {file}: {location}: {message}")]
-    Invalid { file: String, location: String, message: String },
+    Invalid {
+        file: String,
+        location: String,
+        message: String,
+    },
 }
 
 /// Where in a hostfile a problem is, for error messages.
@@ -85,7 +96,9 @@ pub(crate) fn location(host: Option<(usize, Option<&str>)>, field: &str) -> Stri
 /// Checks one `K=V` environment entry and splits it.
 pub fn parse_env_entry(entry: &str) -> Result<(String, String), String> {
     let Some((key, value)) = entry.split_once('=') else {
-        return Err(format!("environment entry {entry:?} is not of the form K=V"));
+        return Err(format!(
+            "environment entry {entry:?} is not of the form K=V"
+        ));
     };
     check_env_key(key).map_err(|m| format!("environment entry {entry:?}: {m}"))?;
     Ok((key.to_string(), value.to_string()))
@@ -99,7 +112,9 @@ pub fn check_env_key(key: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{key:?} is not a valid variable name (letters, digits, _; not starting with a digit)"))
+        Err(format!(
+            "{key:?} is not a valid variable name (letters, digits, _; not starting with a digit)"
+        ))
     }
 }
 
@@ -107,8 +122,14 @@ impl Hostfile {
     /// Reads and validates a hostfile, detecting its format.
     pub fn from_file(path: &Path) -> Result<Hostfile, HostfileError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| HostfileError::Read { file: file.clone(), source })?;
-        let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
+        let text = std::fs::read_to_string(path).map_err(|source| HostfileError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase());
         match ext.as_deref() {
             Some("toml") => Self::parse(&file, &text, Format::Toml),
             Some("json") => Self::parse(&file, &text, Format::Json),
@@ -121,11 +142,16 @@ impl Hostfile {
 
     /// Parses and validates hostfile text in the given format; `file` is for messages.
     pub fn parse(file: &str, text: &str, format: Format) -> Result<Hostfile, HostfileError> {
-        let syntax = |message: String| HostfileError::Syntax { file: file.to_string(), format, message };
+        let syntax = |message: String| HostfileError::Syntax {
+            file: file.to_string(),
+            format,
+            message,
+        };
         let value: Value = match format {
             Format::Json => serde_json::from_str(text).map_err(|e| syntax(e.to_string()))?,
             Format::Toml => {
-                let table: toml::Table = toml::from_str(text).map_err(|e| syntax(e.to_string().trim_end().to_string()))?;
+                let table: toml::Table = toml::from_str(text)
+                    .map_err(|e| syntax(e.to_string().trim_end().to_string()))?;
                 serde_json::to_value(table).map_err(|e| syntax(e.to_string()))?
             }
         };
@@ -144,12 +170,25 @@ impl Hostfile {
                     message: "a host name cannot be empty".into(),
                 });
             }
-            let ips = if name.parse::<IpAddr>().is_ok() { vec![name.to_string()] } else { vec![] };
+            let ips = if name.parse::<IpAddr>().is_ok() {
+                vec![name.to_string()]
+            } else {
+                vec![]
+            };
             for _ in 0..repeat {
-                hosts.push(Host { ssh: name.to_string(), ips: ips.clone(), env: vec![] });
+                hosts.push(Host {
+                    ssh: name.to_string(),
+                    ips: ips.clone(),
+                    env: vec![],
+                });
             }
         }
-        Ok(Hostfile { source: "--hosts".into(), backend: None, env: vec![], hosts })
+        Ok(Hostfile {
+            source: "--hosts".into(),
+            backend: None,
+            env: vec![],
+            hosts,
+        })
     }
 
     /// The error for a host that the ring cannot use because it has no `ips`.
@@ -174,18 +213,35 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn err(&self, host: Option<(usize, Option<&str>)>, field: &str, message: impl Into<String>) -> HostfileError {
-        HostfileError::Invalid { file: self.file.to_string(), location: location(host, field), message: message.into() }
+    fn err(
+        &self,
+        host: Option<(usize, Option<&str>)>,
+        field: &str,
+        message: impl Into<String>,
+    ) -> HostfileError {
+        HostfileError::Invalid {
+            file: self.file.to_string(),
+            location: location(host, field),
+            message: message.into(),
+        }
     }
 
     fn hostfile(&self, value: Value) -> Result<Hostfile, HostfileError> {
         let (top, hosts) = match value {
             Value::Array(hosts) if self.format == Format::Json => (Map::new(), Value::Array(hosts)),
             Value::Object(mut top) => {
-                let hosts = top.remove("hosts").ok_or_else(|| self.err(None, "hosts", "missing (the list of hosts)"))?;
+                let hosts = top
+                    .remove("hosts")
+                    .ok_or_else(|| self.err(None, "hosts", "missing (the list of hosts)"))?;
                 (top, hosts)
             }
-            _ => return Err(self.err(None, "hosts", "the file must be a list of hosts or an object with `hosts`")),
+            _ => {
+                return Err(self.err(
+                    None,
+                    "hosts",
+                    "the file must be a list of hosts or an object with `hosts`",
+                ))
+            }
         };
         let (env_key, allowed): (&str, &[&str]) = match self.format {
             Format::Json => ("envs", &["backend", "envs"]),
@@ -193,7 +249,11 @@ impl Validator<'_> {
         };
         for key in top.keys() {
             if !allowed.contains(&key.as_str()) {
-                return Err(self.err(None, key, format!("unknown field (expected one of: backend, {env_key}, hosts)")));
+                return Err(self.err(
+                    None,
+                    key,
+                    format!("unknown field (expected one of: backend, {env_key}, hosts)"),
+                ));
             }
         }
         let backend = match top.get("backend") {
@@ -212,19 +272,40 @@ impl Validator<'_> {
         if hosts.is_empty() {
             return Err(self.err(None, "hosts", "lists no host"));
         }
-        let hosts = hosts.iter().enumerate().map(|(i, h)| self.host(i, h)).collect::<Result<_, _>>()?;
-        Ok(Hostfile { source: self.file.to_string(), backend, env, hosts })
+        let hosts = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| self.host(i, h))
+            .collect::<Result<_, _>>()?;
+        Ok(Hostfile {
+            source: self.file.to_string(),
+            backend,
+            env,
+            hosts,
+        })
     }
 
     fn host(&self, i: usize, value: &Value) -> Result<Host, HostfileError> {
         let Value::Object(fields) = value else {
-            return Err(self.err(Some((i, None)), "ssh", "a host must be an object with `ssh` and `ips`"));
+            return Err(self.err(
+                Some((i, None)),
+                "ssh",
+                "a host must be an object with `ssh` and `ips`",
+            ));
         };
         let ssh = match fields.get("ssh") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(Value::String(_)) => return Err(self.err(Some((i, None)), "ssh", "cannot be empty")),
+            Some(Value::String(_)) => {
+                return Err(self.err(Some((i, None)), "ssh", "cannot be empty"))
+            }
             Some(_) => return Err(self.err(Some((i, None)), "ssh", "must be a string")),
-            None => return Err(self.err(Some((i, None)), "ssh", "missing (what to give ssh; 127.0.0.1 = local)")),
+            None => {
+                return Err(self.err(
+                    Some((i, None)),
+                    "ssh",
+                    "missing (what to give ssh; 127.0.0.1 = local)",
+                ))
+            }
         };
         let at = Some((i, Some(ssh.as_str())));
         let allowed: &[&str] = match self.format {
@@ -233,7 +314,11 @@ impl Validator<'_> {
         };
         for key in fields.keys() {
             if !allowed.contains(&key.as_str()) {
-                return Err(self.err(at, key, format!("unknown field (expected one of: {})", allowed.join(", "))));
+                return Err(self.err(
+                    at,
+                    key,
+                    format!("unknown field (expected one of: {})", allowed.join(", ")),
+                ));
             }
         }
         let mut ips: Vec<String> = Vec::new();
@@ -263,7 +348,12 @@ impl Validator<'_> {
     }
 
     /// `envs = ["K=V"]` (JSON) or an `[env]` table (TOML).
-    fn env(&self, at: Option<(usize, Option<&str>)>, field: &str, value: &Value) -> Result<Vec<(String, String)>, HostfileError> {
+    fn env(
+        &self,
+        at: Option<(usize, Option<&str>)>,
+        field: &str,
+        value: &Value,
+    ) -> Result<Vec<(String, String)>, HostfileError> {
         match (self.format, value) {
             (Format::Json, Value::Array(list)) => list
                 .iter()
@@ -281,7 +371,13 @@ impl Validator<'_> {
                         Value::String(s) => s.clone(),
                         Value::Number(n) => n.to_string(),
                         Value::Bool(b) => b.to_string(),
-                        _ => return Err(self.err(at, field, format!("{k}: a value must be a string, number or boolean"))),
+                        _ => {
+                            return Err(self.err(
+                                at,
+                                field,
+                                format!("{k}: a value must be a string, number or boolean"),
+                            ))
+                        }
                     };
                     Ok((k.clone(), v))
                 })
@@ -311,7 +407,10 @@ mod tests {
         let hf = Hostfile::parse("hostfile.example.toml", text, Format::Toml).unwrap();
         assert_eq!(hf.backend.as_deref(), Some("ring"));
         assert_eq!(hf.hosts.len(), 2);
-        assert!(hf.hosts.iter().all(|h| h.is_local() && h.ips == ["127.0.0.1"]));
+        assert!(hf
+            .hosts
+            .iter()
+            .all(|h| h.is_local() && h.ips == ["127.0.0.1"]));
     }
 
     #[test]
@@ -320,7 +419,10 @@ mod tests {
             "backend = \"ring\"\n[env]\nA = \"1\"\nN = 3\n[[hosts]]\nssh = \"me@a\"\nips = [\"10.0.0.1\"]\n[hosts.env]\nB = \"x y\"\n[[hosts]]\nssh = \"b\"\nips = [\"10.0.0.2\", \"10.0.1.2\"]\n",
         )
         .unwrap();
-        assert_eq!(hf.env, vec![("A".into(), "1".into()), ("N".into(), "3".into())]);
+        assert_eq!(
+            hf.env,
+            vec![("A".into(), "1".into()), ("N".into(), "3".into())]
+        );
         assert_eq!(hf.hosts[0].env, vec![("B".into(), "x y".into())]);
         assert_eq!(hf.hosts[1].ips, vec!["10.0.0.2", "10.0.1.2"]);
         assert!(!hf.hosts[0].is_local());
@@ -337,25 +439,57 @@ mod tests {
         )
         .unwrap();
         assert_eq!(hf.backend.as_deref(), Some("jaccl"));
-        assert_eq!(hf.env, vec![("MLX_METAL_FAST_SYNCH".into(), "1".into()), ("E".into(), "".into())]);
+        assert_eq!(
+            hf.env,
+            vec![
+                ("MLX_METAL_FAST_SYNCH".into(), "1".into()),
+                ("E".into(), "".into())
+            ]
+        );
     }
 
     #[test]
     fn errors_name_file_host_and_field() {
-        let e = err(json(r#"[{"ssh": "a", "ips": ["1.1.1.1"]}, {"ssh": "b", "ips": ["2.2.2.2", "2.2.2.2"]}]"#));
-        assert_eq!(e, r#"hostfile hosts.json: host 1 (ssh "b"), field "ips": duplicate address "2.2.2.2""#);
+        let e = err(json(
+            r#"[{"ssh": "a", "ips": ["1.1.1.1"]}, {"ssh": "b", "ips": ["2.2.2.2", "2.2.2.2"]}]"#,
+        ));
+        assert_eq!(
+            e,
+            r#"hostfile hosts.json: host 1 (ssh "b"), field "ips": duplicate address "2.2.2.2""#
+        );
         let e = err(json(r#"{"envs": ["NOEQUALS"], "hosts": [{"ssh": "a"}]}"#));
         assert!(e.starts_with(r#"hostfile hosts.json: field "envs": environment entry "NOEQUALS" is not of the form K=V"#), "{e}");
         let e = err(json(r#"{"envs": ["1X=2"], "hosts": [{"ssh": "a"}]}"#));
-        assert!(e.contains(r#"field "envs""#) && e.contains("not a valid variable name"), "{e}");
-        let e = err(toml("[[hosts]]\nssh = \"a\"\nips = [\"1.1.1.1\"]\nport = 22\n"));
-        assert!(e.starts_with(r#"hostfile hosts.toml: host 0 (ssh "a"), field "port": unknown field"#), "{e}");
+        assert!(
+            e.contains(r#"field "envs""#) && e.contains("not a valid variable name"),
+            "{e}"
+        );
+        let e = err(toml(
+            "[[hosts]]\nssh = \"a\"\nips = [\"1.1.1.1\"]\nport = 22\n",
+        ));
+        assert!(
+            e.starts_with(r#"hostfile hosts.toml: host 0 (ssh "a"), field "port": unknown field"#),
+            "{e}"
+        );
         let e = err(toml("backnd = \"ring\"\n[[hosts]]\nssh = \"a\"\n"));
-        assert!(e.starts_with(r#"hostfile hosts.toml: field "backnd": unknown field"#), "{e}");
-        let e = err(toml("[[hosts]]\nssh = \"a\"\n[hosts.env]\n\"BAD-KEY\" = \"1\"\n"));
-        assert!(e.starts_with(r#"hostfile hosts.toml: host 0 (ssh "a"), field "env": "BAD-KEY" is not a valid"#), "{e}");
+        assert!(
+            e.starts_with(r#"hostfile hosts.toml: field "backnd": unknown field"#),
+            "{e}"
+        );
+        let e = err(toml(
+            "[[hosts]]\nssh = \"a\"\n[hosts.env]\n\"BAD-KEY\" = \"1\"\n",
+        ));
+        assert!(
+            e.starts_with(
+                r#"hostfile hosts.toml: host 0 (ssh "a"), field "env": "BAD-KEY" is not a valid"#
+            ),
+            "{e}"
+        );
         let e = err(toml("[[hosts]]\nips = [\"1.1.1.1\"]\n"));
-        assert!(e.starts_with(r#"hostfile hosts.toml: host 0, field "ssh": missing"#), "{e}");
+        assert!(
+            e.starts_with(r#"hostfile hosts.toml: host 0, field "ssh": missing"#),
+            "{e}"
+        );
         let e = err(json(r#"{"hosts": []}"#));
         assert!(e.contains(r#"field "hosts": lists no host"#), "{e}");
         let e = err(toml("[[hosts]\n"));
@@ -368,14 +502,24 @@ mod tests {
     #[test]
     fn missing_ips_names_host() {
         let hf = json(r#"[{"ssh": "a", "ips": ["1.1.1.1"]}, {"ssh": "me@b"}]"#).unwrap();
-        assert!(hf.missing_ips(1).to_string().starts_with(r#"hostfile hosts.json: host 1 (ssh "me@b"), field "ips": "#));
+        assert!(hf
+            .missing_ips(1)
+            .to_string()
+            .starts_with(r#"hostfile hosts.json: host 1 (ssh "me@b"), field "ips": "#));
     }
 
     #[test]
     fn host_list() {
         let hf = Hostfile::from_list("127.0.0.1,box", 2).unwrap();
-        let names: Vec<_> = hf.hosts.iter().map(|h| (h.ssh.as_str(), h.ips.len())).collect();
-        assert_eq!(names, [("127.0.0.1", 1), ("127.0.0.1", 1), ("box", 0), ("box", 0)]);
+        let names: Vec<_> = hf
+            .hosts
+            .iter()
+            .map(|h| (h.ssh.as_str(), h.ips.len()))
+            .collect();
+        assert_eq!(
+            names,
+            [("127.0.0.1", 1), ("127.0.0.1", 1), ("box", 0), ("box", 0)]
+        );
         assert!(Hostfile::from_list("a,,b", 1).is_err());
     }
 
@@ -388,7 +532,9 @@ mod tests {
         assert_eq!(Hostfile::from_file(&a).unwrap().hosts.len(), 1);
         std::fs::write(&a, r#"[{"ssh": "127.0.0.1"}, {"ssh": "127.0.0.1"}]"#).unwrap();
         assert_eq!(Hostfile::from_file(&a).unwrap().hosts.len(), 2);
-        let e = Hostfile::from_file(&dir.join("missing.toml")).unwrap_err().to_string();
+        let e = Hostfile::from_file(&dir.join("missing.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing.toml: cannot read it"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

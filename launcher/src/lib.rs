@@ -38,7 +38,9 @@ pub enum LaunchError {
     Hostfile(#[from] HostfileError),
     #[error("--env: {0}")]
     Env(String),
-    #[error("backend {0:?} is not supported yet by kooka launch (only \"ring\"; use mlx.launch for it)")]
+    #[error(
+        "backend {0:?} is not supported yet by kooka launch (only \"ring\"; use mlx.launch for it)"
+    )]
     UnsupportedBackend(String),
     #[error("unknown backend {0:?} (expected ring, mpi, nccl, jaccl or jaccl-ring)")]
     UnknownBackend(String),
@@ -47,13 +49,20 @@ pub enum LaunchError {
     #[error("no command given")]
     NoCommand,
     #[error("cannot write the ring hostfile {path}: {source}")]
-    TempFile { path: String, source: std::io::Error },
+    TempFile {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Entry point for `kooka launch`: runs and returns the process exit code (2 when the
 /// run cannot start, after printing why).
 pub fn main(args: LaunchArgs, self_subcommands: Vec<String>) -> i32 {
-    let config = LaunchConfig { args, self_exe: std::env::current_exe().ok(), self_subcommands };
+    let config = LaunchConfig {
+        args,
+        self_exe: std::env::current_exe().ok(),
+        self_subcommands,
+    };
     match run(config) {
         Ok(code) => code,
         Err(err) => {
@@ -68,16 +77,36 @@ pub fn plan(config: &LaunchConfig) -> Result<Vec<RankPlan>, LaunchError> {
     let a = &config.args;
     let hostfile = match &a.hostfile {
         Some(path) => Hostfile::from_file(path)?,
-        None => Hostfile::from_list(a.hosts.as_deref().unwrap_or("127.0.0.1"), a.repeat_hosts.unwrap_or(1) as usize)?,
+        None => Hostfile::from_list(
+            a.hosts.as_deref().unwrap_or("127.0.0.1"),
+            a.repeat_hosts.unwrap_or(1) as usize,
+        )?,
     };
-    let backend = a.backend.clone().or_else(|| hostfile.backend.clone()).unwrap_or_else(|| "ring".into());
+    let backend = a
+        .backend
+        .clone()
+        .or_else(|| hostfile.backend.clone())
+        .unwrap_or_else(|| "ring".into());
     match backend.as_str() {
         "ring" => {}
-        "mpi" | "nccl" | "jaccl" | "jaccl-ring" => return Err(LaunchError::UnsupportedBackend(backend)),
+        "mpi" | "nccl" | "jaccl" | "jaccl-ring" => {
+            return Err(LaunchError::UnsupportedBackend(backend))
+        }
         _ => return Err(LaunchError::UnknownBackend(backend)),
     }
-    let cli_env = a.env.iter().map(|e| hostfile::parse_env_entry(e)).collect::<Result<Vec<_>, _>>().map_err(LaunchError::Env)?;
-    Ok(env::plan(&hostfile, &cli_env, a.verbose, a.starting_port, a.connections_per_ip as usize)?)
+    let cli_env = a
+        .env
+        .iter()
+        .map(|e| hostfile::parse_env_entry(e))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(LaunchError::Env)?;
+    Ok(env::plan(
+        &hostfile,
+        &cli_env,
+        a.verbose,
+        a.starting_port,
+        a.connections_per_ip as usize,
+    )?)
 }
 
 /// The command line a rank runs: the kooka binary itself for a kooka subcommand.
@@ -103,8 +132,15 @@ pub fn run(config: LaunchConfig) -> Result<i32, LaunchError> {
     }
     let plans = plan(&config)?;
     let command = resolve_command(&config)?;
-    let launcher_cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| "/".into());
-    let remote_opts = ssh::RemoteOptions { cwd: a.cwd.as_deref(), default_cwd: &launcher_cwd, grace_secs: a.grace_period, tty: a.tty };
+    let launcher_cwd = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|_| "/".into());
+    let remote_opts = ssh::RemoteOptions {
+        cwd: a.cwd.as_deref(),
+        default_cwd: &launcher_cwd,
+        grace_secs: a.grace_period,
+        tty: a.tty,
+    };
 
     if a.dry_run {
         print!("{}", dry_run(&plans, &command, &config, &remote_opts));
@@ -112,14 +148,23 @@ pub fn run(config: LaunchConfig) -> Result<i32, LaunchError> {
     }
 
     // One ring hostfile for the local ranks (its content is the same for every rank).
-    let local_hostfile = match plans.iter().find(|p| p.local).and_then(|p| p.hostfile.as_ref()) {
+    let local_hostfile = match plans
+        .iter()
+        .find(|p| p.local)
+        .and_then(|p| p.hostfile.as_ref())
+    {
         Some(content) => Some(TempFile::create(content)?),
         None => None,
     };
     if a.verbose {
-        eprintln!("kooka launch: running {} on {} rank(s)", ssh::join(&command), plans.len());
+        eprintln!(
+            "kooka launch: running {} on {} rank(s)",
+            ssh::join(&command),
+            plans.len()
+        );
     }
-    let mut supervisor = supervise::Supervisor::new(Duration::from_secs_f64(a.grace_period), a.verbose);
+    let mut supervisor =
+        supervise::Supervisor::new(Duration::from_secs_f64(a.grace_period), a.verbose);
     for p in &plans {
         let (program, args, env, cwd) = if p.local {
             let mut env = p.env.clone();
@@ -127,18 +172,43 @@ pub fn run(config: LaunchConfig) -> Result<i32, LaunchError> {
                 env.push(("MLX_HOSTFILE".into(), file.0.display().to_string()));
                 env.push(("MLX_RANK".into(), rank));
             }
-            (command[0].clone(), command[1..].to_vec(), env, a.cwd.as_deref().map(Path::new))
+            (
+                command[0].clone(),
+                command[1..].to_vec(),
+                env,
+                a.cwd.as_deref().map(Path::new),
+            )
         } else {
-            let mut argv = ssh::ssh_argv(&p.host, &a.ssh_options, a.tty, &ssh::remote_script(p, &command, &remote_opts));
+            let mut argv = ssh::ssh_argv(
+                &p.host,
+                &a.ssh_options,
+                a.tty,
+                &ssh::remote_script(p, &command, &remote_opts),
+            );
             let program = argv.remove(0);
             (program, argv, vec![], None)
         };
-        let spec = spawn::SpawnSpec { rank: p.rank, program: &program, args: &args, env: &env, cwd, keep_stdin: !p.local, prefix: !a.no_prefix };
+        let spec = spawn::SpawnSpec {
+            rank: p.rank,
+            program: &program,
+            args: &args,
+            env: &env,
+            cwd,
+            keep_stdin: !p.local,
+            prefix: !a.no_prefix,
+        };
         match spawn::spawn(&spec) {
             Ok(spawned) => supervisor.add(p.rank, &p.host, !p.local, spawned),
             Err(err) => {
-                let what = if p.local { program.clone() } else { "ssh".into() };
-                eprintln!("kooka launch: rank {} ({}): cannot start {what}: {err}", p.rank, p.host);
+                let what = if p.local {
+                    program.clone()
+                } else {
+                    "ssh".into()
+                };
+                eprintln!(
+                    "kooka launch: rank {} ({}): cannot start {what}: {err}",
+                    p.rank, p.host
+                );
                 supervisor.add_failed(p.rank, &p.host, 127);
             }
         }
@@ -149,14 +219,22 @@ pub fn run(config: LaunchConfig) -> Result<i32, LaunchError> {
 }
 
 /// `--dry-run`'s report: per rank, the host, how it is started, and its environment.
-pub fn dry_run(plans: &[RankPlan], command: &[String], config: &LaunchConfig, remote: &ssh::RemoteOptions) -> String {
+pub fn dry_run(
+    plans: &[RankPlan],
+    command: &[String],
+    config: &LaunchConfig,
+    remote: &ssh::RemoteOptions,
+) -> String {
     let a = &config.args;
     let mut out = String::new();
     for p in plans {
         let how = if p.local { "local" } else { "ssh" };
         out.push_str(&format!("rank {}: host {} ({how})\n", p.rank, p.host));
         out.push_str(&format!("  command: {}\n", ssh::join(command)));
-        let cwd = a.cwd.clone().unwrap_or_else(|| remote.default_cwd.to_string());
+        let cwd = a
+            .cwd
+            .clone()
+            .unwrap_or_else(|| remote.default_cwd.to_string());
         out.push_str(&format!("  cwd: {cwd}\n"));
         for (k, v) in &p.env {
             out.push_str(&format!("  env: {k}={}\n", ssh::quote(v)));
@@ -184,8 +262,15 @@ impl TempFile {
         let mut n = 0u32;
         loop {
             let path = dir.join(format!("kooka-launch-{}-{n}.json", std::process::id()));
-            let err = |source| LaunchError::TempFile { path: path.display().to_string(), source };
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            let err = |source| LaunchError::TempFile {
+                path: path.display().to_string(),
+                source,
+            };
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
                 Ok(mut f) => {
                     f.write_all(content.as_bytes()).map_err(err)?;
                     return Ok(TempFile(path));

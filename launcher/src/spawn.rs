@@ -40,7 +40,11 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<Spawned> {
     let mut cmd = Command::new(spec.program);
     cmd.args(spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(if spec.keep_stdin { Stdio::piped() } else { Stdio::null() })
+        .stdin(if spec.keep_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -72,7 +76,12 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<Spawned> {
         std::thread::spawn(move || pump(stdout, rank, prefix, Stream::Stdout)),
         std::thread::spawn(move || pump(stderr, rank, prefix, Stream::Stderr)),
     ];
-    Ok(Spawned { child, pid, stdin, pumps })
+    Ok(Spawned {
+        child,
+        pid,
+        stdin,
+        pumps,
+    })
 }
 
 #[derive(Clone, Copy)]

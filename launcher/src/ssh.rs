@@ -66,8 +66,14 @@ pub fn remote_script(plan: &RankPlan, command: &[String], opts: &RemoteOptions) 
     if let Some(content) = &plan.hostfile {
         let content = content.strip_suffix('\n').unwrap_or(content);
         s.push_str("kooka_hf=$(mktemp \"${TMPDIR:-/tmp}/kooka-hostfile.XXXXXX\") || exit 126\n");
-        s.push_str(&format!("printf '%s\\n' {} >\"$kooka_hf\"\n", quote(content)));
-        s.push_str(&format!("export MLX_HOSTFILE=\"$kooka_hf\" MLX_RANK={}\n", plan.rank));
+        s.push_str(&format!(
+            "printf '%s\\n' {} >\"$kooka_hf\"\n",
+            quote(content)
+        ));
+        s.push_str(&format!(
+            "export MLX_HOSTFILE=\"$kooka_hf\" MLX_RANK={}\n",
+            plan.rank
+        ));
     }
     s.push_str(&format!("{} </dev/null &\n", join(command)));
     s.push_str("kooka_pid=$!\n");
@@ -89,7 +95,11 @@ pub fn remote_script(plan: &RankPlan, command: &[String], opts: &RemoteOptions) 
 fn format_secs(secs: f64) -> String {
     let s = format!("{:.3}", secs.max(0.0));
     let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s.is_empty() { "0".into() } else { s.to_string() }
+    if s.is_empty() {
+        "0".into()
+    } else {
+        s.to_string()
+    }
 }
 
 /// `ssh`'s argv for one remote rank: the user's `-o` options first (ssh keeps the first
@@ -118,16 +128,36 @@ mod tests {
         assert_eq!(quote("a b"), "'a b'");
         assert_eq!(quote("it's"), r"'it'\''s'");
         assert_eq!(quote("$HOME;`x`"), "'$HOME;`x`'");
-        assert_eq!(join(&["echo".into(), "a b".into(), "c".into()]), "echo 'a b' c");
+        assert_eq!(
+            join(&["echo".into(), "a b".into(), "c".into()]),
+            "echo 'a b' c"
+        );
     }
 
     #[test]
     fn quoting_round_trips_through_sh() {
-        let words = ["plain", "two words", "it's", "$X `y` \"z\" \\n", "*", "", "new\nline", "ünï"];
+        let words = [
+            "plain",
+            "two words",
+            "it's",
+            "$X `y` \"z\" \\n",
+            "*",
+            "",
+            "new\nline",
+            "ünï",
+        ];
         let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
         let script = format!("for a in {}; do printf '%s\\0' \"$a\"; done", join(&words));
-        let out = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
-        let got: Vec<String> = out.stdout.split(|&b| b == 0).map(|b| String::from_utf8(b.to_vec()).unwrap()).collect();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        let got: Vec<String> = out
+            .stdout
+            .split(|&b| b == 0)
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .collect();
         assert_eq!(&got[..words.len()], &words[..]);
     }
 
@@ -148,11 +178,20 @@ mod tests {
             env: vec![("GREETING".into(), "it's here".into())],
             hostfile: Some("[[\"1.2.3.4:5\"], [\"1.2.3.5:6\"]]\n".into()),
         };
-        let cmd: Vec<String> = ["sh", "-c", "printf '%s|%s|' \"$GREETING\" \"$MLX_RANK\"; cat \"$MLX_HOSTFILE\"; exit 7"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let opts = RemoteOptions { cwd: Some("/"), default_cwd: "/", grace_secs: 1.0, tty: false };
+        let cmd: Vec<String> = [
+            "sh",
+            "-c",
+            "printf '%s|%s|' \"$GREETING\" \"$MLX_RANK\"; cat \"$MLX_HOSTFILE\"; exit 7",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let opts = RemoteOptions {
+            cwd: Some("/"),
+            default_cwd: "/",
+            grace_secs: 1.0,
+            tty: false,
+        };
         let argv = ssh_argv("h", &[], false, &remote_script(&plan, &cmd, &opts));
         // stdin stays open (it is the teardown channel): end of input would stop the rank.
         let mut child = std::process::Command::new("sh")

@@ -28,7 +28,11 @@ const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 enum Event {
     /// `child` is the exited, not yet reaped process (Linux), reaped by the supervisor.
-    Exited { rank: usize, code: i32, child: Option<Child> },
+    Exited {
+        rank: usize,
+        code: i32,
+        child: Option<Child>,
+    },
     Signal(i32),
 }
 
@@ -42,11 +46,25 @@ fn wait_exit(child: Child) -> (i32, Option<Child>) {
     loop {
         // SAFETY: waitid on our own child with a zeroed, writable siginfo.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let r = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
         if r == 0 {
             // SAFETY: filled in by a successful waitid for a child event.
             let status = unsafe { info.si_status() };
-            return (if info.si_code == libc::CLD_EXITED { status } else { 128 + status }, Some(child));
+            return (
+                if info.si_code == libc::CLD_EXITED {
+                    status
+                } else {
+                    128 + status
+                },
+                Some(child),
+            );
         }
         if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             return (1, Some(child));
@@ -61,7 +79,9 @@ fn wait_exit(mut child: Child) -> (i32, Option<Child>) {
 
 /// Exit code for a process status: its code, or 128+signal when a signal killed it.
 pub fn exit_code(status: ExitStatus) -> i32 {
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 fn signal_name(sig: i32) -> &'static str {
@@ -119,18 +139,39 @@ impl Supervisor {
         std::thread::spawn(move || loop {
             let mut sig: libc::c_int = 0;
             // SAFETY: `set` is a valid, initialised sigset.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0 && signals.send(Event::Signal(sig)).is_err() {
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0
+                && signals.send(Event::Signal(sig)).is_err()
+            {
                 return;
             }
         });
-        Supervisor { slots: Vec::new(), pumps: Vec::new(), tx, rx, grace, verbose }
+        Supervisor {
+            slots: Vec::new(),
+            pumps: Vec::new(),
+            tx,
+            rx,
+            grace,
+            verbose,
+        }
     }
 
     /// Takes over a started rank: a thread waits for it and reports its exit.
     pub fn add(&mut self, rank: usize, host: &str, remote: bool, spawned: Spawned) {
-        let Spawned { child, pid, stdin, pumps } = spawned;
+        let Spawned {
+            child,
+            pid,
+            stdin,
+            pumps,
+        } = spawned;
         self.pumps.extend(pumps);
-        self.slots.push(Slot { rank, host: host.to_string(), pgid: pid, remote, channel: stdin, exited: None });
+        self.slots.push(Slot {
+            rank,
+            host: host.to_string(),
+            pgid: pid,
+            remote,
+            channel: stdin,
+            exited: None,
+        });
         let tx = self.tx.clone();
         std::thread::spawn(move || {
             let (code, child) = wait_exit(child);
@@ -140,8 +181,19 @@ impl Supervisor {
 
     /// Records a rank that could not be started; it counts as failed with `code`.
     pub fn add_failed(&mut self, rank: usize, host: &str, code: i32) {
-        self.slots.push(Slot { rank, host: host.to_string(), pgid: 0, remote: false, channel: None, exited: None });
-        let _ = self.tx.send(Event::Exited { rank, code, child: None });
+        self.slots.push(Slot {
+            rank,
+            host: host.to_string(),
+            pgid: 0,
+            remote: false,
+            channel: None,
+            exited: None,
+        });
+        let _ = self.tx.send(Event::Exited {
+            rank,
+            code,
+            child: None,
+        });
     }
 
     /// Supervises until every rank has exited; returns the launcher's exit code.
@@ -154,12 +206,18 @@ impl Supervisor {
                 Phase::Running | Phase::Abandoned => None,
             };
             let event = match deadline {
-                Some(t) => self.rx.recv_timeout(t.saturating_duration_since(Instant::now())),
+                Some(t) => self
+                    .rx
+                    .recv_timeout(t.saturating_duration_since(Instant::now())),
                 None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match event {
                 Ok(Event::Exited { rank, code, child }) => {
-                    let slot = self.slots.iter_mut().find(|s| s.rank == rank).expect("known rank");
+                    let slot = self
+                        .slots
+                        .iter_mut()
+                        .find(|s| s.rank == rank)
+                        .expect("known rank");
                     slot.exited = Some(code);
                     slot.channel = None;
                     let running = matches!(phase, Phase::Running);
@@ -176,14 +234,24 @@ impl Supervisor {
                         result = Some(code);
                         phase = self.terminate(libc::SIGTERM);
                     } else if self.verbose {
-                        eprintln!("kooka launch: rank {rank} ({}) exited with code {code}", slot.host);
+                        eprintln!(
+                            "kooka launch: rank {rank} ({}) exited with code {code}",
+                            slot.host
+                        );
                     }
                 }
                 Ok(Event::Signal(sig)) => match phase {
                     Phase::Running => {
-                        eprintln!("kooka launch: got SIG{}; stopping all ranks", signal_name(sig));
+                        eprintln!(
+                            "kooka launch: got SIG{}; stopping all ranks",
+                            signal_name(sig)
+                        );
                         result = Some(128 + sig);
-                        let forward = if sig == libc::SIGHUP { libc::SIGTERM } else { sig };
+                        let forward = if sig == libc::SIGHUP {
+                            libc::SIGTERM
+                        } else {
+                            sig
+                        };
                         phase = self.terminate(forward);
                     }
                     Phase::Terminating(_) => phase = self.kill(),
@@ -240,7 +308,10 @@ impl Supervisor {
 
     fn abandon(&mut self) {
         for slot in self.slots.iter().filter(|s| s.exited.is_none()) {
-            eprintln!("kooka launch: rank {} ({}): ssh did not exit; killing it", slot.rank, slot.host);
+            eprintln!(
+                "kooka launch: rank {} ({}): ssh did not exit; killing it",
+                slot.rank, slot.host
+            );
             signal_group(slot.pgid, libc::SIGKILL);
         }
     }

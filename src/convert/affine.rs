@@ -54,7 +54,12 @@ pub fn unpack_group(words: &[u32], bits: u8) -> [u8; GROUP] {
 /// scale = d, bias = m, and the nibbles reordered to MLX's sequential packing.
 pub fn repack_q4_1(data: &[u8]) -> Affine {
     let n = data.len() / 20;
-    let mut a = Affine { bits: 4, weight: Vec::with_capacity(n * 4), scales: Vec::with_capacity(n), biases: Vec::with_capacity(n) };
+    let mut a = Affine {
+        bits: 4,
+        weight: Vec::with_capacity(n * 4),
+        scales: Vec::with_capacity(n),
+        biases: Vec::with_capacity(n),
+    };
     for b in data.chunks_exact(20) {
         a.scales.push(f16::from_le_bytes([b[0], b[1]]));
         a.biases.push(f16::from_le_bytes([b[2], b[3]]));
@@ -72,7 +77,12 @@ pub fn repack_q4_1(data: &[u8]) -> Affine {
 /// (a power-of-two multiple, exact in f16 unless it overflows: then None).
 pub fn repack_q8_0(data: &[u8]) -> Option<Affine> {
     let n = data.len() / 34;
-    let mut a = Affine { bits: 8, weight: Vec::with_capacity(n * 8), scales: Vec::with_capacity(n), biases: Vec::with_capacity(n) };
+    let mut a = Affine {
+        bits: 8,
+        weight: Vec::with_capacity(n * 8),
+        scales: Vec::with_capacity(n),
+        biases: Vec::with_capacity(n),
+    };
     for b in data.chunks_exact(34) {
         let d = f16::from_le_bytes([b[0], b[1]]);
         let bias = f16::from_f32(-128.0 * d.to_f32());
@@ -95,9 +105,18 @@ pub fn repack_q8_0(data: &[u8]) -> Option<Affine> {
 pub fn quantize(values: &[f32], bits: u8) -> Affine {
     let n = values.len() / GROUP;
     let levels = ((1u32 << bits) - 1) as f32;
-    let mut a = Affine { bits, weight: Vec::with_capacity(n * bits as usize), scales: Vec::with_capacity(n), biases: Vec::with_capacity(n) };
+    let mut a = Affine {
+        bits,
+        weight: Vec::with_capacity(n * bits as usize),
+        scales: Vec::with_capacity(n),
+        biases: Vec::with_capacity(n),
+    };
     for g in values.chunks_exact(GROUP) {
-        let (lo, hi) = g.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        let (lo, hi) = g
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
+                (lo.min(x), hi.max(x))
+            });
         // Quantize against the f16-rounded parameters that will actually be stored.
         let bias = f16::from_f32(lo);
         let scale = f16::from_f32((hi - lo) / levels);
@@ -119,7 +138,11 @@ pub fn dequantize(a: &Affine) -> Vec<f32> {
     let mut out = Vec::with_capacity(a.scales.len() * GROUP);
     for (g, words) in a.weight.chunks_exact(a.bits as usize).enumerate() {
         let (s, b) = (a.scales[g].to_f32(), a.biases[g].to_f32());
-        out.extend(unpack_group(words, a.bits).iter().map(|&q| s * q as f32 + b));
+        out.extend(
+            unpack_group(words, a.bits)
+                .iter()
+                .map(|&q| s * q as f32 + b),
+        );
     }
     out
 }
@@ -220,45 +243,82 @@ mod tests {
     fn packing_matches_mlx_for_all_bits() {
         use mlx_rs::{ops, Array};
         let (rows, cols) = (4usize, 128usize);
-        let x: Vec<f32> = noise(rows * cols, 5).iter().map(|&b| b as f32 / 50.0 - 2.5).collect();
+        let x: Vec<f32> = noise(rows * cols, 5)
+            .iter()
+            .map(|&b| b as f32 / 50.0 - 2.5)
+            .collect();
         for bits in [2u8, 3, 4, 5, 6, 8] {
             let a = quantize(&x, bits);
             let f32s = |h: &[f16]| h.iter().map(|v| v.to_f32()).collect::<Vec<_>>();
             let groups = [rows as i32, (cols / GROUP) as i32];
-            let w = Array::from_slice(&a.weight, &[rows as i32, (cols * bits as usize / 32) as i32]);
-            let (s, b) = (Array::from_slice(&f32s(&a.scales), &groups), Array::from_slice(&f32s(&a.biases), &groups));
+            let w = Array::from_slice(
+                &a.weight,
+                &[rows as i32, (cols * bits as usize / 32) as i32],
+            );
+            let (s, b) = (
+                Array::from_slice(&f32s(&a.scales), &groups),
+                Array::from_slice(&f32s(&a.biases), &groups),
+            );
             let got = ops::dequantize(&w, &s, &b, 32, bits as i32).expect("mlx dequantize");
             got.eval().expect("eval");
-            assert_eq!(got.as_slice::<f32>(), dequantize(&a).as_slice(), "bits {bits}: MLX reads our packing differently");
+            assert_eq!(
+                got.as_slice::<f32>(),
+                dequantize(&a).as_slice(),
+                "bits {bits}: MLX reads our packing differently"
+            );
 
             let xa = Array::from_slice(&x, &[rows as i32, cols as i32]);
             let (mw, ms, mb) = ops::quantize(&xa, 32, bits as i32).expect("mlx quantize");
             let theirs = Affine {
                 bits,
                 weight: mw.as_slice::<u32>().to_vec(),
-                scales: ms.as_slice::<f32>().iter().map(|&v| f16::from_f32(v)).collect(),
-                biases: mb.as_slice::<f32>().iter().map(|&v| f16::from_f32(v)).collect(),
+                scales: ms
+                    .as_slice::<f32>()
+                    .iter()
+                    .map(|&v| f16::from_f32(v))
+                    .collect(),
+                biases: mb
+                    .as_slice::<f32>()
+                    .iter()
+                    .map(|&v| f16::from_f32(v))
+                    .collect(),
             };
-            let (mine, ref_) = (dequantize(&theirs), ops::dequantize(&mw, &ms, &mb, 32, bits as i32).expect("deq"));
+            let (mine, ref_) = (
+                dequantize(&theirs),
+                ops::dequantize(&mw, &ms, &mb, 32, bits as i32).expect("deq"),
+            );
             // Same q values; only the f16 rounding of MLX's f32 scales/biases may differ.
             let mb = mb.as_slice::<f32>();
             for (i, (p, q)) in mine.iter().zip(ref_.as_slice::<f32>()).enumerate() {
                 let tol = (q.abs() + mb[i / GROUP].abs()) * 2f32.powi(-10) + 1e-6;
-                assert!((p - q).abs() <= tol, "bits {bits}: our unpack of MLX's quantize {p} vs {q}");
+                assert!(
+                    (p - q).abs() <= tol,
+                    "bits {bits}: our unpack of MLX's quantize {p} vs {q}"
+                );
             }
         }
     }
 
     #[test]
     fn quantize_error_is_bounded() {
-        let x: Vec<f32> = noise(256, 3).iter().map(|&b| b as f32 / 37.0 - 3.0).collect();
+        let x: Vec<f32> = noise(256, 3)
+            .iter()
+            .map(|&b| b as f32 / 37.0 - 3.0)
+            .collect();
         for bits in [2u8, 3, 4, 5, 6, 8] {
             let a = quantize(&x, bits);
             let y = dequantize(&a);
             for (g, (xg, yg)) in x.chunks(32).zip(y.chunks(32)).enumerate() {
                 let step = a.scales[g].to_f32();
-                let err = xg.iter().zip(yg).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
-                assert!(err <= step * 0.51 + 1e-2, "bits {bits} group {g}: err {err} step {step}");
+                let err = xg
+                    .iter()
+                    .zip(yg)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    err <= step * 0.51 + 1e-2,
+                    "bits {bits} group {g}: err {err} step {step}"
+                );
             }
         }
     }

@@ -27,42 +27,83 @@ pub struct QuantMap {
 }
 
 /// Builds config.json from the GGUF hyper-parameters.
-pub fn config_json(g: &GgufFile, vocab: &Vocab, quant: Option<&QuantMap>) -> Result<Json, ConvertError> {
+pub fn config_json(
+    g: &GgufFile,
+    vocab: &Vocab,
+    quant: Option<&QuantMap>,
+) -> Result<Json, ConvertError> {
     let arch = g.req_str("general.architecture")?;
     let class = hf_architecture(arch)?;
     let key = |k: &str| format!("{arch}.{k}");
     let hidden = g.req_u64(&key("embedding_length"))?;
     let heads = g.req_u64(&key("attention.head_count"))?;
     if heads == 0 {
-        return Err(ConvertError::missing(&key("attention.head_count"), "non-zero integer"));
+        return Err(ConvertError::missing(
+            &key("attention.head_count"),
+            "non-zero integer",
+        ));
     }
     let kv_heads = g.opt_u64(&key("attention.head_count_kv")).unwrap_or(heads);
     let vocab_size = g
         .opt_u64(&key("vocab_size"))
-        .or_else(|| g.tensor("token_embd.weight").and_then(|t| t.dims.get(1).copied()))
+        .or_else(|| {
+            g.tensor("token_embd.weight")
+                .and_then(|t| t.dims.get(1).copied())
+        })
         .unwrap_or(vocab.tokens.len() as u64);
     let mut c = Map::new();
     c.insert("architectures".into(), json!([class]));
     c.insert("model_type".into(), json!(arch));
     c.insert("hidden_size".into(), json!(hidden));
-    c.insert("intermediate_size".into(), json!(g.req_u64(&key("feed_forward_length"))?));
+    c.insert(
+        "intermediate_size".into(),
+        json!(g.req_u64(&key("feed_forward_length"))?),
+    );
     c.insert("num_attention_heads".into(), json!(heads));
     c.insert("num_key_value_heads".into(), json!(kv_heads));
-    c.insert("num_hidden_layers".into(), json!(g.req_u64(&key("block_count"))?));
-    c.insert("head_dim".into(), json!(g.opt_u64(&key("attention.key_length")).unwrap_or(hidden / heads)));
-    c.insert("rms_norm_eps".into(), json!(g.opt_f64(&key("attention.layer_norm_rms_epsilon")).map_or(1e-5, round_f32)));
-    c.insert("rope_theta".into(), json!(g.opt_f64(&key("rope.freq_base")).map_or(10000.0, round_f32)));
+    c.insert(
+        "num_hidden_layers".into(),
+        json!(g.req_u64(&key("block_count"))?),
+    );
+    c.insert(
+        "head_dim".into(),
+        json!(g
+            .opt_u64(&key("attention.key_length"))
+            .unwrap_or(hidden / heads)),
+    );
+    c.insert(
+        "rms_norm_eps".into(),
+        json!(g
+            .opt_f64(&key("attention.layer_norm_rms_epsilon"))
+            .map_or(1e-5, round_f32)),
+    );
+    c.insert(
+        "rope_theta".into(),
+        json!(g.opt_f64(&key("rope.freq_base")).map_or(10000.0, round_f32)),
+    );
     c.insert("vocab_size".into(), json!(vocab_size));
-    c.insert("max_position_embeddings".into(), json!(g.opt_u64(&key("context_length")).unwrap_or(4096)));
-    c.insert("tie_word_embeddings".into(), json!(g.tensor("output.weight").is_none()));
+    c.insert(
+        "max_position_embeddings".into(),
+        json!(g.opt_u64(&key("context_length")).unwrap_or(4096)),
+    );
+    c.insert(
+        "tie_word_embeddings".into(),
+        json!(g.tensor("output.weight").is_none()),
+    );
     c.insert("hidden_act".into(), json!("silu"));
-    c.insert("attention_bias".into(), json!(g.tensor("blk.0.attn_q.bias").is_some()));
+    c.insert(
+        "attention_bias".into(),
+        json!(g.tensor("blk.0.attn_q.bias").is_some()),
+    );
     c.insert("mlp_bias".into(), json!(false));
     c.insert("bos_token_id".into(), json!(vocab.bos));
     c.insert("eos_token_id".into(), json!(vocab.eos));
     c.insert("torch_dtype".into(), json!("float16"));
     let scaling = g.get(&key("rope.scaling.type")).and_then(|v| v.as_str());
-    if let (Some(ty), Some(factor)) = (scaling.filter(|t| *t != "none"), g.opt_f64(&key("rope.scaling.factor"))) {
+    if let (Some(ty), Some(factor)) = (
+        scaling.filter(|t| *t != "none"),
+        g.opt_f64(&key("rope.scaling.factor")),
+    ) {
         let mut rs = json!({"type": ty, "rope_type": ty, "factor": round_f32(factor)});
         if let Some(orig) = g.opt_u64(&key("rope.scaling.original_context_length")) {
             rs["original_max_position_embeddings"] = json!(orig);
@@ -97,7 +138,10 @@ pub fn tokenizer_config_json(g: &GgufFile, vocab: &Vocab) -> Json {
                    "rstrip": false, "single_word": false, "special": special}),
         );
     }
-    let arch = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("");
+    let arch = g
+        .get("general.architecture")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
     let ctx = g.opt_u64(&format!("{arch}.context_length"));
     json!({
         "add_bos_token": vocab.add_bos,
@@ -120,10 +164,16 @@ pub fn generation_config_json(vocab: &Vocab) -> Json {
 
 /// Makes sure `dir` exists and is empty (or `force`).
 pub fn prepare_out_dir(dir: &Path, force: bool) -> Result<(), ConvertError> {
-    let io = |source| ConvertError::Io { path: dir.to_path_buf(), source };
+    let io = |source| ConvertError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
     if dir.exists() {
         if !dir.is_dir() {
-            return Err(ConvertError::InvalidOption(format!("{} exists and is not a directory", dir.display())));
+            return Err(ConvertError::InvalidOption(format!(
+                "{} exists and is not a directory",
+                dir.display()
+            )));
         }
         let non_empty = fs::read_dir(dir).map_err(io)?.next().is_some();
         if non_empty && !force {
@@ -149,6 +199,9 @@ pub fn write_json(dir: &Path, name: &str, value: &Json) -> Result<(), ConvertErr
     let tmp = temp_path(dir, name);
     let mut text = serde_json::to_string_pretty(value).map_err(ConvertError::Json)?;
     text.push('\n');
-    fs::write(&tmp, text).map_err(|source| ConvertError::Io { path: tmp.clone(), source })?;
+    fs::write(&tmp, text).map_err(|source| ConvertError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
     commit(dir, name)
 }

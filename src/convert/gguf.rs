@@ -116,12 +116,22 @@ pub struct GgufFile {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self, ConvertError> {
-        let io = |source| ConvertError::Io { path: path.to_path_buf(), source };
+        let io = |source| ConvertError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(io)?;
         // SAFETY: the file is opened read-only; we assume it is not modified while we convert.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
         let (version, metadata, tensors, data_offset) = parse(&mmap, path)?;
-        Ok(Self { path: path.to_path_buf(), version, metadata, tensors, data_offset, mmap })
+        Ok(Self {
+            path: path.to_path_buf(),
+            version,
+            metadata,
+            tensors,
+            data_offset,
+            mmap,
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -130,11 +140,15 @@ impl GgufFile {
 
     /// A metadata string, or an error naming the missing key.
     pub fn req_str(&self, key: &str) -> Result<&str, ConvertError> {
-        self.get(key).and_then(Value::as_str).ok_or_else(|| ConvertError::missing(key, "string"))
+        self.get(key)
+            .and_then(Value::as_str)
+            .ok_or_else(|| ConvertError::missing(key, "string"))
     }
 
     pub fn req_u64(&self, key: &str) -> Result<u64, ConvertError> {
-        self.get(key).and_then(Value::as_u64).ok_or_else(|| ConvertError::missing(key, "integer"))
+        self.get(key)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| ConvertError::missing(key, "integer"))
     }
 
     pub fn opt_u64(&self, key: &str) -> Option<u64> {
@@ -164,7 +178,9 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8], ConvertError> {
-        let end = (self.pos as u64).checked_add(n).filter(|&e| e <= self.buf.len() as u64);
+        let end = (self.pos as u64)
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len() as u64);
         let Some(end) = end else {
             return Err(ConvertError::Truncated {
                 path: self.path.to_path_buf(),
@@ -197,7 +213,10 @@ impl<'a> Cursor<'a> {
             .map_err(|_| self.malformed(format!("{what}: invalid UTF-8 at offset {at}")))
     }
     fn malformed(&self, msg: String) -> ConvertError {
-        ConvertError::Malformed { path: self.path.to_path_buf(), msg }
+        ConvertError::Malformed {
+            path: self.path.to_path_buf(),
+            msg,
+        }
     }
     fn count(&mut self, what: &str) -> Result<u64, ConvertError> {
         let at = self.pos;
@@ -247,7 +266,9 @@ pub fn parse(buf: &[u8], path: &Path) -> Result<Parsed, ConvertError> {
     }
     let version = c.u32("version")?;
     if !(2..=3).contains(&version) {
-        return Err(c.malformed(format!("unsupported GGUF version {version} (expected 2 or 3)")));
+        return Err(c.malformed(format!(
+            "unsupported GGUF version {version} (expected 2 or 3)"
+        )));
     }
     let n_tensors = c.count("tensor count")?;
     let n_kv = c.count("metadata count")?;
@@ -274,7 +295,9 @@ pub fn parse(buf: &[u8], path: &Path) -> Result<Parsed, ConvertError> {
         if n_dims == 0 || n_dims > MAX_DIMS {
             return Err(c.malformed(format!("{what}: {n_dims} dimensions")));
         }
-        let dims = (0..n_dims).map(|_| c.u64(&what)).collect::<Result<Vec<_>, _>>()?;
+        let dims = (0..n_dims)
+            .map(|_| c.u64(&what))
+            .collect::<Result<Vec<_>, _>>()?;
         let ty_id = c.u32(&what)?;
         let offset = c.u64(&what)?;
         raw.push((name, dims, ty_id, offset));
@@ -286,16 +309,23 @@ pub fn parse(buf: &[u8], path: &Path) -> Result<Parsed, ConvertError> {
         if !seen.insert(name.clone()) {
             return Err(c.malformed(format!("tensor '{name}' appears twice")));
         }
-        let ty = GgmlType::from_id(ty_id)
-            .ok_or_else(|| ConvertError::UnsupportedType { tensor: name.clone(), type_id: ty_id })?;
+        let ty = GgmlType::from_id(ty_id).ok_or_else(|| ConvertError::UnsupportedType {
+            tensor: name.clone(),
+            type_id: ty_id,
+        })?;
         let n_bytes = ty.bytes_for(&dims).ok_or_else(|| {
-            c.malformed(format!("tensor '{name}': dims {dims:?} do not fit {ty:?} blocks"))
+            c.malformed(format!(
+                "tensor '{name}': dims {dims:?} do not fit {ty:?} blocks"
+            ))
         })?;
         let offset = data_offset.checked_add(rel).filter(|o| o % alignment == 0);
         let Some(offset) = offset else {
             return Err(c.malformed(format!("tensor '{name}': bad data offset {rel}")));
         };
-        if offset.checked_add(n_bytes).is_none_or(|end| end > buf.len() as u64) {
+        if offset
+            .checked_add(n_bytes)
+            .is_none_or(|end| end > buf.len() as u64)
+        {
             return Err(ConvertError::Truncated {
                 path: path.to_path_buf(),
                 what: format!("data of tensor '{name}'"),
@@ -304,7 +334,13 @@ pub fn parse(buf: &[u8], path: &Path) -> Result<Parsed, ConvertError> {
                 file_len: buf.len() as u64,
             });
         }
-        tensors.push(TensorInfo { name, dims, ty, offset, n_bytes });
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            ty,
+            offset,
+            n_bytes,
+        });
     }
     Ok((version, metadata, tensors, data_offset))
 }

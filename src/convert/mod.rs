@@ -39,9 +39,18 @@ pub struct ConvertOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: truncated or corrupt GGUF: reading {what} needs {needed} bytes at offset {offset}, but the file has {file_len}", path.display())]
-    Truncated { path: PathBuf, what: String, offset: u64, needed: u64, file_len: u64 },
+    Truncated {
+        path: PathBuf,
+        what: String,
+        offset: u64,
+        needed: u64,
+        file_len: u64,
+    },
     #[error("{}: malformed GGUF: {msg}", path.display())]
     Malformed { path: PathBuf, msg: String },
     #[error("tensor '{tensor}' has ggml type {type_id} ({}), which this importer does not support", ggml_type_name(*.type_id))]
@@ -72,16 +81,19 @@ pub enum ConvertError {
 
 impl ConvertError {
     pub(crate) fn missing(key: &str, expected: &str) -> Self {
-        ConvertError::MissingKey { key: key.to_string(), expected: expected.to_string() }
+        ConvertError::MissingKey {
+            key: key.to_string(),
+            expected: expected.to_string(),
+        }
     }
 }
 
 /// ggml's names for type ids, for error messages (including the ones we don't support).
 fn ggml_type_name(id: u32) -> &'static str {
     const NAMES: [&str; 31] = [
-        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K",
-        "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS",
-        "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
+        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
+        "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL",
+        "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
     ];
     NAMES.get(id as usize).copied().unwrap_or("unknown")
 }
@@ -136,7 +148,11 @@ pub fn convert(options: &ConvertOptions) -> Result<ConvertSummary, ConvertError>
     let tokenizer = vocab.tokenizer_json()?;
     let heads = if arch == "llama" {
         let n = g.req_u64("llama.attention.head_count")? as usize;
-        Some((n, g.opt_u64("llama.attention.head_count_kv").map_or(n, |k| k as usize)))
+        Some((
+            n,
+            g.opt_u64("llama.attention.head_count_kv")
+                .map_or(n, |k| k as usize),
+        ))
     } else {
         None
     };
@@ -154,10 +170,13 @@ pub fn convert(options: &ConvertOptions) -> Result<ConvertSummary, ConvertError>
     folder::prepare_out_dir(&options.out, options.force)?;
     let dir = &options.out;
     let parts: Vec<_> = plans.iter().flat_map(|p| &p.parts).collect();
-    let mut writer = st_writer::StWriter::create(&folder::temp_path(dir, "model.safetensors"), &parts)?;
+    let mut writer =
+        st_writer::StWriter::create(&folder::temp_path(dir, "model.safetensors"), &parts)?;
     let bar = (options.progress && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(plans.len() as u64);
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {msg}") {
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {msg}")
+        {
             bar.set_style(style);
         }
         bar
@@ -180,8 +199,16 @@ pub fn convert(options: &ConvertOptions) -> Result<ConvertSummary, ConvertError>
     folder::commit(dir, "model.safetensors")?;
     folder::write_json(dir, "config.json", &config)?;
     folder::write_json(dir, "tokenizer.json", &tokenizer)?;
-    folder::write_json(dir, "tokenizer_config.json", &folder::tokenizer_config_json(&g, &vocab))?;
-    folder::write_json(dir, "generation_config.json", &folder::generation_config_json(&vocab))?;
+    folder::write_json(
+        dir,
+        "tokenizer_config.json",
+        &folder::tokenizer_config_json(&g, &vocab),
+    )?;
+    folder::write_json(
+        dir,
+        "generation_config.json",
+        &folder::generation_config_json(&vocab),
+    )?;
 
     let count = |f: &dyn Fn(Kind) -> bool| plans.iter().filter(|p| f(p.kind)).count();
     Ok(ConvertSummary {
@@ -198,13 +225,23 @@ pub fn convert(options: &ConvertOptions) -> Result<ConvertSummary, ConvertError>
 
 /// The most common bits among quantized modules, and the modules that differ from it.
 fn quant_map(plans: &[tensors::TensorPlan]) -> Option<QuantMap> {
-    let quantized: Vec<(&str, u8)> = plans.iter().filter_map(|p| Some((p.module.as_str(), p.bits?))).collect();
+    let quantized: Vec<(&str, u8)> = plans
+        .iter()
+        .filter_map(|p| Some((p.module.as_str(), p.bits?)))
+        .collect();
     let mut counts = [0usize; 9];
     for &(_, b) in &quantized {
         counts[b as usize] += 1;
     }
     // Highest count wins; ties go to the lower bit width (deterministic).
-    let bits = (2..=8u8).rev().max_by_key(|&b| counts[b as usize]).filter(|&b| counts[b as usize] > 0)?;
-    let overrides = quantized.iter().filter(|(_, b)| *b != bits).map(|&(m, b)| (m.to_string(), b)).collect();
+    let bits = (2..=8u8)
+        .rev()
+        .max_by_key(|&b| counts[b as usize])
+        .filter(|&b| counts[b as usize] > 0)?;
+    let overrides = quantized
+        .iter()
+        .filter(|(_, b)| *b != bits)
+        .map(|&(m, b)| (m.to_string(), b))
+        .collect();
     Some(QuantMap { bits, overrides })
 }

@@ -19,7 +19,9 @@ fn gguf_row(r: usize, rows: usize, n_head: usize) -> usize {
 pub fn check(rows: usize, n_head: usize) -> Result<(), String> {
     let head_dim = rows.checked_div(n_head).unwrap_or(0);
     if head_dim == 0 || head_dim * n_head != rows || head_dim & 1 == 1 {
-        return Err(format!("{rows} rows do not split into {n_head} heads of even size"));
+        return Err(format!(
+            "{rows} rows do not split into {n_head} heads of even size"
+        ));
     }
     Ok(())
 }

@@ -79,7 +79,10 @@ impl GgmlType {
         if cols % bs as u64 != 0 {
             return None;
         }
-        dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d))?.checked_div(bs as u64)?.checked_mul(bb as u64)
+        dims.iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))?
+            .checked_div(bs as u64)?
+            .checked_mul(bb as u64)
     }
 
     pub fn is_float(self) -> bool {
@@ -125,7 +128,11 @@ pub fn dequantize_block(ty: GgmlType, b: &[u8], y: &mut [f32]) {
         }
         Q5_0 | Q5_1 => {
             // 5th bit of element j is bit j of the 32-bit qh.
-            let (d, m, p) = if ty == Q5_0 { (h(b, 0), 0.0, 2) } else { (h(b, 0), h(b, 2), 4) };
+            let (d, m, p) = if ty == Q5_0 {
+                (h(b, 0), 0.0, 2)
+            } else {
+                (h(b, 0), h(b, 2), 4)
+            };
             let qh = u32::from_le_bytes([b[p], b[p + 1], b[p + 2], b[p + 3]]);
             let qs = &b[p + 4..];
             let off = if ty == Q5_0 { 16.0 } else { 0.0 };
@@ -211,14 +218,21 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
 /// Q4_K: d, dmin, scales[12], qs[128]. Q5_K adds qh[32] (5th bits) before qs.
 fn dequant_q45k(five: bool, b: &[u8], y: &mut [f32]) {
     let (d, dmin, scales) = (h(b, 0), h(b, 2), &b[4..16]);
-    let (qh, qs) = if five { (&b[16..48], &b[48..176]) } else { (&b[0..0], &b[16..144]) };
+    let (qh, qs) = if five {
+        (&b[16..48], &b[48..176])
+    } else {
+        (&b[0..0], &b[16..144])
+    };
     for chunk in 0..4 {
         let q = &qs[chunk * 32..chunk * 32 + 32];
         for sub in 0..2 {

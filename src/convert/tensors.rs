@@ -89,8 +89,14 @@ fn float_dtype(ty: GgmlType) -> (&'static str, u64) {
 }
 
 /// Plans one tensor. `heads` = (n_head, n_head_kv) when q/k rows must be un-permuted.
-pub fn plan(info: &TensorInfo, requantize: Option<u8>, heads: Option<(usize, usize)>) -> Result<Option<TensorPlan>, ConvertError> {
-    let Some((module, suffix)) = hf_name(&info.name)? else { return Ok(None) };
+pub fn plan(
+    info: &TensorInfo,
+    requantize: Option<u8>,
+    heads: Option<(usize, usize)>,
+) -> Result<Option<TensorPlan>, ConvertError> {
+    let Some((module, suffix)) = hf_name(&info.name)? else {
+        return Ok(None);
+    };
     let shape = info.shape();
     let (rows, cols) = info.rows_cols();
     let matrix = suffix == "weight" && shape.len() == 2;
@@ -113,14 +119,38 @@ pub fn plan(info: &TensorInfo, requantize: Option<u8>, heads: Option<(usize, usi
         Some(b) => {
             let groups = cols / affine::GROUP as u64;
             vec![
-                Part { name: name("weight"), dtype: "U32", shape: vec![rows, groups * b as u64], n_bytes: rows * groups * b as u64 * 4 },
-                Part { name: name("scales"), dtype: "F16", shape: vec![rows, groups], n_bytes: rows * groups * 2 },
-                Part { name: name("biases"), dtype: "F16", shape: vec![rows, groups], n_bytes: rows * groups * 2 },
+                Part {
+                    name: name("weight"),
+                    dtype: "U32",
+                    shape: vec![rows, groups * b as u64],
+                    n_bytes: rows * groups * b as u64 * 4,
+                },
+                Part {
+                    name: name("scales"),
+                    dtype: "F16",
+                    shape: vec![rows, groups],
+                    n_bytes: rows * groups * 2,
+                },
+                Part {
+                    name: name("biases"),
+                    dtype: "F16",
+                    shape: vec![rows, groups],
+                    n_bytes: rows * groups * 2,
+                },
             ]
         }
         None => {
-            let (dtype, size) = if kind == Kind::Copy { float_dtype(info.ty) } else { ("F16", 2) };
-            vec![Part { name: name(&suffix), dtype, shape: shape.clone(), n_bytes: info.n_elements() * size }]
+            let (dtype, size) = if kind == Kind::Copy {
+                float_dtype(info.ty)
+            } else {
+                ("F16", 2)
+            };
+            vec![Part {
+                name: name(&suffix),
+                dtype,
+                shape: shape.clone(),
+                n_bytes: info.n_elements() * size,
+            }]
         }
     };
     let unpermute_heads = match (heads, info.name.rsplit('.').nth(1)) {
@@ -129,9 +159,19 @@ pub fn plan(info: &TensorInfo, requantize: Option<u8>, heads: Option<(usize, usi
         _ => None,
     };
     if let Some(n) = unpermute_heads {
-        permute::check(shape[0] as usize, n).map_err(|msg| ConvertError::BadShape { tensor: info.name.clone(), msg })?;
+        permute::check(shape[0] as usize, n).map_err(|msg| ConvertError::BadShape {
+            tensor: info.name.clone(),
+            msg,
+        })?;
     }
-    Ok(Some(TensorPlan { info: info.clone(), module, kind, bits, unpermute_heads, parts }))
+    Ok(Some(TensorPlan {
+        info: info.clone(),
+        module,
+        kind,
+        bits,
+        unpermute_heads,
+        parts,
+    }))
 }
 
 fn words_to_bytes(w: &[u32]) -> Vec<u8> {
@@ -143,7 +183,11 @@ fn halves_to_bytes(h: &[f16]) -> Vec<u8> {
 }
 
 fn affine_parts(a: Affine) -> Vec<Vec<u8>> {
-    vec![words_to_bytes(&a.weight), halves_to_bytes(&a.scales), halves_to_bytes(&a.biases)]
+    vec![
+        words_to_bytes(&a.weight),
+        halves_to_bytes(&a.scales),
+        halves_to_bytes(&a.biases),
+    ]
 }
 
 /// Produces the bytes of every part of `p`, in `p.parts` order.
@@ -154,10 +198,14 @@ pub fn convert(gguf: &GgufFile, p: &TensorPlan) -> Result<Vec<Vec<u8>>, ConvertE
     let mut parts = match p.kind {
         Kind::Copy => vec![data.to_vec()],
         Kind::Repack if p.info.ty == GgmlType::Q4_1 => affine_parts(affine::repack_q4_1(data)),
-        Kind::Repack => affine_parts(affine::repack_q8_0(data).ok_or_else(|| ConvertError::BadShape {
-            tensor: p.info.name.clone(),
-            msg: "Q8_0 scale too large for an exact f16 bias (-128*d overflows)".into(),
-        })?),
+        Kind::Repack => {
+            affine_parts(
+                affine::repack_q8_0(data).ok_or_else(|| ConvertError::BadShape {
+                    tensor: p.info.name.clone(),
+                    msg: "Q8_0 scale too large for an exact f16 bias (-128*d overflows)".into(),
+                })?,
+            )
+        }
         Kind::DequantF16 | Kind::Requant(_) => {
             // Row by row, so only one row of f32 is ever materialized.
             let row_bytes = data.len() / rows.max(1);
@@ -170,7 +218,12 @@ pub fn convert(gguf: &GgufFile, p: &TensorPlan) -> Result<Vec<Vec<u8>>, ConvertE
                 match p.kind {
                     Kind::Requant(bits) => {
                         let a = affine::quantize(&row, bits);
-                        let acc = acc.get_or_insert_with(|| Affine { bits, weight: vec![], scales: vec![], biases: vec![] });
+                        let acc = acc.get_or_insert_with(|| Affine {
+                            bits,
+                            weight: vec![],
+                            scales: vec![],
+                            biases: vec![],
+                        });
                         acc.weight.extend(a.weight);
                         acc.scales.extend(a.scales);
                         acc.biases.extend(a.biases);
@@ -196,7 +249,12 @@ pub fn convert(gguf: &GgufFile, p: &TensorPlan) -> Result<Vec<Vec<u8>>, ConvertE
         if bytes.len() as u64 != part.n_bytes {
             return Err(ConvertError::BadShape {
                 tensor: p.info.name.clone(),
-                msg: format!("{} came out as {} bytes, expected {}", part.name, bytes.len(), part.n_bytes),
+                msg: format!(
+                    "{} came out as {} bytes, expected {}",
+                    part.name,
+                    bytes.len(),
+                    part.n_bytes
+                ),
             });
         }
     }
@@ -210,12 +268,26 @@ mod tests {
     #[test]
     fn names_map_to_hf() {
         let m = |n: &str| hf_name(n).ok().flatten().map(|(m, s)| format!("{m}.{s}"));
-        assert_eq!(m("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
-        assert_eq!(m("blk.12.attn_output.weight").as_deref(), Some("model.layers.12.self_attn.o_proj.weight"));
-        assert_eq!(m("blk.0.attn_q.bias").as_deref(), Some("model.layers.0.self_attn.q_proj.bias"));
-        assert_eq!(m("blk.3.ffn_norm.weight").as_deref(), Some("model.layers.3.post_attention_layernorm.weight"));
+        assert_eq!(
+            m("token_embd.weight").as_deref(),
+            Some("model.embed_tokens.weight")
+        );
+        assert_eq!(
+            m("blk.12.attn_output.weight").as_deref(),
+            Some("model.layers.12.self_attn.o_proj.weight")
+        );
+        assert_eq!(
+            m("blk.0.attn_q.bias").as_deref(),
+            Some("model.layers.0.self_attn.q_proj.bias")
+        );
+        assert_eq!(
+            m("blk.3.ffn_norm.weight").as_deref(),
+            Some("model.layers.3.post_attention_layernorm.weight")
+        );
         assert_eq!(m("output.weight").as_deref(), Some("lm_head.weight"));
         assert!(matches!(hf_name("rope_freqs.weight"), Ok(None)));
-        assert!(hf_name("blk.x.attn_q.weight").is_err() && hf_name("blk.0.mystery.weight").is_err());
+        assert!(
+            hf_name("blk.x.attn_q.weight").is_err() && hf_name("blk.0.mystery.weight").is_err()
+        );
     }
 }

@@ -76,9 +76,16 @@ pub struct Vocab {
 }
 
 fn str_array(g: &GgufFile, key: &str) -> Result<Vec<String>, ConvertError> {
-    let arr = g.get(key).and_then(Value::as_array).ok_or_else(|| ConvertError::missing(key, "string array"))?;
+    let arr = g
+        .get(key)
+        .and_then(Value::as_array)
+        .ok_or_else(|| ConvertError::missing(key, "string array"))?;
     arr.iter()
-        .map(|v| v.as_str().map(str::to_string).ok_or_else(|| ConvertError::missing(key, "string array")))
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| ConvertError::missing(key, "string array"))
+        })
         .collect()
 }
 
@@ -90,19 +97,32 @@ impl Vocab {
         }
         let tokens = str_array(g, "tokenizer.ggml.tokens")?;
         let types = match g.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
-            Some(a) => a.iter().map(|v| v.as_f64().map_or(1, |x| x as i64)).collect(),
+            Some(a) => a
+                .iter()
+                .map(|v| v.as_f64().map_or(1, |x| x as i64))
+                .collect(),
             None => vec![1; tokens.len()],
         };
         let id = |k: &str| g.opt_u64(k).filter(|&i| (i as usize) < tokens.len());
         Ok(Self {
             merges: str_array(g, "tokenizer.ggml.merges")?,
-            pre: g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default").to_string(),
+            pre: g
+                .get("tokenizer.ggml.pre")
+                .and_then(Value::as_str)
+                .unwrap_or("default")
+                .to_string(),
             bos: id("tokenizer.ggml.bos_token_id"),
             eos: id("tokenizer.ggml.eos_token_id"),
             unk: id("tokenizer.ggml.unknown_token_id"),
             pad: id("tokenizer.ggml.padding_token_id"),
-            add_bos: g.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false),
-            add_eos: g.get("tokenizer.ggml.add_eos_token").and_then(Value::as_bool).unwrap_or(false),
+            add_bos: g
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            add_eos: g
+                .get("tokenizer.ggml.add_eos_token")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             tokens,
             types,
         })
@@ -110,7 +130,10 @@ impl Vocab {
 
     /// Ids of tokens that become HF added tokens, with their `special` flag.
     pub fn added(&self) -> Vec<(usize, bool)> {
-        let named: HashSet<u64> = [self.bos, self.eos, self.unk, self.pad].into_iter().flatten().collect();
+        let named: HashSet<u64> = [self.bos, self.eos, self.unk, self.pad]
+            .into_iter()
+            .flatten()
+            .collect();
         (0..self.tokens.len())
             .filter_map(|i| {
                 let ty = self.types.get(i).copied().unwrap_or(1);
@@ -121,7 +144,8 @@ impl Vocab {
     }
 
     pub fn token(&self, id: Option<u64>) -> Option<&str> {
-        id.and_then(|i| self.tokens.get(i as usize)).map(String::as_str)
+        id.and_then(|i| self.tokens.get(i as usize))
+            .map(String::as_str)
     }
 
     /// The full tokenizer.json document.
@@ -134,7 +158,13 @@ impl Vocab {
         let merges: Vec<Json> = self
             .merges
             .iter()
-            .map(|m| m.split_once(' ').map(|(a, b)| json!([a, b])).ok_or_else(|| ConvertError::BadTokenizer(format!("merge without a space: {m:?}"))))
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| json!([a, b]))
+                    .ok_or_else(|| {
+                        ConvertError::BadTokenizer(format!("merge without a space: {m:?}"))
+                    })
+            })
             .collect::<Result<_, _>>()?;
         let added: Vec<Json> = self
             .added()
@@ -153,7 +183,9 @@ impl Vocab {
                              {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
                     "special_tokens": {bos: {"id": bos, "ids": [id], "tokens": [bos]}}})
             }
-            _ => json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true}),
+            _ => {
+                json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true})
+            }
         };
         Ok(json!({
             "version": "1.0",
@@ -184,13 +216,20 @@ mod tests {
     #[test]
     fn unknown_pre_lists_supported() {
         let err = pre_tokenizer("klingon").unwrap_err().to_string();
-        assert!(err.contains("klingon") && err.contains("smollm") && err.contains("llama-bpe"), "{err}");
+        assert!(
+            err.contains("klingon") && err.contains("smollm") && err.contains("llama-bpe"),
+            "{err}"
+        );
     }
 
     #[test]
     fn tiny_vocab_round_trips_through_tokenizers() {
         let v = Vocab {
-            tokens: ["h", "e", "l", "o", "he", "ll", "hell", "hello", "Ġ", "<|end|>", "1", "2"].map(String::from).to_vec(),
+            tokens: [
+                "h", "e", "l", "o", "he", "ll", "hell", "hello", "Ġ", "<|end|>", "1", "2",
+            ]
+            .map(String::from)
+            .to_vec(),
             types: vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 3, 1, 1],
             merges: ["h e", "l l", "he ll", "hell o"].map(String::from).to_vec(),
             pre: "smollm".into(),

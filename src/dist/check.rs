@@ -58,9 +58,19 @@ pub fn run(expect_size: Option<usize>, timeout: Duration) -> anyhow::Result<Repo
         bail!("rank {rank}: all_gather gave {all_gather:?}, expected {expected_gather:?}");
     }
 
-    let received = if size > 1 { Some(ring_exchange(&group)?) } else { None };
+    let received = if size > 1 {
+        Some(ring_exchange(&group)?)
+    } else {
+        None
+    };
     watchdog.disarm();
-    Ok(Report { rank, size, all_sum, all_gather, received })
+    Ok(Report {
+        rank,
+        size,
+        all_sum,
+        all_gather,
+        received,
+    })
 }
 
 /// Every rank sends `[10 * rank, 10 * rank + 1]` to the next rank and receives from the

@@ -21,7 +21,9 @@ extern "C" {
 extern "C" fn capture_then_forward(msg: *const c_char, data: *mut c_void) {
     if !msg.is_null() {
         // SAFETY: mlx-c passes a NUL-terminated message valid for this call.
-        let text = unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned();
+        let text = unsafe { CStr::from_ptr(msg) }
+            .to_string_lossy()
+            .into_owned();
         LAST_ERROR.with(|slot| *slot.borrow_mut() = Some(text));
     }
     // SAFETY: same arguments mlx-c gave us, to the handler mlx-rs would have received.
@@ -37,7 +39,9 @@ pub(crate) fn install() {
         let one = mlx_rs::Array::from_int(1);
         let _ = mlx_rs::ops::add(&one, &one);
         // SAFETY: a plain function pointer with no user data.
-        unsafe { mlx_sys::mlx_set_error_handler(Some(capture_then_forward), std::ptr::null_mut(), None) };
+        unsafe {
+            mlx_sys::mlx_set_error_handler(Some(capture_then_forward), std::ptr::null_mut(), None)
+        };
     });
 }
 

@@ -58,20 +58,40 @@ impl Group {
         let strict = matches!(topology, Topology::Ring { .. });
         // SAFETY: mlx-c allocates the group into `raw`; freed in Drop.
         let mut raw = unsafe { sys::mlx_distributed_group_new() };
-        call(|| unsafe { sys::mlx_distributed_init(&mut raw, strict, name.as_ptr()) })
-            .map_err(|message| DistError::Init { backend: backend.name(), message })?;
+        call(|| unsafe { sys::mlx_distributed_init(&mut raw, strict, name.as_ptr()) }).map_err(
+            |message| DistError::Init {
+                backend: backend.name(),
+                message,
+            },
+        )?;
         if raw.ctx.is_null() {
-            return Err(DistError::Init { backend: backend.name(), message: "MLX returned no group".into() });
+            return Err(DistError::Init {
+                backend: backend.name(),
+                message: "MLX returned no group".into(),
+            });
         }
         // SAFETY: `raw` is an initialised group.
-        let (rank, size) = unsafe { (sys::mlx_distributed_group_rank(raw), sys::mlx_distributed_group_size(raw)) };
-        let group = Group { raw, rank: rank.max(0) as usize, size: size.max(1) as usize, _not_send: PhantomData };
+        let (rank, size) = unsafe {
+            (
+                sys::mlx_distributed_group_rank(raw),
+                sys::mlx_distributed_group_size(raw),
+            )
+        };
+        let group = Group {
+            raw,
+            rank: rank.max(0) as usize,
+            size: size.max(1) as usize,
+            _not_send: PhantomData,
+        };
         if strict && (group.rank != topology.rank() || group.size != topology.size()) {
             return Err(DistError::Init {
                 backend: backend.name(),
                 message: format!(
                     "MLX joined as rank {} of {}, but the environment says rank {} of {}",
-                    group.rank, group.size, topology.rank(), topology.size()
+                    group.rank,
+                    group.size,
+                    topology.rank(),
+                    topology.size()
                 ),
             });
         }
@@ -88,49 +108,76 @@ impl Group {
 
     /// Element-wise sum of `x` over all ranks.
     pub fn all_sum(&self, x: &Array) -> Result<Array> {
-        self.op("all_sum", |res, s| unsafe { sys::mlx_distributed_all_sum(res, x.as_ptr(), self.raw, s) })
+        self.op("all_sum", |res, s| unsafe {
+            sys::mlx_distributed_all_sum(res, x.as_ptr(), self.raw, s)
+        })
     }
 
     /// Concatenation of every rank's `x` along the first axis, in rank order.
     pub fn all_gather(&self, x: &Array) -> Result<Array> {
-        self.op("all_gather", |res, s| unsafe { sys::mlx_distributed_all_gather(res, x.as_ptr(), self.raw, s) })
+        self.op("all_gather", |res, s| unsafe {
+            sys::mlx_distributed_all_gather(res, x.as_ptr(), self.raw, s)
+        })
     }
 
     /// Element-wise maximum of `x` over all ranks.
     pub fn all_max(&self, x: &Array) -> Result<Array> {
-        self.op("all_max", |res, s| unsafe { sys::mlx_distributed_all_max(res, x.as_ptr(), self.raw, s) })
+        self.op("all_max", |res, s| unsafe {
+            sys::mlx_distributed_all_max(res, x.as_ptr(), self.raw, s)
+        })
     }
 
     /// Sends `x` to rank `dst` (a ring neighbour). Evaluate the returned array to send.
     pub fn send(&self, x: &Array, dst: usize) -> Result<Array> {
         let dst = self.peer("send", dst)?;
-        self.op("send", |res, s| unsafe { sys::mlx_distributed_send(res, x.as_ptr(), dst, self.raw, s) })
+        self.op("send", |res, s| unsafe {
+            sys::mlx_distributed_send(res, x.as_ptr(), dst, self.raw, s)
+        })
     }
 
     /// Receives an array of `shape` and `dtype` from rank `src` (a ring neighbour).
     pub fn recv(&self, shape: &[i32], dtype: Dtype, src: usize) -> Result<Array> {
         let src = self.peer("recv", src)?;
         self.op("recv", |res, s| unsafe {
-            sys::mlx_distributed_recv(res, shape.as_ptr(), shape.len(), dtype as sys::mlx_dtype, src, self.raw, s)
+            sys::mlx_distributed_recv(
+                res,
+                shape.as_ptr(),
+                shape.len(),
+                dtype as sys::mlx_dtype,
+                src,
+                self.raw,
+                s,
+            )
         })
     }
 
     /// Receives an array shaped like `like` from rank `src`.
     pub fn recv_like(&self, like: &Array, src: usize) -> Result<Array> {
         let src = self.peer("recv_like", src)?;
-        self.op("recv_like", |res, s| unsafe { sys::mlx_distributed_recv_like(res, like.as_ptr(), src, self.raw, s) })
+        self.op("recv_like", |res, s| unsafe {
+            sys::mlx_distributed_recv_like(res, like.as_ptr(), src, self.raw, s)
+        })
     }
 
     fn peer(&self, op: &'static str, peer: usize) -> Result<i32> {
         if peer >= self.size || peer == self.rank {
-            return Err(DistError::InvalidPeer { op, rank: self.rank, peer, size: self.size });
+            return Err(DistError::InvalidPeer {
+                op,
+                rank: self.rank,
+                peer,
+                size: self.size,
+            });
         }
         Ok(peer as i32)
     }
 
     /// Runs one collective on the CPU stream: the ring backend communicates from the CPU
     /// whatever the default device is.
-    fn op(&self, op: &'static str, f: impl FnOnce(*mut sys::mlx_array, sys::mlx_stream) -> i32) -> Result<Array> {
+    fn op(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(*mut sys::mlx_array, sys::mlx_stream) -> i32,
+    ) -> Result<Array> {
         let stream = Stream::cpu();
         // SAFETY: a fresh empty array handle that mlx-c fills in; on failure we free it.
         let mut res = unsafe { sys::mlx_array_new() };

@@ -22,9 +22,17 @@ pub enum DistError {
     #[error("invalid distributed environment")]
     Topology(#[from] TopologyError),
     #[error("could not initialise the MLX distributed group ({backend}): {message}")]
-    Init { backend: &'static str, message: String },
+    Init {
+        backend: &'static str,
+        message: String,
+    },
     #[error("{op}: rank {peer} is not a peer of rank {rank} in a group of {size}")]
-    InvalidPeer { op: &'static str, rank: usize, peer: usize, size: usize },
+    InvalidPeer {
+        op: &'static str,
+        rank: usize,
+        peer: usize,
+        size: usize,
+    },
     #[error("{op} failed: {message}")]
     Op { op: &'static str, message: String },
 }

@@ -62,7 +62,10 @@ pub fn generate(
         stop_ids.sort_unstable();
         stop_ids.dedup();
     }
-    let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
+    let mut stats = GenerationStats {
+        prompt_tokens: prompt.len(),
+        ..Default::default()
+    };
     let start = Instant::now();
     let req = SequenceRequest {
         prompt,
@@ -83,7 +86,8 @@ pub fn generate(
             let now = Instant::now();
             if first_at.is_none() {
                 first_at = Some(now);
-                stats.prompt_tps = stats.prompt_tokens as f64 / now.duration_since(start).as_secs_f64().max(1e-9);
+                stats.prompt_tps =
+                    stats.prompt_tokens as f64 / now.duration_since(start).as_secs_f64().max(1e-9);
             }
             stats.prompt_logits = ev.prompt_logits.take().or(stats.prompt_logits.take());
             on_token(&ev);
@@ -126,7 +130,11 @@ pub fn generate(
     if let Some(first) = first_at {
         let n = stats.generation_tokens.saturating_sub(1);
         let secs = Instant::now().duration_since(first).as_secs_f64();
-        stats.generation_tps = if n > 0 && secs > 0.0 { n as f64 / secs } else { 0.0 };
+        stats.generation_tps = if n > 0 && secs > 0.0 {
+            n as f64 / secs
+        } else {
+            0.0
+        };
     }
     stats.peak_memory_gb = mlx_rs::memory::peak_memory().unwrap_or(0) as f64 / 1e9;
     Ok(stats)

@@ -91,7 +91,13 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(model: Box<dyn LanguageModel>) -> Self {
-        Engine { model, seqs: Vec::new(), next_id: 0, prefill_step_size: 2048, steps: 0 }
+        Engine {
+            model,
+            seqs: Vec::new(),
+            next_id: 0,
+            prefill_step_size: 2048,
+            steps: 0,
+        }
     }
 
     pub fn model(&self) -> &dyn LanguageModel {
@@ -112,7 +118,9 @@ impl Engine {
         }
         let vocab = self.model.config().vocab_size;
         if let Some(bad) = req.prompt.iter().find(|&&t| t as i64 >= vocab as i64) {
-            return Err(ModelError::Request(format!("token id {bad} outside the vocabulary ({vocab})")));
+            return Err(ModelError::Request(format!(
+                "token id {bad} outside the vocabulary ({vocab})"
+            )));
         }
         let mut caches = self.model.make_caches();
         let processors = make_processors(&req.params, vocab);
@@ -129,7 +137,10 @@ impl Engine {
         let history = if processors.is_empty() {
             None
         } else {
-            Some(Array::from_slice(&req.prompt.iter().map(|&t| t as i32).collect::<Vec<_>>(), &[req.prompt.len() as i32]))
+            Some(Array::from_slice(
+                &req.prompt.iter().map(|&t| t as i32).collect::<Vec<_>>(),
+                &[req.prompt.len() as i32],
+            ))
         };
         let id = self.next_id;
         self.next_id += 1;
@@ -139,7 +150,10 @@ impl Engine {
             history,
             processors,
             sampler,
-            pending: Pending { token: Array::from_int(0), logprobs: Array::from_int(0) },
+            pending: Pending {
+                token: Array::from_int(0),
+                logprobs: Array::from_int(0),
+            },
             generated: 0,
             req,
             prompt_logits: None,
@@ -192,7 +206,12 @@ impl Engine {
     }
 
     /// Forward `input` `[1, L]` through the sequence's caches, process and sample.
-    fn forward_and_sample(&self, seq: &mut Sequence, input: &Array, first: bool) -> Result<Pending> {
+    fn forward_and_sample(
+        &self,
+        seq: &mut Sequence,
+        input: &Array,
+        first: bool,
+    ) -> Result<Pending> {
         let logits = self.model.forward(input, &mut seq.caches)?;
         let l = logits.shape()[1];
         let mut logits = logits.try_index((.., l - 1, ..))?;
@@ -201,7 +220,8 @@ impl Engine {
         }
         if let Some(hist) = seq.history.as_mut() {
             if !first {
-                *hist = ops::concatenate(&[&*hist, &input.reshape(&[-1])?.as_dtype(Dtype::Int32)?], 0)?;
+                *hist =
+                    ops::concatenate(&[&*hist, &input.reshape(&[-1])?.as_dtype(Dtype::Int32)?], 0)?;
             }
             for p in seq.processors.iter_mut() {
                 logits = p.process(hist, &logits)?;
@@ -227,7 +247,11 @@ impl Sequence {
         let wants = self.req.params.logprobs || self.req.params.top_logprobs > 0;
         let (mut logprob, mut top) = (None, Vec::new());
         if wants {
-            let lp = self.pending.logprobs.reshape(&[-1])?.as_dtype(Dtype::Float32)?;
+            let lp = self
+                .pending
+                .logprobs
+                .reshape(&[-1])?
+                .as_dtype(Dtype::Float32)?;
             if self.req.params.logprobs {
                 let idx = Array::from_slice(&[token as i32], &[1]);
                 logprob = Some(take_along_axis(&lp, &idx, 0)?.try_item_exact::<f32>()?);
@@ -237,7 +261,9 @@ impl Sequence {
                 let host = lp.as_slice::<f32>();
                 let mut order: Vec<u32> = (0..host.len() as u32).collect();
                 let k = self.req.params.top_logprobs.min(order.len());
-                order.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| host[b as usize].total_cmp(&host[a as usize]));
+                order.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| {
+                    host[b as usize].total_cmp(&host[a as usize])
+                });
                 order.truncate(k);
                 order.sort_by(|&a, &b| host[b as usize].total_cmp(&host[a as usize]));
                 top = order.into_iter().map(|i| (i, host[i as usize])).collect();
@@ -258,6 +284,13 @@ impl Sequence {
         } else {
             None
         };
-        Ok(TokenEvent { seq: self.id, token, logprob, top_logprobs: top, finish, prompt_logits })
+        Ok(TokenEvent {
+            seq: self.id,
+            token,
+            logprob,
+            top_logprobs: top,
+            finish,
+            prompt_logits,
+        })
     }
 }

@@ -3,8 +3,8 @@
 //! masks), all as lazy MLX ops so the decode loop can queue the next step before reading
 //! the current token. Semantics follow mlx-lm's `sample_utils`.
 
-use mlx_rs::ops::indexing::{argmax_axis, put_along_axis, take_along_axis, TryIndexOp};
 use mlx_rs::ops::argpartition_axis;
+use mlx_rs::ops::indexing::{argmax_axis, put_along_axis, take_along_axis, TryIndexOp};
 use mlx_rs::{ops, random, Array, Dtype};
 
 use crate::model::Result;
@@ -76,7 +76,9 @@ impl LogitBias {
                 *slot += b;
             }
         }
-        LogitBias { bias: Array::from_slice(&dense, &[1, vocab]) }
+        LogitBias {
+            bias: Array::from_slice(&dense, &[1, vocab]),
+        }
     }
 }
 
@@ -114,16 +116,26 @@ impl LogitsProcessor for Penalty {
         let vocab = logits.shape()[logits.ndim() - 1];
         // counts[v] = occurrences of v in the window, via a one-hot sum (window is small).
         let ids = ops::arange::<_, i32>(None, vocab, None)?;
-        let counts = recent.reshape(&[-1, 1])?.eq(ids.reshape(&[1, -1])?)?.as_dtype(Dtype::Float32)?.sum_axis(0, true)?;
+        let counts = recent
+            .reshape(&[-1, 1])?
+            .eq(ids.reshape(&[1, -1])?)?
+            .as_dtype(Dtype::Float32)?
+            .sum_axis(0, true)?;
         let seen = counts.gt(Array::from_f32(0.0))?;
         let p = Array::from_f32(self.penalty).as_dtype(logits.dtype())?;
         Ok(match self.kind {
             PenaltyKind::Repetition => {
-                let scaled = ops::select(&logits.lt(Array::from_f32(0.0))?, logits.multiply(&p)?, logits.divide(&p)?)?;
+                let scaled = ops::select(
+                    &logits.lt(Array::from_f32(0.0))?,
+                    logits.multiply(&p)?,
+                    logits.divide(&p)?,
+                )?;
                 ops::select(&seen, scaled, logits)?
             }
             PenaltyKind::Presence => ops::select(&seen, logits.subtract(&p)?, logits)?,
-            PenaltyKind::Frequency => logits.subtract(counts.as_dtype(logits.dtype())?.multiply(&p)?)?,
+            PenaltyKind::Frequency => {
+                logits.subtract(counts.as_dtype(logits.dtype())?.multiply(&p)?)?
+            }
         })
     }
 }
@@ -135,13 +147,29 @@ pub fn make_processors(params: &SamplingParams, vocab: i32) -> Vec<Box<dyn Logit
         v.push(Box::new(LogitBias::new(vocab, &params.logit_bias)));
     }
     let penalties = [
-        (PenaltyKind::Repetition, params.repetition_penalty, params.repetition_context_size),
-        (PenaltyKind::Presence, params.presence_penalty, params.presence_context_size),
-        (PenaltyKind::Frequency, params.frequency_penalty, params.frequency_context_size),
+        (
+            PenaltyKind::Repetition,
+            params.repetition_penalty,
+            params.repetition_context_size,
+        ),
+        (
+            PenaltyKind::Presence,
+            params.presence_penalty,
+            params.presence_context_size,
+        ),
+        (
+            PenaltyKind::Frequency,
+            params.frequency_penalty,
+            params.frequency_context_size,
+        ),
     ];
     for (kind, penalty, context) in penalties {
         if let Some(p) = penalty.filter(|p| *p != 0.0) {
-            v.push(Box::new(Penalty { kind, penalty: p, context }));
+            v.push(Box::new(Penalty {
+                kind,
+                penalty: p,
+                context,
+            }));
         }
     }
     v
@@ -156,17 +184,30 @@ pub fn apply_top_p(logprobs: &Array, top_p: f32) -> Result<Array> {
     let sorted = ops::sort_axis(logprobs, -1)?;
     let probs = sorted.as_dtype(Dtype::Float32)?.exp()?;
     let above = ops::cumsum(&probs, -1, true, false)?;
-    let total = above.try_index((.., ..1))?.add(probs.try_index((.., ..1))?)?;
-    let dropped = above.ge(total.multiply(Array::from_f32(top_p))?)?.as_dtype(Dtype::Int32)?.sum_axis(-1, true)?;
+    let total = above
+        .try_index((.., ..1))?
+        .add(probs.try_index((.., ..1))?)?;
+    let dropped = above
+        .ge(total.multiply(Array::from_f32(top_p))?)?
+        .as_dtype(Dtype::Int32)?
+        .sum_axis(-1, true)?;
     let threshold = take_along_axis(&sorted, &dropped, -1)?;
-    Ok(ops::select(&logprobs.lt(&threshold)?, neg_inf(logprobs)?, logprobs)?)
+    Ok(ops::select(
+        &logprobs.lt(&threshold)?,
+        neg_inf(logprobs)?,
+        logprobs,
+    )?)
 }
 
 /// Drops tokens less likely than `min_p` times the most likely one.
 pub fn apply_min_p(logprobs: &Array, min_p: f32) -> Result<Array> {
     let top = logprobs.max_axis(-1, true)?;
     let threshold = top.add(Array::from_f32(min_p.ln()))?;
-    Ok(ops::select(&logprobs.lt(&threshold)?, neg_inf(logprobs)?, logprobs)?)
+    Ok(ops::select(
+        &logprobs.lt(&threshold)?,
+        neg_inf(logprobs)?,
+        logprobs,
+    )?)
 }
 
 /// Keeps the `k` most likely tokens.
@@ -190,9 +231,15 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: &SamplingParams) -> Result<Self> {
         let seed = params.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
         });
-        Ok(Sampler { params: params.clone(), key: random::key(seed)? })
+        Ok(Sampler {
+            params: params.clone(),
+            key: random::key(seed)?,
+        })
     }
 
     /// The sampled token ids `[1]` (uint32, lazy).
@@ -240,50 +287,105 @@ mod tests {
 
     #[test]
     fn top_k_keeps_k_most_likely() {
-        assert_eq!(kept(&apply_top_k(&logprobs(), 2).unwrap()), [false, true, false, true, false]);
+        assert_eq!(
+            kept(&apply_top_k(&logprobs(), 2).unwrap()),
+            [false, true, false, true, false]
+        );
         assert_eq!(kept(&apply_top_k(&logprobs(), 5).unwrap()), [true; 5]);
     }
 
     #[test]
     fn top_p_keeps_nucleus() {
         // 0.5 + 0.25 = 0.75 < 0.8, so 0.15 is needed too.
-        assert_eq!(kept(&apply_top_p(&logprobs(), 0.8).unwrap()), [false, true, false, true, true]);
-        assert_eq!(kept(&apply_top_p(&logprobs(), 0.5).unwrap()), [false, true, false, false, false]);
+        assert_eq!(
+            kept(&apply_top_p(&logprobs(), 0.8).unwrap()),
+            [false, true, false, true, true]
+        );
+        assert_eq!(
+            kept(&apply_top_p(&logprobs(), 0.5).unwrap()),
+            [false, true, false, false, false]
+        );
     }
 
     #[test]
     fn min_p_scales_with_top_token() {
         // threshold 0.2 * 0.5 = 0.1: keeps 0.5, 0.25, 0.15.
-        assert_eq!(kept(&apply_min_p(&logprobs(), 0.2).unwrap()), [false, true, false, true, true]);
+        assert_eq!(
+            kept(&apply_min_p(&logprobs(), 0.2).unwrap()),
+            [false, true, false, true, true]
+        );
     }
 
     #[test]
     fn penalties_touch_only_recent_tokens() {
         let logits = Array::from_slice(&[2.0f32, -2.0, 1.0, 4.0], &[1, 4]);
         let history = Array::from_slice(&[3u32, 0, 1, 1], &[4]);
-        let mut rep = Penalty { kind: PenaltyKind::Repetition, penalty: 2.0, context: 3 };
-        assert_eq!(host(&rep.process(&history, &logits).unwrap()), [1.0, -4.0, 1.0, 4.0]);
-        let mut pres = Penalty { kind: PenaltyKind::Presence, penalty: 0.5, context: 20 };
-        assert_eq!(host(&pres.process(&history, &logits).unwrap()), [1.5, -2.5, 1.0, 3.5]);
-        let mut freq = Penalty { kind: PenaltyKind::Frequency, penalty: 0.5, context: 20 };
-        assert_eq!(host(&freq.process(&history, &logits).unwrap()), [1.5, -3.0, 1.0, 3.5]);
+        let mut rep = Penalty {
+            kind: PenaltyKind::Repetition,
+            penalty: 2.0,
+            context: 3,
+        };
+        assert_eq!(
+            host(&rep.process(&history, &logits).unwrap()),
+            [1.0, -4.0, 1.0, 4.0]
+        );
+        let mut pres = Penalty {
+            kind: PenaltyKind::Presence,
+            penalty: 0.5,
+            context: 20,
+        };
+        assert_eq!(
+            host(&pres.process(&history, &logits).unwrap()),
+            [1.5, -2.5, 1.0, 3.5]
+        );
+        let mut freq = Penalty {
+            kind: PenaltyKind::Frequency,
+            penalty: 0.5,
+            context: 20,
+        };
+        assert_eq!(
+            host(&freq.process(&history, &logits).unwrap()),
+            [1.5, -3.0, 1.0, 3.5]
+        );
         let mut bias = LogitBias::new(4, &[(2, 10.0)]);
-        assert_eq!(host(&bias.process(&history, &logits).unwrap()), [2.0, -2.0, 11.0, 4.0]);
+        assert_eq!(
+            host(&bias.process(&history, &logits).unwrap()),
+            [2.0, -2.0, 11.0, 4.0]
+        );
     }
 
     #[test]
     fn seeded_sampling_repeats_and_greedy_is_argmax() {
-        let params = SamplingParams { temperature: 1.0, seed: Some(7), ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            seed: Some(7),
+            ..Default::default()
+        };
         let draw = |params: &SamplingParams| -> Vec<u32> {
             let mut s = Sampler::new(params).unwrap();
-            (0..20).map(|_| s.sample(&logprobs()).unwrap().try_item_exact::<u32>().unwrap()).collect()
+            (0..20)
+                .map(|_| {
+                    s.sample(&logprobs())
+                        .unwrap()
+                        .try_item_exact::<u32>()
+                        .unwrap()
+                })
+                .collect()
         };
         let a = draw(&params);
         assert_eq!(a, draw(&params));
-        assert!(a.iter().collect::<std::collections::HashSet<_>>().len() > 1, "temperature 1 should vary: {a:?}");
+        assert!(
+            a.iter().collect::<std::collections::HashSet<_>>().len() > 1,
+            "temperature 1 should vary: {a:?}"
+        );
         let g = draw(&SamplingParams::default());
         assert!(g.iter().all(|&t| t == 1));
-        let k1 = draw(&SamplingParams { temperature: 1.0, top_k: 1, seed: Some(3), ..Default::default() });
+        let k1 = draw(&SamplingParams {
+            temperature: 1.0,
+            top_k: 1,
+            seed: Some(3),
+            ..Default::default()
+        });
         assert!(k1.iter().all(|&t| t == 1));
     }
 }

@@ -29,7 +29,10 @@ impl StreamDetokenizer {
         self.ids.push(id);
         let prefix = dec.decode(&self.ids[self.prefix_offset..self.read_offset])?;
         let full = dec.decode(&self.ids[self.prefix_offset..])?;
-        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.is_char_boundary(prefix.len()) {
+        if full.len() > prefix.len()
+            && !full.ends_with('\u{FFFD}')
+            && full.is_char_boundary(prefix.len())
+        {
             let new = full[prefix.len()..].to_string();
             self.prefix_offset = self.read_offset;
             self.read_offset = self.ids.len();
@@ -45,7 +48,13 @@ impl StreamDetokenizer {
         let full = dec.decode(&self.ids[self.prefix_offset..])?;
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
-        Ok(if full.len() > prefix.len() && full.is_char_boundary(prefix.len()) { full[prefix.len()..].to_string() } else { String::new() })
+        Ok(
+            if full.len() > prefix.len() && full.is_char_boundary(prefix.len()) {
+                full[prefix.len()..].to_string()
+            } else {
+                String::new()
+            },
+        )
     }
 
     pub fn tokens(&self) -> &[u32] {
@@ -72,13 +81,20 @@ pub struct StopCheck {
 
 impl StopMatcher {
     pub fn new(stops: Vec<String>) -> Self {
-        StopMatcher { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), pending: String::new() }
+        StopMatcher {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            pending: String::new(),
+        }
     }
 
     pub fn push(&mut self, chunk: &str) -> StopCheck {
         self.pending.push_str(chunk);
         // Earliest match wins.
-        let hit = self.stops.iter().filter_map(|s| self.pending.find(s.as_str()).map(|i| (i, s))).min_by_key(|(i, _)| *i);
+        let hit = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()).map(|i| (i, s)))
+            .min_by_key(|(i, _)| *i);
         if let Some((i, s)) = hit {
             let text = self.pending[..i].to_string();
             let stopped = Some(s.clone());
@@ -97,7 +113,10 @@ impl StopMatcher {
         let cut = self.pending.len() - hold;
         let text = self.pending[..cut].to_string();
         self.pending.drain(..cut);
-        StopCheck { text, stopped: None }
+        StopCheck {
+            text,
+            stopped: None,
+        }
     }
 
     /// Held-back text at the end of generation (no stop string completed).
@@ -115,7 +134,10 @@ mod tests {
 
     impl Decode for Bytes {
         fn decode(&self, ids: &[u32]) -> Result<String> {
-            let bytes: Vec<u8> = ids.iter().flat_map(|&i| self.0[i as usize].clone()).collect();
+            let bytes: Vec<u8> = ids
+                .iter()
+                .flat_map(|&i| self.0[i as usize].clone())
+                .collect();
             Ok(String::from_utf8_lossy(&bytes).into_owned())
         }
     }
@@ -123,9 +145,19 @@ mod tests {
     #[test]
     fn multibyte_char_split_across_tokens_is_held_back() {
         // "é" = C3 A9 and "🦀" = F0 9F A6 80, split over tokens.
-        let dec = Bytes(vec![b"a".to_vec(), vec![0xC3], vec![0xA9], vec![0xF0, 0x9F], vec![0xA6], vec![0x80, b'!']]);
+        let dec = Bytes(vec![
+            b"a".to_vec(),
+            vec![0xC3],
+            vec![0xA9],
+            vec![0xF0, 0x9F],
+            vec![0xA6],
+            vec![0x80, b'!'],
+        ]);
         let mut d = StreamDetokenizer::new();
-        let out: Vec<String> = [0, 1, 2, 3, 4, 5].iter().map(|&t| d.push(&dec, t).unwrap()).collect();
+        let out: Vec<String> = [0, 1, 2, 3, 4, 5]
+            .iter()
+            .map(|&t| d.push(&dec, t).unwrap())
+            .collect();
         assert_eq!(out, ["a", "", "é", "", "", "🦀!"]);
         assert_eq!(d.flush(&dec).unwrap(), "");
     }
@@ -142,9 +174,27 @@ mod tests {
     #[test]
     fn stop_string_spanning_chunks() {
         let mut m = StopMatcher::new(vec!["</s>".into(), "STOP".into()]);
-        assert_eq!(m.push("hello <"), StopCheck { text: "hello ".into(), stopped: None });
-        assert_eq!(m.push("/"), StopCheck { text: "".into(), stopped: None });
-        assert_eq!(m.push("s> tail"), StopCheck { text: "".into(), stopped: Some("</s>".into()) });
+        assert_eq!(
+            m.push("hello <"),
+            StopCheck {
+                text: "hello ".into(),
+                stopped: None
+            }
+        );
+        assert_eq!(
+            m.push("/"),
+            StopCheck {
+                text: "".into(),
+                stopped: None
+            }
+        );
+        assert_eq!(
+            m.push("s> tail"),
+            StopCheck {
+                text: "".into(),
+                stopped: Some("</s>".into())
+            }
+        );
     }
 
     #[test]
@@ -159,6 +209,12 @@ mod tests {
     #[test]
     fn stop_inside_one_chunk_cuts_before_it() {
         let mut m = StopMatcher::new(vec!["\n\n".into()]);
-        assert_eq!(m.push("ab\n\ncd"), StopCheck { text: "ab".into(), stopped: Some("\n\n".into()) });
+        assert_eq!(
+            m.push("ab\n\ncd"),
+            StopCheck {
+                text: "ab".into(),
+                stopped: Some("\n\n".into())
+            }
+        );
     }
 }

@@ -63,7 +63,14 @@ impl KvCache {
 
     /// A rotating cache of at most `max_size` positions whose first `keep` stay.
     pub fn rotating(max_size: i32, keep: i32) -> Self {
-        KvCache { rotation: Some(Rotation { max_size, keep, idx: 0 }), ..Self::default() }
+        KvCache {
+            rotation: Some(Rotation {
+                max_size,
+                keep,
+                idx: 0,
+            }),
+            ..Self::default()
+        }
     }
 
     /// Number of positions seen (the next token's position).
@@ -174,7 +181,9 @@ impl KvCache {
     }
 
     fn update_concat(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
-        let Some(mut r) = self.rotation else { unreachable!("rotating caches only") };
+        let Some(mut r) = self.rotation else {
+            unreachable!("rotating caches only")
+        };
         match (self.keys.take(), self.values.take()) {
             (Some(k), Some(v)) => {
                 let k = self.temporal_order(r, &k)?;
@@ -198,7 +207,9 @@ impl KvCache {
     }
 
     fn update_in_place(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
-        let Some(mut r) = self.rotation else { unreachable!("rotating caches only") };
+        let Some(mut r) = self.rotation else {
+            unreachable!("rotating caches only")
+        };
         let s = keys.shape()[2];
         let prev = self.offset;
         let grow = match &self.keys {
@@ -260,14 +271,18 @@ impl KvCache {
 fn zeros_like_step(keys: &Array, values: &Array, n: i32) -> Result<(Array, Array)> {
     let (b, h, dk) = (keys.shape()[0], keys.shape()[1], keys.shape()[3]);
     let dv = values.shape()[3];
-    Ok((ops::zeros_dtype(&[b, h, n, dk], keys.dtype())?, ops::zeros_dtype(&[b, h, n, dv], values.dtype())?))
+    Ok((
+        ops::zeros_dtype(&[b, h, n, dk], keys.dtype())?,
+        ops::zeros_dtype(&[b, h, n, dv], values.dtype())?,
+    ))
 }
 
 /// mlx-lm's `create_causal_mask(n, offset, window_size)`: query `i` (position
 /// `offset + i`) may see key `j` iff `j <= offset + i < j + window`.
 pub fn causal_mask(n: i32, offset: i32, window: i32) -> Array {
     let keys = offset + n;
-    let allowed: Vec<bool> =
-        (0..n).flat_map(|i| (0..keys).map(move |j| offset + i >= j && offset + i < j + window)).collect();
+    let allowed: Vec<bool> = (0..n)
+        .flat_map(|i| (0..keys).map(move |j| offset + i >= j && offset + i < j + window))
+        .collect();
     Array::from_slice(&allowed, &[n, keys])
 }

@@ -107,20 +107,34 @@ fn parse_spec(v: &Value, what: &str) -> Result<QuantSpec> {
         v.get(k)
             .and_then(Value::as_i64)
             .map(|x| x as i32)
-            .ok_or_else(|| ModelError::Config(format!("quantization {what}: missing integer {k:?}")))
+            .ok_or_else(|| {
+                ModelError::Config(format!("quantization {what}: missing integer {k:?}"))
+            })
     };
     if let Some(mode) = v.get("mode").and_then(Value::as_str) {
         if mode != "affine" {
-            return Err(ModelError::Config(format!("quantization {what}: mode {mode:?} unsupported (only affine)")));
+            return Err(ModelError::Config(format!(
+                "quantization {what}: mode {mode:?} unsupported (only affine)"
+            )));
         }
     }
-    QuantSpec { group_size: int("group_size")?, bits: int("bits")? }.validate(&format!("quantization {what}"))
+    QuantSpec {
+        group_size: int("group_size")?,
+        bits: int("bits")?,
+    }
+    .validate(&format!("quantization {what}"))
 }
 
 impl QuantConfig {
     pub fn parse(v: &Value) -> Result<Self> {
-        let obj = v.as_object().ok_or_else(|| ModelError::Config("quantization must be an object".into()))?;
-        let default = if obj.contains_key("bits") { Some(parse_spec(v, "default")?) } else { None };
+        let obj = v
+            .as_object()
+            .ok_or_else(|| ModelError::Config("quantization must be an object".into()))?;
+        let default = if obj.contains_key("bits") {
+            Some(parse_spec(v, "default")?)
+        } else {
+            None
+        };
         let mut overrides = HashMap::new();
         for (k, val) in obj {
             match val {
@@ -147,11 +161,18 @@ impl ModelConfig {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let text = read_to_string(&path)?;
-        serde_json::from_str(&text).map_err(|e| ModelError::Parse { path, message: e.to_string() })
+        serde_json::from_str(&text).map_err(|e| ModelError::Parse {
+            path,
+            message: e.to_string(),
+        })
     }
 
     pub fn quant_config(&self) -> Result<QuantConfig> {
-        self.quantization.as_ref().map(QuantConfig::parse).transpose().map(Option::unwrap_or_default)
+        self.quantization
+            .as_ref()
+            .map(QuantConfig::parse)
+            .transpose()
+            .map(Option::unwrap_or_default)
     }
 
     pub fn kv_heads(&self) -> i32 {
@@ -159,7 +180,8 @@ impl ModelConfig {
     }
 
     pub fn head_dim(&self) -> i32 {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     /// `eos_token_id` as a list (it may be one int or a list).
@@ -169,7 +191,10 @@ impl ModelConfig {
 
     /// `rope_scaling`, or transformers 5's `rope_parameters`.
     pub fn rope_scaling(&self) -> Option<&Value> {
-        self.rope_scaling.as_ref().or(self.rope_parameters.as_ref()).filter(|v| v.is_object())
+        self.rope_scaling
+            .as_ref()
+            .or(self.rope_parameters.as_ref())
+            .filter(|v| v.is_object())
     }
 
     pub fn check(&self) -> Result<()> {
@@ -184,7 +209,9 @@ impl ModelConfig {
         ];
         for (name, v) in positive {
             if v <= 0 {
-                return Err(ModelError::Config(format!("{name} must be positive, got {v}")));
+                return Err(ModelError::Config(format!(
+                    "{name} must be positive, got {v}"
+                )));
             }
         }
         if self.num_attention_heads % self.kv_heads() != 0 {
@@ -202,7 +229,11 @@ impl ModelConfig {
 pub fn ids_of(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|x| x as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -211,5 +242,8 @@ pub fn read_to_string(path: &Path) -> Result<String> {
     if !path.exists() {
         return Err(ModelError::MissingFile(path.to_path_buf()));
     }
-    std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }

@@ -8,17 +8,27 @@ pub enum ModelError {
     #[error("missing file {0}")]
     MissingFile(PathBuf),
     #[error("reading {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("parsing {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("unsupported model_type {found:?}; supported: {}", supported.join(", "))]
-    UnsupportedModelType { found: String, supported: Vec<&'static str> },
+    UnsupportedModelType {
+        found: String,
+        supported: Vec<&'static str>,
+    },
     #[error("invalid config: {0}")]
     Config(String),
     #[error("missing tensor {0}")]
     MissingTensor(String),
     #[error("tensor {name}: expected shape {expected:?}, found {found:?}")]
-    ShapeMismatch { name: String, expected: Vec<i32>, found: Vec<i32> },
+    ShapeMismatch {
+        name: String,
+        expected: Vec<i32>,
+        found: Vec<i32>,
+    },
     #[error("tensor {name}: {message}")]
     BadTensor { name: String, message: String },
     #[error("unused tensors in the checkpoint: {0}")]

@@ -46,41 +46,83 @@ impl QuantMatrix {
                 })
             }
             None => {
-                let (ws_last, ss_last) = (w.shape().last().copied().unwrap_or(0), scales.shape().last().copied().unwrap_or(0));
+                let (ws_last, ss_last) = (
+                    w.shape().last().copied().unwrap_or(0),
+                    scales.shape().last().copied().unwrap_or(0),
+                );
                 if ws_last <= 0 || ss_last <= 0 {
-                    return Err(ModelError::BadTensor { name: wname, message: "empty quantized tensor".into() });
+                    return Err(ModelError::BadTensor {
+                        name: wname,
+                        message: "empty quantized tensor".into(),
+                    });
                 }
-                QuantSpec { group_size: cols / ss_last, bits: ws_last * 32 / cols }
-                    .validate(&format!("inferred packing of {path}"))?
+                QuantSpec {
+                    group_size: cols / ss_last,
+                    bits: ws_last * 32 / cols,
+                }
+                .validate(&format!("inferred packing of {path}"))?
             }
         };
         if w.dtype() != Dtype::Uint32 {
-            return Err(ModelError::BadTensor { name: wname, message: format!("packed weight must be uint32, found {:?}", w.dtype()) });
+            return Err(ModelError::BadTensor {
+                name: wname,
+                message: format!("packed weight must be uint32, found {:?}", w.dtype()),
+            });
         }
         if cols % spec.group_size != 0 || (cols * spec.bits) % 32 != 0 {
-            return Err(ModelError::BadTensor { name: wname, message: format!("{cols} columns do not fit {spec:?}") });
+            return Err(ModelError::BadTensor {
+                name: wname,
+                message: format!("{cols} columns do not fit {spec:?}"),
+            });
         }
         let shape = |last: i32| -> Vec<i32> { lead.iter().copied().chain([rows, last]).collect() };
         let check = |name: &str, a: &Array, want: Vec<i32>| -> Result<()> {
             if a.shape() != want.as_slice() {
-                return Err(ModelError::ShapeMismatch { name: name.into(), expected: want, found: a.shape().to_vec() });
+                return Err(ModelError::ShapeMismatch {
+                    name: name.into(),
+                    expected: want,
+                    found: a.shape().to_vec(),
+                });
             }
             Ok(())
         };
         check(&wname, &w, shape(cols * spec.bits / 32))?;
         check(&sname, &scales, shape(cols / spec.group_size))?;
         let biases = ws.take(&bname, Some(&shape(cols / spec.group_size)))?;
-        let (scales, biases) = if cast_scales { (ws.cast(&sname, scales)?, ws.cast(&bname, biases)?) } else { (scales, biases) };
-        Ok(QuantMatrix { w, scales, biases, spec })
+        let (scales, biases) = if cast_scales {
+            (ws.cast(&sname, scales)?, ws.cast(&bname, biases)?)
+        } else {
+            (scales, biases)
+        };
+        Ok(QuantMatrix {
+            w,
+            scales,
+            biases,
+            spec,
+        })
     }
 
     pub(crate) fn dequantize(&self) -> Result<Array> {
-        Ok(ops::dequantize(&self.w, &self.scales, &self.biases, self.spec.group_size, self.spec.bits)?)
+        Ok(ops::dequantize(
+            &self.w,
+            &self.scales,
+            &self.biases,
+            self.spec.group_size,
+            self.spec.bits,
+        )?)
     }
 
     /// `x @ W.T` with the packed matrix.
     fn matmul_t(&self, x: &Array) -> Result<Array> {
-        Ok(ops::quantized_matmul(x, &self.w, &self.scales, &self.biases, true, self.spec.group_size, self.spec.bits)?)
+        Ok(ops::quantized_matmul(
+            x,
+            &self.w,
+            &self.scales,
+            &self.biases,
+            true,
+            self.spec.group_size,
+            self.spec.bits,
+        )?)
     }
 
     pub(crate) fn arrays(&self) -> Vec<&Array> {
@@ -97,9 +139,17 @@ pub enum Matrix {
 impl Matrix {
     /// Loads module `path`'s matrix: quantized iff `<path>.scales` exists. Under a
     /// dequantizing policy the packed matrix is expanded once here (then cast).
-    pub fn load(ws: &mut Weights, path: &str, rows: i32, cols: i32, quant: &QuantConfig) -> Result<Self> {
+    pub fn load(
+        ws: &mut Weights,
+        path: &str,
+        rows: i32,
+        cols: i32,
+        quant: &QuantConfig,
+    ) -> Result<Self> {
         if !ws.contains(&format!("{path}.scales")) {
-            return Ok(Matrix::Dense(ws.take_float(&format!("{path}.weight"), &[rows, cols])?));
+            return Ok(Matrix::Dense(
+                ws.take_float(&format!("{path}.weight"), &[rows, cols])?,
+            ));
         }
         let q = QuantMatrix::load(ws, path, &[], rows, cols, quant, !ws.policy.dequantize)?;
         if ws.policy.dequantize {
@@ -134,9 +184,20 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(ws: &mut Weights, path: &str, input: i32, output: i32, bias: bool, quant: &QuantConfig) -> Result<Self> {
+    pub fn load(
+        ws: &mut Weights,
+        path: &str,
+        input: i32,
+        output: i32,
+        bias: bool,
+        quant: &QuantConfig,
+    ) -> Result<Self> {
         let weight = Matrix::load(ws, path, output, input, quant)?;
-        let bias = if bias { Some(ws.take_float(&format!("{path}.bias"), &[output])?) } else { None };
+        let bias = if bias {
+            Some(ws.take_float(&format!("{path}.bias"), &[output])?)
+        } else {
+            None
+        };
         Ok(Linear { weight, bias })
     }
 
@@ -161,8 +222,16 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    pub fn load(ws: &mut Weights, path: &str, vocab: i32, dims: i32, quant: &QuantConfig) -> Result<Self> {
-        Ok(Embedding { table: Matrix::load(ws, path, vocab, dims, quant)? })
+    pub fn load(
+        ws: &mut Weights,
+        path: &str,
+        vocab: i32,
+        dims: i32,
+        quant: &QuantConfig,
+    ) -> Result<Self> {
+        Ok(Embedding {
+            table: Matrix::load(ws, path, vocab, dims, quant)?,
+        })
     }
 
     /// Rows for `ids` (any integer shape) -> `[..., dims]`. A packed table gathers the
@@ -194,7 +263,10 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn load(ws: &mut Weights, path: &str, dims: i32, eps: f32) -> Result<Self> {
-        Ok(RmsNorm { weight: ws.take_float(&format!("{path}.weight"), &[dims])?, eps })
+        Ok(RmsNorm {
+            weight: ws.take_float(&format!("{path}.weight"), &[dims])?,
+            eps,
+        })
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array> {
@@ -218,17 +290,32 @@ pub enum RopeKind {
 
 impl Rope {
     /// From `rope_theta` and `rope_scaling` (none/default, linear, llama3).
-    pub fn new(dims: i32, base: f32, traditional: bool, scaling: Option<&serde_json::Value>) -> Result<Self> {
+    pub fn new(
+        dims: i32,
+        base: f32,
+        traditional: bool,
+        scaling: Option<&serde_json::Value>,
+    ) -> Result<Self> {
         let kind = match scaling {
             None => RopeKind::Base { base, scale: 1.0 },
             Some(cfg) => {
-                let ty = cfg.get("type").or_else(|| cfg.get("rope_type")).and_then(|v| v.as_str()).unwrap_or("default");
+                let ty = cfg
+                    .get("type")
+                    .or_else(|| cfg.get("rope_type"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("default");
                 let num = |k: &str, default: Option<f64>| -> Result<f64> {
-                    cfg.get(k).and_then(|v| v.as_f64()).or(default).ok_or_else(|| ModelError::Config(format!("rope_scaling.{k} missing")))
+                    cfg.get(k)
+                        .and_then(|v| v.as_f64())
+                        .or(default)
+                        .ok_or_else(|| ModelError::Config(format!("rope_scaling.{k} missing")))
                 };
                 match ty {
                     "default" => RopeKind::Base { base, scale: 1.0 },
-                    "linear" => RopeKind::Base { base, scale: 1.0 / num("factor", None)? as f32 },
+                    "linear" => RopeKind::Base {
+                        base,
+                        scale: 1.0 / num("factor", None)? as f32,
+                    },
                     "llama3" => RopeKind::Freqs(llama3_freqs(
                         dims,
                         base,
@@ -237,17 +324,27 @@ impl Rope {
                         num("high_freq_factor", Some(4.0))?,
                         num("original_max_position_embeddings", Some(8192.0))?,
                     )?),
-                    other => return Err(ModelError::Config(format!("rope_scaling type {other:?} unsupported (default, linear, llama3)"))),
+                    other => {
+                        return Err(ModelError::Config(format!(
+                            "rope_scaling type {other:?} unsupported (default, linear, llama3)"
+                        )))
+                    }
                 }
             }
         };
-        Ok(Rope { dims, traditional, kind })
+        Ok(Rope {
+            dims,
+            traditional,
+            kind,
+        })
     }
 
     /// `x`: `[B, H, L, D]`, positions `offset..offset+L`.
     pub fn forward(&self, x: &Array, offset: i32) -> Result<Array> {
         Ok(match &self.kind {
-            RopeKind::Base { base, scale } => fast::rope(x, self.dims, self.traditional, *base, *scale, offset, None)?,
+            RopeKind::Base { base, scale } => {
+                fast::rope(x, self.dims, self.traditional, *base, *scale, offset, None)?
+            }
             RopeKind::Freqs(f) => fast::rope(x, self.dims, self.traditional, None, 1.0, offset, f)?,
         })
     }
@@ -255,15 +352,31 @@ impl Rope {
 
 /// Llama-3 frequency scaling, computed in float32 with MLX ops in the same order as
 /// mlx-lm's `Llama3RoPE` so the frequencies are bit-identical.
-fn llama3_freqs(dims: i32, base: f32, factor: f64, low: f64, high: f64, old_ctx: f64) -> Result<Array> {
+fn llama3_freqs(
+    dims: i32,
+    base: f32,
+    factor: f64,
+    low: f64,
+    high: f64,
+    old_ctx: f64,
+) -> Result<Array> {
     let low_wavelen = (old_ctx / low) as f32;
     let high_wavelen = (old_ctx / high) as f32;
     let idx = Array::from_iter((0..dims).step_by(2).map(|i| i as f32), &[(dims + 1) / 2]);
-    let freqs = ops::power(Array::from_f32(base), idx.divide(Array::from_f32(dims as f32))?)?;
+    let freqs = ops::power(
+        Array::from_f32(base),
+        idx.divide(Array::from_f32(dims as f32))?,
+    )?;
     let wavelens = freqs.multiply(Array::from_f32(2.0 * std::f32::consts::PI))?;
     let factor_a = Array::from_f32(factor as f32);
-    let freqs = ops::select(&wavelens.gt(Array::from_f32(low_wavelen))?, freqs.multiply(&factor_a)?, &freqs)?;
-    let medium = wavelens.gt(Array::from_f32(high_wavelen))?.logical_and(&wavelens.lt(Array::from_f32(low_wavelen))?)?;
+    let freqs = ops::select(
+        &wavelens.gt(Array::from_f32(low_wavelen))?,
+        freqs.multiply(&factor_a)?,
+        &freqs,
+    )?;
+    let medium = wavelens
+        .gt(Array::from_f32(high_wavelen))?
+        .logical_and(&wavelens.lt(Array::from_f32(low_wavelen))?)?;
     let smooth = Array::from_f32(old_ctx as f32)
         .divide(&wavelens)?
         .subtract(Array::from_f32(low as f32))?

@@ -36,11 +36,32 @@ impl ArchFlags {
     pub fn for_config(cfg: &ModelConfig) -> Result<Self> {
         let attn_bias = cfg.attention_bias.unwrap_or(false);
         Ok(match cfg.model_type.as_str() {
-            "llama" | "mistral" => ArchFlags { qkv_bias: attn_bias, o_bias: attn_bias, qk_norm: false, config_head_dim: true, default_rope_theta: Some(10000.0) },
-            "qwen2" => ArchFlags { qkv_bias: true, o_bias: false, qk_norm: false, config_head_dim: false, default_rope_theta: Some(1_000_000.0) },
-            "qwen3" => ArchFlags { qkv_bias: false, o_bias: false, qk_norm: true, config_head_dim: true, default_rope_theta: None },
+            "llama" | "mistral" => ArchFlags {
+                qkv_bias: attn_bias,
+                o_bias: attn_bias,
+                qk_norm: false,
+                config_head_dim: true,
+                default_rope_theta: Some(10000.0),
+            },
+            "qwen2" => ArchFlags {
+                qkv_bias: true,
+                o_bias: false,
+                qk_norm: false,
+                config_head_dim: false,
+                default_rope_theta: Some(1_000_000.0),
+            },
+            "qwen3" => ArchFlags {
+                qkv_bias: false,
+                o_bias: false,
+                qk_norm: true,
+                config_head_dim: true,
+                default_rope_theta: None,
+            },
             other => {
-                return Err(ModelError::UnsupportedModelType { found: other.to_string(), supported: super::SUPPORTED_MODEL_TYPES.to_vec() })
+                return Err(ModelError::UnsupportedModelType {
+                    found: other.to_string(),
+                    supported: super::SUPPORTED_MODEL_TYPES.to_vec(),
+                })
             }
         })
     }
@@ -75,14 +96,30 @@ pub(crate) struct Attention {
 
 impl Attention {
     /// Loads `<prefix>.{q,k,v,o}_proj` (and `<prefix>.{q,k}_norm`).
-    pub(crate) fn load(ws: &mut Weights, prefix: &str, a: &AttnSpec, rope: Rope, quant: &QuantConfig) -> Result<Self> {
+    pub(crate) fn load(
+        ws: &mut Weights,
+        prefix: &str,
+        a: &AttnSpec,
+        rope: Rope,
+        quant: &QuantConfig,
+    ) -> Result<Self> {
         let lin = |ws: &mut Weights, name: &str, input: i32, output: i32, bias: bool| {
             Linear::load(ws, &format!("{prefix}.{name}"), input, output, bias, quant)
         };
         let (q_norm, k_norm) = if a.qk_norm {
             (
-                Some(RmsNorm::load(ws, &format!("{prefix}.q_norm"), a.head_dim, a.eps)?),
-                Some(RmsNorm::load(ws, &format!("{prefix}.k_norm"), a.head_dim, a.eps)?),
+                Some(RmsNorm::load(
+                    ws,
+                    &format!("{prefix}.q_norm"),
+                    a.head_dim,
+                    a.eps,
+                )?),
+                Some(RmsNorm::load(
+                    ws,
+                    &format!("{prefix}.k_norm"),
+                    a.head_dim,
+                    a.eps,
+                )?),
             )
         } else {
             (None, None)
@@ -129,8 +166,16 @@ impl Attention {
     }
 
     fn arrays(&self) -> Vec<&Array> {
-        let mut v: Vec<&Array> = [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj].into_iter().flat_map(Linear::arrays).collect();
-        v.extend(self.q_norm.iter().chain(self.k_norm.iter()).map(|n| &n.weight));
+        let mut v: Vec<&Array> = [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
+            .into_iter()
+            .flat_map(Linear::arrays)
+            .collect();
+        v.extend(
+            self.q_norm
+                .iter()
+                .chain(self.k_norm.iter())
+                .map(|n| &n.weight),
+        );
         v
     }
 }
@@ -144,9 +189,22 @@ pub(crate) struct Mlp {
 
 impl Mlp {
     /// Loads `<prefix>.{gate,up,down}_proj`.
-    pub(crate) fn load(ws: &mut Weights, prefix: &str, dims: i32, hidden: i32, bias: bool, quant: &QuantConfig) -> Result<Self> {
-        let lin = |ws: &mut Weights, name: &str, input: i32, output: i32| Linear::load(ws, &format!("{prefix}.{name}"), input, output, bias, quant);
-        Ok(Mlp { gate_proj: lin(ws, "gate_proj", dims, hidden)?, up_proj: lin(ws, "up_proj", dims, hidden)?, down_proj: lin(ws, "down_proj", hidden, dims)? })
+    pub(crate) fn load(
+        ws: &mut Weights,
+        prefix: &str,
+        dims: i32,
+        hidden: i32,
+        bias: bool,
+        quant: &QuantConfig,
+    ) -> Result<Self> {
+        let lin = |ws: &mut Weights, name: &str, input: i32, output: i32| {
+            Linear::load(ws, &format!("{prefix}.{name}"), input, output, bias, quant)
+        };
+        Ok(Mlp {
+            gate_proj: lin(ws, "gate_proj", dims, hidden)?,
+            up_proj: lin(ws, "up_proj", dims, hidden)?,
+            down_proj: lin(ws, "down_proj", hidden, dims)?,
+        })
     }
 
     fn forward(&self, x: &Array) -> Result<Array> {
@@ -172,7 +230,10 @@ impl FeedForward {
 
     fn arrays(&self) -> Vec<&Array> {
         match self {
-            FeedForward::Dense(m) => [&m.gate_proj, &m.up_proj, &m.down_proj].into_iter().flat_map(Linear::arrays).collect(),
+            FeedForward::Dense(m) => [&m.gate_proj, &m.up_proj, &m.down_proj]
+                .into_iter()
+                .flat_map(Linear::arrays)
+                .collect(),
             FeedForward::Sparse(m) => m.arrays(),
         }
     }
@@ -204,7 +265,12 @@ impl Block {
             attn,
             ffn,
             input_norm: RmsNorm::load(ws, &format!("{prefix}.input_layernorm"), hidden, eps)?,
-            post_norm: RmsNorm::load(ws, &format!("{prefix}.post_attention_layernorm"), hidden, eps)?,
+            post_norm: RmsNorm::load(
+                ws,
+                &format!("{prefix}.post_attention_layernorm"),
+                hidden,
+                eps,
+            )?,
             window,
         })
     }
@@ -224,7 +290,13 @@ pub struct Llama {
 /// `rope_theta` (or transformers 5's `rope_parameters.rope_theta`), else `default`.
 pub(crate) fn rope_theta(cfg: &ModelConfig, default: Option<f32>) -> Result<f32> {
     cfg.rope_theta
-        .or_else(|| cfg.rope_parameters.as_ref().and_then(|p| p.get("rope_theta")).and_then(|v| v.as_f64()).map(|v| v as f32))
+        .or_else(|| {
+            cfg.rope_parameters
+                .as_ref()
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(|v| v.as_f64())
+                .map(|v| v as f32)
+        })
         .or(default)
         .ok_or_else(|| ModelError::Config("rope_theta is missing".into()))
 }
@@ -233,16 +305,23 @@ pub(crate) fn rope_theta(cfg: &ModelConfig, default: Option<f32>) -> Result<f32>
 /// marked `"sliding_attention"` get a rotating cache of `sliding_window`).
 fn sliding_windows(cfg: &ModelConfig) -> Result<Vec<Option<i32>>> {
     let n = cfg.num_hidden_layers as usize;
-    let Some(types) = &cfg.layer_types else { return Ok(vec![None; n]) };
+    let Some(types) = &cfg.layer_types else {
+        return Ok(vec![None; n]);
+    };
     if types.len() != n {
-        return Err(ModelError::Config(format!("layer_types has {} entries for {n} layers", types.len())));
+        return Err(ModelError::Config(format!(
+            "layer_types has {} entries for {n} layers",
+            types.len()
+        )));
     }
     types
         .iter()
         .map(|t| match t.as_str() {
             "sliding_attention" => match cfg.sliding_window {
                 Some(w) if w > 0 => Ok(Some(w)),
-                other => Err(ModelError::Config(format!("sliding_attention layers need a positive sliding_window, got {other:?}"))),
+                other => Err(ModelError::Config(format!(
+                    "sliding_attention layers need a positive sliding_window, got {other:?}"
+                ))),
             },
             _ => Ok(None),
         })
@@ -255,7 +334,11 @@ impl Llama {
         let flags = ArchFlags::for_config(cfg)?;
         let quant: QuantConfig = cfg.quant_config()?;
         let (h, heads) = (cfg.hidden_size, cfg.num_attention_heads);
-        let hd = if flags.config_head_dim { cfg.head_dim() } else { h / heads };
+        let hd = if flags.config_head_dim {
+            cfg.head_dim()
+        } else {
+            h / heads
+        };
         let theta = rope_theta(cfg, flags.default_rope_theta)?;
         let spec = AttnSpec {
             hidden: h,
@@ -277,32 +360,82 @@ impl Llama {
             let p = format!("model.layers.{i}");
             let rope = Rope::new(hd, theta, cfg.rope_traditional, cfg.rope_scaling())?;
             let attn = Attention::load(ws, &format!("{p}.self_attn"), &spec, rope, &quant)?;
-            let mlp = Mlp::load(ws, &format!("{p}.mlp"), h, cfg.intermediate_size, cfg.mlp_bias, &quant)?;
-            layers.push(Block::load(ws, &p, attn, FeedForward::Dense(mlp), h, cfg.rms_norm_eps, window)?);
+            let mlp = Mlp::load(
+                ws,
+                &format!("{p}.mlp"),
+                h,
+                cfg.intermediate_size,
+                cfg.mlp_bias,
+                &quant,
+            )?;
+            layers.push(Block::load(
+                ws,
+                &p,
+                attn,
+                FeedForward::Dense(mlp),
+                h,
+                cfg.rms_norm_eps,
+                window,
+            )?);
         }
-        Self::assemble(cfg, ws, &quant, layers, cfg.tie_word_embeddings.unwrap_or(true))
+        Self::assemble(
+            cfg,
+            ws,
+            &quant,
+            layers,
+            cfg.tie_word_embeddings.unwrap_or(true),
+        )
     }
 
     /// The model around `layers`: loads the embeddings, final norm and (untied) head.
-    pub(crate) fn assemble(cfg: &ModelConfig, ws: &mut Weights, quant: &QuantConfig, layers: Vec<Block>, tied: bool) -> Result<Self> {
+    pub(crate) fn assemble(
+        cfg: &ModelConfig,
+        ws: &mut Weights,
+        quant: &QuantConfig,
+        layers: Vec<Block>,
+        tied: bool,
+    ) -> Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let embed = Embedding::load(ws, "model.embed_tokens", cfg.vocab_size, h, quant)?;
         let norm = RmsNorm::load(ws, "model.norm", h, eps)?;
-        let lm_head = if tied { None } else { Some(Linear::load(ws, "lm_head", h, cfg.vocab_size, false, quant)?) };
-        Ok(Llama { cfg: cfg.clone(), embed, layers, norm, lm_head })
+        let lm_head = if tied {
+            None
+        } else {
+            Some(Linear::load(
+                ws,
+                "lm_head",
+                h,
+                cfg.vocab_size,
+                false,
+                quant,
+            )?)
+        };
+        Ok(Llama {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
     }
 }
 
 impl LanguageModel for Llama {
     fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
         if caches.len() != self.layers.len() {
-            return Err(ModelError::Request(format!("{} caches for {} layers", caches.len(), self.layers.len())));
+            return Err(ModelError::Request(format!(
+                "{} caches for {} layers",
+                caches.len(),
+                self.layers.len()
+            )));
         }
         let l = tokens.shape().last().copied().unwrap_or(1);
         let mut h = self.embed.forward(tokens)?;
         for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
             let mask = cache.make_mask(l)?;
-            let r = layer.attn.forward(&layer.input_norm.forward(&h)?, cache, &mask)?;
+            let r = layer
+                .attn
+                .forward(&layer.input_norm.forward(&h)?, cache, &mask)?;
             let h1 = h.add(&r)?;
             let r = layer.ffn.forward(&layer.post_norm.forward(&h1)?)?;
             h = h1.add(&r)?;

@@ -8,7 +8,7 @@
 use super::config::{ModelConfig, QuantConfig};
 use super::error::Result;
 use super::layers::Rope;
-use super::llama::{rope_theta, AttnSpec, Attention, Block, FeedForward, Llama};
+use super::llama::{rope_theta, Attention, AttnSpec, Block, FeedForward, Llama};
 use super::moe::{MoeSpec, Routing, SparseMoe};
 use super::weights::Weights;
 
@@ -42,7 +42,15 @@ pub fn load(cfg: &ModelConfig, ws: &mut Weights) -> Result<(Llama, bool)> {
         let rope = Rope::new(hd, theta, cfg.rope_traditional, None)?;
         let attn = Attention::load(ws, &format!("{p}.self_attn"), &spec, rope, &quant)?;
         let moe = SparseMoe::load(ws, &format!("{p}.block_sparse_moe"), &moe, &quant)?;
-        layers.push(Block::load(ws, &p, attn, FeedForward::Sparse(moe), h, eps, None)?);
+        layers.push(Block::load(
+            ws,
+            &p,
+            attn,
+            FeedForward::Sparse(moe),
+            h,
+            eps,
+            None,
+        )?);
     }
     let tied = cfg.tie_word_embeddings.unwrap_or(false);
     Ok((Llama::assemble(cfg, ws, &quant, layers, tied)?, tied))

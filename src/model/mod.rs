@@ -64,22 +64,41 @@ impl ComputeDtype {
     pub fn policy(self) -> WeightPolicy {
         let on_cpu = default_device_is_cpu();
         match self {
-            ComputeDtype::Auto if on_cpu => WeightPolicy { dequantize: true, dtype: Some(Dtype::Float32) },
-            ComputeDtype::Auto | ComputeDtype::Native => WeightPolicy { dequantize: false, dtype: None },
-            ComputeDtype::F32 => WeightPolicy { dequantize: true, dtype: Some(Dtype::Float32) },
-            ComputeDtype::F16 => WeightPolicy { dequantize: false, dtype: Some(Dtype::Float16) },
-            ComputeDtype::Bf16 => WeightPolicy { dequantize: false, dtype: Some(Dtype::Bfloat16) },
+            ComputeDtype::Auto if on_cpu => WeightPolicy {
+                dequantize: true,
+                dtype: Some(Dtype::Float32),
+            },
+            ComputeDtype::Auto | ComputeDtype::Native => WeightPolicy {
+                dequantize: false,
+                dtype: None,
+            },
+            ComputeDtype::F32 => WeightPolicy {
+                dequantize: true,
+                dtype: Some(Dtype::Float32),
+            },
+            ComputeDtype::F16 => WeightPolicy {
+                dequantize: false,
+                dtype: Some(Dtype::Float16),
+            },
+            ComputeDtype::Bf16 => WeightPolicy {
+                dequantize: false,
+                dtype: Some(Dtype::Bfloat16),
+            },
         }
     }
 }
 
 /// Whether MLX's default device is the CPU (or cannot be queried).
 pub(crate) fn default_device_is_cpu() -> bool {
-    Device::try_default().ok().and_then(|d| d.get_type().ok()).is_none_or(|t| matches!(t, DeviceType::Cpu))
+    Device::try_default()
+        .ok()
+        .and_then(|d| d.get_type().ok())
+        .is_none_or(|t| matches!(t, DeviceType::Cpu))
 }
 
 /// `model_type` values the registry can build.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] =
+    &["llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral"];
 
 /// Says which checkpoint tensors an architecture drops on purpose.
 type IgnoreFn = fn(&str) -> bool;
@@ -96,15 +115,24 @@ fn ignore_for(tied: bool) -> IgnoreFn {
 
 fn build_llama(cfg: &ModelConfig, ws: &mut Weights) -> Result<(Box<dyn LanguageModel>, IgnoreFn)> {
     let m = llama::Llama::load(cfg, ws)?;
-    Ok((Box::new(m), ignore_for(cfg.tie_word_embeddings.unwrap_or(true))))
+    Ok((
+        Box::new(m),
+        ignore_for(cfg.tie_word_embeddings.unwrap_or(true)),
+    ))
 }
 
-fn build_qwen3_moe(cfg: &ModelConfig, ws: &mut Weights) -> Result<(Box<dyn LanguageModel>, IgnoreFn)> {
+fn build_qwen3_moe(
+    cfg: &ModelConfig,
+    ws: &mut Weights,
+) -> Result<(Box<dyn LanguageModel>, IgnoreFn)> {
     let (m, tied) = qwen3_moe::load(cfg, ws)?;
     Ok((Box::new(m), ignore_for(tied)))
 }
 
-fn build_mixtral(cfg: &ModelConfig, ws: &mut Weights) -> Result<(Box<dyn LanguageModel>, IgnoreFn)> {
+fn build_mixtral(
+    cfg: &ModelConfig,
+    ws: &mut Weights,
+) -> Result<(Box<dyn LanguageModel>, IgnoreFn)> {
     let (m, tied) = mixtral::load(cfg, ws)?;
     Ok((Box::new(m), ignore_for(tied)))
 }

@@ -41,31 +41,61 @@ struct SwitchLinear {
 impl SwitchLinear {
     /// Quantized iff `<path>.scales` exists; a dequantizing policy expands the packed
     /// experts once here, then casts (as mlx-lm's `dequantize_model` + `set_dtype`).
-    fn load(ws: &mut Weights, path: &str, experts: i32, input: i32, output: i32, quant: &QuantConfig) -> Result<Self> {
+    fn load(
+        ws: &mut Weights,
+        path: &str,
+        experts: i32,
+        input: i32,
+        output: i32,
+        quant: &QuantConfig,
+    ) -> Result<Self> {
         if !ws.contains(&format!("{path}.scales")) {
             let w = ws.take_float(&format!("{path}.weight"), &[experts, output, input])?;
             return Self::dense(w);
         }
-        let q = QuantMatrix::load(ws, path, &[experts], output, input, quant, !ws.policy.dequantize)?;
+        let q = QuantMatrix::load(
+            ws,
+            path,
+            &[experts],
+            output,
+            input,
+            quant,
+            !ws.policy.dequantize,
+        )?;
         if ws.policy.dequantize {
             let dense = q.dequantize()?;
             return Self::dense(ws.cast(path, dense)?);
         }
-        Ok(SwitchLinear { w: Experts::Quant(q), f32_on_cpu: false })
+        Ok(SwitchLinear {
+            w: Experts::Quant(q),
+            f32_on_cpu: false,
+        })
     }
 
     fn dense(w: Array) -> Result<Self> {
         if w.dtype() != Dtype::Float32 && super::default_device_is_cpu() {
-            return Ok(SwitchLinear { w: Experts::Dense(w.as_dtype(Dtype::Float32)?), f32_on_cpu: true });
+            return Ok(SwitchLinear {
+                w: Experts::Dense(w.as_dtype(Dtype::Float32)?),
+                f32_on_cpu: true,
+            });
         }
-        Ok(SwitchLinear { w: Experts::Dense(w), f32_on_cpu: false })
+        Ok(SwitchLinear {
+            w: Experts::Dense(w),
+            f32_on_cpu: false,
+        })
     }
 
     /// `x @ W[idx].T`, batched over the broadcast of `x`'s and `idx`'s batch shapes.
     fn forward(&self, x: &Array, idx: &Array, sorted: bool) -> Result<Array> {
         match &self.w {
             Experts::Dense(w) if self.f32_on_cpu && x.dtype() != Dtype::Float32 => {
-                let y = ops::gather_mm(x.as_dtype(Dtype::Float32)?, w.swap_axes(-1, -2)?, None, idx, sorted)?;
+                let y = ops::gather_mm(
+                    x.as_dtype(Dtype::Float32)?,
+                    w.swap_axes(-1, -2)?,
+                    None,
+                    idx,
+                    sorted,
+                )?;
                 Ok(y.as_dtype(x.dtype())?)
             }
             Experts::Dense(w) => Ok(ops::gather_mm(x, w.swap_axes(-1, -2)?, None, idx, sorted)?),
@@ -100,7 +130,14 @@ struct SwitchGlu {
 }
 
 impl SwitchGlu {
-    fn load(ws: &mut Weights, prefix: &str, experts: i32, dims: i32, hidden: i32, quant: &QuantConfig) -> Result<Self> {
+    fn load(
+        ws: &mut Weights,
+        prefix: &str,
+        experts: i32,
+        dims: i32,
+        hidden: i32,
+        quant: &QuantConfig,
+    ) -> Result<Self> {
         let p = |n: &str| format!("{prefix}.{n}");
         Ok(SwitchGlu {
             gate_proj: SwitchLinear::load(ws, &p("gate_proj"), experts, dims, hidden, quant)?,
@@ -112,7 +149,8 @@ impl SwitchGlu {
     fn mlp(&self, x: &Array, idx: &Array, sorted: bool) -> Result<Array> {
         let up = self.up_proj.forward(x, idx, sorted)?;
         let gate = self.gate_proj.forward(x, idx, sorted)?;
-        self.down_proj.forward(&nn::silu(&gate)?.multiply(&up)?, idx, sorted)
+        self.down_proj
+            .forward(&nn::silu(&gate)?.multiply(&up)?, idx, sorted)
     }
 
     /// `x`: `[B, L, D]`, `indices`: `[B, L, k]` -> `[B, L, k, D]`.
@@ -127,14 +165,19 @@ impl SwitchGlu {
         let flat = indices.flatten(None, None)?;
         let order = ops::argsort_axis(&flat, -1)?;
         let inv_order = ops::argsort_axis(&order, -1)?;
-        let xs = x.flatten(0, -3)?.take_axis(order.floor_divide(Array::from_int(k))?, 0)?;
+        let xs = x
+            .flatten(0, -3)?
+            .take_axis(order.floor_divide(Array::from_int(k))?, 0)?;
         let idx = flat.take_axis(&order, 0)?;
         let y = self.mlp(&xs, &idx, true)?.take_axis(&inv_order, 0)?;
         Ok(ops::unflatten(&y, 0, &shape)?.squeeze_axes(&[-2])?)
     }
 
     fn arrays(&self) -> Vec<&Array> {
-        [&self.gate_proj, &self.up_proj, &self.down_proj].into_iter().flat_map(SwitchLinear::arrays).collect()
+        [&self.gate_proj, &self.up_proj, &self.down_proj]
+            .into_iter()
+            .flat_map(SwitchLinear::arrays)
+            .collect()
     }
 }
 
@@ -170,7 +213,12 @@ pub(crate) struct SparseMoe {
 
 impl SparseMoe {
     /// Loads `<prefix>.gate` and `<prefix>.switch_mlp.*`.
-    pub(crate) fn load(ws: &mut Weights, prefix: &str, m: &MoeSpec, quant: &QuantConfig) -> Result<Self> {
+    pub(crate) fn load(
+        ws: &mut Weights,
+        prefix: &str,
+        m: &MoeSpec,
+        quant: &QuantConfig,
+    ) -> Result<Self> {
         if m.experts <= 0 || m.top_k <= 0 || m.top_k > m.experts || m.hidden <= 0 {
             return Err(ModelError::Config(format!(
                 "mixture of experts needs 0 < num_experts_per_tok ({}) <= experts ({}) and a positive expert size ({})",
@@ -178,8 +226,22 @@ impl SparseMoe {
             )));
         }
         Ok(SparseMoe {
-            gate: Linear::load(ws, &format!("{prefix}.gate"), m.dims, m.experts, false, quant)?,
-            switch_mlp: SwitchGlu::load(ws, &format!("{prefix}.switch_mlp"), m.experts, m.dims, m.hidden, quant)?,
+            gate: Linear::load(
+                ws,
+                &format!("{prefix}.gate"),
+                m.dims,
+                m.experts,
+                false,
+                quant,
+            )?,
+            switch_mlp: SwitchGlu::load(
+                ws,
+                &format!("{prefix}.switch_mlp"),
+                m.experts,
+                m.dims,
+                m.hidden,
+                quant,
+            )?,
             top_k: m.top_k,
             experts: m.experts,
             routing: m.routing,
@@ -190,20 +252,27 @@ impl SparseMoe {
     pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
         let (k, e) = (self.top_k, self.experts);
         let gates = self.gate.forward(x)?;
-        let (inds, scores) = match self.routing {
-            Routing::SoftmaxTopK { norm_topk_prob } => {
-                let gates = ops::softmax_axis(&gates, -1, true)?;
-                let inds = ops::argpartition_axis(&gates, -k, -1)?.try_index((.., .., (e - k)..))?;
-                let scores = gates.take_along_axis(&inds, -1)?;
-                let scores = if norm_topk_prob { scores.divide(scores.sum_axis(-1, true)?)? } else { scores };
-                (inds, scores)
-            }
-            Routing::TopKSoftmax => {
-                let inds = ops::argpartition_axis(gates.negative()?, k - 1, -1)?.try_index((.., .., ..k))?;
-                let scores = ops::softmax_axis(gates.take_along_axis(&inds, -1)?, -1, true)?;
-                (inds, scores)
-            }
-        };
+        let (inds, scores) =
+            match self.routing {
+                Routing::SoftmaxTopK { norm_topk_prob } => {
+                    let gates = ops::softmax_axis(&gates, -1, true)?;
+                    let inds =
+                        ops::argpartition_axis(&gates, -k, -1)?.try_index((.., .., (e - k)..))?;
+                    let scores = gates.take_along_axis(&inds, -1)?;
+                    let scores = if norm_topk_prob {
+                        scores.divide(scores.sum_axis(-1, true)?)?
+                    } else {
+                        scores
+                    };
+                    (inds, scores)
+                }
+                Routing::TopKSoftmax => {
+                    let inds = ops::argpartition_axis(gates.negative()?, k - 1, -1)?
+                        .try_index((.., .., ..k))?;
+                    let scores = ops::softmax_axis(gates.take_along_axis(&inds, -1)?, -1, true)?;
+                    (inds, scores)
+                }
+            };
         let y = self.switch_mlp.forward(x, &inds)?;
         let out = y.multiply(scores.expand_dims(-1)?)?.sum_axis(-2, false)?;
         match self.routing {

@@ -10,7 +10,7 @@
 use super::config::{ModelConfig, QuantConfig};
 use super::error::{ModelError, Result};
 use super::layers::Rope;
-use super::llama::{rope_theta, AttnSpec, Attention, Block, FeedForward, Llama, Mlp};
+use super::llama::{rope_theta, Attention, AttnSpec, Block, FeedForward, Llama, Mlp};
 use super::moe::{MoeSpec, Routing, SparseMoe};
 use super::weights::Weights;
 
@@ -29,7 +29,9 @@ pub fn load(cfg: &ModelConfig, ws: &mut Weights) -> Result<(Llama, bool)> {
     let experts = cfg.num_experts.unwrap_or(0);
     let step = cfg.decoder_sparse_step.unwrap_or(1);
     if step <= 0 {
-        return Err(ModelError::Config(format!("decoder_sparse_step must be positive, got {step}")));
+        return Err(ModelError::Config(format!(
+            "decoder_sparse_step must be positive, got {step}"
+        )));
     }
     let missing = |k: &str| ModelError::Config(format!("qwen3_moe: {k} is missing"));
     let spec = AttnSpec {
@@ -42,22 +44,41 @@ pub fn load(cfg: &ModelConfig, ws: &mut Weights) -> Result<(Llama, bool)> {
         qk_norm: true,
         eps,
     };
-    let routing = Routing::SoftmaxTopK { norm_topk_prob: cfg.norm_topk_prob.unwrap_or(false) };
+    let routing = Routing::SoftmaxTopK {
+        norm_topk_prob: cfg.norm_topk_prob.unwrap_or(false),
+    };
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers as usize);
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
-        let attn = Attention::load(ws, &format!("{p}.self_attn"), &spec, Rope::new(hd, theta, false, None)?, &quant)?;
+        let attn = Attention::load(
+            ws,
+            &format!("{p}.self_attn"),
+            &spec,
+            Rope::new(hd, theta, false, None)?,
+            &quant,
+        )?;
         let ffn = if is_sparse(cfg, i, experts, step) {
             let moe = MoeSpec {
                 dims: h,
-                hidden: cfg.moe_intermediate_size.ok_or_else(|| missing("moe_intermediate_size"))?,
+                hidden: cfg
+                    .moe_intermediate_size
+                    .ok_or_else(|| missing("moe_intermediate_size"))?,
                 experts,
-                top_k: cfg.num_experts_per_tok.ok_or_else(|| missing("num_experts_per_tok"))?,
+                top_k: cfg
+                    .num_experts_per_tok
+                    .ok_or_else(|| missing("num_experts_per_tok"))?,
                 routing,
             };
             FeedForward::Sparse(SparseMoe::load(ws, &format!("{p}.mlp"), &moe, &quant)?)
         } else {
-            FeedForward::Dense(Mlp::load(ws, &format!("{p}.mlp"), h, cfg.intermediate_size, false, &quant)?)
+            FeedForward::Dense(Mlp::load(
+                ws,
+                &format!("{p}.mlp"),
+                h,
+                cfg.intermediate_size,
+                false,
+                &quant,
+            )?)
         };
         layers.push(Block::load(ws, &p, attn, ffn, h, eps, None)?);
     }

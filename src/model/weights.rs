@@ -31,12 +31,17 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let text = read_to_string(&index)?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| ModelError::Parse { path: index.clone(), message: e.to_string() })?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Parse {
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Parse {
             path: index.clone(),
-            message: "no weight_map object".into(),
+            message: e.to_string(),
         })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::Parse {
+                path: index.clone(),
+                message: "no weight_map object".into(),
+            })?;
         let files: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
         let paths: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
         if let Some(missing) = paths.iter().find(|p| !p.exists()) {
@@ -47,7 +52,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?
+        .map_err(|source| ModelError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -65,8 +73,10 @@ impl Weights {
     pub fn load(dir: &Path, policy: WeightPolicy) -> Result<Self> {
         let mut tensors = HashMap::new();
         for path in weight_files(dir)? {
-            let part = Array::load_safetensors(&path)
-                .map_err(|e| ModelError::Parse { path: path.clone(), message: e.to_string() })?;
+            let part = Array::load_safetensors(&path).map_err(|e| ModelError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
             tensors.extend(part);
         }
         Ok(Weights { tensors, policy })
@@ -83,7 +93,10 @@ impl Weights {
 
     /// Remove a tensor, checking its shape when `shape` is given.
     pub fn take(&mut self, name: &str, shape: Option<&[i32]>) -> Result<Array> {
-        let a = self.tensors.remove(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        let a = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
         if let Some(expected) = shape {
             if a.shape() != expected {
                 return Err(ModelError::ShapeMismatch {
@@ -105,7 +118,10 @@ impl Weights {
     pub fn cast(&self, name: &str, a: Array) -> Result<Array> {
         let dt = a.dtype();
         if !matches!(dt, Dtype::Float32 | Dtype::Float16 | Dtype::Bfloat16) {
-            return Err(ModelError::BadTensor { name: name.into(), message: format!("expected a float tensor, found {dt:?}") });
+            return Err(ModelError::BadTensor {
+                name: name.into(),
+                message: format!("expected a float tensor, found {dt:?}"),
+            });
         }
         match self.policy.dtype {
             Some(want) if want != dt => Ok(a.as_dtype(want)?),
@@ -122,6 +138,10 @@ impl Weights {
         let mut names: Vec<&String> = self.tensors.keys().collect();
         names.sort();
         let shown: Vec<&str> = names.iter().take(8).map(|s| s.as_str()).collect();
-        Err(ModelError::UnusedTensors(format!("{} ({} in all)", shown.join(", "), names.len())))
+        Err(ModelError::UnusedTensors(format!(
+            "{} ({} in all)",
+            shown.join(", "),
+            names.len()
+        )))
     }
 }

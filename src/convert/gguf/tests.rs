@@ -3,8 +3,18 @@
 use super::*;
 
 /// Minimal GGUF v3 writer for tests: metadata as (key, type id, encoded value bytes).
-pub(crate) fn write_gguf(kv: &[(&str, u32, Vec<u8>)], tensors: &[(&str, &[u64], u32, Vec<u8>)], alignment: usize) -> Vec<u8> {
-    let s = |x: &str| [(x.len() as u64).to_le_bytes().to_vec(), x.as_bytes().to_vec()].concat();
+pub(crate) fn write_gguf(
+    kv: &[(&str, u32, Vec<u8>)],
+    tensors: &[(&str, &[u64], u32, Vec<u8>)],
+    alignment: usize,
+) -> Vec<u8> {
+    let s = |x: &str| {
+        [
+            (x.len() as u64).to_le_bytes().to_vec(),
+            x.as_bytes().to_vec(),
+        ]
+        .concat()
+    };
     let mut b = b"GGUF".to_vec();
     b.extend(3u32.to_le_bytes());
     b.extend((tensors.len() as u64).to_le_bytes());
@@ -35,7 +45,11 @@ pub(crate) fn write_gguf(kv: &[(&str, u32, Vec<u8>)], tensors: &[(&str, &[u64], 
 }
 
 fn str_val(x: &str) -> Vec<u8> {
-    [(x.len() as u64).to_le_bytes().to_vec(), x.as_bytes().to_vec()].concat()
+    [
+        (x.len() as u64).to_le_bytes().to_vec(),
+        x.as_bytes().to_vec(),
+    ]
+    .concat()
 }
 
 fn sample() -> Vec<u8> {
@@ -52,9 +66,19 @@ fn sample() -> Vec<u8> {
         ("x.f64", 12, 2.25f64.to_le_bytes().to_vec()),
         ("x.arr", 9, arr),
     ];
-    let f32s: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let f32s: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
     let q41 = vec![7u8; 20 * 2];
-    write_gguf(&kv, &[("a.weight", &[3, 2], 0, f32s), ("b.weight", &[32, 2], 3, q41)], 64)
+    write_gguf(
+        &kv,
+        &[
+            ("a.weight", &[3, 2], 0, f32s),
+            ("b.weight", &[32, 2], 3, q41),
+        ],
+        64,
+    )
 }
 
 #[test]
@@ -67,11 +91,20 @@ fn reads_small_gguf() {
     assert_eq!(md["x.bool"].as_bool(), Some(true));
     assert_eq!(md["x.i64"], Value::I64(-3));
     assert_eq!(md["x.f64"].as_f64(), Some(2.25));
-    assert_eq!(md["x.arr"], Value::Array(vec![Value::Str("a".into()), Value::Str("bc".into())]));
+    assert_eq!(
+        md["x.arr"],
+        Value::Array(vec![Value::Str("a".into()), Value::Str("bc".into())])
+    );
     assert_eq!(data_offset % 64, 0);
     assert_eq!(tensors.len(), 2);
-    assert_eq!((tensors[0].shape(), tensors[0].n_bytes, tensors[0].offset), (vec![2, 3], 24, data_offset));
-    assert_eq!((tensors[1].ty, tensors[1].rows_cols(), tensors[1].offset), (GgmlType::Q4_1, (2, 32), data_offset + 64));
+    assert_eq!(
+        (tensors[0].shape(), tensors[0].n_bytes, tensors[0].offset),
+        (vec![2, 3], 24, data_offset)
+    );
+    assert_eq!(
+        (tensors[1].ty, tensors[1].rows_cols(), tensors[1].offset),
+        (GgmlType::Q4_1, (2, 32), data_offset + 64)
+    );
     let t0 = &buf[tensors[0].offset as usize..][..24];
     assert_eq!(&t0[4..8], &2.0f32.to_le_bytes());
 }
@@ -81,16 +114,24 @@ fn every_truncation_is_an_error_not_a_panic() {
     let buf = sample();
     for cut in 0..buf.len() {
         let r = std::panic::catch_unwind(|| parse(&buf[..cut], Path::new("cut.gguf")).map(|_| ()));
-        let err = r.unwrap_or_else(|_| panic!("panicked at cut {cut}")).expect_err(&format!("cut {cut} parsed"));
+        let err = r
+            .unwrap_or_else(|_| panic!("panicked at cut {cut}"))
+            .expect_err(&format!("cut {cut} parsed"));
         let msg = err.to_string();
-        assert!(msg.contains("cut.gguf") && (msg.contains("truncated") || msg.contains("malformed")), "cut {cut}: {msg}");
+        assert!(
+            msg.contains("cut.gguf") && (msg.contains("truncated") || msg.contains("malformed")),
+            "cut {cut}: {msg}"
+        );
     }
 }
 
 #[test]
 fn garbage_and_bad_fields_are_errors() {
     let p = Path::new("x");
-    assert!(parse(b"GGML\x03\0\0\0", p).unwrap_err().to_string().contains("magic"));
+    assert!(parse(b"GGML\x03\0\0\0", p)
+        .unwrap_err()
+        .to_string()
+        .contains("magic"));
     let mut v1 = sample();
     v1[4] = 1;
     assert!(parse(&v1, p).unwrap_err().to_string().contains("version 1"));
@@ -100,9 +141,19 @@ fn garbage_and_bad_fields_are_errors() {
     assert!(parse(&huge, p).is_err());
     // Unknown tensor type id.
     let bad = write_gguf(&[], &[("t.weight", &[32], 16, vec![0; 64])], 32);
-    assert!(matches!(parse(&bad, p), Err(ConvertError::UnsupportedType { type_id: 16, .. })));
+    assert!(matches!(
+        parse(&bad, p),
+        Err(ConvertError::UnsupportedType { type_id: 16, .. })
+    ));
     // The same tensor name twice.
-    let dup = write_gguf(&[], &[("t.weight", &[1], 0, vec![0; 4]), ("t.weight", &[1], 0, vec![0; 4])], 32);
+    let dup = write_gguf(
+        &[],
+        &[
+            ("t.weight", &[1], 0, vec![0; 4]),
+            ("t.weight", &[1], 0, vec![0; 4]),
+        ],
+        32,
+    );
     assert!(parse(&dup, p).unwrap_err().to_string().contains("twice"));
     // Pseudo-random byte flips in the header must never panic.
     let base = sample();
@@ -110,14 +161,16 @@ fn garbage_and_bad_fields_are_errors() {
         for flip in [0xFFu8, 0x80, 0x01] {
             let mut m = base.clone();
             m[i] ^= flip;
-            let _ = std::panic::catch_unwind(|| parse(&m, p).map(|_| ())).unwrap_or_else(|_| panic!("panic at byte {i}"));
+            let _ = std::panic::catch_unwind(|| parse(&m, p).map(|_| ()))
+                .unwrap_or_else(|_| panic!("panic at byte {i}"));
         }
     }
 }
 
 #[test]
 fn real_file_truncations() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("third_party/gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("third_party/gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
     let buf = std::fs::read(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh --tests)", path.display()));
     assert!(parse(&buf, &path).is_ok());

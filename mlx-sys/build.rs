@@ -22,11 +22,17 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
 
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    let workspace = manifest.parent().expect("mlx-sys lives inside the workspace");
+    let workspace = manifest
+        .parent()
+        .expect("mlx-sys lives inside the workspace");
     let target_os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let apple = target_os == "macos" || target_os == "ios";
 
-    let default_mlx = if apple { "third_party/mlx-metal/mlx" } else { "third_party/mlx-cpu/mlx" };
+    let default_mlx = if apple {
+        "third_party/mlx-metal/mlx"
+    } else {
+        "third_party/mlx-cpu/mlx"
+    };
     let mlx_dir = env::var_os("MLX_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join(default_mlx));
@@ -104,7 +110,9 @@ fn generate_bindings(mlx_c_dir: &Path, compat: &Path) {
         .generate()
         .expect("mlx-sys: bindgen could not generate the mlx-c bindings");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("bindings.rs");
-    bindings.write_to_file(out).expect("mlx-sys: could not write bindings.rs");
+    bindings
+        .write_to_file(out)
+        .expect("mlx-sys: could not write bindings.rs");
 }
 
 const FLOAT16_NEWTYPE: &str = "

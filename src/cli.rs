@@ -45,7 +45,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Model folder (default: models/SmolLM2-135M-Instruct, or $KOOKA_MODEL).
+    /// Model folder, or a Hugging Face repo id (org/name) in the local HF cache (default: models/SmolLM2-135M-Instruct, or $KOOKA_MODEL).
     #[arg(
         long,
         env = "KOOKA_MODEL",
@@ -100,7 +100,7 @@ pub struct DistCheckArgs {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Model folder (default: models/SmolLM2-135M-Instruct).
+    /// Model folder, or a Hugging Face repo id (org/name) already in the local HF cache (default: models/SmolLM2-135M-Instruct).
     #[arg(
         long,
         env = "KOOKA_MODEL",
@@ -219,11 +219,13 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     use crate::model::ComputeDtype;
 
     let dtype: ComputeDtype = args.compute_dtype.into();
-    let model = crate::model::load_model(&args.model, dtype)
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let dir =
+        crate::model::resolve::resolve_model(&args.model, &crate::model::resolve::hf_cache_dir())?;
+    let model = crate::model::load_model(&dir, dtype)
+        .with_context(|| format!("loading {}", dir.display()))?;
     let needs_tokenizer = args.prompt_tokens.is_none() || !args.print_tokens;
     let tokenizer = if needs_tokenizer {
-        Some(crate::tokenizer::Tokenizer::load(&args.model)?)
+        Some(crate::tokenizer::Tokenizer::load(&dir)?)
     } else {
         None
     };
@@ -315,7 +317,10 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             .collect(),
     };
     let options = BenchOptions {
-        model: args.model,
+        model: crate::model::resolve::resolve_model(
+            &args.model,
+            &crate::model::resolve::hf_cache_dir(),
+        )?,
         prompt_ids,
         gen_tokens: args.gen_tokens,
         reps: args.reps,

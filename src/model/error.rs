@@ -7,6 +7,8 @@ use std::path::PathBuf;
 pub enum ModelError {
     #[error("missing file {0}")]
     MissingFile(PathBuf),
+    #[error("{0}")]
+    ModelNotFound(String),
     #[error("reading {path}: {source}")]
     Io {
         path: PathBuf,

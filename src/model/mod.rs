@@ -25,6 +25,7 @@ pub mod llama;
 pub mod mixtral;
 pub mod moe;
 pub mod qwen3_moe;
+pub mod resolve;
 pub mod weights;
 
 use std::path::Path;
@@ -157,6 +158,28 @@ pub fn load_model(dir: &Path, dtype: ComputeDtype) -> Result<Box<dyn LanguageMod
     let mut ws = Weights::load(dir, dtype.policy())?;
     let (model, ignore) = builder(&cfg, &mut ws)?;
     ws.finish(ignore)?;
-    mlx_rs::transforms::eval(model.parameters())?;
+    eval_with_progress(model.parameters())?;
     Ok(model)
+}
+
+/// Evaluates (reads, and converts per the weight policy) every weight, with a progress bar on
+/// a terminal when the model is big enough for the wait to be noticeable.
+fn eval_with_progress(params: Vec<&Array>) -> Result<()> {
+    use std::io::IsTerminal;
+    let total: usize = params.iter().map(|a| a.nbytes()).sum();
+    let bar = if std::io::stderr().is_terminal() && total > (512 << 20) {
+        let style = indicatif::ProgressStyle::with_template(
+            "loading weights {bar:40} {bytes}/{total_bytes} ({eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        indicatif::ProgressBar::new(total as u64).with_style(style)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    for chunk in params.chunks(16) {
+        mlx_rs::transforms::eval(chunk.iter().copied())?;
+        bar.inc(chunk.iter().map(|a| a.nbytes() as u64).sum());
+    }
+    bar.finish_and_clear();
+    Ok(())
 }

@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# Sets up everything (scripts/setup.sh) and runs kooka's main job on the default model.
-# Until the HTTP server lands, that is `kooka generate`; extra arguments go to it.
+# Sets up everything (scripts/setup.sh) and runs kooka's main job: serving the default model
+# over the OpenAI-compatible API on http://127.0.0.1:8080 (extra arguments go to `kooka serve`,
+# e.g. --port 9000 or --host 0.0.0.0). Stop it with Ctrl-C.
 #
-# usage: scripts/run.sh [kooka generate flags, e.g. --prompt "Hello" --max-tokens 64]
+# usage: scripts/run.sh [kooka serve flags]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
-if [ $# -eq 0 ]; then
-  set -- --prompt "What is the capital of France?" --max-tokens 64
-fi
-exec "$ROOT/target/release/kooka" generate --model "$ROOT/models/SmolLM2-135M-Instruct" "$@"
+exec "$ROOT/target/release/kooka" serve --model "$ROOT/models/SmolLM2-135M-Instruct" "$@"

@@ -36,6 +36,8 @@ pub enum Command {
     DistCheck(DistCheckArgs),
     /// Generate text from a prompt with a local MLX model folder, streaming to stdout.
     Generate(GenerateArgs),
+    /// Serve the model over OpenAI-compatible HTTP (single rank).
+    Serve(ServeArgs),
     /// Measure prefill and decode tokens/s on one prompt (what scripts/bench.py compares
     /// with mlx-lm).
     Bench(BenchArgs),
@@ -152,6 +154,30 @@ pub struct GenerateArgs {
     /// Debug: do not stop at EOS.
     #[arg(long, hide = true)]
     pub ignore_eos: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Model folder, or a Hugging Face repo id (org/name) already in the local HF cache.
+    #[arg(
+        long,
+        env = "KOOKA_MODEL",
+        default_value = "models/SmolLM2-135M-Instruct"
+    )]
+    pub model: PathBuf,
+    #[arg(long, env = "KOOKA_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port (the bound address is printed on stdout).
+    #[arg(long, env = "KOOKA_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Larger request bodies are refused with 413.
+    #[arg(long, env = "KOOKA_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// HTTP worker threads (they parse, template and tokenize; the model has its own thread).
+    #[arg(long, env = "KOOKA_HTTP_WORKERS", default_value_t = 2)]
+    pub http_workers: usize,
+    #[arg(long, env = "KOOKA_COMPUTE_DTYPE", value_enum, default_value_t = ComputeDtypeArg::Auto)]
+    pub compute_dtype: ComputeDtypeArg,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -300,6 +326,22 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     eprintln!("{stats}");
+    Ok(())
+}
+
+pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let dir =
+        crate::model::resolve::resolve_model(&args.model, &crate::model::resolve::hf_cache_dir())?;
+    let listener = std::net::TcpListener::bind((args.host.as_str(), args.port))
+        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+    let config = crate::server::ServeConfig {
+        model_dir: dir,
+        aliases: vec![args.model.display().to_string()],
+        dtype: args.compute_dtype.into(),
+        max_body_bytes: args.max_body_bytes,
+        workers: args.http_workers,
+    };
+    crate::server::run(listener, config)?;
     Ok(())
 }
 

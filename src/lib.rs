@@ -13,6 +13,7 @@
 //! - [`dist`]: MLX's distributed group (ring backend) behind a safe, `Result`-returning
 //!   wrapper over the mlx-c calls.
 //! - [`model`]: the model runtime: load MLX model folders, Llama-family forwards, KV caches.
+//! - [`server`]: `kooka serve`: OpenAI-compatible HTTP (actix-web) over one MLX thread.
 //! - [`engine`]: batched generation over a model: prefill, async decode, sampling, stops.
 //! - [`tokenizer`]: tokenizer.json + chat template + EOS ids, streaming detokenizer.
 //!
@@ -25,4 +26,5 @@ pub mod convert;
 pub mod dist;
 pub mod engine;
 pub mod model;
+pub mod server;
 pub mod tokenizer;

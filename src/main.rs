@@ -12,6 +12,7 @@ fn main() {
         Command::DistCheck(args) => kooka::cli::run_dist(args),
         Command::Bench(args) => kooka::cli::run_bench(args),
         Command::Generate(args) => kooka::cli::run_generate(args),
+        Command::Serve(args) => kooka::cli::run_serve(args),
         Command::Launch(args) => {
             let subcommands = <Cli as clap::CommandFactory>::command()
                 .get_subcommands()

@@ -1,0 +1,144 @@
+//! The server's errors: [`ApiError`] (what a request gets back, as an OpenAI-shaped JSON body
+//! `{"error":{"message","type","param","code"}}` with a matching HTTP status) and
+//! [`ServeError`] (why `kooka serve` could not start).
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::chat::TemplateError;
+use crate::model::ModelError;
+
+/// A failed request. The `Display` text is the `message` clients see.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed JSON, a field of the wrong type or out of range, an unsupported option.
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        /// The offending request field, when there is one.
+        param: Option<String>,
+        /// A machine-readable reason (`context_length_exceeded`, ...).
+        code: Option<&'static str>,
+    },
+    #[error("The model `{0}` does not exist or is not served here")]
+    ModelNotFound(String),
+    #[error("No route for {0}")]
+    RouteNotFound(String),
+    #[error("The request body is larger than the limit of {0} bytes (--max-body-bytes)")]
+    PayloadTooLarge(usize),
+    /// The model thread is gone (it failed or the server is shutting down).
+    #[error("The model is not available: {0}")]
+    Unavailable(String),
+    #[error("Internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 400 about request field `param`.
+    pub fn field(param: &str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            message: message.into(),
+            param: Some(param.to_string()),
+            code: None,
+        }
+    }
+
+    /// A 400 not tied to one field.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            message: message.into(),
+            param: None,
+            code: None,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { .. } | ApiError::PayloadTooLarge(_) => "invalid_request_error",
+            ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => "invalid_request_error",
+            ApiError::Unavailable(_) | ApiError::Internal(_) => "server_error",
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            ApiError::BadRequest { param, .. } => param.as_deref(),
+            ApiError::ModelNotFound(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    fn code(&self) -> Option<&'static str> {
+        match self {
+            ApiError::BadRequest { code, .. } => *code,
+            ApiError::ModelNotFound(_) => Some("model_not_found"),
+            ApiError::RouteNotFound(_) => Some("not_found"),
+            ApiError::PayloadTooLarge(_) => Some("payload_too_large"),
+            ApiError::Unavailable(_) => Some("unavailable"),
+            ApiError::Internal(_) => None,
+        }
+    }
+
+    /// The JSON body (also used for errors sent inside an SSE stream).
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {
+            "message": self.to_string(),
+            "type": self.kind(),
+            "param": self.param(),
+            "code": self.code(),
+        }})
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code()).json(self.body())
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("loading the model: {0}")]
+    Model(#[from] ModelError),
+    #[error("compiling the chat template: {0}")]
+    Template(#[from] TemplateError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the MLX thread exited before the model was loaded")]
+    ModelThreadDied,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_are_openai_shaped() {
+        let e = ApiError::ModelNotFound("gpt-x".into());
+        assert_eq!(e.status_code(), StatusCode::NOT_FOUND);
+        let body = e.body();
+        assert_eq!(body["error"]["code"], "model_not_found");
+        assert_eq!(body["error"]["param"], "model");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        let e = ApiError::field("temperature", "must be a number");
+        assert_eq!(e.status_code(), StatusCode::BAD_REQUEST);
+        assert_eq!(e.body()["error"]["param"], "temperature");
+        assert!(e.body()["error"]["code"].is_null());
+        assert_eq!(
+            ApiError::PayloadTooLarge(8).status_code(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+}

@@ -320,6 +320,8 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     } else {
         writeln!(out)?;
     }
+    // The text ends before the stats line starts, also when both go to one terminal.
+    out.flush()?;
     if let Some(path) = &args.print_logits {
         let logits = stats.prompt_logits.clone().unwrap_or_default();
         std::fs::write(path, serde_json::to_string(&logits)?)

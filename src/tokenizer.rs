@@ -1,6 +1,6 @@
 //! A model folder's tokenizer: `tokenizer.json` (HF `tokenizers`), `tokenizer_config.json`
 //! (chat template, bos/eos tokens) and `generation_config.json` (eos ids), plus chat
-//! template rendering with minijinja.
+//! template rendering (through `chat::ChatTemplate`, the one renderer).
 
 use std::path::Path;
 
@@ -113,32 +113,15 @@ impl Tokenizer {
             .chat_template
             .as_deref()
             .ok_or_else(|| ModelError::Template("the tokenizer has no chat_template".into()))?;
-        let mut env = minijinja::Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
-        env.add_template("chat", template)
-            .map_err(|e| ModelError::Template(e.to_string()))?;
-        let tmpl = env
-            .get_template("chat")
-            .map_err(|e| ModelError::Template(e.to_string()))?;
-        let ctx = minijinja::context! {
-            messages => minijinja::Value::from_serialize(messages),
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token.clone().unwrap_or_default(),
-            eos_token => self.eos_token.clone().unwrap_or_default(),
+        let special = crate::chat::SpecialTokens {
+            bos: self.bos_token.clone(),
+            eos: self.eos_token.clone(),
+            ..Default::default()
         };
-        tmpl.render(ctx)
-            .map_err(|e| ModelError::Template(format!("{e:#}")))
+        let messages = messages.as_array().cloned().unwrap_or_default();
+        crate::chat::ChatTemplate::new(template, special)
+            .and_then(|t| t.render(&messages, None, add_generation_prompt, &Default::default()))
+            .map_err(|e| ModelError::Template(e.to_string()))
     }
 }
 

@@ -42,16 +42,7 @@ fn tiny_models() -> (PathBuf, Vec<String>) {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tiny-models");
     let list = dir.join("models.json");
     if !list.exists() {
-        let out = Command::new(python())
-            .arg(root().join("tests/python/make_tiny_models.py"))
-            .arg(&dir)
-            .output()
-            .expect("running make_tiny_models.py");
-        assert!(
-            out.status.success(),
-            "make_tiny_models.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_python("make_tiny_models.py", &dir);
     }
     let names: Vec<String> =
         serde_json::from_str(&std::fs::read_to_string(&list).unwrap()).unwrap();
@@ -64,17 +55,22 @@ fn reference(jobs: &Value) -> Vec<Value> {
     let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("jobs-{}-{call}.json", std::process::id()));
     std::fs::write(&file, jobs.to_string()).unwrap();
+    serde_json::from_slice(&run_python("mlx_lm_reference.py", &file)).expect("reference JSON")
+}
+
+/// Runs `tests/python/<script> <arg>` with the reference venv; returns its stdout.
+fn run_python(script: &str, arg: &std::path::Path) -> Vec<u8> {
     let out = Command::new(python())
-        .arg(root().join("tests/python/mlx_lm_reference.py"))
-        .arg(&file)
+        .arg(root().join("tests/python").join(script))
+        .arg(arg)
         .output()
-        .expect("running mlx_lm_reference.py");
+        .unwrap_or_else(|e| panic!("running {script}: {e}"));
     assert!(
         out.status.success(),
-        "mlx_lm_reference.py failed: {}",
+        "{script} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("reference JSON")
+    out.stdout
 }
 
 /// Runs `kooka generate` with the debug flags; returns its JSON and the logits.

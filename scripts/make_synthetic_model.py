@@ -2,11 +2,15 @@
 """Writes a random-weight model in a real architecture, for benchmarks on hardware where
 real weights of that size cannot be carried (the GPU machine has no network).
 
-usage: python scripts/make_synthetic_model.py --shape {smollm2-135m,llama-8b} [--bits 4]
-           [--group-size 64] --tokenizer-from DIR --out DIR
+usage: python scripts/make_synthetic_model.py --shape SHAPE [--bits 4] [--group-size 64]
+           --tokenizer-from DIR --out DIR
+shapes: smollm2-135m, llama-8b (Llama), qwen3-moe-30b-a3b (mixture of experts: 128 experts,
+8 active), and llama-tiny, qwen3-moe-tiny (a few MB, for dry runs of the scripts on a CPU).
 
-The weights come from mlx-lm's own Llama module (random init, fixed seed), optionally
-quantized with mlx's affine quantization, and are saved the way mlx-lm saves models, with the
+The weights come from mlx-lm's own modules (random init, fixed seed), optionally quantized
+with mlx's affine quantization (the model's own quant_predicate applies, as in mlx_lm.convert:
+qwen3_moe's routers at 8 bits), and are saved the way mlx-lm saves models (with
+model.safetensors.index.json, which mlx-lm's sharded_load needs for pipeline parallel), with the
 tokenizer files copied from `--tokenizer-from` (token ids of the benchmark prompt must be below
 that tokenizer's vocabulary size, which is all a benchmark needs).
 """
@@ -15,13 +19,32 @@ import json
 import os
 import shutil
 
+LLAMA = dict(model_type="llama", architectures=["LlamaForCausalLM"], rms_norm_eps=1e-5,
+             max_position_embeddings=8192)
+QWEN3_MOE = dict(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"],
+                 rms_norm_eps=1e-6, max_position_embeddings=40960, decoder_sparse_step=1,
+                 mlp_only_layers=[], norm_topk_prob=True, rope_theta=1000000.0,
+                 tie_word_embeddings=False)
 SHAPES = {
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9,
+    "smollm2-135m": dict(LLAMA, hidden_size=576, intermediate_size=1536, num_attention_heads=9,
                          num_key_value_heads=3, num_hidden_layers=30, vocab_size=49152,
                          rope_theta=100000.0, tie_word_embeddings=True, head_dim=64),
-    "llama-8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+    "llama-8b": dict(LLAMA, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
                      num_key_value_heads=8, num_hidden_layers=32, vocab_size=128256,
                      rope_theta=500000.0, tie_word_embeddings=False, head_dim=128),
+    # Qwen3-30B-A3B's shape: 30.5B parameters, 3.3B active per token (~17 GB at 4 bits).
+    "qwen3-moe-30b-a3b": dict(QWEN3_MOE, hidden_size=2048, intermediate_size=6144,
+                              num_attention_heads=32, num_key_value_heads=4, head_dim=128,
+                              num_hidden_layers=48, vocab_size=151936, moe_intermediate_size=768,
+                              num_experts=128, num_experts_per_tok=8),
+    # Dry-run shapes: every width splits over 2 ranks in whole 64-wide quantization groups.
+    "llama-tiny": dict(LLAMA, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                       num_key_value_heads=2, num_hidden_layers=4, vocab_size=151936,
+                       rope_theta=500000.0, tie_word_embeddings=False, head_dim=64),
+    "qwen3-moe-tiny": dict(QWEN3_MOE, hidden_size=256, intermediate_size=512,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                           num_hidden_layers=4, vocab_size=151936, moe_intermediate_size=128,
+                           num_experts=8, num_experts_per_tok=2),
 }
 
 
@@ -37,20 +60,44 @@ def main():
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_flatten
-    from mlx_lm.models import llama
+    from mlx_lm.models import llama, qwen3_moe
 
     mx.random.seed(0)
-    config = dict(model_type="llama", architectures=["LlamaForCausalLM"], rms_norm_eps=1e-5,
-                  max_position_embeddings=8192, **SHAPES[args.shape])
-    model = llama.Model(llama.ModelArgs.from_dict(config))
+    config = dict(SHAPES[args.shape])
+    arch = {"llama": llama, "qwen3_moe": qwen3_moe}[config["model_type"]]
+    model = arch.Model(arch.ModelArgs.from_dict(config))
     model.set_dtype(mx.bfloat16)
+    # Materialise layer by layer: one lazy graph for a 30B model would hold its float32 init
+    # and bf16 copies at once.
+    for layer in model.layers:
+        mx.eval(layer.parameters())
+    mx.eval(model.parameters())
     if args.bits:
-        nn.quantize(model, group_size=args.group_size, bits=args.bits)
-        config["quantization"] = {"group_size": args.group_size, "bits": args.bits}
-        config["quantization_config"] = config["quantization"]
+        quant = {"group_size": args.group_size, "bits": args.bits}
+        own = getattr(model, "quant_predicate", None)
+
+        def predicate(path, m):
+            if not hasattr(m, "to_quantized"):
+                return False
+            if own is None:
+                return True
+            r = own(path, m)
+            if isinstance(r, dict):
+                quant[path] = r  # recorded per module, as mlx_lm.convert does
+            return r
+
+        nn.quantize(model, group_size=args.group_size, bits=args.bits, class_predicate=predicate)
+        for layer in model.layers:
+            mx.eval(layer.parameters())
+        config["quantization"] = quant
+        config["quantization_config"] = quant
     os.makedirs(args.out, exist_ok=True)
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(os.path.join(args.out, "model.safetensors"), weights, metadata={"format": "mlx"})
+    total = sum(v.nbytes for v in weights.values())
+    with open(os.path.join(args.out, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total},
+                   "weight_map": {k: "model.safetensors" for k in sorted(weights)}}, f, indent=2)
     config["torch_dtype"] = "bfloat16"
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(dict(sorted(config.items())), f, indent=2)
@@ -58,7 +105,6 @@ def main():
         src = os.path.join(args.tokenizer_from, name)
         if os.path.exists(src):
             shutil.copy(src, args.out)
-    total = sum(v.nbytes for v in weights.values())
     print(f"{args.out}: {args.shape}, bits={args.bits or 16}, {total / 1e9:.2f} GB of weights")
 
 

@@ -6,7 +6,8 @@
 # usage: scripts/setup.sh [--tests] [--no-build]
 #   --tests     also the test references: a Python venv (mlx, mlx-lm, openai, anthropic,
 #               pytest; all pinned) and test data (llama.cpp golden vectors and chat templates,
-#               the Qwen2.5 GGUF)
+#               the Qwen2.5 GGUF, converted to models/Qwen2.5-Coder-0.5B-Instruct for the
+#               contract suite's tool-call tests)
 #   --no-build  skip `cargo build --release` and the model conversion
 #
 # Everything downloaded goes under third_party/ and models/ (git-ignored). Set MLX_DIR to use
@@ -22,7 +23,7 @@ for arg in "$@"; do
   case "$arg" in
     --tests) WITH_TESTS=1 ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -193,6 +194,19 @@ if [ $BUILD = 1 ]; then
     "$ROOT/target/release/kooka" convert --from-gguf "$TP/gguf/$SMOL_GGUF" --out "$MODEL" --force \
       || fail "kooka convert failed on $SMOL_GGUF"
     echo "$stamp" > "$MODEL/.kooka-stamp"
+  fi
+
+  if [ $WITH_TESTS = 1 ]; then
+    # The contract suite's forced-tool-call tests (pytest -m tools) need a model that emits
+    # tool calls; the default model's template has none.
+    step "convert the tool-calling test model (models/Qwen2.5-Coder-0.5B-Instruct)"
+    QMODEL="$ROOT/models/Qwen2.5-Coder-0.5B-Instruct"
+    qstamp=$( (echo "$QWEN_GGUF_SHA requantize 8"; echo "$stamp") | sha_of /dev/stdin)
+    if ! [ -f "$QMODEL/.kooka-stamp" ] || [ "$(cat "$QMODEL/.kooka-stamp")" != "$qstamp" ]; then
+      "$ROOT/target/release/kooka" convert --from-gguf "$TP/gguf/$QWEN_GGUF" --out "$QMODEL" --force --requantize 8 \
+        || fail "kooka convert failed on $QWEN_GGUF"
+      echo "$qstamp" > "$QMODEL/.kooka-stamp"
+    fi
   fi
 fi
 STEP=""

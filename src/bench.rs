@@ -75,6 +75,7 @@ fn one_run(engine: &mut Engine, options: &BenchOptions) -> anyhow::Result<(f64, 
         max_tokens: options.gen_tokens,
         stop_ids: Vec::new(),
         return_prompt_logits: false,
+        constraint: None,
     };
     let start = Instant::now();
     engine.add(request)?;

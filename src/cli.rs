@@ -36,7 +36,8 @@ pub enum Command {
     DistCheck(DistCheckArgs),
     /// Generate text from a prompt with a local MLX model folder, streaming to stdout.
     Generate(GenerateArgs),
-    /// Serve the model over OpenAI-compatible HTTP (single rank).
+    /// Serve the model over OpenAI-compatible HTTP; with MLX_RANK / MLX_HOSTFILE set, as one
+    /// rank of a multi-rank run (rank 0 serves HTTP, the others follow it).
     Serve(ServeArgs),
     /// Measure prefill and decode tokens/s on one prompt (what scripts/bench.py compares
     /// with mlx-lm).
@@ -154,6 +155,21 @@ pub struct GenerateArgs {
     /// Debug: do not stop at EOS.
     #[arg(long, hide = true)]
     pub ignore_eos: bool,
+    /// Constrain the reply to JSON valid for this schema (a file, or the JSON text itself).
+    #[arg(long, conflicts_with = "json_object")]
+    pub json_schema: Option<String>,
+    /// Constrain the reply to a JSON object.
+    #[arg(long)]
+    pub json_object: bool,
+    /// Multi-rank runs (MLX_RANK and MLX_HOSTFILE set, e.g. by `kooka launch -n 2 -- kooka
+    /// generate ...`): how the model is split over the ranks. Every rank generates in
+    /// lockstep; only rank 0 prints the text. Use the same flags on every rank.
+    #[arg(long, env = "KOOKA_PARALLEL", value_enum, default_value_t = ParallelArg::Pipeline)]
+    pub parallel: ParallelArg,
+    /// Pipeline: layers per rank in rank order (e.g. 25,37), summing to the model's layer
+    /// count; default an even split.
+    #[arg(long, env = "KOOKA_PIPELINE_SPLIT", value_delimiter = ',')]
+    pub pipeline_split: Option<Vec<usize>>,
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +194,41 @@ pub struct ServeArgs {
     pub http_workers: usize,
     #[arg(long, env = "KOOKA_COMPUTE_DTYPE", value_enum, default_value_t = ComputeDtypeArg::Auto)]
     pub compute_dtype: ComputeDtypeArg,
+    /// Require this key on inference routes (`Authorization: Bearer KEY` or `x-api-key`);
+    /// `/health` stays public.
+    #[arg(long, env = "KOOKA_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Origins allowed by CORS, comma-separated; `*` allows any (as mlx-lm's server does).
+    #[arg(
+        long,
+        env = "KOOKA_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub allowed_origins: Vec<String>,
+    /// Multi-rank runs (MLX_RANK and MLX_HOSTFILE set, by `kooka launch` or mlx.launch):
+    /// how the model is split over the ranks. Use the same flags on every rank.
+    #[arg(long, env = "KOOKA_PARALLEL", value_enum, default_value_t = ParallelArg::Pipeline)]
+    pub parallel: ParallelArg,
+    /// Pipeline: layers per rank in rank order (e.g. 25,37), summing to the model's layer
+    /// count; default an even split.
+    #[arg(long, env = "KOOKA_PIPELINE_SPLIT", value_delimiter = ',')]
+    pub pipeline_split: Option<Vec<usize>>,
+    /// Multi-rank: rank 0's control-plane port (default: one above the highest port in
+    /// MLX_HOSTFILE).
+    #[arg(long, env = "KOOKA_CONTROL_PORT")]
+    pub control_port: Option<u16>,
+    /// Multi-rank: every rank must join and load its shard within this many seconds.
+    #[arg(long, env = "KOOKA_STARTUP_TIMEOUT_SECS", default_value_t = 300)]
+    pub startup_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ParallelArg {
+    /// Contiguous layer ranges per rank, activations passed along (best over TCP).
+    Pipeline,
+    /// Heads and MLP columns sharded on every rank, partial sums all-reduced.
+    Tensor,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -247,7 +298,9 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     let dtype: ComputeDtype = args.compute_dtype.into();
     let dir =
         crate::model::resolve::resolve_model(&args.model, &crate::model::resolve::hf_cache_dir())?;
-    let model = crate::model::load_model(&dir, dtype)
+    let shard = join_shard(args.parallel, args.pipeline_split.clone())?;
+    let rank = shard.as_ref().map_or(0, |s| s.group.rank());
+    let model = crate::model::load_model_sharded(&dir, dtype, shard)
         .with_context(|| format!("loading {}", dir.display()))?;
     let needs_tokenizer = args.prompt_tokens.is_none() || !args.print_tokens;
     let tokenizer = if needs_tokenizer {
@@ -272,7 +325,14 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         }
         (None, None) => unreachable!("a tokenizer is loaded whenever no token ids are given"),
     };
+    let constraint = generate_constraint(&args)?;
     let mut engine = crate::engine::Engine::new(model);
+    if constraint.is_some() {
+        let tok = tokenizer
+            .as_ref()
+            .context("--json-schema / --json-object need the model's tokenizer")?;
+        engine.set_constrainer(crate::constrain::Constrainer::new(tok)?);
+    }
     engine.prefill_step_size = args.prefill_step_size;
     let opts = GenerateOptions {
         max_tokens: args.max_tokens,
@@ -293,6 +353,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             .unwrap_or_default(),
         ignore_eos: args.ignore_eos,
         return_prompt_logits: args.print_logits.is_some(),
+        constraint,
     };
     let mut out = std::io::stdout().lock();
     let decoder = if args.print_tokens {
@@ -309,21 +370,30 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         prompt,
         &opts,
         &mut |text| {
-            let _ = out.write_all(text.as_bytes());
-            let _ = out.flush();
+            if rank == 0 {
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
         },
         &mut |_| {},
     )?;
     if args.print_tokens {
+        // Every rank prints its tokens: the debug output shows the ranks in lockstep.
         let json = serde_json::json!({"prompt_tokens": prompt_ids, "tokens": stats.tokens, "finish": stats.finish});
         writeln!(out, "{json}")?;
-    } else {
+    } else if rank == 0 {
         writeln!(out)?;
     }
     // The text ends before the stats line starts, also when both go to one terminal.
     out.flush()?;
     if let Some(path) = &args.print_logits {
         let logits = stats.prompt_logits.clone().unwrap_or_default();
+        // Rank r > 0 writes next to rank 0's file, as `<path>.rank<r>`.
+        let path = match rank {
+            0 => path.clone(),
+            r => PathBuf::from(format!("{}.rank{r}", path.display())),
+        };
+        let path = &path;
         std::fs::write(path, serde_json::to_string(&logits)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
@@ -331,9 +401,80 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// With MLX_RANK / MLX_HOSTFILE set: joins the ring and says how to shard the model.
+/// `None` on a single rank.
+fn join_shard(
+    parallel: ParallelArg,
+    split: Option<Vec<usize>>,
+) -> anyhow::Result<Option<crate::model::Shard>> {
+    use crate::dist::{Backend, Group, Topology, Watchdog};
+    use crate::model::ParallelMode;
+    let topology = Topology::from_env()?;
+    if topology == Topology::Single {
+        return Ok(None);
+    }
+    let mode = match (parallel, split) {
+        (ParallelArg::Pipeline, split) => ParallelMode::Pipeline { split },
+        (ParallelArg::Tensor, None) => ParallelMode::Tensor,
+        (ParallelArg::Tensor, Some(_)) => {
+            anyhow::bail!("--pipeline-split only applies to --parallel pipeline")
+        }
+    };
+    // Ring setup waits without limit for a rank that never starts.
+    let watchdog = Watchdog::arm(
+        std::time::Duration::from_secs(120),
+        "joining the distributed group",
+    );
+    let group = Group::init(&topology, Backend::Ring).context("joining the distributed group")?;
+    watchdog.disarm();
+    Ok(Some(crate::model::Shard {
+        mode,
+        group: std::rc::Rc::new(group),
+    }))
+}
+
+/// `--json-schema` (strict) / `--json-object` as a grammar.
+fn generate_constraint(args: &GenerateArgs) -> anyhow::Result<Option<crate::constrain::Grammar>> {
+    use crate::constrain::Grammar;
+    if args.json_object {
+        return Ok(Some(Grammar::json_object()));
+    }
+    let Some(arg) = &args.json_schema else {
+        return Ok(None);
+    };
+    let text = match std::path::Path::new(arg).is_file() {
+        true => std::fs::read_to_string(arg).with_context(|| format!("reading {arg}"))?,
+        false => arg.clone(),
+    };
+    let schema = serde_json::from_str(&text)
+        .with_context(|| "--json-schema is neither a readable file nor JSON".to_string())?;
+    Ok(Some(Grammar::json_schema(&schema, true)?))
+}
+
 pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let dir =
         crate::model::resolve::resolve_model(&args.model, &crate::model::resolve::hf_cache_dir())?;
+    let parallel = match (args.parallel, args.pipeline_split) {
+        (ParallelArg::Pipeline, split) => crate::cluster::ParallelSpec::Pipeline { split },
+        (ParallelArg::Tensor, None) => crate::cluster::ParallelSpec::Tensor,
+        (ParallelArg::Tensor, Some(_)) => {
+            anyhow::bail!("--pipeline-split only applies to --parallel pipeline")
+        }
+    };
+    // No MLX_RANK / MLX_HOSTFILE: single rank, and the multi-rank flags are unused.
+    let cluster = crate::cluster::ClusterConfig::from_topology(
+        &crate::dist::Topology::from_env()?,
+        parallel,
+        args.control_port,
+        std::time::Duration::from_secs(args.startup_timeout_secs),
+        &dir,
+    )?;
+    if let Some(cluster) = cluster.as_ref().filter(|c| c.rank > 0) {
+        // Only rank 0 serves HTTP; the others follow its engine operations.
+        crate::cluster::follower::run(cluster, &dir, args.compute_dtype.into())
+            .with_context(|| format!("rank {}", cluster.rank))?;
+        return Ok(());
+    }
     let listener = std::net::TcpListener::bind((args.host.as_str(), args.port))
         .with_context(|| format!("binding {}:{}", args.host, args.port))?;
     let config = crate::server::ServeConfig {
@@ -342,8 +483,14 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         dtype: args.compute_dtype.into(),
         max_body_bytes: args.max_body_bytes,
         workers: args.http_workers,
+        api_key: args.api_key,
+        allowed_origins: args.allowed_origins,
     };
-    crate::server::run(listener, config)?;
+    let leader = cluster
+        .map(crate::cluster::Leader::start)
+        .transpose()
+        .context("rank 0")?;
+    crate::server::run_ranked(listener, config, leader)?;
     Ok(())
 }
 

@@ -7,12 +7,17 @@
 //!   uses for mlx-lm.
 //! - [`chat`]: chat templates rendered as transformers does, and tool-call parsers.
 //! - [`cli`]: the command line (clap derive); `main.rs` only parses it and dispatches.
+//! - [`cluster`]: the multi-rank runtime of `kooka serve`: rank 0 replicates its engine
+//!   operations to the other ranks over a TCP control plane (heartbeats, failure handling).
+//! - [`constrain`]: constrained decoding: grammars from JSON schemas and tool lists (plain
+//!   data), compiled to per-sequence token masks (llguidance).
 //! - [`convert`]: the GGUF importer (`kooka convert --from-gguf`): GGUF reader, lossless
 //!   Q4_1/Q8_0 -> MLX affine repacking, dequantization of other types, tokenizer.json from
 //!   the GGUF vocabulary, and the MLX model folder writer. Pure Rust, no MLX state.
 //! - [`dist`]: MLX's distributed group (ring backend) behind a safe, `Result`-returning
 //!   wrapper over the mlx-c calls.
-//! - [`model`]: the model runtime: load MLX model folders, Llama-family forwards, KV caches.
+//! - [`model`]: the model runtime: load MLX model folders (whole, or one rank's pipeline or
+//!   tensor-parallel shard), Llama-family and MoE forwards, KV caches.
 //! - [`server`]: `kooka serve`: OpenAI-compatible HTTP (actix-web) over one MLX thread.
 //! - [`engine`]: batched generation over a model: prefill, async decode, sampling, stops.
 //! - [`tokenizer`]: tokenizer.json + chat template + EOS ids, streaming detokenizer.
@@ -22,6 +27,8 @@
 pub mod bench;
 pub mod chat;
 pub mod cli;
+pub mod cluster;
+pub mod constrain;
 pub mod convert;
 pub mod dist;
 pub mod engine;

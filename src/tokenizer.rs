@@ -18,6 +18,8 @@ pub struct Tokenizer {
     pub eos_token: Option<String>,
     /// EOS ids from tokenizer_config's eos_token and generation_config.json.
     pub eos_ids: Vec<u32>,
+    /// tokenizer_config's `tool_parser_type`, when the model names its tool-call format.
+    pub tool_parser_type: Option<String>,
 }
 
 /// A special token in tokenizer_config.json: a string or `{"content": ...}`.
@@ -68,6 +70,10 @@ impl Tokenizer {
         if chat_template.is_none() && jinja.exists() {
             chat_template = Some(read_to_string(&jinja)?);
         }
+        let tool_parser_type = cfg
+            .get("tool_parser_type")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let bos_token = token_str(cfg.get("bos_token"));
         let eos_token = token_str(cfg.get("eos_token"));
         let mut eos_ids: Vec<u32> = eos_token
@@ -86,6 +92,7 @@ impl Tokenizer {
             bos_token,
             eos_token,
             eos_ids,
+            tool_parser_type,
         })
     }
 
@@ -96,6 +103,11 @@ impl Tokenizer {
             .encode(text, special)
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// The underlying HF tokenizer (constrained decoding maps its vocabulary to bytes).
+    pub fn hf(&self) -> &tokenizers::Tokenizer {
+        &self.inner
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {

@@ -30,6 +30,10 @@ impl Drop for Server {
 }
 
 fn start() -> Server {
+    start_with(&[])
+}
+
+fn start_with(extra: &[&str]) -> Server {
     let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(MODEL);
     assert!(
         model.join("config.json").exists(),
@@ -39,6 +43,7 @@ fn start() -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kooka"))
         .args(["serve", "--port", "0", "--model"])
         .arg(&model)
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -109,9 +114,15 @@ fn head(method: &str, path: &str, len: usize) -> String {
 }
 
 fn request(addr: &str, method: &str, path: &str, body: &[u8]) -> Response {
+    request_with(addr, method, path, body, "")
+}
+
+/// `extra`: more header lines, each ending in `\r\n`.
+fn request_with(addr: &str, method: &str, path: &str, body: &[u8], extra: &str) -> Response {
     let mut s = connect(addr);
-    s.write_all(head(method, path, body.len()).as_bytes())
-        .unwrap();
+    let head = head(method, path, body.len());
+    let head = head.replacen("\r\n", &format!("\r\n{extra}"), 1);
+    s.write_all(head.as_bytes()).unwrap();
     s.write_all(body).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("reading the response");
@@ -199,7 +210,7 @@ fn assert_error(r: &Response, status: u16, param: Option<&str>) -> Value {
 fn read_sse(body: &str) -> (String, Option<String>, Option<Value>) {
     let events: Vec<&str> = body
         .split("\n\n")
-        .filter(|e| !e.trim().is_empty())
+        .filter(|e| !e.trim().is_empty() && !e.starts_with(':'))
         .map(|e| {
             e.strip_prefix("data: ")
                 .unwrap_or_else(|| panic!("not SSE data: {e:?}"))
@@ -389,4 +400,438 @@ fn a_client_leaving_mid_stream_cancels_its_sequence() {
         .as_str()
         .unwrap()
         .contains("Paris"));
+}
+
+#[test]
+fn logprobs_logit_bias_routes_and_metadata() {
+    let server = start();
+    let addr = &server.addr;
+
+    // top_logprobs: the greedy token is the most likely one, alternatives best first.
+    let r = post(
+        addr,
+        &france(json!({"max_tokens": 4, "logprobs": true, "top_logprobs": 3})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let c = r.json();
+    assert!(
+        c["system_fingerprint"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("kooka-")),
+        "{c}"
+    );
+    assert_eq!(
+        c["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
+        "{c}"
+    );
+    let entries = c["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("logprobs");
+    assert_eq!(entries.len(), 4, "{c}");
+    let mut joined = String::new();
+    for e in entries {
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{e}");
+        let best = top[0]["logprob"].as_f64().unwrap();
+        assert!(top
+            .windows(2)
+            .all(|w| w[0]["logprob"].as_f64() >= w[1]["logprob"].as_f64()));
+        assert!((e["logprob"].as_f64().unwrap() - best).abs() < 1e-4, "{e}");
+        assert_eq!(e["token"], top[0]["token"], "{e}");
+        assert!(best <= 0.0);
+        joined += e["token"].as_str().unwrap();
+    }
+    assert_eq!(
+        joined,
+        c["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+
+    // logit_bias +100 on one token makes greedy decoding repeat it.
+    let r = post(
+        addr,
+        &france(json!({"max_tokens": 3, "logit_bias": {"1000": 100}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!text.is_empty(), "{text}");
+    let unit = &text[..text.len() / 3];
+    assert_eq!(text, unit.repeat(3), "{text}");
+    let r = post(addr, &france(json!({"logit_bias": {"x": 1}})));
+    assert_error(&r, 400, Some("logit_bias"));
+
+    // Query strings are ignored by routing; a wrong method on a known path is a 405.
+    let r = request(
+        addr,
+        "POST",
+        "/v1/chat/completions?beta=true",
+        france(json!({"max_tokens": 2})).to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = request(addr, "GET", "/v1/chat/completions", b"");
+    assert_error(&r, 405, None);
+
+    // CORS preflight, and the header on ordinary responses.
+    let r = request_with(
+        addr,
+        "OPTIONS",
+        "/v1/chat/completions",
+        b"",
+        "Origin: http://example.com\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type, authorization\r\n",
+    );
+    assert!(
+        r.status == 200 || r.status == 204,
+        "{} {}",
+        r.status,
+        r.headers
+    );
+    assert!(
+        r.headers.contains("access-control-allow-origin"),
+        "{}",
+        r.headers
+    );
+    let r = request_with(
+        addr,
+        "GET",
+        "/v1/models",
+        b"",
+        "Origin: http://example.com\r\n",
+    );
+    assert!(
+        r.headers.contains("access-control-allow-origin"),
+        "{}",
+        r.headers
+    );
+
+    // /v1/models/{id}.
+    let r = request(addr, "GET", "/v1/models/SmolLM2-135M-Instruct", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["id"], "SmolLM2-135M-Instruct");
+    let r = request(addr, "GET", "/v1/models/no-such/model", b"");
+    assert_error(&r, 404, Some("model"));
+
+    // Tools on a template without tool support: described in kooka's system message; the
+    // reply is well-formed either way (content or tool calls).
+    let echo = json!([{"type": "function", "function": {"name": "echo",
+        "parameters": {"type": "object", "properties": {"text": {"type": "string"}},
+        "required": ["text"], "additionalProperties": false}}}]);
+    let r = post(addr, &france(json!({"tools": echo, "max_tokens": 16})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let c = r.json();
+    let reason = c["choices"][0]["finish_reason"].as_str().unwrap();
+    let calls = &c["choices"][0]["message"]["tool_calls"];
+    assert_eq!(reason == "tool_calls", calls.is_array(), "{c}");
+    let r = post(
+        addr,
+        &france(
+            json!({"tools": echo, "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+        ),
+    );
+    assert_error(&r, 400, Some("tool_choice"));
+    let r = post(addr, &france(json!({"tools": [{"type": "retrieval"}]})));
+    assert_error(&r, 400, Some("tools[0]"));
+}
+
+#[test]
+fn an_api_key_guards_inference_but_not_health() {
+    let server = start_with(&["--api-key", "s3cret"]);
+    let addr = &server.addr;
+    let body = france(json!({"max_tokens": 2})).to_string();
+    let r = request(addr, "POST", "/v1/chat/completions", body.as_bytes());
+    let e = assert_error(&r, 401, None);
+    assert_eq!(e["error"]["code"], "invalid_api_key");
+    let r = request_with(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        body.as_bytes(),
+        "Authorization: Bearer wrong\r\n",
+    );
+    assert_error(&r, 401, None);
+    let r = request_with(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        body.as_bytes(),
+        "Authorization: Bearer s3cret\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = request_with(addr, "GET", "/v1/models", b"", "x-api-key: s3cret\r\n");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = request(addr, "GET", "/health", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// `event:` names and parsed `data:` of an Anthropic SSE body.
+fn read_anthropic_sse(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let mut lines = e.lines();
+            let name = lines
+                .next()
+                .and_then(|l| l.strip_prefix("event: "))
+                .expect(e);
+            let data = lines
+                .next()
+                .and_then(|l| l.strip_prefix("data: "))
+                .expect(e);
+            (name.to_string(), serde_json::from_str(data).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn completions_and_anthropic_messages() {
+    let server = start();
+    let addr = &server.addr;
+
+    // Legacy completions: raw text continued, legacy logprobs shape.
+    let body = json!({"prompt": "The capital of France is", "max_tokens": 6, "temperature": 0, "logprobs": 2});
+    let r = request(addr, "POST", "/v1/completions", body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let c = r.json();
+    assert_eq!(c["object"], "text_completion");
+    assert!(c["id"].as_str().unwrap().starts_with("cmpl-"));
+    let text = c["choices"][0]["text"].as_str().unwrap().to_string();
+    assert!(text.contains("Paris"), "{c}");
+    let lp = &c["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 6, "{c}");
+    assert_eq!(
+        lp["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect::<String>(),
+        text
+    );
+    assert_eq!(c["usage"]["completion_tokens"], 6);
+    // Streamed: the same text.
+    let body = json!({"prompt": "The capital of France is", "max_tokens": 6, "temperature": 0, "stream": true});
+    let r = request(addr, "POST", "/completions", body.to_string().as_bytes());
+    let mut streamed = String::new();
+    for e in r
+        .text()
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+    {
+        if e != "[DONE]" {
+            let chunk: Value = serde_json::from_str(e).unwrap();
+            streamed += chunk["choices"][0]["text"].as_str().unwrap_or("");
+        }
+    }
+    assert_eq!(streamed, text);
+    assert!(r.text().trim_end().ends_with("data: [DONE]"));
+    let r = request(addr, "POST", "/v1/completions", br#"{"prompt": 3}"#);
+    assert_error(&r, 400, Some("prompt"));
+    let r = request(
+        addr,
+        "POST",
+        "/v1/completions",
+        br#"{"prompt": "x", "echo": true}"#,
+    );
+    assert_error(&r, 400, Some("echo"));
+
+    // Anthropic messages: claude-* names the served model; query strings are accepted.
+    let body = json!({"model": "claude-3-5-sonnet-latest", "max_tokens": 32, "temperature": 0,
+        "system": "You answer in one sentence.",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": FRANCE}]}]});
+    let r = request(
+        addr,
+        "POST",
+        "/v1/messages?beta=true",
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = r.json();
+    assert_eq!(m["type"], "message");
+    assert_eq!(m["role"], "assistant");
+    assert_eq!(m["model"], "claude-3-5-sonnet-latest");
+    assert_eq!(m["content"][0]["type"], "text");
+    let text = m["content"][0]["text"].as_str().unwrap().to_string();
+    assert!(text.contains("Paris"), "{m}");
+    assert!(
+        ["end_turn", "max_tokens"].contains(&m["stop_reason"].as_str().unwrap()),
+        "{m}"
+    );
+    assert!(m["usage"]["input_tokens"].as_u64().unwrap() > 0);
+    let out_tokens = m["usage"]["output_tokens"].as_u64().unwrap();
+
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let r = request(addr, "POST", "/v1/messages", sbody.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let events = read_anthropic_sse(&r.text());
+    let names: Vec<&str> = events
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| *n != "ping")
+        .collect();
+    assert_eq!(names.first(), Some(&"message_start"));
+    assert_eq!(names[1], "content_block_start");
+    assert_eq!(
+        &names[names.len() - 3..],
+        &["content_block_stop", "message_delta", "message_stop"]
+    );
+    assert!(
+        names[2..names.len() - 3]
+            .iter()
+            .all(|n| *n == "content_block_delta"),
+        "{names:?}"
+    );
+    let streamed: String = events
+        .iter()
+        .filter(|(n, _)| n == "content_block_delta")
+        .map(|(_, d)| d["delta"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(streamed, text);
+    let delta = &events.iter().find(|(n, _)| n == "message_delta").unwrap().1;
+    assert_eq!(delta["delta"]["stop_reason"], m["stop_reason"]);
+    assert_eq!(delta["usage"]["output_tokens"].as_u64(), Some(out_tokens));
+
+    // Anthropic-shaped errors.
+    let r = request(
+        addr,
+        "POST",
+        "/v1/messages",
+        br#"{"messages": [{"role": "user", "content": "hi"}]}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let e = r.json();
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_tokens"));
+    let r = request(
+        addr,
+        "POST",
+        "/v1/messages",
+        json!({"model": "gpt-4o", "max_tokens": 4,
+        "messages": [{"role": "user", "content": "hi"}]})
+        .to_string()
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["error"]["type"], "not_found_error");
+}
+
+#[test]
+fn response_format_and_forced_tool_calls_are_guaranteed() {
+    let server = start();
+    let addr = &server.addr;
+
+    // json_schema: the reply parses and has the required fields with the right types.
+    let schema = json!({"type": "object", "properties": {
+        "city": {"type": "string"}, "population": {"type": "integer", "minimum": 0},
+        "tags": {"type": "array", "maxItems": 3, "items": {"type": "string", "enum": ["big", "old", "coastal"]}}},
+        "required": ["city", "population", "tags"], "additionalProperties": false});
+    let body = france(json!({"max_tokens": 96, "response_format":
+        {"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": true}}}));
+    let r = post(addr, &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let c = r.json();
+    let content = c["choices"][0]["message"]["content"].as_str().unwrap();
+    let v: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content}"));
+    assert!(
+        v["city"].is_string() && v["population"].is_u64() && v["tags"].is_array(),
+        "{v}"
+    );
+    assert!(v["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| ["big", "old", "coastal"].contains(&t.as_str().unwrap())));
+    assert_eq!(v.as_object().unwrap().len(), 3, "{v}");
+    // Legacy completions take the same field (kooka's extension).
+    let body = json!({"prompt": "A JSON object:", "max_tokens": 48, "response_format": {"type": "json_object"}});
+    let r = request(addr, "POST", "/v1/completions", body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.json()["choices"][0]["text"].as_str().unwrap().to_string();
+    assert!(
+        serde_json::from_str::<Value>(&text).is_ok_and(|v| v.is_object()),
+        "{text}"
+    );
+    // A keyword the engine cannot enforce, under strict: a 400 naming it.
+    let bad = json!({"type": "object", "not": {"required": ["a"]}});
+    let r = post(
+        addr,
+        &france(json!({"response_format":
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": bad, "strict": true}}})),
+    );
+    let e = assert_error(&r, 400, Some("response_format"));
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("not"),
+        "{e}"
+    );
+
+    // A forced call on a model whose template knows no tools: always a valid call.
+    let echo = json!([{"type": "function", "function": {"name": "echo",
+        "parameters": {"type": "object", "properties": {"text": {"type": "string"}},
+        "required": ["text"], "additionalProperties": false}}}]);
+    let r = post(
+        addr,
+        &france(json!({"tools": echo, "max_tokens": 48,
+        "tool_choice": {"type": "function", "function": {"name": "echo"}}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let c = r.json();
+    assert_eq!(c["choices"][0]["finish_reason"], "tool_calls", "{c}");
+    let calls = c["choices"][0]["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{c}");
+    assert_eq!(calls[0]["function"]["name"], "echo");
+    let args: Value =
+        serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(
+        args["text"].as_str().is_some_and(|t| !t.is_empty()),
+        "{args}"
+    );
+    assert_eq!(args.as_object().unwrap().len(), 1, "{args}");
+
+    // Streamed, the call arrives as tool_calls deltas and no markup leaks into content.
+    let r = post(
+        addr,
+        &france(json!({"tools": echo, "max_tokens": 48, "stream": true,
+        "tool_choice": "required", "parallel_tool_calls": false})),
+    );
+    let mut name = String::new();
+    let mut arguments = String::new();
+    let mut finish = String::new();
+    for e in r
+        .text()
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+    {
+        if e == "[DONE]" {
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(e).unwrap();
+        let delta = &chunk["choices"][0]["delta"];
+        assert!(
+            !delta["content"]
+                .as_str()
+                .unwrap_or("")
+                .contains("tool_call"),
+            "{chunk}"
+        );
+        if let Some(calls) = delta["tool_calls"].as_array() {
+            name += calls[0]["function"]["name"].as_str().unwrap_or("");
+            arguments += calls[0]["function"]["arguments"].as_str().unwrap_or("");
+        }
+        if let Some(f) = chunk["choices"][0]["finish_reason"].as_str() {
+            finish = f.to_string();
+        }
+    }
+    assert_eq!(name, "echo");
+    assert_eq!(finish, "tool_calls");
+    let args: Value =
+        serde_json::from_str(&arguments).unwrap_or_else(|e| panic!("{e}: {arguments}"));
+    assert!(
+        args["text"].as_str().is_some_and(|t| !t.is_empty()),
+        "{args}"
+    );
 }

@@ -1,15 +1,18 @@
 //! MLX's distributed layer, owned by the project: a safe [`Group`] over the mlx-c
 //! `mlx_distributed_*` calls (mlx-rs 0.33 has no distributed API), with every failure a
-//! [`DistError`] instead of an abort, plus `kooka dist-check` ([`check`]).
+//! [`DistError`] instead of an abort, [`depends`] to keep a send in the evaluated graph, plus
+//! `kooka dist-check` ([`check`]).
 //!
 //! Like every MLX object, a [`Group`] stays on the thread that made it (it is `!Send`).
 
 pub mod check;
 mod error_capture;
+mod graph;
 mod group;
 mod topology;
 mod watchdog;
 
+pub use graph::depends;
 pub use group::{Backend, Group};
 pub use topology::{Topology, TopologyError};
 pub use watchdog::Watchdog;

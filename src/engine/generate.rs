@@ -17,6 +17,8 @@ pub struct GenerateOptions {
     pub eos_ids: Vec<u32>,
     pub ignore_eos: bool,
     pub return_prompt_logits: bool,
+    /// Constrained decoding (the engine needs a constrainer).
+    pub constraint: Option<crate::constrain::Grammar>,
 }
 
 /// How a generation went, plain data.
@@ -73,6 +75,7 @@ pub fn generate(
         max_tokens: opts.max_tokens,
         stop_ids,
         return_prompt_logits: opts.return_prompt_logits,
+        constraint: opts.constraint.clone(),
     };
     let id = engine.add(req)?;
     let mut detok = StreamDetokenizer::new();

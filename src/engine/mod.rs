@@ -11,7 +11,15 @@
 //! current tokens, so the device computes step n+1 while the host handles token n (as
 //! mlx-lm's `generate_step`). Sequences are run one forward each for now; the API is
 //! already batch-shaped.
+//!
+//! A sequence with a [`Grammar`] (constrained decoding, see [`crate::constrain`]) differs in
+//! one way: its next sample needs the grammar's mask, which needs the current token. Its
+//! next forward is still queued first; the current token is then read and committed to the
+//! matcher, and the mask is computed on the host while the forward runs, then applied to the
+//! logits before sampling (`constrained.rs`). When the grammar is complete the sequence ends
+//! with [`FinishReason::Stop`] (its first stop id as the token), as if EOS had been sampled.
 
+mod constrained;
 pub mod generate;
 pub mod sampling;
 pub mod text;
@@ -19,7 +27,9 @@ pub mod text;
 use mlx_rs::ops::indexing::{take_along_axis, TryIndexOp};
 use mlx_rs::{ops, transforms, Array, Dtype};
 
+use crate::constrain::{Constrainer, Grammar};
 use crate::model::{KvCache, LanguageModel, ModelError, Result};
+use constrained::SeqConstraint;
 use sampling::{make_processors, LogitsProcessor, Sampler, SamplingParams};
 
 /// Identifies a sequence within one engine.
@@ -36,6 +46,9 @@ pub struct SequenceRequest {
     /// Return the raw logits of the last prompt position with the first event (debug,
     /// parity tests).
     pub return_prompt_logits: bool,
+    /// Constrained decoding: the reply must match this grammar (needs
+    /// [`Engine::set_constrainer`]). `None` costs nothing.
+    pub constraint: Option<Grammar>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +91,18 @@ struct Sequence {
     generated: usize,
     req: SequenceRequest,
     prompt_logits: Option<Array>,
+    /// The grammar matcher of a constrained sequence.
+    constraint: Option<SeqConstraint>,
+}
+
+/// What step n queued for a sequence before reading its token n.
+enum Queued {
+    /// Nothing: the sequence ends with token n.
+    Nothing,
+    /// The next token, sampled (unconstrained).
+    Sample(Pending),
+    /// Only the next forward's logits; the sample waits for the grammar's mask.
+    Logits(Array),
 }
 
 /// Batched generation state over one model.
@@ -87,6 +112,8 @@ pub struct Engine {
     next_id: SeqId,
     pub prefill_step_size: usize,
     steps: u64,
+    /// Compiles the grammars of constrained requests (the tokenizer's vocabulary as bytes).
+    constrainer: Option<Constrainer>,
 }
 
 impl Engine {
@@ -97,7 +124,14 @@ impl Engine {
             next_id: 0,
             prefill_step_size: 2048,
             steps: 0,
+            constrainer: None,
         }
+    }
+
+    /// Enables constrained requests ([`SequenceRequest::constraint`]); build the
+    /// [`Constrainer`] once from the model's tokenizer.
+    pub fn set_constrainer(&mut self, constrainer: Constrainer) {
+        self.constrainer = Some(constrainer);
     }
 
     pub fn model(&self) -> &dyn LanguageModel {
@@ -122,6 +156,22 @@ impl Engine {
                 "token id {bad} outside the vocabulary ({vocab})"
             )));
         }
+        let constraint = match &req.constraint {
+            None => None,
+            Some(grammar) => {
+                let constrainer = self.constrainer.as_ref().ok_or_else(|| {
+                    ModelError::Request(
+                        "constrained decoding is not enabled on this engine (no tokenizer given)"
+                            .into(),
+                    )
+                })?;
+                let matcher = constrainer
+                    .matcher(grammar)
+                    .map_err(|e| ModelError::Request(e.to_string()))?;
+                tracing::debug!(grammar = grammar.describe(), "constrained sequence");
+                Some(SeqConstraint::new(matcher, vocab.max(0) as usize))
+            }
+        };
         let mut caches = self.model.make_caches();
         let processors = make_processors(&req.params, vocab);
         let sampler = Sampler::new(&req.params)?;
@@ -157,9 +207,16 @@ impl Engine {
             generated: 0,
             req,
             prompt_logits: None,
+            constraint,
         };
         let input = Array::from_slice(&last, &[1, 1]);
-        seq.pending = self.forward_and_sample(&mut seq, &input, true)?;
+        seq.pending = if seq.constraint.is_some() {
+            let logits = self.forward_logits(&mut seq, &input, true)?;
+            transforms::async_eval([&logits])?;
+            self.sample_constrained(&mut seq, logits)?
+        } else {
+            self.forward_and_sample(&mut seq, &input, true)?
+        };
         transforms::async_eval(seq.pending_arrays())?;
         self.seqs.push(seq);
         Ok(id)
@@ -172,16 +229,23 @@ impl Engine {
 
     /// One decode step for every sequence: queue each next forward, then read each token.
     pub fn step(&mut self) -> Result<Vec<TokenEvent>> {
-        let mut next: Vec<Option<Pending>> = Vec::with_capacity(self.seqs.len());
+        let mut next: Vec<Queued> = Vec::with_capacity(self.seqs.len());
         let mut seqs = std::mem::take(&mut self.seqs);
         for seq in seqs.iter_mut() {
-            if seq.generated + 1 < seq.req.max_tokens {
-                let input = seq.pending.token.reshape(&[1, 1])?;
+            let ending = seq.constraint.as_ref().is_some_and(|c| c.finish_next);
+            if seq.generated + 1 >= seq.req.max_tokens || ending {
+                next.push(Queued::Nothing);
+                continue;
+            }
+            let input = seq.pending.token.reshape(&[1, 1])?;
+            if seq.constraint.is_some() {
+                let logits = self.forward_logits(seq, &input, false)?;
+                transforms::async_eval([&logits])?;
+                next.push(Queued::Logits(logits));
+            } else {
                 let p = self.forward_and_sample(seq, &input, false)?;
                 transforms::async_eval([&p.token, &p.logprobs])?;
-                next.push(Some(p));
-            } else {
-                next.push(None);
+                next.push(Queued::Sample(p));
             }
         }
         let mut events = Vec::with_capacity(seqs.len());
@@ -189,13 +253,24 @@ impl Engine {
         for (mut seq, next) in seqs.into_iter().zip(next) {
             let ev = seq.read_event()?;
             let done = ev.finish.is_some();
+            let token = ev.token;
             events.push(ev);
-            if !done {
-                if let Some(p) = next {
+            if done {
+                continue;
+            }
+            match next {
+                Queued::Sample(p) => seq.pending = p,
+                Queued::Logits(logits) => {
+                    if let Some(c) = seq.constraint.as_mut() {
+                        c.accept(seq.id, token);
+                    }
+                    let p = self.sample_constrained(&mut seq, logits)?;
+                    transforms::async_eval([&p.token, &p.logprobs])?;
                     seq.pending = p;
                 }
-                keep.push(seq);
+                Queued::Nothing => {}
             }
+            keep.push(seq);
         }
         self.seqs = keep;
         self.steps += 1;
@@ -212,25 +287,56 @@ impl Engine {
         input: &Array,
         first: bool,
     ) -> Result<Pending> {
+        let logits = self.forward_logits(seq, input, first)?;
+        sample(seq, logits, None)
+    }
+
+    /// Forward `input` `[1, L]` through the sequence's caches: the last position's logits
+    /// `[1, V]` (lazy); the input joins the processors' history.
+    fn forward_logits(&self, seq: &mut Sequence, input: &Array, first: bool) -> Result<Array> {
         let logits = self.model.forward(input, &mut seq.caches)?;
         let l = logits.shape()[1];
-        let mut logits = logits.try_index((.., l - 1, ..))?;
+        let logits = logits.try_index((.., l - 1, ..))?;
         if first && seq.req.return_prompt_logits {
             seq.prompt_logits = Some(logits.clone());
         }
-        if let Some(hist) = seq.history.as_mut() {
-            if !first {
-                *hist =
-                    ops::concatenate(&[&*hist, &input.reshape(&[-1])?.as_dtype(Dtype::Int32)?], 0)?;
-            }
-            for p in seq.processors.iter_mut() {
-                logits = p.process(hist, &logits)?;
-            }
+        if let (Some(hist), false) = (seq.history.as_mut(), first) {
+            *hist = ops::concatenate(&[&*hist, &input.reshape(&[-1])?.as_dtype(Dtype::Int32)?], 0)?;
         }
-        let logprobs = logits.subtract(logits.logsumexp_axis(-1, true)?)?;
-        let token = seq.sampler.sample(&logprobs)?;
-        Ok(Pending { token, logprobs })
+        Ok(logits)
     }
+
+    /// Samples a constrained sequence's next token from `logits` under its grammar's mask
+    /// (computed here, on the host, while the forward behind `logits` runs), or queues its
+    /// end when the grammar is complete.
+    fn sample_constrained(&self, seq: &mut Sequence, logits: Array) -> Result<Pending> {
+        let mask = match seq.constraint.as_mut() {
+            Some(c) => c.next_mask(seq.id, &seq.req.stop_ids)?,
+            None => return sample(seq, logits, None),
+        };
+        match mask {
+            Some(mask) => sample(seq, logits, Some(&mask)),
+            None => Ok(Pending {
+                token: constrained::end_token(&seq.req.stop_ids),
+                logprobs: Array::from_f32(0.0),
+            }),
+        }
+    }
+}
+
+/// Processors, then the grammar's additive `mask` if any, then the sampler.
+fn sample(seq: &mut Sequence, mut logits: Array, mask: Option<&Array>) -> Result<Pending> {
+    if let Some(hist) = seq.history.as_ref() {
+        for p in seq.processors.iter_mut() {
+            logits = p.process(hist, &logits)?;
+        }
+    }
+    if let Some(mask) = mask {
+        logits = logits.add(mask.as_dtype(logits.dtype())?)?;
+    }
+    let logprobs = logits.subtract(logits.logsumexp_axis(-1, true)?)?;
+    let token = seq.sampler.sample(&logprobs)?;
+    Ok(Pending { token, logprobs })
 }
 
 impl Sequence {
@@ -246,7 +352,14 @@ impl Sequence {
         self.generated += 1;
         let wants = self.req.params.logprobs || self.req.params.top_logprobs > 0;
         let (mut logprob, mut top) = (None, Vec::new());
-        if wants {
+        let grammar_end = self.constraint.as_ref().is_some_and(|c| c.finish_next);
+        if grammar_end {
+            // Not sampled: the grammar left nothing else (probability 1).
+            logprob = self.req.params.logprobs.then_some(0.0);
+            if self.req.params.top_logprobs > 0 {
+                top.push((token, 0.0));
+            }
+        } else if wants {
             let lp = self
                 .pending
                 .logprobs
@@ -277,7 +390,7 @@ impl Sequence {
             }
             None => None,
         };
-        let finish = if self.req.stop_ids.contains(&token) {
+        let finish = if grammar_end || self.req.stop_ids.contains(&token) {
             Some(FinishReason::Stop)
         } else if self.generated >= self.req.max_tokens {
             Some(FinishReason::Length)

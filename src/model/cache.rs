@@ -258,6 +258,17 @@ impl KvCache {
         }
     }
 
+    /// Makes evaluating this cache also evaluate `dep` (no copy). A pipeline rank ties its
+    /// `send` to its last cache this way: prefill evaluates only the caches, and the next
+    /// rank would otherwise wait for a send that never runs.
+    pub(crate) fn depend_on(&mut self, dep: &Array) -> Result<()> {
+        if let Some(keys) = self.keys.take() {
+            let mut tied = crate::dist::depends(&[&keys], &[dep])?;
+            self.keys = tied.pop();
+        }
+        Ok(())
+    }
+
     /// The arrays to evaluate to materialize the cache.
     pub fn state(&self) -> Vec<&Array> {
         self.keys.iter().chain(self.values.iter()).collect()

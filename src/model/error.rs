@@ -43,6 +43,12 @@ pub enum ModelError {
     Template(String),
     #[error("invalid request: {0}")]
     Request(String),
+    /// The model cannot be split the way the run asks (layer split, head counts, packing).
+    #[error("cannot shard the model: {0}")]
+    Shard(String),
+    /// A collective (all_sum, send, recv) could not be built.
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
 }
 
 impl From<mlx_rs::error::Exception> for ModelError {

@@ -5,15 +5,18 @@
 //! a softmax over those. Defaults follow mlx-lm's `ModelArgs` (8 experts, top-2, rope_theta
 //! 1e6, 8 KV heads, untied embeddings); as in mlx-lm, `rope_scaling` is not applied.
 
+use super::block::{Attention, AttnSpec, Block, FeedForward};
 use super::config::{ModelConfig, QuantConfig};
 use super::error::Result;
 use super::layers::Rope;
-use super::llama::{rope_theta, Attention, AttnSpec, Block, FeedForward, Llama};
+use super::llama::{rope_theta, Llama};
 use super::moe::{MoeSpec, Routing, SparseMoe};
+use super::shard::Stage;
 use super::weights::Weights;
 
 /// Loads a mixtral model; returns it and whether its embeddings are tied.
-pub fn load(cfg: &ModelConfig, ws: &mut Weights) -> Result<(Llama, bool)> {
+/// Only the layers of `stage` are loaded (all of them unless pipeline parallel).
+pub fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result<(Llama, bool)> {
     cfg.check()?;
     let quant: QuantConfig = cfg.quant_config()?;
     let (h, heads, eps) = (cfg.hidden_size, cfg.num_attention_heads, cfg.rms_norm_eps);
@@ -36,8 +39,11 @@ pub fn load(cfg: &ModelConfig, ws: &mut Weights) -> Result<(Llama, bool)> {
         top_k: cfg.num_experts_per_tok.unwrap_or(2),
         routing: Routing::TopKSoftmax,
     };
-    let mut layers = Vec::with_capacity(cfg.num_hidden_layers as usize);
+    let mut layers = Vec::with_capacity(stage.layers.len());
     for i in 0..cfg.num_hidden_layers {
+        if !stage.layers.contains(&(i as usize)) {
+            continue;
+        }
         let p = format!("model.layers.{i}");
         let rope = Rope::new(hd, theta, cfg.rope_traditional, None)?;
         let attn = Attention::load(ws, &format!("{p}.self_attn"), &spec, rope, &quant)?;
@@ -53,5 +59,5 @@ pub fn load(cfg: &ModelConfig, ws: &mut Weights) -> Result<(Llama, bool)> {
         )?);
     }
     let tied = cfg.tie_word_embeddings.unwrap_or(false);
-    Ok((Llama::assemble(cfg, ws, &quant, layers, tied)?, tied))
+    Ok((Llama::assemble(cfg, ws, &quant, layers, tied, stage)?, tied))
 }

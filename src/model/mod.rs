@@ -4,6 +4,9 @@
 //! All arrays built here live on the thread that loaded the model: a model is meant to be
 //! owned by one model thread (actor) and only plain data crosses threads.
 //!
+//! [`load_model_sharded`] loads one rank's part of a model split over an MLX distributed
+//! group (pipeline or tensor parallel, see [`shard`]); [`load_model`] is the one-rank case.
+//!
 //! # Compute dtype per backend
 //!
 //! [`ComputeDtype::Auto`] picks, per MLX default device:
@@ -17,8 +20,10 @@
 //! dequantizes and casts to float32, `F16`/`Bf16` cast float weights and quantization
 //! scales/biases but keep packed weights packed.
 
+mod block;
 pub mod cache;
 pub mod config;
+mod decoder;
 pub mod error;
 pub mod layers;
 pub mod llama;
@@ -26,6 +31,7 @@ pub mod mixtral;
 pub mod moe;
 pub mod qwen3_moe;
 pub mod resolve;
+pub mod shard;
 pub mod weights;
 
 use std::path::Path;
@@ -34,7 +40,10 @@ use mlx_rs::{Array, Device, DeviceType, Dtype};
 
 pub use cache::KvCache;
 pub use config::ModelConfig;
+use decoder::Llama;
 pub use error::{ModelError, Result};
+use shard::Stage;
+pub use shard::{ParallelMode, Shard};
 use weights::{WeightPolicy, Weights};
 
 /// A causal language model: token ids in, logits out, with one KV cache per layer.
@@ -103,7 +112,9 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] =
 
 /// Says which checkpoint tensors an architecture drops on purpose.
 type IgnoreFn = fn(&str) -> bool;
-type Builder = fn(&ModelConfig, &mut Weights) -> Result<(Box<dyn LanguageModel>, IgnoreFn)>;
+/// Builds the layers of a stage and what goes around them; returns the model and whether
+/// its embeddings are tied.
+type Builder = fn(&ModelConfig, &mut Weights, &Stage) -> Result<(Llama, bool)>;
 
 /// Precomputed rotary frequencies are always dropped; so is `lm_head` under tied embeddings.
 fn ignore_for(tied: bool) -> IgnoreFn {
@@ -114,52 +125,54 @@ fn ignore_for(tied: bool) -> IgnoreFn {
     }
 }
 
-fn build_llama(cfg: &ModelConfig, ws: &mut Weights) -> Result<(Box<dyn LanguageModel>, IgnoreFn)> {
-    let m = llama::Llama::load(cfg, ws)?;
+fn build_llama(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result<(Llama, bool)> {
     Ok((
-        Box::new(m),
-        ignore_for(cfg.tie_word_embeddings.unwrap_or(true)),
+        Llama::load(cfg, ws, stage)?,
+        cfg.tie_word_embeddings.unwrap_or(true),
     ))
-}
-
-fn build_qwen3_moe(
-    cfg: &ModelConfig,
-    ws: &mut Weights,
-) -> Result<(Box<dyn LanguageModel>, IgnoreFn)> {
-    let (m, tied) = qwen3_moe::load(cfg, ws)?;
-    Ok((Box::new(m), ignore_for(tied)))
-}
-
-fn build_mixtral(
-    cfg: &ModelConfig,
-    ws: &mut Weights,
-) -> Result<(Box<dyn LanguageModel>, IgnoreFn)> {
-    let (m, tied) = mixtral::load(cfg, ws)?;
-    Ok((Box::new(m), ignore_for(tied)))
 }
 
 /// The registry: `model_type` -> builder.
 fn builder_for(model_type: &str) -> Option<Builder> {
     match model_type {
         "llama" | "mistral" | "qwen2" | "qwen3" => Some(build_llama),
-        "qwen3_moe" => Some(build_qwen3_moe),
-        "mixtral" => Some(build_mixtral),
+        "qwen3_moe" => Some(qwen3_moe::load),
+        "mixtral" => Some(mixtral::load),
         _ => None,
     }
 }
 
 /// Loads the model of folder `dir` and evaluates its weights.
 pub fn load_model(dir: &Path, dtype: ComputeDtype) -> Result<Box<dyn LanguageModel>> {
+    load_model_sharded(dir, dtype, None)
+}
+
+/// Loads this rank's part of the model of folder `dir` (the whole model for `None` or a
+/// one-rank group) and evaluates its weights. Every rank of a sharded model returns the
+/// same full logits from each forward; see [`shard`].
+pub fn load_model_sharded(
+    dir: &Path,
+    dtype: ComputeDtype,
+    shard: Option<Shard>,
+) -> Result<Box<dyn LanguageModel>> {
     let cfg = ModelConfig::load(dir)?;
     let builder = builder_for(&cfg.model_type).ok_or_else(|| ModelError::UnsupportedModelType {
         found: cfg.model_type.clone(),
         supported: SUPPORTED_MODEL_TYPES.to_vec(),
     })?;
+    let shard = shard.filter(|s| s.group.size() > 1);
+    let stage = shard::stage_for(&cfg, shard.as_ref())?;
     let mut ws = Weights::load(dir, dtype.policy())?;
-    let (model, ignore) = builder(&cfg, &mut ws)?;
-    ws.finish(ignore)?;
+    // Before the builder takes the embeddings out of the map.
+    let wire = shard::wire_dtype(&ws)?;
+    let (mut model, tied) = builder(&cfg, &mut ws, &stage)?;
+    let ignore = ignore_for(tied);
+    ws.finish(|n| ignore(n) || stage.skips(n, tied))?;
+    if let Some(shard) = shard {
+        shard::apply(&mut model, &cfg, wire, shard)?;
+    }
     eval_with_progress(model.parameters())?;
-    Ok(model)
+    Ok(Box::new(model))
 }
 
 /// Evaluates (reads, and converts per the weight policy) every weight, with a progress bar on

@@ -19,6 +19,7 @@ use mlx_rs::{nn, ops, Array, Dtype};
 use super::config::QuantConfig;
 use super::error::{ModelError, Result};
 use super::layers::{Linear, QuantMatrix};
+use super::shard::{Split, TensorParallel};
 use super::weights::Weights;
 
 /// mlx-lm sorts tokens by expert once this many (token, expert) pairs are routed.
@@ -120,6 +121,14 @@ impl SwitchLinear {
             Experts::Quant(q) => q.arrays(),
         }
     }
+
+    fn shard_tensor(&mut self, tp: &TensorParallel, split: Split, name: &str) -> Result<()> {
+        match &mut self.w {
+            Experts::Dense(w) => *w = tp.dense(w, split, name)?,
+            Experts::Quant(q) => tp.quant(q, split, name)?,
+        }
+        Ok(())
+    }
 }
 
 /// `SwitchGLU`: each token through its selected experts' SwiGLU MLPs.
@@ -179,6 +188,17 @@ impl SwitchGlu {
             .flat_map(SwitchLinear::arrays)
             .collect()
     }
+
+    /// Tensor parallel: every expert keeps `1/size` of its hidden units (mlx-lm's split).
+    fn shard_tensor(&mut self, tp: &TensorParallel, prefix: &str) -> Result<()> {
+        let name = |n: &str| format!("{prefix}.{n}");
+        self.gate_proj
+            .shard_tensor(tp, Split::Outputs, &name("gate_proj"))?;
+        self.up_proj
+            .shard_tensor(tp, Split::Outputs, &name("up_proj"))?;
+        self.down_proj
+            .shard_tensor(tp, Split::Inputs, &name("down_proj"))
+    }
 }
 
 /// How router logits become expert choices and weights.
@@ -204,6 +224,8 @@ pub(crate) struct MoeSpec {
 
 /// A sparse MoE block: router (`gate`) + stacked experts (`switch_mlp`).
 pub(crate) struct SparseMoe {
+    /// Checkpoint path of the block (`model.layers.N.mlp`), for error messages.
+    prefix: String,
     gate: Linear,
     switch_mlp: SwitchGlu,
     top_k: i32,
@@ -226,6 +248,7 @@ impl SparseMoe {
             )));
         }
         Ok(SparseMoe {
+            prefix: prefix.to_string(),
             gate: Linear::load(
                 ws,
                 &format!("{prefix}.gate"),
@@ -286,5 +309,12 @@ impl SparseMoe {
         let mut v = self.gate.arrays();
         v.extend(self.switch_mlp.arrays());
         v
+    }
+
+    /// Tensor parallel: the router stays whole (every rank routes identically); the
+    /// experts are split, so the block's output is a partial sum the caller reduces.
+    pub(crate) fn shard_tensor(&mut self, tp: &TensorParallel) -> Result<()> {
+        let prefix = format!("{}.switch_mlp", self.prefix);
+        self.switch_mlp.shard_tensor(tp, &prefix)
     }
 }

@@ -7,11 +7,13 @@
 //! keeps the top `num_experts_per_tok` and, with `norm_topk_prob`, renormalizes them.
 //! As in mlx-lm, RoPE is plain (`rope_scaling` and `rope_traditional` are not applied).
 
+use super::block::{Attention, AttnSpec, Block, FeedForward, Mlp};
 use super::config::{ModelConfig, QuantConfig};
 use super::error::{ModelError, Result};
 use super::layers::Rope;
-use super::llama::{rope_theta, Attention, AttnSpec, Block, FeedForward, Llama, Mlp};
+use super::llama::{rope_theta, Llama};
 use super::moe::{MoeSpec, Routing, SparseMoe};
+use super::shard::Stage;
 use super::weights::Weights;
 
 /// Whether layer `i` carries the mixture of experts.
@@ -21,7 +23,8 @@ fn is_sparse(cfg: &ModelConfig, i: i32, experts: i32, step: i32) -> bool {
 }
 
 /// Loads a qwen3_moe model; returns it and whether its embeddings are tied.
-pub fn load(cfg: &ModelConfig, ws: &mut Weights) -> Result<(Llama, bool)> {
+/// Only the layers of `stage` are loaded (all of them unless pipeline parallel).
+pub fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result<(Llama, bool)> {
     cfg.check()?;
     let quant: QuantConfig = cfg.quant_config()?;
     let (h, hd, eps) = (cfg.hidden_size, cfg.head_dim(), cfg.rms_norm_eps);
@@ -47,8 +50,11 @@ pub fn load(cfg: &ModelConfig, ws: &mut Weights) -> Result<(Llama, bool)> {
     let routing = Routing::SoftmaxTopK {
         norm_topk_prob: cfg.norm_topk_prob.unwrap_or(false),
     };
-    let mut layers = Vec::with_capacity(cfg.num_hidden_layers as usize);
+    let mut layers = Vec::with_capacity(stage.layers.len());
     for i in 0..cfg.num_hidden_layers {
+        if !stage.layers.contains(&(i as usize)) {
+            continue;
+        }
         let p = format!("model.layers.{i}");
         let attn = Attention::load(
             ws,
@@ -83,5 +89,5 @@ pub fn load(cfg: &ModelConfig, ws: &mut Weights) -> Result<(Llama, bool)> {
         layers.push(Block::load(ws, &p, attn, ffn, h, eps, None)?);
     }
     let tied = cfg.tie_word_embeddings.unwrap_or(false);
-    Ok((Llama::assemble(cfg, ws, &quant, layers, tied)?, tied))
+    Ok((Llama::assemble(cfg, ws, &quant, layers, tied, stage)?, tied))
 }

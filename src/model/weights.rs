@@ -91,6 +91,11 @@ impl Weights {
         self.tensors.contains_key(name)
     }
 
+    /// The stored dtype of a tensor still in the map (metadata only: nothing is read).
+    pub fn dtype_of(&self, name: &str) -> Option<Dtype> {
+        self.tensors.get(name).map(Array::dtype)
+    }
+
     /// Remove a tensor, checking its shape when `shape` is given.
     pub fn take(&mut self, name: &str, shape: Option<&[i32]>) -> Result<Array> {
         let a = self

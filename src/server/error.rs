@@ -25,6 +25,12 @@ pub enum ApiError {
     ModelNotFound(String),
     #[error("No route for {0}")]
     RouteNotFound(String),
+    #[error("Method not allowed: {0}")]
+    MethodNotAllowed(String),
+    #[error(
+        "Missing or wrong API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY`"
+    )]
+    Unauthorized,
     #[error("The request body is larger than the limit of {0} bytes (--max-body-bytes)")]
     PayloadTooLarge(usize),
     /// The model thread is gone (it failed or the server is shutting down).
@@ -56,7 +62,10 @@ impl ApiError {
     fn kind(&self) -> &'static str {
         match self {
             ApiError::BadRequest { .. } | ApiError::PayloadTooLarge(_) => "invalid_request_error",
-            ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => "invalid_request_error",
+            ApiError::ModelNotFound(_)
+            | ApiError::RouteNotFound(_)
+            | ApiError::MethodNotAllowed(_) => "invalid_request_error",
+            ApiError::Unauthorized => "authentication_error",
             ApiError::Unavailable(_) | ApiError::Internal(_) => "server_error",
         }
     }
@@ -74,6 +83,8 @@ impl ApiError {
             ApiError::BadRequest { code, .. } => *code,
             ApiError::ModelNotFound(_) => Some("model_not_found"),
             ApiError::RouteNotFound(_) => Some("not_found"),
+            ApiError::MethodNotAllowed(_) => Some("method_not_allowed"),
+            ApiError::Unauthorized => Some("invalid_api_key"),
             ApiError::PayloadTooLarge(_) => Some("payload_too_large"),
             ApiError::Unavailable(_) => Some("unavailable"),
             ApiError::Internal(_) => None,
@@ -97,13 +108,25 @@ impl ResponseError for ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(self.body())
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::Unavailable(_) => {
+                response.insert_header(("Retry-After", "5"));
+            }
+            ApiError::Unauthorized => {
+                response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            _ => {}
+        }
+        response.json(self.body())
     }
 }
 
@@ -118,6 +141,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("the MLX thread exited before the model was loaded")]
     ModelThreadDied,
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 #[cfg(test)]

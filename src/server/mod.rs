@@ -3,10 +3,19 @@
 //! and the engine and streams each request's text back over its own channel. Handlers
 //! never run MLX, so generation never blocks an actix worker.
 
+pub mod anthropic;
+pub mod completions;
+mod edge;
 pub mod error;
+pub mod generation;
+pub mod http;
 pub mod model_thread;
+pub mod models;
+pub mod multi_rank;
 pub mod openai;
+pub mod reply;
 pub mod request;
+pub mod tool_prompt;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -37,6 +46,43 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// actix worker threads (they only parse, template and tokenize).
     pub workers: usize,
+    /// Inference routes need `Authorization: Bearer KEY` or `x-api-key: KEY`.
+    pub api_key: Option<String>,
+    /// CORS origins (`*` for any).
+    pub allowed_origins: Vec<String>,
+}
+
+/// How chat replies of this model are read.
+#[derive(Debug, Clone, Default)]
+pub struct ChatInfo {
+    /// The template uses the `tools` variable (else kooka's own tool system message).
+    pub template_renders_tools: bool,
+    /// The model's tool-call format, when known.
+    pub tool_parser: Option<crate::chat::tools::ParserKind>,
+    /// Reasoning markers the template uses (`<think>`, `</think>`).
+    pub think_tags: Option<(&'static str, &'static str)>,
+}
+
+impl ChatInfo {
+    fn new(tokenizer: &Tokenizer) -> Self {
+        let source = tokenizer.chat_template.as_deref();
+        let config = tokenizer
+            .tool_parser_type
+            .as_ref()
+            .map(|t| serde_json::json!({ "tool_parser_type": t }));
+        let (tool_parser, why) = crate::chat::tools::select_parser(config.as_ref(), source);
+        info!(
+            parser = tool_parser.map(|k| k.name()).unwrap_or("none"),
+            "tool-call parser: {why}"
+        );
+        ChatInfo {
+            template_renders_tools: source.is_some_and(|s| s.contains("tools")),
+            tool_parser,
+            think_tags: source
+                .filter(|s| s.contains("<think>"))
+                .map(|_| ("<think>", "</think>")),
+        }
+    }
 }
 
 /// What every handler shares.
@@ -51,6 +97,9 @@ pub struct AppState {
     pub max_position_embeddings: Option<usize>,
     pub max_body_bytes: usize,
     pub next_id: AtomicU64,
+    pub chat: ChatInfo,
+    /// Every rank's state, on rank 0 of a multi-rank run (`/health` reports it).
+    pub cluster: Option<Arc<crate::cluster::ClusterStatus>>,
 }
 
 impl AppState {
@@ -60,18 +109,41 @@ impl AppState {
     }
 }
 
-/// The routes (the App factory's body; tests and `run` share it).
+/// A POST-only resource (other methods get a 405).
+fn post<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::post().to(handler))
+        .default_service(web::to(edge::method_not_allowed))
+}
+
+/// The routes (the App factory's body; tests and `run` share it). Query strings are
+/// ignored by routing (`/v1/messages?beta=true` matches).
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(openai::health))
-        .route("/v1/models", web::get().to(openai::models))
-        .route(
-            "/v1/chat/completions",
-            web::post().to(openai::chat_completions),
-        )
-        .route(
-            "/chat/completions",
-            web::post().to(openai::chat_completions),
-        );
+    cfg.service(
+        web::resource("/health")
+            .route(web::get().to(http::health))
+            .default_service(web::to(edge::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/models")
+            .route(web::get().to(models::list))
+            .default_service(web::to(edge::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/models/{id:.+}")
+            .route(web::get().to(models::get))
+            .default_service(web::to(edge::method_not_allowed)),
+    )
+    .service(post("/v1/chat/completions", openai::chat_completions))
+    .service(post("/chat/completions", openai::chat_completions))
+    .service(post("/v1/completions", completions::completions))
+    .service(post("/completions", completions::completions))
+    .service(post("/v1/messages", anthropic::messages));
 }
 
 fn model_id(dir: &Path) -> String {
@@ -83,6 +155,18 @@ fn model_id(dir: &Path) -> String {
 /// Loads the model (on its own thread), then serves on `listener` until the process is
 /// stopped. Prints `kooka: listening on http://ADDR` on stdout once requests can be served.
 pub fn run(listener: TcpListener, config: ServeConfig) -> Result<(), ServeError> {
+    run_ranked(listener, config, None)
+}
+
+/// [`run`] on rank 0 of a multi-rank run when `leader` is given (the other ranks have
+/// joined its control plane): the engine's operations are replicated to them, startup
+/// waits until every rank has loaded its shard, and a lost rank fails the requests in
+/// flight (see [`multi_rank`]).
+pub fn run_ranked(
+    listener: TcpListener,
+    config: ServeConfig,
+    leader: Option<crate::cluster::Leader>,
+) -> Result<(), ServeError> {
     let dir = &config.model_dir;
     let tokenizer = Arc::new(Tokenizer::load(dir)?);
     let template = match &tokenizer.chat_template {
@@ -96,29 +180,46 @@ pub fn run(listener: TcpListener, config: ServeConfig) -> Result<(), ServeError>
         )?),
         None => None,
     };
-    let (commands, info) = model_thread::spawn(dir.clone(), config.dtype, tokenizer.clone())?;
+    let chat_info = ChatInfo::new(&tokenizer);
+    let (commands, info) =
+        model_thread::spawn(dir.clone(), config.dtype, tokenizer.clone(), leader.clone())?;
+    let commands = match &leader {
+        Some(leader) => {
+            leader.wait_ready()?;
+            multi_rank::relay(commands, leader)?
+        }
+        None => commands,
+    };
     let mut aliases = config.aliases.clone();
     aliases.push(dir.display().to_string());
     let state = web::Data::new(AppState {
         model_id: model_id(dir),
         aliases,
-        created: openai::unix_now(),
+        created: http::unix_now(),
         template,
         tokenizer,
         commands,
         max_position_embeddings: info.max_position_embeddings,
         max_body_bytes: config.max_body_bytes,
         next_id: AtomicU64::new(0),
+        chat: chat_info,
+        cluster: leader.as_ref().map(|l| l.status()),
     });
     let addr = listener.local_addr()?;
     info!(model = %state.model_id, %addr, "serving");
     let workers = config.workers.max(1);
+    let edge = edge::Edge::new(config.api_key.clone(), config.allowed_origins.clone());
     actix_web::rt::System::new().block_on(async move {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                // The last wrap runs first: CORS answers preflights and decorates every
+                // response, including the key check's 401s.
+                .wrap(actix_web::middleware::from_fn(edge::require_api_key))
+                .wrap(edge.cors())
+                .app_data(web::Data::new(edge.clone()))
                 .configure(routes)
-                .default_service(web::to(openai::not_found))
+                .default_service(web::to(http::not_found))
         })
         .workers(workers)
         .listen(listener)?
@@ -126,5 +227,8 @@ pub fn run(listener: TcpListener, config: ServeConfig) -> Result<(), ServeError>
         println!("kooka: listening on http://{addr}");
         server.await
     })?;
+    if let Some(leader) = &leader {
+        leader.shutdown();
+    }
     Ok(())
 }

@@ -19,8 +19,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, info};
 
 use super::error::ServeError;
+use crate::cluster::{Leader, ReplicatedEngine};
 use crate::engine::sampling::SamplingParams;
-use crate::engine::text::{StopMatcher, StreamDetokenizer};
+use crate::engine::text::{Decode, StopMatcher, StreamDetokenizer};
 use crate::engine::{Engine, FinishReason, SeqId, SequenceRequest, TokenEvent};
 use crate::model::ComputeDtype;
 use crate::tokenizer::Tokenizer;
@@ -46,16 +47,32 @@ impl Finish {
     }
 }
 
-/// What a request's channel carries, in order: `Text`* then one `Done` or `Error`.
+/// One sampled token's log-probability (for `logprobs`), with the most likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's own text (may be part of a UTF-8 character, then lossy).
+    pub token: String,
+    pub logprob: f32,
+    /// `(text, logprob)` best first; `top_logprobs` long.
+    pub top: Vec<(String, f32)>,
+}
+
+/// What a request's channel carries, in order: `Text` and `Logprobs` (when asked) then one
+/// `Done` or `Error`. A token's `Logprobs` comes before the text it contributes to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Text(String),
+    Logprobs(TokenLogprob),
     Done {
         finish: Finish,
         prompt_tokens: usize,
         completion_tokens: usize,
+        /// The stop string that ended the completion, if one did.
+        stop_sequence: Option<String>,
     },
     Error(String),
+    /// The model is gone (a rank of a multi-rank run failed): a 503.
+    Unavailable(String),
 }
 
 /// A request to generate, plain data.
@@ -66,6 +83,8 @@ pub struct Submit {
     pub params: SamplingParams,
     pub max_tokens: usize,
     pub stop: Vec<String>,
+    /// Constrained decoding: what the reply must look like.
+    pub constraint: Option<crate::constrain::Grammar>,
     pub events: UnboundedSender<Event>,
 }
 
@@ -83,17 +102,24 @@ pub struct ModelInfo {
 }
 
 /// Starts the MLX thread, loads the model there and waits until it is ready.
+/// With a `leader` (rank 0 of a multi-rank run) the thread loads rank 0's shard and every
+/// engine operation is replicated to the other ranks ([`ReplicatedEngine`]).
 pub fn spawn(
     dir: PathBuf,
     dtype: ComputeDtype,
     tokenizer: Arc<Tokenizer>,
+    leader: Option<Leader>,
 ) -> Result<(mpsc::Sender<Command>, ModelInfo), ServeError> {
     let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("kooka-mlx".into())
         .spawn(move || {
-            let model = match crate::model::load_model(&dir, dtype) {
+            let loaded = match &leader {
+                Some(leader) => leader.load_model(&dir, dtype),
+                None => crate::model::load_model(&dir, dtype),
+            };
+            let model = match loaded {
                 Ok(model) => model,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -110,8 +136,15 @@ pub fn spawn(
             stop_ids.extend(&tokenizer.eos_ids);
             stop_ids.sort_unstable();
             stop_ids.dedup();
+            let mut engine = ReplicatedEngine::new(Engine::new(model), leader);
+            // Constrained decoding (response_format, forced tool calls) masks logits with the
+            // vocabulary as bytes; without it such requests fail, others are unaffected.
+            match crate::constrain::Constrainer::new(&tokenizer) {
+                Ok(constrainer) => engine.set_constrainer(constrainer),
+                Err(e) => tracing::warn!("constrained decoding unavailable: {e}"),
+            }
             let worker = Worker {
-                engine: Engine::new(model),
+                engine,
                 tokenizer,
                 stop_ids,
                 active: HashMap::new(),
@@ -135,7 +168,7 @@ struct Active {
 }
 
 struct Worker {
-    engine: Engine,
+    engine: ReplicatedEngine,
     tokenizer: Arc<Tokenizer>,
     stop_ids: Vec<u32>,
     active: HashMap<SeqId, Active>,
@@ -180,6 +213,7 @@ impl Worker {
                     max_tokens: s.max_tokens,
                     stop_ids: self.stop_ids.clone(),
                     return_prompt_logits: false,
+                    constraint: s.constraint,
                 };
                 match self.engine.add(req) {
                     Ok(seq) => {
@@ -252,6 +286,22 @@ impl Worker {
             return;
         };
         a.completion_tokens += 1;
+        if let Some(logprob) = ev.logprob {
+            let text = |id: u32| self.tokenizer.decode(&[id]).unwrap_or_default();
+            let entry = TokenLogprob {
+                token: text(ev.token),
+                logprob,
+                top: ev
+                    .top_logprobs
+                    .iter()
+                    .map(|&(id, lp)| (text(id), lp))
+                    .collect(),
+            };
+            if a.events.send(Event::Logprobs(entry)).is_err() {
+                self.drop_client(seq);
+                return;
+            }
+        }
         let mut text = String::new();
         let mut finish = match ev.finish {
             Some(FinishReason::Stop) => Some(Finish::Stop),
@@ -259,6 +309,7 @@ impl Worker {
             None => None,
         };
         let mut stopped = false;
+        let mut stop_sequence = None;
         // An EOS token is never text.
         if ev.finish != Some(FinishReason::Stop) {
             match a.detok.push(&*self.tokenizer, ev.token) {
@@ -267,6 +318,7 @@ impl Worker {
                     text = check.text;
                     if check.stopped.is_some() {
                         stopped = true;
+                        stop_sequence = check.stopped;
                         finish = Some(Finish::Stop);
                     }
                 }
@@ -303,6 +355,7 @@ impl Worker {
                 finish,
                 prompt_tokens: a.prompt_tokens,
                 completion_tokens: a.completion_tokens,
+                stop_sequence,
             });
         }
     }

@@ -1,137 +1,74 @@
-//! OpenAI-compatible routes (`/health`, `/v1/models`, `/v1/chat/completions`) and their wire
-//! types. Handlers validate, render the chat template and tokenize on the actix worker, then
-//! hand plain data to the MLX thread and await that request's event channel: collected
-//! into one JSON body, or forwarded as SSE chunks.
-
-use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
+//! `POST /v1/chat/completions` (and `/chat/completions`): validate, render the chat template
+//! (with tools), submit, then read the reply through a [`ReplyParser`] (reasoning, content,
+//! tool calls) into one JSON body, or forward it as OpenAI SSE chunks.
 
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
-use futures_util::StreamExt;
 use serde::Serialize;
-use serde_json::{json, Map};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-use tracing::info;
+use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::model_thread::{Command, Event, Submit};
-use super::request::{parse_chat, ChatRequest};
+use super::generation::{chat_prompt, next_request, request_grammar, submit, Job, JobSpec};
+use super::http::{next_event, read_body, sse_data, sse_keepalive, sse_response, unix_now};
+use super::model_thread::{Event, Finish, TokenLogprob};
+use super::reply::{Reply, ReplyEvent, ReplyParser};
+use super::request::parse_chat;
 use super::AppState;
 
-#[derive(Debug, Serialize)]
+/// `usage`, OpenAI-shaped.
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    pub prompt_tokens_details: PromptDetails,
 }
 
-#[derive(Debug, Serialize)]
-struct Message {
-    role: &'static str,
-    content: String,
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PromptDetails {
+    /// Prompt tokens served from a prefix cache (none yet: kooka has no prefix cache).
+    pub cached_tokens: usize,
 }
 
-#[derive(Debug, Serialize)]
-struct Choice {
-    index: u32,
-    message: Message,
-    logprobs: Option<()>,
-    finish_reason: &'static str,
-}
-
-#[derive(Debug, Serialize)]
-struct ChatCompletion<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: u64,
-    model: &'a str,
-    choices: Vec<Choice>,
-    usage: Usage,
-}
-
-#[derive(Debug, Default, Serialize)]
-struct Delta {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    role: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct ChunkChoice {
-    index: u32,
-    delta: Delta,
-    logprobs: Option<()>,
-    finish_reason: Option<&'static str>,
-}
-
-#[derive(Debug, Serialize)]
-struct Chunk<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: u64,
-    model: &'a str,
-    choices: Vec<ChunkChoice>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<Usage>,
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-pub async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
-}
-
-pub async fn models(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({
-        "object": "list",
-        "data": [{
-            "id": state.model_id,
-            "object": "model",
-            "created": state.created,
-            "owned_by": "kooka",
-        }],
-    }))
-}
-
-pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::RouteNotFound(format!(
-        "{} {}",
-        req.method(),
-        req.path()
-    )))
-}
-
-/// Reads the body up to `limit` bytes; a declared or actual larger body is a 413.
-async fn read_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::PayloadTooLarge(limit));
-    }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad_request(format!("Reading the request body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge(limit));
+impl Usage {
+    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: PromptDetails { cached_tokens: 0 },
         }
-        body.extend_from_slice(&chunk);
     }
-    Ok(body.freeze())
+}
+
+/// The served model's fingerprint: kooka's version.
+pub fn system_fingerprint() -> String {
+    format!("kooka-{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// One `logprobs.content` entry.
+pub fn logprob_json(lp: &TokenLogprob) -> Value {
+    let top: Vec<Value> = lp
+        .top
+        .iter()
+        .map(|(t, l)| json!({"token": t, "logprob": l, "bytes": t.as_bytes()}))
+        .collect();
+    json!({"token": lp.token, "logprob": lp.logprob, "bytes": lp.token.as_bytes(), "top_logprobs": top})
+}
+
+/// Checks the request's `model` against the served one.
+pub fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
+    match model {
+        Some(m) if !state.serves(m) => Err(ApiError::ModelNotFound(m.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// Identifies one response on the wire.
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
 }
 
 pub async fn chat_completions(
@@ -141,242 +78,322 @@ pub async fn chat_completions(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let chat = parse_chat(&body)?;
-    if let Some(model) = &chat.model {
-        if !state.serves(model) {
-            return Err(ApiError::ModelNotFound(model.clone()));
+    check_model(&state, chat.model.as_deref())?;
+    let prompt = chat_prompt(
+        &state,
+        &chat.messages,
+        &chat.tools,
+        &chat.tool_choice,
+        &chat.chat_template_kwargs,
+    )?;
+    let constraint = request_grammar(
+        chat.response_format.as_ref(),
+        &chat.tools,
+        &chat.tool_choice,
+        prompt.tool_format,
+        chat.parallel_tool_calls,
+    )?;
+    let mut params = chat.params.clone();
+    // A forced call should not be left to chance unless the client chose sampling itself.
+    if chat.tool_choice.forced() && !chat.sampling_set {
+        params.temperature = 0.0;
+    }
+    let request = next_request(&state);
+    let job = submit(
+        &state,
+        request,
+        JobSpec {
+            prompt_ids: prompt.ids,
+            params,
+            max_tokens: chat.max_tokens,
+            stop: chat.stop.clone(),
+            constraint,
+            prompt_field: "messages",
+        },
+    )?;
+    let meta = Meta {
+        id: format!("chatcmpl-{request:08x}{:08x}", unix_now() as u32),
+        created: unix_now(),
+        model: state.model_id.clone(),
+    };
+    let reader = ChatReader {
+        parser: prompt.parser,
+        single_call: !chat.parallel_tool_calls,
+    };
+    if chat.stream {
+        Ok(stream_chat(job, reader, meta, chat.include_usage))
+    } else {
+        collect_chat(job, reader, meta).await
+    }
+}
+
+/// The reply parser plus the `parallel_tool_calls: false` rule (only the first call kept).
+struct ChatReader {
+    parser: ReplyParser,
+    single_call: bool,
+}
+
+impl ChatReader {
+    fn keep(&self, events: Vec<ReplyEvent>) -> Vec<ReplyEvent> {
+        if !self.single_call {
+            return events;
+        }
+        events
+            .into_iter()
+            .filter(|e| match e {
+                ReplyEvent::ToolStart { index, .. }
+                | ReplyEvent::ToolArgs { index, .. }
+                | ReplyEvent::ToolEnd { index } => *index == 0,
+                _ => true,
+            })
+            .collect()
+    }
+
+    fn push(&mut self, text: &str) -> Vec<ReplyEvent> {
+        let events = self.parser.push(text);
+        self.keep(events)
+    }
+
+    fn finish(&mut self) -> Vec<ReplyEvent> {
+        let events = self.parser.finish();
+        self.keep(events)
+    }
+
+    /// `tool_calls` whenever the reply made a call.
+    fn finish_reason(&self, finish: Finish) -> &'static str {
+        if self.parser.tool_calls() > 0 {
+            "tool_calls"
+        } else {
+            finish.as_str()
         }
     }
-    let prompt_ids = prompt_ids(&state, &chat)?;
-    let context_left = state
-        .max_position_embeddings
-        .map(|n| n.saturating_sub(prompt_ids.len()));
-    if context_left == Some(0) {
-        return Err(ApiError::BadRequest {
-            message: format!(
-                "The prompt is {} tokens long; this model's context is {} tokens",
-                prompt_ids.len(),
-                state.max_position_embeddings.unwrap_or(0)
-            ),
-            param: Some("messages".into()),
-            code: Some("context_length_exceeded"),
-        });
-    }
-    // Without max_tokens a completion may use the rest of the context (as vLLM does).
-    let max_tokens = match (chat.max_tokens, context_left) {
-        (Some(n), Some(left)) => n.min(left),
-        (Some(n), None) => n,
-        (None, Some(left)) => left,
-        (None, None) => super::DEFAULT_MAX_TOKENS,
-    };
-    let n = state.next_id.fetch_add(1, Ordering::Relaxed);
-    let id = format!("chatcmpl-{n:08x}{:08x}", unix_now() as u32);
-    info!(
-        request = n,
-        prompt_tokens = prompt_ids.len(),
-        max_tokens,
-        stream = chat.stream,
-        "chat completion"
-    );
-    let (tx, rx) = unbounded_channel();
-    state
-        .commands
-        .send(Command::Submit(Submit {
-            id: n,
-            prompt_ids,
-            params: chat.params.clone(),
-            max_tokens,
-            stop: chat.stop.clone(),
-            events: tx,
-        }))
-        .map_err(|_| ApiError::Unavailable("the model thread has stopped".into()))?;
-    let created = unix_now();
-    if chat.stream {
-        Ok(stream_response(
-            rx,
-            id,
-            created,
-            state.model_id.clone(),
-            chat.include_usage,
-        ))
-    } else {
-        collect_response(rx, &id, created, &state.model_id).await
-    }
 }
 
-/// The chat template, then the tokenizer (the rendered text already holds the special tokens).
-fn prompt_ids(state: &AppState, chat: &ChatRequest) -> Result<Vec<u32>, ApiError> {
-    let template = state.template.as_ref().ok_or_else(|| {
-        ApiError::bad_request("This model has no chat template; chat completions need one")
-    })?;
-    let text = template
-        .render(&chat.messages, None, true, &Map::new())
-        .map_err(|e| ApiError::field("messages", e.to_string()))?;
-    state
-        .tokenizer
-        .encode(&text, false)
-        .map_err(|e| ApiError::Internal(format!("tokenizing the prompt: {e}")))
+/// An event the model thread sent as an error, as the API reports it.
+pub fn event_error(message: String) -> ApiError {
+    ApiError::Internal(message)
 }
 
-async fn collect_response(
-    mut rx: UnboundedReceiver<Event>,
-    id: &str,
-    created: u64,
-    model: &str,
+fn closed() -> ApiError {
+    ApiError::Unavailable("the model thread has stopped".into())
+}
+
+async fn collect_chat(
+    mut job: Job,
+    mut reader: ChatReader,
+    meta: Meta,
 ) -> Result<HttpResponse, ApiError> {
-    let mut content = String::new();
-    loop {
-        match rx.recv().await {
-            Some(Event::Text(t)) => content.push_str(&t),
+    let mut reply = Reply::default();
+    let mut logprobs = Vec::new();
+    let (finish, usage) = loop {
+        match job.events.recv().await {
+            Some(Event::Text(t)) => reply.extend(reader.push(&t)),
+            Some(Event::Logprobs(lp)) => logprobs.push(logprob_json(&lp)),
             Some(Event::Done {
                 finish,
                 prompt_tokens,
                 completion_tokens,
+                ..
             }) => {
-                let body = ChatCompletion {
-                    id,
-                    object: "chat.completion",
-                    created,
-                    model,
-                    choices: vec![Choice {
-                        index: 0,
-                        message: Message {
-                            role: "assistant",
-                            content,
-                        },
-                        logprobs: None,
-                        finish_reason: finish.as_str(),
-                    }],
-                    usage: Usage {
-                        prompt_tokens,
-                        completion_tokens,
-                        total_tokens: prompt_tokens + completion_tokens,
-                    },
-                };
-                return Ok(HttpResponse::Ok().json(body));
+                reply.extend(reader.finish());
+                break (finish, Usage::new(prompt_tokens, completion_tokens));
             }
-            Some(Event::Error(e)) => return Err(ApiError::Internal(e)),
-            None => return Err(ApiError::Unavailable("the model thread has stopped".into())),
+            Some(Event::Error(e)) => return Err(event_error(e)),
+            Some(Event::Unavailable(e)) => return Err(ApiError::Unavailable(e)),
+            None => return Err(closed()),
+        }
+    };
+    let mut message = json!({"role": "assistant", "content": reply.content});
+    if !reply.reasoning.is_empty() {
+        message["reasoning_content"] = json!(reply.reasoning);
+    }
+    if !reply.tool_calls.is_empty() {
+        let calls: Vec<Value> = reply
+            .tool_calls
+            .iter()
+            .map(|(id, name, args)| {
+                json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})
+            })
+            .collect();
+        message["tool_calls"] = json!(calls);
+        if reply.content.trim().is_empty() {
+            message["content"] = Value::Null;
         }
     }
+    let logprobs = if logprobs.is_empty() {
+        Value::Null
+    } else {
+        json!({ "content": logprobs })
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "id": meta.id,
+        "object": "chat.completion",
+        "created": meta.created,
+        "model": meta.model,
+        "system_fingerprint": system_fingerprint(),
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "logprobs": logprobs,
+            "finish_reason": reader.finish_reason(finish),
+        }],
+        "usage": usage,
+    })))
 }
 
-/// Where an SSE stream is.
-struct Sse {
-    rx: UnboundedReceiver<Event>,
-    id: String,
-    created: u64,
-    model: String,
+/// Where a chat SSE stream is.
+struct ChatStream {
+    job: Job,
+    reader: ChatReader,
+    meta: Meta,
     include_usage: bool,
     started: bool,
     finished: bool,
+    /// Logprobs of tokens whose text has not been sent yet.
+    logprobs: Vec<Value>,
 }
 
-impl Sse {
-    fn chunk(&self, delta: Delta, finish: Option<&'static str>, usage: Option<Usage>) -> Bytes {
-        let choices = if usage.is_some() {
-            Vec::new()
-        } else {
-            vec![ChunkChoice {
-                index: 0,
-                delta,
-                logprobs: None,
-                finish_reason: finish,
-            }]
-        };
-        let chunk = Chunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices,
-            usage,
-        };
-        sse_data(&serde_json::to_string(&chunk).unwrap_or_default())
+impl ChatStream {
+    fn chunk(&self, delta: Value, finish: Option<&str>, logprobs: Value) -> Bytes {
+        sse_data(
+            &json!({
+                "id": self.meta.id,
+                "object": "chat.completion.chunk",
+                "created": self.meta.created,
+                "model": self.meta.model,
+                "system_fingerprint": system_fingerprint(),
+                "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+            })
+            .to_string(),
+        )
+    }
+
+    fn usage_chunk(&self, usage: Usage) -> Bytes {
+        sse_data(
+            &json!({
+                "id": self.meta.id,
+                "object": "chat.completion.chunk",
+                "created": self.meta.created,
+                "model": self.meta.model,
+                "system_fingerprint": system_fingerprint(),
+                "choices": [],
+                "usage": usage,
+            })
+            .to_string(),
+        )
+    }
+
+    /// The chunks for some reply events; pending logprobs ride on the first one.
+    fn write(&mut self, events: Vec<ReplyEvent>, out: &mut Vec<u8>) {
+        for e in events {
+            let delta = match e {
+                ReplyEvent::Content(t) => json!({ "content": t }),
+                ReplyEvent::Reasoning(t) => json!({ "reasoning_content": t }),
+                ReplyEvent::ToolStart { index, id, name } => json!({"tool_calls": [{
+                    "index": index, "id": id, "type": "function",
+                    "function": {"name": name, "arguments": ""},
+                }]}),
+                ReplyEvent::ToolArgs { index, delta } => {
+                    json!({"tool_calls": [{"index": index, "function": {"arguments": delta}}]})
+                }
+                ReplyEvent::ToolEnd { .. } => continue,
+            };
+            let logprobs = if self.logprobs.is_empty() {
+                Value::Null
+            } else {
+                json!({ "content": std::mem::take(&mut self.logprobs) })
+            };
+            out.extend_from_slice(&self.chunk(delta, None, logprobs));
+        }
+    }
+
+    /// The next bytes of the stream, or `None` once it has ended.
+    async fn next(&mut self) -> Option<Bytes> {
+        if self.finished {
+            return None;
+        }
+        if !self.started {
+            self.started = true;
+            return Some(self.chunk(
+                json!({"role": "assistant", "content": ""}),
+                None,
+                Value::Null,
+            ));
+        }
+        loop {
+            let event = match next_event(&mut self.job.events).await {
+                None => return Some(sse_keepalive()),
+                Some(e) => e,
+            };
+            let mut out = Vec::new();
+            match event {
+                Some(Event::Text(text)) => {
+                    let events = self.reader.push(&text);
+                    self.write(events, &mut out);
+                }
+                Some(Event::Logprobs(lp)) => self.logprobs.push(logprob_json(&lp)),
+                Some(Event::Done {
+                    finish,
+                    prompt_tokens,
+                    completion_tokens,
+                    ..
+                }) => {
+                    self.finished = true;
+                    let events = self.reader.finish();
+                    self.write(events, &mut out);
+                    let reason = self.reader.finish_reason(finish);
+                    let logprobs = match std::mem::take(&mut self.logprobs) {
+                        l if l.is_empty() => Value::Null,
+                        l => json!({ "content": l }),
+                    };
+                    out.extend_from_slice(&self.chunk(json!({}), Some(reason), logprobs));
+                    if self.include_usage {
+                        let usage = Usage::new(prompt_tokens, completion_tokens);
+                        out.extend_from_slice(&self.usage_chunk(usage));
+                    }
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                }
+                Some(Event::Error(e)) => {
+                    self.finished = true;
+                    out = error_then_done(event_error(e)).to_vec();
+                }
+                Some(Event::Unavailable(e)) => {
+                    self.finished = true;
+                    out = error_then_done(ApiError::Unavailable(e)).to_vec();
+                }
+                None => {
+                    self.finished = true;
+                    out = error_then_done(closed()).to_vec();
+                }
+            }
+            if !out.is_empty() {
+                return Some(Bytes::from(out));
+            }
+        }
     }
 }
 
-fn sse_data(json: &str) -> Bytes {
-    Bytes::from(format!("data: {json}\n\n"))
-}
-
-/// SSE: a role chunk, content chunks, a finish chunk, a usage chunk if asked, `[DONE]`.
-/// Dropping this stream (the client went away) drops `rx`, which cancels the sequence.
-fn stream_response(
-    rx: UnboundedReceiver<Event>,
-    id: String,
-    created: u64,
-    model: String,
-    include_usage: bool,
-) -> HttpResponse {
-    let sse = Sse {
-        rx,
-        id,
-        created,
-        model,
+/// SSE: a role chunk, reply chunks, a finish chunk, a usage chunk if asked, `[DONE]`;
+/// keepalive comments while the model is silent. Dropping the stream (the client went
+/// away) drops the job's receiver, which cancels the sequence.
+fn stream_chat(job: Job, reader: ChatReader, meta: Meta, include_usage: bool) -> HttpResponse {
+    let stream = ChatStream {
+        job,
+        reader,
+        meta,
         include_usage,
         started: false,
         finished: false,
+        logprobs: Vec::new(),
     };
-    let stream = futures_util::stream::unfold(sse, |mut s| async move {
-        if s.finished {
-            return None;
-        }
-        if !s.started {
-            s.started = true;
-            let role = Delta {
-                role: Some("assistant"),
-                content: Some(String::new()),
-            };
-            let bytes = s.chunk(role, None, None);
-            return Some((Ok::<_, std::convert::Infallible>(bytes), s));
-        }
-        let bytes = match s.rx.recv().await {
-            Some(Event::Text(text)) => s.chunk(
-                Delta {
-                    role: None,
-                    content: Some(text),
-                },
-                None,
-                None,
-            ),
-            Some(Event::Done {
-                finish,
-                prompt_tokens,
-                completion_tokens,
-            }) => {
-                s.finished = true;
-                let mut out = s
-                    .chunk(Delta::default(), Some(finish.as_str()), None)
-                    .to_vec();
-                if s.include_usage {
-                    let usage = Usage {
-                        prompt_tokens,
-                        completion_tokens,
-                        total_tokens: prompt_tokens + completion_tokens,
-                    };
-                    out.extend_from_slice(&s.chunk(Delta::default(), None, Some(usage)));
-                }
-                out.extend_from_slice(b"data: [DONE]\n\n");
-                Bytes::from(out)
-            }
-            Some(Event::Error(e)) => {
-                s.finished = true;
-                error_then_done(ApiError::Internal(e))
-            }
-            None => {
-                s.finished = true;
-                error_then_done(ApiError::Unavailable("the model thread has stopped".into()))
-            }
-        };
+    sse_response(futures_util::stream::unfold(stream, |mut s| async move {
+        let bytes = s.next().await?;
         Some((Ok(bytes), s))
-    });
-    HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header(("Cache-Control", "no-cache"))
-        .streaming(stream)
+    }))
 }
 
-fn error_then_done(err: ApiError) -> Bytes {
+/// An error as an SSE `data:` frame, then `[DONE]`.
+pub fn error_then_done(err: ApiError) -> Bytes {
     let mut out = sse_data(&err.body().to_string()).to_vec();
     out.extend_from_slice(b"data: [DONE]\n\n");
     Bytes::from(out)

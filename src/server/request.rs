@@ -18,15 +18,43 @@ pub struct ChatRequest {
     /// `max_completion_tokens`, else `max_tokens`.
     pub max_tokens: Option<usize>,
     pub params: SamplingParams,
+    /// The request set a sampling field itself (a forced tool call keeps it, else greedy).
+    pub sampling_set: bool,
     pub stop: Vec<String>,
+    /// OpenAI `tools` (function objects), validated.
+    pub tools: Vec<Value>,
+    pub tool_choice: ToolChoice,
+    pub parallel_tool_calls: bool,
+    /// Extra template variables (`enable_thinking`, ...).
+    pub chat_template_kwargs: Map<String, Value>,
+    /// `response_format`, validated to be `text`, `json_object` or `json_schema`.
+    pub response_format: Option<Value>,
+}
+
+/// `tool_choice`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ToolChoice {
+    #[default]
+    Auto,
+    None,
+    Required,
+    /// `{"type":"function","function":{"name":...}}`.
+    Named(String),
+}
+
+impl ToolChoice {
+    /// A call must come back.
+    pub fn forced(&self) -> bool {
+        matches!(self, ToolChoice::Required | ToolChoice::Named(_))
+    }
 }
 
 /// A present, non-null field.
-fn get<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub(crate) fn get<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     obj.get(name).filter(|v| !v.is_null())
 }
 
-fn number(obj: &Map<String, Value>, name: &str) -> Result<Option<f32>, ApiError> {
+pub(crate) fn number(obj: &Map<String, Value>, name: &str) -> Result<Option<f32>, ApiError> {
     match get(obj, name) {
         None => Ok(None),
         Some(v) => match v.as_f64() {
@@ -39,7 +67,7 @@ fn number(obj: &Map<String, Value>, name: &str) -> Result<Option<f32>, ApiError>
     }
 }
 
-fn integer(obj: &Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError> {
+pub(crate) fn integer(obj: &Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError> {
     match get(obj, name) {
         None => Ok(None),
         Some(v) => v.as_i64().map(Some).ok_or_else(|| {
@@ -51,7 +79,7 @@ fn integer(obj: &Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError
     }
 }
 
-fn boolean(obj: &Map<String, Value>, name: &str) -> Result<Option<bool>, ApiError> {
+pub(crate) fn boolean(obj: &Map<String, Value>, name: &str) -> Result<Option<bool>, ApiError> {
     match get(obj, name) {
         None => Ok(None),
         Some(v) => v.as_bool().map(Some).ok_or_else(|| {
@@ -63,7 +91,7 @@ fn boolean(obj: &Map<String, Value>, name: &str) -> Result<Option<bool>, ApiErro
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
+pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -74,7 +102,7 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn check(ok: bool, name: &str, message: &str) -> Result<(), ApiError> {
+pub(crate) fn check(ok: bool, name: &str, message: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
@@ -82,37 +110,47 @@ fn check(ok: bool, name: &str, message: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Parses and validates a chat-completion body.
-pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
+/// The body as a JSON object (400 otherwise).
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))?;
-    let Value::Object(obj) = value else {
-        return Err(ApiError::bad_request(format!(
+    match value {
+        Value::Object(obj) => Ok(obj),
+        other => Err(ApiError::bad_request(format!(
             "The request body must be a JSON object, got {}",
-            type_name(&value)
-        )));
-    };
+            type_name(&other)
+        ))),
+    }
+}
 
-    let model = match get(&obj, "model") {
-        None => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(v) => {
-            return Err(ApiError::field(
-                "model",
-                format!("`model` must be a string, got {}", type_name(v)),
-            ))
-        }
-    };
-    if let Some(n) = integer(&obj, "n")? {
+/// An optional string field.
+pub(crate) fn string(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
+    match get(obj, name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(ApiError::field(
+            name,
+            format!("`{name}` must be a string, got {}", type_name(v)),
+        )),
+    }
+}
+
+/// `n`: only 1 is served.
+pub(crate) fn check_n(obj: &Map<String, Value>) -> Result<(), ApiError> {
+    if let Some(n) = integer(obj, "n")? {
         check(
             n == 1,
             "n",
             "other than 1 is not supported (one choice per request)",
         )?;
     }
-    let messages = messages(&obj)?;
-    let stream = boolean(&obj, "stream")?.unwrap_or(false);
-    let include_usage = match get(&obj, "stream_options") {
+    Ok(())
+}
+
+/// `stream` and `stream_options.include_usage`.
+pub(crate) fn stream_fields(obj: &Map<String, Value>) -> Result<(bool, bool), ApiError> {
+    let stream = boolean(obj, "stream")?.unwrap_or(false);
+    let include_usage = match get(obj, "stream_options") {
         None => false,
         Some(Value::Object(o)) => boolean(o, "include_usage")
             .map_err(|_| {
@@ -129,41 +167,53 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
             ))
         }
     };
-    let max_tokens = match integer(&obj, "max_completion_tokens")? {
-        Some(n) => Some((n, "max_completion_tokens")),
-        None => integer(&obj, "max_tokens")?.map(|n| (n, "max_tokens")),
-    };
-    let max_tokens = match max_tokens {
-        Some((n, name)) => {
-            check(n >= 1, name, "must be at least 1")?;
-            Some(usize::try_from(n).unwrap_or(usize::MAX))
-        }
-        None => None,
-    };
+    Ok((stream, include_usage))
+}
 
+/// The first present of `names` (e.g. `max_completion_tokens`, then `max_tokens`), >= 1.
+pub(crate) fn max_tokens(
+    obj: &Map<String, Value>,
+    names: &[&str],
+) -> Result<Option<usize>, ApiError> {
+    for name in names {
+        if let Some(n) = integer(obj, name)? {
+            check(n >= 1, name, "must be at least 1")?;
+            return Ok(Some(usize::try_from(n).unwrap_or(usize::MAX)));
+        }
+    }
+    Ok(None)
+}
+
+/// The sampling fields shared by every route; the flag says whether any was set.
+pub(crate) fn sampling(obj: &Map<String, Value>) -> Result<(SamplingParams, bool), ApiError> {
     let mut params = SamplingParams::default();
-    if let Some(t) = number(&obj, "temperature")? {
+    let mut set = false;
+    if let Some(t) = number(obj, "temperature")? {
         check(t >= 0.0, "temperature", "must be >= 0")?;
         params.temperature = t;
+        set = true;
     }
-    if let Some(p) = number(&obj, "top_p")? {
+    if let Some(p) = number(obj, "top_p")? {
         check(p > 0.0 && p <= 1.0, "top_p", "must be in (0, 1]")?;
         params.top_p = p;
+        set = true;
     }
-    if let Some(k) = integer(&obj, "top_k")? {
+    if let Some(k) = integer(obj, "top_k")? {
         // -1 and 0 both mean "disabled", as in vLLM and mlx-lm.
         check(k >= -1, "top_k", "must be >= -1")?;
         params.top_k = i32::try_from(k.max(0)).unwrap_or(i32::MAX);
+        set = true;
     }
-    if let Some(p) = number(&obj, "min_p")? {
+    if let Some(p) = number(obj, "min_p")? {
         check((0.0..=1.0).contains(&p), "min_p", "must be in [0, 1]")?;
         params.min_p = p;
+        set = true;
     }
-    if let Some(p) = number(&obj, "repetition_penalty")? {
+    if let Some(p) = number(obj, "repetition_penalty")? {
         check(p > 0.0, "repetition_penalty", "must be > 0")?;
         params.repetition_penalty = Some(p);
     }
-    if let Some(p) = number(&obj, "presence_penalty")? {
+    if let Some(p) = number(obj, "presence_penalty")? {
         check(
             (-2.0..=2.0).contains(&p),
             "presence_penalty",
@@ -171,7 +221,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
         )?;
         params.presence_penalty = Some(p);
     }
-    if let Some(p) = number(&obj, "frequency_penalty")? {
+    if let Some(p) = number(obj, "frequency_penalty")? {
         check(
             (-2.0..=2.0).contains(&p),
             "frequency_penalty",
@@ -180,9 +230,69 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
         params.frequency_penalty = Some(p);
     }
     // Negative seeds are accepted (some clients send them) and used as their bit pattern.
-    params.seed = integer(&obj, "seed")?.map(|s| s as u64);
+    params.seed = integer(obj, "seed")?.map(|s| s as u64);
+    params.logit_bias = logit_bias(obj)?;
+    Ok((params, set))
+}
 
-    let stop = match get(&obj, "stop") {
+/// `logit_bias`: `{"token id": bias in [-100, 100]}`.
+fn logit_bias(obj: &Map<String, Value>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(v) = get(obj, "logit_bias") else {
+        return Ok(Vec::new());
+    };
+    let Value::Object(map) = v else {
+        return Err(ApiError::field(
+            "logit_bias",
+            format!(
+                "`logit_bias` must be an object mapping token ids to numbers, got {}",
+                type_name(v)
+            ),
+        ));
+    };
+    let mut out = Vec::with_capacity(map.len());
+    for (k, v) in map {
+        let id: u32 = k.trim().parse().map_err(|_| {
+            ApiError::field(
+                "logit_bias",
+                format!("`logit_bias` key {k:?} is not a token id"),
+            )
+        })?;
+        let bias = v
+            .as_f64()
+            .filter(|b| (-100.0..=100.0).contains(b))
+            .ok_or_else(|| {
+                ApiError::field(
+                    "logit_bias",
+                    format!("`logit_bias[{k:?}]` must be a number in [-100, 100]"),
+                )
+            })?;
+        out.push((id, bias as f32));
+    }
+    Ok(out)
+}
+
+/// `logprobs` (a boolean on chat; an integer count on legacy completions) and
+/// `top_logprobs` (0..=20) into the params.
+pub(crate) fn chat_logprobs(
+    obj: &Map<String, Value>,
+    params: &mut SamplingParams,
+) -> Result<(), ApiError> {
+    params.logprobs = boolean(obj, "logprobs")?.unwrap_or(false);
+    if let Some(n) = integer(obj, "top_logprobs")? {
+        check((0..=20).contains(&n), "top_logprobs", "must be in [0, 20]")?;
+        check(
+            params.logprobs || n == 0,
+            "top_logprobs",
+            "needs `logprobs: true`",
+        )?;
+        params.top_logprobs = n as usize;
+    }
+    Ok(())
+}
+
+/// A string or a list of strings (`stop`, `stop_sequences`); empty strings dropped.
+pub(crate) fn stop_list(obj: &Map<String, Value>, name: &str) -> Result<Vec<String>, ApiError> {
+    let list = match get(obj, name) {
         None => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(list)) => list
@@ -190,20 +300,52 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
             .map(|v| v.as_str().map(str::to_string))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| {
-                ApiError::field("stop", "`stop` must be a string or a list of strings")
+                ApiError::field(
+                    name,
+                    format!("`{name}` must be a string or a list of strings"),
+                )
             })?,
         Some(v) => {
             return Err(ApiError::field(
-                "stop",
+                name,
                 format!(
-                    "`stop` must be a string or a list of strings, got {}",
+                    "`{name}` must be a string or a list of strings, got {}",
                     type_name(v)
                 ),
             ))
         }
     };
-    let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
+    Ok(list.into_iter().filter(|s| !s.is_empty()).collect())
+}
 
+/// Parses and validates a chat-completion body.
+pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    let obj = parse_object(body)?;
+    let model = string(&obj, "model")?;
+    check_n(&obj)?;
+    let messages = messages(&obj)?;
+    let (stream, include_usage) = stream_fields(&obj)?;
+    let max_tokens = max_tokens(&obj, &["max_completion_tokens", "max_tokens"])?;
+    let (mut params, sampling_set) = sampling(&obj)?;
+    chat_logprobs(&obj, &mut params)?;
+    let stop = stop_list(&obj, "stop")?;
+    let tools = tools(&obj)?;
+    let tool_choice = tool_choice(&obj, &tools)?;
+    let parallel_tool_calls = boolean(&obj, "parallel_tool_calls")?.unwrap_or(true);
+    let chat_template_kwargs = match get(&obj, "chat_template_kwargs") {
+        None => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(v) => {
+            return Err(ApiError::field(
+                "chat_template_kwargs",
+                format!(
+                    "`chat_template_kwargs` must be an object, got {}",
+                    type_name(v)
+                ),
+            ))
+        }
+    };
+    let response_format = response_format(&obj)?;
     Ok(ChatRequest {
         model,
         messages,
@@ -211,8 +353,138 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
         include_usage,
         max_tokens,
         params,
+        sampling_set,
         stop,
+        tools,
+        tool_choice,
+        parallel_tool_calls,
+        chat_template_kwargs,
+        response_format,
     })
+}
+
+/// `tools`: a list of `{"type": "function", "function": {"name": ..., "parameters": ...}}`.
+fn tools(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
+    let list = match get(obj, "tools") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(v) => {
+            return Err(ApiError::field(
+                "tools",
+                format!("`tools` must be a list, got {}", type_name(v)),
+            ))
+        }
+    };
+    for (i, t) in list.iter().enumerate() {
+        let param = format!("tools[{i}]");
+        let kind = t.get("type").and_then(Value::as_str).unwrap_or("function");
+        check(
+            kind == "function",
+            &param,
+            &format!("has type {kind:?}; only \"function\" tools are supported"),
+        )?;
+        let name = t
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str);
+        check(
+            name.is_some_and(|n| !n.is_empty()),
+            &format!("{param}.function.name"),
+            "is required and must be a non-empty string",
+        )?;
+        if let Some(p) = t.get("function").and_then(|f| f.get("parameters")) {
+            check(
+                p.is_object() || p.is_null(),
+                &format!("{param}.function.parameters"),
+                "must be a JSON schema object",
+            )?;
+        }
+    }
+    Ok(list.clone())
+}
+
+/// `tool_choice`: `"auto" | "none" | "required" | {"type":"function","function":{"name"}}`.
+fn tool_choice(obj: &Map<String, Value>, tools: &[Value]) -> Result<ToolChoice, ApiError> {
+    let choice = match get(obj, "tool_choice") {
+        None => return Ok(ToolChoice::Auto),
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" | "any" => ToolChoice::Required,
+            other => {
+                return Err(ApiError::field(
+                    "tool_choice",
+                    format!("`tool_choice` {other:?} is not one of \"auto\", \"none\", \"required\" or a function object"),
+                ))
+            }
+        },
+        Some(v @ Value::Object(_)) => {
+            let name = v
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .or_else(|| v.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ApiError::field(
+                        "tool_choice",
+                        "`tool_choice` as an object must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                    )
+                })?;
+            ToolChoice::Named(name.to_string())
+        }
+        Some(v) => {
+            return Err(ApiError::field(
+                "tool_choice",
+                format!("`tool_choice` must be a string or an object, got {}", type_name(v)),
+            ))
+        }
+    };
+    if choice.forced() {
+        check(
+            !tools.is_empty(),
+            "tool_choice",
+            "needs a non-empty `tools` list",
+        )?;
+    }
+    if let ToolChoice::Named(name) = &choice {
+        let offered = tools.iter().any(|t| {
+            t.get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                == Some(name)
+        });
+        check(
+            offered,
+            "tool_choice",
+            &format!("names the function {name:?}, which is not in `tools`"),
+        )?;
+    }
+    Ok(choice)
+}
+
+/// `response_format`: `{"type": "text" | "json_object" | "json_schema", ...}`.
+pub(crate) fn response_format(obj: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
+    let Some(v) = get(obj, "response_format") else {
+        return Ok(None);
+    };
+    let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+    match kind {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(v.clone())),
+        "json_schema" => {
+            let schema = v.get("json_schema").and_then(|s| s.get("schema"));
+            check(
+                schema.is_some_and(Value::is_object),
+                "response_format.json_schema.schema",
+                "is required and must be a JSON schema object",
+            )?;
+            Ok(Some(v.clone()))
+        }
+        other => Err(ApiError::field(
+            "response_format.type",
+            format!("`response_format.type` {other:?} is not one of \"text\", \"json_object\", \"json_schema\""),
+        )),
+    }
 }
 
 /// `messages`: a non-empty list of `{"role": string, "content": string | parts | null, ...}`.
@@ -271,9 +543,32 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
                 ))
             }
         }
+        // Most templates know only system/user/assistant/tool.
+        if m.get("role").and_then(Value::as_str) == Some("developer") {
+            m.insert("role".into(), Value::String("system".into()));
+        }
+        if let Some(Value::Array(calls)) = m.get_mut("tool_calls") {
+            for call in calls.iter_mut() {
+                arguments_as_object(call);
+            }
+        }
         out.push(Value::Object(m));
     }
     Ok(out)
+}
+
+/// Templates index into `function.arguments` (`tool_call.arguments | tojson`, `.items()`),
+/// so a JSON-string `arguments` that holds an object is passed as that object, as
+/// transformers users and the other servers do.
+fn arguments_as_object(call: &mut Value) {
+    let Some(f) = call.get_mut("function") else {
+        return;
+    };
+    if let Some(Value::String(s)) = f.get("arguments") {
+        if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(s) {
+            f["arguments"] = v;
+        }
+    }
 }
 
 #[cfg(test)]

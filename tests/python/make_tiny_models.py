@@ -1,6 +1,8 @@
 """Create tiny random MLX model folders with mlx-lm, for kooka's parity tests.
 
-Usage: make_tiny_models.py OUTDIR
+Usage: make_tiny_models.py OUTDIR [--shard]
+
+With --shard it makes the fixtures of tests/shard.rs instead (the SHARD list below).
 
 Every folder holds config.json + model.safetensors (+ model.safetensors.index.json), written
 the way mlx-lm's save_model/save_config write them. Weights come from mlx-lm's own model
@@ -76,6 +78,20 @@ ARCHS_EXTRA = {
         norm_topk_prob=False)),
 }
 
+# Fixtures of tests/shard.rs (sharded runs against one rank). Those named "-f32" keep
+# float32 scales and biases: kooka then runs packed 4-bit weights with float32 activations,
+# so a tensor-parallel run differs from one rank only by summation order, not by bf16
+# rounding (which these tiny random models amplify to different tokens). Group sizes fit
+# two ranks: qwen3_moe's o_proj inputs and expert hidden units are 64, 32 per rank, so its
+# "q4g64" does not fit (for the error).
+SHARD = {
+    ("llama", "q4g64-f32"): ({"group_size": 64, "bits": 4}, {}),
+    ("qwen3_moe", "q4g32-f32"): ({"group_size": 32, "bits": 4}, {}),
+    ("qwen3_moe", "bf16"): (None, {}),
+    ("qwen3_moe", "q4g64"): ({"group_size": 64, "bits": 4}, {}),
+    ("mixtral", "bf16"): (None, {}),
+}
+
 # name -> (global quantization or None, per-module overrides)
 VARIANTS = {
     "bf16": (None, {}),
@@ -111,7 +127,7 @@ def build(arch, variant, quant, overrides, out):
     # Wider weights than the default init so the tiny model's logits are far from flat.
     # (ndim >= 2: stacked expert weights [experts, out, in] too.)
     model.update(tree_map(lambda p: p * 4.0 if p.ndim >= 2 else p, model.parameters()))
-    dtype = mx.float16 if variant == "f16" else mx.bfloat16
+    dtype = {"f16": mx.float16}.get(variant, mx.float32 if variant.endswith("-f32") else mx.bfloat16)
     model.set_dtype(dtype)
     if quant is not None:
         # The model's own quant_predicate (qwen3_moe: routers at 8 bits) applies as in
@@ -142,8 +158,11 @@ def main():
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     names = []
-    jobs = [(a, v, *VARIANTS[v]) for a in ARCHS for v in VARIANTS]
-    jobs += [(a, v, *q) for (a, v), q in EXTRA.items()]
+    if "--shard" in sys.argv[2:]:
+        jobs = [(a, v, *q) for (a, v), q in SHARD.items()]
+    else:
+        jobs = [(a, v, *VARIANTS[v]) for a in ARCHS for v in VARIANTS]
+        jobs += [(a, v, *q) for (a, v), q in EXTRA.items()]
     for arch, variant, quant, overrides in jobs:
         name = f"{arch}-{variant}"
         build(arch, variant, quant, overrides, out / name)

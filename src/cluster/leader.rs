@@ -1,0 +1,446 @@
+//! Rank 0's side of the control plane.
+//!
+//! Threads (all plain OS threads, all blocking, none polling):
+//! - `kooka-ctl-accept`: accepts control connections and runs each handshake (preamble,
+//!   `Hello` checked against rank 0's own config, `Welcome` or `Reject`). It lives for the
+//!   whole run so a late or duplicate rank gets a clear `Reject` instead of silence.
+//! - `kooka-ctl-rN`, one per follower: reads its frames (heartbeats, `Ready`, `Failed`)
+//!   with a read timeout of `peer_timeout`; EOF, silence or `Failed` mark the rank lost.
+//! - `kooka-ctl-beat`: sends a heartbeat to every follower each `heartbeat` interval.
+//! - the model thread (`kooka-mlx`) calls [`Leader::broadcast`] through
+//!   [`ReplicatedEngine`](super::ReplicatedEngine); frames to one follower are serialised
+//!   by that follower's writer lock.
+//!
+//! A lost rank ([`Leader::fail`]): the status turns it `Lost` (so `/health` answers 503),
+//! the failure hooks fail every request in flight, the other followers get `Abort`, and
+//! after `exit_grace` the process exits with code 1 — also when the model thread is stuck
+//! inside an MLX collective that will never finish, which is why this does not go through
+//! the model thread.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use super::codec::{self, read_message, write_message, FrameError};
+use super::protocol::{Message, Op};
+use super::status::{ClusterStatus, RankState};
+use super::{net, shard, ClusterConfig, ClusterError};
+use crate::model::{ComputeDtype, LanguageModel, ModelError};
+
+type FailureHook = Box<dyn Fn(&str) + Send + Sync>;
+
+/// Rank 0's handle on the other ranks; cheap to clone.
+#[derive(Clone)]
+pub struct Leader {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClusterConfig,
+    status: Arc<ClusterStatus>,
+    /// Indexed by rank; set when that rank joins (index 0, rank 0 itself, stays empty).
+    peers: Vec<OnceLock<Peer>>,
+    /// Set by the first failure; later ones only update the status.
+    failed: AtomicBool,
+    /// Set once `Shutdown` went out: EOFs from then on are the followers exiting.
+    stopping: AtomicBool,
+    hooks: Mutex<Vec<FailureHook>>,
+}
+
+struct Peer {
+    rank: usize,
+    writer: Mutex<TcpStream>,
+}
+
+impl Leader {
+    /// Listens on the control address and waits (up to the startup timeout) until every
+    /// other rank has connected and passed the handshake.
+    pub fn start(config: ClusterConfig) -> Result<Leader, ClusterError> {
+        let deadline = Instant::now() + config.startup_timeout;
+        let listener = net::listen(config.control)?;
+        let status = Arc::new(ClusterStatus::new(
+            &config.hosts,
+            config.parallel.to_string(),
+        ));
+        info!(
+            control = %config.control,
+            ranks = config.world_size(),
+            parallel = %config.parallel,
+            "waiting for the other ranks to connect"
+        );
+        let (joined_tx, joined_rx) = mpsc::channel();
+        {
+            let config = config.clone();
+            spawn("kooka-ctl-accept", move || {
+                accept_loop(listener, &config, joined_tx)
+            })?;
+        }
+        let leader = Leader {
+            inner: Arc::new(Inner {
+                peers: (0..config.world_size()).map(|_| OnceLock::new()).collect(),
+                config,
+                status,
+                failed: AtomicBool::new(false),
+                stopping: AtomicBool::new(false),
+                hooks: Mutex::new(Vec::new()),
+            }),
+        };
+        // Heartbeats (and the reader of each follower) start as soon as it joins: an early
+        // rank must not time out while a later one is still starting.
+        let l = leader.clone();
+        spawn("kooka-ctl-beat", move || l.heartbeat_loop())?;
+        let (config, status) = (&leader.inner.config, &leader.inner.status);
+        while leader.peers().count() + 1 < config.world_size() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match joined_rx.recv_timeout(left) {
+                Ok(Ok((rank, stream))) => {
+                    info!(rank, host = %status.host(rank), "rank connected");
+                    leader.add_peer(rank, stream)?;
+                    status.set(rank, RankState::Loading, None);
+                }
+                Ok(Err(reason)) => return Err(ClusterError::Startup(reason)),
+                Err(_) => {
+                    let missing: Vec<String> = status
+                        .ranks_not(|s| *s != RankState::Connecting)
+                        .into_iter()
+                        .map(|(r, host)| format!("rank {r} ({host})"))
+                        .collect();
+                    return Err(ClusterError::Startup(format!(
+                        "{} did not connect to rank 0's control plane at {} within {}s; \
+                         start every rank (same MLX_HOSTFILE, --model and --parallel) or raise \
+                         --startup-timeout-secs",
+                        missing.join(", "),
+                        config.control,
+                        config.startup_timeout.as_secs()
+                    )));
+                }
+            }
+        }
+        Ok(leader)
+    }
+
+    fn add_peer(&self, rank: usize, stream: TcpStream) -> Result<(), ClusterError> {
+        let io = |source| ClusterError::Io {
+            what: format!("setting up the connection to rank {rank}"),
+            source,
+        };
+        net::configure(&stream, &self.inner.config.timing).map_err(io)?;
+        let reader = stream.try_clone().map_err(io)?;
+        let peer = Peer {
+            rank,
+            writer: Mutex::new(stream),
+        };
+        if self.inner.peers[rank].set(peer).is_err() {
+            return Err(ClusterError::Protocol(format!("rank {rank} joined twice")));
+        }
+        let l = self.clone();
+        spawn(&format!("kooka-ctl-r{rank}"), move || {
+            l.read_loop(rank, reader)
+        })
+    }
+
+    /// The followers that have joined, in rank order.
+    fn peers(&self) -> impl Iterator<Item = &Peer> {
+        self.inner.peers.iter().filter_map(OnceLock::get)
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.config
+    }
+
+    pub fn status(&self) -> Arc<ClusterStatus> {
+        self.inner.status.clone()
+    }
+
+    /// Loads rank 0's shard (on the calling thread: the model thread) and marks rank 0 ready.
+    pub fn load_model(
+        &self,
+        dir: &Path,
+        dtype: ComputeDtype,
+    ) -> Result<Box<dyn LanguageModel>, ModelError> {
+        let (model, shard) = shard::load(dir, dtype, &self.inner.config)?;
+        self.inner.status.set(0, RankState::Ready, Some(shard));
+        Ok(model)
+    }
+
+    /// Blocks until every rank has loaded its shard, a rank is lost, or the startup
+    /// timeout (counted from now) passes.
+    pub fn wait_ready(&self) -> Result<(), ClusterError> {
+        let timeout = self.inner.config.startup_timeout;
+        let status = &self.inner.status;
+        let all_ready = |r: &[super::RankStatus]| r.iter().all(|r| r.state == RankState::Ready);
+        match status.wait_until(Instant::now() + timeout, all_ready) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                let late: Vec<String> = status
+                    .ranks_not(|s| *s == RankState::Ready)
+                    .into_iter()
+                    .map(|(r, host)| format!("rank {r} ({host})"))
+                    .collect();
+                Err(ClusterError::Startup(format!(
+                    "{} did not finish loading within {}s (raise --startup-timeout-secs for large models)",
+                    late.join(", "),
+                    timeout.as_secs()
+                )))
+            }
+            Err((rank, reason)) => Err(self.lost_error(rank, reason)),
+        }
+    }
+
+    /// Registers a function called once, with the error text, when a rank is lost.
+    pub fn on_failure(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        self.inner
+            .hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(hook));
+    }
+
+    /// The error for the first lost rank, if the run has failed.
+    pub fn failure(&self) -> Option<ClusterError> {
+        self.inner
+            .status
+            .lost()
+            .map(|(rank, reason)| self.lost_error(rank, reason))
+    }
+
+    /// Blocks up to `within` for a rank to be lost; the error if one is (or already was).
+    pub fn wait_for_failure(&self, within: Duration) -> Option<ClusterError> {
+        match self
+            .inner
+            .status
+            .wait_until(Instant::now() + within, |_| false)
+        {
+            Err((rank, reason)) => Some(self.lost_error(rank, reason)),
+            Ok(_) => None,
+        }
+    }
+
+    fn lost_error(&self, rank: usize, reason: String) -> ClusterError {
+        ClusterError::RankLost {
+            rank,
+            host: self.inner.status.host(rank),
+            reason,
+        }
+    }
+
+    /// Sends `op` to every follower, in rank order. Called before rank 0 runs the same op.
+    pub fn broadcast(&self, op: &Op) -> Result<(), ClusterError> {
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
+        let frame = codec::encode(&Message::Op(op.clone()))?;
+        for peer in self.peers() {
+            let sent = {
+                let mut w = peer.writer.lock().unwrap_or_else(|e| e.into_inner());
+                std::io::Write::write_all(&mut *w, &frame)
+            };
+            if let Err(e) = sent {
+                let reason = format!("sending it an operation failed: {e}");
+                self.fail(peer.rank, reason.clone());
+                return Err(self.lost_error(peer.rank, reason));
+            }
+        }
+        Ok(())
+    }
+
+    /// Normal stop: followers finish the ops before this and exit 0.
+    pub fn shutdown(&self) {
+        if self.inner.stopping.swap(true, Ordering::SeqCst)
+            || self.inner.failed.load(Ordering::SeqCst)
+        {
+            return;
+        }
+        info!("stopping the other ranks");
+        let frame = codec::encode(&Message::Op(Op::Shutdown)).unwrap_or_default();
+        for peer in self.peers() {
+            let mut w = peer.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = std::io::Write::write_all(&mut *w, &frame);
+        }
+    }
+
+    /// Rank `rank` is gone. The first call fails the run: status, hooks, `Abort` to the
+    /// others, exit(1) after the grace period.
+    pub fn fail(&self, rank: usize, reason: String) {
+        let inner = &self.inner;
+        inner
+            .status
+            .set(rank, RankState::Lost(reason.clone()), None);
+        if inner.stopping.load(Ordering::SeqCst) || inner.failed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let message = self.lost_error(rank, reason).to_string();
+        let grace = inner.config.timing.exit_grace;
+        error!(rank, "{message}");
+        eprintln!(
+            "kooka: error: {message}; failing the requests in flight and exiting in {}ms",
+            grace.as_millis()
+        );
+        for hook in inner.hooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            hook(&message);
+        }
+        let _ = std::thread::Builder::new()
+            .name("kooka-ctl-exit".into())
+            .spawn(move || {
+                std::thread::sleep(grace);
+                std::process::exit(1);
+            });
+        let l = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("kooka-ctl-abort".into())
+            .spawn(move || {
+                let frame = codec::encode(&Message::Abort { reason: message }).unwrap_or_default();
+                for peer in l.peers().filter(|p| p.rank != rank) {
+                    let mut w = peer.writer.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = std::io::Write::write_all(&mut *w, &frame);
+                }
+            });
+    }
+
+    fn read_loop(&self, rank: usize, mut stream: TcpStream) {
+        let timeout = self.inner.config.timing.peer_timeout;
+        loop {
+            let reason = match read_message(&mut stream) {
+                Ok(Message::Heartbeat) => continue,
+                Ok(Message::Ready { shard }) => {
+                    info!(rank, %shard, "rank ready");
+                    self.inner.status.set(rank, RankState::Ready, Some(shard));
+                    continue;
+                }
+                Ok(Message::Failed { reason }) => format!("it failed: {reason}"),
+                Ok(other) => format!("it sent an unexpected {other:?}"),
+                Err(_) if self.inner.stopping.load(Ordering::SeqCst) => return,
+                Err(e) if e.is_timeout() => format!(
+                    "no heartbeat for {}s (the process is stuck or the network is down)",
+                    timeout.as_secs_f32()
+                ),
+                Err(e) if e.is_closed() => {
+                    "its control connection closed (the process exited or was killed)".into()
+                }
+                Err(e) => e.to_string(),
+            };
+            self.fail(rank, reason);
+            return;
+        }
+    }
+
+    fn heartbeat_loop(&self) {
+        let frame = codec::encode(&Message::Heartbeat).unwrap_or_default();
+        let inner = &self.inner;
+        loop {
+            std::thread::sleep(inner.config.timing.heartbeat);
+            if inner.stopping.load(Ordering::SeqCst) || inner.failed.load(Ordering::SeqCst) {
+                return;
+            }
+            for peer in self.peers() {
+                let sent = {
+                    let mut w = peer.writer.lock().unwrap_or_else(|e| e.into_inner());
+                    std::io::Write::write_all(&mut *w, &frame)
+                };
+                if let Err(e) = sent {
+                    if !inner.stopping.load(Ordering::SeqCst) {
+                        self.fail(peer.rank, format!("sending it a heartbeat failed: {e}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), ClusterError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(|_| ())
+        .map_err(|source| ClusterError::Io {
+            what: format!("starting thread {name}"),
+            source,
+        })
+}
+
+/// What one accepted connection turned out to be.
+type Joined = Result<(usize, TcpStream), String>;
+
+/// Accepts until the process ends. Ranks are accepted once; a follower whose `Hello` does
+/// not match ends startup with the reason (it gets the same reason and exits).
+fn accept_loop(listener: TcpListener, config: &ClusterConfig, joined: mpsc::Sender<Joined>) {
+    let mut taken = vec![false; config.world_size()];
+    for conn in listener.incoming() {
+        let mut stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("control plane: accept failed: {e}");
+                continue;
+            }
+        };
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let outcome = handshake(&mut stream, config, &taken);
+        match outcome {
+            Ok(rank) => {
+                taken[rank] = true;
+                let _ = joined.send(Ok((rank, stream)));
+            }
+            Err(Refusal::Garbage(e)) => {
+                warn!(%peer, "control plane: dropped a connection that is not a kooka rank: {e}");
+            }
+            Err(Refusal::Mismatch(reason)) => {
+                let _ = write_message(
+                    &mut stream,
+                    &Message::Reject {
+                        reason: reason.clone(),
+                    },
+                );
+                error!(%peer, "control plane: refused a rank: {reason}");
+                let _ = joined.send(Err(reason));
+            }
+            Err(Refusal::Duplicate(reason)) => {
+                let _ = write_message(
+                    &mut stream,
+                    &Message::Reject {
+                        reason: reason.clone(),
+                    },
+                );
+                warn!(%peer, "control plane: {reason}");
+            }
+        }
+    }
+}
+
+enum Refusal {
+    Garbage(String),
+    Mismatch(String),
+    Duplicate(String),
+}
+
+fn handshake(
+    stream: &mut TcpStream,
+    config: &ClusterConfig,
+    taken: &[bool],
+) -> Result<usize, Refusal> {
+    let garbage = |e: &dyn std::fmt::Display| Refusal::Garbage(e.to_string());
+    // A stranger that connects and says nothing must not stall the accept loop.
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+    net::exchange_preamble(stream).map_err(|e| garbage(&e))?;
+    let hello = match read_message(stream) {
+        Ok(Message::Hello(h)) => h,
+        Ok(other) => return Err(garbage(&format!("expected Hello, got {other:?}"))),
+        Err(e) => return Err(garbage(&e as &FrameError)),
+    };
+    config.check_hello(&hello).map_err(Refusal::Mismatch)?;
+    if taken[hello.rank] {
+        return Err(Refusal::Duplicate(format!(
+            "rank {} connected again (pid {}) but is already part of the run",
+            hello.rank, hello.pid
+        )));
+    }
+    write_message(stream, &Message::Welcome).map_err(|e| garbage(&e))?;
+    Ok(hello.rank)
+}

@@ -1,0 +1,289 @@
+//! The control plane's messages: what rank 0 and the other ranks say to each other, as plain
+//! serde types. The bytes on the wire are [`codec`](super::codec)'s business.
+//!
+//! A connection starts with a [`PREAMBLE`] from both sides (magic + [`PROTOCOL_VERSION`],
+//! checked before any frame is decoded, so two kooka builds with different codecs still
+//! fail with a clear message), then the follower's [`Hello`] and rank 0's `Welcome` or
+//! `Reject`. After that rank 0 sends [`Op`]s in execution order and heartbeats; a follower
+//! sends `Ready` once its shard is loaded, heartbeats, and `Failed` if it has to stop.
+//!
+//! Engine requests travel as [`WireRequest`], a mirror of [`SequenceRequest`] built by
+//! exhaustive destructuring: a field added to the engine's request fails to compile here
+//! until someone decides how it crosses the wire.
+
+use serde::{Deserialize, Serialize};
+
+use crate::constrain::Grammar;
+use crate::engine::sampling::SamplingParams;
+use crate::engine::{SeqId, SequenceRequest};
+
+/// Bump on any change to [`Message`] or the framing.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// `KOOKA-CP` then the version, big-endian: 12 bytes each side sends first.
+pub const MAGIC: [u8; 8] = *b"KOOKA-CP";
+
+/// The 12 bytes that open every control connection.
+pub fn preamble() -> [u8; 12] {
+    let mut p = [0u8; 12];
+    p[..8].copy_from_slice(&MAGIC);
+    p[8..].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    p
+}
+
+/// Checks the peer's preamble; the error says what the peer is.
+pub fn check_preamble(p: &[u8; 12]) -> Result<(), String> {
+    if p[..8] != MAGIC {
+        return Err("the peer is not a kooka control plane (bad magic)".into());
+    }
+    let version = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
+    if version != PROTOCOL_VERSION {
+        return Err(format!(
+            "the peer speaks control protocol v{version}, this kooka speaks v{PROTOCOL_VERSION}; \
+             run the same kooka build on every rank"
+        ));
+    }
+    Ok(())
+}
+
+/// How the model is split over the ranks; every rank must be started with the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParallelSpec {
+    /// Contiguous layer ranges per rank; `split` = layers per rank (None = even).
+    Pipeline { split: Option<Vec<usize>> },
+    /// Heads and MLP columns/rows sharded over all ranks.
+    Tensor,
+}
+
+impl std::fmt::Display for ParallelSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParallelSpec::Pipeline { split: None } => write!(f, "pipeline (even split)"),
+            ParallelSpec::Pipeline { split: Some(s) } => {
+                let s: Vec<String> = s.iter().map(|n| n.to_string()).collect();
+                write!(f, "pipeline (split {})", s.join(","))
+            }
+            ParallelSpec::Tensor => write!(f, "tensor"),
+        }
+    }
+}
+
+/// A follower introduces itself; rank 0 checks every field against its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub rank: usize,
+    pub world_size: usize,
+    /// The model folder's name.
+    pub model_id: String,
+    /// FNV-1a of `config.json`: same name, different model is caught too.
+    pub model_fingerprint: u64,
+    pub parallel: ParallelSpec,
+    /// For logs and `/health`.
+    pub pid: u32,
+}
+
+/// One engine operation. Followers apply them in the order received, which is the order
+/// rank 0 runs them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// `Engine::add`; `seq` is the id rank 0 expects the engine to assign (checked).
+    Add {
+        seq: SeqId,
+        request: Box<WireRequest>,
+    },
+    /// `Engine::step`.
+    Step,
+    /// `Engine::cancel`.
+    Cancel { seq: SeqId },
+    /// Rank 0 is stopping normally: exit 0 after the ops before this one.
+    Shutdown,
+}
+
+/// Everything that crosses a control connection after the preamble.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// follower -> rank 0, first frame.
+    Hello(Hello),
+    /// rank 0 -> follower: accepted.
+    Welcome,
+    /// rank 0 -> follower: refused; the follower exits with this reason.
+    Reject { reason: String },
+    /// follower -> rank 0: shard loaded (`shard` describes it for `/health`).
+    Ready { shard: String },
+    /// rank 0 -> follower: the next operation.
+    Op(Op),
+    /// Both ways, every heartbeat interval, so a silent peer is noticed.
+    Heartbeat,
+    /// follower -> rank 0: this rank hit an error and is exiting.
+    Failed { reason: String },
+    /// rank 0 -> follower: the run is over because of a failure elsewhere; exit non-zero.
+    Abort { reason: String },
+}
+
+/// [`SamplingParams`] on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireSampling {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: i32,
+    pub min_p: f32,
+    pub repetition_penalty: Option<f32>,
+    pub repetition_context_size: usize,
+    pub presence_penalty: Option<f32>,
+    pub presence_context_size: usize,
+    pub frequency_penalty: Option<f32>,
+    pub frequency_context_size: usize,
+    pub logit_bias: Vec<(u32, f32)>,
+    pub seed: Option<u64>,
+    pub logprobs: bool,
+    pub top_logprobs: usize,
+}
+
+/// [`SequenceRequest`] on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireRequest {
+    pub prompt: Vec<u32>,
+    pub params: WireSampling,
+    pub max_tokens: usize,
+    pub stop_ids: Vec<u32>,
+    pub return_prompt_logits: bool,
+    /// Plain data (a Lark grammar); each rank compiles its own matcher.
+    pub constraint: Option<Grammar>,
+}
+
+impl From<&SamplingParams> for WireSampling {
+    fn from(p: &SamplingParams) -> Self {
+        // Exhaustive on purpose: a new field must be added to the wire type.
+        let SamplingParams {
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+            repetition_penalty,
+            repetition_context_size,
+            presence_penalty,
+            presence_context_size,
+            frequency_penalty,
+            frequency_context_size,
+            logit_bias,
+            seed,
+            logprobs,
+            top_logprobs,
+        } = p.clone();
+        WireSampling {
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+            repetition_penalty,
+            repetition_context_size,
+            presence_penalty,
+            presence_context_size,
+            frequency_penalty,
+            frequency_context_size,
+            logit_bias,
+            seed,
+            logprobs,
+            top_logprobs,
+        }
+    }
+}
+
+impl From<WireSampling> for SamplingParams {
+    fn from(w: WireSampling) -> Self {
+        SamplingParams {
+            temperature: w.temperature,
+            top_p: w.top_p,
+            top_k: w.top_k,
+            min_p: w.min_p,
+            repetition_penalty: w.repetition_penalty,
+            repetition_context_size: w.repetition_context_size,
+            presence_penalty: w.presence_penalty,
+            presence_context_size: w.presence_context_size,
+            frequency_penalty: w.frequency_penalty,
+            frequency_context_size: w.frequency_context_size,
+            logit_bias: w.logit_bias,
+            seed: w.seed,
+            logprobs: w.logprobs,
+            top_logprobs: w.top_logprobs,
+        }
+    }
+}
+
+impl From<&SequenceRequest> for WireRequest {
+    fn from(r: &SequenceRequest) -> Self {
+        let SequenceRequest {
+            prompt,
+            params,
+            max_tokens,
+            stop_ids,
+            return_prompt_logits,
+            constraint,
+        } = r;
+        WireRequest {
+            prompt: prompt.clone(),
+            params: params.into(),
+            max_tokens: *max_tokens,
+            stop_ids: stop_ids.clone(),
+            return_prompt_logits: *return_prompt_logits,
+            constraint: constraint.clone(),
+        }
+    }
+}
+
+impl From<WireRequest> for SequenceRequest {
+    fn from(w: WireRequest) -> Self {
+        SequenceRequest {
+            prompt: w.prompt,
+            params: w.params.into(),
+            max_tokens: w.max_tokens,
+            stop_ids: w.stop_ids,
+            return_prompt_logits: w.return_prompt_logits,
+            constraint: w.constraint,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preamble_checks_magic_and_version() {
+        assert!(check_preamble(&preamble()).is_ok());
+        let mut other = preamble();
+        other[11] ^= 1;
+        let err = check_preamble(&other).unwrap_err();
+        assert!(err.contains("same kooka build"), "{err}");
+        let mut http = [0u8; 12];
+        http.copy_from_slice(b"GET / HTTP/1");
+        assert!(check_preamble(&http).unwrap_err().contains("bad magic"));
+    }
+
+    #[test]
+    fn a_request_survives_the_wire_types() {
+        let req = SequenceRequest {
+            prompt: vec![1, 2, 3],
+            params: SamplingParams {
+                temperature: 0.7,
+                top_k: 40,
+                logit_bias: vec![(5, -1.5)],
+                seed: Some(9),
+                repetition_penalty: Some(1.1),
+                ..Default::default()
+            },
+            max_tokens: 17,
+            stop_ids: vec![2],
+            return_prompt_logits: true,
+            constraint: Some(Grammar::json_object()),
+        };
+        let back = SequenceRequest::from(WireRequest::from(&req));
+        assert_eq!(back.prompt, req.prompt);
+        assert_eq!(back.params, req.params);
+        assert_eq!(
+            (back.max_tokens, &back.stop_ids, back.return_prompt_logits),
+            (17, &vec![2], true)
+        );
+        assert_eq!(back.constraint, req.constraint);
+    }
+}

@@ -1,0 +1,49 @@
+//! What each rank loads, and how `/health` describes it: this rank joins the MLX ring group
+//! of `MLX_HOSTFILE` (on the calling thread, which must be the rank's MLX thread: the group
+//! is `!Send`) and loads its part of the model with
+//! [`load_model_sharded`](crate::model::load_model_sharded). Every rank then ends each
+//! forward with the same logits, which is what lets the control plane replicate operations
+//! and never tokens.
+
+use std::path::Path;
+use std::rc::Rc;
+
+use super::protocol::ParallelSpec;
+use super::ClusterConfig;
+use crate::dist::{Backend, Group, Watchdog};
+use crate::model::{
+    load_model_sharded, ComputeDtype, LanguageModel, ModelConfig, ModelError, ParallelMode, Shard,
+};
+
+impl From<&ParallelSpec> for ParallelMode {
+    fn from(spec: &ParallelSpec) -> Self {
+        match spec {
+            ParallelSpec::Pipeline { split } => ParallelMode::Pipeline {
+                split: split.clone(),
+            },
+            ParallelSpec::Tensor => ParallelMode::Tensor,
+        }
+    }
+}
+
+/// Joins the ring and loads this rank's shard; returns it and a one-line description.
+pub fn load(
+    dir: &Path,
+    dtype: ComputeDtype,
+    config: &ClusterConfig,
+) -> Result<(Box<dyn LanguageModel>, String), ModelError> {
+    let cfg = ModelConfig::load(dir)?;
+    // Ring setup blocks without limit for a rank that never joins; the control plane has
+    // already seen every rank, so this is the rare rank that died in between.
+    let watchdog = Watchdog::arm(config.startup_timeout, "joining the MLX ring group");
+    let group = Group::init(&config.topology, Backend::Ring)
+        .map_err(|e| ModelError::Shard(format!("joining the MLX ring group: {e}")))?;
+    watchdog.disarm();
+    let shard = Shard {
+        mode: (&config.parallel).into(),
+        group: Rc::new(group),
+    };
+    let description = shard.describe(&cfg);
+    let model = load_model_sharded(dir, dtype, Some(shard))?;
+    Ok((model, description))
+}

@@ -1,0 +1,152 @@
+//! [`Grammar`]: the plain-data description of a constraint (llguidance Lark text), and the
+//! `response_format` constraints ([`ResponseFormat`]).
+
+use serde_json::Value;
+
+use super::lark::{json_rule, validate};
+use super::ConstrainError;
+
+/// What a reply must look like: plain data (it crosses threads inside
+/// [`SequenceRequest`](crate::engine::SequenceRequest)), validated when built; the engine
+/// compiles it against the tokenizer ([`super::Constrainer::matcher`]).
+///
+/// Serializable, so a multi-rank run can send it to the rank that samples; a deserialized
+/// grammar is checked again when the engine compiles it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Grammar {
+    /// llguidance's Lark dialect (JSON schemas inline as `%json`).
+    lark: String,
+    /// What it enforces, for logs ("json_schema", "tool calls (json_tools, required)").
+    what: String,
+}
+
+impl Grammar {
+    /// Validates `lark` (compiled once without a tokenizer) and wraps it; a failure is
+    /// blamed on `param` as unsupported.
+    pub(crate) fn new(
+        lark: String,
+        what: impl Into<String>,
+        param: &'static str,
+    ) -> Result<Self, ConstrainError> {
+        validate(&lark).map_err(|m| ConstrainError::unsupported(param, m))?;
+        Ok(Grammar {
+            lark,
+            what: what.into(),
+        })
+    }
+
+    /// Any JSON object (`response_format: {"type": "json_object"}`).
+    pub fn json_object() -> Self {
+        Grammar {
+            lark: format!(
+                "start: {}\n",
+                json_rule(&serde_json::json!({"type": "object"}), false)
+            ),
+            what: "json_object".into(),
+        }
+    }
+
+    /// A JSON value valid for `schema` (`response_format: {"type": "json_schema", ...}`).
+    /// `strict`: keywords the engine cannot enforce are an error naming them (else ignored).
+    pub fn json_schema(schema: &Value, strict: bool) -> Result<Self, ConstrainError> {
+        let any = serde_json::json!({});
+        let schema = if schema.is_null() { &any } else { schema };
+        if !(schema.is_object() || schema.is_boolean()) {
+            return Err(ConstrainError::invalid(
+                "response_format",
+                "json_schema.schema must be a JSON schema object",
+            ));
+        }
+        Grammar::new(
+            format!("start: {}\n", json_rule(schema, !strict)),
+            if strict {
+                "json_schema (strict)"
+            } else {
+                "json_schema"
+            },
+            "response_format",
+        )
+    }
+
+    /// The llguidance grammar text.
+    pub fn lark(&self) -> &str {
+        &self.lark
+    }
+
+    /// What the grammar enforces, for logs.
+    pub fn describe(&self) -> &str {
+        &self.what
+    }
+}
+
+/// A request's `response_format`, parsed by the server from the wire shape
+/// (`{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum ResponseFormat {
+    /// Free text: no constraint.
+    #[default]
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// A value valid for `schema`.
+    JsonSchema {
+        /// The JSON schema (`json_schema.schema`; absent means `{}`, any JSON value).
+        schema: Value,
+        /// `json_schema.strict`: unsupported keywords are an error instead of ignored.
+        strict: bool,
+    },
+}
+
+impl ResponseFormat {
+    /// The grammar this format asks for (`None` for text).
+    pub fn grammar(&self) -> Result<Option<Grammar>, ConstrainError> {
+        Ok(match self {
+            ResponseFormat::Text => None,
+            ResponseFormat::JsonObject => Some(Grammar::json_object()),
+            ResponseFormat::JsonSchema { schema, strict } => {
+                Some(Grammar::json_schema(schema, *strict)?)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unsupported_schema_names_the_feature_when_strict() {
+        let schema = json!({"type": "object", "properties": {"a": {"type": "string", "format": "kooka-id"}}});
+        let err = Grammar::json_schema(&schema, true).unwrap_err();
+        assert_eq!(err.param(), Some("response_format"));
+        assert!(
+            matches!(&err, ConstrainError::Unsupported { message, .. } if message.contains("kooka-id")),
+            "{err}"
+        );
+        // Not strict: the unknown format is ignored.
+        assert!(Grammar::json_schema(&schema, false).is_ok());
+        let err = Grammar::json_schema(&json!({"not": {"type": "string"}}), true).unwrap_err();
+        assert!(err.to_string().contains("not"), "{err}");
+    }
+
+    #[test]
+    fn schema_must_be_an_object() {
+        let err = Grammar::json_schema(&json!("object"), true).unwrap_err();
+        assert!(matches!(
+            err,
+            ConstrainError::Invalid {
+                param: "response_format",
+                ..
+            }
+        ));
+        assert_eq!(ResponseFormat::Text.grammar().unwrap(), None);
+        assert!(ResponseFormat::JsonObject.grammar().unwrap().is_some());
+    }
+
+    #[test]
+    fn unsatisfiable_bounds_are_errors() {
+        let schema = json!({"type": "integer", "minimum": 5, "maximum": 1});
+        assert!(Grammar::json_schema(&schema, true).is_err());
+    }
+}

@@ -1,0 +1,405 @@
+//! Tool-call grammars: the model's own call markup (per [`ParserKind`]) with arguments valid
+//! for each tool's parameter schema, so the matching parser in `chat::tools` always yields
+//! the calls.
+//!
+//! - `required`: the reply is one call (or, with parallel calls, several), then EOS.
+//! - a named function: exactly one call of it, then EOS.
+//! - `auto`: free text; once the format's start tag appears the rest is held to valid calls,
+//!   then EOS (a lazy trigger: text until the tag, then the grammar).
+//!
+//! json_tools embeds each tool's schema whole (`%json`); the XML formats (qwen3_coder,
+//! minimax_m2) carry every argument as raw text the parser types by schema
+//! (`chat::tools::typing::coerce`), so each parameter gets its own value rule: string
+//! parameters (and ones with no schema) are free text up to `</parameter>`, `enum`/`const` a
+//! choice of literals, anything else JSON for the parameter's schema. String `pattern`/`format`/`minLength`/`maxLength` cannot be enforced on raw
+//! text: an error for `strict` tools, ignored otherwise.
+
+use serde_json::{json, Map, Value};
+
+use super::lark::{json_rule, lit, regex_escape};
+use super::{ConstrainError, Grammar};
+use crate::chat::tools::typing::schema_types;
+use crate::chat::tools::ParserKind;
+
+/// A request's `tool_choice`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ToolChoice {
+    /// No tool calls: no constraint from tools.
+    None,
+    /// Text or calls; a call that starts is completed validly.
+    #[default]
+    Auto,
+    /// At least one call.
+    Required,
+    /// Exactly one call of this function.
+    Function(String),
+}
+
+/// What a tool-call grammar is built from; the server fills it from the request.
+#[derive(Debug, Clone, Copy)]
+pub struct ToolCalls<'a> {
+    /// The request's `tools`: OpenAI `{"type": "function", "function": {...}}` objects (or
+    /// bare function objects), as `chat::tools::new_parser` takes them.
+    pub tools: &'a [Value],
+    pub choice: &'a ToolChoice,
+    /// The markup the model writes (the parser the server selected).
+    pub format: ParserKind,
+    /// `parallel_tool_calls`: allow more than one call (not for a named function).
+    pub parallel: bool,
+}
+
+/// One offered function.
+struct Tool {
+    name: String,
+    /// The parameters schema, an object schema.
+    params: Value,
+    /// `function.strict`.
+    strict: bool,
+}
+
+/// The markup of the formats kooka can enforce.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Markup {
+    JsonTools,
+    Qwen3Coder,
+    MinimaxM2,
+}
+
+/// How a parameter's raw text is constrained in the XML formats.
+enum ValueRule {
+    /// Any text up to `</parameter>`.
+    Text,
+    /// One of these texts.
+    Choice(Vec<String>),
+    /// JSON valid for a schema (the rendered `%json` rule).
+    Json(String),
+}
+
+impl ToolCalls<'_> {
+    /// The grammar for these tools and this choice (`None`: nothing to constrain).
+    pub fn grammar(&self) -> Result<Option<Grammar>, ConstrainError> {
+        if *self.choice == ToolChoice::None {
+            return Ok(None);
+        }
+        let markup = match self.format {
+            ParserKind::JsonTools => Markup::JsonTools,
+            ParserKind::Qwen3Coder => Markup::Qwen3Coder,
+            ParserKind::MinimaxM2 => Markup::MinimaxM2,
+            other => {
+                return Err(ConstrainError::unsupported(
+                    "tool_choice",
+                    format!(
+                    "tool calls in the {} format (supported: json_tools, qwen3_coder, minimax_m2)",
+                    other.name()
+                ),
+                ))
+            }
+        };
+        let mut tools = parse_tools(self.tools)?;
+        let parallel = match self.choice {
+            ToolChoice::Function(name) => {
+                tools.retain(|t| &t.name == name);
+                if tools.is_empty() {
+                    return Err(ConstrainError::invalid(
+                        "tool_choice",
+                        format!("names function `{name}`, which is not among the tools"),
+                    ));
+                }
+                tools.truncate(1);
+                false
+            }
+            _ => self.parallel,
+        };
+        if tools.is_empty() {
+            return match self.choice {
+                ToolChoice::Auto => Ok(None),
+                _ => Err(ConstrainError::invalid(
+                    "tool_choice",
+                    "`required` needs at least one tool in `tools`",
+                )),
+            };
+        }
+        let mut rules = String::new();
+        let mut alternatives = Vec::new();
+        for (i, tool) in tools.iter().enumerate() {
+            let rule = format!("call_{i}");
+            rules.push_str(&format!("{rule}: {}\n", markup.call(tool)?));
+            alternatives.push(rule);
+        }
+        rules.push_str(&format!("call: {}\n", alternatives.join(" | ")));
+        if markup != Markup::JsonTools {
+            rules.push_str("param_text[lazy]: /(?s:.*)<\\/parameter>/\n");
+        }
+        let rest = markup.after_open(parallel);
+        let open = markup.open();
+        let start = if *self.choice == ToolChoice::Auto {
+            format!(
+                "start: FREE_TEXT | trigger {rest}\ntrigger[lazy]: /(?s:.*){}/\nFREE_TEXT: /(?s:.*)/\n",
+                regex_escape(open)
+            )
+        } else {
+            format!("start: {} {rest}\n", lit(open))
+        };
+        let what = match self.choice {
+            ToolChoice::Function(name) => format!("tool call of {name}"),
+            ToolChoice::Required => "required tool calls".to_string(),
+            _ => "tool calls (auto)".to_string(),
+        };
+        Grammar::new(
+            start + &rules,
+            format!("{what} ({})", self.format.name()),
+            "tools",
+        )
+        .map(Some)
+    }
+}
+
+fn parse_tools(tools: &[Value]) -> Result<Vec<Tool>, ConstrainError> {
+    tools
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let f = t.get("function").unwrap_or(t);
+            let name = f
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| {
+                    ConstrainError::invalid("tools", format!("tools[{i}] has no function name"))
+                })?;
+            let mut params = match f.get("parameters") {
+                None | Some(Value::Null) | Some(Value::Bool(true)) => json!({"type": "object"}),
+                Some(p @ Value::Object(_)) => p.clone(),
+                Some(_) => {
+                    return Err(ConstrainError::invalid(
+                        "tools",
+                        format!("tool `{name}`: parameters must be a JSON schema object"),
+                    ))
+                }
+            };
+            match params.get("type") {
+                None => {
+                    params["type"] = json!("object");
+                }
+                Some(t) if t == "object" => {}
+                Some(t) => {
+                    return Err(ConstrainError::invalid(
+                        "tools",
+                        format!("tool `{name}`: parameters must have type object, not {t}"),
+                    ))
+                }
+            }
+            Ok(Tool {
+                name: name.to_string(),
+                params,
+                strict: f.get("strict").and_then(Value::as_bool).unwrap_or(false),
+            })
+        })
+        .collect()
+}
+
+impl Markup {
+    /// The tag that opens a block of calls (the trigger under `auto`).
+    fn open(self) -> &'static str {
+        match self {
+            Markup::JsonTools | Markup::Qwen3Coder => "<tool_call>",
+            Markup::MinimaxM2 => "<minimax:tool_call>",
+        }
+    }
+
+    /// What follows the open tag: the calls (rule `call`) and the closing tag(s).
+    fn after_open(self, parallel: bool) -> String {
+        match (self, parallel) {
+            (Markup::MinimaxM2, false) => r#""\n" call "</minimax:tool_call>""#.into(),
+            (Markup::MinimaxM2, true) => r#""\n" call+ "</minimax:tool_call>""#.into(),
+            (_, false) => r#""\n" call "\n</tool_call>""#.into(),
+            (_, true) => {
+                r#""\n" call "\n</tool_call>" ("\n<tool_call>\n" call "\n</tool_call>")*"#.into()
+            }
+        }
+    }
+
+    /// The body of one call of `tool` (a Lark rule body).
+    fn call(self, tool: &Tool) -> Result<String, ConstrainError> {
+        if self == Markup::JsonTools {
+            return Ok(json_rule(&json_call_schema(tool), !tool.strict));
+        }
+        let (open, close, forbidden) = match self {
+            Markup::Qwen3Coder => (format!("<function={}>\n", tool.name), "</function>", '>'),
+            _ => (
+                format!("<invoke name=\"{}\">\n", tool.name),
+                "</invoke>\n",
+                '"',
+            ),
+        };
+        check_name(&tool.name, forbidden, &tool.name, "its name")?;
+        let mut body = vec![lit(&open)];
+        let props = tool.params.get("properties").and_then(Value::as_object);
+        let required: Vec<&str> = tool
+            .params
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut keys: Vec<&str> = props
+            .map(|p| p.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        // A required key the schema does not describe still has to be written.
+        let undescribed: Vec<&str> = required
+            .iter()
+            .filter(|k| !keys.contains(k))
+            .copied()
+            .collect();
+        keys.extend(undescribed);
+        for key in keys {
+            check_name(key, forbidden, &tool.name, &format!("parameter `{key}`"))?;
+            let prop = props.and_then(|p| p.get(key));
+            let param = self.param(key, self.value_rule(tool, key, prop)?);
+            body.push(if required.contains(&key) {
+                param
+            } else {
+                format!("({param})?")
+            });
+        }
+        body.push(lit(close));
+        Ok(body.join(" "))
+    }
+
+    /// One parameter: open tag with `key`, the value, the close tag (and the newline after).
+    fn param(self, key: &str, rule: ValueRule) -> String {
+        let (open, close) = match self {
+            Markup::Qwen3Coder => (format!("<parameter={key}>\n"), "\n</parameter>\n"),
+            _ => (format!("<parameter name=\"{key}\">"), "</parameter>\n"),
+        };
+        match rule {
+            ValueRule::Text => format!(r#"{} param_text "\n""#, lit(&open)),
+            ValueRule::Choice(texts) => {
+                let choices: Vec<String> = texts.iter().map(|t| lit(t)).collect();
+                format!("{} ({}) {}", lit(&open), choices.join(" | "), lit(close))
+            }
+            ValueRule::Json(schema) => format!("{} {} {}", lit(&open), schema, lit(close)),
+        }
+    }
+
+    /// How the raw text of parameter `key` (schema `prop`) is constrained.
+    fn value_rule(
+        self,
+        tool: &Tool,
+        key: &str,
+        prop: Option<&Value>,
+    ) -> Result<ValueRule, ConstrainError> {
+        let Some(prop) = prop else {
+            return Ok(ValueRule::Text);
+        };
+        let text_of = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if let Some(c) = prop.get("const") {
+            return Ok(ValueRule::Choice(vec![text_of(c)]));
+        }
+        if let Some(e) = prop.get("enum").and_then(Value::as_array) {
+            if e.is_empty() {
+                return Err(ConstrainError::invalid(
+                    "tools",
+                    format!("tool `{}` parameter `{key}`: empty enum", tool.name),
+                ));
+            }
+            return Ok(ValueRule::Choice(e.iter().map(text_of).collect()));
+        }
+        let types = schema_types(prop);
+        let annotations_only = prop.as_object().is_some_and(|o| {
+            o.keys().all(|k| {
+                [
+                    "description",
+                    "title",
+                    "default",
+                    "examples",
+                    "$comment",
+                    "deprecated",
+                ]
+                .contains(&k.as_str())
+            })
+        });
+        if annotations_only || types.iter().any(|t| t == "string") {
+            let unenforceable = ["pattern", "format", "minLength", "maxLength"]
+                .into_iter()
+                .find(|k| prop.get(*k).is_some());
+            if let (true, Some(kw)) = (tool.strict, unenforceable) {
+                return Err(ConstrainError::unsupported(
+                    "tools",
+                    format!(
+                        "tool `{}` parameter `{key}`: `{kw}` on a string in the {} tool-call format (arguments are raw text there)",
+                        tool.name,
+                        self.name()
+                    ),
+                ));
+            }
+            return Ok(ValueRule::Text);
+        }
+        Ok(ValueRule::Json(json_rule(
+            &with_defs(prop, &tool.params),
+            !tool.strict,
+        )))
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Markup::JsonTools => "json_tools",
+            Markup::Qwen3Coder => "qwen3_coder",
+            Markup::MinimaxM2 => "minimax_m2",
+        }
+    }
+}
+
+/// Names in the XML formats end at a delimiter and are trimmed by the parser.
+fn check_name(name: &str, forbidden: char, tool: &str, what: &str) -> Result<(), ConstrainError> {
+    if name.contains(forbidden) || name.contains('\n') || name.trim() != name || name.is_empty() {
+        return Err(ConstrainError::unsupported(
+            "tools",
+            format!("tool `{tool}`: {what} cannot be written in this tool-call markup (it contains `{forbidden}`, a newline or edge whitespace)"),
+        ));
+    }
+    Ok(())
+}
+
+const DEFS: [&str; 2] = ["$defs", "definitions"];
+
+/// `{"name": NAME, "arguments": PARAMS}` as one schema; the parameters' `$defs` move to its
+/// root so `#/$defs/...` references still resolve.
+fn json_call_schema(tool: &Tool) -> Value {
+    let mut args = tool.params.clone();
+    let mut root = Map::new();
+    if let Some(obj) = args.as_object_mut() {
+        for k in DEFS {
+            if let Some(d) = obj.remove(k) {
+                root.insert(k.into(), d);
+            }
+        }
+    }
+    root.insert("type".into(), json!("object"));
+    root.insert(
+        "properties".into(),
+        json!({"name": {"const": tool.name}, "arguments": args}),
+    );
+    root.insert("required".into(), json!(["name", "arguments"]));
+    root.insert("additionalProperties".into(), json!(false));
+    Value::Object(root)
+}
+
+/// A property schema with its tool's `$defs` copied in, so it compiles on its own.
+fn with_defs(prop: &Value, params: &Value) -> Value {
+    let mut prop = prop.clone();
+    if let Some(obj) = prop.as_object_mut() {
+        for k in DEFS {
+            if let (Some(d), false) = (params.get(k), obj.contains_key(k)) {
+                obj.insert(k.into(), d.clone());
+            }
+        }
+    }
+    prop
+}
+
+#[cfg(test)]
+#[path = "tools_tests.rs"]
+mod tests;

@@ -1,0 +1,269 @@
+//! Tool-call grammars against the parsers of `chat::tools`: what the grammar accepts, the
+//! parser turns into calls whose arguments fit the schema.
+
+use super::*;
+use crate::chat::tools::{new_parser, ParsedReply};
+use crate::constrain::matcher::tests::{run, test_constrainer, Run};
+
+fn echo() -> Value {
+    json!({"type": "function", "function": {"name": "echo", "parameters": {
+        "type": "object", "properties": {"text": {"type": "string"}},
+        "required": ["text"], "additionalProperties": false}}})
+}
+
+fn weather() -> Value {
+    json!({"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"},
+            "days": {"type": "integer", "minimum": 1, "maximum": 7},
+            "unit": {"enum": ["c", "f"]},
+            "hourly": {"type": "boolean"}
+        },
+        "required": ["city", "days"]}}})
+}
+
+fn grammar(tools: &[Value], choice: ToolChoice, format: ParserKind, parallel: bool) -> Grammar {
+    ToolCalls {
+        tools,
+        choice: &choice,
+        format,
+        parallel,
+    }
+    .grammar()
+    .unwrap()
+    .unwrap()
+}
+
+/// Parses `text` as the model's reply and returns (content, [(name, arguments)]).
+fn parse(format: ParserKind, tools: &[Value], text: &str) -> (String, Vec<(String, Value)>) {
+    let reply = ParsedReply::parse(new_parser(format, tools).as_mut(), text);
+    let calls = reply
+        .tool_calls
+        .into_iter()
+        .map(|c| (c.name, serde_json::from_str(&c.arguments).unwrap()))
+        .collect();
+    (reply.content, calls)
+}
+
+#[test]
+fn json_tools_required() {
+    let c = test_constrainer();
+    let tools = [echo(), weather()];
+    let g = grammar(&tools, ToolChoice::Required, ParserKind::JsonTools, false);
+    let text = "<tool_call>\n{\"name\": \"echo\", \"arguments\": {\"text\": \"hi\"}}\n</tool_call>";
+    assert_eq!(run(&c, &g, text), Run::Complete(true));
+    let (content, calls) = parse(ParserKind::JsonTools, &tools, text);
+    assert_eq!(content, "");
+    assert_eq!(calls, [("echo".to_string(), json!({"text": "hi"}))]);
+    let weather_call = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 3}}\n</tool_call>";
+    assert_eq!(run(&c, &g, weather_call), Run::Complete(true));
+    for bad in [
+        "Sure! <tool_call>",
+        "<tool_call>\n{\"name\": \"nope\"",
+        "<tool_call>\n{\"name\": \"echo\", \"arguments\": {\"text\": 5",
+        "<tool_call>\n{\"name\": \"echo\", \"arguments\": {\"text\": \"a\", \"x",
+        "<tool_call>\n{\"name\": \"echo\", \"arguments\": {}}",
+        "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 8",
+    ] {
+        assert!(matches!(run(&c, &g, bad), Run::Rejected(_)), "{bad}");
+    }
+    // Parallel: another block may follow, or the reply ends.
+    let g = grammar(&tools, ToolChoice::Required, ParserKind::JsonTools, true);
+    assert_eq!(run(&c, &g, text), Run::Complete(false));
+    let two = format!("{text}\n{weather_call}");
+    assert_eq!(run(&c, &g, &two), Run::Complete(false));
+    assert_eq!(parse(ParserKind::JsonTools, &tools, &two).1.len(), 2);
+}
+
+#[test]
+fn named_function_allows_only_that_one() {
+    let c = test_constrainer();
+    let tools = [echo(), weather()];
+    let g = grammar(
+        &tools,
+        ToolChoice::Function("get_weather".into()),
+        ParserKind::JsonTools,
+        true,
+    );
+    let echo_call = "<tool_call>\n{\"name\": \"echo\"";
+    assert!(matches!(run(&c, &g, echo_call), Run::Rejected(_)));
+    let call = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 3, \"unit\": \"c\"}}\n</tool_call>";
+    assert_eq!(run(&c, &g, call), Run::Complete(true));
+}
+
+#[test]
+fn auto_is_free_text_until_the_tag() {
+    let c = test_constrainer();
+    let tools = [echo()];
+    let g = grammar(&tools, ToolChoice::Auto, ParserKind::JsonTools, false);
+    assert_eq!(run(&c, &g, "Just text, {no call}."), Run::Complete(false));
+    let call = "Let me echo.\n<tool_call>\n{\"name\": \"echo\", \"arguments\": {\"text\": \"x\"}}\n</tool_call>";
+    assert_eq!(run(&c, &g, call), Run::Complete(true));
+    let (content, calls) = parse(ParserKind::JsonTools, &tools, call);
+    assert_eq!((content.as_str(), calls.len()), ("Let me echo.\n", 1));
+    assert!(matches!(
+        run(
+            &c,
+            &g,
+            "Hm <tool_call>\n{\"name\": \"echo\", \"arguments\": {\"text\": 1"
+        ),
+        Run::Rejected(_)
+    ));
+    assert!(matches!(
+        run(&c, &g, "Hm <tool_call>oops"),
+        Run::Rejected(_)
+    ));
+}
+
+#[test]
+fn qwen3_coder_parameters_are_typed_by_schema() {
+    let c = test_constrainer();
+    let tools = [echo(), weather()];
+    let g = grammar(&tools, ToolChoice::Required, ParserKind::Qwen3Coder, false);
+    let call = "<tool_call>\n<function=get_weather>\n<parameter=city>\nNew York\n</parameter>\n<parameter=days>\n3\n</parameter>\n<parameter=unit>\nf\n</parameter>\n</function>\n</tool_call>";
+    assert_eq!(run(&c, &g, call), Run::Complete(true));
+    let (_, calls) = parse(ParserKind::Qwen3Coder, &tools, call);
+    assert_eq!(
+        calls,
+        [(
+            "get_weather".to_string(),
+            json!({"city": "New York", "days": 3, "unit": "f"})
+        )]
+    );
+    let multiline = "<tool_call>\n<function=echo>\n<parameter=text>\nline 1\nline 2 </param\n</parameter>\n</function>\n</tool_call>";
+    assert_eq!(run(&c, &g, multiline), Run::Complete(true));
+    assert_eq!(
+        parse(ParserKind::Qwen3Coder, &tools, multiline).1[0].1,
+        json!({"text": "line 1\nline 2 </param"})
+    );
+    for bad in [
+        "<tool_call>\n<function=get_weather>\n<parameter=days>",
+        "<tool_call>\n<function=get_weather>\n<parameter=city>\nX\n</parameter>\n<parameter=days>\n9",
+        "<tool_call>\n<function=get_weather>\n<parameter=city>\nX\n</parameter>\n<parameter=days>\n2\n</parameter>\n<parameter=unit>\nk",
+        "<tool_call>\n<function=echo>\n</function>",
+    ] {
+        assert!(matches!(run(&c, &g, bad), Run::Rejected(_)), "{bad}");
+    }
+}
+
+#[test]
+fn minimax_m2_invokes() {
+    let c = test_constrainer();
+    let tools = [echo(), weather()];
+    let g = grammar(&tools, ToolChoice::Required, ParserKind::MinimaxM2, true);
+    let call = "<minimax:tool_call>\n<invoke name=\"echo\">\n<parameter name=\"text\">hello there</parameter>\n</invoke>\n<invoke name=\"get_weather\">\n<parameter name=\"city\">Paris</parameter>\n<parameter name=\"days\">2</parameter>\n<parameter name=\"hourly\">true</parameter>\n</invoke>\n</minimax:tool_call>";
+    assert_eq!(run(&c, &g, call), Run::Complete(true));
+    let (_, calls) = parse(ParserKind::MinimaxM2, &tools, call);
+    assert_eq!(
+        calls,
+        [
+            ("echo".to_string(), json!({"text": "hello there"})),
+            (
+                "get_weather".to_string(),
+                json!({"city": "Paris", "days": 2, "hourly": true})
+            )
+        ]
+    );
+    let g = grammar(&tools, ToolChoice::Auto, ParserKind::MinimaxM2, false);
+    let call = "Calling.\n<minimax:tool_call>\n<invoke name=\"echo\">\n<parameter name=\"text\">x</parameter>\n</invoke>\n</minimax:tool_call>";
+    assert_eq!(run(&c, &g, call), Run::Complete(true));
+    let (content, calls) = parse(ParserKind::MinimaxM2, &tools, call);
+    assert_eq!((content.as_str(), calls.len()), ("Calling.\n", 1));
+    assert!(matches!(
+        run(&c, &g, "Calling.\n<minimax:tool_call>\n<invoke name=\"nope"),
+        Run::Rejected(_)
+    ));
+}
+
+#[test]
+fn refs_into_defs_still_resolve() {
+    let c = test_constrainer();
+    let tool = json!({"name": "move", "parameters": {
+        "type": "object",
+        "$defs": {"point": {"type": "object", "properties": {"x": {"type": "integer"}},
+                            "required": ["x"], "additionalProperties": false}},
+        "properties": {"to": {"$ref": "#/$defs/point"}},
+        "required": ["to"]}});
+    for format in [ParserKind::JsonTools, ParserKind::Qwen3Coder] {
+        let g = grammar(
+            std::slice::from_ref(&tool),
+            ToolChoice::Required,
+            format,
+            false,
+        );
+        let call = match format {
+            ParserKind::JsonTools => "<tool_call>\n{\"name\": \"move\", \"arguments\": {\"to\": {\"x\": 1}}}\n</tool_call>",
+            _ => "<tool_call>\n<function=move>\n<parameter=to>\n{\"x\": 1}\n</parameter>\n</function>\n</tool_call>",
+        };
+        assert_eq!(run(&c, &g, call), Run::Complete(true), "{format:?}");
+        assert!(matches!(
+            run(&c, &g, &call.replace("\"x\": 1", "\"y\": 1")),
+            Run::Rejected(_)
+        ));
+    }
+}
+
+#[test]
+fn errors_name_the_problem() {
+    let tools = [echo()];
+    let build = |choice: ToolChoice, format: ParserKind, tools: &[Value]| {
+        ToolCalls {
+            tools,
+            choice: &choice,
+            format,
+            parallel: true,
+        }
+        .grammar()
+    };
+    let err = build(
+        ToolChoice::Function("nope".into()),
+        ParserKind::JsonTools,
+        &tools,
+    )
+    .unwrap_err();
+    assert_eq!(err.param(), Some("tool_choice"));
+    assert!(err.to_string().contains("nope"), "{err}");
+    let err = build(ToolChoice::Required, ParserKind::Pythonic, &tools).unwrap_err();
+    assert!(err.to_string().contains("pythonic"), "{err}");
+    assert!(build(ToolChoice::Required, ParserKind::JsonTools, &[]).is_err());
+    assert_eq!(
+        build(ToolChoice::Auto, ParserKind::JsonTools, &[]).unwrap(),
+        None
+    );
+    assert_eq!(
+        build(ToolChoice::None, ParserKind::JsonTools, &tools).unwrap(),
+        None
+    );
+    let strict_pattern = json!({"name": "f", "strict": true, "parameters": {"type": "object",
+        "properties": {"id": {"type": "string", "pattern": "^[a-z]+$"}}}});
+    let err = build(
+        ToolChoice::Required,
+        ParserKind::Qwen3Coder,
+        std::slice::from_ref(&strict_pattern),
+    )
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        ConstrainError::Unsupported { param: "tools", .. }
+    ));
+    assert!(err.to_string().contains("`pattern`"), "{err}");
+    // The same schema is enforceable as JSON.
+    assert!(build(
+        ToolChoice::Required,
+        ParserKind::JsonTools,
+        &[strict_pattern]
+    )
+    .is_ok());
+    let strict_not = json!({"name": "f", "strict": true, "parameters": {"type": "object",
+        "properties": {"a": {"not": {"type": "null"}}}}});
+    let err = build(ToolChoice::Required, ParserKind::JsonTools, &[strict_not]).unwrap_err();
+    assert!(err.to_string().contains("not"), "{err}");
+    let bad_name = json!({"name": "a>b", "parameters": {"type": "object"}});
+    assert!(build(ToolChoice::Required, ParserKind::Qwen3Coder, &[bad_name]).is_err());
+    let not_object = json!({"name": "f", "parameters": {"type": "array"}});
+    assert!(matches!(
+        build(ToolChoice::Required, ParserKind::JsonTools, &[not_object]),
+        Err(ConstrainError::Invalid { .. })
+    ));
+}

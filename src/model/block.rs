@@ -1,0 +1,312 @@
+//! One pre-norm decoder block and its parts, shared by every architecture: grouped-query
+//! attention with RoPE (optional QKV/output biases and per-head q/k RMSNorm), the SwiGLU
+//! MLP or a sparse mixture of experts, the two RMSNorms. The op sequence is mlx-lm's
+//! (`llama.py`, `qwen3.py`), so results are bit-identical on the same weights.
+//!
+//! Under tensor parallelism each part shards itself (`shard_tensor`: which projection is
+//! split by output, which by input) and [`Block::forward`] sums the partial outputs.
+
+use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
+use mlx_rs::{nn, Array};
+
+use super::cache::{AttnMask, KvCache};
+use super::config::QuantConfig;
+use super::error::Result;
+use super::layers::{Linear, RmsNorm, Rope};
+use super::moe::SparseMoe;
+use super::shard::{Split, TensorParallel};
+use super::weights::Weights;
+
+/// What one layer's attention looks like.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttnSpec {
+    pub hidden: i32,
+    pub heads: i32,
+    pub kv_heads: i32,
+    pub head_dim: i32,
+    pub qkv_bias: bool,
+    pub o_bias: bool,
+    pub qk_norm: bool,
+    pub eps: f32,
+}
+
+/// Grouped-query attention with RoPE (and optional per-head q/k RMSNorm).
+pub(crate) struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    rope: Rope,
+    n_heads: i32,
+    n_kv_heads: i32,
+    scale: f32,
+}
+
+impl Attention {
+    /// Loads `<prefix>.{q,k,v,o}_proj` (and `<prefix>.{q,k}_norm`).
+    pub(crate) fn load(
+        ws: &mut Weights,
+        prefix: &str,
+        a: &AttnSpec,
+        rope: Rope,
+        quant: &QuantConfig,
+    ) -> Result<Self> {
+        let lin = |ws: &mut Weights, name: &str, input: i32, output: i32, bias: bool| {
+            Linear::load(ws, &format!("{prefix}.{name}"), input, output, bias, quant)
+        };
+        let (q_norm, k_norm) = if a.qk_norm {
+            (
+                Some(RmsNorm::load(
+                    ws,
+                    &format!("{prefix}.q_norm"),
+                    a.head_dim,
+                    a.eps,
+                )?),
+                Some(RmsNorm::load(
+                    ws,
+                    &format!("{prefix}.k_norm"),
+                    a.head_dim,
+                    a.eps,
+                )?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Attention {
+            q_proj: lin(ws, "q_proj", a.hidden, a.heads * a.head_dim, a.qkv_bias)?,
+            k_proj: lin(ws, "k_proj", a.hidden, a.kv_heads * a.head_dim, a.qkv_bias)?,
+            v_proj: lin(ws, "v_proj", a.hidden, a.kv_heads * a.head_dim, a.qkv_bias)?,
+            o_proj: lin(ws, "o_proj", a.heads * a.head_dim, a.hidden, a.o_bias)?,
+            q_norm,
+            k_norm,
+            rope,
+            n_heads: a.heads,
+            n_kv_heads: a.kv_heads,
+            scale: (a.head_dim as f32).powf(-0.5),
+        })
+    }
+
+    fn forward(&self, x: &Array, cache: &mut KvCache, mask: &AttnMask) -> Result<Array> {
+        let (b, l) = (x.shape()[0], x.shape()[1]);
+        let heads = |a: Array, n: i32, norm: &Option<RmsNorm>| -> Result<Array> {
+            let a = a.reshape(&[b, l, n, -1])?;
+            let a = match norm {
+                Some(norm) => norm.forward(&a)?,
+                None => a,
+            };
+            Ok(a.transpose_axes(&[0, 2, 1, 3])?)
+        };
+        let q = heads(self.q_proj.forward(x)?, self.n_heads, &self.q_norm)?;
+        let k = heads(self.k_proj.forward(x)?, self.n_kv_heads, &self.k_norm)?;
+        let v = heads(self.v_proj.forward(x)?, self.n_kv_heads, &None)?;
+        let offset = cache.offset();
+        let q = self.rope.forward(&q, offset)?;
+        let k = self.rope.forward(&k, offset)?;
+        let (k, v) = cache.update_and_fetch(&k, &v)?;
+        let mask = match mask {
+            AttnMask::None => None,
+            AttnMask::Causal => Some(ScaledDotProductAttentionMask::Causal),
+            AttnMask::Array(m) => Some(ScaledDotProductAttentionMask::Array(m)),
+        };
+        let out = fast::scaled_dot_product_attention(&q, &k, &v, self.scale, mask, None)?;
+        let out = out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?;
+        self.o_proj.forward(&out)
+    }
+
+    fn arrays(&self) -> Vec<&Array> {
+        let mut v: Vec<&Array> = [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
+            .into_iter()
+            .flat_map(Linear::arrays)
+            .collect();
+        v.extend(
+            self.q_norm
+                .iter()
+                .chain(self.k_norm.iter())
+                .map(|n| &n.weight),
+        );
+        v
+    }
+
+    /// Tensor parallel: this rank keeps `1/size` of the query and key/value heads (q/k/v
+    /// split by output, o split by input; the caller sums the partial outputs).
+    fn shard_tensor(&mut self, tp: &TensorParallel, prefix: &str) -> Result<()> {
+        for (l, name) in [
+            (&mut self.q_proj, "q_proj"),
+            (&mut self.k_proj, "k_proj"),
+            (&mut self.v_proj, "v_proj"),
+        ] {
+            tp.linear(l, Split::Outputs, &format!("{prefix}.{name}"))?;
+        }
+        tp.linear(&mut self.o_proj, Split::Inputs, &format!("{prefix}.o_proj"))?;
+        self.n_heads /= tp.size();
+        self.n_kv_heads /= tp.size();
+        Ok(())
+    }
+}
+
+/// The SwiGLU MLP.
+pub(crate) struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    /// Loads `<prefix>.{gate,up,down}_proj`.
+    pub(crate) fn load(
+        ws: &mut Weights,
+        prefix: &str,
+        dims: i32,
+        hidden: i32,
+        bias: bool,
+        quant: &QuantConfig,
+    ) -> Result<Self> {
+        let lin = |ws: &mut Weights, name: &str, input: i32, output: i32| {
+            Linear::load(ws, &format!("{prefix}.{name}"), input, output, bias, quant)
+        };
+        Ok(Mlp {
+            gate_proj: lin(ws, "gate_proj", dims, hidden)?,
+            up_proj: lin(ws, "up_proj", dims, hidden)?,
+            down_proj: lin(ws, "down_proj", hidden, dims)?,
+        })
+    }
+
+    fn forward(&self, x: &Array) -> Result<Array> {
+        let gate = self.gate_proj.forward(x)?;
+        let up = self.up_proj.forward(x)?;
+        self.down_proj.forward(&nn::silu(&gate)?.multiply(&up)?)
+    }
+
+    /// Tensor parallel: gate/up split by output, down by input (partial sums).
+    fn shard_tensor(&mut self, tp: &TensorParallel, prefix: &str) -> Result<()> {
+        tp.linear(
+            &mut self.gate_proj,
+            Split::Outputs,
+            &format!("{prefix}.gate_proj"),
+        )?;
+        tp.linear(
+            &mut self.up_proj,
+            Split::Outputs,
+            &format!("{prefix}.up_proj"),
+        )?;
+        tp.linear(
+            &mut self.down_proj,
+            Split::Inputs,
+            &format!("{prefix}.down_proj"),
+        )
+    }
+}
+
+/// A block's feed-forward: dense, or a sparse mixture of experts.
+pub(crate) enum FeedForward {
+    Dense(Mlp),
+    Sparse(SparseMoe),
+}
+
+impl FeedForward {
+    fn forward(&self, x: &Array) -> Result<Array> {
+        match self {
+            FeedForward::Dense(m) => m.forward(x),
+            FeedForward::Sparse(m) => m.forward(x),
+        }
+    }
+
+    fn arrays(&self) -> Vec<&Array> {
+        match self {
+            FeedForward::Dense(m) => [&m.gate_proj, &m.up_proj, &m.down_proj]
+                .into_iter()
+                .flat_map(Linear::arrays)
+                .collect(),
+            FeedForward::Sparse(m) => m.arrays(),
+        }
+    }
+
+    fn shard_tensor(&mut self, tp: &TensorParallel, layer: &str) -> Result<()> {
+        match self {
+            FeedForward::Dense(m) => m.shard_tensor(tp, &format!("{layer}.mlp")),
+            FeedForward::Sparse(m) => m.shard_tensor(tp),
+        }
+    }
+}
+
+/// A pre-norm decoder block.
+pub(crate) struct Block {
+    attn: Attention,
+    ffn: FeedForward,
+    input_norm: RmsNorm,
+    post_norm: RmsNorm,
+    /// Sliding-window size: this layer keeps a rotating cache of that many positions.
+    window: Option<i32>,
+}
+
+impl Block {
+    /// Loads the block's norms (`<prefix>.{input,post_attention}_layernorm`) around `attn`
+    /// and `ffn`.
+    pub(crate) fn load(
+        ws: &mut Weights,
+        prefix: &str,
+        attn: Attention,
+        ffn: FeedForward,
+        hidden: i32,
+        eps: f32,
+        window: Option<i32>,
+    ) -> Result<Self> {
+        Ok(Block {
+            attn,
+            ffn,
+            input_norm: RmsNorm::load(ws, &format!("{prefix}.input_layernorm"), hidden, eps)?,
+            post_norm: RmsNorm::load(
+                ws,
+                &format!("{prefix}.post_attention_layernorm"),
+                hidden,
+                eps,
+            )?,
+            window,
+        })
+    }
+
+    /// `h` through the block. `tp`: the partial outputs of a tensor-parallel rank's
+    /// attention and feed-forward are summed over the ranks before each residual add.
+    pub(crate) fn forward(
+        &self,
+        h: &Array,
+        cache: &mut KvCache,
+        tp: Option<&TensorParallel>,
+    ) -> Result<Array> {
+        let reduce = |r: Array| match tp {
+            Some(tp) => tp.all_sum(&r),
+            None => Ok(r),
+        };
+        let mask = cache.make_mask(h.shape()[1])?;
+        let r = self
+            .attn
+            .forward(&self.input_norm.forward(h)?, cache, &mask)?;
+        let h1 = h.add(&reduce(r)?)?;
+        let r = self.ffn.forward(&self.post_norm.forward(&h1)?)?;
+        Ok(h1.add(&reduce(r)?)?)
+    }
+
+    /// A fresh cache for this layer (rotating for sliding-window layers).
+    pub(crate) fn make_cache(&self) -> KvCache {
+        match self.window {
+            Some(w) => KvCache::rotating(w, 0),
+            None => KvCache::new(),
+        }
+    }
+
+    pub(crate) fn arrays(&self) -> Vec<&Array> {
+        let mut v = self.attn.arrays();
+        v.extend(self.ffn.arrays());
+        v.push(&self.input_norm.weight);
+        v.push(&self.post_norm.weight);
+        v
+    }
+
+    /// Tensor parallel: shards the attention and the feed-forward of layer `prefix`.
+    pub(crate) fn shard_tensor(&mut self, tp: &TensorParallel, prefix: &str) -> Result<()> {
+        self.attn.shard_tensor(tp, &format!("{prefix}.self_attn"))?;
+        self.ffn.shard_tensor(tp, prefix)
+    }
+}

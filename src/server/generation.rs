@@ -1,0 +1,232 @@
+//! What every inference route shares once its body is validated: the prompt (chat template
+//! with tools, or raw text) as token ids, the context-length check, `max_tokens`, and the
+//! hand-off to the MLX thread. A [`Job`] is the request's side of that hand-off: its event
+//! channel. Dropping the job (the client went away) cancels the sequence.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::{Map, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tracing::info;
+
+use super::error::ApiError;
+use super::model_thread::{Command, Event, Submit};
+use super::reply::ReplyParser;
+use super::request::ToolChoice;
+use super::AppState;
+use crate::chat::tools::{new_parser, ParserKind, ReasoningSplitter};
+use crate::constrain::{ConstrainError, Grammar, ResponseFormat, ToolCalls};
+use crate::engine::sampling::SamplingParams;
+
+/// A submitted generation: its id (for logs), prompt length and event channel.
+pub struct Job {
+    pub id: u64,
+    pub prompt_tokens: usize,
+    pub events: UnboundedReceiver<Event>,
+}
+
+/// A fresh request number (ids and logs).
+pub fn next_request(state: &AppState) -> u64 {
+    state.next_id.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What to generate, validated.
+pub struct JobSpec {
+    pub prompt_ids: Vec<u32>,
+    pub params: SamplingParams,
+    /// As requested (`None`: the rest of the context).
+    pub max_tokens: Option<usize>,
+    pub stop: Vec<String>,
+    pub constraint: Option<Grammar>,
+    /// The request field that holds the prompt (for the context-length error).
+    pub prompt_field: &'static str,
+}
+
+/// Checks the prompt against the context and hands the job to the MLX thread.
+pub fn submit(state: &AppState, request: u64, spec: JobSpec) -> Result<Job, ApiError> {
+    let prompt_tokens = spec.prompt_ids.len();
+    if prompt_tokens == 0 {
+        return Err(ApiError::field(spec.prompt_field, "The prompt is empty"));
+    }
+    let context_left = state
+        .max_position_embeddings
+        .map(|n| n.saturating_sub(prompt_tokens));
+    if context_left == Some(0) {
+        return Err(ApiError::BadRequest {
+            message: format!(
+                "The prompt is {prompt_tokens} tokens long; this model's context is {} tokens",
+                state.max_position_embeddings.unwrap_or(0)
+            ),
+            param: Some(spec.prompt_field.into()),
+            code: Some("context_length_exceeded"),
+        });
+    }
+    // Without max_tokens a completion may use the rest of the context (as vLLM does).
+    let max_tokens = match (spec.max_tokens, context_left) {
+        (Some(n), Some(left)) => n.min(left),
+        (Some(n), None) => n,
+        (None, Some(left)) => left,
+        (None, None) => super::DEFAULT_MAX_TOKENS,
+    };
+    info!(request, prompt_tokens, max_tokens, "generation submitted");
+    let (tx, rx) = unbounded_channel();
+    state
+        .commands
+        .send(Command::Submit(Submit {
+            id: request,
+            prompt_ids: spec.prompt_ids,
+            params: spec.params,
+            max_tokens,
+            stop: spec.stop,
+            constraint: spec.constraint,
+            events: tx,
+        }))
+        .map_err(|_| ApiError::Unavailable("the model thread has stopped".into()))?;
+    Ok(Job {
+        id: request,
+        prompt_tokens,
+        events: rx,
+    })
+}
+
+/// Raw text to token ids (BOS added as the tokenizer's post-processor says).
+pub fn encode_text(state: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
+    state
+        .tokenizer
+        .encode(text, true)
+        .map_err(|e| ApiError::Internal(format!("tokenizing the prompt: {e}")))
+}
+
+/// A chat conversation rendered for this model.
+pub struct ChatPrompt {
+    pub ids: Vec<u32>,
+    /// How to read the reply (reasoning markers, tool-call format).
+    pub parser: ReplyParser,
+    /// The tool-call markup the reply uses, when tools are in play.
+    pub tool_format: Option<ParserKind>,
+}
+
+/// A constraint error as the API reports it (400 naming the field, or 500).
+pub fn constrain_error(e: ConstrainError) -> ApiError {
+    match e.param() {
+        Some(param) => ApiError::field(param, e.to_string()),
+        None => ApiError::Internal(e.to_string()),
+    }
+}
+
+/// The grammar a request asks for: its `response_format`, else the tool-call markup with
+/// arguments valid for the tools' schemas. A forced call (`required` / named) must follow it;
+/// with `auto` a call that starts is completed validly, and a tool format the engine cannot
+/// enforce leaves the reply unconstrained.
+pub fn request_grammar(
+    response_format: Option<&Value>,
+    tools: &[Value],
+    tool_choice: &ToolChoice,
+    tool_format: Option<ParserKind>,
+    parallel: bool,
+) -> Result<Option<Grammar>, ApiError> {
+    if let Some(format) = response_format {
+        return parse_response_format(format)
+            .grammar()
+            .map_err(constrain_error);
+    }
+    let Some(format) = tool_format else {
+        return Ok(None);
+    };
+    let choice = match tool_choice {
+        ToolChoice::None => return Ok(None),
+        ToolChoice::Auto => crate::constrain::ToolChoice::Auto,
+        ToolChoice::Required => crate::constrain::ToolChoice::Required,
+        ToolChoice::Named(n) => crate::constrain::ToolChoice::Function(n.clone()),
+    };
+    let calls = ToolCalls {
+        tools,
+        choice: &choice,
+        format,
+        parallel,
+    };
+    match calls.grammar() {
+        Ok(g) => Ok(g),
+        Err(e) if !tool_choice.forced() => {
+            tracing::debug!("tool calls left unconstrained: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(constrain_error(e)),
+    }
+}
+
+/// The wire `response_format` (validated by `request::response_format`).
+pub fn parse_response_format(v: &Value) -> ResponseFormat {
+    match v.get("type").and_then(Value::as_str) {
+        Some("json_object") => ResponseFormat::JsonObject,
+        Some("json_schema") => {
+            let spec = v.get("json_schema");
+            ResponseFormat::JsonSchema {
+                schema: spec
+                    .and_then(|s| s.get("schema"))
+                    .cloned()
+                    .unwrap_or(Value::Null),
+                strict: spec
+                    .and_then(|s| s.get("strict"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            }
+        }
+        _ => ResponseFormat::Text,
+    }
+}
+
+/// Renders `messages` (+ `tools` unless `tool_choice` is none) with the model's chat
+/// template and tokenizes. When the template cannot render tools, they are described in a
+/// system message of kooka's own with the json_tools markup (see [`super::tool_prompt`]).
+pub fn chat_prompt(
+    state: &AppState,
+    messages: &[Value],
+    tools: &[Value],
+    tool_choice: &ToolChoice,
+    kwargs: &Map<String, Value>,
+) -> Result<ChatPrompt, ApiError> {
+    let template = state.template.as_ref().ok_or_else(|| {
+        ApiError::bad_request("This model has no chat template; chat completions need one")
+    })?;
+    let use_tools = !tools.is_empty() && *tool_choice != ToolChoice::None;
+    let (parser_kind, rendered) = if !use_tools && state.chat.template_renders_tools {
+        (None, template.render(messages, None, true, kwargs))
+    } else if !use_tools {
+        // Earlier tool turns still need writing out as text for such a template.
+        let messages = super::tool_prompt::flatten_tool_turns(messages);
+        (None, template.render(&messages, None, true, kwargs))
+    } else if state.chat.template_renders_tools {
+        let kind = state.chat.tool_parser.unwrap_or(ParserKind::JsonTools);
+        (
+            Some(kind),
+            template.render(messages, Some(tools), true, kwargs),
+        )
+    } else {
+        let messages = super::tool_prompt::with_tool_system_message(messages, tools, tool_choice);
+        (
+            Some(ParserKind::JsonTools),
+            template.render(&messages, None, true, kwargs),
+        )
+    };
+    let text = rendered.map_err(|e| ApiError::field("messages", e.to_string()))?;
+    let reasoning = state.chat.think_tags.map(|(open, close)| {
+        let splitter = ReasoningSplitter::new(open, close);
+        // Templates like Qwen3's open the think block in the prompt.
+        if text.trim_end().ends_with(open) {
+            splitter.starting_inside()
+        } else {
+            splitter
+        }
+    });
+    let tools_parser = parser_kind.map(|kind| new_parser(kind, tools));
+    let ids = state
+        .tokenizer
+        .encode(&text, false)
+        .map_err(|e| ApiError::Internal(format!("tokenizing the prompt: {e}")))?;
+    Ok(ChatPrompt {
+        ids,
+        parser: ReplyParser::new(reasoning, tools_parser),
+        tool_format: parser_kind,
+    })
+}

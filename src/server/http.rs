@@ -1,0 +1,110 @@
+//! HTTP plumbing every route shares: bounded body reading, the 404/405 fallbacks, `/health`,
+//! and the SSE helpers (frames, keepalive comments).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::model_thread::Event;
+use super::AppState;
+
+/// How long an SSE stream stays silent (a long prefill) before a `: keepalive` comment.
+pub const KEEPALIVE: Duration = Duration::from_secs(5);
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// 200 `{"status":"ok"}`; on rank 0 of a multi-rank run also `ranks` (rank, host, shard,
+/// state), and 503 with `"status":"unavailable"` until every rank is ready or once one is lost.
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let Some(cluster) = &state.cluster else {
+        return HttpResponse::Ok().json(json!({"status": "ok"}));
+    };
+    let snapshot = cluster.snapshot();
+    if snapshot.healthy() {
+        HttpResponse::Ok()
+            .json(json!({"status": "ok", "parallel": snapshot.parallel, "ranks": snapshot.ranks}))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "unavailable", "parallel": snapshot.parallel, "ranks": snapshot.ranks}))
+    }
+}
+
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::RouteNotFound(format!(
+        "{} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// Reads the body up to `limit` bytes; a declared or actual larger body is a 413.
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("Reading the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// One `data:` frame.
+pub fn sse_data(json: &str) -> Bytes {
+    Bytes::from(format!("data: {json}\n\n"))
+}
+
+/// One named Anthropic-style frame (`event:` + `data:`).
+pub fn sse_event(name: &str, json: &str) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {json}\n\n"))
+}
+
+/// A comment line: ignored by SSE clients, keeps proxies and client timeouts at bay.
+pub fn sse_keepalive() -> Bytes {
+    Bytes::from_static(b": keepalive\n\n")
+}
+
+/// The next event, or `None` after [`KEEPALIVE`] of silence (send a keepalive then).
+/// A closed channel reads as the model thread having stopped.
+pub async fn next_event(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+) -> Option<Option<Event>> {
+    actix_web::rt::time::timeout(KEEPALIVE, rx.recv())
+        .await
+        .ok()
+}
+
+/// The response head every SSE route uses.
+pub fn sse_response<S>(stream: S) -> HttpResponse
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + 'static,
+{
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream)
+}

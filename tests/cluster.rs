@@ -1,0 +1,607 @@
+//! The multi-rank runtime of `kooka serve` across real processes on loopback: two ranks of
+//! `models/SmolLM2-135M-Instruct` split as a pipeline answer exactly as one rank does; a
+//! killed, a silent or a mismatched rank becomes a clear error and a non-zero exit, never
+//! a hang; a client leaving cancels on every rank; ranks started by plain `mlx.launch`
+//! work too. HTTP is spoken over raw `TcpStream`s, as in `tests/server.rs`.
+//!
+//! The tests run one at a time (each starts two or three model processes on a small
+//! machine) and every wait is bounded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const MODEL: &str = "models/SmolLM2-135M-Instruct";
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn model() -> PathBuf {
+    let m = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(MODEL);
+    assert!(
+        m.join("config.json").exists(),
+        "{} is missing: run scripts/setup.sh",
+        m.display()
+    );
+    m
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// A ring hostfile for `ranks` loopback ranks, plus a free control port.
+fn hostfile(name: &str, ranks: usize) -> (PathBuf, u16) {
+    let ports = free_ports(ranks + 1);
+    let hosts: Vec<Vec<String>> = ports[..ranks]
+        .iter()
+        .map(|p| vec![format!("127.0.0.1:{p}")])
+        .collect();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cluster-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("hostfile.json");
+    std::fs::write(&path, serde_json::to_string(&hosts).unwrap()).unwrap();
+    (path, ports[ranks])
+}
+
+/// A running process whose output is collected as it comes.
+struct Proc {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let sink = Arc::new(Mutex::new(String::new()));
+    let s = sink.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut s = s.lock().unwrap();
+            s.push_str(&strip_ansi(&line));
+            s.push('\n');
+        }
+    });
+    sink
+}
+
+/// Log lines without their colour codes, so `seq=0` matches `seq\x1b[0m=\x1b[0m0`.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters final-byte (a letter).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn spawn(mut cmd: Command) -> Proc {
+    cmd.env("RUST_LOG", "info,kooka::cluster=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawning kooka");
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    Proc {
+        child,
+        stdout,
+        stderr,
+    }
+}
+
+/// `kooka serve` as `rank` of the run in `hostfile` (single rank when `None`).
+fn serve(rank: Option<(usize, &PathBuf, u16)>, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kooka"));
+    cmd.args(["serve", "--port", "0", "--model"])
+        .arg(model())
+        .args(extra)
+        .env_remove("MLX_RANK")
+        .env_remove("MLX_HOSTFILE");
+    if let Some((rank, hostfile, control)) = rank {
+        cmd.env("MLX_RANK", rank.to_string())
+            .env("MLX_HOSTFILE", hostfile)
+            .args(["--control-port", &control.to_string()]);
+    }
+    spawn(cmd)
+}
+
+impl Proc {
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for a line of output containing `needle` (stdout or stderr).
+    fn wait_for(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let out = self.stdout.lock().unwrap().clone();
+            if let Some(line) = out.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            let err = self.stderr();
+            if err.contains(needle) {
+                return needle.to_string();
+            }
+            // A rank that gave up will not print it any more.
+            assert!(
+                !err.contains("kooka: error:"),
+                "no {needle:?}, the process failed:\n{err}"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} within {within:?}; stdout:\n{out}\nstderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn address(&self) -> String {
+        let line = self.wait_for("kooka: listening on http://", Duration::from_secs(240));
+        line.split("http://").nth(1).unwrap().trim().to_string()
+    }
+
+    fn exit_within(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {within:?}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+/// Rank 1 and rank 0 of a two-rank pipeline run, and rank 0's HTTP address.
+fn two_ranks(name: &str, extra: &[&str]) -> (Proc, Proc, String) {
+    let (hostfile, control) = hostfile(name, 2);
+    let r1 = serve(Some((1, &hostfile, control)), extra);
+    let r0 = serve(Some((0, &hostfile, control)), extra);
+    let addr = r0.address();
+    (r0, r1, addr)
+}
+
+// ---- HTTP over raw sockets ----------------------------------------------------------------
+
+fn send(addr: &str, method: &str, path: &str, body: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connecting to rank 0");
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    s
+}
+
+/// Status and (de-chunked) body.
+fn request(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut raw = Vec::new();
+    send(addr, method, path, body)
+        .read_to_end(&mut raw)
+        .expect("reading the response");
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, mut body) = raw.split_once("\r\n\r\n").expect("a header end");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut plain = String::new();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        while let Some((size, rest)) = body.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            plain.push_str(&rest[..n]);
+            body = &rest[n + 2..];
+        }
+    } else {
+        plain = body.to_string();
+    }
+    (status, plain)
+}
+
+fn chat(addr: &str, body: &Value) -> Value {
+    let (status, text) = request(addr, "POST", "/v1/chat/completions", &body.to_string());
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The concatenated content of an SSE chat stream.
+fn sse_text(body: &str) -> String {
+    let mut text = String::new();
+    for event in body.split("\n\n").filter_map(|e| e.strip_prefix("data: ")) {
+        if event == "[DONE]" {
+            break;
+        }
+        let chunk: Value = serde_json::from_str(event).unwrap();
+        assert!(chunk.get("error").is_none(), "{chunk}");
+        text += chunk["choices"][0]["delta"]["content"]
+            .as_str()
+            .unwrap_or("");
+    }
+    text
+}
+
+fn user(content: &str, extra: Value) -> Value {
+    let mut body = json!({"messages": [{"role": "user", "content": content}], "temperature": 0, "max_tokens": 48});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+const COUNT: &str = "Count from 1 to 1000, one number per line.";
+
+/// Opens a long stream and reads until `chunks` content chunks arrived.
+fn stream_some(addr: &str, chunks: usize) -> TcpStream {
+    let body = user(COUNT, json!({"max_tokens": 3000, "stream": true})).to_string();
+    let mut s = send(addr, "POST", "/v1/chat/completions", &body);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while seen.windows(6).filter(|w| w == b"data: ").count() < chunks + 1 {
+        let n = s.read(&mut buf).expect("reading the stream");
+        assert!(n > 0, "stream ended: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
+// ---- the tests --------------------------------------------------------------------------
+
+/// The same requests, one rank then two: same texts, same usage.
+#[test]
+fn two_pipeline_ranks_answer_exactly_like_one() {
+    let _serial = serial();
+    let requests = [
+        user("What is the capital of France?", json!({})),
+        user(
+            "Write a haiku about the sea.",
+            json!({"temperature": 0.8, "seed": 7}),
+        ),
+    ];
+    let single = serve(None, &[]);
+    let addr = single.address();
+    let expected: Vec<Value> = requests.iter().map(|r| chat(&addr, r)).collect();
+    let (status, streamed) = request(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        &user("Name three colours.", json!({"stream": true})).to_string(),
+    );
+    assert_eq!(status, 200);
+    let expected_stream = sse_text(&streamed);
+    drop(single);
+
+    let (mut r0, mut r1, addr) = two_ranks("parity", &["--parallel", "pipeline"]);
+    let (status, health) = request(&addr, "GET", "/health", "");
+    assert_eq!(status, 200, "{health}");
+    let health: Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(
+        health["ranks"][0]["shard"],
+        "pipeline rank 0/2: layers 0..15 of 30"
+    );
+    assert_eq!(
+        health["ranks"][1]["shard"],
+        "pipeline rank 1/2: layers 15..30 of 30"
+    );
+    assert_eq!(health["ranks"][1]["state"], "ready");
+
+    // Both at once: the second request joins the batch while the first is decoding.
+    let got: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = requests
+            .iter()
+            .map(|r| s.spawn(|| chat(&addr, r)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (want, got) in expected.iter().zip(&got) {
+        assert_eq!(got["choices"][0]["message"], want["choices"][0]["message"]);
+        assert_eq!(got["usage"], want["usage"]);
+    }
+    let (status, streamed) = request(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        &user("Name three colours.", json!({"stream": true})).to_string(),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(sse_text(&streamed), expected_stream);
+
+    // Rank 1 ran every sequence to the same length (it logs its own token counts).
+    let log = r1.stderr();
+    for g in &got {
+        let tokens = g["usage"]["completion_tokens"].as_u64().unwrap();
+        assert!(
+            log.contains(&format!("sequence finished seq=0 tokens={tokens}"))
+                || log.contains(&format!("sequence finished seq=1 tokens={tokens}")),
+            "rank 1 did not log a {tokens}-token sequence:\n{log}"
+        );
+    }
+
+    // A normal stop reaches every rank: both exit 0.
+    r0.signal("-TERM");
+    assert!(
+        r0.exit_within(Duration::from_secs(30)).success(),
+        "{}",
+        r0.stderr()
+    );
+    assert!(
+        r1.exit_within(Duration::from_secs(10)).success(),
+        "{}",
+        r1.stderr()
+    );
+}
+
+/// A rank that joins early keeps its heartbeats while a later one is still starting.
+#[test]
+fn three_ranks_joining_at_different_times() {
+    let _serial = serial();
+    let (hostfile, control) = hostfile("three", 3);
+    let r0 = serve(Some((0, &hostfile, control)), &[]);
+    let r1 = serve(Some((1, &hostfile, control)), &[]);
+    r0.wait_for("rank connected rank=1", Duration::from_secs(60));
+    // Longer than the 3 s after which a silent peer counts as lost.
+    std::thread::sleep(Duration::from_secs(5));
+    let r2 = serve(Some((2, &hostfile, control)), &[]);
+    let addr = r0.address();
+    let c = chat(&addr, &user("What is the capital of France?", json!({})));
+    assert!(
+        c["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Paris"),
+        "{c}"
+    );
+    let (status, health) = request(&addr, "GET", "/health", "");
+    assert_eq!(status, 200, "{health}");
+    assert!(
+        health.contains("pipeline rank 2/3: layers 20..30 of 30"),
+        "{health}"
+    );
+    drop((r2, r1));
+}
+
+#[test]
+fn killing_a_follower_mid_stream_fails_the_request_and_ends_rank_zero() {
+    let _serial = serial();
+    let (mut r0, mut r1, addr) = two_ranks("kill", &[]);
+    let mut stream = stream_some(&addr, 5);
+    r1.child.kill().unwrap();
+    let killed = Instant::now();
+    r1.child.wait().unwrap();
+
+    // The stream ends with an error event naming the rank, then [DONE].
+    let mut rest = String::new();
+    let _ = stream.read_to_string(&mut rest);
+    // (Chunked transfer encoding: the size lines sit between the events.)
+    let error = rest
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .find(|e| e.contains("\"error\""))
+        .unwrap_or_else(|| panic!("no error event after the kill: {rest}"));
+    assert!(error.contains("rank 1 (127.0.0.1)"), "{error}");
+
+    // Meanwhile /health is 503 (or rank 0 is already gone).
+    if let Ok(mut s) = TcpStream::connect(&addr) {
+        let _ = write!(
+            s,
+            "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw);
+        assert!(raw.is_empty() || raw.starts_with("HTTP/1.1 503"), "{raw}");
+    }
+
+    let status = r0.exit_within(Duration::from_secs(15));
+    eprintln!(
+        "rank 0 exited {:.2}s after rank 1 was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(status.code(), Some(1), "{}", r0.stderr());
+    assert!(
+        r0.stderr().contains("rank 1 (127.0.0.1) is unavailable"),
+        "{}",
+        r0.stderr()
+    );
+}
+
+#[test]
+fn a_silent_follower_is_found_by_heartbeats() {
+    let _serial = serial();
+    let (mut r0, r1, addr) = two_ranks("silent", &[]);
+    r1.signal("-STOP");
+    let stopped = Instant::now();
+    // Timing::default(): 3 s without a heartbeat, then 1 s of grace.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = request(&addr, "GET", "/health", "");
+        if status == 503 {
+            assert!(body.contains("no heartbeat"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "/health still {status}: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = r0.exit_within(Duration::from_secs(15));
+    eprintln!(
+        "rank 0 exited {:.2}s after rank 1 went silent",
+        stopped.elapsed().as_secs_f64()
+    );
+    assert_eq!(status.code(), Some(1));
+    r1.signal("-KILL");
+}
+
+#[test]
+fn a_client_leaving_cancels_on_every_rank_and_both_serve_on() {
+    let _serial = serial();
+    let (r0, mut r1, addr) = two_ranks("cancel", &[]);
+    drop(stream_some(&addr, 5));
+    r0.wait_for("client went away", Duration::from_secs(60));
+    r1.wait_for(
+        "follower: sequence cancelled seq=0",
+        Duration::from_secs(30),
+    );
+    r1.wait_for("follower: idle", Duration::from_secs(30));
+
+    let c = chat(&addr, &user("What is the capital of France?", json!({})));
+    assert!(
+        c["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Paris"),
+        "{c}"
+    );
+    let tokens = c["usage"]["completion_tokens"].as_u64().unwrap();
+    r1.wait_for(
+        &format!("sequence finished seq=1 tokens={tokens}"),
+        Duration::from_secs(30),
+    );
+
+    // And a follower whose rank 0 dies exits non-zero at once.
+    drop(r0);
+    let status = r1.exit_within(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    assert!(r1.stderr().contains("rank 0 is gone"), "{}", r1.stderr());
+}
+
+#[test]
+fn rank_zero_names_the_ranks_that_never_came() {
+    let _serial = serial();
+    let (hostfile, control) = hostfile("alone", 3);
+    let mut r0 = serve(
+        Some((0, &hostfile, control)),
+        &["--startup-timeout-secs", "2"],
+    );
+    let status = r0.exit_within(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1));
+    let err = r0.stderr();
+    assert!(
+        err.contains("rank 1 (127.0.0.1), rank 2 (127.0.0.1) did not connect"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ranks_started_with_different_flags_are_refused() {
+    let _serial = serial();
+    let (hostfile, control) = hostfile("mismatch", 2);
+    let mut r1 = serve(Some((1, &hostfile, control)), &["--parallel", "tensor"]);
+    let mut r0 = serve(Some((0, &hostfile, control)), &["--parallel", "pipeline"]);
+    for (rank, p) in [(0, &mut r0), (1, &mut r1)] {
+        let status = p.exit_within(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(1), "rank {rank}");
+        let err = p.stderr();
+        assert!(
+            err.contains("rank 1 was started with --parallel tensor, rank 0 with pipeline"),
+            "rank {rank}: {err}"
+        );
+    }
+}
+
+/// Compatibility mode: plain `mlx.launch` sets only MLX_RANK / MLX_HOSTFILE.
+#[test]
+fn ranks_started_by_mlx_launch() {
+    let _serial = serial();
+    let launch = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("third_party/venv/bin/mlx.launch");
+    assert!(
+        launch.exists(),
+        "{} is missing: run scripts/setup.sh --tests",
+        launch.display()
+    );
+    let ports = free_ports(3);
+    let mut cmd = Command::new(&launch);
+    cmd.args([
+        "-n",
+        "2",
+        "--backend",
+        "ring",
+        "-p",
+        &ports[0].to_string(),
+        "--",
+    ])
+    .arg(env!("CARGO_BIN_EXE_kooka"))
+    .args([
+        "serve",
+        "--port",
+        "0",
+        "--control-port",
+        &ports[2].to_string(),
+        "--model",
+    ])
+    .arg(model())
+    .env_remove("MLX_RANK")
+    .env_remove("MLX_HOSTFILE");
+    // mlx.launch leaves its ranks running when it is killed: kill the whole group.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let launcher = spawn(cmd);
+    let group = launcher.child.id();
+    let kill_group = || {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{group}")])
+            .status();
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let addr = launcher.address();
+        let c = chat(&addr, &user("What is the capital of France?", json!({})));
+        assert!(
+            c["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .contains("Paris"),
+            "{c}"
+        );
+        let (status, health) = request(&addr, "GET", "/health", "");
+        assert_eq!(status, 200, "{health}");
+        assert!(health.contains("pipeline rank 1/2"), "{health}");
+    }));
+    kill_group();
+    drop(launcher);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}

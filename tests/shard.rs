@@ -1,0 +1,337 @@
+//! Sharded models against one rank: `kooka generate --parallel pipeline|tensor` on 2 real
+//! processes over a loopback ring (MLX_RANK / MLX_HOSTFILE, as `kooka launch` sets them),
+//! compared with the same command on a single rank.
+//!
+//! - **Pipeline** runs the same ops as one rank, so the 32 greedy tokens and the last
+//!   prompt position's logits must be identical, bit for bit, on both ranks: SmolLM2-135M
+//!   (tied embeddings, even and uneven splits, chunked prefill) and the tiny random
+//!   mixtures of experts (untied head, bf16).
+//! - **Tensor** parallel sums partial projections in another order, so the logits must agree
+//!   within `max|sharded - single| <= 1e-4 * (1 + max|single|)` (float32 activations; the
+//!   observed error is below 1e-6) and the 32 greedy tokens must be identical. Models: a
+//!   4-bit llama and a 4-bit qwen3_moe kept packed with float32 scales (so the packed
+//!   weights and scales are sliced, along both axes), and mixtral's experts dequantized.
+//!   Both ranks must hold the very same logits (they sample independently).
+//! - Impossible splits fail on every rank with a message naming the numbers: SmolLM2's 9
+//!   heads over 2 ranks, 32 input features per rank under 64-wide quantization groups, a
+//!   `--pipeline-split` that does not sum to the layer count.
+//!
+//! Needs `models/SmolLM2-135M-Instruct` and the reference venv (for the tiny models): run
+//! `scripts/setup.sh --tests`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const KOOKA: &str = env!("CARGO_BIN_EXE_kooka");
+const PROMPT: &str = "1,17,42,99,3,250,7,7,300,12,64,5";
+const TOKENS: &str = "32";
+
+/// Two-rank runs one at a time: the machine may have 2 cores, and a ring of starved
+/// processes says nothing about sharding.
+static RINGS: Mutex<()> = Mutex::new(());
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tmp() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+fn smollm2() -> PathBuf {
+    let dir = root().join("models/SmolLM2-135M-Instruct");
+    assert!(
+        dir.join("config.json").exists(),
+        "{} is missing: run scripts/setup.sh --tests",
+        dir.display()
+    );
+    dir
+}
+
+/// The tiny models of `make_tiny_models.py --shard`, created once per target dir.
+fn tiny(name: &str) -> PathBuf {
+    static CREATE: Mutex<()> = Mutex::new(());
+    let _guard = CREATE.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp().join("tiny-models-shard");
+    if !dir.join("models.json").exists() {
+        let python = root().join("third_party/venv/bin/python");
+        assert!(
+            python.exists(),
+            "{} is missing: run scripts/setup.sh --tests",
+            python.display()
+        );
+        let out = Command::new(python)
+            .arg(root().join("tests/python/make_tiny_models.py"))
+            .arg(&dir)
+            .arg("--shard")
+            .output()
+            .expect("running make_tiny_models.py");
+        assert!(
+            out.status.success(),
+            "make_tiny_models.py --shard failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir.join(name)
+}
+
+/// What one rank printed.
+#[derive(Debug)]
+struct Run {
+    tokens: Vec<u64>,
+    logits: Vec<f32>,
+}
+
+/// A fresh logits file path per run (tests run in parallel threads).
+fn logits_path(tag: &str) -> PathBuf {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tmp().join(format!("shard-{}-{n}-{tag}.json", std::process::id()))
+}
+
+fn generate(model: &Path, logits: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(KOOKA);
+    cmd.arg("generate")
+        .arg("--model")
+        .arg(model)
+        .args(["--prompt-tokens", PROMPT, "--max-tokens", TOKENS])
+        .args(["--ignore-eos", "--print-tokens", "--print-logits"])
+        .arg(logits)
+        .args(args)
+        .env_remove("MLX_RANK")
+        .env_remove("MLX_HOSTFILE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn read_run(out: &Output, logits: &Path, what: &str) -> Run {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{what}: stdout is not one JSON line ({e}): {stdout}"));
+    let tokens = json["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t.as_u64().expect("token id"))
+        .collect();
+    let text = std::fs::read_to_string(logits)
+        .unwrap_or_else(|e| panic!("{what}: reading {}: {e}", logits.display()));
+    Run {
+        tokens,
+        logits: serde_json::from_str(&text).expect("logits JSON"),
+    }
+}
+
+fn single(model: &Path, args: &[&str]) -> Run {
+    let path = logits_path("single");
+    let out = wait(
+        generate(model, &path, args)
+            .spawn()
+            .expect("spawning kooka"),
+        "single rank",
+    );
+    read_run(&out, &path, "single rank")
+}
+
+/// Waits for `child`, killing it after a deadline so that a stuck ring fails the test.
+fn wait(mut child: Child, what: &str) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while child.try_wait().expect("waiting for kooka").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collecting kooka");
+            panic!(
+                "{what} did not finish within 300s: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("collecting kooka")
+}
+
+/// A ring hostfile of two loopback ports the OS says are free now.
+fn hostfile() -> PathBuf {
+    let listeners: Vec<TcpListener> = (0..2)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let hosts: Vec<Vec<String>> = listeners
+        .iter()
+        .map(|l| vec![format!("127.0.0.1:{}", l.local_addr().unwrap().port())])
+        .collect();
+    let path = logits_path("hostfile");
+    std::fs::write(&path, serde_json::to_string(&hosts).unwrap()).unwrap();
+    path
+}
+
+/// Runs the same command as rank 0 and rank 1 of a 2-rank ring; returns both outputs.
+fn two_ranks_raw(model: &Path, logits: &Path, args: &[&str]) -> [Output; 2] {
+    let _ring = RINGS.lock().unwrap_or_else(|e| e.into_inner());
+    let hosts = hostfile();
+    let children: Vec<Child> = (0..2)
+        .map(|rank| {
+            generate(model, logits, args)
+                .env("MLX_RANK", rank.to_string())
+                .env("MLX_HOSTFILE", &hosts)
+                .spawn()
+                .expect("spawning kooka")
+        })
+        .collect();
+    let mut outs = children
+        .into_iter()
+        .enumerate()
+        .map(|(rank, c)| wait(c, &format!("rank {rank}")));
+    [outs.next().unwrap(), outs.next().unwrap()]
+}
+
+fn two_ranks(model: &Path, args: &[&str]) -> [Run; 2] {
+    let path = logits_path("ranks");
+    let [r0, r1] = two_ranks_raw(model, &path, args);
+    let path1 = PathBuf::from(format!("{}.rank1", path.display()));
+    [
+        read_run(&r0, &path, "rank 0"),
+        read_run(&r1, &path1, "rank 1"),
+    ]
+}
+
+/// `max|got - want| / (1 + max|want|)`.
+fn logits_error(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "vocab size");
+    let scale = 1.0 + want.iter().fold(0.0f64, |m, x| m.max(x.abs() as f64));
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - *w as f64).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+/// Sharded vs single rank on `model`; `tol`: `None` = bit-identical logits.
+fn check(model: &Path, single_args: &[&str], shard_args: &[&str], tol: Option<f64>) {
+    let want = single(model, single_args);
+    let distinct = want
+        .tokens
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    assert!(
+        distinct >= 4,
+        "degenerate reference (a test that cannot fail): {:?}",
+        want.tokens
+    );
+    let mut args = single_args.to_vec();
+    args.extend_from_slice(shard_args);
+    let ranks = two_ranks(model, &args);
+    let name = model.file_name().unwrap().to_string_lossy();
+    for (rank, got) in ranks.iter().enumerate() {
+        assert_eq!(
+            got.tokens, want.tokens,
+            "{name} {args:?}: rank {rank}'s greedy tokens differ from one rank's"
+        );
+        let err = logits_error(&got.logits, &want.logits);
+        match tol {
+            None => assert!(
+                got.logits == want.logits,
+                "{name} {args:?}: rank {rank}'s logits are not bit-identical (error {err:.2e})"
+            ),
+            Some(tol) => assert!(
+                err <= tol,
+                "{name} {args:?}: rank {rank}'s logits error {err:.2e} > {tol:.0e}"
+            ),
+        }
+        println!("{name} {args:?}: rank {rank} tokens equal, logits error {err:.1e}");
+    }
+    // Both ranks sample from these: they must agree exactly, whatever the mode.
+    assert!(
+        ranks[0].logits == ranks[1].logits,
+        "{name} {args:?}: the ranks hold different logits"
+    );
+}
+
+#[test]
+fn sharded_model_pipeline_smollm2_is_bit_identical() {
+    let model = smollm2();
+    check(&model, &[], &["--parallel", "pipeline"], None);
+    // Uneven split; a prompt prefilled in chunks (each chunk's send runs although only the
+    // caches are evaluated).
+    check(
+        &model,
+        &["--prefill-step-size", "5"],
+        &["--parallel", "pipeline", "--pipeline-split", "10,20"],
+        None,
+    );
+}
+
+#[test]
+fn sharded_model_pipeline_moe_is_bit_identical() {
+    let native = ["--compute-dtype", "native"];
+    check(
+        &tiny("qwen3_moe-bf16"),
+        &native,
+        &["--parallel", "pipeline"],
+        None,
+    );
+    check(
+        &tiny("mixtral-bf16"),
+        &native,
+        &["--parallel", "pipeline", "--pipeline-split", "1,1"],
+        None,
+    );
+}
+
+#[test]
+fn sharded_model_tensor_parallel_matches_single_rank() {
+    let tp = ["--parallel", "tensor"];
+    let native = ["--compute-dtype", "native"];
+    check(&tiny("llama-q4g64-f32"), &native, &tp, Some(1e-4));
+    check(&tiny("qwen3_moe-q4g32-f32"), &native, &tp, Some(1e-4));
+    check(
+        &tiny("mixtral-bf16"),
+        &["--compute-dtype", "f32"],
+        &tp,
+        Some(1e-4),
+    );
+}
+
+#[test]
+fn sharded_model_impossible_splits_fail_clearly() {
+    let cases: [(PathBuf, &[&str], &str); 3] = [
+        (
+            smollm2(),
+            &["--parallel", "tensor"],
+            "num_attention_heads = 9 and num_key_value_heads = 3 are not both multiples of 2",
+        ),
+        (
+            tiny("qwen3_moe-q4g64"),
+            &["--parallel", "tensor", "--compute-dtype", "native"],
+            "32 each, not a multiple of the quantization group size 64",
+        ),
+        (
+            smollm2(),
+            &["--pipeline-split", "10,10"],
+            "--pipeline-split 10,10 sums to 20 layers but the model has 30",
+        ),
+    ];
+    for (model, args, expected) in cases {
+        let outs = two_ranks_raw(&model, &logits_path("error"), args);
+        for (rank, out) in outs.iter().enumerate() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "rank {rank} {args:?}: {stderr}");
+            assert!(
+                stderr.contains(expected),
+                "rank {rank} {args:?}: {stderr:?} lacks {expected:?}"
+            );
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+    }
+}

@@ -10,13 +10,16 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::generation::{chat_prompt, next_request, request_grammar, submit, Job, JobSpec};
+use super::generation::{
+    chat_prompt, forced_call_params, next_request, request_grammar, submit, Job, JobSpec,
+};
 use super::http::{next_event, read_body, sse_event, sse_response};
 use super::model_thread::{Event, Finish};
 use super::openai::{check_model, event_error};
 use super::reply::{Reply, ReplyEvent, ReplyParser};
 use super::request::{
-    check, get, integer, number, parse_object, stop_list, string, type_name, ToolChoice,
+    check, get, integer, message_list, number, parse_object, stop_list, string, type_name,
+    ToolChoice,
 };
 use super::AppState;
 use crate::engine::sampling::SamplingParams;
@@ -129,13 +132,7 @@ fn text_of(blocks: &[Value], param: &str) -> Result<String, ApiError> {
 /// Anthropic turns into OpenAI-shaped messages: a user turn's `tool_result` blocks become
 /// `tool` messages, an assistant turn's `tool_use` blocks become `tool_calls`.
 fn conversation(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
-    let Some(Value::Array(list)) = get(obj, "messages") else {
-        return Err(ApiError::field(
-            "messages",
-            "`messages` is required and must be a list of messages",
-        ));
-    };
-    check(!list.is_empty(), "messages", "must not be empty")?;
+    let list = message_list(obj)?;
     let mut out = Vec::new();
     for (i, m) in list.iter().enumerate() {
         let param = format!("messages[{i}]");
@@ -340,10 +337,7 @@ async fn handle(
     check_anthropic_model(&state, r.model.as_deref())?;
     let prompt = chat_prompt(&state, &r.messages, &r.tools, &r.tool_choice, &r.kwargs)?;
     let constraint = request_grammar(None, &r.tools, &r.tool_choice, prompt.tool_format, true)?;
-    let mut params = r.params.clone();
-    if r.tool_choice.forced() && !r.sampling_set {
-        params.temperature = 0.0;
-    }
+    let params = forced_call_params(r.params.clone(), &r.tool_choice, r.sampling_set);
     let request = next_request(&state);
     let job = submit(
         &state,

@@ -106,6 +106,18 @@ pub struct ChatPrompt {
     pub tool_format: Option<ParserKind>,
 }
 
+/// A forced tool call should not be left to chance: greedy, unless the client chose sampling.
+pub fn forced_call_params(
+    mut params: SamplingParams,
+    choice: &ToolChoice,
+    sampling_set: bool,
+) -> SamplingParams {
+    if choice.forced() && !sampling_set {
+        params.temperature = 0.0;
+    }
+    params
+}
+
 /// A constraint error as the API reports it (400 naming the field, or 500).
 pub fn constrain_error(e: ConstrainError) -> ApiError {
     match e.param() {

@@ -8,7 +8,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::generation::{chat_prompt, next_request, request_grammar, submit, Job, JobSpec};
+use super::generation::{
+    chat_prompt, forced_call_params, next_request, request_grammar, submit, Job, JobSpec,
+};
 use super::http::{next_event, read_body, sse_data, sse_keepalive, sse_response, unix_now};
 use super::model_thread::{Event, Finish, TokenLogprob};
 use super::reply::{Reply, ReplyEvent, ReplyParser};
@@ -93,11 +95,7 @@ pub async fn chat_completions(
         prompt.tool_format,
         chat.parallel_tool_calls,
     )?;
-    let mut params = chat.params.clone();
-    // A forced call should not be left to chance unless the client chose sampling itself.
-    if chat.tool_choice.forced() && !chat.sampling_set {
-        params.temperature = 0.0;
-    }
+    let params = forced_call_params(chat.params.clone(), &chat.tool_choice, chat.sampling_set);
     let request = next_request(&state);
     let job = submit(
         &state,
@@ -254,33 +252,30 @@ struct ChatStream {
 }
 
 impl ChatStream {
+    /// A `chat.completion.chunk` frame with these choices (and usage).
+    fn frame(&self, choices: Value, usage: Option<Usage>) -> Bytes {
+        let mut chunk = json!({
+            "id": self.meta.id,
+            "object": "chat.completion.chunk",
+            "created": self.meta.created,
+            "model": self.meta.model,
+            "system_fingerprint": system_fingerprint(),
+            "choices": choices,
+        });
+        if let Some(usage) = usage {
+            chunk["usage"] = json!(usage);
+        }
+        sse_data(&chunk.to_string())
+    }
+
     fn chunk(&self, delta: Value, finish: Option<&str>, logprobs: Value) -> Bytes {
-        sse_data(
-            &json!({
-                "id": self.meta.id,
-                "object": "chat.completion.chunk",
-                "created": self.meta.created,
-                "model": self.meta.model,
-                "system_fingerprint": system_fingerprint(),
-                "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
-            })
-            .to_string(),
-        )
+        let choice =
+            json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish});
+        self.frame(json!([choice]), None)
     }
 
     fn usage_chunk(&self, usage: Usage) -> Bytes {
-        sse_data(
-            &json!({
-                "id": self.meta.id,
-                "object": "chat.completion.chunk",
-                "created": self.meta.created,
-                "model": self.meta.model,
-                "system_fingerprint": system_fingerprint(),
-                "choices": [],
-                "usage": usage,
-            })
-            .to_string(),
-        )
+        self.frame(json!([]), Some(usage))
     }
 
     /// The chunks for some reply events; pending logprobs ride on the first one.

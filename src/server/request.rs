@@ -487,10 +487,8 @@ pub(crate) fn response_format(obj: &Map<String, Value>) -> Result<Option<Value>,
     }
 }
 
-/// `messages`: a non-empty list of `{"role": string, "content": string | parts | null, ...}`.
-/// Text parts are joined into one string (templates expect strings); other fields pass
-/// through to the template untouched.
-fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
+/// The raw `messages` list: present, a list, not empty (both chat APIs).
+pub(crate) fn message_list(obj: &Map<String, Value>) -> Result<&Vec<Value>, ApiError> {
     let Some(Value::Array(list)) = get(obj, "messages") else {
         return Err(ApiError::field(
             "messages",
@@ -498,6 +496,14 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
         ));
     };
     check(!list.is_empty(), "messages", "must not be empty")?;
+    Ok(list)
+}
+
+/// `messages`: a non-empty list of `{"role": string, "content": string | parts | null, ...}`.
+/// Text parts are joined into one string (templates expect strings); other fields pass
+/// through to the template untouched.
+fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
+    let list = message_list(obj)?;
     let mut out = Vec::with_capacity(list.len());
     for (i, m) in list.iter().enumerate() {
         let param = format!("messages[{i}]");

@@ -18,8 +18,8 @@ use super::model_thread::{Event, Finish};
 use super::openai::{check_model, event_error};
 use super::reply::{Reply, ReplyEvent, ReplyParser};
 use super::request::{
-    check, get, integer, message_list, number, parse_object, stop_list, string, type_name,
-    ToolChoice,
+    check, check_choice, get, integer, message_list, number, parse_object, stop_list, string,
+    tool_list, type_name, ToolChoice,
 };
 use super::AppState;
 use crate::engine::sampling::SamplingParams;
@@ -213,17 +213,8 @@ fn conversation(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
 
 /// `tools`: `{name, description, input_schema}` into OpenAI function tools.
 fn tools(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
-    let list = match get(obj, "tools") {
-        None => return Ok(Vec::new()),
-        Some(Value::Array(list)) => list,
-        Some(v) => {
-            return Err(ApiError::field(
-                "tools",
-                format!("`tools` must be a list, got {}", type_name(v)),
-            ))
-        }
-    };
-    list.iter()
+    tool_list(obj)?
+        .iter()
         .enumerate()
         .map(|(i, t)| {
             let name = t
@@ -274,21 +265,7 @@ fn tool_choice(obj: &Map<String, Value>, tools: &[Value]) -> Result<ToolChoice, 
             ))
         }
     };
-    if choice.forced() {
-        check(
-            !tools.is_empty(),
-            "tool_choice",
-            "needs a non-empty `tools` list",
-        )?;
-    }
-    if let ToolChoice::Named(name) = &choice {
-        let offered = tools.iter().any(|t| t["function"]["name"] == name.as_str());
-        check(
-            offered,
-            "tool_choice",
-            &format!("names {name:?}, which is not in `tools`"),
-        )?;
-    }
+    check_choice(&choice, tools)?;
     Ok(choice)
 }
 

@@ -363,18 +363,21 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     })
 }
 
+/// The raw `tools` list (empty when absent).
+pub(crate) fn tool_list(obj: &Map<String, Value>) -> Result<&[Value], ApiError> {
+    match get(obj, "tools") {
+        None => Ok(&[]),
+        Some(Value::Array(list)) => Ok(list),
+        Some(v) => Err(ApiError::field(
+            "tools",
+            format!("`tools` must be a list, got {}", type_name(v)),
+        )),
+    }
+}
+
 /// `tools`: a list of `{"type": "function", "function": {"name": ..., "parameters": ...}}`.
 fn tools(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
-    let list = match get(obj, "tools") {
-        None => return Ok(Vec::new()),
-        Some(Value::Array(list)) => list,
-        Some(v) => {
-            return Err(ApiError::field(
-                "tools",
-                format!("`tools` must be a list, got {}", type_name(v)),
-            ))
-        }
-    };
+    let list = tool_list(obj)?;
     for (i, t) in list.iter().enumerate() {
         let param = format!("tools[{i}]");
         let kind = t.get("type").and_then(Value::as_str).unwrap_or("function");
@@ -400,7 +403,7 @@ fn tools(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
             )?;
         }
     }
-    Ok(list.clone())
+    Ok(list.to_vec())
 }
 
 /// `tool_choice`: `"auto" | "none" | "required" | {"type":"function","function":{"name"}}`.
@@ -439,6 +442,13 @@ fn tool_choice(obj: &Map<String, Value>, tools: &[Value]) -> Result<ToolChoice, 
             ))
         }
     };
+    check_choice(&choice, tools)?;
+    Ok(choice)
+}
+
+/// A forced `tool_choice` needs tools, and a named one must name an offered function (both
+/// chat APIs; `tools` already in OpenAI function shape).
+pub(crate) fn check_choice(choice: &ToolChoice, tools: &[Value]) -> Result<(), ApiError> {
     if choice.forced() {
         check(
             !tools.is_empty(),
@@ -446,7 +456,7 @@ fn tool_choice(obj: &Map<String, Value>, tools: &[Value]) -> Result<ToolChoice, 
             "needs a non-empty `tools` list",
         )?;
     }
-    if let ToolChoice::Named(name) = &choice {
+    if let ToolChoice::Named(name) = choice {
         let offered = tools.iter().any(|t| {
             t.get("function")
                 .and_then(|f| f.get("name"))
@@ -459,7 +469,7 @@ fn tool_choice(obj: &Map<String, Value>, tools: &[Value]) -> Result<ToolChoice, 
             &format!("names the function {name:?}, which is not in `tools`"),
         )?;
     }
-    Ok(choice)
+    Ok(())
 }
 
 /// `response_format`: `{"type": "text" | "json_object" | "json_schema", ...}`.

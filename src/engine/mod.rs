@@ -73,10 +73,36 @@ pub struct TokenEvent {
     pub prompt_logits: Option<Vec<f32>>,
 }
 
-/// The lazy result of one forward + sample.
+/// The lazy result of one forward + sample. Everything the event needs is built here,
+/// before the next step is queued: an op created after that would run behind the next
+/// forward on the device's in-order stream, and reading it would wait for that forward.
 struct Pending {
+    /// The sampled id, `[1]` uint32.
     token: Array,
     logprobs: Array,
+    /// The sampled token's log-probability `[1]` f32, when the request wants logprobs.
+    logprob: Option<Array>,
+    /// The most likely ids and their log-probabilities (unordered), when wanted.
+    top: Option<(Array, Array)>,
+}
+
+impl Pending {
+    /// A token that was not sampled (the end of a completed grammar).
+    fn fixed(token: Array) -> Self {
+        Pending {
+            token,
+            logprobs: Array::from_f32(0.0),
+            logprob: None,
+            top: None,
+        }
+    }
+
+    fn arrays(&self) -> Vec<&Array> {
+        let mut v = vec![&self.token, &self.logprobs];
+        v.extend(self.logprob.iter());
+        v.extend(self.top.iter().flat_map(|(i, l)| [i, l]));
+        v
+    }
 }
 
 struct Sequence {
@@ -200,10 +226,7 @@ impl Engine {
             history,
             processors,
             sampler,
-            pending: Pending {
-                token: Array::from_int(0),
-                logprobs: Array::from_int(0),
-            },
+            pending: Pending::fixed(Array::from_int(0)),
             generated: 0,
             req,
             prompt_logits: None,
@@ -244,7 +267,7 @@ impl Engine {
                 next.push(Queued::Logits(logits));
             } else {
                 let p = self.forward_and_sample(seq, &input, false)?;
-                transforms::async_eval([&p.token, &p.logprobs])?;
+                transforms::async_eval(p.arrays())?;
                 next.push(Queued::Sample(p));
             }
         }
@@ -265,7 +288,7 @@ impl Engine {
                         c.accept(seq.id, token);
                     }
                     let p = self.sample_constrained(&mut seq, logits)?;
-                    transforms::async_eval([&p.token, &p.logprobs])?;
+                    transforms::async_eval(p.arrays())?;
                     seq.pending = p;
                 }
                 Queued::Nothing => {}
@@ -316,10 +339,7 @@ impl Engine {
         };
         match mask {
             Some(mask) => sample(seq, logits, Some(&mask)),
-            None => Ok(Pending {
-                token: constrained::end_token(&seq.req.stop_ids),
-                logprobs: Array::from_f32(0.0),
-            }),
+            None => Ok(Pending::fixed(constrained::end_token(&seq.req.stop_ids))),
         }
     }
 }
@@ -336,21 +356,42 @@ fn sample(seq: &mut Sequence, mut logits: Array, mask: Option<&Array>) -> Result
     }
     let logprobs = logits.subtract(logits.logsumexp_axis(-1, true)?)?;
     let token = seq.sampler.sample(&logprobs)?;
-    Ok(Pending { token, logprobs })
+    let params = &seq.req.params;
+    let flat = || -> Result<Array> { Ok(logprobs.reshape(&[-1])?.as_dtype(Dtype::Float32)?) };
+    let logprob = match params.logprobs {
+        true => Some(take_along_axis(&flat()?, &token.as_dtype(Dtype::Int32)?, 0)?),
+        false => None,
+    };
+    let top = match params.top_logprobs {
+        0 => None,
+        k => {
+            let lp = flat()?;
+            let k = (k as i32).min(lp.shape()[0]);
+            let ids = ops::argpartition_axis(&lp.negative()?, k - 1, 0)?.try_index(..k)?;
+            let values = take_along_axis(&lp, &ids, 0)?;
+            Some((ids, values))
+        }
+    };
+    Ok(Pending {
+        token,
+        logprobs,
+        logprob,
+        top,
+    })
 }
 
 impl Sequence {
     fn pending_arrays(&self) -> Vec<&Array> {
-        let mut v = vec![&self.pending.token, &self.pending.logprobs];
+        let mut v = self.pending.arrays();
         v.extend(self.prompt_logits.iter());
         v
     }
 
-    /// Reads the pending token (blocks on its evaluation) and turns it into an event.
+    /// Reads the pending token (blocks on its evaluation) and turns it into an event. Only
+    /// arrays built with the pending token are read: no new op is queued here.
     fn read_event(&mut self) -> Result<TokenEvent> {
-        let token = self.pending.token.try_index(0)?.try_item_exact::<u32>()?;
+        let token = self.pending.token.try_item_exact::<u32>()?;
         self.generated += 1;
-        let wants = self.req.params.logprobs || self.req.params.top_logprobs > 0;
         let (mut logprob, mut top) = (None, Vec::new());
         let grammar_end = self.constraint.as_ref().is_some_and(|c| c.finish_next);
         if grammar_end {
@@ -359,27 +400,20 @@ impl Sequence {
             if self.req.params.top_logprobs > 0 {
                 top.push((token, 0.0));
             }
-        } else if wants {
-            let lp = self
-                .pending
-                .logprobs
-                .reshape(&[-1])?
-                .as_dtype(Dtype::Float32)?;
-            if self.req.params.logprobs {
-                let idx = Array::from_slice(&[token as i32], &[1]);
-                logprob = Some(take_along_axis(&lp, &idx, 0)?.try_item_exact::<f32>()?);
+        } else {
+            if let Some(lp) = &self.pending.logprob {
+                logprob = Some(lp.try_item_exact::<f32>()?);
             }
-            if self.req.params.top_logprobs > 0 {
-                lp.eval()?;
-                let host = lp.as_slice::<f32>();
-                let mut order: Vec<u32> = (0..host.len() as u32).collect();
-                let k = self.req.params.top_logprobs.min(order.len());
-                order.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| {
-                    host[b as usize].total_cmp(&host[a as usize])
-                });
-                order.truncate(k);
-                order.sort_by(|&a, &b| host[b as usize].total_cmp(&host[a as usize]));
-                top = order.into_iter().map(|i| (i, host[i as usize])).collect();
+            if let Some((ids, values)) = &self.pending.top {
+                ids.eval()?;
+                values.eval()?;
+                top = ids
+                    .as_slice::<u32>()
+                    .iter()
+                    .copied()
+                    .zip(values.as_slice::<f32>().iter().copied())
+                    .collect();
+                top.sort_by(|a, b| b.1.total_cmp(&a.1));
             }
         }
         let prompt_logits = match self.prompt_logits.take() {

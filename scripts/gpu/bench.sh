@@ -3,9 +3,13 @@
 # CUDA MLX, writes synthetic models (random weights, real shapes), checks greedy parity with
 # mlx-lm, and benchmarks kooka against mlx-lm. Results go to $OUT.
 #
-# usage: scripts/gpu/bench.sh PHASE...   (phases: models parity bench; MODELS="shape:bits ...")
-# Carried from the CPU machine: third_party/gpu/{cuda13.part.ab, mlx*.whl, kooka (stripped
-# release build), tokenizer/ (SmolLM2's tokenizer files)}.
+# usage: scripts/gpu/bench.sh PHASE...   (MODELS="shape:bits ...")
+# Phases: models parity bench profile determinism constrained. A phase that finished for a
+# model is skipped when the script runs again on the same machine (markers in $M/done), and
+# no phase starts after $DEADLINE (epoch seconds; default 520 s from now; export it to share
+# one deadline between several calls), so a run that stops early resumes.
+# Carried from the CPU machine: third_party/gpu/{cuda13.part.ab, mlx*.whl, kooka and
+# step_profile (stripped release builds), tokenizer/ (SmolLM2's tokenizer files)}.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
@@ -17,11 +21,17 @@ KOOKA=${KOOKA:-$ROOT/third_party/gpu/kooka}
 [ -x "$KOOKA" ] || KOOKA=/opt/mlxw/kooka
 TOK=$ROOT/third_party/gpu/tokenizer
 [ -d "$TOK" ] || TOK=/opt/mlxw/tokenizer
-M=/opt/models; mkdir -p $M
+PROFILE=${PROFILE:-$(dirname "$KOOKA")/step_profile}
+M=/opt/models; mkdir -p $M/done
 MODELS=${MODELS:-"smollm2-135m:0 smollm2-135m:4 llama-8b:4"}
+DEADLINE=${DEADLINE:-$(($(date +%s) + 520))}
+# decode tokens/s from `kooka generate`'s closing stats line
+gen_tps() { sed -n 's/.*generation: [0-9]* tokens, \([0-9.]*\) tokens\/s.*/\1/p' "$1" | tail -1; }
 for phase in "$@"; do
   for spec in $MODELS; do
     shape=${spec%%:*}; bits=${spec##*:}; dir=$M/$shape-b$bits; name=$shape-b$bits
+    [ -f $M/done/$phase-$name ] && continue
+    [ "$(date +%s)" -lt "$DEADLINE" ] || { log "time budget spent, stopping before $phase $name"; exit 0; }
     case $phase in
       models)
         log "make $name"
@@ -43,7 +53,45 @@ PY
         log "bench $name"
         python3 scripts/bench.py --model $dir --kooka $KOOKA --json "$OUT/bench-$name.json" | tee -a "$OUT/bench.md"
         ;;
+      profile)
+        log "profile $name"
+        { echo "## $name"; $PROFILE $dir 512 128; python3 scripts/gpu/step_profile.py $dir 512 128; } 2>&1 | grep -v '^\s*$' | tee -a "$OUT/profile.md"
+        ;;
+      determinism)
+        # the same greedy run three times in fresh processes, on each program
+        log "determinism $name"
+        ids=$(python3 -c 'print(",".join(str(100 + 7 * i) for i in range(24)))')
+        for i in 1 2 3; do
+          $KOOKA generate --model $dir --prompt-tokens $ids --print-tokens --ignore-eos --max-tokens 64 > $OUT/det-kooka-$name-$i.json
+          echo "[{\"model\": \"$dir\", \"max_tokens\": 64, \"tokens\": [$ids]}]" | python3 tests/python/mlx_lm_reference.py - > $OUT/det-ref-$name-$i.json
+        done
+        python3 - "$OUT" "$name" <<'PY' | tee -a "$OUT/determinism.txt"
+import json, sys
+out, name = sys.argv[1:]
+k = [json.load(open(f"{out}/det-kooka-{name}-{i}.json"))["tokens"] for i in (1, 2, 3)]
+r = [json.load(open(f"{out}/det-ref-{name}-{i}.json"))[0]["tokens"][:64] for i in (1, 2, 3)]
+def first_diff(a, b):
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+print(f"{name}: kooka runs 2,3 vs 1 first differ at {[first_diff(k[0], x) for x in k[1:]]}; "
+      f"mlx-lm runs 2,3 vs 1 at {[first_diff(r[0], x) for x in r[1:]]}; "
+      f"kooka vs mlx-lm (run 1) at {first_diff(k[0], r[0])}")
+PY
+        ;;
+      constrained)
+        # decode tokens/s with and without a JSON schema, interleaved, same prompt
+        log "constrained $name"
+        S='{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer","minimum":0,"maximum":120},"hobbies":{"type":"array","items":{"type":"string"}}},"required":["name","age","hobbies"]}'
+        P="Describe a fictional person as JSON with name, age and a long list of hobbies."
+        free=(); schema=()
+        for i in 1 2 3 4; do
+          $KOOKA generate --model $dir --prompt "$P" --max-tokens 120 --ignore-eos > $OUT/free-$name-$i.txt 2>&1
+          $KOOKA generate --model $dir --prompt "$P" --max-tokens 120 --ignore-eos --json-schema "$S" > $OUT/schema-$name-$i.txt 2>&1
+          free+=("$(gen_tps $OUT/free-$name-$i.txt)"); schema+=("$(gen_tps $OUT/schema-$name-$i.txt)")
+        done
+        echo "$name decode tok/s, runs 1-4: free ${free[*]} | json-schema ${schema[*]}" | tee -a "$OUT/constrained.txt"
+        ;;
     esac
+    touch $M/done/$phase-$name
   done
 done
 log done

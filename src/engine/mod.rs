@@ -359,7 +359,11 @@ fn sample(seq: &mut Sequence, mut logits: Array, mask: Option<&Array>) -> Result
     let params = &seq.req.params;
     let flat = || -> Result<Array> { Ok(logprobs.reshape(&[-1])?.as_dtype(Dtype::Float32)?) };
     let logprob = match params.logprobs {
-        true => Some(take_along_axis(&flat()?, &token.as_dtype(Dtype::Int32)?, 0)?),
+        true => Some(take_along_axis(
+            &flat()?,
+            &token.as_dtype(Dtype::Int32)?,
+            0,
+        )?),
         false => None,
     };
     let top = match params.top_logprobs {

@@ -7,12 +7,12 @@
 //! split by output, which by input) and [`Block::forward`] sums the partial outputs.
 
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
-use mlx_rs::{nn, Array};
+use mlx_rs::Array;
 
 use super::cache::{AttnMask, KvCache};
 use super::config::QuantConfig;
 use super::error::Result;
-use super::layers::{Linear, RmsNorm, Rope};
+use super::layers::{swiglu, Linear, RmsNorm, Rope};
 use super::moe::SparseMoe;
 use super::shard::{Split, TensorParallel};
 use super::weights::Weights;
@@ -176,7 +176,7 @@ impl Mlp {
     fn forward(&self, x: &Array) -> Result<Array> {
         let gate = self.gate_proj.forward(x)?;
         let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&nn::silu(&gate)?.multiply(&up)?)
+        self.down_proj.forward(&swiglu(&gate, &up)?)
     }
 
     /// Tensor parallel: gate/up split by output, down by input (partial sums).

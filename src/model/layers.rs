@@ -2,11 +2,33 @@
 //! MLX affine-quantized), RMSNorm and RoPE. Each mirrors the op sequence of the matching
 //! `mlx.nn` layer so results are bit-identical to mlx-lm on the same weights.
 
+use std::cell::RefCell;
+
+use mlx_rs::error::Exception;
+use mlx_rs::transforms::compile::compile;
 use mlx_rs::{fast, ops, Array, Dtype};
 
 use super::config::{QuantConfig, QuantSpec};
 use super::error::{ModelError, Result};
 use super::weights::Weights;
+
+type Binary =
+    Box<dyn for<'a> FnMut((&'a Array, &'a Array)) -> std::result::Result<Array, Exception>>;
+
+thread_local! {
+    /// One compiled SwiGLU per thread (MLX state is per thread), traced on first use and
+    /// then reused: a fused kernel on GPU backends, as mlx-lm's `mx.compile`d `swiglu`.
+    /// (`mlx_rs::nn::silu` compiles a fresh closure, and so re-traces, on every call.)
+    static SWIGLU: RefCell<Binary> = RefCell::new(Box::new(compile(
+        |(gate, up): (&Array, &Array)| gate.multiply(ops::sigmoid(gate)?)?.multiply(up),
+        true,
+    )));
+}
+
+/// `silu(gate) * up`, the gated MLP activation.
+pub fn swiglu(gate: &Array, up: &Array) -> Result<Array> {
+    Ok(SWIGLU.with(|f| (f.borrow_mut())((gate, up)))?)
+}
 
 /// Packed affine-quantized matrix `[rows, cols]` (MLX layout: uint32 words along cols).
 pub struct QuantMatrix {

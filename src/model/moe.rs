@@ -14,11 +14,11 @@
 //! stacks Hugging Face's per-expert tensors on load).
 
 use mlx_rs::ops::indexing::TryIndexOp;
-use mlx_rs::{nn, ops, Array, Dtype};
+use mlx_rs::{ops, Array, Dtype};
 
 use super::config::QuantConfig;
 use super::error::{ModelError, Result};
-use super::layers::{Linear, QuantMatrix};
+use super::layers::{swiglu, Linear, QuantMatrix};
 use super::shard::{Split, TensorParallel};
 use super::weights::Weights;
 
@@ -158,8 +158,7 @@ impl SwitchGlu {
     fn mlp(&self, x: &Array, idx: &Array, sorted: bool) -> Result<Array> {
         let up = self.up_proj.forward(x, idx, sorted)?;
         let gate = self.gate_proj.forward(x, idx, sorted)?;
-        self.down_proj
-            .forward(&nn::silu(&gate)?.multiply(&up)?, idx, sorted)
+        self.down_proj.forward(&swiglu(&gate, &up)?, idx, sorted)
     }
 
     /// `x`: `[B, L, D]`, `indices`: `[B, L, k]` -> `[B, L, k, D]`.

@@ -19,7 +19,23 @@ fn main() -> anyhow::Result<()> {
     let dir = args.next().unwrap_or("models/SmolLM2-135M-Instruct".into());
     let prompt: i32 = args.next().map_or(Ok(512), |s| s.parse())?;
     let steps: usize = args.next().map_or(Ok(128), |s| s.parse())?;
-    let model = load_model(dir.as_ref(), ComputeDtype::Auto)?;
+    let dtype = match std::env::var_os("NATIVE") {
+        Some(_) => ComputeDtype::Native,
+        None => ComputeDtype::Auto,
+    };
+    let model = load_model(dir.as_ref(), dtype)?;
+    if let Ok(path) = std::env::var("DOT") {
+        // one decode step's graph, in MLX's DOT export, to count its nodes
+        let mut caches = model.make_caches();
+        let ids: Vec<u32> = (0..prompt as u32).collect();
+        let _ = model.forward(&Array::from_slice(&ids, &[1, prompt]), &mut caches)?;
+        transforms::eval(caches.iter().flat_map(|c| c.state()))?;
+        let logits = model.forward(&Array::from_slice(&[1u32], &[1, 1]), &mut caches)?;
+        let logprobs = logits.subtract(logits.logsumexp_axis(-1, true)?)?;
+        let next = ops::indexing::argmax_axis(&logprobs, -1, None)?;
+        export_dot(&path, &[&next, &logprobs]);
+        return Ok(());
+    }
     for round in 0..2 {
         let mut caches = model.make_caches();
         let ids: Vec<u32> = (0..prompt as u32).map(|i| (i * 7 + 3) % 1000).collect();
@@ -68,5 +84,27 @@ impl Last for Array {
         use mlx_rs::ops::indexing::TryIndexOp;
         let l = self.shape()[1];
         Ok(self.try_index((.., l - 1))?)
+    }
+}
+
+fn export_dot(path: &str, outputs: &[&Array]) {
+    use std::ffi::CString;
+    extern "C" {
+        fn fopen(
+            path: *const std::ffi::c_char,
+            mode: *const std::ffi::c_char,
+        ) -> *mut mlx_sys::FILE;
+        fn fclose(f: *mut mlx_sys::FILE) -> i32;
+    }
+    let (p, m) = (CString::new(path).unwrap(), CString::new("w").unwrap());
+    unsafe {
+        let f = fopen(p.as_ptr(), m.as_ptr());
+        let v = mlx_sys::mlx_vector_array_new();
+        for a in outputs {
+            mlx_sys::mlx_vector_array_append_value(v, a.as_ptr());
+        }
+        let namer = mlx_sys::mlx_node_namer_new();
+        mlx_sys::mlx_export_to_dot(f, namer, v);
+        fclose(f);
     }
 }

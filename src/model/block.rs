@@ -15,6 +15,7 @@ use super::error::Result;
 use super::layers::{swiglu, Linear, RmsNorm, Rope};
 use super::moe::SparseMoe;
 use super::shard::{Split, TensorParallel};
+use super::slicing::slice_axis;
 use super::weights::Weights;
 
 /// What one layer's attention looks like.
@@ -30,11 +31,23 @@ pub(crate) struct AttnSpec {
     pub eps: f32,
 }
 
+/// The q, k and v projections: three matmuls, or one (see [`Linear::fuse`]).
+enum Qkv {
+    Separate {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+    },
+    Fused {
+        qkv: Linear,
+        q_out: i32,
+        kv_out: i32,
+    },
+}
+
 /// Grouped-query attention with RoPE (and optional per-head q/k RMSNorm).
 pub(crate) struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    qkv: Qkv,
     o_proj: Linear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
@@ -75,9 +88,11 @@ impl Attention {
             (None, None)
         };
         Ok(Attention {
-            q_proj: lin(ws, "q_proj", a.hidden, a.heads * a.head_dim, a.qkv_bias)?,
-            k_proj: lin(ws, "k_proj", a.hidden, a.kv_heads * a.head_dim, a.qkv_bias)?,
-            v_proj: lin(ws, "v_proj", a.hidden, a.kv_heads * a.head_dim, a.qkv_bias)?,
+            qkv: Qkv::Separate {
+                q: lin(ws, "q_proj", a.hidden, a.heads * a.head_dim, a.qkv_bias)?,
+                k: lin(ws, "k_proj", a.hidden, a.kv_heads * a.head_dim, a.qkv_bias)?,
+                v: lin(ws, "v_proj", a.hidden, a.kv_heads * a.head_dim, a.qkv_bias)?,
+            },
             o_proj: lin(ws, "o_proj", a.heads * a.head_dim, a.hidden, a.o_bias)?,
             q_norm,
             k_norm,
@@ -90,20 +105,7 @@ impl Attention {
 
     fn forward(&self, x: &Array, cache: &mut KvCache, mask: &AttnMask) -> Result<Array> {
         let (b, l) = (x.shape()[0], x.shape()[1]);
-        let heads = |a: Array, n: i32, norm: &Option<RmsNorm>| -> Result<Array> {
-            let a = a.reshape(&[b, l, n, -1])?;
-            let a = match norm {
-                Some(norm) => norm.forward(&a)?,
-                None => a,
-            };
-            Ok(a.transpose_axes(&[0, 2, 1, 3])?)
-        };
-        let q = heads(self.q_proj.forward(x)?, self.n_heads, &self.q_norm)?;
-        let k = heads(self.k_proj.forward(x)?, self.n_kv_heads, &self.k_norm)?;
-        let v = heads(self.v_proj.forward(x)?, self.n_kv_heads, &None)?;
-        let offset = cache.offset();
-        let q = self.rope.forward(&q, offset)?;
-        let k = self.rope.forward(&k, offset)?;
+        let (q, k, v) = self.project(x, cache.offset())?;
         let (k, v) = cache.update_and_fetch(&k, &v)?;
         let mask = match mask {
             AttnMask::None => None,
@@ -115,11 +117,60 @@ impl Attention {
         self.o_proj.forward(&out)
     }
 
+    /// q, k, v as `[B, heads, L, head_dim]`, q and k rotated for positions from `offset`.
+    fn project(&self, x: &Array, offset: i32) -> Result<(Array, Array, Array)> {
+        let (b, l) = (x.shape()[0], x.shape()[1]);
+        let (nq, nkv) = (self.n_heads, self.n_kv_heads);
+        if let (Qkv::Fused { qkv, .. }, None, None) = (&self.qkv, &self.q_norm, &self.k_norm) {
+            // All heads from one matmul; the q and k heads rotated in one call (RoPE is per
+            // head, so the values are those of two calls).
+            let y = qkv
+                .forward(x)?
+                .reshape(&[b, l, nq + 2 * nkv, -1])?
+                .transpose_axes(&[0, 2, 1, 3])?;
+            let qk = self
+                .rope
+                .forward(&slice_axis(&y, 1, 0, nq + nkv)?, offset)?;
+            return Ok((
+                slice_axis(&qk, 1, 0, nq)?,
+                slice_axis(&qk, 1, nq, nq + nkv)?,
+                slice_axis(&y, 1, nq + nkv, nq + 2 * nkv)?,
+            ));
+        }
+        let heads = |a: Array, n: i32, norm: &Option<RmsNorm>| -> Result<Array> {
+            let a = a.reshape(&[b, l, n, -1])?;
+            let a = match norm {
+                Some(norm) => norm.forward(&a)?,
+                None => a,
+            };
+            Ok(a.transpose_axes(&[0, 2, 1, 3])?)
+        };
+        let (q, k, v) = match &self.qkv {
+            Qkv::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            Qkv::Fused { qkv, q_out, kv_out } => {
+                let y = qkv.forward(x)?;
+                let (a, c) = (*q_out, q_out + kv_out);
+                (
+                    slice_axis(&y, 2, 0, a)?,
+                    slice_axis(&y, 2, a, c)?,
+                    slice_axis(&y, 2, c, c + kv_out)?,
+                )
+            }
+        };
+        let q = self.rope.forward(&heads(q, nq, &self.q_norm)?, offset)?;
+        let k = self.rope.forward(&heads(k, nkv, &self.k_norm)?, offset)?;
+        Ok((q, k, heads(v, nkv, &None)?))
+    }
+
     fn arrays(&self) -> Vec<&Array> {
-        let mut v: Vec<&Array> = [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
-            .into_iter()
-            .flat_map(Linear::arrays)
-            .collect();
+        let mut v: Vec<&Array> = match &self.qkv {
+            Qkv::Separate { q, k, v } => vec![q, k, v],
+            Qkv::Fused { qkv, .. } => vec![qkv],
+        }
+        .into_iter()
+        .chain([&self.o_proj])
+        .flat_map(Linear::arrays)
+        .collect();
         v.extend(
             self.q_norm
                 .iter()
@@ -132,11 +183,10 @@ impl Attention {
     /// Tensor parallel: this rank keeps `1/size` of the query and key/value heads (q/k/v
     /// split by output, o split by input; the caller sums the partial outputs).
     fn shard_tensor(&mut self, tp: &TensorParallel, prefix: &str) -> Result<()> {
-        for (l, name) in [
-            (&mut self.q_proj, "q_proj"),
-            (&mut self.k_proj, "k_proj"),
-            (&mut self.v_proj, "v_proj"),
-        ] {
+        let Qkv::Separate { q, k, v } = &mut self.qkv else {
+            unreachable!("projections are fused after sharding")
+        };
+        for (l, name) in [(q, "q_proj"), (k, "k_proj"), (v, "v_proj")] {
             tp.linear(l, Split::Outputs, &format!("{prefix}.{name}"))?;
         }
         tp.linear(&mut self.o_proj, Split::Inputs, &format!("{prefix}.o_proj"))?;
@@ -144,12 +194,28 @@ impl Attention {
         self.n_kv_heads /= tp.size();
         Ok(())
     }
+
+    /// q, k and v as one matmul where [`Linear::fuse`] allows it.
+    fn fuse_projections(&mut self) -> Result<()> {
+        if let Qkv::Separate { q, k, v } = &self.qkv {
+            if let Some(qkv) = Linear::fuse(&[q, k, v])? {
+                let (q_out, kv_out) = (q.weight.rows(), k.weight.rows());
+                self.qkv = Qkv::Fused { qkv, q_out, kv_out };
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The gate and up projections: two matmuls, or one (see [`Linear::fuse`]).
+enum GateUp {
+    Separate { gate: Linear, up: Linear },
+    Fused { gate_up: Linear, hidden: i32 },
 }
 
 /// The SwiGLU MLP.
 pub(crate) struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    gate_up: GateUp,
     down_proj: Linear,
 }
 
@@ -167,30 +233,55 @@ impl Mlp {
             Linear::load(ws, &format!("{prefix}.{name}"), input, output, bias, quant)
         };
         Ok(Mlp {
-            gate_proj: lin(ws, "gate_proj", dims, hidden)?,
-            up_proj: lin(ws, "up_proj", dims, hidden)?,
+            gate_up: GateUp::Separate {
+                gate: lin(ws, "gate_proj", dims, hidden)?,
+                up: lin(ws, "up_proj", dims, hidden)?,
+            },
             down_proj: lin(ws, "down_proj", hidden, dims)?,
         })
     }
 
     fn forward(&self, x: &Array) -> Result<Array> {
-        let gate = self.gate_proj.forward(x)?;
-        let up = self.up_proj.forward(x)?;
+        let (gate, up) = match &self.gate_up {
+            GateUp::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
+            GateUp::Fused { gate_up, hidden } => {
+                let y = gate_up.forward(x)?;
+                let h = *hidden;
+                (slice_axis(&y, 2, 0, h)?, slice_axis(&y, 2, h, 2 * h)?)
+            }
+        };
         self.down_proj.forward(&swiglu(&gate, &up)?)
+    }
+
+    fn arrays(&self) -> Vec<&Array> {
+        match &self.gate_up {
+            GateUp::Separate { gate, up } => vec![gate, up],
+            GateUp::Fused { gate_up, .. } => vec![gate_up],
+        }
+        .into_iter()
+        .chain([&self.down_proj])
+        .flat_map(Linear::arrays)
+        .collect()
+    }
+
+    /// gate and up as one matmul where [`Linear::fuse`] allows it.
+    fn fuse_projections(&mut self) -> Result<()> {
+        if let GateUp::Separate { gate, up } = &self.gate_up {
+            if let Some(gate_up) = Linear::fuse(&[gate, up])? {
+                let hidden = gate.weight.rows();
+                self.gate_up = GateUp::Fused { gate_up, hidden };
+            }
+        }
+        Ok(())
     }
 
     /// Tensor parallel: gate/up split by output, down by input (partial sums).
     fn shard_tensor(&mut self, tp: &TensorParallel, prefix: &str) -> Result<()> {
-        tp.linear(
-            &mut self.gate_proj,
-            Split::Outputs,
-            &format!("{prefix}.gate_proj"),
-        )?;
-        tp.linear(
-            &mut self.up_proj,
-            Split::Outputs,
-            &format!("{prefix}.up_proj"),
-        )?;
+        let GateUp::Separate { gate, up } = &mut self.gate_up else {
+            unreachable!("projections are fused after sharding")
+        };
+        tp.linear(gate, Split::Outputs, &format!("{prefix}.gate_proj"))?;
+        tp.linear(up, Split::Outputs, &format!("{prefix}.up_proj"))?;
         tp.linear(
             &mut self.down_proj,
             Split::Inputs,
@@ -215,10 +306,7 @@ impl FeedForward {
 
     fn arrays(&self) -> Vec<&Array> {
         match self {
-            FeedForward::Dense(m) => [&m.gate_proj, &m.up_proj, &m.down_proj]
-                .into_iter()
-                .flat_map(Linear::arrays)
-                .collect(),
+            FeedForward::Dense(m) => m.arrays(),
             FeedForward::Sparse(m) => m.arrays(),
         }
     }
@@ -308,5 +396,15 @@ impl Block {
     pub(crate) fn shard_tensor(&mut self, tp: &TensorParallel, prefix: &str) -> Result<()> {
         self.attn.shard_tensor(tp, &format!("{prefix}.self_attn"))?;
         self.ffn.shard_tensor(tp, prefix)
+    }
+
+    /// Fuses the projections that read the same input into one matmul each (q/k/v, and a
+    /// dense MLP's gate/up) where the weights allow it; after any sharding.
+    pub(crate) fn fuse_projections(&mut self) -> Result<()> {
+        self.attn.fuse_projections()?;
+        match &mut self.ffn {
+            FeedForward::Dense(m) => m.fuse_projections(),
+            FeedForward::Sparse(_) => Ok(()),
+        }
     }
 }

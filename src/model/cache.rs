@@ -9,10 +9,10 @@
 //! The physical order of the rotating buffer is kept identical to mlx-lm's, so the
 //! attention sums run in the same order and results stay bit-identical.
 
-use mlx_rs::ops::indexing::{TryIndexMutOp, TryIndexOp};
 use mlx_rs::{ops, Array};
 
 use super::error::Result;
+use super::slicing::{slice_axis, slice_update_axis};
 
 /// Positions added each time the cache grows.
 pub const KV_STEP: i32 = 256;
@@ -45,7 +45,7 @@ pub struct KvCache {
 
 /// `v[..., a..b, :]`.
 fn slice(v: &Array, a: i32, b: i32) -> Result<Array> {
-    Ok(v.try_index((.., .., a..b, ..))?)
+    slice_axis(v, 2, a, b)
 }
 
 fn concat(parts: Vec<Array>) -> Result<Array> {
@@ -136,8 +136,8 @@ impl KvCache {
         self.offset += l;
         let end = self.offset;
         let (k, v) = self.parts();
-        k.try_index_mut((.., .., prev..end, ..), keys)?;
-        v.try_index_mut((.., .., prev..end, ..), values)?;
+        *k = slice_update_axis(k, keys, 2, prev, end)?;
+        *v = slice_update_axis(v, values, 2, prev, end)?;
         if end < len(k) {
             Ok((slice(k, 0, end)?, slice(v, 0, end)?))
         } else {
@@ -244,8 +244,8 @@ impl KvCache {
         }
         let (a, b) = (r.idx, r.idx + s);
         let (k, v) = self.parts();
-        k.try_index_mut((.., .., a..b, ..), keys)?;
-        v.try_index_mut((.., .., a..b, ..), values)?;
+        *k = slice_update_axis(k, keys, 2, a, b)?;
+        *v = slice_update_axis(v, values, 2, a, b)?;
         self.offset += s;
         r.idx += s;
         self.rotation = Some(r);

@@ -83,6 +83,11 @@ impl Llama {
     }
 
     /// Tensor parallel: shards every layer in place (embeddings and head stay whole).
+    /// See [`Block::fuse_projections`].
+    pub(crate) fn fuse_projections(&mut self) -> Result<()> {
+        self.layers.iter_mut().try_for_each(Block::fuse_projections)
+    }
+
     pub(crate) fn shard_tensor(&mut self, tp: &TensorParallel) -> Result<()> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
             layer.shard_tensor(tp, &format!("model.layers.{i}"))?;

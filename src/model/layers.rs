@@ -197,6 +197,14 @@ impl Matrix {
             Matrix::Quant(q) => q.arrays(),
         }
     }
+
+    /// The number of rows (outputs of a linear).
+    pub fn rows(&self) -> i32 {
+        match self {
+            Matrix::Dense(w) => w.shape()[0],
+            Matrix::Quant(q) => q.w.shape()[0],
+        }
+    }
 }
 
 /// `nn.Linear` / `nn.QuantizedLinear`.
@@ -221,6 +229,50 @@ impl Linear {
             None
         };
         Ok(Linear { weight, bias })
+    }
+
+    /// One linear computing `parts` side by side (their outputs concatenated in order), when
+    /// all are packed alike (one quantization spec, one scale dtype, biases on all or none);
+    /// else `None`. Fewer, larger quantized matmuls per token: on GPU backends decode is
+    /// bound by the host's per-kernel cost. Each output row is computed exactly as before.
+    /// Float matrices are never fused (their GEMM may pick another algorithm by shape).
+    pub fn fuse(parts: &[&Linear]) -> Result<Option<Linear>> {
+        let quant: Option<Vec<&QuantMatrix>> = parts
+            .iter()
+            .map(|l| match &l.weight {
+                Matrix::Quant(q) => Some(q),
+                Matrix::Dense(_) => None,
+            })
+            .collect();
+        let Some(quant) = quant else { return Ok(None) };
+        let first = quant[0];
+        let alike = quant.iter().all(|q| {
+            q.spec == first.spec
+                && q.scales.dtype() == first.scales.dtype()
+                && q.biases.dtype() == first.biases.dtype()
+        });
+        let with_bias = parts.iter().filter(|l| l.bias.is_some()).count();
+        if parts.len() < 2 || !alike || (with_bias != 0 && with_bias != parts.len()) {
+            return Ok(None);
+        }
+        let cat = |f: fn(&QuantMatrix) -> &Array| -> Result<Array> {
+            let arrays: Vec<&Array> = quant.iter().map(|q| f(q)).collect();
+            Ok(ops::concatenate(&arrays, 0)?)
+        };
+        let weight = Matrix::Quant(QuantMatrix {
+            w: cat(|q| &q.w)?,
+            scales: cat(|q| &q.scales)?,
+            biases: cat(|q| &q.biases)?,
+            spec: first.spec,
+        });
+        let bias = match with_bias {
+            0 => None,
+            _ => {
+                let b: Vec<&Array> = parts.iter().filter_map(|l| l.bias.as_ref()).collect();
+                Some(ops::concatenate(&b, 0)?)
+            }
+        };
+        Ok(Some(Linear { weight, bias }))
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array> {
@@ -406,4 +458,69 @@ fn llama3_freqs(
     let one = Array::from_f32(1.0);
     let smooth_freqs = freqs.divide(one.subtract(&smooth)?.divide(&factor_a)?.add(&smooth)?)?;
     Ok(ops::select(&medium, smooth_freqs, freqs)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlx_rs::random;
+
+    fn quantized(rows: i32, cols: i32, seed: u64, bias: bool) -> Linear {
+        let key = random::key(seed).unwrap();
+        let w = random::normal::<f32>(&[rows, cols], None, None, &key).unwrap();
+        let (w, scales, biases) = ops::quantize(&w, 64, 4).unwrap();
+        let spec = QuantSpec {
+            group_size: 64,
+            bits: 4,
+        };
+        let bias = bias.then(|| Array::from_slice(&vec![0.5f32; rows as usize], &[rows]));
+        Linear {
+            weight: Matrix::Quant(QuantMatrix {
+                w,
+                scales,
+                biases,
+                spec,
+            }),
+            bias,
+        }
+    }
+
+    fn host(a: &Array) -> Vec<f32> {
+        a.eval().unwrap();
+        a.as_slice::<f32>().to_vec()
+    }
+
+    #[test]
+    fn fused_quantized_linears_compute_the_same_outputs() {
+        for bias in [false, true] {
+            let parts = [
+                quantized(192, 128, 1, bias),
+                quantized(64, 128, 2, bias),
+                quantized(64, 128, 3, bias),
+            ];
+            let fused = Linear::fuse(&[&parts[0], &parts[1], &parts[2]])
+                .unwrap()
+                .expect("alike quantized linears fuse");
+            let key = random::key(9).unwrap();
+            for rows in [1, 5] {
+                let x = random::normal::<f32>(&[1, rows, 128], None, None, &key).unwrap();
+                let separate: Vec<Array> = parts.iter().map(|l| l.forward(&x).unwrap()).collect();
+                let expected = ops::concatenate(&separate, -1).unwrap();
+                assert_eq!(host(&fused.forward(&x).unwrap()), host(&expected));
+            }
+        }
+    }
+
+    #[test]
+    fn unlike_linears_do_not_fuse() {
+        let dense = Linear {
+            weight: Matrix::Dense(Array::ones::<f32>(&[64, 128]).unwrap()),
+            bias: None,
+        };
+        let q = quantized(64, 128, 1, false);
+        assert!(Linear::fuse(&[&q, &dense]).unwrap().is_none());
+        assert!(Linear::fuse(&[&q, &quantized(64, 128, 2, true)])
+            .unwrap()
+            .is_none());
+    }
 }

@@ -32,6 +32,7 @@ pub mod moe;
 pub mod qwen3_moe;
 pub mod resolve;
 pub mod shard;
+mod slicing;
 pub mod weights;
 
 use std::path::Path;
@@ -170,6 +171,9 @@ pub fn load_model_sharded(
     ws.finish(|n| ignore(n) || stage.skips(n, tied))?;
     if let Some(shard) = shard {
         shard::apply(&mut model, &cfg, wire, shard)?;
+    }
+    if std::env::var_os("KOOKA_NO_FUSE").is_none() {
+        model.fuse_projections()?;
     }
     eval_with_progress(model.parameters())?;
     Ok(Box::new(model))

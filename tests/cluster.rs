@@ -9,12 +9,14 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+mod common;
 
 const MODEL: &str = "models/SmolLM2-135M-Instruct";
 
@@ -118,9 +120,14 @@ fn spawn(mut cmd: Command) -> Proc {
 
 /// `kooka serve` as `rank` of the run in `hostfile` (single rank when `None`).
 fn serve(rank: Option<(usize, &PathBuf, u16)>, extra: &[&str]) -> Proc {
+    serve_model(&model(), rank, extra)
+}
+
+/// [`serve`] with another model folder.
+fn serve_model(model: &Path, rank: Option<(usize, &PathBuf, u16)>, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kooka"));
     cmd.args(["serve", "--port", "0", "--model"])
-        .arg(model())
+        .arg(model)
         .args(extra)
         .env_remove("MLX_RANK")
         .env_remove("MLX_HOSTFILE");
@@ -194,9 +201,14 @@ impl Proc {
 
 /// Rank 1 and rank 0 of a two-rank pipeline run, and rank 0's HTTP address.
 fn two_ranks(name: &str, extra: &[&str]) -> (Proc, Proc, String) {
+    two_ranks_of(&model(), name, extra)
+}
+
+/// [`two_ranks`] with another model folder.
+fn two_ranks_of(model: &Path, name: &str, extra: &[&str]) -> (Proc, Proc, String) {
     let (hostfile, control) = hostfile(name, 2);
-    let r1 = serve(Some((1, &hostfile, control)), extra);
-    let r0 = serve(Some((0, &hostfile, control)), extra);
+    let r1 = serve_model(model, Some((1, &hostfile, control)), extra);
+    let r0 = serve_model(model, Some((0, &hostfile, control)), extra);
     let addr = r0.address();
     (r0, r1, addr)
 }
@@ -375,6 +387,121 @@ fn two_pipeline_ranks_answer_exactly_like_one() {
         "{}",
         r1.stderr()
     );
+}
+
+/// A tiny random mixture of experts (`qwen3_moe`, 4-bit with float32 scales) with SmolLM2's
+/// tokenizer and chat template copied in, so it can be served.
+fn chat_moe() -> PathBuf {
+    let src = common::tiny_shard_model("qwen3_moe_chat-q4g32-f32");
+    let dir = common::tmp().join("moe-chat");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+    ] {
+        if src.join(f).exists() {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+    }
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(model().join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
+/// The tokens' log-probabilities of a chat reply that asked for `logprobs`.
+fn token_logprobs(reply: &Value) -> Vec<f64> {
+    reply["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("logprobs in the reply")
+        .iter()
+        .map(|t| t["logprob"].as_f64().unwrap())
+        .collect()
+}
+
+/// Serves `model` on one rank, then on two ranks in each of `modes`, and checks that the
+/// sharded runs give one rank's replies to `requests` token for token: pipeline's logprobs
+/// bit-identical, tensor's within `1e-4 * (1 + |single|)` (partial sums are added in another
+/// order).
+fn sharded_like_single(model: &Path, modes: &[&str], requests: &[Value]) {
+    let single = serve_model(model, None, &[]);
+    let addr = single.address();
+    let expected: Vec<Value> = requests.iter().map(|r| chat(&addr, r)).collect();
+    drop(single);
+    for want in &expected {
+        // enough tokens to compare
+        assert!(
+            want["usage"]["completion_tokens"].as_u64().unwrap() >= 8,
+            "{want}"
+        );
+    }
+    for mode in modes {
+        let (_r0, _r1, addr) = two_ranks_of(model, &format!("http-{mode}"), &["--parallel", mode]);
+        let (status, health) = request(&addr, "GET", "/health", "");
+        assert_eq!(status, 200, "{health}");
+        assert!(health.contains(&format!("{mode} rank 1/2")), "{health}");
+        for (req, want) in requests.iter().zip(&expected) {
+            let got = chat(&addr, req);
+            assert_eq!(
+                got["choices"][0]["message"]["content"], want["choices"][0]["message"]["content"],
+                "{mode}"
+            );
+            assert_eq!(got["usage"], want["usage"], "{mode}");
+            let (got, want) = (token_logprobs(&got), token_logprobs(want));
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                let tol = if *mode == "pipeline" {
+                    0.0
+                } else {
+                    1e-4 * (1.0 + w.abs())
+                };
+                assert!(
+                    (g - w).abs() <= tol,
+                    "{mode}: logprob {g} vs {w} on one rank"
+                );
+            }
+        }
+    }
+}
+
+/// A mixture of experts split both ways, through the HTTP API.
+#[test]
+fn sharded_mixture_of_experts_over_http_answers_like_one_rank() {
+    let _serial = serial();
+    let requests = [
+        user(
+            "What is the capital of France?",
+            json!({"logprobs": true, "max_tokens": 24}),
+        ),
+        user(
+            "Name three colours.",
+            json!({"logprobs": true, "max_tokens": 24}),
+        ),
+    ];
+    sharded_like_single(&chat_moe(), &["pipeline", "tensor"], &requests);
+}
+
+/// A real model split by tensor parallelism, through the HTTP API (SmolLM2's 9 query heads
+/// do not split over 2 ranks; Qwen2.5-Coder-0.5B's 14 query and 2 KV heads do).
+#[test]
+fn tensor_parallel_qwen_over_http_answers_like_one_rank() {
+    let _serial = serial();
+    let qwen = common::root().join("models/Qwen2.5-Coder-0.5B-Instruct");
+    assert!(
+        qwen.join("config.json").exists(),
+        "{} is missing: run scripts/setup.sh --tests",
+        qwen.display()
+    );
+    let requests = [user(
+        "Write a Python function that adds two numbers.",
+        json!({"logprobs": true, "max_tokens": 16}),
+    )];
+    sharded_like_single(&qwen, &["tensor"], &requests);
 }
 
 /// A rank that joins early keeps its heartbeats while a later one is still starting.

@@ -35,13 +35,8 @@ const TOKENS: &str = "32";
 /// processes says nothing about sharding.
 static RINGS: Mutex<()> = Mutex::new(());
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn tmp() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-}
+mod common;
+use common::{root, tmp};
 
 fn smollm2() -> PathBuf {
     let dir = root().join("models/SmolLM2-135M-Instruct");
@@ -53,31 +48,8 @@ fn smollm2() -> PathBuf {
     dir
 }
 
-/// The tiny models of `make_tiny_models.py --shard`, created once per target dir.
 fn tiny(name: &str) -> PathBuf {
-    static CREATE: Mutex<()> = Mutex::new(());
-    let _guard = CREATE.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tmp().join("tiny-models-shard");
-    if !dir.join("models.json").exists() {
-        let python = root().join("third_party/venv/bin/python");
-        assert!(
-            python.exists(),
-            "{} is missing: run scripts/setup.sh --tests",
-            python.display()
-        );
-        let out = Command::new(python)
-            .arg(root().join("tests/python/make_tiny_models.py"))
-            .arg(&dir)
-            .arg("--shard")
-            .output()
-            .expect("running make_tiny_models.py");
-        assert!(
-            out.status.success(),
-            "make_tiny_models.py --shard failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    dir.join(name)
+    common::tiny_shard_model(name)
 }
 
 /// What one rank printed.

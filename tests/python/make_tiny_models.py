@@ -70,6 +70,13 @@ ARCHS_EXTRA = {
     # mlx-lm's qwen2 ignores use_sliding_window: so must kooka.
     "qwen2_swa": (qwen2, dict(model_type="qwen2", rope_theta=1000000.0, tie_word_embeddings=True,
                               use_sliding_window=True, sliding_window=8, max_window_layers=1)),
+    # qwen3_moe with SmolLM2's vocabulary size, so it can be served over HTTP with
+    # SmolLM2's tokenizer (tests/cluster.rs copies the tokenizer files in).
+    "qwen3_moe_chat": (qwen3_moe, dict(
+        MOE_BASE, model_type="qwen3_moe", rope_theta=1000000.0, tie_word_embeddings=False,
+        num_hidden_layers=3, head_dim=16, intermediate_size=128, moe_intermediate_size=64,
+        num_experts=8, num_experts_per_tok=2, decoder_sparse_step=1, mlp_only_layers=[1],
+        norm_topk_prob=True, vocab_size=49152)),
     # Top-3 of 8 without renormalization, every second layer sparse.
     "qwen3_moe_k3": (qwen3_moe, dict(
         MOE_BASE, model_type="qwen3_moe", rope_theta=1000000.0, tie_word_embeddings=True,
@@ -90,6 +97,7 @@ SHARD = {
     ("qwen3_moe", "bf16"): (None, {}),
     ("qwen3_moe", "q4g64"): ({"group_size": 64, "bits": 4}, {}),
     ("mixtral", "bf16"): (None, {}),
+    ("qwen3_moe_chat", "q4g32-f32"): ({"group_size": 32, "bits": 4}, {}),
 }
 
 # name -> (global quantization or None, per-module overrides)

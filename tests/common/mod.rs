@@ -1,0 +1,44 @@
+//! Helpers shared by integration tests (each test binary includes what it uses).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn tmp() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// The tiny models of `make_tiny_models.py --shard` (fixtures for sharded runs), created
+/// once per target dir. Test binaries run one after another, so one lock per binary is
+/// enough.
+pub fn tiny_shard_model(name: &str) -> PathBuf {
+    static CREATE: Mutex<()> = Mutex::new(());
+    let _guard = CREATE.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp().join("tiny-models-shard");
+    let listed = std::fs::read_to_string(dir.join("models.json")).unwrap_or_default();
+    if !listed.contains(&format!("\"{name}\"")) {
+        let python = root().join("third_party/venv/bin/python");
+        assert!(
+            python.exists(),
+            "{} is missing: run scripts/setup.sh --tests",
+            python.display()
+        );
+        let out = Command::new(python)
+            .arg(root().join("tests/python/make_tiny_models.py"))
+            .arg(&dir)
+            .arg("--shard")
+            .output()
+            .expect("running make_tiny_models.py");
+        assert!(
+            out.status.success(),
+            "make_tiny_models.py --shard failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir.join(name)
+}

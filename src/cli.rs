@@ -130,6 +130,20 @@ pub struct GenerateArgs {
     pub repetition_penalty: Option<f32>,
     #[arg(long, default_value_t = 20)]
     pub repetition_context_size: usize,
+    /// Subtracted once from the logit of every token seen in the last
+    /// `--presence-context-size` tokens.
+    #[arg(long)]
+    pub presence_penalty: Option<f32>,
+    #[arg(long, default_value_t = 20)]
+    pub presence_context_size: usize,
+    /// Subtracted per occurrence in the last `--frequency-context-size` tokens.
+    #[arg(long)]
+    pub frequency_penalty: Option<f32>,
+    #[arg(long, default_value_t = 20)]
+    pub frequency_context_size: usize,
+    /// Added to a token's logit: `ID:BIAS` (repeatable, or comma-separated).
+    #[arg(long = "logit-bias", value_delimiter = ',', value_parser = parse_logit_bias)]
+    pub logit_bias: Vec<(u32, f32)>,
     #[arg(long, default_value_t = 2048)]
     pub prefill_step_size: usize,
     /// Stop when this text appears (repeatable).
@@ -344,6 +358,11 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             seed: args.seed,
             repetition_penalty: args.repetition_penalty,
             repetition_context_size: args.repetition_context_size,
+            presence_penalty: args.presence_penalty,
+            presence_context_size: args.presence_context_size,
+            frequency_penalty: args.frequency_penalty,
+            frequency_context_size: args.frequency_context_size,
+            logit_bias: args.logit_bias.clone(),
             ..Default::default()
         },
         stop_strings: args.stop.clone(),
@@ -532,4 +551,20 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `ID:BIAS` for `--logit-bias`.
+fn parse_logit_bias(s: &str) -> Result<(u32, f32), String> {
+    let (id, bias) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected TOKEN_ID:BIAS, e.g. 42:-100"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|e| format!("token id {id:?}: {e}"))?;
+    let bias = bias
+        .trim()
+        .parse()
+        .map_err(|e| format!("bias {bias:?}: {e}"))?;
+    Ok((id, bias))
 }

@@ -259,6 +259,26 @@ fn seeded_sampling_repeats() {
     assert_ne!(a, run("43"), "another seed should give other tokens");
 }
 
+/// The sampling flags of `kooka generate` reach the sampler: a large logit bias forces its
+/// token on every step, and a presence or frequency penalty larger than the bias allows it
+/// once per context window (20 tokens).
+#[test]
+fn generate_sampling_flags_take_effect() {
+    let (dir, _) = tiny_models();
+    let model = dir.join("llama-q4g64");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--prompt-tokens", "1,2,3,4", "--max-tokens", "16"];
+        args.extend_from_slice(extra);
+        ids(&kooka(&model, &args).0["tokens"])
+    };
+    assert_eq!(run(&["--logit-bias", "77:100"]), vec![77; 16]);
+    for flag in ["--presence-penalty", "--frequency-penalty"] {
+        let got = run(&["--logit-bias", "77:100", flag, "1000"]);
+        assert_eq!(got[0], 77, "{flag}: {got:?}");
+        assert!(!got[1..].contains(&77), "{flag}: {got:?}");
+    }
+}
+
 #[test]
 fn smollm2_matches_mlx_lm_through_chat_template() {
     let model = root().join("models/SmolLM2-135M-Instruct");

@@ -111,7 +111,8 @@ impl LogitsProcessor for Penalty {
         if n == 0 || self.context == 0 {
             return Ok(logits.clone());
         }
-        let start = n.saturating_sub(self.context as i32);
+        // (i32: `saturating_sub` would go negative, and a negative start counts from the end)
+        let start = (n - self.context.min(i32::MAX as usize) as i32).max(0);
         let recent = history.try_index(start..n)?.as_dtype(Dtype::Int32)?;
         let vocab = logits.shape()[logits.ndim() - 1];
         // counts[v] = occurrences of v in the window, via a one-hot sum (window is small).

@@ -7,25 +7,10 @@ use std::process::Command;
 
 use kooka::model::{load_model, ComputeDtype, ModelError};
 
+mod common;
+
 fn tiny(name: &str) -> PathBuf {
-    // Tests run in parallel threads: create the folder once.
-    static CREATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = CREATE.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tiny-models");
-    if !dir.join("models.json").exists() {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new(root.join("third_party/venv/bin/python"))
-            .arg(root.join("tests/python/make_tiny_models.py"))
-            .arg(&dir)
-            .output()
-            .expect("running make_tiny_models.py");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    dir.join(name)
+    common::tiny_model(name)
 }
 
 /// A copy of a tiny model folder whose config.json is edited by `edit`.

@@ -13,13 +13,23 @@ pub fn tmp() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
 }
 
-/// The tiny models of `make_tiny_models.py --shard` (fixtures for sharded runs), created
-/// once per target dir. Test binaries run one after another, so one lock per binary is
-/// enough.
+/// The tiny models of `make_tiny_models.py` (the parity fixtures), created once per
+/// target dir. Test binaries run one after another, so one lock per binary is enough.
+pub fn tiny_model(name: &str) -> PathBuf {
+    fixtures("tiny-models", &[], name)
+}
+
+/// The tiny models of `make_tiny_models.py --shard` (fixtures for sharded runs).
 pub fn tiny_shard_model(name: &str) -> PathBuf {
+    fixtures("tiny-models-shard", &["--shard"], name)
+}
+
+/// `<target tmp>/<dir>/<name>`, running `make_tiny_models.py <dir> <args>` first when the
+/// folder's `models.json` does not list `name`.
+fn fixtures(dir: &str, args: &[&str], name: &str) -> PathBuf {
     static CREATE: Mutex<()> = Mutex::new(());
     let _guard = CREATE.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tmp().join("tiny-models-shard");
+    let dir = tmp().join(dir);
     let listed = std::fs::read_to_string(dir.join("models.json")).unwrap_or_default();
     if !listed.contains(&format!("\"{name}\"")) {
         let python = root().join("third_party/venv/bin/python");
@@ -31,12 +41,12 @@ pub fn tiny_shard_model(name: &str) -> PathBuf {
         let out = Command::new(python)
             .arg(root().join("tests/python/make_tiny_models.py"))
             .arg(&dir)
-            .arg("--shard")
+            .args(args)
             .output()
             .expect("running make_tiny_models.py");
         assert!(
             out.status.success(),
-            "make_tiny_models.py --shard failed: {}",
+            "make_tiny_models.py {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }

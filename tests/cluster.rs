@@ -286,6 +286,19 @@ fn user(content: &str, extra: Value) -> Value {
     body
 }
 
+/// Asks rank 0 at `addr` for France's capital; the greedy reply names Paris.
+fn asks_for_paris(addr: &str) -> Value {
+    let c = chat(addr, &user("What is the capital of France?", json!({})));
+    assert!(
+        c["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Paris"),
+        "{c}"
+    );
+    c
+}
+
 const COUNT: &str = "Count from 1 to 1000, one number per line.";
 
 /// Opens a long stream and reads until `chunks` content chunks arrived.
@@ -516,14 +529,7 @@ fn three_ranks_joining_at_different_times() {
     std::thread::sleep(Duration::from_secs(5));
     let r2 = serve(Some((2, &hostfile, control)), &[]);
     let addr = r0.address();
-    let c = chat(&addr, &user("What is the capital of France?", json!({})));
-    assert!(
-        c["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .contains("Paris"),
-        "{c}"
-    );
+    asks_for_paris(&addr);
     let (status, health) = request(&addr, "GET", "/health", "");
     assert_eq!(status, 200, "{health}");
     assert!(
@@ -615,14 +621,7 @@ fn a_client_leaving_cancels_on_every_rank_and_both_serve_on() {
     );
     r1.wait_for("follower: idle", Duration::from_secs(30));
 
-    let c = chat(&addr, &user("What is the capital of France?", json!({})));
-    assert!(
-        c["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .contains("Paris"),
-        "{c}"
-    );
+    let c = asks_for_paris(&addr);
     let tokens = c["usage"]["completion_tokens"].as_u64().unwrap();
     r1.wait_for(
         &format!("sequence finished seq=1 tokens={tokens}"),
@@ -714,14 +713,7 @@ fn ranks_started_by_mlx_launch() {
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let addr = launcher.address();
-        let c = chat(&addr, &user("What is the capital of France?", json!({})));
-        assert!(
-            c["choices"][0]["message"]["content"]
-                .as_str()
-                .unwrap()
-                .contains("Paris"),
-            "{c}"
-        );
+        asks_for_paris(&addr);
         let (status, health) = request(&addr, "GET", "/health", "");
         assert_eq!(status, 200, "{health}");
         assert!(health.contains("pipeline rank 1/2"), "{health}");

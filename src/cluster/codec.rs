@@ -80,7 +80,7 @@ pub fn read_message(r: &mut impl Read) -> Result<Message, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::protocol::{Hello, Op, ParallelSpec, WireRequest};
+    use crate::cluster::protocol::{Hello, Op, ParallelSpec};
     use crate::engine::SequenceRequest;
 
     fn samples() -> Vec<Message> {
@@ -104,11 +104,11 @@ mod tests {
             },
             Message::Op(Op::Add {
                 seq: 3,
-                request: Box::new(WireRequest::from(&SequenceRequest {
+                request: Box::new(SequenceRequest {
                     prompt: vec![1, 2, 70000],
                     max_tokens: 5,
                     ..Default::default()
-                })),
+                }),
             }),
             Message::Op(Op::Step),
             Message::Op(Op::Cancel { seq: 3 }),

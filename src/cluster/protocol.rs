@@ -7,14 +7,11 @@
 //! `Reject`. After that rank 0 sends [`Op`]s in execution order and heartbeats; a follower
 //! sends `Ready` once its shard is loaded, heartbeats, and `Failed` if it has to stop.
 //!
-//! Engine requests travel as [`WireRequest`], a mirror of [`SequenceRequest`] built by
-//! exhaustive destructuring: a field added to the engine's request fails to compile here
-//! until someone decides how it crosses the wire.
+//! Engine requests travel as the engine's own [`SequenceRequest`] (plain serde data; a field
+//! that cannot cross the wire fails to compile there).
 
 use serde::{Deserialize, Serialize};
 
-use crate::constrain::Grammar;
-use crate::engine::sampling::SamplingParams;
 use crate::engine::{SeqId, SequenceRequest};
 
 /// Bump on any change to [`Message`] or the framing.
@@ -89,7 +86,7 @@ pub enum Op {
     /// `Engine::add`; `seq` is the id rank 0 expects the engine to assign (checked).
     Add {
         seq: SeqId,
-        request: Box<WireRequest>,
+        request: Box<SequenceRequest>,
     },
     /// `Engine::step`.
     Step,
@@ -120,133 +117,11 @@ pub enum Message {
     Abort { reason: String },
 }
 
-/// [`SamplingParams`] on the wire.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WireSampling {
-    pub temperature: f32,
-    pub top_p: f32,
-    pub top_k: i32,
-    pub min_p: f32,
-    pub repetition_penalty: Option<f32>,
-    pub repetition_context_size: usize,
-    pub presence_penalty: Option<f32>,
-    pub presence_context_size: usize,
-    pub frequency_penalty: Option<f32>,
-    pub frequency_context_size: usize,
-    pub logit_bias: Vec<(u32, f32)>,
-    pub seed: Option<u64>,
-    pub logprobs: bool,
-    pub top_logprobs: usize,
-}
-
-/// [`SequenceRequest`] on the wire.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WireRequest {
-    pub prompt: Vec<u32>,
-    pub params: WireSampling,
-    pub max_tokens: usize,
-    pub stop_ids: Vec<u32>,
-    pub return_prompt_logits: bool,
-    /// Plain data (a Lark grammar); each rank compiles its own matcher.
-    pub constraint: Option<Grammar>,
-}
-
-impl From<&SamplingParams> for WireSampling {
-    fn from(p: &SamplingParams) -> Self {
-        // Exhaustive on purpose: a new field must be added to the wire type.
-        let SamplingParams {
-            temperature,
-            top_p,
-            top_k,
-            min_p,
-            repetition_penalty,
-            repetition_context_size,
-            presence_penalty,
-            presence_context_size,
-            frequency_penalty,
-            frequency_context_size,
-            logit_bias,
-            seed,
-            logprobs,
-            top_logprobs,
-        } = p.clone();
-        WireSampling {
-            temperature,
-            top_p,
-            top_k,
-            min_p,
-            repetition_penalty,
-            repetition_context_size,
-            presence_penalty,
-            presence_context_size,
-            frequency_penalty,
-            frequency_context_size,
-            logit_bias,
-            seed,
-            logprobs,
-            top_logprobs,
-        }
-    }
-}
-
-impl From<WireSampling> for SamplingParams {
-    fn from(w: WireSampling) -> Self {
-        SamplingParams {
-            temperature: w.temperature,
-            top_p: w.top_p,
-            top_k: w.top_k,
-            min_p: w.min_p,
-            repetition_penalty: w.repetition_penalty,
-            repetition_context_size: w.repetition_context_size,
-            presence_penalty: w.presence_penalty,
-            presence_context_size: w.presence_context_size,
-            frequency_penalty: w.frequency_penalty,
-            frequency_context_size: w.frequency_context_size,
-            logit_bias: w.logit_bias,
-            seed: w.seed,
-            logprobs: w.logprobs,
-            top_logprobs: w.top_logprobs,
-        }
-    }
-}
-
-impl From<&SequenceRequest> for WireRequest {
-    fn from(r: &SequenceRequest) -> Self {
-        let SequenceRequest {
-            prompt,
-            params,
-            max_tokens,
-            stop_ids,
-            return_prompt_logits,
-            constraint,
-        } = r;
-        WireRequest {
-            prompt: prompt.clone(),
-            params: params.into(),
-            max_tokens: *max_tokens,
-            stop_ids: stop_ids.clone(),
-            return_prompt_logits: *return_prompt_logits,
-            constraint: constraint.clone(),
-        }
-    }
-}
-
-impl From<WireRequest> for SequenceRequest {
-    fn from(w: WireRequest) -> Self {
-        SequenceRequest {
-            prompt: w.prompt,
-            params: w.params.into(),
-            max_tokens: w.max_tokens,
-            stop_ids: w.stop_ids,
-            return_prompt_logits: w.return_prompt_logits,
-            constraint: w.constraint,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::constrain::Grammar;
+    use crate::engine::sampling::SamplingParams;
 
     #[test]
     fn preamble_checks_magic_and_version() {
@@ -277,7 +152,16 @@ mod tests {
             return_prompt_logits: true,
             constraint: Some(Grammar::json_object()),
         };
-        let back = SequenceRequest::from(WireRequest::from(&req));
+        let msg = Message::Op(Op::Add {
+            seq: 0,
+            request: Box::new(req.clone()),
+        });
+        let bytes = crate::cluster::codec::encode(&msg).unwrap();
+        let Message::Op(Op::Add { request: back, .. }) =
+            crate::cluster::codec::read_message(&mut bytes.as_slice()).unwrap()
+        else {
+            panic!("not an Add");
+        };
         assert_eq!(back.prompt, req.prompt);
         assert_eq!(back.params, req.params);
         assert_eq!(

@@ -16,7 +16,7 @@ use crate::constrain::Constrainer;
 use crate::engine::{Engine, SeqId, SequenceRequest, TokenEvent};
 use crate::model::ModelError;
 
-use super::protocol::{Op, WireRequest};
+use super::protocol::Op;
 use super::{ClusterError, Leader};
 
 /// What the model thread drives: an [`Engine`], replicated to the other ranks when there
@@ -51,7 +51,7 @@ impl ReplicatedEngine {
         }
         leader.broadcast(&Op::Add {
             seq: self.next_seq,
-            request: Box::new(WireRequest::from(&req)),
+            request: Box::new(req.clone()),
         })?;
         let seq = self.engine.add(req).map_err(|e| self.explain(e))?;
         if seq != self.next_seq {
@@ -143,7 +143,7 @@ pub enum Applied {
 /// follow (it must report it and exit).
 pub fn apply(engine: &mut Engine, op: Op) -> Result<Applied, ClusterError> {
     Ok(match op {
-        Op::Add { seq, request } => match engine.add((*request).into()) {
+        Op::Add { seq, request } => match engine.add(*request) {
             Ok(got) if got == seq => Applied::Added(seq),
             Ok(got) => {
                 return Err(ClusterError::Diverged(format!(

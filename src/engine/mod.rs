@@ -35,8 +35,8 @@ use sampling::{make_processors, LogitsProcessor, Sampler, SamplingParams};
 /// Identifies a sequence within one engine.
 pub type SeqId = u64;
 
-/// One generation request, plain data.
-#[derive(Debug, Clone, Default)]
+/// One generation request, plain data (it crosses the control plane as is).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SequenceRequest {
     pub prompt: Vec<u32>,
     pub params: SamplingParams,
@@ -357,25 +357,22 @@ fn sample(seq: &mut Sequence, mut logits: Array, mask: Option<&Array>) -> Result
     let logprobs = logits.subtract(logits.logsumexp_axis(-1, true)?)?;
     let token = seq.sampler.sample(&logprobs)?;
     let params = &seq.req.params;
-    let flat = || -> Result<Array> { Ok(logprobs.reshape(&[-1])?.as_dtype(Dtype::Float32)?) };
-    let logprob = match params.logprobs {
-        true => Some(take_along_axis(
-            &flat()?,
-            &token.as_dtype(Dtype::Int32)?,
-            0,
-        )?),
+    let flat = match params.logprobs || params.top_logprobs > 0 {
+        true => Some(logprobs.reshape(&[-1])?.as_dtype(Dtype::Float32)?),
         false => None,
     };
-    let top = match params.top_logprobs {
-        0 => None,
-        k => {
-            let lp = flat()?;
-            let k = (k as i32).min(lp.shape()[0]);
-            let ids = ops::argpartition_axis(&lp.negative()?, k - 1, 0)?.try_index(..k)?;
-            let values = take_along_axis(&lp, &ids, 0)?;
-            Some((ids, values))
+    let (mut logprob, mut top) = (None, None);
+    if let Some(lp) = &flat {
+        if params.logprobs {
+            logprob = Some(take_along_axis(lp, &token.as_dtype(Dtype::Int32)?, 0)?);
         }
-    };
+        if params.top_logprobs > 0 {
+            let k = (params.top_logprobs as i32).min(lp.shape()[0]);
+            let ids = ops::argpartition_axis(&lp.negative()?, k - 1, 0)?.try_index(..k)?;
+            let values = take_along_axis(lp, &ids, 0)?;
+            top = Some((ids, values));
+        }
+    }
     Ok(Pending {
         token,
         logprobs,

@@ -10,7 +10,7 @@ use mlx_rs::{ops, random, Array, Dtype};
 use crate::model::Result;
 
 /// What a request asks of sampling. `Default` is greedy with no processors.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplingParams {
     /// 0 = greedy (argmax).
     pub temperature: f32,

@@ -16,24 +16,31 @@ fn bounds(shape: &[i32], axis: usize, start: i32, stop: i32) -> (Vec<i32>, Vec<i
     (starts, stops, vec![1; shape.len()])
 }
 
-fn checked(status: i32, res: mlx_sys::mlx_array, what: &str) -> Result<Array> {
-    // SAFETY: `res` was created by `mlx_array_new` and, on success, set by the op.
-    let out = unsafe { Array::from_ptr(res) };
-    match status {
-        0 => Ok(out),
-        _ => Err(ModelError::Mlx(format!("{what} failed"))),
+/// Runs one mlx-c op writing its result through the pointer it is given.
+fn run_op(
+    what: &str,
+    op: impl FnOnce(&mut mlx_sys::mlx_array, mlx_sys::mlx_stream) -> i32,
+) -> Result<Array> {
+    let stream = Stream::thread_local_or_default();
+    // SAFETY: `res` starts empty and the op sets it on success; `Array` takes ownership.
+    unsafe {
+        let mut res = mlx_sys::mlx_array_new();
+        let status = op(&mut res, stream.as_ptr());
+        let out = Array::from_ptr(res);
+        match status {
+            0 => Ok(out),
+            _ => Err(ModelError::Mlx(format!("{what} failed"))),
+        }
     }
 }
 
 /// `a[.., start..stop, ..]` on `axis` (a view where MLX can make one).
 pub fn slice_axis(a: &Array, axis: usize, start: i32, stop: i32) -> Result<Array> {
     let (starts, stops, strides) = bounds(a.shape(), axis, start, stop);
-    let stream = Stream::thread_local_or_default();
     // SAFETY: plain mlx-c call on live arrays; the vectors outlive it.
-    unsafe {
-        let mut res = mlx_sys::mlx_array_new();
-        let status = mlx_sys::mlx_slice(
-            &mut res,
+    run_op("slice", |res, stream| unsafe {
+        mlx_sys::mlx_slice(
+            res,
             a.as_ptr(),
             starts.as_ptr(),
             starts.len(),
@@ -41,10 +48,9 @@ pub fn slice_axis(a: &Array, axis: usize, start: i32, stop: i32) -> Result<Array
             stops.len(),
             strides.as_ptr(),
             strides.len(),
-            stream.as_ptr(),
-        );
-        checked(status, res, "slice")
-    }
+            stream,
+        )
+    })
 }
 
 /// `dst[.., start..stop, ..] = update` on `axis`, as a new array (MLX updates in place when
@@ -57,12 +63,10 @@ pub fn slice_update_axis(
     stop: i32,
 ) -> Result<Array> {
     let (starts, stops, strides) = bounds(dst.shape(), axis, start, stop);
-    let stream = Stream::thread_local_or_default();
     // SAFETY: as above.
-    unsafe {
-        let mut res = mlx_sys::mlx_array_new();
-        let status = mlx_sys::mlx_slice_update(
-            &mut res,
+    run_op("slice_update", |res, stream| unsafe {
+        mlx_sys::mlx_slice_update(
+            res,
             dst.as_ptr(),
             update.as_ptr(),
             starts.as_ptr(),
@@ -71,10 +75,9 @@ pub fn slice_update_axis(
             stops.len(),
             strides.as_ptr(),
             strides.len(),
-            stream.as_ptr(),
-        );
-        checked(status, res, "slice_update")
-    }
+            stream,
+        )
+    })
 }
 
 #[cfg(test)]

@@ -21,8 +21,26 @@ fn main() {
             std::process::exit(kooka_launcher::main(args, subcommands))
         }
     };
-    if let Err(err) = result {
-        eprintln!("kooka: error: {err:#}");
-        std::process::exit(1);
+    let code = match result {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("kooka: error: {err:#}");
+            1
+        }
+    };
+    exit_without_library_teardown(code)
+}
+
+/// Ends the process without the C libraries' exit handlers: OpenBLAS 0.3.21's
+/// `blas_shutdown` can deadlock joining its worker threads at exit (seen: a finished
+/// `kooka generate` hung in `gotoblas_quit`). Everything of ours is flushed and dropped by now.
+fn exit_without_library_teardown(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    extern "C" {
+        fn _exit(code: i32) -> !;
     }
+    // SAFETY: `_exit` only ends the process.
+    unsafe { _exit(code) }
 }

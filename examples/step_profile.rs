@@ -15,6 +15,8 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    #[cfg(target_os = "linux")]
+    kooka::openblas::use_fast_kernels();
     let mut args = std::env::args().skip(1);
     let dir = args.next().unwrap_or("models/SmolLM2-135M-Instruct".into());
     let prompt: i32 = args.next().map_or(Ok(512), |s| s.parse())?;

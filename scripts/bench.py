@@ -9,6 +9,10 @@ every run generates exactly `--gen-tokens` tokens. Reported per side: median pre
 tokens/s (prompt tokens / time to the first token) and median decode tokens/s (tokens after
 the first / their time), then the ratio kooka / mlx-lm. mlx-lm runs as it ships (the model's
 own dtypes); kooka runs with its default compute dtype for the backend.
+
+On Linux both sides use OpenBLAS with the same kernels: where `OPENBLAS_CORETYPE` is unset,
+this script sets it as kooka does for itself (src/openblas.rs: AVX-512 -> SkylakeX, AVX2 ->
+Haswell) and starts again, so mlx-lm does not run OpenBLAS's fallback kernels.
 """
 import argparse
 import json
@@ -24,6 +28,20 @@ TEXT = (
     "machines were programmed by rewiring; then came stored programs, assemblers, compilers, "
     "operating systems, networks and, eventually, models that write programs themselves. "
 )
+
+
+def best_openblas_core():
+    """The OpenBLAS kernel set kooka asks for on this CPU (see src/openblas.rs)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((l.split(":", 1)[1].split() for l in f if l.startswith("flags")), [])
+    except OSError:
+        return None
+    if all(x in flags for x in ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd")):
+        return "SkylakeX"
+    if "avx2" in flags and "fma" in flags:
+        return "Haswell"
+    return None
 
 
 def prompt_ids(tokenizer, n):
@@ -84,6 +102,11 @@ def main():
                         help="run mlx-lm with the weights dequantized and cast to float32 (kooka's CPU default)")
     args = parser.parse_args()
 
+    core = best_openblas_core()
+    if sys.platform == "linux" and core and "OPENBLAS_CORETYPE" not in os.environ:
+        os.environ["OPENBLAS_CORETYPE"] = core
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(args.model, "tokenizer.json"))
@@ -99,7 +122,8 @@ def main():
         k, r = statistics.median(kooka[key]), statistics.median(ref[key])
         rows.append((label, k, r, k / r))
     print(f"model {os.path.basename(args.model.rstrip('/'))}, device {device}, "
-          f"{args.prompt_tokens} prompt tokens, {args.gen_tokens} generated, median of {args.reps}")
+          f"{args.prompt_tokens} prompt tokens, {args.gen_tokens} generated, median of {args.reps}"
+          + (f", OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']}" if "OPENBLAS_CORETYPE" in os.environ else ""))
     ref_name = "mlx-lm 0.32.2" + (" (f32 weights)" if args.ref_f32 else "")
     print(f"| metric | kooka | {ref_name} | kooka / mlx-lm |")
     print(f"|---|---|---|---|")

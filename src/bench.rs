@@ -29,6 +29,8 @@ pub struct BenchReport {
     pub prefill_tps: Vec<f64>,
     pub decode_tps: Vec<f64>,
     pub peak_memory_gb: f64,
+    /// OpenBLAS's kernel set (Linux), which decides the CPU backend's float32 matmul speed.
+    pub blas_kernels: Option<String>,
 }
 
 impl BenchReport {
@@ -56,6 +58,10 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         prefill_tps: Vec::new(),
         decode_tps: Vec::new(),
         peak_memory_gb: 0.0,
+        #[cfg(target_os = "linux")]
+        blas_kernels: crate::openblas::chosen_core(),
+        #[cfg(not(target_os = "linux"))]
+        blas_kernels: None,
     };
     for rep in 0..=options.reps {
         let (prefill, decode) = one_run(&mut engine, options)?;

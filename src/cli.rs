@@ -541,13 +541,17 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "prompt {} tokens: prefill {:.1} tokens/s | decode ({} tokens) {:.1} tokens/s | peak memory {:.2} GB (median of {})",
+            "prompt {} tokens: prefill {:.1} tokens/s | decode ({} tokens) {:.1} tokens/s | peak memory {:.2} GB (median of {}){}",
             report.prompt_tokens,
             BenchReport::median(&report.prefill_tps),
             report.gen_tokens,
             BenchReport::median(&report.decode_tps),
             report.peak_memory_gb,
-            options.reps
+            options.reps,
+            match &report.blas_kernels {
+                Some(core) => format!(" | OpenBLAS kernels {core}"),
+                None => String::new(),
+            }
         );
     }
     Ok(())

@@ -9,6 +9,8 @@
 //! - [`cli`]: the command line (clap derive); `main.rs` only parses it and dispatches.
 //! - [`cluster`]: the multi-rank runtime of `kooka serve`: rank 0 replicates its engine
 //!   operations to the other ranks over a TCP control plane (heartbeats, failure handling).
+//! - [`openblas`] (Linux): OpenBLAS's fast kernels for MLX's CPU backend, and its one-row
+//!   float32 matmuls as GEMV calls (OpenBLAS's GEMM packs the whole weight matrix per call).
 //! - [`constrain`]: constrained decoding: grammars from JSON schemas and tool lists (plain
 //!   data), compiled to per-sequence token masks (llguidance).
 //! - [`convert`]: the GGUF importer (`kooka convert --from-gguf`): GGUF reader, lossless
@@ -33,5 +35,7 @@ pub mod convert;
 pub mod dist;
 pub mod engine;
 pub mod model;
+#[cfg(target_os = "linux")]
+pub mod openblas;
 pub mod server;
 pub mod tokenizer;

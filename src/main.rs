@@ -5,6 +5,8 @@ use clap::Parser;
 use kooka::cli::{Cli, Command};
 
 fn main() {
+    #[cfg(target_os = "linux")]
+    kooka::openblas::use_fast_kernels();
     let cli = Cli::parse();
     kooka::cli::init_tracing(cli.log_format);
     let result = match cli.command {

@@ -207,6 +207,12 @@ pub fn run_ranked(
     });
     let addr = listener.local_addr()?;
     info!(model = %state.model_id, %addr, "serving");
+    #[cfg(target_os = "linux")]
+    if crate::model::default_device_is_cpu() {
+        if let Some(kernels) = crate::openblas::chosen_core() {
+            info!(%kernels, "MLX CPU backend: OpenBLAS");
+        }
+    }
     let workers = config.workers.max(1);
     let edge = edge::Edge::new(config.api_key.clone(), config.allowed_origins.clone());
     actix_web::rt::System::new().block_on(async move {

@@ -10,35 +10,20 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::generation::{
-    chat_prompt, forced_call_params, next_request, request_grammar, submit, Job, JobSpec,
-};
+use super::generation::{submit_chat, Job};
 use super::http::{next_event, read_body, sse_event, sse_response};
 use super::model_thread::{Event, Finish};
 use super::openai::{check_model, event_error};
 use super::reply::{Reply, ReplyEvent, ReplyParser};
 use super::request::{
     check, check_choice, get, integer, message_list, number, parse_object, stop_list, string,
-    tool_list, type_name, ToolChoice,
+    tool_list, type_name, ChatRequest, ToolChoice,
 };
 use super::AppState;
 use crate::engine::sampling::SamplingParams;
 
-/// A validated Messages request, already in OpenAI chat shape.
-struct MessagesRequest {
-    model: Option<String>,
-    messages: Vec<Value>,
-    tools: Vec<Value>,
-    tool_choice: ToolChoice,
-    stream: bool,
-    max_tokens: usize,
-    params: SamplingParams,
-    sampling_set: bool,
-    stop: Vec<String>,
-    kwargs: Map<String, Value>,
-}
-
-fn parse(body: &[u8]) -> Result<MessagesRequest, ApiError> {
+/// A validated Messages request, in OpenAI chat shape.
+fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let obj = parse_object(body)?;
     let model = string(&obj, "model")?;
     let max_tokens = integer(&obj, "max_tokens")?
@@ -79,17 +64,20 @@ fn parse(body: &[u8]) -> Result<MessagesRequest, ApiError> {
     {
         kwargs.insert("enable_thinking".into(), Value::Bool(true));
     }
-    Ok(MessagesRequest {
+    Ok(ChatRequest {
         model,
         messages,
-        tools,
-        tool_choice,
         stream,
-        max_tokens: usize::try_from(max_tokens).unwrap_or(usize::MAX),
+        include_usage: false,
+        max_tokens: Some(usize::try_from(max_tokens).unwrap_or(usize::MAX)),
         params,
         sampling_set,
         stop,
-        kwargs,
+        tools,
+        tool_choice,
+        parallel_tool_calls: true,
+        chat_template_kwargs: kwargs,
+        response_format: None,
     })
 }
 
@@ -312,30 +300,15 @@ async fn handle(
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let r = parse(&body)?;
     check_anthropic_model(&state, r.model.as_deref())?;
-    let prompt = chat_prompt(&state, &r.messages, &r.tools, &r.tool_choice, &r.kwargs)?;
-    let constraint = request_grammar(None, &r.tools, &r.tool_choice, prompt.tool_format, true)?;
-    let params = forced_call_params(r.params.clone(), &r.tool_choice, r.sampling_set);
-    let request = next_request(&state);
-    let job = submit(
-        &state,
-        request,
-        JobSpec {
-            prompt_ids: prompt.ids,
-            params,
-            max_tokens: Some(r.max_tokens),
-            stop: r.stop,
-            constraint,
-            prompt_field: "messages",
-        },
-    )?;
+    let (job, parser) = submit_chat(&state, &r)?;
     let meta = Meta {
-        id: format!("msg_{request:08x}{:016x}", super::http::unix_now()),
+        id: format!("msg_{:08x}{:016x}", job.id, super::http::unix_now()),
         model: r.model.clone().unwrap_or_else(|| state.model_id.clone()),
     };
     if r.stream {
-        Ok(stream(job, prompt.parser, meta))
+        Ok(stream(job, parser, meta))
     } else {
-        collect(job, prompt.parser, meta).await
+        collect(job, parser, meta).await
     }
 }
 

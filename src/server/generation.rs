@@ -12,7 +12,7 @@ use tracing::info;
 use super::error::ApiError;
 use super::model_thread::{Command, Event, Submit};
 use super::reply::ReplyParser;
-use super::request::ToolChoice;
+use super::request::{ChatRequest, ToolChoice};
 use super::AppState;
 use crate::chat::tools::{new_parser, ParserKind, ReasoningSplitter};
 use crate::constrain::{ConstrainError, Grammar, ResponseFormat, ToolCalls};
@@ -87,6 +87,40 @@ pub fn submit(state: &AppState, request: u64, spec: JobSpec) -> Result<Job, ApiE
         prompt_tokens,
         events: rx,
     })
+}
+
+/// Renders, constrains and submits a validated chat request (OpenAI's chat completions and
+/// Anthropic's messages both arrive as a [`ChatRequest`]); returns the job and the parser
+/// for its reply.
+pub fn submit_chat(state: &AppState, chat: &ChatRequest) -> Result<(Job, ReplyParser), ApiError> {
+    let prompt = chat_prompt(
+        state,
+        &chat.messages,
+        &chat.tools,
+        &chat.tool_choice,
+        &chat.chat_template_kwargs,
+    )?;
+    let constraint = request_grammar(
+        chat.response_format.as_ref(),
+        &chat.tools,
+        &chat.tool_choice,
+        prompt.tool_format,
+        chat.parallel_tool_calls,
+    )?;
+    let params = forced_call_params(chat.params.clone(), &chat.tool_choice, chat.sampling_set);
+    let job = submit(
+        state,
+        next_request(state),
+        JobSpec {
+            prompt_ids: prompt.ids,
+            params,
+            max_tokens: chat.max_tokens,
+            stop: chat.stop.clone(),
+            constraint,
+            prompt_field: "messages",
+        },
+    )?;
+    Ok((job, prompt.parser))
 }
 
 /// Raw text to token ids (BOS added as the tokenizer's post-processor says).

@@ -8,9 +8,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::generation::{
-    chat_prompt, forced_call_params, next_request, request_grammar, submit, Job, JobSpec,
-};
+use super::generation::{submit_chat, Job};
 use super::http::{next_event, read_body, sse_data, sse_keepalive, sse_response, unix_now};
 use super::model_thread::{Event, Finish, TokenLogprob};
 use super::reply::{Reply, ReplyEvent, ReplyParser};
@@ -81,41 +79,14 @@ pub async fn chat_completions(
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let chat = parse_chat(&body)?;
     check_model(&state, chat.model.as_deref())?;
-    let prompt = chat_prompt(
-        &state,
-        &chat.messages,
-        &chat.tools,
-        &chat.tool_choice,
-        &chat.chat_template_kwargs,
-    )?;
-    let constraint = request_grammar(
-        chat.response_format.as_ref(),
-        &chat.tools,
-        &chat.tool_choice,
-        prompt.tool_format,
-        chat.parallel_tool_calls,
-    )?;
-    let params = forced_call_params(chat.params.clone(), &chat.tool_choice, chat.sampling_set);
-    let request = next_request(&state);
-    let job = submit(
-        &state,
-        request,
-        JobSpec {
-            prompt_ids: prompt.ids,
-            params,
-            max_tokens: chat.max_tokens,
-            stop: chat.stop.clone(),
-            constraint,
-            prompt_field: "messages",
-        },
-    )?;
+    let (job, parser) = submit_chat(&state, &chat)?;
     let meta = Meta {
-        id: format!("chatcmpl-{request:08x}{:08x}", unix_now() as u32),
+        id: format!("chatcmpl-{:08x}{:08x}", job.id, unix_now() as u32),
         created: unix_now(),
         model: state.model_id.clone(),
     };
     let reader = ChatReader {
-        parser: prompt.parser,
+        parser,
         single_call: !chat.parallel_tool_calls,
     };
     if chat.stream {

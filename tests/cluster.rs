@@ -397,8 +397,9 @@ fn two_pipeline_ranks_answer_exactly_like_one() {
     );
     assert!(
         r1.exit_within(Duration::from_secs(10)).success(),
-        "{}",
-        r1.stderr()
+        "rank 1:\n{}\nrank 0:\n{}",
+        r1.stderr(),
+        r0.stderr()
     );
 }
 

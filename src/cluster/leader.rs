@@ -20,7 +20,7 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
@@ -32,6 +32,9 @@ use super::{net, shard, ClusterConfig, ClusterError};
 use crate::model::{ComputeDtype, LanguageModel, ModelError};
 
 type FailureHook = Box<dyn Fn(&str) + Send + Sync>;
+
+/// How long a normal stop waits for the followers to close their connections.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// Rank 0's handle on the other ranks; cheap to clone.
 #[derive(Clone)]
@@ -48,7 +51,18 @@ struct Inner {
     failed: AtomicBool,
     /// Set once `Shutdown` went out: EOFs from then on are the followers exiting.
     stopping: AtomicBool,
+    /// The normal stop's progress, for [`Leader::shutdown`] to wait on.
+    goodbye: (Mutex<Goodbye>, Condvar),
     hooks: Mutex<Vec<FailureHook>>,
+}
+
+/// How far a normal stop has got.
+#[derive(Default)]
+struct Goodbye {
+    /// How many followers were sent `Shutdown` (set once the frames are out).
+    told: Option<usize>,
+    /// How many followers' connections have closed since.
+    closed: usize,
 }
 
 struct Peer {
@@ -86,6 +100,7 @@ impl Leader {
                 status,
                 failed: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
+                goodbye: (Mutex::new(Goodbye::default()), Condvar::new()),
                 hooks: Mutex::new(Vec::new()),
             }),
         };
@@ -248,19 +263,50 @@ impl Leader {
         Ok(())
     }
 
-    /// Normal stop: followers finish the ops before this and exit 0.
+    /// Normal stop: followers finish the ops before this and exit 0. Returns, in every
+    /// thread that calls it (the HTTP side and the model thread's engine both do), once every
+    /// follower has closed its connection or after [`SHUTDOWN_WAIT`]: the process must not
+    /// exit before the `Shutdown` frames are out and read (an exit while frames are unsent,
+    /// or with unread heartbeats in the receive buffer, which makes the kernel reset the
+    /// connection, leaves the followers seeing a lost rank 0).
     pub fn shutdown(&self) {
-        if self.inner.stopping.swap(true, Ordering::SeqCst)
-            || self.inner.failed.load(Ordering::SeqCst)
-        {
+        let inner = &self.inner;
+        if inner.failed.load(Ordering::SeqCst) {
             return;
         }
-        info!("stopping the other ranks");
-        let frame = codec::encode(&Message::Op(Op::Shutdown)).unwrap_or_default();
-        for peer in self.peers() {
-            let mut w = peer.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = std::io::Write::write_all(&mut *w, &frame);
+        if !inner.stopping.swap(true, Ordering::SeqCst) {
+            info!("stopping the other ranks");
+            let frame = codec::encode(&Message::Op(Op::Shutdown)).unwrap_or_default();
+            let mut told = 0;
+            for peer in self.peers() {
+                let mut w = peer.writer.lock().unwrap_or_else(|e| e.into_inner());
+                if std::io::Write::write_all(&mut *w, &frame).is_ok() {
+                    let _ = w.shutdown(std::net::Shutdown::Write);
+                    told += 1;
+                }
+            }
+            self.update_goodbye(|g| g.told = Some(told));
         }
+        let (state, changed) = &inner.goodbye;
+        let state = state.lock().unwrap_or_else(|e| e.into_inner());
+        let (state, _) = changed
+            .wait_timeout_while(state, SHUTDOWN_WAIT, |g| {
+                g.told.is_none_or(|told| g.closed < told)
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(told) = state.told.filter(|&told| state.closed < told) {
+            warn!(
+                "{} of {told} ranks still connected {}s after Shutdown",
+                told - state.closed,
+                SHUTDOWN_WAIT.as_secs()
+            );
+        }
+    }
+
+    fn update_goodbye(&self, f: impl FnOnce(&mut Goodbye)) {
+        let (state, changed) = &self.inner.goodbye;
+        f(&mut state.lock().unwrap_or_else(|e| e.into_inner()));
+        changed.notify_all();
     }
 
     /// Rank `rank` is gone. The first call fails the run: status, hooks, `Abort` to the
@@ -313,7 +359,10 @@ impl Leader {
                 }
                 Ok(Message::Failed { reason }) => format!("it failed: {reason}"),
                 Ok(other) => format!("it sent an unexpected {other:?}"),
-                Err(_) if self.inner.stopping.load(Ordering::SeqCst) => return,
+                Err(_) if self.inner.stopping.load(Ordering::SeqCst) => {
+                    self.update_goodbye(|g| g.closed += 1);
+                    return;
+                }
                 Err(e) if e.is_timeout() => format!(
                     "no heartbeat for {}s (the process is stuck or the network is down)",
                     timeout.as_secs_f32()

@@ -1,9 +1,9 @@
 //! Rank 0's side of the control plane.
 //!
 //! Threads (all plain OS threads, all blocking, none polling):
-//! - `kooka-ctl-accept`: accepts control connections and runs each handshake (preamble,
-//!   `Hello` checked against rank 0's own config, `Welcome` or `Reject`). It lives for the
-//!   whole run so a late or duplicate rank gets a clear `Reject` instead of silence.
+//! - `kooka-ctl-accept`: accepts control connections and runs each handshake
+//!   ([`admission`](super::admission)). It lives for the whole run so a late or duplicate
+//!   rank gets a clear `Reject` instead of silence.
 //! - `kooka-ctl-rN`, one per follower: reads its frames (heartbeats, `Ready`, `Failed`)
 //!   with a read timeout of `peer_timeout`; EOF, silence or `Failed` mark the rank lost.
 //! - `kooka-ctl-beat`: sends a heartbeat to every follower each `heartbeat` interval.
@@ -17,7 +17,7 @@
 //! inside an MLX collective that will never finish, which is why this does not go through
 //! the model thread.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use super::codec::{self, read_message, write_message, FrameError};
+use super::codec::{self, read_message};
 use super::protocol::{Message, Op};
 use super::status::{ClusterStatus, RankState};
-use super::{net, shard, ClusterConfig, ClusterError};
+use super::{admission, net, shard, ClusterConfig, ClusterError};
 use crate::model::{ComputeDtype, LanguageModel, ModelError};
 
 type FailureHook = Box<dyn Fn(&str) + Send + Sync>;
@@ -90,7 +90,7 @@ impl Leader {
         {
             let config = config.clone();
             spawn("kooka-ctl-accept", move || {
-                accept_loop(listener, &config, joined_tx)
+                admission::accept_loop(listener, &config, joined_tx)
             })?;
         }
         let leader = Leader {
@@ -409,87 +409,4 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), ClusterErr
             what: format!("starting thread {name}"),
             source,
         })
-}
-
-/// What one accepted connection turned out to be.
-type Joined = Result<(usize, TcpStream), String>;
-
-/// Accepts until the process ends. Ranks are accepted once; a follower whose `Hello` does
-/// not match ends startup with the reason (it gets the same reason and exits).
-fn accept_loop(listener: TcpListener, config: &ClusterConfig, joined: mpsc::Sender<Joined>) {
-    let mut taken = vec![false; config.world_size()];
-    for conn in listener.incoming() {
-        let mut stream = match conn {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("control plane: accept failed: {e}");
-                continue;
-            }
-        };
-        let peer = stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let outcome = handshake(&mut stream, config, &taken);
-        match outcome {
-            Ok(rank) => {
-                taken[rank] = true;
-                let _ = joined.send(Ok((rank, stream)));
-            }
-            Err(Refusal::Garbage(e)) => {
-                warn!(%peer, "control plane: dropped a connection that is not a kooka rank: {e}");
-            }
-            Err(Refusal::Mismatch(reason)) => {
-                let _ = write_message(
-                    &mut stream,
-                    &Message::Reject {
-                        reason: reason.clone(),
-                    },
-                );
-                error!(%peer, "control plane: refused a rank: {reason}");
-                let _ = joined.send(Err(reason));
-            }
-            Err(Refusal::Duplicate(reason)) => {
-                let _ = write_message(
-                    &mut stream,
-                    &Message::Reject {
-                        reason: reason.clone(),
-                    },
-                );
-                warn!(%peer, "control plane: {reason}");
-            }
-        }
-    }
-}
-
-enum Refusal {
-    Garbage(String),
-    Mismatch(String),
-    Duplicate(String),
-}
-
-fn handshake(
-    stream: &mut TcpStream,
-    config: &ClusterConfig,
-    taken: &[bool],
-) -> Result<usize, Refusal> {
-    let garbage = |e: &dyn std::fmt::Display| Refusal::Garbage(e.to_string());
-    // A stranger that connects and says nothing must not stall the accept loop.
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-    net::exchange_preamble(stream).map_err(|e| garbage(&e))?;
-    let hello = match read_message(stream) {
-        Ok(Message::Hello(h)) => h,
-        Ok(other) => return Err(garbage(&format!("expected Hello, got {other:?}"))),
-        Err(e) => return Err(garbage(&e as &FrameError)),
-    };
-    config.check_hello(&hello).map_err(Refusal::Mismatch)?;
-    if taken[hello.rank] {
-        return Err(Refusal::Duplicate(format!(
-            "rank {} connected again (pid {}) but is already part of the run",
-            hello.rank, hello.pid
-        )));
-    }
-    write_message(stream, &Message::Welcome).map_err(|e| garbage(&e))?;
-    Ok(hello.rank)
 }

@@ -7,6 +7,7 @@
 //!   preamble, the follower's [`Hello`].
 //! - [`codec`]: length-prefixed postcard frames (the only file that knows the codec).
 //! - [`net`]: socket options (socket2), the control address, connecting with retries.
+//! - [`admission`]: rank 0's accept loop and handshake (who may join the run).
 //! - [`leader`]: rank 0's side: accepts and checks the followers, heartbeats, broadcasts,
 //!   turns a lost rank into failed requests, a 503 `/health` and a non-zero exit.
 //! - [`follower`]: ranks > 0: connect, load the shard, apply operations until `Shutdown`.
@@ -20,6 +21,7 @@
 //! kooka launch hand them out consecutively from `--starting-port`), unless
 //! `--control-port` says otherwise. Rank 0 listens there; the others connect.
 
+mod admission;
 pub mod codec;
 pub mod follower;
 pub mod leader;

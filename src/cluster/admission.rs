@@ -45,26 +45,22 @@ pub(super) fn accept_loop(
                 warn!(%peer, "control plane: dropped a connection that is not a kooka rank: {e}");
             }
             Err(Refusal::Mismatch(reason)) => {
-                let _ = write_message(
-                    &mut stream,
-                    &Message::Reject {
-                        reason: reason.clone(),
-                    },
-                );
+                reject(&mut stream, &reason);
                 error!(%peer, "control plane: refused a rank: {reason}");
                 let _ = joined.send(Err(reason));
             }
             Err(Refusal::Duplicate(reason)) => {
-                let _ = write_message(
-                    &mut stream,
-                    &Message::Reject {
-                        reason: reason.clone(),
-                    },
-                );
+                reject(&mut stream, &reason);
                 warn!(%peer, "control plane: {reason}");
             }
         }
     }
+}
+
+/// Tells a refused rank why (it prints the reason and exits).
+fn reject(stream: &mut TcpStream, reason: &str) {
+    let reason = reason.to_string();
+    let _ = write_message(stream, &Message::Reject { reason });
 }
 
 enum Refusal {

@@ -1,7 +1,7 @@
 //! Getting OpenBLAS's speed on MLX's CPU backend (Linux, where MLX's matmuls are OpenBLAS's).
 //!
 //! **Kernels.** OpenBLAS picks its kernels from the CPU model at load time, and does not know
-//! every model: on the CI machine (a Xeon under a hypervisor, AVX-512) 0.3.21 falls back to
+//! every model: on our development machine (a Xeon under a hypervisor, AVX-512) 0.3.21 falls back to
 //! its SSE3 "Prescott" kernels, half the speed of its AVX-512 ones for decode's GEMVs.
 //! [`use_fast_kernels`] asks OpenBLAS which kernels it chose and, where they are older than
 //! the CPU supports, runs the program again with `OPENBLAS_CORETYPE` naming the right ones

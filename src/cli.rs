@@ -347,7 +347,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             .context("--json-schema / --json-object need the model's tokenizer")?;
         engine.set_constrainer(crate::constrain::Constrainer::new(tok)?);
     }
-    engine.prefill_step_size = args.prefill_step_size;
+    engine.set_prefill_chunk(args.prefill_step_size);
     let opts = GenerateOptions {
         max_tokens: args.max_tokens,
         params: SamplingParams {

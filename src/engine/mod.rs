@@ -1,39 +1,87 @@
-//! Generation over a [`LanguageModel`](crate::model::LanguageModel) for a batch of
-//! sequences, each with its own position, KV caches, logits processors and sampler.
+//! Generation over a [`LanguageModel`](crate::model::LanguageModel) for many sequences at
+//! once: chunked prefill, continuous batching and a prefix cache.
 //!
-//! The engine owns MLX state and must stay on one thread (the future model actor); what
-//! goes in ([`SequenceRequest`]) and comes out ([`TokenEvent`]) is plain data.
+//! The engine owns MLX state and must stay on one thread (the model actor); what goes in
+//! ([`SequenceRequest`]) and comes out ([`TokenEvent`]) is plain data.
 //!
-//! Per sequence: the prompt except its last token is prefilled in chunks of
-//! `prefill_step_size` (caches evaluated after each chunk), then the last prompt token is
-//! run alone and its sample queued. Each [`Engine::step`] first queues (async_eval) every
-//! sequence's next forward, fed with the still-lazy sampled token, and only then reads the
-//! current tokens, so the device computes step n+1 while the host handles token n (as
-//! mlx-lm's `generate_step`). Sequences are run one forward each for now; the API is
-//! already batch-shaped.
+//! [`Engine::add`] only validates a request and queues it for prefill. Each
+//! [`Engine::step`] then does two things:
+//! 1. **Prefill**, up to [`EngineConfig::prefill_chunk`] prompt tokens: the sequence at the
+//!    front of the queue starts from its longest prefix in the prefix cache
+//!    (`prefix_cache.rs`) and reads its prompt chunk by chunk, one chunk per step, so the
+//!    running streams keep flowing while a long prompt is read. Its last prompt token runs
+//!    alone and queues the first sample; the sequence then joins the decode batch.
+//! 2. **Decode**: one batched forward for every decoding sequence (`batch.rs`), each row with
+//!    its own position, sampling parameters, processors, grammar and seed.
 //!
-//! A sequence with a [`Grammar`] (constrained decoding, see [`crate::constrain`]) differs in
-//! one way: its next sample needs the grammar's mask, which needs the current token. Its
-//! next forward is still queued first; the current token is then read and committed to the
-//! matcher, and the mask is computed on the host while the forward runs, then applied to the
-//! logits before sampling (`constrained.rs`). When the grammar is complete the sequence ends
-//! with [`FinishReason::Stop`] (its first stop id as the token), as if EOS had been sampled.
+//! Sequences leave the batch as soon as they finish or are cancelled, and their keys and
+//! values go to the prefix cache. Models with sliding-window layers keep one batch per
+//! sequence (rotating caches are not batched) and no prefix cache.
+//!
+//! Every decision depends only on the operations applied (add, step, cancel) and the
+//! configuration, so the ranks of a sharded model, given the same operations, stay in step.
+//!
+//! A sequence with a [`Grammar`] (constrained decoding, see [`crate::constrain`]) samples
+//! after its current token is read and committed to the matcher (the mask for token n+1
+//! needs token n); its next forward is still queued first (`constrained.rs`). When the
+//! grammar is complete the sequence ends with [`FinishReason::Stop`] (its first stop id as
+//! the token), as if EOS had been sampled.
 
+mod batch;
 mod constrained;
 pub mod generate;
+mod prefix_cache;
 pub mod sampling;
+mod sequence;
 pub mod text;
 
-use mlx_rs::ops::indexing::{take_along_axis, TryIndexOp};
-use mlx_rs::{ops, transforms, Array, Dtype};
+use std::collections::VecDeque;
+
+use mlx_rs::{transforms, Array};
 
 use crate::constrain::{Constrainer, Grammar};
 use crate::model::{KvCache, LanguageModel, ModelError, Result};
+use batch::{Batch, Ready};
 use constrained::SeqConstraint;
-use sampling::{make_processors, LogitsProcessor, Sampler, SamplingParams};
+use prefix_cache::PrefixCache;
+pub use prefix_cache::PrefixCacheStats;
+use sampling::{make_processors, Sampler, SamplingParams};
+use sequence::{Extras, Sequence};
 
 /// Identifies a sequence within one engine.
 pub type SeqId = u64;
+
+/// How the engine schedules its work; plain data, identical on every rank (it travels in
+/// the control plane's `Welcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EngineConfig {
+    /// Prompt tokens prefilled per step (each step also advances every decoding sequence by
+    /// one token): the longest a running stream waits for a prompt being read.
+    pub prefill_chunk: usize,
+    /// Prefix cache budget in tokens; 0 turns the cache off.
+    pub prefix_cache_tokens: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            prefill_chunk: 2048,
+            prefix_cache_tokens: 0,
+        }
+    }
+}
+
+/// What the engine holds now, for `/health` and the scheduler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EngineStatus {
+    /// Sequences waiting for or in prefill.
+    pub prefilling: usize,
+    /// Sequences in the decode batch.
+    pub decoding: usize,
+    /// KV positions the decode batch holds (rows x longest row, padding included).
+    pub batch_positions: usize,
+    pub prefix_cache: PrefixCacheStats,
+}
 
 /// One generation request, plain data (it crosses the control plane as is).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -71,72 +119,29 @@ pub struct TokenEvent {
     pub finish: Option<FinishReason>,
     /// Raw last-prompt-position logits, first event only, when requested.
     pub prompt_logits: Option<Vec<f32>>,
+    /// First event only: how many prompt tokens came from the prefix cache.
+    pub cached_tokens: Option<usize>,
 }
 
-/// The lazy result of one forward + sample. Everything the event needs is built here,
-/// before the next step is queued: an op created after that would run behind the next
-/// forward on the device's in-order stream, and reading it would wait for that forward.
-struct Pending {
-    /// The sampled id, `[1]` uint32.
-    token: Array,
-    logprobs: Array,
-    /// The sampled token's log-probability `[1]` f32, when the request wants logprobs.
-    logprob: Option<Array>,
-    /// The most likely ids and their log-probabilities (unordered), when wanted.
-    top: Option<(Array, Array)>,
-}
-
-impl Pending {
-    /// A token that was not sampled (the end of a completed grammar).
-    fn fixed(token: Array) -> Self {
-        Pending {
-            token,
-            logprobs: Array::from_f32(0.0),
-            logprob: None,
-            top: None,
-        }
-    }
-
-    fn arrays(&self) -> Vec<&Array> {
-        let mut v = vec![&self.token, &self.logprobs];
-        v.extend(self.logprob.iter());
-        v.extend(self.top.iter().flat_map(|(i, l)| [i, l]));
-        v
-    }
-}
-
-struct Sequence {
-    id: SeqId,
-    caches: Vec<KvCache>,
-    /// Prompt + generated ids (int32, 1-D, last entry possibly lazy); only kept when a
-    /// processor needs it.
-    history: Option<Array>,
-    processors: Vec<Box<dyn LogitsProcessor>>,
-    sampler: Sampler,
-    pending: Pending,
-    generated: usize,
-    req: SequenceRequest,
-    prompt_logits: Option<Array>,
-    /// The grammar matcher of a constrained sequence.
-    constraint: Option<SeqConstraint>,
-}
-
-/// What step n queued for a sequence before reading its token n.
-enum Queued {
-    /// Nothing: the sequence ends with token n.
-    Nothing,
-    /// The next token, sampled (unconstrained).
-    Sample(Pending),
-    /// Only the next forward's logits; the sample waits for the grammar's mask.
-    Logits(Array),
+/// A sequence waiting for, or in, prefill.
+struct Prefilling {
+    seq: Sequence,
+    /// `None` until its prefill starts (the prefix cache is asked then).
+    caches: Option<Vec<KvCache>>,
+    /// Prompt positions the caches hold.
+    done: usize,
 }
 
 /// Batched generation state over one model.
 pub struct Engine {
     model: Box<dyn LanguageModel>,
-    seqs: Vec<Sequence>,
+    config: EngineConfig,
+    prefilling: VecDeque<Prefilling>,
+    /// One batch when the model's caches can be batched, else one per sequence.
+    batches: Vec<Batch>,
+    batchable: bool,
+    prefix: Option<PrefixCache>,
     next_id: SeqId,
-    pub prefill_step_size: usize,
     steps: u64,
     /// Compiles the grammars of constrained requests (the tokenizer's vocabulary as bytes).
     constrainer: Option<Constrainer>,
@@ -144,11 +149,21 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(model: Box<dyn LanguageModel>) -> Self {
+        Self::with_config(model, EngineConfig::default())
+    }
+
+    pub fn with_config(model: Box<dyn LanguageModel>, config: EngineConfig) -> Self {
+        let batchable = !model.make_caches().iter().any(KvCache::is_rotating);
+        let prefix = (batchable && config.prefix_cache_tokens > 0)
+            .then(|| PrefixCache::new(config.prefix_cache_tokens));
         Engine {
             model,
-            seqs: Vec::new(),
+            config,
+            prefilling: VecDeque::new(),
+            batches: Vec::new(),
+            batchable,
+            prefix,
             next_id: 0,
-            prefill_step_size: 2048,
             steps: 0,
             constrainer: None,
         }
@@ -160,15 +175,36 @@ impl Engine {
         self.constrainer = Some(constrainer);
     }
 
+    pub fn set_prefill_chunk(&mut self, tokens: usize) {
+        self.config.prefill_chunk = tokens.max(1);
+    }
+
+    pub fn config(&self) -> EngineConfig {
+        self.config
+    }
+
     pub fn model(&self) -> &dyn LanguageModel {
         self.model.as_ref()
     }
 
     pub fn has_work(&self) -> bool {
-        !self.seqs.is_empty()
+        !self.prefilling.is_empty() || !self.batches.is_empty()
     }
 
-    /// Prefills a new sequence and queues its first token.
+    pub fn status(&self) -> EngineStatus {
+        EngineStatus {
+            prefilling: self.prefilling.len(),
+            decoding: self.batches.iter().map(Batch::len).sum(),
+            batch_positions: self.batches.iter().map(Batch::positions).sum(),
+            prefix_cache: self
+                .prefix
+                .as_ref()
+                .map(PrefixCache::stats)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Validates a request and queues it for prefill (the next steps run it).
     pub fn add(&mut self, req: SequenceRequest) -> Result<SeqId> {
         if req.prompt.is_empty() {
             return Err(ModelError::Request("empty prompt".into()));
@@ -198,18 +234,8 @@ impl Engine {
                 Some(SeqConstraint::new(matcher, vocab.max(0) as usize))
             }
         };
-        let mut caches = self.model.make_caches();
         let processors = make_processors(&req.params, vocab);
         let sampler = Sampler::new(&req.params)?;
-        let step = self.prefill_step_size.max(1);
-        let (head, last) = req.prompt.split_at(req.prompt.len() - 1);
-        let last = last.to_vec();
-        for chunk in head.chunks(step) {
-            let ids = Array::from_slice(chunk, &[1, chunk.len() as i32]);
-            let _ = self.model.forward(&ids, &mut caches)?;
-            transforms::eval(caches.iter().flat_map(|c| c.state()))?;
-            mlx_rs::memory::clear_cache()?;
-        }
         let history = if processors.is_empty() {
             None
         } else {
@@ -220,82 +246,68 @@ impl Engine {
         };
         let id = self.next_id;
         self.next_id += 1;
-        let mut seq = Sequence {
-            id,
-            caches,
-            history,
-            processors,
-            sampler,
-            pending: Pending::fixed(Array::from_int(0)),
-            generated: 0,
-            req,
-            prompt_logits: None,
-            constraint,
-        };
-        let input = Array::from_slice(&last, &[1, 1]);
-        seq.pending = if seq.constraint.is_some() {
-            let logits = self.forward_logits(&mut seq, &input, true)?;
-            transforms::async_eval([&logits])?;
-            self.sample_constrained(&mut seq, logits)?
-        } else {
-            self.forward_and_sample(&mut seq, &input, true)?
-        };
-        transforms::async_eval(seq.pending_arrays())?;
-        self.seqs.push(seq);
+        self.prefilling.push_back(Prefilling {
+            seq: Sequence {
+                id,
+                req,
+                history,
+                processors,
+                sampler,
+                constraint,
+                generated: 0,
+                fed: Vec::new(),
+                cached: 0,
+                extras: Extras::default(),
+                prompt_logits: None,
+            },
+            caches: None,
+            done: 0,
+        });
         Ok(id)
     }
 
-    /// Drops a sequence (e.g. a stop string matched, or the client went away).
+    /// Drops a sequence (e.g. a stop string matched, or the client went away); what its
+    /// caches hold goes to the prefix cache.
     pub fn cancel(&mut self, id: SeqId) {
-        self.seqs.retain(|s| s.id != id);
+        if let Some(i) = self.prefilling.iter().position(|p| p.seq.id == id) {
+            if let Some(p) = self.prefilling.remove(i) {
+                if let (Some(caches), Some(prefix)) = (&p.caches, self.prefix.as_mut()) {
+                    offer_prompt(prefix, &p.seq.req.prompt[..p.done], caches);
+                }
+            }
+            return;
+        }
+        for b in self.batches.iter_mut() {
+            match b.cancel(id, self.prefix.as_mut()) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(seq = id, "cancel: {e}"),
+            }
+        }
+        self.batches.retain(|b| b.len() > 0);
     }
 
-    /// One decode step for every sequence: queue each next forward, then read each token.
+    /// One step: a prefill chunk (if a prompt is waiting), then one token for every
+    /// decoding sequence.
     pub fn step(&mut self) -> Result<Vec<TokenEvent>> {
-        let mut next: Vec<Queued> = Vec::with_capacity(self.seqs.len());
-        let mut seqs = std::mem::take(&mut self.seqs);
-        for seq in seqs.iter_mut() {
-            let ending = seq.constraint.as_ref().is_some_and(|c| c.finish_next);
-            if seq.generated + 1 >= seq.req.max_tokens || ending {
-                next.push(Queued::Nothing);
-                continue;
-            }
-            let input = seq.pending.token.reshape(&[1, 1])?;
-            if seq.constraint.is_some() {
-                let logits = self.forward_logits(seq, &input, false)?;
-                transforms::async_eval([&logits])?;
-                next.push(Queued::Logits(logits));
-            } else {
-                let p = self.forward_and_sample(seq, &input, false)?;
-                transforms::async_eval(p.arrays())?;
-                next.push(Queued::Sample(p));
-            }
-        }
-        let mut events = Vec::with_capacity(seqs.len());
-        let mut keep = Vec::with_capacity(seqs.len());
-        for (mut seq, next) in seqs.into_iter().zip(next) {
-            let ev = seq.read_event()?;
-            let done = ev.finish.is_some();
-            let token = ev.token;
-            events.push(ev);
-            if done {
-                continue;
-            }
-            match next {
-                Queued::Sample(p) => seq.pending = p,
-                Queued::Logits(logits) => {
-                    if let Some(c) = seq.constraint.as_mut() {
-                        c.accept(seq.id, token);
-                    }
-                    let p = self.sample_constrained(&mut seq, logits)?;
-                    transforms::async_eval(p.arrays())?;
-                    seq.pending = p;
+        let ready = self.prefill()?;
+        if !ready.is_empty() {
+            if self.batchable {
+                match self.batches.first_mut() {
+                    Some(b) => b.join(ready)?,
+                    None => self.batches.push(Batch::new(ready)?),
                 }
-                Queued::Nothing => {}
+            } else {
+                for r in ready {
+                    self.batches.push(Batch::new(vec![r])?);
+                }
             }
-            keep.push(seq);
         }
-        self.seqs = keep;
+        let mut events = Vec::new();
+        for b in self.batches.iter_mut() {
+            events.extend(b.step(self.model.as_ref(), self.prefix.as_mut())?);
+        }
+        self.batches.retain(|b| b.len() > 0);
         self.steps += 1;
         if self.steps & 255 == 0 {
             mlx_rs::memory::clear_cache()?;
@@ -303,142 +315,95 @@ impl Engine {
         Ok(events)
     }
 
-    /// Forward `input` `[1, L]` through the sequence's caches, process and sample.
-    fn forward_and_sample(
-        &self,
-        seq: &mut Sequence,
-        input: &Array,
-        first: bool,
-    ) -> Result<Pending> {
-        let logits = self.forward_logits(seq, input, first)?;
-        sample(seq, logits, None)
+    /// Prefills up to `prefill_chunk` prompt tokens, front of the queue first; returns the
+    /// sequences whose prompt is done.
+    fn prefill(&mut self) -> Result<Vec<Ready>> {
+        let mut ready = Vec::new();
+        let mut budget = self.config.prefill_chunk.max(1);
+        while budget > 0 {
+            let Some(p) = self.prefilling.front_mut() else {
+                break;
+            };
+            let prompt = &p.seq.req.prompt;
+            let head = prompt.len() - 1;
+            let caches = match &mut p.caches {
+                Some(c) => c,
+                None => {
+                    let hit = match self.prefix.as_mut() {
+                        Some(prefix) => prefix.lookup(prompt)?,
+                        None => None,
+                    };
+                    let (caches, n) = hit.unwrap_or_else(|| (self.model.make_caches(), 0));
+                    p.done = n;
+                    p.seq.cached = n;
+                    p.caches.insert(caches)
+                }
+            };
+            if p.done < head {
+                let n = budget.min(head - p.done);
+                let chunk = &prompt[p.done..p.done + n];
+                let ids = Array::from_slice(chunk, &[1, n as i32]);
+                let _ = self.model.forward(&ids, caches)?;
+                transforms::eval(caches.iter().flat_map(|c| c.state()))?;
+                mlx_rs::memory::clear_cache()?;
+                p.done += n;
+                budget -= n;
+                if p.done < head {
+                    break;
+                }
+            }
+            let Some(p) = self.prefilling.pop_front() else {
+                break;
+            };
+            ready.push(self.finish_prefill(p)?);
+            budget = budget.saturating_sub(1);
+        }
+        Ok(ready)
     }
 
-    /// Forward `input` `[1, L]` through the sequence's caches: the last position's logits
-    /// `[1, V]` (lazy); the input joins the processors' history.
-    fn forward_logits(&self, seq: &mut Sequence, input: &Array, first: bool) -> Result<Array> {
-        let logits = self.model.forward(input, &mut seq.caches)?;
-        let l = logits.shape()[1];
-        let logits = logits.try_index((.., l - 1, ..))?;
-        if first && seq.req.return_prompt_logits {
-            seq.prompt_logits = Some(logits.clone());
+    /// The last prompt token: its logits, and the first sample queued.
+    fn finish_prefill(&mut self, p: Prefilling) -> Result<Ready> {
+        let Prefilling {
+            mut seq, caches, ..
+        } = p;
+        let mut caches = caches.unwrap_or_else(|| self.model.make_caches());
+        let prompt = &seq.req.prompt;
+        let last = Array::from_slice(&prompt[prompt.len() - 1..], &[1, 1]);
+        let logits = self.model.forward(&last, &mut caches)?;
+        let v = logits.shape()[2];
+        let row = logits.reshape(&[1, v])?;
+        if seq.req.return_prompt_logits {
+            seq.prompt_logits = Some(row.clone());
         }
-        if let (Some(hist), false) = (seq.history.as_mut(), first) {
-            *hist = ops::concatenate(&[&*hist, &input.reshape(&[-1])?.as_dtype(Dtype::Int32)?], 0)?;
+        seq.observe(None)?;
+        if seq.constraint.is_some() {
+            transforms::async_eval([&row])?;
         }
-        Ok(logits)
-    }
-
-    /// Samples a constrained sequence's next token from `logits` under its grammar's mask
-    /// (computed here, on the host, while the forward behind `logits` runs), or queues its
-    /// end when the grammar is complete.
-    fn sample_constrained(&self, seq: &mut Sequence, logits: Array) -> Result<Pending> {
-        let mask = match seq.constraint.as_mut() {
-            Some(c) => c.next_mask(seq.id, &seq.req.stop_ids)?,
-            None => return sample(seq, logits, None),
-        };
-        match mask {
-            Some(mask) => sample(seq, logits, Some(&mask)),
-            None => Ok(Pending::fixed(constrained::end_token(&seq.req.stop_ids))),
+        let first = seq.sample(row)?;
+        let mut queued = first.arrays();
+        queued.extend(seq.prompt_logits.iter());
+        transforms::async_eval(queued)?;
+        seq.fed = seq.req.prompt.clone();
+        if let Some(prefix) = self.prefix.as_mut() {
+            offer_prompt(prefix, &seq.fed, &caches);
         }
+        Ok(Ready { seq, caches, first })
     }
 }
 
-/// Processors, then the grammar's additive `mask` if any, then the sampler.
-fn sample(seq: &mut Sequence, mut logits: Array, mask: Option<&Array>) -> Result<Pending> {
-    if let Some(hist) = seq.history.as_ref() {
-        for p in seq.processors.iter_mut() {
-            logits = p.process(hist, &logits)?;
-        }
-    }
-    if let Some(mask) = mask {
-        logits = logits.add(mask.as_dtype(logits.dtype())?)?;
-    }
-    let logprobs = logits.subtract(logits.logsumexp_axis(-1, true)?)?;
-    let token = seq.sampler.sample(&logprobs)?;
-    let params = &seq.req.params;
-    let flat = match params.logprobs || params.top_logprobs > 0 {
-        true => Some(logprobs.reshape(&[-1])?.as_dtype(Dtype::Float32)?),
-        false => None,
-    };
-    let (mut logprob, mut top) = (None, None);
-    if let Some(lp) = &flat {
-        if params.logprobs {
-            logprob = Some(take_along_axis(lp, &token.as_dtype(Dtype::Int32)?, 0)?);
-        }
-        if params.top_logprobs > 0 {
-            let k = (params.top_logprobs as i32).min(lp.shape()[0]);
-            let ids = ops::argpartition_axis(&lp.negative()?, k - 1, 0)?.try_index(..k)?;
-            let values = take_along_axis(lp, &ids, 0)?;
-            top = Some((ids, values));
-        }
-    }
-    Ok(Pending {
-        token,
-        logprobs,
-        logprob,
-        top,
-    })
-}
-
-impl Sequence {
-    fn pending_arrays(&self) -> Vec<&Array> {
-        let mut v = self.pending.arrays();
-        v.extend(self.prompt_logits.iter());
-        v
-    }
-
-    /// Reads the pending token (blocks on its evaluation) and turns it into an event. Only
-    /// arrays built with the pending token are read: no new op is queued here.
-    fn read_event(&mut self) -> Result<TokenEvent> {
-        let token = self.pending.token.try_item_exact::<u32>()?;
-        self.generated += 1;
-        let (mut logprob, mut top) = (None, Vec::new());
-        let grammar_end = self.constraint.as_ref().is_some_and(|c| c.finish_next);
-        if grammar_end {
-            // Not sampled: the grammar left nothing else (probability 1).
-            logprob = self.req.params.logprobs.then_some(0.0);
-            if self.req.params.top_logprobs > 0 {
-                top.push((token, 0.0));
-            }
-        } else {
-            if let Some(lp) = &self.pending.logprob {
-                logprob = Some(lp.try_item_exact::<f32>()?);
-            }
-            if let Some((ids, values)) = &self.pending.top {
-                ids.eval()?;
-                values.eval()?;
-                top = ids
-                    .as_slice::<u32>()
-                    .iter()
-                    .copied()
-                    .zip(values.as_slice::<f32>().iter().copied())
-                    .collect();
-                top.sort_by(|a, b| b.1.total_cmp(&a.1));
-            }
-        }
-        let prompt_logits = match self.prompt_logits.take() {
-            Some(a) => {
-                let a = a.reshape(&[-1])?.as_dtype(Dtype::Float32)?;
-                a.eval()?;
-                Some(a.as_slice::<f32>().to_vec())
-            }
-            None => None,
-        };
-        let finish = if grammar_end || self.req.stop_ids.contains(&token) {
-            Some(FinishReason::Stop)
-        } else if self.generated >= self.req.max_tokens {
-            Some(FinishReason::Length)
-        } else {
-            None
-        };
-        Ok(TokenEvent {
-            seq: self.id,
-            token,
-            logprob,
-            top_logprobs: top,
-            finish,
-            prompt_logits,
+/// Offers a sequence's own (one-row) caches holding `tokens` to the prefix cache.
+fn offer_prompt(prefix: &mut PrefixCache, tokens: &[u32], caches: &[KvCache]) {
+    let layers: Option<Vec<(Array, Array)>> = caches
+        .iter()
+        .map(|c| c.row(0).ok().flatten())
+        .map(|r| {
+            r.filter(|(_, _, n)| *n as usize == tokens.len())
+                .map(|(k, v, _)| (k, v))
         })
+        .collect();
+    if let Some(layers) = layers.filter(|l| !l.is_empty()) {
+        if transforms::async_eval(layers.iter().flat_map(|(k, v)| [k, v])).is_ok() {
+            prefix.insert(tokens.to_vec(), layers);
+        }
     }
 }

@@ -9,7 +9,7 @@
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
 use mlx_rs::Array;
 
-use super::cache::{AttnMask, KvCache};
+use super::cache::{AttnMask, KvCache, Positions};
 use super::config::QuantConfig;
 use super::error::Result;
 use super::layers::{swiglu, Linear, RmsNorm, Rope};
@@ -105,7 +105,7 @@ impl Attention {
 
     fn forward(&self, x: &Array, cache: &mut KvCache, mask: &AttnMask) -> Result<Array> {
         let (b, l) = (x.shape()[0], x.shape()[1]);
-        let (q, k, v) = self.project(x, cache.offset())?;
+        let (q, k, v) = self.project(x, &cache.positions()?)?;
         let (k, v) = cache.update_and_fetch(&k, &v)?;
         let mask = match mask {
             AttnMask::None => None,
@@ -118,7 +118,7 @@ impl Attention {
     }
 
     /// q, k, v as `[B, heads, L, head_dim]`, q and k rotated for positions from `offset`.
-    fn project(&self, x: &Array, offset: i32) -> Result<(Array, Array, Array)> {
+    fn project(&self, x: &Array, offset: &Positions) -> Result<(Array, Array, Array)> {
         let (b, l) = (x.shape()[0], x.shape()[1]);
         let (nq, nkv) = (self.n_heads, self.n_kv_heads);
         if let (Qkv::Fused { qkv, .. }, None, None) = (&self.qkv, &self.q_norm, &self.k_norm) {

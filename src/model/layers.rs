@@ -8,6 +8,7 @@ use mlx_rs::error::Exception;
 use mlx_rs::transforms::compile::compile;
 use mlx_rs::{fast, ops, Array, Dtype};
 
+use super::cache::Positions;
 use super::config::{QuantConfig, QuantSpec};
 use super::error::{ModelError, Result};
 use super::weights::Weights;
@@ -413,13 +414,19 @@ impl Rope {
         })
     }
 
-    /// `x`: `[B, H, L, D]`, positions `offset..offset+L`.
-    pub fn forward(&self, x: &Array, offset: i32) -> Result<Array> {
-        Ok(match &self.kind {
-            RopeKind::Base { base, scale } => {
-                fast::rope(x, self.dims, self.traditional, *base, *scale, offset, None)?
+    /// `x`: `[B, H, L, D]`, positions `offset..offset+L` (per row for a batch).
+    pub fn forward(&self, x: &Array, offset: &Positions) -> Result<Array> {
+        let (base, scale, freqs) = match &self.kind {
+            RopeKind::Base { base, scale } => (Some(*base), *scale, None),
+            RopeKind::Freqs(f) => (None, 1.0, Some(f)),
+        };
+        Ok(match offset {
+            Positions::Same(o) => {
+                fast::rope(x, self.dims, self.traditional, base, scale, *o, freqs)?
             }
-            RopeKind::Freqs(f) => fast::rope(x, self.dims, self.traditional, None, 1.0, offset, f)?,
+            Positions::PerRow(o) => {
+                fast::rope_dynamic(x, self.dims, self.traditional, base, scale, o, freqs)?
+            }
         })
     }
 }

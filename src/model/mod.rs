@@ -32,7 +32,7 @@ pub mod moe;
 pub mod qwen3_moe;
 pub mod resolve;
 pub mod shard;
-mod slicing;
+pub(crate) mod slicing;
 pub mod weights;
 
 use std::path::Path;

@@ -9,10 +9,14 @@
 //! The physical order of the rotating buffer is kept identical to mlx-lm's, so the
 //! attention sums run in the same order and results stay bit-identical.
 
+mod rows;
+
 use mlx_rs::{ops, Array};
 
 use super::error::Result;
 use super::slicing::{slice_axis, slice_update_axis};
+pub use rows::Positions;
+use rows::Rows;
 
 /// Positions added each time the cache grows.
 pub const KV_STEP: i32 = 256;
@@ -41,6 +45,8 @@ pub struct KvCache {
     values: Option<Array>,
     offset: i32,
     rotation: Option<Rotation>,
+    /// Several sequences, left-padded (see `rows.rs`); `None` for one.
+    rows: Option<Rows>,
 }
 
 /// `v[..., a..b, :]`.
@@ -90,6 +96,9 @@ impl KvCache {
     /// The mask for `n` new queries (`create_attention_mask` / `make_mask` in mlx-lm, with
     /// the window of a rotating cache equal to its size).
     pub fn make_mask(&self, n: i32) -> Result<AttnMask> {
+        if let Some(r) = &self.rows {
+            return Ok(AttnMask::Array(Self::padding_mask(r, self.offset, n)?));
+        }
         match self.rotation {
             _ if n <= 1 => Ok(AttnMask::None),
             None => Ok(AttnMask::Causal),

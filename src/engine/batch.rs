@@ -1,0 +1,275 @@
+//! The decode batch: every decoding sequence advances in one batched forward per step.
+//!
+//! The rows share one cache per layer (left-padded, see `model/cache/rows.rs`) and one
+//! token array `[B]`. A step queues the next forward for all rows, fed with the still-lazy
+//! current tokens, builds every row's next sample (one argmax when every row is plain
+//! greedy, otherwise each row samples its own slice of the logits with its own
+//! processors, seed and grammar), and only then reads the current tokens, so the device
+//! computes step n+1 while the host handles token n. Rows join between steps (their
+//! prefilled caches merged in) and leave as soon as they finish or are cancelled; what
+//! leaves goes to the prefix cache.
+
+use mlx_rs::ops::indexing::argmax_axis;
+use mlx_rs::{ops, transforms, Array};
+
+use super::prefix_cache::PrefixCache;
+use super::sequence::{Sampled, Sequence};
+use super::{SeqId, TokenEvent};
+use crate::model::slicing::slice_axis;
+use crate::model::{KvCache, LanguageModel, Result};
+
+/// A prefilled sequence ready to join: its caches and its first sample (queued).
+pub(super) struct Ready {
+    pub seq: Sequence,
+    pub caches: Vec<KvCache>,
+    pub first: Sampled,
+}
+
+pub(super) struct Batch {
+    rows: Vec<Sequence>,
+    caches: Vec<KvCache>,
+    /// Every row's pending token, uint32 `[B]` (lazy until read).
+    tokens: Array,
+}
+
+/// What a step queued for one row before reading its current token.
+enum Next {
+    /// Nothing: the row ends with the current token.
+    Nothing,
+    /// Sampled (unconstrained).
+    Sampled(Sampled),
+    /// Only the logits; the sample waits for the grammar's mask.
+    Logits(Array),
+}
+
+impl Batch {
+    /// A batch of the `ready` sequences (at least one).
+    pub fn new(ready: Vec<Ready>) -> Result<Self> {
+        let mut rows = Vec::with_capacity(ready.len());
+        let mut layer_parts: Vec<Vec<KvCache>> = Vec::new();
+        let mut tokens = Vec::with_capacity(ready.len());
+        for r in ready {
+            if layer_parts.is_empty() {
+                layer_parts = r.caches.iter().map(|_| Vec::new()).collect();
+            }
+            for (parts, c) in layer_parts.iter_mut().zip(r.caches) {
+                parts.push(c);
+            }
+            let mut seq = r.seq;
+            seq.extras = r.first.extras;
+            tokens.push(r.first.token);
+            rows.push(seq);
+        }
+        let caches = layer_parts
+            .into_iter()
+            .map(KvCache::merge)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Batch {
+            rows,
+            caches,
+            tokens: concat_tokens(tokens)?,
+        })
+    }
+
+    /// Adds `ready` sequences as new rows (one copy of the caches).
+    pub fn join(&mut self, ready: Vec<Ready>) -> Result<()> {
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let old = std::mem::replace(
+            self,
+            Batch {
+                rows: Vec::new(),
+                caches: Vec::new(),
+                tokens: Array::from_int(0),
+            },
+        );
+        let mut joined = Batch::new(ready)?;
+        let caches = old
+            .caches
+            .into_iter()
+            .zip(std::mem::take(&mut joined.caches))
+            .map(|(a, b)| KvCache::merge(vec![a, b]))
+            .collect::<Result<Vec<_>>>()?;
+        let mut rows = old.rows;
+        rows.append(&mut joined.rows);
+        *self = Batch {
+            rows,
+            caches,
+            tokens: concat_tokens(vec![old.tokens, joined.tokens])?,
+        };
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Positions the caches hold, padding included (what the batch costs).
+    pub fn positions(&self) -> usize {
+        let cap = self.caches.first().map(|c| c.capacity()).unwrap_or(0) as usize;
+        cap * self.rows.len()
+    }
+
+    /// One decode step for every row: queue every next forward and sample, then read every
+    /// current token. Finished rows leave (into `prefix`).
+    pub fn step(
+        &mut self,
+        model: &dyn LanguageModel,
+        prefix: Option<&mut PrefixCache>,
+    ) -> Result<Vec<TokenEvent>> {
+        let b = self.rows.len() as i32;
+        let input = self.tokens.reshape(&[b, 1])?;
+        let logits = model.forward(&input, &mut self.caches)?;
+        let logits = logits.reshape(&[b, -1])?;
+        let greedy = self.rows.iter().all(Sequence::plain_greedy);
+        let mut next: Vec<Next> = Vec::with_capacity(self.rows.len());
+        let mut next_tokens = None;
+        if greedy {
+            // As each row would alone: argmax of the log-probabilities.
+            let logprobs = logits.subtract(logits.logsumexp_axis(-1, true)?)?;
+            let t = argmax_axis(&logprobs, -1, false)?;
+            transforms::async_eval([&t])?;
+            next_tokens = Some(t);
+        } else {
+            for (i, seq) in self.rows.iter_mut().enumerate() {
+                if seq.ends_now() {
+                    next.push(Next::Nothing);
+                    continue;
+                }
+                let i = i as i32;
+                let row = slice_axis(&logits, 0, i, i + 1)?;
+                seq.observe(Some(&slice_axis(&self.tokens, 0, i, i + 1)?))?;
+                if seq.constraint.is_some() {
+                    transforms::async_eval([&row])?;
+                    next.push(Next::Logits(row));
+                } else {
+                    let s = seq.sample(row)?;
+                    transforms::async_eval(s.arrays())?;
+                    next.push(Next::Sampled(s));
+                }
+            }
+        }
+        // Now read the current tokens (the next forward is already queued).
+        self.tokens.eval()?;
+        let current: Vec<u32> = self.tokens.as_slice::<u32>().to_vec();
+        let mut events = Vec::with_capacity(self.rows.len());
+        let mut keep = Vec::with_capacity(self.rows.len());
+        let mut next_rows: Vec<Array> = Vec::new();
+        let mut next = next.into_iter();
+        for (i, seq) in self.rows.iter_mut().enumerate() {
+            let token = current[i];
+            seq.fed.push(token);
+            let ev = seq.event(token)?;
+            let done = ev.finish.is_some();
+            events.push(ev);
+            let n = next.next();
+            if done {
+                continue;
+            }
+            keep.push(i);
+            match n {
+                None => {}
+                Some(Next::Sampled(s)) => {
+                    seq.extras = s.extras;
+                    next_rows.push(s.token);
+                }
+                Some(Next::Logits(row)) => {
+                    seq.accept(token);
+                    let s = seq.sample(row)?;
+                    transforms::async_eval(s.arrays())?;
+                    seq.extras = s.extras;
+                    next_rows.push(s.token);
+                }
+                Some(Next::Nothing) => unreachable!("a row that ends now is done"),
+            }
+        }
+        let next_tokens = match next_tokens {
+            Some(t) => t,
+            None if next_rows.is_empty() => Array::from_slice::<u32>(&[], &[0]),
+            None => concat_tokens(next_rows)?,
+        };
+        let all = next_tokens.shape()[0] as usize == self.rows.len();
+        self.tokens = next_tokens;
+        if keep.len() < self.rows.len() {
+            self.retain(&keep, all, prefix)?;
+        }
+        Ok(events)
+    }
+
+    /// Drops sequence `id` (its cached positions go to `prefix`); true if it was here.
+    pub fn cancel(&mut self, id: SeqId, prefix: Option<&mut PrefixCache>) -> Result<bool> {
+        let Some(pos) = self.rows.iter().position(|s| s.id == id) else {
+            return Ok(false);
+        };
+        let keep: Vec<usize> = (0..self.rows.len()).filter(|&i| i != pos).collect();
+        self.retain(&keep, true, prefix)?;
+        Ok(true)
+    }
+
+    /// Keeps rows `keep`; the others' positions are offered to `prefix`. `tokens_all_rows`:
+    /// whether `self.tokens` still has an entry for every row (else only the kept ones).
+    fn retain(
+        &mut self,
+        keep: &[usize],
+        tokens_all_rows: bool,
+        mut prefix: Option<&mut PrefixCache>,
+    ) -> Result<()> {
+        for (i, seq) in self.rows.iter().enumerate() {
+            if keep.contains(&i) {
+                continue;
+            }
+            if let Some(cache) = prefix.as_deref_mut() {
+                self.offer(i, seq, cache)?;
+            }
+        }
+        if tokens_all_rows && !keep.is_empty() {
+            let idx: Vec<i32> = keep.iter().map(|&i| i as i32).collect();
+            self.tokens = self
+                .tokens
+                .take_axis(Array::from_slice(&idx, &[idx.len() as i32]), 0)?;
+        }
+        let mut i = 0;
+        self.rows.retain(|_| {
+            i += 1;
+            keep.contains(&(i - 1))
+        });
+        if !self.rows.is_empty() {
+            for c in self.caches.iter_mut() {
+                c.retain_rows(keep)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Row `i`'s positions into the prefix cache.
+    fn offer(&self, i: usize, seq: &Sequence, prefix: &mut PrefixCache) -> Result<()> {
+        let mut layers = Vec::with_capacity(self.caches.len());
+        let mut n = 0;
+        for c in &self.caches {
+            match c.row(i)? {
+                Some((k, v, len)) => {
+                    n = len as usize;
+                    layers.push((k, v));
+                }
+                None => return Ok(()),
+            }
+        }
+        if n == 0 || n > seq.fed.len() {
+            return Ok(());
+        }
+        transforms::async_eval(layers.iter().flat_map(|(k, v)| [k, v]))?;
+        prefix.insert(seq.fed[..n].to_vec(), layers);
+        Ok(())
+    }
+}
+
+fn concat_tokens(tokens: Vec<Array>) -> Result<Array> {
+    if tokens.len() == 1 {
+        return Ok(tokens
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Array::from_int(0)));
+    }
+    Ok(ops::concatenate(&tokens, 0)?)
+}

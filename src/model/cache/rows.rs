@@ -1,0 +1,207 @@
+//! Several sequences in one cache: the rows of a batched decode.
+//!
+//! Rows are left-padded so that every row writes its next position at the same index (the
+//! cache's `offset`); row `b` holds its own positions `left_pad[b]..offset`. Padding slots
+//! hold zeros and are masked out ([`KvCache::make_mask`]), and each row's RoPE position is
+//! `offset - left_pad[b]` ([`KvCache::positions`]). A sequence joins by [`KvCache::merge`]
+//! (one copy of the caches involved) and leaves by [`KvCache::retain_rows`]; its own
+//! positions come out as plain data-independent arrays with [`KvCache::row`] (the prefix
+//! cache keeps those). Rotating (sliding-window) caches never hold more than one row.
+
+use mlx_rs::{ops, Array, Dtype};
+
+use super::{concat, len, slice, KvCache};
+use crate::model::error::{ModelError, Result};
+
+/// The RoPE position of the first new query of every row.
+pub enum Positions {
+    /// One sequence (or rows that all start at the same position).
+    Same(i32),
+    /// Per row, int32 `[B]`.
+    PerRow(Array),
+}
+
+/// Left padding of a cache with more than one row.
+#[derive(Clone)]
+pub(super) struct Rows {
+    pub left_pad: Vec<i32>,
+}
+
+impl KvCache {
+    /// A cache that starts with the first `n` positions of `keys`/`values` (`[1, H, >=n, D]`),
+    /// e.g. a prefix-cache hit. The arrays are only read: the next update writes a new buffer.
+    pub fn from_prefix(keys: &Array, values: &Array, n: i32) -> Result<Self> {
+        Ok(KvCache {
+            keys: Some(slice(keys, 0, n)?),
+            values: Some(slice(values, 0, n)?),
+            offset: n,
+            ..Self::default()
+        })
+    }
+
+    /// Rows in this cache (1 before anything is written).
+    pub fn rows(&self) -> usize {
+        match &self.rows {
+            Some(r) => r.left_pad.len(),
+            None => 1,
+        }
+    }
+
+    pub fn is_rotating(&self) -> bool {
+        self.rotation.is_some()
+    }
+
+    /// The RoPE offset of the next write.
+    pub fn positions(&self) -> Result<Positions> {
+        Ok(match &self.rows {
+            None => Positions::Same(self.offset),
+            Some(r) => {
+                let pos: Vec<i32> = r.left_pad.iter().map(|p| self.offset - p).collect();
+                Positions::PerRow(Array::from_slice(&pos, &[pos.len() as i32]))
+            }
+        })
+    }
+
+    /// Keys `j` a row may attend to when `n` queries follow `offset`: `j >= left_pad[row]`
+    /// (and causal within the `n`), as bool `[B, 1, n, offset + n]`.
+    pub(super) fn padding_mask(r: &Rows, offset: i32, n: i32) -> Result<Array> {
+        let b = r.left_pad.len() as i32;
+        let keys = offset + n;
+        let pad = Array::from_slice(&r.left_pad, &[b, 1, 1, 1]);
+        let j = Array::from_iter(0..keys, &[1, 1, 1, keys]);
+        let valid = j.ge(&pad)?;
+        if n == 1 {
+            return Ok(valid);
+        }
+        let causal = super::causal_mask(n, offset, i32::MAX).reshape(&[1, 1, n, keys])?;
+        Ok(valid.logical_and(&causal)?)
+    }
+
+    /// One cache holding the rows of every part, in order. Parts may be empty (never
+    /// written) only if all are; rotating caches cannot merge.
+    pub fn merge(parts: Vec<KvCache>) -> Result<KvCache> {
+        if parts.len() == 1 {
+            return Ok(parts.into_iter().next().unwrap_or_default());
+        }
+        if parts
+            .iter()
+            .any(|p| p.rotation.is_some() || p.keys.is_none())
+        {
+            return Err(ModelError::Request(
+                "only written, non-rotating caches can be batched".into(),
+            ));
+        }
+        let t = parts.iter().map(|p| p.offset).max().unwrap_or(0);
+        let (mut ks, mut vs, mut pads) = (Vec::new(), Vec::new(), Vec::new());
+        for p in parts {
+            let shift = t - p.offset;
+            let rows = p.rows();
+            match &p.rows {
+                Some(r) => pads.extend(r.left_pad.iter().map(|x| x + shift)),
+                None => pads.push(shift),
+            }
+            let (Some(k), Some(v)) = (&p.keys, &p.values) else {
+                continue;
+            };
+            let (k, v) = (slice(k, 0, p.offset)?, slice(v, 0, p.offset)?);
+            if shift > 0 {
+                let zeros = |a: &Array| {
+                    let s = a.shape();
+                    ops::zeros_dtype(&[rows as i32, s[1], shift, s[3]], a.dtype())
+                };
+                ks.push(concat(vec![zeros(&k)?, k])?);
+                vs.push(concat(vec![zeros(&v)?, v])?);
+            } else {
+                ks.push(k);
+                vs.push(v);
+            }
+        }
+        let mut merged = KvCache {
+            keys: Some(ops::concatenate(&ks, 0)?),
+            values: Some(ops::concatenate(&vs, 0)?),
+            offset: t,
+            rotation: None,
+            rows: Some(Rows { left_pad: pads }),
+        };
+        merged.trim_padding()?;
+        Ok(merged)
+    }
+
+    /// Keeps only rows `keep` (ascending indices), then drops padding columns no row needs.
+    pub fn retain_rows(&mut self, keep: &[usize]) -> Result<()> {
+        let Some(r) = self.rows.take() else {
+            return match keep {
+                [0] => Ok(()),
+                _ => Err(ModelError::Request("row index out of range".into())),
+            };
+        };
+        let idx: Vec<i32> = keep.iter().map(|&i| i as i32).collect();
+        let idx = Array::from_slice(&idx, &[idx.len() as i32]);
+        if let (Some(k), Some(v)) = (&self.keys, &self.values) {
+            self.keys = Some(k.take_axis(&idx, 0)?);
+            self.values = Some(v.take_axis(&idx, 0)?);
+        }
+        let left_pad = keep
+            .iter()
+            .filter_map(|&i| r.left_pad.get(i).copied())
+            .collect();
+        self.rows = Some(Rows { left_pad });
+        self.trim_padding()
+    }
+
+    /// Drops the leading columns that are padding in every row; one row left means no
+    /// padding (and no mask) at all.
+    fn trim_padding(&mut self) -> Result<()> {
+        let Some(r) = &mut self.rows else {
+            return Ok(());
+        };
+        let m = r.left_pad.iter().copied().min().unwrap_or(0);
+        if m > 0 {
+            r.left_pad.iter_mut().for_each(|p| *p -= m);
+            if let (Some(k), Some(v)) = (&self.keys, &self.values) {
+                let cap = len(k);
+                self.keys = Some(slice(k, m, cap)?);
+                self.values = Some(slice(v, m, cap)?);
+            }
+            self.offset -= m;
+        }
+        if r.left_pad.len() <= 1 {
+            self.rows = None;
+        }
+        Ok(())
+    }
+
+    /// Row `b`'s own positions as fresh arrays `[1, H, n, D]` that share nothing with this
+    /// cache (a shared buffer would keep the whole batch alive and stop MLX from updating it
+    /// in place), and `n`.
+    pub fn row(&self, b: usize) -> Result<Option<(Array, Array, i32)>> {
+        let (Some(k), Some(v)) = (&self.keys, &self.values) else {
+            return Ok(None);
+        };
+        if self.rotation.is_some() {
+            return Ok(None);
+        }
+        let pad = match &self.rows {
+            Some(r) => r.left_pad.get(b).copied().unwrap_or(self.offset),
+            None => 0,
+        };
+        let n = self.offset - pad;
+        let take = |a: &Array| -> Result<Array> {
+            let a = crate::model::slicing::slice_axis(a, 0, b as i32, b as i32 + 1)?;
+            let a = slice(&a, pad, self.offset)?;
+            // A product makes a new buffer (the input is shared, so never donated), exact.
+            Ok(a.multiply(Array::from_f32(1.0).as_dtype(a.dtype())?)?)
+        };
+        Ok(Some((take(k)?, take(v)?, n)))
+    }
+
+    /// Positions held per row including padding: what this cache costs.
+    pub fn capacity(&self) -> i32 {
+        self.keys.as_ref().map(len).unwrap_or(0)
+    }
+
+    /// The dtype of the stored keys, if written.
+    pub fn dtype(&self) -> Option<Dtype> {
+        self.keys.as_ref().map(|k| k.dtype())
+    }
+}

@@ -9,7 +9,8 @@ On the GPU machine: --python python3, or --mlx-lm-cmd "python3 scripts/gpu/mlx_l
 
 Each side runs in turn: this script starts the server on a free port (kooka: `serve --port 0`,
 the address read from its `kooka: listening on http://...` line; mlx-lm: a port picked here),
-waits until GET /v1/models answers, measures, then stops it (SIGTERM, SIGKILL after 10 s).
+waits until it answers (kooka: GET /v1/models, mlx-lm: /health) and a first one-token
+completion is done ("ready in"), measures, then stops it (SIGTERM, SIGKILL after 10 s).
 Server output goes to temp log files; their tail is printed when a side fails.
 
 Streams: for each N in --streams, N threads each send one streamed /v1/completions request at
@@ -228,7 +229,8 @@ def start(side, a, log):
                 url = f"http://{host}:{m.group(2)}"
         if url:
             try:
-                with urllib.request.urlopen(url + "/v1/models", timeout=5) as r:
+                # mlx-lm: /health (its /v1/models fails when no Hugging Face cache folder exists)
+                with urllib.request.urlopen(url + ("/v1/models" if side == "kooka" else "/health"), timeout=5) as r:
                     models = json.load(r)
                     if side == "kooka":  # its id (the folder's name); mlx-lm: the --model one
                         return p, url, (models.get("data") or [{}])[0].get("id", a.model)
@@ -247,6 +249,10 @@ def run_side(side, a, counter):
     t0, p = time.time(), None
     try:
         p, url, model = start(side, a, log)
+        # mlx-lm loads its model after it starts answering: ready = a first completion done
+        probe = request(url, body(model, "Hello", 1), a.timeout)
+        if not probe["ok"]:
+            raise RuntimeError(f"first request failed: {probe['status']}: {probe['error']}")
         res = {"ready_s": time.time() - t0, "url": url, "log": log, "streams": {}}
         for n in a.streams:
             if a.warmup:
@@ -330,6 +336,7 @@ def main():
     if sys.platform == "linux" and core and "OPENBLAS_CORETYPE" not in os.environ:
         os.environ["OPENBLAS_CORETYPE"] = core  # inherited by both servers
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that servers are stopped
     counter = itertools.count(1)
     results = {s: run_side(s, a, counter) for s in sides}
     print(f"model {os.path.basename(a.model)}, {a.max_tokens} max tokens, {a.prompt_words}-word "

@@ -206,6 +206,25 @@ pub struct ServeArgs {
     /// HTTP worker threads (they parse, template and tokenize; the model has its own thread).
     #[arg(long, env = "KOOKA_HTTP_WORKERS", default_value_t = 2)]
     pub http_workers: usize,
+    /// Requests generating at once (prefilling or decoding in one batch); more wait.
+    #[arg(long, env = "KOOKA_MAX_RUNNING", default_value_t = 64)]
+    pub max_running: usize,
+    /// Requests waiting to start; beyond it a request gets 429 with Retry-After.
+    #[arg(long, env = "KOOKA_MAX_QUEUE", default_value_t = 256)]
+    pub max_queue: usize,
+    /// KV cache memory that admission hands out, in bytes [default: 40% of the memory the
+    /// weights leave]. A request reserves prompt + max_tokens positions; a prompt that can
+    /// never fit gets 400.
+    #[arg(long, env = "KOOKA_KV_CACHE_BYTES")]
+    pub kv_cache_bytes: Option<usize>,
+    /// Prefix (prompt) cache budget in bytes; 0 turns it off [default: 20% of the memory the
+    /// weights leave].
+    #[arg(long, env = "KOOKA_PROMPT_CACHE_BYTES")]
+    pub prompt_cache_bytes: Option<usize>,
+    /// Prompt tokens read per scheduler step: each step also gives every running stream one
+    /// token, so this bounds how long a long prompt stalls them.
+    #[arg(long, env = "KOOKA_PREFILL_CHUNK", default_value_t = 512)]
+    pub prefill_chunk: usize,
     #[arg(long, env = "KOOKA_COMPUTE_DTYPE", value_enum, default_value_t = ComputeDtypeArg::Auto)]
     pub compute_dtype: ComputeDtypeArg,
     /// Require this key on inference routes (`Authorization: Bearer KEY` or `x-api-key`);
@@ -504,6 +523,13 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         workers: args.http_workers,
         api_key: args.api_key,
         allowed_origins: args.allowed_origins,
+        runtime: crate::runtime::RuntimeConfig {
+            max_running: args.max_running,
+            max_queue: args.max_queue,
+            kv_cache_bytes: args.kv_cache_bytes,
+            prompt_cache_bytes: args.prompt_cache_bytes,
+            prefill_chunk: args.prefill_chunk,
+        },
     };
     let leader = cluster
         .map(crate::cluster::Leader::start)

@@ -20,8 +20,11 @@
 //!   wrapper over the mlx-c calls.
 //! - [`model`]: the model runtime: load MLX model folders (whole, or one rank's pipeline or
 //!   tensor-parallel shard), Llama-family and MoE forwards, KV caches.
-//! - [`server`]: `kooka serve`: OpenAI-compatible HTTP (actix-web) over one MLX thread.
-//! - [`engine`]: batched generation over a model: prefill, async decode, sampling, stops.
+//! - [`runtime`]: the model side of `kooka serve` behind a `RuntimeHandle`: the MLX thread
+//!   (model actor), admission (waiting queue, running and KV limits), the multi-rank relay.
+//! - [`server`]: `kooka serve`: the HTTP side (actix-web), wire formats only.
+//! - [`engine`]: generation over a model: chunked prefill, continuous batching (one batched
+//!   forward per step), the prefix cache, sampling, stops.
 //! - [`tokenizer`]: tokenizer.json + chat template + EOS ids, streaming detokenizer.
 //!
 //! See `docs/ARCHITECTURE.md` for how a request will flow through the actors.
@@ -37,5 +40,6 @@ pub mod engine;
 pub mod model;
 #[cfg(target_os = "linux")]
 pub mod openblas;
+pub mod runtime;
 pub mod server;
 pub mod tokenizer;

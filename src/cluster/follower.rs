@@ -142,6 +142,7 @@ fn follow(
                 live.insert(seq, 0);
             }
             Applied::Refused => debug!("follower: request refused (as on rank 0)"),
+            Applied::Configured => debug!("follower: engine configured by rank 0"),
             Applied::Stepped(events) => {
                 for ev in events {
                     let tokens = live.entry(ev.seq).or_default();

@@ -12,10 +12,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{SeqId, SequenceRequest};
+use crate::engine::{EngineConfig, SeqId, SequenceRequest};
 
 /// Bump on any change to [`Message`] or the framing.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// `KOOKA-CP` then the version, big-endian: 12 bytes each side sends first.
 pub const MAGIC: [u8; 8] = *b"KOOKA-CP";
@@ -83,6 +83,9 @@ pub struct Hello {
 /// rank 0 runs them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Op {
+    /// `Engine::configure`: rank 0's scheduling settings, sent once before any other op (its
+    /// budgets depend on the model it loaded), so every rank decides alike.
+    Configure { config: EngineConfig },
     /// `Engine::add`; `seq` is the id rank 0 expects the engine to assign (checked).
     Add {
         seq: SeqId,

@@ -29,7 +29,14 @@ pub struct ReplicatedEngine {
 }
 
 impl ReplicatedEngine {
+    /// Sends the engine's configuration to the followers first.
     pub fn new(engine: Engine, leader: Option<Leader>) -> Self {
+        if let Some(leader) = &leader {
+            // A failed write is a lost rank, which the leader reports on its own.
+            let _ = leader.broadcast(&Op::Configure {
+                config: engine.config(),
+            });
+        }
         ReplicatedEngine {
             engine,
             leader,
@@ -39,6 +46,10 @@ impl ReplicatedEngine {
 
     pub fn has_work(&self) -> bool {
         self.engine.has_work()
+    }
+
+    pub fn status(&self) -> crate::engine::EngineStatus {
+        self.engine.status()
     }
 
     /// `Engine::add`, replicated.
@@ -137,6 +148,8 @@ pub enum Applied {
     Cancelled(SeqId),
     /// Rank 0 is stopping normally.
     Shutdown,
+    /// The engine took rank 0's settings.
+    Configured,
 }
 
 /// Runs one operation on a follower's engine. An error means this rank can no longer
@@ -162,5 +175,9 @@ pub fn apply(engine: &mut Engine, op: Op) -> Result<Applied, ClusterError> {
             Applied::Cancelled(seq)
         }
         Op::Shutdown => Applied::Shutdown,
+        Op::Configure { config } => {
+            engine.configure(config);
+            Applied::Configured
+        }
     })
 }

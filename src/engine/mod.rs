@@ -175,6 +175,14 @@ impl Engine {
         self.constrainer = Some(constrainer);
     }
 
+    /// Takes new settings; the prefix cache starts empty. Meant for an idle engine (a
+    /// follower gets rank 0's settings before any request).
+    pub fn configure(&mut self, config: EngineConfig) {
+        self.prefix = (self.batchable && config.prefix_cache_tokens > 0)
+            .then(|| PrefixCache::new(config.prefix_cache_tokens));
+        self.config = config;
+    }
+
     pub fn set_prefill_chunk(&mut self, tokens: usize) {
         self.config.prefill_chunk = tokens.max(1);
     }

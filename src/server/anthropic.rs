@@ -12,8 +12,7 @@ use serde_json::{json, Map, Value};
 use super::error::ApiError;
 use super::generation::{submit_chat, Job};
 use super::http::{next_event, read_body, sse_event, sse_response};
-use super::model_thread::{Event, Finish};
-use super::openai::{check_model, event_error};
+use super::openai::check_model;
 use super::reply::{Reply, ReplyEvent, ReplyParser};
 use super::request::{
     check, check_choice, get, integer, message_list, number, parse_object, stop_list, string,
@@ -21,6 +20,7 @@ use super::request::{
 };
 use super::AppState;
 use crate::engine::sampling::SamplingParams;
+use crate::runtime::{Event, Finish};
 
 /// A validated Messages request, in OpenAI chat shape.
 fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
@@ -49,7 +49,7 @@ fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
     }
     let stop = stop_list(&obj, "stop_sequences")?;
     let mut messages = Vec::new();
-    if let Some(system) = system_text(&obj)? {
+    if let Some(system) = system_text(&obj)?.filter(|s| !s.is_empty()) {
         messages.push(json!({"role": "system", "content": system}));
     }
     messages.extend(conversation(&obj)?);
@@ -81,12 +81,28 @@ fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
     })
 }
 
-/// `system`: a string or a list of text blocks.
+/// Claude Code starts `system` with a text block `x-anthropic-billing-header: ...` that changes
+/// on every request; rendered, it would make every prompt differ from its first tokens on and
+/// defeat the prefix cache. It means nothing to a local model, so it is dropped.
+const BILLING_HEADER: &str = "x-anthropic-billing-header";
+
+/// `system`: a string or a list of text blocks (the billing-header block dropped).
 fn system_text(obj: &Map<String, Value>) -> Result<Option<String>, ApiError> {
     match get(obj, "system") {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Array(blocks)) => Ok(Some(text_of(blocks, "system")?)),
+        Some(Value::Array(blocks)) => {
+            let kept: Vec<Value> = blocks
+                .iter()
+                .filter(|b| {
+                    !b.get("text")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| t.trim_start().starts_with(BILLING_HEADER))
+                })
+                .cloned()
+                .collect();
+            Ok(Some(text_of(&kept, "system")?))
+        }
         Some(v) => Err(ApiError::field(
             "system",
             format!(
@@ -281,10 +297,15 @@ pub async fn messages(
                 401 => "authentication_error",
                 404 => "not_found_error",
                 413 => "request_too_large",
+                429 => "rate_limit_error",
                 503 => "overloaded_error",
                 _ => "api_error",
             };
-            HttpResponse::build(e.status_code()).json(json!({
+            let mut response = HttpResponse::build(e.status_code());
+            if let Some(retry) = e.retry_after() {
+                response.insert_header(("Retry-After", retry.to_string()));
+            }
+            response.json(json!({
                 "type": "error",
                 "error": {"type": kind, "message": e.to_string()},
             }))
@@ -338,7 +359,7 @@ async fn collect(
     meta: Meta,
 ) -> Result<HttpResponse, ApiError> {
     let mut reply = Reply::default();
-    let (finish, input, output, stop_sequence) = loop {
+    let (finish, usage, stop_sequence) = loop {
         match job.events.recv().await {
             Some(Event::Text(t)) => reply.extend(parser.push(&t)),
             Some(Event::Logprobs(_)) => {}
@@ -346,13 +367,14 @@ async fn collect(
                 finish,
                 prompt_tokens,
                 completion_tokens,
+                cached_tokens,
                 stop_sequence,
             }) => {
                 reply.extend(parser.finish());
-                break (finish, prompt_tokens, completion_tokens, stop_sequence);
+                let usage = usage(prompt_tokens, cached_tokens, completion_tokens);
+                break (finish, usage, stop_sequence);
             }
-            Some(Event::Error(e)) => return Err(event_error(e)),
-            Some(Event::Unavailable(e)) => return Err(ApiError::Unavailable(e)),
+            Some(Event::Error(e)) => return Err(e.into()),
             None => return Err(ApiError::Unavailable("the model thread has stopped".into())),
         }
     };
@@ -375,8 +397,18 @@ async fn collect(
         "content": content,
         "stop_reason": stop_reason(finish, reply.tool_calls.len(), stop_sequence.is_some()),
         "stop_sequence": stop_sequence,
-        "usage": {"input_tokens": input, "output_tokens": output},
+        "usage": usage,
     })))
+}
+
+/// Anthropic's usage: `input_tokens` counts what was not read from the cache.
+fn usage(prompt: usize, cached: usize, output: usize) -> Value {
+    json!({
+        "input_tokens": prompt.saturating_sub(cached),
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+        "output_tokens": output,
+    })
 }
 
 /// Which content block is open in the stream.
@@ -497,9 +529,10 @@ impl Stream {
                 Some(Event::Logprobs(_)) => {}
                 Some(Event::Done {
                     finish,
+                    prompt_tokens,
                     completion_tokens,
+                    cached_tokens,
                     stop_sequence,
-                    ..
                 }) => {
                     self.finished = true;
                     self.output_tokens = completion_tokens;
@@ -516,7 +549,7 @@ impl Stream {
                         "message_delta",
                         &json!({"type": "message_delta",
                             "delta": {"stop_reason": reason, "stop_sequence": stop_sequence},
-                            "usage": {"output_tokens": completion_tokens}})
+                            "usage": usage(prompt_tokens, cached_tokens, completion_tokens)})
                         .to_string(),
                     ));
                     out.extend_from_slice(&sse_event(
@@ -526,11 +559,7 @@ impl Stream {
                 }
                 Some(Event::Error(e)) => {
                     self.finished = true;
-                    out = error_event(&event_error(e)).to_vec();
-                }
-                Some(Event::Unavailable(e)) => {
-                    self.finished = true;
-                    out = error_event(&ApiError::Unavailable(e)).to_vec();
+                    out = error_event(&ApiError::from(e)).to_vec();
                 }
                 None => {
                     self.finished = true;
@@ -549,6 +578,7 @@ impl Stream {
 fn error_event(e: &ApiError) -> Bytes {
     let kind = match e {
         ApiError::Unavailable(_) => "overloaded_error",
+        ApiError::Overloaded { .. } => "rate_limit_error",
         _ => "api_error",
     };
     sse_event(
@@ -581,7 +611,7 @@ mod tests {
     #[test]
     fn translates_tool_turns_to_openai_shape() {
         let r = parse(
-            br#"{"model":"claude-3-5-sonnet","max_tokens":8,"system":[{"type":"text","text":"Be brief."}],
+            br#"{"model":"claude-3-5-sonnet","max_tokens":8,"system":[{"type":"text","text":"x-anthropic-billing-header: cc_version=2.1.3; cch=abc;"},{"type":"text","text":"Be brief."}],
             "messages":[{"role":"user","content":"hi"},
               {"role":"assistant","content":[{"type":"text","text":"ok"},{"type":"tool_use","id":"t1","name":"echo","input":{"text":"x"}}]},
               {"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"x"},{"type":"text","text":"go on"}]}],

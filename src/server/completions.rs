@@ -9,14 +9,14 @@ use serde_json::{json, Map, Value};
 use super::error::ApiError;
 use super::generation::{encode_text, next_request, request_grammar, submit, Job, JobSpec};
 use super::http::{next_event, read_body, sse_data, sse_keepalive, sse_response, unix_now};
-use super::model_thread::{Event, TokenLogprob};
-use super::openai::{check_model, error_then_done, event_error, system_fingerprint, Usage};
+use super::openai::{check_model, error_then_done, system_fingerprint, Usage};
 use super::request::{
     boolean, check, check_n, get, integer, max_tokens, parse_object, sampling, stop_list,
     stream_fields, string, type_name,
 };
 use super::AppState;
 use crate::engine::sampling::SamplingParams;
+use crate::runtime::{Event, TokenLogprob};
 
 /// A validated completions body.
 struct CompletionRequest {
@@ -219,17 +219,17 @@ async fn collect(mut job: Job, meta: Meta) -> Result<HttpResponse, ApiError> {
                 finish,
                 prompt_tokens,
                 completion_tokens,
+                cached_tokens,
                 ..
             }) => {
                 let choices = json!([{
                     "index": 0, "text": text, "logprobs": logprobs.json(),
                     "finish_reason": finish.as_str(),
                 }]);
-                let usage = Usage::new(prompt_tokens, completion_tokens);
+                let usage = Usage::new(prompt_tokens, completion_tokens, cached_tokens);
                 return Ok(HttpResponse::Ok().json(meta.body(choices, Some(usage))));
             }
-            Some(Event::Error(e)) => return Err(event_error(e)),
-            Some(Event::Unavailable(e)) => return Err(ApiError::Unavailable(e)),
+            Some(Event::Error(e)) => return Err(e.into()),
             None => return Err(ApiError::Unavailable("the model thread has stopped".into())),
         }
     }
@@ -270,13 +270,14 @@ impl Stream {
                     finish,
                     prompt_tokens,
                     completion_tokens,
+                    cached_tokens,
                     ..
                 }) => {
                     self.finished = true;
                     let lp = std::mem::take(&mut self.logprobs).json();
                     let mut out = self.chunk("", lp, Some(finish.as_str())).to_vec();
                     if self.include_usage {
-                        let usage = Usage::new(prompt_tokens, completion_tokens);
+                        let usage = Usage::new(prompt_tokens, completion_tokens, cached_tokens);
                         let body = self.meta.body(json!([]), Some(usage));
                         out.extend_from_slice(&sse_data(&body.to_string()));
                     }
@@ -285,11 +286,7 @@ impl Stream {
                 }
                 Some(Event::Error(e)) => {
                     self.finished = true;
-                    return Some(error_then_done(event_error(e)));
-                }
-                Some(Event::Unavailable(e)) => {
-                    self.finished = true;
-                    return Some(error_then_done(ApiError::Unavailable(e)));
+                    return Some(error_then_done(ApiError::from(e)));
                 }
                 None => {
                     self.finished = true;

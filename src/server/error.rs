@@ -36,6 +36,12 @@ pub enum ApiError {
     /// The model thread is gone (it failed or the server is shutting down).
     #[error("The model is not available: {0}")]
     Unavailable(String),
+    /// The server is at capacity (429 with `Retry-After`).
+    #[error("{message}")]
+    Overloaded {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("Internal error: {0}")]
     Internal(String),
 }
@@ -59,6 +65,17 @@ impl ApiError {
         }
     }
 
+    /// Seconds a client should wait before trying again, for the statuses that say so.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::Unavailable(_) => Some(5),
+            ApiError::Overloaded {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             ApiError::BadRequest { .. } | ApiError::PayloadTooLarge(_) => "invalid_request_error",
@@ -67,6 +84,7 @@ impl ApiError {
             | ApiError::MethodNotAllowed(_) => "invalid_request_error",
             ApiError::Unauthorized => "authentication_error",
             ApiError::Unavailable(_) | ApiError::Internal(_) => "server_error",
+            ApiError::Overloaded { .. } => "rate_limit_error",
         }
     }
 
@@ -87,6 +105,7 @@ impl ApiError {
             ApiError::Unauthorized => Some("invalid_api_key"),
             ApiError::PayloadTooLarge(_) => Some("payload_too_large"),
             ApiError::Unavailable(_) => Some("unavailable"),
+            ApiError::Overloaded { .. } => Some("server_overloaded"),
             ApiError::Internal(_) => None,
         }
     }
@@ -111,22 +130,42 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        match self {
-            ApiError::Unavailable(_) => {
-                response.insert_header(("Retry-After", "5"));
-            }
-            ApiError::Unauthorized => {
-                response.insert_header(("WWW-Authenticate", "Bearer"));
-            }
-            _ => {}
+        if let Some(retry) = self.retry_after() {
+            response.insert_header(("Retry-After", retry.to_string()));
+        }
+        if let ApiError::Unauthorized = self {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
         }
         response.json(self.body())
+    }
+}
+
+impl From<crate::runtime::RuntimeError> for ApiError {
+    fn from(e: crate::runtime::RuntimeError) -> Self {
+        use crate::runtime::RuntimeError as R;
+        match e {
+            R::BadRequest { message, param } => ApiError::BadRequest {
+                message,
+                param: param.map(str::to_string),
+                code: None,
+            },
+            R::Overloaded {
+                message,
+                retry_after_secs,
+            } => ApiError::Overloaded {
+                message,
+                retry_after_secs,
+            },
+            R::Unavailable(m) => ApiError::Unavailable(m),
+            R::Internal(m) => ApiError::Internal(m),
+        }
     }
 }
 

@@ -1,16 +1,14 @@
 //! What every inference route shares once its body is validated: the prompt (chat template
 //! with tools, or raw text) as token ids, the context-length check, `max_tokens`, and the
-//! hand-off to the MLX thread. A [`Job`] is the request's side of that hand-off: its event
-//! channel. Dropping the job (the client went away) cancels the sequence.
+//! hand-off to the runtime. A [`Job`] is the request's side of that hand-off: its event
+//! channel. Dropping the job (the client went away) cancels the request.
 
 use std::sync::atomic::Ordering;
 
 use serde_json::{Map, Value};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tracing::info;
 
 use super::error::ApiError;
-use super::model_thread::{Command, Event, Submit};
 use super::reply::ReplyParser;
 use super::request::{ChatRequest, ToolChoice};
 use super::AppState;
@@ -18,12 +16,8 @@ use crate::chat::tools::{new_parser, ParserKind, ReasoningSplitter};
 use crate::constrain::{ConstrainError, Grammar, ResponseFormat, ToolCalls};
 use crate::engine::sampling::SamplingParams;
 
-/// A submitted generation: its id (for logs), prompt length and event channel.
-pub struct Job {
-    pub id: u64,
-    pub prompt_tokens: usize,
-    pub events: UnboundedReceiver<Event>,
-}
+use crate::runtime::GenerationRequest;
+pub use crate::runtime::Job;
 
 /// A fresh request number (ids and logs).
 pub fn next_request(state: &AppState) -> u64 {
@@ -42,20 +36,19 @@ pub struct JobSpec {
     pub prompt_field: &'static str,
 }
 
-/// Checks the prompt against the context and hands the job to the MLX thread.
+/// Checks the prompt against the context and hands the job to the runtime.
 pub fn submit(state: &AppState, request: u64, spec: JobSpec) -> Result<Job, ApiError> {
     let prompt_tokens = spec.prompt_ids.len();
     if prompt_tokens == 0 {
         return Err(ApiError::field(spec.prompt_field, "The prompt is empty"));
     }
-    let context_left = state
-        .max_position_embeddings
-        .map(|n| n.saturating_sub(prompt_tokens));
+    let context = state.runtime.info().max_position_embeddings;
+    let context_left = context.map(|n| n.saturating_sub(prompt_tokens));
     if context_left == Some(0) {
         return Err(ApiError::BadRequest {
             message: format!(
                 "The prompt is {prompt_tokens} tokens long; this model's context is {} tokens",
-                state.max_position_embeddings.unwrap_or(0)
+                context.unwrap_or(0)
             ),
             param: Some(spec.prompt_field.into()),
             code: Some("context_length_exceeded"),
@@ -69,24 +62,14 @@ pub fn submit(state: &AppState, request: u64, spec: JobSpec) -> Result<Job, ApiE
         (None, None) => super::DEFAULT_MAX_TOKENS,
     };
     info!(request, prompt_tokens, max_tokens, "generation submitted");
-    let (tx, rx) = unbounded_channel();
-    state
-        .commands
-        .send(Command::Submit(Submit {
-            id: request,
-            prompt_ids: spec.prompt_ids,
-            params: spec.params,
-            max_tokens,
-            stop: spec.stop,
-            constraint: spec.constraint,
-            events: tx,
-        }))
-        .map_err(|_| ApiError::Unavailable("the model thread has stopped".into()))?;
-    Ok(Job {
+    Ok(state.runtime.submit(GenerationRequest {
         id: request,
-        prompt_tokens,
-        events: rx,
-    })
+        prompt_ids: spec.prompt_ids,
+        params: spec.params,
+        max_tokens,
+        stop: spec.stop,
+        constraint: spec.constraint,
+    })?)
 }
 
 /// Renders, constrains and submits a validated chat request (OpenAI's chat completions and

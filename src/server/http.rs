@@ -9,8 +9,8 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use super::error::ApiError;
-use super::model_thread::Event;
 use super::AppState;
+use crate::runtime::Event;
 
 /// How long an SSE stream stays silent (a long prefill) before a `: keepalive` comment.
 pub const KEEPALIVE: Duration = Duration::from_secs(5);
@@ -25,17 +25,21 @@ pub fn unix_now() -> u64 {
 /// 200 `{"status":"ok"}`; on rank 0 of a multi-rank run also `ranks` (rank, host, shard,
 /// state), and 503 with `"status":"unavailable"` until every rank is ready or once one is lost.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let runtime = state.runtime.status();
     let Some(cluster) = &state.cluster else {
-        return HttpResponse::Ok().json(json!({"status": "ok"}));
+        return HttpResponse::Ok().json(json!({"status": "ok", "runtime": runtime}));
     };
     let snapshot = cluster.snapshot();
-    if snapshot.healthy() {
-        HttpResponse::Ok()
-            .json(json!({"status": "ok", "parallel": snapshot.parallel, "ranks": snapshot.ranks}))
-    } else {
-        HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "unavailable", "parallel": snapshot.parallel, "ranks": snapshot.ranks}))
-    }
+    let (mut response, status) = match snapshot.healthy() {
+        true => (HttpResponse::Ok(), "ok"),
+        false => (HttpResponse::ServiceUnavailable(), "unavailable"),
+    };
+    response.json(json!({
+        "status": status,
+        "parallel": snapshot.parallel,
+        "ranks": snapshot.ranks,
+        "runtime": runtime,
+    }))
 }
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {

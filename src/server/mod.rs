@@ -1,7 +1,7 @@
-//! `kooka serve` on one rank: an actix-web server whose handlers ([`openai`]) validate and
-//! tokenize requests, and one dedicated MLX thread ([`model_thread`]) that owns the model
-//! and the engine and streams each request's text back over its own channel. Handlers
-//! never run MLX, so generation never blocks an actix worker.
+//! The HTTP side of `kooka serve`: an actix-web server whose handlers validate and tokenize
+//! requests, submit them through the [`RuntimeHandle`](crate::runtime::RuntimeHandle), and
+//! write each request's events in their wire format. Handlers never run MLX, so generation
+//! never blocks an actix worker.
 
 pub mod anthropic;
 pub mod completions;
@@ -9,9 +9,7 @@ mod edge;
 pub mod error;
 pub mod generation;
 pub mod http;
-pub mod model_thread;
 pub mod models;
-pub mod multi_rank;
 pub mod openai;
 pub mod reply;
 pub mod request;
@@ -20,16 +18,16 @@ pub mod tool_prompt;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 use actix_web::{web, App, HttpServer};
 use tracing::info;
 
 use crate::chat::{ChatTemplate, SpecialTokens};
 use crate::model::ComputeDtype;
+use crate::runtime::{RuntimeConfig, RuntimeHandle};
 use crate::tokenizer::Tokenizer;
 pub use error::{ApiError, ServeError};
-use model_thread::Command;
 
 /// `max_tokens` when neither the request nor the model's context bounds it.
 pub const DEFAULT_MAX_TOKENS: usize = 4096;
@@ -50,6 +48,8 @@ pub struct ServeConfig {
     pub api_key: Option<String>,
     /// CORS origins (`*` for any).
     pub allowed_origins: Vec<String>,
+    /// Scheduling and memory limits of the model side.
+    pub runtime: RuntimeConfig,
 }
 
 /// How chat replies of this model are read.
@@ -93,8 +93,7 @@ pub struct AppState {
     pub created: u64,
     pub template: Option<ChatTemplate>,
     pub tokenizer: Arc<Tokenizer>,
-    pub commands: mpsc::Sender<Command>,
-    pub max_position_embeddings: Option<usize>,
+    pub runtime: RuntimeHandle,
     pub max_body_bytes: usize,
     pub next_id: AtomicU64,
     pub chat: ChatInfo,
@@ -161,7 +160,7 @@ pub fn run(listener: TcpListener, config: ServeConfig) -> Result<(), ServeError>
 /// [`run`] on rank 0 of a multi-rank run when `leader` is given (the other ranks have
 /// joined its control plane): the engine's operations are replicated to them, startup
 /// waits until every rank has loaded its shard, and a lost rank fails the requests in
-/// flight (see [`multi_rank`]).
+/// flight (see [`crate::runtime`]).
 pub fn run_ranked(
     listener: TcpListener,
     config: ServeConfig,
@@ -181,15 +180,13 @@ pub fn run_ranked(
         None => None,
     };
     let chat_info = ChatInfo::new(&tokenizer);
-    let (commands, info) =
-        model_thread::spawn(dir.clone(), config.dtype, tokenizer.clone(), leader.clone())?;
-    let commands = match &leader {
-        Some(leader) => {
-            leader.wait_ready()?;
-            multi_rank::relay(commands, leader)?
-        }
-        None => commands,
-    };
+    let runtime = RuntimeHandle::start(
+        dir.clone(),
+        config.dtype,
+        tokenizer.clone(),
+        leader.clone(),
+        config.runtime.clone(),
+    )?;
     let mut aliases = config.aliases.clone();
     aliases.push(dir.display().to_string());
     let state = web::Data::new(AppState {
@@ -198,8 +195,7 @@ pub fn run_ranked(
         created: http::unix_now(),
         template,
         tokenizer,
-        commands,
-        max_position_embeddings: info.max_position_embeddings,
+        runtime,
         max_body_bytes: config.max_body_bytes,
         next_id: AtomicU64::new(0),
         chat: chat_info,

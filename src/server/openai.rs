@@ -10,10 +10,10 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::generation::{submit_chat, Job};
 use super::http::{next_event, read_body, sse_data, sse_keepalive, sse_response, unix_now};
-use super::model_thread::{Event, Finish, TokenLogprob};
 use super::reply::{Reply, ReplyEvent, ReplyParser};
 use super::request::parse_chat;
 use super::AppState;
+use crate::runtime::{Event, Finish, TokenLogprob};
 
 /// `usage`, OpenAI-shaped.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -26,17 +26,17 @@ pub struct Usage {
 
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct PromptDetails {
-    /// Prompt tokens served from a prefix cache (none yet: kooka has no prefix cache).
+    /// Prompt tokens served from the prefix cache.
     pub cached_tokens: usize,
 }
 
 impl Usage {
-    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
+    pub fn new(prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize) -> Self {
         Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
-            prompt_tokens_details: PromptDetails { cached_tokens: 0 },
+            prompt_tokens_details: PromptDetails { cached_tokens },
         }
     }
 }
@@ -139,10 +139,6 @@ impl ChatReader {
 }
 
 /// An event the model thread sent as an error, as the API reports it.
-pub fn event_error(message: String) -> ApiError {
-    ApiError::Internal(message)
-}
-
 fn closed() -> ApiError {
     ApiError::Unavailable("the model thread has stopped".into())
 }
@@ -162,13 +158,16 @@ async fn collect_chat(
                 finish,
                 prompt_tokens,
                 completion_tokens,
+                cached_tokens,
                 ..
             }) => {
                 reply.extend(reader.finish());
-                break (finish, Usage::new(prompt_tokens, completion_tokens));
+                break (
+                    finish,
+                    Usage::new(prompt_tokens, completion_tokens, cached_tokens),
+                );
             }
-            Some(Event::Error(e)) => return Err(event_error(e)),
-            Some(Event::Unavailable(e)) => return Err(ApiError::Unavailable(e)),
+            Some(Event::Error(e)) => return Err(e.into()),
             None => return Err(closed()),
         }
     };
@@ -302,6 +301,7 @@ impl ChatStream {
                     finish,
                     prompt_tokens,
                     completion_tokens,
+                    cached_tokens,
                     ..
                 }) => {
                     self.finished = true;
@@ -314,18 +314,14 @@ impl ChatStream {
                     };
                     out.extend_from_slice(&self.chunk(json!({}), Some(reason), logprobs));
                     if self.include_usage {
-                        let usage = Usage::new(prompt_tokens, completion_tokens);
+                        let usage = Usage::new(prompt_tokens, completion_tokens, cached_tokens);
                         out.extend_from_slice(&self.usage_chunk(usage));
                     }
                     out.extend_from_slice(b"data: [DONE]\n\n");
                 }
                 Some(Event::Error(e)) => {
                     self.finished = true;
-                    out = error_then_done(event_error(e)).to_vec();
-                }
-                Some(Event::Unavailable(e)) => {
-                    self.finished = true;
-                    out = error_then_done(ApiError::Unavailable(e)).to_vec();
+                    out = error_then_done(ApiError::from(e)).to_vec();
                 }
                 None => {
                     self.finished = true;

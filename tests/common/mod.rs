@@ -1,6 +1,8 @@
 //! Helpers shared by integration tests (each test binary includes what it uses).
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;

@@ -12,13 +12,13 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::model_thread::{Command, Event, RequestId};
+use super::protocol::{Command, Event, RequestId, RuntimeError};
 use crate::cluster::Leader;
 
 type InFlight = Arc<Mutex<HashMap<RequestId, UnboundedSender<Event>>>>;
 
 /// Starts the relay in front of `model`; handlers send to the returned sender instead.
-pub fn relay(
+pub(super) fn relay(
     model: mpsc::Sender<Command>,
     leader: &Leader,
 ) -> std::io::Result<mpsc::Sender<Command>> {
@@ -28,7 +28,7 @@ pub fn relay(
         leader.on_failure(move |message| {
             let mut live = in_flight.lock().unwrap_or_else(|e| e.into_inner());
             for (_, events) in live.drain() {
-                let _ = events.send(Event::Unavailable(message.to_string()));
+                let _ = events.send(Event::Error(RuntimeError::Unavailable(message.to_string())));
             }
         });
     }
@@ -40,7 +40,9 @@ pub fn relay(
             for cmd in rx {
                 if let Command::Submit(s) = &cmd {
                     if let Some(e) = leader.failure() {
-                        let _ = s.events.send(Event::Unavailable(e.to_string()));
+                        let _ = s
+                            .events
+                            .send(Event::Error(RuntimeError::Unavailable(e.to_string())));
                         continue;
                     }
                     let mut live = in_flight.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,0 +1,203 @@
+//! The model side of `kooka serve`, reached only through a [`RuntimeHandle`].
+//!
+//! - `protocol.rs`: what crosses the boundary ([`Command`], [`Event`], [`RuntimeError`]).
+//! - `worker.rs`: the `kooka-mlx` thread (the model actor): it owns the engine (all MLX state),
+//!   queues and admits requests, steps the engine, detokenizes and streams.
+//! - `admission.rs`: the limits a waiting request must fit (running sequences, KV budget).
+//! - `relay.rs`: rank 0's relay that fails the requests in flight when a rank is lost.
+//! - `memory.rs`: how much memory the machine has (the budgets' defaults).
+//!
+//! The handle turns a submission into a [`Job`] or a typed refusal at once: a prompt that
+//! can never fit the KV budget is a 400, a full waiting queue a 429; everything after that
+//! arrives on the job's event channel.
+
+mod admission;
+mod memory;
+pub mod protocol;
+mod relay;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::cluster::Leader;
+use crate::constrain::Grammar;
+use crate::engine::sampling::SamplingParams;
+use crate::engine::EngineStatus;
+use crate::model::ComputeDtype;
+use crate::server::error::ServeError;
+use crate::tokenizer::Tokenizer;
+pub use protocol::{
+    Command, Event, Finish, ModelInfo, RequestId, RuntimeError, Submit, TokenLogprob,
+};
+
+/// The runtime's settings (flags of `kooka serve`).
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Requests decoding or prefilling at once.
+    pub max_running: usize,
+    /// Requests accepted but not yet running; beyond it a request gets a 429.
+    pub max_queue: usize,
+    /// KV memory admission hands out; `None`: 40% of the memory the weights leave.
+    pub kv_cache_bytes: Option<usize>,
+    /// The prefix cache's budget; `None`: 20% of the memory the weights leave; 0: off.
+    pub prompt_cache_bytes: Option<usize>,
+    /// Prompt tokens prefilled per engine step.
+    pub prefill_chunk: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            max_running: 64,
+            max_queue: 256,
+            kv_cache_bytes: None,
+            prompt_cache_bytes: None,
+            prefill_chunk: 512,
+        }
+    }
+}
+
+/// What the runtime is doing, for `/health`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RuntimeStatus {
+    /// Accepted, waiting for admission.
+    pub waiting: usize,
+    /// Admitted (prefilling or decoding).
+    pub running: usize,
+    pub engine: EngineStatus,
+    pub kv_budget_tokens: usize,
+    /// Positions admission has reserved for the running requests.
+    pub kv_reserved_tokens: usize,
+}
+
+/// State the handle and the worker share.
+#[derive(Default)]
+struct Shared {
+    /// Requests sent to the worker and not yet admitted (or dropped).
+    waiting: AtomicUsize,
+    status: Mutex<RuntimeStatus>,
+}
+
+/// A generation to run, validated by the HTTP side.
+pub struct GenerationRequest {
+    pub id: RequestId,
+    pub prompt_ids: Vec<u32>,
+    pub params: SamplingParams,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    pub constraint: Option<Grammar>,
+}
+
+/// A submitted generation: its id (for logs), prompt length and event channel. Dropping it
+/// (the client went away) cancels the request, waiting or running.
+pub struct Job {
+    pub id: RequestId,
+    pub prompt_tokens: usize,
+    pub events: UnboundedReceiver<Event>,
+}
+
+/// The HTTP side's way to the model.
+pub struct RuntimeHandle {
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    max_queue: usize,
+    info: ModelInfo,
+}
+
+impl RuntimeHandle {
+    /// Starts the model thread (and, on rank 0 of a multi-rank run, the relay once every
+    /// rank is ready) and waits until the model is loaded.
+    pub fn start(
+        dir: PathBuf,
+        dtype: ComputeDtype,
+        tokenizer: Arc<Tokenizer>,
+        leader: Option<Leader>,
+        config: RuntimeConfig,
+    ) -> Result<Self, ServeError> {
+        let shared = Arc::new(Shared::default());
+        let max_queue = config.max_queue;
+        let (commands, info) = worker::spawn(
+            dir,
+            dtype,
+            tokenizer,
+            leader.clone(),
+            config,
+            shared.clone(),
+        )?;
+        let commands = match &leader {
+            Some(leader) => {
+                leader.wait_ready()?;
+                relay::relay(commands, leader)?
+            }
+            None => commands,
+        };
+        Ok(RuntimeHandle {
+            commands,
+            shared,
+            max_queue,
+            info,
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn status(&self) -> RuntimeStatus {
+        *self.shared.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a generation, or says at once why it cannot run.
+    pub fn submit(&self, req: GenerationRequest) -> Result<Job, RuntimeError> {
+        let prompt_tokens = req.prompt_ids.len();
+        let budget = self.info.kv_budget_tokens;
+        if prompt_tokens + 1 > budget {
+            return Err(RuntimeError::BadRequest {
+                message: format!(
+                    "The prompt is {prompt_tokens} tokens long; this server's KV cache budget \
+                     holds at most {budget} positions per request (--kv-cache-bytes)"
+                ),
+                param: None,
+            });
+        }
+        // What the budget cannot hold could never be generated: end there (`length`).
+        let max_tokens = req.max_tokens.min(budget - prompt_tokens);
+        let before = self.shared.waiting.fetch_add(1, Ordering::SeqCst);
+        if before >= self.max_queue {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(RuntimeError::Overloaded {
+                message: format!(
+                    "The server is at capacity: {before} requests are already waiting \
+                     (--max-queue {}); retry shortly",
+                    self.max_queue
+                ),
+                retry_after_secs: 1,
+            });
+        }
+        let (tx, rx) = unbounded_channel();
+        let sent = self.commands.send(Command::Submit(Submit {
+            id: req.id,
+            prompt_ids: req.prompt_ids,
+            params: req.params,
+            max_tokens,
+            stop: req.stop,
+            constraint: req.constraint,
+            events: tx,
+        }));
+        if sent.is_err() {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(RuntimeError::Unavailable(
+                "the model thread has stopped".into(),
+            ));
+        }
+        Ok(Job {
+            id: req.id,
+            prompt_tokens,
+            events: rx,
+        })
+    }
+}

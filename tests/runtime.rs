@@ -1,0 +1,244 @@
+//! The runtime through the HTTP API of the real `kooka serve` (default model): concurrent
+//! streams batched together answer as they do alone, a resent prompt is served from the
+//! prefix cache and reported, overload gets 429s while the rest completes, a client that
+//! leaves frees its sequence, and a prompt the KV budget can never hold gets a 400.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::http::*;
+use serde_json::{json, Value};
+
+fn completion(addr: &str, body: &Value) -> Response {
+    request(addr, "POST", "/v1/completions", body.to_string().as_bytes())
+}
+
+fn health(addr: &str) -> Value {
+    let r = request(addr, "GET", "/health", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// Eight requests with different sampling settings, first one by one, then all at once:
+/// every greedy reply is the same text batched as alone, and seeded ones repeat.
+#[test]
+fn concurrent_streams_answer_as_they_do_alone() {
+    let server = start();
+    let addr = server.addr.clone();
+    let topics = [
+        "the sea",
+        "a mountain",
+        "the moon",
+        "a city at night",
+        "autumn leaves",
+        "a river",
+        "the desert",
+        "a thunderstorm",
+    ];
+    let bodies: Vec<Value> = topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut b = json!({
+                "messages": [{"role": "user", "content": format!("Write two sentences about {t}.")}],
+                "max_tokens": 24 + 3 * i,
+                "temperature": 0,
+                "stream": i % 2 == 0,
+            });
+            if i % 4 == 1 {
+                b["temperature"] = json!(0.9);
+                b["seed"] = json!(7 + i);
+            }
+            if i == 6 {
+                b["frequency_penalty"] = json!(0.5);
+            }
+            b
+        })
+        .collect();
+    let text = |r: &Response, streamed: bool| -> String {
+        assert_eq!(r.status, 200, "{}", r.text());
+        if streamed {
+            read_sse(&r.text()).0
+        } else {
+            r.json()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let alone: Vec<String> = bodies
+        .iter()
+        .map(|b| text(&post(&addr, b), b["stream"] == true))
+        .collect();
+    let together = || -> Vec<String> {
+        let handles: Vec<_> = bodies
+            .iter()
+            .cloned()
+            .map(|b| {
+                let addr = addr.clone();
+                std::thread::spawn(move || text(&post(&addr, &b), b["stream"] == true))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    };
+    let first = together();
+    let second = together();
+    for i in 0..bodies.len() {
+        assert!(!alone[i].is_empty(), "request {i}");
+        assert_eq!(first[i], second[i], "request {i} repeats");
+        if bodies[i]["temperature"] == 0 {
+            assert_eq!(first[i], alone[i], "greedy request {i}: batched vs alone");
+        }
+    }
+    let stderr = server.stderr.lock().unwrap().clone();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_resent_prompt_is_served_from_the_prefix_cache() {
+    let server = start();
+    let addr = &server.addr;
+    let prompt = "Here is a long note about software design. ".repeat(40);
+    let body = json!({"prompt": prompt, "max_tokens": 12, "temperature": 0});
+    let cold = completion(addr, &body);
+    assert_eq!(cold.status, 200, "{}", cold.text());
+    let cold = cold.json();
+    assert_eq!(cold["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let warm = completion(addr, &body).json();
+    let prompt_tokens = warm["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(
+        warm["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64(),
+        Some(prompt_tokens - 1),
+        "{warm}"
+    );
+    assert_eq!(warm["choices"][0]["text"], cold["choices"][0]["text"]);
+
+    // The same conversation through Anthropic's API: its second turn reads the cache.
+    let msg = |extra: &str| {
+        json!({
+            "model": "SmolLM2-135M-Instruct", "max_tokens": 8, "temperature": 0,
+            "system": [{"type": "text", "text": "x-anthropic-billing-header: cch=1;"},
+                       {"type": "text", "text": prompt}],
+            "messages": [{"role": "user", "content": format!("Summarize.{extra}")}],
+        })
+    };
+    let r = request(addr, "POST", "/v1/messages", msg("").to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = request(
+        addr,
+        "POST",
+        "/v1/messages",
+        msg(" Briefly.").to_string().as_bytes(),
+    );
+    let usage = &r.json()["usage"];
+    assert!(
+        usage["cache_read_input_tokens"].as_u64().unwrap() > 300,
+        "{usage}"
+    );
+    assert!(usage["input_tokens"].as_u64().unwrap() < 20, "{usage}");
+    let cache = &health(addr)["runtime"]["engine"]["prefix_cache"];
+    assert!(cache["hits"].as_u64().unwrap() >= 2, "{cache}");
+    assert!(cache["bytes"].as_u64().unwrap() > 0, "{cache}");
+}
+
+#[test]
+fn overload_gets_429s_and_the_rest_completes() {
+    let server = start_with(&["--max-running", "1", "--max-queue", "2"]);
+    let addr = server.addr.clone();
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let body = json!({"prompt": format!("{i}. Tell me a story."), "max_tokens": 40,
+                                  "temperature": 0});
+                completion(&addr, &body)
+            })
+        })
+        .collect();
+    let responses: Vec<Response> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = responses.iter().filter(|r| r.status == 200).count();
+    let refused: Vec<&Response> = responses.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(ok + refused.len(), 8, "only 200s and 429s");
+    assert!(
+        ok >= 3,
+        "the running one and the two queued complete ({ok})"
+    );
+    assert!(!refused.is_empty(), "eight at once overflow a queue of two");
+    for r in refused {
+        assert!(r.headers.contains("retry-after: 1"), "{}", r.headers);
+        assert_eq!(r.json()["error"]["code"], "server_overloaded");
+    }
+    let h = health(&addr);
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["runtime"]["waiting"], 0, "{h}");
+}
+
+#[test]
+fn a_prompt_the_kv_budget_cannot_hold_is_refused_and_small_ones_still_run() {
+    // SmolLM2-135M in float32: 30 layers x 3 KV heads x 64 x 2 x 4 bytes = 46,080 per token.
+    let server = start_with(&["--kv-cache-bytes", "9216000"]); // 200 positions
+    let addr = &server.addr;
+    let long = json!({"prompt": "word ".repeat(400), "max_tokens": 4});
+    let r = completion(addr, &long);
+    let e = assert_error(&r, 400, None);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("200 positions"),
+        "{e}"
+    );
+    // Several small requests at once share the budget (some wait) and all finish.
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                completion(
+                    &addr,
+                    &json!({"prompt": format!("{i} + {i} ="), "max_tokens": 60}),
+                )
+            })
+        })
+        .collect();
+    for h in handles {
+        let r = h.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
+#[test]
+fn a_client_that_leaves_frees_its_sequence_within_steps() {
+    let server = start();
+    let addr = &server.addr;
+    let body = json!({
+        "prompt": "Count from 1 to 1000, one number per line.\n",
+        "max_tokens": 3000,
+        "temperature": 0,
+        "stream": true,
+    })
+    .to_string();
+    let mut s = connect(addr);
+    s.write_all(head("POST", "/v1/completions", body.len()).as_bytes())
+        .unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while seen.windows(6).filter(|w| w == b"data: ").count() < 5 {
+        let n = s.read(&mut buf).expect("reading the stream");
+        assert!(n > 0, "stream ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(health(addr)["runtime"]["running"], 1);
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = health(addr);
+        if h["runtime"]["running"] == 0 && h["runtime"]["engine"]["decoding"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sequence still running: {h}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -5,6 +5,11 @@
 //! backends), then `reps` timed runs. EOS is ignored so every run generates exactly
 //! `gen_tokens`. Prefill tokens/s = prompt tokens / time to the first token; decode
 //! tokens/s = (tokens after the first) / their time.
+//!
+//! With `batch` > 1 that many copies of the prompt (each with its own first token, so none
+//! shares another's prefix) start together: prefill is all prompt tokens over the time until
+//! every sequence has its first token, decode the aggregate of every later token over the
+//! time from then to the end: the engine's continuous batching, without HTTP.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -20,12 +25,17 @@ pub struct BenchOptions {
     pub gen_tokens: usize,
     pub reps: usize,
     pub dtype: ComputeDtype,
+    /// Sequences decoding together.
+    pub batch: usize,
+    /// Prompt tokens prefilled per engine step.
+    pub prefill_chunk: usize,
 }
 
 #[derive(Debug, serde::Serialize)]
 pub struct BenchReport {
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
+    pub batch: usize,
     pub prefill_tps: Vec<f64>,
     pub decode_tps: Vec<f64>,
     pub peak_memory_gb: f64,
@@ -52,9 +62,11 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let model = load_model(&options.model, options.dtype)
         .with_context(|| format!("loading {}", options.model.display()))?;
     let mut engine = Engine::new(model);
+    engine.set_prefill_chunk(options.prefill_chunk);
     let mut report = BenchReport {
         prompt_tokens: options.prompt_ids.len(),
         gen_tokens: options.gen_tokens,
+        batch: options.batch.max(1),
         prefill_tps: Vec::new(),
         decode_tps: Vec::new(),
         peak_memory_gb: 0.0,
@@ -75,27 +87,37 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
 }
 
 fn one_run(engine: &mut Engine, options: &BenchOptions) -> anyhow::Result<(f64, f64)> {
-    let request = SequenceRequest {
-        prompt: options.prompt_ids.clone(),
-        params: SamplingParams::default(),
-        max_tokens: options.gen_tokens,
-        stop_ids: Vec::new(),
-        return_prompt_logits: false,
-        constraint: None,
-    };
+    let batch = options.batch.max(1);
+    let vocab = engine.model().config().vocab_size.max(1) as u32;
     let start = Instant::now();
-    engine.add(request)?;
+    for i in 0..batch {
+        let mut prompt = options.prompt_ids.clone();
+        prompt[0] = (prompt[0] + i as u32) % vocab;
+        engine.add(SequenceRequest {
+            prompt,
+            params: SamplingParams::default(),
+            max_tokens: options.gen_tokens,
+            stop_ids: Vec::new(),
+            return_prompt_logits: false,
+            constraint: None,
+        })?;
+    }
+    let (mut firsts, mut count) = (0usize, 0usize);
     let mut first = None;
-    let mut count = 0usize;
     while engine.has_work() {
-        count += engine.step()?.len();
-        if first.is_none() && count > 0 {
-            first = Some(Instant::now());
+        for ev in engine.step()? {
+            count += 1;
+            if ev.cached_tokens.is_some() {
+                firsts += 1;
+            }
+        }
+        if first.is_none() && firsts == batch {
+            first = Some((Instant::now(), count));
         }
     }
     let end = Instant::now();
-    let first = first.context("the engine produced no token")?;
-    let prefill = options.prompt_ids.len() as f64 / (first - start).as_secs_f64();
-    let decode = (count - 1) as f64 / (end - first).as_secs_f64();
+    let (first, at_first) = first.context("the engine produced no token")?;
+    let prefill = (batch * options.prompt_ids.len()) as f64 / (first - start).as_secs_f64();
+    let decode = (count - at_first) as f64 / (end - first).as_secs_f64();
     Ok((prefill, decode))
 }

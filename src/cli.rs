@@ -68,6 +68,12 @@ pub struct BenchArgs {
     pub reps: usize,
     #[arg(long, value_enum, default_value_t = ComputeDtypeArg::Auto)]
     pub compute_dtype: ComputeDtypeArg,
+    /// Sequences started together (continuous batching): decode is then their aggregate.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Prompt tokens prefilled per engine step.
+    #[arg(long, default_value_t = 2048)]
+    pub prefill_chunk: usize,
     /// Print one JSON line (all repetitions) instead of the summary.
     #[arg(long)]
     pub json: bool,
@@ -222,9 +228,10 @@ pub struct ServeArgs {
     #[arg(long, env = "KOOKA_PROMPT_CACHE_BYTES")]
     pub prompt_cache_bytes: Option<usize>,
     /// Prompt tokens read per scheduler step: each step also gives every running stream one
-    /// token, so this bounds how long a long prompt stalls them.
-    #[arg(long, env = "KOOKA_PREFILL_CHUNK", default_value_t = 512)]
-    pub prefill_chunk: usize,
+    /// token, so this bounds how long a long prompt stalls them [default: 512 on the CPU
+    /// backend, 2048 on a GPU].
+    #[arg(long, env = "KOOKA_PREFILL_CHUNK")]
+    pub prefill_chunk: Option<usize>,
     #[arg(long, env = "KOOKA_COMPUTE_DTYPE", value_enum, default_value_t = ComputeDtypeArg::Auto)]
     pub compute_dtype: ComputeDtypeArg,
     /// Require this key on inference routes (`Authorization: Bearer KEY` or `x-api-key`);
@@ -561,13 +568,16 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         gen_tokens: args.gen_tokens,
         reps: args.reps,
         dtype: args.compute_dtype.into(),
+        batch: args.batch,
+        prefill_chunk: args.prefill_chunk,
     };
     let report = crate::bench::run(&options)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "prompt {} tokens: prefill {:.1} tokens/s | decode ({} tokens) {:.1} tokens/s | peak memory {:.2} GB (median of {}){}",
+            "batch {} x prompt {} tokens: prefill {:.1} tokens/s | decode ({} tokens) {:.1} tokens/s | peak memory {:.2} GB (median of {}){}",
+            report.batch,
             report.prompt_tokens,
             BenchReport::median(&report.prefill_tps),
             report.gen_tokens,

@@ -353,7 +353,11 @@ impl Engine {
                 let ids = Array::from_slice(chunk, &[1, n as i32]);
                 let _ = self.model.forward(&ids, caches)?;
                 transforms::eval(caches.iter().flat_map(|c| c.state()))?;
-                mlx_rs::memory::clear_cache()?;
+                // A long prompt's temporaries go back to the system, but not while a batch
+                // decodes: its buffers would only be allocated again, every step.
+                if self.batches.is_empty() {
+                    mlx_rs::memory::clear_cache()?;
+                }
                 p.done += n;
                 budget -= n;
                 if p.done < head {

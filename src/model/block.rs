@@ -9,7 +9,7 @@
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
 use mlx_rs::Array;
 
-use super::cache::{AttnMask, KvCache, Positions};
+use super::cache::{AttnMask, KvCache, Positions, RowsView};
 use super::config::QuantConfig;
 use super::error::Result;
 use super::layers::{swiglu, Linear, RmsNorm, Rope};
@@ -103,9 +103,15 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Array, cache: &mut KvCache, mask: &AttnMask) -> Result<Array> {
+    fn forward(
+        &self,
+        x: &Array,
+        cache: &mut KvCache,
+        mask: &AttnMask,
+        positions: &Positions,
+    ) -> Result<Array> {
         let (b, l) = (x.shape()[0], x.shape()[1]);
-        let (q, k, v) = self.project(x, &cache.positions()?)?;
+        let (q, k, v) = self.project(x, positions)?;
         let (k, v) = cache.update_and_fetch(&k, &v)?;
         let mask = match mask {
             AttnMask::None => None,
@@ -357,20 +363,26 @@ impl Block {
 
     /// `h` through the block. `tp`: the partial outputs of a tensor-parallel rank's
     /// attention and feed-forward are summed over the ranks before each residual add.
+    /// `rows`: a batch's mask and positions, shared by every layer (else the cache's own).
     pub(crate) fn forward(
         &self,
         h: &Array,
         cache: &mut KvCache,
         tp: Option<&TensorParallel>,
+        rows: Option<&RowsView>,
     ) -> Result<Array> {
         let reduce = |r: Array| match tp {
             Some(tp) => tp.all_sum(&r),
             None => Ok(r),
         };
-        let mask = cache.make_mask(h.shape()[1])?;
-        let r = self
-            .attn
-            .forward(&self.input_norm.forward(h)?, cache, &mask)?;
+        let x = self.input_norm.forward(h)?;
+        let r = match rows {
+            Some(v) => self.attn.forward(&x, cache, &v.mask, &v.positions)?,
+            None => {
+                let (mask, positions) = (cache.make_mask(h.shape()[1])?, cache.positions()?);
+                self.attn.forward(&x, cache, &mask, &positions)?
+            }
+        };
         let h1 = h.add(&reduce(r)?)?;
         let r = self.ffn.forward(&self.post_norm.forward(&h1)?)?;
         Ok(h1.add(&reduce(r)?)?)

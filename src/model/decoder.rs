@@ -137,8 +137,12 @@ impl LanguageModel for Llama {
             Some(p) if !p.is_first() => p.receive(tokens)?,
             _ => self.embed()?.forward(tokens)?,
         };
+        let rows = match caches.first() {
+            Some(c) => c.rows_view(tokens.shape()[1])?,
+            None => None,
+        };
         for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
-            h = layer.forward(&h, cache, tp)?;
+            h = layer.forward(&h, cache, tp, rows.as_ref())?;
         }
         match pipeline {
             Some(p) => p.finish(h, caches, |h| self.head(h)),

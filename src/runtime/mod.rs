@@ -1,16 +1,18 @@
 //! The model side of `kooka serve`, reached only through a [`RuntimeHandle`].
 //!
-//! - `protocol.rs`: what crosses the boundary ([`Command`], [`Event`], [`RuntimeError`]).
-//! - `worker.rs`: the `kooka-mlx` thread (the model actor): it owns the engine (all MLX state),
-//!   queues and admits requests, steps the engine, detokenizes and streams.
+//! - `protocol.rs`: what crosses the boundary ([`Submit`], [`Event`], [`RuntimeError`]).
+//! - `actor.rs`: the model actor on the `kooka-mlx` thread (all MLX state), its messages.
+//! - `worker.rs`: what the actor does: queue and admit requests, step the engine, detokenize
+//!   and stream.
 //! - `admission.rs`: the limits a waiting request must fit (running sequences, KV budget).
-//! - `relay.rs`: rank 0's relay that fails the requests in flight when a rank is lost.
+//! - `relay.rs`: rank 0's guard that fails the requests in flight when a rank is lost.
 //! - `memory.rs`: how much memory the machine has (the budgets' defaults).
 //!
 //! The handle turns a submission into a [`Job`] or a typed refusal at once: a prompt that
 //! can never fit the KV budget is a 400, a full waiting queue a 429; everything after that
 //! arrives on the job's event channel.
 
+mod actor;
 mod admission;
 mod memory;
 pub mod protocol;
@@ -19,7 +21,9 @@ mod worker;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
+
+use actix::Addr;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -30,9 +34,9 @@ use crate::engine::EngineStatus;
 use crate::model::ComputeDtype;
 use crate::server::error::ServeError;
 use crate::tokenizer::Tokenizer;
-pub use protocol::{
-    Command, Event, Finish, ModelInfo, RequestId, RuntimeError, Submit, TokenLogprob,
-};
+use actor::ModelActor;
+pub use protocol::{Event, Finish, ModelInfo, RequestId, RuntimeError, Submit, TokenLogprob};
+use relay::FailureRelay;
 
 /// The runtime's settings (flags of `kooka serve`).
 #[derive(Debug, Clone)]
@@ -45,8 +49,8 @@ pub struct RuntimeConfig {
     pub kv_cache_bytes: Option<usize>,
     /// The prefix cache's budget; `None`: 20% of the memory the weights leave; 0: off.
     pub prompt_cache_bytes: Option<usize>,
-    /// Prompt tokens prefilled per engine step.
-    pub prefill_chunk: usize,
+    /// Prompt tokens prefilled per engine step; `None`: 512 on the CPU backend, 2048 on a GPU.
+    pub prefill_chunk: Option<usize>,
 }
 
 impl Default for RuntimeConfig {
@@ -56,7 +60,7 @@ impl Default for RuntimeConfig {
             max_queue: 256,
             kv_cache_bytes: None,
             prompt_cache_bytes: None,
-            prefill_chunk: 512,
+            prefill_chunk: None,
         }
     }
 }
@@ -102,15 +106,17 @@ pub struct Job {
 
 /// The HTTP side's way to the model.
 pub struct RuntimeHandle {
-    commands: mpsc::Sender<Command>,
+    actor: Addr<ModelActor>,
+    /// Rank 0 of a multi-rank run: fails requests in flight when a rank is lost.
+    relay: Option<FailureRelay>,
     shared: Arc<Shared>,
     max_queue: usize,
     info: ModelInfo,
 }
 
 impl RuntimeHandle {
-    /// Starts the model thread (and, on rank 0 of a multi-rank run, the relay once every
-    /// rank is ready) and waits until the model is loaded.
+    /// Starts the model actor and waits until the model is loaded (on rank 0 of a
+    /// multi-rank run, until every rank is ready).
     pub fn start(
         dir: PathBuf,
         dtype: ComputeDtype,
@@ -120,7 +126,7 @@ impl RuntimeHandle {
     ) -> Result<Self, ServeError> {
         let shared = Arc::new(Shared::default());
         let max_queue = config.max_queue;
-        let (commands, info) = worker::spawn(
+        let (actor, info) = actor::spawn(
             dir,
             dtype,
             tokenizer,
@@ -128,15 +134,16 @@ impl RuntimeHandle {
             config,
             shared.clone(),
         )?;
-        let commands = match &leader {
+        let relay = match &leader {
             Some(leader) => {
                 leader.wait_ready()?;
-                relay::relay(commands, leader)?
+                Some(FailureRelay::new(leader))
             }
-            None => commands,
+            None => None,
         };
         Ok(RuntimeHandle {
-            commands,
+            actor,
+            relay,
             shared,
             max_queue,
             info,
@@ -179,20 +186,26 @@ impl RuntimeHandle {
             });
         }
         let (tx, rx) = unbounded_channel();
-        let sent = self.commands.send(Command::Submit(Submit {
-            id: req.id,
-            prompt_ids: req.prompt_ids,
-            params: req.params,
-            max_tokens,
-            stop: req.stop,
-            constraint: req.constraint,
-            events: tx,
-        }));
-        if sent.is_err() {
+        let registered = match &self.relay {
+            Some(relay) => relay.register(req.id, &tx),
+            None => Ok(()),
+        };
+        let sent = registered.and_then(|()| {
+            self.actor
+                .try_send(Submit {
+                    id: req.id,
+                    prompt_ids: req.prompt_ids,
+                    params: req.params,
+                    max_tokens,
+                    stop: req.stop,
+                    constraint: req.constraint,
+                    events: tx,
+                })
+                .map_err(|_| RuntimeError::Unavailable("the model actor has stopped".into()))
+        });
+        if let Err(e) = sent {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(RuntimeError::Unavailable(
-                "the model thread has stopped".into(),
-            ));
+            return Err(e);
         }
         Ok(Job {
             id: req.id,

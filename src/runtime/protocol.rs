@@ -1,5 +1,6 @@
-//! What crosses between the HTTP side and the model thread: [`Command`]s in, each request's
-//! [`Event`]s out, and the typed [`RuntimeError`] both carry. Plain data only.
+//! What crosses between the HTTP side and the model actor: [`Submit`] in (the actor's
+//! messages are in `actor.rs`), each request's [`Event`]s out, and the typed
+//! [`RuntimeError`] both carry. Plain data only.
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -89,13 +90,6 @@ pub struct Submit {
     /// Constrained decoding: what the reply must look like.
     pub constraint: Option<Grammar>,
     pub events: UnboundedSender<Event>,
-}
-
-#[derive(Debug)]
-pub enum Command {
-    Submit(Submit),
-    /// Stop generating for this request (its channel gets nothing more).
-    Cancel(RequestId),
 }
 
 /// Facts about the loaded model and the runtime's limits that handlers need.

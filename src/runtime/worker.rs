@@ -1,134 +1,26 @@
-//! The dedicated MLX thread of `kooka serve` (the model actor): it loads the model and owns
-//! the [`Engine`] (all MLX state of the process), takes [`Command`]s from a std channel, and
-//! sends each request's text back on that request's own channel as [`Event`]s.
+//! The model actor's state and work, one method per job: the waiting queue, admission
+//! (`admission.rs`), one engine step, and turning each token into text on its request's
+//! channel (detokenized, stop strings checked). `actor.rs` calls these between messages.
 //!
-//! Loop: take the pending commands (a submission joins the waiting queue), drop requests
-//! whose client went away (waiting or running), admit waiting requests while the limits
-//! allow (`admission.rs`), run one engine step (a prefill chunk and one token for every
-//! decoding sequence), detokenize and stop-check each token, send the text, publish the
-//! status. When nothing is running or waiting it blocks on the command channel (no
-//! polling). Event channels are unbounded so that one slow client never stalls the thread
-//! that every request shares; what one request can queue is bounded by its `max_tokens`. A
-//! closed event channel (the handler, or the HTTP stream, was dropped) is a cancellation.
+//! Event channels are unbounded so that one slow client never stalls the thread that every
+//! request shares; what one request can queue is bounded by its `max_tokens`. A closed event
+//! channel (the handler, or the HTTP stream, was dropped) is a cancellation.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, info};
 
 use super::admission::Limits;
-use super::protocol::{Command, Event, Finish, ModelInfo, RuntimeError, Submit, TokenLogprob};
-use super::{RuntimeConfig, RuntimeStatus, Shared};
-use crate::cluster::{ClusterError, Leader, ReplicatedEngine};
+use super::protocol::{Event, Finish, RequestId, RuntimeError, Submit, TokenLogprob};
+use super::{RuntimeStatus, Shared};
+use crate::cluster::{ClusterError, ReplicatedEngine};
 use crate::engine::text::{Decode, StopMatcher, StreamDetokenizer};
-use crate::engine::{Engine, EngineConfig, FinishReason, SeqId, SequenceRequest, TokenEvent};
-use crate::model::{ComputeDtype, LanguageModel, ModelError};
-use crate::server::error::ServeError;
+use crate::engine::{FinishReason, SeqId, SequenceRequest, TokenEvent};
+use crate::model::ModelError;
 use crate::tokenizer::Tokenizer;
-
-/// Starts the MLX thread, loads the model there and waits until it is ready.
-/// With a `leader` (rank 0 of a multi-rank run) the thread loads rank 0's shard and every
-/// engine operation is replicated to the other ranks ([`ReplicatedEngine`]).
-pub(super) fn spawn(
-    dir: PathBuf,
-    dtype: ComputeDtype,
-    tokenizer: Arc<Tokenizer>,
-    leader: Option<Leader>,
-    config: RuntimeConfig,
-    shared: Arc<Shared>,
-) -> Result<(mpsc::Sender<Command>, ModelInfo), ServeError> {
-    let (tx, rx) = mpsc::channel();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("kooka-mlx".into())
-        .spawn(move || {
-            let loaded = match &leader {
-                Some(leader) => leader.load_model(&dir, dtype),
-                None => crate::model::load_model(&dir, dtype),
-            };
-            let model = match loaded {
-                Ok(model) => model,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            let (info, engine_config) = budgets(model.as_ref(), &config);
-            let mut stop_ids = model.config().eos_ids();
-            stop_ids.extend(&tokenizer.eos_ids);
-            stop_ids.sort_unstable();
-            stop_ids.dedup();
-            let engine = Engine::with_config(model, engine_config);
-            let mut engine = ReplicatedEngine::new(engine, leader);
-            // Constrained decoding (response_format, forced tool calls) masks logits with the
-            // vocabulary as bytes; without it such requests fail, others are unaffected.
-            match crate::constrain::Constrainer::new(&tokenizer) {
-                Ok(constrainer) => engine.set_constrainer(constrainer),
-                Err(e) => tracing::warn!("constrained decoding unavailable: {e}"),
-            }
-            info!(
-                kv_budget_tokens = info.kv_budget_tokens,
-                prefix_cache_tokens = info.prefix_cache_tokens,
-                max_running = config.max_running,
-                max_queue = config.max_queue,
-                prefill_chunk = engine_config.prefill_chunk,
-                "runtime limits"
-            );
-            let worker = Worker {
-                engine,
-                tokenizer,
-                stop_ids,
-                active: HashMap::new(),
-                waiting: VecDeque::new(),
-                limits: Limits {
-                    max_running: config.max_running.max(1),
-                    kv_budget_tokens: info.kv_budget_tokens,
-                },
-                shared,
-            };
-            if ready_tx.send(Ok(info)).is_ok() {
-                worker.run(rx);
-            }
-        })?;
-    let info = ready_rx.recv().map_err(|_| ServeError::ModelThreadDied)??;
-    Ok((tx, info))
-}
-
-/// The KV and prefix-cache budgets in tokens: the flags' bytes, or shares of the memory the
-/// weights leave, over what one position of the whole model costs.
-fn budgets(model: &dyn LanguageModel, config: &RuntimeConfig) -> (ModelInfo, EngineConfig) {
-    let cfg = model.config();
-    let dtype_bytes: usize = if crate::model::default_device_is_cpu() {
-        4
-    } else {
-        2
-    };
-    let per_token = 2
-        * cfg.num_hidden_layers.max(1) as usize
-        * cfg.kv_heads().max(1) as usize
-        * cfg.head_dim().max(1) as usize
-        * dtype_bytes;
-    let weights: usize = model.parameters().iter().map(|a| a.nbytes()).sum();
-    let free = super::memory::total_bytes().saturating_sub(weights);
-    let kv_bytes = config.kv_cache_bytes.unwrap_or(free / 10 * 4);
-    let prefix_bytes = config.prompt_cache_bytes.unwrap_or(free / 10 * 2);
-    let info = ModelInfo {
-        max_position_embeddings: cfg
-            .max_position_embeddings
-            .and_then(|n| usize::try_from(n).ok()),
-        kv_budget_tokens: (kv_bytes / per_token).max(1),
-        prefix_cache_tokens: prefix_bytes / per_token,
-    };
-    let engine = EngineConfig {
-        prefill_chunk: config.prefill_chunk.max(1),
-        prefix_cache_tokens: info.prefix_cache_tokens,
-    };
-    (info, engine)
-}
 
 /// One request in flight.
 struct Active {
@@ -143,7 +35,7 @@ struct Active {
     end: usize,
 }
 
-struct Worker {
+pub(super) struct Worker {
     engine: ReplicatedEngine,
     tokenizer: Arc<Tokenizer>,
     stop_ids: Vec<u32>,
@@ -154,53 +46,43 @@ struct Worker {
     shared: Arc<Shared>,
 }
 
-use super::protocol::RequestId;
-
 impl Worker {
-    fn run(mut self, rx: Receiver<Command>) {
-        loop {
-            if !self.engine.has_work() && self.waiting.is_empty() {
-                self.publish();
-                match rx.recv() {
-                    Ok(cmd) => self.handle(cmd),
-                    // Every sender is gone: the server is shutting down.
-                    Err(_) => return,
-                }
-            }
-            // A disconnected channel is noticed by the blocking `recv` once idle.
-            while let Ok(cmd) = rx.try_recv() {
-                self.handle(cmd);
-            }
-            self.drop_gone();
-            self.admit();
-            if self.engine.has_work() {
-                self.step();
-            }
-            self.publish();
+    pub fn new(
+        engine: ReplicatedEngine,
+        tokenizer: Arc<Tokenizer>,
+        stop_ids: Vec<u32>,
+        limits: Limits,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Worker {
+            engine,
+            tokenizer,
+            stop_ids,
+            active: HashMap::new(),
+            waiting: VecDeque::new(),
+            limits,
+            shared,
         }
     }
 
-    fn handle(&mut self, cmd: Command) {
-        match cmd {
-            Command::Submit(s) => self.waiting.push_back(s),
-            Command::Cancel(id) => {
-                if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
-                    self.waiting.remove(i);
-                    self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
-                    return;
-                }
-                if let Some(seq) = self
-                    .active
-                    .iter()
-                    .find(|(_, a)| a.id == id)
-                    .map(|(&s, _)| s)
-                {
-                    self.engine.cancel(seq);
-                    self.active.remove(&seq);
-                    info!(request = id, "request cancelled");
-                }
-            }
+    /// Whether a step has anything to do.
+    pub fn busy(&self) -> bool {
+        self.engine.has_work() || !self.waiting.is_empty()
+    }
+
+    /// One round: drop requests whose client left, admit what fits, one engine step,
+    /// the tokens out, the status published.
+    pub fn round(&mut self) {
+        self.drop_gone();
+        self.admit();
+        if self.engine.has_work() {
+            self.step();
         }
+        self.publish();
+    }
+
+    pub fn submit(&mut self, s: Submit) {
+        self.waiting.push_back(s);
     }
 
     /// Drops waiting and running requests whose client went away.
@@ -277,7 +159,7 @@ impl Worker {
     }
 
     /// What `/health` and the handlers' admission read.
-    fn publish(&self) {
+    pub fn publish(&self) {
         let status = RuntimeStatus {
             waiting: self.waiting.len(),
             running: self.active.len(),

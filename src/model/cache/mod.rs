@@ -15,8 +15,8 @@ use mlx_rs::{ops, Array};
 
 use super::error::Result;
 use super::slicing::{slice_axis, slice_update_axis};
-pub use rows::Positions;
 use rows::Rows;
+pub use rows::{Positions, RowsView};
 
 /// Positions added each time the cache grows.
 pub const KV_STEP: i32 = 256;

@@ -21,6 +21,13 @@ pub enum Positions {
     PerRow(Array),
 }
 
+/// What every layer of a batched forward shares: the padding mask and the per-row RoPE
+/// positions, built once per forward (not once per layer: each is a host-to-device upload).
+pub struct RowsView {
+    pub mask: super::AttnMask,
+    pub positions: Positions,
+}
+
 /// Left padding of a cache with more than one row.
 #[derive(Clone)]
 pub(super) struct Rows {
@@ -60,6 +67,18 @@ impl KvCache {
                 Positions::PerRow(Array::from_slice(&pos, &[pos.len() as i32]))
             }
         })
+    }
+
+    /// The mask and positions of `n` new queries when this cache holds several rows (every
+    /// layer of a batch has the same rows, offset and padding).
+    pub fn rows_view(&self, n: i32) -> Result<Option<RowsView>> {
+        match &self.rows {
+            None => Ok(None),
+            Some(r) => Ok(Some(RowsView {
+                mask: super::AttnMask::Array(Self::padding_mask(r, self.offset, n)?),
+                positions: self.positions()?,
+            })),
+        }
     }
 
     /// Keys `j` a row may attend to when `n` queries follow `offset`: `j >= left_pad[row]`

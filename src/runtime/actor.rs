@@ -1,0 +1,183 @@
+//! The model actor: an actix actor on a dedicated thread (its own `System`, so all MLX
+//! state stays on that thread) that loads the model and owns the [`Worker`].
+//!
+//! It takes typed messages: [`Submit`] (a request joins the waiting queue) from the
+//! [`RuntimeHandle`](super::RuntimeHandle), and `Step`, which it sends itself while there is
+//! work: each `Step` runs one round (drop requests whose client left, admit, one engine
+//! step, tokens out), so submissions are taken between steps. A request is cancelled by
+//! dropping its [`Job`](super::Job): its closed channel is noticed in the next round,
+//! whether it waits or runs. With nothing running or waiting no `Step` is queued and the thread sleeps in its
+//! mailbox. The status for `/health` is published as a snapshot after every round, so it is
+//! readable while a step runs. When every handle is gone the actor stops, the engine (and
+//! with it a multi-rank run's control plane) shuts down, and the thread ends.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, System};
+use tracing::info;
+
+use super::admission::Limits;
+use super::protocol::{ModelInfo, Submit};
+use super::worker::Worker;
+use super::{RuntimeConfig, Shared};
+use crate::cluster::{Leader, ReplicatedEngine};
+use crate::engine::{Engine, EngineConfig};
+use crate::model::{ComputeDtype, LanguageModel};
+use crate::server::error::ServeError;
+use crate::tokenizer::Tokenizer;
+
+impl Message for Submit {
+    type Result = ();
+}
+
+/// One round of work; the actor sends it to itself.
+struct Step;
+
+impl Message for Step {
+    type Result = ();
+}
+
+pub(super) struct ModelActor {
+    worker: Worker,
+    /// A `Step` is queued.
+    stepping: bool,
+}
+
+impl ModelActor {
+    /// Queues the next round if there is work and none is queued.
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        if !self.stepping && self.worker.busy() {
+            self.stepping = true;
+            ctx.notify(Step);
+        }
+    }
+}
+
+impl Actor for ModelActor {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        info!("model actor stopped");
+        System::current().stop();
+    }
+}
+
+impl Handler<Submit> for ModelActor {
+    type Result = ();
+    fn handle(&mut self, s: Submit, ctx: &mut Context<Self>) {
+        self.worker.submit(s);
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<Step> for ModelActor {
+    type Result = ();
+    fn handle(&mut self, _: Step, ctx: &mut Context<Self>) {
+        self.stepping = false;
+        self.worker.round();
+        self.schedule(ctx);
+    }
+}
+
+/// Starts the actor's thread, loads the model there and waits until it is ready.
+/// With a `leader` (rank 0 of a multi-rank run) the thread loads rank 0's shard and every
+/// engine operation is replicated to the other ranks ([`ReplicatedEngine`]).
+pub(super) fn spawn(
+    dir: PathBuf,
+    dtype: ComputeDtype,
+    tokenizer: Arc<Tokenizer>,
+    leader: Option<Leader>,
+    config: RuntimeConfig,
+    shared: Arc<Shared>,
+) -> Result<(Addr<ModelActor>, ModelInfo), ServeError> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("kooka-mlx".into())
+        .spawn(move || {
+            let system = System::new();
+            let started = system.block_on(async move {
+                let loaded = match &leader {
+                    Some(leader) => leader.load_model(&dir, dtype),
+                    None => crate::model::load_model(&dir, dtype),
+                };
+                let model = match loaded {
+                    Ok(model) => model,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return false;
+                    }
+                };
+                let (info, engine_config) = budgets(model.as_ref(), &config);
+                let mut stop_ids = model.config().eos_ids();
+                stop_ids.extend(&tokenizer.eos_ids);
+                stop_ids.sort_unstable();
+                stop_ids.dedup();
+                let engine = Engine::with_config(model, engine_config);
+                let mut engine = ReplicatedEngine::new(engine, leader);
+                // Constrained decoding (response_format, forced tool calls) masks logits with
+                // the vocabulary as bytes; without it such requests fail, others are unaffected.
+                match crate::constrain::Constrainer::new(&tokenizer) {
+                    Ok(constrainer) => engine.set_constrainer(constrainer),
+                    Err(e) => tracing::warn!("constrained decoding unavailable: {e}"),
+                }
+                info!(
+                    kv_budget_tokens = info.kv_budget_tokens,
+                    prefix_cache_tokens = info.prefix_cache_tokens,
+                    max_running = config.max_running,
+                    max_queue = config.max_queue,
+                    prefill_chunk = engine_config.prefill_chunk,
+                    "runtime limits"
+                );
+                let limits = Limits {
+                    max_running: config.max_running.max(1),
+                    kv_budget_tokens: info.kv_budget_tokens,
+                };
+                let worker = Worker::new(engine, tokenizer, stop_ids, limits, shared);
+                worker.publish();
+                let addr = ModelActor {
+                    worker,
+                    stepping: false,
+                }
+                .start();
+                ready_tx.send(Ok((addr, info))).is_ok()
+            });
+            if started {
+                let _ = system.run();
+            }
+        })?;
+    Ok(ready_rx.recv().map_err(|_| ServeError::ModelThreadDied)??)
+}
+
+/// The KV and prefix-cache budgets in tokens: the flags' bytes, or shares of the memory the
+/// weights leave, over what one position of the whole model costs.
+fn budgets(model: &dyn LanguageModel, config: &RuntimeConfig) -> (ModelInfo, EngineConfig) {
+    let cfg = model.config();
+    let on_cpu = crate::model::default_device_is_cpu();
+    let dtype_bytes: usize = if on_cpu { 4 } else { 2 };
+    let per_token = 2
+        * cfg.num_hidden_layers.max(1) as usize
+        * cfg.kv_heads().max(1) as usize
+        * cfg.head_dim().max(1) as usize
+        * dtype_bytes;
+    let weights: usize = model.parameters().iter().map(|a| a.nbytes()).sum();
+    let free = super::memory::total_bytes().saturating_sub(weights);
+    let kv_bytes = config.kv_cache_bytes.unwrap_or(free / 10 * 4);
+    let prefix_bytes = config.prompt_cache_bytes.unwrap_or(free / 10 * 2);
+    let info = ModelInfo {
+        max_position_embeddings: cfg
+            .max_position_embeddings
+            .and_then(|n| usize::try_from(n).ok()),
+        kv_budget_tokens: (kv_bytes / per_token).max(1),
+        prefix_cache_tokens: prefix_bytes / per_token,
+    };
+    let engine = EngineConfig {
+        prefill_chunk: config
+            .prefill_chunk
+            .unwrap_or(if on_cpu { 512 } else { 2048 })
+            .max(1),
+        prefix_cache_tokens: info.prefix_cache_tokens,
+    };
+    (info, engine)
+}

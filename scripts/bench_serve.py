@@ -119,6 +119,7 @@ def request(url, body, timeout):
         n = (usage or {}).get("completion_tokens")
         rec["tokens"] = n if n is not None else chunks
         rec["prompt_tokens"] = (usage or {}).get("prompt_tokens")
+        rec["cached_tokens"] = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
         if rec["tokens"] > 1 and first and last > first:
             rec["decode_tps"] = (rec["tokens"] - 1) / (last - first)
     return rec
@@ -170,7 +171,16 @@ def summarize(recs):
 
 
 def resend(url, model, a):
-    tag = f"Session {random.randint(100000, 999999)}. "  # a fresh long prompt per side
+    # Round 1 pays the one-time kernel compiles of a long prompt's shapes (MLX's CUDA backend
+    # compiles some kernels at first use; the warm-up waves never send a prompt this long);
+    # the last round is the one reported.
+    for _ in range(max(1, a.resend_rounds)):
+        out = resend_round(url, model, a)
+    return out
+
+
+def resend_round(url, model, a):
+    tag = f"Session {random.randint(100000, 999999)}. "  # a fresh long prompt per round
     text = tag + words(a.long_prompt_words)
     longer = text + " " + words(100, skip=a.long_prompt_words)
     recs = {k: request(url, body(model, t, 1), a.timeout)
@@ -179,6 +189,7 @@ def resend(url, model, a):
     out["resent_over_cold"] = (out["resent_ttft_ms"] / out["cold_ttft_ms"]
                                if out["resent_ttft_ms"] and out["cold_ttft_ms"] else None)
     out["prompt_tokens"] = recs["cold"].get("prompt_tokens")
+    out["cached_tokens"] = {k: r.get("cached_tokens") for k, r in recs.items()}
     out["errors"] = [f"{k}: {r['status']}: {(r['error'] or '')[:120]}" for k, r in recs.items() if not r["ok"]]
     return out
 
@@ -323,6 +334,8 @@ def main():
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--prompt-words", type=int, default=400)
     p.add_argument("--long-prompt-words", type=int, default=3000)
+    p.add_argument("--resend-rounds", type=int, default=2,
+                   help="resend rounds, each with a fresh prompt; the last is reported")
     p.add_argument("--timeout", type=float, default=600, help="seconds, per HTTP call and server start")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--json", help="also write all raw numbers here")

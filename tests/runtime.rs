@@ -175,6 +175,26 @@ fn overload_gets_429s_and_the_rest_completes() {
     assert_eq!(h["runtime"]["waiting"], 0, "{h}");
 }
 
+/// More requests at once than the model actor's mailbox holds (actix's default is 16), while
+/// it is busy stepping: every one is queued and answered.
+#[test]
+fn a_burst_larger_than_the_mailbox_is_all_served() {
+    let server = start();
+    let addr = server.addr.clone();
+    let handles: Vec<_> = (0..24)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                completion(&addr, &json!({"prompt": format!("{i}:"), "max_tokens": 4}))
+            })
+        })
+        .collect();
+    for h in handles {
+        let r = h.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
 #[test]
 fn a_prompt_the_kv_budget_cannot_hold_is_refused_and_small_ones_still_run() {
     // SmolLM2-135M in float32: 30 layers x 3 KV heads x 64 x 2 x 4 bytes = 46,080 per token.

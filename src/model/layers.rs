@@ -277,17 +277,33 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array> {
-        match (&self.weight, &self.bias) {
+        as_one_sequence(x, |x| match (&self.weight, &self.bias) {
             (Matrix::Dense(w), Some(b)) => Ok(ops::addmm(b, x, w.t(), None, None)?),
             (m, None) => m.matmul_t(x),
             (m, Some(b)) => Ok(m.matmul_t(x)?.add(b)?),
-        }
+        })
     }
 
     pub fn arrays(&self) -> Vec<&Array> {
         let mut v = self.weight.arrays();
         v.extend(self.bias.iter());
         v
+    }
+}
+
+/// A decode batch's `[B, 1, in]` goes through `f` as one sequence `[1, B, in]` and comes
+/// back as `[B, 1, out]`. The product is the same row by row, but MLX runs a batched input
+/// against one weight matrix as B separate matrix-vector products (the CUDA backend's
+/// quantized matmul, and the CPU backend's one GEMM call per batch entry), reading the weights
+/// B times; as one sequence they are read once.
+fn as_one_sequence(x: &Array, f: impl FnOnce(&Array) -> Result<Array>) -> Result<Array> {
+    match x.shape() {
+        &[b, 1, k] if b > 1 => {
+            let y = f(&x.reshape(&[1, b, k])?)?;
+            let n = y.shape()[2];
+            Ok(y.reshape(&[b, 1, n])?)
+        }
+        _ => f(x),
     }
 }
 
@@ -326,7 +342,7 @@ impl Embedding {
 
     /// The embedding used as the output projection: `x @ E.T`.
     pub fn as_linear(&self, x: &Array) -> Result<Array> {
-        self.table.matmul_t(x)
+        as_one_sequence(x, |x| self.table.matmul_t(x))
     }
 }
 

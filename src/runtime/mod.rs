@@ -191,17 +191,23 @@ impl RuntimeHandle {
             None => Ok(()),
         };
         let sent = registered.and_then(|()| {
-            self.actor
-                .try_send(Submit {
-                    id: req.id,
-                    prompt_ids: req.prompt_ids,
-                    params: req.params,
-                    max_tokens,
-                    stop: req.stop,
-                    constraint: req.constraint,
-                    events: tx,
-                })
-                .map_err(|_| RuntimeError::Unavailable("the model actor has stopped".into()))
+            if !self.actor.connected() {
+                return Err(RuntimeError::Unavailable(
+                    "the model actor has stopped".into(),
+                ));
+            }
+            // Queued even when the mailbox is over its capacity: the waiting queue's bound
+            // is `max_queue`, checked above.
+            self.actor.do_send(Submit {
+                id: req.id,
+                prompt_ids: req.prompt_ids,
+                params: req.params,
+                max_tokens,
+                stop: req.stop,
+                constraint: req.constraint,
+                events: tx,
+            });
+            Ok(())
         });
         if let Err(e) = sent {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs ON the GPU machine after `scripts/gpu/prepare.sh stash` (see prepare.sh): the runtime's
+# measurements (issue 14). Results go to $OUT.
+#   1. scripts/gpu/qmm_scaling.py: MLX's 4-bit and bf16 matmul time against the batch rows M
+#   2. kooka bench --batch 1/8/32: continuous batching in-process (no HTTP)
+#   3. scripts/bench_serve.py: kooka serve (and mlx_lm.server with SIDES=kooka,mlx-lm) at
+#      $STREAMS concurrent streams, and a ~4k-token prompt resent
+# The synthetic Llama-8B 4-bit model gets Qwen2.5's tokenizer (151,936 ids, more than the
+# model's 128,256), so that every sampled id decodes to text and time-to-first-text is the
+# time to the first token. Carried: third_party/gpu/{cuda13.part.ab, kooka, qwen-tokenizer/}.
+# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve; default all)
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+END=${END:-$(($(date +%s) + 570))}
+SIDES=${SIDES:-kooka}
+STREAMS=${STREAMS:-1,8,32}
+MODEL=/opt/models/llama-8b-b4-qwentok
+log() { echo "$(date +%T) $*" | tee -a "$OUT/log.txt"; }
+left() { echo $((END - $(date +%s))); }
+export PYTHONUNBUFFERED=1
+steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(setup qmm engine serve)
+for step in "${steps[@]}"; do
+  case $step in
+    setup)
+      log "prepare install"
+      timeout 150 scripts/gpu/prepare.sh install 2>&1 | tail -3 | tee -a "$OUT/log.txt"
+      . scripts/gpu/env.sh
+      if ! [ -f $MODEL/config.json ]; then
+        log "make $MODEL"
+        mkdir -p /opt/models
+        timeout 240 python3 scripts/make_synthetic_model.py --shape llama-8b --bits 4 \
+          --tokenizer-from /opt/mlxw/qwen-tokenizer --out $MODEL 2>&1 | tail -3 | tee -a "$OUT/log.txt"
+      fi
+      ;;
+    qmm)
+      . scripts/gpu/env.sh
+      log "qmm scaling"
+      timeout 120 python3 scripts/gpu/qmm_scaling.py 2>&1 | tee "$OUT/qmm.md"
+      ;;
+    engine)
+      . scripts/gpu/env.sh
+      for b in 1 8 32; do
+        [ "$(left)" -gt 60 ] || { log "skip engine batch $b"; continue; }
+        log "kooka bench --batch $b"
+        timeout 150 /opt/mlxw/kooka bench --model $MODEL --batch $b --prompt-tokens 512 \
+          --gen-tokens 64 --reps 1 2>&1 | tail -2 | tee -a "$OUT/engine.md"
+      done
+      ;;
+    serve)
+      . scripts/gpu/env.sh
+      l=$(left); [ "$l" -gt 90 ] || { log "skip serve ($l s left)"; continue; }
+      log "bench_serve sides=$SIDES streams=$STREAMS ($l s left)"
+      mkdir -p /tmp/bslogs
+      TMPDIR=/tmp/bslogs timeout -s INT -k 15 $((l - 20)) python3 scripts/bench_serve.py \
+        --model $MODEL --kooka /opt/mlxw/kooka --mlx-lm-cmd "python3 scripts/gpu/mlx_lm_server.py" \
+        --sides $SIDES --streams $STREAMS --max-tokens 128 --prompt-words 400 \
+        --long-prompt-words 3000 --timeout 240 --json "$OUT/serve.json" 2>&1 | tee "$OUT/serve.md" || true
+      for f in /tmp/bslogs/*; do [ -f "$f" ] && tail -c 3000 "$f" > "$OUT/$(basename "$f").tail"; done
+      ;;
+    *) echo "unknown step $step"; exit 2 ;;
+  esac
+done
+log done

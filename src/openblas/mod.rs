@@ -16,7 +16,14 @@
 //! goes on to the BLAS library's own `cblas_sgemm`. Same arithmetic (each output a dot
 //! product over `K`), summed in another order: results differ from GEMM's in the last bits.
 //!
+//! **A few rows.** A batched decode step multiplies a few rows (one per sequence) with each
+//! weight matrix; GEMM's packing costs it about three reads of the matrix. Products with 2 to
+//! 16 rows against a transposed matrix (`x @ W^T`, how MLX's linear layers call) go to
+//! [`small_m`], which reads the matrix once.
+//!
 //! macOS builds use Accelerate, which has neither problem; this module is Linux-only.
+
+mod small_m;
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::OnceLock;
@@ -172,6 +179,29 @@ pub unsafe extern "C" fn cblas_sgemm(
     c: *mut f32,
     ldc: c_int,
 ) {
+    let rows = m as usize;
+    if order == ROW_MAJOR
+        && trans_a == NO_TRANS
+        && trans_b == TRANS
+        && (2..=small_m::MAX_ROWS).contains(&rows)
+        && n > 0
+        && k > 0
+    {
+        // SAFETY: the CBLAS contract (valid matrices) is this function's own.
+        return small_m::gemm_nt(
+            rows,
+            n as usize,
+            k as usize,
+            alpha,
+            a,
+            lda as usize,
+            b,
+            ldb as usize,
+            beta,
+            c,
+            ldc as usize,
+        );
+    }
     let blas = blas();
     let plain = |t: c_int| t == NO_TRANS || t == TRANS;
     let one_row_or_column = m == 1 || n == 1;

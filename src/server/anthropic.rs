@@ -11,8 +11,8 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::generation::{submit_chat, Job};
-use super::http::{next_event, read_body, sse_event, sse_response};
-use super::openai::check_model;
+use super::http::{next_item, read_body, sse_event, sse_response, JobItem};
+use super::openai::{check_model, Usage};
 use super::reply::{Reply, ReplyEvent, ReplyParser};
 use super::request::{
     check, check_choice, get, integer, message_list, number, parse_object, stop_list, string,
@@ -20,7 +20,7 @@ use super::request::{
 };
 use super::AppState;
 use crate::engine::sampling::SamplingParams;
-use crate::runtime::{Event, Finish};
+use crate::runtime::Finish;
 
 /// A validated Messages request, in OpenAI chat shape.
 fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
@@ -360,22 +360,14 @@ async fn collect(
 ) -> Result<HttpResponse, ApiError> {
     let mut reply = Reply::default();
     let (finish, usage, stop_sequence) = loop {
-        match job.events.recv().await {
-            Some(Event::Text(t)) => reply.extend(parser.push(&t)),
-            Some(Event::Logprobs(_)) => {}
-            Some(Event::Done {
-                finish,
-                prompt_tokens,
-                completion_tokens,
-                cached_tokens,
-                stop_sequence,
-            }) => {
+        match next_item(&mut job, false).await {
+            JobItem::Text(t) => reply.extend(parser.push(&t)),
+            JobItem::Logprobs(_) | JobItem::Idle => {}
+            JobItem::Done(done) => {
                 reply.extend(parser.finish());
-                let usage = usage(prompt_tokens, cached_tokens, completion_tokens);
-                break (finish, usage, stop_sequence);
+                break (done.finish, usage(&done.usage), done.stop_sequence);
             }
-            Some(Event::Error(e)) => return Err(e.into()),
-            None => return Err(ApiError::Unavailable("the model thread has stopped".into())),
+            JobItem::Failed(e) => return Err(e),
         }
     };
     let mut content = Vec::new();
@@ -402,12 +394,13 @@ async fn collect(
 }
 
 /// Anthropic's usage: `input_tokens` counts what was not read from the cache.
-fn usage(prompt: usize, cached: usize, output: usize) -> Value {
+fn usage(u: &Usage) -> Value {
+    let cached = u.prompt_tokens_details.cached_tokens;
     json!({
-        "input_tokens": prompt.saturating_sub(cached),
+        "input_tokens": u.prompt_tokens.saturating_sub(cached),
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": cached,
-        "output_tokens": output,
+        "output_tokens": u.completion_tokens,
     })
 }
 
@@ -517,25 +510,17 @@ impl Stream {
             return Some(self.start());
         }
         loop {
-            let Some(event) = next_event(&mut self.job.events).await else {
-                return Some(sse_event("ping", "{\"type\": \"ping\"}"));
-            };
             let mut out = Vec::new();
-            match event {
-                Some(Event::Text(t)) => {
+            match next_item(&mut self.job, true).await {
+                JobItem::Idle => return Some(sse_event("ping", "{\"type\": \"ping\"}")),
+                JobItem::Text(t) => {
                     let events = self.parser.push(&t);
                     self.write(events, &mut out);
                 }
-                Some(Event::Logprobs(_)) => {}
-                Some(Event::Done {
-                    finish,
-                    prompt_tokens,
-                    completion_tokens,
-                    cached_tokens,
-                    stop_sequence,
-                }) => {
+                JobItem::Logprobs(_) => {}
+                JobItem::Done(done) => {
                     self.finished = true;
-                    self.output_tokens = completion_tokens;
+                    self.output_tokens = done.usage.completion_tokens;
                     let events = self.parser.finish();
                     self.write(events, &mut out);
                     if self.next_block == 0 {
@@ -543,13 +528,13 @@ impl Stream {
                         self.open(Open::Text, json!({"type": "text", "text": ""}), &mut out);
                     }
                     self.close(&mut out);
-                    let reason =
-                        stop_reason(finish, self.parser.tool_calls(), stop_sequence.is_some());
+                    let stop = done.stop_sequence;
+                    let reason = stop_reason(done.finish, self.parser.tool_calls(), stop.is_some());
                     out.extend_from_slice(&sse_event(
                         "message_delta",
                         &json!({"type": "message_delta",
-                            "delta": {"stop_reason": reason, "stop_sequence": stop_sequence},
-                            "usage": usage(prompt_tokens, cached_tokens, completion_tokens)})
+                            "delta": {"stop_reason": reason, "stop_sequence": stop},
+                            "usage": usage(&done.usage)})
                         .to_string(),
                     ));
                     out.extend_from_slice(&sse_event(
@@ -557,13 +542,8 @@ impl Stream {
                         "{\"type\": \"message_stop\"}",
                     ));
                 }
-                Some(Event::Error(e)) => {
+                JobItem::Failed(e) => {
                     self.finished = true;
-                    out = error_event(&ApiError::from(e)).to_vec();
-                }
-                None => {
-                    self.finished = true;
-                    let e = ApiError::Unavailable("the model thread has stopped".into());
                     out = error_event(&e).to_vec();
                 }
             }

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::generation::{encode_text, next_request, request_grammar, submit, Job, JobSpec};
-use super::http::{next_event, read_body, sse_data, sse_keepalive, sse_response, unix_now};
+use super::http::{next_item, read_body, sse_data, sse_keepalive, sse_response, unix_now, JobItem};
 use super::openai::{check_model, error_then_done, system_fingerprint, Usage};
 use super::request::{
     boolean, check, check_n, get, integer, max_tokens, parse_object, sampling, stop_list,
@@ -16,7 +16,7 @@ use super::request::{
 };
 use super::AppState;
 use crate::engine::sampling::SamplingParams;
-use crate::runtime::{Event, TokenLogprob};
+use crate::runtime::TokenLogprob;
 
 /// A validated completions body.
 struct CompletionRequest {
@@ -212,25 +212,18 @@ async fn collect(mut job: Job, meta: Meta) -> Result<HttpResponse, ApiError> {
     let mut text = String::new();
     let mut logprobs = LegacyLogprobs::default();
     loop {
-        match job.events.recv().await {
-            Some(Event::Text(t)) => text.push_str(&t),
-            Some(Event::Logprobs(lp)) => logprobs.push(lp, text.len()),
-            Some(Event::Done {
-                finish,
-                prompt_tokens,
-                completion_tokens,
-                cached_tokens,
-                ..
-            }) => {
+        match next_item(&mut job, false).await {
+            JobItem::Text(t) => text.push_str(&t),
+            JobItem::Logprobs(lp) => logprobs.push(lp, text.len()),
+            JobItem::Done(done) => {
                 let choices = json!([{
                     "index": 0, "text": text, "logprobs": logprobs.json(),
-                    "finish_reason": finish.as_str(),
+                    "finish_reason": done.finish.as_str(),
                 }]);
-                let usage = Usage::new(prompt_tokens, completion_tokens, cached_tokens);
-                return Ok(HttpResponse::Ok().json(meta.body(choices, Some(usage))));
+                return Ok(HttpResponse::Ok().json(meta.body(choices, Some(done.usage))));
             }
-            Some(Event::Error(e)) => return Err(e.into()),
-            None => return Err(ApiError::Unavailable("the model thread has stopped".into())),
+            JobItem::Failed(e) => return Err(e),
+            JobItem::Idle => {}
         }
     }
 }
@@ -256,43 +249,28 @@ impl Stream {
             return None;
         }
         loop {
-            let Some(event) = next_event(&mut self.job.events).await else {
-                return Some(sse_keepalive());
-            };
-            match event {
-                Some(Event::Logprobs(lp)) => self.logprobs.push(lp, self.sent),
-                Some(Event::Text(t)) => {
+            match next_item(&mut self.job, true).await {
+                JobItem::Idle => return Some(sse_keepalive()),
+                JobItem::Logprobs(lp) => self.logprobs.push(lp, self.sent),
+                JobItem::Text(t) => {
                     let lp = std::mem::take(&mut self.logprobs).json();
                     self.sent += t.len();
                     return Some(self.chunk(&t, lp, None));
                 }
-                Some(Event::Done {
-                    finish,
-                    prompt_tokens,
-                    completion_tokens,
-                    cached_tokens,
-                    ..
-                }) => {
+                JobItem::Done(done) => {
                     self.finished = true;
                     let lp = std::mem::take(&mut self.logprobs).json();
-                    let mut out = self.chunk("", lp, Some(finish.as_str())).to_vec();
+                    let mut out = self.chunk("", lp, Some(done.finish.as_str())).to_vec();
                     if self.include_usage {
-                        let usage = Usage::new(prompt_tokens, completion_tokens, cached_tokens);
-                        let body = self.meta.body(json!([]), Some(usage));
+                        let body = self.meta.body(json!([]), Some(done.usage));
                         out.extend_from_slice(&sse_data(&body.to_string()));
                     }
                     out.extend_from_slice(b"data: [DONE]\n\n");
                     return Some(Bytes::from(out));
                 }
-                Some(Event::Error(e)) => {
+                JobItem::Failed(e) => {
                     self.finished = true;
-                    return Some(error_then_done(ApiError::from(e)));
-                }
-                None => {
-                    self.finished = true;
-                    return Some(error_then_done(ApiError::Unavailable(
-                        "the model thread has stopped".into(),
-                    )));
+                    return Some(error_then_done(e));
                 }
             }
         }

@@ -9,8 +9,9 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use super::error::ApiError;
+use super::openai::Usage;
 use super::AppState;
-use crate::runtime::Event;
+use crate::runtime::{Event, Finish, Job, TokenLogprob};
 
 /// How long an SSE stream stays silent (a long prefill) before a `: keepalive` comment.
 pub const KEEPALIVE: Duration = Duration::from_secs(5);
@@ -91,14 +92,52 @@ pub fn sse_keepalive() -> Bytes {
     Bytes::from_static(b": keepalive\n\n")
 }
 
-/// The next event, or `None` after [`KEEPALIVE`] of silence (send a keepalive then).
-/// A closed channel reads as the model thread having stopped.
-pub async fn next_event(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
-) -> Option<Option<Event>> {
-    actix_web::rt::time::timeout(KEEPALIVE, rx.recv())
-        .await
-        .ok()
+/// One step of a job's reply, as every wire format reads it: the runtime's typed errors and
+/// a vanished model side are already [`ApiError`]s.
+pub enum JobItem {
+    Text(String),
+    Logprobs(TokenLogprob),
+    Done(Outcome),
+    Failed(ApiError),
+    /// [`KEEPALIVE`] passed in silence (streams send a keepalive).
+    Idle,
+}
+
+/// How a job ended.
+pub struct Outcome {
+    pub finish: Finish,
+    pub usage: Usage,
+    /// The stop string that ended the completion, if one did.
+    pub stop_sequence: Option<String>,
+}
+
+/// The job's next item; with `keepalive`, [`JobItem::Idle`] after [`KEEPALIVE`] of silence.
+pub async fn next_item(job: &mut Job, keepalive: bool) -> JobItem {
+    let event = if keepalive {
+        match actix_web::rt::time::timeout(KEEPALIVE, job.events.recv()).await {
+            Ok(e) => e,
+            Err(_) => return JobItem::Idle,
+        }
+    } else {
+        job.events.recv().await
+    };
+    match event {
+        Some(Event::Text(t)) => JobItem::Text(t),
+        Some(Event::Logprobs(lp)) => JobItem::Logprobs(lp),
+        Some(Event::Done {
+            finish,
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens,
+            stop_sequence,
+        }) => JobItem::Done(Outcome {
+            finish,
+            usage: Usage::new(prompt_tokens, completion_tokens, cached_tokens),
+            stop_sequence,
+        }),
+        Some(Event::Error(e)) => JobItem::Failed(e.into()),
+        None => JobItem::Failed(ApiError::Unavailable("the model side has stopped".into())),
+    }
 }
 
 /// The response head every SSE route uses.

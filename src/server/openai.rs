@@ -9,11 +9,11 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::generation::{submit_chat, Job};
-use super::http::{next_event, read_body, sse_data, sse_keepalive, sse_response, unix_now};
+use super::http::{next_item, read_body, sse_data, sse_keepalive, sse_response, unix_now, JobItem};
 use super::reply::{Reply, ReplyEvent, ReplyParser};
 use super::request::parse_chat;
 use super::AppState;
-use crate::runtime::{Event, Finish, TokenLogprob};
+use crate::runtime::{Finish, TokenLogprob};
 
 /// `usage`, OpenAI-shaped.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -139,10 +139,6 @@ impl ChatReader {
 }
 
 /// An event the model thread sent as an error, as the API reports it.
-fn closed() -> ApiError {
-    ApiError::Unavailable("the model thread has stopped".into())
-}
-
 async fn collect_chat(
     mut job: Job,
     mut reader: ChatReader,
@@ -151,24 +147,15 @@ async fn collect_chat(
     let mut reply = Reply::default();
     let mut logprobs = Vec::new();
     let (finish, usage) = loop {
-        match job.events.recv().await {
-            Some(Event::Text(t)) => reply.extend(reader.push(&t)),
-            Some(Event::Logprobs(lp)) => logprobs.push(logprob_json(&lp)),
-            Some(Event::Done {
-                finish,
-                prompt_tokens,
-                completion_tokens,
-                cached_tokens,
-                ..
-            }) => {
+        match next_item(&mut job, false).await {
+            JobItem::Text(t) => reply.extend(reader.push(&t)),
+            JobItem::Logprobs(lp) => logprobs.push(logprob_json(&lp)),
+            JobItem::Done(done) => {
                 reply.extend(reader.finish());
-                break (
-                    finish,
-                    Usage::new(prompt_tokens, completion_tokens, cached_tokens),
-                );
+                break (done.finish, done.usage);
             }
-            Some(Event::Error(e)) => return Err(e.into()),
-            None => return Err(closed()),
+            JobItem::Failed(e) => return Err(e),
+            JobItem::Idle => {}
         }
     };
     let mut message = json!({"role": "assistant", "content": reply.content});
@@ -286,46 +273,32 @@ impl ChatStream {
             ));
         }
         loop {
-            let event = match next_event(&mut self.job.events).await {
-                None => return Some(sse_keepalive()),
-                Some(e) => e,
-            };
             let mut out = Vec::new();
-            match event {
-                Some(Event::Text(text)) => {
+            match next_item(&mut self.job, true).await {
+                JobItem::Idle => return Some(sse_keepalive()),
+                JobItem::Text(text) => {
                     let events = self.reader.push(&text);
                     self.write(events, &mut out);
                 }
-                Some(Event::Logprobs(lp)) => self.logprobs.push(logprob_json(&lp)),
-                Some(Event::Done {
-                    finish,
-                    prompt_tokens,
-                    completion_tokens,
-                    cached_tokens,
-                    ..
-                }) => {
+                JobItem::Logprobs(lp) => self.logprobs.push(logprob_json(&lp)),
+                JobItem::Done(done) => {
                     self.finished = true;
                     let events = self.reader.finish();
                     self.write(events, &mut out);
-                    let reason = self.reader.finish_reason(finish);
+                    let reason = self.reader.finish_reason(done.finish);
                     let logprobs = match std::mem::take(&mut self.logprobs) {
                         l if l.is_empty() => Value::Null,
                         l => json!({ "content": l }),
                     };
                     out.extend_from_slice(&self.chunk(json!({}), Some(reason), logprobs));
                     if self.include_usage {
-                        let usage = Usage::new(prompt_tokens, completion_tokens, cached_tokens);
-                        out.extend_from_slice(&self.usage_chunk(usage));
+                        out.extend_from_slice(&self.usage_chunk(done.usage));
                     }
                     out.extend_from_slice(b"data: [DONE]\n\n");
                 }
-                Some(Event::Error(e)) => {
+                JobItem::Failed(e) => {
                     self.finished = true;
-                    out = error_then_done(ApiError::from(e)).to_vec();
-                }
-                None => {
-                    self.finished = true;
-                    out = error_then_done(closed()).to_vec();
+                    out = error_then_done(e).to_vec();
                 }
             }
             if !out.is_empty() {

@@ -31,17 +31,32 @@ use std::sync::OnceLock;
 /// Kernel sets of OpenBLAS that use AVX2 or better (`openblas_get_corename`, lowercased).
 const AVX2_CORES: &[&str] = &["haswell", "zen", "skylakex", "cooperlake", "sapphirerapids"];
 
-/// Where OpenBLAS runs older kernels than this CPU supports, executes this program again
-/// (same arguments, same process id) with `OPENBLAS_CORETYPE` set; else returns. Call first
-/// thing in `main`, before any thread starts.
+/// Where OpenBLAS runs older kernels than this CPU supports, or would keep its idle threads
+/// spinning, executes this program again (same arguments, same process id) with
+/// `OPENBLAS_CORETYPE` / `OPENBLAS_THREAD_TIMEOUT` set; else returns. Call first thing in
+/// `main`, before any thread starts.
+///
+/// OpenBLAS's threads spin (`sched_yield`) for about 2^28 cycles after each call before they
+/// sleep; between the small calls of a batched decode step they take the cores that
+/// [`small_m`] works on (on 2 cores: batch-4 decode 48 tokens/s with them spinning, 65 with
+/// `OPENBLAS_THREAD_TIMEOUT=4`, the shortest wait; one-row decode unchanged). Values already
+/// set are left alone.
 pub fn use_fast_kernels() {
-    if std::env::var_os("OPENBLAS_CORETYPE").is_some() {
-        return;
-    }
-    let (Some(current), Some(wanted)) = (chosen_core(), best_core()) else {
+    let Some(current) = chosen_core() else {
         return;
     };
-    if AVX2_CORES.contains(&current.to_lowercase().as_str()) {
+    let mut env: Vec<(&str, String)> = Vec::new();
+    if std::env::var_os("OPENBLAS_CORETYPE").is_none()
+        && !AVX2_CORES.contains(&current.to_lowercase().as_str())
+    {
+        if let Some(wanted) = best_core() {
+            env.push(("OPENBLAS_CORETYPE", wanted.to_string()));
+        }
+    }
+    if std::env::var_os("OPENBLAS_THREAD_TIMEOUT").is_none() {
+        env.push(("OPENBLAS_THREAD_TIMEOUT", "4".into()));
+    }
+    if env.is_empty() {
         return;
     }
     let Ok(exe) = std::env::current_exe() else {
@@ -53,9 +68,9 @@ pub fn use_fast_kernels() {
     if let Some(arg0) = args.next() {
         cmd.arg0(arg0);
     }
-    // `exec` returns only on failure: then carry on with the slower kernels.
-    let err = cmd.args(args).env("OPENBLAS_CORETYPE", wanted).exec();
-    eprintln!("kooka: could not restart with OPENBLAS_CORETYPE={wanted}: {err}");
+    // `exec` returns only on failure: then carry on as we are.
+    let err = cmd.args(args).envs(env.iter().map(|(k, v)| (k, v))).exec();
+    eprintln!("kooka: could not restart with {env:?}: {err}");
 }
 
 /// The kernel set OpenBLAS runs (e.g. `SkylakeX`), if an OpenBLAS is loaded.

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::http::*;
@@ -237,19 +236,8 @@ fn a_client_that_leaves_frees_its_sequence_within_steps() {
         "max_tokens": 3000,
         "temperature": 0,
         "stream": true,
-    })
-    .to_string();
-    let mut s = connect(addr);
-    s.write_all(head("POST", "/v1/completions", body.len()).as_bytes())
-        .unwrap();
-    s.write_all(body.as_bytes()).unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while seen.windows(6).filter(|w| w == b"data: ").count() < 5 {
-        let n = s.read(&mut buf).expect("reading the stream");
-        assert!(n > 0, "stream ended early");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    });
+    let s = stream_some(addr, "/v1/completions", &body, 5);
     assert_eq!(health(addr)["runtime"]["running"], 1);
     drop(s);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -151,24 +151,9 @@ fn a_client_leaving_mid_stream_cancels_its_sequence() {
         "temperature": 0,
         "max_tokens": 3000,
         "stream": true,
-    })
-    .to_string();
-    let mut s = connect(addr);
-    s.write_all(head("POST", "/v1/chat/completions", body.len()).as_bytes())
-        .unwrap();
-    s.write_all(body.as_bytes()).unwrap();
-    // Read until a few content chunks have arrived, then hang up.
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while seen.windows(6).filter(|w| w == b"data: ").count() < 5 {
-        let n = s.read(&mut buf).expect("reading the stream");
-        assert!(
-            n > 0,
-            "stream ended early: {}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
+    });
+    // A few content chunks, then hang up.
+    let s = stream_some(addr, "/v1/chat/completions", &body, 5);
     drop(s);
 
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -28,14 +28,14 @@ use actix::Addr;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::cluster::Leader;
-use crate::constrain::Grammar;
-use crate::engine::sampling::SamplingParams;
 use crate::engine::EngineStatus;
 use crate::model::ComputeDtype;
 use crate::server::error::ServeError;
 use crate::tokenizer::Tokenizer;
 use actor::ModelActor;
-pub use protocol::{Event, Finish, ModelInfo, RequestId, RuntimeError, Submit, TokenLogprob};
+pub use protocol::{
+    Event, Finish, GenerationRequest, ModelInfo, RequestId, RuntimeError, Submit, TokenLogprob,
+};
 use relay::FailureRelay;
 
 /// The runtime's settings (flags of `kooka serve`).
@@ -84,16 +84,6 @@ struct Shared {
     /// Requests sent to the worker and not yet admitted (or dropped).
     waiting: AtomicUsize,
     status: Mutex<RuntimeStatus>,
-}
-
-/// A generation to run, validated by the HTTP side.
-pub struct GenerationRequest {
-    pub id: RequestId,
-    pub prompt_ids: Vec<u32>,
-    pub params: SamplingParams,
-    pub max_tokens: usize,
-    pub stop: Vec<String>,
-    pub constraint: Option<Grammar>,
 }
 
 /// A submitted generation: its id (for logs), prompt length and event channel. Dropping it
@@ -159,7 +149,7 @@ impl RuntimeHandle {
     }
 
     /// Queues a generation, or says at once why it cannot run.
-    pub fn submit(&self, req: GenerationRequest) -> Result<Job, RuntimeError> {
+    pub fn submit(&self, mut req: GenerationRequest) -> Result<Job, RuntimeError> {
         let prompt_tokens = req.prompt_ids.len();
         let budget = self.info.kv_budget_tokens;
         if prompt_tokens + 1 > budget {
@@ -172,7 +162,8 @@ impl RuntimeHandle {
             });
         }
         // What the budget cannot hold could never be generated: end there (`length`).
-        let max_tokens = req.max_tokens.min(budget - prompt_tokens);
+        req.max_tokens = req.max_tokens.min(budget - prompt_tokens);
+        let id = req.id;
         let before = self.shared.waiting.fetch_add(1, Ordering::SeqCst);
         if before >= self.max_queue {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -187,7 +178,7 @@ impl RuntimeHandle {
         }
         let (tx, rx) = unbounded_channel();
         let registered = match &self.relay {
-            Some(relay) => relay.register(req.id, &tx),
+            Some(relay) => relay.register(id, &tx),
             None => Ok(()),
         };
         let sent = registered.and_then(|()| {
@@ -199,12 +190,7 @@ impl RuntimeHandle {
             // Queued even when the mailbox is over its capacity: the waiting queue's bound
             // is `max_queue`, checked above.
             self.actor.do_send(Submit {
-                id: req.id,
-                prompt_ids: req.prompt_ids,
-                params: req.params,
-                max_tokens,
-                stop: req.stop,
-                constraint: req.constraint,
+                request: req,
                 events: tx,
             });
             Ok(())
@@ -214,7 +200,7 @@ impl RuntimeHandle {
             return Err(e);
         }
         Ok(Job {
-            id: req.id,
+            id,
             prompt_tokens,
             events: rx,
         })

@@ -79,9 +79,9 @@ pub enum Event {
     Error(RuntimeError),
 }
 
-/// A request to generate, plain data.
+/// A generation to run, validated by the HTTP side; plain data.
 #[derive(Debug)]
-pub struct Submit {
+pub struct GenerationRequest {
     pub id: RequestId,
     pub prompt_ids: Vec<u32>,
     pub params: SamplingParams,
@@ -89,6 +89,12 @@ pub struct Submit {
     pub stop: Vec<String>,
     /// Constrained decoding: what the reply must look like.
     pub constraint: Option<Grammar>,
+}
+
+/// A request handed to the model actor, with the channel its events go to.
+#[derive(Debug)]
+pub struct Submit {
+    pub request: GenerationRequest,
     pub events: UnboundedSender<Event>,
 }
 

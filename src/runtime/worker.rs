@@ -112,7 +112,7 @@ impl Worker {
             let Some(s) = self.waiting.front() else {
                 return;
             };
-            let end = s.prompt_ids.len() + s.max_tokens;
+            let end = s.request.prompt_ids.len() + s.request.max_tokens;
             if !self.limits.admits(&ends, end) {
                 return;
             }
@@ -124,7 +124,7 @@ impl Worker {
         }
     }
 
-    fn start(&mut self, s: Submit, end: usize) {
+    fn start(&mut self, Submit { request: s, events }: Submit, end: usize) {
         let prompt_tokens = s.prompt_ids.len();
         let req = SequenceRequest {
             prompt: s.prompt_ids,
@@ -141,7 +141,7 @@ impl Worker {
                     seq,
                     Active {
                         id: s.id,
-                        events: s.events,
+                        events,
                         detok: StreamDetokenizer::new(),
                         stops: StopMatcher::new(s.stop),
                         prompt_tokens,
@@ -153,7 +153,7 @@ impl Worker {
             }
             Err(e) => {
                 error!(request = s.id, "request refused: {e}");
-                let _ = s.events.send(Event::Error(runtime_error(e)));
+                let _ = events.send(Event::Error(runtime_error(e)));
             }
         }
     }

@@ -238,3 +238,25 @@ pub fn read_sse(body: &str) -> (String, Option<String>, Option<Value>) {
     }
     (text, finish, usage)
 }
+
+/// Sends a streamed request and reads until `events` SSE `data:` frames have arrived; the
+/// stream stays open (drop it to hang up mid-stream).
+pub fn stream_some(addr: &str, path: &str, body: &Value, events: usize) -> TcpStream {
+    let body = body.to_string();
+    let mut s = connect(addr);
+    s.write_all(head("POST", path, body.len()).as_bytes())
+        .unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while seen.windows(6).filter(|w| w == b"data: ").count() < events {
+        let n = s.read(&mut buf).expect("reading the stream");
+        assert!(
+            n > 0,
+            "stream ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    s
+}

@@ -8,7 +8,7 @@
 //! positions come out as plain data-independent arrays with [`KvCache::row`] (the prefix
 //! cache keeps those). Rotating (sliding-window) caches never hold more than one row.
 
-use mlx_rs::{ops, Array, Dtype};
+use mlx_rs::{ops, Array};
 
 use super::{concat, len, slice, KvCache};
 use crate::model::error::{ModelError, Result};
@@ -217,10 +217,5 @@ impl KvCache {
     /// Positions held per row including padding: what this cache costs.
     pub fn capacity(&self) -> i32 {
         self.keys.as_ref().map(len).unwrap_or(0)
-    }
-
-    /// The dtype of the stored keys, if written.
-    pub fn dtype(&self) -> Option<Dtype> {
-        self.keys.as_ref().map(|k| k.dtype())
     }
 }

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod serve;
+pub use serve::{run_serve, ParallelArg, ServeArgs};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kooka",
@@ -190,85 +193,6 @@ pub struct GenerateArgs {
     /// count; default an even split.
     #[arg(long, env = "KOOKA_PIPELINE_SPLIT", value_delimiter = ',')]
     pub pipeline_split: Option<Vec<usize>>,
-}
-
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Model folder, or a Hugging Face repo id (org/name) already in the local HF cache.
-    #[arg(
-        long,
-        env = "KOOKA_MODEL",
-        default_value = "models/SmolLM2-135M-Instruct"
-    )]
-    pub model: PathBuf,
-    #[arg(long, env = "KOOKA_HOST", default_value = "127.0.0.1")]
-    pub host: String,
-    /// 0 picks a free port (the bound address is printed on stdout).
-    #[arg(long, env = "KOOKA_PORT", default_value_t = 8080)]
-    pub port: u16,
-    /// Larger request bodies are refused with 413.
-    #[arg(long, env = "KOOKA_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
-    pub max_body_bytes: usize,
-    /// HTTP worker threads (they parse, template and tokenize; the model has its own thread).
-    #[arg(long, env = "KOOKA_HTTP_WORKERS", default_value_t = 2)]
-    pub http_workers: usize,
-    /// Requests generating at once (prefilling or decoding in one batch); more wait.
-    #[arg(long, env = "KOOKA_MAX_RUNNING", default_value_t = 64)]
-    pub max_running: usize,
-    /// Requests waiting to start; beyond it a request gets 429 with Retry-After.
-    #[arg(long, env = "KOOKA_MAX_QUEUE", default_value_t = 256)]
-    pub max_queue: usize,
-    /// KV cache memory that admission hands out, in bytes [default: 40% of the memory the
-    /// weights leave]. A request reserves prompt + max_tokens positions; a prompt that can
-    /// never fit gets 400.
-    #[arg(long, env = "KOOKA_KV_CACHE_BYTES")]
-    pub kv_cache_bytes: Option<usize>,
-    /// Prefix (prompt) cache budget in bytes; 0 turns it off [default: 20% of the memory the
-    /// weights leave].
-    #[arg(long, env = "KOOKA_PROMPT_CACHE_BYTES")]
-    pub prompt_cache_bytes: Option<usize>,
-    /// Prompt tokens read per scheduler step: each step also gives every running stream one
-    /// token, so this bounds how long a long prompt stalls them [default: 512 on the CPU
-    /// backend, 2048 on a GPU].
-    #[arg(long, env = "KOOKA_PREFILL_CHUNK")]
-    pub prefill_chunk: Option<usize>,
-    #[arg(long, env = "KOOKA_COMPUTE_DTYPE", value_enum, default_value_t = ComputeDtypeArg::Auto)]
-    pub compute_dtype: ComputeDtypeArg,
-    /// Require this key on inference routes (`Authorization: Bearer KEY` or `x-api-key`);
-    /// `/health` stays public.
-    #[arg(long, env = "KOOKA_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-    /// Origins allowed by CORS, comma-separated; `*` allows any (as mlx-lm's server does).
-    #[arg(
-        long,
-        env = "KOOKA_ALLOWED_ORIGINS",
-        value_delimiter = ',',
-        default_value = "*"
-    )]
-    pub allowed_origins: Vec<String>,
-    /// Multi-rank runs (MLX_RANK and MLX_HOSTFILE set, by `kooka launch` or mlx.launch):
-    /// how the model is split over the ranks. Use the same flags on every rank.
-    #[arg(long, env = "KOOKA_PARALLEL", value_enum, default_value_t = ParallelArg::Pipeline)]
-    pub parallel: ParallelArg,
-    /// Pipeline: layers per rank in rank order (e.g. 25,37), summing to the model's layer
-    /// count; default an even split.
-    #[arg(long, env = "KOOKA_PIPELINE_SPLIT", value_delimiter = ',')]
-    pub pipeline_split: Option<Vec<usize>>,
-    /// Multi-rank: rank 0's control-plane port (default: one above the highest port in
-    /// MLX_HOSTFILE).
-    #[arg(long, env = "KOOKA_CONTROL_PORT")]
-    pub control_port: Option<u16>,
-    /// Multi-rank: every rank must join and load its shard within this many seconds.
-    #[arg(long, env = "KOOKA_STARTUP_TIMEOUT_SECS", default_value_t = 300)]
-    pub startup_timeout_secs: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ParallelArg {
-    /// Contiguous layer ranges per rank, activations passed along (best over TCP).
-    Pipeline,
-    /// Heads and MLP columns sharded on every rank, partial sums all-reduced.
-    Tensor,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -494,56 +418,6 @@ fn generate_constraint(args: &GenerateArgs) -> anyhow::Result<Option<crate::cons
     let schema = serde_json::from_str(&text)
         .with_context(|| "--json-schema is neither a readable file nor JSON".to_string())?;
     Ok(Some(Grammar::json_schema(&schema, true)?))
-}
-
-pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
-    let dir =
-        crate::model::resolve::resolve_model(&args.model, &crate::model::resolve::hf_cache_dir())?;
-    let parallel = match (args.parallel, args.pipeline_split) {
-        (ParallelArg::Pipeline, split) => crate::cluster::ParallelSpec::Pipeline { split },
-        (ParallelArg::Tensor, None) => crate::cluster::ParallelSpec::Tensor,
-        (ParallelArg::Tensor, Some(_)) => {
-            anyhow::bail!("--pipeline-split only applies to --parallel pipeline")
-        }
-    };
-    // No MLX_RANK / MLX_HOSTFILE: single rank, and the multi-rank flags are unused.
-    let cluster = crate::cluster::ClusterConfig::from_topology(
-        &crate::dist::Topology::from_env()?,
-        parallel,
-        args.control_port,
-        std::time::Duration::from_secs(args.startup_timeout_secs),
-        &dir,
-    )?;
-    if let Some(cluster) = cluster.as_ref().filter(|c| c.rank > 0) {
-        // Only rank 0 serves HTTP; the others follow its engine operations.
-        crate::cluster::follower::run(cluster, &dir, args.compute_dtype.into())
-            .with_context(|| format!("rank {}", cluster.rank))?;
-        return Ok(());
-    }
-    let listener = std::net::TcpListener::bind((args.host.as_str(), args.port))
-        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
-    let config = crate::server::ServeConfig {
-        model_dir: dir,
-        aliases: vec![args.model.display().to_string()],
-        dtype: args.compute_dtype.into(),
-        max_body_bytes: args.max_body_bytes,
-        workers: args.http_workers,
-        api_key: args.api_key,
-        allowed_origins: args.allowed_origins,
-        runtime: crate::runtime::RuntimeConfig {
-            max_running: args.max_running,
-            max_queue: args.max_queue,
-            kv_cache_bytes: args.kv_cache_bytes,
-            prompt_cache_bytes: args.prompt_cache_bytes,
-            prefill_chunk: args.prefill_chunk,
-        },
-    };
-    let leader = cluster
-        .map(crate::cluster::Leader::start)
-        .transpose()
-        .context("rank 0")?;
-    crate::server::run_ranked(listener, config, leader)?;
-    Ok(())
 }
 
 pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {

@@ -250,3 +250,48 @@ fn a_client_that_leaves_frees_its_sequence_within_steps() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A long prompt is read in chunks between decode steps: a running stream keeps getting
+/// tokens while it is prefilled (with one whole-prompt prefill it would wait seconds).
+#[test]
+fn a_long_prompt_does_not_stall_running_streams() {
+    use std::io::Read;
+    let server = start_with(&["--prefill-chunk", "64"]);
+    let addr = server.addr.clone();
+    let body = json!({
+        "prompt": "Count from 1 to 1000, one number per line.\n1\n2\n",
+        "max_tokens": 2000,
+        "temperature": 0,
+        "stream": true,
+    });
+    let mut s = stream_some(&addr, "/v1/completions", &body, 3);
+    let long = std::thread::spawn({
+        let addr = addr.clone();
+        move || {
+            let t = Instant::now();
+            let r = completion(
+                &addr,
+                &json!({"prompt": "The quick brown fox jumps over the lazy dog. ".repeat(150),
+                        "max_tokens": 1}),
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+            t.elapsed()
+        }
+    });
+    // Frame arrival times while the long prompt is read.
+    let mut gaps = Vec::new();
+    let mut last = Instant::now();
+    let mut buf = [0u8; 4096];
+    while !long.is_finished() {
+        let n = s.read(&mut buf).expect("reading the stream");
+        assert!(n > 0, "the stream ended before the long prompt was read");
+        gaps.push(last.elapsed());
+        last = Instant::now();
+    }
+    let took = long.join().unwrap();
+    let worst = gaps.iter().max().copied().unwrap_or_default();
+    assert!(
+        took > 3 * worst && worst < Duration::from_secs(3),
+        "the long prompt took {took:?}; the stream's longest silence meanwhile was {worst:?}"
+    );
+}

@@ -83,12 +83,16 @@ fn concurrent_streams_answer_as_they_do_alone() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     };
     let first = together();
-    let second = together();
     for i in 0..bodies.len() {
-        assert!(!alone[i].is_empty(), "request {i}");
-        assert_eq!(first[i], second[i], "request {i} repeats");
+        assert!(!alone[i].is_empty() && !first[i].is_empty(), "request {i}");
         if bodies[i]["temperature"] == 0 {
             assert_eq!(first[i], alone[i], "greedy request {i}: batched vs alone");
+        } else {
+            // Seeded: the same request again gives the same text. (Batched, a seeded draw
+            // may land elsewhere when the batch around it differs, which over HTTP depends on
+            // arrival times: tests/batching.rs checks repeats under one schedule.)
+            let again = text(&post(&addr, &bodies[i]), bodies[i]["stream"] == true);
+            assert_eq!(again, alone[i], "seeded request {i} repeats");
         }
     }
     let stderr = server.stderr.lock().unwrap().clone();
@@ -160,10 +164,9 @@ fn overload_gets_429s_and_the_rest_completes() {
     let ok = responses.iter().filter(|r| r.status == 200).count();
     let refused: Vec<&Response> = responses.iter().filter(|r| r.status == 429).collect();
     assert_eq!(ok + refused.len(), 8, "only 200s and 429s");
-    assert!(
-        ok >= 3,
-        "the running one and the two queued complete ({ok})"
-    );
+    // At least the queue's two complete (three when the first was admitted before the rest
+    // arrived).
+    assert!(ok >= 2, "the queued requests complete ({ok})");
     assert!(!refused.is_empty(), "eight at once overflow a queue of two");
     for r in refused {
         assert!(r.headers.contains("retry-after: 1"), "{}", r.headers);

@@ -220,7 +220,7 @@ impl Batch {
                 continue;
             }
             if let Some(cache) = prefix.as_deref_mut() {
-                self.offer(i, seq, cache)?;
+                cache.offer(&self.caches, i, &seq.fed)?;
             }
         }
         if tokens_all_rows && !keep.is_empty() {
@@ -239,27 +239,6 @@ impl Batch {
                 c.retain_rows(keep)?;
             }
         }
-        Ok(())
-    }
-
-    /// Row `i`'s positions into the prefix cache.
-    fn offer(&self, i: usize, seq: &Sequence, prefix: &mut PrefixCache) -> Result<()> {
-        let mut layers = Vec::with_capacity(self.caches.len());
-        let mut n = 0;
-        for c in &self.caches {
-            match c.row(i)? {
-                Some((k, v, len)) => {
-                    n = len as usize;
-                    layers.push((k, v));
-                }
-                None => return Ok(()),
-            }
-        }
-        if n == 0 || n > seq.fed.len() {
-            return Ok(());
-        }
-        transforms::async_eval(layers.iter().flat_map(|(k, v)| [k, v]))?;
-        prefix.insert(seq.fed[..n].to_vec(), layers);
         Ok(())
     }
 }

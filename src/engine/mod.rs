@@ -154,19 +154,19 @@ impl Engine {
 
     pub fn with_config(model: Box<dyn LanguageModel>, config: EngineConfig) -> Self {
         let batchable = !model.make_caches().iter().any(KvCache::is_rotating);
-        let prefix = (batchable && config.prefix_cache_tokens > 0)
-            .then(|| PrefixCache::new(config.prefix_cache_tokens));
-        Engine {
+        let mut engine = Engine {
             model,
             config,
             prefilling: VecDeque::new(),
             batches: Vec::new(),
             batchable,
-            prefix,
+            prefix: None,
             next_id: 0,
             steps: 0,
             constrainer: None,
-        }
+        };
+        engine.configure(config);
+        engine
     }
 
     /// Enables constrained requests ([`SequenceRequest::constraint`]); build the
@@ -280,7 +280,7 @@ impl Engine {
         if let Some(i) = self.prefilling.iter().position(|p| p.seq.id == id) {
             if let Some(p) = self.prefilling.remove(i) {
                 if let (Some(caches), Some(prefix)) = (&p.caches, self.prefix.as_mut()) {
-                    offer_prompt(prefix, &p.seq.req.prompt[..p.done], caches);
+                    let _ = prefix.offer(caches, 0, &p.seq.req.prompt[..p.done]);
                 }
             }
             return;
@@ -397,25 +397,8 @@ impl Engine {
         transforms::async_eval(queued)?;
         seq.fed = seq.req.prompt.clone();
         if let Some(prefix) = self.prefix.as_mut() {
-            offer_prompt(prefix, &seq.fed, &caches);
+            prefix.offer(&caches, 0, &seq.fed)?;
         }
         Ok(Ready { seq, caches, first })
-    }
-}
-
-/// Offers a sequence's own (one-row) caches holding `tokens` to the prefix cache.
-fn offer_prompt(prefix: &mut PrefixCache, tokens: &[u32], caches: &[KvCache]) {
-    let layers: Option<Vec<(Array, Array)>> = caches
-        .iter()
-        .map(|c| c.row(0).ok().flatten())
-        .map(|r| {
-            r.filter(|(_, _, n)| *n as usize == tokens.len())
-                .map(|(k, v, _)| (k, v))
-        })
-        .collect();
-    if let Some(layers) = layers.filter(|l| !l.is_empty()) {
-        if transforms::async_eval(layers.iter().flat_map(|(k, v)| [k, v])).is_ok() {
-            prefix.insert(tokens.to_vec(), layers);
-        }
     }
 }

@@ -126,6 +126,33 @@ impl PrefixCache {
         true
     }
 
+    /// Keeps what row `row` of `caches` holds: a copy of its positions, which are the first of
+    /// `tokens` (the ids fed so far). Nothing when the caches cannot give a row (rotating).
+    pub fn offer(
+        &mut self,
+        caches: &[KvCache],
+        row: usize,
+        tokens: &[u32],
+    ) -> crate::model::Result<()> {
+        let mut layers = Vec::with_capacity(caches.len());
+        let mut n = 0;
+        for c in caches {
+            match c.row(row)? {
+                Some((k, v, len)) => {
+                    n = len as usize;
+                    layers.push((k, v));
+                }
+                None => return Ok(()),
+            }
+        }
+        if n == 0 || n > tokens.len() {
+            return Ok(());
+        }
+        mlx_rs::transforms::async_eval(layers.iter().flat_map(|(k, v)| [k, v]))?;
+        self.insert(tokens[..n].to_vec(), layers);
+        Ok(())
+    }
+
     fn total_tokens(&self) -> usize {
         self.entries.iter().map(|e| e.tokens.len()).sum()
     }

@@ -61,6 +61,10 @@ pub struct ServeArgs {
         default_value = "*"
     )]
     pub allowed_origins: Vec<String>,
+    /// Stream each OpenAI chat tool call's arguments as they are generated; by default a
+    /// call is sent whole in one delta once it is complete (as kooka-server and mlx-lm do).
+    #[arg(long, env = "KOOKA_INCREMENTAL_TOOL_CALLS")]
+    pub incremental_tool_calls: bool,
     /// Multi-rank runs (MLX_RANK and MLX_HOSTFILE set, by `kooka launch` or mlx.launch):
     /// how the model is split over the ranks. Use the same flags on every rank.
     #[arg(long, env = "KOOKA_PARALLEL", value_enum, default_value_t = ParallelArg::Pipeline)]
@@ -127,6 +131,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             prompt_cache_bytes: args.prompt_cache_bytes,
             prefill_chunk: args.prefill_chunk,
         },
+        incremental_tool_calls: args.incremental_tool_calls,
     };
     let leader = cluster
         .map(crate::cluster::Leader::start)

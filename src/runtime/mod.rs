@@ -154,9 +154,11 @@ impl RuntimeHandle {
         let budget = self.info.kv_budget_tokens;
         if prompt_tokens + 1 > budget {
             return Err(RuntimeError::BadRequest {
+                // Claude Code compacts its conversation on this wording (Anthropic's).
                 message: format!(
-                    "The prompt is {prompt_tokens} tokens long; this server's KV cache budget \
-                     holds at most {budget} positions per request (--kv-cache-bytes)"
+                    "prompt is too long: {prompt_tokens} tokens > {} maximum (this server's \
+                     KV cache budget holds {budget} positions per request: --kv-cache-bytes)",
+                    budget - 1
                 ),
                 param: None,
             });

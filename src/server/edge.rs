@@ -7,7 +7,7 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::error::ApiError;
 
@@ -76,17 +76,13 @@ pub async fn require_api_key(
     if admitted {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
-    let response = ApiError::Unauthorized.error_response();
+    let response = ApiError::Unauthorized.response_for(req.path());
     Ok(req.into_response(response))
 }
 
 /// A known path asked with a method it does not serve.
-pub async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed(format!(
-        "{} {}",
-        req.method(),
-        req.path()
-    )))
+pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    ApiError::MethodNotAllowed(format!("{} {}", req.method(), req.path())).response_for(req.path())
 }
 
 #[cfg(test)]

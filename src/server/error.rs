@@ -110,6 +110,49 @@ impl ApiError {
         }
     }
 
+    /// Anthropic's error type for this error.
+    fn anthropic_kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { .. } | ApiError::MethodNotAllowed(_) => "invalid_request_error",
+            ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => "not_found_error",
+            ApiError::Unauthorized => "authentication_error",
+            ApiError::PayloadTooLarge(_) => "request_too_large",
+            ApiError::Overloaded { .. } => "rate_limit_error",
+            ApiError::Unavailable(_) => "overloaded_error",
+            ApiError::Internal(_) => "api_error",
+        }
+    }
+
+    /// The body in Anthropic's shape: `{"type": "error", "error": {"type", "message"}}`
+    /// (also the data of an in-stream `error` event).
+    pub fn anthropic_body(&self) -> serde_json::Value {
+        json!({
+            "type": "error",
+            "error": {"type": self.anthropic_kind(), "message": self.to_string()},
+        })
+    }
+
+    /// The response for the Anthropic routes (`/v1/messages...`), status and headers as
+    /// [`ResponseError::error_response`] gives them.
+    pub fn anthropic_response(&self) -> HttpResponse {
+        let mut response = self.error_response();
+        let body = actix_web::body::BoxBody::new(self.anthropic_body().to_string());
+        response
+            .headers_mut()
+            .insert(actix_web::http::header::CONTENT_TYPE, actix_web::http::header::HeaderValue::from_static("application/json"));
+        response.set_body(body)
+    }
+
+    /// This error for a request to `path`: Anthropic-shaped under `/v1/messages`, OpenAI-shaped
+    /// elsewhere.
+    pub fn response_for(&self, path: &str) -> HttpResponse {
+        if path.starts_with("/v1/messages") {
+            self.anthropic_response()
+        } else {
+            self.error_response()
+        }
+    }
+
     /// The JSON body (also used for errors sent inside an SSE stream).
     pub fn body(&self) -> serde_json::Value {
         json!({"error": {

@@ -46,8 +46,11 @@ pub fn submit(state: &AppState, request: u64, spec: JobSpec) -> Result<Job, ApiE
     let context_left = context.map(|n| n.saturating_sub(prompt_tokens));
     if context_left == Some(0) {
         return Err(ApiError::BadRequest {
+            // Anthropic's wording, which Claude Code reads to compact its conversation.
             message: format!(
-                "The prompt is {prompt_tokens} tokens long; this model's context is {} tokens",
+                "prompt is too long: {prompt_tokens} tokens > {} maximum (this model's context \
+                 is {} tokens and the reply needs at least one)",
+                context.unwrap_or(1).saturating_sub(1),
                 context.unwrap_or(0)
             ),
             param: Some(spec.prompt_field.into()),
@@ -112,6 +115,39 @@ pub fn encode_text(state: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
         .tokenizer
         .encode(text, true)
         .map_err(|e| ApiError::Internal(format!("tokenizing the prompt: {e}")))
+}
+
+/// A `system` message after the first non-system one (Claude Code sends such reminders).
+fn has_late_system(messages: &[Value]) -> bool {
+    messages
+        .iter()
+        .skip_while(|m| m["role"] == "system")
+        .any(|m| m["role"] == "system")
+}
+
+/// [`has_late_system`]'s messages as user turns, joined to a user turn next to them.
+fn late_system_as_user(messages: &[Value]) -> Vec<Value> {
+    let lead = messages.iter().take_while(|m| m["role"] == "system").count();
+    let mut out: Vec<Value> = messages[..lead].to_vec();
+    for m in &messages[lead..] {
+        let mut m = m.clone();
+        if m["role"] == "system" {
+            m["role"] = Value::from("user");
+        }
+        let after_lead = out.len() > lead;
+        match out.last_mut() {
+            Some(last) if m["role"] == "user" && last["role"] == "user" && after_lead => {
+                let joined = format!(
+                    "{}\n\n{}",
+                    last["content"].as_str().unwrap_or(""),
+                    m["content"].as_str().unwrap_or("")
+                );
+                last["content"] = Value::from(joined);
+            }
+            _ => out.push(m),
+        }
+    }
+    out
 }
 
 /// A chat conversation rendered for this model.
@@ -219,24 +255,29 @@ pub fn chat_prompt(
         ApiError::bad_request("This model has no chat template; chat completions need one")
     })?;
     let use_tools = !tools.is_empty() && *tool_choice != ToolChoice::None;
-    let (parser_kind, rendered) = if !use_tools && state.chat.template_renders_tools {
-        (None, template.render(messages, None, true, kwargs))
-    } else if !use_tools {
+    let parser_kind = match (use_tools, state.chat.template_renders_tools) {
+        (false, _) => None,
+        (true, true) => Some(state.chat.tool_parser.unwrap_or(ParserKind::JsonTools)),
+        (true, false) => Some(ParserKind::JsonTools),
+    };
+    let render = |messages: &[Value]| match (use_tools, state.chat.template_renders_tools) {
+        (false, true) => template.render(messages, None, true, kwargs),
         // Earlier tool turns still need writing out as text for such a template.
-        let messages = super::tool_prompt::flatten_tool_turns(messages);
-        (None, template.render(&messages, None, true, kwargs))
-    } else if state.chat.template_renders_tools {
-        let kind = state.chat.tool_parser.unwrap_or(ParserKind::JsonTools);
-        (
-            Some(kind),
-            template.render(messages, Some(tools), true, kwargs),
-        )
-    } else {
-        let messages = super::tool_prompt::with_tool_system_message(messages, tools, tool_choice);
-        (
-            Some(ParserKind::JsonTools),
-            template.render(&messages, None, true, kwargs),
-        )
+        (false, false) => {
+            let messages = super::tool_prompt::flatten_tool_turns(messages);
+            template.render(&messages, None, true, kwargs)
+        }
+        (true, true) => template.render(messages, Some(tools), true, kwargs),
+        (true, false) => {
+            let messages =
+                super::tool_prompt::with_tool_system_message(messages, tools, tool_choice);
+            template.render(&messages, None, true, kwargs)
+        }
+    };
+    let rendered = match render(messages) {
+        // Templates that refuse a system message after the first turn get it as a user turn.
+        Err(_) if has_late_system(messages) => render(&late_system_as_user(messages)),
+        other => other,
     };
     let text = rendered.map_err(|e| ApiError::field("messages", e.to_string()))?;
     let reasoning = state.chat.think_tags.map(|(open, close)| {
@@ -249,13 +290,20 @@ pub fn chat_prompt(
         }
     });
     let tools_parser = parser_kind.map(|kind| new_parser(kind, tools));
+    let declared = match parser_kind {
+        Some(_) => tools
+            .iter()
+            .filter_map(|t| t["function"]["name"].as_str().map(str::to_string))
+            .collect(),
+        None => Vec::new(),
+    };
     let ids = state
         .tokenizer
         .encode(&text, false)
         .map_err(|e| ApiError::Internal(format!("tokenizing the prompt: {e}")))?;
     Ok(ChatPrompt {
         ids,
-        parser: ReplyParser::new(reasoning, tools_parser),
+        parser: ReplyParser::new(reasoning, tools_parser).with_bare_calls(declared),
         tool_format: parser_kind,
     })
 }

@@ -43,12 +43,8 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     }))
 }
 
-pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::RouteNotFound(format!(
-        "{} {}",
-        req.method(),
-        req.path()
-    )))
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    ApiError::RouteNotFound(format!("{} {}", req.method(), req.path())).response_for(req.path())
 }
 
 /// Reads the body up to `limit` bytes; a declared or actual larger body is a 413.

@@ -13,6 +13,7 @@ pub mod models;
 pub mod openai;
 pub mod reply;
 pub mod request;
+pub mod responses;
 pub mod tool_prompt;
 
 use std::net::TcpListener;
@@ -50,6 +51,8 @@ pub struct ServeConfig {
     pub allowed_origins: Vec<String>,
     /// Scheduling and memory limits of the model side.
     pub runtime: RuntimeConfig,
+    /// Stream OpenAI chat tool-call arguments as they are generated (else each call whole).
+    pub incremental_tool_calls: bool,
 }
 
 /// How chat replies of this model are read.
@@ -99,6 +102,8 @@ pub struct AppState {
     pub chat: ChatInfo,
     /// Every rank's state, on rank 0 of a multi-rank run (`/health` reports it).
     pub cluster: Option<Arc<crate::cluster::ClusterStatus>>,
+    /// See [`ServeConfig::incremental_tool_calls`].
+    pub incremental_tool_calls: bool,
 }
 
 impl AppState {
@@ -142,7 +147,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(post("/chat/completions", openai::chat_completions))
     .service(post("/v1/completions", completions::completions))
     .service(post("/completions", completions::completions))
-    .service(post("/v1/messages", anthropic::messages));
+    .service(post("/v1/messages", anthropic::messages))
+    .service(post("/v1/messages/count_tokens", anthropic::count_tokens))
+    .service(post("/v1/responses", responses::responses))
+    .service(post("/responses", responses::responses));
 }
 
 fn model_id(dir: &Path) -> String {
@@ -200,6 +208,7 @@ pub fn run_ranked(
         next_id: AtomicU64::new(0),
         chat: chat_info,
         cluster: leader.as_ref().map(|l| l.status()),
+        incremental_tool_calls: config.incremental_tool_calls,
     });
     let addr = listener.local_addr()?;
     info!(model = %state.model_id, %addr, "serving");

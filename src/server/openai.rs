@@ -88,6 +88,8 @@ pub async fn chat_completions(
     let reader = ChatReader {
         parser,
         single_call: !chat.parallel_tool_calls,
+        whole_calls: !state.incremental_tool_calls,
+        pending: None,
     };
     if chat.stream {
         Ok(stream_chat(job, reader, meta, chat.include_usage))
@@ -96,26 +98,57 @@ pub async fn chat_completions(
     }
 }
 
-/// The reply parser plus the `parallel_tool_calls: false` rule (only the first call kept).
+/// The reply parser plus the `parallel_tool_calls: false` rule (only the first call kept),
+/// and, unless `--incremental-tool-calls`, each call held until it ends and sent whole in one
+/// delta (index, id, type, name and complete arguments), as kooka-server and mlx-lm do.
 struct ChatReader {
     parser: ReplyParser,
     single_call: bool,
+    whole_calls: bool,
+    /// The call being held: `(index, id, name, arguments so far)`.
+    pending: Option<(usize, String, String, String)>,
 }
 
 impl ChatReader {
-    fn keep(&self, events: Vec<ReplyEvent>) -> Vec<ReplyEvent> {
-        if !self.single_call {
-            return events;
+    fn keep(&mut self, events: Vec<ReplyEvent>) -> Vec<ReplyEvent> {
+        let single = self.single_call;
+        let events = events.into_iter().filter(|e| match e {
+            ReplyEvent::ToolStart { index, .. }
+            | ReplyEvent::ToolArgs { index, .. }
+            | ReplyEvent::ToolEnd { index } => !single || *index == 0,
+            _ => true,
+        });
+        if !self.whole_calls {
+            return events.collect();
         }
-        events
-            .into_iter()
-            .filter(|e| match e {
-                ReplyEvent::ToolStart { index, .. }
-                | ReplyEvent::ToolArgs { index, .. }
-                | ReplyEvent::ToolEnd { index } => *index == 0,
-                _ => true,
-            })
-            .collect()
+        let mut out = Vec::new();
+        for e in events {
+            match e {
+                ReplyEvent::ToolStart { index, id, name } => {
+                    self.pending = Some((index, id, name, String::new()))
+                }
+                ReplyEvent::ToolArgs { delta, .. } => {
+                    if let Some(p) = &mut self.pending {
+                        p.3.push_str(&delta);
+                    }
+                }
+                ReplyEvent::ToolEnd { .. } => out.extend(self.release()),
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
+    /// The held call as one start and one argument delta.
+    fn release(&mut self) -> Vec<ReplyEvent> {
+        let Some((index, id, name, args)) = self.pending.take() else {
+            return Vec::new();
+        };
+        vec![
+            ReplyEvent::ToolStart { index, id, name },
+            ReplyEvent::ToolArgs { index, delta: args },
+            ReplyEvent::ToolEnd { index },
+        ]
     }
 
     fn push(&mut self, text: &str) -> Vec<ReplyEvent> {
@@ -125,7 +158,9 @@ impl ChatReader {
 
     fn finish(&mut self) -> Vec<ReplyEvent> {
         let events = self.parser.finish();
-        self.keep(events)
+        let mut out = self.keep(events);
+        out.extend(self.release());
+        out
     }
 
     /// `tool_calls` whenever the reply made a call.
@@ -237,8 +272,22 @@ impl ChatStream {
 
     /// The chunks for some reply events; pending logprobs ride on the first one.
     fn write(&mut self, events: Vec<ReplyEvent>, out: &mut Vec<u8>) {
-        for e in events {
+        let mut events = events.into_iter().peekable();
+        while let Some(e) = events.next() {
             let delta = match e {
+                // A whole call: start and arguments in one delta.
+                ReplyEvent::ToolStart { index, id, name }
+                    if self.reader.whole_calls
+                        && matches!(events.peek(), Some(ReplyEvent::ToolArgs { .. })) =>
+                {
+                    let Some(ReplyEvent::ToolArgs { delta: args, .. }) = events.next() else {
+                        continue;
+                    };
+                    json!({"tool_calls": [{
+                        "index": index, "id": id, "type": "function",
+                        "function": {"name": name, "arguments": args},
+                    }]})
+                }
                 ReplyEvent::Content(t) => json!({ "content": t }),
                 ReplyEvent::Reasoning(t) => json!({ "reasoning_content": t }),
                 ReplyEvent::ToolStart { index, id, name } => json!({"tool_calls": [{

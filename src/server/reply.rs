@@ -30,6 +30,54 @@ pub struct ReplyParser {
     reasoning: Option<ReasoningSplitter>,
     tools: Option<Box<dyn ToolParser>>,
     calls: usize,
+    /// Declared tool names, when a bare JSON reply may stand for a call of one.
+    bare_calls: Option<BareCall>,
+}
+
+/// Small models often answer a tool request with a bare or fenced JSON object
+/// (`{"name": "Read", "arguments": {...}}`) instead of the template's markup. Content that
+/// may still be such an object is held back; a whole reply that is one, naming a declared
+/// tool, becomes a call (never for an undeclared name), as kooka-server did.
+struct BareCall {
+    names: Vec<String>,
+    held: String,
+    /// The content can no longer be a bare call: pass it through.
+    open: bool,
+}
+
+impl BareCall {
+    /// Whether `text` (the content so far) may still turn out to be one JSON object.
+    fn may_be_call(text: &str) -> bool {
+        let t = text.trim_start();
+        t.is_empty() || t.starts_with('{') || t.starts_with("```") || "```".starts_with(t)
+    }
+
+    /// The call a whole reply stands for: `(name, arguments JSON)`.
+    fn call(&self) -> Option<(String, String)> {
+        let mut t = self.held.trim();
+        if let Some(rest) = t.strip_prefix("```") {
+            let rest = rest.trim_end().strip_suffix("```")?;
+            // Drop the info string (`json`).
+            t = rest.split_once('\n').map(|(_, body)| body).unwrap_or(rest).trim();
+        }
+        let serde_json::Value::Object(obj) = serde_json::from_str(t).ok()? else {
+            return None;
+        };
+        let name = obj.get("name")?.as_str()?;
+        if !self.names.iter().any(|n| n == name) {
+            return None;
+        }
+        let args = ["arguments", "parameters", "input"]
+            .iter()
+            .find_map(|k| obj.get(*k))
+            .cloned()
+            .unwrap_or(serde_json::json!({}));
+        let args = match args {
+            serde_json::Value::String(s) => serde_json::from_str(&s).ok()?,
+            v => v,
+        };
+        args.is_object().then(|| (name.to_string(), args.to_string()))
+    }
 }
 
 impl ReplyParser {
@@ -39,7 +87,20 @@ impl ReplyParser {
             reasoning,
             tools,
             calls: 0,
+            bare_calls: None,
         }
+    }
+
+    /// Reads a whole reply that is a bare JSON call of one of `names` as that call.
+    pub fn with_bare_calls(mut self, names: Vec<String>) -> Self {
+        if !names.is_empty() {
+            self.bare_calls = Some(BareCall {
+                names,
+                held: String::new(),
+                open: false,
+            });
+        }
+        self
     }
 
     /// How many tool calls the reply has started so far.
@@ -85,15 +146,61 @@ impl ReplyParser {
                 let events = p.finish();
                 self.convert(events, &mut out);
             }
+            self.end_bare_call(&mut out);
         }
         out
     }
 
+    /// Content, unless it may be a bare call (then held until it is known).
+    fn content(&mut self, text: String, out: &mut Vec<ReplyEvent>) {
+        match &mut self.bare_calls {
+            Some(b) if !b.open && self.calls == 0 => {
+                b.held.push_str(&text);
+                if !BareCall::may_be_call(&b.held) {
+                    b.open = true;
+                    out.push(ReplyEvent::Content(std::mem::take(&mut b.held)));
+                }
+            }
+            _ => out.push(ReplyEvent::Content(text)),
+        }
+    }
+
+    /// At the end: the held content as a call, or as the content it is.
+    fn end_bare_call(&mut self, out: &mut Vec<ReplyEvent>) {
+        let Some(b) = &mut self.bare_calls else {
+            return;
+        };
+        if b.held.is_empty() {
+            return;
+        }
+        match b.call().filter(|_| self.calls == 0) {
+            Some((name, args)) => {
+                b.held.clear();
+                self.calls += 1;
+                let id = format!("call_{:016x}", rand_id(&args));
+                out.push(ReplyEvent::ToolStart { index: 0, id, name });
+                out.push(ReplyEvent::ToolArgs { index: 0, delta: args });
+                out.push(ReplyEvent::ToolEnd { index: 0 });
+            }
+            None => out.push(ReplyEvent::Content(std::mem::take(&mut b.held))),
+        }
+    }
+
     fn convert(&mut self, events: Vec<ParseEvent>, out: &mut Vec<ReplyEvent>) {
+        // Content held as a possible bare call is content after all once a real call starts.
+        if events.iter().any(|e| matches!(e, ParseEvent::ToolCallStart { .. })) {
+            if let Some(b) = self.bare_calls.as_mut().filter(|b| !b.held.is_empty()) {
+                b.open = true;
+                out.push(ReplyEvent::Content(std::mem::take(&mut b.held)));
+            }
+        }
         for e in events {
             out.push(match e {
                 ParseEvent::Content(t) if t.is_empty() => continue,
-                ParseEvent::Content(t) => ReplyEvent::Content(t),
+                ParseEvent::Content(t) => {
+                    self.content(t, out);
+                    continue;
+                }
                 ParseEvent::ToolCallStart { index, id, name } => {
                     self.calls += 1;
                     ReplyEvent::ToolStart { index, id, name }
@@ -105,6 +212,15 @@ impl ReplyParser {
             });
         }
     }
+}
+
+/// A call id that differs between calls (time and arguments; not a secret).
+fn rand_id(args: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    args.hash(&mut h);
+    std::time::SystemTime::now().hash(&mut h);
+    h.finish()
 }
 
 /// A whole reply, for non-streamed responses.
@@ -164,6 +280,35 @@ mod tests {
             assert_eq!(args["path"], "a.rs");
             assert_eq!(p.tool_calls(), 1);
         }
+    }
+
+    fn bare(text: &str, cut: usize) -> Reply {
+        let mut p = ReplyParser::new(None, Some(new_parser(ParserKind::JsonTools, &[])))
+            .with_bare_calls(vec!["Read".into()]);
+        let mut reply = Reply::default();
+        reply.extend(p.push(&text[..cut]));
+        reply.extend(p.push(&text[cut..]));
+        reply.extend(p.finish());
+        reply
+    }
+
+    #[test]
+    fn a_bare_json_call_of_a_declared_tool_is_a_call() {
+        for text in [
+            "{\"name\": \"Read\", \"arguments\": {\"file_path\": \"a.rs\"}}",
+            "```json\n{\"name\": \"Read\", \"arguments\": {\"file_path\": \"a.rs\"}}\n```",
+        ] {
+            for cut in 0..text.len() {
+                let r = bare(text, cut);
+                assert_eq!(r.tool_calls.len(), 1, "{text:?} cut {cut}");
+                assert_eq!(r.tool_calls[0].1, "Read");
+                assert!(r.content.is_empty());
+            }
+        }
+        // Undeclared names and other text stay text.
+        let other = "{\"name\": \"Write\", \"arguments\": {}}";
+        assert_eq!(bare(other, 3).content, other);
+        assert_eq!(bare("Sure: {\"a\": 1}", 2).content, "Sure: {\"a\": 1}");
     }
 
     #[test]

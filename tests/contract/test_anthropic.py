@@ -150,3 +150,76 @@ def test_messages_stop_sequences(http, model):
     assert out.get("stop_sequence") == stop, out
     got = "".join(b.get("text", "") for b in out["content"] if b["type"] == "text")
     assert got == text[: text.find(stop)], (text, stop, got)
+
+
+# ---- what Claude Code sends (issue 15) --------------------------------------------------------
+
+def anthropic_error(resp, status, kind):
+    assert resp.status_code == status, f"expected {status}, got {resp.status_code}: {resp.text[:300]}"
+    body = resp.json()
+    assert body.get("type") == "error", body
+    assert body["error"]["type"] == kind and body["error"]["message"].strip(), body
+    return body["error"]["message"]
+
+
+def test_system_entries_inside_messages_are_accepted(http, model):
+    """Claude Code 2.1 sends `role: "system"` entries among the turns; consecutive user
+    turns, image blocks, thinking history and unknown top-level fields pass too."""
+    body = msg_body(model, stream=False, metadata={"user_id": "u"},
+                    context_management={"edits": []}, output_config={"effort": "low"})
+    body["system"] = [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.0;"},
+                      {"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}]
+    body["messages"] = [
+        {"role": "user", "content": [{"type": "text", "text": "<system-reminder>none</system-reminder>"}]},
+        {"role": "system", "content": "Available agents: none."},
+        {"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]},
+        {"role": "user", "content": [{"type": "text", "text": FRANCE, "cache_control": {"type": "ephemeral"}}]},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "Paris.", "signature": "abc"},
+                                          {"type": "text", "text": "Paris."}]},
+        {"role": "user", "content": "And of Italy?"},
+    ]
+    check_message(post_messages(http, body, "/v1/messages?beta=true"), 16)
+
+
+def test_count_tokens_matches_the_prompt(http, model):
+    body = msg_body(model, content="Count the tokens of this prompt, please.")
+    resp = http.post("/v1/messages/count_tokens?beta=true",
+                     json={k: v for k, v in body.items() if k != "max_tokens"}, headers=HEADERS)
+    assert resp.status_code == 200, resp.text[:300]
+    n = resp.json()["input_tokens"]
+    assert isinstance(n, int) and n > 5, resp.json()
+    usage = post_messages(http, body)["usage"]
+    assert usage["input_tokens"] + usage["cache_read_input_tokens"] == n, (n, usage)
+
+
+def test_messages_errors_are_anthropic_shaped(http, model, api_key, base_url):
+    anthropic_error(http.post("/v1/messages", json=msg_body("no-such-model"), headers=HEADERS),
+                    404, "not_found_error")
+    anthropic_error(http.get("/v1/messages", headers=HEADERS), 405, "invalid_request_error")
+    anthropic_error(http.post("/v1/messages", json={"model": model}, headers=HEADERS),
+                    400, "invalid_request_error")
+    anthropic_error(http.post("/v1/messages/count_tokens", json={"model": model, "messages": 3},
+                              headers=HEADERS), 400, "invalid_request_error")
+    if api_key:
+        import httpx
+        resp = httpx.post(base_url + "/v1/messages", json=msg_body(model),
+                          headers={**HEADERS, "x-api-key": "wrong"})
+        anthropic_error(resp, 401, "authentication_error")
+
+
+def test_prompt_too_long_uses_anthropic_wording(http, model):
+    """Claude Code compacts its conversation when it reads this wording."""
+    body = msg_body(model, content="hello " * 40000)
+    message = anthropic_error(http.post("/v1/messages", json=body, headers=HEADERS),
+                              400, "invalid_request_error")
+    assert re.match(r"prompt is too long: \d+ tokens > \d+ maximum", message), message
+
+
+def test_output_config_format_is_enforced(http, model):
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+              "required": ["answer"], "additionalProperties": False}
+    body = msg_body(model, content="Is water wet?", max_tokens=40,
+                    output_config={"format": {"type": "json_schema", "schema": schema}})
+    out = post_messages(http, body)
+    text = "".join(b["text"] for b in out["content"] if b["type"] == "text")
+    assert json.loads(text)["answer"] in ("yes", "no"), text

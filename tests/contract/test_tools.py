@@ -102,6 +102,25 @@ def test_forced_tool_call_raw_stream_deltas(http, model):
     assert_no_markup(s.content)
 
 
+@pytest.mark.tools
+def test_streamed_tool_call_is_one_whole_delta(http, model):
+    """Like kooka-server and mlx-lm: each call in one delta carrying its index, id, type,
+    name and complete arguments (`--incremental-tool-calls` streams arguments instead)."""
+    body = {"model": model, "messages": messages(), "tools": [ECHO_TOOL],
+            "tool_choice": "required", "max_tokens": MAX_TOKENS, "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body) as resp:
+        assert resp.status_code == 200, resp.read()[:500]
+        s = read_chat_stream(resp)
+    deltas = [tc for chunk in s.chunks for ch in chunk.get("choices") or []
+              for tc in (ch.get("delta") or {}).get("tool_calls") or []]
+    assert deltas, "no tool_calls delta"
+    assert len({d["index"] for d in deltas}) == len(deltas), f"a call split over deltas: {deltas}"
+    for d in deltas:
+        assert d.get("id") and d.get("type") == "function", d
+        assert d["function"]["name"] == "echo", d
+        check_arguments(d["function"]["arguments"])
+
+
 def check_tool_use(message):
     assert message.stop_reason == "tool_use", message
     uses = [b for b in message.content if b.type == "tool_use"]

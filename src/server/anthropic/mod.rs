@@ -10,7 +10,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::generation::{submit_chat, Job};
+use super::generation::{chat_prompt, submit_chat, Job};
 use super::http::{next_item, read_body, sse_event, sse_response, JobItem};
 use super::openai::{check_model, Usage};
 use super::reply::{Reply, ReplyEvent, ReplyParser};
@@ -18,7 +18,7 @@ mod parse;
 
 use super::AppState;
 use crate::runtime::Finish;
-use parse::parse;
+use parse::{parse, Purpose};
 
 /// Anthropic model names (`claude-*`) stand for the served model.
 fn check_anthropic_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
@@ -28,8 +28,8 @@ fn check_anthropic_model(state: &AppState, model: Option<&str>) -> Result<(), Ap
     }
 }
 
-/// The route: errors in Anthropic's shape (`{"type":"error","error":{"type","message"}}`),
-/// which the `anthropic` SDKs read.
+/// The route: errors in Anthropic's shape (see [`ApiError::anthropic_response`]), which the
+/// `anthropic` SDKs and Claude Code read.
 pub async fn messages(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -37,26 +37,33 @@ pub async fn messages(
 ) -> HttpResponse {
     match handle(state, req, payload).await {
         Ok(response) => response,
-        Err(e) => {
-            use actix_web::ResponseError;
-            let kind = match e.status_code().as_u16() {
-                400 | 405 => "invalid_request_error",
-                401 => "authentication_error",
-                404 => "not_found_error",
-                413 => "request_too_large",
-                429 => "rate_limit_error",
-                503 => "overloaded_error",
-                _ => "api_error",
-            };
-            let mut response = HttpResponse::build(e.status_code());
-            if let Some(retry) = e.retry_after() {
-                response.insert_header(("Retry-After", retry.to_string()));
-            }
-            response.json(json!({
-                "type": "error",
-                "error": {"type": kind, "message": e.to_string()},
-            }))
-        }
+        Err(e) => e.anthropic_response(),
+    }
+}
+
+/// `POST /v1/messages/count_tokens`: the prompt's exact length, rendered through the same
+/// template path as a generation (`{"input_tokens": N}`).
+pub async fn count_tokens(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let count = async {
+        let body = read_body(&req, payload, state.max_body_bytes).await?;
+        let r = parse(&body, Purpose::Count)?;
+        check_anthropic_model(&state, r.model.as_deref())?;
+        let prompt = chat_prompt(
+            &state,
+            &r.messages,
+            &r.tools,
+            &r.tool_choice,
+            &r.chat_template_kwargs,
+        )?;
+        Ok::<_, ApiError>(prompt.ids.len())
+    };
+    match count.await {
+        Ok(n) => HttpResponse::Ok().json(json!({ "input_tokens": n })),
+        Err(e) => e.anthropic_response(),
     }
 }
 
@@ -66,7 +73,7 @@ async fn handle(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, state.max_body_bytes).await?;
-    let r = parse(&body)?;
+    let r = parse(&body, Purpose::Generate)?;
     check_anthropic_model(&state, r.model.as_deref())?;
     let (job, parser) = submit_chat(&state, &r)?;
     let meta = Meta {
@@ -242,7 +249,8 @@ impl Stream {
                 "id": self.meta.id, "type": "message", "role": "assistant",
                 "model": self.meta.model, "content": [], "stop_reason": null,
                 "stop_sequence": null,
-                "usage": {"input_tokens": self.job.prompt_tokens, "output_tokens": 0},
+                "usage": {"input_tokens": self.job.prompt_tokens, "output_tokens": 0,
+                    "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
             }})
             .to_string(),
         )
@@ -303,15 +311,7 @@ impl Stream {
 
 /// Anthropic's in-stream `error` event.
 fn error_event(e: &ApiError) -> Bytes {
-    let kind = match e {
-        ApiError::Unavailable(_) => "overloaded_error",
-        ApiError::Overloaded { .. } => "rate_limit_error",
-        _ => "api_error",
-    };
-    sse_event(
-        "error",
-        &json!({"type": "error", "error": {"type": kind, "message": e.to_string()}}).to_string(),
-    )
+    sse_event("error", &e.anthropic_body().to_string())
 }
 
 fn stream(job: Job, parser: ReplyParser, meta: Meta) -> HttpResponse {

@@ -10,12 +10,39 @@ use crate::server::request::{
     tool_list, type_name, ChatRequest, ToolChoice,
 };
 
+/// What the body is for: a generation needs `max_tokens`, a token count does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    Generate,
+    Count,
+}
+
+/// The top-level fields read here; others (Claude Code's `context_management`, `metadata`,
+/// `service_tier`, ...) are accepted and ignored.
+const KNOWN: [&str; 14] = [
+    "model", "max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences",
+    "system", "messages", "tools", "tool_choice", "thinking", "output_config", "output_format",
+];
+
 /// A validated Messages request, in OpenAI chat shape.
-pub(super) fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
+pub(super) fn parse(body: &[u8], purpose: Purpose) -> Result<ChatRequest, ApiError> {
     let obj = parse_object(body)?;
+    let ignored: Vec<&str> = obj
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !KNOWN.contains(k))
+        .collect();
+    if !ignored.is_empty() {
+        tracing::debug!(?ignored, "Messages fields accepted and ignored");
+    }
     let model = string(&obj, "model")?;
-    let max_tokens = integer(&obj, "max_tokens")?
-        .ok_or_else(|| ApiError::field("max_tokens", "`max_tokens` is required"))?;
+    let max_tokens = match (integer(&obj, "max_tokens")?, purpose) {
+        (Some(n), _) => n,
+        (None, Purpose::Count) => 1,
+        (None, Purpose::Generate) => {
+            return Err(ApiError::field("max_tokens", "`max_tokens` is required"))
+        }
+    };
     check(max_tokens >= 1, "max_tokens", "must be at least 1")?;
     let stream = crate::server::request::boolean(&obj, "stream")?.unwrap_or(false);
     let mut params = SamplingParams::default();
@@ -41,6 +68,7 @@ pub(super) fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
         messages.push(json!({"role": "system", "content": system}));
     }
     messages.extend(conversation(&obj)?);
+    let messages = merge_turns(messages);
     let tools = tools(&obj)?;
     let tool_choice = tool_choice(&obj, &tools)?;
     // Extended thinking asks templates that support it to think.
@@ -65,8 +93,68 @@ pub(super) fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
         tool_choice,
         parallel_tool_calls: true,
         chat_template_kwargs: kwargs,
-        response_format: None,
+        response_format: output_format(&obj)?,
     })
+}
+
+/// Structured outputs: `output_config.format` (or the older `output_format`), `{"type":
+/// "json_schema", "schema": {...}}`, as a chat `response_format`.
+fn output_format(obj: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
+    let (param, format) = match (
+        get(obj, "output_config").and_then(|c| c.get("format")),
+        get(obj, "output_format"),
+    ) {
+        (Some(f), _) if !f.is_null() => ("output_config.format", f),
+        (_, Some(f)) => ("output_format", f),
+        _ => return Ok(None),
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("json_schema") => {
+            let schema = format.get("schema");
+            check(
+                schema.is_some_and(Value::is_object),
+                &format!("{param}.schema"),
+                "is required and must be a JSON schema object",
+            )?;
+            Ok(Some(json!({"type": "json_schema", "json_schema": {
+                "name": "output", "schema": schema, "strict": true,
+            }})))
+        }
+        other => Err(ApiError::field(
+            &format!("{param}.type"),
+            format!("`{param}.type` {:?} is not supported (only \"json_schema\")", other.unwrap_or("")),
+        )),
+    }
+}
+
+/// Consecutive turns of one role become one, as Anthropic's API does (a `system` entry
+/// inside `messages` and tool results break a run).
+fn merge_turns(messages: Vec<Value>) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::with_capacity(messages.len());
+    for m in messages {
+        let role = m["role"].as_str().unwrap_or("").to_string();
+        if let Some(last) = out.last_mut() {
+            let mergeable = last["role"] == role.as_str()
+                && (role == "user" || role == "assistant")
+                && last.get("tool_calls").is_none()
+                && last.get("reasoning_content").is_none() == m.get("reasoning_content").is_none();
+            if mergeable && m.get("reasoning_content").is_none() {
+                let joined = [last["content"].as_str().unwrap_or(""), m["content"].as_str().unwrap_or("")]
+                    .iter()
+                    .filter(|t| !t.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join("\n\n");
+                last["content"] = json!(joined);
+                if let Some(calls) = m.get("tool_calls") {
+                    last["tool_calls"] = calls.clone();
+                }
+                continue;
+            }
+        }
+        out.push(m);
+    }
+    out
 }
 
 /// Claude Code starts `system` with a text block `x-anthropic-billing-header: ...` that changes
@@ -101,21 +189,25 @@ fn system_text(obj: &Map<String, Value>) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// The text of `text` blocks joined (other block types are refused).
+/// The text of a list of content blocks: `text` blocks joined; a `document` with a text
+/// source gives its text; what a text model cannot read (images, PDFs) stands as a short
+/// note; other block types are skipped (logged at debug).
 fn text_of(blocks: &[Value], param: &str) -> Result<String, ApiError> {
     let mut out = String::new();
-    for b in blocks {
-        match (
-            b.get("type").and_then(Value::as_str),
-            b.get("text").and_then(Value::as_str),
-        ) {
-            (Some("text"), Some(t)) => out.push_str(t),
-            _ => {
-                return Err(ApiError::field(
-                    param,
-                    format!("`{param}`: only text blocks are supported here"),
-                ))
+    for (j, b) in blocks.iter().enumerate() {
+        let Some(kind) = b.get("type").and_then(Value::as_str) else {
+            return Err(ApiError::field(
+                &format!("{param}[{j}]"),
+                format!("`{param}[{j}]` must be a content block with a `type`"),
+            ));
+        };
+        match kind {
+            "text" => out.push_str(b.get("text").and_then(Value::as_str).unwrap_or("")),
+            "document" if b["source"]["type"] == "text" => {
+                out.push_str(b["source"]["data"].as_str().unwrap_or(""))
             }
+            "image" | "document" => out.push_str(&format!("[{kind} omitted]")),
+            other => tracing::debug!(param, block = other, "content block skipped"),
         }
     }
     Ok(out)
@@ -129,10 +221,12 @@ fn conversation(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
     for (i, m) in list.iter().enumerate() {
         let param = format!("messages[{i}]");
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        // Claude Code puts `system` entries (reminders, agent lists) among the turns; they
+        // stay where they stand (chat templates render them there).
         check(
-            role == "user" || role == "assistant",
+            role == "user" || role == "assistant" || role == "system",
             &format!("{param}.role"),
-            "must be \"user\" or \"assistant\"",
+            "must be \"user\", \"assistant\" or \"system\"",
         )?;
         let blocks = match m.get("content") {
             Some(Value::String(s)) => {
@@ -167,24 +261,25 @@ fn conversation(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
                     },
                 })),
                 Some("tool_result") if role == "user" => {
-                    let content = match b.get("content") {
+                    let mut content = match b.get("content") {
                         Some(Value::String(s)) => s.clone(),
-                        Some(Value::Array(parts)) => text_of(parts, &bparam)?,
+                        Some(Value::Array(parts)) => text_of(parts, &format!("{bparam}.content"))?,
                         _ => String::new(),
                     };
+                    if b.get("is_error").and_then(Value::as_bool) == Some(true) {
+                        content = format!("Error: {content}");
+                    }
                     out.push(json!({
                         "role": "tool",
                         "tool_call_id": b.get("tool_use_id").cloned().unwrap_or(Value::Null),
                         "content": content,
                     }));
                 }
-                other => {
+                Some(_) => text.push_str(&text_of(std::slice::from_ref(b), &bparam)?),
+                None => {
                     return Err(ApiError::field(
                         &bparam,
-                        format!(
-                            "`{bparam}`: content block type {:?} is not supported",
-                            other.unwrap_or("(none)")
-                        ),
+                        format!("`{bparam}` must be a content block with a `type`"),
                     ))
                 }
             }
@@ -273,6 +368,7 @@ mod tests {
               {"role":"assistant","content":[{"type":"text","text":"ok"},{"type":"tool_use","id":"t1","name":"echo","input":{"text":"x"}}]},
               {"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"x"},{"type":"text","text":"go on"}]}],
             "tools":[{"name":"echo","input_schema":{"type":"object"}}],"tool_choice":{"type":"tool","name":"echo"}}"#,
+            Purpose::Generate,
         )
         .unwrap();
         assert_eq!(
@@ -291,6 +387,49 @@ mod tests {
 
     #[test]
     fn max_tokens_is_required() {
-        assert!(parse(br#"{"messages":[{"role":"user","content":"hi"}]}"#).is_err());
+        let body = br#"{"messages":[{"role":"user","content":"hi"}]}"#;
+        assert!(parse(body, Purpose::Generate).is_err());
+        assert!(parse(body, Purpose::Count).is_ok());
+    }
+
+    #[test]
+    fn claude_code_shapes_are_accepted() {
+        let r = parse(
+            br#"{"model":"claude-sonnet-4-5","max_tokens":32000,"stream":true,
+            "metadata":{"user_id":"u"},"context_management":{"edits":[]},"thinking":{"type":"enabled","budget_tokens":1024},
+            "output_config":{"effort":"high"},
+            "system":[{"type":"text","text":"You are Claude Code.","cache_control":{"type":"ephemeral"}}],
+            "messages":[
+              {"role":"user","content":[{"type":"text","text":"<system-reminder>x</system-reminder>"},{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]},
+              {"role":"system","content":"Agents: a, b"},
+              {"role":"user","content":"more"},
+              {"role":"user","content":[{"type":"image","source":{"type":"base64","media_type":"image/png","data":"AA=="}}]},
+              {"role":"assistant","content":[{"type":"thinking","thinking":"hm","signature":"sig"},{"type":"tool_use","id":"t1","name":"Read","input":{"p":"a"}}]},
+              {"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","is_error":true,"content":[{"type":"text","text":"no"},{"type":"image","source":{}}]}]}]}"#,
+            Purpose::Generate,
+        )
+        .unwrap();
+        let m = &r.messages;
+        assert_eq!(m[0]["role"], "system");
+        assert_eq!(m[1]["content"], "<system-reminder>x</system-reminder>hi");
+        assert_eq!(m[2], json!({"role": "system", "content": "Agents: a, b"}));
+        // Two user turns in a row are one.
+        assert_eq!(m[3]["content"], "more\n\n[image omitted]");
+        assert_eq!(m[4]["reasoning_content"], "hm");
+        assert_eq!(m[5]["content"], "Error: no[image omitted]");
+        assert_eq!(m.len(), 6);
+        assert_eq!(r.chat_template_kwargs["enable_thinking"], true);
+        assert!(r.response_format.is_none());
+    }
+
+    #[test]
+    fn output_config_format_constrains() {
+        let r = parse(
+            br#"{"max_tokens":8,"messages":[{"role":"user","content":"hi"}],
+            "output_config":{"format":{"type":"json_schema","schema":{"type":"object"}}}}"#,
+            Purpose::Generate,
+        )
+        .unwrap();
+        assert_eq!(r.response_format.unwrap()["json_schema"]["schema"]["type"], "object");
     }
 }

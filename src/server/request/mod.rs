@@ -298,6 +298,12 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
         if m.get("role").and_then(Value::as_str) == Some("developer") {
             m.insert("role".into(), Value::String("system".into()));
         }
+        // Earlier reasoning comes back as `reasoning_content` (opencode) or `reasoning`.
+        if !m.contains_key("reasoning_content") {
+            if let Some(r @ Value::String(_)) = m.remove("reasoning") {
+                m.insert("reasoning_content".into(), r);
+            }
+        }
         if let Some(Value::Array(calls)) = m.get_mut("tool_calls") {
             for call in calls.iter_mut() {
                 arguments_as_object(call);

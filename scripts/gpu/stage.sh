@@ -24,7 +24,7 @@ tok="$ROOT/models/Qwen2.5-Coder-0.5B-Instruct"
 if [ -f "$tok/tokenizer.json" ]; then
   mkdir -p "$G/qwen-tokenizer"
   cp "$tok/tokenizer_config.json" "$G/qwen-tokenizer/"
-  cp "$tok/tokenizer.json" "$G/qwen-tokenizer/"   # ~7 MB; run 1 carries it
+  cp "$tok/tokenizer.json" "$G/qwen-tokenizer/"   # ~11 MB; run 1 carries it
 else
   echo "stage.sh: $tok missing (scripts/setup.sh --tests makes it); qwen-tokenizer not staged" >&2
 fi

@@ -137,9 +137,10 @@ impl ApiError {
     pub fn anthropic_response(&self) -> HttpResponse {
         let mut response = self.error_response();
         let body = actix_web::body::BoxBody::new(self.anthropic_body().to_string());
-        response
-            .headers_mut()
-            .insert(actix_web::http::header::CONTENT_TYPE, actix_web::http::header::HeaderValue::from_static("application/json"));
+        response.headers_mut().insert(
+            actix_web::http::header::CONTENT_TYPE,
+            actix_web::http::header::HeaderValue::from_static("application/json"),
+        );
         response.set_body(body)
     }
 

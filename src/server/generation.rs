@@ -127,7 +127,10 @@ fn has_late_system(messages: &[Value]) -> bool {
 
 /// [`has_late_system`]'s messages as user turns, joined to a user turn next to them.
 fn late_system_as_user(messages: &[Value]) -> Vec<Value> {
-    let lead = messages.iter().take_while(|m| m["role"] == "system").count();
+    let lead = messages
+        .iter()
+        .take_while(|m| m["role"] == "system")
+        .count();
     let mut out: Vec<Value> = messages[..lead].to_vec();
     for m in &messages[lead..] {
         let mut m = m.clone();

@@ -58,7 +58,11 @@ impl BareCall {
         if let Some(rest) = t.strip_prefix("```") {
             let rest = rest.trim_end().strip_suffix("```")?;
             // Drop the info string (`json`).
-            t = rest.split_once('\n').map(|(_, body)| body).unwrap_or(rest).trim();
+            t = rest
+                .split_once('\n')
+                .map(|(_, body)| body)
+                .unwrap_or(rest)
+                .trim();
         }
         let serde_json::Value::Object(obj) = serde_json::from_str(t).ok()? else {
             return None;
@@ -76,7 +80,8 @@ impl BareCall {
             serde_json::Value::String(s) => serde_json::from_str(&s).ok()?,
             v => v,
         };
-        args.is_object().then(|| (name.to_string(), args.to_string()))
+        args.is_object()
+            .then(|| (name.to_string(), args.to_string()))
     }
 }
 
@@ -179,7 +184,10 @@ impl ReplyParser {
                 self.calls += 1;
                 let id = format!("call_{:016x}", rand_id(&args));
                 out.push(ReplyEvent::ToolStart { index: 0, id, name });
-                out.push(ReplyEvent::ToolArgs { index: 0, delta: args });
+                out.push(ReplyEvent::ToolArgs {
+                    index: 0,
+                    delta: args,
+                });
                 out.push(ReplyEvent::ToolEnd { index: 0 });
             }
             None => out.push(ReplyEvent::Content(std::mem::take(&mut b.held))),
@@ -188,7 +196,10 @@ impl ReplyParser {
 
     fn convert(&mut self, events: Vec<ParseEvent>, out: &mut Vec<ReplyEvent>) {
         // Content held as a possible bare call is content after all once a real call starts.
-        if events.iter().any(|e| matches!(e, ParseEvent::ToolCallStart { .. })) {
+        if events
+            .iter()
+            .any(|e| matches!(e, ParseEvent::ToolCallStart { .. }))
+        {
             if let Some(b) = self.bare_calls.as_mut().filter(|b| !b.held.is_empty()) {
                 b.open = true;
                 out.push(ReplyEvent::Content(std::mem::take(&mut b.held)));

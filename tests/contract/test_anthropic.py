@@ -201,7 +201,7 @@ def test_messages_errors_are_anthropic_shaped(http, model, api_key, base_url):
     anthropic_error(http.post("/v1/messages/count_tokens", json={"model": model, "messages": 3},
                               headers=HEADERS), 400, "invalid_request_error")
     if api_key:
-        import httpx
+        from support import httpx
         resp = httpx.post(base_url + "/v1/messages", json=msg_body(model),
                           headers={**HEADERS, "x-api-key": "wrong"})
         anthropic_error(resp, 401, "authentication_error")

@@ -20,8 +20,20 @@ pub(super) enum Purpose {
 /// The top-level fields read here; others (Claude Code's `context_management`, `metadata`,
 /// `service_tier`, ...) are accepted and ignored.
 const KNOWN: [&str; 14] = [
-    "model", "max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences",
-    "system", "messages", "tools", "tool_choice", "thinking", "output_config", "output_format",
+    "model",
+    "max_tokens",
+    "stream",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop_sequences",
+    "system",
+    "messages",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "output_config",
+    "output_format",
 ];
 
 /// A validated Messages request, in OpenAI chat shape.
@@ -122,7 +134,10 @@ fn output_format(obj: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
         }
         other => Err(ApiError::field(
             &format!("{param}.type"),
-            format!("`{param}.type` {:?} is not supported (only \"json_schema\")", other.unwrap_or("")),
+            format!(
+                "`{param}.type` {:?} is not supported (only \"json_schema\")",
+                other.unwrap_or("")
+            ),
         )),
     }
 }
@@ -139,12 +154,15 @@ fn merge_turns(messages: Vec<Value>) -> Vec<Value> {
                 && last.get("tool_calls").is_none()
                 && last.get("reasoning_content").is_none() == m.get("reasoning_content").is_none();
             if mergeable && m.get("reasoning_content").is_none() {
-                let joined = [last["content"].as_str().unwrap_or(""), m["content"].as_str().unwrap_or("")]
-                    .iter()
-                    .filter(|t| !t.is_empty())
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join("\n\n");
+                let joined = [
+                    last["content"].as_str().unwrap_or(""),
+                    m["content"].as_str().unwrap_or(""),
+                ]
+                .iter()
+                .filter(|t| !t.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n\n");
                 last["content"] = json!(joined);
                 if let Some(calls) = m.get("tool_calls") {
                     last["tool_calls"] = calls.clone();
@@ -430,6 +448,9 @@ mod tests {
             Purpose::Generate,
         )
         .unwrap();
-        assert_eq!(r.response_format.unwrap()["json_schema"]["schema"]["type"], "object");
+        assert_eq!(
+            r.response_format.unwrap()["json_schema"]["schema"]["type"],
+            "object"
+        );
     }
 }

@@ -5,9 +5,10 @@
 #
 # usage: scripts/setup.sh [--tests] [--no-build]
 #   --tests     also the test references: a Python venv (mlx, mlx-lm, openai, anthropic,
-#               pytest; all pinned) and test data (llama.cpp golden vectors and chat templates,
-#               the Qwen2.5 GGUF, converted to models/Qwen2.5-Coder-0.5B-Instruct for the
-#               contract suite's tool-call tests)
+#               pytest; all pinned), the coding-agent CLIs (npm, scripts/agents/) and test
+#               data (llama.cpp golden vectors and chat templates, the Qwen2.5 GGUF,
+#               converted to models/Qwen2.5-Coder-0.5B-Instruct for the contract suite's
+#               tool-call and agent-client tests)
 #   --no-build  skip `cargo build --release` and the model conversion
 #
 # Everything downloaded goes under third_party/ and models/ (git-ignored). Set MLX_DIR to use
@@ -75,6 +76,8 @@ if [ "$OS" = Linux ]; then
   pkgs=(libclang-dev libopenblas0-pthread)
   # Tests also need sshd + iproute2 for the remote-launch test hosts (network namespaces).
   [ $WITH_TESTS = 1 ] && pkgs+=(openssh-server openssh-client iproute2)
+  # ... and node + npm for the coding-agent CLIs (scripts/agents/install.sh).
+  if [ $WITH_TESTS = 1 ] && ! command -v npm >/dev/null; then pkgs+=(nodejs npm); fi
   for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
   if [ ${#need[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -164,6 +167,13 @@ EOF
     done
     [ "$(sha_of "$TP/gguf/$QWEN_GGUF.partial")" = "$QWEN_GGUF_SHA" ] || fail "the joined $QWEN_GGUF does not match its pinned sha256"
     mv "$TP/gguf/$QWEN_GGUF.partial" "$TP/gguf/$QWEN_GGUF"
+  fi
+
+  step "coding-agent CLIs: Claude Code, Codex, opencode (npm, pinned by scripts/agents/package-lock.json)"
+  if command -v npm >/dev/null; then
+    "$ROOT/scripts/agents/install.sh" >/dev/null || fail "scripts/agents/install.sh failed"
+  else
+    echo "setup.sh: npm not found: the agent-client tests (tests/contract/test_agents.py) will be skipped (Debian: apt-get install nodejs npm)" >&2
   fi
 fi
 

@@ -52,10 +52,11 @@ run_contract() {
 if [ "${KOOKA_CONTRACT_TESTS:-1}" != 0 ]; then
   rc=0
   # Constrained decoding guarantees forced tool calls on any model: run the tools tests here too.
-  run_contract models/SmolLM2-135M-Instruct -m "contract or unit" --assume-tools || rc=1
+  run_contract models/SmolLM2-135M-Instruct -m "(contract or unit) and not agents" --assume-tools || rc=1
   # Forced tool calls need a model that emits them (setup.sh --tests converts this one).
   if [ -f models/Qwen2.5-Coder-0.5B-Instruct/config.json ]; then
-    run_contract models/Qwen2.5-Coder-0.5B-Instruct -m "contract and tools" || rc=1
+    # ... and the coding-agent CLIs (Claude Code, Codex, opencode) run against it.
+    run_contract models/Qwen2.5-Coder-0.5B-Instruct -m "contract and (tools or agents)" || rc=1
   else
     echo "test.sh: models/Qwen2.5-Coder-0.5B-Instruct is missing: run scripts/setup.sh --tests" >&2
     rc=1

@@ -453,4 +453,31 @@ mod tests {
             "object"
         );
     }
+
+    /// Claude Code 2.1.328's own requests (tests/fixtures/clients, texts cut) parse.
+    #[test]
+    fn claude_code_fixtures_parse() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clients/");
+        for (file, purpose) in [
+            ("claude_code_messages.json", Purpose::Generate),
+            ("claude_code_messages_notools.json", Purpose::Generate),
+            ("claude_code_messages_bare_notools.json", Purpose::Generate),
+            ("claude_code_count_tokens.json", Purpose::Count),
+        ] {
+            let body = std::fs::read(format!("{dir}{file}")).unwrap();
+            let r = parse(&body, purpose).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let texts: Vec<&str> = r
+                .messages
+                .iter()
+                .filter_map(|m| m["content"].as_str())
+                .collect();
+            assert!(!texts.iter().any(|t| t.contains(BILLING_HEADER)), "{file}");
+            if file == "claude_code_messages.json" {
+                assert_eq!(r.tools.len(), 12, "{file}");
+                // The system entry after the user turn stays where it stands.
+                assert_eq!(r.messages.last().unwrap()["role"], "system", "{file}");
+                assert!(r.stream);
+            }
+        }
+    }
 }

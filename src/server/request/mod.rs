@@ -379,4 +379,20 @@ mod tests {
             Some("messages[0].role")
         );
     }
+
+    /// opencode 1.18.33's own requests (tests/fixtures/clients, texts cut) parse.
+    #[test]
+    fn opencode_fixtures_parse() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clients/");
+        for file in [
+            "opencode_chat.json",
+            "opencode_chat_min.json",
+            "opencode_title.json",
+        ] {
+            let body = std::fs::read(format!("{dir}{file}")).unwrap();
+            let r = parse_chat(&body).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(r.stream && r.include_usage, "{file}");
+            assert_eq!(r.tools.is_empty(), file != "opencode_chat.json", "{file}");
+        }
+    }
 }

@@ -485,4 +485,34 @@ mod tests {
         assert!(parse(br#"{"input":3}"#).is_err());
         assert!(parse(br#"{"input":"hi","text":{"format":{"type":"json_schema"}}}"#).is_err());
     }
+
+    /// Codex 0.169.0's own requests (tests/fixtures/clients, texts cut) parse.
+    #[test]
+    fn codex_fixtures_parse() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clients/");
+        for file in [
+            "codex_responses.json",
+            "codex_responses_apply_patch.json",
+            "codex_responses_min.json",
+        ] {
+            let body = std::fs::read(format!("{dir}{file}")).unwrap();
+            let r = parse(&body).unwrap_or_else(|e| panic!("{file}: {e}"));
+            // Its instructions come as a developer message.
+            assert_eq!(r.chat.messages[0]["role"], "system", "{file}");
+            assert!(r.chat.stream);
+            // Namespace and web_search tools are skipped; apply_patch is custom.
+            let names: Vec<&str> = r
+                .chat
+                .tools
+                .iter()
+                .filter_map(|t| t["function"]["name"].as_str())
+                .collect();
+            assert!(!names.contains(&"multi_agent_v1"), "{file}: {names:?}");
+            assert_eq!(
+                r.custom_tools.contains("apply_patch"),
+                file != "codex_responses.json",
+                "{file}"
+            );
+        }
+    }
 }

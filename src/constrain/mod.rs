@@ -21,6 +21,7 @@
 //!
 //! **Invariant**: nothing here touches MLX; the engine owns the mask's trip to the logits.
 
+mod embed;
 mod error;
 mod grammar;
 mod lark;
@@ -31,4 +32,4 @@ mod tools;
 pub use error::ConstrainError;
 pub use grammar::{Grammar, ResponseFormat};
 pub use matcher::{Constrainer, GrammarMatcher, MaskStep};
-pub use tools::{ToolCalls, ToolChoice};
+pub use tools::{ToolCalls, ToolChoice, CUSTOM_GRAMMAR_KEY};

@@ -55,7 +55,15 @@ struct Tool {
     params: Value,
     /// `function.strict`.
     strict: bool,
+    /// A custom tool's Lark grammar for its one `input` argument ([`CUSTOM_GRAMMAR_KEY`]).
+    grammar: Option<String>,
 }
+
+/// Where a function object carries a custom (freeform) tool's Lark grammar: the Responses API's
+/// `custom` tools are offered to the model as functions with one string argument, `input`,
+/// and that argument is held to the grammar (json_tools markup). Servers strip the key before
+/// rendering the tools into a prompt.
+pub const CUSTOM_GRAMMAR_KEY: &str = "x-kooka-grammar";
 
 /// The markup of the formats kooka can enforce.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -123,7 +131,28 @@ impl ToolCalls<'_> {
         let mut alternatives = Vec::new();
         for (i, tool) in tools.iter().enumerate() {
             let rule = format!("call_{i}");
-            rules.push_str(&format!("{rule}: {}\n", markup.call(tool)?));
+            let body = match custom_call(markup, tool, i) {
+                Some((body, grammar)) => {
+                    rules.push_str(&grammar);
+                    body
+                }
+                // Beside a custom tool's literal call head, the others' heads are literals
+                // too: a `%json` call would take `{` as its own lexeme and never reach the
+                // custom name (llguidance's lexemes are greedy).
+                None if markup == Markup::JsonTools
+                    && tools.iter().any(|t| t.grammar.is_some()) =>
+                {
+                    let name = serde_json::to_string(&tool.name).unwrap_or_default();
+                    format!(
+                        "{} {} {}",
+                        lit(&format!("{{\"name\": {name}, \"arguments\": ")),
+                        json_rule(&tool.params, !tool.strict),
+                        lit("}")
+                    )
+                }
+                None => markup.call(tool)?,
+            };
+            rules.push_str(&format!("{rule}: {body}\n"));
             alternatives.push(rule);
         }
         rules.push_str(&format!("call: {}\n", alternatives.join(" | ")));
@@ -151,6 +180,30 @@ impl ToolCalls<'_> {
             "tools",
         )
         .map(Some)
+    }
+}
+
+/// A custom tool's call in json_tools markup with its `input` held to the tool's grammar:
+/// the call's rule body and the grammar's rules. `None` (the call is constrained as any other
+/// function's) for other markups or a grammar that cannot be embedded (logged).
+fn custom_call(markup: Markup, tool: &Tool, i: usize) -> Option<(String, String)> {
+    let definition = tool.grammar.as_deref()?;
+    if markup != Markup::JsonTools {
+        tracing::debug!(tool = %tool.name, "custom tool grammar enforced only in json_tools markup");
+        return None;
+    }
+    let prefix = format!("g{i}_");
+    match super::embed::embed(definition, &prefix, true) {
+        Ok(rules) => {
+            let name = serde_json::to_string(&tool.name).ok()?;
+            let open = format!("{{\"name\": {name}, \"arguments\": {{\"input\": \"");
+            let body = format!("{} {prefix}start {}", lit(&open), lit("\"}}"));
+            Some((body, rules))
+        }
+        Err(e) => {
+            tracing::warn!(tool = %tool.name, "{e}");
+            None
+        }
     }
 }
 
@@ -193,6 +246,10 @@ fn parse_tools(tools: &[Value]) -> Result<Vec<Tool>, ConstrainError> {
                 name: name.to_string(),
                 params,
                 strict: f.get("strict").and_then(Value::as_bool).unwrap_or(false),
+                grammar: f
+                    .get(CUSTOM_GRAMMAR_KEY)
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
             })
         })
         .collect()

@@ -267,3 +267,51 @@ fn errors_name_the_problem() {
         Err(ConstrainError::Invalid { .. })
     ));
 }
+
+/// Codex's `apply_patch` grammar (its custom tool's `format.definition`).
+fn apply_patch() -> Value {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/clients/codex_responses_apply_patch.json"
+    );
+    let body: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let def = body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == "custom")
+        .unwrap()["format"]["definition"]
+        .clone();
+    json!({"type": "function", "function": {"name": "apply_patch", "parameters": {
+        "type": "object", "properties": {"input": {"type": "string"}}, "required": ["input"]},
+        CUSTOM_GRAMMAR_KEY: def}})
+}
+
+#[test]
+fn a_custom_tool_input_follows_its_grammar() {
+    let c = test_constrainer();
+    let tools = [echo(), apply_patch()];
+    let g = grammar(&tools, ToolChoice::Required, ParserKind::JsonTools, false);
+    let call = |input: &str| {
+        let args = json!({"input": input});
+        format!(
+            "<tool_call>\n{{\"name\": \"apply_patch\", \"arguments\": {}}}\n</tool_call>",
+            serde_json::to_string(&args)
+                .unwrap()
+                .replace("\":\"", "\": \"")
+        )
+    };
+    let patch = "*** Begin Patch\n*** Update File: src/a.rs\n@@ fn main\n-    old();\n+    new(\"x\");\n*** End Patch\n";
+    assert_eq!(run(&c, &g, &call(patch)), Run::Complete(true));
+    let (_, calls) = parse(ParserKind::JsonTools, &tools, &call(patch));
+    assert_eq!(calls[0].1["input"], patch);
+    // Not a patch: refused inside the string.
+    assert!(matches!(
+        run(&c, &g, &call("*** Begin Patch\nhello\n*** End Patch\n")),
+        Run::Rejected(_)
+    ));
+    // Other tools keep their schemas.
+    let echo_call =
+        "<tool_call>\n{\"name\": \"echo\", \"arguments\": {\"text\": \"hi\"}}\n</tool_call>";
+    assert_eq!(run(&c, &g, echo_call), Run::Complete(true));
+}

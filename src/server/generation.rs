@@ -13,7 +13,7 @@ use super::reply::ReplyParser;
 use super::request::{ChatRequest, ToolChoice};
 use super::AppState;
 use crate::chat::tools::{new_parser, ParserKind, ReasoningSplitter};
-use crate::constrain::{ConstrainError, Grammar, ResponseFormat, ToolCalls};
+use crate::constrain::{ConstrainError, Grammar, ResponseFormat, ToolCalls, CUSTOM_GRAMMAR_KEY};
 use crate::engine::sampling::SamplingParams;
 
 use crate::runtime::GenerationRequest;
@@ -257,6 +257,26 @@ pub fn chat_prompt(
     let template = state.template.as_ref().ok_or_else(|| {
         ApiError::bad_request("This model has no chat template; chat completions need one")
     })?;
+    // Custom tools' grammars are for the constraint, not the prompt.
+    let shown: Vec<Value>;
+    let tools = if tools
+        .iter()
+        .any(|t| t["function"].get(CUSTOM_GRAMMAR_KEY).is_some())
+    {
+        shown = tools
+            .iter()
+            .map(|t| {
+                let mut t = t.clone();
+                if let Some(f) = t.get_mut("function").and_then(Value::as_object_mut) {
+                    f.remove(CUSTOM_GRAMMAR_KEY);
+                }
+                t
+            })
+            .collect();
+        &shown[..]
+    } else {
+        tools
+    };
     let use_tools = !tools.is_empty() && *tool_choice != ToolChoice::None;
     let parser_kind = match (use_tools, state.chat.template_renders_tools) {
         (false, _) => None,

@@ -2,6 +2,8 @@
 sequence, and the official `openai` SDK's `responses.create` / `responses.stream` helpers."""
 
 import json
+import re
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -17,13 +19,10 @@ YES_NO_FORMAT = {"format": {"type": "json_schema", "name": "yes_no", "schema": Y
                             "strict": True}}
 ECHO_FUNCTION = {"type": "function", "name": "echo", "description": "Echo the given text back.",
                  "parameters": ECHO_SCHEMA, "strict": False}
-# Codex's freeform apply_patch tool has this shape (a Lark grammar).
-PATCH_TOOL = {"type": "custom", "name": "apply_patch",
-              "description": "Edit files with a patch.",
-              "format": {"type": "grammar", "syntax": "lark",
-                         "definition": 'start: "*** Begin Patch" LF body "*** End Patch"\n'
-                                       'body: /(.|\\n)*/\nLF: "\\n"'}}
-
+# Codex's freeform apply_patch tool, as Codex 0.169 sends it (its Lark grammar).
+PATCH_TOOL = next(t for t in json.loads(
+    (Path(__file__).resolve().parents[1] / "fixtures/clients/codex_responses_apply_patch.json")
+    .read_text())["tools"] if t["type"] == "custom")
 
 def body(model, input=FRANCE, **extra):
     return {"model": model, "input": input, "max_output_tokens": 16, "temperature": 0, **extra}
@@ -191,18 +190,26 @@ def test_responses_forced_function_call_streamed(http, model):
 
 @pytest.mark.tools
 def test_responses_forced_custom_tool_call(http, model):
-    b = body(model, input="Use apply_patch to add a file hello.txt containing hi.",
+    """A forced custom tool's input is held to its Lark grammar (Codex's apply_patch)."""
+    b = body(model, input="Use apply_patch to add a file hello.txt containing the line hi.",
              tools=[PATCH_TOOL], tool_choice={"type": "custom", "name": "apply_patch"},
-             max_output_tokens=96, stream=True)
+             max_output_tokens=160, stream=True)
     with http.stream("POST", "/v1/responses", json=b) as resp:
         assert resp.status_code == 200, resp.read()[:500]
         events = read_events(resp)
     response = check_event_sequence(events)
     calls = [i for i in response["output"] if i["type"] == "custom_tool_call"]
     assert calls, response["output"]
-    assert calls[0]["name"] == "apply_patch" and isinstance(calls[0]["input"], str), calls
+    call = calls[0]
+    assert call["name"] == "apply_patch" and call["call_id"], call
     done = [e for e in events if e["type"] == "response.custom_tool_call_input.done"]
-    assert done and done[0]["input"] == calls[0]["input"]
+    assert done and done[0]["input"] == call["input"]
+    text = call["input"]
+    # The grammar's head, then hunks; whole when the reply was not cut by the token limit.
+    assert text.startswith("*** Begin Patch\n*** "), text
+    assert re.match(r"\*\*\* (Add|Delete|Update) File: ", text.split("\n")[1]), text
+    if response["status"] == "completed":
+        assert re.search(r"\n\*\*\* End Patch\n?$", text), text
 
 
 def test_responses_errors(http, model):

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use serde_json::{json, Map, Value};
 use tracing::{debug, warn};
 
+use crate::constrain::CUSTOM_GRAMMAR_KEY;
 use crate::server::error::ApiError;
 use crate::server::request::{
     boolean, check, check_choice, get, max_tokens, parse_object, sampling, string, type_name,
@@ -321,6 +322,7 @@ fn tools(obj: &Map<String, Value>) -> Result<(Vec<Value>, HashSet<String>), ApiE
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
+        let mut grammar = None;
         let parameters = if kind == "custom" {
             custom.insert(name.to_string());
             if let Some(def) = t
@@ -331,6 +333,10 @@ fn tools(obj: &Map<String, Value>) -> Result<(Vec<Value>, HashSet<String>), ApiE
             {
                 description.push_str("\n\nThe input follows this grammar:\n");
                 description.push_str(def);
+                grammar = match t["format"]["syntax"].as_str() {
+                    Some("regex") => Some(format!("start: /{}/", def.replace('/', "\\/"))),
+                    _ => Some(def.to_string()),
+                };
             }
             json!({
                 "type": "object",
@@ -359,6 +365,9 @@ fn tools(obj: &Map<String, Value>) -> Result<(Vec<Value>, HashSet<String>), ApiE
         }
         if let Some(strict) = t.get("strict").and_then(Value::as_bool) {
             function["strict"] = json!(strict);
+        }
+        if let Some(g) = grammar {
+            function[CUSTOM_GRAMMAR_KEY] = json!(g);
         }
         out.push(json!({"type": "function", "function": function}));
     }

@@ -8,6 +8,7 @@ use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::SimpleVob;
 use llguidance::{Matcher, ParserFactory};
 
+use super::closing::{Nesting, Vocabulary};
 use super::tokenv::{tok_env, token_bytes};
 use super::{ConstrainError, Grammar};
 
@@ -18,6 +19,8 @@ pub struct Constrainer {
     factory: Arc<ParserFactory>,
     /// Real token ids are below this; the mask bit at this id is the grammar's EOS.
     n_tokens: usize,
+    /// What closing before the token limit needs (see [`super::closing`]).
+    vocab: Arc<Vocabulary>,
 }
 
 impl std::fmt::Debug for Constrainer {
@@ -51,6 +54,7 @@ impl Constrainer {
         hf: Option<tokenizers::Tokenizer>,
     ) -> Result<Self, ConstrainError> {
         let n_tokens = tokens.len();
+        let vocab = Vocabulary::new(&tokens);
         let env = tok_env(tokens, hf);
         let mut factory = ParserFactory::new_simple(&env)
             .map_err(|e| ConstrainError::Tokenizer(e.to_string()))?;
@@ -58,6 +62,7 @@ impl Constrainer {
         Ok(Constrainer {
             factory: Arc::new(factory),
             n_tokens,
+            vocab,
         })
     }
 
@@ -80,6 +85,9 @@ impl Constrainer {
         Ok(GrammarMatcher {
             matcher,
             n_tokens: self.n_tokens,
+            vocab: self.vocab.clone(),
+            nesting: Nesting::default(),
+            closed: false,
         })
     }
 }
@@ -88,16 +96,23 @@ impl Constrainer {
 pub struct GrammarMatcher {
     matcher: Matcher,
     n_tokens: usize,
+    vocab: Arc<Vocabulary>,
+    /// The JSON nesting of what was accepted so far.
+    nesting: Nesting,
+    /// The closing mode has narrowed a mask: the reply ends because of the token limit.
+    closed: bool,
 }
 
 impl GrammarMatcher {
     /// Writes the mask for the next token into `bias` (one entry per model vocabulary id:
     /// 0.0 allowed, -inf not; ids past the tokenizer's vocabulary are never allowed) and
-    /// allows the request's `stop_ids` exactly when the grammar may end here.
+    /// allows the request's `stop_ids` exactly when the grammar may end here. With only
+    /// `tokens_left` tokens to go, JSON is closed instead of continued ([`super::closing`]).
     pub fn next_bias(
         &mut self,
         bias: &mut [f32],
         stop_ids: &[u32],
+        tokens_left: usize,
     ) -> Result<MaskStep, ConstrainError> {
         if self.matcher.is_stopped() {
             return self.stopped_or_error();
@@ -113,6 +128,14 @@ impl GrammarMatcher {
                 *slot = if may_end { 0.0 } else { f32::NEG_INFINITY };
             }
         }
+        if any_token && self.must_close(tokens_left) {
+            if may_end {
+                // The shortest way to a valid reply: end it here.
+                self.closed = true;
+                return Ok(MaskStep::Finish);
+            }
+            self.narrow_to_closers(bias);
+        }
         match (any_token, may_end) {
             (true, _) => Ok(MaskStep::Sample),
             (false, true) => Ok(MaskStep::Finish),
@@ -122,8 +145,79 @@ impl GrammarMatcher {
         }
     }
 
+    /// Whether the tokens left are only just enough to reach the grammar's end.
+    fn must_close(&mut self, tokens_left: usize) -> bool {
+        if tokens_left <= self.nesting.reserve() {
+            return true;
+        }
+        if tokens_left > self.nesting.reserve() + PROBE_WINDOW {
+            return false;
+        }
+        // The probe's token, then the end, must fit; one token of slack for the model's
+        // own choices where no closer is allowed.
+        self.closing_cost(tokens_left + 1) + 2 >= tokens_left
+    }
+
+    /// Tokens the shortest-looking way to the grammar's end takes from here (an allowed closer
+    /// if any, else the first allowed token), up to `cap`; the matcher is left as it was.
+    fn closing_cost(&mut self, cap: usize) -> usize {
+        let mut used = 0;
+        let mut cost = cap;
+        let mut at = self.nesting;
+        while used < cap {
+            if self.matcher.is_stopped() {
+                cost = used;
+                break;
+            }
+            let Ok(mask) = self.matcher.compute_mask() else {
+                break;
+            };
+            if mask.is_allowed(self.n_tokens as u32) {
+                cost = used;
+                break;
+            }
+            let pick = self
+                .vocab
+                .pick_closer(&at, |id| mask.is_allowed(id))
+                .or_else(|| first_allowed(&mask, self.n_tokens));
+            let Some(token) = pick else {
+                break;
+            };
+            if self.matcher.consume_token(token).is_err() {
+                break;
+            }
+            at.push(&self.vocab, token);
+            used += 1;
+        }
+        if used > 0 {
+            let _ = self.matcher.rollback(used);
+        }
+        cost
+    }
+
+    /// Keeps only the allowed closers, when there is one.
+    fn narrow_to_closers(&mut self, bias: &mut [f32]) {
+        let at = self.nesting;
+        let allowed = |(id, b): (usize, &f32)| *b == 0.0 && self.vocab.closes(id, &at);
+        if !bias.iter().enumerate().any(allowed) {
+            return;
+        }
+        for (id, b) in bias.iter_mut().enumerate() {
+            if *b == 0.0 && !self.vocab.closes(id, &at) {
+                *b = f32::NEG_INFINITY;
+            }
+        }
+        self.closed = true;
+    }
+
+    /// Whether the reply was closed early for the token limit.
+    pub fn closed_for_limit(&self) -> bool {
+        self.closed
+    }
+
     /// Advances past the sampled `token`.
     pub fn accept(&mut self, token: u32) -> Result<(), ConstrainError> {
+        self.nesting.push(&self.vocab, token);
         self.matcher
             .consume_token(token)
             .map_err(|e| ConstrainError::Matcher(e.to_string()))
@@ -140,6 +234,18 @@ impl GrammarMatcher {
             None => Ok(MaskStep::Finish),
         }
     }
+}
+
+/// How close to the limit (beyond the nesting's reserve) the closing probe starts running.
+const PROBE_WINDOW: usize = 32;
+
+/// The lowest allowed real token id.
+fn first_allowed(mask: &SimpleVob, n_tokens: usize) -> Option<u32> {
+    mask.as_slice().iter().enumerate().find_map(|(i, &w)| {
+        (w != 0)
+            .then(|| i as u32 * 32 + w.trailing_zeros())
+            .filter(|&id| (id as usize) < n_tokens)
+    })
 }
 
 /// Dense additive mask from llguidance's bit set, over the first `n_tokens` ids; the rest of

@@ -38,7 +38,7 @@ pub(crate) fn run(c: &Constrainer, grammar: &Grammar, text: &str) -> Run {
     let bytes = text.as_bytes();
     let mut at = 0;
     while at < bytes.len() {
-        if m.next_bias(&mut bias, &[STOP]) != Ok(MaskStep::Sample) {
+        if m.next_bias(&mut bias, &[STOP], usize::MAX) != Ok(MaskStep::Sample) {
             return Run::Rejected(at);
         }
         let multi = MULTI
@@ -53,7 +53,7 @@ pub(crate) fn run(c: &Constrainer, grammar: &Grammar, text: &str) -> Run {
         m.accept(token).unwrap();
         at += len;
     }
-    match m.next_bias(&mut bias, &[STOP]) {
+    match m.next_bias(&mut bias, &[STOP], usize::MAX) {
         Ok(MaskStep::Finish) => Run::Complete(true),
         Ok(MaskStep::Sample) if bias[STOP as usize] == 0.0 => Run::Complete(false),
         _ => Run::Incomplete,
@@ -97,16 +97,22 @@ fn stop_ids_only_when_the_grammar_may_end() {
     let g = Grammar::json_schema(&json!({"type": "integer", "minimum": 0}), true).unwrap();
     let mut m = c.matcher(&g).unwrap();
     let mut bias = vec![0f32; c.vocab_size()];
-    assert_eq!(m.next_bias(&mut bias, &[STOP]).unwrap(), MaskStep::Sample);
+    assert_eq!(
+        m.next_bias(&mut bias, &[STOP], usize::MAX).unwrap(),
+        MaskStep::Sample
+    );
     assert_eq!(bias[STOP as usize], f32::NEG_INFINITY);
     assert_eq!(bias[b'-' as usize], f32::NEG_INFINITY);
     m.accept(b'4' as u32).unwrap();
-    assert_eq!(m.next_bias(&mut bias, &[STOP]).unwrap(), MaskStep::Sample);
+    assert_eq!(
+        m.next_bias(&mut bias, &[STOP], usize::MAX).unwrap(),
+        MaskStep::Sample
+    );
     assert_eq!(bias[STOP as usize], 0.0);
     assert_eq!(bias[b'2' as usize], 0.0);
     // The special token is never allowed as text, only as a stop id.
     let mut no_stop = vec![0f32; c.vocab_size()];
-    m.next_bias(&mut no_stop, &[]).unwrap();
+    m.next_bias(&mut no_stop, &[], usize::MAX).unwrap();
     assert_eq!(no_stop[STOP as usize], f32::NEG_INFINITY);
     assert!(m.accept(b'x' as u32).is_err());
 }
@@ -142,4 +148,59 @@ fn schema_constraints_are_enforced() {
         Run::Rejected(_)
     ));
     assert!(matches!(run(&c, &g, r#"{"kind": "a""#), Run::Rejected(_)));
+}
+
+/// Picks the lowest allowed id each step (a "model" that never closes anything by itself)
+/// with `budget` tokens in all; returns the text and whether the grammar finished.
+fn drive(c: &Constrainer, grammar: &Grammar, prefix: &str, budget: usize) -> (String, bool) {
+    let mut m = c.matcher(grammar).unwrap();
+    let mut bias = vec![0f32; c.vocab_size() + 8];
+    for &b in prefix.as_bytes() {
+        m.accept(b as u32).unwrap();
+    }
+    let mut text = prefix.to_string();
+    for used in prefix.len()..budget {
+        match m.next_bias(&mut bias, &[STOP], budget - used - 1).unwrap() {
+            MaskStep::Finish => return (text, true),
+            MaskStep::Sample => {}
+        }
+        let id = bias.iter().position(|b| *b == 0.0).unwrap();
+        if id == STOP as usize {
+            return (text, true);
+        }
+        m.accept(id as u32).unwrap();
+        text.push_str(&String::from_utf8_lossy(&[id as u8]));
+    }
+    (text, false)
+}
+
+#[test]
+fn json_closes_before_the_token_limit() {
+    let c = test_constrainer();
+    let schema = json!({"type": "object", "properties": {
+        "a": {"type": "string"}, "b": {"type": "array", "items": {"type": "string"}}},
+        "required": ["a", "b"], "additionalProperties": false});
+    let g = crate::constrain::ResponseFormat::JsonSchema {
+        schema,
+        strict: true,
+    }
+    .grammar()
+    .unwrap()
+    .unwrap();
+    let (text, done) = drive(&c, &g, "{\"a\": \"an endless", 40);
+    assert!(done, "{text:?}");
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+    assert!(v["a"].as_str().unwrap().starts_with("an endless"));
+    // Nested: an array inside an object inside an array closes too.
+    let (text, done) = drive(&c, &g, "{\"a\": \"x\", \"b\": [\"deep", 40);
+    assert!(done, "{text:?}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&text).is_ok(),
+        "{text:?}"
+    );
+    // The same "model" never closes the string itself: it runs to the limit, then closes.
+    let (text, done) = drive(&c, &g, "{\"a\": \"an endless", 4000);
+    assert!(done && text.len() > 3990, "{}", text.len());
+    assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok());
 }

@@ -21,6 +21,7 @@
 //!
 //! **Invariant**: nothing here touches MLX; the engine owns the mask's trip to the logits.
 
+mod closing;
 mod embed;
 mod error;
 mod grammar;

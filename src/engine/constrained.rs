@@ -34,8 +34,16 @@ impl SeqConstraint {
 
     /// The mask for the next token, or `None` when the sequence must end instead: the
     /// grammar is complete, or the matcher failed (logged; the reply so far is kept).
-    pub fn next_mask(&mut self, seq: SeqId, stop_ids: &[u32]) -> Result<Option<Array>> {
-        match self.matcher.next_bias(&mut self.bias, stop_ids) {
+    pub fn next_mask(
+        &mut self,
+        seq: SeqId,
+        stop_ids: &[u32],
+        tokens_left: usize,
+    ) -> Result<Option<Array>> {
+        match self
+            .matcher
+            .next_bias(&mut self.bias, stop_ids, tokens_left)
+        {
             Ok(MaskStep::Sample) => {
                 let v = self.bias.len() as i32;
                 Ok(Some(Array::from_slice(&self.bias, &[1, v])))
@@ -50,6 +58,11 @@ impl SeqConstraint {
                 Ok(None)
             }
         }
+    }
+
+    /// The grammar was closed early because the token limit was near.
+    pub fn closed_for_limit(&self) -> bool {
+        self.matcher.closed_for_limit()
     }
 
     /// Commits the sampled token; a token the grammar rejects (it cannot happen when the

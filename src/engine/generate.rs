@@ -94,12 +94,11 @@ pub fn generate(
             }
             stats.prompt_logits = ev.prompt_logits.take().or(stats.prompt_logits.take());
             on_token(&ev);
-            let is_eos = ev.finish == Some(FinishReason::Stop);
-            if !is_eos {
+            if !ev.is_end {
                 stats.tokens.push(ev.token);
             }
             stats.generation_tokens += 1;
-            if let (Some(dec), false) = (decoder, is_eos) {
+            if let (Some(dec), false) = (decoder, ev.is_end) {
                 let piece = detok.push(dec, ev.token)?;
                 let StopCheck { text, stopped } = stops.push(&piece);
                 if !text.is_empty() {

@@ -117,6 +117,9 @@ pub struct TokenEvent {
     /// Most likely tokens and their log-probabilities, best first.
     pub top_logprobs: Vec<(u32, f32)>,
     pub finish: Option<FinishReason>,
+    /// `token` marks the end (a stop id, or the end a complete grammar put in place of a
+    /// sample): it is not text.
+    pub is_end: bool,
     /// Raw last-prompt-position logits, first event only, when requested.
     pub prompt_logits: Option<Vec<f32>>,
     /// First event only: how many prompt tokens came from the prefix cache.

@@ -103,7 +103,12 @@ impl Sequence {
     /// the sequence's end when the grammar is complete.
     pub fn sample(&mut self, logits: Array) -> Result<Sampled> {
         let mask = match self.constraint.as_mut() {
-            Some(c) => match c.next_mask(self.id, &self.req.stop_ids)? {
+            // The token sampled here is number `generated + 1`; the end needs one more.
+            Some(c) => match c.next_mask(
+                self.id,
+                &self.req.stop_ids,
+                self.req.max_tokens.saturating_sub(self.generated + 1),
+            )? {
                 Some(mask) => Some(mask),
                 None => return Ok(Sampled::fixed(constrained::end_token(&self.req.stop_ids))),
             },
@@ -184,7 +189,15 @@ impl Sequence {
             }
             None => None,
         };
-        let finish = if grammar_end || self.req.stop_ids.contains(&token) {
+        let closed_for_limit = self
+            .constraint
+            .as_ref()
+            .is_some_and(|c| c.closed_for_limit());
+        let is_end = grammar_end || self.req.stop_ids.contains(&token);
+        let finish = if grammar_end && closed_for_limit {
+            // Closed early so that it parses: still a reply the limit cut.
+            Some(FinishReason::Length)
+        } else if grammar_end || self.req.stop_ids.contains(&token) {
             Some(FinishReason::Stop)
         } else if self.generated >= self.req.max_tokens {
             Some(FinishReason::Length)
@@ -197,6 +210,7 @@ impl Sequence {
             logprob,
             top_logprobs: top,
             finish,
+            is_end,
             prompt_logits,
             cached_tokens: (self.generated == 1).then_some(self.cached),
         })

@@ -234,7 +234,7 @@ impl Worker {
         let mut stopped = false;
         let mut stop_sequence = None;
         // An EOS token is never text.
-        if ev.finish != Some(FinishReason::Stop) {
+        if !ev.is_end {
             match a.detok.push(&*self.tokenizer, ev.token) {
                 Ok(piece) => {
                     let check = a.stops.push(&piece);

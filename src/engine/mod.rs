@@ -30,6 +30,7 @@
 mod batch;
 mod constrained;
 pub mod generate;
+mod prefill;
 mod prefix_cache;
 pub mod sampling;
 mod sequence;
@@ -37,11 +38,11 @@ pub mod text;
 
 use std::collections::VecDeque;
 
-use mlx_rs::{transforms, Array};
+use mlx_rs::Array;
 
 use crate::constrain::{Constrainer, Grammar};
 use crate::model::{KvCache, LanguageModel, ModelError, Result};
-use batch::{Batch, Ready};
+use batch::Batch;
 use constrained::SeqConstraint;
 use prefix_cache::PrefixCache;
 pub use prefix_cache::PrefixCacheStats;
@@ -324,84 +325,5 @@ impl Engine {
             mlx_rs::memory::clear_cache()?;
         }
         Ok(events)
-    }
-
-    /// Prefills up to `prefill_chunk` prompt tokens, front of the queue first; returns the
-    /// sequences whose prompt is done.
-    fn prefill(&mut self) -> Result<Vec<Ready>> {
-        let mut ready = Vec::new();
-        let mut budget = self.config.prefill_chunk.max(1);
-        while budget > 0 {
-            let Some(p) = self.prefilling.front_mut() else {
-                break;
-            };
-            let prompt = &p.seq.req.prompt;
-            let head = prompt.len() - 1;
-            let caches = match &mut p.caches {
-                Some(c) => c,
-                None => {
-                    let hit = match self.prefix.as_mut() {
-                        Some(prefix) => prefix.lookup(prompt)?,
-                        None => None,
-                    };
-                    let (caches, n) = hit.unwrap_or_else(|| (self.model.make_caches(), 0));
-                    p.done = n;
-                    p.seq.cached = n;
-                    p.caches.insert(caches)
-                }
-            };
-            if p.done < head {
-                let n = budget.min(head - p.done);
-                let chunk = &prompt[p.done..p.done + n];
-                let ids = Array::from_slice(chunk, &[1, n as i32]);
-                let _ = self.model.forward(&ids, caches)?;
-                transforms::eval(caches.iter().flat_map(|c| c.state()))?;
-                // A long prompt's temporaries go back to the system, but not while a batch
-                // decodes: its buffers would only be allocated again, every step.
-                if self.batches.is_empty() {
-                    mlx_rs::memory::clear_cache()?;
-                }
-                p.done += n;
-                budget -= n;
-                if p.done < head {
-                    break;
-                }
-            }
-            let Some(p) = self.prefilling.pop_front() else {
-                break;
-            };
-            ready.push(self.finish_prefill(p)?);
-            budget = budget.saturating_sub(1);
-        }
-        Ok(ready)
-    }
-
-    /// The last prompt token: its logits, and the first sample queued.
-    fn finish_prefill(&mut self, p: Prefilling) -> Result<Ready> {
-        let Prefilling {
-            mut seq, caches, ..
-        } = p;
-        let mut caches = caches.unwrap_or_else(|| self.model.make_caches());
-        let prompt = &seq.req.prompt;
-        let last = Array::from_slice(&prompt[prompt.len() - 1..], &[1, 1]);
-        let logits = self.model.forward(&last, &mut caches)?;
-        let v = logits.shape()[2];
-        let row = logits.reshape(&[1, v])?;
-        if seq.req.return_prompt_logits {
-            seq.prompt_logits = Some(row.clone());
-        }
-        seq.observe(None)?;
-        if seq.constraint.is_some() {
-            transforms::async_eval([&row])?;
-        }
-        let first = seq.sample(row)?;
-        let mut queued = first.arrays();
-        queued.extend(seq.prompt_logits.iter());
-        transforms::async_eval(queued)?;
-        seq.fed = seq.req.prompt.clone();
-        if let Some(prefix) = self.prefix.as_mut() {
-            prefix.offer(&caches, 0, &seq.fed)?;
-        }
-        Ok(Ready { seq, caches, first })
     }
 }

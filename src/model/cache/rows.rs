@@ -214,6 +214,25 @@ impl KvCache {
         Ok(Some((take(k)?, take(v)?, n)))
     }
 
+    /// Row `b`'s first `n` positions of a cache without padding (a right-padded batched
+    /// prefill), as a one-row cache of its own.
+    pub fn row_head(&self, b: usize, n: i32) -> Result<KvCache> {
+        let (Some(k), Some(v)) = (&self.keys, &self.values) else {
+            return Ok(KvCache::default());
+        };
+        let take = |a: &Array| -> Result<Array> {
+            let a = crate::model::slicing::slice_axis(a, 0, b as i32, b as i32 + 1)?;
+            let a = slice(&a, 0, n)?;
+            Ok(a.multiply(Array::from_f32(1.0).as_dtype(a.dtype())?)?)
+        };
+        Ok(KvCache {
+            keys: Some(take(k)?),
+            values: Some(take(v)?),
+            offset: n,
+            ..Self::default()
+        })
+    }
+
     /// Positions held per row including padding: what this cache costs.
     pub fn capacity(&self) -> i32 {
         self.keys.as_ref().map(len).unwrap_or(0)

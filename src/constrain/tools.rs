@@ -57,6 +57,9 @@ struct Tool {
     strict: bool,
     /// A custom tool's Lark grammar for its one `input` argument ([`CUSTOM_GRAMMAR_KEY`]).
     grammar: Option<String>,
+    /// In the XML markups: the rule the embedded grammar starts at (its raw text is the
+    /// `input` parameter's value).
+    raw_rule: Option<String>,
 }
 
 /// Where a function object carries a custom (freeform) tool's Lark grammar: the Responses API's
@@ -79,7 +82,8 @@ enum ValueRule {
     Text,
     /// One of these texts.
     Choice(Vec<String>),
-    /// JSON valid for a schema (the rendered `%json` rule).
+    /// A rule body: JSON valid for a schema (the rendered `%json` rule), or the start rule of
+    /// a custom tool's embedded grammar.
     Json(String),
 }
 
@@ -128,6 +132,23 @@ impl ToolCalls<'_> {
             };
         }
         let mut rules = String::new();
+        if markup != Markup::JsonTools {
+            // The XML markups carry `input` as raw text: the grammar as it is.
+            for (i, tool) in tools.iter_mut().enumerate() {
+                let Some(definition) = tool.grammar.as_deref() else {
+                    continue;
+                };
+                let prefix = format!("g{i}_");
+                match super::embed::embed(definition, &prefix, false) {
+                    Ok(embedded) => {
+                        rules.push_str(&embedded);
+                        rules.push('\n');
+                        tool.raw_rule = Some(format!("{prefix}start"));
+                    }
+                    Err(e) => tracing::warn!(tool = %tool.name, "{e}"),
+                }
+            }
+        }
         let mut alternatives = Vec::new();
         for (i, tool) in tools.iter().enumerate() {
             let rule = format!("call_{i}");
@@ -189,7 +210,7 @@ impl ToolCalls<'_> {
 fn custom_call(markup: Markup, tool: &Tool, i: usize) -> Option<(String, String)> {
     let definition = tool.grammar.as_deref()?;
     if markup != Markup::JsonTools {
-        tracing::debug!(tool = %tool.name, "custom tool grammar enforced only in json_tools markup");
+        // The XML markups hold the raw text to the grammar (`Tool::raw_rule`).
         return None;
     }
     let prefix = format!("g{i}_");
@@ -250,6 +271,7 @@ fn parse_tools(tools: &[Value]) -> Result<Vec<Tool>, ConstrainError> {
                     .get(CUSTOM_GRAMMAR_KEY)
                     .and_then(Value::as_str)
                     .map(str::to_string),
+                raw_rule: None,
             })
         })
         .collect()
@@ -345,6 +367,9 @@ impl Markup {
         key: &str,
         prop: Option<&Value>,
     ) -> Result<ValueRule, ConstrainError> {
+        if let (Some(rule), "input") = (&tool.raw_rule, key) {
+            return Ok(ValueRule::Json(rule.clone()));
+        }
         let Some(prop) = prop else {
             return Ok(ValueRule::Text);
         };

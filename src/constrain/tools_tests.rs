@@ -315,3 +315,21 @@ fn a_custom_tool_input_follows_its_grammar() {
         "<tool_call>\n{\"name\": \"echo\", \"arguments\": {\"text\": \"hi\"}}\n</tool_call>";
     assert_eq!(run(&c, &g, echo_call), Run::Complete(true));
 }
+
+#[test]
+fn a_custom_tool_input_is_raw_grammar_text_in_qwen3_coder_markup() {
+    let c = test_constrainer();
+    let tools = [echo(), apply_patch()];
+    let g = grammar(&tools, ToolChoice::Required, ParserKind::Qwen3Coder, false);
+    let call = |input: &str| {
+        format!("<tool_call>\n<function=apply_patch>\n<parameter=input>\n{input}\n</parameter>\n</function>\n</tool_call>")
+    };
+    let patch = "*** Begin Patch\n*** Add File: a.txt\n+hi \"there\"\n*** End Patch";
+    assert_eq!(run(&c, &g, &call(patch)), Run::Complete(true));
+    let (_, calls) = parse(ParserKind::Qwen3Coder, &tools, &call(patch));
+    assert_eq!(calls[0].1["input"], patch);
+    assert!(matches!(
+        run(&c, &g, &call("*** Begin Patch\nnot a hunk\n*** End Patch")),
+        Run::Rejected(_)
+    ));
+}

@@ -316,11 +316,20 @@ fn conversation(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
     Ok(out)
 }
 
-/// `tools`: `{name, description, input_schema}` into OpenAI function tools.
+/// `tools`: `{name, description, input_schema}` into OpenAI function tools. Anthropic's
+/// server tools (`web_search_20250305`, `code_execution_...`: a `type` other than `custom`)
+/// run on Anthropic's side and mean nothing here: skipped with a warning.
 fn tools(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
     tool_list(obj)?
         .iter()
         .enumerate()
+        .filter(|(i, t)| match t.get("type").and_then(Value::as_str) {
+            None | Some("custom") => true,
+            Some(kind) => {
+                tracing::warn!(tool = kind, "tools[{i}]: a server tool, skipped");
+                false
+            }
+        })
         .map(|(i, t)| {
             let name = t
                 .get("name")
@@ -438,6 +447,24 @@ mod tests {
         assert_eq!(m.len(), 6);
         assert_eq!(r.chat_template_kwargs["enable_thinking"], true);
         assert!(r.response_format.is_none());
+    }
+
+    #[test]
+    fn server_tools_are_skipped() {
+        let r = parse(
+            br#"{"max_tokens":8,"messages":[{"role":"user","content":"hi"}],
+            "tools":[{"type":"web_search_20250305","name":"web_search","max_uses":3},
+              {"name":"Read","input_schema":{"type":"object"},"defer_loading":true},
+              {"type":"custom","name":"Write","input_schema":{"type":"object"}}]}"#,
+            Purpose::Generate,
+        )
+        .unwrap();
+        let names: Vec<&str> = r
+            .tools
+            .iter()
+            .filter_map(|t| t["function"]["name"].as_str())
+            .collect();
+        assert_eq!(names, ["Read", "Write"]);
     }
 
     #[test]

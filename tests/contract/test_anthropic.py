@@ -223,3 +223,10 @@ def test_output_config_format_is_enforced(http, model):
     out = post_messages(http, body)
     text = "".join(b["text"] for b in out["content"] if b["type"] == "text")
     assert json.loads(text)["answer"] in ("yes", "no"), text
+
+
+def test_count_tokens_with_sdk(claude, model):
+    """The `anthropic` SDK's own count_tokens call (what Claude Code's /context sends)."""
+    n = claude.messages.count_tokens(model=model, messages=[{"role": "user", "content": FRANCE}],
+                                     system="Be brief.")
+    assert n.input_tokens > 5, n

@@ -220,3 +220,13 @@ def test_responses_errors(http, model):
     assert_openai_error(http.post("/v1/responses", json=body("no-such-model")), 404, "model")
     assert_openai_error(http.post("/v1/responses", json=body(model, tool_choice="required")),
                         400, "tool_choice")
+
+
+@pytest.mark.tools
+def test_responses_sdk_function_call(oai, model):
+    """The `openai` SDK reads a function_call item (what a Responses agent loop consumes)."""
+    r = oai.responses.create(model=model, input=ECHO_PROMPT, tools=[ECHO_FUNCTION],
+                             tool_choice="required", max_output_tokens=64, temperature=0)
+    calls = [i for i in r.output if i.type == "function_call"]
+    assert calls and calls[0].name == "echo", r.output
+    jsonschema.validate(json.loads(calls[0].arguments), ECHO_SCHEMA)

@@ -182,7 +182,7 @@ impl ReplyParser {
             Some((name, args)) => {
                 b.held.clear();
                 self.calls += 1;
-                let id = format!("call_{:016x}", rand_id(&args));
+                let id = crate::chat::tools::new_call_id();
                 out.push(ReplyEvent::ToolStart { index: 0, id, name });
                 out.push(ReplyEvent::ToolArgs {
                     index: 0,
@@ -223,15 +223,6 @@ impl ReplyParser {
             });
         }
     }
-}
-
-/// A call id that differs between calls (time and arguments; not a secret).
-fn rand_id(args: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    args.hash(&mut h);
-    std::time::SystemTime::now().hash(&mut h);
-    h.finish()
 }
 
 /// A whole reply, for non-streamed responses.

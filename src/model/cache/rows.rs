@@ -205,12 +205,7 @@ impl KvCache {
             None => 0,
         };
         let n = self.offset - pad;
-        let take = |a: &Array| -> Result<Array> {
-            let a = crate::model::slicing::slice_axis(a, 0, b as i32, b as i32 + 1)?;
-            let a = slice(&a, pad, self.offset)?;
-            // A product makes a new buffer (the input is shared, so never donated), exact.
-            Ok(a.multiply(Array::from_f32(1.0).as_dtype(a.dtype())?)?)
-        };
+        let take = |a: &Array| own_copy(a, b, pad, self.offset);
         Ok(Some((take(k)?, take(v)?, n)))
     }
 
@@ -220,11 +215,7 @@ impl KvCache {
         let (Some(k), Some(v)) = (&self.keys, &self.values) else {
             return Ok(KvCache::default());
         };
-        let take = |a: &Array| -> Result<Array> {
-            let a = crate::model::slicing::slice_axis(a, 0, b as i32, b as i32 + 1)?;
-            let a = slice(&a, 0, n)?;
-            Ok(a.multiply(Array::from_f32(1.0).as_dtype(a.dtype())?)?)
-        };
+        let take = |a: &Array| own_copy(a, b, 0, n);
         Ok(KvCache {
             keys: Some(take(k)?),
             values: Some(take(v)?),
@@ -237,4 +228,12 @@ impl KvCache {
     pub fn capacity(&self) -> i32 {
         self.keys.as_ref().map(len).unwrap_or(0)
     }
+}
+
+/// Row `b`, positions `from..to`, of a `[B, H, T, D]` cache array, in a buffer of its own: a
+/// product makes a new buffer (the input is shared, so never donated), exact.
+fn own_copy(a: &Array, b: usize, from: i32, to: i32) -> Result<Array> {
+    let a = crate::model::slicing::slice_axis(a, 0, b as i32, b as i32 + 1)?;
+    let a = slice(&a, from, to)?;
+    Ok(a.multiply(Array::from_f32(1.0).as_dtype(a.dtype())?)?)
 }

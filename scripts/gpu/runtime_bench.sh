@@ -2,7 +2,8 @@
 # Runs ON the GPU machine after `scripts/gpu/prepare.sh stash` (see prepare.sh): the runtime's
 # measurements (issue 14). Results go to $OUT.
 #   1. scripts/gpu/qmm_scaling.py: MLX's 4-bit and bf16 matmul time against the batch rows M
-#   2. kooka bench --batch 1/8/32: continuous batching in-process (no HTTP)
+#   2. kooka bench --batch 1/8/32: continuous batching in-process (no HTTP), and one 4k-token
+#      prompt's prefill; KOOKA_DENSE_FROM_ROWS as set (the results are tagged with it)
 #   3. scripts/bench_serve.py: kooka serve (and mlx_lm.server with SIDES=kooka,mlx-lm) at
 #      $STREAMS concurrent streams, and a ~4k-token prompt resent
 # The synthetic Llama-8B 4-bit model gets Qwen2.5's tokenizer (151,936 ids, more than the
@@ -41,11 +42,14 @@ for step in "${steps[@]}"; do
       ;;
     engine)
       . scripts/gpu/env.sh
-      for b in 1 8 32; do
-        [ "$(left)" -gt 60 ] || { log "skip engine batch $b"; continue; }
-        log "kooka bench --batch $b"
-        timeout 150 /opt/mlxw/kooka bench --model $MODEL --batch $b --prompt-tokens 512 \
-          --gen-tokens 64 --reps 1 2>&1 | tail -2 | tee -a "$OUT/engine.md"
+      tag=dense-${KOOKA_DENSE_FROM_ROWS:-default}
+      for run in "1 4096 8" "1 512 64" "8 512 64" "32 512 64"; do
+        set -- $run
+        [ "$(left)" -gt 60 ] || { log "skip engine batch $1 prompt $2"; continue; }
+        log "kooka bench --batch $1 --prompt-tokens $2 ($tag)"
+        echo "batch $1 prompt $2 ($tag):" >> "$OUT/engine.md"
+        timeout 150 /opt/mlxw/kooka bench --model $MODEL --batch $1 --prompt-tokens $2 \
+          --gen-tokens $3 --reps 1 2>&1 | tail -2 | tee -a "$OUT/engine.md"
       done
       ;;
     serve)

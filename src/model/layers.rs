@@ -12,6 +12,7 @@ use super::cache::Positions;
 use super::config::{QuantConfig, QuantSpec};
 use super::error::{ModelError, Result};
 use super::weights::Weights;
+use crate::dist::depends;
 
 type Binary =
     Box<dyn for<'a> FnMut((&'a Array, &'a Array)) -> std::result::Result<Array, Exception>>;
@@ -37,6 +38,10 @@ pub struct QuantMatrix {
     pub scales: Array,
     pub biases: Array,
     pub spec: QuantSpec,
+    /// Inputs of at least this many rows are multiplied by the unpacked matrix (a transient
+    /// float copy, then a GEMM): MLX's quantized GEMM is arithmetic-bound far below the
+    /// device's float GEMM on a long prompt. `None`: always the quantized matmul.
+    pub dense_from_rows: Option<i32>,
 }
 
 impl QuantMatrix {
@@ -122,6 +127,7 @@ impl QuantMatrix {
             scales,
             biases,
             spec,
+            dense_from_rows: ws.policy.dense_from_rows,
         })
     }
 
@@ -137,6 +143,22 @@ impl QuantMatrix {
 
     /// `x @ W.T` with the packed matrix.
     fn matmul_t(&self, x: &Array) -> Result<Array> {
+        let shape = x.shape();
+        let rows: i32 = shape[..shape.len().saturating_sub(1)].iter().product();
+        if self.dense_from_rows.is_some_and(|min| rows >= min) {
+            // Unpacked only once `x` exists: MLX would otherwise schedule the unpacking of
+            // every layer's weights early and hold all those float copies at once.
+            let w = depends(&[&self.w], &[x])?.remove(0);
+            let w = ops::dequantize(
+                &w,
+                &self.scales,
+                &self.biases,
+                self.spec.group_size,
+                self.spec.bits,
+            )?
+            .as_dtype(x.dtype())?;
+            return Ok(ops::matmul(x, w.t())?);
+        }
         Ok(ops::quantized_matmul(
             x,
             &self.w,
@@ -265,6 +287,7 @@ impl Linear {
             scales: cat(|q| &q.scales)?,
             biases: cat(|q| &q.biases)?,
             spec: first.spec,
+            dense_from_rows: first.dense_from_rows,
         });
         let bias = match with_bias {
             0 => None,
@@ -503,6 +526,7 @@ mod tests {
                 scales,
                 biases,
                 spec,
+                dense_from_rows: None,
             }),
             bias,
         }
@@ -530,6 +554,30 @@ mod tests {
                 let separate: Vec<Array> = parts.iter().map(|l| l.forward(&x).unwrap()).collect();
                 let expected = ops::concatenate(&separate, -1).unwrap();
                 assert_eq!(host(&fused.forward(&x).unwrap()), host(&expected));
+            }
+        }
+    }
+
+    #[test]
+    fn long_inputs_go_through_the_unpacked_matrix_with_the_same_values() {
+        let packed = quantized(96, 128, 4, true);
+        let mut unpacking = quantized(96, 128, 4, true);
+        if let Matrix::Quant(q) = &mut unpacking.weight {
+            q.dense_from_rows = Some(4);
+        }
+        let key = random::key(11).unwrap();
+        for rows in [1, 3, 4, 9] {
+            let x = random::normal::<f32>(&[1, rows, 128], None, None, &key).unwrap();
+            let (a, b) = (
+                host(&packed.forward(&x).unwrap()),
+                host(&unpacking.forward(&x).unwrap()),
+            );
+            assert_eq!(a.len(), b.len());
+            if rows < 4 {
+                assert_eq!(a, b, "below the threshold the quantized matmul runs");
+            }
+            for (p, u) in a.iter().zip(&b) {
+                assert!((p - u).abs() <= 1e-3 * (1.0 + p.abs()), "{p} vs {u} at {rows} rows");
             }
         }
     }

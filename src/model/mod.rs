@@ -74,28 +74,32 @@ impl ComputeDtype {
     /// The weight policy on the current default device.
     pub fn policy(self) -> WeightPolicy {
         let on_cpu = default_device_is_cpu();
-        match self {
-            ComputeDtype::Auto if on_cpu => WeightPolicy {
-                dequantize: true,
-                dtype: Some(Dtype::Float32),
-            },
-            ComputeDtype::Auto | ComputeDtype::Native => WeightPolicy {
-                dequantize: false,
-                dtype: None,
-            },
-            ComputeDtype::F32 => WeightPolicy {
-                dequantize: true,
-                dtype: Some(Dtype::Float32),
-            },
-            ComputeDtype::F16 => WeightPolicy {
-                dequantize: false,
-                dtype: Some(Dtype::Float16),
-            },
-            ComputeDtype::Bf16 => WeightPolicy {
-                dequantize: false,
-                dtype: Some(Dtype::Bfloat16),
-            },
+        let (dequantize, dtype) = match self {
+            ComputeDtype::Auto if on_cpu => (true, Some(Dtype::Float32)),
+            ComputeDtype::Auto | ComputeDtype::Native => (false, None),
+            ComputeDtype::F32 => (true, Some(Dtype::Float32)),
+            ComputeDtype::F16 => (false, Some(Dtype::Float16)),
+            ComputeDtype::Bf16 => (false, Some(Dtype::Bfloat16)),
+        };
+        WeightPolicy {
+            dequantize,
+            dtype,
+            dense_from_rows: dense_from_rows(on_cpu),
         }
+    }
+}
+
+/// From how many input rows packed weights are unpacked for a float GEMM:
+/// `KOOKA_DENSE_FROM_ROWS` (`0` or `off`: never), else the backend's default. On CUDA, MLX's
+/// 4-bit GEMM runs a 4,096-row prompt chunk 4.5x slower than unpacking and a bf16 GEMM, and
+/// breaks even near 256 rows (`docs/PERFORMANCE.md`); decode batches stay below that. Metal
+/// keeps MLX's quantized kernels (not measured there), and the CPU default already unpacks
+/// at load.
+fn dense_from_rows(on_cpu: bool) -> Option<i32> {
+    match std::env::var("KOOKA_DENSE_FROM_ROWS") {
+        Ok(v) => v.trim().parse::<i32>().ok().filter(|n| *n > 0),
+        Err(_) if on_cpu || cfg!(target_os = "macos") => None,
+        Err(_) => Some(256),
     }
 }
 

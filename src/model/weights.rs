@@ -18,6 +18,10 @@ pub struct WeightPolicy {
     /// Cast float weights (and quantization scales/biases) to this dtype; `None` keeps
     /// the checkpoint's dtypes.
     pub dtype: Option<Dtype>,
+    /// Packed matrices multiply inputs of at least this many rows by unpacking the weights
+    /// first (`dequantize`, then a float GEMM) instead of MLX's quantized matmul; `None`
+    /// never does. See [`QuantMatrix::dense_from_rows`](super::layers::QuantMatrix).
+    pub dense_from_rows: Option<i32>,
 }
 
 /// The checkpoint's tensors, taken out one by one by the model builder.

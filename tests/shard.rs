@@ -5,12 +5,14 @@
 //! - **Pipeline** runs the same ops as one rank, so the 32 greedy tokens and the last
 //!   prompt position's logits must be identical, bit for bit, on both ranks: SmolLM2-135M
 //!   (tied embeddings, even and uneven splits, chunked prefill) and the tiny random
-//!   mixtures of experts (untied head, bf16).
+//!   mixtures of experts (untied head, bf16: qwen3_moe, mixtral, minimax).
 //! - **Tensor** parallel sums partial projections in another order, so the logits must agree
 //!   within `max|sharded - single| <= 1e-4 * (1 + max|single|)` (float32 activations; the
 //!   observed error is below 1e-6) and the 32 greedy tokens must be identical. Models: a
 //!   4-bit llama and a 4-bit qwen3_moe kept packed with float32 scales (so the packed
-//!   weights and scales are sliced, along both axes), and mixtral's experts dequantized.
+//!   weights and scales are sliced, along both axes), a 4-bit minimax likewise (its q/k
+//!   norms span all heads: each rank normalizes its heads with the summed squares of all),
+//!   and mixtral's experts dequantized.
 //!   Both ranks must hold the very same logits (they sample independently).
 //! - Impossible splits fail on every rank with a message naming the numbers: SmolLM2's 9
 //!   heads over 2 ranks, 32 input features per rank under 64-wide quantization groups, a
@@ -259,6 +261,12 @@ fn sharded_model_pipeline_moe_is_bit_identical() {
         &["--parallel", "pipeline", "--pipeline-split", "1,1"],
         None,
     );
+    check(
+        &tiny("minimax-bf16"),
+        &native,
+        &["--parallel", "pipeline"],
+        None,
+    );
 }
 
 #[test]
@@ -267,6 +275,8 @@ fn sharded_model_tensor_parallel_matches_single_rank() {
     let native = ["--compute-dtype", "native"];
     check(&tiny("llama-q4g64-f32"), &native, &tp, Some(1e-4));
     check(&tiny("qwen3_moe-q4g32-f32"), &native, &tp, Some(1e-4));
+    // q/k norms over all heads: sharded with the heads, squared sums reduced over ranks.
+    check(&tiny("minimax-q4g32-f32"), &native, &tp, Some(1e-4));
     check(
         &tiny("mixtral-bf16"),
         &["--compute-dtype", "f32"],

@@ -27,8 +27,18 @@ pub(crate) struct AttnSpec {
     pub head_dim: i32,
     pub qkv_bias: bool,
     pub o_bias: bool,
-    pub qk_norm: bool,
+    pub qk_norm: QkNorm,
     pub eps: f32,
+}
+
+/// RMSNorm of the queries and keys before RoPE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QkNorm {
+    None,
+    /// Over each head's `head_dim` values, one weight shared by the heads (qwen3).
+    PerHead,
+    /// Over all heads' values at once, a weight per value (minimax).
+    AllHeads,
 }
 
 /// The q, k and v projections: three matmuls, or one (see [`Linear::fuse`]).
@@ -51,6 +61,10 @@ pub(crate) struct Attention {
     o_proj: Linear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
+    qk_norm: QkNorm,
+    /// Tensor parallel with [`QkNorm::AllHeads`]: this rank's norms cover its heads only,
+    /// and their squared sums are added over the ranks.
+    norm_tp: Option<TensorParallel>,
     rope: Rope,
     n_heads: i32,
     n_kv_heads: i32,
@@ -69,23 +83,19 @@ impl Attention {
         let lin = |ws: &mut Weights, name: &str, input: i32, output: i32, bias: bool| {
             Linear::load(ws, &format!("{prefix}.{name}"), input, output, bias, quant)
         };
-        let (q_norm, k_norm) = if a.qk_norm {
-            (
-                Some(RmsNorm::load(
-                    ws,
-                    &format!("{prefix}.q_norm"),
-                    a.head_dim,
-                    a.eps,
-                )?),
-                Some(RmsNorm::load(
-                    ws,
-                    &format!("{prefix}.k_norm"),
-                    a.head_dim,
-                    a.eps,
-                )?),
-            )
-        } else {
-            (None, None)
+        let norm = |ws: &mut Weights, name: &str, dims: i32| {
+            RmsNorm::load(ws, &format!("{prefix}.{name}"), dims, a.eps).map(Some)
+        };
+        let (q_norm, k_norm) = match a.qk_norm {
+            QkNorm::None => (None, None),
+            QkNorm::PerHead => (
+                norm(ws, "q_norm", a.head_dim)?,
+                norm(ws, "k_norm", a.head_dim)?,
+            ),
+            QkNorm::AllHeads => (
+                norm(ws, "q_norm", a.heads * a.head_dim)?,
+                norm(ws, "k_norm", a.kv_heads * a.head_dim)?,
+            ),
         };
         Ok(Attention {
             qkv: Qkv::Separate {
@@ -96,6 +106,8 @@ impl Attention {
             o_proj: lin(ws, "o_proj", a.heads * a.head_dim, a.hidden, a.o_bias)?,
             q_norm,
             k_norm,
+            qk_norm: a.qk_norm,
+            norm_tp: None,
             rope,
             n_heads: a.heads,
             n_kv_heads: a.kv_heads,
@@ -144,10 +156,17 @@ impl Attention {
             ));
         }
         let heads = |a: Array, n: i32, norm: &Option<RmsNorm>| -> Result<Array> {
+            let a = match (self.qk_norm, norm, &self.norm_tp) {
+                (QkNorm::AllHeads, Some(norm), Some(tp)) => {
+                    tp.rms_norm(&a, &norm.weight, norm.eps)?
+                }
+                (QkNorm::AllHeads, Some(norm), None) => norm.forward(&a)?,
+                _ => a,
+            };
             let a = a.reshape(&[b, l, n, -1])?;
-            let a = match norm {
-                Some(norm) => norm.forward(&a)?,
-                None => a,
+            let a = match (self.qk_norm, norm) {
+                (QkNorm::PerHead, Some(norm)) => norm.forward(&a)?,
+                _ => a,
             };
             Ok(a.transpose_axes(&[0, 2, 1, 3])?)
         };
@@ -189,6 +208,16 @@ impl Attention {
     /// Tensor parallel: this rank keeps `1/size` of the query and key/value heads (q/k/v
     /// split by output, o split by input; the caller sums the partial outputs).
     fn shard_tensor(&mut self, tp: &TensorParallel, prefix: &str) -> Result<()> {
+        if self.qk_norm == QkNorm::AllHeads {
+            // The norms span all heads: each rank keeps its heads' weights and adds its
+            // squared sums to the others' in every forward.
+            for (norm, name) in [(&mut self.q_norm, "q_norm"), (&mut self.k_norm, "k_norm")] {
+                if let Some(n) = norm {
+                    n.weight = tp.vector(&n.weight, &format!("{prefix}.{name}.weight"))?;
+                }
+            }
+            self.norm_tp = Some(tp.clone());
+        }
         let Qkv::Separate { q, k, v } = &mut self.qkv else {
             unreachable!("projections are fused after sharding")
         };

@@ -70,6 +70,14 @@ pub struct ModelConfig {
     pub mlp_only_layers: Option<Vec<i32>>,
     #[serde(default)]
     pub norm_topk_prob: Option<bool>,
+    /// minimax: RoPE over the first `rotary_dim` values of each head, q/k RMSNorm over all
+    /// heads, the router's scoring function (only `sigmoid`).
+    #[serde(default)]
+    pub rotary_dim: Option<i32>,
+    #[serde(default)]
+    pub use_qk_norm: Option<bool>,
+    #[serde(default)]
+    pub scoring_func: Option<String>,
 }
 
 /// How one affine-quantized tensor is packed.

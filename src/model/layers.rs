@@ -577,7 +577,10 @@ mod tests {
                 assert_eq!(a, b, "below the threshold the quantized matmul runs");
             }
             for (p, u) in a.iter().zip(&b) {
-                assert!((p - u).abs() <= 1e-3 * (1.0 + p.abs()), "{p} vs {u} at {rows} rows");
+                assert!(
+                    (p - u).abs() <= 1e-3 * (1.0 + p.abs()),
+                    "{p} vs {u} at {rows} rows"
+                );
             }
         }
     }

@@ -7,7 +7,7 @@
 //! The blocks live in `block.rs` and the model around them in `decoder.rs`, shared with the
 //! mixtures of experts, whose blocks carry a [`FeedForward::Sparse`] instead of the dense MLP.
 
-use super::block::{Attention, AttnSpec, Block, FeedForward, Mlp};
+use super::block::{Attention, AttnSpec, Block, FeedForward, Mlp, QkNorm};
 use super::config::{ModelConfig, QuantConfig};
 use super::error::{ModelError, Result};
 use super::layers::Rope;
@@ -127,7 +127,11 @@ impl Llama {
             head_dim: hd,
             qkv_bias: flags.qkv_bias,
             o_bias: flags.o_bias,
-            qk_norm: flags.qk_norm,
+            qk_norm: if flags.qk_norm {
+                QkNorm::PerHead
+            } else {
+                QkNorm::None
+            },
             eps: cfg.rms_norm_eps,
         };
         // Only mlx-lm's llama (and mistral, which it maps to llama) honours sliding windows.

@@ -5,7 +5,7 @@
 //! a softmax over those. Defaults follow mlx-lm's `ModelArgs` (8 experts, top-2, rope_theta
 //! 1e6, 8 KV heads, untied embeddings); as in mlx-lm, `rope_scaling` is not applied.
 
-use super::block::{Attention, AttnSpec, Block, FeedForward};
+use super::block::{Attention, AttnSpec, Block, FeedForward, QkNorm};
 use super::config::{ModelConfig, QuantConfig};
 use super::error::Result;
 use super::layers::Rope;
@@ -29,7 +29,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result<(Llama
         head_dim: hd,
         qkv_bias: false,
         o_bias: false,
-        qk_norm: false,
+        qk_norm: QkNorm::None,
         eps,
     };
     let moe = MoeSpec {

@@ -27,6 +27,7 @@ mod decoder;
 pub mod error;
 pub mod layers;
 pub mod llama;
+pub mod minimax;
 pub mod mixtral;
 pub mod moe;
 pub mod qwen3_moe;
@@ -112,8 +113,15 @@ pub(crate) fn default_device_is_cpu() -> bool {
 }
 
 /// `model_type` values the registry can build.
-pub const SUPPORTED_MODEL_TYPES: &[&str] =
-    &["llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "qwen3_moe",
+    "mixtral",
+    "minimax",
+];
 
 /// Says which checkpoint tensors an architecture drops on purpose.
 type IgnoreFn = fn(&str) -> bool;
@@ -143,6 +151,7 @@ fn builder_for(model_type: &str) -> Option<Builder> {
         "llama" | "mistral" | "qwen2" | "qwen3" => Some(build_llama),
         "qwen3_moe" => Some(qwen3_moe::load),
         "mixtral" => Some(mixtral::load),
+        "minimax" => Some(minimax::load),
         _ => None,
     }
 }

@@ -207,6 +207,10 @@ pub(crate) enum Routing {
     SoftmaxTopK { norm_topk_prob: bool },
     /// mixtral: top-k logits, softmax over those.
     TopKSoftmax,
+    /// minimax: the router runs in float32; sigmoid scores plus a per-expert correction
+    /// bias (`e_score_correction_bias`) pick the top-k, whose unbiased scores are
+    /// normalized to sum to one.
+    SigmoidBias,
 }
 
 /// The shape of a sparse MoE block.
@@ -230,6 +234,9 @@ pub(crate) struct SparseMoe {
     top_k: i32,
     experts: i32,
     routing: Routing,
+    /// `e_score_correction_bias` `[experts]` (float32, never cast), for
+    /// [`Routing::SigmoidBias`].
+    score_bias: Option<Array>,
 }
 
 impl SparseMoe {
@@ -267,12 +274,22 @@ impl SparseMoe {
             top_k: m.top_k,
             experts: m.experts,
             routing: m.routing,
+            score_bias: match m.routing {
+                Routing::SigmoidBias => Some(ws.take(
+                    &format!("{prefix}.e_score_correction_bias"),
+                    Some(&[m.experts]),
+                )?),
+                _ => None,
+            },
         })
     }
 
     /// `x`: `[B, L, D]` -> `[B, L, D]`.
     pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
         let (k, e) = (self.top_k, self.experts);
+        if let (Routing::SigmoidBias, Some(bias)) = (self.routing, &self.score_bias) {
+            return self.forward_sigmoid(x, bias);
+        }
         let gates = self.gate.forward(x)?;
         let (inds, scores) =
             match self.routing {
@@ -294,6 +311,12 @@ impl SparseMoe {
                     let scores = ops::softmax_axis(gates.take_along_axis(&inds, -1)?, -1, true)?;
                     (inds, scores)
                 }
+                Routing::SigmoidBias => {
+                    return Err(ModelError::Config(format!(
+                        "{}: sigmoid routing without e_score_correction_bias",
+                        self.prefix
+                    )))
+                }
             };
         let y = self.switch_mlp.forward(x, &inds)?;
         let out = y.multiply(scores.expand_dims(-1)?)?.sum_axis(-2, false)?;
@@ -304,9 +327,25 @@ impl SparseMoe {
         }
     }
 
+    /// [`Routing::SigmoidBias`]: mlx-lm's `MiniMaxSparseMoeBlock`.
+    fn forward_sigmoid(&self, x: &Array, bias: &Array) -> Result<Array> {
+        let k = self.top_k;
+        let scores = ops::sigmoid(&self.gate.forward(&x.as_dtype(Dtype::Float32)?)?)?;
+        let biased = scores.add(bias)?;
+        let inds =
+            ops::argpartition_axis(biased.negative()?, k - 1, -1)?.try_index((.., .., ..k))?;
+        let picked = scores.take_along_axis(&inds, -1)?;
+        let picked = picked
+            .divide(picked.sum_axis(-1, true)?.add(Array::from_f32(1e-20))?)?
+            .as_dtype(x.dtype())?;
+        let y = self.switch_mlp.forward(x, &inds)?;
+        Ok(y.multiply(picked.expand_dims(-1)?)?.sum_axis(-2, false)?)
+    }
+
     pub(crate) fn arrays(&self) -> Vec<&Array> {
         let mut v = self.gate.arrays();
         v.extend(self.switch_mlp.arrays());
+        v.extend(self.score_bias.iter());
         v
     }
 

@@ -7,7 +7,7 @@
 //! keeps the top `num_experts_per_tok` and, with `norm_topk_prob`, renormalizes them.
 //! As in mlx-lm, RoPE is plain (`rope_scaling` and `rope_traditional` are not applied).
 
-use super::block::{Attention, AttnSpec, Block, FeedForward, Mlp};
+use super::block::{Attention, AttnSpec, Block, FeedForward, Mlp, QkNorm};
 use super::config::{ModelConfig, QuantConfig};
 use super::error::{ModelError, Result};
 use super::layers::Rope;
@@ -44,7 +44,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result<(Llama
         head_dim: hd,
         qkv_bias: false,
         o_bias: false,
-        qk_norm: true,
+        qk_norm: QkNorm::PerHead,
         eps,
     };
     let routing = Routing::SoftmaxTopK {

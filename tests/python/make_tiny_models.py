@@ -16,7 +16,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
-from mlx_lm.models import llama, mixtral, qwen2, qwen3, qwen3_moe
+from mlx_lm.models import llama, minimax, mixtral, qwen2, qwen3, qwen3_moe
 from mlx_lm.utils import save_config, save_model
 
 BASE = dict(
@@ -53,6 +53,12 @@ ARCHS = {
     "mixtral": (mixtral, dict(
         MOE_BASE, model_type="mixtral", rope_theta=1000000.0, tie_word_embeddings=False,
         intermediate_size=64, num_local_experts=4, num_experts_per_tok=2)),
+    # minimax: q/k norms over all heads, RoPE on 8 of 16 head values, 8 experts top-2
+    # routed by sigmoid scores plus a correction bias (random here, see build()).
+    "minimax": (minimax, dict(
+        MOE_BASE, model_type="minimax", rope_theta=5000000.0, tie_word_embeddings=False,
+        head_dim=16, rotary_dim=8, intermediate_size=64, shared_intermediate_size=64,
+        num_local_experts=8, num_experts_per_tok=2, use_qk_norm=True, scoring_func="sigmoid")),
     # Sliding-window attention: mlx-lm's llama honours `sliding_window` only on layers that
     # `layer_types` marks "sliding_attention" (a RotatingKVCache of that size). The
     # 12-token test prompt and 40 generated tokens overrun the window of 8.
@@ -98,6 +104,8 @@ SHARD = {
     ("qwen3_moe", "q4g64"): ({"group_size": 64, "bits": 4}, {}),
     ("mixtral", "bf16"): (None, {}),
     ("qwen3_moe_chat", "q4g32-f32"): ({"group_size": 32, "bits": 4}, {}),
+    ("minimax", "bf16"): (None, {}),
+    ("minimax", "q4g32-f32"): ({"group_size": 32, "bits": 4}, {}),
 }
 
 # name -> (global quantization or None, per-module overrides)
@@ -137,6 +145,12 @@ def build(arch, variant, quant, overrides, out):
     model.update(tree_map(lambda p: p * 4.0 if p.ndim >= 2 else p, model.parameters()))
     dtype = {"f16": mx.float16}.get(variant, mx.float32 if variant.endswith("-f32") else mx.bfloat16)
     model.set_dtype(dtype)
+    if module is minimax:
+        # mlx-lm starts the routers' correction bias at zero and keeps it float32 (its
+        # cast_predicate): random values here, so that the bias changes which experts win.
+        for layer in model.model.layers:
+            moe = layer.block_sparse_moe
+            moe.e_score_correction_bias = mx.random.uniform(-0.3, 0.3, moe.e_score_correction_bias.shape)
     if quant is not None:
         # The model's own quant_predicate (qwen3_moe: routers at 8 bits) applies as in
         # mlx_lm.convert, and its per-module choices are recorded in the config likewise.

@@ -29,6 +29,7 @@ pub(crate) enum Split {
     Inputs,
 }
 
+#[derive(Clone)]
 pub(crate) struct TensorParallel {
     group: Rc<Group>,
 }
@@ -106,6 +107,26 @@ impl TensorParallel {
     }
 
     /// The `rank`-th of `size` equal slices of `a` along `axis`, in a buffer of its own.
+    /// This rank's contiguous part of a vector (e.g. a norm's weights over split heads).
+    pub(crate) fn vector(&self, v: &Array, name: &str) -> Result<Array> {
+        self.part(v, 0, name)
+    }
+
+    /// RMSNorm of `x` whose last axis is this rank's part of the normalized values (split
+    /// evenly): the squared sums are added over the ranks (mlx-lm's `ShardedRMSNorm`).
+    pub(crate) fn rms_norm(&self, x: &Array, weight: &Array, eps: f32) -> Result<Array> {
+        let xf = x.as_dtype(mlx_rs::Dtype::Float32)?;
+        let local = xf.square()?.sum_axis(-1, true)?;
+        let total = self.all_sum(&local)?;
+        let dims = (x.shape().last().copied().unwrap_or(1) * self.size()) as f32;
+        let scale = mlx_rs::ops::rsqrt(
+            &total
+                .divide(Array::from_f32(dims))?
+                .add(Array::from_f32(eps))?,
+        )?;
+        Ok(xf.multiply(&scale)?.multiply(weight)?.as_dtype(x.dtype())?)
+    }
+
     fn part(&self, a: &Array, axis: i32, name: &str) -> Result<Array> {
         let n = a.shape()[axis as usize];
         if n % self.size() != 0 {

@@ -9,8 +9,26 @@
 //! containers close, a required key still missing is written (the grammar forces it) with the
 //! shortest value the model picks. The reply then parses, and ends with `finish_reason:
 //! length` as a cut reply does.
+//!
+//! The XML-ish tool-call markups (MiniMax-M2's `<invoke>`, Qwen3-Coder's `<function=...>`)
+//! write parameters as raw text up to a closing tag. There the closers are the tokens that
+//! write (or continue writing) one of [`XML_CLOSE_TAGS`], so a value that would run on is
+//! ended with `</parameter>` and the call's own tags follow. JSON closers count only while
+//! some JSON is open (a `"` in raw text closes nothing).
 
 use std::sync::Arc;
+
+/// The closing tags of the XML-ish tool-call markups' parameters, calls and blocks.
+pub(crate) const XML_CLOSE_TAGS: [&str; 5] = [
+    "</parameter>",
+    "</invoke>",
+    "</minimax:tool_call>",
+    "</function>",
+    "</tool_call>",
+];
+
+/// The longest tag prefix a [`Nesting`] keeps (the longest closing tag).
+const TAG_CAP: usize = 24;
 
 /// Tokens the closing mode may keep and the bytes of every token, per vocabulary.
 pub(crate) struct Vocabulary {
@@ -18,6 +36,8 @@ pub(crate) struct Vocabulary {
     closer: Vec<bool>,
     /// The closers' ids, shortest text first.
     closer_ids: Vec<u32>,
+    /// Tokens that can be part of a closing tag ([`XML_CLOSE_TAGS`]), longest first.
+    tag_ids: Vec<u32>,
     /// Each token's bytes (empty for special tokens).
     bytes: Vec<Vec<u8>>,
 }
@@ -47,24 +67,87 @@ impl Vocabulary {
             .filter(|&i| closer[i as usize])
             .collect();
         closer_ids.sort_by_key(|&i| bytes[i as usize].len());
+        let mut tag_ids: Vec<u32> = (0..bytes.len() as u32)
+            .filter(|&i| tag_fragment(&bytes[i as usize]))
+            .collect();
+        tag_ids.sort_by_key(|&i| std::cmp::Reverse(bytes[i as usize].len()));
         Arc::new(Vocabulary {
             closer,
             closer_ids,
+            tag_ids,
             bytes,
         })
     }
 
-    /// Whether token `id` closes something here: inside a string only a closer that starts
-    /// with `"` does (`}` there is just text).
+    /// Whether token `id` closes something here: a JSON closer while JSON is open (inside
+    /// a string only one that starts with `"`: `}` there is just text), or a token that
+    /// writes a closing tag on from what is written.
     pub(crate) fn closes(&self, id: usize, at: &Nesting) -> bool {
-        self.closer.get(id).copied().unwrap_or(false)
-            && (!at.in_string || self.bytes[id].first() == Some(&b'"'))
+        let json = at.depth > 0 || at.in_string;
+        (json
+            && self.closer.get(id).copied().unwrap_or(false)
+            && (!at.in_string || self.bytes[id].first() == Some(&b'"')))
+            || self.writes_tag(id, at)
+    }
+
+    /// Whether token `id` starts a closing tag (after optional whitespace) or continues the
+    /// one being written, possibly finishing it and adding whitespace.
+    fn writes_tag(&self, id: usize, at: &Nesting) -> bool {
+        let Some(b) = self.bytes.get(id).filter(|b| !b.is_empty()) else {
+            return false;
+        };
+        let mut text: Vec<u8> = Vec::with_capacity(TAG_CAP + b.len());
+        if at.tag_len > 0 {
+            text.extend_from_slice(&at.tag[..at.tag_len as usize]);
+            text.extend_from_slice(b);
+        } else {
+            let start = b.iter().position(|c| !c.is_ascii_whitespace());
+            match start {
+                Some(i) if b[i] == b'<' => text.extend_from_slice(&b[i..]),
+                _ => return false,
+            }
+        }
+        let Some(t) = at.open_element() else {
+            return false;
+        };
+        let t = t.as_bytes();
+        t.starts_with(&text)
+            || (text.starts_with(t) && text[t.len()..].iter().all(u8::is_ascii_whitespace))
     }
 
     /// The allowed token that closes the most directly here: outside a string one that
-    /// closes a container before one that opens a string (a required key), shortest first.
+    /// closes a container before one that opens a string (a required key), shortest first;
+    /// where no JSON closer applies, the longest token that writes a closing tag on.
     pub(crate) fn pick_closer(&self, at: &Nesting, allowed: impl Fn(u32) -> bool) -> Option<u32> {
-        let usable = |&&id: &&u32| allowed(id) && self.closes(id as usize, at);
+        self.pick_json_closer(at, &allowed)
+            .or_else(|| self.pick_tag_writer(at, allowed))
+    }
+
+    /// The longest allowed token that writes the open element's closing tag on, where no
+    /// JSON closer applies.
+    pub(crate) fn pick_tag_writer(
+        &self,
+        at: &Nesting,
+        allowed: impl Fn(u32) -> bool,
+    ) -> Option<u32> {
+        if self.pick_json_closer(at, &allowed).is_some() {
+            return None;
+        }
+        self.tag_ids
+            .iter()
+            .copied()
+            .find(|&id| allowed(id) && self.writes_tag(id as usize, at))
+    }
+
+    fn pick_json_closer(&self, at: &Nesting, allowed: &impl Fn(u32) -> bool) -> Option<u32> {
+        if at.depth == 0 && !at.in_string {
+            return None;
+        }
+        let usable = |&&id: &&u32| {
+            allowed(id)
+                && self.closer[id as usize]
+                && (!at.in_string || self.bytes[id as usize].first() == Some(&b'"'))
+        };
         let ids = self.closer_ids.iter();
         match at.in_string {
             true => ids.filter(usable).copied().next(),
@@ -78,13 +161,36 @@ impl Vocabulary {
     }
 }
 
-/// How deep the JSON written so far is nested.
+/// Whether `bytes` (trailing whitespace aside, and leading whitespace before a `<`) can be
+/// part of a closing tag.
+fn tag_fragment(bytes: &[u8]) -> bool {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t.trim_end(),
+        Err(_) => return false,
+    };
+    let text = match text.trim_start() {
+        t if t.starts_with('<') => t,
+        _ => text,
+    };
+    !text.is_empty() && XML_CLOSE_TAGS.iter().any(|t| t.contains(text))
+}
+
+/// How deep the JSON written so far is nested, and the tag being written, if any.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Nesting {
     depth: usize,
     in_string: bool,
     escaped: bool,
+    /// The text from the last `<` on while no `>` has followed (up to [`TAG_CAP`] bytes).
+    tag: [u8; TAG_CAP],
+    tag_len: u8,
+    /// The markup elements open (indices into [`XML_CLOSE_TAGS`]), innermost last.
+    open: [u8; OPEN_CAP],
+    open_len: u8,
 }
+
+/// How many nested markup elements a [`Nesting`] follows.
+const OPEN_CAP: usize = 4;
 
 impl Nesting {
     /// Reads one token's bytes.
@@ -93,6 +199,7 @@ impl Nesting {
             return;
         };
         for &b in bytes {
+            self.track_tag(b);
             if self.in_string {
                 match (self.escaped, b) {
                     (true, _) => self.escaped = false,
@@ -108,6 +215,58 @@ impl Nesting {
                 b'}' | b']' => self.depth = self.depth.saturating_sub(1),
                 _ => {}
             }
+        }
+    }
+
+    /// The closing tag of the innermost open markup element.
+    fn open_element(&self) -> Option<&'static str> {
+        let n = self.open_len as usize;
+        (n > 0).then(|| XML_CLOSE_TAGS[self.open[n - 1] as usize])
+    }
+
+    /// A tag just ended with `>`: an opening tag of a markup element opens it, its closing
+    /// tag closes it.
+    fn end_tag(&mut self) {
+        let tag = &self.tag[..self.tag_len as usize];
+        for (i, close) in XML_CLOSE_TAGS.iter().enumerate() {
+            let name = &close.as_bytes()[2..close.len() - 1];
+            if tag.len() > 2 && &tag[2..] == name && tag[1] == b'/' {
+                let n = self.open_len as usize;
+                if n > 0 && self.open[n - 1] as usize == i {
+                    self.open_len -= 1;
+                }
+                return;
+            }
+            let opens = tag.len() > name.len()
+                && &tag[1..=name.len()] == name
+                && matches!(tag.get(name.len() + 1), None | Some(b' ' | b'='));
+            let bare = tag.len() == name.len() + 1 && &tag[1..] == name;
+            if (opens || bare) && (self.open_len as usize) < OPEN_CAP {
+                self.open[self.open_len as usize] = i as u8;
+                self.open_len += 1;
+                return;
+            }
+        }
+    }
+
+    fn track_tag(&mut self, b: u8) {
+        let len = self.tag_len as usize;
+        match b {
+            b'<' => {
+                self.tag[0] = b;
+                self.tag_len = 1;
+            }
+            b'>' => {
+                if len > 0 {
+                    self.end_tag();
+                }
+                self.tag_len = 0;
+            }
+            _ if len > 0 && len < TAG_CAP => {
+                self.tag[len] = b;
+                self.tag_len += 1;
+            }
+            _ => self.tag_len = 0,
         }
     }
 
@@ -141,14 +300,64 @@ mod tests {
         assert_eq!((n.depth, n.in_string), (2, false));
         n.push(&vocab, 3);
         assert_eq!(n.reserve(), MARGIN);
-        let outside = Nesting::default();
+        let outside = Nesting {
+            depth: 1,
+            ..Nesting::default()
+        };
         assert!(
             vocab.closes(4, &outside) && vocab.closes(5, &outside) && !vocab.closes(0, &outside)
+        );
+        assert!(
+            !vocab.closes(4, &Nesting::default()),
+            "with no JSON open a quote closes nothing"
         );
         let inside = Nesting {
             in_string: true,
             ..Nesting::default()
         };
         assert!(!vocab.closes(3, &inside) && vocab.closes(4, &inside));
+    }
+
+    #[test]
+    fn closing_tags_are_written_on() {
+        let texts = [
+            "hello",
+            "</",
+            "parameter",
+            ">\n",
+            "\n</invoke>",
+            "</parameter>",
+            "<div",
+            "\"",
+            "param",
+            "<invoke name=\"f\">\n<parameter name=\"x\">",
+        ];
+        let tokens: Vec<Vec<u8>> = texts.iter().map(|t| t.as_bytes().to_vec()).collect();
+        let vocab = Vocabulary::new(&tokens);
+        let mut at = Nesting::default();
+        at.push(&vocab, 0);
+        assert!(!vocab.closes(5, &at), "no markup element is open");
+        at.push(&vocab, 9);
+        assert_eq!(at.open_element(), Some("</parameter>"));
+        at.push(&vocab, 0);
+        let closers: Vec<&str> = (0..texts.len())
+            .filter(|&i| vocab.closes(i, &at))
+            .map(|i| texts[i])
+            .collect();
+        assert_eq!(
+            closers,
+            ["</", "</parameter>"],
+            "only the open element's tag"
+        );
+        // The longest tag writer first.
+        assert_eq!(vocab.pick_closer(&at, |_| true), Some(5));
+        at.push(&vocab, 1);
+        assert!(vocab.closes(2, &at) && vocab.closes(8, &at) && !vocab.closes(0, &at));
+        at.push(&vocab, 2);
+        assert!(vocab.closes(3, &at), "`>` and a newline finish </parameter");
+        at.push(&vocab, 3);
+        assert_eq!(at.tag_len, 0);
+        assert_eq!(at.open_element(), Some("</invoke>"));
+        assert!(vocab.closes(4, &at));
     }
 }

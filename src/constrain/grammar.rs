@@ -68,6 +68,25 @@ impl Grammar {
         )
     }
 
+    /// This grammar after the literal `text`: the reply must begin with `text` (e.g. the
+    /// close of a reasoning block that the prompt opened) and then follow this grammar.
+    pub fn after_literal(self, text: &str) -> Result<Self, ConstrainError> {
+        let literal = serde_json::to_string(text).unwrap_or_default();
+        let body: Vec<String> = self
+            .lark
+            .lines()
+            .map(|l| match l.strip_prefix("start:") {
+                Some(rest) => format!("after_literal:{rest}"),
+                None => l.to_string(),
+            })
+            .collect();
+        Grammar::new(
+            format!("start: {literal} after_literal\n{}\n", body.join("\n")),
+            format!("{} after {literal}", self.what),
+            "response_format",
+        )
+    }
+
     /// The llguidance grammar text.
     pub fn lark(&self) -> &str {
         &self.lark

@@ -145,17 +145,22 @@ impl GrammarMatcher {
         }
     }
 
-    /// Whether the tokens left are only just enough to reach the grammar's end.
+    /// Whether the tokens left are only just enough to reach the grammar's end. Not when the
+    /// probe finds no way to the end in time: closers that do not lead there (a closing tag
+    /// written inside a custom grammar's text) would only bend the reply.
     fn must_close(&mut self, tokens_left: usize) -> bool {
-        if tokens_left <= self.nesting.reserve() {
+        if self.closed {
+            // Committed: half a closing tag is worse than none.
             return true;
         }
         if tokens_left > self.nesting.reserve() + PROBE_WINDOW {
             return false;
         }
+        let cap = tokens_left + 1;
+        let cost = self.closing_cost(cap);
         // The probe's token, then the end, must fit; one token of slack for the model's
         // own choices where no closer is allowed.
-        self.closing_cost(tokens_left + 1) + 2 >= tokens_left
+        cost < cap && (tokens_left <= self.nesting.reserve() || cost + 2 >= tokens_left)
     }
 
     /// Tokens the shortest-looking way to the grammar's end takes from here (an allowed closer
@@ -195,9 +200,20 @@ impl GrammarMatcher {
         cost
     }
 
-    /// Keeps only the allowed closers, when there is one.
+    /// Keeps only the allowed closers, when there is one; where a closing tag is being
+    /// written, only the token that writes most of it.
     fn narrow_to_closers(&mut self, bias: &mut [f32]) {
         let at = self.nesting;
+        let allowed = |id: u32| bias.get(id as usize) == Some(&0.0);
+        if let Some(tag) = self.vocab.pick_tag_writer(&at, allowed) {
+            for (id, b) in bias.iter_mut().enumerate() {
+                if id != tag as usize {
+                    *b = f32::NEG_INFINITY;
+                }
+            }
+            self.closed = true;
+            return;
+        }
         let allowed = |(id, b): (usize, &f32)| *b == 0.0 && self.vocab.closes(id, &at);
         if !bias.iter().enumerate().any(allowed) {
             return;

@@ -419,8 +419,17 @@ impl Markup {
             }
             return Ok(ValueRule::Text);
         }
+        let mut prop = prop.clone();
+        if types == ["integer"] {
+            // The raw text becomes a JSON integer: keep it within what every JSON reader
+            // holds exactly (the grammar would otherwise allow any number of digits).
+            if let Some(o) = prop.as_object_mut() {
+                o.entry("minimum").or_insert(json!(-MAX_SAFE_INTEGER));
+                o.entry("maximum").or_insert(json!(MAX_SAFE_INTEGER));
+            }
+        }
         Ok(ValueRule::Json(json_rule(
-            &with_defs(prop, &tool.params),
+            &with_defs(&prop, &tool.params),
             !tool.strict,
         )))
     }
@@ -446,6 +455,9 @@ fn check_name(name: &str, forbidden: char, tool: &str, what: &str) -> Result<(),
 }
 
 const DEFS: [&str; 2] = ["$defs", "definitions"];
+
+/// 2^53 - 1: the largest integer a double (JavaScript's numbers) holds exactly.
+const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
 
 /// `{"name": NAME, "arguments": PARAMS}` as one schema; the parameters' `$defs` move to its
 /// root so `#/$defs/...` references still resolve.

@@ -93,6 +93,19 @@ pub fn submit_chat(state: &AppState, chat: &ChatRequest) -> Result<(Job, ReplyPa
         prompt.tool_format,
         chat.parallel_tool_calls,
     )?;
+    // A reply that must follow a grammar from its first token, while the prompt opened a
+    // reasoning block (MiniMax-M2's template), closes that block first: a forced call or a
+    // JSON answer inside the reasoning would be read as reasoning, never as the answer.
+    // (Anthropic itself does not offer forced tool use with thinking.)
+    let constraint = match (constraint, prompt.reasoning_close) {
+        (Some(g), Some(close)) if chat.response_format.is_some() || chat.tool_choice.forced() => {
+            Some(
+                g.after_literal(&format!("{close}\n\n"))
+                    .map_err(constrain_error)?,
+            )
+        }
+        (g, _) => g,
+    };
     let params = forced_call_params(chat.params.clone(), &chat.tool_choice, chat.sampling_set);
     let job = submit(
         state,
@@ -160,6 +173,8 @@ pub struct ChatPrompt {
     pub parser: ReplyParser,
     /// The tool-call markup the reply uses, when tools are in play.
     pub tool_format: Option<ParserKind>,
+    /// The prompt ends inside a reasoning block that this tag closes.
+    pub reasoning_close: Option<&'static str>,
 }
 
 /// A forced tool call should not be left to chance: greedy, unless the client chose sampling.
@@ -303,10 +318,14 @@ pub fn chat_prompt(
         other => other,
     };
     let text = rendered.map_err(|e| ApiError::field("messages", e.to_string()))?;
+    // Templates like Qwen3's open the think block in the prompt.
+    let reasoning_close = state
+        .chat
+        .think_tags
+        .and_then(|(open, close)| text.trim_end().ends_with(open).then_some(close));
     let reasoning = state.chat.think_tags.map(|(open, close)| {
         let splitter = ReasoningSplitter::new(open, close);
-        // Templates like Qwen3's open the think block in the prompt.
-        if text.trim_end().ends_with(open) {
+        if reasoning_close.is_some() {
             splitter.starting_inside()
         } else {
             splitter
@@ -328,5 +347,6 @@ pub fn chat_prompt(
         ids,
         parser: ReplyParser::new(reasoning, tools_parser).with_bare_calls(declared),
         tool_format: parser_kind,
+        reasoning_close,
     })
 }

@@ -49,12 +49,48 @@ def forced_call(oai, model, tool, prompt):
     return args
 
 
+def needs_trained(model):
+    if "tiny-random" in model.lower():
+        pytest.skip(f"{model!r} has random weights: this test needs a trained model's answer")
+
+
 @pytest.mark.minimax
 def test_minimax_path_arguments_are_repaired(oai, model):
+    needs_trained(model)
     args = forced_call(oai, model, READ_FILE,
                        "Read the file kooka-server/validate.js with the read_file tool.")
     assert set(args) == {"path"}, args
     assert args["path"] == "kooka-server/validate.js", args
+
+
+@pytest.mark.minimax
+def test_minimax_parameters_typed_by_schema(oai, model):
+    """MiniMax writes every parameter as text: integers come back as JSON integers."""
+    args = forced_call(oai, model, ADD, "Use the add tool to add 2 and 3.")
+    assert set(args) == {"a", "b"}, args
+    assert all(type(args[k]) is int for k in ("a", "b")), args
+
+
+@pytest.mark.minimax
+def test_minimax_forced_call_after_open_think(http, claude, model):
+    """MiniMax-M2's template opens <think> in the prompt: a forced call closes it first and
+    comes back as a tool call (Anthropic tool_use, stop_reason tool_use), not as reasoning."""
+    tool = {"name": "add", "description": ADD["function"]["description"],
+            "input_schema": ADD["function"]["parameters"]}
+    out = claude.messages.create(model=model, max_tokens=256, tools=[tool],
+                                 tool_choice={"type": "tool", "name": "add"},
+                                 messages=[{"role": "user", "content": "Add 2 and 3."}])
+    assert out.stop_reason == "tool_use", out
+    kinds = [b.type for b in out.content]
+    assert kinds[-1] == "tool_use", kinds
+    assert "thinking" not in kinds, out.content
+    for b in out.content:
+        if b.type == "text":
+            assert b.text.strip(), f"blank text block: {out.content}"
+            for tag in TOOL_MARKUP + ("<think>", "</think>"):
+                assert tag not in b.text, b.text
+    use = out.content[-1]
+    assert use.name == "add" and all(type(use.input[k]) is int for k in ("a", "b")), use
 
 
 @pytest.mark.nemotron

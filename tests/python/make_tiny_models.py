@@ -1,8 +1,12 @@
 """Create tiny random MLX model folders with mlx-lm, for kooka's parity tests.
 
 Usage: make_tiny_models.py OUTDIR [--shard]
+       make_tiny_models.py --minimax-chat OUTDIR TOKENIZER_DIR TEMPLATE
 
-With --shard it makes the fixtures of tests/shard.rs instead (the SHARD list below).
+With --shard it makes the fixtures of tests/shard.rs instead (the SHARD list below). With
+--minimax-chat it makes one servable folder: the tiny minimax with TOKENIZER_DIR's
+tokenizer (SmolLM2's: same vocabulary size) and TEMPLATE as its chat template (MiniMax-M2's
+from llama.cpp's test data), for the contract suite's MiniMax tests.
 
 Every folder holds config.json + model.safetensors (+ model.safetensors.index.json), written
 the way mlx-lm's save_model/save_config write them. Weights come from mlx-lm's own model
@@ -10,6 +14,7 @@ classes with mx.random.seed(0), so reruns give identical files. No tokenizer: th
 tests feed token ids directly.
 """
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -83,6 +88,13 @@ ARCHS_EXTRA = {
         num_hidden_layers=3, head_dim=16, intermediate_size=128, moe_intermediate_size=64,
         num_experts=8, num_experts_per_tok=2, decoder_sparse_step=1, mlp_only_layers=[1],
         norm_topk_prob=True, vocab_size=49152)),
+    # minimax with SmolLM2's vocabulary size: `--minimax-chat` serves it with SmolLM2's
+    # tokenizer and MiniMax-M2's chat template (tests/contract, marker `minimax`).
+    "minimax_chat": (minimax, dict(
+        MOE_BASE, model_type="minimax", rope_theta=5000000.0, tie_word_embeddings=False,
+        head_dim=16, rotary_dim=8, intermediate_size=64, shared_intermediate_size=64,
+        num_local_experts=8, num_experts_per_tok=2, use_qk_norm=True, scoring_func="sigmoid",
+        vocab_size=49152, max_position_embeddings=8192)),
     # Top-3 of 8 without renormalization, every second layer sparse.
     "qwen3_moe_k3": (qwen3_moe, dict(
         MOE_BASE, model_type="qwen3_moe", rope_theta=1000000.0, tie_word_embeddings=True,
@@ -176,7 +188,18 @@ def build(arch, variant, quant, overrides, out):
     save_config(config, out / "config.json")
 
 
+def minimax_chat(out, tokenizer_dir, template):
+    build("minimax_chat", "bf16", None, {}, out)
+    shutil.copy(tokenizer_dir / "tokenizer.json", out / "tokenizer.json")
+    config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
+    config["chat_template"] = template.read_text()
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+
+
 def main():
+    if sys.argv[1] == "--minimax-chat":
+        minimax_chat(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
+        return
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     names = []

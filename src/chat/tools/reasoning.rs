@@ -18,6 +18,9 @@ pub enum ReasoningEvent {
 #[derive(Debug)]
 pub struct ReasoningSplitter {
     scan: Delimited,
+    /// The reasoning just closed and no content has followed yet: the blank lines that
+    /// templates put after the close tag (`</think>\n\n`) are not content.
+    after_close: bool,
 }
 
 impl ReasoningSplitter {
@@ -25,6 +28,7 @@ impl ReasoningSplitter {
     pub fn new(start: &'static str, end: &'static str) -> Self {
         ReasoningSplitter {
             scan: Delimited::new(start, Some(end)),
+            after_close: false,
         }
     }
 
@@ -35,23 +39,34 @@ impl ReasoningSplitter {
     }
 
     pub fn push(&mut self, text_delta: &str) -> Vec<ReasoningEvent> {
-        convert(self.scan.push(text_delta))
+        let pieces = self.scan.push(text_delta);
+        self.convert(pieces)
     }
 
     pub fn finish(&mut self) -> Vec<ReasoningEvent> {
-        convert(self.scan.finish())
+        let pieces = self.scan.finish();
+        self.convert(pieces)
     }
-}
 
-fn convert(pieces: Vec<Piece>) -> Vec<ReasoningEvent> {
-    pieces
-        .into_iter()
-        .filter_map(|p| match p {
-            Piece::Text(t) => Some(ReasoningEvent::Content(t)),
-            Piece::Body(t) => Some(ReasoningEvent::Reasoning(t)),
-            Piece::Open | Piece::Close => None,
-        })
-        .collect()
+    fn convert(&mut self, pieces: Vec<Piece>) -> Vec<ReasoningEvent> {
+        let mut out = Vec::with_capacity(pieces.len());
+        for p in pieces {
+            match p {
+                Piece::Text(t) if self.after_close => {
+                    let t = t.trim_start();
+                    if !t.is_empty() {
+                        self.after_close = false;
+                        out.push(ReasoningEvent::Content(t.to_string()));
+                    }
+                }
+                Piece::Text(t) => out.push(ReasoningEvent::Content(t)),
+                Piece::Body(t) => out.push(ReasoningEvent::Reasoning(t)),
+                Piece::Close => self.after_close = true,
+                Piece::Open => self.after_close = false,
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -79,9 +94,15 @@ mod tests {
         let s = ReasoningSplitter::new("<think>", "</think>");
         assert_eq!(
             run(s, "<think>2+2=4</think>\nIt is 4 <th"),
-            ("2+2=4".into(), "\nIt is 4 <th".into())
+            ("2+2=4".into(), "It is 4 <th".into())
         );
         let s = ReasoningSplitter::new("<think>", "</think>").starting_inside();
         assert_eq!(run(s, "hmm</think>ok"), ("hmm".into(), "ok".into()));
+        // The blank lines after the close tag are not content; later whitespace is.
+        let s = ReasoningSplitter::new("<think>", "</think>").starting_inside();
+        assert_eq!(
+            run(s, "hmm</think>\n\n  a\n b"),
+            ("hmm".into(), "a\n b".into())
+        );
     }
 }

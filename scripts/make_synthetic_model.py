@@ -5,7 +5,7 @@ real weights of that size cannot be carried (the GPU machine has no network).
 usage: python scripts/make_synthetic_model.py --shape SHAPE [--bits 4] [--group-size 64]
            --tokenizer-from DIR --out DIR
 shapes: smollm2-135m, llama-8b (Llama), qwen3-moe-30b-a3b (mixture of experts: 128 experts,
-8 active), and llama-tiny, qwen3-moe-tiny (a few MB, for dry runs of the scripts on a CPU).
+8 active), minimax-m2-8l (MiniMax-M2's widths, 8 layers), and llama-tiny, qwen3-moe-tiny (a few MB, for dry runs of the scripts on a CPU).
 
 The weights come from mlx-lm's own modules (random init, fixed seed), optionally quantized
 with mlx's affine quantization (the model's own quant_predicate applies, as in mlx_lm.convert:
@@ -25,6 +25,9 @@ QWEN3_MOE = dict(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"],
                  rms_norm_eps=1e-6, max_position_embeddings=40960, decoder_sparse_step=1,
                  mlp_only_layers=[], norm_topk_prob=True, rope_theta=1000000.0,
                  tie_word_embeddings=False)
+MINIMAX = dict(model_type="minimax", architectures=["MiniMaxM2ForCausalLM"], rms_norm_eps=1e-6,
+               max_position_embeddings=196608, rope_theta=5000000.0, tie_word_embeddings=False,
+               use_qk_norm=True, scoring_func="sigmoid")
 SHAPES = {
     "smollm2-135m": dict(LLAMA, hidden_size=576, intermediate_size=1536, num_attention_heads=9,
                          num_key_value_heads=3, num_hidden_layers=30, vocab_size=49152,
@@ -37,6 +40,14 @@ SHAPES = {
                               num_attention_heads=32, num_key_value_heads=4, head_dim=128,
                               num_hidden_layers=48, vocab_size=151936, moe_intermediate_size=768,
                               num_experts=128, num_experts_per_tok=8),
+    # MiniMax-M2's widths (256 experts, 8 active, q/k norms over all heads, RoPE on 64 of 128
+    # head values) with 8 of its 62 layers: ~29B parameters (~16 GB at 4 bits), so that it
+    # is written in minutes on one GPU; a token reads the same per-layer weights as M2's.
+    "minimax-m2-8l": dict(MINIMAX, hidden_size=3072, intermediate_size=1536,
+                          num_attention_heads=48, num_key_value_heads=8, head_dim=128,
+                          rotary_dim=64, num_hidden_layers=8, vocab_size=200064,
+                          num_local_experts=256, num_experts_per_tok=8,
+                          shared_intermediate_size=0),
     # Dry-run shapes: every width splits over 2 ranks in whole 64-wide quantization groups.
     "llama-tiny": dict(LLAMA, hidden_size=256, intermediate_size=512, num_attention_heads=4,
                        num_key_value_heads=2, num_hidden_layers=4, vocab_size=151936,
@@ -60,11 +71,11 @@ def main():
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_flatten
-    from mlx_lm.models import llama, qwen3_moe
+    from mlx_lm.models import llama, minimax, qwen3_moe
 
     mx.random.seed(0)
     config = dict(SHAPES[args.shape])
-    arch = {"llama": llama, "qwen3_moe": qwen3_moe}[config["model_type"]]
+    arch = {"llama": llama, "qwen3_moe": qwen3_moe, "minimax": minimax}[config["model_type"]]
     model = arch.Model(arch.ModelArgs.from_dict(config))
     model.set_dtype(mx.bfloat16)
     # Materialise layer by layer: one lazy graph for a 30B model would hold its float32 init

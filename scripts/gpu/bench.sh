@@ -19,7 +19,7 @@ log() { echo "$(date +%T) $*" | tee -a "$OUT/log.txt"; }
 . scripts/gpu/env.sh
 KOOKA=${KOOKA:-$ROOT/third_party/gpu/kooka}
 [ -x "$KOOKA" ] || KOOKA=/opt/mlxw/kooka
-TOK=$ROOT/third_party/gpu/tokenizer
+TOK=${TOK:-$ROOT/third_party/gpu/tokenizer}
 [ -d "$TOK" ] || TOK=/opt/mlxw/tokenizer
 PROFILE=${PROFILE:-$(dirname "$KOOKA")/step_profile}
 M=/opt/models; mkdir -p $M/done

@@ -1,6 +1,6 @@
 //! Parity of `kooka generate` with the Python reference, mlx-lm 0.32.2, on tiny random
 //! models made by `tests/python/make_tiny_models.py` (llama tied/untied, llama3 rope,
-//! mistral, qwen2, qwen3, the mixtures of experts qwen3_moe, mixtral and minimax, mistral with
+//! mistral, qwen2, qwen3, the mixtures of experts qwen3_moe, mixtral, minimax and glm4_moe, mistral with
 //! sliding-window layers (rotating KV cache, windows 8 and 16) and qwen2 with a sliding
 //! window mlx-lm ignores; bf16, f16, 4/8/3-bit and mixed per-module quantization), and on
 //! SmolLM2-135M-Instruct when `models/SmolLM2-135M-Instruct` exists.
@@ -201,13 +201,13 @@ fn moe_and_sliding_window_match_mlx_lm_on_long_prompt() {
     let names: Vec<String> = names
         .into_iter()
         .filter(|n| {
-            ["qwen3_moe", "mixtral", "minimax", "mistral_swa"]
+            ["qwen3_moe", "mixtral", "minimax", "glm4_moe", "mistral_swa"]
                 .iter()
                 .any(|p| n.starts_with(p))
         })
         .collect();
     assert!(
-        names.len() >= 11,
+        names.len() >= 14,
         "MoE / sliding-window tiny models missing: {names:?}"
     );
     check_parity(&dir, &names, &long_prompt(), 32, 2048);

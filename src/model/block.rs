@@ -276,7 +276,7 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Array) -> Result<Array> {
+    pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
         let (gate, up) = match &self.gate_up {
             GateUp::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
             GateUp::Fused { gate_up, hidden } => {
@@ -288,7 +288,7 @@ impl Mlp {
         self.down_proj.forward(&swiglu(&gate, &up)?)
     }
 
-    fn arrays(&self) -> Vec<&Array> {
+    pub(crate) fn arrays(&self) -> Vec<&Array> {
         match &self.gate_up {
             GateUp::Separate { gate, up } => vec![gate, up],
             GateUp::Fused { gate_up, .. } => vec![gate_up],
@@ -311,7 +311,7 @@ impl Mlp {
     }
 
     /// Tensor parallel: gate/up split by output, down by input (partial sums).
-    fn shard_tensor(&mut self, tp: &TensorParallel, prefix: &str) -> Result<()> {
+    pub(crate) fn shard_tensor(&mut self, tp: &TensorParallel, prefix: &str) -> Result<()> {
         let GateUp::Separate { gate, up } = &mut self.gate_up else {
             unreachable!("projections are fused after sharding")
         };

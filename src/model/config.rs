@@ -78,6 +78,24 @@ pub struct ModelConfig {
     pub use_qk_norm: Option<bool>,
     #[serde(default)]
     pub scoring_func: Option<String>,
+    /// glm4_moe (and DeepSeek-V3's router): routed and shared experts, the first dense
+    /// layers, grouped top-k routing, the routed weights' scale, RoPE's share of a head.
+    #[serde(default)]
+    pub n_routed_experts: Option<i32>,
+    #[serde(default)]
+    pub n_shared_experts: Option<i32>,
+    #[serde(default)]
+    pub first_k_dense_replace: Option<i32>,
+    #[serde(default)]
+    pub n_group: Option<i32>,
+    #[serde(default)]
+    pub topk_group: Option<i32>,
+    #[serde(default)]
+    pub routed_scaling_factor: Option<f32>,
+    #[serde(default)]
+    pub topk_method: Option<String>,
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f32>,
 }
 
 /// How one affine-quantized tensor is packed.

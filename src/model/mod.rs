@@ -25,6 +25,7 @@ pub mod cache;
 pub mod config;
 mod decoder;
 pub mod error;
+pub mod glm4_moe;
 pub mod layers;
 pub mod llama;
 pub mod minimax;
@@ -152,6 +153,7 @@ fn builder_for(model_type: &str) -> Option<Builder> {
         "qwen3_moe" => Some(qwen3_moe::load),
         "mixtral" => Some(mixtral::load),
         "minimax" => Some(minimax::load),
+        "glm4_moe" => Some(glm4_moe::load),
         _ => None,
     }
 }

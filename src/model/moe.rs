@@ -16,6 +16,7 @@
 use mlx_rs::ops::indexing::TryIndexOp;
 use mlx_rs::{ops, Array, Dtype};
 
+use super::block::Mlp;
 use super::config::QuantConfig;
 use super::error::{ModelError, Result};
 use super::layers::{swiglu, Linear, QuantMatrix};
@@ -211,6 +212,16 @@ pub(crate) enum Routing {
     /// bias (`e_score_correction_bias`) pick the top-k, whose unbiased scores are
     /// normalized to sum to one.
     SigmoidBias,
+    /// glm4_moe (DeepSeek-V3's `noaux_tc`): sigmoid scores of the router's float logits plus
+    /// the correction bias (`gate.e_score_correction_bias`); with `n_group > 1` only the
+    /// `topk_group` expert groups with the best top-2 sums stay eligible; the top-k's
+    /// unbiased scores, normalized when `norm_topk_prob`, times `scaling`.
+    GroupedSigmoid {
+        n_group: i32,
+        topk_group: i32,
+        norm_topk_prob: bool,
+        scaling: f32,
+    },
 }
 
 /// The shape of a sparse MoE block.
@@ -235,8 +246,10 @@ pub(crate) struct SparseMoe {
     experts: i32,
     routing: Routing,
     /// `e_score_correction_bias` `[experts]` (float32, never cast), for
-    /// [`Routing::SigmoidBias`].
+    /// [`Routing::SigmoidBias`] and [`Routing::GroupedSigmoid`].
     score_bias: Option<Array>,
+    /// Shared experts: a dense SwiGLU MLP every token goes through, added to the routed ones.
+    shared: Option<Mlp>,
 }
 
 impl SparseMoe {
@@ -279,16 +292,36 @@ impl SparseMoe {
                     &format!("{prefix}.e_score_correction_bias"),
                     Some(&[m.experts]),
                 )?),
+                Routing::GroupedSigmoid { .. } => Some(ws.take(
+                    &format!("{prefix}.gate.e_score_correction_bias"),
+                    Some(&[m.experts]),
+                )?),
                 _ => None,
             },
+            shared: None,
         })
+    }
+
+    /// Adds shared experts (`<prefix>.shared_experts`, a SwiGLU MLP of `hidden` units).
+    pub(crate) fn with_shared(
+        mut self,
+        ws: &mut Weights,
+        dims: i32,
+        hidden: i32,
+        quant: &QuantConfig,
+    ) -> Result<Self> {
+        let path = format!("{}.shared_experts", self.prefix);
+        self.shared = Some(Mlp::load(ws, &path, dims, hidden, false, quant)?);
+        Ok(self)
     }
 
     /// `x`: `[B, L, D]` -> `[B, L, D]`.
     pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
         let (k, e) = (self.top_k, self.experts);
-        if let (Routing::SigmoidBias, Some(bias)) = (self.routing, &self.score_bias) {
-            return self.forward_sigmoid(x, bias);
+        match (self.routing, &self.score_bias) {
+            (Routing::SigmoidBias, Some(bias)) => return self.forward_sigmoid(x, bias),
+            (Routing::GroupedSigmoid { .. }, Some(bias)) => return self.forward_grouped(x, bias),
+            _ => {}
         }
         let gates = self.gate.forward(x)?;
         let (inds, scores) =
@@ -311,7 +344,7 @@ impl SparseMoe {
                     let scores = ops::softmax_axis(gates.take_along_axis(&inds, -1)?, -1, true)?;
                     (inds, scores)
                 }
-                Routing::SigmoidBias => {
+                Routing::SigmoidBias | Routing::GroupedSigmoid { .. } => {
                     return Err(ModelError::Config(format!(
                         "{}: sigmoid routing without e_score_correction_bias",
                         self.prefix
@@ -342,10 +375,57 @@ impl SparseMoe {
         Ok(y.multiply(picked.expand_dims(-1)?)?.sum_axis(-2, false)?)
     }
 
+    /// [`Routing::GroupedSigmoid`]: mlx-lm's glm4_moe `MoE` (`group_expert_select`).
+    fn forward_grouped(&self, x: &Array, bias: &Array) -> Result<Array> {
+        let Routing::GroupedSigmoid {
+            n_group,
+            topk_group,
+            norm_topk_prob,
+            scaling,
+        } = self.routing
+        else {
+            unreachable!("grouped routing only")
+        };
+        let k = self.top_k;
+        let scores = ops::sigmoid(&self.gate.forward(x)?.as_dtype(Dtype::Float32)?)?;
+        let mut biased = scores.add(bias)?;
+        if n_group > 1 {
+            // Groups outside the best `topk_group` (by their two best scores) are zeroed.
+            let grouped = ops::unflatten(&biased, -1, &[n_group, -1])?;
+            let group_scores = ops::indexing::topk_axis(&grouped, 2, -1)?.sum_axis(-1, true)?;
+            let drop = n_group - topk_group;
+            let worst = ops::argpartition_axis(&group_scores, drop - 1, -2)?.try_index((
+                ..,
+                ..,
+                ..drop,
+                ..,
+            ))?;
+            let kept = grouped.put_along_axis(&worst, Array::from_f32(0.0), -2)?;
+            biased = ops::flatten(&kept, -2, -1)?;
+        }
+        let inds =
+            ops::argpartition_axis(biased.negative()?, k - 1, -1)?.try_index((.., .., ..k))?;
+        let mut picked = scores.take_along_axis(&inds, -1)?;
+        if k > 1 && norm_topk_prob {
+            picked = picked.divide(picked.sum_axis(-1, true)?)?;
+        }
+        let picked = picked.multiply(Array::from_f32(scaling))?;
+        let y = self.switch_mlp.forward(x, &inds)?;
+        let out = y
+            .multiply(picked.expand_dims(-1)?)?
+            .sum_axis(-2, false)?
+            .as_dtype(y.dtype())?;
+        match &self.shared {
+            Some(mlp) => Ok(out.add(mlp.forward(x)?)?),
+            None => Ok(out),
+        }
+    }
+
     pub(crate) fn arrays(&self) -> Vec<&Array> {
         let mut v = self.gate.arrays();
         v.extend(self.switch_mlp.arrays());
         v.extend(self.score_bias.iter());
+        v.extend(self.shared.iter().flat_map(Mlp::arrays));
         v
     }
 
@@ -353,6 +433,10 @@ impl SparseMoe {
     /// experts are split, so the block's output is a partial sum the caller reduces.
     pub(crate) fn shard_tensor(&mut self, tp: &TensorParallel) -> Result<()> {
         let prefix = format!("{}.switch_mlp", self.prefix);
-        self.switch_mlp.shard_tensor(tp, &prefix)
+        self.switch_mlp.shard_tensor(tp, &prefix)?;
+        if let Some(mlp) = &mut self.shared {
+            mlp.shard_tensor(tp, &format!("{}.shared_experts", self.prefix))?;
+        }
+        Ok(())
     }
 }

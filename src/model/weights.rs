@@ -91,6 +91,14 @@ impl Weights {
         Weights { tensors, policy }
     }
 
+    /// Drops every tensor whose name starts with `prefix` (parts of a checkpoint no forward
+    /// reads, e.g. GLM's multi-token-prediction layer); returns how many.
+    pub fn discard_prefix(&mut self, prefix: &str) -> usize {
+        let before = self.tensors.len();
+        self.tensors.retain(|k, _| !k.starts_with(prefix));
+        before - self.tensors.len()
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }

@@ -21,7 +21,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
-from mlx_lm.models import llama, minimax, mixtral, qwen2, qwen3, qwen3_moe
+from mlx_lm.models import glm4_moe, llama, minimax, mixtral, qwen2, qwen3, qwen3_moe
 from mlx_lm.utils import save_config, save_model
 
 BASE = dict(
@@ -64,6 +64,15 @@ ARCHS = {
         MOE_BASE, model_type="minimax", rope_theta=5000000.0, tie_word_embeddings=False,
         head_dim=16, rotary_dim=8, intermediate_size=64, shared_intermediate_size=64,
         num_local_experts=8, num_experts_per_tok=2, use_qk_norm=True, scoring_func="sigmoid")),
+    # glm4_moe: QKV biases, per-head q/k norms, RoPE on half of each head, one dense layer
+    # then two with 8 routed experts in 2 groups (1 kept), top-2, one shared expert.
+    "glm4_moe": (glm4_moe, dict(
+        MOE_BASE, model_type="glm4_moe", rope_theta=10000.0, tie_word_embeddings=False,
+        num_hidden_layers=3, head_dim=16, partial_rotary_factor=0.5, intermediate_size=128,
+        moe_intermediate_size=64, n_routed_experts=8, n_shared_experts=1,
+        num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1,
+        routed_scaling_factor=2.5, norm_topk_prob=True, use_qk_norm=True, attention_bias=True,
+        rope_scaling=None)),
     # Sliding-window attention: mlx-lm's llama honours `sliding_window` only on layers that
     # `layer_types` marks "sliding_attention" (a RotatingKVCache of that size). The
     # 12-token test prompt and 40 generated tokens overrun the window of 8.
@@ -118,6 +127,8 @@ SHARD = {
     ("qwen3_moe_chat", "q4g32-f32"): ({"group_size": 32, "bits": 4}, {}),
     ("minimax", "bf16"): (None, {}),
     ("minimax", "q4g32-f32"): ({"group_size": 32, "bits": 4}, {}),
+    ("glm4_moe", "bf16"): (None, {}),
+    ("glm4_moe", "q4g32-f32"): ({"group_size": 32, "bits": 4}, {}),
 }
 
 # name -> (global quantization or None, per-module overrides)
@@ -157,6 +168,14 @@ def build(arch, variant, quant, overrides, out):
     model.update(tree_map(lambda p: p * 4.0 if p.ndim >= 2 else p, model.parameters()))
     dtype = {"f16": mx.float16}.get(variant, mx.float32 if variant.endswith("-f32") else mx.bfloat16)
     model.set_dtype(dtype)
+    if module is glm4_moe:
+        # mlx-lm starts the routers at zero (weights and correction bias, the latter kept
+        # float32): random here, so that routing and the expert groups matter.
+        for layer in model.model.layers:
+            if isinstance(layer.mlp, glm4_moe.MoE):
+                gate = layer.mlp.gate
+                gate.weight = (mx.random.normal(gate.weight.shape) * 0.5).astype(dtype)
+                gate.e_score_correction_bias = mx.random.uniform(-0.3, 0.3, gate.e_score_correction_bias.shape)
     if module is minimax:
         # mlx-lm starts the routers' correction bias at zero and keeps it float32 (its
         # cast_predicate): random values here, so that the bias changes which experts win.

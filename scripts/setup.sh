@@ -8,8 +8,8 @@
 #               pytest; all pinned), the coding-agent CLIs (npm, scripts/agents/) and test
 #               data (llama.cpp golden vectors and chat templates, the Qwen2.5 GGUF,
 #               converted to models/Qwen2.5-Coder-0.5B-Instruct for the contract suite's
-#               tool-call and agent-client tests, and a tiny random MiniMax model,
-#               models/MiniMax-M2-tiny-random, for its MiniMax tests)
+#               tool-call and agent-client tests, and tiny random MiniMax and GLM models,
+#               models/{MiniMax-M2,GLM-4.6}-tiny-random, for its runs in those markups)
 #   --no-build  skip `cargo build --release` and the model conversion
 #
 # Everything downloaded goes under third_party/ and models/ (git-ignored). Set MLX_DIR to use
@@ -218,17 +218,20 @@ if [ $BUILD = 1 ]; then
         || fail "kooka convert failed on $QWEN_GGUF"
       echo "$qstamp" > "$QMODEL/.kooka-stamp"
     fi
-    # The contract suite's MiniMax tests (pytest -m minimax): a tiny random minimax made by
-    # mlx-lm, with SmolLM2's tokenizer and MiniMax-M2's chat template (llama.cpp's copy).
-    step "tiny MiniMax test model (models/MiniMax-M2-tiny-random)"
-    MMODEL="$ROOT/models/MiniMax-M2-tiny-random"
-    mstamp=$(cat "$ROOT/tests/python/make_tiny_models.py" "$TP/llama.cpp/templates/MiniMax-M2.jinja" | sha_of /dev/stdin)
-    if ! [ -f "$MMODEL/.kooka-stamp" ] || [ "$(cat "$MMODEL/.kooka-stamp")" != "$mstamp" ]; then
-      rm -rf "$MMODEL"
-      "$TP/venv/bin/python" "$ROOT/tests/python/make_tiny_models.py" --minimax-chat "$MMODEL" \
-        "$MODEL" "$TP/llama.cpp/templates/MiniMax-M2.jinja" || fail "making $MMODEL failed"
-      echo "$mstamp" > "$MMODEL/.kooka-stamp"
-    fi
+    # The contract suite's MiniMax and GLM runs: tiny random minimax / glm4_moe models made by
+    # mlx-lm, with SmolLM2's tokenizer and MiniMax-M2's / GLM-4.6's chat template (llama.cpp's).
+    for spec in minimax:MiniMax-M2 glm4_moe:GLM-4.6; do
+      arch=${spec%%:*}; tmpl=${spec##*:}
+      CMODEL="$ROOT/models/$tmpl-tiny-random"
+      step "tiny $tmpl test model (models/$tmpl-tiny-random)"
+      cstamp=$(cat "$ROOT/tests/python/make_tiny_models.py" "$TP/llama.cpp/templates/$tmpl.jinja" | sha_of /dev/stdin)
+      if ! [ -f "$CMODEL/.kooka-stamp" ] || [ "$(cat "$CMODEL/.kooka-stamp")" != "$cstamp" ]; then
+        rm -rf "$CMODEL"
+        "$TP/venv/bin/python" "$ROOT/tests/python/make_tiny_models.py" --chat "$arch" "$CMODEL" \
+          "$MODEL" "$TP/llama.cpp/templates/$tmpl.jinja" || fail "making $CMODEL failed"
+        echo "$cstamp" > "$CMODEL/.kooka-stamp"
+      fi
+    done
   fi
 fi
 STEP=""

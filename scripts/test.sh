@@ -61,13 +61,15 @@ if [ "${KOOKA_CONTRACT_TESTS:-1}" != 0 ]; then
     echo "test.sh: models/Qwen2.5-Coder-0.5B-Instruct is missing: run scripts/setup.sh --tests" >&2
     rc=1
   fi
-  # MiniMax-M2's markup (<minimax:tool_call>) and its template's open <think>, on a tiny
-  # random minimax: forced calls come back as tool calls in both APIs.
-  if [ -f models/MiniMax-M2-tiny-random/config.json ]; then
-    run_contract models/MiniMax-M2-tiny-random -m "contract and (tools or minimax)" || rc=1
-  else
-    echo "test.sh: models/MiniMax-M2-tiny-random is missing: run scripts/setup.sh --tests" >&2
-    rc=1
-  fi
+  # MiniMax-M2's markup (<minimax:tool_call>, and its template's open <think>) and GLM's
+  # (<arg_key>/<arg_value>), on tiny random models: forced calls come back as tool calls.
+  for m in MiniMax-M2-tiny-random GLM-4.6-tiny-random; do
+    if [ -f models/$m/config.json ]; then
+      run_contract models/$m -m "contract and (tools or minimax)" || rc=1
+    else
+      echo "test.sh: models/$m is missing: run scripts/setup.sh --tests" >&2
+      rc=1
+    fi
+  done
   [ $rc -eq 0 ] || { echo "test.sh: the contract suite failed" >&2; exit 1; }
 fi

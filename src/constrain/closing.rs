@@ -10,7 +10,8 @@
 //! shortest value the model picks. The reply then parses, and ends with `finish_reason:
 //! length` as a cut reply does.
 //!
-//! The XML-ish tool-call markups (MiniMax-M2's `<invoke>`, Qwen3-Coder's `<function=...>`)
+//! The XML-ish tool-call markups (MiniMax-M2's `<invoke>`, Qwen3-Coder's `<function=...>`,
+//! GLM's `<arg_value>`)
 //! write parameters as raw text up to a closing tag. There the closers are the tokens that
 //! write (or continue writing) one of [`XML_CLOSE_TAGS`], so a value that would run on is
 //! ended with `</parameter>` and the call's own tags follow. JSON closers count only while
@@ -19,8 +20,9 @@
 use std::sync::Arc;
 
 /// The closing tags of the XML-ish tool-call markups' parameters, calls and blocks.
-pub(crate) const XML_CLOSE_TAGS: [&str; 5] = [
+pub(crate) const XML_CLOSE_TAGS: [&str; 6] = [
     "</parameter>",
+    "</arg_value>",
     "</invoke>",
     "</minimax:tool_call>",
     "</function>",

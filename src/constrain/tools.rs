@@ -74,6 +74,7 @@ enum Markup {
     JsonTools,
     Qwen3Coder,
     MinimaxM2,
+    Glm45,
 }
 
 /// How a parameter's raw text is constrained in the XML formats.
@@ -97,11 +98,12 @@ impl ToolCalls<'_> {
             ParserKind::JsonTools => Markup::JsonTools,
             ParserKind::Qwen3Coder => Markup::Qwen3Coder,
             ParserKind::MinimaxM2 => Markup::MinimaxM2,
+            ParserKind::Glm45 => Markup::Glm45,
             other => {
                 return Err(ConstrainError::unsupported(
                     "tool_choice",
                     format!(
-                    "tool calls in the {} format (supported: json_tools, qwen3_coder, minimax_m2)",
+                    "tool calls in the {} format (supported: json_tools, qwen3_coder, minimax_m2, glm45)",
                     other.name()
                 ),
                 ))
@@ -177,8 +179,10 @@ impl ToolCalls<'_> {
             alternatives.push(rule);
         }
         rules.push_str(&format!("call: {}\n", alternatives.join(" | ")));
-        if markup != Markup::JsonTools {
-            rules.push_str("param_text[lazy]: /(?s:.*)<\\/parameter>/\n");
+        match markup {
+            Markup::JsonTools => {}
+            Markup::Glm45 => rules.push_str("param_text[lazy]: /(?s:.*)<\\/arg_value>/\n"),
+            _ => rules.push_str("param_text[lazy]: /(?s:.*)<\\/parameter>/\n"),
         }
         let rest = markup.after_open(parallel);
         let open = markup.open();
@@ -281,7 +285,7 @@ impl Markup {
     /// The tag that opens a block of calls (the trigger under `auto`).
     fn open(self) -> &'static str {
         match self {
-            Markup::JsonTools | Markup::Qwen3Coder => "<tool_call>",
+            Markup::JsonTools | Markup::Qwen3Coder | Markup::Glm45 => "<tool_call>",
             Markup::MinimaxM2 => "<minimax:tool_call>",
         }
     }
@@ -291,6 +295,11 @@ impl Markup {
         match (self, parallel) {
             (Markup::MinimaxM2, false) => r#""\n" call "</minimax:tool_call>""#.into(),
             (Markup::MinimaxM2, true) => r#""\n" call+ "</minimax:tool_call>""#.into(),
+            // One call per block, the name right after the tag.
+            (Markup::Glm45, false) => r#"call "</tool_call>""#.into(),
+            (Markup::Glm45, true) => {
+                r#"call "</tool_call>" ("\n<tool_call>" call "</tool_call>")*"#.into()
+            }
             (_, false) => r#""\n" call "\n</tool_call>""#.into(),
             (_, true) => {
                 r#""\n" call "\n</tool_call>" ("\n<tool_call>\n" call "\n</tool_call>")*"#.into()
@@ -305,6 +314,7 @@ impl Markup {
         }
         let (open, close, forbidden) = match self {
             Markup::Qwen3Coder => (format!("<function={}>\n", tool.name), "</function>", '>'),
+            Markup::Glm45 => (format!("{}\n", tool.name), "", '<'),
             _ => (
                 format!("<invoke name=\"{}\">\n", tool.name),
                 "</invoke>\n",
@@ -340,7 +350,9 @@ impl Markup {
                 format!("({param})?")
             });
         }
-        body.push(lit(close));
+        if !close.is_empty() {
+            body.push(lit(close));
+        }
         Ok(body.join(" "))
     }
 
@@ -348,6 +360,10 @@ impl Markup {
     fn param(self, key: &str, rule: ValueRule) -> String {
         let (open, close) = match self {
             Markup::Qwen3Coder => (format!("<parameter={key}>\n"), "\n</parameter>\n"),
+            Markup::Glm45 => (
+                format!("<arg_key>{key}</arg_key>\n<arg_value>"),
+                "</arg_value>\n",
+            ),
             _ => (format!("<parameter name=\"{key}\">"), "</parameter>\n"),
         };
         match rule {
@@ -439,6 +455,7 @@ impl Markup {
             Markup::JsonTools => "json_tools",
             Markup::Qwen3Coder => "qwen3_coder",
             Markup::MinimaxM2 => "minimax_m2",
+            Markup::Glm45 => "glm45",
         }
     }
 }

@@ -177,6 +177,40 @@ fn minimax_m2_invokes() {
 }
 
 #[test]
+fn glm45_arg_pairs() {
+    let c = test_constrainer();
+    let tools = [echo(), weather()];
+    let g = grammar(&tools, ToolChoice::Required, ParserKind::Glm45, true);
+    let call = "<tool_call>echo\n<arg_key>text</arg_key>\n<arg_value>hello there</arg_value>\n</tool_call>\n<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n<arg_key>days</arg_key>\n<arg_value>2</arg_value>\n</tool_call>";
+    // Parallel: another block may follow.
+    assert_eq!(run(&c, &g, call), Run::Complete(false));
+    let (_, calls) = parse(ParserKind::Glm45, &tools, call);
+    assert_eq!(
+        calls,
+        [
+            ("echo".to_string(), json!({"text": "hello there"})),
+            (
+                "get_weather".to_string(),
+                json!({"city": "Paris", "days": 2})
+            )
+        ]
+    );
+    let g = grammar(
+        &tools,
+        ToolChoice::Function("get_weather".into()),
+        ParserKind::Glm45,
+        false,
+    );
+    for bad in [
+        "<tool_call>echo\n",
+        "<tool_call>get_weather\n<arg_key>days</arg_key>\n<arg_value>9",
+        "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>X</arg_value>\n</tool_call>",
+    ] {
+        assert!(matches!(run(&c, &g, bad), Run::Rejected(_)), "{bad}");
+    }
+}
+
+#[test]
 fn refs_into_defs_still_resolve() {
     let c = test_constrainer();
     let tool = json!({"name": "move", "parameters": {

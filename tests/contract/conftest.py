@@ -97,7 +97,7 @@ def _model_specific(request: pytest.FixtureRequest) -> None:
     if missing:
         reasons = {
             "tools": "is not known to emit a forced tool call without constrained decoding "
-                     "(these run on Qwen2.5-Coder-0.5B-Instruct, Qwen3, MiniMax, Nemotron; "
+                     "(these run on Qwen2.5-Coder-0.5B-Instruct, Qwen3, MiniMax, Nemotron, GLM-4.x; "
                      "--assume-tools runs them anyway)",
             "minimax": "is not a MiniMax model",
             "nemotron": "is not a Nemotron model",

@@ -43,6 +43,7 @@ def test_usage_checks_fail_on_inconsistent_numbers():
     ("Qwen2.5-Coder-0.5B-Instruct", {"tools"}),
     ("mlx-community/MiniMax-M2.1-4bit", {"tools", "minimax"}),
     ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B", {"tools", "nemotron"}),
+    ("mlx-community/GLM-4.6-4bit", {"tools"}),
 ])
 def test_model_markers(model_id, want):
     assert model_markers(model_id) == want

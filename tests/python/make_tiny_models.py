@@ -1,12 +1,12 @@
 """Create tiny random MLX model folders with mlx-lm, for kooka's parity tests.
 
 Usage: make_tiny_models.py OUTDIR [--shard]
-       make_tiny_models.py --minimax-chat OUTDIR TOKENIZER_DIR TEMPLATE
+       make_tiny_models.py --chat minimax|glm4_moe OUTDIR TOKENIZER_DIR TEMPLATE
 
 With --shard it makes the fixtures of tests/shard.rs instead (the SHARD list below). With
---minimax-chat it makes one servable folder: the tiny minimax with TOKENIZER_DIR's
+--chat it makes one servable folder: the tiny minimax or glm4_moe with TOKENIZER_DIR's
 tokenizer (SmolLM2's: same vocabulary size) and TEMPLATE as its chat template (MiniMax-M2's
-from llama.cpp's test data), for the contract suite's MiniMax tests.
+or GLM-4.6's from llama.cpp's test data), for the contract suite's MiniMax and GLM runs.
 
 Every folder holds config.json + model.safetensors (+ model.safetensors.index.json), written
 the way mlx-lm's save_model/save_config write them. Weights come from mlx-lm's own model
@@ -104,6 +104,14 @@ ARCHS_EXTRA = {
         head_dim=16, rotary_dim=8, intermediate_size=64, shared_intermediate_size=64,
         num_local_experts=8, num_experts_per_tok=2, use_qk_norm=True, scoring_func="sigmoid",
         vocab_size=49152, max_position_embeddings=8192)),
+    # glm4_moe with SmolLM2's vocabulary size (`--chat glm4_moe`, served with GLM-4.6's template).
+    "glm4_moe_chat": (glm4_moe, dict(
+        MOE_BASE, model_type="glm4_moe", rope_theta=10000.0, tie_word_embeddings=False,
+        num_hidden_layers=3, head_dim=16, partial_rotary_factor=0.5, intermediate_size=128,
+        moe_intermediate_size=64, n_routed_experts=8, n_shared_experts=1,
+        num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1,
+        routed_scaling_factor=2.5, norm_topk_prob=True, use_qk_norm=True, attention_bias=True,
+        rope_scaling=None, vocab_size=49152, max_position_embeddings=8192)),
     # Top-3 of 8 without renormalization, every second layer sparse.
     "qwen3_moe_k3": (qwen3_moe, dict(
         MOE_BASE, model_type="qwen3_moe", rope_theta=1000000.0, tie_word_embeddings=True,
@@ -207,8 +215,8 @@ def build(arch, variant, quant, overrides, out):
     save_config(config, out / "config.json")
 
 
-def minimax_chat(out, tokenizer_dir, template):
-    build("minimax_chat", "bf16", None, {}, out)
+def chat_model(arch, out, tokenizer_dir, template):
+    build(arch, "bf16", None, {}, out)
     shutil.copy(tokenizer_dir / "tokenizer.json", out / "tokenizer.json")
     config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
     config["chat_template"] = template.read_text()
@@ -216,8 +224,8 @@ def minimax_chat(out, tokenizer_dir, template):
 
 
 def main():
-    if sys.argv[1] == "--minimax-chat":
-        minimax_chat(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
+    if sys.argv[1] == "--chat":
+        chat_model(sys.argv[2] + "_chat", Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5]))
         return
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ use super::{fixes, ParseEvent, ToolParser, ToolSchemas};
 
 const SYNTAX: Syntax = Syntax {
     block: ("<minimax:tool_call>", "</minimax:tool_call>"),
-    function: ("<invoke name=\"", "\">", "</invoke>"),
+    function: ("<invoke name=\"", "\">", Some("</invoke>")),
     parameter: ("<parameter name=\"", "\">", "</parameter>"),
 };
 

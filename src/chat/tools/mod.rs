@@ -17,6 +17,7 @@
 //! [`reasoning`] splits `<think>` text into `reasoning_content`.
 
 pub mod fixes;
+pub mod glm45;
 pub mod json_tools;
 pub mod llama3_json;
 pub mod minimax_m2;
@@ -167,6 +168,7 @@ pub fn new_parser(kind: ParserKind, tools: &[Value]) -> Box<dyn ToolParser> {
         ParserKind::JsonTools => Box::new(json_tools::JsonToolsParser::new()),
         ParserKind::Qwen3Coder => Box::new(qwen3_coder::Qwen3CoderParser::new(schemas)),
         ParserKind::MinimaxM2 => Box::new(minimax_m2::MinimaxM2Parser::new(schemas)),
+        ParserKind::Glm45 => Box::new(glm45::Glm45Parser::new(schemas)),
         ParserKind::Mistral => Box::new(mistral::MistralParser::new()),
         ParserKind::Llama3Json => Box::new(llama3_json::Llama3JsonParser::new()),
         ParserKind::Pythonic => Box::new(pythonic::PythonicParser::new()),

@@ -7,7 +7,7 @@ use super::{ParseEvent, ToolParser, ToolSchemas};
 
 const SYNTAX: Syntax = Syntax {
     block: ("<tool_call>", "</tool_call>"),
-    function: ("<function=", ">", "</function>"),
+    function: ("<function=", ">", Some("</function>")),
     parameter: ("<parameter=", ">", "</parameter>"),
 };
 

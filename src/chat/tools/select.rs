@@ -17,6 +17,8 @@ pub enum ParserKind {
     Qwen3Coder,
     /// `<minimax:tool_call><invoke name=..>` (MiniMax-M2).
     MinimaxM2,
+    /// `<tool_call>NAME<arg_key>..</arg_key><arg_value>..</arg_value>` (GLM-4.5 to 4.7).
+    Glm45,
     /// `[TOOL_CALLS]...` (Mistral).
     Mistral,
     /// A bare `{"name":..,"parameters":..}` reply (Llama 3.x).
@@ -32,6 +34,7 @@ impl ParserKind {
             ParserKind::JsonTools => "json_tools",
             ParserKind::Qwen3Coder => "qwen3_coder",
             ParserKind::MinimaxM2 => "minimax_m2",
+            ParserKind::Glm45 => "glm45",
             ParserKind::Mistral => "mistral",
             ParserKind::Llama3Json => "llama3_json",
             ParserKind::Pythonic => "pythonic",
@@ -45,6 +48,7 @@ impl ParserKind {
                 "json_tools" | "hermes" | "qwen" | "qwen2_5" | "json" => ParserKind::JsonTools,
                 "qwen3_coder" | "qwen3coder" | "nemotron" => ParserKind::Qwen3Coder,
                 "minimax_m2" | "minimax" => ParserKind::MinimaxM2,
+                "glm45" | "glm4_moe" | "glm4.5" | "glm47" | "glm" => ParserKind::Glm45,
                 "mistral" => ParserKind::Mistral,
                 "llama3_json" | "llama3" | "llama" | "llama3.1" => ParserKind::Llama3Json,
                 "pythonic" | "lfm2" => ParserKind::Pythonic,
@@ -67,6 +71,12 @@ fn from_template(template: &str) -> Option<(ParserKind, &'static str)> {
         return Some((
             ParserKind::MinimaxM2,
             "the chat template writes <minimax:tool_call>",
+        ));
+    }
+    if has("<arg_key>") && has("<arg_value>") {
+        return Some((
+            ParserKind::Glm45,
+            "the chat template writes <tool_call>NAME<arg_key>...<arg_value>",
         ));
     }
     if has("[TOOL_CALLS]") {

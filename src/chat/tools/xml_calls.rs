@@ -1,5 +1,5 @@
 //! The streaming engine shared by the XML-ish formats ([`super::qwen3_coder`],
-//! [`super::minimax_m2`]): inside a tool-call block, functions with a name and parameters
+//! [`super::minimax_m2`], [`super::glm45`]): inside a tool-call block, functions with a name and parameters
 //! whose values are raw text. A call is announced when its opening tag is complete, and each
 //! parameter is emitted as an arguments delta as soon as its closing tag arrives, typed by the
 //! tool's schema (so the deltas build the compact JSON object `{"k":v,...}`).
@@ -14,8 +14,9 @@ use super::{typing, CallCounter, ParseEvent, ToolParser, ToolSchemas};
 pub(crate) struct Syntax {
     /// The block tags, e.g. `<tool_call>` / `</tool_call>`.
     pub block: (&'static str, &'static str),
-    /// A function opens with `prefix NAME suffix` and closes with the third tag.
-    pub function: (&'static str, &'static str, &'static str),
+    /// A function opens with `prefix NAME suffix` and closes with the third tag (`None`:
+    /// with its block, one function per block).
+    pub function: (&'static str, &'static str, Option<&'static str>),
     /// A parameter opens with `prefix KEY suffix` and closes with the third tag.
     pub parameter: (&'static str, &'static str, &'static str),
 }
@@ -119,7 +120,7 @@ impl XmlCallParser {
                     self.pos += skipped + start + f_open.len() + end + f_suffix.len();
                 }
                 Some(call) => {
-                    if let Some(after) = rest.strip_prefix(f_close) {
+                    if let Some(after) = f_close.and_then(|c| rest.strip_prefix(c)) {
                         let consumed = self.body.len() - self.pos - after.len();
                         self.pos += consumed;
                         let index = call.index;
@@ -133,12 +134,13 @@ impl XmlCallParser {
                     }
                     let Some(after) = rest.strip_prefix(p_open) else {
                         // Not a parameter (yet): wait for more, skipping stray text before one.
+                        let close_at = f_close.and_then(|c| rest.find(c));
                         match rest
                             .find(p_open)
-                            .filter(|&i| rest.find(f_close).is_none_or(|j| i < j))
+                            .filter(|&i| close_at.is_none_or(|j| i < j))
                         {
                             Some(i) => self.pos += skipped + i,
-                            None => match rest.find(f_close) {
+                            None => match close_at {
                                 Some(j) => self.pos += skipped + j,
                                 None => return,
                             },

@@ -72,7 +72,14 @@ impl Vocabulary {
         let mut tag_ids: Vec<u32> = (0..bytes.len() as u32)
             .filter(|&i| tag_fragment(&bytes[i as usize]))
             .collect();
-        tag_ids.sort_by_key(|&i| std::cmp::Reverse(bytes[i as usize].len()));
+        // Most tag bytes first; among those, no leading whitespace (or one newline) first, so
+        // the closing adds no blank space to a value.
+        tag_ids.sort_by_key(|&i| {
+            let b = &bytes[i as usize];
+            let lead = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+            let padded = lead > 1 || (lead == 1 && b[0] != b'\n');
+            (padded, std::cmp::Reverse(b.len() - lead))
+        });
         Arc::new(Vocabulary {
             closer,
             closer_ids,
@@ -85,11 +92,13 @@ impl Vocabulary {
     /// a string only one that starts with `"`: `}` there is just text), or a token that
     /// writes a closing tag on from what is written.
     pub(crate) fn closes(&self, id: usize, at: &Nesting) -> bool {
-        let json = at.depth > 0 || at.in_string;
-        (json
-            && self.closer.get(id).copied().unwrap_or(false)
-            && (!at.in_string || self.bytes[id].first() == Some(&b'"')))
-            || self.writes_tag(id, at)
+        if at.json_open() {
+            // Inside JSON a tag is text: only the JSON's own closers close.
+            self.closer.get(id).copied().unwrap_or(false)
+                && (!at.in_string || self.bytes[id].first() == Some(&b'"'))
+        } else {
+            self.writes_tag(id, at)
+        }
     }
 
     /// Whether token `id` starts a closing tag (after optional whitespace) or continues the
@@ -98,20 +107,23 @@ impl Vocabulary {
         let Some(b) = self.bytes.get(id).filter(|b| !b.is_empty()) else {
             return false;
         };
+        let Some(t) = at.open_element() else {
+            return false;
+        };
+        let buffered = &at.tag[..at.tag_len as usize];
         let mut text: Vec<u8> = Vec::with_capacity(TAG_CAP + b.len());
-        if at.tag_len > 0 {
-            text.extend_from_slice(&at.tag[..at.tag_len as usize]);
+        if !buffered.is_empty() && t.as_bytes().starts_with(buffered) {
+            // Writing the closing tag on.
+            text.extend_from_slice(buffered);
             text.extend_from_slice(b);
         } else {
+            // A new tag, after whitespace only (a stray `<` earlier in the text stays behind).
             let start = b.iter().position(|c| !c.is_ascii_whitespace());
             match start {
                 Some(i) if b[i] == b'<' => text.extend_from_slice(&b[i..]),
                 _ => return false,
             }
         }
-        let Some(t) = at.open_element() else {
-            return false;
-        };
         let t = t.as_bytes();
         t.starts_with(&text)
             || (text.starts_with(t) && text[t.len()..].iter().all(u8::is_ascii_whitespace))
@@ -132,7 +144,7 @@ impl Vocabulary {
         at: &Nesting,
         allowed: impl Fn(u32) -> bool,
     ) -> Option<u32> {
-        if self.pick_json_closer(at, &allowed).is_some() {
+        if at.json_open() {
             return None;
         }
         self.tag_ids
@@ -142,7 +154,7 @@ impl Vocabulary {
     }
 
     fn pick_json_closer(&self, at: &Nesting, allowed: &impl Fn(u32) -> bool) -> Option<u32> {
-        if at.depth == 0 && !at.in_string {
+        if !at.json_open() {
             return None;
         }
         let usable = |&&id: &&u32| {
@@ -226,6 +238,19 @@ impl Nesting {
         (n > 0).then(|| XML_CLOSE_TAGS[self.open[n - 1] as usize])
     }
 
+    /// Whether JSON is open (a container or a string).
+    pub(crate) fn json_open(&self) -> bool {
+        self.depth > 0 || self.in_string
+    }
+
+    /// A markup element opened or closed: what came before (raw text with stray quotes or
+    /// braces) does not nest the JSON that may follow.
+    fn reset_json(&mut self) {
+        self.depth = 0;
+        self.in_string = false;
+        self.escaped = false;
+    }
+
     /// A tag just ended with `>`: an opening tag of a markup element opens it, its closing
     /// tag closes it.
     fn end_tag(&mut self) {
@@ -236,6 +261,7 @@ impl Nesting {
                 let n = self.open_len as usize;
                 if n > 0 && self.open[n - 1] as usize == i {
                     self.open_len -= 1;
+                    self.reset_json();
                 }
                 return;
             }
@@ -246,6 +272,7 @@ impl Nesting {
             if (opens || bare) && (self.open_len as usize) < OPEN_CAP {
                 self.open[self.open_len as usize] = i as u8;
                 self.open_len += 1;
+                self.reset_json();
                 return;
             }
         }
@@ -268,6 +295,8 @@ impl Nesting {
                 self.tag[len] = b;
                 self.tag_len += 1;
             }
+            // A long tag (`<parameter name="a_long_key">`): its start is all `end_tag` reads.
+            _ if len == TAG_CAP => {}
             _ => self.tag_len = 0,
         }
     }
@@ -361,5 +390,21 @@ mod tests {
         assert_eq!(at.tag_len, 0);
         assert_eq!(at.open_element(), Some("</invoke>"));
         assert!(vocab.closes(4, &at));
+        // A tag longer than the buffer still opens its element; a stray `<` in a value does
+        // not hide the closing tag.
+        let texts = [
+            "<parameter name=\"a_rather_long_parameter_key\">",
+            "a <",
+            " b",
+            "</",
+        ];
+        let tokens: Vec<Vec<u8>> = texts.iter().map(|t| t.as_bytes().to_vec()).collect();
+        let vocab = Vocabulary::new(&tokens);
+        let mut at = Nesting::default();
+        at.push(&vocab, 0);
+        assert_eq!(at.open_element(), Some("</parameter>"));
+        at.push(&vocab, 1);
+        at.push(&vocab, 2);
+        assert!(vocab.closes(3, &at), "a fresh `</` after a stray `<`");
     }
 }

@@ -70,7 +70,8 @@ impl Grammar {
 
     /// This grammar after the literal `text`: the reply must begin with `text` (e.g. the
     /// close of a reasoning block that the prompt opened) and then follow this grammar.
-    pub fn after_literal(self, text: &str) -> Result<Self, ConstrainError> {
+    /// Failures are blamed on `param` (the request field the grammar came from).
+    pub fn after_literal(self, text: &str, param: &'static str) -> Result<Self, ConstrainError> {
         let literal = serde_json::to_string(text).unwrap_or_default();
         let body: Vec<String> = self
             .lark
@@ -83,7 +84,7 @@ impl Grammar {
         Grammar::new(
             format!("start: {literal} after_literal\n{}\n", body.join("\n")),
             format!("{} after {literal}", self.what),
-            "response_format",
+            param,
         )
     }
 

@@ -156,6 +156,10 @@ impl GrammarMatcher {
         if tokens_left > self.nesting.reserve() + PROBE_WINDOW {
             return false;
         }
+        if tokens_left <= self.nesting.reserve() && self.nesting.json_open() {
+            // JSON's closers always lead to its end; the probe may overestimate forced text.
+            return true;
+        }
         let cap = tokens_left + 1;
         let cost = self.closing_cost(cap);
         // The probe's token, then the end, must fit; one token of slack for the model's

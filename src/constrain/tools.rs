@@ -314,7 +314,7 @@ impl Markup {
         }
         let (open, close, forbidden) = match self {
             Markup::Qwen3Coder => (format!("<function={}>\n", tool.name), "</function>", '>'),
-            Markup::Glm45 => (format!("{}\n", tool.name), "", '<'),
+            Markup::Glm45 => (tool.name.clone(), "", '<'),
             _ => (
                 format!("<invoke name=\"{}\">\n", tool.name),
                 "</invoke>\n",
@@ -323,6 +323,10 @@ impl Markup {
         };
         check_name(&tool.name, forbidden, &tool.name, "its name")?;
         let mut body = vec![lit(&open)];
+        if self == Markup::Glm45 {
+            // GLM-4.5/4.6 write a newline after the name and each tag, GLM-4.7 none.
+            body.push(OPTIONAL_NEWLINE.into());
+        }
         let props = tool.params.get("properties").and_then(Value::as_object);
         let required: Vec<&str> = tool
             .params
@@ -358,12 +362,24 @@ impl Markup {
 
     /// One parameter: open tag with `key`, the value, the close tag (and the newline after).
     fn param(self, key: &str, rule: ValueRule) -> String {
+        if self == Markup::Glm45 {
+            let open = format!(
+                "{} {OPTIONAL_NEWLINE} {}",
+                lit(&format!("<arg_key>{key}</arg_key>")),
+                lit("<arg_value>")
+            );
+            let close = format!("{} {OPTIONAL_NEWLINE}", lit("</arg_value>"));
+            return match rule {
+                ValueRule::Text => format!("{open} param_text {OPTIONAL_NEWLINE}"),
+                ValueRule::Choice(texts) => {
+                    let choices: Vec<String> = texts.iter().map(|t| lit(t)).collect();
+                    format!("{open} ({}) {close}", choices.join(" | "))
+                }
+                ValueRule::Json(schema) => format!("{open} {schema} {close}"),
+            };
+        }
         let (open, close) = match self {
             Markup::Qwen3Coder => (format!("<parameter={key}>\n"), "\n</parameter>\n"),
-            Markup::Glm45 => (
-                format!("<arg_key>{key}</arg_key>\n<arg_value>"),
-                "</arg_value>\n",
-            ),
             _ => (format!("<parameter name=\"{key}\">"), "</parameter>\n"),
         };
         match rule {
@@ -472,6 +488,9 @@ fn check_name(name: &str, forbidden: char, tool: &str, what: &str) -> Result<(),
 }
 
 const DEFS: [&str; 2] = ["$defs", "definitions"];
+
+/// An optional newline, as a Lark rule body fragment (GLM's tags).
+const OPTIONAL_NEWLINE: &str = r#""\n"?"#;
 
 /// 2^53 - 1: the largest integer a double (JavaScript's numbers) holds exactly.
 const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;

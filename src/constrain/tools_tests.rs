@@ -195,6 +195,17 @@ fn glm45_arg_pairs() {
             )
         ]
     );
+    // GLM-4.7's compact form is the same grammar's too.
+    let compact = "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Oslo</arg_value><arg_key>days</arg_key><arg_value>3</arg_value></tool_call>";
+    assert_eq!(run(&c, &g, compact), Run::Complete(false));
+    let (_, calls) = parse(ParserKind::Glm45, &tools, compact);
+    assert_eq!(
+        calls,
+        [(
+            "get_weather".to_string(),
+            json!({"city": "Oslo", "days": 3})
+        )]
+    );
     let g = grammar(
         &tools,
         ToolChoice::Function("get_weather".into()),

@@ -122,6 +122,7 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "qwen3_moe",
     "mixtral",
     "minimax",
+    "glm4_moe",
 ];
 
 /// Says which checkpoint tensors an architecture drops on purpose.

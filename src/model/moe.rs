@@ -389,7 +389,7 @@ impl SparseMoe {
         let k = self.top_k;
         let scores = ops::sigmoid(&self.gate.forward(x)?.as_dtype(Dtype::Float32)?)?;
         let mut biased = scores.add(bias)?;
-        if n_group > 1 {
+        if n_group > 1 && topk_group < n_group {
             // Groups outside the best `topk_group` (by their two best scores) are zeroed.
             let grouped = ops::unflatten(&biased, -1, &[n_group, -1])?;
             let group_scores = ops::indexing::topk_axis(&grouped, 2, -1)?.sum_axis(-1, true)?;

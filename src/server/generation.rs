@@ -100,8 +100,15 @@ pub fn submit_chat(state: &AppState, chat: &ChatRequest) -> Result<(Job, ReplyPa
     let constraint = match (constraint, prompt.reasoning_close) {
         (Some(g), Some(close)) if chat.response_format.is_some() || chat.tool_choice.forced() => {
             Some(
-                g.after_literal(&format!("{close}\n\n"))
-                    .map_err(constrain_error)?,
+                g.after_literal(
+                    &format!("{close}\n\n"),
+                    if chat.response_format.is_some() {
+                        "response_format"
+                    } else {
+                        "tool_choice"
+                    },
+                )
+                .map_err(constrain_error)?,
             )
         }
         (g, _) => g,

@@ -1,6 +1,6 @@
-//! GLM-4.5 / 4.6 / 4.7 tool calls: `<tool_call>NAME` then, one per line,
-//! `<arg_key>KEY</arg_key>` `<arg_value>VALUE</arg_value>`, then `</tool_call>`; one call per
-//! block. Values are raw text for strings and JSON otherwise (the template's `tojson`), typed
+//! GLM-4.5 / 4.6 / 4.7 tool calls: `<tool_call>NAME` then `<arg_key>KEY</arg_key>`
+//! `<arg_value>VALUE</arg_value>` pairs, then `</tool_call>`; one call per block. 4.5 and 4.6
+//! put each tag on its own line, 4.7 writes them without newlines; both are read. Values are raw text for strings and JSON otherwise (the template's `tojson`), typed
 //! by the schema like the other XML-ish formats.
 
 use super::xml_calls::{Syntax, XmlCallParser};
@@ -9,7 +9,10 @@ use super::{ParseEvent, ToolParser, ToolSchemas};
 const SYNTAX: Syntax = Syntax {
     block: ("<tool_call>", "</tool_call>"),
     function: ("", "\n", None),
-    parameter: ("<arg_key>", "</arg_key>\n<arg_value>", "</arg_value>"),
+    parameter: ("<arg_key>", "</arg_key>", "</arg_value>"),
+    // GLM-4.7 writes the same without newlines: `<tool_call>NAME<arg_key>..`.
+    name_stops: &["<arg_key>"],
+    value_open: Some("<arg_value>"),
 };
 
 /// The GLM-4.5 parser.
@@ -87,20 +90,26 @@ mod tests {
                     <arg_key>note</arg_key>\n<arg_value>two < three</arg_value>\n\
                     <arg_key>tags</arg_key>\n<arg_value>[\"x\"]</arg_value>\n</tool_call>\
                     \n<tool_call>add\n</tool_call>";
-        for step in [1, 2, 3, 7, text.len()] {
-            let (calls, content) = run(text, step);
-            assert_eq!(content.trim(), "Sure.", "step {step}");
-            assert_eq!(
-                calls,
-                vec![
-                    (
-                        "add".to_string(),
-                        json!({"a": 2, "note": "two < three", "tags": ["x"]})
-                    ),
-                    ("add".to_string(), json!({})),
-                ],
-                "step {step}"
-            );
+        let compact = text
+            .replace("add\n<arg", "add<arg")
+            .replace(">\n<", "><")
+            .replace("add\n</tool_call>", "add</tool_call>");
+        for text in [text, compact.as_str()] {
+            for step in [1, 2, 3, 7, text.len()] {
+                let (calls, content) = run(text, step);
+                assert_eq!(content.trim(), "Sure.", "step {step}");
+                assert_eq!(
+                    calls,
+                    vec![
+                        (
+                            "add".to_string(),
+                            json!({"a": 2, "note": "two < three", "tags": ["x"]})
+                        ),
+                        ("add".to_string(), json!({})),
+                    ],
+                    "step {step}: {text:?}"
+                );
+            }
         }
     }
 }

@@ -9,6 +9,8 @@ const SYNTAX: Syntax = Syntax {
     block: ("<minimax:tool_call>", "</minimax:tool_call>"),
     function: ("<invoke name=\"", "\">", Some("</invoke>")),
     parameter: ("<parameter name=\"", "\">", "</parameter>"),
+    name_stops: &[],
+    value_open: None,
 };
 
 /// The MiniMax-M2 XML parser.

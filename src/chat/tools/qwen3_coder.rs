@@ -9,6 +9,8 @@ const SYNTAX: Syntax = Syntax {
     block: ("<tool_call>", "</tool_call>"),
     function: ("<function=", ">", Some("</function>")),
     parameter: ("<parameter=", ">", "</parameter>"),
+    name_stops: &[],
+    value_open: None,
 };
 
 /// The Qwen3-Coder XML parser.

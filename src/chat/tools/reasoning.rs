@@ -19,7 +19,8 @@ pub enum ReasoningEvent {
 pub struct ReasoningSplitter {
     scan: Delimited,
     /// The reasoning just closed and no content has followed yet: the blank lines that
-    /// templates put after the close tag (`</think>\n\n`) are not content.
+    /// templates put after the close tag (`</think>\n\n`) are not content (an indented first
+    /// line keeps its indentation).
     after_close: bool,
 }
 
@@ -53,7 +54,7 @@ impl ReasoningSplitter {
         for p in pieces {
             match p {
                 Piece::Text(t) if self.after_close => {
-                    let t = t.trim_start();
+                    let t = t.trim_start_matches(['\n', '\r']);
                     if !t.is_empty() {
                         self.after_close = false;
                         out.push(ReasoningEvent::Content(t.to_string()));
@@ -102,7 +103,7 @@ mod tests {
         let s = ReasoningSplitter::new("<think>", "</think>").starting_inside();
         assert_eq!(
             run(s, "hmm</think>\n\n  a\n b"),
-            ("hmm".into(), "a\n b".into())
+            ("hmm".into(), "  a\n b".into())
         );
     }
 }

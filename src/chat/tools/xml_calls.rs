@@ -19,6 +19,11 @@ pub(crate) struct Syntax {
     pub function: (&'static str, &'static str, Option<&'static str>),
     /// A parameter opens with `prefix KEY suffix` and closes with the third tag.
     pub parameter: (&'static str, &'static str, &'static str),
+    /// Where a function name also ends (the suffix left out: GLM-4.7's `NAME<arg_key>`).
+    pub name_stops: &'static [&'static str],
+    /// A tag the value opens with after the key's suffix, whitespace between allowed
+    /// (GLM's `</arg_key>` `<arg_value>`).
+    pub value_open: Option<&'static str>,
 }
 
 /// Repairs one typed argument (`None` drops it); see [`super::fixes`].
@@ -104,7 +109,19 @@ impl XmlCallParser {
                         return;
                     };
                     let after = &rest[start + f_open.len()..];
-                    let Some(end) = after.find(f_suffix) else {
+                    let suffix_at = after.find(f_suffix).map(|i| (i, f_suffix.len()));
+                    let stop_at = self
+                        .syntax
+                        .name_stops
+                        .iter()
+                        .filter_map(|s| after.find(s))
+                        .min()
+                        .map(|i| (i, 0));
+                    let found = match (suffix_at, stop_at) {
+                        (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+                        (a, b) => a.or(b),
+                    };
+                    let Some((end, suffix_len)) = found else {
                         return;
                     };
                     let name = after[..end].trim().to_string();
@@ -117,7 +134,7 @@ impl XmlCallParser {
                         name,
                         params: 0,
                     });
-                    self.pos += skipped + start + f_open.len() + end + f_suffix.len();
+                    self.pos += skipped + start + f_open.len() + end + suffix_len;
                 }
                 Some(call) => {
                     if let Some(after) = f_close.and_then(|c| rest.strip_prefix(c)) {
@@ -151,7 +168,15 @@ impl XmlCallParser {
                         return;
                     };
                     let key = after[..key_end].trim().to_string();
-                    let value_text = &after[key_end + p_suffix.len()..];
+                    let mut value_text = &after[key_end + p_suffix.len()..];
+                    if let Some(open) = self.syntax.value_open {
+                        let trimmed = value_text.trim_start();
+                        // Until the value tag has come, wait for more.
+                        let Some(v) = trimmed.strip_prefix(open) else {
+                            return;
+                        };
+                        value_text = v;
+                    }
                     let Some(value_end) = value_text.find(p_close) else {
                         return;
                     };
@@ -192,6 +217,25 @@ impl XmlCallParser {
                 delta: if call.params == 0 { "{}" } else { "}" }.into(),
             });
             out.push(ParseEvent::ToolCallEnd { index: call.index });
+        }
+        let bare_name = self.body.trim();
+        if self.block_calls == 0
+            && terminated
+            && self.syntax.function.0.is_empty()
+            && !bare_name.is_empty()
+            && !bare_name.contains(['<', '\n', ' '])
+        {
+            // A call without arguments in a one-call block: `<tool_call>NAME</tool_call>`.
+            let name = bare_name.to_string();
+            let (index, event) = self.calls.start(&name, None);
+            self.gate.call();
+            out.push(event);
+            out.push(ParseEvent::ToolCallArgsDelta {
+                index,
+                delta: "{}".into(),
+            });
+            out.push(ParseEvent::ToolCallEnd { index });
+            self.block_calls += 1;
         }
         if self.block_calls == 0 {
             let end = if terminated { self.syntax.block.1 } else { "" };

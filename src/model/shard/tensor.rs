@@ -106,7 +106,6 @@ impl TensorParallel {
         Ok(())
     }
 
-    /// The `rank`-th of `size` equal slices of `a` along `axis`, in a buffer of its own.
     /// This rank's contiguous part of a vector (e.g. a norm's weights over split heads).
     pub(crate) fn vector(&self, v: &Array, name: &str) -> Result<Array> {
         self.part(v, 0, name)
@@ -127,6 +126,7 @@ impl TensorParallel {
         Ok(xf.multiply(&scale)?.multiply(weight)?.as_dtype(x.dtype())?)
     }
 
+    /// The `rank`-th of `size` equal slices of `a` along `axis`, in a buffer of its own.
     fn part(&self, a: &Array, axis: i32, name: &str) -> Result<Array> {
         let n = a.shape()[axis as usize];
         if n % self.size() != 0 {

@@ -249,7 +249,7 @@ pub(crate) struct SparseMoe {
     /// [`Routing::SigmoidBias`] and [`Routing::GroupedSigmoid`].
     score_bias: Option<Array>,
     /// Shared experts: a dense SwiGLU MLP every token goes through, added to the routed ones.
-    shared: Option<Mlp>,
+    shared: Option<Box<Mlp>>,
 }
 
 impl SparseMoe {
@@ -311,7 +311,7 @@ impl SparseMoe {
         quant: &QuantConfig,
     ) -> Result<Self> {
         let path = format!("{}.shared_experts", self.prefix);
-        self.shared = Some(Mlp::load(ws, &path, dims, hidden, false, quant)?);
+        self.shared = Some(Box::new(Mlp::load(ws, &path, dims, hidden, false, quant)?));
         Ok(self)
     }
 
@@ -425,7 +425,7 @@ impl SparseMoe {
         let mut v = self.gate.arrays();
         v.extend(self.switch_mlp.arrays());
         v.extend(self.score_bias.iter());
-        v.extend(self.shared.iter().flat_map(Mlp::arrays));
+        v.extend(self.shared.iter().flat_map(|m| m.arrays()));
         v
     }
 

@@ -111,22 +111,27 @@ impl Vocabulary {
             return false;
         };
         let buffered = &at.tag[..at.tag_len as usize];
-        let mut text: Vec<u8> = Vec::with_capacity(TAG_CAP + b.len());
-        if !buffered.is_empty() && t.as_bytes().starts_with(buffered) {
-            // Writing the closing tag on.
-            text.extend_from_slice(buffered);
-            text.extend_from_slice(b);
-        } else {
-            // A new tag, after whitespace only (a stray `<` earlier in the text stays behind).
-            let start = b.iter().position(|c| !c.is_ascii_whitespace());
-            match start {
-                Some(i) if b[i] == b'<' => text.extend_from_slice(&b[i..]),
-                _ => return false,
+        let (head, tail): (&[u8], &[u8]) =
+            if !buffered.is_empty() && t.as_bytes().starts_with(buffered) {
+                // Writing the closing tag on.
+                (buffered, b)
+            } else {
+                // A new tag, after whitespace only (a stray `<` earlier in the text stays behind).
+                match b.iter().position(|c| !c.is_ascii_whitespace()) {
+                    Some(i) if b[i] == b'<' => (&[], &b[i..]),
+                    _ => return false,
+                }
+            };
+        // `head + tail` is a prefix of the tag, or the whole tag and then whitespace only.
+        let mut text = head.iter().chain(tail);
+        for &c in t.as_bytes() {
+            match text.next() {
+                Some(&x) if x == c => {}
+                Some(_) => return false,
+                None => return true,
             }
         }
-        let t = t.as_bytes();
-        t.starts_with(&text)
-            || (text.starts_with(t) && text[t.len()..].iter().all(u8::is_ascii_whitespace))
+        text.all(u8::is_ascii_whitespace)
     }
 
     /// The allowed token that closes the most directly here: outside a string one that

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
+import pytest
+
 try:  # the venv ships httpx's successor under its own name
     import httpx
 except ImportError:  # pragma: no cover - depends on the environment
@@ -188,3 +190,9 @@ def model_markers(model_id: str) -> set[str]:
     """The model-specific markers whose tests can run against `model_id`."""
     low = model_id.lower()
     return {m for m, pats in MODEL_MARKERS.items() if any(p in low for p in pats)}
+
+
+def needs_trained(model_id: str) -> None:
+    """Skips a test that needs a trained model's answer on the tiny random test models."""
+    if "tiny-random" in model_id.lower():
+        pytest.skip(f"{model_id!r} has random weights: this test needs a trained model's answer")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from support import TOOL_MARKUP
+from support import TOOL_MARKUP, needs_trained
 
 pytestmark = pytest.mark.contract
 
@@ -47,11 +47,6 @@ def forced_call(oai, model, tool, prompt):
     args = json.loads(call.function.arguments)
     assert isinstance(args, dict), call.function.arguments
     return args
-
-
-def needs_trained(model):
-    if "tiny-random" in model.lower():
-        pytest.skip(f"{model!r} has random weights: this test needs a trained model's answer")
 
 
 @pytest.mark.minimax

@@ -99,19 +99,11 @@ ARCHS_EXTRA = {
         norm_topk_prob=True, vocab_size=49152)),
     # minimax with SmolLM2's vocabulary size: `--minimax-chat` serves it with SmolLM2's
     # tokenizer and MiniMax-M2's chat template (tests/contract, marker `minimax`).
-    "minimax_chat": (minimax, dict(
-        MOE_BASE, model_type="minimax", rope_theta=5000000.0, tie_word_embeddings=False,
-        head_dim=16, rotary_dim=8, intermediate_size=64, shared_intermediate_size=64,
-        num_local_experts=8, num_experts_per_tok=2, use_qk_norm=True, scoring_func="sigmoid",
-        vocab_size=49152, max_position_embeddings=8192)),
+    "minimax_chat": (minimax, dict(ARCHS["minimax"][1], vocab_size=49152,
+                                   max_position_embeddings=8192)),
     # glm4_moe with SmolLM2's vocabulary size (`--chat glm4_moe`, served with GLM-4.6's template).
-    "glm4_moe_chat": (glm4_moe, dict(
-        MOE_BASE, model_type="glm4_moe", rope_theta=10000.0, tie_word_embeddings=False,
-        num_hidden_layers=3, head_dim=16, partial_rotary_factor=0.5, intermediate_size=128,
-        moe_intermediate_size=64, n_routed_experts=8, n_shared_experts=1,
-        num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1,
-        routed_scaling_factor=2.5, norm_topk_prob=True, use_qk_norm=True, attention_bias=True,
-        rope_scaling=None, vocab_size=49152, max_position_embeddings=8192)),
+    "glm4_moe_chat": (glm4_moe, dict(ARCHS["glm4_moe"][1], vocab_size=49152,
+                                     max_position_embeddings=8192)),
     # Top-3 of 8 without renormalization, every second layer sparse.
     "qwen3_moe_k3": (qwen3_moe, dict(
         MOE_BASE, model_type="qwen3_moe", rope_theta=1000000.0, tie_word_embeddings=True,

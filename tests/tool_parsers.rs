@@ -430,6 +430,7 @@ fn parser_selection_on_corpus() {
         ),
         ("LFM2-8B-A1B.jinja", Some(ParserKind::Pythonic)),
         ("LFM2.5-8B-A1B.jinja", Some(ParserKind::Pythonic)),
+        ("openai-gpt-oss-120b.jinja", Some(ParserKind::Harmony)),
         ("google-gemma-2-2b-it.jinja", None),
     ];
     for (file, want) in expect {

@@ -6,6 +6,11 @@ use serde_json::Value;
 use super::lark::{json_rule, validate};
 use super::ConstrainError;
 
+/// gpt-oss's analysis message, free text between harmony's special tokens (llguidance's
+/// `<|name|>` syntax: the tokenizer's special tokens, which no text rule can produce), then
+/// the next message's start; the rule `harmony_analysis`.
+pub(crate) const HARMONY_ANALYSIS: &str = "harmony_analysis: <|channel|> \"analysis\" <|message|> HARMONY_THOUGHT <|end|> <|start|> \"assistant\"\nHARMONY_THOUGHT: /(?s:.*)/\n";
+
 /// What a reply must look like: plain data (it crosses threads inside
 /// [`SequenceRequest`](crate::engine::SequenceRequest)), validated when built; the engine
 /// compiles it against the tokenizer ([`super::Constrainer::matcher`]).
@@ -73,6 +78,31 @@ impl Grammar {
     /// Failures are blamed on `param` (the request field the grammar came from).
     pub fn after_literal(self, text: &str, param: &'static str) -> Result<Self, ConstrainError> {
         let literal = serde_json::to_string(text).unwrap_or_default();
+        let what = format!("{} after {literal}", self.what);
+        self.after(&literal, "", what, param)
+    }
+
+    /// This grammar as the body of a gpt-oss harmony `final` message: the reply is an
+    /// optional analysis message (free reasoning), then `<|channel|>final<|message|>` and this
+    /// grammar (the prompt ended with `<|start|>assistant`). Failures are blamed on `param`.
+    pub fn harmony_final(self, param: &'static str) -> Result<Self, ConstrainError> {
+        let what = format!("{} in harmony's final channel", self.what);
+        self.after(
+            r#"harmony_analysis? <|channel|> "final" <|message|>"#,
+            HARMONY_ANALYSIS,
+            what,
+            param,
+        )
+    }
+
+    /// This grammar after `prefix` (a Lark rule body, its own rules in `rules`).
+    fn after(
+        self,
+        prefix: &str,
+        rules: &str,
+        what: String,
+        param: &'static str,
+    ) -> Result<Self, ConstrainError> {
         let body: Vec<String> = self
             .lark
             .lines()
@@ -82,8 +112,11 @@ impl Grammar {
             })
             .collect();
         Grammar::new(
-            format!("start: {literal} after_literal\n{}\n", body.join("\n")),
-            format!("{} after {literal}", self.what),
+            format!(
+                "start: {prefix} after_literal\n{rules}{}\n",
+                body.join("\n")
+            ),
+            what,
             param,
         )
     }

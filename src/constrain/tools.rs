@@ -95,15 +95,16 @@ impl ToolCalls<'_> {
             return Ok(None);
         }
         let markup = match self.format {
-            ParserKind::JsonTools => Markup::JsonTools,
-            ParserKind::Qwen3Coder => Markup::Qwen3Coder,
-            ParserKind::MinimaxM2 => Markup::MinimaxM2,
-            ParserKind::Glm45 => Markup::Glm45,
+            ParserKind::JsonTools => Some(Markup::JsonTools),
+            ParserKind::Qwen3Coder => Some(Markup::Qwen3Coder),
+            ParserKind::MinimaxM2 => Some(Markup::MinimaxM2),
+            ParserKind::Glm45 => Some(Markup::Glm45),
+            ParserKind::Harmony => None,
             other => {
                 return Err(ConstrainError::unsupported(
                     "tool_choice",
                     format!(
-                    "tool calls in the {} format (supported: json_tools, qwen3_coder, minimax_m2, glm45)",
+                    "tool calls in the {} format (supported: json_tools, qwen3_coder, minimax_m2, glm45, harmony)",
                     other.name()
                 ),
                 ))
@@ -133,6 +134,9 @@ impl ToolCalls<'_> {
                 )),
             };
         }
+        let Some(markup) = markup else {
+            return harmony_call(&tools, self.choice);
+        };
         let mut rules = String::new();
         if markup != Markup::JsonTools {
             // The XML markups carry `input` as raw text: the grammar as it is.
@@ -206,6 +210,61 @@ impl ToolCalls<'_> {
         )
         .map(Some)
     }
+}
+
+/// gpt-oss's harmony: a forced call is one message to the function on the commentary
+/// channel, `<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>` and the
+/// JSON arguments (the reply then ends, as `<|call|>` would end it), after an optional
+/// analysis message. Harmony's markup is special tokens, which free text cannot contain, so
+/// `auto` (text until a call's start) cannot be written as a grammar: it stays unconstrained.
+fn harmony_call(tools: &[Tool], choice: &ToolChoice) -> Result<Option<Grammar>, ConstrainError> {
+    if *choice == ToolChoice::Auto {
+        return Ok(None);
+    }
+    let mut rules = String::new();
+    let mut alternatives = Vec::new();
+    for (i, tool) in tools.iter().enumerate() {
+        // The parser reads the recipient up to whitespace or the next special token.
+        check_name(&tool.name, '<', &tool.name, "its name")?;
+        if tool.name.contains(char::is_whitespace) {
+            return Err(ConstrainError::unsupported(
+                "tools",
+                format!(
+                    "tool `{}`: its name cannot be a harmony recipient (it contains whitespace)",
+                    tool.name
+                ),
+            ));
+        }
+        let args = match tool.grammar.as_deref() {
+            // A custom tool's `input` held to its grammar, as in json_tools markup.
+            Some(definition) => match super::embed::embed(definition, &format!("g{i}_"), true) {
+                Ok(embedded) => {
+                    rules.push_str(&embedded);
+                    format!("{} g{i}_start {}", lit("{\"input\": \""), lit("\"}"))
+                }
+                Err(e) => {
+                    tracing::warn!(tool = %tool.name, "{e}");
+                    json_rule(&tool.params, !tool.strict)
+                }
+            },
+            None => json_rule(&tool.params, !tool.strict),
+        };
+        rules.push_str(&format!(
+            "call_{i}: {} <|constrain|> \"json\" <|message|> {args}\n",
+            lit(&format!("{} ", tool.name))
+        ));
+        alternatives.push(format!("call_{i}"));
+    }
+    let start = format!(
+        "start: harmony_analysis? <|channel|> \"commentary to=functions.\" ({})\n{}",
+        alternatives.join(" | "),
+        super::grammar::HARMONY_ANALYSIS
+    );
+    let what = match choice {
+        ToolChoice::Function(name) => format!("tool call of {name} (harmony)"),
+        _ => "required tool calls (harmony)".to_string(),
+    };
+    Grammar::new(start + &rules, what, "tools").map(Some)
 }
 
 /// A custom tool's call in json_tools markup with its `input` held to the tool's grammar:

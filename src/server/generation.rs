@@ -12,6 +12,7 @@ use super::error::ApiError;
 use super::reply::ReplyParser;
 use super::request::{ChatRequest, ToolChoice};
 use super::AppState;
+use crate::chat::tools::harmony::HarmonyParser;
 use crate::chat::tools::{new_parser, ParserKind, ReasoningSplitter};
 use crate::constrain::{ConstrainError, Grammar, ResponseFormat, ToolCalls, CUSTOM_GRAMMAR_KEY};
 use crate::engine::sampling::SamplingParams;
@@ -93,6 +94,14 @@ pub fn submit_chat(state: &AppState, chat: &ChatRequest) -> Result<(Job, ReplyPa
         prompt.tool_format,
         chat.parallel_tool_calls,
     )?;
+    // gpt-oss answers in channels: a JSON answer is the body of its `final` message.
+    let constraint = match constraint {
+        Some(g) if prompt.harmony && chat.response_format.is_some() => Some(
+            g.harmony_final("response_format")
+                .map_err(constrain_error)?,
+        ),
+        g => g,
+    };
     // A reply that must follow a grammar from its first token, while the prompt opened a
     // reasoning block (MiniMax-M2's template), closes that block first: a forced call or a
     // JSON answer inside the reasoning would be read as reasoning, never as the answer.
@@ -182,6 +191,8 @@ pub struct ChatPrompt {
     pub tool_format: Option<ParserKind>,
     /// The prompt ends inside a reasoning block that this tag closes.
     pub reasoning_close: Option<&'static str>,
+    /// The reply is in gpt-oss's harmony format.
+    pub harmony: bool,
 }
 
 /// A forced tool call should not be left to chance: greedy, unless the client chose sampling.
@@ -300,6 +311,15 @@ pub fn chat_prompt(
         tools
     };
     let use_tools = !tools.is_empty() && *tool_choice != ToolChoice::None;
+    // gpt-oss: the reply is read by channel, and earlier turns need reshaping for its template.
+    let harmony = state.chat.tool_parser == Some(ParserKind::Harmony);
+    let reshaped;
+    let messages = if harmony {
+        reshaped = super::harmony_prompt::harmony_messages(messages);
+        &reshaped[..]
+    } else {
+        messages
+    };
     let parser_kind = match (use_tools, state.chat.template_renders_tools) {
         (false, _) => None,
         (true, true) => Some(state.chat.tool_parser.unwrap_or(ParserKind::JsonTools)),
@@ -350,10 +370,17 @@ pub fn chat_prompt(
         .tokenizer
         .encode(&text, false)
         .map_err(|e| ApiError::Internal(format!("tokenizing the prompt: {e}")))?;
+    let parser = if harmony {
+        let names = use_tools.then(|| HarmonyParser::tool_names(tools));
+        ReplyParser::harmony(HarmonyParser::new(names))
+    } else {
+        ReplyParser::new(reasoning, tools_parser).with_bare_calls(declared)
+    };
     Ok(ChatPrompt {
         ids,
-        parser: ReplyParser::new(reasoning, tools_parser).with_bare_calls(declared),
+        parser,
         tool_format: parser_kind,
         reasoning_close,
+        harmony,
     })
 }

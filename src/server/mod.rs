@@ -8,6 +8,7 @@ pub mod completions;
 mod edge;
 pub mod error;
 pub mod generation;
+pub mod harmony_prompt;
 pub mod http;
 pub mod models;
 pub mod openai;

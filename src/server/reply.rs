@@ -1,9 +1,11 @@
 //! Turns the text a model streams into the parts of an assistant reply, independent of the
-//! wire format: reasoning (`<think>` text, for `reasoning_content` / Anthropic `thinking`),
-//! plain content, and tool calls (start, argument deltas, end). The OpenAI and Anthropic
+//! wire format: reasoning (`<think>` text, or gpt-oss's `analysis` channel, for
+//! `reasoning_content` / Anthropic `thinking`), plain content, and tool calls (start,
+//! argument deltas, end). The OpenAI and Anthropic
 //! handlers both read a [`ReplyParser`]'s [`ReplyEvent`]s and only differ in how they write
 //! them out.
 
+use crate::chat::tools::harmony::{HarmonyEvent, HarmonyParser};
 use crate::chat::tools::{ParseEvent, ReasoningEvent, ReasoningSplitter, ToolParser};
 
 /// One piece of a reply, in order.
@@ -25,10 +27,12 @@ pub enum ReplyEvent {
     },
 }
 
-/// Reasoning splitter, then tool parser, over one reply.
+/// Reasoning splitter, then tool parser, over one reply (or, for gpt-oss, the harmony
+/// parser, which does both).
 pub struct ReplyParser {
     reasoning: Option<ReasoningSplitter>,
     tools: Option<Box<dyn ToolParser>>,
+    harmony: Option<HarmonyParser>,
     calls: usize,
     /// Declared tool names, when a bare JSON reply may stand for a call of one.
     bare_calls: Option<BareCall>,
@@ -91,8 +95,17 @@ impl ReplyParser {
         ReplyParser {
             reasoning,
             tools,
+            harmony: None,
             calls: 0,
             bare_calls: None,
+        }
+    }
+
+    /// A harmony reply (gpt-oss): channels, not think tags and tool markup.
+    pub fn harmony(parser: HarmonyParser) -> Self {
+        ReplyParser {
+            harmony: Some(parser),
+            ..ReplyParser::new(None, None)
         }
     }
 
@@ -114,6 +127,10 @@ impl ReplyParser {
     }
 
     pub fn push(&mut self, text: &str) -> Vec<ReplyEvent> {
+        if let Some(h) = &mut self.harmony {
+            let events = h.push(text);
+            return self.route_harmony(events);
+        }
         let pieces = match &mut self.reasoning {
             Some(r) => r.push(text),
             None => vec![ReasoningEvent::Content(text.to_string())],
@@ -123,6 +140,10 @@ impl ReplyParser {
 
     /// Ends the reply: flushes held-back text and closes what the format closes at EOS.
     pub fn finish(&mut self) -> Vec<ReplyEvent> {
+        if let Some(h) = &mut self.harmony {
+            let events = h.finish();
+            return self.route_harmony(events);
+        }
         let pieces = match &mut self.reasoning {
             Some(r) => r.finish(),
             None => Vec::new(),
@@ -152,6 +173,18 @@ impl ReplyParser {
                 self.convert(events, &mut out);
             }
             self.end_bare_call(&mut out);
+        }
+        out
+    }
+
+    fn route_harmony(&mut self, events: Vec<HarmonyEvent>) -> Vec<ReplyEvent> {
+        let mut out = Vec::new();
+        for e in events {
+            match e {
+                HarmonyEvent::Reasoning(t) if !t.is_empty() => out.push(ReplyEvent::Reasoning(t)),
+                HarmonyEvent::Reasoning(_) => {}
+                HarmonyEvent::Reply(e) => self.convert(vec![e], &mut out),
+            }
         }
         out
     }
@@ -311,6 +344,58 @@ mod tests {
         let other = "{\"name\": \"Write\", \"arguments\": {}}";
         assert_eq!(bare(other, 3).content, other);
         assert_eq!(bare("Sure: {\"a\": 1}", 2).content, "Sure: {\"a\": 1}");
+    }
+
+    #[test]
+    fn harmony_reasoning_call_and_content_in_order() {
+        let text = "<|channel|>analysis<|message|>Need the weather.<|end|>\
+                    <|start|>assistant<|channel|>commentary<|message|>Checking.<|end|>\
+                    <|start|>assistant to=functions.get_weather<|channel|>commentary \
+                    <|constrain|>json<|message|>{\"location\": \"SF\"}<|call|>";
+        for cut in 0..=text.len() {
+            let mut p = ReplyParser::harmony(HarmonyParser::new(Some(vec!["get_weather".into()])));
+            let mut events = p.push(&text[..cut]);
+            events.extend(p.push(&text[cut..]));
+            events.extend(p.finish());
+            // The kinds in order, adjacent pieces of one kind merged.
+            let mut kinds: Vec<&str> = Vec::new();
+            for e in &events {
+                let kind = match e {
+                    ReplyEvent::Reasoning(_) => "reasoning",
+                    ReplyEvent::Content(_) => "content",
+                    ReplyEvent::ToolStart { .. } => "start",
+                    ReplyEvent::ToolArgs { .. } => "args",
+                    ReplyEvent::ToolEnd { .. } => "end",
+                };
+                if kinds.last() != Some(&kind) {
+                    kinds.push(kind);
+                }
+            }
+            assert_eq!(
+                kinds,
+                ["reasoning", "content", "start", "args", "end"],
+                "cut {cut}"
+            );
+            let mut reply = Reply::default();
+            reply.extend(events);
+            assert_eq!(reply.reasoning, "Need the weather.");
+            assert_eq!(reply.content, "Checking.");
+            assert_eq!(reply.tool_calls.len(), 1);
+            assert_eq!(reply.tool_calls[0].1, "get_weather");
+            assert_eq!(reply.tool_calls[0].2, r#"{"location":"SF"}"#);
+            assert_eq!(p.tool_calls(), 1);
+        }
+        // Without tools in the request, the reasoning still comes out.
+        let mut p = ReplyParser::harmony(HarmonyParser::new(None));
+        let mut reply = Reply::default();
+        reply.extend(p.push(
+            "<|channel|>analysis<|message|>hm<|end|><|start|>assistant<|channel|>final<|message|>4",
+        ));
+        reply.extend(p.finish());
+        assert_eq!(
+            (reply.reasoning.as_str(), reply.content.as_str()),
+            ("hm", "4")
+        );
     }
 
     #[test]

@@ -13,11 +13,14 @@
 //! as content, never dropped and never a panic. Whitespace between and after tool calls is
 //! dropped.
 //!
+//! [`harmony`] reads gpt-oss's channels: reasoning, content and calls in one parser.
+//!
 //! [`select`] picks the parser for a model; [`fixes`] holds MiniMax-M2's argument repairs;
 //! [`reasoning`] splits `<think>` text into `reasoning_content`.
 
 pub mod fixes;
 pub mod glm45;
+pub mod harmony;
 pub mod json_tools;
 pub mod llama3_json;
 pub mod minimax_m2;
@@ -172,6 +175,9 @@ pub fn new_parser(kind: ParserKind, tools: &[Value]) -> Box<dyn ToolParser> {
         ParserKind::Mistral => Box::new(mistral::MistralParser::new()),
         ParserKind::Llama3Json => Box::new(llama3_json::Llama3JsonParser::new()),
         ParserKind::Pythonic => Box::new(pythonic::PythonicParser::new()),
+        ParserKind::Harmony => Box::new(harmony::HarmonyParser::new(Some(
+            harmony::HarmonyParser::tool_names(tools),
+        ))),
     }
 }
 

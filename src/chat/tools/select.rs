@@ -2,9 +2,10 @@
 //! `tool_parser_type` or from the chat template's own markup, and says why (log it: a wrong
 //! parser silently turns tool calls into text).
 //!
-//! The template wins over the config in one case: a template that writes `<function=` and
+//! The template wins over the config in two cases: a template that writes `<function=` and
 //! `<parameter=` is qwen3_coder even if the config says json_tools (NVIDIA Nemotron ships
-//! exactly that mismatch).
+//! exactly that mismatch), and a harmony template (gpt-oss) is harmony whatever the config
+//! says (its reasoning and calls can be read no other way).
 
 use serde_json::Value;
 
@@ -25,6 +26,9 @@ pub enum ParserKind {
     Llama3Json,
     /// `<|tool_call_start|>[f(a=1)]<|tool_call_end|>` (LFM2).
     Pythonic,
+    /// gpt-oss's harmony channels: `<|channel|>commentary to=functions.NAME<|message|>{json}`,
+    /// with the reasoning on the `analysis` channel (it replaces the `<think>` splitter too).
+    Harmony,
 }
 
 impl ParserKind {
@@ -38,6 +42,7 @@ impl ParserKind {
             ParserKind::Mistral => "mistral",
             ParserKind::Llama3Json => "llama3_json",
             ParserKind::Pythonic => "pythonic",
+            ParserKind::Harmony => "harmony",
         }
     }
 
@@ -52,6 +57,7 @@ impl ParserKind {
                 "mistral" => ParserKind::Mistral,
                 "llama3_json" | "llama3" | "llama" | "llama3.1" => ParserKind::Llama3Json,
                 "pythonic" | "lfm2" => ParserKind::Pythonic,
+                "harmony" | "gpt_oss" | "gptoss" | "openai" => ParserKind::Harmony,
                 _ => return None,
             },
         )
@@ -61,6 +67,12 @@ impl ParserKind {
 /// Infers the parser from the template's markup, most specific first.
 fn from_template(template: &str) -> Option<(ParserKind, &'static str)> {
     let has = |s: &str| template.contains(s);
+    if has("<|channel|>") && has("<|message|>") {
+        return Some((
+            ParserKind::Harmony,
+            "the chat template writes harmony's <|channel|> ... <|message|> (gpt-oss)",
+        ));
+    }
     if has("<function=") && has("<parameter=") {
         return Some((
             ParserKind::Qwen3Coder,
@@ -104,7 +116,7 @@ fn from_template(template: &str) -> Option<(ParserKind, &'static str)> {
 }
 
 /// Picks the parser: `tokenizer_config` (`tool_parser_type`) unless the template proves it
-/// wrong (the Nemotron rule), else the template's markup. `None`: no known tool-call format
+/// wrong (the Nemotron rule, and harmony), else the template's markup. `None`: no known tool-call format
 /// (serve without tool parsing). The string says why, for the startup log.
 pub fn select_parser(
     tokenizer_config: Option<&Value>,
@@ -116,10 +128,15 @@ pub fn select_parser(
         .and_then(Value::as_str);
     if let Some(name) = configured {
         match (ParserKind::from_name(name), inferred) {
-            (Some(kind), Some((ParserKind::Qwen3Coder, why))) if kind != ParserKind::Qwen3Coder => {
+            (Some(kind), Some((wins @ (ParserKind::Qwen3Coder | ParserKind::Harmony), why)))
+                if kind != wins =>
+            {
                 return (
-                    Some(ParserKind::Qwen3Coder),
-                    format!("tokenizer_config.json says tool_parser_type={name:?}, but {why}: using qwen3_coder"),
+                    Some(wins),
+                    format!(
+                        "tokenizer_config.json says tool_parser_type={name:?}, but {why}: using {}",
+                        wins.name()
+                    ),
                 );
             }
             (Some(kind), _) => {
@@ -145,5 +162,55 @@ pub fn select_parser(
             None,
             "no tool_parser_type and no known tool-call markup in the chat template".to_string(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn harmony_is_named_and_inferred() {
+        for name in ["harmony", "gpt_oss", "gpt-oss", "openai", "Harmony"] {
+            assert_eq!(
+                ParserKind::from_name(name),
+                Some(ParserKind::Harmony),
+                "{name}"
+            );
+        }
+        assert_eq!(ParserKind::Harmony.name(), "harmony");
+        let template = "{{- '<|start|>assistant<|channel|>final<|message|>' + m.content }}";
+        assert_eq!(
+            select_parser(None, Some(template)).0,
+            Some(ParserKind::Harmony)
+        );
+        // The template wins over a config that names another format.
+        let config = serde_json::json!({"tool_parser_type": "json_tools"});
+        assert_eq!(
+            select_parser(Some(&config), Some(template)).0,
+            Some(ParserKind::Harmony)
+        );
+        // `<|message|>` alone (other `<|start|>` templates) is not harmony.
+        assert_eq!(
+            select_parser(None, Some("<|start|>user<|message|>{{ c }}<|end|>")).0,
+            None
+        );
+    }
+
+    /// gpt-oss's own template (`third_party/llama.cpp/templates`, from
+    /// `scripts/setup.sh --tests`).
+    #[test]
+    fn gpt_oss_template_is_harmony() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("third_party/llama.cpp/templates/openai-gpt-oss-120b.jinja");
+        let Ok(source) = std::fs::read_to_string(&path) else {
+            eprintln!(
+                "skipped: {} is missing (run scripts/setup.sh --tests)",
+                path.display()
+            );
+            return;
+        };
+        let (kind, why) = select_parser(None, Some(&source));
+        assert_eq!(kind, Some(ParserKind::Harmony), "{why}");
     }
 }

@@ -169,7 +169,7 @@ fn cached_prefixes_give_the_same_tokens_and_are_reported() {
     let base = prompts[4].clone();
     let mut extended = base.clone();
     extended.extend_from_slice(&prompts[1][3..]);
-    let reqs = vec![
+    let reqs = [
         request(base.clone(), params(0.0, None), 16),
         request(base.clone(), params(0.0, None), 16),
         request(extended.clone(), params(0.0, None), 16),

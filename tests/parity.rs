@@ -1,6 +1,7 @@
 //! Parity of `kooka generate` with the Python reference, mlx-lm 0.32.2, on tiny random
 //! models made by `tests/python/make_tiny_models.py` (llama tied/untied, llama3 rope,
-//! mistral, qwen2, qwen3, the mixtures of experts qwen3_moe, mixtral, minimax and glm4_moe, mistral with
+//! mistral, qwen2, qwen3, the mixtures of experts qwen3_moe, mixtral, minimax, glm4_moe and
+//! gpt_oss (attention sinks, YaRN, alternating sliding windows, MXFP4), mistral with
 //! sliding-window layers (rotating KV cache, windows 8 and 16) and qwen2 with a sliding
 //! window mlx-lm ignores; bf16, f16, 4/8/3-bit and mixed per-module quantization), and on
 //! SmolLM2-135M-Instruct when `models/SmolLM2-135M-Instruct` exists.
@@ -201,13 +202,20 @@ fn moe_and_sliding_window_match_mlx_lm_on_long_prompt() {
     let names: Vec<String> = names
         .into_iter()
         .filter(|n| {
-            ["qwen3_moe", "mixtral", "minimax", "glm4_moe", "mistral_swa"]
-                .iter()
-                .any(|p| n.starts_with(p))
+            [
+                "qwen3_moe",
+                "mixtral",
+                "minimax",
+                "glm4_moe",
+                "gpt_oss",
+                "mistral_swa",
+            ]
+            .iter()
+            .any(|p| n.starts_with(p))
         })
         .collect();
     assert!(
-        names.len() >= 14,
+        names.len() >= 18,
         "MoE / sliding-window tiny models missing: {names:?}"
     );
     check_parity(&dir, &names, &long_prompt(), 32, 2048);
@@ -220,10 +228,12 @@ fn sliding_window_chunked_prefill_matches_mlx_lm() {
     let (dir, names) = tiny_models();
     let names: Vec<String> = names
         .into_iter()
-        .filter(|n| n.starts_with("mistral_swa") || n == "qwen3_moe-q4g64")
+        .filter(|n| {
+            n.starts_with("mistral_swa") || n == "qwen3_moe-q4g64" || n.starts_with("gpt_oss-mxfp4")
+        })
         .collect();
     assert!(
-        names.len() >= 5,
+        names.len() >= 6,
         "sliding-window tiny models missing: {names:?}"
     );
     check_parity(&dir, &names, &long_prompt(), 24, 7);

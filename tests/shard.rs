@@ -5,7 +5,7 @@
 //! - **Pipeline** runs the same ops as one rank, so the 32 greedy tokens and the last
 //!   prompt position's logits must be identical, bit for bit, on both ranks: SmolLM2-135M
 //!   (tied embeddings, even and uneven splits, chunked prefill) and the tiny random
-//!   mixtures of experts (untied head, bf16: qwen3_moe, mixtral, minimax, glm4_moe).
+//!   mixtures of experts (untied head, bf16: qwen3_moe, mixtral, minimax, glm4_moe, gpt_oss).
 //! - **Tensor** parallel sums partial projections in another order, so the logits must agree
 //!   within `max|sharded - single| <= 1e-4 * (1 + max|single|)` (float32 activations; the
 //!   observed error is below 1e-6) and the 32 greedy tokens must be identical. Models: a
@@ -273,6 +273,13 @@ fn sharded_model_pipeline_moe_is_bit_identical() {
         &["--parallel", "pipeline", "--pipeline-split", "2,1"],
         None,
     );
+    // Sliding and full layers split unevenly (rotating caches on both ranks).
+    check(
+        &tiny("gpt_oss-bf16"),
+        &native,
+        &["--parallel", "pipeline", "--pipeline-split", "1,3"],
+        None,
+    );
 }
 
 #[test]
@@ -285,6 +292,8 @@ fn sharded_model_tensor_parallel_matches_single_rank() {
     check(&tiny("minimax-q4g32-f32"), &native, &tp, Some(1e-4));
     // Shared experts split like a dense MLP, the float router whole.
     check(&tiny("glm4_moe-q4g32-f32"), &native, &tp, Some(1e-4));
+    // Sinks split with their heads; each rank adds half of the experts' down bias.
+    check(&tiny("gpt_oss-mxfp4-f32"), &native, &tp, Some(1e-4));
     check(
         &tiny("mixtral-bf16"),
         &["--compute-dtype", "f32"],

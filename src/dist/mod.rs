@@ -7,6 +7,7 @@
 
 pub mod check;
 mod error_capture;
+pub(crate) use error_capture::call as mlx_call;
 mod graph;
 mod group;
 mod topology;

@@ -12,8 +12,9 @@ use mlx_rs::Array;
 use super::cache::{AttnMask, KvCache, Positions, RowsView};
 use super::config::QuantConfig;
 use super::error::Result;
-use super::layers::{swiglu, Linear, RmsNorm, Rope};
+use super::layers::{swiglu, Linear, RmsNorm};
 use super::moe::SparseMoe;
+use super::rope::Rope;
 use super::shard::{Split, TensorParallel};
 use super::slicing::slice_axis;
 use super::weights::Weights;
@@ -29,6 +30,9 @@ pub(crate) struct AttnSpec {
     pub o_bias: bool,
     pub qk_norm: QkNorm,
     pub eps: f32,
+    /// A learned per-head attention sink (`<prefix>.sinks`, gpt-oss): one more logit in each
+    /// head's softmax that takes probability mass and gives no value.
+    pub sinks: bool,
 }
 
 /// RMSNorm of the queries and keys before RoPE.
@@ -69,6 +73,8 @@ pub(crate) struct Attention {
     n_heads: i32,
     n_kv_heads: i32,
     scale: f32,
+    /// `[heads]`, see [`AttnSpec::sinks`].
+    sinks: Option<Array>,
 }
 
 impl Attention {
@@ -112,6 +118,10 @@ impl Attention {
             n_heads: a.heads,
             n_kv_heads: a.kv_heads,
             scale: (a.head_dim as f32).powf(-0.5),
+            sinks: match a.sinks {
+                true => Some(ws.take_float(&format!("{prefix}.sinks"), &[a.heads])?),
+                false => None,
+            },
         })
     }
 
@@ -130,7 +140,8 @@ impl Attention {
             AttnMask::Causal => Some(ScaledDotProductAttentionMask::Causal),
             AttnMask::Array(m) => Some(ScaledDotProductAttentionMask::Array(m)),
         };
-        let out = fast::scaled_dot_product_attention(&q, &k, &v, self.scale, mask, None)?;
+        let out =
+            fast::scaled_dot_product_attention(&q, &k, &v, self.scale, mask, self.sinks.as_ref())?;
         let out = out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?;
         self.o_proj.forward(&out)
     }
@@ -202,6 +213,7 @@ impl Attention {
                 .chain(self.k_norm.iter())
                 .map(|n| &n.weight),
         );
+        v.extend(self.sinks.iter());
         v
     }
 
@@ -225,6 +237,9 @@ impl Attention {
             tp.linear(l, Split::Outputs, &format!("{prefix}.{name}"))?;
         }
         tp.linear(&mut self.o_proj, Split::Inputs, &format!("{prefix}.o_proj"))?;
+        if let Some(sinks) = &self.sinks {
+            self.sinks = Some(tp.vector(sinks, &format!("{prefix}.sinks"))?);
+        }
         self.n_heads /= tp.size();
         self.n_kv_heads /= tp.size();
         Ok(())

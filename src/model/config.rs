@@ -98,11 +98,33 @@ pub struct ModelConfig {
     pub partial_rotary_factor: Option<f32>,
 }
 
-/// How one affine-quantized tensor is packed.
+/// How one quantized tensor is packed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuantSpec {
     pub group_size: i32,
     pub bits: i32,
+    pub mode: QuantMode,
+}
+
+/// MLX's quantization modes that kooka reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuantMode {
+    /// Integers with a float scale and bias per group (`.scales` and `.biases`).
+    #[default]
+    Affine,
+    /// 4-bit floats (e2m1) with a shared power-of-two scale (uint8 e8m0) per 32 values and
+    /// no biases; what gpt-oss ships.
+    Mxfp4,
+}
+
+impl QuantMode {
+    /// The name MLX and `config.json` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantMode::Affine => "affine",
+            QuantMode::Mxfp4 => "mxfp4",
+        }
+    }
 }
 
 /// The `quantization` block: a global default and per-module overrides (`false` = not
@@ -117,7 +139,25 @@ pub const SUPPORTED_BITS: [i32; 6] = [2, 3, 4, 5, 6, 8];
 pub const SUPPORTED_GROUPS: [i32; 3] = [32, 64, 128];
 
 impl QuantSpec {
+    /// Affine packing of `bits` in groups of `group_size`.
+    pub fn affine(group_size: i32, bits: i32) -> Self {
+        QuantSpec {
+            group_size,
+            bits,
+            mode: QuantMode::Affine,
+        }
+    }
+
     pub fn validate(self, what: &str) -> Result<Self> {
+        if self.mode == QuantMode::Mxfp4 {
+            if (self.group_size, self.bits) != (32, 4) {
+                return Err(ModelError::Config(format!(
+                    "{what}: mxfp4 needs group_size 32 and bits 4, found {} and {}",
+                    self.group_size, self.bits
+                )));
+            }
+            return Ok(self);
+        }
         if !SUPPORTED_BITS.contains(&self.bits) || !SUPPORTED_GROUPS.contains(&self.group_size) {
             return Err(ModelError::Config(format!(
                 "{what}: unsupported quantization bits={} group_size={} (bits {SUPPORTED_BITS:?}, groups {SUPPORTED_GROUPS:?})",
@@ -137,16 +177,19 @@ fn parse_spec(v: &Value, what: &str) -> Result<QuantSpec> {
                 ModelError::Config(format!("quantization {what}: missing integer {k:?}"))
             })
     };
-    if let Some(mode) = v.get("mode").and_then(Value::as_str) {
-        if mode != "affine" {
+    let mode = match v.get("mode").and_then(Value::as_str) {
+        None | Some("affine") => QuantMode::Affine,
+        Some("mxfp4") => QuantMode::Mxfp4,
+        Some(other) => {
             return Err(ModelError::Config(format!(
-                "quantization {what}: mode {mode:?} unsupported (only affine)"
-            )));
+                "quantization {what}: mode {other:?} unsupported (affine, mxfp4)"
+            )))
         }
-    }
+    };
     QuantSpec {
         group_size: int("group_size")?,
         bits: int("bits")?,
+        mode,
     }
     .validate(&format!("quantization {what}"))
 }
@@ -272,4 +315,34 @@ pub fn read_to_string(path: &Path) -> Result<String> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn quantization_modes_parse_and_overrides_default_to_affine() {
+        let q = QuantConfig::parse(&json!({
+            "group_size": 32, "bits": 4, "mode": "mxfp4",
+            "model.layers.0.mlp.router": {"group_size": 64, "bits": 8},
+        }))
+        .unwrap();
+        assert_eq!(q.default.unwrap().mode, QuantMode::Mxfp4);
+        let router = q.for_module("model.layers.0.mlp.router").unwrap().unwrap();
+        assert_eq!(router, QuantSpec::affine(64, 8));
+    }
+
+    #[test]
+    fn unsupported_quantization_modes_are_named() {
+        let e = QuantConfig::parse(&json!({"group_size": 16, "bits": 4, "mode": "nvfp4"}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nvfp4") && e.contains("mxfp4"), "{e}");
+        let e = QuantConfig::parse(&json!({"group_size": 64, "bits": 4, "mode": "mxfp4"}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("group_size 32"), "{e}");
+    }
 }

@@ -12,9 +12,9 @@
 use super::block::{Attention, AttnSpec, Block, FeedForward, Mlp, QkNorm};
 use super::config::{ModelConfig, QuantConfig};
 use super::error::{ModelError, Result};
-use super::layers::Rope;
 use super::llama::{rope_theta, Llama};
-use super::moe::{MoeSpec, Routing, SparseMoe};
+use super::moe::{MoeLayout, MoeSpec, Routing, SparseMoe};
+use super::rope::Rope;
 use super::shard::Stage;
 use super::weights::Weights;
 
@@ -56,6 +56,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result<(Llama
             QkNorm::None
         },
         eps,
+        sinks: false,
     };
     let experts = cfg.n_routed_experts;
     let first_sparse = cfg.first_k_dense_replace.unwrap_or(0);
@@ -87,6 +88,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result<(Llama
                     norm_topk_prob: cfg.norm_topk_prob.unwrap_or(false),
                     scaling: cfg.routed_scaling_factor.unwrap_or(1.0),
                 },
+                layout: MoeLayout::SWITCH_MLP,
             })
         }
         None => None,

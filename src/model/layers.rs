@@ -1,5 +1,5 @@
 //! The building blocks of a transformer forward: linear layers and embeddings (float or
-//! MLX affine-quantized), RMSNorm and RoPE. Each mirrors the op sequence of the matching
+//! MLX-quantized) and RMSNorm (RoPE is in `rope.rs`). Each mirrors the op sequence of the matching
 //! `mlx.nn` layer so results are bit-identical to mlx-lm on the same weights.
 
 use std::cell::RefCell;
@@ -8,9 +8,9 @@ use mlx_rs::error::Exception;
 use mlx_rs::transforms::compile::compile;
 use mlx_rs::{fast, ops, Array, Dtype};
 
-use super::cache::Positions;
-use super::config::{QuantConfig, QuantSpec};
+use super::config::{QuantConfig, QuantMode, QuantSpec};
 use super::error::{ModelError, Result};
+use super::quant_ops;
 use super::weights::Weights;
 use crate::dist::depends;
 
@@ -25,6 +25,16 @@ thread_local! {
         |(gate, up): (&Array, &Array)| gate.multiply(ops::sigmoid(gate)?)?.multiply(up),
         true,
     )));
+    static SWIGLU_OAI: RefCell<Binary> = RefCell::new(Box::new(compile(
+        |(gate, up): (&Array, &Array)| {
+            let c = |v: f32| Array::from_f32(v).as_dtype(gate.dtype());
+            let gate = ops::minimum(gate, c(7.0)?)?;
+            let up = ops::clip(up, (&c(-7.0)?, &c(7.0)?))?;
+            let glu = gate.multiply(ops::sigmoid(c(1.702)?.multiply(&gate)?)?)?;
+            up.add(c(1.0)?)?.multiply(glu)
+        },
+        true,
+    )));
 }
 
 /// `silu(gate) * up`, the gated MLP activation.
@@ -32,11 +42,19 @@ pub fn swiglu(gate: &Array, up: &Array) -> Result<Array> {
     Ok(SWIGLU.with(|f| (f.borrow_mut())((gate, up)))?)
 }
 
-/// Packed affine-quantized matrix `[rows, cols]` (MLX layout: uint32 words along cols).
+/// gpt-oss's SwiGLU (mlx-lm's compiled `swiglu_oai`): the gate clipped from above at 7, the
+/// linear part clipped to +-7 and shifted by one, `(up + 1) * gate * sigmoid(1.702 * gate)`.
+/// The constants are in the inputs' dtype, as Python scalars are in MLX.
+pub fn swiglu_oai(gate: &Array, up: &Array) -> Result<Array> {
+    Ok(SWIGLU_OAI.with(|f| (f.borrow_mut())((gate, up)))?)
+}
+
+/// Packed quantized matrix `[rows, cols]` (MLX layout: uint32 words along cols).
 pub struct QuantMatrix {
     pub w: Array,
     pub scales: Array,
-    pub biases: Array,
+    /// Affine packing's per-group offsets (`None` for mxfp4).
+    pub biases: Option<Array>,
     pub spec: QuantSpec,
     /// Inputs of at least this many rows are multiplied by the unpacked matrix (a transient
     /// float copy, then a GEMM): MLX's quantized GEMM is arithmetic-bound far below the
@@ -47,8 +65,8 @@ pub struct QuantMatrix {
 impl QuantMatrix {
     /// Loads `<path>.weight/.scales/.biases` for a `[..lead, rows, cols]` matrix (`lead`
     /// is empty for a linear, `[experts]` for stacked experts). The packing comes from the
-    /// config's per-module entry when it has one, else from the shapes (as mlx-lm does),
-    /// and is then checked against every shape.
+    /// config's per-module entry when it has one, else from the shapes (as mlx-lm does; uint8
+    /// scales and no biases mean mxfp4), and is then checked against every shape.
     /// `cast_scales`: apply the weight policy's dtype to scales/biases (else keep them as
     /// stored, for dequantizing exactly as mlx-lm's `dequantize_model` does).
     pub(crate) fn load(
@@ -84,9 +102,15 @@ impl QuantMatrix {
                         message: "empty quantized tensor".into(),
                     });
                 }
+                let mxfp4 = scales.dtype() == Dtype::Uint8 && !ws.contains(&bname);
                 QuantSpec {
                     group_size: cols / ss_last,
                     bits: ws_last * 32 / cols,
+                    mode: if mxfp4 {
+                        QuantMode::Mxfp4
+                    } else {
+                        QuantMode::Affine
+                    },
                 }
                 .validate(&format!("inferred packing of {path}"))?
             }
@@ -116,11 +140,17 @@ impl QuantMatrix {
         };
         check(&wname, &w, shape(cols * spec.bits / 32))?;
         check(&sname, &scales, shape(cols / spec.group_size))?;
-        let biases = ws.take(&bname, Some(&shape(cols / spec.group_size)))?;
-        let (scales, biases) = if cast_scales {
-            (ws.cast(&sname, scales)?, ws.cast(&bname, biases)?)
-        } else {
-            (scales, biases)
+        let (scales, biases) = match spec.mode {
+            QuantMode::Affine => {
+                let biases = ws.take(&bname, Some(&shape(cols / spec.group_size)))?;
+                if cast_scales {
+                    (ws.cast(&sname, scales)?, Some(ws.cast(&bname, biases)?))
+                } else {
+                    (scales, Some(biases))
+                }
+            }
+            // Exponents (uint8), never cast.
+            QuantMode::Mxfp4 => (scales, None),
         };
         Ok(QuantMatrix {
             w,
@@ -132,13 +162,7 @@ impl QuantMatrix {
     }
 
     pub(crate) fn dequantize(&self) -> Result<Array> {
-        Ok(ops::dequantize(
-            &self.w,
-            &self.scales,
-            &self.biases,
-            self.spec.group_size,
-            self.spec.bits,
-        )?)
+        quant_ops::dequantize(&self.w, &self.scales, self.biases.as_ref(), &self.spec)
     }
 
     /// `x @ W.T` with the packed matrix.
@@ -149,29 +173,17 @@ impl QuantMatrix {
             // Unpacked only once `x` exists: MLX would otherwise schedule the unpacking of
             // every layer's weights early and hold all those float copies at once.
             let w = depends(&[&self.w], &[x])?.remove(0);
-            let w = ops::dequantize(
-                &w,
-                &self.scales,
-                &self.biases,
-                self.spec.group_size,
-                self.spec.bits,
-            )?
-            .as_dtype(x.dtype())?;
+            let w = quant_ops::dequantize(&w, &self.scales, self.biases.as_ref(), &self.spec)?
+                .as_dtype(x.dtype())?;
             return Ok(ops::matmul(x, w.t())?);
         }
-        Ok(ops::quantized_matmul(
-            x,
-            &self.w,
-            &self.scales,
-            &self.biases,
-            true,
-            self.spec.group_size,
-            self.spec.bits,
-        )?)
+        quant_ops::quantized_matmul(x, &self.w, &self.scales, self.biases.as_ref(), &self.spec)
     }
 
     pub(crate) fn arrays(&self) -> Vec<&Array> {
-        vec![&self.w, &self.scales, &self.biases]
+        let mut v = vec![&self.w, &self.scales];
+        v.extend(self.biases.iter());
+        v
     }
 }
 
@@ -272,7 +284,7 @@ impl Linear {
         let alike = quant.iter().all(|q| {
             q.spec == first.spec
                 && q.scales.dtype() == first.scales.dtype()
-                && q.biases.dtype() == first.biases.dtype()
+                && q.biases.as_ref().map(Array::dtype) == first.biases.as_ref().map(Array::dtype)
         });
         let with_bias = parts.iter().filter(|l| l.bias.is_some()).count();
         if parts.len() < 2 || !alike || (with_bias != 0 && with_bias != parts.len()) {
@@ -285,7 +297,14 @@ impl Linear {
         let weight = Matrix::Quant(QuantMatrix {
             w: cat(|q| &q.w)?,
             scales: cat(|q| &q.scales)?,
-            biases: cat(|q| &q.biases)?,
+            biases: match first.biases {
+                Some(_) => {
+                    let arrays: Vec<&Array> =
+                        quant.iter().filter_map(|q| q.biases.as_ref()).collect();
+                    Some(ops::concatenate(&arrays, 0)?)
+                }
+                None => None,
+            },
             spec: first.spec,
             dense_from_rows: first.dense_from_rows,
         });
@@ -353,13 +372,15 @@ impl Embedding {
     pub fn forward(&self, ids: &Array) -> Result<Array> {
         match &self.table {
             Matrix::Dense(w) => Ok(w.take_axis(ids, 0)?),
-            Matrix::Quant(q) => Ok(ops::dequantize(
-                q.w.take_axis(ids, 0)?,
-                q.scales.take_axis(ids, 0)?,
-                &q.biases.take_axis(ids, 0)?,
-                q.spec.group_size,
-                q.spec.bits,
-            )?),
+            Matrix::Quant(q) => {
+                let biases = q.biases.as_ref().map(|b| b.take_axis(ids, 0)).transpose()?;
+                quant_ops::dequantize(
+                    &q.w.take_axis(ids, 0)?,
+                    &q.scales.take_axis(ids, 0)?,
+                    biases.as_ref(),
+                    &q.spec,
+                )
+            }
         }
     }
 
@@ -388,124 +409,6 @@ impl RmsNorm {
     }
 }
 
-/// Rotary position embedding over the first `dims` features of each head.
-pub struct Rope {
-    pub dims: i32,
-    pub traditional: bool,
-    pub kind: RopeKind,
-}
-
-pub enum RopeKind {
-    /// `base`, position `scale` (1/factor for "linear" scaling).
-    Base { base: f32, scale: f32 },
-    /// Precomputed per-pair frequencies (Llama-3 scaling).
-    Freqs(Array),
-}
-
-impl Rope {
-    /// From `rope_theta` and `rope_scaling` (none/default, linear, llama3).
-    pub fn new(
-        dims: i32,
-        base: f32,
-        traditional: bool,
-        scaling: Option<&serde_json::Value>,
-    ) -> Result<Self> {
-        let kind = match scaling {
-            None => RopeKind::Base { base, scale: 1.0 },
-            Some(cfg) => {
-                let ty = cfg
-                    .get("type")
-                    .or_else(|| cfg.get("rope_type"))
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("default");
-                let num = |k: &str, default: Option<f64>| -> Result<f64> {
-                    cfg.get(k)
-                        .and_then(|v| v.as_f64())
-                        .or(default)
-                        .ok_or_else(|| ModelError::Config(format!("rope_scaling.{k} missing")))
-                };
-                match ty {
-                    "default" => RopeKind::Base { base, scale: 1.0 },
-                    "linear" => RopeKind::Base {
-                        base,
-                        scale: 1.0 / num("factor", None)? as f32,
-                    },
-                    "llama3" => RopeKind::Freqs(llama3_freqs(
-                        dims,
-                        base,
-                        num("factor", None)?,
-                        num("low_freq_factor", Some(1.0))?,
-                        num("high_freq_factor", Some(4.0))?,
-                        num("original_max_position_embeddings", Some(8192.0))?,
-                    )?),
-                    other => {
-                        return Err(ModelError::Config(format!(
-                            "rope_scaling type {other:?} unsupported (default, linear, llama3)"
-                        )))
-                    }
-                }
-            }
-        };
-        Ok(Rope {
-            dims,
-            traditional,
-            kind,
-        })
-    }
-
-    /// `x`: `[B, H, L, D]`, positions `offset..offset+L` (per row for a batch).
-    pub fn forward(&self, x: &Array, offset: &Positions) -> Result<Array> {
-        let (base, scale, freqs) = match &self.kind {
-            RopeKind::Base { base, scale } => (Some(*base), *scale, None),
-            RopeKind::Freqs(f) => (None, 1.0, Some(f)),
-        };
-        Ok(match offset {
-            Positions::Same(o) => {
-                fast::rope(x, self.dims, self.traditional, base, scale, *o, freqs)?
-            }
-            Positions::PerRow(o) => {
-                fast::rope_dynamic(x, self.dims, self.traditional, base, scale, o, freqs)?
-            }
-        })
-    }
-}
-
-/// Llama-3 frequency scaling, computed in float32 with MLX ops in the same order as
-/// mlx-lm's `Llama3RoPE` so the frequencies are bit-identical.
-fn llama3_freqs(
-    dims: i32,
-    base: f32,
-    factor: f64,
-    low: f64,
-    high: f64,
-    old_ctx: f64,
-) -> Result<Array> {
-    let low_wavelen = (old_ctx / low) as f32;
-    let high_wavelen = (old_ctx / high) as f32;
-    let idx = Array::from_iter((0..dims).step_by(2).map(|i| i as f32), &[(dims + 1) / 2]);
-    let freqs = ops::power(
-        Array::from_f32(base),
-        idx.divide(Array::from_f32(dims as f32))?,
-    )?;
-    let wavelens = freqs.multiply(Array::from_f32(2.0 * std::f32::consts::PI))?;
-    let factor_a = Array::from_f32(factor as f32);
-    let freqs = ops::select(
-        &wavelens.gt(Array::from_f32(low_wavelen))?,
-        freqs.multiply(&factor_a)?,
-        &freqs,
-    )?;
-    let medium = wavelens
-        .gt(Array::from_f32(high_wavelen))?
-        .logical_and(&wavelens.lt(Array::from_f32(low_wavelen))?)?;
-    let smooth = Array::from_f32(old_ctx as f32)
-        .divide(&wavelens)?
-        .subtract(Array::from_f32(low as f32))?
-        .divide(Array::from_f32((high - low) as f32))?;
-    let one = Array::from_f32(1.0);
-    let smooth_freqs = freqs.divide(one.subtract(&smooth)?.divide(&factor_a)?.add(&smooth)?)?;
-    Ok(ops::select(&medium, smooth_freqs, freqs)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,16 +418,13 @@ mod tests {
         let key = random::key(seed).unwrap();
         let w = random::normal::<f32>(&[rows, cols], None, None, &key).unwrap();
         let (w, scales, biases) = ops::quantize(&w, 64, 4).unwrap();
-        let spec = QuantSpec {
-            group_size: 64,
-            bits: 4,
-        };
+        let spec = QuantSpec::affine(64, 4);
         let bias = bias.then(|| Array::from_slice(&vec![0.5f32; rows as usize], &[rows]));
         Linear {
             weight: Matrix::Quant(QuantMatrix {
                 w,
                 scales,
-                biases,
+                biases: Some(biases),
                 spec,
                 dense_from_rows: None,
             }),

@@ -10,7 +10,7 @@
 use super::block::{Attention, AttnSpec, Block, FeedForward, Mlp, QkNorm};
 use super::config::{ModelConfig, QuantConfig};
 use super::error::{ModelError, Result};
-use super::layers::Rope;
+use super::rope::Rope;
 use super::shard::Stage;
 use super::weights::Weights;
 
@@ -81,7 +81,7 @@ pub(crate) fn rope_theta(cfg: &ModelConfig, default: Option<f32>) -> Result<f32>
 
 /// Per-layer sliding windows from `layer_types`/`sliding_window` (mlx-lm's llama: layers
 /// marked `"sliding_attention"` get a rotating cache of `sliding_window`).
-fn sliding_windows(cfg: &ModelConfig) -> Result<Vec<Option<i32>>> {
+pub(crate) fn sliding_windows(cfg: &ModelConfig) -> Result<Vec<Option<i32>>> {
     let n = cfg.num_hidden_layers as usize;
     let Some(types) = &cfg.layer_types else {
         return Ok(vec![None; n]);
@@ -133,6 +133,7 @@ impl Llama {
                 QkNorm::None
             },
             eps: cfg.rms_norm_eps,
+            sinks: false,
         };
         // Only mlx-lm's llama (and mistral, which it maps to llama) honours sliding windows.
         let windows = match cfg.model_type.as_str() {

@@ -13,9 +13,9 @@
 use super::block::{Attention, AttnSpec, Block, FeedForward, QkNorm};
 use super::config::{ModelConfig, QuantConfig};
 use super::error::{ModelError, Result};
-use super::layers::Rope;
 use super::llama::{rope_theta, Llama};
-use super::moe::{MoeSpec, Routing, SparseMoe};
+use super::moe::{MoeLayout, MoeSpec, Routing, SparseMoe};
+use super::rope::Rope;
 use super::shard::Stage;
 use super::weights::Weights;
 
@@ -51,6 +51,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result<(Llama
             QkNorm::None
         },
         eps,
+        sinks: false,
     };
     let moe = MoeSpec {
         dims: h,
@@ -62,6 +63,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result<(Llama
             .num_experts_per_tok
             .ok_or_else(|| missing("num_experts_per_tok"))?,
         routing: Routing::SigmoidBias,
+        layout: MoeLayout::SWITCH_MLP,
     };
     let mut layers = Vec::with_capacity(stage.layers.len());
     for i in 0..cfg.num_hidden_layers {

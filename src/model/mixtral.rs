@@ -8,9 +8,9 @@
 use super::block::{Attention, AttnSpec, Block, FeedForward, QkNorm};
 use super::config::{ModelConfig, QuantConfig};
 use super::error::Result;
-use super::layers::Rope;
 use super::llama::{rope_theta, Llama};
-use super::moe::{MoeSpec, Routing, SparseMoe};
+use super::moe::{MoeLayout, MoeSpec, Routing, SparseMoe};
+use super::rope::Rope;
 use super::shard::Stage;
 use super::weights::Weights;
 
@@ -31,6 +31,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result<(Llama
         o_bias: false,
         qk_norm: QkNorm::None,
         eps,
+        sinks: false,
     };
     let moe = MoeSpec {
         dims: h,
@@ -38,6 +39,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result<(Llama
         experts: cfg.num_local_experts.unwrap_or(8),
         top_k: cfg.num_experts_per_tok.unwrap_or(2),
         routing: Routing::TopKSoftmax,
+        layout: MoeLayout::SWITCH_MLP,
     };
     let mut layers = Vec::with_capacity(stage.layers.len());
     for i in 0..cfg.num_hidden_layers {

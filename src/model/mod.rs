@@ -26,13 +26,16 @@ pub mod config;
 mod decoder;
 pub mod error;
 pub mod glm4_moe;
+pub mod gpt_oss;
 pub mod layers;
 pub mod llama;
 pub mod minimax;
 pub mod mixtral;
 pub mod moe;
+mod quant_ops;
 pub mod qwen3_moe;
 pub mod resolve;
+pub mod rope;
 pub mod shard;
 pub(crate) mod slicing;
 pub mod weights;
@@ -123,6 +126,7 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "mixtral",
     "minimax",
     "glm4_moe",
+    "gpt_oss",
 ];
 
 /// Says which checkpoint tensors an architecture drops on purpose.
@@ -155,6 +159,7 @@ fn builder_for(model_type: &str) -> Option<Builder> {
         "mixtral" => Some(mixtral::load),
         "minimax" => Some(minimax::load),
         "glm4_moe" => Some(glm4_moe::load),
+        "gpt_oss" => Some(gpt_oss::load),
         _ => None,
     }
 }

@@ -19,7 +19,8 @@ use mlx_rs::{ops, Array, Dtype};
 use super::block::Mlp;
 use super::config::QuantConfig;
 use super::error::{ModelError, Result};
-use super::layers::{swiglu, Linear, QuantMatrix};
+use super::layers::{swiglu, swiglu_oai, Linear, QuantMatrix};
+use super::quant_ops;
 use super::shard::{Split, TensorParallel};
 use super::weights::Weights;
 
@@ -32,9 +33,11 @@ enum Experts {
     Quant(QuantMatrix),
 }
 
-/// `SwitchLinear` / `QuantizedSwitchLinear` (no bias).
+/// `SwitchLinear` / `QuantizedSwitchLinear`.
 struct SwitchLinear {
     w: Experts,
+    /// Per-expert output bias `[experts, out]` (gpt-oss).
+    bias: Option<Array>,
     /// CPU fallback: the experts are float32 copies; inputs go through float32 and results
     /// back to their dtype.
     f32_on_cpu: bool,
@@ -44,6 +47,21 @@ impl SwitchLinear {
     /// Quantized iff `<path>.scales` exists; a dequantizing policy expands the packed
     /// experts once here, then casts (as mlx-lm's `dequantize_model` + `set_dtype`).
     fn load(
+        ws: &mut Weights,
+        path: &str,
+        experts: i32,
+        (input, output): (i32, i32),
+        bias: bool,
+        quant: &QuantConfig,
+    ) -> Result<Self> {
+        let mut layer = Self::load_matrix(ws, path, experts, input, output, quant)?;
+        if bias {
+            layer.bias = Some(ws.take_float(&format!("{path}.bias"), &[experts, output])?);
+        }
+        Ok(layer)
+    }
+
+    fn load_matrix(
         ws: &mut Weights,
         path: &str,
         experts: i32,
@@ -70,6 +88,7 @@ impl SwitchLinear {
         }
         Ok(SwitchLinear {
             w: Experts::Quant(q),
+            bias: None,
             f32_on_cpu: false,
         })
     }
@@ -78,17 +97,28 @@ impl SwitchLinear {
         if w.dtype() != Dtype::Float32 && super::default_device_is_cpu() {
             return Ok(SwitchLinear {
                 w: Experts::Dense(w.as_dtype(Dtype::Float32)?),
+                bias: None,
                 f32_on_cpu: true,
             });
         }
         Ok(SwitchLinear {
             w: Experts::Dense(w),
+            bias: None,
             f32_on_cpu: false,
         })
     }
 
-    /// `x @ W[idx].T`, batched over the broadcast of `x`'s and `idx`'s batch shapes.
+    /// `x @ W[idx].T (+ bias[idx])`, batched over the broadcast of `x`'s and `idx`'s batch
+    /// shapes.
     fn forward(&self, x: &Array, idx: &Array, sorted: bool) -> Result<Array> {
+        let y = self.matmul(x, idx, sorted)?;
+        match &self.bias {
+            Some(b) => Ok(y.add(b.take_axis(idx, 0)?.expand_dims(-2)?)?),
+            None => Ok(y),
+        }
+    }
+
+    fn matmul(&self, x: &Array, idx: &Array, sorted: bool) -> Result<Array> {
         match &self.w {
             Experts::Dense(w) if self.f32_on_cpu && x.dtype() != Dtype::Float32 => {
                 let y = ops::gather_mm(
@@ -101,65 +131,104 @@ impl SwitchLinear {
                 Ok(y.as_dtype(x.dtype())?)
             }
             Experts::Dense(w) => Ok(ops::gather_mm(x, w.swap_axes(-1, -2)?, None, idx, sorted)?),
-            Experts::Quant(q) => Ok(ops::gather_qmm(
-                x,
-                &q.w,
-                &q.scales,
-                &q.biases,
-                None,
-                idx,
-                true,
-                q.spec.group_size,
-                q.spec.bits,
-                sorted,
-            )?),
+            Experts::Quant(q) => {
+                quant_ops::gather_qmm(x, &q.w, &q.scales, q.biases.as_ref(), idx, &q.spec, sorted)
+            }
         }
     }
 
     fn arrays(&self) -> Vec<&Array> {
-        match &self.w {
+        let mut v = match &self.w {
             Experts::Dense(w) => vec![w],
             Experts::Quant(q) => q.arrays(),
-        }
+        };
+        v.extend(self.bias.iter());
+        v
     }
 
+    /// Split by outputs, the bias is split with them; split by inputs, every rank's partial
+    /// sum would add the whole bias, so each adds `1/size` of it (as mlx-lm's gpt_oss does).
     fn shard_tensor(&mut self, tp: &TensorParallel, split: Split, name: &str) -> Result<()> {
         match &mut self.w {
             Experts::Dense(w) => *w = tp.dense(w, split, name)?,
             Experts::Quant(q) => tp.quant(q, split, name)?,
         }
+        if let Some(b) = &self.bias {
+            self.bias = Some(match split {
+                Split::Outputs => tp.dense(b, Split::Inputs, &format!("{name}.bias"))?,
+                Split::Inputs => b.divide(Array::from_int(tp.size()).as_dtype(b.dtype())?)?,
+            });
+        }
         Ok(())
     }
 }
 
-/// `SwitchGLU`: each token through its selected experts' SwiGLU MLPs.
+/// `SwitchGLU`: each token through its selected experts' gated MLPs.
 struct SwitchGlu {
     gate_proj: SwitchLinear,
     up_proj: SwitchLinear,
     down_proj: SwitchLinear,
+    activation: Activation,
+}
+
+/// The gated MLP's activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Activation {
+    /// `silu(gate) * up`.
+    Swiglu,
+    /// gpt-oss's clamped variant ([`swiglu_oai`]).
+    SwigluOai,
+}
+
+/// Where a block's router and experts are in the checkpoint, and what they carry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MoeLayout {
+    /// The router's name under the block (`gate`, gpt-oss `router`).
+    pub router: &'static str,
+    /// The stacked experts' name under the block (`switch_mlp`, gpt-oss `experts`).
+    pub experts: &'static str,
+    /// Router and experts have biases.
+    pub bias: bool,
+    pub activation: Activation,
+}
+
+impl MoeLayout {
+    /// As mlx-lm saves most families.
+    pub const SWITCH_MLP: MoeLayout = MoeLayout {
+        router: "gate",
+        experts: "switch_mlp",
+        bias: false,
+        activation: Activation::Swiglu,
+    };
+    pub const GPT_OSS: MoeLayout = MoeLayout {
+        router: "router",
+        experts: "experts",
+        bias: true,
+        activation: Activation::SwigluOai,
+    };
 }
 
 impl SwitchGlu {
-    fn load(
-        ws: &mut Weights,
-        prefix: &str,
-        experts: i32,
-        dims: i32,
-        hidden: i32,
-        quant: &QuantConfig,
-    ) -> Result<Self> {
+    fn load(ws: &mut Weights, prefix: &str, m: &MoeSpec, quant: &QuantConfig) -> Result<Self> {
         let p = |n: &str| format!("{prefix}.{n}");
+        let (e, bias) = (m.experts, m.layout.bias);
+        let (into, out_of) = ((m.dims, m.hidden), (m.hidden, m.dims));
         Ok(SwitchGlu {
-            gate_proj: SwitchLinear::load(ws, &p("gate_proj"), experts, dims, hidden, quant)?,
-            up_proj: SwitchLinear::load(ws, &p("up_proj"), experts, dims, hidden, quant)?,
-            down_proj: SwitchLinear::load(ws, &p("down_proj"), experts, hidden, dims, quant)?,
+            gate_proj: SwitchLinear::load(ws, &p("gate_proj"), e, into, bias, quant)?,
+            up_proj: SwitchLinear::load(ws, &p("up_proj"), e, into, bias, quant)?,
+            down_proj: SwitchLinear::load(ws, &p("down_proj"), e, out_of, bias, quant)?,
+            activation: m.layout.activation,
         })
     }
 
     fn mlp(&self, x: &Array, idx: &Array, sorted: bool) -> Result<Array> {
         let up = self.up_proj.forward(x, idx, sorted)?;
         let gate = self.gate_proj.forward(x, idx, sorted)?;
-        self.down_proj.forward(&swiglu(&gate, &up)?, idx, sorted)
+        let h = match self.activation {
+            Activation::Swiglu => swiglu(&gate, &up)?,
+            Activation::SwigluOai => swiglu_oai(&gate, &up)?,
+        };
+        self.down_proj.forward(&h, idx, sorted)
     }
 
     /// `x`: `[B, L, D]`, `indices`: `[B, L, k]` -> `[B, L, k, D]`.
@@ -222,6 +291,9 @@ pub(crate) enum Routing {
         norm_topk_prob: bool,
         scaling: f32,
     },
+    /// gpt_oss: like mixtral's, but the top-k taken from the upper end of the partition (the
+    /// order the experts' outputs are summed in).
+    TopKSoftmaxUpper,
 }
 
 /// The shape of a sparse MoE block.
@@ -234,12 +306,15 @@ pub(crate) struct MoeSpec {
     pub experts: i32,
     pub top_k: i32,
     pub routing: Routing,
+    pub layout: MoeLayout,
 }
 
 /// A sparse MoE block: router (`gate`) + stacked experts (`switch_mlp`).
 pub(crate) struct SparseMoe {
     /// Checkpoint path of the block (`model.layers.N.mlp`), for error messages.
     prefix: String,
+    /// Checkpoint path of the stacked experts.
+    experts_path: String,
     gate: Linear,
     switch_mlp: SwitchGlu,
     top_k: i32,
@@ -266,24 +341,19 @@ impl SparseMoe {
                 m.top_k, m.experts, m.hidden
             )));
         }
+        let experts_path = format!("{prefix}.{}", m.layout.experts);
         Ok(SparseMoe {
             prefix: prefix.to_string(),
             gate: Linear::load(
                 ws,
-                &format!("{prefix}.gate"),
+                &format!("{prefix}.{}", m.layout.router),
                 m.dims,
                 m.experts,
-                false,
+                m.layout.bias,
                 quant,
             )?,
-            switch_mlp: SwitchGlu::load(
-                ws,
-                &format!("{prefix}.switch_mlp"),
-                m.experts,
-                m.dims,
-                m.hidden,
-                quant,
-            )?,
+            switch_mlp: SwitchGlu::load(ws, &experts_path, m, quant)?,
+            experts_path,
             top_k: m.top_k,
             experts: m.experts,
             routing: m.routing,
@@ -341,6 +411,12 @@ impl SparseMoe {
                 Routing::TopKSoftmax => {
                     let inds = ops::argpartition_axis(gates.negative()?, k - 1, -1)?
                         .try_index((.., .., ..k))?;
+                    let scores = ops::softmax_axis(gates.take_along_axis(&inds, -1)?, -1, true)?;
+                    (inds, scores)
+                }
+                Routing::TopKSoftmaxUpper => {
+                    let inds =
+                        ops::argpartition_axis(&gates, -k, -1)?.try_index((.., .., (e - k)..))?;
                     let scores = ops::softmax_axis(gates.take_along_axis(&inds, -1)?, -1, true)?;
                     (inds, scores)
                 }
@@ -432,8 +508,7 @@ impl SparseMoe {
     /// Tensor parallel: the router stays whole (every rank routes identically); the
     /// experts are split, so the block's output is a partial sum the caller reduces.
     pub(crate) fn shard_tensor(&mut self, tp: &TensorParallel) -> Result<()> {
-        let prefix = format!("{}.switch_mlp", self.prefix);
-        self.switch_mlp.shard_tensor(tp, &prefix)?;
+        self.switch_mlp.shard_tensor(tp, &self.experts_path)?;
         if let Some(mlp) = &mut self.shared {
             mlp.shard_tensor(tp, &format!("{}.shared_experts", self.prefix))?;
         }

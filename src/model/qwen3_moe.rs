@@ -10,9 +10,9 @@
 use super::block::{Attention, AttnSpec, Block, FeedForward, Mlp, QkNorm};
 use super::config::{ModelConfig, QuantConfig};
 use super::error::{ModelError, Result};
-use super::layers::Rope;
 use super::llama::{rope_theta, Llama};
-use super::moe::{MoeSpec, Routing, SparseMoe};
+use super::moe::{MoeLayout, MoeSpec, Routing, SparseMoe};
+use super::rope::Rope;
 use super::shard::Stage;
 use super::weights::Weights;
 
@@ -46,6 +46,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result<(Llama
         o_bias: false,
         qk_norm: QkNorm::PerHead,
         eps,
+        sinks: false,
     };
     let routing = Routing::SoftmaxTopK {
         norm_topk_prob: cfg.norm_topk_prob.unwrap_or(false),
@@ -74,6 +75,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result<(Llama
                     .num_experts_per_tok
                     .ok_or_else(|| missing("num_experts_per_tok"))?,
                 routing,
+                layout: MoeLayout::SWITCH_MLP,
             };
             FeedForward::Sparse(SparseMoe::load(ws, &format!("{p}.mlp"), &moe, &quant)?)
         } else {

@@ -57,7 +57,6 @@ pub unsafe fn gemm_nt(
         for t in 1..threads {
             let (lo, hi) = (t * per, ((t + 1) * per).min(n));
             if lo < hi {
-                let job = job;
                 s.spawn(move || job.columns(lo, hi));
             }
         }

@@ -21,7 +21,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
-from mlx_lm.models import glm4_moe, llama, minimax, mixtral, qwen2, qwen3, qwen3_moe
+from mlx_lm.models import glm4_moe, gpt_oss, llama, minimax, mixtral, qwen2, qwen3, qwen3_moe
 from mlx_lm.utils import save_config, save_model
 
 BASE = dict(
@@ -83,6 +83,18 @@ ARCHS = {
 
 # Architectures only built in the EXTRA variants listed below.
 ARCHS_EXTRA = {
+    # gpt_oss: biases everywhere, attention sinks, YaRN RoPE, sliding (window 8) and full
+    # layers in turn (mlx-lm's default layer_types), 8 experts top-2 with biases and the
+    # clamped SwiGLU; sinks and expert biases random here (mlx-lm starts them at zero).
+    # Quantized variants only in the parity list: in bf16, with the sinks and YaRN's query/key
+    # scale, one logit of the 40-token run lands one bf16 step from mlx-lm's and flips a
+    # near-tie (not yet explained); the sharded runs compare bf16 against kooka itself.
+    "gpt_oss": (gpt_oss, dict(
+        MOE_BASE, model_type="gpt_oss", num_hidden_layers=4, head_dim=16, intermediate_size=64,
+        num_local_experts=8, num_experts_per_tok=2, sliding_window=8, rope_theta=150000,
+        tie_word_embeddings=False,
+        rope_scaling={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                      "original_max_position_embeddings": 64, "truncate": False})),
     # Window 16 > prompt: the rotating cache grows first, then wraps during decoding.
     "mistral_swa16": (llama, dict(
         model_type="mistral", rope_theta=1000000.0, tie_word_embeddings=True,
@@ -129,6 +141,8 @@ SHARD = {
     ("minimax", "q4g32-f32"): ({"group_size": 32, "bits": 4}, {}),
     ("glm4_moe", "bf16"): (None, {}),
     ("glm4_moe", "q4g32-f32"): ({"group_size": 32, "bits": 4}, {}),
+    ("gpt_oss", "bf16"): (None, {}),
+    ("gpt_oss", "mxfp4-f32"): ({"group_size": 32, "bits": 4, "mode": "mxfp4"}, {}),
 }
 
 # name -> (global quantization or None, per-module overrides)
@@ -150,6 +164,11 @@ EXTRA = {
     ("qwen2_swa", "bf16"): (None, {}),
     ("qwen3_moe_k3", "bf16"): (None, {}),
     ("qwen3_moe_k3", "q8g64"): ({"group_size": 64, "bits": 8}, {}),
+    # MXFP4 experts and attention (what gpt-oss ships), the router affine 8-bit (its
+    # quant_predicate).
+    ("gpt_oss", "mxfp4"): ({"group_size": 32, "bits": 4, "mode": "mxfp4"}, {}),
+    ("gpt_oss", "q4g64"): ({"group_size": 64, "bits": 4}, {}),
+    ("gpt_oss", "q8g32"): ({"group_size": 32, "bits": 8}, {}),
     ("mixtral", "mixed"): ({"group_size": 64, "bits": 4},
                            {"model.layers.1.block_sparse_moe.switch_mlp.down_proj":
                                 {"group_size": 32, "bits": 8},
@@ -182,6 +201,12 @@ def build(arch, variant, quant, overrides, out):
         for layer in model.model.layers:
             moe = layer.block_sparse_moe
             moe.e_score_correction_bias = mx.random.uniform(-0.3, 0.3, moe.e_score_correction_bias.shape)
+    if module is gpt_oss:
+        for layer in model.model.layers:
+            attn, experts = layer.self_attn, layer.mlp.experts
+            attn.sinks = mx.random.uniform(-1.0, 1.0, attn.sinks.shape).astype(dtype)
+            for proj in (experts.gate_proj, experts.up_proj, experts.down_proj):
+                proj.bias = (mx.random.normal(proj.bias.shape) * 0.5).astype(dtype)
     if quant is not None:
         # The model's own quant_predicate (qwen3_moe: routers at 8 bits) applies as in
         # mlx_lm.convert, and its per-module choices are recorded in the config likewise.
@@ -200,7 +225,7 @@ def build(arch, variant, quant, overrides, out):
                 return r
             return True
         nn.quantize(model, group_size=quant["group_size"], bits=quant["bits"],
-                    class_predicate=predicate)
+                    mode=quant.get("mode", "affine"), class_predicate=predicate)
         config["quantization"] = dict(quant, **chosen)
     mx.eval(model.parameters())
     save_model(out, model)

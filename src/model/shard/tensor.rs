@@ -102,7 +102,9 @@ impl TensorParallel {
         };
         q.w = self.part(&q.w, axis, &format!("{name}.weight"))?;
         q.scales = self.part(&q.scales, axis, &format!("{name}.scales"))?;
-        q.biases = self.part(&q.biases, axis, &format!("{name}.biases"))?;
+        if let Some(b) = &q.biases {
+            q.biases = Some(self.part(b, axis, &format!("{name}.biases"))?);
+        }
         Ok(())
     }
 

@@ -9,7 +9,7 @@
 #               data (llama.cpp golden vectors and chat templates, the Qwen2.5 GGUF,
 #               converted to models/Qwen2.5-Coder-0.5B-Instruct for the contract suite's
 #               tool-call and agent-client tests, and tiny random MiniMax and GLM models,
-#               models/{MiniMax-M2,GLM-4.6}-tiny-random, for its runs in those markups)
+#               models/{MiniMax-M2,GLM-4.6,gpt-oss}-tiny-random, for its runs in those markups)
 #   --no-build  skip `cargo build --release` and the model conversion
 #
 # Everything downloaded goes under third_party/ and models/ (git-ignored). Set MLX_DIR to use
@@ -220,10 +220,12 @@ if [ $BUILD = 1 ]; then
     fi
     # The contract suite's MiniMax and GLM runs: tiny random minimax / glm4_moe models made by
     # mlx-lm, with SmolLM2's tokenizer and MiniMax-M2's / GLM-4.6's chat template (llama.cpp's).
-    for spec in minimax:MiniMax-M2 glm4_moe:GLM-4.6; do
-      arch=${spec%%:*}; tmpl=${spec##*:}
-      CMODEL="$ROOT/models/$tmpl-tiny-random"
-      step "tiny $tmpl test model (models/$tmpl-tiny-random)"
+    # gpt-oss's: a tiny random gpt_oss model with SmolLM2's tokenizer plus the harmony special
+    # tokens and gpt-oss's template.
+    for spec in minimax:MiniMax-M2:MiniMax-M2 glm4_moe:GLM-4.6:GLM-4.6 gpt_oss:openai-gpt-oss-120b:gpt-oss; do
+      arch=${spec%%:*}; rest=${spec#*:}; tmpl=${rest%%:*}; name=${rest##*:}
+      CMODEL="$ROOT/models/$name-tiny-random"
+      step "tiny $name test model (models/$name-tiny-random)"
       cstamp=$(cat "$ROOT/tests/python/make_tiny_models.py" "$TP/llama.cpp/templates/$tmpl.jinja" | sha_of /dev/stdin)
       if ! [ -f "$CMODEL/.kooka-stamp" ] || [ "$(cat "$CMODEL/.kooka-stamp")" != "$cstamp" ]; then
         rm -rf "$CMODEL"

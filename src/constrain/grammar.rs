@@ -6,11 +6,6 @@ use serde_json::Value;
 use super::lark::{json_rule, validate};
 use super::ConstrainError;
 
-/// gpt-oss's analysis message, free text between harmony's special tokens (llguidance's
-/// `<|name|>` syntax: the tokenizer's special tokens, which no text rule can produce), then
-/// the next message's start; the rule `harmony_analysis`.
-pub(crate) const HARMONY_ANALYSIS: &str = "harmony_analysis: <|channel|> \"analysis\" <|message|> HARMONY_THOUGHT <|end|> <|start|> \"assistant\"\nHARMONY_THOUGHT: /(?s:.*)/\n";
-
 /// What a reply must look like: plain data (it crosses threads inside
 /// [`SequenceRequest`](crate::engine::SequenceRequest)), validated when built; the engine
 /// compiles it against the tokenizer ([`super::Constrainer::matcher`]).
@@ -82,17 +77,13 @@ impl Grammar {
         self.after(&literal, "", what, param)
     }
 
-    /// This grammar as the body of a gpt-oss harmony `final` message: the reply is an
-    /// optional analysis message (free reasoning), then `<|channel|>final<|message|>` and this
-    /// grammar (the prompt ended with `<|start|>assistant`). Failures are blamed on `param`.
+    /// This grammar as the body of a gpt-oss harmony `final` message: the reply is
+    /// `<|channel|>final<|message|>` and this grammar from its first token (the prompt ended
+    /// with `<|start|>assistant`), with no analysis message first, as for a forced call (see
+    /// `tools::harmony_call`). Failures are blamed on `param`.
     pub fn harmony_final(self, param: &'static str) -> Result<Self, ConstrainError> {
         let what = format!("{} in harmony's final channel", self.what);
-        self.after(
-            r#"harmony_analysis? <|channel|> "final" <|message|>"#,
-            HARMONY_ANALYSIS,
-            what,
-            param,
-        )
+        self.after(r#"<|channel|> "final" <|message|>"#, "", what, param)
     }
 
     /// This grammar after `prefix` (a Lark rule body, its own rules in `rules`).

@@ -214,9 +214,12 @@ impl ToolCalls<'_> {
 
 /// gpt-oss's harmony: a forced call is one message to the function on the commentary
 /// channel, `<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>` and the
-/// JSON arguments (the reply then ends, as `<|call|>` would end it), after an optional
-/// analysis message. Harmony's markup is special tokens, which free text cannot contain, so
-/// `auto` (text until a call's start) cannot be written as a grammar: it stays unconstrained.
+/// JSON arguments (the reply then ends, as `<|call|>` would end it), from the reply's first
+/// token: no analysis message first. An unbounded analysis can use up `max_tokens` (a small
+/// model's never ends), and a forced call skips reasoning on the other reasoning templates
+/// too (MiniMax-M2's think block is closed first; Anthropic offers no forced tool use with
+/// thinking). Harmony's markup is special tokens, which free text cannot contain, so `auto`
+/// (text until a call's start) cannot be written as a grammar: it stays unconstrained.
 fn harmony_call(tools: &[Tool], choice: &ToolChoice) -> Result<Option<Grammar>, ConstrainError> {
     if *choice == ToolChoice::Auto {
         return Ok(None);
@@ -256,9 +259,8 @@ fn harmony_call(tools: &[Tool], choice: &ToolChoice) -> Result<Option<Grammar>, 
         alternatives.push(format!("call_{i}"));
     }
     let start = format!(
-        "start: harmony_analysis? <|channel|> \"commentary to=functions.\" ({})\n{}",
+        "start: <|channel|> \"commentary to=functions.\" ({})\n",
         alternatives.join(" | "),
-        super::grammar::HARMONY_ANALYSIS
     );
     let what = match choice {
         ToolChoice::Function(name) => format!("tool call of {name} (harmony)"),

@@ -432,14 +432,18 @@ fn harmony_run(c: &crate::constrain::Constrainer, stops: [u32; 2], g: &Grammar, 
 }
 
 #[test]
-fn harmony_forced_call_after_optional_analysis() {
+fn harmony_forced_call_from_the_first_token() {
     let (c, stops) = harmony_constrainer();
     let tools = [echo(), weather()];
     let g = grammar(&tools, ToolChoice::Required, ParserKind::Harmony, true);
     let call = "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Oslo\", \"days\": 2}";
     assert_eq!(harmony_run(&c, stops, &g, call), Run::Complete(true));
+    // No analysis message first (it could use up max_tokens); the parser still reads one.
     let thought = format!("<|channel|>analysis<|message|>Weather, so get_weather: {{\"a\"}} <b>.<|end|><|start|>assistant{call}");
-    assert_eq!(harmony_run(&c, stops, &g, &thought), Run::Complete(true));
+    assert!(matches!(
+        harmony_run(&c, stops, &g, &thought),
+        Run::Rejected(_)
+    ));
     // What the grammar lets through, the parser reads as the call.
     for text in [call, thought.as_str()] {
         let (content, calls) = parse(ParserKind::Harmony, &tools, text);
@@ -460,10 +464,6 @@ fn harmony_forced_call_after_optional_analysis() {
     ));
     assert!(matches!(
         harmony_run(&c, stops, &g, "<|channel|>final<|message|>Hi"),
-        Run::Rejected(_)
-    ));
-    assert!(matches!(
-        harmony_run(&c, stops, &g, "<|channel|>analysis<|message|>a<|start|>"),
         Run::Rejected(_)
     ));
     // A named function: only it.
@@ -497,7 +497,10 @@ fn harmony_response_format_is_the_final_message() {
     assert_eq!(harmony_run(&c, stops, &g, answer), Run::Complete(true));
     let thought =
         format!("<|channel|>analysis<|message|>JSON it is.<|end|><|start|>assistant{answer}");
-    assert_eq!(harmony_run(&c, stops, &g, &thought), Run::Complete(true));
+    assert!(matches!(
+        harmony_run(&c, stops, &g, &thought),
+        Run::Rejected(_)
+    ));
     assert!(matches!(
         harmony_run(&c, stops, &g, "{\"a\": 1}"),
         Run::Rejected(0)

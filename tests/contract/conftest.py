@@ -97,9 +97,10 @@ def _model_specific(request: pytest.FixtureRequest) -> None:
     if missing:
         reasons = {
             "tools": "is not known to emit a forced tool call without constrained decoding "
-                     "(these run on Qwen2.5-Coder-0.5B-Instruct, Qwen3, MiniMax, Nemotron, GLM-4.x; "
+                     "(these run on Qwen2.5-Coder-0.5B-Instruct, Qwen3, MiniMax, Nemotron, GLM-4.x, gpt-oss; "
                      "--assume-tools runs them anyway)",
             "minimax": "is not a MiniMax model",
+            "gpt_oss": "is not a gpt-oss model",
             "nemotron": "is not a Nemotron model",
         }
         pytest.skip(f"served model {model_id!r} " + "; ".join(reasons[m] for m in missing))

@@ -180,8 +180,9 @@ def read_chat_stream(resp: "httpx.Response") -> StreamedChat:
 # Served-model id substrings for the model-specific markers. `tools`: models that emit a
 # forced tool call reliably without constrained decoding (override with --assume-tools).
 MODEL_MARKERS: dict[str, tuple[str, ...]] = {
-    "tools": ("qwen2.5-coder", "qwen3", "minimax", "nemotron", "glm-4"),
+    "tools": ("qwen2.5-coder", "qwen3", "minimax", "nemotron", "glm-4", "gpt-oss"),
     "minimax": ("minimax",),
+    "gpt_oss": ("gpt-oss",),
     "nemotron": ("nemotron",),
 }
 

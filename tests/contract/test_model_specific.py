@@ -93,3 +93,99 @@ def test_nemotron_parameters_typed_by_schema(oai, model):
     args = forced_call(oai, model, ADD, "Use the add tool to add 2 and 3.")
     assert args.get("a") == 2 and args.get("b") == 3, args
     assert all(type(args[k]) is int for k in ("a", "b")), args
+
+
+HARMONY_MARKUP = ("<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>",
+                  "<|return|>", "<|call|>")
+
+
+def integral(v):
+    """JSON Schema's integer: a number with no fractional part (grammars also allow `-0.0`)."""
+    return type(v) in (int, float) and float(v).is_integer()
+
+
+def no_harmony_markup(text):
+    for tag in HARMONY_MARKUP:
+        assert tag not in (text or ""), text
+
+
+@pytest.mark.gpt_oss
+def test_gpt_oss_forced_call_is_a_tool_call(oai, model):
+    """A forced call is a message to `functions.add` on the commentary channel: it comes
+    back as an OpenAI tool call whose arguments are a JSON object, with no harmony markup."""
+    out = oai.chat.completions.create(
+        model=model, max_tokens=512, tools=[ADD],
+        tool_choice={"type": "function", "function": {"name": "add"}},
+        messages=[{"role": "user", "content": "Use the add tool to add 2 and 3."}])
+    choice = out.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "add", call
+    args = json.loads(call.function.arguments)
+    assert all(integral(args[k]) for k in ("a", "b")), args
+    no_harmony_markup(choice.message.content)
+    no_harmony_markup(getattr(choice.message, "reasoning_content", None))
+
+
+@pytest.mark.gpt_oss
+def test_gpt_oss_forced_call_streamed_matches(oai, model):
+    stream = oai.chat.completions.create(
+        model=model, max_tokens=512, tools=[ADD], stream=True,
+        tool_choice={"type": "function", "function": {"name": "add"}},
+        messages=[{"role": "user", "content": "Add 2 and 3."}])
+    name, arguments, finish, text = "", "", None, ""
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        text += (delta.content or "") + (getattr(delta, "reasoning_content", None) or "")
+        for tc in delta.tool_calls or []:
+            name += tc.function.name or ""
+            arguments += tc.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls" and name == "add", (finish, name)
+    args = json.loads(arguments)
+    assert all(integral(args[k]) for k in ("a", "b")), args
+    no_harmony_markup(text)
+
+
+@pytest.mark.gpt_oss
+def test_gpt_oss_forced_call_anthropic(claude, model):
+    tool = {"name": "add", "description": ADD["function"]["description"],
+            "input_schema": ADD["function"]["parameters"]}
+    out = claude.messages.create(model=model, max_tokens=512, tools=[tool],
+                                 tool_choice={"type": "tool", "name": "add"},
+                                 messages=[{"role": "user", "content": "Add 2 and 3."}])
+    assert out.stop_reason == "tool_use", out
+    assert out.content[-1].type == "tool_use", out.content
+    use = out.content[-1]
+    assert use.name == "add" and all(integral(use.input[k]) for k in ("a", "b")), use
+    for b in out.content:
+        no_harmony_markup(getattr(b, "text", None) or getattr(b, "thinking", None))
+
+
+@pytest.mark.gpt_oss
+def test_gpt_oss_response_format_is_the_final_message(oai, model):
+    """response_format holds the final channel's message to the schema; the content is that
+    JSON alone."""
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}},
+              "required": ["answer"], "additionalProperties": False}
+    out = oai.chat.completions.create(
+        model=model, max_tokens=512,
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "sum", "schema": schema, "strict": True}},
+        messages=[{"role": "user", "content": "What is 2 + 3? Answer in JSON."}])
+    choice = out.choices[0]
+    assert choice.finish_reason == "stop", choice
+    value = json.loads(choice.message.content)
+    assert set(value) == {"answer"} and type(value["answer"]) is int, value
+    no_harmony_markup(getattr(choice.message, "reasoning_content", None))
+
+
+@pytest.mark.gpt_oss
+def test_gpt_oss_plain_reply_has_no_markup(oai, model):
+    out = oai.chat.completions.create(
+        model=model, max_tokens=64, messages=[{"role": "user", "content": "Say hello."}])
+    message = out.choices[0].message
+    no_harmony_markup(message.content)
+    no_harmony_markup(getattr(message, "reasoning_content", None))

@@ -124,6 +124,11 @@ ARCHS_EXTRA = {
         norm_topk_prob=False)),
 }
 
+# gpt_oss with SmolLM2's vocabulary and the harmony special tokens after it (`--chat
+# gpt_oss`, served with gpt-oss's template).
+ARCHS_EXTRA["gpt_oss_chat"] = (gpt_oss, dict(ARCHS_EXTRA["gpt_oss"][1], vocab_size=49160,
+                                             max_position_embeddings=8192))
+
 # Fixtures of tests/shard.rs (sharded runs against one rank). Those named "-f32" keep
 # float32 scales and biases: kooka then runs packed 4-bit weights with float32 activations,
 # so a tensor-parallel run differs from one rank only by summation order, not by bf16
@@ -232,11 +237,29 @@ def build(arch, variant, quant, overrides, out):
     save_config(config, out / "config.json")
 
 
+# gpt-oss's harmony markup: special tokens of its o200k_harmony vocabulary, added after
+# SmolLM2's 49,152 for the tiny gpt_oss chat model. The reply ends at <|return|> or <|call|>.
+HARMONY_TOKENS = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>",
+                  "<|return|>", "<|call|>"]
+
+
 def chat_model(arch, out, tokenizer_dir, template):
     build(arch, "bf16", None, {}, out)
-    shutil.copy(tokenizer_dir / "tokenizer.json", out / "tokenizer.json")
+    tokenizer = json.loads((tokenizer_dir / "tokenizer.json").read_text())
     config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
     config["chat_template"] = template.read_text()
+    if arch == "gpt_oss_chat":
+        first = 49152
+        for i, tok in enumerate(HARMONY_TOKENS):
+            tokenizer["added_tokens"].append({
+                "id": first + i, "content": tok, "single_word": False, "lstrip": False,
+                "rstrip": False, "normalized": False, "special": True})
+        ids = {t: first + i for i, t in enumerate(HARMONY_TOKENS)}
+        model_config = json.loads((out / "config.json").read_text())
+        model_config["eos_token_id"] = [ids["<|return|>"], ids["<|call|>"]]
+        (out / "config.json").write_text(json.dumps(model_config, indent=4))
+        config["eos_token"] = "<|return|>"
+    (out / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
 
 

@@ -5,7 +5,9 @@ real weights of that size cannot be carried (the GPU machine has no network).
 usage: python scripts/make_synthetic_model.py --shape SHAPE [--bits 4] [--group-size 64]
            --tokenizer-from DIR --out DIR
 shapes: smollm2-135m, llama-8b (Llama), qwen3-moe-30b-a3b (mixture of experts: 128 experts,
-8 active), minimax-m2-8l (MiniMax-M2's widths, 8 layers), and llama-tiny, qwen3-moe-tiny (a few MB, for dry runs of the scripts on a CPU).
+8 active), minimax-m2-8l (MiniMax-M2's widths, 8 layers), gpt-oss-120b-8l (gpt-oss-120b's
+widths, 8 layers; `--bits mxfp4` packs it as gpt-oss ships), and llama-tiny, qwen3-moe-tiny,
+gpt-oss-tiny (a few MB, for dry runs of the scripts on a CPU).
 
 The weights come from mlx-lm's own modules (random init, fixed seed), optionally quantized
 with mlx's affine quantization (the model's own quant_predicate applies, as in mlx_lm.convert:
@@ -28,6 +30,12 @@ QWEN3_MOE = dict(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"],
 MINIMAX = dict(model_type="minimax", architectures=["MiniMaxM2ForCausalLM"], rms_norm_eps=1e-6,
                max_position_embeddings=196608, rope_theta=5000000.0, tie_word_embeddings=False,
                use_qk_norm=True, scoring_func="sigmoid")
+GPT_OSS = dict(model_type="gpt_oss", architectures=["GptOssForCausalLM"], rms_norm_eps=1e-5,
+               max_position_embeddings=131072, rope_theta=150000, tie_word_embeddings=False,
+               sliding_window=128,
+               rope_scaling={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
+                             "beta_slow": 1.0, "original_max_position_embeddings": 4096,
+                             "truncate": False})
 SHAPES = {
     "smollm2-135m": dict(LLAMA, hidden_size=576, intermediate_size=1536, num_attention_heads=9,
                          num_key_value_heads=3, num_hidden_layers=30, vocab_size=49152,
@@ -48,10 +56,19 @@ SHAPES = {
                           rotary_dim=64, num_hidden_layers=8, vocab_size=200064,
                           num_local_experts=256, num_experts_per_tok=8,
                           shared_intermediate_size=0),
+    # gpt-oss-120b's widths (128 experts, 4 active, sinks, sliding and full layers in turn)
+    # with 8 of its 36 layers: ~26B parameters (~14 GB as MXFP4).
+    "gpt-oss-120b-8l": dict(GPT_OSS, hidden_size=2880, intermediate_size=2880,
+                            num_attention_heads=64, num_key_value_heads=8, head_dim=64,
+                            num_hidden_layers=8, vocab_size=201088, num_local_experts=128,
+                            num_experts_per_tok=4),
     # Dry-run shapes: every width splits over 2 ranks in whole 64-wide quantization groups.
     "llama-tiny": dict(LLAMA, hidden_size=256, intermediate_size=512, num_attention_heads=4,
                        num_key_value_heads=2, num_hidden_layers=4, vocab_size=151936,
                        rope_theta=500000.0, tie_word_embeddings=False, head_dim=64),
+    "gpt-oss-tiny": dict(GPT_OSS, hidden_size=256, intermediate_size=256, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=64, num_hidden_layers=4,
+                         vocab_size=151936, num_local_experts=8, num_experts_per_tok=2),
     "qwen3-moe-tiny": dict(QWEN3_MOE, hidden_size=256, intermediate_size=512,
                            num_attention_heads=4, num_key_value_heads=2, head_dim=64,
                            num_hidden_layers=4, vocab_size=151936, moe_intermediate_size=128,
@@ -62,7 +79,7 @@ SHAPES = {
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--shape", choices=sorted(SHAPES), required=True)
-    p.add_argument("--bits", type=int, default=0, help="0 = keep bf16")
+    p.add_argument("--bits", default="0", help="0 = keep bf16; 2-8 affine; mxfp4")
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--tokenizer-from", required=True)
     p.add_argument("--out", required=True)
@@ -71,11 +88,12 @@ def main():
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_flatten
-    from mlx_lm.models import llama, minimax, qwen3_moe
+    from mlx_lm.models import gpt_oss, llama, minimax, qwen3_moe
 
     mx.random.seed(0)
     config = dict(SHAPES[args.shape])
-    arch = {"llama": llama, "qwen3_moe": qwen3_moe, "minimax": minimax}[config["model_type"]]
+    arch = {"llama": llama, "qwen3_moe": qwen3_moe, "minimax": minimax,
+            "gpt_oss": gpt_oss}[config["model_type"]]
     model = arch.Model(arch.ModelArgs.from_dict(config))
     model.set_dtype(mx.bfloat16)
     # Materialise layer by layer: one lazy graph for a 30B model would hold its float32 init
@@ -83,8 +101,13 @@ def main():
     for layer in model.layers:
         mx.eval(layer.parameters())
     mx.eval(model.parameters())
-    if args.bits:
-        quant = {"group_size": args.group_size, "bits": args.bits}
+    mode = "mxfp4" if args.bits == "mxfp4" else "affine"
+    bits = 4 if mode == "mxfp4" else int(args.bits)
+    group_size = 32 if mode == "mxfp4" else args.group_size
+    if bits:
+        quant = {"group_size": group_size, "bits": bits}
+        if mode != "affine":
+            quant["mode"] = mode
         own = getattr(model, "quant_predicate", None)
 
         def predicate(path, m):
@@ -97,7 +120,7 @@ def main():
                 quant[path] = r  # recorded per module, as mlx_lm.convert does
             return r
 
-        nn.quantize(model, group_size=args.group_size, bits=args.bits, class_predicate=predicate)
+        nn.quantize(model, group_size=group_size, bits=bits, mode=mode, class_predicate=predicate)
         for layer in model.layers:
             mx.eval(layer.parameters())
         config["quantization"] = quant
@@ -116,7 +139,7 @@ def main():
         src = os.path.join(args.tokenizer_from, name)
         if os.path.exists(src):
             shutil.copy(src, args.out)
-    print(f"{args.out}: {args.shape}, bits={args.bits or 16}, {total / 1e9:.2f} GB of weights")
+    print(f"{args.out}: {args.shape}, bits={args.bits}, {total / 1e9:.2f} GB of weights")
 
 
 if __name__ == "__main__":

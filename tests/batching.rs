@@ -12,6 +12,8 @@ use kooka::engine::{Engine, EngineConfig, SeqId, SequenceRequest};
 use kooka::model::{load_model, ComputeDtype};
 use kooka::tokenizer::Tokenizer;
 
+mod common;
+
 static MLX: Mutex<()> = Mutex::new(());
 
 fn model_dir() -> PathBuf {
@@ -127,6 +129,7 @@ fn a_sequence_gives_the_same_tokens_in_a_batch_as_alone() {
     let mut e = engine(EngineConfig {
         prefill_chunk: 16,
         prefix_cache_tokens: 0,
+        windowed_caches: false,
     });
     let together = run(&mut e, &reqs, &vec![0; reqs.len()]);
     let staggered = run(&mut e, &reqs, &[0, 3, 3, 7, 20, 21]);
@@ -182,6 +185,7 @@ fn cached_prefixes_give_the_same_tokens_and_are_reported() {
     let mut e = engine(EngineConfig {
         prefill_chunk: 2048,
         prefix_cache_tokens: 10_000,
+        windowed_caches: false,
     });
     let got: Vec<(Vec<u32>, usize)> = reqs
         .iter()
@@ -208,6 +212,7 @@ fn cached_prefixes_give_the_same_tokens_and_are_reported() {
     let mut e = engine(EngineConfig {
         prefill_chunk: 2048,
         prefix_cache_tokens: 120,
+        windowed_caches: false,
     });
     let all: Vec<SequenceRequest> = prompts
         .iter()
@@ -217,4 +222,48 @@ fn cached_prefixes_give_the_same_tokens_and_are_reported() {
     let stats = e.status().prefix_cache;
     assert!(stats.tokens <= 120, "{stats:?}");
     assert!(stats.evictions > 0, "{stats:?}");
+}
+
+/// Sliding-window models (gpt-oss's alternating windows, Mistral's): with windowed caches, as
+/// `kooka serve` runs them, their sequences batch (joining at different steps, prompts read in
+/// chunks longer and shorter than the window of 8) and reuse cached prefixes, and give the
+/// tokens they give alone with mlx-lm's rotating caches.
+#[test]
+fn sliding_window_models_batch_with_windowed_caches() {
+    let _g = MLX.lock().unwrap_or_else(|e| e.into_inner());
+    for name in ["gpt_oss-mxfp4", "mistral_swa-q4g64"] {
+        let dir = common::tiny_model(name);
+        let load = || load_model(&dir, ComputeDtype::Auto).expect("model");
+        let mut reqs: Vec<SequenceRequest> = [5u32, 13, 27, 40]
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| {
+                let prompt = (0..n).map(|i| (i * 37 + 11 + 53 * k as u32) % 320).collect();
+                request(prompt, params(0.0, None), 20)
+            })
+            .collect();
+        let mut longer = reqs[3].prompt.clone();
+        longer.extend([7, 8, 9]);
+        reqs.push(request(longer, params(0.0, None), 20));
+        let mut rotating = Engine::new(load());
+        let alone: Vec<Vec<u32>> = reqs
+            .iter()
+            .map(|r| run(&mut rotating, std::slice::from_ref(r), &[0]).remove(0).0)
+            .collect();
+        let mut windowed = Engine::with_config(
+            load(),
+            EngineConfig {
+                prefill_chunk: 7,
+                prefix_cache_tokens: 4096,
+                windowed_caches: true,
+            },
+        );
+        let mut got = run(&mut windowed, &reqs[..4], &[0, 0, 2, 5]);
+        let reused = run(&mut windowed, &reqs[4..], &[0]);
+        assert!(reused[0].1 >= 40, "{name}: the longer prompt reused {} tokens", reused[0].1);
+        got.extend(reused);
+        for (i, (tokens, _)) in got.iter().enumerate() {
+            assert_eq!(tokens, &alone[i], "{name}: request {i} batched vs alone");
+        }
+    }
 }

@@ -61,6 +61,10 @@ pub struct EngineConfig {
     pub prefill_chunk: usize,
     /// Prefix cache budget in tokens; 0 turns the cache off.
     pub prefix_cache_tokens: usize,
+    /// Sliding-window layers keep windowed caches (every position, masked to the window), so
+    /// such models batch and use the prefix cache; else rotating caches as mlx-lm's, one
+    /// sequence per forward (bit-identical to mlx-lm, what `kooka generate` runs).
+    pub windowed_caches: bool,
 }
 
 impl Default for EngineConfig {
@@ -68,6 +72,7 @@ impl Default for EngineConfig {
         EngineConfig {
             prefill_chunk: 2048,
             prefix_cache_tokens: 0,
+            windowed_caches: false,
         }
     }
 }
@@ -157,13 +162,12 @@ impl Engine {
     }
 
     pub fn with_config(model: Box<dyn LanguageModel>, config: EngineConfig) -> Self {
-        let batchable = !model.make_caches().iter().any(KvCache::is_rotating);
         let mut engine = Engine {
             model,
             config,
             prefilling: VecDeque::new(),
             batches: Vec::new(),
-            batchable,
+            batchable: false,
             prefix: None,
             next_id: 0,
             steps: 0,
@@ -182,9 +186,19 @@ impl Engine {
     /// Takes new settings; the prefix cache starts empty. Meant for an idle engine (a
     /// follower gets rank 0's settings before any request).
     pub fn configure(&mut self, config: EngineConfig) {
+        self.config = config;
+        self.batchable = !self.new_caches().iter().any(KvCache::is_rotating);
         self.prefix = (self.batchable && config.prefix_cache_tokens > 0)
             .then(|| PrefixCache::new(config.prefix_cache_tokens));
-        self.config = config;
+    }
+
+    /// Fresh caches for one sequence, of the kind the settings ask for.
+    fn new_caches(&self) -> Vec<KvCache> {
+        if self.config.windowed_caches {
+            self.model.make_batchable_caches()
+        } else {
+            self.model.make_caches()
+        }
     }
 
     pub fn set_prefill_chunk(&mut self, tokens: usize) {

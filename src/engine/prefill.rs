@@ -35,10 +35,10 @@ impl Engine {
                 Some(c) => c,
                 None => {
                     let hit = match self.prefix.as_mut() {
-                        Some(prefix) => prefix.lookup(prompt)?,
+                        Some(prefix) => prefix.lookup(prompt, &self.new_caches())?,
                         None => None,
                     };
-                    let (caches, n) = hit.unwrap_or_else(|| (self.model.make_caches(), 0));
+                    let (caches, n) = hit.unwrap_or_else(|| (self.new_caches(), 0));
                     p.done = n;
                     p.seq.cached = n;
                     p.caches.insert(caches)
@@ -90,7 +90,7 @@ impl Engine {
                 break;
             }
             let hit = match self.prefix.as_mut() {
-                Some(prefix) => prefix.lookup(&p.seq.req.prompt)?,
+                Some(prefix) => prefix.lookup(&p.seq.req.prompt, &self.new_caches())?,
                 None => None,
             };
             if let Some((caches, n)) = hit {
@@ -100,7 +100,7 @@ impl Engine {
                 break;
             }
             // Asked once: the cache is settled even if this prompt is read alone.
-            p.caches = Some(self.model.make_caches());
+            p.caches = Some(self.new_caches());
             longest = longest.max(len);
             take += 1;
         }
@@ -116,7 +116,7 @@ impl Engine {
             ids.extend(std::iter::repeat_n(0u32, longest - p.seq.req.prompt.len()));
         }
         let ids = Array::from_slice(&ids, &[take as i32, longest as i32]);
-        let mut caches = self.model.make_caches();
+        let mut caches = self.new_caches();
         let logits = self.model.forward(&ids, &mut caches)?;
         let v = logits.shape()[2];
         let mut lasts = Vec::with_capacity(take);
@@ -147,7 +147,7 @@ impl Engine {
     /// The last prompt token: its logits, and the first sample queued.
     fn finish_prefill(&mut self, p: Prefilling) -> Result<Ready> {
         let Prefilling { seq, caches, .. } = p;
-        let mut caches = caches.unwrap_or_else(|| self.model.make_caches());
+        let mut caches = caches.unwrap_or_else(|| self.new_caches());
         let prompt = &seq.req.prompt;
         let last = Array::from_slice(&prompt[prompt.len() - 1..], &[1, 1]);
         let logits = self.model.forward(&last, &mut caches)?;

@@ -61,6 +61,7 @@ impl PrefixCache {
     pub fn lookup(
         &mut self,
         prompt: &[u32],
+        fresh: &[KvCache],
     ) -> crate::model::Result<Option<(Vec<KvCache>, usize)>> {
         let limit = prompt.len().saturating_sub(1);
         let best = self
@@ -79,7 +80,8 @@ impl PrefixCache {
         let caches = e
             .layers
             .iter()
-            .map(|(k, v)| KvCache::from_prefix(k, v, n as i32))
+            .zip(fresh)
+            .map(|((k, v), like)| KvCache::from_prefix(k, v, n as i32, like))
             .collect::<crate::model::Result<Vec<_>>>()?;
         self.stats.hits += 1;
         self.stats.hit_tokens += n as u64;
@@ -180,6 +182,10 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 mod tests {
     use super::*;
 
+    fn fresh(layers: usize) -> Vec<KvCache> {
+        (0..layers).map(|_| KvCache::new()).collect()
+    }
+
     fn kv(n: i32) -> Vec<(Array, Array)> {
         let a = mlx_rs::ops::zeros::<f32>(&[1, 1, n, 2]).unwrap();
         vec![(a.clone(), a)]
@@ -190,12 +196,12 @@ mod tests {
         let mut c = PrefixCache::new(100);
         assert!(c.insert(vec![1, 2, 3, 4], kv(4)));
         assert!(c.insert(vec![1, 2, 9], kv(3)));
-        let (caches, n) = c.lookup(&[1, 2, 3, 4, 5]).unwrap().unwrap();
+        let (caches, n) = c.lookup(&[1, 2, 3, 4, 5], &fresh(1)).unwrap().unwrap();
         assert_eq!((n, caches[0].offset()), (4, 4));
         // The same prompt again: everything but its last token.
-        let (_, n) = c.lookup(&[1, 2, 3, 4]).unwrap().unwrap();
+        let (_, n) = c.lookup(&[1, 2, 3, 4], &fresh(1)).unwrap().unwrap();
         assert_eq!(n, 3);
-        assert!(c.lookup(&[7, 1, 2]).unwrap().is_none());
+        assert!(c.lookup(&[7, 1, 2], &fresh(1)).unwrap().is_none());
         assert_eq!(c.stats().hits, 2);
         assert_eq!(c.stats().misses, 1);
     }
@@ -214,7 +220,7 @@ mod tests {
         assert!(c.insert(vec![9, 9], kv(2)));
         assert_eq!(c.stats().tokens, 6);
         assert_eq!(c.stats().evictions, 1);
-        assert!(c.lookup(&[1, 2, 3, 4, 5, 6]).unwrap().is_none());
+        assert!(c.lookup(&[1, 2, 3, 4, 5, 6], &fresh(1)).unwrap().is_none());
         // Too big for the budget: never kept.
         assert!(!c.insert((0..11).collect(), kv(11)));
     }

@@ -421,7 +421,7 @@ impl Block {
         };
         let x = self.input_norm.forward(h)?;
         let r = match rows {
-            Some(v) => self.attn.forward(&x, cache, &v.mask, &v.positions)?,
+            Some(v) => self.attn.forward(&x, cache, v.mask_for(self.window), &v.positions)?,
             None => {
                 let (mask, positions) = (cache.make_mask(h.shape()[1])?, cache.positions()?);
                 self.attn.forward(&x, cache, &mask, &positions)?
@@ -436,6 +436,14 @@ impl Block {
     pub(crate) fn make_cache(&self) -> KvCache {
         match self.window {
             Some(w) => KvCache::rotating(w, 0),
+            None => KvCache::new(),
+        }
+    }
+
+    /// A fresh cache for this layer that can be batched (windowed for sliding-window layers).
+    pub(crate) fn make_batchable_cache(&self) -> KvCache {
+        match self.window {
+            Some(w) => KvCache::windowed(w),
             None => KvCache::new(),
         }
     }

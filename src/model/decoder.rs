@@ -137,8 +137,10 @@ impl LanguageModel for Llama {
             Some(p) if !p.is_first() => p.receive(tokens)?,
             _ => self.embed()?.forward(tokens)?,
         };
+        // Windowed layers (all of one window) get their mask from the shared view too.
+        let window = caches.iter().find_map(KvCache::window);
         let rows = match caches.first() {
-            Some(c) => c.rows_view(tokens.shape()[1])?,
+            Some(c) => c.rows_view(tokens.shape()[1], window)?,
             None => None,
         };
         for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
@@ -152,6 +154,10 @@ impl LanguageModel for Llama {
 
     fn make_caches(&self) -> Vec<KvCache> {
         self.layers.iter().map(Block::make_cache).collect()
+    }
+
+    fn make_batchable_caches(&self) -> Vec<KvCache> {
+        self.layers.iter().map(Block::make_batchable_cache).collect()
     }
 
     fn num_layers(&self) -> usize {

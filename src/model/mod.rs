@@ -56,8 +56,14 @@ use weights::{WeightPolicy, Weights};
 pub trait LanguageModel {
     /// `tokens`: integer `[B, L]` -> logits `[B, L, vocab]` (lazy). Appends to `caches`.
     fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array>;
-    /// Fresh, empty caches for one batch of sequences.
+    /// Fresh, empty caches for one batch of sequences (rotating for sliding-window layers,
+    /// as mlx-lm's).
     fn make_caches(&self) -> Vec<KvCache>;
+    /// Fresh caches whose rows can be batched and prefix-cached: sliding-window layers get
+    /// windowed caches (see [`KvCache::windowed`]) instead of rotating ones.
+    fn make_batchable_caches(&self) -> Vec<KvCache> {
+        self.make_caches()
+    }
     fn num_layers(&self) -> usize;
     fn config(&self) -> &ModelConfig;
     /// Every weight array (to evaluate after loading).

@@ -178,6 +178,8 @@ fn budgets(model: &dyn LanguageModel, config: &RuntimeConfig) -> (ModelInfo, Eng
             .unwrap_or(if on_cpu { 512 } else { 2048 })
             .max(1),
         prefix_cache_tokens: info.prefix_cache_tokens,
+        // Serving batches sliding-window models too (gpt-oss, Mistral with windows).
+        windowed_caches: true,
     };
     (info, engine)
 }

@@ -8,6 +8,12 @@
 //!
 //! The physical order of the rotating buffer is kept identical to mlx-lm's, so the
 //! attention sums run in the same order and results stay bit-identical.
+//!
+//! A windowed cache ([`KvCache::windowed`]) is the serving alternative for sliding-window
+//! layers: it grows like the default cache, keeping every position, and its masks let each
+//! query see only the last `window` keys. Its rows can be batched and kept by the prefix cache
+//! like any other (a rotating buffer cannot); the price is memory for the whole context, and
+//! sums over the window in temporal rather than rotated order (equal to within rounding).
 
 mod rows;
 
@@ -47,6 +53,8 @@ pub struct KvCache {
     rotation: Option<Rotation>,
     /// Several sequences, left-padded (see `rows.rs`); `None` for one.
     rows: Option<Rows>,
+    /// A windowed cache's window (see the module doc); `None` for full attention.
+    window: Option<i32>,
 }
 
 /// `v[..., a..b, :]`.
@@ -79,6 +87,19 @@ impl KvCache {
         }
     }
 
+    /// A growing cache whose queries see only the last `window` positions.
+    pub fn windowed(window: i32) -> Self {
+        KvCache {
+            window: Some(window),
+            ..Self::default()
+        }
+    }
+
+    /// The window of a windowed cache.
+    pub fn window(&self) -> Option<i32> {
+        self.window
+    }
+
     /// Number of positions seen (the next token's position).
     pub fn offset(&self) -> i32 {
         self.offset
@@ -96,8 +117,25 @@ impl KvCache {
     /// The mask for `n` new queries (`create_attention_mask` / `make_mask` in mlx-lm, with
     /// the window of a rotating cache equal to its size).
     pub fn make_mask(&self, n: i32) -> Result<AttnMask> {
+        self.mask_within(n, self.window)
+    }
+
+    /// The mask for `n` new queries that see at most `window` keys back (any window on a
+    /// growing cache; a rotating cache's is its size).
+    pub(crate) fn mask_within(&self, n: i32, window: Option<i32>) -> Result<AttnMask> {
         if let Some(r) = &self.rows {
-            return Ok(AttnMask::Array(Self::padding_mask(r, self.offset, n)?));
+            return Ok(AttnMask::Array(Self::padding_mask(r, self.offset, n, window)?));
+        }
+        if let (None, Some(w)) = (self.rotation, window) {
+            return Ok(if self.offset + n <= w {
+                if n <= 1 {
+                    AttnMask::None
+                } else {
+                    AttnMask::Causal
+                }
+            } else {
+                AttnMask::Array(causal_mask(n, self.offset, w))
+            });
         }
         match self.rotation {
             _ if n <= 1 => Ok(AttnMask::None),

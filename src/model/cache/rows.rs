@@ -6,7 +6,8 @@
 //! `offset - left_pad[b]` ([`KvCache::positions`]). A sequence joins by [`KvCache::merge`]
 //! (one copy of the caches involved) and leaves by [`KvCache::retain_rows`]; its own
 //! positions come out as plain data-independent arrays with [`KvCache::row`] (the prefix
-//! cache keeps those). Rotating (sliding-window) caches never hold more than one row.
+//! cache keeps those). Rotating (sliding-window) caches never hold more than one row; windowed
+//! ones batch like the rest, their masks also bounded by the window.
 
 use mlx_rs::{ops, Array};
 
@@ -22,10 +23,23 @@ pub enum Positions {
 }
 
 /// What every layer of a batched forward shares: the padding mask and the per-row RoPE
-/// positions, built once per forward (not once per layer: each is a host-to-device upload).
+/// positions, built once per forward (not once per layer: each is a host-to-device upload);
+/// and for windowed (sliding-window) layers their own mask.
 pub struct RowsView {
     pub mask: super::AttnMask,
+    /// The mask of the layers with this window, when the model has windowed caches.
+    pub windowed: Option<(i32, super::AttnMask)>,
     pub positions: Positions,
+}
+
+impl RowsView {
+    /// The mask of a layer with sliding window `window` (`None`: full attention).
+    pub fn mask_for(&self, window: Option<i32>) -> &super::AttnMask {
+        match (&self.windowed, window) {
+            (Some((w, m)), Some(want)) if *w == want => m,
+            _ => &self.mask,
+        }
+    }
 }
 
 /// Left padding of a cache with more than one row.
@@ -36,12 +50,14 @@ pub(super) struct Rows {
 
 impl KvCache {
     /// A cache that starts with the first `n` positions of `keys`/`values` (`[1, H, >=n, D]`),
-    /// e.g. a prefix-cache hit. The arrays are only read: the next update writes a new buffer.
-    pub fn from_prefix(keys: &Array, values: &Array, n: i32) -> Result<Self> {
+    /// e.g. a prefix-cache hit, windowed like `like`. The arrays are only read: the next update
+    /// writes a new buffer.
+    pub fn from_prefix(keys: &Array, values: &Array, n: i32, like: &KvCache) -> Result<Self> {
         Ok(KvCache {
             keys: Some(slice(keys, 0, n)?),
             values: Some(slice(values, 0, n)?),
             offset: n,
+            window: like.window,
             ..Self::default()
         })
     }
@@ -69,30 +85,43 @@ impl KvCache {
         })
     }
 
-    /// The mask and positions of `n` new queries when this cache holds several rows (every
-    /// layer of a batch has the same rows, offset and padding).
-    pub fn rows_view(&self, n: i32) -> Result<Option<RowsView>> {
-        match &self.rows {
-            None => Ok(None),
-            Some(r) => Ok(Some(RowsView {
-                mask: super::AttnMask::Array(Self::padding_mask(r, self.offset, n)?),
-                positions: self.positions()?,
-            })),
+    /// The masks and positions of `n` new queries, shared by every layer (all hold the same
+    /// rows, offset and padding), when this cache holds several rows or `window` (a windowed
+    /// layer's, if the model has any) needs its own mask; else `None` (each layer's cache
+    /// decides).
+    pub fn rows_view(&self, n: i32, window: Option<i32>) -> Result<Option<RowsView>> {
+        if self.rows.is_none() && window.is_none() {
+            return Ok(None);
         }
+        Ok(Some(RowsView {
+            mask: self.mask_within(n, None)?,
+            windowed: match window {
+                Some(w) => Some((w, self.mask_within(n, Some(w))?)),
+                None => None,
+            },
+            positions: self.positions()?,
+        }))
     }
 
     /// Keys `j` a row may attend to when `n` queries follow `offset`: `j >= left_pad[row]`
-    /// (and causal within the `n`), as bool `[B, 1, n, offset + n]`.
-    pub(super) fn padding_mask(r: &Rows, offset: i32, n: i32) -> Result<Array> {
+    /// (and causal within the `n`, and within the last `window` positions), as bool
+    /// `[B, 1, n, offset + n]`.
+    pub(super) fn padding_mask(
+        r: &Rows,
+        offset: i32,
+        n: i32,
+        window: Option<i32>,
+    ) -> Result<Array> {
         let b = r.left_pad.len() as i32;
         let keys = offset + n;
         let pad = Array::from_slice(&r.left_pad, &[b, 1, 1, 1]);
         let j = Array::from_iter(0..keys, &[1, 1, 1, keys]);
         let valid = j.ge(&pad)?;
-        if n == 1 {
+        if n == 1 && window.is_none_or(|w| keys <= w) {
             return Ok(valid);
         }
-        let causal = super::causal_mask(n, offset, i32::MAX).reshape(&[1, 1, n, keys])?;
+        let causal = super::causal_mask(n, offset, window.unwrap_or(i32::MAX))
+            .reshape(&[1, 1, n, keys])?;
         Ok(valid.logical_and(&causal)?)
     }
 
@@ -111,6 +140,7 @@ impl KvCache {
             ));
         }
         let t = parts.iter().map(|p| p.offset).max().unwrap_or(0);
+        let window = parts[0].window;
         let (mut ks, mut vs, mut pads) = (Vec::new(), Vec::new(), Vec::new());
         for p in parts {
             let shift = t - p.offset;
@@ -141,6 +171,7 @@ impl KvCache {
             offset: t,
             rotation: None,
             rows: Some(Rows { left_pad: pads }),
+            window,
         };
         merged.trim_padding()?;
         Ok(merged)
@@ -220,6 +251,7 @@ impl KvCache {
             keys: Some(take(k)?),
             values: Some(take(v)?),
             offset: n,
+            window: self.window,
             ..Self::default()
         })
     }

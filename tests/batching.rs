@@ -238,7 +238,9 @@ fn sliding_window_models_batch_with_windowed_caches() {
             .iter()
             .enumerate()
             .map(|(k, &n)| {
-                let prompt = (0..n).map(|i| (i * 37 + 11 + 53 * k as u32) % 320).collect();
+                let prompt = (0..n)
+                    .map(|i| (i * 37 + 11 + 53 * k as u32) % 320)
+                    .collect();
                 request(prompt, params(0.0, None), 20)
             })
             .collect();
@@ -248,7 +250,11 @@ fn sliding_window_models_batch_with_windowed_caches() {
         let mut rotating = Engine::new(load());
         let alone: Vec<Vec<u32>> = reqs
             .iter()
-            .map(|r| run(&mut rotating, std::slice::from_ref(r), &[0]).remove(0).0)
+            .map(|r| {
+                run(&mut rotating, std::slice::from_ref(r), &[0])
+                    .remove(0)
+                    .0
+            })
             .collect();
         let mut windowed = Engine::with_config(
             load(),
@@ -260,7 +266,11 @@ fn sliding_window_models_batch_with_windowed_caches() {
         );
         let mut got = run(&mut windowed, &reqs[..4], &[0, 0, 2, 5]);
         let reused = run(&mut windowed, &reqs[4..], &[0]);
-        assert!(reused[0].1 >= 40, "{name}: the longer prompt reused {} tokens", reused[0].1);
+        assert!(
+            reused[0].1 >= 40,
+            "{name}: the longer prompt reused {} tokens",
+            reused[0].1
+        );
         got.extend(reused);
         for (i, (tokens, _)) in got.iter().enumerate() {
             assert_eq!(tokens, &alone[i], "{name}: request {i} batched vs alone");

@@ -77,6 +77,15 @@ impl Default for EngineConfig {
     }
 }
 
+/// Fresh caches for one sequence of `model`, of the kind `config` asks for.
+fn fresh_caches(model: &dyn LanguageModel, config: &EngineConfig) -> Vec<KvCache> {
+    if config.windowed_caches {
+        model.make_batchable_caches()
+    } else {
+        model.make_caches()
+    }
+}
+
 /// What the engine holds now, for `/health` and the scheduler.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EngineStatus {
@@ -194,11 +203,7 @@ impl Engine {
 
     /// Fresh caches for one sequence, of the kind the settings ask for.
     fn new_caches(&self) -> Vec<KvCache> {
-        if self.config.windowed_caches {
-            self.model.make_batchable_caches()
-        } else {
-            self.model.make_caches()
-        }
+        fresh_caches(self.model.as_ref(), &self.config)
     }
 
     pub fn set_prefill_chunk(&mut self, tokens: usize) {

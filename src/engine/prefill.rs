@@ -12,7 +12,7 @@
 use mlx_rs::{transforms, Array};
 
 use super::batch::Ready;
-use super::{Engine, Prefilling};
+use super::{fresh_caches, Engine, Prefilling};
 use crate::model::slicing::slice_axis;
 use crate::model::{KvCache, Result};
 
@@ -35,10 +35,12 @@ impl Engine {
                 Some(c) => c,
                 None => {
                     let hit = match self.prefix.as_mut() {
-                        Some(prefix) => prefix.lookup(prompt, &self.new_caches())?,
+                        Some(prefix) => prefix
+                            .lookup(prompt, &fresh_caches(self.model.as_ref(), &self.config))?,
                         None => None,
                     };
-                    let (caches, n) = hit.unwrap_or_else(|| (self.new_caches(), 0));
+                    let (caches, n) =
+                        hit.unwrap_or_else(|| (fresh_caches(self.model.as_ref(), &self.config), 0));
                     p.done = n;
                     p.seq.cached = n;
                     p.caches.insert(caches)
@@ -90,7 +92,10 @@ impl Engine {
                 break;
             }
             let hit = match self.prefix.as_mut() {
-                Some(prefix) => prefix.lookup(&p.seq.req.prompt, &self.new_caches())?,
+                Some(prefix) => prefix.lookup(
+                    &p.seq.req.prompt,
+                    &fresh_caches(self.model.as_ref(), &self.config),
+                )?,
                 None => None,
             };
             if let Some((caches, n)) = hit {
@@ -100,7 +105,7 @@ impl Engine {
                 break;
             }
             // Asked once: the cache is settled even if this prompt is read alone.
-            p.caches = Some(self.new_caches());
+            p.caches = Some(fresh_caches(self.model.as_ref(), &self.config));
             longest = longest.max(len);
             take += 1;
         }

@@ -421,7 +421,9 @@ impl Block {
         };
         let x = self.input_norm.forward(h)?;
         let r = match rows {
-            Some(v) => self.attn.forward(&x, cache, v.mask_for(self.window), &v.positions)?,
+            Some(v) => self
+                .attn
+                .forward(&x, cache, v.mask_for(self.window), &v.positions)?,
             None => {
                 let (mask, positions) = (cache.make_mask(h.shape()[1])?, cache.positions()?);
                 self.attn.forward(&x, cache, &mask, &positions)?

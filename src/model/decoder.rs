@@ -157,7 +157,10 @@ impl LanguageModel for Llama {
     }
 
     fn make_batchable_caches(&self) -> Vec<KvCache> {
-        self.layers.iter().map(Block::make_batchable_cache).collect()
+        self.layers
+            .iter()
+            .map(Block::make_batchable_cache)
+            .collect()
     }
 
     fn num_layers(&self) -> usize {

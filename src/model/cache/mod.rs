@@ -124,7 +124,12 @@ impl KvCache {
     /// growing cache; a rotating cache's is its size).
     pub(crate) fn mask_within(&self, n: i32, window: Option<i32>) -> Result<AttnMask> {
         if let Some(r) = &self.rows {
-            return Ok(AttnMask::Array(Self::padding_mask(r, self.offset, n, window)?));
+            return Ok(AttnMask::Array(Self::padding_mask(
+                r,
+                self.offset,
+                n,
+                window,
+            )?));
         }
         if let (None, Some(w)) = (self.rotation, window) {
             return Ok(if self.offset + n <= w {

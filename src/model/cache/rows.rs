@@ -120,8 +120,8 @@ impl KvCache {
         if n == 1 && window.is_none_or(|w| keys <= w) {
             return Ok(valid);
         }
-        let causal = super::causal_mask(n, offset, window.unwrap_or(i32::MAX))
-            .reshape(&[1, 1, n, keys])?;
+        let causal =
+            super::causal_mask(n, offset, window.unwrap_or(i32::MAX)).reshape(&[1, 1, n, keys])?;
         Ok(valid.logical_and(&causal)?)
     }
 

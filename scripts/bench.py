@@ -55,6 +55,18 @@ def bench_mlx_lm(model_dir, ids, gen, reps, f32=False):
     import mlx.core as mx
     from mlx_lm import load, stream_generate
 
+    # mlx-lm 0.32.2's quantized experts pass `global_scale=` (nvfp4 only) to mx.gather_qmm,
+    # which mlx 0.32.2 does not take: drop it when it is None, as the parity reference does
+    # (tests/python/mlx_lm_reference.py), so quantized MoE models run at all.
+    gather_qmm = mx.gather_qmm
+
+    def gather_qmm_compat(*args, global_scale=None, **kwargs):
+        if global_scale is not None:
+            raise NotImplementedError("global_scale needs a newer mlx")
+        return gather_qmm(*args, **kwargs)
+
+    mx.gather_qmm = gather_qmm_compat
+
     model, tokenizer = load(model_dir)
     if f32:  # the same weights kooka's CPU default computes with
         from mlx_lm.utils import dequantize_model

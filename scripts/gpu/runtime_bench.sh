@@ -17,7 +17,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 END=${END:-$(($(date +%s) + 570))}
 SIDES=${SIDES:-kooka}
 STREAMS=${STREAMS:-1,8,32}
-MODEL=/opt/models/llama-8b-b4-qwentok
+MODEL=${MODEL:-/opt/models/llama-8b-b4-qwentok}
 log() { echo "$(date +%T) $*" | tee -a "$OUT/log.txt"; }
 left() { echo $((END - $(date +%s))); }
 export PYTHONUNBUFFERED=1

@@ -1,7 +1,8 @@
 //! Parity of `kooka generate` with the Python reference, mlx-lm 0.32.2, on tiny random
 //! models made by `tests/python/make_tiny_models.py` (llama tied/untied, llama3 rope,
-//! mistral, qwen2, qwen3, the mixtures of experts qwen3_moe, mixtral, minimax, glm4_moe and
-//! gpt_oss (attention sinks, YaRN, alternating sliding windows, MXFP4), mistral with
+//! mistral, qwen2, qwen3, the mixtures of experts qwen3_moe, mixtral, minimax, glm4_moe,
+//! gpt_oss (attention sinks, YaRN, alternating sliding windows, MXFP4) and deepseek_v3
+//! (multi-head latent attention; low-rank or full query, the older `kv_b_proj` layout), mistral with
 //! sliding-window layers (rotating KV cache, windows 8 and 16) and qwen2 with a sliding
 //! window mlx-lm ignores; bf16, f16, 4/8/3-bit and mixed per-module quantization), and on
 //! SmolLM2-135M-Instruct when `models/SmolLM2-135M-Instruct` exists.
@@ -9,7 +10,8 @@
 //! The MoE and sliding-window models also run a 40-token prompt: its prefill routes more
 //! than 64 (token, expert) pairs (mlx-lm's sorted gathered-matmul path) and overruns the
 //! windows (banded prefill mask, then trimming the rotating cache); the sliding-window
-//! models also prefill it in chunks of 7 (mlx-lm's `prefill_step_size`).
+//! and deepseek_v3 models also prefill it in chunks of 7 (mlx-lm's `prefill_step_size`:
+//! later chunks expand the cached latent of earlier ones).
 //!
 //! For each model and both compute modes (`native` = weights as stored, vs mlx-lm as
 //! loaded; `f32` = dequantized float32, vs mlx-lm dequantized and cast to float32):
@@ -208,6 +210,7 @@ fn moe_and_sliding_window_match_mlx_lm_on_long_prompt() {
                 "minimax",
                 "glm4_moe",
                 "gpt_oss",
+                "deepseek_v3",
                 "mistral_swa",
             ]
             .iter()
@@ -215,7 +218,7 @@ fn moe_and_sliding_window_match_mlx_lm_on_long_prompt() {
         })
         .collect();
     assert!(
-        names.len() >= 18,
+        names.len() >= 25,
         "MoE / sliding-window tiny models missing: {names:?}"
     );
     check_parity(&dir, &names, &long_prompt(), 32, 2048);
@@ -237,6 +240,22 @@ fn sliding_window_chunked_prefill_matches_mlx_lm() {
         "sliding-window tiny models missing: {names:?}"
     );
     check_parity(&dir, &names, &long_prompt(), 24, 7);
+}
+
+/// Multi-head latent attention prefilled in chunks: each chunk after the first attends to
+/// the latent cached by the others (offset causal mask on the rotated scores).
+#[test]
+fn latent_attention_chunked_prefill_matches_mlx_lm() {
+    let (dir, names) = tiny_models();
+    let names: Vec<String> = names
+        .into_iter()
+        .filter(|n| n.starts_with("deepseek_v3"))
+        .collect();
+    assert!(
+        names.len() >= 7,
+        "deepseek_v3 tiny models missing: {names:?}"
+    );
+    check_parity(&dir, &names, &long_prompt(), 16, 7);
 }
 
 fn long_prompt() -> Vec<u32> {

@@ -5,14 +5,16 @@
 //! - **Pipeline** runs the same ops as one rank, so the 32 greedy tokens and the last
 //!   prompt position's logits must be identical, bit for bit, on both ranks: SmolLM2-135M
 //!   (tied embeddings, even and uneven splits, chunked prefill) and the tiny random
-//!   mixtures of experts (untied head, bf16: qwen3_moe, mixtral, minimax, glm4_moe, gpt_oss).
+//!   mixtures of experts (untied head, bf16: qwen3_moe, mixtral, minimax, glm4_moe, gpt_oss,
+//!   deepseek_v3).
 //! - **Tensor** parallel sums partial projections in another order, so the logits must agree
 //!   within `max|sharded - single| <= 1e-4 * (1 + max|single|)` (float32 activations; the
 //!   observed error is below 1e-6) and the 32 greedy tokens must be identical. Models: a
 //!   4-bit llama and a 4-bit qwen3_moe kept packed with float32 scales (so the packed
 //!   weights and scales are sliced, along both axes), a 4-bit minimax likewise (its q/k
 //!   norms span all heads: each rank normalizes its heads with the summed squares of all),
-//!   and mixtral's experts dequantized.
+//!   mixtral's experts dequantized, and deepseek_v3's latent attention (the heads' query
+//!   projection, `embed_q`/`unembed_out` and `o_proj` split by head; low-rank and full query).
 //!   Both ranks must hold the very same logits (they sample independently).
 //! - Impossible splits fail on every rank with a message naming the numbers: SmolLM2's 9
 //!   heads over 2 ranks, 32 input features per rank under 64-wide quantization groups, a
@@ -273,6 +275,13 @@ fn sharded_model_pipeline_moe_is_bit_identical() {
         &["--parallel", "pipeline", "--pipeline-split", "2,1"],
         None,
     );
+    // Latent attention caches on both ranks; the dense layer and a sparse one on rank 0.
+    check(
+        &tiny("deepseek_v3-bf16"),
+        &native,
+        &["--parallel", "pipeline", "--pipeline-split", "2,2"],
+        None,
+    );
     // Sliding and full layers split unevenly (rotating caches on both ranks).
     check(
         &tiny("gpt_oss-bf16"),
@@ -294,6 +303,14 @@ fn sharded_model_tensor_parallel_matches_single_rank() {
     check(&tiny("glm4_moe-q4g32-f32"), &native, &tp, Some(1e-4));
     // Sinks split with their heads; each rank adds half of the experts' down bias.
     check(&tiny("gpt_oss-mxfp4-f32"), &native, &tp, Some(1e-4));
+    // Latent attention: every rank caches the whole latent and keeps half of the heads.
+    check(&tiny("deepseek_v3-q4g32-f32"), &native, &tp, Some(1e-4));
+    check(
+        &tiny("deepseek_v3_noqlora-q4g32-f32"),
+        &native,
+        &tp,
+        Some(1e-4),
+    );
     check(
         &tiny("mixtral-bf16"),
         &["--compute-dtype", "f32"],

@@ -1,7 +1,8 @@
 //! One pre-norm decoder block and its parts, shared by every architecture: grouped-query
-//! attention with RoPE (optional QKV/output biases and per-head q/k RMSNorm), the SwiGLU
-//! MLP or a sparse mixture of experts, the two RMSNorms. The op sequence is mlx-lm's
-//! (`llama.py`, `qwen3.py`), so results are bit-identical on the same weights.
+//! attention with RoPE (optional QKV/output biases and per-head q/k RMSNorm) or DeepSeek's
+//! multi-head latent attention (`mla.rs`), the SwiGLU MLP or a sparse mixture of experts, the
+//! two RMSNorms. The op sequence is mlx-lm's (`llama.py`, `qwen3.py`), so results are
+//! bit-identical on the same weights.
 //!
 //! Under tensor parallelism each part shards itself (`shard_tensor`: which projection is
 //! split by output, which by input) and [`Block::forward`] sums the partial outputs.
@@ -13,6 +14,7 @@ use super::cache::{AttnMask, KvCache, Positions, RowsView};
 use super::config::QuantConfig;
 use super::error::Result;
 use super::layers::{swiglu, Linear, RmsNorm};
+use super::mla::LatentAttention;
 use super::moe::SparseMoe;
 use super::rope::Rope;
 use super::shard::{Split, TensorParallel};
@@ -369,9 +371,57 @@ impl FeedForward {
     }
 }
 
+/// A block's attention: grouped-query, or multi-head latent attention.
+pub(crate) enum SelfAttention {
+    Gqa(Attention),
+    Mla(LatentAttention),
+}
+
+impl From<Attention> for SelfAttention {
+    fn from(a: Attention) -> Self {
+        SelfAttention::Gqa(a)
+    }
+}
+
+impl From<LatentAttention> for SelfAttention {
+    fn from(a: LatentAttention) -> Self {
+        SelfAttention::Mla(a)
+    }
+}
+
+impl SelfAttention {
+    fn forward(&self, x: &Array, c: &mut KvCache, m: &AttnMask, p: &Positions) -> Result<Array> {
+        match self {
+            SelfAttention::Gqa(a) => a.forward(x, c, m, p),
+            SelfAttention::Mla(a) => a.forward(x, c, m, p),
+        }
+    }
+
+    fn arrays(&self) -> Vec<&Array> {
+        match self {
+            SelfAttention::Gqa(a) => a.arrays(),
+            SelfAttention::Mla(a) => a.arrays(),
+        }
+    }
+
+    fn shard_tensor(&mut self, tp: &TensorParallel, prefix: &str) -> Result<()> {
+        match self {
+            SelfAttention::Gqa(a) => a.shard_tensor(tp, prefix),
+            SelfAttention::Mla(a) => a.shard_tensor(tp, prefix),
+        }
+    }
+
+    fn fuse_projections(&mut self) -> Result<()> {
+        match self {
+            SelfAttention::Gqa(a) => a.fuse_projections(),
+            SelfAttention::Mla(a) => a.fuse_projections(),
+        }
+    }
+}
+
 /// A pre-norm decoder block.
 pub(crate) struct Block {
-    attn: Attention,
+    attn: SelfAttention,
     ffn: FeedForward,
     input_norm: RmsNorm,
     post_norm: RmsNorm,
@@ -385,14 +435,14 @@ impl Block {
     pub(crate) fn load(
         ws: &mut Weights,
         prefix: &str,
-        attn: Attention,
+        attn: impl Into<SelfAttention>,
         ffn: FeedForward,
         hidden: i32,
         eps: f32,
         window: Option<i32>,
     ) -> Result<Self> {
         Ok(Block {
-            attn,
+            attn: attn.into(),
             ffn,
             input_norm: RmsNorm::load(ws, &format!("{prefix}.input_layernorm"), hidden, eps)?,
             post_norm: RmsNorm::load(

@@ -96,6 +96,29 @@ pub struct ModelConfig {
     pub topk_method: Option<String>,
     #[serde(default)]
     pub partial_rotary_factor: Option<f32>,
+    /// deepseek_v3 (multi-head latent attention): the query's low-rank width (`null`: a full
+    /// `q_proj`; absent: mlx-lm's default of 1536, hence the nested option), the shared
+    /// key/value latent's width, and each head's rotated, unrotated and value widths.
+    #[serde(default, deserialize_with = "present")]
+    pub q_lora_rank: Option<Option<i32>>,
+    #[serde(default)]
+    pub kv_lora_rank: Option<i32>,
+    #[serde(default)]
+    pub qk_rope_head_dim: Option<i32>,
+    #[serde(default)]
+    pub qk_nope_head_dim: Option<i32>,
+    #[serde(default)]
+    pub v_head_dim: Option<i32>,
+    /// deepseek_v3: only layers whose index is a multiple of this are sparse.
+    #[serde(default)]
+    pub moe_layer_freq: Option<i32>,
+}
+
+/// A key that is present: `Some(value)`, where the value itself may be `null`.
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<i32>>, D::Error> {
+    Option::<i32>::deserialize(d).map(Some)
 }
 
 /// How one quantized tensor is packed.
@@ -242,6 +265,16 @@ impl ModelConfig {
             .map(QuantConfig::parse)
             .transpose()
             .map(Option::unwrap_or_default)
+    }
+
+    /// Values one position adds to one layer's cache: keys and values of every KV head, or
+    /// under multi-head latent attention (deepseek_v3) the latent and the rotated key part
+    /// (mlx-lm's default rotated width when the config leaves it out).
+    pub fn cache_width(&self) -> i32 {
+        match self.kv_lora_rank {
+            Some(latent) => latent + self.qk_rope_head_dim.unwrap_or(64),
+            None => 2 * self.kv_heads() * self.head_dim(),
+        }
     }
 
     pub fn kv_heads(&self) -> i32 {

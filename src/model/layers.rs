@@ -177,7 +177,14 @@ impl QuantMatrix {
                 .as_dtype(x.dtype())?;
             return Ok(ops::matmul(x, w.t())?);
         }
-        quant_ops::quantized_matmul(x, &self.w, &self.scales, self.biases.as_ref(), &self.spec)
+        quant_ops::quantized_matmul(
+            x,
+            &self.w,
+            &self.scales,
+            self.biases.as_ref(),
+            &self.spec,
+            true,
+        )
     }
 
     pub(crate) fn arrays(&self) -> Vec<&Array> {

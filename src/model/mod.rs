@@ -24,6 +24,7 @@ mod block;
 pub mod cache;
 pub mod config;
 mod decoder;
+pub mod deepseek_v3;
 pub mod error;
 pub mod glm4_moe;
 pub mod gpt_oss;
@@ -31,6 +32,7 @@ pub mod layers;
 pub mod llama;
 pub mod minimax;
 pub mod mixtral;
+mod mla;
 pub mod moe;
 mod quant_ops;
 pub mod qwen3_moe;
@@ -133,6 +135,9 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "minimax",
     "glm4_moe",
     "gpt_oss",
+    "deepseek_v3",
+    "kimi_k2",
+    "joyai_llm_flash",
 ];
 
 /// Says which checkpoint tensors an architecture drops on purpose.
@@ -166,6 +171,8 @@ fn builder_for(model_type: &str) -> Option<Builder> {
         "minimax" => Some(minimax::load),
         "glm4_moe" => Some(glm4_moe::load),
         "gpt_oss" => Some(gpt_oss::load),
+        // mlx-lm's MODEL_REMAPPING sends Kimi-K2 and JoyAI-LLM-Flash to deepseek_v3.
+        "deepseek_v3" | "kimi_k2" | "joyai_llm_flash" => Some(deepseek_v3::load),
         _ => None,
     }
 }

@@ -46,13 +46,14 @@ fn mode(spec: &QuantSpec) -> CString {
     CString::new(spec.mode.name()).expect("mode names have no NUL")
 }
 
-/// `x @ W.T` for packed `w`.
+/// `x @ W.T` for packed `w` (`x @ W` when not `transpose`).
 pub fn quantized_matmul(
     x: &Array,
     w: &Array,
     scales: &Array,
     biases: Option<&Array>,
     spec: &QuantSpec,
+    transpose: bool,
 ) -> Result<Array> {
     let mode = mode(spec);
     let biases_ptr = biases.map(Array::as_ptr).unwrap_or_else(null);
@@ -63,7 +64,7 @@ pub fn quantized_matmul(
             w.as_ptr(),
             scales.as_ptr(),
             biases_ptr,
-            true,
+            transpose,
             int(spec.group_size),
             int(spec.bits),
             mode.as_ptr(),

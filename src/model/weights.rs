@@ -99,6 +99,12 @@ impl Weights {
         before - self.tensors.len()
     }
 
+    /// Adds (or replaces) a tensor: an architecture's rewrite of an older checkpoint layout
+    /// into the one it reads (as mlx-lm's `sanitize` does on load).
+    pub fn insert(&mut self, name: &str, a: Array) {
+        self.tensors.insert(name.to_string(), a);
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }

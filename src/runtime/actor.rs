@@ -156,11 +156,8 @@ fn budgets(model: &dyn LanguageModel, config: &RuntimeConfig) -> (ModelInfo, Eng
     let cfg = model.config();
     let on_cpu = crate::model::default_device_is_cpu();
     let dtype_bytes: usize = if on_cpu { 4 } else { 2 };
-    let per_token = 2
-        * cfg.num_hidden_layers.max(1) as usize
-        * cfg.kv_heads().max(1) as usize
-        * cfg.head_dim().max(1) as usize
-        * dtype_bytes;
+    let per_token =
+        cfg.num_hidden_layers.max(1) as usize * cfg.cache_width().max(1) as usize * dtype_bytes;
     let weights: usize = model.parameters().iter().map(|a| a.nbytes()).sum();
     let free = super::memory::total_bytes().saturating_sub(weights);
     let kv_bytes = config.kv_cache_bytes.unwrap_or(free / 10 * 4);

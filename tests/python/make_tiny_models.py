@@ -21,7 +21,8 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
-from mlx_lm.models import glm4_moe, gpt_oss, llama, minimax, mixtral, qwen2, qwen3, qwen3_moe
+from mlx_lm.models import (deepseek_v3, glm4_moe, gpt_oss, llama, minimax, mixtral, qwen2, qwen3,
+                            qwen3_moe)
 from mlx_lm.utils import save_config, save_model
 
 BASE = dict(
@@ -73,6 +74,22 @@ ARCHS = {
         num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1,
         routed_scaling_factor=2.5, norm_topk_prob=True, use_qk_norm=True, attention_bias=True,
         rope_scaling=None)),
+    # deepseek_v3: multi-head latent attention (low-rank query, a 64-wide latent and 16
+    # rotated values per position cached, 4 heads of 64 + 16 query/key and 32 value values)
+    # with YaRN (DeepSeek-V3's mscale settings: the softmax scale grows by mscale_all_dim's
+    # factor squared); one dense layer, then 8 routed experts in 2 groups (1 kept), top-2,
+    # one shared expert. Widths are multiples of 64 so that every projection, embed_q and
+    # unembed_out included, is packed in the q4g64 variant.
+    "deepseek_v3": (deepseek_v3, dict(
+        MOE_BASE, model_type="deepseek_v3", tie_word_embeddings=False, num_hidden_layers=4,
+        num_key_value_heads=4, q_lora_rank=64, kv_lora_rank=64, qk_nope_head_dim=64,
+        qk_rope_head_dim=16, v_head_dim=32, intermediate_size=128, moe_intermediate_size=64,
+        n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, n_group=2, topk_group=1,
+        first_k_dense_replace=1, routed_scaling_factor=2.5, norm_topk_prob=True,
+        rope_theta=10000.0,
+        rope_scaling={"type": "yarn", "factor": 40.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                      "mscale": 1.0, "mscale_all_dim": 1.0,
+                      "original_max_position_embeddings": 64})),
     # Sliding-window attention: mlx-lm's llama honours `sliding_window` only on layers that
     # `layer_types` marks "sliding_attention" (a RotatingKVCache of that size). The
     # 12-token test prompt and 40 generated tokens overrun the window of 8.
@@ -124,6 +141,15 @@ ARCHS_EXTRA = {
         norm_topk_prob=False)),
 }
 
+# deepseek_v3 with a full q_proj (q_lora_rank null), attention biases, plain RoPE, and only
+# every second layer after the first sparse (moe_layer_freq 2: layers 0, 1 and 3 dense).
+ARCHS_EXTRA["deepseek_v3_noqlora"] = (deepseek_v3, dict(
+    ARCHS["deepseek_v3"][1], q_lora_rank=None, attention_bias=True, rope_scaling=None,
+    moe_layer_freq=2))
+# deepseek_v3 saved as mlx-lm did before its MultiLinear: Hugging Face's kv_b_proj instead of
+# embed_q/unembed_out (see to_kv_b); both kooka and mlx-lm split (and repack) it on load.
+ARCHS_EXTRA["deepseek_v3_kvb"] = ARCHS["deepseek_v3"]
+
 # gpt_oss with SmolLM2's vocabulary and the harmony special tokens after it (`--chat
 # gpt_oss`, served with gpt-oss's template).
 ARCHS_EXTRA["gpt_oss_chat"] = (gpt_oss, dict(ARCHS_EXTRA["gpt_oss"][1], vocab_size=49160,
@@ -148,6 +174,9 @@ SHARD = {
     ("glm4_moe", "q4g32-f32"): ({"group_size": 32, "bits": 4}, {}),
     ("gpt_oss", "bf16"): (None, {}),
     ("gpt_oss", "mxfp4-f32"): ({"group_size": 32, "bits": 4, "mode": "mxfp4"}, {}),
+    ("deepseek_v3", "bf16"): (None, {}),
+    ("deepseek_v3", "q4g32-f32"): ({"group_size": 32, "bits": 4}, {}),
+    ("deepseek_v3_noqlora", "q4g32-f32"): ({"group_size": 32, "bits": 4}, {}),
 }
 
 # name -> (global quantization or None, per-module overrides)
@@ -174,6 +203,10 @@ EXTRA = {
     ("gpt_oss", "mxfp4"): ({"group_size": 32, "bits": 4, "mode": "mxfp4"}, {}),
     ("gpt_oss", "q4g64"): ({"group_size": 64, "bits": 4}, {}),
     ("gpt_oss", "q8g32"): ({"group_size": 32, "bits": 8}, {}),
+    ("deepseek_v3_noqlora", "bf16"): (None, {}),
+    ("deepseek_v3_noqlora", "q4g64"): ({"group_size": 64, "bits": 4}, {}),
+    ("deepseek_v3_kvb", "bf16"): (None, {}),
+    ("deepseek_v3_kvb", "q4g64"): ({"group_size": 64, "bits": 4}, {}),
     ("mixtral", "mixed"): ({"group_size": 64, "bits": 4},
                            {"model.layers.1.block_sparse_moe.switch_mlp.down_proj":
                                 {"group_size": 32, "bits": 8},
@@ -197,6 +230,13 @@ def build(arch, variant, quant, overrides, out):
         # float32): random here, so that routing and the expert groups matter.
         for layer in model.model.layers:
             if isinstance(layer.mlp, glm4_moe.MoE):
+                gate = layer.mlp.gate
+                gate.weight = (mx.random.normal(gate.weight.shape) * 0.5).astype(dtype)
+                gate.e_score_correction_bias = mx.random.uniform(-0.3, 0.3, gate.e_score_correction_bias.shape)
+    if module is deepseek_v3:
+        # As for glm4_moe: random routers and correction biases (float32).
+        for layer in model.model.layers:
+            if isinstance(layer.mlp, deepseek_v3.DeepseekV3MoE):
                 gate = layer.mlp.gate
                 gate.weight = (mx.random.normal(gate.weight.shape) * 0.5).astype(dtype)
                 gate.e_score_correction_bias = mx.random.uniform(-0.3, 0.3, gate.e_score_correction_bias.shape)
@@ -235,6 +275,40 @@ def build(arch, variant, quant, overrides, out):
     mx.eval(model.parameters())
     save_model(out, model)
     save_config(config, out / "config.json")
+    if arch.endswith("_kvb"):
+        to_kv_b(out, args, quant)
+
+
+def to_kv_b(out, args, quant):
+    """Rewrites a deepseek_v3 folder the way mlx-lm saved it before `MultiLinear`: per layer,
+    embed_q ([heads, kv_lora, nope]) and unembed_out ([heads, v, kv_lora]) joined back into
+    kv_b_proj ([heads * (nope + v), kv_lora]), packed like the rest when quantized."""
+    path = out / "model.safetensors"
+    weights = mx.load(str(path))
+    for i in range(args.num_hidden_layers):
+        p = f"model.layers.{i}.self_attn"
+
+        def take(name):
+            w = weights.pop(f"{p}.{name}.weight")
+            if f"{p}.{name}.scales" not in weights:
+                return w
+            scales, biases = weights.pop(f"{p}.{name}.scales"), weights.pop(f"{p}.{name}.biases")
+            return mx.dequantize(w, scales, biases, quant["group_size"], quant["bits"])
+
+        wk, wv = take("embed_q"), take("unembed_out")
+        kv_b = mx.concatenate([wk.swapaxes(-1, -2), wv], axis=1).reshape(-1, args.kv_lora_rank)
+        if quant is None:
+            weights[f"{p}.kv_b_proj.weight"] = kv_b
+        else:
+            w, scales, biases = mx.quantize(kv_b, quant["group_size"], quant["bits"])
+            weights.update({f"{p}.kv_b_proj.weight": w, f"{p}.kv_b_proj.scales": scales,
+                            f"{p}.kv_b_proj.biases": biases})
+    mx.eval(weights)  # read before the file is rewritten: mx.load is lazy
+    mx.save_safetensors(str(path), weights, metadata={"format": "mlx"})
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    index["metadata"]["total_size"] = sum(v.nbytes for v in weights.values())
+    index["weight_map"] = {k: "model.safetensors" for k in sorted(weights)}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=4))
 
 
 # gpt-oss's harmony markup: special tokens of its o200k_harmony vocabulary, added after

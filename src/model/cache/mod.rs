@@ -345,7 +345,32 @@ fn zeros_like_step(keys: &Array, values: &Array, n: i32) -> Result<(Array, Array
 pub fn causal_mask(n: i32, offset: i32, window: i32) -> Array {
     let keys = offset + n;
     let allowed: Vec<bool> = (0..n)
-        .flat_map(|i| (0..keys).map(move |j| offset + i >= j && offset + i < j + window))
+        // `offset + i - j < window`, not `offset + i < j + window`: the latter overflows
+        // for an unbounded window (`i32::MAX`).
+        .flat_map(|i| (0..keys).map(move |j| offset + i >= j && offset + i - j < window))
         .collect();
     Array::from_slice(&allowed, &[n, keys])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(a: &Array) -> Vec<bool> {
+        a.eval().unwrap();
+        a.as_slice::<bool>().to_vec()
+    }
+
+    #[test]
+    fn causal_masks_with_and_without_a_window() {
+        // Two queries at positions 2 and 3 over keys 0..4.
+        let all = host(&causal_mask(2, 2, i32::MAX));
+        assert_eq!(
+            all,
+            [true, true, true, false, true, true, true, true],
+            "an unbounded window is plain causal"
+        );
+        let banded = host(&causal_mask(2, 2, 2));
+        assert_eq!(banded, [false, true, true, false, false, false, true, true]);
+    }
 }

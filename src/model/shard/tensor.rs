@@ -113,6 +113,12 @@ impl TensorParallel {
         self.part(v, 0, name)
     }
 
+    /// This rank's heads of a per-head stack `[heads, ..]` (latent attention's per-head
+    /// projections, float or packed alike).
+    pub(crate) fn heads(&self, a: &Array, name: &str) -> Result<Array> {
+        self.part(a, 0, name)
+    }
+
     /// RMSNorm of `x` whose last axis is this rank's part of the normalized values (split
     /// evenly): the squared sums are added over the ranks (mlx-lm's `ShardedRMSNorm`).
     pub(crate) fn rms_norm(&self, x: &Array, weight: &Array, eps: f32) -> Result<Array> {

@@ -1,0 +1,189 @@
+//! Multi-head latent attention (deepseek_v3) in the engine: its caches hold the latent and
+//! the rotated key part instead of keys and values, through every path that moves caches
+//! around. On the tiny random deepseek_v3 models of `make_tiny_models.py` (low-rank query,
+//! YaRN; and a full `q_proj` with biases), compute dtype `auto` (float32 on CPU):
+//! - each prompt run alone gives mlx-lm's greedy tokens (the reference);
+//! - prompts of different lengths batched (left-padded rows, per-row RoPE positions and
+//!   padding masks on the rotated scores), read in chunks of 7 while others decode, joining
+//!   at different steps, give the same tokens as alone;
+//! - prompts read together in one right-padded batched prefill, likewise;
+//! - a prompt that extends a cached one starts from the prefix cache (caches rebuilt with
+//!   `KvCache::from_prefix`) and gives the same tokens as alone.
+//!
+//! Needs the reference venv (`scripts/setup.sh --tests`).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use kooka::engine::sampling::SamplingParams;
+use kooka::engine::{Engine, EngineConfig, SeqId, SequenceRequest};
+use kooka::model::{load_model, ComputeDtype};
+use serde_json::{json, Value};
+
+mod common;
+
+const MODELS: [&str; 2] = ["deepseek_v3-q4g64", "deepseek_v3_noqlora-bf16"];
+const MAX_TOKENS: usize = 12;
+
+fn engine(model: &Path, config: EngineConfig) -> Engine {
+    Engine::with_config(
+        load_model(model, ComputeDtype::Auto).expect("model"),
+        config,
+    )
+}
+
+/// Token prompts of different lengths (the tiny models have 320 tokens).
+fn prompts() -> Vec<Vec<u32>> {
+    [5usize, 13, 29, 8, 40, 17]
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| {
+            (0..n as u32)
+                .map(|i| (i * 37 + k as u32 * 11 + 3) % 320)
+                .collect()
+        })
+        .collect()
+}
+
+fn request(prompt: Vec<u32>) -> SequenceRequest {
+    SequenceRequest {
+        prompt,
+        params: SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        max_tokens: MAX_TOKENS,
+        stop_ids: Vec::new(),
+        return_prompt_logits: false,
+        constraint: None,
+    }
+}
+
+/// Runs `reqs`, each added once `start[i]` steps have run; returns each one's tokens and
+/// the cached prompt tokens of its first event.
+fn run(engine: &mut Engine, reqs: &[SequenceRequest], start: &[usize]) -> Vec<(Vec<u32>, usize)> {
+    let mut ids: HashMap<SeqId, usize> = HashMap::new();
+    let mut out = vec![(Vec::new(), 0); reqs.len()];
+    let mut step = 0;
+    loop {
+        for (i, r) in reqs.iter().enumerate() {
+            if start[i] == step {
+                ids.insert(engine.add(r.clone()).expect("add"), i);
+            }
+        }
+        let pending = start.iter().any(|&s| s > step);
+        if !engine.has_work() && !pending {
+            break;
+        }
+        for ev in engine.step().expect("step") {
+            let o = &mut out[ids[&ev.seq]];
+            o.0.push(ev.token);
+            if let Some(c) = ev.cached_tokens {
+                o.1 = c;
+            }
+        }
+        step += 1;
+    }
+    out
+}
+
+/// mlx-lm's greedy tokens for each prompt (float32, as `auto` computes on CPU).
+fn reference(model: &Path, prompts: &[Vec<u32>]) -> Vec<Vec<u32>> {
+    let jobs: Vec<Value> = prompts
+        .iter()
+        .map(|p| json!({"model": model, "tokens": p, "max_tokens": MAX_TOKENS, "f32": true}))
+        .collect();
+    let file = common::tmp().join(format!("mla-jobs-{}.json", std::process::id()));
+    std::fs::write(&file, Value::Array(jobs).to_string()).unwrap();
+    let out = Command::new(common::root().join("third_party/venv/bin/python"))
+        .arg(common::root().join("tests/python/mlx_lm_reference.py"))
+        .arg(&file)
+        .output()
+        .expect("running mlx_lm_reference.py (run scripts/setup.sh --tests)");
+    assert!(
+        out.status.success(),
+        "mlx_lm_reference.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refs: Vec<Value> = serde_json::from_slice(&out.stdout).expect("reference JSON");
+    refs.iter()
+        .map(|r| {
+            r["tokens"]
+                .as_array()
+                .expect("tokens")
+                .iter()
+                .map(|t| t.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn latent_attention_batches_and_reuses_prefixes_like_alone() {
+    let prompts = prompts();
+    let reqs: Vec<SequenceRequest> = prompts.iter().cloned().map(request).collect();
+    for name in MODELS {
+        let model = common::tiny_model(name);
+        let mut e = engine(&model, EngineConfig::default());
+        let alone: Vec<Vec<u32>> = reqs
+            .iter()
+            .map(|r| run(&mut e, std::slice::from_ref(r), &[0]).remove(0).0)
+            .collect();
+        let want = reference(&model, &prompts);
+        assert_eq!(alone, want, "{name}: each prompt alone against mlx-lm");
+        let distinct: std::collections::HashSet<&u32> = alone.iter().flatten().collect();
+        assert!(distinct.len() > 4, "{name}: degenerate reference {alone:?}");
+
+        // Chunks of 7 while others decode; all at once, then staggered joins.
+        let mut e = engine(
+            &model,
+            EngineConfig {
+                prefill_chunk: 7,
+                prefix_cache_tokens: 4096,
+            },
+        );
+        let together = run(&mut e, &reqs, &vec![0; reqs.len()]);
+        let staggered = run(&mut e, &reqs, &[0, 2, 2, 5, 9, 10]);
+        for i in 0..reqs.len() {
+            assert_eq!(
+                together[i].0, alone[i],
+                "{name}: request {i}, joined at once"
+            );
+            assert_eq!(staggered[i].0, alone[i], "{name}: request {i}, staggered");
+        }
+        assert!(
+            staggered.iter().any(|(_, cached)| *cached > 0),
+            "{name}: the second round reuses cached prompts"
+        );
+
+        // A prompt extending a cached one starts from its cached prefix.
+        let mut longer = prompts[4].clone();
+        longer.extend_from_slice(&prompts[1]);
+        let cold = run(
+            &mut engine(&model, EngineConfig::default()),
+            &[request(longer.clone())],
+            &[0],
+        );
+        let hit = run(&mut e, &[request(longer)], &[0]);
+        assert!(
+            hit[0].1 >= prompts[4].len() - 1,
+            "{name}: cached {} of the extended prompt",
+            hit[0].1
+        );
+        assert_eq!(
+            hit[0].0, cold[0].0,
+            "{name}: extension from the prefix cache"
+        );
+
+        // All prompts in one right-padded batched prefill.
+        let mut e = engine(&model, EngineConfig::default());
+        let batched = run(&mut e, &reqs, &vec![0; reqs.len()]);
+        for i in 0..reqs.len() {
+            assert_eq!(
+                batched[i].0, alone[i],
+                "{name}: request {i}, batched prefill"
+            );
+        }
+    }
+}

@@ -373,4 +373,32 @@ mod tests {
         let banded = host(&causal_mask(2, 2, 2));
         assert_eq!(banded, [false, true, true, false, false, false, true, true]);
     }
+
+    /// A windowed cache keeps every position; its queries see only the last `window`.
+    #[test]
+    fn windowed_caches_grow_and_mask_to_their_window() {
+        let mut c = KvCache::windowed(3);
+        let kv = |n: i32| ops::zeros::<f32>(&[1, 1, n, 2]).unwrap();
+        assert!(matches!(c.make_mask(2).unwrap(), AttnMask::Causal));
+        c.update_and_fetch(&kv(2), &kv(2)).unwrap();
+        assert!(matches!(c.make_mask(1).unwrap(), AttnMask::None), "3 keys fit");
+        c.update_and_fetch(&kv(2), &kv(2)).unwrap();
+        let (k, _) = c.update_and_fetch(&kv(1), &kv(1)).unwrap();
+        assert_eq!(k.shape()[2], 5, "nothing is dropped");
+        let AttnMask::Array(m) = c.make_mask(1).unwrap() else {
+            panic!("the sixth query needs a window mask");
+        };
+        assert_eq!(host(&m), [false, false, false, true, true, true]);
+        // Two rows: the padding and the window both apply.
+        let mut other = KvCache::windowed(3);
+        other.update_and_fetch(&kv(2), &kv(2)).unwrap();
+        let batch = KvCache::merge(vec![c, other]).unwrap();
+        let AttnMask::Array(m) = batch.make_mask(1).unwrap() else {
+            panic!("a batch has a mask");
+        };
+        assert_eq!(
+            host(&m),
+            [false, false, false, true, true, true, false, false, false, true, true, true]
+        );
+    }
 }

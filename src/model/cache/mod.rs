@@ -381,7 +381,10 @@ mod tests {
         let kv = |n: i32| ops::zeros::<f32>(&[1, 1, n, 2]).unwrap();
         assert!(matches!(c.make_mask(2).unwrap(), AttnMask::Causal));
         c.update_and_fetch(&kv(2), &kv(2)).unwrap();
-        assert!(matches!(c.make_mask(1).unwrap(), AttnMask::None), "3 keys fit");
+        assert!(
+            matches!(c.make_mask(1).unwrap(), AttnMask::None),
+            "3 keys fit"
+        );
         c.update_and_fetch(&kv(2), &kv(2)).unwrap();
         let (k, _) = c.update_and_fetch(&kv(1), &kv(1)).unwrap();
         assert_eq!(k.shape()[2], 5, "nothing is dropped");

@@ -3,16 +3,17 @@
 //! mixed sampling settings) against the same request run alone, and prompts that reuse
 //! cached prefixes against the same prompts without a cache.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use kooka::engine::sampling::SamplingParams;
-use kooka::engine::{Engine, EngineConfig, SeqId, SequenceRequest};
+use kooka::engine::{Engine, EngineConfig, SequenceRequest};
 use kooka::model::{load_model, ComputeDtype};
 use kooka::tokenizer::Tokenizer;
 
 mod common;
+
+use common::engine::run;
 
 static MLX: Mutex<()> = Mutex::new(());
 
@@ -62,34 +63,6 @@ fn request(prompt: Vec<u32>, params: SamplingParams, max_tokens: usize) -> Seque
         return_prompt_logits: false,
         constraint: None,
     }
-}
-
-/// Runs `reqs`, each added once `start[i]` steps have run; returns each one's tokens and
-/// the cached prompt tokens of its first event.
-fn run(engine: &mut Engine, reqs: &[SequenceRequest], start: &[usize]) -> Vec<(Vec<u32>, usize)> {
-    let mut ids: HashMap<SeqId, usize> = HashMap::new();
-    let mut out = vec![(Vec::new(), 0); reqs.len()];
-    let mut step = 0;
-    loop {
-        for (i, r) in reqs.iter().enumerate() {
-            if start[i] == step {
-                ids.insert(engine.add(r.clone()).expect("add"), i);
-            }
-        }
-        let pending = start.iter().any(|&s| s > step);
-        if !engine.has_work() && !pending {
-            break;
-        }
-        for ev in engine.step().expect("step") {
-            let o = &mut out[ids[&ev.seq]];
-            o.0.push(ev.token);
-            if let Some(c) = ev.cached_tokens {
-                o.1 = c;
-            }
-        }
-        step += 1;
-    }
-    out
 }
 
 fn params(temperature: f32, seed: Option<u64>) -> SamplingParams {

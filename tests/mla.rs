@@ -12,16 +12,17 @@
 //!
 //! Needs the reference venv (`scripts/setup.sh --tests`).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
 use kooka::engine::sampling::SamplingParams;
-use kooka::engine::{Engine, EngineConfig, SeqId, SequenceRequest};
+use kooka::engine::{Engine, EngineConfig, SequenceRequest};
 use kooka::model::{load_model, ComputeDtype};
 use serde_json::{json, Value};
 
 mod common;
+
+use common::engine::run;
 
 const MODELS: [&str; 2] = ["deepseek_v3-q4g64", "deepseek_v3_noqlora-bf16"];
 const MAX_TOKENS: usize = 12;
@@ -58,34 +59,6 @@ fn request(prompt: Vec<u32>) -> SequenceRequest {
         return_prompt_logits: false,
         constraint: None,
     }
-}
-
-/// Runs `reqs`, each added once `start[i]` steps have run; returns each one's tokens and
-/// the cached prompt tokens of its first event.
-fn run(engine: &mut Engine, reqs: &[SequenceRequest], start: &[usize]) -> Vec<(Vec<u32>, usize)> {
-    let mut ids: HashMap<SeqId, usize> = HashMap::new();
-    let mut out = vec![(Vec::new(), 0); reqs.len()];
-    let mut step = 0;
-    loop {
-        for (i, r) in reqs.iter().enumerate() {
-            if start[i] == step {
-                ids.insert(engine.add(r.clone()).expect("add"), i);
-            }
-        }
-        let pending = start.iter().any(|&s| s > step);
-        if !engine.has_work() && !pending {
-            break;
-        }
-        for ev in engine.step().expect("step") {
-            let o = &mut out[ids[&ev.seq]];
-            o.0.push(ev.token);
-            if let Some(c) = ev.cached_tokens {
-                o.1 = c;
-            }
-        }
-        step += 1;
-    }
-    out
 }
 
 /// mlx-lm's greedy tokens for each prompt (float32, as `auto` computes on CPU).

@@ -1,6 +1,7 @@
 //! Helpers shared by integration tests (each test binary includes what it uses).
 #![allow(dead_code)]
 
+pub mod engine;
 pub mod http;
 
 use std::path::PathBuf;

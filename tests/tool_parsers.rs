@@ -362,6 +362,62 @@ fn pythonic() {
 }
 
 #[test]
+fn deepseek() {
+    let k = ParserKind::Deepseek;
+    // V3.1: NAME<｜tool▁sep｜>{json}.
+    check(
+        k,
+        "I'll check.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{\"city\": \"Paris\", \"days\": 3}<｜tool▁call▁end｜><｜tool▁call▁begin｜>write_file<｜tool▁sep｜>{\"file_path\": \"a.txt\", \"content\": \"<｜tool▁sep｜> is text here\"}<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+        reply(
+            "I'll check.",
+            vec![
+                call("get_weather", json!({"city": "Paris", "days": 3})),
+                call("write_file", json!({"file_path": "a.txt", "content": "<｜tool▁sep｜> is text here"})),
+            ],
+        ),
+    );
+    // V3 (0324) / R1: function<｜tool▁sep｜>NAME and a fenced JSON block, as the templates write it.
+    check(
+        k,
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Rome\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+        reply(
+            "",
+            vec![
+                call("get_weather", json!({"city": "Paris"})),
+                call("get_weather", json!({"city": "Rome"})),
+            ],
+        ),
+    );
+    let bad = "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{city: Paris}<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
+    check(k, bad, reply(bad, vec![]));
+    check(k, "No tools needed.", reply("No tools needed.", vec![]));
+}
+
+#[test]
+fn kimi_k2() {
+    let k = ParserKind::KimiK2;
+    let text = "Let me look.<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{\"city\": \"Paris\"}<|tool_call_end|><|tool_call_begin|>functions.write_file:1<|tool_call_argument_begin|>{\"file_path\": \"a.txt\", \"ratio\": 0.5}<|tool_call_end|><|tool_calls_section_end|>";
+    check(
+        k,
+        text,
+        reply(
+            "Let me look.",
+            vec![
+                call("get_weather", json!({"city": "Paris"})),
+                call("write_file", json!({"file_path": "a.txt", "ratio": 0.5})),
+            ],
+        ),
+    );
+    // The model's own ids are the call ids.
+    let mut parser = new_parser(k, &tools());
+    let parsed = ParsedReply::parse(parser.as_mut(), text);
+    let ids: Vec<&str> = parsed.tool_calls.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["functions.get_weather:0", "functions.write_file:1"]);
+    let bad = "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{\"city\": <|tool_call_end|><|tool_calls_section_end|>";
+    check(k, bad, reply(bad, vec![]));
+}
+
+#[test]
 fn parser_selection() {
     let nemotron = "...<tool_call>\n<function=example>\n<parameter=x>...";
     let cfg = json!({"tool_parser_type": "json_tools"});
@@ -388,6 +444,22 @@ fn parser_selection() {
         Some(ParserKind::JsonTools)
     );
     assert_eq!(infer("<|python_tag|>"), Some(ParserKind::Llama3Json));
+    assert_eq!(
+        infer("{{'<｜tool▁call▁begin｜>' + name + '<｜tool▁sep｜>'}}"),
+        Some(ParserKind::Deepseek)
+    );
+    assert_eq!(
+        infer("<|tool_calls_section_begin|>"),
+        Some(ParserKind::KimiK2)
+    );
+    assert_eq!(
+        select_parser(Some(&json!({"tool_parser_type": "deepseek_v31"})), None).0,
+        Some(ParserKind::Deepseek)
+    );
+    assert_eq!(
+        select_parser(Some(&json!({"tool_parser_type": "kimi_k2"})), None).0,
+        Some(ParserKind::KimiK2)
+    );
     assert_eq!(infer("{{ messages }}"), None);
 }
 
@@ -431,6 +503,18 @@ fn parser_selection_on_corpus() {
         ("LFM2-8B-A1B.jinja", Some(ParserKind::Pythonic)),
         ("LFM2.5-8B-A1B.jinja", Some(ParserKind::Pythonic)),
         ("openai-gpt-oss-120b.jinja", Some(ParserKind::Harmony)),
+        (
+            "deepseek-ai-DeepSeek-V3.1.jinja",
+            Some(ParserKind::Deepseek),
+        ),
+        (
+            "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
+            Some(ParserKind::Deepseek),
+        ),
+        ("llama-cpp-deepseek-r1.jinja", Some(ParserKind::Deepseek)),
+        ("Kimi-K2-Instruct.jinja", Some(ParserKind::KimiK2)),
+        ("Kimi-K2-Thinking.jinja", Some(ParserKind::KimiK2)),
+        ("moonshotai-Kimi-K2.jinja", Some(ParserKind::KimiK2)),
         ("google-gemma-2-2b-it.jinja", None),
     ];
     for (file, want) in expect {

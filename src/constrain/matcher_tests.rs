@@ -7,7 +7,14 @@ use serde_json::json;
 
 /// The special stop token's id in [`test_constrainer`].
 pub(crate) const STOP: u32 = 256 + MULTI.len() as u32;
-const MULTI: [&str; 4] = ["<tool_call>", "</tool_call>", "\": \"", "{\""];
+const MULTI: [&str; 6] = [
+    "<tool_call>",
+    "</tool_call>",
+    "\": \"",
+    "{\"",
+    "<｜tool▁sep｜>",
+    "<|tool_call_argument_begin|>",
+];
 
 pub(crate) fn test_constrainer() -> Constrainer {
     let mut tokens: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();

@@ -4,7 +4,8 @@
 //! byte-level BPE tokens map back through GPT-2's byte-to-unicode table, SentencePiece
 //! tokens through `▁` -> space and `<0xHH>` byte fallback. Special added tokens get
 //! llguidance's 0xFF marker, so no grammar of ours can produce them as text, except the
-//! tool-call tags (Qwen's `<tool_call>` is an added token the model emits whole).
+//! tool-call tags (Qwen's `<tool_call>`, DeepSeek's and Kimi-K2's call tags are added tokens
+//! the model emits whole; the tool grammars spell them as text).
 //!
 //! One extra, virtual token follows the vocabulary: the grammar's EOS. The engine reads its
 //! mask bit as "the reply may end here" and applies it to the request's own stop ids, which
@@ -19,11 +20,23 @@ use serde_json::Value;
 use super::ConstrainError;
 
 /// Added tokens that are markup the grammars spell out, never hidden behind the marker.
-const MARKUP_TOKENS: [&str; 4] = [
+const MARKUP_TOKENS: [&str; 14] = [
     "<tool_call>",
     "</tool_call>",
     "<minimax:tool_call>",
     "</minimax:tool_call>",
+    // DeepSeek (V3, R1, V3.1).
+    "<｜tool▁calls▁begin｜>",
+    "<｜tool▁calls▁end｜>",
+    "<｜tool▁call▁begin｜>",
+    "<｜tool▁call▁end｜>",
+    "<｜tool▁sep｜>",
+    // Kimi-K2.
+    "<|tool_calls_section_begin|>",
+    "<|tool_calls_section_end|>",
+    "<|tool_call_begin|>",
+    "<|tool_call_argument_begin|>",
+    "<|tool_call_end|>",
 ];
 
 /// llguidance's tokenizer environment over our vocabulary.

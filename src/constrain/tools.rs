@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 use super::lark::{json_rule, lit, regex_escape};
 use super::{ConstrainError, Grammar};
 use crate::chat::tools::typing::schema_types;
-use crate::chat::tools::ParserKind;
+use crate::chat::tools::{deepseek, kimi_k2, ParserKind};
 
 /// A request's `tool_choice`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -75,6 +75,10 @@ enum Markup {
     Qwen3Coder,
     MinimaxM2,
     Glm45,
+    /// DeepSeek's `<｜tool▁calls▁begin｜>` tags around JSON arguments.
+    Deepseek,
+    /// Kimi-K2's `<|tool_calls_section_begin|>` tags around JSON arguments.
+    KimiK2,
 }
 
 /// How a parameter's raw text is constrained in the XML formats.
@@ -99,12 +103,14 @@ impl ToolCalls<'_> {
             ParserKind::Qwen3Coder => Some(Markup::Qwen3Coder),
             ParserKind::MinimaxM2 => Some(Markup::MinimaxM2),
             ParserKind::Glm45 => Some(Markup::Glm45),
+            ParserKind::Deepseek => Some(Markup::Deepseek),
+            ParserKind::KimiK2 => Some(Markup::KimiK2),
             ParserKind::Harmony => None,
             other => {
                 return Err(ConstrainError::unsupported(
                     "tool_choice",
                     format!(
-                    "tool calls in the {} format (supported: json_tools, qwen3_coder, minimax_m2, glm45, harmony)",
+                    "tool calls in the {} format (supported: json_tools, qwen3_coder, minimax_m2, glm45, deepseek, kimi_k2, harmony)",
                     other.name()
                 ),
                 ))
@@ -138,7 +144,7 @@ impl ToolCalls<'_> {
             return harmony_call(&tools, self.choice);
         };
         let mut rules = String::new();
-        if markup != Markup::JsonTools {
+        if !markup.json_bodied() {
             // The XML markups carry `input` as raw text: the grammar as it is.
             for (i, tool) in tools.iter_mut().enumerate() {
                 let Some(definition) = tool.grammar.as_deref() else {
@@ -184,7 +190,7 @@ impl ToolCalls<'_> {
         }
         rules.push_str(&format!("call: {}\n", alternatives.join(" | ")));
         match markup {
-            Markup::JsonTools => {}
+            Markup::JsonTools | Markup::Deepseek | Markup::KimiK2 => {}
             Markup::Glm45 => rules.push_str("param_text[lazy]: /(?s:.*)<\\/arg_value>/\n"),
             _ => rules.push_str("param_text[lazy]: /(?s:.*)<\\/parameter>/\n"),
         }
@@ -274,17 +280,21 @@ fn harmony_call(tools: &[Tool], choice: &ToolChoice) -> Result<Option<Grammar>, 
 /// function's) for other markups or a grammar that cannot be embedded (logged).
 fn custom_call(markup: Markup, tool: &Tool, i: usize) -> Option<(String, String)> {
     let definition = tool.grammar.as_deref()?;
-    if markup != Markup::JsonTools {
+    if !markup.json_bodied() {
         // The XML markups hold the raw text to the grammar (`Tool::raw_rule`).
         return None;
     }
     let prefix = format!("g{i}_");
     match super::embed::embed(definition, &prefix, true) {
-        Ok(rules) => {
+        Ok(rules) if markup == Markup::JsonTools => {
             let name = serde_json::to_string(&tool.name).ok()?;
             let open = format!("{{\"name\": {name}, \"arguments\": {{\"input\": \"");
             let body = format!("{} {prefix}start {}", lit(&open), lit("\"}}"));
             Some((body, rules))
+        }
+        Ok(rules) => {
+            let args = format!("{} {prefix}start {}", lit("{\"input\": \""), lit("\"}"));
+            Some((markup.tagged_call(tool, &args).ok()?, rules))
         }
         Err(e) => {
             tracing::warn!(tool = %tool.name, "{e}");
@@ -348,12 +358,63 @@ impl Markup {
         match self {
             Markup::JsonTools | Markup::Qwen3Coder | Markup::Glm45 => "<tool_call>",
             Markup::MinimaxM2 => "<minimax:tool_call>",
+            Markup::Deepseek => deepseek::CALLS_BEGIN,
+            Markup::KimiK2 => kimi_k2::SECTION_BEGIN,
         }
+    }
+
+    /// The markups whose arguments are one JSON object (a custom tool's `input` is a JSON
+    /// string held to its grammar).
+    fn json_bodied(self) -> bool {
+        matches!(self, Markup::JsonTools | Markup::Deepseek | Markup::KimiK2)
+    }
+
+    /// DeepSeek's or Kimi-K2's call of `tool` with arguments `args` (a rule body), between
+    /// the call tags. DeepSeek: V3.1's `NAME<｜tool▁sep｜>{..}`, or V3 / R1's
+    /// `function<｜tool▁sep｜>NAME` and a fenced JSON block (the model writes its own).
+    /// Kimi-K2: `functions.NAME:IDX<|tool_call_argument_begin|>{..}`, any index.
+    fn tagged_call(self, tool: &Tool, args: &str) -> Result<String, ConstrainError> {
+        check_name(&tool.name, '<', &tool.name, "its name")?;
+        if tool.name.contains(char::is_whitespace) {
+            return Err(ConstrainError::unsupported(
+                "tools",
+                format!(
+                    "tool `{}`: its name cannot be written in this tool-call markup (it contains whitespace)",
+                    tool.name
+                ),
+            ));
+        }
+        Ok(match self {
+            Markup::Deepseek => {
+                let (begin, end, sep) = (deepseek::CALL_BEGIN, deepseek::CALL_END, deepseek::SEP);
+                format!(
+                    "{} ({} {args} | {} {args} {}) {}",
+                    lit(begin),
+                    lit(&format!("{}{sep}", tool.name)),
+                    lit(&format!("function{sep}{}\n```json\n", tool.name)),
+                    lit("\n```"),
+                    lit(end)
+                )
+            }
+            _ => format!(
+                "{} {} /[0-9]+/ {} {args} {}",
+                lit(kimi_k2::CALL_BEGIN),
+                lit(&format!("functions.{}:", tool.name)),
+                lit(kimi_k2::ARGS_BEGIN),
+                lit(kimi_k2::CALL_END)
+            ),
+        })
     }
 
     /// What follows the open tag: the calls (rule `call`) and the closing tag(s).
     fn after_open(self, parallel: bool) -> String {
         match (self, parallel) {
+            (Markup::Deepseek, false) => format!("call {}", lit(deepseek::CALLS_END)),
+            (Markup::Deepseek, true) => {
+                format!(r#"call ("\n"? call)* {}"#, lit(deepseek::CALLS_END))
+            }
+            (Markup::KimiK2, false) => format!("call {}", lit(kimi_k2::SECTION_END)),
+            (Markup::KimiK2, true) => format!("call+ {}", lit(kimi_k2::SECTION_END)),
             (Markup::MinimaxM2, false) => r#""\n" call "</minimax:tool_call>""#.into(),
             (Markup::MinimaxM2, true) => r#""\n" call+ "</minimax:tool_call>""#.into(),
             // One call per block, the name right after the tag.
@@ -372,6 +433,9 @@ impl Markup {
     fn call(self, tool: &Tool) -> Result<String, ConstrainError> {
         if self == Markup::JsonTools {
             return Ok(json_rule(&json_call_schema(tool), !tool.strict));
+        }
+        if self.json_bodied() {
+            return self.tagged_call(tool, &json_rule(&tool.params, !tool.strict));
         }
         let (open, close, forbidden) = match self {
             Markup::Qwen3Coder => (format!("<function={}>\n", tool.name), "</function>", '>'),
@@ -533,6 +597,8 @@ impl Markup {
             Markup::Qwen3Coder => "qwen3_coder",
             Markup::MinimaxM2 => "minimax_m2",
             Markup::Glm45 => "glm45",
+            Markup::Deepseek => "deepseek",
+            Markup::KimiK2 => "kimi_k2",
         }
     }
 }

@@ -516,3 +516,138 @@ fn harmony_response_format_is_the_final_message() {
         Run::Rejected(_)
     ));
 }
+
+#[test]
+fn deepseek_calls() {
+    let c = test_constrainer();
+    let tools = [echo(), weather()];
+    let g = grammar(&tools, ToolChoice::Required, ParserKind::Deepseek, true);
+    // V3.1's shape, two calls, then V3 / R1's fenced shape.
+    let v31 = "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>echo<｜tool▁sep｜>{\"text\": \"hi\"}<｜tool▁call▁end｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{\"city\": \"Oslo\", \"days\": 3}<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
+    let r1 = "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Oslo\", \"days\": 3}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
+    assert_eq!(run(&c, &g, v31), Run::Complete(true));
+    assert_eq!(run(&c, &g, r1), Run::Complete(true));
+    assert_eq!(
+        parse(ParserKind::Deepseek, &tools, v31).1,
+        [
+            ("echo".to_string(), json!({"text": "hi"})),
+            (
+                "get_weather".to_string(),
+                json!({"city": "Oslo", "days": 3})
+            )
+        ]
+    );
+    assert_eq!(
+        parse(ParserKind::Deepseek, &tools, r1).1,
+        [(
+            "get_weather".to_string(),
+            json!({"city": "Oslo", "days": 3})
+        )]
+    );
+    let g = grammar(
+        &tools,
+        ToolChoice::Function("get_weather".into()),
+        ParserKind::Deepseek,
+        false,
+    );
+    for bad in [
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>echo",
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{\"city\": \"Oslo\", \"days\": 9",
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{\"city\": \"Oslo\", \"days\": 3}<｜tool▁call▁end｜><｜tool▁call▁begin｜>",
+        "Sure",
+    ] {
+        assert!(matches!(run(&c, &g, bad), Run::Rejected(_)), "{bad}");
+    }
+    // `auto`: text, then a call held to the schema.
+    let g = grammar(&tools, ToolChoice::Auto, ParserKind::Deepseek, false);
+    let call = "Checking.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>echo<｜tool▁sep｜>{\"text\": \"x\"}<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
+    assert_eq!(run(&c, &g, call), Run::Complete(true));
+    let (content, calls) = parse(ParserKind::Deepseek, &tools, call);
+    assert_eq!(content, "Checking.");
+    assert_eq!(calls, [("echo".to_string(), json!({"text": "x"}))]);
+    assert!(matches!(
+        run(
+            &c,
+            &g,
+            "Checking.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>nope"
+        ),
+        Run::Rejected(_)
+    ));
+}
+
+#[test]
+fn kimi_k2_calls() {
+    let c = test_constrainer();
+    let tools = [echo(), weather()];
+    let g = grammar(&tools, ToolChoice::Required, ParserKind::KimiK2, true);
+    let two = "<|tool_calls_section_begin|><|tool_call_begin|>functions.echo:0<|tool_call_argument_begin|>{\"text\": \"hi\"}<|tool_call_end|><|tool_call_begin|>functions.get_weather:1<|tool_call_argument_begin|>{\"city\": \"Oslo\", \"days\": 3}<|tool_call_end|><|tool_calls_section_end|>";
+    assert_eq!(run(&c, &g, two), Run::Complete(true));
+    let reply = ParsedReply::parse(new_parser(ParserKind::KimiK2, &tools).as_mut(), two);
+    let ids: Vec<&str> = reply.tool_calls.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["functions.echo:0", "functions.get_weather:1"]);
+    assert_eq!(
+        parse(ParserKind::KimiK2, &tools, two).1,
+        [
+            ("echo".to_string(), json!({"text": "hi"})),
+            (
+                "get_weather".to_string(),
+                json!({"city": "Oslo", "days": 3})
+            )
+        ]
+    );
+    let g = grammar(
+        &tools,
+        ToolChoice::Function("echo".into()),
+        ParserKind::KimiK2,
+        false,
+    );
+    let one = "<|tool_calls_section_begin|><|tool_call_begin|>functions.echo:12<|tool_call_argument_begin|>{\"text\": \"hi\"}<|tool_call_end|><|tool_calls_section_end|>";
+    assert_eq!(run(&c, &g, one), Run::Complete(true));
+    for bad in [
+        "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0",
+        "<|tool_calls_section_begin|><|tool_call_begin|>functions.echo:x",
+        "<|tool_calls_section_begin|><|tool_call_begin|>functions.echo:0<|tool_call_argument_begin|>{\"text\": 1",
+    ] {
+        assert!(matches!(run(&c, &g, bad), Run::Rejected(_)), "{bad}");
+    }
+}
+
+#[test]
+fn a_custom_tool_input_follows_its_grammar_in_deepseek_and_kimi_markup() {
+    let c = test_constrainer();
+    let tools = [echo(), apply_patch()];
+    let patch = "*** Begin Patch\n*** Update File: src/a.rs\n@@ fn main\n-    old();\n+    new(\"x\");\n*** End Patch\n";
+    let args = |input: &str| {
+        serde_json::to_string(&json!({"input": input}))
+            .unwrap()
+            .replace("\":\"", "\": \"")
+    };
+    let deepseek = |input: &str| {
+        format!(
+            "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>apply_patch<｜tool▁sep｜>{}<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+            args(input)
+        )
+    };
+    let kimi = |input: &str| {
+        format!(
+            "<|tool_calls_section_begin|><|tool_call_begin|>functions.apply_patch:0<|tool_call_argument_begin|>{}<|tool_call_end|><|tool_calls_section_end|>",
+            args(input)
+        )
+    };
+    for (format, call) in [
+        (ParserKind::Deepseek, &deepseek as &dyn Fn(&str) -> String),
+        (ParserKind::KimiK2, &kimi),
+    ] {
+        let g = grammar(&tools, ToolChoice::Required, format, false);
+        assert_eq!(run(&c, &g, &call(patch)), Run::Complete(true), "{format:?}");
+        let (_, calls) = parse(format, &tools, &call(patch));
+        assert_eq!(calls[0].1["input"], patch);
+        assert!(
+            matches!(
+                run(&c, &g, &call("*** Begin Patch\nhello\n*** End Patch\n")),
+                Run::Rejected(_)
+            ),
+            "{format:?}"
+        );
+    }
+}

@@ -13,15 +13,19 @@
 //! as content, never dropped and never a panic. Whitespace between and after tool calls is
 //! dropped.
 //!
+//! [`deepseek`] and [`kimi_k2`] read JSON arguments between special-token tags.
+//!
 //! [`harmony`] reads gpt-oss's channels: reasoning, content and calls in one parser.
 //!
 //! [`select`] picks the parser for a model; [`fixes`] holds MiniMax-M2's argument repairs;
 //! [`reasoning`] splits `<think>` text into `reasoning_content`.
 
+pub mod deepseek;
 pub mod fixes;
 pub mod glm45;
 pub mod harmony;
 pub mod json_tools;
+pub mod kimi_k2;
 pub mod llama3_json;
 pub mod minimax_m2;
 pub mod mistral;
@@ -175,6 +179,8 @@ pub fn new_parser(kind: ParserKind, tools: &[Value]) -> Box<dyn ToolParser> {
         ParserKind::Mistral => Box::new(mistral::MistralParser::new()),
         ParserKind::Llama3Json => Box::new(llama3_json::Llama3JsonParser::new()),
         ParserKind::Pythonic => Box::new(pythonic::PythonicParser::new()),
+        ParserKind::Deepseek => Box::new(deepseek::DeepseekParser::new()),
+        ParserKind::KimiK2 => Box::new(kimi_k2::KimiK2Parser::new()),
         ParserKind::Harmony => Box::new(harmony::HarmonyParser::new(Some(
             harmony::HarmonyParser::tool_names(tools),
         ))),

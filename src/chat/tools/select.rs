@@ -26,6 +26,12 @@ pub enum ParserKind {
     Llama3Json,
     /// `<|tool_call_start|>[f(a=1)]<|tool_call_end|>` (LFM2).
     Pythonic,
+    /// `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{json}...` (DeepSeek-V3.1), or
+    /// `function<｜tool▁sep｜>NAME` + a fenced JSON block (DeepSeek-V3 0324, R1).
+    Deepseek,
+    /// `<|tool_calls_section_begin|><|tool_call_begin|>functions.NAME:IDX
+    /// <|tool_call_argument_begin|>{json}<|tool_call_end|>...` (Kimi-K2).
+    KimiK2,
     /// gpt-oss's harmony channels: `<|channel|>commentary to=functions.NAME<|message|>{json}`,
     /// with the reasoning on the `analysis` channel (it replaces the `<think>` splitter too).
     Harmony,
@@ -42,6 +48,8 @@ impl ParserKind {
             ParserKind::Mistral => "mistral",
             ParserKind::Llama3Json => "llama3_json",
             ParserKind::Pythonic => "pythonic",
+            ParserKind::Deepseek => "deepseek",
+            ParserKind::KimiK2 => "kimi_k2",
             ParserKind::Harmony => "harmony",
         }
     }
@@ -57,6 +65,9 @@ impl ParserKind {
                 "mistral" => ParserKind::Mistral,
                 "llama3_json" | "llama3" | "llama" | "llama3.1" => ParserKind::Llama3Json,
                 "pythonic" | "lfm2" => ParserKind::Pythonic,
+                "deepseek" | "deepseek_v3" | "deepseek_v31" | "deepseek_v3.1" | "deepseekv3"
+                | "deepseekv31" | "deepseek_r1" => ParserKind::Deepseek,
+                "kimi_k2" | "kimi" | "kimik2" => ParserKind::KimiK2,
                 "harmony" | "gpt_oss" | "gptoss" | "openai" => ParserKind::Harmony,
                 _ => return None,
             },
@@ -71,6 +82,18 @@ fn from_template(template: &str) -> Option<(ParserKind, &'static str)> {
         return Some((
             ParserKind::Harmony,
             "the chat template writes harmony's <|channel|> ... <|message|> (gpt-oss)",
+        ));
+    }
+    if has("<｜tool▁call▁begin｜>") && has("<｜tool▁sep｜>") {
+        return Some((
+            ParserKind::Deepseek,
+            "the chat template writes DeepSeek's <｜tool▁call▁begin｜>...<｜tool▁sep｜>",
+        ));
+    }
+    if has("<|tool_call_argument_begin|>") || has("<|tool_calls_section_begin|>") {
+        return Some((
+            ParserKind::KimiK2,
+            "the chat template writes Kimi-K2's <|tool_calls_section_begin|> / <|tool_call_argument_begin|>",
         ));
     }
     if has("<function=") && has("<parameter=") {
@@ -212,5 +235,59 @@ mod tests {
         };
         let (kind, why) = select_parser(None, Some(&source));
         assert_eq!(kind, Some(ParserKind::Harmony), "{why}");
+    }
+
+    #[test]
+    fn deepseek_and_kimi_are_named() {
+        for name in ["deepseek", "deepseek_v3", "deepseek-v31", "DeepSeek_V3"] {
+            assert_eq!(
+                ParserKind::from_name(name),
+                Some(ParserKind::Deepseek),
+                "{name}"
+            );
+        }
+        for name in ["kimi_k2", "kimi", "Kimi-K2"] {
+            assert_eq!(
+                ParserKind::from_name(name),
+                Some(ParserKind::KimiK2),
+                "{name}"
+            );
+        }
+        assert_eq!(ParserKind::Deepseek.name(), "deepseek");
+        assert_eq!(ParserKind::KimiK2.name(), "kimi_k2");
+    }
+
+    /// DeepSeek's and Kimi-K2's own templates (`third_party/llama.cpp/templates`, from
+    /// `scripts/setup.sh --tests`).
+    #[test]
+    fn deepseek_and_kimi_templates() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("third_party/llama.cpp/templates");
+        for (file, want) in [
+            ("deepseek-ai-DeepSeek-V3.1.jinja", ParserKind::Deepseek),
+            (
+                "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
+                ParserKind::Deepseek,
+            ),
+            (
+                "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja",
+                ParserKind::Deepseek,
+            ),
+            ("llama-cpp-deepseek-r1.jinja", ParserKind::Deepseek),
+            ("Kimi-K2-Instruct.jinja", ParserKind::KimiK2),
+            ("Kimi-K2-Thinking.jinja", ParserKind::KimiK2),
+            ("moonshotai-Kimi-K2.jinja", ParserKind::KimiK2),
+        ] {
+            let path = dir.join(file);
+            let Ok(source) = std::fs::read_to_string(&path) else {
+                eprintln!(
+                    "skipped: {} is missing (run scripts/setup.sh --tests)",
+                    path.display()
+                );
+                continue;
+            };
+            let (kind, why) = select_parser(None, Some(&source));
+            assert_eq!(kind, Some(want), "{file}: {why}");
+        }
     }
 }

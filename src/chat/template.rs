@@ -283,6 +283,38 @@ fn strftime(now: NaiveDateTime, format: &str) -> Result<String, Error> {
     Ok(out)
 }
 
+/// Python list mutation on a namespace attribute, which minijinja's immutable lists lack (Kimi-K2's
+/// templates queue call ids with it): `set _ = ns.xs.append(v)` as `set ns.xs = ns.xs + [v]`, and
+/// `set v = ns.xs.pop(0)` (or `pop()`) as `set v = ns.xs[0]` then `set ns.xs = ns.xs[1:]`.
+/// `inner` is the tag between `{%` and `%}`, `body` the same without whitespace control.
+fn rewrite_list_mutation(inner: &str, body: &str) -> Option<String> {
+    let (lhs, rhs) = body.strip_prefix("set ")?.split_once('=')?;
+    let (lhs, rhs) = (lhs.trim(), rhs.trim());
+    let is_attr = |x: &str| {
+        x.contains('.')
+            && x.split('.')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_'))
+    };
+    let open = &inner[..inner.len() - inner.trim_start_matches(['-', '+']).len()];
+    let close = &inner[inner.trim_end_matches(['-', '+']).len()..];
+    let tag = |s: String| format!("{{%{open} {s} {close}%}}");
+    if let Some((list, value)) = rhs.strip_suffix(')').and_then(|r| r.split_once(".append(")) {
+        if lhs == "_" && is_attr(list) {
+            return Some(tag(format!("set {list} = {list} + [{value}]")));
+        }
+        return None;
+    }
+    let (list, first) = match rhs.strip_suffix(".pop(0)") {
+        Some(list) => (list, true),
+        None => (rhs.strip_suffix(".pop()")?, false),
+    };
+    if !is_attr(list) || !lhs.chars().all(|c| c.is_alphanumeric() || c == '_') {
+        return None;
+    }
+    let (item, rest) = if first { ("0", "1:") } else { ("-1", ":-1") };
+    Some(tag(format!("set {lhs} = {list}[{item}]")) + &tag(format!("set {list} = {list}[{rest}]")))
+}
+
 /// transformers' `{% generation %}...{% endgeneration %}` (which marks assistant tokens and
 /// renders its body unchanged) as `{% if true %}...{% endif %}`, keeping whitespace control.
 fn rewrite_generation_tags(source: &str) -> String {
@@ -305,6 +337,11 @@ fn rewrite_generation_tags(source: &str) -> String {
             "endgeneration" => Some("endif"),
             _ => None,
         };
+        if let Some(tags) = rewrite_list_mutation(inner, body) {
+            out.push_str(&tags);
+            rest = &tag[end + 2..];
+            continue;
+        }
         match replacement {
             Some(r) => {
                 out.push_str("{%");
@@ -333,6 +370,18 @@ mod tests {
             },
         )?;
         t.render(messages.as_array().unwrap(), None, true, &Map::new())
+    }
+
+    #[test]
+    fn namespace_lists_append_and_pop() {
+        let out = render(
+            "{%- set q = namespace(ids=[]) -%}{%- for m in messages -%}{%- set _ = q.ids.append(m.content) -%}{%- endfor -%}\
+             {%- set a = q.ids.pop(0) -%}{%- set b = q.ids.pop() -%}{{ a }}|{{ b }}|{{ q.ids | length }}",
+            json!([{"role": "user", "content": "x"}, {"role": "user", "content": "y"},
+                   {"role": "user", "content": "z"}]),
+        )
+        .unwrap();
+        assert_eq!(out, "x|z|1");
     }
 
     #[test]

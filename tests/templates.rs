@@ -55,9 +55,29 @@ const KNOWN_FAILURES: &[(&str, &[&str], &str)] = &[
         "Jinja2's `'...'|safe + x` is Markup.__add__, which HTML-escapes x (the tool JSON becomes \
          `{&#34;name&#34;...`); minijinja has no hook on `+` and concatenates plainly",
     ),
+    (
+        "deepseek-ai-DeepSeek-V3.2.jinja",
+        &["tool_calls_string_args/agp=true"],
+        FROM_JSON,
+    ),
+    (
+        "deepseek-ai-DeepSeek-V4.jinja",
+        &["tool_calls_string_args/agp=true"],
+        FROM_JSON,
+    ),
+    (
+        "deepseek-ai-DeepSeek-V4-Flash-0731.jinja",
+        &["tool_calls_string_args/agp=true"],
+        FROM_JSON,
+    ),
     ("Kimi-K2-Instruct.jinja", KIMI_CASES, KIMI_APPEND),
     ("Kimi-K2-Thinking.jinja", KIMI_CASES, KIMI_APPEND),
 ];
+
+/// DeepSeek-V3.2 and V4 parse string tool-call arguments with llama.cpp's `from_json`.
+const FROM_JSON: &str =
+    "transformers has no `from_json` filter; kooka has llama.cpp's (DeepSeek-V3.2 \
+     and V4 apply it to string tool-call arguments)";
 
 /// The Kimi-K2 cases with an assistant turn (its call ids are queued with `list.append`).
 const KIMI_CASES: &[&str] = &[

@@ -512,6 +512,10 @@ fn parser_selection_on_corpus() {
             Some(ParserKind::Deepseek),
         ),
         ("llama-cpp-deepseek-r1.jinja", Some(ParserKind::Deepseek)),
+        (
+            "deepseek-ai-DeepSeek-V3.2.jinja",
+            Some(ParserKind::DeepseekV32),
+        ),
         ("Kimi-K2-Instruct.jinja", Some(ParserKind::KimiK2)),
         ("Kimi-K2-Thinking.jinja", Some(ParserKind::KimiK2)),
         ("moonshotai-Kimi-K2.jinja", Some(ParserKind::KimiK2)),
@@ -567,6 +571,12 @@ fn deepseek_and_kimi_templates_round_trip() {
             "<｜tool▁calls▁end｜>",
         ),
         (
+            "deepseek-ai-DeepSeek-V3.2.jinja",
+            ParserKind::DeepseekV32,
+            "<｜DSML｜function_calls>",
+            "</｜DSML｜function_calls>",
+        ),
+        (
             "Kimi-K2-Instruct.jinja",
             ParserKind::KimiK2,
             "<|tool_calls_section_begin|>",
@@ -595,7 +605,9 @@ fn deepseek_and_kimi_templates_round_trip() {
                 "{file}: {text}"
             );
         }
-        let from = text.find(begin).unwrap_or_else(|| panic!("{file}: {text}"));
+        let from = text
+            .rfind(begin)
+            .unwrap_or_else(|| panic!("{file}: {text}"));
         let to = text[from..].find(end).unwrap() + from + end.len();
         check(kind, &text[from..to], want.clone());
     }

@@ -19,6 +19,13 @@ pub fn install(env: &mut Environment<'_>) {
     env.add_filter("length", length);
     env.add_filter("count", length);
     env.add_filter("string", |v: Value| py_str(&v));
+    // llama.cpp's (minja's) `from_json`, which DeepSeek-V3.2's template applies to string
+    // tool-call arguments (transformers has none).
+    env.add_filter("from_json", |s: String| -> Result<Value, Error> {
+        serde_json::from_str::<serde_json::Value>(&s)
+            .map(|v| Value::from_serialize(&v))
+            .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("from_json: {e}")))
+    });
     env.add_filter("trim", trim);
     env.add_filter("indent", indent);
     env.add_filter("map", |s: &State, v: Value, args: Rest<Value>| {

@@ -12,7 +12,7 @@ const SYNTAX: Syntax = Syntax {
     parameter: ("<arg_key>", "</arg_key>", "</arg_value>"),
     // GLM-4.7 writes the same without newlines: `<tool_call>NAME<arg_key>..`.
     name_stops: &["<arg_key>"],
-    value_open: Some("<arg_value>"),
+    value_open: &["<arg_value>"],
 };
 
 /// The GLM-4.5 parser.

@@ -10,7 +10,7 @@ const SYNTAX: Syntax = Syntax {
     function: ("<invoke name=\"", "\">", Some("</invoke>")),
     parameter: ("<parameter name=\"", "\">", "</parameter>"),
     name_stops: &[],
-    value_open: None,
+    value_open: &[],
 };
 
 /// The MiniMax-M2 XML parser.

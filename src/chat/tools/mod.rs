@@ -7,7 +7,8 @@
 //! resolves), so no tool-call markup leaks into `content`. For one call, the
 //! [`ParseEvent::ToolCallArgsDelta`] deltas concatenate to its JSON arguments string.
 //!
-//! The XML-ish formats ([`qwen3_coder`], [`minimax_m2`]) announce a call as soon as its name is
+//! The XML-ish formats ([`qwen3_coder`], [`minimax_m2`], [`glm45`], [`deepseek_v32`])
+//! announce a call as soon as its name is
 //! known and stream its arguments one parameter at a time; the JSON-bodied formats announce a
 //! call once its body is complete. Malformed markup (a body that does not parse) is given back
 //! as content, never dropped and never a panic. Whitespace between and after tool calls is
@@ -21,6 +22,7 @@
 //! [`reasoning`] splits `<think>` text into `reasoning_content`.
 
 pub mod deepseek;
+pub mod deepseek_v32;
 pub mod fixes;
 pub mod glm45;
 pub mod harmony;
@@ -180,6 +182,7 @@ pub fn new_parser(kind: ParserKind, tools: &[Value]) -> Box<dyn ToolParser> {
         ParserKind::Llama3Json => Box::new(llama3_json::Llama3JsonParser::new()),
         ParserKind::Pythonic => Box::new(pythonic::PythonicParser::new()),
         ParserKind::Deepseek => Box::new(deepseek::DeepseekParser::new()),
+        ParserKind::DeepseekV32 => Box::new(deepseek_v32::DeepseekV32Parser::new(schemas)),
         ParserKind::KimiK2 => Box::new(kimi_k2::KimiK2Parser::new()),
         ParserKind::Harmony => Box::new(harmony::HarmonyParser::new(Some(
             harmony::HarmonyParser::tool_names(tools),

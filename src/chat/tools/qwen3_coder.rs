@@ -10,7 +10,7 @@ const SYNTAX: Syntax = Syntax {
     function: ("<function=", ">", Some("</function>")),
     parameter: ("<parameter=", ">", "</parameter>"),
     name_stops: &[],
-    value_open: None,
+    value_open: &[],
 };
 
 /// The Qwen3-Coder XML parser.

@@ -29,6 +29,9 @@ pub enum ParserKind {
     /// `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{json}...` (DeepSeek-V3.1), or
     /// `function<｜tool▁sep｜>NAME` + a fenced JSON block (DeepSeek-V3 0324, R1).
     Deepseek,
+    /// `<｜DSML｜function_calls><｜DSML｜invoke name="NAME"><｜DSML｜parameter name="K"
+    /// string="true|false">V</｜DSML｜parameter>...` (DeepSeek-V3.2).
+    DeepseekV32,
     /// `<|tool_calls_section_begin|><|tool_call_begin|>functions.NAME:IDX
     /// <|tool_call_argument_begin|>{json}<|tool_call_end|>...` (Kimi-K2).
     KimiK2,
@@ -49,6 +52,7 @@ impl ParserKind {
             ParserKind::Llama3Json => "llama3_json",
             ParserKind::Pythonic => "pythonic",
             ParserKind::Deepseek => "deepseek",
+            ParserKind::DeepseekV32 => "deepseek_v32",
             ParserKind::KimiK2 => "kimi_k2",
             ParserKind::Harmony => "harmony",
         }
@@ -67,6 +71,9 @@ impl ParserKind {
                 "pythonic" | "lfm2" => ParserKind::Pythonic,
                 "deepseek" | "deepseek_v3" | "deepseek_v31" | "deepseek_v3.1" | "deepseekv3"
                 | "deepseekv31" | "deepseek_r1" => ParserKind::Deepseek,
+                "deepseek_v32" | "deepseek_v3.2" | "deepseekv32" | "dsml" => {
+                    ParserKind::DeepseekV32
+                }
                 "kimi_k2" | "kimi" | "kimik2" => ParserKind::KimiK2,
                 "harmony" | "gpt_oss" | "gptoss" | "openai" => ParserKind::Harmony,
                 _ => return None,
@@ -82,6 +89,12 @@ fn from_template(template: &str) -> Option<(ParserKind, &'static str)> {
         return Some((
             ParserKind::Harmony,
             "the chat template writes harmony's <|channel|> ... <|message|> (gpt-oss)",
+        ));
+    }
+    if has("｜DSML｜") && has("function_calls>") {
+        return Some((
+            ParserKind::DeepseekV32,
+            "the chat template writes DeepSeek-V3.2's <｜DSML｜function_calls>",
         ));
     }
     if has("<｜tool▁call▁begin｜>") && has("<｜tool▁sep｜>") {
@@ -274,6 +287,7 @@ mod tests {
                 ParserKind::Deepseek,
             ),
             ("llama-cpp-deepseek-r1.jinja", ParserKind::Deepseek),
+            ("deepseek-ai-DeepSeek-V3.2.jinja", ParserKind::DeepseekV32),
             ("Kimi-K2-Instruct.jinja", ParserKind::KimiK2),
             ("Kimi-K2-Thinking.jinja", ParserKind::KimiK2),
             ("moonshotai-Kimi-K2.jinja", ParserKind::KimiK2),

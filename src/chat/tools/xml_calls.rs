@@ -21,9 +21,10 @@ pub(crate) struct Syntax {
     pub parameter: (&'static str, &'static str, &'static str),
     /// Where a function name also ends (the suffix left out: GLM-4.7's `NAME<arg_key>`).
     pub name_stops: &'static [&'static str],
-    /// A tag the value opens with after the key's suffix, whitespace between allowed
-    /// (GLM's `</arg_key>` `<arg_value>`).
-    pub value_open: Option<&'static str>,
+    /// Tags the value opens with after the key's suffix (one of them), whitespace between
+    /// allowed (GLM's `</arg_key>` `<arg_value>`; DeepSeek-V3.2's `" string="true">`). Empty:
+    /// the value follows the suffix.
+    pub value_open: &'static [&'static str],
 }
 
 /// Repairs one typed argument (`None` drops it); see [`super::fixes`].
@@ -169,10 +170,15 @@ impl XmlCallParser {
                     };
                     let key = after[..key_end].trim().to_string();
                     let mut value_text = &after[key_end + p_suffix.len()..];
-                    if let Some(open) = self.syntax.value_open {
+                    if !self.syntax.value_open.is_empty() {
                         let trimmed = value_text.trim_start();
                         // Until the value tag has come, wait for more.
-                        let Some(v) = trimmed.strip_prefix(open) else {
+                        let Some(v) = self
+                            .syntax
+                            .value_open
+                            .iter()
+                            .find_map(|open| trimmed.strip_prefix(open))
+                        else {
                             return;
                         };
                         value_text = v;

@@ -651,3 +651,21 @@ fn a_custom_tool_input_follows_its_grammar_in_deepseek_and_kimi_markup() {
         );
     }
 }
+
+#[test]
+fn kimi_k2_auto() {
+    let c = test_constrainer();
+    let tools = [echo(), weather()];
+    let g = grammar(&tools, ToolChoice::Auto, ParserKind::KimiK2, false);
+    assert_eq!(run(&c, &g, "Just text."), Run::Complete(false));
+    let call = "<think>hm</think>On it.<|tool_calls_section_begin|><|tool_call_begin|>functions.echo:0<|tool_call_argument_begin|>{\"text\": \"x\"}<|tool_call_end|><|tool_calls_section_end|>";
+    assert_eq!(run(&c, &g, call), Run::Complete(true));
+    assert!(matches!(
+        run(
+            &c,
+            &g,
+            "On it.<|tool_calls_section_begin|><|tool_call_begin|>functions.nope:0"
+        ),
+        Run::Rejected(_)
+    ));
+}

@@ -1,0 +1,255 @@
+//! The call rules of each tool-call markup (`Markup`'s methods): open tags, names, argument
+//! values and closes, as the matching parser in `chat::tools` reads them.
+
+use super::*;
+
+impl Markup {
+    /// The tag that opens a block of calls (the trigger under `auto`).
+    pub(super) fn open(self) -> &'static str {
+        match self {
+            Markup::JsonTools | Markup::Qwen3Coder | Markup::Glm45 => "<tool_call>",
+            Markup::MinimaxM2 => "<minimax:tool_call>",
+            Markup::Deepseek => deepseek::CALLS_BEGIN,
+            Markup::KimiK2 => kimi_k2::SECTION_BEGIN,
+        }
+    }
+
+    /// The markups whose arguments are one JSON object (a custom tool's `input` is a JSON
+    /// string held to its grammar).
+    pub(super) fn json_bodied(self) -> bool {
+        matches!(self, Markup::JsonTools | Markup::Deepseek | Markup::KimiK2)
+    }
+
+    /// DeepSeek's or Kimi-K2's call of `tool` with arguments `args` (a rule body), between
+    /// the call tags. DeepSeek: V3.1's `NAME<｜tool▁sep｜>{..}`, or V3 / R1's
+    /// `function<｜tool▁sep｜>NAME` and a fenced JSON block (the model writes its own).
+    /// Kimi-K2: `functions.NAME:IDX<|tool_call_argument_begin|>{..}`, any index.
+    pub(super) fn tagged_call(self, tool: &Tool, args: &str) -> Result<String, ConstrainError> {
+        check_name(&tool.name, '<', &tool.name, "its name")?;
+        if tool.name.contains(char::is_whitespace) {
+            return Err(ConstrainError::unsupported(
+                "tools",
+                format!(
+                    "tool `{}`: its name cannot be written in this tool-call markup (it contains whitespace)",
+                    tool.name
+                ),
+            ));
+        }
+        Ok(match self {
+            Markup::Deepseek => {
+                let (begin, end, sep) = (deepseek::CALL_BEGIN, deepseek::CALL_END, deepseek::SEP);
+                format!(
+                    "{} ({} {args} | {} {args} {}) {}",
+                    lit(begin),
+                    lit(&format!("{}{sep}", tool.name)),
+                    lit(&format!("function{sep}{}\n```json\n", tool.name)),
+                    lit("\n```"),
+                    lit(end)
+                )
+            }
+            _ => format!(
+                "{} {} /[0-9]+/ {} {args} {}",
+                lit(kimi_k2::CALL_BEGIN),
+                lit(&format!("functions.{}:", tool.name)),
+                lit(kimi_k2::ARGS_BEGIN),
+                lit(kimi_k2::CALL_END)
+            ),
+        })
+    }
+
+    /// What follows the open tag: the calls (rule `call`) and the closing tag(s).
+    pub(super) fn after_open(self, parallel: bool) -> String {
+        match (self, parallel) {
+            (Markup::Deepseek, false) => format!("call {}", lit(deepseek::CALLS_END)),
+            (Markup::Deepseek, true) => {
+                format!(r#"call ("\n"? call)* {}"#, lit(deepseek::CALLS_END))
+            }
+            (Markup::KimiK2, false) => format!("call {}", lit(kimi_k2::SECTION_END)),
+            (Markup::KimiK2, true) => format!("call+ {}", lit(kimi_k2::SECTION_END)),
+            (Markup::MinimaxM2, false) => r#""\n" call "</minimax:tool_call>""#.into(),
+            (Markup::MinimaxM2, true) => r#""\n" call+ "</minimax:tool_call>""#.into(),
+            // One call per block, the name right after the tag.
+            (Markup::Glm45, false) => r#"call "</tool_call>""#.into(),
+            (Markup::Glm45, true) => {
+                r#"call "</tool_call>" ("\n<tool_call>" call "</tool_call>")*"#.into()
+            }
+            (_, false) => r#""\n" call "\n</tool_call>""#.into(),
+            (_, true) => {
+                r#""\n" call "\n</tool_call>" ("\n<tool_call>\n" call "\n</tool_call>")*"#.into()
+            }
+        }
+    }
+
+    /// The body of one call of `tool` (a Lark rule body).
+    pub(super) fn call(self, tool: &Tool) -> Result<String, ConstrainError> {
+        if self == Markup::JsonTools {
+            return Ok(json_rule(&json_call_schema(tool), !tool.strict));
+        }
+        if self.json_bodied() {
+            return self.tagged_call(tool, &json_rule(&tool.params, !tool.strict));
+        }
+        let (open, close, forbidden) = match self {
+            Markup::Qwen3Coder => (format!("<function={}>\n", tool.name), "</function>", '>'),
+            Markup::Glm45 => (tool.name.clone(), "", '<'),
+            _ => (
+                format!("<invoke name=\"{}\">\n", tool.name),
+                "</invoke>\n",
+                '"',
+            ),
+        };
+        check_name(&tool.name, forbidden, &tool.name, "its name")?;
+        let mut body = vec![lit(&open)];
+        if self == Markup::Glm45 {
+            // GLM-4.5/4.6 write a newline after the name and each tag, GLM-4.7 none.
+            body.push(OPTIONAL_NEWLINE.into());
+        }
+        let props = tool.params.get("properties").and_then(Value::as_object);
+        let required: Vec<&str> = tool
+            .params
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut keys: Vec<&str> = props
+            .map(|p| p.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        // A required key the schema does not describe still has to be written.
+        let undescribed: Vec<&str> = required
+            .iter()
+            .filter(|k| !keys.contains(k))
+            .copied()
+            .collect();
+        keys.extend(undescribed);
+        for key in keys {
+            check_name(key, forbidden, &tool.name, &format!("parameter `{key}`"))?;
+            let prop = props.and_then(|p| p.get(key));
+            let param = self.param(key, self.value_rule(tool, key, prop)?);
+            body.push(if required.contains(&key) {
+                param
+            } else {
+                format!("({param})?")
+            });
+        }
+        if !close.is_empty() {
+            body.push(lit(close));
+        }
+        Ok(body.join(" "))
+    }
+
+    /// One parameter: open tag with `key`, the value, the close tag (and the newline after).
+    pub(super) fn param(self, key: &str, rule: ValueRule) -> String {
+        if self == Markup::Glm45 {
+            let open = format!(
+                "{} {OPTIONAL_NEWLINE} {}",
+                lit(&format!("<arg_key>{key}</arg_key>")),
+                lit("<arg_value>")
+            );
+            let close = format!("{} {OPTIONAL_NEWLINE}", lit("</arg_value>"));
+            return match rule {
+                ValueRule::Text => format!("{open} param_text {OPTIONAL_NEWLINE}"),
+                ValueRule::Choice(texts) => {
+                    let choices: Vec<String> = texts.iter().map(|t| lit(t)).collect();
+                    format!("{open} ({}) {close}", choices.join(" | "))
+                }
+                ValueRule::Json(schema) => format!("{open} {schema} {close}"),
+            };
+        }
+        let (open, close) = match self {
+            Markup::Qwen3Coder => (format!("<parameter={key}>\n"), "\n</parameter>\n"),
+            _ => (format!("<parameter name=\"{key}\">"), "</parameter>\n"),
+        };
+        match rule {
+            ValueRule::Text => format!(r#"{} param_text "\n""#, lit(&open)),
+            ValueRule::Choice(texts) => {
+                let choices: Vec<String> = texts.iter().map(|t| lit(t)).collect();
+                format!("{} ({}) {}", lit(&open), choices.join(" | "), lit(close))
+            }
+            ValueRule::Json(schema) => format!("{} {} {}", lit(&open), schema, lit(close)),
+        }
+    }
+
+    /// How the raw text of parameter `key` (schema `prop`) is constrained.
+    pub(super) fn value_rule(
+        self,
+        tool: &Tool,
+        key: &str,
+        prop: Option<&Value>,
+    ) -> Result<ValueRule, ConstrainError> {
+        if let (Some(rule), "input") = (&tool.raw_rule, key) {
+            return Ok(ValueRule::Json(rule.clone()));
+        }
+        let Some(prop) = prop else {
+            return Ok(ValueRule::Text);
+        };
+        let text_of = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if let Some(c) = prop.get("const") {
+            return Ok(ValueRule::Choice(vec![text_of(c)]));
+        }
+        if let Some(e) = prop.get("enum").and_then(Value::as_array) {
+            if e.is_empty() {
+                return Err(ConstrainError::invalid(
+                    "tools",
+                    format!("tool `{}` parameter `{key}`: empty enum", tool.name),
+                ));
+            }
+            return Ok(ValueRule::Choice(e.iter().map(text_of).collect()));
+        }
+        let types = schema_types(prop);
+        let annotations_only = prop.as_object().is_some_and(|o| {
+            o.keys().all(|k| {
+                [
+                    "description",
+                    "title",
+                    "default",
+                    "examples",
+                    "$comment",
+                    "deprecated",
+                ]
+                .contains(&k.as_str())
+            })
+        });
+        if annotations_only || types.iter().any(|t| t == "string") {
+            let unenforceable = ["pattern", "format", "minLength", "maxLength"]
+                .into_iter()
+                .find(|k| prop.get(*k).is_some());
+            if let (true, Some(kw)) = (tool.strict, unenforceable) {
+                return Err(ConstrainError::unsupported(
+                    "tools",
+                    format!(
+                        "tool `{}` parameter `{key}`: `{kw}` on a string in the {} tool-call format (arguments are raw text there)",
+                        tool.name,
+                        self.name()
+                    ),
+                ));
+            }
+            return Ok(ValueRule::Text);
+        }
+        let mut prop = prop.clone();
+        if types == ["integer"] {
+            // The raw text becomes a JSON integer: keep it within what every JSON reader
+            // holds exactly (the grammar would otherwise allow any number of digits).
+            if let Some(o) = prop.as_object_mut() {
+                o.entry("minimum").or_insert(json!(-MAX_SAFE_INTEGER));
+                o.entry("maximum").or_insert(json!(MAX_SAFE_INTEGER));
+            }
+        }
+        Ok(ValueRule::Json(json_rule(
+            &with_defs(&prop, &tool.params),
+            !tool.strict,
+        )))
+    }
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Markup::JsonTools => "json_tools",
+            Markup::Qwen3Coder => "qwen3_coder",
+            Markup::MinimaxM2 => "minimax_m2",
+            Markup::Glm45 => "glm45",
+            Markup::Deepseek => "deepseek",
+            Markup::KimiK2 => "kimi_k2",
+        }
+    }
+}

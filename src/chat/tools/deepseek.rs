@@ -13,7 +13,7 @@
 use serde_json::Value;
 
 use super::scan::BlockParser;
-use super::{arguments_object, CallCounter, ParseEvent, ToolParser};
+use super::{arguments_object, CallCounter, ParseEvent};
 
 pub(crate) const CALLS_BEGIN: &str = "<｜tool▁calls▁begin｜>";
 pub(crate) const CALLS_END: &str = "<｜tool▁calls▁end｜>";
@@ -21,30 +21,9 @@ pub(crate) const CALL_BEGIN: &str = "<｜tool▁call▁begin｜>";
 pub(crate) const CALL_END: &str = "<｜tool▁call▁end｜>";
 pub(crate) const SEP: &str = "<｜tool▁sep｜>";
 
-/// The DeepSeek parser.
-#[derive(Debug)]
-pub struct DeepseekParser(BlockParser);
-
-impl DeepseekParser {
-    pub fn new() -> Self {
-        DeepseekParser(BlockParser::new(CALLS_BEGIN, Some(CALLS_END), parse_body))
-    }
-}
-
-impl Default for DeepseekParser {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ToolParser for DeepseekParser {
-    fn push(&mut self, text_delta: &str) -> Vec<ParseEvent> {
-        self.0.push(text_delta)
-    }
-
-    fn finish(&mut self) -> Vec<ParseEvent> {
-        self.0.finish()
-    }
+/// The DeepSeek call blocks' parser: the shared block scanner with this format's body reader.
+pub(crate) fn parser() -> BlockParser {
+    BlockParser::new(CALLS_BEGIN, Some(CALLS_END), parse_body)
 }
 
 /// The calls of one block; `None` if any is malformed (the block is then content).
@@ -93,12 +72,12 @@ fn named(name: &str, args: &str) -> Option<(String, Value)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::tools::ParsedReply;
+    use crate::chat::tools::{ParsedReply, ToolParser};
     use serde_json::json;
 
     /// (content, [(name, arguments)]) of `text` fed in pieces split at `cuts`.
     fn run(text: &str, cuts: &[usize]) -> (String, Vec<(String, Value)>) {
-        let mut p = DeepseekParser::new();
+        let mut p = parser();
         let mut reply = ParsedReply::default();
         let mut from = 0;
         for &cut in cuts.iter().chain([text.len()].iter()) {

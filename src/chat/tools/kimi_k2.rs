@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 use super::scan::BlockParser;
-use super::{arguments_object, CallCounter, ParseEvent, ToolParser};
+use super::{arguments_object, CallCounter, ParseEvent};
 
 pub(crate) const SECTION_BEGIN: &str = "<|tool_calls_section_begin|>";
 pub(crate) const SECTION_END: &str = "<|tool_calls_section_end|>";
@@ -16,34 +16,9 @@ pub(crate) const CALL_BEGIN: &str = "<|tool_call_begin|>";
 pub(crate) const ARGS_BEGIN: &str = "<|tool_call_argument_begin|>";
 pub(crate) const CALL_END: &str = "<|tool_call_end|>";
 
-/// The Kimi-K2 parser.
-#[derive(Debug)]
-pub struct KimiK2Parser(BlockParser);
-
-impl KimiK2Parser {
-    pub fn new() -> Self {
-        KimiK2Parser(BlockParser::new(
-            SECTION_BEGIN,
-            Some(SECTION_END),
-            parse_body,
-        ))
-    }
-}
-
-impl Default for KimiK2Parser {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ToolParser for KimiK2Parser {
-    fn push(&mut self, text_delta: &str) -> Vec<ParseEvent> {
-        self.0.push(text_delta)
-    }
-
-    fn finish(&mut self) -> Vec<ParseEvent> {
-        self.0.finish()
-    }
+/// The Kimi-K2 call blocks' parser: the shared block scanner with this format's body reader.
+pub(crate) fn parser() -> BlockParser {
+    BlockParser::new(SECTION_BEGIN, Some(SECTION_END), parse_body)
 }
 
 /// The calls of one section; `None` if any is malformed (the section is then content).
@@ -78,11 +53,11 @@ fn name_of(id: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::tools::{ParsedReply, ToolCall};
+    use crate::chat::tools::{ParsedReply, ToolCall, ToolParser};
     use serde_json::json;
 
     fn run(text: &str, cuts: &[usize]) -> ParsedReply {
-        let mut p = KimiK2Parser::new();
+        let mut p = parser();
         let mut reply = ParsedReply::default();
         let mut from = 0;
         for &cut in cuts.iter().chain([text.len()].iter()) {

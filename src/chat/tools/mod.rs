@@ -181,9 +181,9 @@ pub fn new_parser(kind: ParserKind, tools: &[Value]) -> Box<dyn ToolParser> {
         ParserKind::Mistral => Box::new(mistral::MistralParser::new()),
         ParserKind::Llama3Json => Box::new(llama3_json::Llama3JsonParser::new()),
         ParserKind::Pythonic => Box::new(pythonic::PythonicParser::new()),
-        ParserKind::Deepseek => Box::new(deepseek::DeepseekParser::new()),
+        ParserKind::Deepseek => Box::new(deepseek::parser()),
         ParserKind::DeepseekV32 => Box::new(deepseek_v32::DeepseekV32Parser::new(schemas)),
-        ParserKind::KimiK2 => Box::new(kimi_k2::KimiK2Parser::new()),
+        ParserKind::KimiK2 => Box::new(kimi_k2::parser()),
         ParserKind::Harmony => Box::new(harmony::HarmonyParser::new(Some(
             harmony::HarmonyParser::tool_names(tools),
         ))),

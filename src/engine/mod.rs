@@ -77,6 +77,17 @@ impl Default for EngineConfig {
     }
 }
 
+/// Work the engine queued with `async_eval` (the next tokens, prefix-cache rows) may still be
+/// running: an engine dropped with it in flight would free arrays under MLX's feet (seen as
+/// a heap abort at process exit). Dropping waits for the default stream.
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let stream = mlx_rs::Stream::thread_local_or_default();
+        // SAFETY: a valid stream handle; the call only waits.
+        let _ = unsafe { mlx_sys::mlx_synchronize(stream.as_ptr()) };
+    }
+}
+
 /// Fresh caches for one sequence of `model`, of the kind `config` asks for.
 fn fresh_caches(model: &dyn LanguageModel, config: &EngineConfig) -> Vec<KvCache> {
     if config.windowed_caches {

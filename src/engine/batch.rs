@@ -16,18 +16,18 @@ use super::prefix_cache::PrefixCache;
 use super::sequence::{Sampled, Sequence};
 use super::{SeqId, TokenEvent};
 use crate::model::slicing::slice_axis;
-use crate::model::{KvCache, LanguageModel, Result};
+use crate::model::{LayerCache, LanguageModel, Result};
 
 /// A prefilled sequence ready to join: its caches and its first sample (queued).
 pub(super) struct Ready {
     pub seq: Sequence,
-    pub caches: Vec<KvCache>,
+    pub caches: Vec<LayerCache>,
     pub first: Sampled,
 }
 
 pub(super) struct Batch {
     rows: Vec<Sequence>,
-    caches: Vec<KvCache>,
+    caches: Vec<LayerCache>,
     /// Every row's pending token, uint32 `[B]` (lazy until read).
     tokens: Array,
 }
@@ -46,7 +46,7 @@ impl Batch {
     /// A batch of the `ready` sequences (at least one).
     pub fn new(ready: Vec<Ready>) -> Result<Self> {
         let mut rows = Vec::with_capacity(ready.len());
-        let mut layer_parts: Vec<Vec<KvCache>> = Vec::new();
+        let mut layer_parts: Vec<Vec<LayerCache>> = Vec::new();
         let mut tokens = Vec::with_capacity(ready.len());
         for r in ready {
             if layer_parts.is_empty() {
@@ -62,7 +62,7 @@ impl Batch {
         }
         let caches = layer_parts
             .into_iter()
-            .map(KvCache::merge)
+            .map(LayerCache::merge)
             .collect::<Result<Vec<_>>>()?;
         Ok(Batch {
             rows,
@@ -89,7 +89,7 @@ impl Batch {
             .caches
             .into_iter()
             .zip(std::mem::take(&mut joined.caches))
-            .map(|(a, b)| KvCache::merge(vec![a, b]))
+            .map(|(a, b)| LayerCache::merge(vec![a, b]))
             .collect::<Result<Vec<_>>>()?;
         let mut rows = old.rows;
         rows.append(&mut joined.rows);

@@ -41,7 +41,7 @@ use std::collections::VecDeque;
 use mlx_rs::Array;
 
 use crate::constrain::{Constrainer, Grammar};
-use crate::model::{KvCache, LanguageModel, ModelError, Result};
+use crate::model::{LayerCache, LanguageModel, ModelError, Result};
 use batch::Batch;
 use constrained::SeqConstraint;
 use prefix_cache::PrefixCache;
@@ -89,7 +89,7 @@ impl Drop for Engine {
 }
 
 /// Fresh caches for one sequence of `model`, of the kind `config` asks for.
-fn fresh_caches(model: &dyn LanguageModel, config: &EngineConfig) -> Vec<KvCache> {
+fn fresh_caches(model: &dyn LanguageModel, config: &EngineConfig) -> Vec<LayerCache> {
     if config.windowed_caches {
         model.make_batchable_caches()
     } else {
@@ -156,7 +156,7 @@ pub struct TokenEvent {
 struct Prefilling {
     seq: Sequence,
     /// `None` until its prefill starts (the prefix cache is asked then).
-    caches: Option<Vec<KvCache>>,
+    caches: Option<Vec<LayerCache>>,
     /// Prompt positions the caches hold.
     done: usize,
 }
@@ -207,13 +207,13 @@ impl Engine {
     /// follower gets rank 0's settings before any request).
     pub fn configure(&mut self, config: EngineConfig) {
         self.config = config;
-        self.batchable = !self.new_caches().iter().any(KvCache::is_rotating);
+        self.batchable = !self.new_caches().iter().any(LayerCache::is_rotating);
         self.prefix = (self.batchable && config.prefix_cache_tokens > 0)
             .then(|| PrefixCache::new(config.prefix_cache_tokens));
     }
 
     /// Fresh caches for one sequence, of the kind the settings ask for.
-    fn new_caches(&self) -> Vec<KvCache> {
+    fn new_caches(&self) -> Vec<LayerCache> {
         fresh_caches(self.model.as_ref(), &self.config)
     }
 

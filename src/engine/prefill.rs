@@ -14,7 +14,7 @@ use mlx_rs::{transforms, Array};
 use super::batch::Ready;
 use super::{fresh_caches, Engine, Prefilling};
 use crate::model::slicing::slice_axis;
-use crate::model::{KvCache, Result};
+use crate::model::{LayerCache, Result};
 
 /// Most prompts one batched prefill reads.
 const MAX_PREFILL_ROWS: usize = 16;
@@ -166,7 +166,7 @@ impl Engine {
     fn start_decoding(
         &mut self,
         mut seq: super::Sequence,
-        caches: Vec<KvCache>,
+        caches: Vec<LayerCache>,
         row: Array,
     ) -> Result<Ready> {
         if seq.req.return_prompt_logits {

@@ -11,15 +11,38 @@
 //! makes the same decisions. MLX arrays are immutable, so concurrent sequences that start
 //! from the same entry share it safely.
 
-use mlx_rs::Array;
+use crate::model::cache::LayerRow;
+use crate::model::LayerCache;
 
-use crate::model::KvCache;
+/// Most state checkpoints one entry keeps besides its own end (the latest win: a growing
+/// conversation resumes from its last turns).
+const MAX_CHECKPOINTS: usize = 4;
 
 struct Entry {
     tokens: Vec<u32>,
-    /// Per layer: keys and values `[1, H, tokens.len(), D]`.
-    layers: Vec<(Array, Array)>,
+    /// Per layer, after all of `tokens`: keys and values `[1, H, tokens.len(), D]`, or a
+    /// recurrent state.
+    layers: Vec<LayerRow>,
+    /// Recurrent models: the states after fewer tokens, ascending by position; each holds a
+    /// row per layer (recurrent layers only, [`LayerRow::Stateless`] elsewhere).
+    checkpoints: Vec<(usize, Vec<LayerRow>)>,
     last_used: u64,
+}
+
+impl Entry {
+    /// Prefix lengths this entry can resume from, at most `limit`, longest first.
+    fn resumable(&self, limit: usize, recurrent: bool) -> Option<usize> {
+        if !recurrent {
+            return Some(limit.min(self.tokens.len())).filter(|&n| n > 0);
+        }
+        std::iter::once(self.tokens.len())
+            .chain(self.checkpoints.iter().rev().map(|(at, _)| *at))
+            .find(|&n| n <= limit && n > 0)
+    }
+
+    fn snapshots(&self) -> usize {
+        self.checkpoints.len() + 1
+    }
 }
 
 /// Counters for `/health` and logs.
@@ -27,6 +50,8 @@ struct Entry {
 pub struct PrefixCacheStats {
     pub entries: usize,
     pub tokens: usize,
+    /// Recurrent-state checkpoints kept (hybrid models).
+    pub checkpoints: usize,
     pub bytes: usize,
     pub budget_tokens: usize,
     pub hits: u64,
@@ -38,15 +63,28 @@ pub struct PrefixCacheStats {
 pub(super) struct PrefixCache {
     entries: Vec<Entry>,
     budget_tokens: usize,
+    /// The model has recurrent layers: an entry serves only at its checkpoints.
+    recurrent: bool,
+    /// What one checkpoint costs against the budget, in tokens (identical on every rank).
+    checkpoint_tokens: usize,
     clock: u64,
     stats: PrefixCacheStats,
 }
 
 impl PrefixCache {
+    /// A cache for a model with only attention layers.
     pub fn new(budget_tokens: usize) -> Self {
+        Self::with_checkpoints(budget_tokens, false, 0)
+    }
+
+    /// `recurrent`: the model keeps recurrent states, which resume only where they were taken;
+    /// each such snapshot costs `checkpoint_tokens` of the budget.
+    pub fn with_checkpoints(budget_tokens: usize, recurrent: bool, checkpoint_tokens: usize) -> Self {
         PrefixCache {
             entries: Vec::new(),
             budget_tokens,
+            recurrent,
+            checkpoint_tokens: if recurrent { checkpoint_tokens } else { 0 },
             clock: 0,
             stats: PrefixCacheStats {
                 budget_tokens,
@@ -55,62 +93,119 @@ impl PrefixCache {
         }
     }
 
+    pub fn is_recurrent(&self) -> bool {
+        self.recurrent
+    }
+
     /// Caches for `prompt` holding its longest cached prefix (at most `prompt.len() - 1`
-    /// positions: the last prompt token is always run, for its logits), and that length;
-    /// `None` when nothing useful is cached.
+    /// positions: the last prompt token is always run, for its logits; for a recurrent model,
+    /// the longest checkpoint within the shared prefix), and that length; `None` when
+    /// nothing useful is cached.
     pub fn lookup(
         &mut self,
         prompt: &[u32],
-        fresh: &[KvCache],
-    ) -> crate::model::Result<Option<(Vec<KvCache>, usize)>> {
+        fresh: &[LayerCache],
+    ) -> crate::model::Result<Option<(Vec<LayerCache>, usize)>> {
         let limit = prompt.len().saturating_sub(1);
+        let recurrent = self.recurrent;
         let best = self
             .entries
             .iter()
             .enumerate()
-            .map(|(i, e)| (i, common_prefix(&e.tokens, &prompt[..limit])))
+            .filter_map(|(i, e)| {
+                let shared = common_prefix(&e.tokens, &prompt[..limit]);
+                e.resumable(shared, recurrent).map(|n| (i, n))
+            })
             .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)));
-        let Some((i, n)) = best.filter(|&(_, n)| n > 0) else {
+        let Some((i, n)) = best else {
             self.stats.misses += 1;
             return Ok(None);
         };
         self.clock += 1;
         let e = &mut self.entries[i];
         e.last_used = self.clock;
+        let states = match e.checkpoints.iter().find(|(at, _)| *at == n) {
+            Some((_, rows)) if n < e.tokens.len() => Some(rows),
+            _ => None,
+        };
         let caches = e
             .layers
             .iter()
+            .enumerate()
             .zip(fresh)
-            .map(|((k, v), like)| KvCache::from_prefix(k, v, n as i32, like))
+            .map(|((l, row), like)| {
+                let row = match (states, like.is_recurrent()) {
+                    (Some(rows), true) => &rows[l],
+                    _ => row,
+                };
+                LayerCache::from_row(row, n as i32, like)
+            })
             .collect::<crate::model::Result<Vec<_>>>()?;
         self.stats.hits += 1;
         self.stats.hit_tokens += n as u64;
         Ok(Some((caches, n)))
     }
 
-    /// Keeps `tokens` with their keys and values (one pair per layer, `[1, H, n, D]` with
-    /// `n == tokens.len()`). Returns false (and keeps nothing) when the budget is too small
-    /// for it, or an entry already covers it.
-    pub fn insert(&mut self, tokens: Vec<u32>, layers: Vec<(Array, Array)>) -> bool {
-        if self.budget_tokens == 0 || tokens.is_empty() || tokens.len() > self.budget_tokens {
+    /// Keeps `tokens` with what each layer holds after them (`n == tokens.len()`). Returns
+    /// false (and keeps nothing) when the budget is too small for it, or an entry already
+    /// covers it.
+    pub fn insert(&mut self, tokens: Vec<u32>, layers: Vec<LayerRow>) -> bool {
+        if self.budget_tokens == 0
+            || tokens.is_empty()
+            || tokens.len() + self.checkpoint_tokens > self.budget_tokens
+        {
             return false;
         }
         self.clock += 1;
+        let clock = self.clock;
+        let recurrent = self.recurrent;
         if let Some(e) = self
             .entries
             .iter_mut()
             .find(|e| e.tokens.starts_with(&tokens))
         {
-            e.last_used = self.clock;
-            return false;
+            e.last_used = clock;
+            let n = tokens.len();
+            if !recurrent || n == e.tokens.len() || e.checkpoints.iter().any(|(at, _)| *at == n) {
+                return false;
+            }
+            // A state inside a longer entry: one more place it can resume from.
+            let at = e.checkpoints.partition_point(|(p, _)| *p < n);
+            e.checkpoints.insert(at, (n, states_only(layers)));
+            cap_checkpoints(&mut e.checkpoints);
+            self.evict();
+            return true;
         }
-        self.entries.retain(|e| !tokens.starts_with(&e.tokens));
+        let mut checkpoints = Vec::new();
+        let mut i = 0;
+        while i < self.entries.len() {
+            if tokens.starts_with(&self.entries[i].tokens) {
+                let old = self.entries.swap_remove(i);
+                if recurrent {
+                    let end = (old.tokens.len(), states_only(old.layers));
+                    checkpoints.extend(old.checkpoints);
+                    checkpoints.push(end);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        checkpoints.sort_by_key(|(at, _)| *at);
+        checkpoints.dedup_by_key(|(at, _)| *at);
+        cap_checkpoints(&mut checkpoints);
         self.entries.push(Entry {
             tokens,
             layers,
-            last_used: self.clock,
+            checkpoints,
+            last_used: clock,
         });
-        while self.total_tokens() > self.budget_tokens {
+        self.evict();
+        true
+    }
+
+    /// Least recently used entries go until the total fits the budget.
+    fn evict(&mut self) {
+        while self.total_cost() > self.budget_tokens {
             let oldest = self
                 .entries
                 .iter()
@@ -125,32 +220,35 @@ impl PrefixCache {
                 None => break,
             }
         }
-        true
     }
 
-    /// Keeps what row `row` of `caches` holds: a copy of its positions, which are the first of
-    /// `tokens` (the ids fed so far). Nothing when the caches cannot give a row (rotating).
+    /// Keeps what row `row` of `caches` holds: a copy of its positions (or its state), which
+    /// are the first of `tokens` (the ids fed so far). Nothing when the caches cannot give a
+    /// row (rotating).
     pub fn offer(
         &mut self,
-        caches: &[KvCache],
+        caches: &[LayerCache],
         row: usize,
         tokens: &[u32],
     ) -> crate::model::Result<()> {
         let mut layers = Vec::with_capacity(caches.len());
-        let mut n = 0;
+        let mut n = None;
         for c in caches {
             match c.row(row)? {
-                Some((k, v, len)) => {
-                    n = len as usize;
-                    layers.push((k, v));
+                Some((r, len)) => {
+                    if len.is_some() {
+                        n = len;
+                    }
+                    layers.push(r);
                 }
                 None => return Ok(()),
             }
         }
+        let n = n.unwrap_or(0).max(0) as usize;
         if n == 0 || n > tokens.len() {
             return Ok(());
         }
-        mlx_rs::transforms::async_eval(layers.iter().flat_map(|(k, v)| [k, v]))?;
+        mlx_rs::transforms::async_eval(layers.iter().flat_map(LayerRow::arrays))?;
         self.insert(tokens[..n].to_vec(), layers);
         Ok(())
     }
@@ -159,18 +257,53 @@ impl PrefixCache {
         self.entries.iter().map(|e| e.tokens.len()).sum()
     }
 
+    /// Tokens plus what the checkpoints cost.
+    fn total_cost(&self) -> usize {
+        let snapshots: usize = match self.recurrent {
+            true => self.entries.iter().map(Entry::snapshots).sum(),
+            false => 0,
+        };
+        self.total_tokens() + snapshots * self.checkpoint_tokens
+    }
+
     pub fn stats(&self) -> PrefixCacheStats {
         PrefixCacheStats {
             entries: self.entries.len(),
             tokens: self.total_tokens(),
+            checkpoints: match self.recurrent {
+                true => self.entries.iter().map(Entry::snapshots).sum(),
+                false => 0,
+            },
             bytes: self
                 .entries
                 .iter()
-                .flat_map(|e| e.layers.iter())
-                .map(|(k, v)| k.nbytes() + v.nbytes())
+                .flat_map(|e| {
+                    e.layers
+                        .iter()
+                        .chain(e.checkpoints.iter().flat_map(|(_, rows)| rows.iter()))
+                })
+                .map(LayerRow::nbytes)
                 .sum(),
             ..self.stats
         }
+    }
+}
+
+/// The recurrent layers' rows of `layers` (the others' become [`LayerRow::Stateless`]: a
+/// checkpoint takes keys and values from its entry's own).
+fn states_only(layers: Vec<LayerRow>) -> Vec<LayerRow> {
+    layers
+        .into_iter()
+        .map(|r| match r {
+            LayerRow::State(_) => r,
+            _ => LayerRow::Stateless,
+        })
+        .collect()
+}
+
+fn cap_checkpoints(c: &mut Vec<(usize, Vec<LayerRow>)>) {
+    if c.len() > MAX_CHECKPOINTS {
+        c.drain(..c.len() - MAX_CHECKPOINTS);
     }
 }
 
@@ -182,13 +315,16 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 mod tests {
     use super::*;
 
-    fn fresh(layers: usize) -> Vec<KvCache> {
-        (0..layers).map(|_| KvCache::new()).collect()
+    use crate::model::cache::StateCache;
+    use crate::model::KvCache;
+
+    fn fresh(layers: usize) -> Vec<LayerCache> {
+        (0..layers).map(|_| KvCache::new().into()).collect()
     }
 
-    fn kv(n: i32) -> Vec<(Array, Array)> {
+    fn kv(n: i32) -> Vec<LayerRow> {
         let a = mlx_rs::ops::zeros::<f32>(&[1, 1, n, 2]).unwrap();
-        vec![(a.clone(), a)]
+        vec![LayerRow::Kv(a.clone(), a)]
     }
 
     #[test]

@@ -17,6 +17,8 @@ use super::error::{ModelError, Result};
 pub struct ModelConfig {
     pub model_type: String,
     pub hidden_size: i32,
+    /// Nemotron-H may leave it out: the length of its layer pattern then.
+    #[serde(default)]
     pub num_hidden_layers: i32,
     pub intermediate_size: i32,
     pub num_attention_heads: i32,
@@ -24,6 +26,7 @@ pub struct ModelConfig {
     pub num_key_value_heads: Option<i32>,
     #[serde(default)]
     pub head_dim: Option<i32>,
+    #[serde(alias = "layer_norm_epsilon")]
     pub rms_norm_eps: f32,
     pub vocab_size: i32,
     #[serde(default)]
@@ -112,6 +115,9 @@ pub struct ModelConfig {
     /// deepseek_v3: only layers whose index is a multiple of this are sparse.
     #[serde(default)]
     pub moe_layer_freq: Option<i32>,
+    /// Every other key, for architectures that read their own settings (the hybrid models).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
 }
 
 /// A key that is present: `Some(value)`, where the value itself may be `null`.
@@ -253,10 +259,29 @@ impl ModelConfig {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let text = read_to_string(&path)?;
-        serde_json::from_str(&text).map_err(|e| ModelError::Parse {
+        let mut cfg: Self = serde_json::from_str(&text).map_err(|e| ModelError::Parse {
             path,
             message: e.to_string(),
-        })
+        })?;
+        if cfg.num_hidden_layers == 0 {
+            cfg.num_hidden_layers = cfg.layer_pattern_len().unwrap_or(0);
+        }
+        Ok(cfg)
+    }
+
+    /// Nemotron-H's layer list (`hybrid_override_pattern`, a string or a list of one-letter
+    /// codes, or `layers_block_type` / `layer_types` names): how many layers it names.
+    fn layer_pattern_len(&self) -> Option<i32> {
+        let v = self
+            .extra
+            .get("hybrid_override_pattern")
+            .or_else(|| self.extra.get("layers_block_type"))
+            .filter(|v| !v.is_null());
+        match v {
+            Some(Value::String(s)) => Some(s.chars().count() as i32),
+            Some(Value::Array(a)) => Some(a.len() as i32),
+            _ => self.layer_types.as_ref().map(|t| t.len() as i32),
+        }
     }
 
     pub fn quant_config(&self) -> Result<QuantConfig> {

@@ -9,7 +9,7 @@
 use mlx_rs::Array;
 
 use super::block::Block;
-use super::cache::KvCache;
+use super::cache::LayerCache;
 use super::config::{ModelConfig, QuantConfig};
 use super::error::{ModelError, Result};
 use super::layers::{Embedding, Linear, RmsNorm};
@@ -120,7 +120,7 @@ impl Llama {
 }
 
 impl LanguageModel for Llama {
-    fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array> {
+    fn forward(&self, tokens: &Array, caches: &mut [LayerCache]) -> Result<Array> {
         if caches.len() != self.layers.len() {
             return Err(ModelError::Request(format!(
                 "{} caches for {} layers",
@@ -138,13 +138,13 @@ impl LanguageModel for Llama {
             _ => self.embed()?.forward(tokens)?,
         };
         // Windowed layers (all of one window) get their mask from the shared view too.
-        let window = caches.iter().find_map(KvCache::window);
-        let rows = match caches.first() {
+        let window = caches.iter().find_map(LayerCache::window);
+        let rows = match caches.first().and_then(LayerCache::as_kv) {
             Some(c) => c.rows_view(tokens.shape()[1], window)?,
             None => None,
         };
         for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
-            h = layer.forward(&h, cache, tp, rows.as_ref())?;
+            h = layer.forward(&h, cache.kv()?, tp, rows.as_ref())?;
         }
         match pipeline {
             Some(p) => p.finish(h, caches, |h| self.head(h)),
@@ -152,14 +152,14 @@ impl LanguageModel for Llama {
         }
     }
 
-    fn make_caches(&self) -> Vec<KvCache> {
-        self.layers.iter().map(Block::make_cache).collect()
+    fn make_caches(&self) -> Vec<LayerCache> {
+        self.layers.iter().map(|l| l.make_cache().into()).collect()
     }
 
-    fn make_batchable_caches(&self) -> Vec<KvCache> {
+    fn make_batchable_caches(&self) -> Vec<LayerCache> {
         self.layers
             .iter()
-            .map(Block::make_batchable_cache)
+            .map(|l| l.make_batchable_cache().into())
             .collect()
     }
 

@@ -24,6 +24,7 @@ mod block;
 pub mod cache;
 pub mod config;
 mod decoder;
+pub mod hybrid;
 pub mod deepseek_v3;
 pub mod error;
 pub mod glm4_moe;
@@ -46,7 +47,7 @@ use std::path::Path;
 
 use mlx_rs::{Array, Device, DeviceType, Dtype};
 
-pub use cache::KvCache;
+pub use cache::{KvCache, LayerCache};
 pub use config::ModelConfig;
 use decoder::Llama;
 pub use error::{ModelError, Result};
@@ -54,20 +55,27 @@ use shard::Stage;
 pub use shard::{ParallelMode, Shard};
 use weights::{WeightPolicy, Weights};
 
-/// A causal language model: token ids in, logits out, with one KV cache per layer.
+/// A causal language model: token ids in, logits out, with one cache per layer (keys and
+/// values, or a recurrent state; see [`LayerCache`]).
 pub trait LanguageModel {
     /// `tokens`: integer `[B, L]` -> logits `[B, L, vocab]` (lazy). Appends to `caches`.
-    fn forward(&self, tokens: &Array, caches: &mut [KvCache]) -> Result<Array>;
+    fn forward(&self, tokens: &Array, caches: &mut [LayerCache]) -> Result<Array>;
     /// Fresh, empty caches for one batch of sequences (rotating for sliding-window layers,
     /// as mlx-lm's).
-    fn make_caches(&self) -> Vec<KvCache>;
+    fn make_caches(&self) -> Vec<LayerCache>;
     /// Fresh caches whose rows can be batched and prefix-cached: sliding-window layers get
     /// windowed caches (see [`KvCache::windowed`]) instead of rotating ones.
-    fn make_batchable_caches(&self) -> Vec<KvCache> {
+    fn make_batchable_caches(&self) -> Vec<LayerCache> {
         self.make_caches()
     }
     fn num_layers(&self) -> usize;
     fn config(&self) -> &ModelConfig;
+    /// For models with recurrent layers: what one snapshot of every layer's state costs in
+    /// the prefix cache's budget unit (positions of keys and values of the whole model),
+    /// computed from the config so that every rank agrees. 0 for attention-only models.
+    fn checkpoint_tokens(&self) -> usize {
+        0
+    }
     /// Every weight array (to evaluate after loading).
     fn parameters(&self) -> Vec<&Array>;
 }
@@ -138,6 +146,8 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "deepseek_v3",
     "kimi_k2",
     "joyai_llm_flash",
+    "nemotron_h",
+    "qwen3_next",
 ];
 
 /// Says which checkpoint tensors an architecture drops on purpose.
@@ -160,6 +170,19 @@ fn build_llama(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result<(Ll
         Llama::load(cfg, ws, stage)?,
         cfg.tie_word_embeddings.unwrap_or(true),
     ))
+}
+
+/// Builds a hybrid model's stage (see [`hybrid`]); returns it and whether its embeddings
+/// are tied.
+type HybridBuilder = fn(&ModelConfig, &mut Weights, &Stage) -> Result<(hybrid::Hybrid, bool)>;
+
+/// The hybrid part of the registry: `model_type` -> builder.
+fn hybrid_builder_for(model_type: &str) -> Option<HybridBuilder> {
+    match model_type {
+        "nemotron_h" => Some(hybrid::nemotron_h::load),
+        "qwen3_next" => Some(hybrid::qwen3_next::load),
+        _ => None,
+    }
 }
 
 /// The registry: `model_type` -> builder.
@@ -191,6 +214,9 @@ pub fn load_model_sharded(
     shard: Option<Shard>,
 ) -> Result<Box<dyn LanguageModel>> {
     let cfg = ModelConfig::load(dir)?;
+    if let Some(builder) = hybrid_builder_for(&cfg.model_type) {
+        return load_hybrid(dir, &cfg, dtype, shard, builder);
+    }
     let builder = builder_for(&cfg.model_type).ok_or_else(|| ModelError::UnsupportedModelType {
         found: cfg.model_type.clone(),
         supported: SUPPORTED_MODEL_TYPES.to_vec(),
@@ -208,6 +234,45 @@ pub fn load_model_sharded(
     }
     if std::env::var_os("KOOKA_NO_FUSE").is_none() {
         model.fuse_projections()?;
+    }
+    eval_with_progress(model.parameters())?;
+    Ok(Box::new(model))
+}
+
+/// [`load_model_sharded`] for a hybrid model: pipeline parallel only.
+fn load_hybrid(
+    dir: &Path,
+    cfg: &ModelConfig,
+    dtype: ComputeDtype,
+    shard: Option<Shard>,
+    builder: HybridBuilder,
+) -> Result<Box<dyn LanguageModel>> {
+    let shard = shard.filter(|s| s.group.size() > 1);
+    if let Some(Shard {
+        mode: ParallelMode::Tensor,
+        ..
+    }) = &shard
+    {
+        return Err(ModelError::Shard(format!(
+            "{} (a hybrid recurrent model) cannot be split tensor-parallel: its recurrent \
+             layers' projections interleave heads, groups and gates; use --parallel pipeline",
+            cfg.model_type
+        )));
+    }
+    let stage = shard::stage_for(cfg, shard.as_ref())?;
+    let mut ws = Weights::load(dir, dtype.policy())?;
+    hybrid::canonical_names(cfg, &mut ws);
+    let wire = shard::wire_dtype(&ws)?;
+    let (mut model, tied) = builder(cfg, &mut ws, &stage)?;
+    let ignore = ignore_for(tied);
+    ws.finish(|n| ignore(n) || stage.skips(n, tied))?;
+    if let Some(shard) = shard {
+        model.set_dist(shard::Dist::Pipeline(shard::Pipeline::new(
+            shard.group,
+            cfg.hidden_size,
+            cfg.vocab_size,
+            wire,
+        )))?;
     }
     eval_with_progress(model.parameters())?;
     Ok(Box::new(model))

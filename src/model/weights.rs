@@ -99,6 +99,23 @@ impl Weights {
         before - self.tensors.len()
     }
 
+    /// Renames every tensor under `from` to the same name under `to` (an architecture whose
+    /// checkpoint uses other module names than the shared loaders read, e.g. Nemotron-H's
+    /// `backbone.*`).
+    pub fn rename_prefix(&mut self, from: &str, to: &str) {
+        let names: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| k.starts_with(from))
+            .cloned()
+            .collect();
+        for name in names {
+            if let Some(a) = self.tensors.remove(&name) {
+                self.tensors.insert(format!("{to}{}", &name[from.len()..]), a);
+            }
+        }
+    }
+
     /// Adds (or replaces) a tensor: an architecture's rewrite of an older checkpoint layout
     /// into the one it reads (as mlx-lm's `sanitize` does on load).
     pub fn insert(&mut self, name: &str, a: Array) {

@@ -15,14 +15,18 @@
 //! like any other (a rotating buffer cannot); the price is memory for the whole context, and
 //! sums over the window in temporal rather than rotated order (equal to within rounding).
 
+mod layer;
 mod rows;
+mod state;
 
 use mlx_rs::{ops, Array};
 
 use super::error::Result;
 use super::slicing::{slice_axis, slice_update_axis};
 use rows::Rows;
+pub use layer::{LayerCache, LayerRow};
 pub use rows::{Positions, RowsView};
+pub use state::StateCache;
 
 /// Positions added each time the cache grows.
 pub const KV_STEP: i32 = 256;

@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use mlx_rs::{ops, Array, Dtype};
 
-use super::super::cache::KvCache;
+use super::super::cache::LayerCache;
 use super::super::error::{ModelError, Result};
 use crate::dist::{depends, Group};
 
@@ -60,7 +60,7 @@ impl Pipeline {
     pub(crate) fn finish(
         &self,
         h: Array,
-        caches: &mut [KvCache],
+        caches: &mut [LayerCache],
         head: impl FnOnce(&Array) -> Result<Array>,
     ) -> Result<Array> {
         let logits = if self.is_last() {

@@ -127,7 +127,7 @@ impl Attention {
         })
     }
 
-    fn forward(
+    pub(crate) fn forward(
         &self,
         x: &Array,
         cache: &mut KvCache,
@@ -200,7 +200,7 @@ impl Attention {
         Ok((q, k, heads(v, nkv, &None)?))
     }
 
-    fn arrays(&self) -> Vec<&Array> {
+    pub(crate) fn arrays(&self) -> Vec<&Array> {
         let mut v: Vec<&Array> = match &self.qkv {
             Qkv::Separate { q, k, v } => vec![q, k, v],
             Qkv::Fused { qkv, .. } => vec![qkv],

@@ -34,7 +34,7 @@ enum Experts {
 }
 
 /// `SwitchLinear` / `QuantizedSwitchLinear`.
-struct SwitchLinear {
+pub(crate) struct SwitchLinear {
     w: Experts,
     /// Per-expert output bias `[experts, out]` (gpt-oss).
     bias: Option<Array>,
@@ -46,7 +46,7 @@ struct SwitchLinear {
 impl SwitchLinear {
     /// Quantized iff `<path>.scales` exists; a dequantizing policy expands the packed
     /// experts once here, then casts (as mlx-lm's `dequantize_model` + `set_dtype`).
-    fn load(
+    pub(crate) fn load(
         ws: &mut Weights,
         path: &str,
         experts: i32,
@@ -110,7 +110,7 @@ impl SwitchLinear {
 
     /// `x @ W[idx].T (+ bias[idx])`, batched over the broadcast of `x`'s and `idx`'s batch
     /// shapes.
-    fn forward(&self, x: &Array, idx: &Array, sorted: bool) -> Result<Array> {
+    pub(crate) fn forward(&self, x: &Array, idx: &Array, sorted: bool) -> Result<Array> {
         let y = self.matmul(x, idx, sorted)?;
         match &self.bias {
             Some(b) => Ok(y.add(b.take_axis(idx, 0)?.expand_dims(-2)?)?),
@@ -137,7 +137,7 @@ impl SwitchLinear {
         }
     }
 
-    fn arrays(&self) -> Vec<&Array> {
+    pub(crate) fn arrays(&self) -> Vec<&Array> {
         let mut v = match &self.w {
             Experts::Dense(w) => vec![w],
             Experts::Quant(q) => q.arrays(),
@@ -233,22 +233,7 @@ impl SwitchGlu {
 
     /// `x`: `[B, L, D]`, `indices`: `[B, L, k]` -> `[B, L, k, D]`.
     fn forward(&self, x: &Array, indices: &Array) -> Result<Array> {
-        let x = x.expand_dims_axes(&[-2, -3])?;
-        if indices.size() < SORT_THRESHOLD {
-            return Ok(self.mlp(&x, indices, false)?.squeeze_axes(&[-2])?);
-        }
-        // Sort the (token, expert) pairs by expert so each expert's rows are contiguous.
-        let shape = indices.shape().to_vec();
-        let k = shape.last().copied().unwrap_or(1);
-        let flat = indices.flatten(None, None)?;
-        let order = ops::argsort_axis(&flat, -1)?;
-        let inv_order = ops::argsort_axis(&order, -1)?;
-        let xs = x
-            .flatten(0, -3)?
-            .take_axis(order.floor_divide(Array::from_int(k))?, 0)?;
-        let idx = flat.take_axis(&order, 0)?;
-        let y = self.mlp(&xs, &idx, true)?.take_axis(&inv_order, 0)?;
-        Ok(ops::unflatten(&y, 0, &shape)?.squeeze_axes(&[-2])?)
+        through_experts(x, indices, |x, idx, sorted| self.mlp(x, idx, sorted))
     }
 
     fn arrays(&self) -> Vec<&Array> {
@@ -268,6 +253,32 @@ impl SwitchGlu {
         self.down_proj
             .shard_tensor(tp, Split::Inputs, &name("down_proj"))
     }
+}
+
+/// Each token of `x` (`[B, L, D]`) through its experts `indices` (`[B, L, k]`) by `mlp(x,
+/// idx, sorted)` -> `[B, L, k, D]`, as mlx-lm's `SwitchGLU` / `SwitchMLP` call their
+/// projections: past [`SORT_THRESHOLD`] pairs, sorted by expert so each expert's rows are
+/// contiguous, then put back in order.
+pub(crate) fn through_experts(
+    x: &Array,
+    indices: &Array,
+    mlp: impl Fn(&Array, &Array, bool) -> Result<Array>,
+) -> Result<Array> {
+    let x = x.expand_dims_axes(&[-2, -3])?;
+    if indices.size() < SORT_THRESHOLD {
+        return Ok(mlp(&x, indices, false)?.squeeze_axes(&[-2])?);
+    }
+    let shape = indices.shape().to_vec();
+    let k = shape.last().copied().unwrap_or(1);
+    let flat = indices.flatten(None, None)?;
+    let order = ops::argsort_axis(&flat, -1)?;
+    let inv_order = ops::argsort_axis(&order, -1)?;
+    let xs = x
+        .flatten(0, -3)?
+        .take_axis(order.floor_divide(Array::from_int(k))?, 0)?;
+    let idx = flat.take_axis(&order, 0)?;
+    let y = mlp(&xs, &idx, true)?.take_axis(&inv_order, 0)?;
+    Ok(ops::unflatten(&y, 0, &shape)?.squeeze_axes(&[-2])?)
 }
 
 /// How router logits become expert choices and weights.

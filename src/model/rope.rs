@@ -92,8 +92,24 @@ impl Rope {
         })
     }
 
+    /// No rotation at all (Nemotron-H's attention layers have no position encoding): a
+    /// `Rope` of zero rotated values, whose `forward` returns its input.
+    pub fn none() -> Self {
+        Rope {
+            dims: 0,
+            traditional: false,
+            kind: RopeKind::Base {
+                base: 1.0,
+                scale: 1.0,
+            },
+        }
+    }
+
     /// `x`: `[B, H, L, D]`, positions `offset..offset+L` (per row for a batch).
     pub fn forward(&self, x: &Array, offset: &Positions) -> Result<Array> {
+        if self.dims == 0 {
+            return Ok(x.clone());
+        }
         let (base, scale, freqs) = match &self.kind {
             RopeKind::Base { base, scale } => (Some(*base), *scale, None),
             RopeKind::Freqs(f) => (None, 1.0, Some(f)),

@@ -21,8 +21,8 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
-from mlx_lm.models import (deepseek_v3, glm4_moe, gpt_oss, llama, minimax, mixtral, qwen2, qwen3,
-                            qwen3_moe)
+from mlx_lm.models import (deepseek_v3, glm4_moe, gpt_oss, llama, minimax, mixtral, nemotron_h,
+                            qwen2, qwen3, qwen3_moe)
 from mlx_lm.utils import save_config, save_model
 
 BASE = dict(
@@ -133,6 +133,20 @@ ARCHS_EXTRA = {
     # glm4_moe with SmolLM2's vocabulary size (`--chat glm4_moe`, served with GLM-4.6's template).
     "glm4_moe_chat": (glm4_moe, dict(ARCHS["glm4_moe"][1], vocab_size=49152,
                                      max_position_embeddings=8192)),
+    # nemotron_h: Mamba-2 (8 heads of 16 in 2 groups, state 16, conv kernel 4), attention
+    # without RoPE, a ReLU^2 MLP, and MoE layers of 8 ReLU^2 experts in 2 groups (1 kept),
+    # top-2, run in a 64-wide latent, plus a shared expert. Every quantized input width is a
+    # multiple of 64. mlx-lm wants the pattern as a list of one-character strings and
+    # `layer_norm_epsilon` (build() drops BASE's rms_norm_eps: kooka reads either name).
+    "nemotron_h": (nemotron_h, dict(
+        BASE, model_type="nemotron_h", hidden_size=128, intermediate_size=128,
+        hybrid_override_pattern=list("ME*M-ME"), num_hidden_layers=7, layer_norm_epsilon=1e-5,
+        attention_bias=False, mamba_num_heads=8, mamba_head_dim=16, mamba_proj_bias=False,
+        ssm_state_size=16, conv_kernel=4, n_groups=2, mlp_bias=False, use_bias=False,
+        use_conv_bias=True, moe_intermediate_size=64, moe_shared_expert_intermediate_size=64,
+        moe_latent_size=64, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
+        n_group=2, topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.5,
+        tie_word_embeddings=False)),
     # Top-3 of 8 without renormalization, every second layer sparse.
     "qwen3_moe_k3": (qwen3_moe, dict(
         MOE_BASE, model_type="qwen3_moe", rope_theta=1000000.0, tie_word_embeddings=True,
@@ -207,6 +221,8 @@ EXTRA = {
     ("deepseek_v3_noqlora", "q4g64"): ({"group_size": 64, "bits": 4}, {}),
     ("deepseek_v3_kvb", "bf16"): (None, {}),
     ("deepseek_v3_kvb", "q4g64"): ({"group_size": 64, "bits": 4}, {}),
+    ("nemotron_h", "bf16"): (None, {}),
+    ("nemotron_h", "q4g64"): ({"group_size": 64, "bits": 4}, {}),
     ("mixtral", "mixed"): ({"group_size": 64, "bits": 4},
                            {"model.layers.1.block_sparse_moe.switch_mlp.down_proj":
                                 {"group_size": 32, "bits": 8},
@@ -217,6 +233,8 @@ EXTRA = {
 def build(arch, variant, quant, overrides, out):
     module, extra = ARCHS.get(arch) or ARCHS_EXTRA[arch]
     config = dict(BASE, **extra)
+    if module is nemotron_h:
+        del config["rms_norm_eps"]
     mx.random.seed(0)
     args = module.ModelArgs.from_dict(config)
     model = module.Model(args)
@@ -252,6 +270,22 @@ def build(arch, variant, quant, overrides, out):
             attn.sinks = mx.random.uniform(-1.0, 1.0, attn.sinks.shape).astype(dtype)
             for proj in (experts.gate_proj, experts.up_proj, experts.down_proj):
                 proj.bias = (mx.random.normal(proj.bias.shape) * 0.5).astype(dtype)
+    if module is nemotron_h:
+        for layer in model.backbone.layers:
+            m = layer.mixer
+            if layer.block_type == "M":
+                # mlx-lm's A = -(1..heads) and dt_bias = 1 forget a state within a few
+                # positions: slow decays here (|A| in 0.02..0.2, softplus(dt) mostly < 1),
+                # so the state carried across scan chunks and prefill chunks matters. A_log
+                # stays float32 (mlx-lm's cast_predicate).
+                m.A_log = mx.log(mx.random.uniform(0.02, 0.2, m.A_log.shape))
+                m.dt_bias = mx.random.uniform(-3.0, -1.0, m.dt_bias.shape).astype(dtype)
+                m.D = mx.random.uniform(0.5, 1.5, m.D.shape).astype(dtype)
+            elif layer.block_type == "E":
+                # As for glm4_moe: random routers and correction biases (float32).
+                gate = m.gate
+                gate.weight = (mx.random.normal(gate.weight.shape) * 0.5).astype(dtype)
+                gate.e_score_correction_bias = mx.random.uniform(-0.3, 0.3, gate.e_score_correction_bias.shape)
     if quant is not None:
         # The model's own quant_predicate (qwen3_moe: routers at 8 bits) applies as in
         # mlx_lm.convert, and its per-module choices are recorded in the config likewise.

@@ -4,7 +4,8 @@
 //! gpt_oss (attention sinks, YaRN, alternating sliding windows, MXFP4) and deepseek_v3
 //! (multi-head latent attention; low-rank or full query, the older `kv_b_proj` layout), mistral with
 //! sliding-window layers (rotating KV cache, windows 8 and 16) and qwen2 with a sliding
-//! window mlx-lm ignores; bf16, f16, 4/8/3-bit and mixed per-module quantization), and on
+//! window mlx-lm ignores; bf16, f16, 4/8/3-bit and mixed per-module quantization), the
+//! hybrid nemotron_h (Mamba-2, attention without RoPE, ReLU² MLP and MoE layers), and on
 //! SmolLM2-135M-Instruct when `models/SmolLM2-135M-Instruct` exists.
 //!
 //! The MoE and sliding-window models also run a 40-token prompt: its prefill routes more
@@ -256,6 +257,23 @@ fn latent_attention_chunked_prefill_matches_mlx_lm() {
         "deepseek_v3 tiny models missing: {names:?}"
     );
     check_parity(&dir, &names, &long_prompt(), 16, 7);
+}
+
+/// Hybrid recurrent models on a 300-token prompt: in one forward it is longer than mlx-lm's
+/// 256-position scan step (the SSM state carried from one scan chunk to the next); prefilled
+/// in chunks of 100, the conv and SSM states are carried from one forward to the next.
+#[test]
+fn hybrid_models_match_mlx_lm_past_one_scan_chunk() {
+    let (dir, names) = tiny_models();
+    let names: Vec<String> = names
+        .into_iter()
+        .filter(|n| n.starts_with("nemotron_h") || n.starts_with("qwen3_next"))
+        .collect();
+    let nemotron = names.iter().filter(|n| n.starts_with("nemotron_h")).count();
+    assert!(nemotron >= 2, "nemotron_h tiny models missing: {names:?}");
+    let prompt: Vec<u32> = (0..300u32).map(|i| (i * 37 + 11) % 320).collect();
+    check_parity(&dir, &names, &prompt, 16, 2048);
+    check_parity(&dir, &names, &prompt, 16, 100);
 }
 
 fn long_prompt() -> Vec<u32> {

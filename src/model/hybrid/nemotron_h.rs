@@ -50,9 +50,9 @@ struct Args {
     hybrid_override_pattern: Option<Value>,
     #[serde(default)]
     layers_block_type: Option<Vec<String>>,
-    /// `[min, max]`; a missing or null bound is unbounded.
+    /// `[min, max]`: see [`bound`].
     #[serde(default)]
-    time_step_limit: Option<Vec<Option<f32>>>,
+    time_step_limit: Option<Value>,
     #[serde(default)]
     moe_latent_size: Option<i32>,
     #[serde(default)]
@@ -128,14 +128,10 @@ impl Args {
             .collect()
     }
 
-    fn mamba(&self, cfg: &ModelConfig) -> MambaSpec {
-        let bound = |i: usize, default: f32| {
-            self.time_step_limit
-                .as_ref()
-                .and_then(|l| l.get(i).copied().flatten())
-                .unwrap_or(default)
-        };
-        MambaSpec {
+    fn mamba(&self, cfg: &ModelConfig) -> Result<MambaSpec> {
+        let limit = self.time_step_limit.as_ref().filter(|v| !v.is_null());
+        let at = |i: usize, default: f32| bound(limit.and_then(|l| l.get(i)), default);
+        Ok(MambaSpec {
             hidden: cfg.hidden_size,
             heads: self.mamba_num_heads,
             head_dim: self.mamba_head_dim,
@@ -145,8 +141,8 @@ impl Args {
             proj_bias: self.mamba_proj_bias,
             conv_bias: self.use_conv_bias,
             eps: cfg.rms_norm_eps,
-            time_step_limit: (bound(0, 0.0), bound(1, f32::INFINITY)),
-        }
+            time_step_limit: (at(0, 0.0)?, at(1, f32::INFINITY)?),
+        })
     }
 
     fn moe(&self, cfg: &ModelConfig) -> Result<NemotronMoeSpec> {
@@ -184,6 +180,26 @@ impl Args {
             Some("float32") => 4,
             _ => 2,
         }
+    }
+}
+
+/// One bound of `time_step_limit`: a number; infinity as Python's `json` cannot write it in
+/// strict JSON (a string `"Infinity"`, or transformers 5's `{"__float__": "Infinity"}`); a
+/// missing or null bound is `default` (unbounded).
+fn bound(v: Option<&Value>, default: f32) -> Result<f32> {
+    let text = match v {
+        None | Some(Value::Null) => return Ok(default),
+        Some(Value::Number(n)) => return Ok(n.as_f64().unwrap_or(f64::INFINITY) as f32),
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(Value::Object(o)) => o.get("__float__").and_then(Value::as_str),
+        Some(_) => None,
+    };
+    match text.map(str::to_ascii_lowercase).as_deref() {
+        Some("infinity" | "inf") => Ok(f32::INFINITY),
+        Some("-infinity" | "-inf") => Ok(f32::NEG_INFINITY),
+        _ => Err(ModelError::Config(format!(
+            "nemotron_h: time_step_limit bound {v:?} is not a number"
+        ))),
     }
 }
 
@@ -251,10 +267,10 @@ impl HybridLayer for Block {
 
 /// One snapshot of every Mamba layer's state in positions of the whole model's keys and
 /// values, rounded up (at least 1). From the config alone, so every pipeline rank agrees.
-fn checkpoint_tokens(cfg: &ModelConfig, args: &Args, pattern: &[Kind]) -> usize {
+fn checkpoint_tokens(cfg: &ModelConfig, args: &Args, mamba: &MambaSpec, pattern: &[Kind]) -> usize {
     let count = |k: Kind| pattern.iter().filter(|&&p| p == k).count();
     let bytes = args.dtype_bytes();
-    let snapshot = count(Kind::Mamba) * args.mamba(cfg).state_bytes(bytes);
+    let snapshot = count(Kind::Mamba) * mamba.state_bytes(bytes);
     let per_token =
         count(Kind::Attention) * 2 * (cfg.kv_heads() * cfg.head_dim()).max(0) as usize * bytes;
     // A model without attention has no key/value positions to count in: a snapshot then
@@ -277,7 +293,7 @@ pub(crate) fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result
         )));
     }
     let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
-    let mamba = args.mamba(cfg);
+    let mamba = args.mamba(cfg)?;
     let bias = cfg.attention_bias.unwrap_or(false);
     let attn = AttnSpec {
         hidden: h,
@@ -312,7 +328,76 @@ pub(crate) fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result
         let norm = RmsNorm::load(ws, &format!("{p}.norm"), h, eps)?;
         layers.push(Box::new(Block { norm, mixer }));
     }
-    let tokens = checkpoint_tokens(cfg, &args, &pattern);
+    let tokens = checkpoint_tokens(cfg, &args, &mamba, &pattern);
     let model = Hybrid::assemble(cfg, ws, &quant, layers, false, stage, tokens)?;
     Ok((model, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(extra: Value) -> ModelConfig {
+        let mut v = json!({
+            "model_type": "nemotron_h", "hidden_size": 128, "intermediate_size": 128,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "layer_norm_epsilon": 1e-5,
+            "vocab_size": 320, "mamba_num_heads": 8, "mamba_head_dim": 16,
+            "ssm_state_size": 16, "conv_kernel": 4, "n_groups": 2,
+        });
+        if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn layer_patterns_read_in_every_spelling() {
+        use Kind::*;
+        let want = vec![Mamba, Moe, Attention, Mlp];
+        for extra in [
+            json!({"hybrid_override_pattern": "ME*-"}),
+            json!({"hybrid_override_pattern": ["M", "E", "*", "-"]}),
+            json!({"layers_block_type": ["mamba", "moe", "attention", "mlp"]}),
+            json!({"layer_types": ["linear_attention", "moe", "full_attention", "mlp"]}),
+        ] {
+            let cfg = config(extra.clone());
+            assert_eq!(
+                Args::parse(&cfg).unwrap().pattern(&cfg).unwrap(),
+                want,
+                "{extra}"
+            );
+        }
+        let cfg = config(json!({"hybrid_override_pattern": "M+"}));
+        assert!(Args::parse(&cfg).unwrap().pattern(&cfg).is_err());
+    }
+
+    #[test]
+    fn time_step_limits_accept_python_infinity_spellings() {
+        for (limit, want) in [
+            (json!(null), (0.0, f32::INFINITY)),
+            (json!([0.001, 100.0]), (0.001, 100.0)),
+            (json!([0.0, "Infinity"]), (0.0, f32::INFINITY)),
+            (
+                json!([0.0, {"__float__": "Infinity"}]),
+                (0.0, f32::INFINITY),
+            ),
+        ] {
+            let cfg = config(json!({"time_step_limit": limit}));
+            let spec = Args::parse(&cfg).unwrap().mamba(&cfg).unwrap();
+            assert_eq!(spec.time_step_limit, want, "{limit}");
+        }
+        let cfg = config(json!({"time_step_limit": [0.0, "big"]}));
+        assert!(Args::parse(&cfg).unwrap().mamba(&cfg).is_err());
+    }
+
+    /// Two Mamba layers' states (conv 3 x 192 bf16 + SSM 8 x 16 x 16 float32: 9,344 bytes
+    /// each) against one attention layer's 2 x 2 x 32 bf16 values per position (256 bytes).
+    #[test]
+    fn checkpoint_tokens_count_state_in_kv_positions() {
+        let cfg = config(json!({"hybrid_override_pattern": "M*M-"}));
+        let args = Args::parse(&cfg).unwrap();
+        let (mamba, pattern) = (args.mamba(&cfg).unwrap(), args.pattern(&cfg).unwrap());
+        assert_eq!(checkpoint_tokens(&cfg, &args, &mamba, &pattern), 73);
+    }
 }

@@ -168,6 +168,7 @@ fn budgets(model: &dyn LanguageModel, config: &RuntimeConfig) -> (ModelInfo, Eng
             .and_then(|n| usize::try_from(n).ok()),
         kv_budget_tokens: (kv_bytes / per_token).max(1),
         prefix_cache_tokens: prefix_bytes / per_token,
+        recurrent: model.checkpoint_tokens() > 0,
     };
     let engine = EngineConfig {
         prefill_chunk: config

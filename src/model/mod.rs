@@ -132,6 +132,12 @@ pub(crate) fn default_device_is_cpu() -> bool {
         .is_none_or(|t| matches!(t, DeviceType::Cpu))
 }
 
+/// Layers of the whole model that keep keys and values (a hybrid model's attention layers;
+/// every layer otherwise): what one position costs.
+pub fn kv_layer_count(cfg: &ModelConfig) -> usize {
+    hybrid::kv_layers(cfg).unwrap_or(cfg.num_hidden_layers.max(0) as usize)
+}
+
 /// `model_type` values the registry can build.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "llama",

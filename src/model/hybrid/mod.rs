@@ -10,6 +10,7 @@
 //! Tensor parallelism is refused: the recurrent layers' projections interleave heads,
 //! groups and gates in ways a plain split by output would cut through.
 
+pub mod gated_delta;
 pub mod nemotron_h;
 pub mod qwen3_next;
 
@@ -25,8 +26,7 @@ use super::LanguageModel;
 
 /// One layer of a hybrid model: `h` in, `h` out (residuals included).
 pub(crate) trait HybridLayer {
-    fn forward(&self, h: &Array, cache: &mut LayerCache, rows: Option<&RowsView>)
-        -> Result<Array>;
+    fn forward(&self, h: &Array, cache: &mut LayerCache, rows: Option<&RowsView>) -> Result<Array>;
     /// A fresh cache for this layer (one sequence).
     fn make_cache(&self) -> LayerCache;
     fn arrays(&self) -> Vec<&Array>;

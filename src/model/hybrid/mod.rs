@@ -26,7 +26,8 @@ use super::LanguageModel;
 
 /// One layer of a hybrid model: `h` in, `h` out (residuals included).
 pub(crate) trait HybridLayer {
-    fn forward(&self, h: &Array, cache: &mut LayerCache, rows: Option<&RowsView>) -> Result<Array>;
+    fn forward(&self, h: &Array, cache: &mut LayerCache, rows: Option<&RowsView>)
+        -> Result<Array>;
     /// A fresh cache for this layer (one sequence).
     fn make_cache(&self) -> LayerCache;
     fn arrays(&self) -> Vec<&Array>;

@@ -207,9 +207,15 @@ impl Engine {
     /// follower gets rank 0's settings before any request).
     pub fn configure(&mut self, config: EngineConfig) {
         self.config = config;
-        self.batchable = !self.new_caches().iter().any(LayerCache::is_rotating);
-        self.prefix = (self.batchable && config.prefix_cache_tokens > 0)
-            .then(|| PrefixCache::new(config.prefix_cache_tokens));
+        let caches = self.new_caches();
+        self.batchable = !caches.iter().any(LayerCache::is_rotating);
+        // A recurrent state serves only after exactly the tokens it has read: such a model's
+        // entries resume at their checkpoints, each priced at the model's snapshot cost.
+        let recurrent = caches.iter().any(LayerCache::is_recurrent);
+        let checkpoint = self.model.checkpoint_tokens();
+        self.prefix = (self.batchable && config.prefix_cache_tokens > 0).then(|| {
+            PrefixCache::with_checkpoints(config.prefix_cache_tokens, recurrent, checkpoint)
+        });
     }
 
     /// Fresh caches for one sequence, of the kind the settings ask for.

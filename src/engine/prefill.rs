@@ -77,7 +77,8 @@ impl Engine {
     /// them). The prefix cache is asked first: a hit stops the run (that prompt starts from
     /// its cached prefix on its own).
     fn prefill_cold_batch(&mut self, budget: &mut usize) -> Result<Vec<Ready>> {
-        if !self.batchable {
+        // Right padding would run through a recurrent layer's state: those prompts go alone.
+        if !self.batchable || self.new_caches().iter().any(LayerCache::is_recurrent) {
             return Ok(Vec::new());
         }
         let mut take = 0;

@@ -259,7 +259,6 @@ pub(crate) fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result
             args.full_attention_interval
         )));
     }
-    let missing = |k: &str| ModelError::Config(format!("qwen3_next: {k} is missing"));
     let n = cfg.num_hidden_layers;
     if (0..n).any(|i| ws.contains(&format!("model.layers.{i}.mlp.experts.0.up_proj.weight"))) {
         return Err(ModelError::Config(
@@ -290,6 +289,7 @@ pub(crate) fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result
         dims: h,
         hidden: cfg.moe_intermediate_size.unwrap_or(0),
         experts,
+        // Missing: 0, which SparseMoe::load refuses with the numbers.
         top_k: cfg.num_experts_per_tok.unwrap_or(0),
         routing: Routing::SoftmaxTopK {
             norm_topk_prob: cfg.norm_topk_prob.unwrap_or(false),
@@ -319,9 +319,6 @@ pub(crate) fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result
         };
         let mlp = format!("{p}.mlp");
         let ffn = if !dense_only.contains(&i) && experts > 0 && (i + 1) % step == 0 {
-            if cfg.num_experts_per_tok.is_none() {
-                return Err(missing("num_experts_per_tok"));
-            }
             let hidden = args.shared_expert_intermediate_size;
             FeedForward::Sparse(NextMoe {
                 routed: SparseMoe::load(ws, &mlp, &moe, &quant)?,

@@ -10,6 +10,7 @@
 //! Tensor parallelism is refused: the recurrent layers' projections interleave heads,
 //! groups and gates in ways a plain split by output would cut through.
 
+pub mod gated_delta;
 pub mod nemotron_h;
 pub mod qwen3_next;
 

@@ -4,7 +4,7 @@
 usage: python3 scripts/bench_serve.py [--model DIR] [--kooka PATH] [--kooka-args ARGS]
            [--python PATH | --mlx-lm-cmd CMD] [--sides kooka,mlx-lm] [--streams 1,8,32,64]
            [--max-tokens 128] [--prompt-words 400] [--long-prompt-words 3000]
-           [--timeout 600] [--no-warmup] [--json OUT]
+           [--turn2-words 0] [--timeout 600] [--no-warmup] [--json OUT]
 On the GPU machine: --python python3, or --mlx-lm-cmd "python3 scripts/gpu/mlx_lm_server.py".
 
 Each side runs in turn: this script starts the server on a free port (kooka: `serve --port 0`,
@@ -23,6 +23,8 @@ median per-stream decode tok/s ((tokens - 1) / (first text -> last text)), faile
 (HTTP 429) requests. With --warmup (the default) each N first runs once untimed.
 Resend: one long prompt, max_tokens 1, sent cold, then again (resent), then extended by ~100
 words: the three TTFTs and resent/cold. Each side gets its own long prompt text.
+Turn 2 (--turn2-words N): a chat with an N-word system prompt; turn 1, then turn 2 (turn 1, its
+reply, one more question): turn 2's TTFT against the same turn 2 sent cold (another session).
 
 On Linux, where OPENBLAS_CORETYPE is unset, it is set for the servers as kooka sets it for
 itself (as scripts/bench.py does), so a CPU mlx-lm does not run OpenBLAS's fallback kernels.
@@ -77,10 +79,12 @@ def best_openblas_core():
     return None
 
 
-def request(url, body, timeout):
-    """One streamed POST /v1/completions. Never raises: failures are in the record."""
-    rec = dict(ok=False, status=None, error=None, ttft_s=None, tokens=0, decode_tps=None, finish=None)
-    req = urllib.request.Request(url + "/v1/completions", data=json.dumps(body).encode(),
+def request(url, body, timeout, path="/v1/completions"):
+    """One streamed POST (completions, or chat completions with `path`). Never raises:
+    failures are in the record; `text` is the reply."""
+    rec = dict(ok=False, status=None, error=None, ttft_s=None, tokens=0, decode_tps=None, finish=None,
+               text="")
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
     first = last = usage = None
     chunks, rec["start"] = 0, time.perf_counter()
@@ -99,10 +103,14 @@ def request(url, body, timeout):
                     raise RuntimeError(f"stream error: {json.dumps(msg['error'])[:200]}")
                 usage = msg.get("usage") or usage
                 for choice in msg.get("choices") or []:
-                    if choice.get("text"):
+                    delta = choice.get("delta") or {}
+                    piece = (choice.get("text") or delta.get("content")
+                             or delta.get("reasoning_content") or delta.get("reasoning"))
+                    if piece:
                         last = time.perf_counter()
                         first = first or last
                         chunks += 1
+                        rec["text"] += piece
                     rec["finish"] = choice.get("finish_reason") or rec["finish"]
         rec["ok"] = True
     except urllib.error.HTTPError as e:
@@ -194,6 +202,34 @@ def resend_round(url, model, a):
     return out
 
 
+def turn2(url, model, a):
+    """A chat's second turn: a long system prompt and a question, then the same conversation
+    with the reply and one more question. Its TTFT against the same turn-2 request cold (another
+    session, nothing cached): what a coding agent's next turn waits."""
+    def chat(tag, turns, max_tokens):
+        msgs = [{"role": "system", "content": tag + words(a.turn2_words)}] + turns
+        body = {"model": model, "messages": msgs, "max_tokens": max_tokens, "temperature": 0,
+                "stream": True, "stream_options": {"include_usage": True}}
+        return request(url, body, a.timeout, path="/v1/chat/completions")
+
+    q1 = {"role": "user", "content": "Summarize the notes above in one sentence."}
+    q2 = {"role": "user", "content": "Now list three keywords from them."}
+    session = lambda: f"Session {random.randint(100000, 999999)}. "  # noqa: E731
+    for _ in range(max(1, a.resend_rounds)):  # the first round pays one-time compiles
+        cold = chat(session(), [q1, {"role": "assistant", "content": "Noted."}, q2], 1)
+        tag = session()
+        first = chat(tag, [q1], 16)
+        second = chat(tag, [q1, {"role": "assistant", "content": first["text"] or "Noted."}, q2], 1)
+    out = {"cold_ttft_ms": 1000 * cold["ttft_s"] if cold["ok"] else None,
+           "turn2_ttft_ms": 1000 * second["ttft_s"] if second["ok"] else None,
+           "prompt_tokens": second.get("prompt_tokens"), "cached_tokens": second.get("cached_tokens")}
+    out["turn2_over_cold"] = (out["turn2_ttft_ms"] / out["cold_ttft_ms"]
+                              if out["turn2_ttft_ms"] and out["cold_ttft_ms"] else None)
+    out["errors"] = [f"{k}: {r['status']}: {(r['error'] or '')[:120]}"
+                     for k, r in (("cold", cold), ("turn 1", first), ("turn 2", second)) if not r["ok"]]
+    return out
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -273,6 +309,8 @@ def run_side(side, a, counter):
             print(f"[{side}] streams {n}: {s['ok']}/{n} ok, agg {s['agg_tps'] or 0:.1f} tok/s",
                   file=sys.stderr, flush=True)
         res["resend"] = resend(url, model, a)
+        if a.turn2_words:
+            res["turn2"] = turn2(url, model, a)
         return res
     except Exception as e:
         tail = "".join(open(f, errors="replace").read()[-2000:] for f in (log, log + ".stdout") if os.path.exists(f))
@@ -288,6 +326,8 @@ def fmt(v, spec=".1f"):
 
 STREAM_FIGS = (("ttft_p50_ms", "TTFT p50 ms"), ("ttft_p99_ms", "TTFT p99 ms"),
                ("agg_tps", "aggregate tok/s"), ("decode_tps_median", "decode tok/s/stream"))
+TURN2_FIGS = (("cold_ttft_ms", "turn 2 cold TTFT ms"), ("turn2_ttft_ms", "turn 2 TTFT ms"),
+              ("turn2_over_cold", "turn 2 / cold"))
 RESEND_FIGS = (("cold_ttft_ms", "cold TTFT ms"), ("resent_ttft_ms", "resent TTFT ms"),
                ("extended_ttft_ms", "extended TTFT ms"), ("resent_over_cold", "resent/cold"))
 
@@ -307,6 +347,13 @@ def side_tables(side, r):
     print("| " + " | ".join(fmt(rs[k], ".3f" if k == "resent_over_cold" else ".1f") for k, _ in RESEND_FIGS) + " |")
     for e in rs["errors"]:
         print(f"  failed request: {e}")
+    if "turn2" in r:
+        t = r["turn2"]
+        print(f"\nchat turn 2, {t['prompt_tokens']} prompt tokens, {t['cached_tokens']} cached:\n")
+        print("| " + " | ".join(l for _, l in TURN2_FIGS) + " |\n" + "|---" * len(TURN2_FIGS) + "|")
+        print("| " + " | ".join(fmt(t[k], ".3f" if k == "turn2_over_cold" else ".1f") for k, _ in TURN2_FIGS) + " |")
+        for e in t["errors"]:
+            print(f"  failed request: {e}")
 
 
 def comparison(k, m):
@@ -316,6 +363,9 @@ def comparison(k, m):
             for n in k["streams"] if n in m["streams"] for key, l in STREAM_FIGS]
     rows += [(f"resend: {l}", k["resend"][key], m["resend"][key],
               ".3f" if key == "resent_over_cold" else ".1f") for key, l in RESEND_FIGS]
+    if "turn2" in k and "turn2" in m:
+        rows += [(f"chat turn 2: {l}", k["turn2"][key], m["turn2"][key],
+                  ".3f" if key == "turn2_over_cold" else ".1f") for key, l in TURN2_FIGS]
     for label, x, y, spec in rows:
         print(f"| {label} | {fmt(x, spec)} | {fmt(y, spec)} | {fmt(x / y if x and y else None, '.2f')} |")
 
@@ -334,6 +384,8 @@ def main():
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--prompt-words", type=int, default=400)
     p.add_argument("--long-prompt-words", type=int, default=3000)
+    p.add_argument("--turn2-words", type=int, default=0,
+                   help="also a chat's turn 2 after a system prompt of this many words (0: off)")
     p.add_argument("--resend-rounds", type=int, default=2,
                    help="resend rounds, each with a fresh prompt; the last is reported")
     p.add_argument("--timeout", type=float, default=600, help="seconds, per HTTP call and server start")

@@ -6,8 +6,10 @@ usage: python scripts/make_synthetic_model.py --shape SHAPE [--bits 4] [--group-
            --tokenizer-from DIR --out DIR
 shapes: smollm2-135m, llama-8b (Llama), qwen3-moe-30b-a3b (mixture of experts: 128 experts,
 8 active), minimax-m2-8l (MiniMax-M2's widths, 8 layers), gpt-oss-120b-8l (gpt-oss-120b's
-widths, 8 layers; `--bits mxfp4` packs it as gpt-oss ships), and llama-tiny, qwen3-moe-tiny,
-gpt-oss-tiny (a few MB, for dry runs of the scripts on a CPU).
+widths, 8 layers; `--bits mxfp4` packs it as gpt-oss ships), the hybrids
+nemotron-h-30b-a3b-8l and qwen3-next-80b-a3b-8l (8 layers each), and llama-tiny,
+qwen3-moe-tiny, gpt-oss-tiny, nemotron-h-tiny, qwen3-next-tiny (a few MB, for dry runs of the
+scripts on a CPU).
 
 The weights come from mlx-lm's own modules (random init, fixed seed), optionally quantized
 with mlx's affine quantization (the model's own quant_predicate applies, as in mlx_lm.convert:
@@ -36,6 +38,16 @@ GPT_OSS = dict(model_type="gpt_oss", architectures=["GptOssForCausalLM"], rms_no
                rope_scaling={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
                              "beta_slow": 1.0, "original_max_position_embeddings": 4096,
                              "truncate": False})
+NEMOTRON_H = dict(model_type="nemotron_h", architectures=["NemotronHForCausalLM"],
+                  layer_norm_epsilon=1e-5, max_position_embeddings=262144, attention_bias=False,
+                  mlp_bias=False, use_bias=False, use_conv_bias=True, mamba_proj_bias=False,
+                  conv_kernel=4, tie_word_embeddings=False, n_group=1, topk_group=1,
+                  routed_scaling_factor=2.5, norm_topk_prob=True, n_shared_experts=1)
+QWEN3_NEXT = dict(model_type="qwen3_next", architectures=["Qwen3NextForCausalLM"],
+                  rms_norm_eps=1e-6, max_position_embeddings=262144, rope_theta=10000000.0,
+                  partial_rotary_factor=0.25, tie_word_embeddings=False, decoder_sparse_step=1,
+                  mlp_only_layers=[], norm_topk_prob=True, full_attention_interval=4,
+                  linear_conv_kernel_dim=4)
 SHAPES = {
     "smollm2-135m": dict(LLAMA, hidden_size=576, intermediate_size=1536, num_attention_heads=9,
                          num_key_value_heads=3, num_hidden_layers=30, vocab_size=49152,
@@ -62,6 +74,38 @@ SHAPES = {
                             num_attention_heads=64, num_key_value_heads=8, head_dim=64,
                             num_hidden_layers=8, vocab_size=201088, num_local_experts=128,
                             num_experts_per_tok=4),
+    # Nemotron-3-Nano-30B-A3B's widths (Mamba-2: 64 heads of 64, state 128, 8 groups; GQA
+    # 32/2 heads of 128; 128 experts, 6 active, ReLU² experts and a shared one) with 8 of its 52
+    # layers in its own order (Mamba, experts, ..., one attention layer).
+    "nemotron-h-30b-a3b-8l": dict(NEMOTRON_H, hidden_size=2688, intermediate_size=1856,
+                                  num_attention_heads=32, num_key_value_heads=2, head_dim=128,
+                                  mamba_num_heads=64, mamba_head_dim=64, ssm_state_size=128,
+                                  n_groups=8, hybrid_override_pattern=list("MEMEM*EM"),
+                                  vocab_size=131072, n_routed_experts=128,
+                                  num_experts_per_tok=6, moe_intermediate_size=1856,
+                                  moe_shared_expert_intermediate_size=3712),
+    # Qwen3-Next-80B-A3B's widths (Gated DeltaNet: 16 key and 32 value heads of 128; gated
+    # attention 16/2 heads of 256 every 4th layer; 512 experts, 10 active, a gated shared one)
+    # with 8 of its 48 layers.
+    "qwen3-next-80b-a3b-8l": dict(QWEN3_NEXT, hidden_size=2048, intermediate_size=5120,
+                                  num_attention_heads=16, num_key_value_heads=2, head_dim=256,
+                                  linear_num_key_heads=16, linear_num_value_heads=32,
+                                  linear_key_head_dim=128, linear_value_head_dim=128,
+                                  num_hidden_layers=8, vocab_size=151936, num_experts=512,
+                                  num_experts_per_tok=10, moe_intermediate_size=512,
+                                  shared_expert_intermediate_size=512),
+    "nemotron-h-tiny": dict(NEMOTRON_H, hidden_size=256, intermediate_size=256,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                            mamba_num_heads=8, mamba_head_dim=64, ssm_state_size=64, n_groups=2,
+                            hybrid_override_pattern=list("MEM*"), vocab_size=151936,
+                            n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=128,
+                            moe_shared_expert_intermediate_size=128),
+    "qwen3-next-tiny": dict(QWEN3_NEXT, hidden_size=256, intermediate_size=512,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                            linear_num_key_heads=2, linear_num_value_heads=4,
+                            linear_key_head_dim=64, linear_value_head_dim=64, num_hidden_layers=4,
+                            vocab_size=151936, num_experts=8, num_experts_per_tok=2,
+                            moe_intermediate_size=128, shared_expert_intermediate_size=128),
     # Dry-run shapes: every width splits over 2 ranks in whole 64-wide quantization groups.
     "llama-tiny": dict(LLAMA, hidden_size=256, intermediate_size=512, num_attention_heads=4,
                        num_key_value_heads=2, num_hidden_layers=4, vocab_size=151936,
@@ -88,12 +132,12 @@ def main():
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_flatten
-    from mlx_lm.models import gpt_oss, llama, minimax, qwen3_moe
+    from mlx_lm.models import gpt_oss, llama, minimax, nemotron_h, qwen3_moe, qwen3_next
 
     mx.random.seed(0)
     config = dict(SHAPES[args.shape])
-    arch = {"llama": llama, "qwen3_moe": qwen3_moe, "minimax": minimax,
-            "gpt_oss": gpt_oss}[config["model_type"]]
+    arch = {"llama": llama, "qwen3_moe": qwen3_moe, "minimax": minimax, "gpt_oss": gpt_oss,
+            "nemotron_h": nemotron_h, "qwen3_next": qwen3_next}[config["model_type"]]
     model = arch.Model(arch.ModelArgs.from_dict(config))
     model.set_dtype(mx.bfloat16)
     # Materialise layer by layer: one lazy graph for a 30B model would hold its float32 init

@@ -222,7 +222,9 @@ if [ $BUILD = 1 ]; then
     # mlx-lm, with SmolLM2's tokenizer and MiniMax-M2's / GLM-4.6's chat template (llama.cpp's).
     # gpt-oss's: a tiny random gpt_oss model with SmolLM2's tokenizer plus the harmony special
     # tokens and gpt-oss's template.
-    for spec in minimax:MiniMax-M2:MiniMax-M2 glm4_moe:GLM-4.6:GLM-4.6 gpt_oss:openai-gpt-oss-120b:gpt-oss; do
+    # Nemotron-H's: a tiny random nemotron_h (Mamba-2, attention, experts) with Nemotron-3-Nano's template.
+    for spec in minimax:MiniMax-M2:MiniMax-M2 glm4_moe:GLM-4.6:GLM-4.6 gpt_oss:openai-gpt-oss-120b:gpt-oss \
+        nemotron_h:NVIDIA-Nemotron-3-Nano-30B-A3B-BF16:NVIDIA-Nemotron-3-Nano; do
       arch=${spec%%:*}; rest=${spec#*:}; tmpl=${rest%%:*}; name=${rest##*:}
       CMODEL="$ROOT/models/$name-tiny-random"
       step "tiny $name test model (models/$name-tiny-random)"

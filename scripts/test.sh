@@ -64,9 +64,12 @@ if [ "${KOOKA_CONTRACT_TESTS:-1}" != 0 ]; then
   # MiniMax-M2's markup (<minimax:tool_call>, and its template's open <think>) and GLM's
   # (<arg_key>/<arg_value>), on tiny random models: forced calls come back as tool calls.
   # gpt-oss's harmony channels (<|channel|>analysis / commentary to=functions.X / final) too.
-  for m in MiniMax-M2-tiny-random GLM-4.6-tiny-random gpt-oss-tiny-random; do
+  # Nemotron-H's <tool_call><function=...><parameter=...> on a hybrid Mamba-2 model, whose
+  # prefix cache resumes at checkpoints. (Model-specific tests skip other models by name.)
+  for m in MiniMax-M2-tiny-random GLM-4.6-tiny-random gpt-oss-tiny-random \
+      NVIDIA-Nemotron-3-Nano-tiny-random; do
     if [ -f models/$m/config.json ]; then
-      run_contract models/$m -m "contract and (tools or minimax or gpt_oss)" || rc=1
+      run_contract models/$m -m "contract and (tools or minimax or gpt_oss or nemotron)" || rc=1
     else
       echo "test.sh: models/$m is missing: run scripts/setup.sh --tests" >&2
       rc=1

@@ -100,6 +100,7 @@ fn one_run(engine: &mut Engine, options: &BenchOptions) -> anyhow::Result<(f64, 
             stop_ids: Vec::new(),
             return_prompt_logits: false,
             constraint: None,
+            checkpoints: Vec::new(),
         })?;
     }
     let (mut firsts, mut count) = (0usize, 0usize);

@@ -62,6 +62,7 @@ fn request(prompt: Vec<u32>, params: SamplingParams, max_tokens: usize) -> Seque
         stop_ids: vec![2],
         return_prompt_logits: false,
         constraint: None,
+        checkpoints: Vec::new(),
     }
 }
 

@@ -13,16 +13,14 @@
 //! Needs the reference venv (`scripts/setup.sh --tests`).
 
 use std::path::Path;
-use std::process::Command;
 
 use kooka::engine::sampling::SamplingParams;
 use kooka::engine::{Engine, EngineConfig, SequenceRequest};
 use kooka::model::{load_model, ComputeDtype};
-use serde_json::{json, Value};
 
 mod common;
 
-use common::engine::run;
+use common::engine::{greedy_reference, run};
 
 const MODELS: [&str; 2] = ["deepseek_v3-q4g64", "deepseek_v3_noqlora-bf16"];
 const MAX_TOKENS: usize = 12;
@@ -58,38 +56,8 @@ fn request(prompt: Vec<u32>) -> SequenceRequest {
         stop_ids: Vec::new(),
         return_prompt_logits: false,
         constraint: None,
+        checkpoints: Vec::new(),
     }
-}
-
-/// mlx-lm's greedy tokens for each prompt (float32, as `auto` computes on CPU).
-fn reference(model: &Path, prompts: &[Vec<u32>]) -> Vec<Vec<u32>> {
-    let jobs: Vec<Value> = prompts
-        .iter()
-        .map(|p| json!({"model": model, "tokens": p, "max_tokens": MAX_TOKENS, "f32": true}))
-        .collect();
-    let file = common::tmp().join(format!("mla-jobs-{}.json", std::process::id()));
-    std::fs::write(&file, Value::Array(jobs).to_string()).unwrap();
-    let out = Command::new(common::root().join("third_party/venv/bin/python"))
-        .arg(common::root().join("tests/python/mlx_lm_reference.py"))
-        .arg(&file)
-        .output()
-        .expect("running mlx_lm_reference.py (run scripts/setup.sh --tests)");
-    assert!(
-        out.status.success(),
-        "mlx_lm_reference.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let refs: Vec<Value> = serde_json::from_slice(&out.stdout).expect("reference JSON");
-    refs.iter()
-        .map(|r| {
-            r["tokens"]
-                .as_array()
-                .expect("tokens")
-                .iter()
-                .map(|t| t.as_u64().unwrap() as u32)
-                .collect()
-        })
-        .collect()
 }
 
 #[test]
@@ -103,7 +71,7 @@ fn latent_attention_batches_and_reuses_prefixes_like_alone() {
             .iter()
             .map(|r| run(&mut e, std::slice::from_ref(r), &[0]).remove(0).0)
             .collect();
-        let want = reference(&model, &prompts);
+        let want = greedy_reference(&model, &prompts, MAX_TOKENS);
         assert_eq!(alone, want, "{name}: each prompt alone against mlx-lm");
         let distinct: std::collections::HashSet<&u32> = alone.iter().flatten().collect();
         assert!(distinct.len() > 4, "{name}: degenerate reference {alone:?}");

@@ -10,6 +10,8 @@
 # model's 128,256), so that every sampled id decodes to text and time-to-first-text is the
 # time to the first token. Carried: third_party/gpu/{cuda13.part.ab, kooka, qwen-tokenizer/}.
 # usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve; default all)
+# env: MODEL, SIDES, STREAMS, LONG_WORDS (resend prompt), TURN2_WORDS (a chat's turn 2 after
+# a system prompt this long; 0: off), RESEND_ROUNDS.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
@@ -60,7 +62,8 @@ for step in "${steps[@]}"; do
       TMPDIR=/tmp/bslogs timeout -s INT -k 15 $((l - 20)) python3 scripts/bench_serve.py \
         --model $MODEL --kooka /opt/mlxw/kooka --mlx-lm-cmd "python3 scripts/gpu/mlx_lm_server.py" \
         --sides $SIDES --streams $STREAMS --max-tokens 128 --prompt-words 400 \
-        --long-prompt-words 3000 --timeout 240 --json "$OUT/serve.json" 2>&1 | tee "$OUT/serve.md" || true
+        --long-prompt-words ${LONG_WORDS:-3000} --turn2-words ${TURN2_WORDS:-0} \
+        --resend-rounds ${RESEND_ROUNDS:-2} --timeout 240 --json "$OUT/serve.json" 2>&1 | tee "$OUT/serve.md" || true
       for f in /tmp/bslogs/*; do [ -f "$f" ] && tail -c 3000 "$f" > "$OUT/$(basename "$f").tail"; done
       ;;
     *) echo "unknown step $step"; exit 2 ;;

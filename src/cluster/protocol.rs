@@ -154,6 +154,7 @@ mod tests {
             stop_ids: vec![2],
             return_prompt_logits: true,
             constraint: Some(Grammar::json_object()),
+            checkpoints: vec![2],
         };
         let msg = Message::Op(Op::Add {
             seq: 0,

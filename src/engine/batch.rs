@@ -16,7 +16,7 @@ use super::prefix_cache::PrefixCache;
 use super::sequence::{Sampled, Sequence};
 use super::{SeqId, TokenEvent};
 use crate::model::slicing::slice_axis;
-use crate::model::{LayerCache, LanguageModel, Result};
+use crate::model::{LanguageModel, LayerCache, Result};
 
 /// A prefilled sequence ready to join: its caches and its first sample (queued).
 pub(super) struct Ready {

@@ -76,6 +76,7 @@ pub fn generate(
         stop_ids,
         return_prompt_logits: opts.return_prompt_logits,
         constraint: opts.constraint.clone(),
+        checkpoints: Vec::new(),
     };
     let id = engine.add(req)?;
     let mut detok = StreamDetokenizer::new();

@@ -41,7 +41,7 @@ use std::collections::VecDeque;
 use mlx_rs::Array;
 
 use crate::constrain::{Constrainer, Grammar};
-use crate::model::{LayerCache, LanguageModel, ModelError, Result};
+use crate::model::{LanguageModel, LayerCache, ModelError, Result};
 use batch::Batch;
 use constrained::SeqConstraint;
 use prefix_cache::PrefixCache;
@@ -123,6 +123,11 @@ pub struct SequenceRequest {
     /// Constrained decoding: the reply must match this grammar (needs
     /// [`Engine::set_constrainer`]). `None` costs nothing.
     pub constraint: Option<Grammar>,
+    /// Prompt positions worth a prefix-cache checkpoint (the ends of a chat's messages),
+    /// ascending. Models with recurrent layers can resume a later prompt only where a
+    /// checkpoint was taken; attention-only models ignore them.
+    #[serde(default)]
+    pub checkpoints: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +174,9 @@ pub struct Engine {
     /// One batch when the model's caches can be batched, else one per sequence.
     batches: Vec<Batch>,
     batchable: bool,
+    /// The model has recurrent layers: prompts are prefilled one at a time (a padded row
+    /// would run its padding through the recurrence) and checkpoints are taken.
+    recurrent: bool,
     prefix: Option<PrefixCache>,
     next_id: SeqId,
     steps: u64,
@@ -188,6 +196,7 @@ impl Engine {
             prefilling: VecDeque::new(),
             batches: Vec::new(),
             batchable: false,
+            recurrent: false,
             prefix: None,
             next_id: 0,
             steps: 0,
@@ -207,9 +216,17 @@ impl Engine {
     /// follower gets rank 0's settings before any request).
     pub fn configure(&mut self, config: EngineConfig) {
         self.config = config;
-        self.batchable = !self.new_caches().iter().any(LayerCache::is_rotating);
-        self.prefix = (self.batchable && config.prefix_cache_tokens > 0)
-            .then(|| PrefixCache::new(config.prefix_cache_tokens));
+        let fresh = self.new_caches();
+        self.batchable = !fresh.iter().any(LayerCache::is_rotating);
+        self.recurrent = fresh.iter().any(LayerCache::is_recurrent);
+        let checkpoint_tokens = self.model.checkpoint_tokens();
+        self.prefix = (self.batchable && config.prefix_cache_tokens > 0).then(|| {
+            PrefixCache::with_checkpoints(
+                config.prefix_cache_tokens,
+                self.recurrent,
+                checkpoint_tokens,
+            )
+        });
     }
 
     /// Fresh caches for one sequence, of the kind the settings ask for.

@@ -16,6 +16,15 @@ use super::{fresh_caches, Engine, Prefilling};
 use crate::model::slicing::slice_axis;
 use crate::model::{LayerCache, Result};
 
+/// The first checkpoint after `done` (at most `head`, the end of the prefill).
+fn next_checkpoint(checkpoints: &[usize], done: usize, head: usize) -> usize {
+    checkpoints
+        .iter()
+        .copied()
+        .find(|&c| c > done && c < head)
+        .unwrap_or(head)
+}
+
 /// Most prompts one batched prefill reads.
 const MAX_PREFILL_ROWS: usize = 16;
 
@@ -47,7 +56,13 @@ impl Engine {
                 }
             };
             if p.done < head {
-                let n = budget.min(head - p.done);
+                // A chunk ends at the next checkpoint, where the prefix cache takes the
+                // recurrent state (it cannot be had later).
+                let stop = match self.recurrent {
+                    true => next_checkpoint(&p.seq.req.checkpoints, p.done, head),
+                    false => head,
+                };
+                let n = budget.min(stop - p.done);
                 let chunk = &prompt[p.done..p.done + n];
                 let ids = Array::from_slice(chunk, &[1, n as i32]);
                 let _ = self.model.forward(&ids, caches)?;
@@ -59,7 +74,15 @@ impl Engine {
                 }
                 p.done += n;
                 budget -= n;
+                if self.recurrent && p.done == stop {
+                    if let Some(prefix) = self.prefix.as_mut() {
+                        prefix.offer(caches, 0, &p.seq.req.prompt[..p.done])?;
+                    }
+                }
                 if p.done < head {
+                    if budget > 0 {
+                        continue;
+                    }
                     break;
                 }
             }
@@ -77,7 +100,7 @@ impl Engine {
     /// them). The prefix cache is asked first: a hit stops the run (that prompt starts from
     /// its cached prefix on its own).
     fn prefill_cold_batch(&mut self, budget: &mut usize) -> Result<Vec<Ready>> {
-        if !self.batchable {
+        if !self.batchable || self.recurrent {
             return Ok(Vec::new());
         }
         let mut take = 0;

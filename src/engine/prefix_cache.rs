@@ -73,13 +73,18 @@ pub(super) struct PrefixCache {
 
 impl PrefixCache {
     /// A cache for a model with only attention layers.
+    #[cfg(test)]
     pub fn new(budget_tokens: usize) -> Self {
         Self::with_checkpoints(budget_tokens, false, 0)
     }
 
     /// `recurrent`: the model keeps recurrent states, which resume only where they were taken;
     /// each such snapshot costs `checkpoint_tokens` of the budget.
-    pub fn with_checkpoints(budget_tokens: usize, recurrent: bool, checkpoint_tokens: usize) -> Self {
+    pub fn with_checkpoints(
+        budget_tokens: usize,
+        recurrent: bool,
+        checkpoint_tokens: usize,
+    ) -> Self {
         PrefixCache {
             entries: Vec::new(),
             budget_tokens,
@@ -91,10 +96,6 @@ impl PrefixCache {
                 ..Default::default()
             },
         }
-    }
-
-    pub fn is_recurrent(&self) -> bool {
-        self.recurrent
     }
 
     /// Caches for `prompt` holding its longest cached prefix (at most `prompt.len() - 1`
@@ -317,6 +318,7 @@ mod tests {
 
     use crate::model::cache::StateCache;
     use crate::model::KvCache;
+    use mlx_rs::Array;
 
     fn fresh(layers: usize) -> Vec<LayerCache> {
         (0..layers).map(|_| KvCache::new().into()).collect()
@@ -359,5 +361,66 @@ mod tests {
         assert!(c.lookup(&[1, 2, 3, 4, 5, 6], &fresh(1)).unwrap().is_none());
         // Too big for the budget: never kept.
         assert!(!c.insert((0..11).collect(), kv(11)));
+    }
+
+    /// A layer of keys and values and a recurrent layer; the state's value says after how
+    /// many tokens it was taken.
+    fn hybrid_row(n: i32) -> Vec<LayerRow> {
+        let kv = mlx_rs::ops::zeros::<f32>(&[1, 1, n, 2]).unwrap();
+        let state = Array::from_slice(&[n as f32], &[1, 1]);
+        vec![LayerRow::Kv(kv.clone(), kv), LayerRow::State(vec![state])]
+    }
+
+    fn hybrid_fresh() -> Vec<LayerCache> {
+        vec![KvCache::new().into(), LayerCache::State(StateCache::new(1))]
+    }
+
+    fn state_of(caches: &mut [LayerCache]) -> f32 {
+        let s = caches[1].recurrent().unwrap();
+        s.get(0).unwrap().as_slice::<f32>()[0]
+    }
+
+    #[test]
+    fn recurrent_entries_resume_only_at_their_checkpoints() {
+        let mut c = PrefixCache::with_checkpoints(1000, true, 10);
+        // Turn 1: a checkpoint where its messages end (4), then the whole sequence (8).
+        assert!(c.insert(vec![1, 2, 3, 4], hybrid_row(4)));
+        assert!(c.insert(vec![1, 2, 3, 4, 5, 6, 7, 8], hybrid_row(8)));
+        assert_eq!(
+            c.stats().entries,
+            1,
+            "the longer sequence took the shorter in"
+        );
+        assert_eq!(c.stats().checkpoints, 2);
+        // Turn 2 shares 6 tokens: it resumes at the checkpoint within them, 4.
+        let (mut caches, n) = c
+            .lookup(&[1, 2, 3, 4, 5, 6, 9, 9], &hybrid_fresh())
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 4);
+        assert_eq!(
+            caches[0].offset(),
+            4,
+            "keys and values cut to the checkpoint"
+        );
+        assert_eq!(state_of(&mut caches), 4.0, "the state taken after 4 tokens");
+        // A prompt that extends the whole sequence resumes at its end.
+        let (mut caches, n) = c
+            .lookup(&[1, 2, 3, 4, 5, 6, 7, 8, 10], &hybrid_fresh())
+            .unwrap()
+            .unwrap();
+        assert_eq!((n, state_of(&mut caches)), (8, 8.0));
+        // Shared, but short of the first checkpoint: nothing to resume from.
+        assert!(c.lookup(&[1, 2, 3, 7], &hybrid_fresh()).unwrap().is_none());
+        // A checkpoint inside an entry is added to it, not stored again.
+        assert!(c.insert(vec![1, 2, 3, 4, 5, 6], hybrid_row(6)));
+        assert_eq!((c.stats().entries, c.stats().checkpoints), (1, 3));
+        let (_, n) = c
+            .lookup(&[1, 2, 3, 4, 5, 6, 9], &hybrid_fresh())
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 6);
+        // Checkpoints count against the budget: 8 tokens + 3 x 10.
+        assert_eq!(c.total_cost(), 38);
     }
 }

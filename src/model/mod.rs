@@ -24,11 +24,11 @@ mod block;
 pub mod cache;
 pub mod config;
 mod decoder;
-pub mod hybrid;
 pub mod deepseek_v3;
 pub mod error;
 pub mod glm4_moe;
 pub mod gpt_oss;
+pub mod hybrid;
 pub mod layers;
 pub mod llama;
 pub mod minimax;
@@ -130,6 +130,12 @@ pub(crate) fn default_device_is_cpu() -> bool {
         .ok()
         .and_then(|d| d.get_type().ok())
         .is_none_or(|t| matches!(t, DeviceType::Cpu))
+}
+
+/// Layers of the whole model that keep keys and values (a hybrid model's attention layers;
+/// every layer otherwise): what one position costs.
+pub fn kv_layer_count(cfg: &ModelConfig) -> usize {
+    hybrid::kv_layers(cfg).unwrap_or(cfg.num_hidden_layers.max(0) as usize)
 }
 
 /// `model_type` values the registry can build.

@@ -111,7 +111,8 @@ impl Weights {
             .collect();
         for name in names {
             if let Some(a) = self.tensors.remove(&name) {
-                self.tensors.insert(format!("{to}{}", &name[from.len()..]), a);
+                self.tensors
+                    .insert(format!("{to}{}", &name[from.len()..]), a);
             }
         }
     }

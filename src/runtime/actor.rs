@@ -150,14 +150,26 @@ pub(super) fn spawn(
     Ok(ready_rx.recv().map_err(|_| ServeError::ModelThreadDied)??)
 }
 
+/// KV positions for requests out of `positions`: a recurrent model's running sequences also
+/// hold a state each (worth [`LanguageModel::checkpoint_tokens`] positions), reserved for
+/// `max_running` of them but never more than three quarters of the budget.
+fn kv_positions(positions: usize, model: &dyn LanguageModel, max_running: usize) -> usize {
+    let reserve = max_running.max(1).saturating_mul(model.checkpoint_tokens());
+    positions
+        .saturating_sub(reserve)
+        .max(positions / 4)
+        .max(1)
+}
+
 /// The KV and prefix-cache budgets in tokens: the flags' bytes, or shares of the memory the
 /// weights leave, over what one position of the whole model costs.
 fn budgets(model: &dyn LanguageModel, config: &RuntimeConfig) -> (ModelInfo, EngineConfig) {
     let cfg = model.config();
     let on_cpu = crate::model::default_device_is_cpu();
     let dtype_bytes: usize = if on_cpu { 4 } else { 2 };
-    let per_token =
-        cfg.num_hidden_layers.max(1) as usize * cfg.cache_width().max(1) as usize * dtype_bytes;
+    let per_token = crate::model::kv_layer_count(cfg).max(1)
+        * cfg.cache_width().max(1) as usize
+        * dtype_bytes;
     let weights: usize = model.parameters().iter().map(|a| a.nbytes()).sum();
     let free = super::memory::total_bytes().saturating_sub(weights);
     let kv_bytes = config.kv_cache_bytes.unwrap_or(free / 10 * 4);
@@ -166,8 +178,9 @@ fn budgets(model: &dyn LanguageModel, config: &RuntimeConfig) -> (ModelInfo, Eng
         max_position_embeddings: cfg
             .max_position_embeddings
             .and_then(|n| usize::try_from(n).ok()),
-        kv_budget_tokens: (kv_bytes / per_token).max(1),
+        kv_budget_tokens: kv_positions(kv_bytes / per_token, model, config.max_running),
         prefix_cache_tokens: prefix_bytes / per_token,
+        recurrent: model.checkpoint_tokens() > 0,
     };
     let engine = EngineConfig {
         prefill_chunk: config

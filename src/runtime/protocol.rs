@@ -89,6 +89,9 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
     /// Constrained decoding: what the reply must look like.
     pub constraint: Option<Grammar>,
+    /// Prompt positions at the ends of the chat's messages (prefix-cache checkpoints for
+    /// recurrent models), ascending.
+    pub checkpoints: Vec<usize>,
 }
 
 /// A request handed to the model actor, with the channel its events go to.
@@ -106,4 +109,7 @@ pub struct ModelInfo {
     pub kv_budget_tokens: usize,
     /// The prefix cache's budget in tokens (0: off).
     pub prefix_cache_tokens: usize,
+    /// The model keeps recurrent states: its prefix cache resumes only at checkpoints, so
+    /// chat requests say where their messages end.
+    pub recurrent: bool,
 }

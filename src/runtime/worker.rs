@@ -133,6 +133,7 @@ impl Worker {
             stop_ids: self.stop_ids.clone(),
             return_prompt_logits: false,
             constraint: s.constraint,
+            checkpoints: s.checkpoints,
         };
         match self.engine.add(req) {
             Ok(seq) => {

@@ -140,6 +140,7 @@ pub async fn completions(
             stop: r.stop,
             constraint,
             prompt_field: "prompt",
+            checkpoints: Vec::new(),
         },
     )?;
     let meta = Meta {

@@ -35,6 +35,8 @@ pub struct JobSpec {
     pub constraint: Option<Grammar>,
     /// The request field that holds the prompt (for the context-length error).
     pub prompt_field: &'static str,
+    /// Prompt positions where the chat's messages end (see [`ChatPrompt::checkpoints`]).
+    pub checkpoints: Vec<usize>,
 }
 
 /// Checks the prompt against the context and hands the job to the runtime.
@@ -73,6 +75,7 @@ pub fn submit(state: &AppState, request: u64, spec: JobSpec) -> Result<Job, ApiE
         max_tokens,
         stop: spec.stop,
         constraint: spec.constraint,
+        checkpoints: spec.checkpoints,
     })?)
 }
 
@@ -133,6 +136,7 @@ pub fn submit_chat(state: &AppState, chat: &ChatRequest) -> Result<(Job, ReplyPa
             stop: chat.stop.clone(),
             constraint,
             prompt_field: "messages",
+            checkpoints: prompt.checkpoints,
         },
     )?;
     Ok((job, prompt.parser))
@@ -193,6 +197,28 @@ pub struct ChatPrompt {
     pub reasoning_close: Option<&'static str>,
     /// The reply is in gpt-oss's harmony format.
     pub harmony: bool,
+    /// For a recurrent model: the prompt position where the messages end (before the
+    /// generation prompt), when the template renders them as a prefix of the prompt. The
+    /// next turn of the conversation starts with those tokens: a checkpoint there lets it
+    /// resume instead of reading everything again.
+    pub checkpoints: Vec<usize>,
+}
+
+/// Where the messages end in the prompt `ids` (rendered as `text`): the length of
+/// `without_generation` (the messages rendered with no generation prompt) in tokens, when that
+/// text starts `text` and its tokens start `ids` (a token across the boundary: no position).
+fn messages_end(
+    state: &AppState,
+    text: &str,
+    ids: &[u32],
+    without_generation: Option<String>,
+) -> Option<usize> {
+    let head = without_generation?;
+    if head.is_empty() || head.len() >= text.len() || !text.starts_with(&head) {
+        return None;
+    }
+    let head_ids = state.tokenizer.encode(&head, false).ok()?;
+    (ids.starts_with(&head_ids) && !head_ids.is_empty()).then_some(head_ids.len())
 }
 
 /// A forced tool call should not be left to chance: greedy, unless the client chose sampling.
@@ -325,24 +351,30 @@ pub fn chat_prompt(
         (true, true) => Some(state.chat.tool_parser.unwrap_or(ParserKind::JsonTools)),
         (true, false) => Some(ParserKind::JsonTools),
     };
-    let render = |messages: &[Value]| match (use_tools, state.chat.template_renders_tools) {
-        (false, true) => template.render(messages, None, true, kwargs),
-        // Earlier tool turns still need writing out as text for such a template.
-        (false, false) => {
-            let messages = super::tool_prompt::flatten_tool_turns(messages);
-            template.render(&messages, None, true, kwargs)
-        }
-        (true, true) => template.render(messages, Some(tools), true, kwargs),
-        (true, false) => {
-            let messages =
-                super::tool_prompt::with_tool_system_message(messages, tools, tool_choice);
-            template.render(&messages, None, true, kwargs)
-        }
-    };
-    let rendered = match render(messages) {
+    let render =
+        |messages: &[Value], generation: bool| match (use_tools, state.chat.template_renders_tools)
+        {
+            (false, true) => template.render(messages, None, generation, kwargs),
+            // Earlier tool turns still need writing out as text for such a template.
+            (false, false) => {
+                let messages = super::tool_prompt::flatten_tool_turns(messages);
+                template.render(&messages, None, generation, kwargs)
+            }
+            (true, true) => template.render(messages, Some(tools), generation, kwargs),
+            (true, false) => {
+                let messages =
+                    super::tool_prompt::with_tool_system_message(messages, tools, tool_choice);
+                template.render(&messages, None, generation, kwargs)
+            }
+        };
+    let late_system;
+    let (rendered, messages) = match render(messages, true) {
         // Templates that refuse a system message after the first turn get it as a user turn.
-        Err(_) if has_late_system(messages) => render(&late_system_as_user(messages)),
-        other => other,
+        Err(_) if has_late_system(messages) => {
+            late_system = late_system_as_user(messages);
+            (render(&late_system, true), &late_system[..])
+        }
+        other => (other, messages),
     };
     let text = rendered.map_err(|e| ApiError::field("messages", e.to_string()))?;
     // Templates like Qwen3's open the think block in the prompt.
@@ -376,11 +408,18 @@ pub fn chat_prompt(
     } else {
         ReplyParser::new(reasoning, tools_parser).with_bare_calls(declared)
     };
+    let checkpoints = match state.runtime.info().recurrent {
+        true => messages_end(state, &text, &ids, render(messages, false).ok())
+            .into_iter()
+            .collect(),
+        false => Vec::new(),
+    };
     Ok(ChatPrompt {
         ids,
         parser,
         tool_format: parser_kind,
         reasoning_close,
         harmony,
+        checkpoints,
     })
 }

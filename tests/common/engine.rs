@@ -1,6 +1,11 @@
-//! Driving an in-process engine step by step (tests/batching.rs, tests/mla.rs).
+//! Driving an in-process engine step by step (tests/batching.rs, tests/mla.rs,
+//! tests/hybrid.rs), and mlx-lm's greedy tokens to compare with.
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{json, Value};
 
 use kooka::engine::{Engine, SeqId, SequenceRequest};
 
@@ -34,4 +39,39 @@ pub fn run(
         step += 1;
     }
     out
+}
+
+/// mlx-lm's greedy tokens for each prompt (float32, as `auto` computes on CPU).
+pub fn greedy_reference(model: &Path, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<Vec<u32>> {
+    let jobs: Vec<Value> = prompts
+        .iter()
+        .map(|p| json!({"model": model, "tokens": p, "max_tokens": max_tokens, "f32": true}))
+        .collect();
+    let file = super::tmp().join(format!(
+        "greedy-jobs-{}-{}.json",
+        std::process::id(),
+        model.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    std::fs::write(&file, Value::Array(jobs).to_string()).unwrap();
+    let out = Command::new(super::root().join("third_party/venv/bin/python"))
+        .arg(super::root().join("tests/python/mlx_lm_reference.py"))
+        .arg(&file)
+        .output()
+        .expect("running mlx_lm_reference.py (run scripts/setup.sh --tests)");
+    assert!(
+        out.status.success(),
+        "mlx_lm_reference.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refs: Vec<Value> = serde_json::from_slice(&out.stdout).expect("reference JSON");
+    refs.iter()
+        .map(|r| {
+            r["tokens"]
+                .as_array()
+                .expect("tokens")
+                .iter()
+                .map(|t| t.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect()
 }

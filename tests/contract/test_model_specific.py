@@ -90,9 +90,47 @@ def test_minimax_forced_call_after_open_think(http, claude, model):
 
 @pytest.mark.nemotron
 def test_nemotron_parameters_typed_by_schema(oai, model):
+    needs_trained(model)
     args = forced_call(oai, model, ADD, "Use the add tool to add 2 and 3.")
     assert args.get("a") == 2 and args.get("b") == 3, args
     assert all(type(args[k]) is int for k in ("a", "b")), args
+
+
+@pytest.mark.nemotron
+def test_nemotron_tool_use_through_messages(claude, model):
+    """Nemotron writes <tool_call><function=add><parameter=a>...: an Anthropic client gets a
+    tool_use block with schema-typed input, and no markup or reasoning tags as text. (A
+    trained model would call the tool unasked; `any` makes the tiny random one.)"""
+    tool = {"name": "add", "description": ADD["function"]["description"],
+            "input_schema": ADD["function"]["parameters"]}
+    out = claude.messages.create(
+        model=model, max_tokens=256, tools=[tool], tool_choice={"type": "any"},
+        messages=[{"role": "user", "content": "What is 2 plus 3? Use the add tool."}])
+    assert out.stop_reason == "tool_use", out
+    uses = [b for b in out.content if b.type == "tool_use"]
+    assert uses and uses[0].name == "add", out.content
+    assert all(type(uses[0].input[k]) is int for k in ("a", "b")), uses[0]
+    for b in out.content:
+        if b.type == "text":
+            for tag in TOOL_MARKUP + ("<think>", "</think>", "<function=", "<parameter="):
+                assert tag not in b.text, b.text
+
+
+@pytest.mark.nemotron
+def test_nemotron_second_turn_reads_the_checkpoint(claude, model):
+    """A recurrent model's prefix cache resumes only where a state was kept: the second turn
+    of a conversation reads turn 1's messages from the checkpoint kooka took where they
+    ended, and reports them as cache reads."""
+    system = "You are a careful assistant. " * 30
+    first = [{"role": "user", "content": "Name a prime number."}]
+    out = claude.messages.create(model=model, max_tokens=8, temperature=0, system=system,
+                                 messages=first)
+    reply = "".join(b.text for b in out.content if b.type == "text") or "7"
+    second = first + [{"role": "assistant", "content": reply},
+                      {"role": "user", "content": "And another one?"}]
+    out2 = claude.messages.create(model=model, max_tokens=8, temperature=0, system=system,
+                                  messages=second)
+    assert out2.usage.cache_read_input_tokens > 100, out2.usage
 
 
 HARMONY_MARKUP = ("<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>",

@@ -22,7 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
 from mlx_lm.models import (deepseek_v3, glm4_moe, gpt_oss, llama, minimax, mixtral, nemotron_h,
-                            qwen2, qwen3, qwen3_moe)
+                            qwen2, qwen3, qwen3_moe, qwen3_next)
 from mlx_lm.utils import save_config, save_model
 
 BASE = dict(
@@ -147,6 +147,19 @@ ARCHS_EXTRA = {
         moe_latent_size=64, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
         n_group=2, topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.5,
         tie_word_embeddings=False)),
+    # qwen3_next: Gated DeltaNet (linear) and gated full-attention layers in turn
+    # (full_attention_interval 2), 2 key heads and 4 value heads of 16 in the linear layers,
+    # RoPE on a quarter of each full-attention head, 8 experts top-2 with a gated shared
+    # expert, layer 1 dense. Expert widths of 32: its quantized variant packs in groups of 32
+    # (the routers and shared-expert gates at 8 bits in groups of 64, its quant_predicate).
+    "qwen3_next": (qwen3_next, dict(
+        MOE_BASE, model_type="qwen3_next", rope_theta=10000.0, tie_word_embeddings=False,
+        num_hidden_layers=4, full_attention_interval=2, head_dim=16, partial_rotary_factor=0.25,
+        intermediate_size=128, linear_num_key_heads=2, linear_num_value_heads=4,
+        linear_key_head_dim=16, linear_value_head_dim=16, linear_conv_kernel_dim=4,
+        num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+        shared_expert_intermediate_size=32, decoder_sparse_step=1, mlp_only_layers=[1],
+        norm_topk_prob=True)),
     # Top-3 of 8 without renormalization, every second layer sparse.
     "qwen3_moe_k3": (qwen3_moe, dict(
         MOE_BASE, model_type="qwen3_moe", rope_theta=1000000.0, tie_word_embeddings=True,
@@ -223,6 +236,8 @@ EXTRA = {
     ("deepseek_v3_kvb", "q4g64"): ({"group_size": 64, "bits": 4}, {}),
     ("nemotron_h", "bf16"): (None, {}),
     ("nemotron_h", "q4g64"): ({"group_size": 64, "bits": 4}, {}),
+    ("qwen3_next", "bf16"): (None, {}),
+    ("qwen3_next", "q4g32"): ({"group_size": 32, "bits": 4}, {}),
     ("mixtral", "mixed"): ({"group_size": 64, "bits": 4},
                            {"model.layers.1.block_sparse_moe.switch_mlp.down_proj":
                                 {"group_size": 32, "bits": 8},

@@ -23,8 +23,8 @@ use mlx_rs::{ops, Array};
 
 use super::error::Result;
 use super::slicing::{slice_axis, slice_update_axis};
-use rows::Rows;
 pub use layer::{LayerCache, LayerRow};
+use rows::Rows;
 pub use rows::{Positions, RowsView};
 pub use state::StateCache;
 

@@ -84,7 +84,10 @@ impl StateCache {
         }
         Ok(StateCache {
             arrays,
-            lengths: parts.iter().flat_map(|p| p.lengths.iter().copied()).collect(),
+            lengths: parts
+                .iter()
+                .flat_map(|p| p.lengths.iter().copied())
+                .collect(),
         })
     }
 
@@ -150,7 +153,10 @@ mod tests {
     fn filled(v: f32, rows: i32) -> StateCache {
         let mut s = StateCache::new(2);
         s.set(0, ops::full::<f32>(&[rows, 3], Array::from_f32(v)).unwrap());
-        s.set(1, ops::full::<f32>(&[rows, 2, 2], Array::from_f32(v)).unwrap());
+        s.set(
+            1,
+            ops::full::<f32>(&[rows, 2, 2], Array::from_f32(v)).unwrap(),
+        );
         s.advance(5);
         s
     }

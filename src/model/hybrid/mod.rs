@@ -10,6 +10,7 @@
 //! Tensor parallelism is refused: the recurrent layers' projections interleave heads,
 //! groups and gates in ways a plain split by output would cut through.
 
+pub mod gated_delta;
 pub mod nemotron_h;
 pub mod qwen3_next;
 
@@ -25,8 +26,7 @@ use super::LanguageModel;
 
 /// One layer of a hybrid model: `h` in, `h` out (residuals included).
 pub(crate) trait HybridLayer {
-    fn forward(&self, h: &Array, cache: &mut LayerCache, rows: Option<&RowsView>)
-        -> Result<Array>;
+    fn forward(&self, h: &Array, cache: &mut LayerCache, rows: Option<&RowsView>) -> Result<Array>;
     /// A fresh cache for this layer (one sequence).
     fn make_cache(&self) -> LayerCache;
     fn arrays(&self) -> Vec<&Array>;
@@ -53,6 +53,48 @@ pub(crate) fn attention_inputs(
             Ok((mask, positions))
         }
         None => Ok((cache.make_mask(n)?, cache.positions()?)),
+    }
+}
+
+/// How many layers of the whole model keep keys and values: Nemotron-H's `*` layers,
+/// Qwen3-Next's every `full_attention_interval`-th; `None` for other architectures.
+pub(crate) fn kv_layers(cfg: &ModelConfig) -> Option<usize> {
+    match cfg.model_type.as_str() {
+        "nemotron_h" => {
+            let pattern = cfg
+                .extra
+                .get("hybrid_override_pattern")
+                .filter(|v| !v.is_null());
+            let count = match pattern {
+                Some(serde_json::Value::String(s)) => s.chars().filter(|&c| c == '*').count(),
+                Some(serde_json::Value::Array(a)) => {
+                    a.iter().filter(|v| v.as_str() == Some("*")).count()
+                }
+                _ => cfg
+                    .extra
+                    .get("layers_block_type")
+                    .and_then(|v| v.as_array())
+                    .map(|a| {
+                        a.iter()
+                            .filter(|v| {
+                                matches!(v.as_str(), Some("attention" | "full_attention"))
+                            })
+                            .count()
+                    })
+                    .unwrap_or(0),
+            };
+            Some(count)
+        }
+        "qwen3_next" => {
+            let every = cfg
+                .extra
+                .get("full_attention_interval")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(4)
+                .max(1) as usize;
+            Some(cfg.num_hidden_layers.max(0) as usize / every)
+        }
+        _ => None,
     }
 }
 

@@ -69,9 +69,19 @@ impl Pipeline {
         } else {
             let shape = h.shape().to_vec();
             let sent = self.group.send(&self.on_wire(h)?, self.group.rank() + 1)?;
-            let last = caches.last_mut().ok_or_else(|| {
-                ModelError::Shard("a pipeline rank needs at least one layer".into())
-            })?;
+            // The last layer that keeps something (a hybrid model's feed-forward layers keep
+            // nothing, and an evaluation of their empty caches would not run the send).
+            let last = caches
+                .iter_mut()
+                .rev()
+                .find(|c| !matches!(c, LayerCache::Stateless))
+                .ok_or_else(|| {
+                    ModelError::Shard(
+                        "a pipeline rank needs at least one attention or recurrent layer; \
+                         change --pipeline-split"
+                            .into(),
+                    )
+                })?;
             last.depend_on(&sent)?;
             let zeros = ops::zeros_dtype(&[shape[0], shape[1], self.vocab], self.dtype)?;
             depends(&[&zeros], &[&sent])?

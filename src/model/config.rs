@@ -259,7 +259,14 @@ impl ModelConfig {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let text = read_to_string(&path)?;
-        let mut cfg: Self = serde_json::from_str(&text).map_err(|e| ModelError::Parse {
+        // Python's `json.dump` writes non-finite floats as bare `Infinity` / `NaN`, which
+        // strict JSON rejects (Nemotron-H's `"time_step_limit": [0.0, Infinity]`): those
+        // are read as strings, for the architecture to interpret.
+        let parsed = serde_json::from_str(&text).or_else(|e| match quote_python_literals(&text) {
+            Some(fixed) => serde_json::from_str(&fixed),
+            None => Err(e),
+        });
+        let mut cfg: Self = parsed.map_err(|e| ModelError::Parse {
             path,
             message: e.to_string(),
         })?;
@@ -352,6 +359,36 @@ impl ModelConfig {
     }
 }
 
+/// `text` with Python's bare non-finite literals (`Infinity`, `-Infinity`, `NaN`) outside
+/// strings quoted; `None` when it has none.
+fn quote_python_literals(text: &str) -> Option<String> {
+    const LITERALS: [&str; 3] = ["-Infinity", "Infinity", "NaN"];
+    let mut out = String::with_capacity(text.len() + 8);
+    let (mut in_string, mut escaped, mut changed) = (false, false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if !in_string {
+            if let Some(lit) = LITERALS.iter().find(|l| rest.starts_with(**l)) {
+                out.push('"');
+                out.push_str(lit);
+                out.push('"');
+                rest = &rest[lit.len()..];
+                changed = true;
+                continue;
+            }
+        }
+        match (in_string, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (_, false, '"') => in_string = !in_string,
+            _ => {}
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    changed.then_some(out)
+}
+
 /// Token ids from a JSON int, list of ints, or nothing.
 pub fn ids_of(v: Option<&Value>) -> Vec<u32> {
     match v {
@@ -390,6 +427,16 @@ mod tests {
         assert_eq!(q.default.unwrap().mode, QuantMode::Mxfp4);
         let router = q.for_module("model.layers.0.mlp.router").unwrap().unwrap();
         assert_eq!(router, QuantSpec::affine(64, 8));
+    }
+
+    #[test]
+    fn python_non_finite_literals_are_quoted_outside_strings() {
+        let text = r#"{"a": [0.0, Infinity, -Infinity, NaN], "s": "NaN \" Infinity"}"#;
+        let fixed = quote_python_literals(text).unwrap();
+        let v: Value = serde_json::from_str(&fixed).unwrap();
+        assert_eq!(v["a"], json!([0.0, "Infinity", "-Infinity", "NaN"]));
+        assert_eq!(v["s"], json!("NaN \" Infinity"));
+        assert!(quote_python_literals(r#"{"a": "Infinity"}"#).is_none());
     }
 
     #[test]

@@ -138,6 +138,8 @@ ARCHS_EXTRA = {
     # top-2, run in a 64-wide latent, plus a shared expert. Every quantized input width is a
     # multiple of 64. mlx-lm wants the pattern as a list of one-character strings and
     # `layer_norm_epsilon` (build() drops BASE's rms_norm_eps: kooka reads either name).
+    # `time_step_limit` unbounded above, as NVIDIA's configs state it (there a bare
+    # `Infinity`; mlx-lm's save_config writes `{"__float__": "Infinity"}`).
     "nemotron_h": (nemotron_h, dict(
         BASE, model_type="nemotron_h", hidden_size=128, intermediate_size=128,
         hybrid_override_pattern=list("ME*M-ME"), num_hidden_layers=7, layer_norm_epsilon=1e-5,
@@ -146,7 +148,7 @@ ARCHS_EXTRA = {
         use_conv_bias=True, moe_intermediate_size=64, moe_shared_expert_intermediate_size=64,
         moe_latent_size=64, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
         n_group=2, topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.5,
-        tie_word_embeddings=False)),
+        tie_word_embeddings=False, time_step_limit=[0.0, float("inf")])),
     # qwen3_next: Gated DeltaNet (linear) and gated full-attention layers in turn
     # (full_attention_interval 2), 2 key heads and 4 value heads of 16 in the linear layers,
     # RoPE on a quarter of each full-attention head, 8 experts top-2 with a gated shared

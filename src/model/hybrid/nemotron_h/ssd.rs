@@ -13,7 +13,7 @@ use mlx_rs::error::Exception;
 use mlx_rs::transforms::compile::compile;
 use mlx_rs::{ops, Array, Dtype};
 
-use crate::model::error::Result;
+use crate::model::error::{ModelError, Result};
 use crate::model::slicing::slice_axis;
 
 /// Positions per scan chunk (mlx-lm's `step`). Chunk boundaries change the rounding, so
@@ -97,10 +97,8 @@ pub(crate) fn scan(inp: &ScanInputs, mut state: Option<Array>) -> Result<(Array,
     }
     let skip = inp.x.multiply(inp.d.reshape(&[1, 1, h, 1])?)?;
     let y = ops::concatenate(&ys, 1)?.add(&skip)?;
-    // `l >= 1` always (a forward reads at least one position), so a state was written.
-    let state = state.ok_or_else(|| {
-        crate::model::error::ModelError::Request("a scan over no positions".into())
-    })?;
+    // A forward reads at least one position, so a state was written.
+    let state = state.ok_or_else(|| ModelError::Request("a scan over no positions".into()))?;
     Ok((y, state))
 }
 

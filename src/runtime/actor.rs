@@ -155,10 +155,7 @@ pub(super) fn spawn(
 /// `max_running` of them but never more than three quarters of the budget.
 fn kv_positions(positions: usize, model: &dyn LanguageModel, max_running: usize) -> usize {
     let reserve = max_running.max(1).saturating_mul(model.checkpoint_tokens());
-    positions
-        .saturating_sub(reserve)
-        .max(positions / 4)
-        .max(1)
+    positions.saturating_sub(reserve).max(positions / 4).max(1)
 }
 
 /// The KV and prefix-cache budgets in tokens: the flags' bytes, or shares of the memory the
@@ -167,9 +164,8 @@ fn budgets(model: &dyn LanguageModel, config: &RuntimeConfig) -> (ModelInfo, Eng
     let cfg = model.config();
     let on_cpu = crate::model::default_device_is_cpu();
     let dtype_bytes: usize = if on_cpu { 4 } else { 2 };
-    let per_token = crate::model::kv_layer_count(cfg).max(1)
-        * cfg.cache_width().max(1) as usize
-        * dtype_bytes;
+    let per_token =
+        crate::model::kv_layer_count(cfg).max(1) * cfg.cache_width().max(1) as usize * dtype_bytes;
     let weights: usize = model.parameters().iter().map(|a| a.nbytes()).sum();
     let free = super::memory::total_bytes().saturating_sub(weights);
     let kv_bytes = config.kv_cache_bytes.unwrap_or(free / 10 * 4);

@@ -76,9 +76,7 @@ pub(crate) fn kv_layers(cfg: &ModelConfig) -> Option<usize> {
                     .and_then(|v| v.as_array())
                     .map(|a| {
                         a.iter()
-                            .filter(|v| {
-                                matches!(v.as_str(), Some("attention" | "full_attention"))
-                            })
+                            .filter(|v| matches!(v.as_str(), Some("attention" | "full_attention")))
                             .count()
                     })
                     .unwrap_or(0),

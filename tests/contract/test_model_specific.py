@@ -123,13 +123,13 @@ def test_nemotron_second_turn_reads_the_checkpoint(claude, model):
     ended, and reports them as cache reads."""
     system = "You are a careful assistant. " * 30
     first = [{"role": "user", "content": "Name a prime number."}]
-    out = claude.messages.create(model=model, max_tokens=8, temperature=0, system=system,
-                                 messages=first)
+    out = claude.messages.create(model=model, max_tokens=8, system=system, messages=first,
+                                 extra_body={"temperature": 0})
     reply = "".join(b.text for b in out.content if b.type == "text") or "7"
     second = first + [{"role": "assistant", "content": reply},
                       {"role": "user", "content": "And another one?"}]
-    out2 = claude.messages.create(model=model, max_tokens=8, temperature=0, system=system,
-                                  messages=second)
+    out2 = claude.messages.create(model=model, max_tokens=8, system=system, messages=second,
+                                  extra_body={"temperature": 0})
     assert out2.usage.cache_read_input_tokens > 100, out2.usage
 
 

@@ -1,7 +1,7 @@
 """Create tiny random MLX model folders with mlx-lm, for kooka's parity tests.
 
 Usage: make_tiny_models.py OUTDIR [--shard]
-       make_tiny_models.py --chat minimax|glm4_moe OUTDIR TOKENIZER_DIR TEMPLATE
+       make_tiny_models.py --chat minimax|glm4_moe|gpt_oss|nemotron_h OUTDIR TOKENIZER_DIR TEMPLATE
 
 With --shard it makes the fixtures of tests/shard.rs instead (the SHARD list below). With
 --chat it makes one servable folder: the tiny minimax or glm4_moe with TOKENIZER_DIR's
@@ -183,6 +183,10 @@ ARCHS_EXTRA["deepseek_v3_kvb"] = ARCHS["deepseek_v3"]
 # gpt_oss`, served with gpt-oss's template).
 ARCHS_EXTRA["gpt_oss_chat"] = (gpt_oss, dict(ARCHS_EXTRA["gpt_oss"][1], vocab_size=49160,
                                              max_position_embeddings=8192))
+# nemotron_h with SmolLM2's vocabulary (`--chat nemotron_h`, served with Nemotron-3-Nano's
+# template: <tool_call><function=...><parameter=...> and <think>).
+ARCHS_EXTRA["nemotron_h_chat"] = (nemotron_h, dict(ARCHS_EXTRA["nemotron_h"][1], vocab_size=49152,
+                                                   max_position_embeddings=8192))
 
 # Fixtures of tests/shard.rs (sharded runs against one rank). Those named "-f32" keep
 # float32 scales and biases: kooka then runs packed 4-bit weights with float32 activations,

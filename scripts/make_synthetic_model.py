@@ -76,12 +76,14 @@ SHAPES = {
                             num_experts_per_tok=4),
     # Nemotron-3-Nano-30B-A3B's widths (Mamba-2: 64 heads of 64, state 128, 8 groups; GQA
     # 32/2 heads of 128; 128 experts, 6 active, ReLU² experts and a shared one) with 8 of its 52
-    # layers in its own order (Mamba, experts, ..., one attention layer).
+    # layers in its own order (Mamba, experts, ..., one attention layer). The vocabulary is
+    # Qwen2.5's (151,936, not its 131,072): the benchmarks carry that tokenizer, whose chat
+    # markup ids must exist in the model.
     "nemotron-h-30b-a3b-8l": dict(NEMOTRON_H, hidden_size=2688, intermediate_size=1856,
                                   num_attention_heads=32, num_key_value_heads=2, head_dim=128,
                                   mamba_num_heads=64, mamba_head_dim=64, ssm_state_size=128,
                                   n_groups=8, hybrid_override_pattern=list("MEMEM*EM"),
-                                  vocab_size=131072, n_routed_experts=128,
+                                  vocab_size=151936, n_routed_experts=128,
                                   num_experts_per_tok=6, moe_intermediate_size=1856,
                                   moe_shared_expert_intermediate_size=3712),
     # Qwen3-Next-80B-A3B's widths (Gated DeltaNet: 16 key and 32 value heads of 128; gated

@@ -16,9 +16,11 @@
 //!   mixtral's experts dequantized, and deepseek_v3's latent attention (the heads' query
 //!   projection, `embed_q`/`unembed_out` and `o_proj` split by head; low-rank and full query).
 //!   Both ranks must hold the very same logits (they sample independently).
+//! - Hybrid recurrent models (nemotron_h, qwen3_next) split by layers only: pipeline runs
+//!   are bit-identical (recurrent states on both ranks, chunked prefill carrying them).
 //! - Impossible splits fail on every rank with a message naming the numbers: SmolLM2's 9
 //!   heads over 2 ranks, 32 input features per rank under 64-wide quantization groups, a
-//!   `--pipeline-split` that does not sum to the layer count.
+//!   `--pipeline-split` that does not sum to the layer count, tensor parallel on a hybrid.
 //!
 //! Needs `models/SmolLM2-135M-Instruct` and the reference venv (for the tiny models): run
 //! `scripts/setup.sh --tests`.
@@ -291,6 +293,27 @@ fn sharded_model_pipeline_moe_is_bit_identical() {
     );
 }
 
+/// Hybrid recurrent models split by layers: Mamba-2 states, attention and expert layers on
+/// both ranks (nemotron_h's `ME*M-ME`: rank 1 ends with an expert layer, whose send is tied to
+/// the Mamba state before it); Gated DeltaNet states and gated attention likewise. A prompt
+/// prefilled in chunks carries the states between forwards.
+#[test]
+fn sharded_model_pipeline_hybrid_is_bit_identical() {
+    let native = ["--compute-dtype", "native"];
+    check(
+        &tiny("nemotron_h-bf16"),
+        &["--compute-dtype", "native", "--prefill-step-size", "5"],
+        &["--parallel", "pipeline", "--pipeline-split", "3,4"],
+        None,
+    );
+    check(
+        &tiny("qwen3_next-bf16"),
+        &native,
+        &["--parallel", "pipeline"],
+        None,
+    );
+}
+
 #[test]
 fn sharded_model_tensor_parallel_matches_single_rank() {
     let tp = ["--parallel", "tensor"];
@@ -321,7 +344,7 @@ fn sharded_model_tensor_parallel_matches_single_rank() {
 
 #[test]
 fn sharded_model_impossible_splits_fail_clearly() {
-    let cases: [(PathBuf, &[&str], &str); 3] = [
+    let cases: [(PathBuf, &[&str], &str); 4] = [
         (
             smollm2(),
             &["--parallel", "tensor"],
@@ -336,6 +359,11 @@ fn sharded_model_impossible_splits_fail_clearly() {
             smollm2(),
             &["--pipeline-split", "10,10"],
             "--pipeline-split 10,10 sums to 20 layers but the model has 30",
+        ),
+        (
+            tiny("nemotron_h-bf16"),
+            &["--parallel", "tensor"],
+            "nemotron_h (a hybrid recurrent model) cannot be split tensor-parallel",
         ),
     ];
     for (model, args, expected) in cases {

@@ -210,6 +210,8 @@ SHARD = {
     ("deepseek_v3", "bf16"): (None, {}),
     ("deepseek_v3", "q4g32-f32"): ({"group_size": 32, "bits": 4}, {}),
     ("deepseek_v3_noqlora", "q4g32-f32"): ({"group_size": 32, "bits": 4}, {}),
+    ("nemotron_h", "bf16"): (None, {}),
+    ("qwen3_next", "bf16"): (None, {}),
 }
 
 # name -> (global quantization or None, per-module overrides)

@@ -5,6 +5,8 @@
 //! decay the state, read it with k, write back `beta * (v - read)`, read it with q), and a
 //! gated RMSNorm before the output projection. Every op is mlx-lm's, in its order and with
 //! its compiled functions compiled here too (so fused kernels round alike), for parity.
+//! Prompts of `gated_delta_chunked::MIN_TOKENS` tokens or more take the chunked form of the
+//! rule instead (`gated_delta_chunked.rs`; `KOOKA_GDN_SEQUENTIAL=1` keeps the loop).
 //!
 //! The cache holds two arrays: the conv state `[B, K-1, conv_dim]` in the input dtype and
 //! the recurrent state `[B, Hv, Dv, Dk]` in float32. Our engine never left-pads a sequence
@@ -16,6 +18,7 @@ use mlx_rs::error::Exception;
 use mlx_rs::transforms::compile::compile;
 use mlx_rs::{fast, ops, Array, Dtype};
 
+use super::gated_delta_chunked::{gated_delta_chunked, log_decay, use_chunked, CHUNK};
 use crate::model::cache::StateCache;
 use crate::model::config::QuantConfig;
 use crate::model::error::{ModelError, Result};
@@ -268,12 +271,19 @@ impl GatedDeltaNet {
         let k = scalar(inv_scale, &k)?.multiply(fast::rms_norm(&k, None, rms_eps)?)?;
 
         let beta = ops::sigmoid(&bg)?;
-        let g = compute_g(&self.a_log, &a, &self.dt_bias)?;
         let state = match cache.get(1) {
             Some(st) => st.clone(),
             None => ops::zeros_dtype(&[b, nv, dv, dk], Dtype::Float32)?,
         };
-        let (out, state) = gated_delta_ops(&q, &k, &v, &g, &beta, state)?;
+        // Prompts go through the chunked form (a few matmuls per 64 tokens instead of a step
+        // per token); decode and short inputs keep mlx-lm's exact step.
+        let (out, state) = if use_chunked(l) {
+            let log_g = log_decay(&self.a_log, &a, &self.dt_bias)?;
+            gated_delta_chunked(&q, &k, &v, &log_g, &beta, state, CHUNK)?
+        } else {
+            let g = compute_g(&self.a_log, &a, &self.dt_bias)?;
+            gated_delta_ops(&q, &k, &v, &g, &beta, state)?
+        };
         cache.set(1, state);
         cache.advance(l);
 

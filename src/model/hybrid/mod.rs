@@ -11,6 +11,7 @@
 //! groups and gates in ways a plain split by output would cut through.
 
 pub mod gated_delta;
+pub mod gated_delta_chunked;
 pub mod nemotron_h;
 pub mod qwen3_next;
 

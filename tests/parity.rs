@@ -309,7 +309,10 @@ fn chunked_gated_delta_prefill_matches_mlx_lm_in_f32() {
         .into_iter()
         .filter(|n| n.starts_with("qwen3_next"))
         .collect();
-    assert!(names.len() >= 2, "qwen3_next tiny models missing: {names:?}");
+    assert!(
+        names.len() >= 2,
+        "qwen3_next tiny models missing: {names:?}"
+    );
     let prompt: Vec<u32> = (0..300u32).map(|i| (i * 37 + 11) % 320).collect();
     check_parity_with(&dir, &names, &prompt, 16, 2048, &[("f32", true)], &[]);
     check_parity_with(&dir, &names, &prompt, 16, 100, &[("f32", true)], &[]);

@@ -12,25 +12,18 @@
 //!
 //! Needs the reference venv (`scripts/setup.sh --tests`).
 
-use std::path::Path;
-
-use kooka::engine::sampling::SamplingParams;
-use kooka::engine::{Engine, EngineConfig, SequenceRequest};
-use kooka::model::{load_model, ComputeDtype};
+use kooka::engine::{EngineConfig, SequenceRequest};
 
 mod common;
 
-use common::engine::{greedy_reference, run};
+use common::engine::{engine, greedy, greedy_reference, run, tiny_prompts};
+
+fn prompts() -> Vec<Vec<u32>> {
+    tiny_prompts(&[5, 13, 29, 8, 40])
+}
 
 const MODELS: [&str; 2] = ["nemotron_h-bf16", "qwen3_next-bf16"];
 const MAX_TOKENS: usize = 10;
-
-fn engine(model: &Path, config: EngineConfig) -> Engine {
-    Engine::with_config(
-        load_model(model, ComputeDtype::Auto).expect("model"),
-        config,
-    )
-}
 
 fn serving() -> EngineConfig {
     EngineConfig {
@@ -40,31 +33,10 @@ fn serving() -> EngineConfig {
     }
 }
 
-/// Token prompts of different lengths (the tiny models have 320 tokens).
-fn prompts() -> Vec<Vec<u32>> {
-    [5usize, 13, 29, 8, 40]
-        .iter()
-        .enumerate()
-        .map(|(k, &n)| {
-            (0..n as u32)
-                .map(|i| (i * 37 + k as u32 * 11 + 3) % 320)
-                .collect()
-        })
-        .collect()
-}
-
 fn request(prompt: Vec<u32>, checkpoints: Vec<usize>) -> SequenceRequest {
     SequenceRequest {
-        prompt,
-        params: SamplingParams {
-            temperature: 0.0,
-            ..Default::default()
-        },
-        max_tokens: MAX_TOKENS,
-        stop_ids: Vec::new(),
-        return_prompt_logits: false,
-        constraint: None,
         checkpoints,
+        ..greedy(prompt, MAX_TOKENS)
     }
 }
 

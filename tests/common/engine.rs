@@ -7,7 +7,9 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use kooka::engine::{Engine, SeqId, SequenceRequest};
+use kooka::engine::sampling::SamplingParams;
+use kooka::engine::{Engine, EngineConfig, SeqId, SequenceRequest};
+use kooka::model::{load_model, ComputeDtype};
 
 /// Runs `reqs`, each added once `start[i]` steps have run; returns each one's tokens and
 /// the cached prompt tokens of its first event.
@@ -39,6 +41,40 @@ pub fn run(
         step += 1;
     }
     out
+}
+
+/// An engine over `model` in compute dtype `auto` (float32 on CPU).
+pub fn engine(model: &Path, config: EngineConfig) -> Engine {
+    Engine::with_config(
+        load_model(model, ComputeDtype::Auto).expect("model"),
+        config,
+    )
+}
+
+/// Token prompts of the given lengths, each different (ids below 320, the tiny models').
+pub fn tiny_prompts(lengths: &[usize]) -> Vec<Vec<u32>> {
+    lengths
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| {
+            (0..n as u32)
+                .map(|i| (i * 37 + k as u32 * 11 + 3) % 320)
+                .collect()
+        })
+        .collect()
+}
+
+/// A greedy request for `max_tokens` tokens, no stop ids.
+pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> SequenceRequest {
+    SequenceRequest {
+        prompt,
+        params: SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        max_tokens,
+        ..Default::default()
+    }
 }
 
 /// mlx-lm's greedy tokens for each prompt (float32, as `auto` computes on CPU).

@@ -50,17 +50,27 @@ pub struct ServeArgs {
     #[arg(long, env = "KOOKA_COMPUTE_DTYPE", value_enum, default_value_t = ComputeDtypeArg::Auto)]
     pub compute_dtype: ComputeDtypeArg,
     /// Require this key on inference routes (`Authorization: Bearer KEY` or `x-api-key`);
-    /// `/health` stays public.
+    /// `/health` stays public. Visible in `ps`: prefer `--api-key-file` or KOOKA_API_KEY.
     #[arg(long, env = "KOOKA_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Origins allowed by CORS, comma-separated; `*` allows any (as mlx-lm's server does).
-    #[arg(
-        long,
-        env = "KOOKA_ALLOWED_ORIGINS",
-        value_delimiter = ',',
-        default_value = "*"
-    )]
-    pub allowed_origins: Vec<String>,
+    /// Read API keys from this file, one per line (blank lines and `#` comments skipped);
+    /// any of them is accepted, together with `--api-key`.
+    #[arg(long, env = "KOOKA_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Origins whose pages may call the server (CORS), comma-separated; `*` allows any
+    /// [default: without an API key, loopback pages only (http://localhost:*, 127.0.0.1,
+    /// [::1]); with one, any].
+    #[arg(long, env = "KOOKA_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Host names requests may be addressed to besides loopback names and IP addresses
+    /// (`.example.com` also allows its subdomains), comma-separated; `*` allows any
+    /// [default: without an API key, none (protection against DNS rebinding); with one, any].
+    #[arg(long, env = "KOOKA_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Seconds a request body may take to arrive once its headers have; a slower one gets
+    /// 408 and its connection is closed.
+    #[arg(long, env = "KOOKA_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_timeout_secs: u64,
     /// Stream each OpenAI chat tool call's arguments as they are generated; by default a
     /// call is sent whole in one delta once it is complete (as kooka-server and mlx-lm do).
     #[arg(long, env = "KOOKA_INCREMENTAL_TOOL_CALLS")]
@@ -122,8 +132,10 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         dtype: args.compute_dtype.into(),
         max_body_bytes: args.max_body_bytes,
         workers: args.http_workers,
-        api_key: args.api_key,
+        api_keys: api_keys(args.api_key, args.api_key_file.as_deref())?,
         allowed_origins: args.allowed_origins,
+        allowed_hosts: args.allowed_hosts,
+        body_timeout: std::time::Duration::from_secs(args.body_timeout_secs.max(1)),
         runtime: crate::runtime::RuntimeConfig {
             max_running: args.max_running,
             max_queue: args.max_queue,
@@ -139,4 +151,26 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("rank 0")?;
     crate::server::run_ranked(listener, config, leader)?;
     Ok(())
+}
+
+/// `--api-key` and the keys of `--api-key-file` (one per line, `#` comments skipped).
+fn api_keys(key: Option<String>, file: Option<&std::path::Path>) -> anyhow::Result<Vec<String>> {
+    let mut keys: Vec<String> = key.into_iter().filter(|k| !k.is_empty()).collect();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --api-key-file {}", path.display()))?;
+        let before = keys.len();
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+        anyhow::ensure!(
+            keys.len() > before,
+            "--api-key-file {} holds no key (one per line; `#` starts a comment)",
+            path.display()
+        );
+    }
+    Ok(keys)
 }

@@ -8,7 +8,10 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::generation::{encode_text, next_request, request_grammar, submit, Job, JobSpec};
-use super::http::{next_item, read_body, sse_data, sse_keepalive, sse_response, unix_now, JobItem};
+use super::http::{
+    next_item, read_body, sse_data, sse_keepalive, sse_response, unix_now, unless_client_leaves,
+    JobItem,
+};
 use super::openai::{check_model, error_then_done, system_fingerprint, Usage};
 use super::request::{
     boolean, check, check_n, get, integer, max_tokens, parse_object, sampling, stop_list,
@@ -115,7 +118,7 @@ pub async fn completions(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, &state).await?;
     let r = parse(&body)?;
     check_model(&state, r.model.as_deref())?;
     let prompt_ids = match &r.prompt {
@@ -151,7 +154,7 @@ pub async fn completions(
     if r.stream {
         Ok(stream(job, meta, r.include_usage))
     } else {
-        collect(job, meta).await
+        unless_client_leaves(&req, collect(job, meta)).await
     }
 }
 

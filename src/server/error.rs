@@ -31,6 +31,15 @@ pub enum ApiError {
         "Missing or wrong API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY`"
     )]
     Unauthorized,
+    /// Refused by the edge (`Host` or `Origin` not allowed).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The client closed its connection before the reply was ready (nobody reads this).
+    #[error("The client closed the connection")]
+    ClientClosed,
+    /// The body did not arrive in time (`--body-timeout`).
+    #[error("The request body did not arrive within {0} s (--body-timeout)")]
+    BodyTimeout(u64),
     #[error("The request body is larger than the limit of {0} bytes (--max-body-bytes)")]
     PayloadTooLarge(usize),
     /// The model thread is gone (it failed or the server is shutting down).
@@ -83,6 +92,8 @@ impl ApiError {
             | ApiError::RouteNotFound(_)
             | ApiError::MethodNotAllowed(_) => "invalid_request_error",
             ApiError::Unauthorized => "authentication_error",
+            ApiError::Forbidden(_) => "permission_error",
+            ApiError::BodyTimeout(_) | ApiError::ClientClosed => "invalid_request_error",
             ApiError::Unavailable(_) | ApiError::Internal(_) => "server_error",
             ApiError::Overloaded { .. } => "rate_limit_error",
         }
@@ -103,6 +114,9 @@ impl ApiError {
             ApiError::RouteNotFound(_) => Some("not_found"),
             ApiError::MethodNotAllowed(_) => Some("method_not_allowed"),
             ApiError::Unauthorized => Some("invalid_api_key"),
+            ApiError::Forbidden(_) => Some("forbidden"),
+            ApiError::BodyTimeout(_) => Some("request_timeout"),
+            ApiError::ClientClosed => Some("client_closed_request"),
             ApiError::PayloadTooLarge(_) => Some("payload_too_large"),
             ApiError::Unavailable(_) => Some("unavailable"),
             ApiError::Overloaded { .. } => Some("server_overloaded"),
@@ -116,6 +130,8 @@ impl ApiError {
             ApiError::BadRequest { .. } | ApiError::MethodNotAllowed(_) => "invalid_request_error",
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => "not_found_error",
             ApiError::Unauthorized => "authentication_error",
+            ApiError::Forbidden(_) => "permission_error",
+            ApiError::BodyTimeout(_) | ApiError::ClientClosed => "invalid_request_error",
             ApiError::PayloadTooLarge(_) => "request_too_large",
             ApiError::Overloaded { .. } => "rate_limit_error",
             ApiError::Unavailable(_) => "overloaded_error",
@@ -173,6 +189,10 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            // nginx's "client closed request": logged, never received.
+            ApiError::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -184,8 +204,15 @@ impl ResponseError for ApiError {
         if let Some(retry) = self.retry_after() {
             response.insert_header(("Retry-After", retry.to_string()));
         }
-        if let ApiError::Unauthorized = self {
-            response.insert_header(("WWW-Authenticate", "Bearer"));
+        match self {
+            ApiError::Unauthorized => {
+                response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            ApiError::BodyTimeout(_) => {
+                response.force_close();
+            }
+            _ => {}
         }
         response.json(self.body())
     }

@@ -1,7 +1,16 @@
-//! HTTP plumbing every route shares: bounded body reading, the 404/405 fallbacks, `/health`,
-//! and the SSE helpers (frames, keepalive comments).
+//! HTTP plumbing every route shares: bounded body reading, noticing a client that leaves
+//! before its non-streamed reply, the 404/405 fallbacks, `/health`, and the SSE helpers
+//! (frames, keepalive comments).
 
+use std::any::Any;
+use std::future::Future;
+use std::mem::MaybeUninit;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::dev::Extensions;
+use futures_util::future::{select, Either};
+use tracing::info;
 
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
@@ -47,8 +56,23 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
     ApiError::RouteNotFound(format!("{} {}", req.method(), req.path())).response_for(req.path())
 }
 
-/// Reads the body up to `limit` bytes; a declared or actual larger body is a 413.
+/// Reads the body up to `--max-body-bytes` (a declared or actual larger body is a 413)
+/// within `--body-timeout` (else 408).
 pub async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<Bytes, ApiError> {
+    let within = state.body_timeout;
+    match actix_web::rt::time::timeout(within, read_limited(req, payload, state.max_body_bytes))
+        .await
+    {
+        Ok(body) => body,
+        Err(_) => Err(ApiError::BodyTimeout(within.as_secs())),
+    }
+}
+
+async fn read_limited(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
@@ -71,6 +95,68 @@ pub async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// How often a non-streamed request checks that its client is still connected.
+const CLIENT_POLL: Duration = Duration::from_millis(250);
+
+/// A duplicate of a connection's socket, kept in its extensions (`HttpServer::on_connect`):
+/// actix does not drop a handler whose client closed the connection until the reply is
+/// written, so a non-streamed request looks at the socket itself.
+#[derive(Clone)]
+pub struct ClientSocket(Arc<socket2::Socket>);
+
+impl ClientSocket {
+    /// `HttpServer::on_connect`'s callback: keeps a duplicate of TCP connections' sockets.
+    pub fn on_connect(conn: &dyn Any, ext: &mut Extensions) {
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            if let Ok(socket) = socket2::SockRef::from(tcp).try_clone() {
+                ext.insert(ClientSocket(Arc::new(socket)));
+            }
+        }
+    }
+
+    /// The peer has closed or reset the connection. (The socket is non-blocking: nothing to
+    /// read is `WouldBlock`, a pipelined next request is data, a close reads 0 bytes.)
+    fn closed(&self) -> bool {
+        let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+        match self.0.peek(&mut byte) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ),
+        }
+    }
+}
+
+/// Awaits a non-streamed reply, abandoning it if the client's connection closes first:
+/// the reply's [`Job`] is dropped with it, which cancels the request.
+pub async fn unless_client_leaves<F>(req: &HttpRequest, reply: F) -> Result<HttpResponse, ApiError>
+where
+    F: Future<Output = Result<HttpResponse, ApiError>>,
+{
+    let Some(socket) = req.conn_data::<ClientSocket>().cloned() else {
+        return reply.await;
+    };
+    let watch = async move {
+        loop {
+            actix_web::rt::time::sleep(CLIENT_POLL).await;
+            if socket.closed() {
+                return;
+            }
+        }
+    };
+    match select(std::pin::pin!(reply), std::pin::pin!(watch)).await {
+        Either::Left((reply, _)) => reply,
+        Either::Right(((), _)) => {
+            info!(
+                path = req.path(),
+                "client closed the connection before its reply"
+            );
+            Err(ApiError::ClientClosed)
+        }
+    }
 }
 
 /// One `data:` frame.

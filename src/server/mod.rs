@@ -5,7 +5,7 @@
 
 pub mod anthropic;
 pub mod completions;
-mod edge;
+pub mod edge;
 pub mod error;
 pub mod generation;
 pub mod harmony_prompt;
@@ -46,10 +46,15 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// actix worker threads (they only parse, template and tokenize).
     pub workers: usize,
-    /// Inference routes need `Authorization: Bearer KEY` or `x-api-key: KEY`.
-    pub api_key: Option<String>,
-    /// CORS origins (`*` for any).
-    pub allowed_origins: Vec<String>,
+    /// Inference routes need one of these as `Authorization: Bearer KEY` or `x-api-key: KEY`
+    /// (none: open).
+    pub api_keys: Vec<String>,
+    /// `--allowed-origins` as given (`None`: the default, see [`edge`]).
+    pub allowed_origins: Option<Vec<String>>,
+    /// `--allowed-hosts` as given (`None`: the default, see [`edge`]).
+    pub allowed_hosts: Option<Vec<String>>,
+    /// How long a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
     /// Scheduling and memory limits of the model side.
     pub runtime: RuntimeConfig,
     /// Stream OpenAI chat tool-call arguments as they are generated (else each call whole).
@@ -99,6 +104,8 @@ pub struct AppState {
     pub tokenizer: Arc<Tokenizer>,
     pub runtime: RuntimeHandle,
     pub max_body_bytes: usize,
+    /// See [`ServeConfig::body_timeout`].
+    pub body_timeout: std::time::Duration,
     pub next_id: AtomicU64,
     pub chat: ChatInfo,
     /// Every rank's state, on rank 0 of a multi-rank run (`/health` reports it).
@@ -132,6 +139,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/health")
             .route(web::get().to(http::health))
+            .route(web::head().to(http::health))
             .default_service(web::to(edge::method_not_allowed)),
     )
     .service(
@@ -206,6 +214,7 @@ pub fn run_ranked(
         tokenizer,
         runtime,
         max_body_bytes: config.max_body_bytes,
+        body_timeout: config.body_timeout,
         next_id: AtomicU64::new(0),
         chat: chat_info,
         cluster: leader.as_ref().map(|l| l.status()),
@@ -220,20 +229,25 @@ pub fn run_ranked(
         }
     }
     let workers = config.workers.max(1);
-    let edge = edge::Edge::new(config.api_key.clone(), config.allowed_origins.clone());
+    let edge = edge::Edge::new(
+        config.api_keys.clone(),
+        config.allowed_origins.as_deref(),
+        config.allowed_hosts.as_deref(),
+    );
     actix_web::rt::System::new().block_on(async move {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 // The last wrap runs first: CORS answers preflights and decorates every
-                // response, including the key check's 401s.
-                .wrap(actix_web::middleware::from_fn(edge::require_api_key))
+                // response, including the guard's 401s and 403s.
+                .wrap(actix_web::middleware::from_fn(edge::guard))
                 .wrap(edge.cors())
                 .app_data(web::Data::new(edge.clone()))
                 .configure(routes)
                 .default_service(web::to(http::not_found))
         })
         .workers(workers)
+        .on_connect(http::ClientSocket::on_connect)
         .listen(listener)?
         .run();
         println!("kooka: listening on http://{addr}");

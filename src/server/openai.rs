@@ -9,7 +9,10 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::generation::{submit_chat, Job};
-use super::http::{next_item, read_body, sse_data, sse_keepalive, sse_response, unix_now, JobItem};
+use super::http::{
+    next_item, read_body, sse_data, sse_keepalive, sse_response, unix_now, unless_client_leaves,
+    JobItem,
+};
 use super::reply::{Reply, ReplyEvent, ReplyParser};
 use super::request::parse_chat;
 use super::AppState;
@@ -76,7 +79,7 @@ pub async fn chat_completions(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, &state).await?;
     let chat = parse_chat(&body)?;
     check_model(&state, chat.model.as_deref())?;
     let (job, parser) = submit_chat(&state, &chat)?;
@@ -94,7 +97,7 @@ pub async fn chat_completions(
     if chat.stream {
         Ok(stream_chat(job, reader, meta, chat.include_usage))
     } else {
-        collect_chat(job, reader, meta).await
+        unless_client_leaves(&req, collect_chat(job, reader, meta)).await
     }
 }
 

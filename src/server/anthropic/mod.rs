@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::generation::{chat_prompt, submit_chat, Job};
-use super::http::{next_item, read_body, sse_event, sse_response, JobItem};
+use super::http::{next_item, read_body, sse_event, sse_response, unless_client_leaves, JobItem};
 use super::openai::{check_model, Usage};
 use super::reply::{Reply, ReplyEvent, ReplyParser};
 mod parse;
@@ -49,7 +49,7 @@ pub async fn count_tokens(
     payload: web::Payload,
 ) -> HttpResponse {
     let count = async {
-        let body = read_body(&req, payload, state.max_body_bytes).await?;
+        let body = read_body(&req, payload, &state).await?;
         let r = parse(&body, Purpose::Count)?;
         check_anthropic_model(&state, r.model.as_deref())?;
         let prompt = chat_prompt(
@@ -72,7 +72,7 @@ async fn handle(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, &state).await?;
     let r = parse(&body, Purpose::Generate)?;
     check_anthropic_model(&state, r.model.as_deref())?;
     let (job, parser) = submit_chat(&state, &r)?;
@@ -83,7 +83,7 @@ async fn handle(
     if r.stream {
         Ok(stream(job, parser, meta))
     } else {
-        collect(job, parser, meta).await
+        unless_client_leaves(&req, collect(job, parser, meta)).await
     }
 }
 

@@ -18,7 +18,8 @@ use serde_json::{json, Map, Value};
 use super::error::ApiError;
 use super::generation::{submit_chat, Job};
 use super::http::{
-    next_item, read_body, sse_event, sse_keepalive, sse_response, unix_now, JobItem,
+    next_item, read_body, sse_event, sse_keepalive, sse_response, unix_now, unless_client_leaves,
+    JobItem,
 };
 use super::openai::{check_model, Usage};
 use super::reply::ReplyParser;
@@ -31,7 +32,7 @@ pub async fn responses(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, &state).await?;
     let r = parse::parse(&body)?;
     check_model(&state, r.chat.model.as_deref())?;
     let (job, parser) = submit_chat(&state, &r.chat)?;
@@ -50,7 +51,7 @@ pub async fn responses(
     if r.chat.stream {
         Ok(stream(job, parser, output, head))
     } else {
-        collect(job, parser, output, head).await
+        unless_client_leaves(&req, collect(job, parser, output, head)).await
     }
 }
 

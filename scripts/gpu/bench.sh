@@ -40,13 +40,21 @@ for phase in "$@"; do
       parity)
         log "parity $name"
         ids=$(python3 -c 'print(",".join(str(100 + 7 * i) for i in range(24)))')
-        $KOOKA generate --model $dir --prompt-tokens $ids --print-tokens --ignore-eos --max-tokens 32 > $OUT/kooka-tokens-$name.json
+        $KOOKA generate --model $dir --prompt-tokens $ids --print-tokens --ignore-eos --max-tokens 32 \
+          --print-logits $OUT/kooka-logits-$name.json > $OUT/kooka-tokens-$name.json
         echo "[{\"model\": \"$dir\", \"max_tokens\": 32, \"tokens\": [$ids]}]" | python3 tests/python/mlx_lm_reference.py - > $OUT/ref-$name.json
-        python3 - "$OUT/kooka-tokens-$name.json" "$OUT/ref-$name.json" "$name" <<'PY' | tee -a "$OUT/parity.txt"
+        python3 - "$OUT/kooka-tokens-$name.json" "$OUT/ref-$name.json" "$name" "$OUT/kooka-logits-$name.json" <<'PY' | tee -a "$OUT/parity.txt"
 import json, sys
-k = json.load(open(sys.argv[1]))["tokens"]; r = json.load(open(sys.argv[2]))[0]["tokens"][:len(k)]
+k = json.load(open(sys.argv[1]))["tokens"]; ref = json.load(open(sys.argv[2]))[0]
+r = ref["tokens"][:len(k)]
 same = sum(a == b for a, b in zip(k, r))
-print(f"{sys.argv[3]}: greedy tokens identical {same}/{len(k)}{'' if k == r else ' MISMATCH'}")
+# The last prompt position's logits: the largest difference, and the reference's margin
+# between its top two (random weights make near-ties: a flip there is not a bug).
+kl = json.load(open(sys.argv[4])); rl = ref["logits"]
+diff = max(abs(a - b) for a, b in zip(kl, rl))
+top = sorted(rl, reverse=True)[:2]
+print(f"{sys.argv[3]}: greedy tokens identical {same}/{len(k)}{'' if k == r else ' MISMATCH'}; "
+      f"last prompt logits max |diff| {diff:.4g}, reference top-2 margin {top[0] - top[1]:.4g}")
 PY
         ;;
       bench)

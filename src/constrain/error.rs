@@ -57,7 +57,47 @@ impl ConstrainError {
     pub(crate) fn unsupported(param: &'static str, message: impl Into<String>) -> Self {
         ConstrainError::Unsupported {
             param,
-            message: message.into(),
+            message: client_message(&message.into()),
         }
+    }
+}
+
+/// The engine's message as a client should read it: its first lines, without the listing of
+/// kooka's internal grammar that llguidance appends (`   1 | start: %json {...}`), on one line.
+fn client_message(raw: &str) -> String {
+    const MAX: usize = 400;
+    let listing = |line: &str| {
+        let t = line.trim_start();
+        let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+        digits > 0 && t[digits..].trim_start().starts_with('|')
+    };
+    let text = raw
+        .lines()
+        .take_while(|l| !listing(l))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '^' || c == ' '))
+        .collect::<Vec<_>>()
+        .join(" ");
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_messages_drop_the_internal_grammar() {
+        let raw = "regex parse error:\n    ((((\n       ^\nerror: unclosed group\n   1 | start: %json {\"type\":1}\n              ^";
+        let e = ConstrainError::unsupported("response_format", raw);
+        assert_eq!(
+            e.to_string(),
+            "response_format: the constrained-decoding engine cannot enforce this: regex parse \
+             error: (((( error: unclosed group"
+        );
+        let long = "x".repeat(1000);
+        assert!(client_message(&long).len() < 420);
     }
 }

@@ -177,6 +177,7 @@ fn budgets(model: &dyn LanguageModel, config: &RuntimeConfig) -> (ModelInfo, Eng
         kv_budget_tokens: kv_positions(kv_bytes / per_token, model, config.max_running),
         prefix_cache_tokens: prefix_bytes / per_token,
         recurrent: model.checkpoint_tokens() > 0,
+        vocab_size: usize::try_from(cfg.vocab_size).unwrap_or(0),
     };
     let engine = EngineConfig {
         prefill_chunk: config

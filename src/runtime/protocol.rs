@@ -112,4 +112,6 @@ pub struct ModelInfo {
     /// The model keeps recurrent states: its prefix cache resumes only at checkpoints, so
     /// chat requests say where their messages end.
     pub recurrent: bool,
+    /// Token ids the model embeds (`0..vocab_size`).
+    pub vocab_size: usize,
 }

@@ -123,7 +123,16 @@ pub async fn completions(
     check_model(&state, r.model.as_deref())?;
     let prompt_ids = match &r.prompt {
         Prompt::Text(t) => encode_text(&state, t)?,
-        Prompt::Ids(ids) => ids.clone(),
+        Prompt::Ids(ids) => {
+            let vocab = state.runtime.info().vocab_size;
+            if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                return Err(ApiError::field(
+                    "prompt",
+                    format!("`prompt` token id {bad} is outside the model's vocabulary (0..{vocab})"),
+                ));
+            }
+            ids.clone()
+        }
     };
     let constraint = request_grammar(
         r.response_format.as_ref(),

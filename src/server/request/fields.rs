@@ -16,7 +16,12 @@ pub(crate) fn number(obj: &Map<String, Value>, name: &str) -> Result<Option<f32>
     match get(obj, name) {
         None => Ok(None),
         Some(v) => match v.as_f64() {
-            Some(x) if x.is_finite() => Ok(Some(x as f32)),
+            // 1e300 is valid JSON but no f32: refused rather than made infinite.
+            Some(x) if (x as f32).is_finite() => Ok(Some(x as f32)),
+            Some(x) => Err(ApiError::field(
+                name,
+                format!("`{name}` is out of range ({x:e})"),
+            )),
             _ => Err(ApiError::field(
                 name,
                 format!("`{name}` must be a number, got {}", type_name(v)),

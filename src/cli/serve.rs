@@ -33,6 +33,9 @@ pub struct ServeArgs {
     /// Requests waiting to start; beyond it a request gets 429 with Retry-After.
     #[arg(long, env = "KOOKA_MAX_QUEUE", default_value_t = 256)]
     pub max_queue: usize,
+    /// Seconds a request may wait to start; then it gets 429 with Retry-After.
+    #[arg(long, env = "KOOKA_QUEUE_TIMEOUT", default_value_t = 600)]
+    pub queue_timeout: u64,
     /// KV cache memory that admission hands out, in bytes [default: 40% of the memory the
     /// weights leave]. A request reserves prompt + max_tokens positions; a prompt that can
     /// never fit gets 400.
@@ -71,6 +74,10 @@ pub struct ServeArgs {
     /// 408 and its connection is closed.
     #[arg(long, env = "KOOKA_BODY_TIMEOUT_SECS", default_value_t = 30)]
     pub body_timeout_secs: u64,
+    /// After SIGTERM or SIGINT: seconds requests in flight may still run before they are
+    /// ended with an error (new ones get 503 at once). A second signal ends them at once.
+    #[arg(long, env = "KOOKA_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace: u64,
     /// Stream each OpenAI chat tool call's arguments as they are generated; by default a
     /// call is sent whole in one delta once it is complete (as kooka-server and mlx-lm do).
     #[arg(long, env = "KOOKA_INCREMENTAL_TOOL_CALLS")]
@@ -136,12 +143,14 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         allowed_origins: args.allowed_origins,
         allowed_hosts: args.allowed_hosts,
         body_timeout: std::time::Duration::from_secs(args.body_timeout_secs.max(1)),
+        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
         runtime: crate::runtime::RuntimeConfig {
             max_running: args.max_running,
             max_queue: args.max_queue,
             kv_cache_bytes: args.kv_cache_bytes,
             prompt_cache_bytes: args.prompt_cache_bytes,
             prefill_chunk: args.prefill_chunk,
+            queue_timeout: std::time::Duration::from_secs(args.queue_timeout.max(1)),
         },
         incremental_tool_calls: args.incremental_tool_calls,
     };

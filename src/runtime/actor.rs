@@ -19,7 +19,7 @@ use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, System};
 use tracing::info;
 
 use super::admission::Limits;
-use super::protocol::{ModelInfo, Submit};
+use super::protocol::{ModelInfo, RuntimeError, Submit};
 use super::worker::Worker;
 use super::{RuntimeConfig, Shared};
 use crate::cluster::{Leader, ReplicatedEngine};
@@ -30,6 +30,20 @@ use crate::tokenizer::Tokenizer;
 
 impl Message for Submit {
     type Result = ();
+}
+
+/// Ends every waiting and running request with this error (the server is stopping).
+pub(super) struct FailAll(pub RuntimeError);
+
+impl Message for FailAll {
+    type Result = ();
+}
+
+impl Handler<FailAll> for ModelActor {
+    type Result = ();
+    fn handle(&mut self, FailAll(e): FailAll, _: &mut Context<Self>) {
+        self.worker.fail_all(e);
+    }
 }
 
 /// One round of work; the actor sends it to itself.
@@ -134,7 +148,9 @@ pub(super) fn spawn(
                     max_running: config.max_running.max(1),
                     kv_budget_tokens: info.kv_budget_tokens,
                 };
-                let worker = Worker::new(engine, tokenizer, stop_ids, limits, shared);
+                let queue_timeout = config.queue_timeout;
+                let worker =
+                    Worker::new(engine, tokenizer, stop_ids, limits, shared, queue_timeout);
                 worker.publish();
                 let addr = ModelActor {
                     worker,

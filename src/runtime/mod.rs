@@ -20,8 +20,9 @@ mod relay;
 mod worker;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 
@@ -51,6 +52,8 @@ pub struct RuntimeConfig {
     pub prompt_cache_bytes: Option<usize>,
     /// Prompt tokens prefilled per engine step; `None`: 512 on the CPU backend, 2048 on a GPU.
     pub prefill_chunk: Option<usize>,
+    /// A request still waiting to start after this long gets a 429.
+    pub queue_timeout: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -61,6 +64,7 @@ impl Default for RuntimeConfig {
             kv_cache_bytes: None,
             prompt_cache_bytes: None,
             prefill_chunk: None,
+            queue_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct RuntimeStatus {
     pub kv_budget_tokens: usize,
     /// Positions admission has reserved for the running requests.
     pub kv_reserved_tokens: usize,
+    /// How long the engine step now running has taken so far (0: none is running).
+    pub step_ms: u64,
 }
 
 /// State the handle and the worker share.
@@ -84,6 +90,10 @@ struct Shared {
     /// Requests sent to the worker and not yet admitted (or dropped).
     waiting: AtomicUsize,
     status: Mutex<RuntimeStatus>,
+    /// The server is stopping: new submissions are refused.
+    draining: AtomicBool,
+    /// When the engine step now running started.
+    step_started: Mutex<Option<Instant>>,
 }
 
 /// A submitted generation: its id (for logs), prompt length and event channel. Dropping it
@@ -145,11 +155,39 @@ impl RuntimeHandle {
     }
 
     pub fn status(&self) -> RuntimeStatus {
-        *self.shared.status.lock().unwrap_or_else(|e| e.into_inner())
+        let mut status = *self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
+        let started = *self
+            .shared
+            .step_started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        status.step_ms = started.map_or(0, |t| t.elapsed().as_millis() as u64);
+        status
+    }
+
+    /// From now on, submissions are refused (503): the server is stopping.
+    pub fn begin_drain(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::SeqCst)
+    }
+
+    /// Ends every waiting and running request with [`RuntimeError::Unavailable`]`(why)`:
+    /// streams get an error event and their end, non-streamed requests a 503.
+    pub fn fail_all(&self, why: &str) {
+        self.actor
+            .do_send(actor::FailAll(RuntimeError::Unavailable(why.to_string())));
     }
 
     /// Queues a generation, or says at once why it cannot run.
     pub fn submit(&self, mut req: GenerationRequest) -> Result<Job, RuntimeError> {
+        if self.is_draining() {
+            return Err(RuntimeError::Unavailable(
+                "the server is shutting down".into(),
+            ));
+        }
         let prompt_tokens = req.prompt_ids.len();
         let budget = self.info.kv_budget_tokens;
         if prompt_tokens + 1 > budget {
@@ -194,6 +232,7 @@ impl RuntimeHandle {
             self.actor.do_send(Submit {
                 request: req,
                 events: tx,
+                queued_at: std::time::Instant::now(),
             });
             Ok(())
         });

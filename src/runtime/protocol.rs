@@ -99,6 +99,8 @@ pub struct GenerationRequest {
 pub struct Submit {
     pub request: GenerationRequest,
     pub events: UnboundedSender<Event>,
+    /// When the handle accepted it (the queue timeout counts from here).
+    pub queued_at: std::time::Instant,
 }
 
 /// Facts about the loaded model and the runtime's limits that handlers need.

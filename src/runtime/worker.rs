@@ -9,6 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, info};
@@ -44,6 +45,7 @@ pub(super) struct Worker {
     waiting: VecDeque<Submit>,
     limits: Limits,
     shared: Arc<Shared>,
+    queue_timeout: Duration,
 }
 
 impl Worker {
@@ -53,6 +55,7 @@ impl Worker {
         stop_ids: Vec<u32>,
         limits: Limits,
         shared: Arc<Shared>,
+        queue_timeout: Duration,
     ) -> Self {
         Worker {
             engine,
@@ -62,6 +65,7 @@ impl Worker {
             waiting: VecDeque::new(),
             limits,
             shared,
+            queue_timeout,
         }
     }
 
@@ -85,7 +89,8 @@ impl Worker {
         self.waiting.push_back(s);
     }
 
-    /// Drops waiting and running requests whose client went away.
+    /// Drops waiting and running requests whose client went away, and ends those that
+    /// waited longer than the queue timeout.
     fn drop_gone(&mut self) {
         let before = self.waiting.len();
         self.waiting.retain(|s| !s.events.is_closed());
@@ -93,6 +98,29 @@ impl Worker {
         if dropped > 0 {
             self.shared.waiting.fetch_sub(dropped, Ordering::SeqCst);
             info!(dropped, "clients went away while waiting");
+        }
+        let limit = self.queue_timeout;
+        let before = self.waiting.len();
+        self.waiting.retain(|s| {
+            let waited = s.queued_at.elapsed();
+            if waited < limit {
+                return true;
+            }
+            let _ = s.events.send(Event::Error(RuntimeError::Overloaded {
+                message: format!(
+                    "The request waited {} s without starting (--queue-timeout {}): the \
+                     server is at capacity; retry later",
+                    waited.as_secs(),
+                    limit.as_secs()
+                ),
+                retry_after_secs: 5,
+            }));
+            false
+        });
+        let expired = before - self.waiting.len();
+        if expired > 0 {
+            self.shared.waiting.fetch_sub(expired, Ordering::SeqCst);
+            info!(expired, "requests waited past the queue timeout");
         }
         let gone: Vec<SeqId> = self
             .active
@@ -124,7 +152,13 @@ impl Worker {
         }
     }
 
-    fn start(&mut self, Submit { request: s, events }: Submit, end: usize) {
+    fn start(
+        &mut self,
+        Submit {
+            request: s, events, ..
+        }: Submit,
+        end: usize,
+    ) {
         let prompt_tokens = s.prompt_ids.len();
         let req = SequenceRequest {
             prompt: s.prompt_ids,
@@ -167,8 +201,35 @@ impl Worker {
             engine: self.engine.status(),
             kv_budget_tokens: self.limits.kv_budget_tokens,
             kv_reserved_tokens: self.active.values().map(|a| a.end).sum(),
+            step_ms: 0,
         };
         *self.shared.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+
+    fn set_step_started(&self, at: Option<Instant>) {
+        *self
+            .shared
+            .step_started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = at;
+    }
+
+    /// Ends every waiting and running request with `e`.
+    pub fn fail_all(&mut self, e: RuntimeError) {
+        let waiting = self.waiting.len();
+        for s in self.waiting.drain(..) {
+            let _ = s.events.send(Event::Error(e.clone()));
+        }
+        self.shared.waiting.fetch_sub(waiting, Ordering::SeqCst);
+        let running = self.active.len();
+        for (seq, a) in self.active.drain() {
+            self.engine.cancel(seq);
+            let _ = a.events.send(Event::Error(e.clone()));
+        }
+        if waiting + running > 0 {
+            info!(waiting, running, "requests ended: {e}");
+        }
+        self.publish();
     }
 
     fn drop_client(&mut self, seq: SeqId) {
@@ -183,7 +244,10 @@ impl Worker {
     }
 
     fn step(&mut self) {
-        let events = match self.engine.step() {
+        self.set_step_started(Some(Instant::now()));
+        let stepped = self.engine.step();
+        self.set_step_started(None);
+        let events = match stepped {
             Ok(events) => events,
             Err(e) => {
                 // The engine's state is unknown after a failed step: fail everything in it.

@@ -128,7 +128,9 @@ pub async fn completions(
             if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
                 return Err(ApiError::field(
                     "prompt",
-                    format!("`prompt` token id {bad} is outside the model's vocabulary (0..{vocab})"),
+                    format!(
+                        "`prompt` token id {bad} is outside the model's vocabulary (0..{vocab})"
+                    ),
                 ));
             }
             ids.clone()

@@ -32,17 +32,30 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// 200 `{"status":"ok"}`; on rank 0 of a multi-rank run also `ranks` (rank, host, shard,
-/// state), and 503 with `"status":"unavailable"` until every rank is ready or once one is lost.
+/// One engine step running longer than this means the model is stuck (`/health` 503).
+const STUCK_STEP: Duration = Duration::from_secs(120);
+
+/// `{"status", "runtime": {...}}`: 200 with `ok`, or `busy` while requests wait to start;
+/// 503 with `stuck` once one engine step has run longer than [`STUCK_STEP`], and with
+/// `draining` once the server is stopping. On rank 0 of a multi-rank run also `parallel` and
+/// `ranks` (rank, host, shard, state), and 503 with `unavailable` until every rank is ready
+/// or once one is lost.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let runtime = state.runtime.status();
-    let Some(cluster) = &state.cluster else {
-        return HttpResponse::Ok().json(json!({"status": "ok", "runtime": runtime}));
+    let snapshot = state.cluster.as_ref().map(|c| c.snapshot());
+    let (mut response, status) = if state.runtime.is_draining() {
+        (HttpResponse::ServiceUnavailable(), "draining")
+    } else if snapshot.as_ref().is_some_and(|s| !s.healthy()) {
+        (HttpResponse::ServiceUnavailable(), "unavailable")
+    } else if runtime.step_ms > STUCK_STEP.as_millis() as u64 {
+        (HttpResponse::ServiceUnavailable(), "stuck")
+    } else if runtime.waiting > 0 {
+        (HttpResponse::Ok(), "busy")
+    } else {
+        (HttpResponse::Ok(), "ok")
     };
-    let snapshot = cluster.snapshot();
-    let (mut response, status) = match snapshot.healthy() {
-        true => (HttpResponse::Ok(), "ok"),
-        false => (HttpResponse::ServiceUnavailable(), "unavailable"),
+    let Some(snapshot) = snapshot else {
+        return response.json(json!({"status": status, "runtime": runtime}));
     };
     response.json(json!({
         "status": status,

@@ -5,6 +5,7 @@
 
 pub mod anthropic;
 pub mod completions;
+mod drain;
 pub mod edge;
 pub mod error;
 pub mod generation;
@@ -55,6 +56,8 @@ pub struct ServeConfig {
     pub allowed_hosts: Option<Vec<String>>,
     /// How long a request body may take to arrive.
     pub body_timeout: std::time::Duration,
+    /// After SIGTERM/SIGINT, how long requests in flight may still run.
+    pub shutdown_grace: std::time::Duration,
     /// Scheduling and memory limits of the model side.
     pub runtime: RuntimeConfig,
     /// Stream OpenAI chat tool-call arguments as they are generated (else each call whole).
@@ -234,10 +237,12 @@ pub fn run_ranked(
         config.allowed_origins.as_deref(),
         config.allowed_hosts.as_deref(),
     );
+    let grace = config.shutdown_grace;
     actix_web::rt::System::new().block_on(async move {
+        let app_state = state.clone();
         let server = HttpServer::new(move || {
             App::new()
-                .app_data(state.clone())
+                .app_data(app_state.clone())
                 // The last wrap runs first: CORS answers preflights and decorates every
                 // response, including the guard's 401s and 403s.
                 .wrap(actix_web::middleware::from_fn(edge::guard))
@@ -248,8 +253,12 @@ pub fn run_ranked(
         })
         .workers(workers)
         .on_connect(http::ClientSocket::on_connect)
+        // Signals are ours (`drain`): actix's own handling would cut streams mid-frame.
+        .disable_signals()
+        .shutdown_timeout((grace + drain::FLUSH).as_secs())
         .listen(listener)?
         .run();
+        actix_web::rt::spawn(drain::on_signal(server.handle(), state, grace));
         println!("kooka: listening on http://{addr}");
         server.await
     })?;

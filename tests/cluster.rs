@@ -762,3 +762,51 @@ fn ranks_started_by_mlx_launch() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// A deliberate stop: SIGTERM to `kooka launch` drains rank 0 (its stream ends with an error
+/// event saying the server is stopping, then [DONE]), rank 0 stops the other rank, and every
+/// process exits 0 without reporting a lost rank.
+#[test]
+fn sigterm_to_kooka_launch_drains_and_exits_zero() {
+    let _serial = serial();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kooka"));
+    cmd.args([
+        "launch",
+        "-n",
+        "2",
+        "--",
+        "serve",
+        "--port",
+        "0",
+        "--shutdown-grace",
+        "1",
+    ])
+    .arg("--model")
+    .arg(model())
+    .env_remove("MLX_RANK")
+    .env_remove("MLX_HOSTFILE");
+    let mut launcher = spawn(cmd);
+    let addr = launcher.address();
+    let mut stream = stream_some(&addr, 3);
+    launcher.signal("-TERM");
+    let mut rest = String::new();
+    let _ = stream.read_to_string(&mut rest);
+    let error = rest
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .find(|e| e.contains("\"error\""))
+        .unwrap_or_else(|| panic!("no error event after SIGTERM: {rest}"));
+    assert!(error.contains("shutting down"), "{error}");
+    assert!(rest.contains("data: [DONE]"), "{rest}");
+    assert!(
+        rest.ends_with("0\r\n\r\n"),
+        "no chunked terminator: {rest:?}"
+    );
+    let status = launcher.exit_within(Duration::from_secs(40));
+    let log = launcher.stderr();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        !log.contains("ERROR") && !log.contains("is unavailable"),
+        "{log}"
+    );
+}

@@ -245,13 +245,14 @@ fn logprobs_logit_bias_routes_and_metadata() {
     let r = request(addr, "GET", "/v1/chat/completions", b"");
     assert_error(&r, 405, None);
 
-    // CORS preflight, and the header on ordinary responses.
+    // CORS preflight, and the header on ordinary responses (without an API key, loopback
+    // pages only: tests/hardening.rs checks the refusals).
     let r = request_with(
         addr,
         "OPTIONS",
         "/v1/chat/completions",
         b"",
-        "Origin: http://example.com\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type, authorization\r\n",
+        "Origin: http://localhost:3000\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type, authorization\r\n",
     );
     assert!(
         r.status == 200 || r.status == 204,
@@ -269,7 +270,7 @@ fn logprobs_logit_bias_routes_and_metadata() {
         "GET",
         "/v1/models",
         b"",
-        "Origin: http://example.com\r\n",
+        "Origin: http://127.0.0.1:3000\r\n",
     );
     assert!(
         r.headers.contains("access-control-allow-origin"),

@@ -18,7 +18,9 @@ use clap::Args;
 Ranks get MLX_RANK and MLX_HOSTFILE exactly as `mlx.launch --backend ring` sets them (a single
 rank gets neither). Output lines are prefixed with `[rank] `. When a rank exits non-zero the
 others get SIGTERM (SIGKILL after --grace-period) and kooka launch exits with that rank's code;
-SIGINT/SIGTERM to kooka launch reach every rank, local and remote (exit code 128+signal).
+SIGINT/SIGTERM to kooka launch go to rank 0 first (kooka serve drains, then stops the other
+ranks), then, once it has exited or after --drain-timeout, to every rank left, local and remote;
+kooka launch exits 0 if every rank exited 0, else 128+signal.
 
 A command starting with a kooka subcommand (serve, generate, dist-check, ...) runs this kooka
 binary; on remote hosts it must exist at the same absolute path. Remote hosts (ssh other than
@@ -67,6 +69,10 @@ pub struct LaunchArgs {
     /// Seconds between SIGTERM and SIGKILL when stopping ranks.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     pub grace_period: f64,
+    /// After a signal to the launcher: seconds rank 0 gets to stop on its own (`kooka serve`
+    /// drains its requests: see its --shutdown-grace) before every rank is signalled.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub drain_timeout: f64,
     /// Extra ssh option, passed as `-o OPT` (repeatable), e.g. `IdentityFile=~/.ssh/k`, `Port=2222`.
     #[arg(long = "ssh-option", value_name = "OPT", allow_hyphen_values = true)]
     pub ssh_options: Vec<String>,

@@ -46,6 +46,8 @@ pub enum LaunchError {
     UnknownBackend(String),
     #[error("--grace-period must be a non-negative number of seconds")]
     GracePeriod,
+    #[error("--drain-timeout must be a non-negative number of seconds")]
+    DrainTimeout,
     #[error("no command given")]
     NoCommand,
     #[error("cannot write the ring hostfile {path}: {source}")]
@@ -130,6 +132,9 @@ pub fn run(config: LaunchConfig) -> Result<i32, LaunchError> {
     if !(a.grace_period.is_finite() && a.grace_period >= 0.0) {
         return Err(LaunchError::GracePeriod);
     }
+    if !(a.drain_timeout.is_finite() && a.drain_timeout >= 0.0) {
+        return Err(LaunchError::DrainTimeout);
+    }
     let plans = plan(&config)?;
     let command = resolve_command(&config)?;
     let launcher_cwd = std::env::current_dir()
@@ -163,8 +168,11 @@ pub fn run(config: LaunchConfig) -> Result<i32, LaunchError> {
             plans.len()
         );
     }
-    let mut supervisor =
-        supervise::Supervisor::new(Duration::from_secs_f64(a.grace_period), a.verbose);
+    let mut supervisor = supervise::Supervisor::new(
+        Duration::from_secs_f64(a.grace_period),
+        Duration::from_secs_f64(a.drain_timeout),
+        a.verbose,
+    );
     for p in &plans {
         let (program, args, env, cwd) = if p.local {
             let mut env = p.env.clone();

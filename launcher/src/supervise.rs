@@ -3,8 +3,11 @@
 //!
 //! - A rank exiting non-zero (or killed: 128+signal) starts a teardown; the launcher then
 //!   exits with that rank's code. Ranks that exit 0 leave the others running.
-//! - A signal to the launcher starts a teardown with that signal (SIGHUP is sent on as
-//!   SIGTERM); the launcher exits with 128+signal. A second signal skips the grace period.
+//! - A signal to the launcher stops rank 0 first (SIGHUP is sent on as SIGTERM): `kooka
+//!   serve` there drains its requests and tells the other ranks to exit, so a deliberate stop
+//!   never looks like a lost rank. When rank 0 has exited, or after `--drain-timeout`, the
+//!   signal goes to the ranks still running. The launcher exits 0 if every rank exited 0,
+//!   else with 128+signal. A second signal skips the waits (drain, then grace period).
 //! - Teardown: the signal to every local rank's process group and, as a line on the ssh
 //!   channel, to every remote rank's; after `--grace-period`, SIGKILL (for remote ranks the
 //!   `KILL` line, then the channel is closed); 5 s later any ssh client still there is killed.
@@ -105,6 +108,11 @@ struct Slot {
 
 enum Phase {
     Running,
+    /// A signal went to rank 0 only; the others follow when it exits or at the deadline.
+    Draining {
+        sig: i32,
+        until: Instant,
+    },
     Terminating(Instant),
     Killing(Instant),
     Abandoned,
@@ -117,13 +125,14 @@ pub struct Supervisor {
     tx: Sender<Event>,
     rx: Receiver<Event>,
     grace: Duration,
+    drain: Duration,
     verbose: bool,
 }
 
 impl Supervisor {
     /// Blocks SIGINT/SIGTERM/SIGHUP and starts the thread that turns them into events.
     /// Call before any other thread is started, so that every thread inherits the mask.
-    pub fn new(grace: Duration, verbose: bool) -> Supervisor {
+    pub fn new(grace: Duration, drain: Duration, verbose: bool) -> Supervisor {
         let (tx, rx) = channel();
         // SAFETY: sigset manipulation and pthread_sigmask on the calling thread.
         let set = unsafe {
@@ -151,6 +160,7 @@ impl Supervisor {
             tx,
             rx,
             grace,
+            drain,
             verbose,
         }
     }
@@ -200,9 +210,11 @@ impl Supervisor {
     pub fn run(mut self) -> i32 {
         let mut phase = Phase::Running;
         let mut result: Option<i32> = None;
+        let mut signalled = false;
         while self.slots.iter().any(|s| s.exited.is_none()) {
             let deadline = match phase {
                 Phase::Terminating(t) | Phase::Killing(t) => Some(t),
+                Phase::Draining { until, .. } => Some(until),
                 Phase::Running | Phase::Abandoned => None,
             };
             let event = match deadline {
@@ -239,26 +251,38 @@ impl Supervisor {
                             slot.host
                         );
                     }
+                    // Rank 0 has stopped: now the others.
+                    if let Phase::Draining { sig, .. } = phase {
+                        if rank == 0 {
+                            phase = self.terminate(sig);
+                        }
+                    }
                 }
                 Ok(Event::Signal(sig)) => match phase {
                     Phase::Running => {
                         eprintln!(
-                            "kooka launch: got SIG{}; stopping all ranks",
+                            "kooka launch: got SIG{}; stopping rank 0, then the others",
                             signal_name(sig)
                         );
                         result = Some(128 + sig);
+                        signalled = true;
                         let forward = if sig == libc::SIGHUP {
                             libc::SIGTERM
                         } else {
                             sig
                         };
-                        phase = self.terminate(forward);
+                        phase = self.stop_rank0(forward);
                     }
+                    Phase::Draining { sig: forward, .. } => phase = self.terminate(forward),
                     Phase::Terminating(_) => phase = self.kill(),
                     Phase::Killing(_) | Phase::Abandoned => {}
                 },
                 Err(RecvTimeoutError::Timeout) => {
                     phase = match phase {
+                        Phase::Draining { sig, .. } => {
+                            eprintln!("kooka launch: rank 0 still running after --drain-timeout; stopping every rank");
+                            self.terminate(sig)
+                        }
                         Phase::Terminating(_) => {
                             eprintln!("kooka launch: ranks still running after the grace period; killing them");
                             self.kill()
@@ -276,7 +300,33 @@ impl Supervisor {
         while self.pumps.iter().any(|p| !p.is_finished()) && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
         }
+        // A stop asked for by a signal that every rank carried out cleanly is a success.
+        if signalled && self.slots.iter().all(|s| s.exited == Some(0)) {
+            return 0;
+        }
         result.unwrap_or(0)
+    }
+
+    /// Sends `sig` to rank 0 only (all ranks when there is no rank 0 running).
+    fn stop_rank0(&mut self, sig: i32) -> Phase {
+        let Some(slot) = self
+            .slots
+            .iter_mut()
+            .find(|s| s.rank == 0 && s.exited.is_none())
+        else {
+            return self.terminate(sig);
+        };
+        if slot.remote {
+            if let Some(ch) = slot.channel.as_mut() {
+                let _ = writeln!(ch, "{}", signal_name(sig)).and_then(|_| ch.flush());
+            }
+        } else {
+            signal_group(slot.pgid, sig);
+        }
+        Phase::Draining {
+            sig,
+            until: Instant::now() + self.drain,
+        }
     }
 
     /// Sends `sig` to every rank still running.

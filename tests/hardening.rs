@@ -1,0 +1,296 @@
+//! Regression tests for the hardening pass (issue 18), one per finding, against the real
+//! `kooka serve` binary on the default model: out-of-vocabulary ids, clients that leave a
+//! non-streamed request, the Host and Origin checks, API key files, slow bodies, the queue
+//! timeout and `/health`, a graceful SIGTERM, and the small ones (HEAD, huge numbers,
+//! constrained-decoding messages).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::http::*;
+use serde_json::json;
+
+/// Waits until the server's log contains `needle`.
+fn wait_for_log(server: &Server, needle: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !server.stderr.lock().unwrap().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "`{needle}` not logged within {within:?}; stderr:\n{}",
+            server.stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `GET /v1/models` with these header lines (each ending in `\r\n`; `Host: localhost`
+/// unless they name a host).
+fn get_models(addr: &str, headers: &str) -> Response {
+    let names_host = headers
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("host:"));
+    let host = match names_host {
+        true => "",
+        false => "Host: localhost\r\n",
+    };
+    let mut s = connect(addr);
+    write!(
+        s,
+        "GET /v1/models HTTP/1.1\r\n{host}{headers}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("reading the response");
+    parse(&raw)
+}
+
+fn count_request() -> serde_json::Value {
+    json!({
+        "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
+        "temperature": 0,
+        "max_tokens": 3000,
+    })
+}
+
+/// Findings 1 and 9: client mistakes are 400s naming the field; HEAD /health; engine
+/// messages without kooka's internal grammar.
+#[test]
+fn bad_values_are_400s_that_name_the_field() {
+    let server = start();
+    let addr = &server.addr;
+    let ids = json!({"prompt": [1, 2, 49152], "max_tokens": 1}).to_string();
+    let r = request(addr, "POST", "/v1/completions", ids.as_bytes());
+    let e = assert_error(&r, 400, Some("prompt"));
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("49152"),
+        "{e}"
+    );
+
+    for (field, value) in [("temperature", "1e300"), ("top_p", "-1e39")] {
+        let body =
+            format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],"{field}":{value}}}"#);
+        let r = request(addr, "POST", "/v1/chat/completions", body.as_bytes());
+        assert_error(&r, 400, Some(field));
+    }
+
+    let schema =
+        json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "(((("}}});
+    let r = post(
+        addr,
+        &france(
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}),
+        ),
+    );
+    let e = assert_error(&r, 400, Some("response_format"));
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        !message.contains("start:") && !message.contains('\n'),
+        "{message}"
+    );
+
+    let r = request(addr, "HEAD", "/health", b"");
+    assert_eq!(r.status, 200, "{}", r.headers);
+    // Still serving.
+    let r = post(addr, &france(json!({"max_tokens": 2})));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Finding 2: a non-streamed request whose client hangs up is cancelled.
+#[test]
+fn a_client_leaving_a_non_streamed_request_cancels_it() {
+    let server = start();
+    let addr = &server.addr;
+    let body = count_request().to_string();
+    let mut s = connect(addr);
+    s.write_all(head("POST", "/v1/chat/completions", body.len()).as_bytes())
+        .unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(s);
+    wait_for_log(&server, "client went away", Duration::from_secs(10));
+    let health = request(addr, "GET", "/health", b"").json();
+    assert_eq!(health["runtime"]["running"], 0, "{health}");
+}
+
+/// Finding 5: without an API key only loopback names, IP addresses and loopback pages get
+/// in; `--allowed-hosts` / `--allowed-origins` open more.
+#[test]
+fn without_a_key_other_hosts_and_origins_are_refused() {
+    let server = start_with(&["--allowed-hosts", "kooka.lan"]);
+    let addr = &server.addr;
+    let get = |headers: &str| get_models(addr, headers);
+
+    let r = get("Host: evil.example:8080\r\n");
+    let e = assert_error(&r, 403, None);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allowed-hosts"),
+        "{e}"
+    );
+    assert_eq!(get("Host: kooka.lan:8080\r\n").status, 200);
+    assert_eq!(get("Host: 10.1.2.3:8080\r\n").status, 200);
+
+    let r = get("Origin: http://evil.example\r\n");
+    assert_error(&r, 403, None);
+    assert!(
+        !r.headers.contains("access-control-allow-origin"),
+        "{}",
+        r.headers
+    );
+    let r = get("Origin: http://localhost:5173\r\n");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.headers
+            .contains("access-control-allow-origin: http://localhost:5173"),
+        "{}",
+        r.headers
+    );
+    // The Anthropic route answers in its own shape.
+    let r = request_with(
+        addr,
+        "POST",
+        "/v1/messages",
+        b"{}",
+        "Origin: http://evil.example\r\n",
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["type"], "error", "{}", r.text());
+}
+
+/// Finding 6: keys from a file (any of them), none on the command line; with a key, other
+/// hosts and origins are let through.
+#[test]
+fn keys_come_from_a_file() {
+    let file = common::tmp().join("hardening-keys.txt");
+    std::fs::write(&file, "# team keys\nkey-one\n\n  key-two  \n").unwrap();
+    let server = start_with(&["--api-key-file", file.to_str().unwrap()]);
+    let addr = &server.addr;
+    let get = |headers: &str| get_models(addr, headers).status;
+    assert_eq!(get(""), 401);
+    assert_eq!(get("Authorization: Bearer key-one\r\n"), 200);
+    assert_eq!(get("x-api-key: key-two\r\n"), 200);
+    assert_eq!(get("x-api-key: key-three\r\n"), 401);
+    assert_eq!(get("Host: kooka.example\r\nx-api-key: key-one\r\n"), 200);
+
+    let empty = common::tmp().join("hardening-no-keys.txt");
+    std::fs::write(&empty, "# nothing\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kooka"))
+        .args(["serve", "--port", "0", "--api-key-file"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds no key"), "{err}");
+}
+
+/// Finding 8: a body shorter than its Content-Length gets 408 and the connection closes.
+#[test]
+fn a_body_that_never_arrives_gets_408() {
+    let server = start_with(&["--body-timeout-secs", "2"]);
+    let mut s = connect(&server.addr);
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(head("POST", "/v1/chat/completions", 100).as_bytes())
+        .unwrap();
+    s.write_all(b"{\"messages\"").unwrap();
+    let started = Instant::now();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .expect("the server closes the connection");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let r = parse(&raw);
+    assert_error(&r, 408, None);
+    assert!(r.headers.contains("connection: close"), "{}", r.headers);
+}
+
+/// Finding 3: a request that cannot start within --queue-timeout gets 429, and /health says
+/// busy while one waits.
+#[test]
+fn a_request_waiting_too_long_gets_429_and_health_says_busy() {
+    let server = start_with(&["--max-running", "1", "--queue-timeout", "2"]);
+    let addr = server.addr.clone();
+    let long = std::thread::spawn({
+        let addr = addr.clone();
+        move || post(&addr, &count_request())
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while request(&addr, "GET", "/health", b"").json()["runtime"]["running"] != 1 {
+        assert!(Instant::now() < deadline, "the long request never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let waiting = std::thread::spawn({
+        let addr = addr.clone();
+        move || post(&addr, &france(json!({"max_tokens": 4})))
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let health = request(&addr, "GET", "/health", b"").json();
+        if health["status"] == "busy" {
+            assert_eq!(health["runtime"]["waiting"], 1, "{health}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never busy: {health}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = waiting.join().unwrap();
+    let e = assert_error(&r, 429, None);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--queue-timeout"),
+        "{e}"
+    );
+    assert!(r.headers.contains("retry-after"), "{}", r.headers);
+    drop(server); // the long request ends with the server
+    let _ = long.join();
+}
+
+/// Finding 4: SIGTERM lets requests finish for --shutdown-grace, then ends them well-formed
+/// (a stream with an error event, [DONE] and the chunked terminator; a non-streamed request
+/// with a 503), refuses new ones, and the process exits 0.
+#[test]
+fn sigterm_ends_requests_well_formed_and_exits_zero() {
+    let mut server = start_with(&["--shutdown-grace", "2"]);
+    let addr = server.addr.clone();
+    let mut body = count_request();
+    body["stream"] = json!(true);
+    let mut stream = stream_some(&addr, "/v1/chat/completions", &body, 3);
+    let plain = std::thread::spawn({
+        let addr = addr.clone();
+        move || post(&addr, &count_request())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let ok = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("shutting down"), "{rest}");
+    assert!(rest.contains("data: [DONE]"), "{rest}");
+    assert!(
+        rest.ends_with("0\r\n\r\n"),
+        "no chunked terminator: {rest:?}"
+    );
+    let r = plain.join().unwrap();
+    assert_error(&r, 503, None);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{}", server.stderr.lock().unwrap());
+}

@@ -294,3 +294,95 @@ fn sigterm_ends_requests_well_formed_and_exits_zero() {
     };
     assert_eq!(status.code(), Some(0), "{}", server.stderr.lock().unwrap());
 }
+
+/// RSS of a process in bytes (Linux).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The soak (slow: KOOKA_SLOW_TESTS=1; KOOKA_SOAK_SECS, default 600): 16 clients send
+/// distinct chat requests back to back, half of them streamed; every request completes,
+/// and the server's memory stays flat: its RSS over the last half of the run stays within
+/// 192 MiB of what it was a quarter of the way in (the prefix cache is held to 64 MiB, so
+/// it fills early).
+#[test]
+fn soak_16_streams_keep_memory_flat_slow() {
+    if std::env::var("KOOKA_SLOW_TESTS").as_deref() != Ok("1") {
+        eprintln!("SKIPPED soak: set KOOKA_SLOW_TESTS=1 to run it");
+        return;
+    }
+    let secs: u64 = std::env::var("KOOKA_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let server = start_with(&["--prompt-cache-bytes", "67108864"]);
+    let pid = server.child.id();
+    let until = Instant::now() + Duration::from_secs(secs);
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || {
+                let mut done = 0usize;
+                while Instant::now() < until {
+                    let mut body = json!({
+                        "messages": [{"role": "user", "content": format!(
+                            "Client {c}, request {done}: name {} animals that live in the sea.",
+                            3 + done % 5
+                        )}],
+                        "max_tokens": 48,
+                    });
+                    let streamed = c % 2 == 0;
+                    if streamed {
+                        body["stream"] = json!(true);
+                    }
+                    let r = post(&addr, &body);
+                    assert_eq!(r.status, 200, "client {c} request {done}: {}", r.text());
+                    if streamed {
+                        read_sse(&r.text());
+                    } else {
+                        assert!(r.json()["choices"][0]["finish_reason"].is_string());
+                    }
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut samples: Vec<(f64, u64)> = Vec::new();
+    while Instant::now() < until {
+        samples.push((started.elapsed().as_secs_f64(), rss_bytes(pid)));
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let total: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let quarter = samples
+        .iter()
+        .filter(|(t, _)| *t >= secs as f64 / 4.0)
+        .map(|s| s.1)
+        .next()
+        .unwrap_or(0);
+    let late_max = samples
+        .iter()
+        .filter(|(t, _)| *t >= secs as f64 / 2.0)
+        .map(|s| s.1)
+        .max()
+        .unwrap_or(0);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    eprintln!(
+        "soak: {total} requests in {secs} s; RSS at 1/4: {:.0} MiB, max over the last half: {:.0} MiB",
+        mib(quarter),
+        mib(late_max)
+    );
+    assert!(total >= 16, "only {total} requests completed");
+    assert!(
+        late_max <= quarter + (192 << 20),
+        "memory grew: {:.0} MiB at 1/4, {:.0} MiB later; samples {samples:?}",
+        mib(quarter),
+        mib(late_max)
+    );
+}

@@ -96,6 +96,15 @@ SHAPES = {
                                   num_hidden_layers=8, vocab_size=151936, num_experts=512,
                                   num_experts_per_tok=10, moe_intermediate_size=512,
                                   shared_expert_intermediate_size=512),
+    # The same widths cut to 4 layers (3 Gated DeltaNet, 1 attention) and 16 experts: matches
+    # mlx-lm exactly on the CPU; small enough to compare kooka and mlx-lm on the GPU quickly.
+    "qwen3-next-80b-a3b-4l16e": dict(QWEN3_NEXT, hidden_size=2048, intermediate_size=5120,
+                                     num_attention_heads=16, num_key_value_heads=2, head_dim=256,
+                                     linear_num_key_heads=16, linear_num_value_heads=32,
+                                     linear_key_head_dim=128, linear_value_head_dim=128,
+                                     num_hidden_layers=4, vocab_size=151936, num_experts=16,
+                                     num_experts_per_tok=10, moe_intermediate_size=512,
+                                     shared_expert_intermediate_size=512),
     "nemotron-h-tiny": dict(NEMOTRON_H, hidden_size=256, intermediate_size=256,
                             num_attention_heads=4, num_key_value_heads=2, head_dim=64,
                             mamba_num_heads=8, mamba_head_dim=64, ssm_state_size=64, n_groups=2,

@@ -2,7 +2,8 @@
 # Sets up everything (scripts/setup.sh --tests) and runs the whole test suite.
 #
 # usage: scripts/test.sh [extra cargo test args]
-#   KOOKA_SLOW_TESTS=0      skip the slow tests (they run by default here and in CI)
+#   KOOKA_SLOW_TESTS=0      skip the slow tests (they run by default here and in CI; the
+#                           soak in tests/hardening.rs takes KOOKA_SOAK_SECS, default 600)
 #   KOOKA_CONTRACT_TESTS=0  skip the contract suite (tests/contract) against `kooka serve`
 #
 # Everything runs in release: MLX-heavy tests and the converter are much faster, and the

@@ -176,6 +176,15 @@ fn keys_come_from_a_file() {
     assert_eq!(get("x-api-key: key-two\r\n"), 200);
     assert_eq!(get("x-api-key: key-three\r\n"), 401);
     assert_eq!(get("Host: kooka.example\r\nx-api-key: key-one\r\n"), 200);
+    // Anthropic's route answers a missing key in its own shape.
+    let r = request(addr, "POST", "/v1/messages", b"{}");
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.json()["error"]["type"],
+        "authentication_error",
+        "{}",
+        r.text()
+    );
 
     let empty = common::tmp().join("hardening-no-keys.txt");
     std::fs::write(&empty, "# nothing\n").unwrap();
@@ -385,4 +394,35 @@ fn soak_16_streams_keep_memory_flat_slow() {
         mib(quarter),
         mib(late_max)
     );
+}
+
+/// Finding 3: a step that runs longer than --health-stuck-secs (here one 1,800-token prefill
+/// chunk) makes /health answer 503 `stuck`; it is `ok` again afterwards.
+#[test]
+fn health_says_stuck_during_a_long_step() {
+    let server = start_with(&["--prefill-chunk", "8192", "--health-stuck-secs", "1"]);
+    let addr = server.addr.clone();
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(180);
+    let prompt = json!({"prompt": long, "max_tokens": 1}).to_string();
+    let reply = std::thread::spawn({
+        let addr = addr.clone();
+        move || request(&addr, "POST", "/v1/completions", prompt.as_bytes())
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = request(&addr, "GET", "/health", b"");
+        if r.status == 503 {
+            assert_eq!(r.json()["status"], "stuck", "{}", r.text());
+            break;
+        }
+        assert!(
+            !reply.is_finished(),
+            "the prefill ended before /health said stuck"
+        );
+        assert!(Instant::now() < deadline, "never stuck: {}", r.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(reply.join().unwrap().status, 200);
+    let health = request(&addr, "GET", "/health", b"").json();
+    assert_eq!(health["status"], "ok", "{health}");
 }

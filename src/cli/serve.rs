@@ -78,6 +78,10 @@ pub struct ServeArgs {
     /// ended with an error (new ones get 503 at once). A second signal ends them at once.
     #[arg(long, env = "KOOKA_SHUTDOWN_GRACE", default_value_t = 30)]
     pub shutdown_grace: u64,
+    /// `/health` answers 503 `stuck` while one engine step has run longer than this many
+    /// seconds (a step is one prefill chunk plus one token for every running stream).
+    #[arg(long, env = "KOOKA_HEALTH_STUCK_SECS", default_value_t = 120)]
+    pub health_stuck_secs: u64,
     /// Stream each OpenAI chat tool call's arguments as they are generated; by default a
     /// call is sent whole in one delta once it is complete (as kooka-server and mlx-lm do).
     #[arg(long, env = "KOOKA_INCREMENTAL_TOOL_CALLS")]
@@ -144,6 +148,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         allowed_hosts: args.allowed_hosts,
         body_timeout: std::time::Duration::from_secs(args.body_timeout_secs.max(1)),
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
+        stuck_step: std::time::Duration::from_secs(args.health_stuck_secs.max(1)),
         runtime: crate::runtime::RuntimeConfig {
             max_running: args.max_running,
             max_queue: args.max_queue,

@@ -32,11 +32,8 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// One engine step running longer than this means the model is stuck (`/health` 503).
-const STUCK_STEP: Duration = Duration::from_secs(120);
-
 /// `{"status", "runtime": {...}}`: 200 with `ok`, or `busy` while requests wait to start;
-/// 503 with `stuck` once one engine step has run longer than [`STUCK_STEP`], and with
+/// 503 with `stuck` once one engine step has run longer than `--health-stuck-secs`, and with
 /// `draining` once the server is stopping. On rank 0 of a multi-rank run also `parallel` and
 /// `ranks` (rank, host, shard, state), and 503 with `unavailable` until every rank is ready
 /// or once one is lost.
@@ -47,7 +44,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         (HttpResponse::ServiceUnavailable(), "draining")
     } else if snapshot.as_ref().is_some_and(|s| !s.healthy()) {
         (HttpResponse::ServiceUnavailable(), "unavailable")
-    } else if runtime.step_ms > STUCK_STEP.as_millis() as u64 {
+    } else if runtime.step_ms > state.stuck_step.as_millis() as u64 {
         (HttpResponse::ServiceUnavailable(), "stuck")
     } else if runtime.waiting > 0 {
         (HttpResponse::Ok(), "busy")

@@ -56,6 +56,8 @@ pub struct ServeConfig {
     pub allowed_hosts: Option<Vec<String>>,
     /// How long a request body may take to arrive.
     pub body_timeout: std::time::Duration,
+    /// One engine step running longer than this makes `/health` answer 503 `stuck`.
+    pub stuck_step: std::time::Duration,
     /// After SIGTERM/SIGINT, how long requests in flight may still run.
     pub shutdown_grace: std::time::Duration,
     /// Scheduling and memory limits of the model side.
@@ -109,6 +111,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// See [`ServeConfig::body_timeout`].
     pub body_timeout: std::time::Duration,
+    /// See [`ServeConfig::stuck_step`].
+    pub stuck_step: std::time::Duration,
     pub next_id: AtomicU64,
     pub chat: ChatInfo,
     /// Every rank's state, on rank 0 of a multi-rank run (`/health` reports it).
@@ -218,6 +222,7 @@ pub fn run_ranked(
         runtime,
         max_body_bytes: config.max_body_bytes,
         body_timeout: config.body_timeout,
+        stuck_step: config.stuck_step,
         next_id: AtomicU64::new(0),
         chat: chat_info,
         cluster: leader.as_ref().map(|l| l.status()),

@@ -349,6 +349,21 @@ def test_nasty_bodies(http, route: str, group: str) -> None:
     still_serves(http, route)
 
 
+@pytest.mark.parametrize("route", ["chat", "completions"])
+def test_tiny_temperatures_decode_greedily(http, route: str) -> None:
+    """A temperature whose reciprocal overflows f32 is still a valid one: near-greedy, not noise."""
+    path, body = ROUTES[route]
+    text = {"chat": lambda r: r["choices"][0]["message"]["content"],
+            "completions": lambda r: r["choices"][0]["text"]}[route]
+    replies = {}
+    for t in (0, 1e-45, 1e-40, 1e-38):
+        resp = http.post(path, json={**body, "max_tokens": 8, "temperature": t},
+                         timeout=REQUEST_TIMEOUT)
+        assert resp.status_code == 200, f"temperature {t}: {resp.status_code} {resp.text[:300]}"
+        replies[t] = text(resp.json())
+    assert all(r == replies[0] for r in replies.values()), replies
+
+
 def absurd_schemas() -> dict[str, dict]:
     deep: dict = {"type": "string"}
     for _ in range(40):

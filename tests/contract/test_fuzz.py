@@ -6,6 +6,7 @@ with a JSON error that says what was wrong, and keeps serving.
   against the document (it leaves out the operation that served the document itself);
 - a corpus of hand-written nasty bodies goes to each generation route (chat, completions,
   messages, responses), each group followed by a normal request that must still succeed;
+- valid but extreme numbers stay sane (a temperature of 1e-45 decodes like temperature 0);
 - a body that stops arriving must be answered (408/400) or the connection closed within 40 s
   (`KOOKA_FUZZ_SLOW=0` skips it).
 

@@ -132,6 +132,8 @@ def api_schema(base_url: str, auth_headers: dict[str, str]):
     })
     url = f"{base_url}/openapi.json"
     resp = httpx.get(url, headers=auth_headers, timeout=30)
+    if resp.status_code == 404:  # another server (kooka's route is checked by its unit tests)
+        pytest.skip(f"{url} is a 404: this server publishes no OpenAPI document")
     assert resp.status_code == 200, f"GET /openapi.json: {resp.status_code} {resp.text[:300]}"
     return schemathesis.openapi.from_url(url, config=config, headers=auth_headers, timeout=30)
 

@@ -44,8 +44,7 @@ pub struct SamplingParams {
 impl SamplingParams {
     /// Whether tokens are picked by argmax (see [`GREEDY_BELOW`]).
     pub fn greedy(&self) -> bool {
-        // Written so that a NaN temperature is greedy too.
-        !(self.temperature >= GREEDY_BELOW)
+        self.temperature.is_nan() || self.temperature < GREEDY_BELOW
     }
 }
 

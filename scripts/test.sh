@@ -5,6 +5,8 @@
 #   KOOKA_SLOW_TESTS=0      skip the slow tests (they run by default here and in CI; the
 #                           soak in tests/hardening.rs takes KOOKA_SOAK_SECS, default 600)
 #   KOOKA_CONTRACT_TESTS=0  skip the contract suite (tests/contract) against `kooka serve`
+#   KOOKA_FUZZ_SLOW=0       skip the contract suite's stalled-body test (up to 40 s; the other
+#                           `fuzz` tests run with the SmolLM2 contract run, as `contract` tests)
 #
 # Everything runs in release: MLX-heavy tests and the converter are much faster, and the
 # build is shared with the one setup.sh makes.

@@ -9,10 +9,15 @@ use mlx_rs::{ops, random, Array, Dtype};
 
 use crate::model::Result;
 
+/// Below this temperature sampling is argmax: scaling log-probabilities by `1 / temperature`
+/// overflows f32 from about 3e-39 down (every token `-inf`, and the draw is noise), and well
+/// before that the distribution is one-hot anyway (vLLM draws the line at the same place).
+pub const GREEDY_BELOW: f32 = 1e-5;
+
 /// What a request asks of sampling. `Default` is greedy with no processors.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplingParams {
-    /// 0 = greedy (argmax).
+    /// 0 (anything below [`GREEDY_BELOW`]) = greedy (argmax).
     pub temperature: f32,
     /// Nucleus mass in (0, 1); other values disable it.
     pub top_p: f32,
@@ -34,6 +39,13 @@ pub struct SamplingParams {
     pub logprobs: bool,
     /// Also report this many most likely tokens per step.
     pub top_logprobs: usize,
+}
+
+impl SamplingParams {
+    /// Whether tokens are picked by argmax (see [`GREEDY_BELOW`]).
+    pub fn greedy(&self) -> bool {
+        self.temperature.is_nan() || self.temperature < GREEDY_BELOW
+    }
 }
 
 impl Default for SamplingParams {
@@ -246,7 +258,7 @@ impl Sampler {
     /// The sampled token ids `[1]` (uint32, lazy).
     pub fn sample(&mut self, logprobs: &Array) -> Result<Array> {
         let p = &self.params;
-        if p.temperature <= 0.0 {
+        if p.greedy() {
             return Ok(argmax_axis(logprobs, -1, false)?);
         }
         let mut x = logprobs.clone();
@@ -388,5 +400,27 @@ mod tests {
             ..Default::default()
         });
         assert!(k1.iter().all(|&t| t == 1));
+    }
+
+    /// A temperature whose reciprocal overflows f32 (below ~3e-39) once scaled every
+    /// log-probability to -inf, and the draw was noise.
+    #[test]
+    fn tiny_temperatures_are_greedy() {
+        for temperature in [1e-45f32, 1e-40, 1e-38, 1e-30, 1e-6] {
+            let mut s = Sampler::new(&SamplingParams {
+                temperature,
+                seed: Some(5),
+                ..Default::default()
+            })
+            .unwrap();
+            for _ in 0..20 {
+                let t = s
+                    .sample(&logprobs())
+                    .unwrap()
+                    .try_item_exact::<u32>()
+                    .unwrap();
+                assert_eq!(t, 1, "temperature {temperature:e}");
+            }
+        }
     }
 }

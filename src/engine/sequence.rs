@@ -75,7 +75,7 @@ impl Sequence {
     /// argmax.
     pub fn plain_greedy(&self) -> bool {
         let p = &self.req.params;
-        p.temperature <= 0.0
+        p.greedy()
             && self.processors.is_empty()
             && self.constraint.is_none()
             && !p.logprobs

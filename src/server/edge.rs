@@ -223,9 +223,22 @@ pub async fn guard(
     }
 }
 
-/// A known path asked with a method it does not serve.
+/// A known path asked with a method it does not serve (with the `Allow` header RFC 9110
+/// asks for).
 pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    ApiError::MethodNotAllowed(format!("{} {}", req.method(), req.path())).response_for(req.path())
+    let path = req.path();
+    let allow = match path {
+        "/health" => "GET, HEAD",
+        p if p == "/openapi.json" || p.starts_with("/v1/models") => "GET",
+        _ => "POST",
+    };
+    let mut response =
+        ApiError::MethodNotAllowed(format!("{} {path}", req.method())).response_for(path);
+    response.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static(allow),
+    );
+    response
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod harmony_prompt;
 pub mod http;
 pub mod models;
 pub mod openai;
+pub mod openapi;
 pub mod reply;
 pub mod request;
 pub mod responses;
@@ -149,6 +150,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::head().to(http::health))
             .default_service(web::to(edge::method_not_allowed)),
     )
+    .service(openapi::resource())
     .service(
         web::resource("/v1/models")
             .route(web::get().to(models::list))

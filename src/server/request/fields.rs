@@ -34,10 +34,13 @@ pub(crate) fn integer(obj: &Map<String, Value>, name: &str) -> Result<Option<i64
     match get(obj, name) {
         None => Ok(None),
         Some(v) => v.as_i64().map(Some).ok_or_else(|| {
-            ApiError::field(
-                name,
-                format!("`{name}` must be an integer, got {}", type_name(v)),
-            )
+            let why = match v {
+                Value::Number(n) if n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0) => {
+                    format!("`{name}` is out of range ({n})")
+                }
+                _ => format!("`{name}` must be an integer, got {}", type_name(v)),
+            };
+            ApiError::field(name, why)
         }),
     }
 }

@@ -266,6 +266,15 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
         }
         let mut m = m.clone();
         match m.get("content") {
+            // Only an assistant turn (with tool calls) may come without content.
+            None | Some(Value::Null)
+                if m.get("role").and_then(Value::as_str) != Some("assistant") =>
+            {
+                return Err(ApiError::field(
+                    &format!("{param}.content"),
+                    format!("`{param}.content` is required (a string or a list of text parts)"),
+                ))
+            }
             None | Some(Value::Null) | Some(Value::String(_)) => {}
             Some(Value::Array(parts)) => {
                 let mut text = String::new();
@@ -374,6 +383,10 @@ mod tests {
             let body = format!("{{{m},\"{field}\":{bad}}}");
             assert_eq!(param_of(&body).as_deref(), Some(field), "{body}");
         }
+        assert_eq!(
+            param_of(r#"{"messages":[{"role":"user"}]}"#).as_deref(),
+            Some("messages[0].content")
+        );
         assert_eq!(
             param_of(r#"{"messages":[{"content":"x"}]}"#).as_deref(),
             Some("messages[0].role")

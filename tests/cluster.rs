@@ -601,7 +601,7 @@ fn killing_a_follower_mid_stream_fails_the_request_and_ends_rank_zero() {
     if let Ok(mut s) = TcpStream::connect(&addr) {
         let _ = write!(
             s,
-            "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
         );
         let mut raw = String::new();
         let _ = s.read_to_string(&mut raw);

@@ -315,6 +315,20 @@ fn stream_some(addr: &str, chunks: usize) -> TcpStream {
     s
 }
 
+/// Reads a stream to its end; returns what came and its error event's data.
+fn rest_and_error_event(stream: &mut TcpStream) -> (String, String) {
+    let mut rest = String::new();
+    let _ = stream.read_to_string(&mut rest);
+    // (Chunked transfer encoding: the size lines sit between the events.)
+    let error = rest
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .find(|e| e.contains("\"error\""))
+        .unwrap_or_else(|| panic!("no error event in the stream's end: {rest}"))
+        .to_string();
+    (rest, error)
+}
+
 // ---- the tests --------------------------------------------------------------------------
 
 /// The same requests, one rank then two: same texts, same usage.
@@ -587,14 +601,7 @@ fn killing_a_follower_mid_stream_fails_the_request_and_ends_rank_zero() {
     r1.child.wait().unwrap();
 
     // The stream ends with an error event naming the rank, then [DONE].
-    let mut rest = String::new();
-    let _ = stream.read_to_string(&mut rest);
-    // (Chunked transfer encoding: the size lines sit between the events.)
-    let error = rest
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .find(|e| e.contains("\"error\""))
-        .unwrap_or_else(|| panic!("no error event after the kill: {rest}"));
+    let (_, error) = rest_and_error_event(&mut stream);
     assert!(error.contains("rank 1 (127.0.0.1)"), "{error}");
 
     // Meanwhile /health is 503 (or rank 0 is already gone).
@@ -789,13 +796,7 @@ fn sigterm_to_kooka_launch_drains_and_exits_zero() {
     let addr = launcher.address();
     let mut stream = stream_some(&addr, 3);
     launcher.signal("-TERM");
-    let mut rest = String::new();
-    let _ = stream.read_to_string(&mut rest);
-    let error = rest
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .find(|e| e.contains("\"error\""))
-        .unwrap_or_else(|| panic!("no error event after SIGTERM: {rest}"));
+    let (rest, error) = rest_and_error_event(&mut stream);
     assert!(error.contains("shutting down"), "{error}");
     assert!(rest.contains("data: [DONE]"), "{rest}");
     assert!(

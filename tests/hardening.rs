@@ -13,17 +13,26 @@ use std::time::{Duration, Instant};
 use common::http::*;
 use serde_json::json;
 
-/// Waits until the server's log contains `needle`.
-fn wait_for_log(server: &Server, needle: &str, within: Duration) {
+/// Calls `check` every 50 ms until it gives a value; fails after `within`, with `what`.
+fn poll<T>(within: Duration, what: impl Fn() -> String, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
-    while !server.stderr.lock().unwrap().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "`{needle}` not logged within {within:?}; stderr:\n{}",
-            server.stderr.lock().unwrap()
-        );
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{} within {within:?}", what());
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Waits until the server's log contains `needle`.
+fn wait_for_log(server: &Server, needle: &str, within: Duration) {
+    let log = || server.stderr.lock().unwrap().clone();
+    poll(
+        within,
+        || format!("`{needle}` not logged; stderr:\n{}", log()),
+        || log().contains(needle).then_some(()),
+    );
 }
 
 /// `GET /v1/models` with these header lines (each ending in `\r\n`; `Host: localhost`
@@ -227,25 +236,21 @@ fn a_request_waiting_too_long_gets_429_and_health_says_busy() {
         let addr = addr.clone();
         move || post(&addr, &count_request())
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while request(&addr, "GET", "/health", b"").json()["runtime"]["running"] != 1 {
-        assert!(Instant::now() < deadline, "the long request never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll(
+        Duration::from_secs(20),
+        || "the long request never started".into(),
+        || (request(&addr, "GET", "/health", b"").json()["runtime"]["running"] == 1).then_some(()),
+    );
     let waiting = std::thread::spawn({
         let addr = addr.clone();
         move || post(&addr, &france(json!({"max_tokens": 4})))
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let health = request(&addr, "GET", "/health", b"").json();
-        if health["status"] == "busy" {
-            assert_eq!(health["runtime"]["waiting"], 1, "{health}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "never busy: {health}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let health = poll(
+        Duration::from_secs(5),
+        || "/health never said busy".into(),
+        || Some(request(&addr, "GET", "/health", b"").json()).filter(|h| h["status"] == "busy"),
+    );
+    assert_eq!(health["runtime"]["waiting"], 1, "{health}");
     let r = waiting.join().unwrap();
     let e = assert_error(&r, 429, None);
     assert!(
@@ -293,14 +298,11 @@ fn sigterm_ends_requests_well_formed_and_exits_zero() {
     let r = plain.join().unwrap();
     assert_error(&r, 503, None);
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "still running");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = poll(
+        Duration::from_secs(20),
+        || "the server did not exit".into(),
+        || server.child.try_wait().unwrap(),
+    );
     assert_eq!(status.code(), Some(0), "{}", server.stderr.lock().unwrap());
 }
 

@@ -24,6 +24,7 @@ use std::sync::OnceLock;
 
 use mlx_rs::{transforms, Array, Dtype};
 
+use super::cache::AttnMask;
 use super::error::{ModelError, Result};
 use kernel::{Blocks, Dims, Inputs, Isa, OutPtr, Scratch};
 
@@ -37,6 +38,45 @@ pub enum Mask {
     Causal,
     /// Causal, and only the last `w` of those keys (`w >= 1`).
     Window(usize),
+}
+
+/// Queries x keys from which [`scaled_dot_product_attention`] beats MLX's on the CPU backend
+/// (`examples/cpu_attention.rs` on the 2-core Xeon: parity between 12 x 12 and 24 x 24,
+/// 1.4-1.8x at 32 x 32, 9-13x at 512 x 512).
+const CROSSOVER: i64 = 32 * 32;
+
+/// Whether attention runs here: MLX's default device is the CPU and `KOOKA_CPU_ATTENTION` is
+/// not `0` (or `off`, `false`). Decided once per process.
+fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let off = std::env::var("KOOKA_CPU_ATTENTION")
+            .is_ok_and(|v| matches!(v.trim(), "0" | "off" | "false"));
+        !off && super::default_device_is_cpu()
+    })
+}
+
+/// This module's mask for `mask` when attention of `q` over `k` (`[B, H, L, D]`) should run
+/// here: enabled, float32 (the CPU default; half-precision runs keep MLX's rounding, which
+/// `tests/parity.rs` compares with mlx-lm's), a prompt chunk (`L >= 2`: decode stays on MLX's
+/// lazy graph) of at least [`CROSSOVER`] queries x keys, under a causal or banded mask (a
+/// padding mask of batched rows is not one of this module's).
+pub(crate) fn use_for(mask: &AttnMask, q: &Array, k: &Array) -> Option<Mask> {
+    let (qs, ks) = (q.shape(), k.shape());
+    if qs.len() != 4 || ks.len() != 4 || q.dtype() != Dtype::Float32 {
+        return None;
+    }
+    let (l, s) = (qs[2], ks[2]);
+    if l < 2 || i64::from(l) * i64::from(s) < CROSSOVER || !enabled() {
+        return None;
+    }
+    match mask {
+        AttnMask::Causal => Some(Mask::Causal),
+        AttnMask::Banded { window, array } if *window >= 1 && array.shape() == [l, s] => {
+            Some(Mask::Window(*window as usize))
+        }
+        AttnMask::Banded { .. } | AttnMask::Array(_) | AttnMask::None => None,
+    }
 }
 
 /// The instruction set the kernel runs with on this machine.

@@ -10,27 +10,41 @@ use kooka::model::cpu_attention::{scaled_dot_product_attention, Mask};
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
 use mlx_rs::{random, transforms};
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// The least disturbed of several runs (the machine is shared with other jobs).
+fn best(v: Vec<f64>) -> f64 {
+    v.into_iter().fold(f64::INFINITY, f64::min)
 }
 
-/// Median seconds of `f` over `reps` runs after one warm-up.
-fn time(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+/// CPU seconds of this process so far, all threads.
+fn cpu_time() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let u = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    s(u.ru_utime) + s(u.ru_stime)
+}
+
+/// The shortest wall and CPU seconds of `f` over `reps` runs after one warm-up.
+fn time(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<(f64, f64)> {
     f()?;
-    let mut v = Vec::new();
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
     for _ in 0..reps {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu_time());
         f()?;
-        v.push(t.elapsed().as_secs_f64());
+        wall.push(t.elapsed().as_secs_f64());
+        cpu.push(cpu_time() - c);
     }
-    Ok(median(v))
+    Ok((best(wall), best(cpu)))
 }
 
 fn main() -> anyhow::Result<()> {
     #[cfg(target_os = "linux")]
     kooka::openblas::use_fast_kernels();
     let mut args = std::env::args().skip(1);
+    let skip_mlx = std::env::var_os("ONLY_OURS").is_some();
     let reps: usize = args.next().map_or(Ok(3), |s| s.parse())?;
     let mut sizes: Vec<(i32, i32)> = args
         .map(|a| {
@@ -51,7 +65,7 @@ fn main() -> anyhow::Result<()> {
             ])
             .collect();
     }
-    println!("shape            L      S    mlx ms   ours ms  speedup");
+    println!("shape                L      S    mlx ms   ours ms  speedup  mlx cpu-ms ours cpu-ms");
     for (name, hq, hkv, d) in [("smollm2 9/3x64", 9, 3, 64), ("qwen2.5 14/2x64", 14, 2, 64)] {
         for &(l, s) in &sizes {
             let normal = |shape: &[i32], seed: u64| {
@@ -62,22 +76,28 @@ fn main() -> anyhow::Result<()> {
             let v = normal(&[1, hkv, s, d], 3)?;
             transforms::eval([&q, &k, &v])?;
             let scale = (d as f32).powf(-0.5);
-            let mlx = time(reps, || {
-                // What `Attention::forward` passes for a prefill chunk (none for one query).
-                let mask = (l > 1).then_some(ScaledDotProductAttentionMask::Causal);
-                let o = fast::scaled_dot_product_attention(&q, &k, &v, scale, mask, None)?;
-                o.eval()?;
-                Ok(())
-            })?;
+            let mlx = if skip_mlx {
+                (f64::NAN, f64::NAN)
+            } else {
+                time(reps, || {
+                    // What `Attention::forward` passes for a prefill chunk (none for one query).
+                    let mask = (l > 1).then_some(ScaledDotProductAttentionMask::Causal);
+                    let o = fast::scaled_dot_product_attention(&q, &k, &v, scale, mask, None)?;
+                    o.eval()?;
+                    Ok(())
+                })?
+            };
             let ours = time(reps, || {
                 scaled_dot_product_attention(&q, &k, &v, scale, Mask::Causal)?.eval()?;
                 Ok(())
             })?;
             println!(
-                "{name:16} {l:5} {s:6} {:9.3} {:9.3} {:7.2}x",
-                mlx * 1e3,
-                ours * 1e3,
-                mlx / ours
+                "{name:16} {l:5} {s:6} {:9.3} {:9.3} {:7.2}x {:11.3} {:11.3}",
+                mlx.0 * 1e3,
+                ours.0 * 1e3,
+                mlx.0 / ours.0,
+                mlx.1 * 1e3,
+                ours.1 * 1e3,
             );
         }
     }

@@ -37,12 +37,13 @@ pub(super) struct Blocks {
 }
 
 impl Blocks {
-    /// About 128 query rows per product (all heads of a group together), 256 keys per step:
-    /// the score block (128 x 256 floats, 128 KiB) stays in L2.
+    /// About 256 query rows per product (all heads of a group together), 512 keys per step:
+    /// the score block (512 KiB) stays in L2. Measured at 2k x 2k on the 2-core Xeon: about 10%
+    /// less time than 128 x 256; 64-512 rows x 128-512 keys all within 30% of each other.
     pub fn for_dims(dims: &Dims) -> Blocks {
         Blocks {
-            q: (128 / dims.group()).clamp(16, 128),
-            k: 256,
+            q: (256 / dims.group()).clamp(16, 256),
+            k: 512,
         }
     }
 }

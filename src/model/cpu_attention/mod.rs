@@ -20,7 +20,7 @@ mod kernel;
 mod tests;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use mlx_rs::{transforms, Array, Dtype};
 
@@ -205,6 +205,11 @@ fn attend(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], dims: Dims, scale: f
             unsafe { kernel::run(isa, &x, item, &mut scratch, out) };
         }
     };
+    // One call at a time: each uses every core, and OpenBLAS's thread setting is
+    // process-wide (two calls interleaving it could leave it threaded under the other's
+    // workers, 10-30x slower).
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     crate::openblas::single_threaded(|| {
         std::thread::scope(|scope| {
             for _ in 1..threads {

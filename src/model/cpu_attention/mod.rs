@@ -11,8 +11,8 @@
 //! would fight).
 //!
 //! Data goes through host memory: q, k and v are evaluated (made contiguous and float32 where
-//! they are not), read as slices, and the output is a new array in q's dtype. The caller
-//! decides when this is worth it (see `block.rs`); the crossover is in `examples/cpu_attention.rs`.
+//! they are not), read as slices, and the output is a new array in q's dtype. `use_for` says
+//! when `block.rs` should call it (the crossover measured with `examples/cpu_attention.rs`).
 
 mod exp;
 mod kernel;

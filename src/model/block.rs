@@ -21,6 +21,36 @@ use super::shard::{Split, TensorParallel};
 use super::slicing::slice_axis;
 use super::weights::Weights;
 
+/// `softmax(q k^T * scale + mask) v` (with `sinks`' extra logits): MLX's fused attention, or on
+/// the CPU backend, for a prompt chunk where it pays, [`cpu_attention`]'s.
+///
+/// [`cpu_attention`]: super::cpu_attention
+pub(crate) fn attention(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    scale: f32,
+    mask: &AttnMask,
+    sinks: Option<&Array>,
+) -> Result<Array> {
+    #[cfg(target_os = "linux")]
+    if sinks.is_none() {
+        if let Some(m) = super::cpu_attention::use_for(mask, q, k) {
+            return super::cpu_attention::scaled_dot_product_attention(q, k, v, scale, m);
+        }
+    }
+    let mask = match mask {
+        AttnMask::None => None,
+        AttnMask::Causal => Some(ScaledDotProductAttentionMask::Causal),
+        AttnMask::Array(m) | AttnMask::Banded { array: m, .. } => {
+            Some(ScaledDotProductAttentionMask::Array(m))
+        }
+    };
+    Ok(fast::scaled_dot_product_attention(
+        q, k, v, scale, mask, sinks,
+    )?)
+}
+
 /// What one layer's attention looks like.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AttnSpec {
@@ -137,13 +167,7 @@ impl Attention {
         let (b, l) = (x.shape()[0], x.shape()[1]);
         let (q, k, v) = self.project(x, positions)?;
         let (k, v) = cache.update_and_fetch(&k, &v)?;
-        let mask = match mask {
-            AttnMask::None => None,
-            AttnMask::Causal => Some(ScaledDotProductAttentionMask::Causal),
-            AttnMask::Array(m) => Some(ScaledDotProductAttentionMask::Array(m)),
-        };
-        let out =
-            fast::scaled_dot_product_attention(&q, &k, &v, self.scale, mask, self.sinks.as_ref())?;
+        let out = attention(&q, &k, &v, self.scale, mask, self.sinks.as_ref())?;
         let out = out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?;
         self.o_proj.forward(&out)
     }

@@ -260,7 +260,7 @@ impl LatentAttention {
         let allowed = match mask {
             AttnMask::None => None,
             AttnMask::Causal => Some(causal(l, offset)?),
-            AttnMask::Array(m) => Some(m.clone()),
+            AttnMask::Array(m) | AttnMask::Banded { array: m, .. } => Some(m.clone()),
         };
         let pe_scores = match allowed {
             Some(m) => ops::select(&m, &pe_scores, lowest(pe_scores.dtype())?)?,

@@ -23,6 +23,8 @@
 mod block;
 pub mod cache;
 pub mod config;
+#[cfg(target_os = "linux")]
+pub mod cpu_attention;
 mod decoder;
 pub mod deepseek_v3;
 pub mod error;

@@ -173,6 +173,91 @@ fn blas() -> &'static Blas {
     })
 }
 
+/// Row-major `C = alpha * op(A) @ op(B) + beta * C` on the BLAS library's own `sgemm`, past
+/// this module's routing of one-row and few-row products (for callers that block their
+/// products themselves, like `model::cpu_attention`).
+///
+/// # Safety
+/// The CBLAS contract: the pointers and leading dimensions describe valid matrices.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_direct(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let t = |x: bool| if x { TRANS } else { NO_TRANS };
+    (blas().sgemm)(
+        ROW_MAJOR,
+        t(trans_a),
+        t(trans_b),
+        m as c_int,
+        n as c_int,
+        k as c_int,
+        alpha,
+        a,
+        lda as c_int,
+        b,
+        ldb as c_int,
+        beta,
+        c,
+        ldc as c_int,
+    )
+}
+
+/// Runs `f` with OpenBLAS's own threading off, so that threads of the caller can each call
+/// [`sgemm_direct`] at once (OpenBLAS 0.3.21 shares one thread pool between callers) without
+/// oversubscribing the cores; the previous thread count is restored after. The setting is
+/// process-wide: meant for callers on the thread that owns MLX, while no MLX work is in flight.
+/// Without OpenBLAS's thread functions (another BLAS), just runs `f`.
+pub(crate) fn single_threaded<R>(f: impl FnOnce() -> R) -> R {
+    type Get = unsafe extern "C" fn() -> c_int;
+    type Set = unsafe extern "C" fn(c_int);
+    static FNS: OnceLock<Option<(Get, Set)>> = OnceLock::new();
+    let fns = FNS.get_or_init(|| {
+        // SAFETY: dlsym with a pseudo-handle and NUL-terminated names; OpenBLAS's
+        // `int openblas_get_num_threads(void)` and `void openblas_set_num_threads(int)`.
+        unsafe {
+            let get = libc::dlsym(libc::RTLD_DEFAULT, c"openblas_get_num_threads".as_ptr());
+            let set = libc::dlsym(libc::RTLD_DEFAULT, c"openblas_set_num_threads".as_ptr());
+            (!get.is_null() && !set.is_null()).then(|| {
+                (
+                    std::mem::transmute::<*mut c_void, Get>(get),
+                    std::mem::transmute::<*mut c_void, Set>(set),
+                )
+            })
+        }
+    });
+    let Some((get, set)) = *fns else {
+        return f();
+    };
+    /// Restores the thread count also when `f` panics.
+    struct Restore(Set, c_int);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: see above.
+            unsafe { (self.0)(self.1) }
+        }
+    }
+    // SAFETY: see above.
+    let before = unsafe { get() };
+    if before <= 1 {
+        return f();
+    }
+    unsafe { set(1) };
+    let _restore = Restore(set, before);
+    f()
+}
+
 /// `C = alpha * op(A) @ op(B) + beta * C` (CBLAS), one-row and one-column products as GEMV.
 ///
 /// # Safety

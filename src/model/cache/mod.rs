@@ -37,6 +37,23 @@ pub enum AttnMask {
     Causal,
     /// Boolean `[L, keys]`, true where attention is allowed.
     Array(Array),
+    /// Causal within the last `window` keys, the queries being the last `L` of the keys: the
+    /// same as `array` (boolean `[L, keys]`), for attention that can skip what it masks
+    /// (`model::cpu_attention`).
+    Banded {
+        window: i32,
+        array: Array,
+    },
+}
+
+impl AttnMask {
+    /// The boolean mask, if this is one.
+    pub fn array(&self) -> Option<&Array> {
+        match self {
+            AttnMask::Array(a) | AttnMask::Banded { array: a, .. } => Some(a),
+            AttnMask::None | AttnMask::Causal => None,
+        }
+    }
 }
 
 /// Sliding-window state of a rotating cache.
@@ -143,7 +160,10 @@ impl KvCache {
                     AttnMask::Causal
                 }
             } else {
-                AttnMask::Array(causal_mask(n, self.offset, w))
+                AttnMask::Banded {
+                    window: w,
+                    array: causal_mask(n, self.offset, w),
+                }
             });
         }
         match self.rotation {
@@ -152,7 +172,10 @@ impl KvCache {
             Some(r) => {
                 let offset = (r.max_size - 1).min(self.offset);
                 if offset + n > r.max_size {
-                    Ok(AttnMask::Array(causal_mask(n, offset, r.max_size)))
+                    Ok(AttnMask::Banded {
+                        window: r.max_size,
+                        array: causal_mask(n, offset, r.max_size),
+                    })
                 } else {
                     Ok(AttnMask::Causal)
                 }
@@ -392,7 +415,11 @@ mod tests {
         c.update_and_fetch(&kv(2), &kv(2)).unwrap();
         let (k, _) = c.update_and_fetch(&kv(1), &kv(1)).unwrap();
         assert_eq!(k.shape()[2], 5, "nothing is dropped");
-        let AttnMask::Array(m) = c.make_mask(1).unwrap() else {
+        let AttnMask::Banded {
+            window: 3,
+            array: m,
+        } = c.make_mask(1).unwrap()
+        else {
             panic!("the sixth query needs a window mask");
         };
         assert_eq!(host(&m), [false, false, false, true, true, true]);

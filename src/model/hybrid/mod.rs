@@ -46,6 +46,10 @@ pub(crate) fn attention_inputs(
                 AttnMask::None => AttnMask::None,
                 AttnMask::Causal => AttnMask::Causal,
                 AttnMask::Array(m) => AttnMask::Array(m.clone()),
+                AttnMask::Banded { window, array } => AttnMask::Banded {
+                    window: *window,
+                    array: array.clone(),
+                },
             };
             let positions = match &v.positions {
                 Positions::Same(p) => Positions::Same(*p),

@@ -13,13 +13,12 @@
 //! offsets from one) are refused: mlx-lm's `sanitize` rewrites them, so convert them with
 //! `mlx_lm.convert` first.
 
-use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
 use mlx_rs::{ops, Array, Dtype};
 use serde::Deserialize;
 
 use super::gated_delta::{DeltaSpec, GatedDeltaNet};
 use super::{attention_inputs, Hybrid, HybridLayer};
-use crate::model::block::Mlp;
+use crate::model::block::{attention, Mlp};
 use crate::model::cache::{AttnMask, KvCache, LayerCache, Positions, RowsView, StateCache};
 use crate::model::config::{ModelConfig, QuantConfig};
 use crate::model::error::{ModelError, Result};
@@ -123,13 +122,7 @@ impl GatedAttention {
         let queries = self.rope.forward(&queries, &positions)?;
         let keys = self.rope.forward(&keys, &positions)?;
         let (keys, values) = cache.update_and_fetch(&keys, &values)?;
-        let mask = match &mask {
-            AttnMask::None => None,
-            AttnMask::Causal => Some(ScaledDotProductAttentionMask::Causal),
-            AttnMask::Array(m) => Some(ScaledDotProductAttentionMask::Array(m)),
-        };
-        let out =
-            fast::scaled_dot_product_attention(&queries, &keys, &values, self.scale, mask, None)?;
+        let out = attention(&queries, &keys, &values, self.scale, &mask, None)?;
         let out = out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?;
         self.o_proj.forward(&out.multiply(ops::sigmoid(&gate)?)?)
     }

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """kooka vs mlx-lm, same model folder, same prompt token ids, same MLX build, one run.
 
-usage: third_party/venv/bin/python scripts/bench.py [--model DIR] [--prompt-tokens 512]
+usage: third_party/venv/bin/python scripts/bench.py [--model DIR] [--prompt-tokens 512[,2048,...]]
            [--gen-tokens 128] [--reps 3] [--kooka target/release/kooka] [--json OUT]
 
 Both sides load the model once, warm up once, then run `--reps` times; EOS is ignored so
-every run generates exactly `--gen-tokens` tokens. Reported per side: median prefill
+every run generates exactly `--gen-tokens` tokens. Several prompt lengths (comma-separated)
+give one table row pair per length; mlx-lm then warms up once, on at most 512 tokens. Reported per side: median prefill
 tokens/s (prompt tokens / time to the first token) and median decode tokens/s (tokens after
 the first / their time), then the ratio kooka / mlx-lm. mlx-lm runs as it ships (the model's
 own dtypes); kooka runs with its default compute dtype for the backend.
@@ -51,9 +52,9 @@ def prompt_ids(tokenizer, n):
     return ids[:n]
 
 
-def bench_mlx_lm(model_dir, ids, gen, reps, f32=False):
+def load_mlx_lm(model_dir, f32=False):
     import mlx.core as mx
-    from mlx_lm import load, stream_generate
+    from mlx_lm import load
 
     # mlx-lm 0.32.2's quantized experts pass `global_scale=` (nvfp4 only) to mx.gather_qmm,
     # which mlx 0.32.2 does not take: drop it when it is None, as the parity reference does
@@ -73,8 +74,16 @@ def bench_mlx_lm(model_dir, ids, gen, reps, f32=False):
         model = dequantize_model(model)
         model.set_dtype(mx.float32)
     tokenizer.eos_token_ids = []  # generate exactly `gen` tokens
+    return model, tokenizer
+
+
+def bench_mlx_lm(loaded, ids, gen, reps, warm_up=True):
+    import mlx.core as mx
+    from mlx_lm import stream_generate
+
+    model, tokenizer = loaded
     prefill, decode = [], []
-    for rep in range(reps + 1):
+    for rep in range(reps + (1 if warm_up else 0)):
         first = last = None
         start = time.perf_counter()
         count = 0
@@ -84,8 +93,8 @@ def bench_mlx_lm(model_dir, ids, gen, reps, f32=False):
                 first = now
             last = now
             count += 1
-        if rep == 0:
-            continue  # warm-up
+        if warm_up and rep == 0:
+            continue
         prefill.append(len(ids) / (first - start))
         decode.append((count - 1) / (last - first))
     return {"prefill_tps": prefill, "decode_tps": decode, "peak_memory_gb": mx.get_peak_memory() / 1e9}
@@ -105,7 +114,8 @@ def bench_kooka(kooka, model_dir, ids, gen, reps):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=os.path.join(ROOT, "models", "SmolLM2-135M-Instruct"))
-    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--prompt-tokens", default="512",
+                        help="prompt length, or several comma-separated")
     parser.add_argument("--gen-tokens", type=int, default=128)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--kooka", default=os.path.join(ROOT, "target", "release", "kooka"))
@@ -122,28 +132,32 @@ def main():
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(args.model, "tokenizer.json"))
-    ids = prompt_ids(tokenizer, args.prompt_tokens)
+    lengths = [int(x) for x in str(args.prompt_tokens).split(",") if x.strip()]
 
     import mlx.core as mx
     device = str(mx.default_device())
-    kooka = bench_kooka(args.kooka, args.model, ids, args.gen_tokens, args.reps)
-    ref = bench_mlx_lm(args.model, ids, args.gen_tokens, args.reps, f32=args.ref_f32)
-
-    rows = []
-    for key, label in (("prefill_tps", "prefill tok/s"), ("decode_tps", "decode tok/s")):
-        k, r = statistics.median(kooka[key]), statistics.median(ref[key])
-        rows.append((label, k, r, k / r))
-    print(f"model {os.path.basename(args.model.rstrip('/'))}, device {device}, "
-          f"{args.prompt_tokens} prompt tokens, {args.gen_tokens} generated, median of {args.reps}"
-          + (f", OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']}" if "OPENBLAS_CORETYPE" in os.environ else ""))
+    loaded = load_mlx_lm(args.model, f32=args.ref_f32)
+    if len(lengths) > 1:  # one short warm-up instead of one per length
+        bench_mlx_lm(loaded, prompt_ids(tokenizer, min(512, min(lengths))), 2, 1, warm_up=False)
     ref_name = "mlx-lm 0.32.2" + (" (f32 weights)" if args.ref_f32 else "")
-    print(f"| metric | kooka | {ref_name} | kooka / mlx-lm |")
-    print(f"|---|---|---|---|")
-    for label, k, r, ratio in rows:
-        print(f"| {label} | {k:.1f} | {r:.1f} | {ratio:.2f}x |")
+    print(f"model {os.path.basename(args.model.rstrip('/'))}, device {device}, "
+          f"{args.gen_tokens} generated, median of {args.reps}"
+          + (f", OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']}" if "OPENBLAS_CORETYPE" in os.environ else ""),
+          flush=True)
+    print(f"| prompt tokens | metric | kooka | {ref_name} | kooka / mlx-lm |")
+    print(f"|---|---|---|---|---|", flush=True)
+    results = []
+    for n in lengths:
+        ids = prompt_ids(tokenizer, n)
+        kooka = bench_kooka(args.kooka, args.model, ids, args.gen_tokens, args.reps)
+        ref = bench_mlx_lm(loaded, ids, args.gen_tokens, args.reps, warm_up=len(lengths) == 1)
+        results.append({"prompt_tokens": n, "kooka": kooka, "mlx_lm": ref})
+        for key, label in (("prefill_tps", "prefill tok/s"), ("decode_tps", "decode tok/s")):
+            k, r = statistics.median(kooka[key]), statistics.median(ref[key])
+            print(f"| {n} | {label} | {k:.1f} | {r:.1f} | {k / r:.2f}x |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": device, "kooka": kooka, "mlx_lm": ref, "args": vars(args)}, f, indent=1)
+            json.dump({"device": device, "results": results, "args": vars(args)}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@
 //!   the GGUF vocabulary, and the MLX model folder writer. Pure Rust, no MLX state.
 //! - [`dist`]: MLX's distributed group (ring backend) behind a safe, `Result`-returning
 //!   wrapper over the mlx-c calls.
+//! - [`metrics`]: the Prometheus metrics of `kooka serve` (`GET /metrics`): HTTP requests,
+//!   generation latencies and tokens, runtime and MLX memory gauges (`prometheus-client`).
 //! - [`model`]: the model runtime: load MLX model folders (whole, or one rank's pipeline or
 //!   tensor-parallel shard), Llama-family and MoE forwards, KV caches.
 //! - [`runtime`]: the model side of `kooka serve` behind a `RuntimeHandle`: the MLX thread
@@ -37,6 +39,7 @@ pub mod constrain;
 pub mod convert;
 pub mod dist;
 pub mod engine;
+pub mod metrics;
 pub mod model;
 #[cfg(target_os = "linux")]
 pub mod openblas;

@@ -24,6 +24,7 @@ use super::worker::Worker;
 use super::{RuntimeConfig, Shared};
 use crate::cluster::{Leader, ReplicatedEngine};
 use crate::engine::{Engine, EngineConfig};
+use crate::metrics::Metrics;
 use crate::model::{ComputeDtype, LanguageModel};
 use crate::server::error::ServeError;
 use crate::tokenizer::Tokenizer;
@@ -105,6 +106,7 @@ pub(super) fn spawn(
     leader: Option<Leader>,
     config: RuntimeConfig,
     shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
 ) -> Result<(Addr<ModelActor>, ModelInfo), ServeError> {
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::Builder::new()
@@ -149,8 +151,14 @@ pub(super) fn spawn(
                     kv_budget_tokens: info.kv_budget_tokens,
                 };
                 let queue_timeout = config.queue_timeout;
-                let worker =
-                    Worker::new(engine, tokenizer, stop_ids, limits, shared, queue_timeout);
+                let worker = Worker::new(
+                    engine,
+                    tokenizer,
+                    stop_ids,
+                    limits,
+                    (shared, metrics),
+                    queue_timeout,
+                );
                 worker.publish();
                 let addr = ModelActor {
                     worker,

@@ -1,4 +1,29 @@
-//! The machine's memory, for the default budgets.
+//! Memory: the machine's (for the default budgets) and what MLX's allocator holds (for
+//! `/health` and `/metrics`).
+
+/// MLX's allocator counters, in bytes. Read on the MLX thread only ([`MlxMemory::read`]);
+/// the copy crosses threads as plain numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MlxMemory {
+    /// Held by live arrays.
+    pub active_bytes: usize,
+    /// The most live arrays have held since the process started.
+    pub peak_bytes: usize,
+    /// Freed by arrays, kept by the allocator for reuse.
+    pub cache_bytes: usize,
+}
+
+impl MlxMemory {
+    /// The allocator's counters now (0 where MLX reports an error). Call it on the thread
+    /// that owns MLX state.
+    pub fn read() -> Self {
+        MlxMemory {
+            active_bytes: mlx_rs::memory::active_memory().unwrap_or(0),
+            peak_bytes: mlx_rs::memory::peak_memory().unwrap_or(0),
+            cache_bytes: mlx_rs::memory::cache_memory().unwrap_or(0),
+        }
+    }
+}
 
 /// Physical memory in bytes (16 GiB when it cannot be read). On Apple silicon this is the
 /// unified memory the GPU also uses; on a CUDA machine host memory stands in for the GPU's.

@@ -6,7 +6,7 @@
 //!   and stream.
 //! - `admission.rs`: the limits a waiting request must fit (running sequences, KV budget).
 //! - `relay.rs`: rank 0's guard that fails the requests in flight when a rank is lost.
-//! - `memory.rs`: how much memory the machine has (the budgets' defaults).
+//! - `memory.rs`: how much memory the machine has (the budgets' defaults) and MLX holds.
 //!
 //! The handle turns a submission into a [`Job`] or a typed refusal at once: a prompt that
 //! can never fit the KV budget is a 400, a full waiting queue a 429; everything after that
@@ -15,6 +15,7 @@
 mod actor;
 mod admission;
 mod memory;
+pub use memory::MlxMemory;
 pub mod protocol;
 mod relay;
 mod worker;
@@ -30,6 +31,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::cluster::Leader;
 use crate::engine::EngineStatus;
+use crate::metrics::Metrics;
 use crate::model::ComputeDtype;
 use crate::server::error::ServeError;
 use crate::tokenizer::Tokenizer;
@@ -69,7 +71,7 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// What the runtime is doing, for `/health`.
+/// What the runtime is doing, for `/health` and `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RuntimeStatus {
     /// Accepted, waiting for admission.
@@ -82,6 +84,8 @@ pub struct RuntimeStatus {
     pub kv_reserved_tokens: usize,
     /// How long the engine step now running has taken so far (0: none is running).
     pub step_ms: u64,
+    /// MLX's allocator after the last round.
+    pub memory: MlxMemory,
 }
 
 /// State the handle and the worker share.
@@ -123,6 +127,7 @@ impl RuntimeHandle {
         tokenizer: Arc<Tokenizer>,
         leader: Option<Leader>,
         config: RuntimeConfig,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, ServeError> {
         let shared = Arc::new(Shared::default());
         let max_queue = config.max_queue;
@@ -133,6 +138,7 @@ impl RuntimeHandle {
             leader.clone(),
             config,
             shared.clone(),
+            metrics,
         )?;
         let relay = match &leader {
             Some(leader) => {

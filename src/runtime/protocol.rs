@@ -75,6 +75,8 @@ pub enum Event {
         cached_tokens: usize,
         /// The stop string that ended the completion, if one did.
         stop_sequence: Option<String>,
+        /// From submission (queueing included) to the first token.
+        ttft: std::time::Duration,
     },
     Error(RuntimeError),
 }

@@ -16,10 +16,11 @@ use tracing::{debug, error, info};
 
 use super::admission::Limits;
 use super::protocol::{Event, Finish, RequestId, RuntimeError, Submit, TokenLogprob};
-use super::{RuntimeStatus, Shared};
+use super::{MlxMemory, RuntimeStatus, Shared};
 use crate::cluster::{ClusterError, ReplicatedEngine};
 use crate::engine::text::{Decode, StopMatcher, StreamDetokenizer};
 use crate::engine::{FinishReason, SeqId, SequenceRequest, TokenEvent};
+use crate::metrics::Metrics;
 use crate::model::ModelError;
 use crate::tokenizer::Tokenizer;
 
@@ -34,6 +35,10 @@ struct Active {
     cached_tokens: usize,
     /// Prompt + `max_tokens`: the KV positions admission reserved.
     end: usize,
+    /// When the handle accepted it (latencies count from here).
+    queued_at: Instant,
+    /// When its last token came, and how long the first took (`None`: no token yet).
+    last_token: Option<(Instant, Duration)>,
 }
 
 pub(super) struct Worker {
@@ -45,6 +50,7 @@ pub(super) struct Worker {
     waiting: VecDeque<Submit>,
     limits: Limits,
     shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
     queue_timeout: Duration,
 }
 
@@ -54,7 +60,7 @@ impl Worker {
         tokenizer: Arc<Tokenizer>,
         stop_ids: Vec<u32>,
         limits: Limits,
-        shared: Arc<Shared>,
+        (shared, metrics): (Arc<Shared>, Arc<Metrics>),
         queue_timeout: Duration,
     ) -> Self {
         Worker {
@@ -65,6 +71,7 @@ impl Worker {
             waiting: VecDeque::new(),
             limits,
             shared,
+            metrics,
             queue_timeout,
         }
     }
@@ -155,7 +162,9 @@ impl Worker {
     fn start(
         &mut self,
         Submit {
-            request: s, events, ..
+            request: s,
+            events,
+            queued_at,
         }: Submit,
         end: usize,
     ) {
@@ -172,6 +181,10 @@ impl Worker {
         match self.engine.add(req) {
             Ok(seq) => {
                 debug!(request = s.id, seq, prompt_tokens, "sequence added");
+                self.metrics
+                    .generation
+                    .prompt_tokens
+                    .inc_by(prompt_tokens as u64);
                 self.active.insert(
                     seq,
                     Active {
@@ -183,6 +196,8 @@ impl Worker {
                         completion_tokens: 0,
                         cached_tokens: 0,
                         end,
+                        queued_at,
+                        last_token: None,
                     },
                 );
             }
@@ -202,6 +217,7 @@ impl Worker {
             kv_budget_tokens: self.limits.kv_budget_tokens,
             kv_reserved_tokens: self.active.values().map(|a| a.end).sum(),
             step_ms: 0,
+            memory: MlxMemory::read(),
         };
         *self.shared.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
     }
@@ -244,9 +260,11 @@ impl Worker {
     }
 
     fn step(&mut self) {
-        self.set_step_started(Some(Instant::now()));
+        let started = Instant::now();
+        self.set_step_started(Some(started));
         let stepped = self.engine.step();
         self.set_step_started(None);
+        self.metrics.generation.observe_step(started.elapsed());
         let events = match stepped {
             Ok(events) => events,
             Err(e) => {
@@ -274,6 +292,22 @@ impl Worker {
         if let Some(cached) = ev.cached_tokens {
             a.cached_tokens = cached;
         }
+        let m = &self.metrics.generation;
+        let now = Instant::now();
+        m.generation_tokens.inc();
+        let ttft = match a.last_token {
+            None => {
+                let ttft = now - a.queued_at;
+                m.time_to_first_token.observe(ttft.as_secs_f64());
+                m.cached_prompt_tokens.inc_by(a.cached_tokens as u64);
+                ttft
+            }
+            Some((last, ttft)) => {
+                m.inter_token_latency.observe((now - last).as_secs_f64());
+                ttft
+            }
+        };
+        a.last_token = Some((now, ttft));
         if let Some(logprob) = ev.logprob {
             let text = |id: u32| self.tokenizer.decode(&[id]).unwrap_or_default();
             let entry = TokenLogprob {
@@ -341,12 +375,15 @@ impl Worker {
                 finish = finish.as_str(),
                 "sequence finished"
             );
+            let m = &self.metrics.generation;
+            m.e2e_latency.observe(a.queued_at.elapsed().as_secs_f64());
             let _ = a.events.send(Event::Done {
                 finish,
                 prompt_tokens: a.prompt_tokens,
                 completion_tokens: a.completion_tokens,
                 cached_tokens: a.cached_tokens,
                 stop_sequence,
+                ttft: a.last_token.map_or(Duration::ZERO, |(_, ttft)| ttft),
             });
         }
     }

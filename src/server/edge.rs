@@ -1,8 +1,8 @@
 //! What stands between the socket and the handlers: the `Host` check (`--allowed-hosts`,
 //! against DNS rebinding), CORS and the `Origin` check (`--allowed-origins`), the optional API
 //! keys (`--api-key`, `--api-key-file`; as `Authorization: Bearer KEY` or `x-api-key: KEY`, on
-//! every route but `/health`, `/openapi.json` and preflights), and the 405 for a known path
-//! with the wrong method.
+//! every route but `/health`, `/openapi.json` and preflights: `/metrics` needs the key too,
+//! since it tells load and usage), and the 405 for a known path with the wrong method.
 //!
 //! Without an API key a local server is open to whatever reaches it, so by default it only
 //! answers browsers on loopback pages (`Origin`) and requests addressed to a loopback name or
@@ -229,7 +229,7 @@ pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     let path = req.path();
     let allow = match path {
         "/health" => "GET, HEAD",
-        p if p == "/openapi.json" || p.starts_with("/v1/models") => "GET",
+        p if p == "/openapi.json" || p == "/metrics" || p.starts_with("/v1/models") => "GET",
         _ => "POST",
     };
     let mut response =

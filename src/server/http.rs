@@ -1,6 +1,6 @@
 //! HTTP plumbing every route shares: bounded body reading, noticing a client that leaves
-//! before its non-streamed reply, the 404/405 fallbacks, `/health`, and the SSE helpers
-//! (frames, keepalive comments).
+//! before its non-streamed reply, the 404/405 fallbacks, `/health`, `/metrics`, and the SSE
+//! helpers (frames, keepalive comments).
 
 use std::any::Any;
 use std::future::Future;
@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::dev::Extensions;
 use futures_util::future::{select, Either};
-use tracing::info;
+use tracing::{info, trace};
 
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
@@ -19,6 +19,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::openai::Usage;
+use super::request_log;
 use super::AppState;
 use crate::runtime::{Event, Finish, Job, TokenLogprob};
 
@@ -62,6 +63,15 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     }))
 }
 
+/// `GET /metrics`: the Prometheus text exposition of [`crate::metrics`] (behind the API key
+/// when one is set, as the inference routes are).
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let text = state.metrics.render(&state.runtime.status());
+    HttpResponse::Ok()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(text)
+}
+
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     ApiError::RouteNotFound(format!("{} {}", req.method(), req.path())).response_for(req.path())
 }
@@ -74,12 +84,20 @@ pub async fn read_body(
     state: &AppState,
 ) -> Result<Bytes, ApiError> {
     let within = state.body_timeout;
-    match actix_web::rt::time::timeout(within, read_limited(req, payload, state.max_body_bytes))
-        .await
+    let body = match actix_web::rt::time::timeout(
+        within,
+        read_limited(req, payload, state.max_body_bytes),
+    )
+    .await
     {
         Ok(body) => body,
         Err(_) => Err(ApiError::BodyTimeout(within.as_secs())),
+    };
+    if let Ok(body) = &body {
+        // Request text only ever at trace (prompts are the users' data).
+        trace!(body = %String::from_utf8_lossy(body), "request body");
     }
+    body
 }
 
 async fn read_limited(
@@ -214,7 +232,10 @@ pub async fn next_item(job: &mut Job, keepalive: bool) -> JobItem {
         job.events.recv().await
     };
     match event {
-        Some(Event::Text(t)) => JobItem::Text(t),
+        Some(Event::Text(t)) => {
+            trace!(text = %t, "reply text");
+            JobItem::Text(t)
+        }
         Some(Event::Logprobs(lp)) => JobItem::Logprobs(lp),
         Some(Event::Done {
             finish,
@@ -222,11 +243,20 @@ pub async fn next_item(job: &mut Job, keepalive: bool) -> JobItem {
             completion_tokens,
             cached_tokens,
             stop_sequence,
-        }) => JobItem::Done(Outcome {
-            finish,
-            usage: Usage::new(prompt_tokens, completion_tokens, cached_tokens),
-            stop_sequence,
-        }),
+            ttft,
+        }) => {
+            request_log::record(request_log::Generated {
+                prompt_tokens,
+                cached_tokens,
+                completion_tokens,
+                ttft,
+            });
+            JobItem::Done(Outcome {
+                finish,
+                usage: Usage::new(prompt_tokens, completion_tokens, cached_tokens),
+                stop_sequence,
+            })
+        }
         Some(Event::Error(e)) => JobItem::Failed(e.into()),
         None => JobItem::Failed(ApiError::Unavailable("the model side has stopped".into())),
     }

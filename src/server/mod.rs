@@ -16,6 +16,7 @@ pub mod openai;
 pub mod openapi;
 pub mod reply;
 pub mod request;
+pub mod request_log;
 pub mod responses;
 pub mod tool_prompt;
 
@@ -28,6 +29,7 @@ use actix_web::{web, App, HttpServer};
 use tracing::info;
 
 use crate::chat::{ChatTemplate, SpecialTokens};
+use crate::metrics::Metrics;
 use crate::model::ComputeDtype;
 use crate::runtime::{RuntimeConfig, RuntimeHandle};
 use crate::tokenizer::Tokenizer;
@@ -120,6 +122,8 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::ClusterStatus>>,
     /// See [`ServeConfig::incremental_tool_calls`].
     pub incremental_tool_calls: bool,
+    /// What `/metrics` reports (the runtime records into it too).
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -151,6 +155,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(edge::method_not_allowed)),
     )
     .service(openapi::resource())
+    .service(
+        web::resource("/metrics")
+            .route(web::get().to(http::metrics))
+            .default_service(web::to(edge::method_not_allowed)),
+    )
     .service(
         web::resource("/v1/models")
             .route(web::get().to(models::list))
@@ -206,12 +215,14 @@ pub fn run_ranked(
         None => None,
     };
     let chat_info = ChatInfo::new(&tokenizer);
+    let metrics = Arc::new(Metrics::new());
     let runtime = RuntimeHandle::start(
         dir.clone(),
         config.dtype,
         tokenizer.clone(),
         leader.clone(),
         config.runtime.clone(),
+        metrics.clone(),
     )?;
     let mut aliases = config.aliases.clone();
     aliases.push(dir.display().to_string());
@@ -229,6 +240,7 @@ pub fn run_ranked(
         chat: chat_info,
         cluster: leader.as_ref().map(|l| l.status()),
         incremental_tool_calls: config.incremental_tool_calls,
+        metrics,
     });
     let addr = listener.local_addr()?;
     info!(model = %state.model_id, %addr, "serving");
@@ -251,9 +263,11 @@ pub fn run_ranked(
             App::new()
                 .app_data(app_state.clone())
                 // The last wrap runs first: CORS answers preflights and decorates every
-                // response, including the guard's 401s and 403s.
+                // response, including the guard's 401s and 403s; the request log sees (and
+                // gives an `x-request-id` to) every response, preflights included.
                 .wrap(actix_web::middleware::from_fn(edge::guard))
                 .wrap(edge.cors())
+                .wrap(actix_web::middleware::from_fn(request_log::observe))
                 .app_data(web::Data::new(edge.clone()))
                 .configure(routes)
                 .default_service(web::to(http::not_found))

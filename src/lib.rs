@@ -20,6 +20,7 @@
 //!   wrapper over the mlx-c calls.
 //! - [`model`]: the model runtime: load MLX model folders (whole, or one rank's pipeline or
 //!   tensor-parallel shard), Llama-family and MoE forwards, KV caches.
+//! - [`progress`]: progress of long work: a bar on a terminal, log lines otherwise.
 //! - [`runtime`]: the model side of `kooka serve` behind a `RuntimeHandle`: the MLX thread
 //!   (model actor), admission (waiting queue, running and KV limits), the multi-rank relay.
 //! - [`server`]: `kooka serve`: the HTTP side (actix-web), wire formats only.
@@ -40,6 +41,7 @@ pub mod engine;
 pub mod model;
 #[cfg(target_os = "linux")]
 pub mod openblas;
+pub mod progress;
 pub mod runtime;
 pub mod server;
 pub mod tokenizer;

@@ -19,7 +19,9 @@
 //! - [`dist`]: MLX's distributed group (ring backend) behind a safe, `Result`-returning
 //!   wrapper over the mlx-c calls.
 //! - [`model`]: the model runtime: load MLX model folders (whole, or one rank's pipeline or
-//!   tensor-parallel shard), Llama-family and MoE forwards, KV caches.
+//!   tensor-parallel shard), Llama-family and MoE forwards, KV caches; [`model::catalog`]
+//!   lists the model folders and cached repos `kooka models` shows, [`model::pull`] downloads
+//!   one into the Hugging Face cache.
 //! - [`progress`]: progress of long work: a bar on a terminal, log lines otherwise.
 //! - [`runtime`]: the model side of `kooka serve` behind a `RuntimeHandle`: the MLX thread
 //!   (model actor), admission (waiting queue, running and KV limits), the multi-rank relay.

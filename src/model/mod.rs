@@ -22,6 +22,7 @@
 
 mod block;
 pub mod cache;
+pub mod catalog;
 pub mod config;
 #[cfg(target_os = "linux")]
 pub mod cpu_attention;
@@ -37,6 +38,7 @@ pub mod minimax;
 pub mod mixtral;
 mod mla;
 pub mod moe;
+pub mod pull;
 mod quant_ops;
 pub mod qwen3_moe;
 pub mod resolve;

@@ -171,3 +171,22 @@ fn the_global_log_format_is_a_key_too() {
         "the flag wins"
     );
 }
+
+#[test]
+fn the_example_file_is_valid_and_states_the_defaults() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/kooka.example.toml");
+    let from_file = serve(&["--config", example]).unwrap();
+    let defaults = serve(&[]).unwrap();
+    let text = std::fs::read_to_string(example).unwrap();
+    assert!(text.contains("\nmax-running = 64\n") && text.contains("\nport = 8080\n"));
+    assert_eq!(
+        format!("{:?}", from_file.config),
+        format!("{:?}", Some(PathBuf::from(example)))
+    );
+    // Apart from --config itself, the example only restates defaults.
+    let from_file = format!("{from_file:?}").replace(
+        &format!("config: {:?}", Some(PathBuf::from(example))),
+        "config: None",
+    );
+    assert_eq!(from_file, format!("{defaults:?}"));
+}

@@ -275,7 +275,7 @@ mod tests {
         std::fs::write(root.join("alien/config.json"), r#"{"model_type": "bert"}"#).unwrap();
         std::fs::write(root.join("alien/model.safetensors"), [0u8; 1234]).unwrap();
         std::fs::write(root.join("stray-file"), "x").unwrap();
-        let got = list(&[root.clone()], &root.join("no-cache"));
+        let got = list(std::slice::from_ref(&root), &root.join("no-cache"));
         let by_id = |id: &str| got.iter().find(|e| e.id == id).unwrap();
         assert_eq!(got.len(), 3, "{got:?}");
         assert!(by_id("empty")

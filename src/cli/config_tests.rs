@@ -89,7 +89,7 @@ fn bad_files_name_the_file_line_and_key() {
         (
             "enum",
             "\n\nparallel = \"foo\"\n",
-            ":3: key `parallel`: invalid value 'foo' for '--parallel <PARALLEL>'",
+            ":3: key `parallel`: invalid value 'foo' for '--parallel <PARALLEL>' [possible values: pipeline, tensor]",
         ),
         (
             "number",

@@ -59,14 +59,13 @@ pub fn run_models(args: ModelsArgs) -> anyhow::Result<()> {
     let entries = catalog::list(&folders, &cache);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
+    } else if entries.is_empty() {
+        eprintln!(
+            "kooka: no models in ./models or the Hugging Face cache at {}",
+            cache.display()
+        );
     } else {
         print!("{}", table(&entries));
-        if entries.is_empty() {
-            eprintln!(
-                "kooka: no models in ./models or the Hugging Face cache at {}",
-                cache.display()
-            );
-        }
     }
     Ok(())
 }

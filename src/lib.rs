@@ -21,7 +21,10 @@
 //! - [`metrics`]: the Prometheus metrics of `kooka serve` (`GET /metrics`): HTTP requests,
 //!   generation latencies and tokens, runtime and MLX memory gauges (`prometheus-client`).
 //! - [`model`]: the model runtime: load MLX model folders (whole, or one rank's pipeline or
-//!   tensor-parallel shard), Llama-family and MoE forwards, KV caches.
+//!   tensor-parallel shard), Llama-family and MoE forwards, KV caches; [`model::catalog`]
+//!   lists the model folders and cached repos `kooka models` shows, [`model::pull`] downloads
+//!   one into the Hugging Face cache.
+//! - [`progress`]: progress of long work: a bar on a terminal, log lines otherwise.
 //! - [`runtime`]: the model side of `kooka serve` behind a `RuntimeHandle`: the MLX thread
 //!   (model actor), admission (waiting queue, running and KV limits), the multi-rank relay.
 //! - [`server`]: `kooka serve`: the HTTP side (actix-web), wire formats only.
@@ -43,6 +46,7 @@ pub mod metrics;
 pub mod model;
 #[cfg(target_os = "linux")]
 pub mod openblas;
+pub mod progress;
 pub mod runtime;
 pub mod server;
 pub mod tokenizer;

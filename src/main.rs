@@ -1,13 +1,19 @@
 //! The `kooka` binary: parse the command line, set up logging, dispatch. Exit codes are
 //! decided here and only here.
 
-use clap::Parser;
 use kooka::cli::{Cli, Command};
 
 fn main() {
     #[cfg(target_os = "linux")]
     kooka::openblas::use_fast_kernels();
-    let cli = Cli::parse();
+    let cli = match kooka::cli::parse() {
+        Ok(cli) => cli,
+        Err(kooka::cli::ParseError::Clap(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("kooka: error: {e}");
+            std::process::exit(2)
+        }
+    };
     kooka::cli::init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Convert(args) => kooka::cli::run_convert(args),
@@ -15,6 +21,7 @@ fn main() {
         Command::Bench(args) => kooka::cli::run_bench(args),
         Command::Generate(args) => kooka::cli::run_generate(args),
         Command::Serve(args) => kooka::cli::run_serve(args),
+        Command::Models(args) => kooka::cli::run_models(args),
         Command::Launch(args) => {
             let subcommands = <Cli as clap::CommandFactory>::command()
                 .get_subcommands()

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod config;
+mod models;
 mod serve;
+pub use config::{parse, parse_from, ConfigError, ParseError};
+pub use models::{run_models, ModelsArgs};
 pub use serve::{run_serve, ParallelArg, ServeArgs};
 
 #[derive(Debug, Parser)]
@@ -17,7 +21,7 @@ pub use serve::{run_serve, ParallelArg, ServeArgs};
 )]
 pub struct Cli {
     /// Log line format on stderr (filter with RUST_LOG, default `info`).
-    #[arg(long, global = true, env = "KOOKA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "KOOKA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = "Logging")]
     pub log_format: LogFormat,
 
     #[command(subcommand)]
@@ -40,8 +44,13 @@ pub enum Command {
     /// Generate text from a prompt with a local MLX model folder, streaming to stdout.
     Generate(GenerateArgs),
     /// Serve the model over OpenAI-compatible HTTP; with MLX_RANK / MLX_HOSTFILE set, as one
-    /// rank of a multi-rank run (rank 0 serves HTTP, the others follow it).
+    /// rank of a multi-rank run (rank 0 serves HTTP, the others follow it). Every flag can
+    /// also come from `--config FILE` (TOML) or a KOOKA_* variable: flag > variable > file.
     Serve(ServeArgs),
+    /// List the models this machine can serve (./models/* or the given folders, and the
+    /// Hugging Face cache) with size, architecture, quantization and context length; `pull
+    /// ORG/NAME` downloads one into the cache.
+    Models(ModelsArgs),
     /// Measure prefill and decode tokens/s on one prompt (what scripts/bench.py compares
     /// with mlx-lm).
     Bench(BenchArgs),

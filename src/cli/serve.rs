@@ -1,4 +1,5 @@
-//! `kooka serve`'s flags (HTTP, runtime limits, multi-rank) and its runner.
+//! `kooka serve`'s flags (model, HTTP and security, runtime limits, multi-rank; grouped so in
+//! `--help`, and settable from `--config FILE`, see [`super::config`]) and its runner.
 
 use std::path::PathBuf;
 
@@ -9,97 +10,186 @@ use super::ComputeDtypeArg;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file: keys are these flags' long names without `--`
+    /// (`max-running = 8`; `max_running` also works); a KOOKA_* variable or a flag on the
+    /// command line wins over the file (see kooka.example.toml).
+    #[arg(
+        long,
+        env = "KOOKA_CONFIG",
+        value_name = "FILE",
+        help_heading = "Configuration"
+    )]
+    pub config: Option<PathBuf>,
     /// Model folder, or a Hugging Face repo id (org/name) already in the local HF cache.
     #[arg(
         long,
         env = "KOOKA_MODEL",
-        default_value = "models/SmolLM2-135M-Instruct"
+        default_value = "models/SmolLM2-135M-Instruct",
+        help_heading = "Model"
     )]
     pub model: PathBuf,
-    #[arg(long, env = "KOOKA_HOST", default_value = "127.0.0.1")]
+    #[arg(
+        long,
+        env = "KOOKA_HOST",
+        default_value = "127.0.0.1",
+        help_heading = "HTTP and security"
+    )]
     pub host: String,
     /// 0 picks a free port (the bound address is printed on stdout).
-    #[arg(long, env = "KOOKA_PORT", default_value_t = 8080)]
+    #[arg(
+        long,
+        env = "KOOKA_PORT",
+        default_value_t = 8080,
+        help_heading = "HTTP and security"
+    )]
     pub port: u16,
     /// Larger request bodies are refused with 413.
-    #[arg(long, env = "KOOKA_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    #[arg(long, env = "KOOKA_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024, help_heading = "HTTP and security")]
     pub max_body_bytes: usize,
     /// HTTP worker threads (they parse, template and tokenize; the model has its own thread).
-    #[arg(long, env = "KOOKA_HTTP_WORKERS", default_value_t = 2)]
+    #[arg(
+        long,
+        env = "KOOKA_HTTP_WORKERS",
+        default_value_t = 2,
+        help_heading = "HTTP and security"
+    )]
     pub http_workers: usize,
     /// Requests generating at once (prefilling or decoding in one batch); more wait.
-    #[arg(long, env = "KOOKA_MAX_RUNNING", default_value_t = 64)]
+    #[arg(
+        long,
+        env = "KOOKA_MAX_RUNNING",
+        default_value_t = 64,
+        help_heading = "Runtime limits"
+    )]
     pub max_running: usize,
     /// Requests waiting to start; beyond it a request gets 429 with Retry-After.
-    #[arg(long, env = "KOOKA_MAX_QUEUE", default_value_t = 256)]
+    #[arg(
+        long,
+        env = "KOOKA_MAX_QUEUE",
+        default_value_t = 256,
+        help_heading = "Runtime limits"
+    )]
     pub max_queue: usize,
     /// Seconds a request may wait to start; then it gets 429 with Retry-After.
-    #[arg(long, env = "KOOKA_QUEUE_TIMEOUT", default_value_t = 600)]
+    #[arg(
+        long,
+        env = "KOOKA_QUEUE_TIMEOUT",
+        default_value_t = 600,
+        help_heading = "Runtime limits"
+    )]
     pub queue_timeout: u64,
     /// KV cache memory that admission hands out, in bytes [default: 40% of the memory the
     /// weights leave]. A request reserves prompt + max_tokens positions; a prompt that can
     /// never fit gets 400.
-    #[arg(long, env = "KOOKA_KV_CACHE_BYTES")]
+    #[arg(long, env = "KOOKA_KV_CACHE_BYTES", help_heading = "Runtime limits")]
     pub kv_cache_bytes: Option<usize>,
     /// Prefix (prompt) cache budget in bytes; 0 turns it off [default: 20% of the memory the
     /// weights leave].
-    #[arg(long, env = "KOOKA_PROMPT_CACHE_BYTES")]
+    #[arg(
+        long,
+        env = "KOOKA_PROMPT_CACHE_BYTES",
+        help_heading = "Runtime limits"
+    )]
     pub prompt_cache_bytes: Option<usize>,
     /// Prompt tokens read per scheduler step: each step also gives every running stream one
     /// token, so this bounds how long a long prompt stalls them [default: 512 on the CPU
     /// backend, 2048 on a GPU].
-    #[arg(long, env = "KOOKA_PREFILL_CHUNK")]
+    #[arg(long, env = "KOOKA_PREFILL_CHUNK", help_heading = "Runtime limits")]
     pub prefill_chunk: Option<usize>,
-    #[arg(long, env = "KOOKA_COMPUTE_DTYPE", value_enum, default_value_t = ComputeDtypeArg::Auto)]
+    #[arg(long, env = "KOOKA_COMPUTE_DTYPE", value_enum, default_value_t = ComputeDtypeArg::Auto, help_heading = "Model")]
     pub compute_dtype: ComputeDtypeArg,
     /// Require this key on inference routes (`Authorization: Bearer KEY` or `x-api-key`);
     /// `/health` stays public. Visible in `ps`: prefer `--api-key-file` or KOOKA_API_KEY.
-    #[arg(long, env = "KOOKA_API_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "KOOKA_API_KEY",
+        hide_env_values = true,
+        help_heading = "HTTP and security"
+    )]
     pub api_key: Option<String>,
     /// Read API keys from this file, one per line (blank lines and `#` comments skipped);
     /// any of them is accepted, together with `--api-key`.
-    #[arg(long, env = "KOOKA_API_KEY_FILE")]
+    #[arg(long, env = "KOOKA_API_KEY_FILE", help_heading = "HTTP and security")]
     pub api_key_file: Option<PathBuf>,
     /// Origins whose pages may call the server (CORS), comma-separated; `*` allows any
     /// [default: without an API key, loopback pages only (http://localhost:*, 127.0.0.1,
     /// [::1]); with one, any].
-    #[arg(long, env = "KOOKA_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "KOOKA_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        help_heading = "HTTP and security"
+    )]
     pub allowed_origins: Option<Vec<String>>,
     /// Host names requests may be addressed to besides loopback names and IP addresses
     /// (`.example.com` also allows its subdomains), comma-separated; `*` allows any
     /// [default: without an API key, none (protection against DNS rebinding); with one, any].
-    #[arg(long, env = "KOOKA_ALLOWED_HOSTS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "KOOKA_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        help_heading = "HTTP and security"
+    )]
     pub allowed_hosts: Option<Vec<String>>,
     /// Seconds a request body may take to arrive once its headers have; a slower one gets
     /// 408 and its connection is closed.
-    #[arg(long, env = "KOOKA_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "KOOKA_BODY_TIMEOUT_SECS",
+        default_value_t = 30,
+        help_heading = "HTTP and security"
+    )]
     pub body_timeout_secs: u64,
     /// After SIGTERM or SIGINT: seconds requests in flight may still run before they are
     /// ended with an error (new ones get 503 at once). A second signal ends them at once.
-    #[arg(long, env = "KOOKA_SHUTDOWN_GRACE", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "KOOKA_SHUTDOWN_GRACE",
+        default_value_t = 30,
+        help_heading = "Runtime limits"
+    )]
     pub shutdown_grace: u64,
     /// `/health` answers 503 `stuck` while one engine step has run longer than this many
     /// seconds (a step is one prefill chunk plus one token for every running stream).
-    #[arg(long, env = "KOOKA_HEALTH_STUCK_SECS", default_value_t = 120)]
+    #[arg(
+        long,
+        env = "KOOKA_HEALTH_STUCK_SECS",
+        default_value_t = 120,
+        help_heading = "Runtime limits"
+    )]
     pub health_stuck_secs: u64,
     /// Stream each OpenAI chat tool call's arguments as they are generated; by default a
     /// call is sent whole in one delta once it is complete (as kooka-server and mlx-lm do).
-    #[arg(long, env = "KOOKA_INCREMENTAL_TOOL_CALLS")]
+    #[arg(
+        long,
+        env = "KOOKA_INCREMENTAL_TOOL_CALLS",
+        help_heading = "HTTP and security"
+    )]
     pub incremental_tool_calls: bool,
     /// Multi-rank runs (MLX_RANK and MLX_HOSTFILE set, by `kooka launch` or mlx.launch):
     /// how the model is split over the ranks. Use the same flags on every rank.
-    #[arg(long, env = "KOOKA_PARALLEL", value_enum, default_value_t = ParallelArg::Pipeline)]
+    #[arg(long, env = "KOOKA_PARALLEL", value_enum, default_value_t = ParallelArg::Pipeline, help_heading = "Multi-rank")]
     pub parallel: ParallelArg,
     /// Pipeline: layers per rank in rank order (e.g. 25,37), summing to the model's layer
     /// count; default an even split.
-    #[arg(long, env = "KOOKA_PIPELINE_SPLIT", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "KOOKA_PIPELINE_SPLIT",
+        value_delimiter = ',',
+        help_heading = "Multi-rank"
+    )]
     pub pipeline_split: Option<Vec<usize>>,
     /// Multi-rank: rank 0's control-plane port (default: one above the highest port in
     /// MLX_HOSTFILE).
-    #[arg(long, env = "KOOKA_CONTROL_PORT")]
+    #[arg(long, env = "KOOKA_CONTROL_PORT", help_heading = "Multi-rank")]
     pub control_port: Option<u16>,
     /// Multi-rank: every rank must join and load its shard within this many seconds.
-    #[arg(long, env = "KOOKA_STARTUP_TIMEOUT_SECS", default_value_t = 300)]
+    #[arg(
+        long,
+        env = "KOOKA_STARTUP_TIMEOUT_SECS",
+        default_value_t = 300,
+        help_heading = "Multi-rank"
+    )]
     pub startup_timeout_secs: u64,
 }
 

@@ -16,7 +16,6 @@ pub mod tensors;
 pub mod tokenizer;
 
 use std::fmt;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -26,6 +25,8 @@ use folder::QuantMap;
 use gguf::GgufFile;
 use tensors::Kind;
 use tokenizer::Vocab;
+
+use crate::progress::{Progress, Unit};
 
 pub struct ConvertOptions {
     pub from_gguf: PathBuf,
@@ -172,30 +173,19 @@ pub fn convert(options: &ConvertOptions) -> Result<ConvertSummary, ConvertError>
     let parts: Vec<_> = plans.iter().flat_map(|p| &p.parts).collect();
     let mut writer =
         st_writer::StWriter::create(&folder::temp_path(dir, "model.safetensors"), &parts)?;
-    let bar = (options.progress && std::io::stderr().is_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::new(plans.len() as u64);
-        if let Ok(style) =
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {msg}")
-        {
-            bar.set_style(style);
-        }
-        bar
-    });
+    let mut progress = match options.progress {
+        true => Progress::new("converting", plans.len() as u64, Unit::Items("tensors")),
+        false => Progress::hidden(),
+    };
     for p in &plans {
-        if let Some(bar) = &bar {
-            bar.set_message(p.info.name.clone());
-        }
+        progress.set_message(&p.info.name);
         for bytes in tensors::convert(&g, p)? {
             writer.write(&bytes)?;
         }
-        if let Some(bar) = &bar {
-            bar.inc(1);
-        }
+        progress.inc(1);
     }
     writer.finish()?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    progress.finish();
     folder::commit(dir, "model.safetensors")?;
     folder::write_json(dir, "config.json", &config)?;
     folder::write_json(dir, "tokenizer.json", &tokenizer)?;

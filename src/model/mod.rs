@@ -22,6 +22,7 @@
 
 mod block;
 pub mod cache;
+pub mod catalog;
 pub mod config;
 #[cfg(target_os = "linux")]
 pub mod cpu_attention;
@@ -37,6 +38,7 @@ pub mod minimax;
 pub mod mixtral;
 mod mla;
 pub mod moe;
+pub mod pull;
 mod quant_ops;
 pub mod qwen3_moe;
 pub mod resolve;
@@ -286,24 +288,20 @@ fn load_hybrid(
     Ok(Box::new(model))
 }
 
-/// Evaluates (reads, and converts per the weight policy) every weight, with a progress bar on
-/// a terminal when the model is big enough for the wait to be noticeable.
+/// Evaluates (reads, and converts per the weight policy) every weight, with progress (a bar
+/// on a terminal, log lines otherwise) when the model is big enough for the wait to be
+/// noticeable.
 fn eval_with_progress(params: Vec<&Array>) -> Result<()> {
-    use std::io::IsTerminal;
+    use crate::progress::{Progress, Unit};
     let total: usize = params.iter().map(|a| a.nbytes()).sum();
-    let bar = if std::io::stderr().is_terminal() && total > (512 << 20) {
-        let style = indicatif::ProgressStyle::with_template(
-            "loading weights {bar:40} {bytes}/{total_bytes} ({eta})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-        indicatif::ProgressBar::new(total as u64).with_style(style)
-    } else {
-        indicatif::ProgressBar::hidden()
+    let mut progress = match total > (512 << 20) {
+        true => Progress::new("loading weights", total as u64, Unit::Bytes),
+        false => Progress::hidden(),
     };
     for chunk in params.chunks(16) {
         mlx_rs::transforms::eval(chunk.iter().copied())?;
-        bar.inc(chunk.iter().map(|a| a.nbytes() as u64).sum());
+        progress.inc(chunk.iter().map(|a| a.nbytes() as u64).sum());
     }
-    bar.finish_and_clear();
+    progress.finish();
     Ok(())
 }

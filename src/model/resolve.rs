@@ -1,5 +1,6 @@
 //! `--model` accepts a folder or a Hugging Face repo id (`org/name`) already in the local
-//! Hugging Face cache. kooka never downloads: with no network this only reads the cache.
+//! Hugging Face cache. Serving never downloads (only `kooka models pull` does, see
+//! [`super::pull`]): this only reads the cache.
 //!
 //! Cache layout (what `huggingface_hub` writes): `<cache>/models--ORG--NAME/refs/main` holds a
 //! revision hash, and `<cache>/models--ORG--NAME/snapshots/<hash>/` the files. `<cache>` is
@@ -33,8 +34,8 @@ pub fn resolve_model(spec: &Path, cache: &Path) -> Result<PathBuf> {
     let text = spec.to_string_lossy();
     let not_found = |why: &str| {
         ModelError::ModelNotFound(format!(
-            "model {text:?} not found: it is not a folder{why} (kooka does not download models; \
-             fetch it with `huggingface-cli download {text}` or pass a model folder)"
+            "model {text:?} not found: it is not a folder{why} (serving does not download \
+             models; fetch it with `kooka models pull ORG/NAME` or pass a model folder)"
         ))
     };
     let Some((org, name)) = text
@@ -58,6 +59,21 @@ pub fn resolve_model(spec: &Path, cache: &Path) -> Result<PathBuf> {
             cache.display()
         ))
     })
+}
+
+/// The id a server of folder `dir` lists at `/v1/models`: `ORG/NAME` for a snapshot of the
+/// Hugging Face cache (`.../models--ORG--NAME/snapshots/<hash>`), the folder's name otherwise.
+/// `kooka models` shows the same id.
+pub fn served_id(dir: &Path) -> String {
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let repo = dir
+        .parent()
+        .filter(|p| name(p).as_deref() == Some("snapshots"))
+        .and_then(Path::parent)
+        .and_then(name)
+        .and_then(|n| n.strip_prefix("models--").map(|r| r.replacen("--", "/", 1)));
+    repo.or_else(|| name(dir))
+        .unwrap_or_else(|| dir.display().to_string())
 }
 
 fn newest_dir(dir: &Path) -> Option<PathBuf> {
@@ -99,14 +115,24 @@ mod tests {
     }
 
     #[test]
+    fn served_ids_name_cached_repos_by_repo_id() {
+        let snapshot = Path::new("/c/hub/models--mlx-community--Qwen3-4B-4bit/snapshots/abc");
+        assert_eq!(served_id(snapshot), "mlx-community/Qwen3-4B-4bit");
+        assert_eq!(
+            served_id(Path::new("models/SmolLM2-135M-Instruct")),
+            "SmolLM2-135M-Instruct"
+        );
+        assert_eq!(served_id(Path::new("/x/snapshots/abc")), "abc");
+    }
+
+    #[test]
     fn a_missing_model_says_where_it_looked() {
         let cache = scratch("empty");
         let err = resolve_model(Path::new("org/absent"), &cache)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("not in the Hugging Face cache")
-                && err.contains("huggingface-cli download org/absent"),
+            err.contains("not in the Hugging Face cache") && err.contains("kooka models pull"),
             "{err}"
         );
         let err = resolve_model(Path::new("no/such/path"), &cache)

@@ -21,7 +21,7 @@ pub mod responses;
 pub mod tool_prompt;
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -180,12 +180,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(post("/responses", responses::responses));
 }
 
-fn model_id(dir: &Path) -> String {
-    dir.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| dir.display().to_string())
-}
-
 /// Loads the model (on its own thread), then serves on `listener` until the process is
 /// stopped. Prints `kooka: listening on http://ADDR` on stdout once requests can be served.
 pub fn run(listener: TcpListener, config: ServeConfig) -> Result<(), ServeError> {
@@ -227,7 +221,7 @@ pub fn run_ranked(
     let mut aliases = config.aliases.clone();
     aliases.push(dir.display().to_string());
     let state = web::Data::new(AppState {
-        model_id: model_id(dir),
+        model_id: crate::model::resolve::served_id(dir),
         aliases,
         created: http::unix_now(),
         template,

@@ -34,16 +34,25 @@ pub fn start() -> Server {
 }
 
 pub fn start_with(extra: &[&str]) -> Server {
+    start_with_env(extra, &[])
+}
+
+/// [`start_with`] with more environment variables; `extra` may name its own `--model`.
+pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
     let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(MODEL);
     assert!(
         model.join("config.json").exists(),
         "{} is missing: run scripts/setup.sh",
         model.display()
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kooka"))
-        .args(["serve", "--port", "0", "--model"])
-        .arg(&model)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kooka"));
+    cmd.args(["serve", "--port", "0"]);
+    if !extra.contains(&"--model") {
+        cmd.arg("--model").arg(&model);
+    }
+    let mut child = cmd
         .args(extra)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -208,6 +208,17 @@ fn metrics_count_requests_tokens_and_the_prefix_cache() {
     assert_eq!(r.status, 200);
     assert_eq!(header(&r, "x-request-id").map(str::len), Some(16));
 
+    // The scheduler publishes its gauges after the step that sent a reply's last token, so
+    // a reply can arrive a moment before `running` drops: wait for it (through /health).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let h = request(addr, "GET", "/health", b"").json();
+        if h["runtime"]["running"] == 0 && h["runtime"]["waiting"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running: {h}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let after = scrape(addr, "");
     let delta = |name: &str, labels: &[(&str, &str)]| {
         value(&after, name, labels) - value(&before, name, labels)

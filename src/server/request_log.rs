@@ -25,7 +25,7 @@ use actix_web::http::header::{HeaderName, HeaderValue, ACCESS_CONTROL_EXPOSE_HEA
 use actix_web::middleware::Next;
 use actix_web::web::{self, Bytes};
 use actix_web::HttpMessage;
-use tracing::{info, info_span, Instrument, Span};
+use tracing::{info_span, Instrument, Span};
 
 use super::AppState;
 use crate::metrics::{Metrics, Route, RouteStatus};
@@ -225,19 +225,31 @@ impl Drop for Finish {
         }
         let generated = *lock(&self.slot);
         let _entered = self.span.enter();
-        info!(
-            id = %self.id,
-            method = %self.method,
-            route = %self.route,
-            status,
-            model = generated.and(self.model.as_deref()),
-            prompt_tokens = generated.map(|g| g.prompt_tokens as u64),
-            cached_tokens = generated.map(|g| g.cached_tokens as u64),
-            completion_tokens = generated.map(|g| g.completion_tokens as u64),
-            ttft_ms = generated.map(|g| millis(g.ttft)),
-            duration_ms = millis(took),
-            "request finished"
-        );
+        // Probes (load balancers, Prometheus) poll every few seconds: their successes at debug.
+        let probe = matches!(self.route.as_str(), "/health" | "/metrics") && status < 400;
+        macro_rules! finished {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    id = %self.id,
+                    method = %self.method,
+                    route = %self.route,
+                    status,
+                    model = generated.and(self.model.as_deref()),
+                    prompt_tokens = generated.map(|g| g.prompt_tokens as u64),
+                    cached_tokens = generated.map(|g| g.cached_tokens as u64),
+                    completion_tokens = generated.map(|g| g.completion_tokens as u64),
+                    ttft_ms = generated.map(|g| millis(g.ttft)),
+                    duration_ms = millis(took),
+                    "request finished"
+                )
+            };
+        }
+        if probe {
+            finished!(tracing::Level::DEBUG);
+        } else {
+            finished!(tracing::Level::INFO);
+        }
     }
 }
 

@@ -402,6 +402,36 @@ fn two_pipeline_ranks_answer_exactly_like_one() {
         );
     }
 
+    // /metrics: rank 1 reports (in its heartbeat answers) as many steps as rank 0 ran, and
+    // the control plane's round trip to it.
+    let sample = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, text) = request(&addr, "GET", "/metrics", "");
+        assert_eq!(status, 200, "{text}");
+        let rank0 = sample(
+            &text,
+            "kooka_engine_step_duration_seconds_count{rank=\"0\"}",
+        );
+        let rank1 = sample(&text, "kooka_rank_steps_total{rank=\"1\"}");
+        let rtt = sample(&text, "kooka_control_rtt_seconds{rank=\"1\"}");
+        if rank0.is_some() && rank0 == rank1 {
+            let rtt = rtt.expect("kooka_control_rtt_seconds for rank 1");
+            assert!(rtt > 0.0 && rtt < 1.0, "round trip {rtt} s");
+            let busy = sample(&text, "kooka_rank_step_time_seconds_total{rank=\"1\"}").unwrap();
+            assert!(busy > 0.0, "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rank 1 steps {rank1:?} never matched rank 0's {rank0:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // A normal stop reaches every rank: both exit 0.
     r0.signal("-TERM");
     assert!(

@@ -114,6 +114,15 @@ mod tests {
             Message::Op(Op::Cancel { seq: 3 }),
             Message::Op(Op::Shutdown),
             Message::Heartbeat,
+            Message::Ping { sent_us: 12_345 },
+            Message::Pong {
+                sent_us: 12_345,
+                steps: crate::cluster::protocol::StepTimes {
+                    count: 3,
+                    total_us: 9_000,
+                    last_us: 2_500,
+                },
+            },
             Message::Failed {
                 reason: "oom".into(),
             },

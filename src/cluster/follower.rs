@@ -9,18 +9,22 @@
 //!   this thread, since the MLX thread may be blocked in a collective that will never
 //!   finish;
 //! - `kooka-ctl-beat` sends heartbeats, from before the (possibly long) load onwards.
+//!
+//! Rank 0's heartbeats are `Ping`s: the reader answers each at once with a `Pong` that
+//! carries this rank's step times ([`StepClock`], written by the MLX thread), which rank 0
+//! turns into the round trip and per-rank step metrics.
 
 use std::collections::HashMap;
 use std::net::TcpStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use tracing::{debug, error, info, warn};
 
 use super::codec::{read_message, write_message};
-use super::protocol::{Message, Op};
+use super::protocol::{Message, Op, StepTimes};
 use super::replicated::{apply, Applied};
 use super::{net, shard, ClusterConfig, ClusterError};
 use crate::constrain::Constrainer;
@@ -63,12 +67,19 @@ pub fn run(config: &ClusterConfig, dir: &Path, dtype: ComputeDtype) -> Result<()
             .map_err(io("cloning the control connection"))?,
     ));
     let stopping = Arc::new(AtomicBool::new(false));
+    let clock = Arc::new(StepClock::default());
     let (ops_tx, ops_rx) = mpsc::channel();
     {
         let (stopping, timeout) = (stopping.clone(), config.timing.peer_timeout);
+        let reader = Reader {
+            rank,
+            ops: ops_tx,
+            writer: writer.clone(),
+            clock: clock.clone(),
+        };
         std::thread::Builder::new()
             .name("kooka-ctl-read".into())
-            .spawn(move || read_loop(rank, stream, ops_tx, &stopping, timeout))
+            .spawn(move || read_loop(reader, stream, &stopping, timeout))
             .map_err(io("starting the control reader"))?;
     }
     {
@@ -91,7 +102,7 @@ pub fn run(config: &ClusterConfig, dir: &Path, dtype: ComputeDtype) -> Result<()
             .map_err(io("starting the heartbeat thread"))?;
     }
 
-    let result = follow(config, dir, dtype, &writer, &ops_rx);
+    let result = follow(config, dir, dtype, &writer, &ops_rx, &clock);
     if let Err(e) = &result {
         let reason = e.to_string();
         error!(rank, "{reason}");
@@ -107,6 +118,7 @@ fn follow(
     dtype: ComputeDtype,
     writer: &Mutex<TcpStream>,
     ops: &mpsc::Receiver<Op>,
+    clock: &StepClock,
 ) -> Result<(), ClusterError> {
     let (model, shard) = shard::load(dir, dtype, config)?;
     let mut engine = Engine::new(model);
@@ -136,7 +148,12 @@ fn follow(
     // The reader thread exits the process when rank 0 goes away, so the channel only
     // closes after a Shutdown.
     while let Ok(op) = ops.recv() {
-        match apply(&mut engine, op)? {
+        let started = (op == Op::Step).then(Instant::now);
+        let applied = apply(&mut engine, op)?;
+        if let Some(started) = started {
+            clock.record(started.elapsed());
+        }
+        match applied {
             Applied::Added(seq) => {
                 debug!(seq, "follower: sequence added");
                 live.insert(seq, 0);
@@ -173,16 +190,62 @@ fn follow(
     Ok(())
 }
 
-fn read_loop(
+/// This rank's engine steps, written by the MLX thread, read by the control reader.
+#[derive(Debug, Default)]
+struct StepClock {
+    count: AtomicU64,
+    total_us: AtomicU64,
+    last_us: AtomicU64,
+}
+
+impl StepClock {
+    fn record(&self, took: std::time::Duration) {
+        let us = took.as_micros() as u64;
+        self.last_us.store(us, Ordering::Relaxed);
+        self.total_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> StepTimes {
+        StepTimes {
+            count: self.count.load(Ordering::Relaxed),
+            total_us: self.total_us.load(Ordering::Relaxed),
+            last_us: self.last_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What the control reader needs besides the connection.
+struct Reader {
     rank: usize,
-    mut stream: TcpStream,
     ops: mpsc::Sender<Op>,
+    writer: Arc<Mutex<TcpStream>>,
+    clock: Arc<StepClock>,
+}
+
+fn read_loop(
+    reader: Reader,
+    mut stream: TcpStream,
     stopping: &AtomicBool,
     timeout: std::time::Duration,
 ) {
+    let Reader {
+        rank,
+        ops,
+        writer,
+        clock,
+    } = reader;
     loop {
         match read_message(&mut stream) {
             Ok(Message::Heartbeat) => {}
+            Ok(Message::Ping { sent_us }) => {
+                let pong = Message::Pong {
+                    sent_us,
+                    steps: clock.read(),
+                };
+                // A failed write shows up as a lost rank 0 on the next read or heartbeat.
+                let _ = write_message(&mut *lock(&writer), &pong);
+            }
             Ok(Message::Op(op)) => {
                 let last = op == Op::Shutdown;
                 if last {

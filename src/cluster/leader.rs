@@ -54,6 +54,8 @@ struct Inner {
     /// The normal stop's progress, for [`Leader::shutdown`] to wait on.
     goodbye: (Mutex<Goodbye>, Condvar),
     hooks: Mutex<Vec<FailureHook>>,
+    /// `Ping`s carry microseconds since this instant; their `Pong`s give the round trip.
+    epoch: Instant,
 }
 
 /// How far a normal stop has got.
@@ -102,6 +104,7 @@ impl Leader {
                 stopping: AtomicBool::new(false),
                 goodbye: (Mutex::new(Goodbye::default()), Condvar::new()),
                 hooks: Mutex::new(Vec::new()),
+                epoch: Instant::now(),
             }),
         };
         // Heartbeats (and the reader of each follower) start as soon as it joins: an early
@@ -352,6 +355,12 @@ impl Leader {
         loop {
             let reason = match read_message(&mut stream) {
                 Ok(Message::Heartbeat) => continue,
+                Ok(Message::Pong { sent_us, steps }) => {
+                    let now_us = self.inner.epoch.elapsed().as_micros() as u64;
+                    let rtt = Duration::from_micros(now_us.saturating_sub(sent_us));
+                    self.inner.status.set_timing(rank, rtt, steps);
+                    continue;
+                }
                 Ok(Message::Ready { shard }) => {
                     info!(rank, %shard, "rank ready");
                     self.inner.status.set(rank, RankState::Ready, Some(shard));
@@ -378,13 +387,14 @@ impl Leader {
     }
 
     fn heartbeat_loop(&self) {
-        let frame = codec::encode(&Message::Heartbeat).unwrap_or_default();
         let inner = &self.inner;
         loop {
             std::thread::sleep(inner.config.timing.heartbeat);
             if inner.stopping.load(Ordering::SeqCst) || inner.failed.load(Ordering::SeqCst) {
                 return;
             }
+            let sent_us = inner.epoch.elapsed().as_micros() as u64;
+            let frame = codec::encode(&Message::Ping { sent_us }).unwrap_or_default();
             for peer in self.peers() {
                 let sent = {
                     let mut w = peer.writer.lock().unwrap_or_else(|e| e.into_inner());

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{EngineConfig, SeqId, SequenceRequest};
 
 /// Bump on any change to [`Message`] or the framing.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// `KOOKA-CP` then the version, big-endian: 12 bytes each side sends first.
 pub const MAGIC: [u8; 8] = *b"KOOKA-CP";
@@ -99,6 +99,16 @@ pub enum Op {
     Shutdown,
 }
 
+/// A rank's engine steps so far: a follower's, reported in every `Pong`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTimes {
+    pub count: u64,
+    /// All steps together, in microseconds.
+    pub total_us: u64,
+    /// The last step, in microseconds.
+    pub last_us: u64,
+}
+
 /// Everything that crosses a control connection after the preamble.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
@@ -112,8 +122,13 @@ pub enum Message {
     Ready { shard: String },
     /// rank 0 -> follower: the next operation.
     Op(Op),
-    /// Both ways, every heartbeat interval, so a silent peer is noticed.
+    /// follower -> rank 0, every heartbeat interval, so a silent follower is noticed.
     Heartbeat,
+    /// rank 0 -> follower, every heartbeat interval (its heartbeat): answered at once with a
+    /// [`Message::Pong`] carrying `sent_us` back, so rank 0 measures the round trip.
+    Ping { sent_us: u64 },
+    /// follower -> rank 0: the answer to a `Ping`, with this rank's engine step times.
+    Pong { sent_us: u64, steps: StepTimes },
     /// follower -> rank 0: this rank hit an error and is exiting.
     Failed { reason: String },
     /// rank 0 -> follower: the run is over because of a failure elsewhere; exit non-zero.

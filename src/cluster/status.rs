@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::protocol::StepTimes;
+
 /// One rank's lifecycle as rank 0 sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "state", content = "reason")]
@@ -31,6 +33,12 @@ pub struct RankStatus {
     pub shard: Option<String>,
     #[serde(flatten)]
     pub state: RankState,
+    /// A follower's last control-plane round trip (rank 0 -> rank -> rank 0), once measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_rtt_us: Option<u64>,
+    /// A follower's engine steps so far (as of its last `Pong`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<StepTimes>,
 }
 
 /// A consistent copy of every rank's status.
@@ -68,6 +76,8 @@ impl ClusterStatus {
                     .map(|(ip, _)| ip.to_string())
                     .unwrap_or_default(),
                 shard: None,
+                control_rtt_us: None,
+                steps: None,
                 state: if rank == 0 {
                     RankState::Loading
                 } else {
@@ -126,6 +136,14 @@ impl ClusterStatus {
         }
         drop(ranks);
         self.changed.notify_all();
+    }
+
+    /// A follower's round trip and step times, from its answer to a `Ping`.
+    pub fn set_timing(&self, rank: usize, rtt: std::time::Duration, steps: StepTimes) {
+        if let Some(r) = self.lock().get_mut(rank) {
+            r.control_rtt_us = Some(rtt.as_micros() as u64);
+            r.steps = Some(steps);
+        }
     }
 
     /// Blocks until `done` holds for the ranks, a rank is lost (`Err` with it), or the

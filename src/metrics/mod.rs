@@ -11,7 +11,10 @@
 //! - `status.rs`: gauges and the prefix cache's counters read at scrape time from the
 //!   [`RuntimeStatus`] snapshot the worker publishes after every round (the same one
 //!   `/health` reports, MLX memory included).
+//! - `ranks.rs`: a multi-rank run's follower timings (control-plane round trip, engine
+//!   steps), read at scrape time from the cluster status.
 
+mod ranks;
 mod status;
 
 use std::sync::{Arc, Mutex};
@@ -24,6 +27,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::cluster::RankStatus;
 use crate::runtime::RuntimeStatus;
 
 /// The `Content-Type` of [`Metrics::render`]'s text.
@@ -97,6 +101,8 @@ pub struct Metrics {
     registry: Registry,
     /// The runtime snapshot of the scrape in progress (read by `status.rs`'s collector).
     status: Arc<Mutex<RuntimeStatus>>,
+    /// The ranks of the scrape in progress (empty on one rank; read by `ranks.rs`).
+    ranks: Arc<Mutex<Vec<RankStatus>>>,
     /// One scrape at a time: the snapshot above belongs to it.
     scrape: Mutex<()>,
     pub http: HttpMetrics,
@@ -184,19 +190,24 @@ impl Metrics {
             generation.step_duration.clone(),
         );
         registry.register_collector(Box::new(status::StatusCollector(status.clone())));
+        let ranks = Arc::new(Mutex::new(Vec::new()));
+        registry.register_collector(Box::new(ranks::RankCollector(ranks.clone())));
         Metrics {
             registry,
             status,
+            ranks,
             scrape: Mutex::new(()),
             http,
             generation,
         }
     }
 
-    /// The exposition text, with the gauges read from `status`.
-    pub fn render(&self, status: &RuntimeStatus) -> String {
+    /// The exposition text, with the gauges read from `status` and, in a multi-rank run,
+    /// the followers' timings from `ranks`.
+    pub fn render(&self, status: &RuntimeStatus, ranks: Vec<RankStatus>) -> String {
         let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = *status;
+        *self.ranks.lock().unwrap_or_else(|e| e.into_inner()) = ranks;
         let mut out = String::new();
         // Writing into a String cannot fail; an encoder error would be a bug in a metric.
         if let Err(e) =
@@ -255,7 +266,7 @@ mod tests {
             kv_budget_tokens: 1000,
             ..Default::default()
         };
-        let text = m.render(&status);
+        let text = m.render(&status, Vec::new());
         assert_eq!(
             value(
                 &text,

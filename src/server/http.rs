@@ -66,7 +66,12 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
 /// `GET /metrics`: the Prometheus text exposition of [`crate::metrics`] (behind the API key
 /// when one is set, as the inference routes are).
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let text = state.metrics.render(&state.runtime.status());
+    let ranks = state
+        .cluster
+        .as_ref()
+        .map(|c| c.snapshot().ranks)
+        .unwrap_or_default();
+    let text = state.metrics.render(&state.runtime.status(), ranks);
     HttpResponse::Ok()
         .content_type(crate::metrics::CONTENT_TYPE)
         .body(text)

@@ -91,6 +91,23 @@ pub struct ServeArgs {
         help_heading = "Runtime limits"
     )]
     pub prompt_cache_bytes: Option<usize>,
+    /// Keep the prefix cache on disk too, in this folder (one subfolder per model and rank):
+    /// sequences outlive restarts and memory evictions. Off by default.
+    #[arg(
+        long,
+        env = "KOOKA_PROMPT_CACHE_DIR",
+        value_name = "DIR",
+        help_heading = "Runtime limits"
+    )]
+    pub prompt_cache_dir: Option<PathBuf>,
+    /// The disk prompt cache's budget in bytes; least recently used blocks go beyond it
+    /// [default: half the free space of its file system when the server starts, at most 64 GiB].
+    #[arg(
+        long,
+        env = "KOOKA_PROMPT_CACHE_DISK_BYTES",
+        help_heading = "Runtime limits"
+    )]
+    pub prompt_cache_disk_bytes: Option<u64>,
     /// Prompt tokens read per scheduler step: each step also gives every running stream one
     /// token, so this bounds how long a long prompt stalls them [default: 512 on the CPU
     /// backend, 2048 on a GPU].
@@ -219,9 +236,14 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         std::time::Duration::from_secs(args.startup_timeout_secs),
         &dir,
     )?;
+    let disk_cache = args
+        .prompt_cache_dir
+        .as_deref()
+        .map(|d| disk_cache_config(d, args.prompt_cache_disk_bytes))
+        .transpose()?;
     if let Some(cluster) = cluster.as_ref().filter(|c| c.rank > 0) {
         // Only rank 0 serves HTTP; the others follow its engine operations.
-        crate::cluster::follower::run(cluster, &dir, args.compute_dtype.into())
+        crate::cluster::follower::run(cluster, &dir, args.compute_dtype.into(), disk_cache.as_ref())
             .with_context(|| format!("rank {}", cluster.rank))?;
         return Ok(());
     }
@@ -244,6 +266,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             max_queue: args.max_queue,
             kv_cache_bytes: args.kv_cache_bytes,
             prompt_cache_bytes: args.prompt_cache_bytes,
+            disk_cache,
             prefill_chunk: args.prefill_chunk,
             queue_timeout: std::time::Duration::from_secs(args.queue_timeout.max(1)),
         },
@@ -255,6 +278,35 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("rank 0")?;
     crate::server::run_ranked(listener, config, leader)?;
     Ok(())
+}
+
+/// `--prompt-cache-dir` (created if missing) and its budget: the flag's, or half the free
+/// space of its file system (at most 64 GiB).
+fn disk_cache_config(
+    dir: &std::path::Path,
+    budget: Option<u64>,
+) -> anyhow::Result<crate::engine::DiskCacheConfig> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--prompt-cache-dir {}", dir.display()))?;
+    let budget_bytes = match budget {
+        Some(b) => b,
+        None => (free_bytes(dir).unwrap_or(0) / 2).min(64 << 30),
+    };
+    Ok(crate::engine::DiskCacheConfig {
+        dir: dir.to_path_buf(),
+        budget_bytes,
+        block_tokens: crate::engine::disk_cache::DEFAULT_BLOCK_TOKENS,
+    })
+}
+
+/// Free bytes of the file system holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a zeroed struct for the call to fill.
+    (unsafe { libc::statvfs(path.as_ptr(), &mut st) } == 0)
+        .then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// `--api-key` and the keys of `--api-key-file` (one per line, `#` comments skipped).

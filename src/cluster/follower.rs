@@ -28,13 +28,19 @@ use super::protocol::{Message, Op, StepTimes};
 use super::replicated::{apply, Applied};
 use super::{net, shard, ClusterConfig, ClusterError};
 use crate::constrain::Constrainer;
-use crate::engine::{Engine, SeqId};
+use crate::engine::disk_cache::open_for_model;
+use crate::engine::{DiskCacheConfig, Engine, SeqId};
 use crate::model::ComputeDtype;
 use crate::tokenizer::Tokenizer;
 
 /// Runs this rank until rank 0 shuts it down (`Ok`) or something fails (`Err`; a lost
 /// rank 0 exits the process with code 1 directly).
-pub fn run(config: &ClusterConfig, dir: &Path, dtype: ComputeDtype) -> Result<(), ClusterError> {
+pub fn run(
+    config: &ClusterConfig,
+    dir: &Path,
+    dtype: ComputeDtype,
+    disk_cache: Option<&DiskCacheConfig>,
+) -> Result<(), ClusterError> {
     let rank = config.rank;
     let deadline = Instant::now() + config.startup_timeout;
     info!(rank, control = %config.control, "connecting to rank 0");
@@ -102,7 +108,7 @@ pub fn run(config: &ClusterConfig, dir: &Path, dtype: ComputeDtype) -> Result<()
             .map_err(io("starting the heartbeat thread"))?;
     }
 
-    let result = follow(config, dir, dtype, &writer, &ops_rx, &clock);
+    let result = follow(config, (dir, dtype, disk_cache), &writer, &ops_rx, &clock);
     if let Err(e) = &result {
         let reason = e.to_string();
         error!(rank, "{reason}");
@@ -114,14 +120,16 @@ pub fn run(config: &ClusterConfig, dir: &Path, dtype: ComputeDtype) -> Result<()
 
 fn follow(
     config: &ClusterConfig,
-    dir: &Path,
-    dtype: ComputeDtype,
+    (dir, dtype, disk_cache): (&Path, ComputeDtype, Option<&DiskCacheConfig>),
     writer: &Mutex<TcpStream>,
     ops: &mpsc::Receiver<Op>,
     clock: &StepClock,
 ) -> Result<(), ClusterError> {
-    let (model, shard) = shard::load(dir, dtype, config)?;
+    let (model, shard, group) = shard::load(dir, dtype, config)?;
     let mut engine = Engine::new(model);
+    // This rank's own disk tier; with or without one it joins rank 0's lookups' agreement.
+    let disk = disk_cache.and_then(|c| open_for_model(c, dir, dtype, Some(&shard), config.rank));
+    engine.set_disk_cache(disk, Some(group));
     // Constrained requests need a matcher on every rank (all ranks sample); it is built
     // from the model's tokenizer, as on rank 0.
     match Tokenizer::load(dir)

@@ -19,6 +19,7 @@
 
 use std::net::TcpStream;
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use super::codec::{self, read_message};
 use super::protocol::{Message, Op};
 use super::status::{ClusterStatus, RankState};
 use super::{admission, net, shard, ClusterConfig, ClusterError};
+use crate::dist::Group;
 use crate::model::{ComputeDtype, LanguageModel, ModelError};
 
 type FailureHook = Box<dyn Fn(&str) + Send + Sync>;
@@ -174,15 +176,16 @@ impl Leader {
         self.inner.status.clone()
     }
 
-    /// Loads rank 0's shard (on the calling thread: the model thread) and marks rank 0 ready.
+    /// Loads rank 0's shard (on the calling thread: the model thread) and marks rank 0 ready;
+    /// returns it with what it holds (one line) and the group of every rank.
     pub fn load_model(
         &self,
         dir: &Path,
         dtype: ComputeDtype,
-    ) -> Result<Box<dyn LanguageModel>, ModelError> {
-        let (model, shard) = shard::load(dir, dtype, &self.inner.config)?;
-        self.inner.status.set(0, RankState::Ready, Some(shard));
-        Ok(model)
+    ) -> Result<(Box<dyn LanguageModel>, String, Rc<Group>), ModelError> {
+        let (model, shard, group) = shard::load(dir, dtype, &self.inner.config)?;
+        self.inner.status.set(0, RankState::Ready, Some(shard.clone()));
+        Ok((model, shard, group))
     }
 
     /// Blocks until every rank has loaded its shard, a rank is lost, or the startup

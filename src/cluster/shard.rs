@@ -26,12 +26,13 @@ impl From<&ParallelSpec> for ParallelMode {
     }
 }
 
-/// Joins the ring and loads this rank's shard; returns it and a one-line description.
+/// Joins the ring and loads this rank's shard; returns it, a one-line description and the
+/// group (the engine's disk tier agrees over it).
 pub fn load(
     dir: &Path,
     dtype: ComputeDtype,
     config: &ClusterConfig,
-) -> Result<(Box<dyn LanguageModel>, String), ModelError> {
+) -> Result<(Box<dyn LanguageModel>, String, Rc<Group>), ModelError> {
     let cfg = ModelConfig::load(dir)?;
     // Ring setup blocks without limit for a rank that never joins; the control plane has
     // already seen every rank, so this is the rare rank that died in between.
@@ -39,11 +40,12 @@ pub fn load(
     let group = Group::init(&config.topology, Backend::Ring)
         .map_err(|e| ModelError::Shard(format!("joining the MLX ring group: {e}")))?;
     watchdog.disarm();
+    let group = Rc::new(group);
     let shard = Shard {
         mode: (&config.parallel).into(),
-        group: Rc::new(group),
+        group: group.clone(),
     };
     let description = shard.describe(&cfg);
     let model = load_model_sharded(dir, dtype, Some(shard))?;
-    Ok((model, description))
+    Ok((model, description, group))
 }

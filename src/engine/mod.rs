@@ -31,19 +31,23 @@ mod batch;
 mod constrained;
 pub mod generate;
 mod prefill;
+pub mod disk_cache;
 mod prefix_cache;
 pub mod sampling;
 mod sequence;
 pub mod text;
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use mlx_rs::Array;
 
 use crate::constrain::{Constrainer, Grammar};
+use crate::dist::Group;
 use crate::model::{LanguageModel, LayerCache, ModelError, Result};
 use batch::Batch;
 use constrained::SeqConstraint;
+pub use disk_cache::{DiskCache, DiskCacheConfig, DiskCacheStats};
 use prefix_cache::PrefixCache;
 pub use prefix_cache::PrefixCacheStats;
 use sampling::{make_processors, Sampler, SamplingParams};
@@ -65,6 +69,9 @@ pub struct EngineConfig {
     /// such models batch and use the prefix cache; else rotating caches as mlx-lm's, one
     /// sequence per forward (bit-identical to mlx-lm, what `kooka generate` runs).
     pub windowed_caches: bool,
+    /// Rank 0 has a disk tier under its prefix cache: with several ranks, every rank's
+    /// lookups agree on one length (see [`disk_cache::agree`]).
+    pub disk_cache: bool,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +80,7 @@ impl Default for EngineConfig {
             prefill_chunk: 2048,
             prefix_cache_tokens: 0,
             windowed_caches: false,
+            disk_cache: false,
         }
     }
 }
@@ -107,6 +115,8 @@ pub struct EngineStatus {
     /// KV positions the decode batch holds (rows x longest row, padding included).
     pub batch_positions: usize,
     pub prefix_cache: PrefixCacheStats,
+    /// The disk tier under it (`--prompt-cache-dir`).
+    pub disk_cache: Option<DiskCacheStats>,
 }
 
 /// One generation request, plain data (it crosses the control plane as is).
@@ -178,6 +188,10 @@ pub struct Engine {
     /// would run its padding through the recurrence) and checkpoints are taken.
     recurrent: bool,
     prefix: Option<PrefixCache>,
+    /// The disk tier until a prefix cache takes it (see [`Engine::set_disk_cache`]).
+    disk: Option<DiskCache>,
+    /// The ranks of a sharded model (lookups with a disk tier agree over them).
+    ranks: Option<Rc<Group>>,
     next_id: SeqId,
     steps: u64,
     /// Compiles the grammars of constrained requests (the tokenizer's vocabulary as bytes).
@@ -198,6 +212,8 @@ impl Engine {
             batchable: false,
             recurrent: false,
             prefix: None,
+            disk: None,
+            ranks: None,
             next_id: 0,
             steps: 0,
             constrainer: None,
@@ -220,13 +236,31 @@ impl Engine {
         self.batchable = !fresh.iter().any(LayerCache::is_rotating);
         self.recurrent = fresh.iter().any(LayerCache::is_recurrent);
         let checkpoint_tokens = self.model.checkpoint_tokens();
-        self.prefix = (self.batchable && config.prefix_cache_tokens > 0).then(|| {
-            PrefixCache::with_checkpoints(
-                config.prefix_cache_tokens,
-                self.recurrent,
-                checkpoint_tokens,
-            )
-        });
+        if let Some(disk) = self.prefix.take().and_then(PrefixCache::into_disk) {
+            self.disk = Some(disk);
+        }
+        if self.batchable && config.prefix_cache_tokens > 0 {
+            let ranks = self.ranks.clone().filter(|_| config.disk_cache);
+            self.prefix = Some(
+                PrefixCache::with_checkpoints(
+                    config.prefix_cache_tokens,
+                    self.recurrent,
+                    checkpoint_tokens,
+                )
+                .with_disk(self.disk.take(), ranks),
+            );
+        } else if self.disk.is_some() {
+            tracing::warn!("the disk prompt cache needs the prefix cache (--prompt-cache-bytes > 0): off");
+        }
+    }
+
+    /// Puts a disk tier under the prefix cache (`disk`: this rank's, if it has one) and,
+    /// for a sharded model, the group whose ranks agree on what the disk serves. Call before
+    /// [`Engine::configure`] (rank 0: then set [`EngineConfig::disk_cache`]).
+    pub fn set_disk_cache(&mut self, disk: Option<DiskCache>, ranks: Option<Rc<Group>>) {
+        self.disk = disk;
+        self.ranks = ranks;
+        self.configure(self.config);
     }
 
     /// Fresh caches for one sequence, of the kind the settings ask for.
@@ -260,6 +294,7 @@ impl Engine {
                 .as_ref()
                 .map(PrefixCache::stats)
                 .unwrap_or_default(),
+            disk_cache: self.prefix.as_ref().and_then(PrefixCache::disk_stats),
         }
     }
 

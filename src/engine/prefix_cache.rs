@@ -10,7 +10,15 @@
 //! counted in tokens so that every rank of a sharded model (each holding other layers)
 //! makes the same decisions. MLX arrays are immutable, so concurrent sequences that start
 //! from the same entry share it safely.
+//!
+//! With a disk tier ([`DiskCache`], `serve --prompt-cache-dir`) under it, every sequence
+//! taken in is also written to disk, and a lookup that the disk serves further than memory
+//! reads its blocks back (and keeps them here as an entry).
 
+use std::rc::Rc;
+
+use super::disk_cache::{self, DiskCache, DiskCacheStats};
+use crate::dist::Group;
 use crate::model::cache::LayerRow;
 use crate::model::LayerCache;
 
@@ -69,6 +77,9 @@ pub(super) struct PrefixCache {
     checkpoint_tokens: usize,
     clock: u64,
     stats: PrefixCacheStats,
+    disk: Option<DiskCache>,
+    /// Several ranks with a disk tier: lookups agree on one length over this group.
+    ranks: Option<Rc<Group>>,
 }
 
 impl PrefixCache {
@@ -95,7 +106,56 @@ impl PrefixCache {
                 budget_tokens,
                 ..Default::default()
             },
+            disk: None,
+            ranks: None,
         }
+    }
+
+    /// Puts `disk` under this cache; `ranks`: the group every rank's lookups agree over
+    /// (each rank must have a disk tier configured, or pass `None` for `disk`).
+    pub fn with_disk(mut self, disk: Option<DiskCache>, ranks: Option<Rc<Group>>) -> Self {
+        self.disk = disk;
+        self.ranks = ranks;
+        self
+    }
+
+    pub fn into_disk(self) -> Option<DiskCache> {
+        self.disk
+    }
+
+    pub fn disk_stats(&self) -> Option<DiskCacheStats> {
+        self.disk.as_ref().map(DiskCache::stats)
+    }
+
+    /// The disk tier's resume point for `prompt` beyond `in_memory` positions, agreed over
+    /// the ranks: its length and this rank's rows (of at least that many positions).
+    fn from_disk(
+        &mut self,
+        prompt: &[u32],
+        limit: usize,
+        in_memory: usize,
+    ) -> crate::model::Result<Option<(usize, Vec<LayerRow>)>> {
+        if self.disk.is_none() && self.ranks.is_none() {
+            return Ok(None);
+        }
+        let recurrent = self.recurrent;
+        let mut loaded = None;
+        if let Some(disk) = self.disk.as_mut() {
+            match disk.best(prompt, limit, recurrent) {
+                Some(r) if r.tokens > in_memory => {
+                    loaded = disk.load(&r)?.map(|rows| (r.tokens, rows));
+                }
+                _ => disk.count_miss(),
+            }
+        }
+        let local = loaded.as_ref().map_or(0, |(n, _)| *n);
+        let agreed = match &self.ranks {
+            Some(group) => disk_cache::agree(group, local, recurrent)?,
+            None => local,
+        };
+        Ok(loaded
+            .filter(|_| agreed > in_memory)
+            .map(|(_, rows)| (agreed, rows)))
     }
 
     /// Caches for `prompt` holding its longest cached prefix (at most `prompt.len() - 1`
@@ -109,6 +169,25 @@ impl PrefixCache {
     ) -> crate::model::Result<Option<(Vec<LayerCache>, usize)>> {
         let limit = prompt.len().saturating_sub(1);
         let recurrent = self.recurrent;
+        let in_memory = self
+            .entries
+            .iter()
+            .filter_map(|e| e.resumable(common_prefix(&e.tokens, &prompt[..limit]), recurrent))
+            .max()
+            .unwrap_or(0);
+        if let Some((n, rows)) = self.from_disk(prompt, limit, in_memory)? {
+            let caches = rows
+                .iter()
+                .zip(fresh)
+                .map(|(row, like)| LayerCache::from_row(row, n as i32, like))
+                .collect::<crate::model::Result<Vec<_>>>()?;
+            if rows.iter().all(|r| !matches!(r, LayerRow::Kv(k, _) if k.dim(2) as usize != n)) {
+                self.insert(prompt[..n].to_vec(), rows);
+            }
+            self.stats.hits += 1;
+            self.stats.hit_tokens += n as u64;
+            return Ok(Some((caches, n)));
+        }
         let best = self
             .entries
             .iter()
@@ -250,6 +329,11 @@ impl PrefixCache {
             return Ok(());
         }
         mlx_rs::transforms::async_eval(layers.iter().flat_map(LayerRow::arrays))?;
+        if let Some(disk) = self.disk.as_mut() {
+            if let Err(e) = disk.store(&tokens[..n], &layers) {
+                tracing::warn!("prompt cache: not written to disk: {e}");
+            }
+        }
         self.insert(tokens[..n].to_vec(), layers);
         Ok(())
     }

@@ -115,22 +115,30 @@ pub(super) fn spawn(
             let system = System::new();
             let started = system.block_on(async move {
                 let loaded = match &leader {
-                    Some(leader) => leader.load_model(&dir, dtype),
-                    None => crate::model::load_model(&dir, dtype),
+                    Some(leader) => leader
+                        .load_model(&dir, dtype)
+                        .map(|(m, shard, group)| (m, Some((shard, group)))),
+                    None => crate::model::load_model(&dir, dtype).map(|m| (m, None)),
                 };
-                let model = match loaded {
+                let (model, shard) = match loaded {
                     Ok(model) => model,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return false;
                     }
                 };
-                let (info, engine_config) = budgets(model.as_ref(), &config);
+                let (info, mut engine_config) = budgets(model.as_ref(), &config);
+                let disk = config.disk_cache.as_ref().and_then(|c| {
+                    let described = shard.as_ref().map(|(s, _)| s.as_str());
+                    crate::engine::disk_cache::open_for_model(c, &dir, dtype, described, 0)
+                });
+                engine_config.disk_cache = disk.is_some();
                 let mut stop_ids = model.config().eos_ids();
                 stop_ids.extend(&tokenizer.eos_ids);
                 stop_ids.sort_unstable();
                 stop_ids.dedup();
-                let engine = Engine::with_config(model, engine_config);
+                let mut engine = Engine::with_config(model, engine_config);
+                engine.set_disk_cache(disk, shard.map(|(_, group)| group));
                 let mut engine = ReplicatedEngine::new(engine, leader);
                 // Constrained decoding (response_format, forced tool calls) masks logits with
                 // the vocabulary as bytes; without it such requests fail, others are unaffected.
@@ -211,6 +219,7 @@ fn budgets(model: &dyn LanguageModel, config: &RuntimeConfig) -> (ModelInfo, Eng
         prefix_cache_tokens: info.prefix_cache_tokens,
         // Serving batches sliding-window models too (gpt-oss, Mistral with windows).
         windowed_caches: true,
+        disk_cache: false,
     };
     (info, engine)
 }

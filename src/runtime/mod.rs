@@ -52,6 +52,8 @@ pub struct RuntimeConfig {
     pub kv_cache_bytes: Option<usize>,
     /// The prefix cache's budget; `None`: 20% of the memory the weights leave; 0: off.
     pub prompt_cache_bytes: Option<usize>,
+    /// The prefix cache's disk tier (`--prompt-cache-dir`); `None`: off.
+    pub disk_cache: Option<crate::engine::DiskCacheConfig>,
     /// Prompt tokens prefilled per engine step; `None`: 512 on the CPU backend, 2048 on a GPU.
     pub prefill_chunk: Option<usize>,
     /// A request still waiting to start after this long gets a 429.
@@ -65,6 +67,7 @@ impl Default for RuntimeConfig {
             max_queue: 256,
             kv_cache_bytes: None,
             prompt_cache_bytes: None,
+            disk_cache: None,
             prefill_chunk: None,
             queue_timeout: Duration::from_secs(600),
         }

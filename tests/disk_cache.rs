@@ -1,0 +1,220 @@
+//! The prefix cache's disk tier (`serve --prompt-cache-dir`) against the real binary: what
+//! one server wrote, a restarted one reads back (same output as a cold run); torn, corrupt
+//! and foreign files are misses, never a crash or wrong output; the folder keeps its budget.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::http::{request, start_with, Server};
+use serde_json::{json, Value};
+
+/// One server at a time: the machine has two cores.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A prompt of about 600 tokens (SmolLM2's tokenizer): two full blocks of 256 and a tail.
+fn prompt(topic: &str) -> String {
+    (0..60)
+        .map(|i| format!("Note {i} about {topic}: the numbers go up."))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn complete(server: &Server, prompt: &str) -> Value {
+    let body = json!({"prompt": prompt, "max_tokens": 8, "temperature": 0});
+    let r = request(&server.addr, "POST", "/v1/completions", body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+fn text(v: &Value) -> String {
+    v["choices"][0]["text"].as_str().unwrap().to_string()
+}
+
+fn cached(v: &Value) -> u64 {
+    v["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap()
+}
+
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = common::tmp().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn serve(dir: &Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--prompt-cache-dir", dir.to_str().unwrap()];
+    args.extend(extra);
+    start_with(&args)
+}
+
+/// Block files under `dir` (every model and rank folder).
+fn blocks(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for model in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for rank in std::fs::read_dir(model.path()).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(rank.path()).into_iter().flatten().flatten() {
+                out.push(f.path());
+            }
+        }
+    }
+    out.retain(|p| p.extension().is_some_and(|x| x == "safetensors" || x == "tmp"));
+    out.sort();
+    out
+}
+
+/// Waits until the writer is done: at least `n` block files, no temporary ones, for a while.
+fn wait_written(dir: &Path, n: usize) -> Vec<PathBuf> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = (Vec::new(), Instant::now());
+    loop {
+        let now = blocks(dir);
+        let settled = now.len() >= n && now.iter().all(|p| p.extension().unwrap() != "tmp");
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if settled && last.1.elapsed() > Duration::from_millis(500) {
+            return last.0;
+        }
+        assert!(Instant::now() < deadline, "blocks never settled: {:?}", last.0);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn disk_stats(server: &Server) -> Value {
+    let r = request(&server.addr, "GET", "/health", b"");
+    r.json()["runtime"]["engine"]["disk_cache"].clone()
+}
+
+/// A block file's `start` (from its safetensors header).
+fn block_start(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let head: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    head["__metadata__"]["start"].as_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_restarted_server_resumes_from_disk_with_the_output_of_a_cold_run() {
+    let _one = one_at_a_time();
+    let dir = fresh_dir("disk-cache-restart");
+    let first = prompt("the Roman empire");
+    let longer = format!("{first} And fifty more tokens follow here, about emperors, roads, aqueducts, legions and the long decline of the western half.");
+    let cold = {
+        let s = start_with(&["--prompt-cache-bytes", "0"]);
+        complete(&s, &longer)
+    };
+    let files = {
+        let s = serve(&dir, &[]);
+        let r = complete(&s, &first);
+        assert_eq!(cached(&r), 0);
+        // (A killed server loses what its writer had not written yet.)
+        wait_written(&dir, 3)
+    };
+    let s = serve(&dir, &[]);
+    let warm = complete(&s, &longer);
+    let n = warm["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        cached(&warm) >= 512 && cached(&warm) < n,
+        "cached {} of {n}; files {files:?}",
+        cached(&warm)
+    );
+    assert_eq!(text(&warm), text(&cold), "disk-resumed output differs from a cold run");
+    let d = disk_stats(&s);
+    assert_eq!(d["hits"], 1, "{d}");
+    assert_eq!(d["hit_tokens"].as_u64(), Some(cached(&warm)), "{d}");
+    assert_eq!(d["corrupt"], 0, "{d}");
+    let metrics = request(&s.addr, "GET", "/metrics", b"").text();
+    assert!(metrics.contains("kooka_prompt_disk_cache_hits_total 1"), "{metrics}");
+}
+
+#[test]
+fn torn_corrupt_and_foreign_files_are_misses() {
+    let _one = one_at_a_time();
+    let dir = fresh_dir("disk-cache-damaged");
+    let p = prompt("the Nile delta");
+    let cold = {
+        let s = start_with(&["--prompt-cache-bytes", "0"]);
+        complete(&s, &p)
+    };
+    // Blocks of this model, and of another one in the same folder (its own subfolder).
+    let ours = {
+        let s = serve(&dir, &[]);
+        complete(&s, &p);
+        wait_written(&dir, 3)
+    };
+    let other = common::root().join("models/Qwen2.5-Coder-0.5B-Instruct");
+    let all = {
+        let s = serve(&dir, &["--model", other.to_str().unwrap()]);
+        complete(&s, &p);
+        wait_written(&dir, ours.len() + 3)
+    };
+    let theirs: Vec<&PathBuf> = all.iter().filter(|p| !ours.contains(p)).collect();
+    let at = |files: &[&PathBuf], start: u64| -> PathBuf {
+        files
+            .iter()
+            .find(|p| block_start(p) == start)
+            .map(|p| p.to_path_buf())
+            .unwrap()
+    };
+    let ours: Vec<&PathBuf> = ours.iter().collect();
+    // Block 0: a flipped byte in its data (found when read). Block 256: replaced by the
+    // other model's block 256 (found at start). The tail: cut short.
+    let b0 = at(&ours, 0);
+    let mut bytes = std::fs::read(&b0).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&b0, bytes).unwrap();
+    std::fs::copy(at(&theirs, 256), at(&ours, 256)).unwrap();
+    let tail = ours.iter().max_by_key(|p| block_start(p)).unwrap();
+    let len = std::fs::metadata(tail).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(tail)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+
+    let s = serve(&dir, &[]);
+    let r = complete(&s, &p);
+    assert_eq!(cached(&r), 0, "nothing usable was left");
+    assert_eq!(text(&r), text(&cold));
+    let d = disk_stats(&s);
+    assert!(d["corrupt"].as_u64().unwrap() >= 3, "{d}");
+    assert_eq!(d["hits"], 0, "{d}");
+    // And the server still answers, and resumes from what it wrote since.
+    let again = complete(&s, &p);
+    assert_eq!(text(&again), text(&cold));
+}
+
+#[test]
+fn the_folder_keeps_its_budget() {
+    let _one = one_at_a_time();
+    let dir = fresh_dir("disk-cache-budget");
+    // SmolLM2 in float32: a block of 256 positions is ~11.8 MB; room for about four.
+    let budget: u64 = 50 << 20;
+    let s = serve(&dir, &["--prompt-cache-disk-bytes", &budget.to_string()]);
+    for topic in ["rivers", "mountains", "deserts", "forests", "oceans"] {
+        complete(&s, &prompt(topic));
+        let files = wait_written(&dir, 1);
+        let total: u64 = files
+            .iter()
+            .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        assert!(total <= budget, "{total} bytes on disk, budget {budget}");
+    }
+    // Evictions happened, and the newest prompt is still served from disk after a restart.
+    complete(&s, &prompt("oceans"));
+    let d = disk_stats(&s);
+    assert!(d["evictions"].as_u64().unwrap() > 0, "{d}");
+    drop(s);
+    let s = serve(&dir, &["--prompt-cache-disk-bytes", &budget.to_string()]);
+    let r = complete(&s, &format!("{} More.", prompt("oceans")));
+    assert!(cached(&r) >= 512, "{r}");
+}

@@ -104,6 +104,7 @@ fn a_sequence_gives_the_same_tokens_in_a_batch_as_alone() {
         prefill_chunk: 16,
         prefix_cache_tokens: 0,
         windowed_caches: false,
+        ..Default::default()
     });
     let together = run(&mut e, &reqs, &vec![0; reqs.len()]);
     let staggered = run(&mut e, &reqs, &[0, 3, 3, 7, 20, 21]);
@@ -160,6 +161,7 @@ fn cached_prefixes_give_the_same_tokens_and_are_reported() {
         prefill_chunk: 2048,
         prefix_cache_tokens: 10_000,
         windowed_caches: false,
+        ..Default::default()
     });
     let got: Vec<(Vec<u32>, usize)> = reqs
         .iter()
@@ -187,6 +189,7 @@ fn cached_prefixes_give_the_same_tokens_and_are_reported() {
         prefill_chunk: 2048,
         prefix_cache_tokens: 120,
         windowed_caches: false,
+        ..Default::default()
     });
     let all: Vec<SequenceRequest> = prompts
         .iter()
@@ -236,6 +239,7 @@ fn sliding_window_models_batch_with_windowed_caches() {
                 prefill_chunk: 7,
                 prefix_cache_tokens: 4096,
                 windowed_caches: true,
+                ..Default::default()
             },
         );
         let mut got = run(&mut windowed, &reqs[..4], &[0, 0, 2, 5]);

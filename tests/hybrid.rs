@@ -30,6 +30,7 @@ fn serving() -> EngineConfig {
         prefill_chunk: 7,
         prefix_cache_tokens: 1 << 20,
         windowed_caches: true,
+        ..Default::default()
     }
 }
 
@@ -117,5 +118,54 @@ fn turn_two_resumes_from_turn_one_checkpoint() {
             miss[0].1, 0,
             "{name}: no checkpoint within the shared prefix"
         );
+    }
+}
+
+/// The disk tier keeps recurrent checkpoints too: turn 1 on one engine, turn 2 on a new
+/// engine (a restarted server) over the same folder resumes at turn 1's checkpoint, with a
+/// cold run's tokens. Blocks of 8 positions, so the states sit in tails and full blocks.
+#[test]
+fn checkpoints_survive_a_restart_on_disk() {
+    use kooka::engine::disk_cache::open_for_model;
+    use kooka::engine::DiskCacheConfig;
+    use kooka::model::ComputeDtype;
+    for name in MODELS {
+        let model = common::tiny_model(name);
+        let dir = common::tmp().join(format!("hybrid-disk-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = DiskCacheConfig {
+            dir: dir.clone(),
+            budget_bytes: 1 << 30,
+            block_tokens: 8,
+        };
+        let with_disk = || {
+            let mut e = engine(&model, serving());
+            let disk = open_for_model(&config, &model, ComputeDtype::Auto, None, 0);
+            assert!(disk.is_some(), "{name}: the folder opens");
+            e.set_disk_cache(disk, None);
+            e
+        };
+        let messages: Vec<u32> = (0..30u32).map(|i| (i * 37 + 3) % 320).collect();
+        let mut turn1 = messages.clone();
+        turn1.extend([11, 12, 13]);
+        {
+            // Dropping the engine finishes its writes.
+            let mut e = with_disk();
+            let first = run(&mut e, &[request(turn1.clone(), vec![30])], &[0]);
+            assert_eq!(first[0].1, 0, "{name}: turn 1 starts cold");
+        }
+        let mut turn2 = messages.clone();
+        turn2.extend([11, 99, 100, 101, 5, 6, 7]);
+        let mut e = with_disk();
+        let hit = run(&mut e, &[request(turn2.clone(), vec![37])], &[0]);
+        let cold = run(
+            &mut engine(&model, EngineConfig::default()),
+            &[request(turn2.clone(), Vec::new())],
+            &[0],
+        );
+        assert_eq!(hit[0].1, 30, "{name}: turn 2 resumes at turn 1's checkpoint from disk");
+        assert_eq!(hit[0].0, cold[0].0, "{name}: turn 2 from the disk checkpoint");
+        let stats = e.status().disk_cache.unwrap();
+        assert_eq!((stats.hits, stats.hit_tokens), (1, 30), "{name}: {stats:?}");
     }
 }

@@ -52,6 +52,7 @@ fn latent_attention_batches_and_reuses_prefixes_like_alone() {
                 prefill_chunk: 7,
                 prefix_cache_tokens: 4096,
                 windowed_caches: true,
+                ..Default::default()
             },
         );
         let together = run(&mut e, &reqs, &vec![0; reqs.len()]);

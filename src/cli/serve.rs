@@ -218,6 +218,9 @@ pub enum ParallelArg {
     Tensor,
 }
 
+/// How long an exiting server waits for queued disk prompt cache writes.
+const WRITES_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let dir =
         crate::model::resolve::resolve_model(&args.model, &crate::model::resolve::hf_cache_dir())?;
@@ -245,6 +248,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         // Only rank 0 serves HTTP; the others follow its engine operations.
         crate::cluster::follower::run(cluster, &dir, args.compute_dtype.into(), disk_cache.as_ref())
             .with_context(|| format!("rank {}", cluster.rank))?;
+        crate::engine::disk_cache::finish_writes(WRITES_AT_EXIT);
         return Ok(());
     }
     let listener = std::net::TcpListener::bind((args.host.as_str(), args.port))
@@ -277,6 +281,8 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .transpose()
         .context("rank 0")?;
     crate::server::run_ranked(listener, config, leader)?;
+    // The disk prompt cache's writer finishes what it queued before the process exits.
+    crate::engine::disk_cache::finish_writes(WRITES_AT_EXIT);
     Ok(())
 }
 

@@ -71,20 +71,6 @@ impl HostArray {
         Ok(HostArray { dtype, shape, data })
     }
 
-    pub fn to_array(&self) -> Array {
-        let dtype = match self.dtype {
-            safetensors::Dtype::F32 => Dtype::Float32,
-            safetensors::Dtype::BF16 => Dtype::Bfloat16,
-            safetensors::Dtype::F16 => Dtype::Float16,
-            safetensors::Dtype::U32 => Dtype::Uint32,
-            _ => Dtype::Int32,
-        };
-        let shape: Vec<i32> = self.shape.iter().map(|&d| d as i32).collect();
-        // SAFETY: `data` holds exactly shape's elements of `dtype` (checked when the file was
-        // read, or made by `from_array`); MLX copies it.
-        unsafe { Array::from_raw_data(self.data.as_ptr() as *const _, &shape, dtype) }
-    }
-
     /// Positions `[from, to)` of an array `[1, H, n, D]` (positions on axis 2).
     pub fn positions(&self, from: usize, to: usize) -> HostArray {
         let [b, h, n, d] = self.shape[..] else {
@@ -105,14 +91,31 @@ impl HostArray {
     }
 }
 
-/// What one layer holds in a block.
+/// An MLX array (a copy) of `data`, `shape` elements of `dtype` (safetensors checked the
+/// sizes when reading a file; [`HostArray::from_array`] made them).
+pub fn array_from(st_dtype: safetensors::Dtype, shape: &[usize], data: &[u8]) -> Array {
+    let dtype = match st_dtype {
+        safetensors::Dtype::F32 => Dtype::Float32,
+        safetensors::Dtype::BF16 => Dtype::Bfloat16,
+        safetensors::Dtype::F16 => Dtype::Float16,
+        safetensors::Dtype::U32 => Dtype::Uint32,
+        _ => Dtype::Int32,
+    };
+    let shape: Vec<i32> = shape.iter().map(|&d| d as i32).collect();
+    let want: usize = shape.iter().product::<i32>().max(0) as usize * (st_dtype.bitsize() / 8);
+    assert_eq!(data.len(), want, "array bytes and shape disagree");
+    // SAFETY: `data` holds exactly the shape's elements of `dtype` (asserted); MLX copies it.
+    unsafe { Array::from_raw_data(data.as_ptr() as *const _, &shape, dtype) }
+}
+
+/// What one layer holds in a block (`A`: owned bytes, or views of a file's).
 #[derive(Debug, Clone, PartialEq)]
-pub enum HostLayer {
+pub enum HostLayer<A = HostArray> {
     /// Keys and values `[1, H, positions, D]`.
-    Kv(HostArray, HostArray),
+    Kv(A, A),
     /// A recurrent layer: its state after the block's last position (empty when the block
     /// is not a checkpoint).
-    State(Vec<HostArray>),
+    State(Vec<A>),
     Stateless,
 }
 
@@ -198,56 +201,69 @@ impl Block {
         safetensors::serialize(views, Some(metadata)).map_err(|e| BlockError::Format(e.to_string()))
     }
 
-    /// Reads a whole file, checking its model and checksum.
+    /// Reads a whole file, checking its model and checksum (owned; the server reads views).
+    #[cfg(test)]
     pub fn decode(bytes: &[u8], model: &str) -> Result<Block, BlockError> {
-        let (header, _) = read_header(bytes, model)?;
-        let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| BlockError::Format(e.to_string()))?;
-        let (meta, _) = parse_head(bytes)?;
-        let layers: usize = field(&meta, "layers")?;
-        let mut tensors = st.tensors();
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        let want: u64 = u64::from_str_radix(&field::<String>(&meta, "checksum")?, 16)
-            .map_err(|_| BlockError::Format("bad checksum field".into()))?;
-        if checksum(tensors.iter().map(|(_, t)| t.data())) != want {
-            return Err(BlockError::Checksum);
-        }
-        let mut by_name: HashMap<String, HostArray> = tensors
-            .into_iter()
-            .map(|(name, t)| {
-                let a = HostArray {
-                    dtype: t.dtype(),
-                    shape: t.shape().to_vec(),
-                    data: t.data().to_vec(),
-                };
-                (name, a)
+        let (header, layers) = decode_views(bytes, model)?;
+        let own = |t: &TensorView| HostArray {
+            dtype: t.dtype(),
+            shape: t.shape().to_vec(),
+            data: t.data().to_vec(),
+        };
+        let layers = layers
+            .iter()
+            .map(|l| match l {
+                HostLayer::Kv(k, v) => HostLayer::Kv(own(k), own(v)),
+                HostLayer::State(s) => HostLayer::State(s.iter().map(own).collect()),
+                HostLayer::Stateless => HostLayer::Stateless,
             })
             .collect();
-        let mut out = Vec::with_capacity(layers);
-        for l in 0..layers {
-            let (k, v) = (by_name.remove(&format!("{l}.k")), by_name.remove(&format!("{l}.v")));
-            out.push(match (k, v) {
-                (Some(k), Some(v)) => HostLayer::Kv(k, v),
-                (None, None) => {
-                    let states: Vec<HostArray> = (0..)
-                        .map_while(|j| by_name.remove(&format!("{l}.s{j}")))
-                        .collect();
-                    match states.is_empty() && !has_state_layer(&meta, l) {
-                        true => HostLayer::Stateless,
-                        false => HostLayer::State(states),
-                    }
-                }
-                _ => return Err(BlockError::Format(format!("layer {l}: keys without values"))),
-            });
-        }
         Ok(Block {
             parent: header.parent,
             start: header.start,
             tokens: header.tokens,
             has_state: header.has_state,
-            layers: out,
+            layers,
         })
     }
+}
+
+/// A whole file's header and layers as views of `bytes`, its model and checksum checked.
+pub fn decode_views<'a>(
+    bytes: &'a [u8],
+    model: &str,
+) -> Result<(BlockHeader, Vec<HostLayer<TensorView<'a>>>), BlockError> {
+    let (header, _) = read_header(bytes, model)?;
+    let st =
+        safetensors::SafeTensors::deserialize(bytes).map_err(|e| BlockError::Format(e.to_string()))?;
+    let (meta, _) = parse_head(bytes)?;
+    let layers: usize = field(&meta, "layers")?;
+    let mut tensors = st.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let want: u64 = u64::from_str_radix(&field::<String>(&meta, "checksum")?, 16)
+        .map_err(|_| BlockError::Format("bad checksum field".into()))?;
+    if checksum(tensors.iter().map(|(_, t)| t.data())) != want {
+        return Err(BlockError::Checksum);
+    }
+    let mut by_name: HashMap<String, TensorView<'a>> = tensors.into_iter().collect();
+    let mut out = Vec::with_capacity(layers);
+    for l in 0..layers {
+        let (k, v) = (by_name.remove(&format!("{l}.k")), by_name.remove(&format!("{l}.v")));
+        out.push(match (k, v) {
+            (Some(k), Some(v)) => HostLayer::Kv(k, v),
+            (None, None) => {
+                let states: Vec<TensorView<'a>> = (0..)
+                    .map_while(|j| by_name.remove(&format!("{l}.s{j}")))
+                    .collect();
+                match states.is_empty() && !has_state_layer(&meta, l) {
+                    true => HostLayer::Stateless,
+                    false => HostLayer::State(states),
+                }
+            }
+            _ => return Err(BlockError::Format(format!("layer {l}: keys without values"))),
+        });
+    }
+    Ok((header, out))
 }
 
 /// Layers whose state is stored empty (a recurrent layer in a block that is not a

@@ -34,8 +34,10 @@ use mlx_rs::Array;
 use crate::dist::Group;
 use crate::model::cache::LayerRow;
 use crate::model::{ModelError, Result};
-use block::{file_name, Block, HostArray, HostLayer, Key};
+use block::{file_name, HostArray, HostLayer, Key};
+use safetensors::tensor::TensorView;
 use index::{Index, Resume};
+pub use writer::finish_writes;
 use writer::{Segment, Writer, Written};
 
 /// Where and how much.
@@ -192,20 +194,22 @@ impl DiskCache {
     /// Reads the blocks of `resume` into one row per layer (keys and values concatenated,
     /// the last block's states). A bad file is a miss: it is deleted and `Ok(None)` returned.
     pub fn load(&mut self, resume: &Resume) -> Result<Option<Vec<LayerRow>>> {
-        let mut blocks = Vec::with_capacity(resume.chain.len());
+        let mut files = Vec::with_capacity(resume.chain.len());
         for &key in &resume.chain {
-            let path = self.folder.join(file_name(key));
-            let read = std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|bytes| Block::decode(&bytes, &self.model).map_err(|e| e.to_string()));
-            match read {
-                Ok(b) => blocks.push(b),
+            match std::fs::read(self.folder.join(file_name(key))) {
+                Ok(bytes) => files.push(bytes),
+                Err(e) => return Ok(self.bad_block(key, &e.to_string())),
+            }
+        }
+        let model = self.model.clone();
+        let mut blocks = Vec::with_capacity(files.len());
+        for (i, bytes) in files.iter().enumerate() {
+            match block::decode_views(bytes, &model) {
+                Ok((_, layers)) => blocks.push(layers),
                 Err(e) => {
-                    tracing::warn!(file = %path.display(), "prompt cache: {e}");
-                    self.index.remove(key);
-                    self.drop_file(&path);
-                    self.stats.misses += 1;
-                    return Ok(None);
+                    let e = e.to_string();
+                    drop(blocks);
+                    return Ok(self.bad_block(resume.chain[i], &e));
                 }
             }
         }
@@ -217,6 +221,16 @@ impl DiskCache {
         self.stats.hits += 1;
         self.stats.hit_tokens += resume.tokens as u64;
         Ok(Some(rows))
+    }
+
+    /// A block that cannot be read: a miss; it leaves the index and the folder.
+    fn bad_block(&mut self, key: Key, error: &str) -> Option<Vec<LayerRow>> {
+        let path = self.folder.join(file_name(key));
+        tracing::warn!(file = %path.display(), "prompt cache: {error}");
+        self.index.remove(key);
+        self.drop_file(&path);
+        self.stats.misses += 1;
+        None
     }
 
     pub fn count_miss(&mut self) {
@@ -433,31 +447,55 @@ fn block_keys(tokens: &[u32], blocks: &[(Key, usize, usize)]) -> Vec<Key> {
         .collect()
 }
 
-/// One row per layer from consecutive blocks.
-fn rows_of(blocks: &[Block]) -> Result<Vec<LayerRow>> {
+/// One row per layer from consecutive blocks: each layer's keys and values gathered head by
+/// head into one buffer (one copy, then MLX's), the last block's states.
+fn rows_of(blocks: &[Vec<HostLayer<TensorView<'_>>>]) -> Result<Vec<LayerRow>> {
     let Some(last) = blocks.last() else {
         return Ok(Vec::new());
     };
     let bad = || ModelError::Request("prompt cache blocks disagree on their layers".into());
-    (0..last.layers.len())
-        .map(|l| match &last.layers[l] {
+    let view = |t: &TensorView| block::array_from(t.dtype(), t.shape(), t.data());
+    (0..last.len())
+        .map(|l| match &last[l] {
             HostLayer::Kv(..) => {
                 let mut ks = Vec::with_capacity(blocks.len());
                 let mut vs = Vec::with_capacity(blocks.len());
                 for b in blocks {
-                    match b.layers.get(l) {
+                    match b.get(l) {
                         Some(HostLayer::Kv(k, v)) => {
-                            ks.push(k.to_array());
-                            vs.push(v.to_array());
+                            ks.push(k);
+                            vs.push(v);
                         }
                         _ => return Err(bad()),
                     }
                 }
-                let cat = |xs: &[Array]| mlx_rs::ops::concatenate(xs, 2);
-                Ok(LayerRow::Kv(cat(&ks)?, cat(&vs)?))
+                Ok(LayerRow::Kv(gather(&ks).ok_or_else(bad)?, gather(&vs).ok_or_else(bad)?))
             }
-            HostLayer::State(s) => Ok(LayerRow::State(s.iter().map(HostArray::to_array).collect())),
+            HostLayer::State(s) => Ok(LayerRow::State(s.iter().map(view).collect())),
             HostLayer::Stateless => Ok(LayerRow::Stateless),
         })
         .collect()
+}
+
+/// Arrays `[1, H, n_i, D]` joined along positions; `None` when their shapes disagree.
+fn gather(parts: &[&TensorView<'_>]) -> Option<Array> {
+    let first = parts.first()?;
+    let (dtype, shape) = (first.dtype(), first.shape());
+    let [b, h, _, d] = shape[..] else {
+        return None;
+    };
+    let elem = dtype.bitsize() / 8;
+    let row = d * elem;
+    let n: usize = parts.iter().map(|p| p.shape()[2]).sum();
+    if parts.iter().any(|p| p.dtype() != dtype || p.shape().len() != 4 || p.shape()[..2] != shape[..2] || p.shape()[3] != d) {
+        return None;
+    }
+    let mut data = Vec::with_capacity(b * h * n * row);
+    for head in 0..b * h {
+        for p in parts {
+            let len = p.shape()[2] * row;
+            data.extend_from_slice(&p.data()[head * len..(head + 1) * len]);
+        }
+    }
+    Some(block::array_from(dtype, &[b, h, n, d], &data))
 }

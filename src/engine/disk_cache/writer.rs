@@ -23,6 +23,18 @@ pub struct Segment {
     pub bytes: u64,
 }
 
+/// Bytes queued by every writer of the process and not yet written (see [`finish_writes`]).
+static QUEUED: AtomicU64 = AtomicU64::new(0);
+
+/// Waits until every writer of the process has written what it queued, up to `timeout`: for
+/// a server about to exit (its model thread may still be dropping).
+pub fn finish_writes(timeout: std::time::Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while QUEUED.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 pub enum Job {
     Write(Segment),
     /// Files used again: their modification time is the LRU order after a restart.
@@ -70,6 +82,7 @@ impl Writer {
                                 }
                             }
                             counter.fetch_sub(bytes, Ordering::SeqCst);
+                            QUEUED.fetch_sub(bytes, Ordering::SeqCst);
                         }
                         Job::Touch(keys) => {
                             let now = std::time::SystemTime::now();
@@ -102,8 +115,10 @@ impl Writer {
             self.queued.fetch_sub(bytes, Ordering::SeqCst);
             return false;
         }
+        QUEUED.fetch_add(bytes, Ordering::SeqCst);
         if self.jobs.as_ref().is_none_or(|j| j.send(Job::Write(seg)).is_err()) {
             self.queued.fetch_sub(bytes, Ordering::SeqCst);
+            QUEUED.fetch_sub(bytes, Ordering::SeqCst);
             return false;
         }
         true

@@ -842,29 +842,6 @@ fn sigterm_to_kooka_launch_drains_and_exits_zero() {
     );
 }
 
-/// Block files of every model and rank folder under a `--prompt-cache-dir`.
-fn disk_blocks(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for model in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        for rank in std::fs::read_dir(model.path()).into_iter().flatten().flatten() {
-            for f in std::fs::read_dir(rank.path()).into_iter().flatten().flatten() {
-                out.push(f.path());
-            }
-        }
-    }
-    out.retain(|p| p.extension().is_some_and(|x| x == "safetensors" || x == "tmp"));
-    out.sort();
-    out
-}
-
-/// A block file's `start` (from its safetensors header).
-fn block_start(path: &Path) -> u64 {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let head: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    head["__metadata__"]["start"].as_str().unwrap().parse().unwrap()
-}
-
 /// Each rank keeps its own layers' blocks; after a restart the ranks agree on where to
 /// resume even when their folders differ (rank 1 lost its tail block): the shorter length,
 /// and the reply of a cold single-rank run.
@@ -895,10 +872,10 @@ fn ranks_resume_from_their_own_disk_folders_at_one_agreed_length() {
         // Both ranks' writers finish (three blocks each) before the run is stopped.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let files = disk_blocks(&dir);
+            let files = common::disk_cache_files(&dir);
             if files.len() >= 6 && files.iter().all(|p| p.extension().unwrap() != "tmp") {
                 std::thread::sleep(Duration::from_millis(500));
-                break disk_blocks(&dir);
+                break common::disk_cache_files(&dir);
             }
             assert!(Instant::now() < deadline, "{files:?}");
             std::thread::sleep(Duration::from_millis(50));
@@ -908,14 +885,27 @@ fn ranks_resume_from_their_own_disk_folders_at_one_agreed_length() {
         .iter()
         .filter(|p| p.parent().unwrap().ends_with("rank1"))
         .collect();
-    assert!(!rank1.is_empty() && rank1.len() < written.len(), "{written:?}");
-    let tail = rank1.iter().max_by_key(|p| block_start(p)).unwrap();
-    let tail_start = block_start(tail);
-    std::fs::remove_file(tail).unwrap();
+    assert!(
+        !rank1.is_empty() && rank1.len() < written.len(),
+        "{written:?}"
+    );
+    // Rank 1 loses its tail blocks (the prompt's and the whole sequence's).
+    let tail_start = rank1.iter().map(|p| common::block_start(p)).max().unwrap();
+    for p in rank1
+        .iter()
+        .filter(|p| common::block_start(p) == tail_start)
+    {
+        std::fs::remove_file(p).unwrap();
+    }
 
     let (_r0, _r1, addr) = two_ranks("disk-2", &flag);
     let warm = completion(&addr, &longer);
-    let cached = warm["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
-    assert_eq!(cached, tail_start, "resumed where rank 1's blocks end: {warm}");
+    let cached = warm["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        cached, tail_start,
+        "resumed where rank 1's blocks end: {warm}"
+    );
     assert_eq!(warm["choices"][0]["text"], cold["choices"][0]["text"]);
 }

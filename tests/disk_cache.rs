@@ -28,7 +28,12 @@ fn prompt(topic: &str) -> String {
 
 fn complete(server: &Server, prompt: &str) -> Value {
     let body = json!({"prompt": prompt, "max_tokens": 8, "temperature": 0});
-    let r = request(&server.addr, "POST", "/v1/completions", body.to_string().as_bytes());
+    let r = request(
+        &server.addr,
+        "POST",
+        "/v1/completions",
+        body.to_string().as_bytes(),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()
 }
@@ -55,34 +60,23 @@ fn serve(dir: &Path, extra: &[&str]) -> Server {
     start_with(&args)
 }
 
-/// Block files under `dir` (every model and rank folder).
-fn blocks(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for model in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        for rank in std::fs::read_dir(model.path()).into_iter().flatten().flatten() {
-            for f in std::fs::read_dir(rank.path()).into_iter().flatten().flatten() {
-                out.push(f.path());
-            }
-        }
-    }
-    out.retain(|p| p.extension().is_some_and(|x| x == "safetensors" || x == "tmp"));
-    out.sort();
-    out
-}
-
 /// Waits until the writer is done: at least `n` block files, no temporary ones, for a while.
 fn wait_written(dir: &Path, n: usize) -> Vec<PathBuf> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = (Vec::new(), Instant::now());
     loop {
-        let now = blocks(dir);
+        let now = common::disk_cache_files(dir);
         let settled = now.len() >= n && now.iter().all(|p| p.extension().unwrap() != "tmp");
         if now != last.0 {
             last = (now, Instant::now());
         } else if settled && last.1.elapsed() > Duration::from_millis(500) {
             return last.0;
         }
-        assert!(Instant::now() < deadline, "blocks never settled: {:?}", last.0);
+        assert!(
+            Instant::now() < deadline,
+            "blocks never settled: {:?}",
+            last.0
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -90,14 +84,6 @@ fn wait_written(dir: &Path, n: usize) -> Vec<PathBuf> {
 fn disk_stats(server: &Server) -> Value {
     let r = request(&server.addr, "GET", "/health", b"");
     r.json()["runtime"]["engine"]["disk_cache"].clone()
-}
-
-/// A block file's `start` (from its safetensors header).
-fn block_start(path: &Path) -> u64 {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let head: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    head["__metadata__"]["start"].as_str().unwrap().parse().unwrap()
 }
 
 #[test]
@@ -125,13 +111,20 @@ fn a_restarted_server_resumes_from_disk_with_the_output_of_a_cold_run() {
         "cached {} of {n}; files {files:?}",
         cached(&warm)
     );
-    assert_eq!(text(&warm), text(&cold), "disk-resumed output differs from a cold run");
+    assert_eq!(
+        text(&warm),
+        text(&cold),
+        "disk-resumed output differs from a cold run"
+    );
     let d = disk_stats(&s);
     assert_eq!(d["hits"], 1, "{d}");
     assert_eq!(d["hit_tokens"].as_u64(), Some(cached(&warm)), "{d}");
     assert_eq!(d["corrupt"], 0, "{d}");
     let metrics = request(&s.addr, "GET", "/metrics", b"").text();
-    assert!(metrics.contains("kooka_prompt_disk_cache_hits_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("kooka_prompt_disk_cache_hits_total 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -159,7 +152,7 @@ fn torn_corrupt_and_foreign_files_are_misses() {
     let at = |files: &[&PathBuf], start: u64| -> PathBuf {
         files
             .iter()
-            .find(|p| block_start(p) == start)
+            .find(|p| common::block_start(p) == start)
             .map(|p| p.to_path_buf())
             .unwrap()
     };
@@ -172,7 +165,7 @@ fn torn_corrupt_and_foreign_files_are_misses() {
     bytes[last] ^= 0x55;
     std::fs::write(&b0, bytes).unwrap();
     std::fs::copy(at(&theirs, 256), at(&ours, 256)).unwrap();
-    let tail = ours.iter().max_by_key(|p| block_start(p)).unwrap();
+    let tail = ours.iter().max_by_key(|p| common::block_start(p)).unwrap();
     let len = std::fs::metadata(tail).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)

@@ -163,8 +163,14 @@ fn checkpoints_survive_a_restart_on_disk() {
             &[request(turn2.clone(), Vec::new())],
             &[0],
         );
-        assert_eq!(hit[0].1, 30, "{name}: turn 2 resumes at turn 1's checkpoint from disk");
-        assert_eq!(hit[0].0, cold[0].0, "{name}: turn 2 from the disk checkpoint");
+        assert_eq!(
+            hit[0].1, 30,
+            "{name}: turn 2 resumes at turn 1's checkpoint from disk"
+        );
+        assert_eq!(
+            hit[0].0, cold[0].0,
+            "{name}: turn 2 from the disk checkpoint"
+        );
         let stats = e.status().disk_cache.unwrap();
         assert_eq!((stats.hits, stats.hit_tokens), (1, 30), "{name}: {stats:?}");
     }

@@ -246,8 +246,13 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .transpose()?;
     if let Some(cluster) = cluster.as_ref().filter(|c| c.rank > 0) {
         // Only rank 0 serves HTTP; the others follow its engine operations.
-        crate::cluster::follower::run(cluster, &dir, args.compute_dtype.into(), disk_cache.as_ref())
-            .with_context(|| format!("rank {}", cluster.rank))?;
+        crate::cluster::follower::run(
+            cluster,
+            &dir,
+            args.compute_dtype.into(),
+            disk_cache.as_ref(),
+        )
+        .with_context(|| format!("rank {}", cluster.rank))?;
         crate::engine::disk_cache::finish_writes(WRITES_AT_EXIT);
         return Ok(());
     }

@@ -184,7 +184,9 @@ impl Leader {
         dtype: ComputeDtype,
     ) -> Result<(Box<dyn LanguageModel>, String, Rc<Group>), ModelError> {
         let (model, shard, group) = shard::load(dir, dtype, &self.inner.config)?;
-        self.inner.status.set(0, RankState::Ready, Some(shard.clone()));
+        self.inner
+            .status
+            .set(0, RankState::Ready, Some(shard.clone()));
         Ok((model, shard, group))
     }
 

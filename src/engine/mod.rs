@@ -29,9 +29,9 @@
 
 mod batch;
 mod constrained;
+pub mod disk_cache;
 pub mod generate;
 mod prefill;
-pub mod disk_cache;
 mod prefix_cache;
 pub mod sampling;
 mod sequence;
@@ -250,7 +250,9 @@ impl Engine {
                 .with_disk(self.disk.take(), ranks),
             );
         } else if self.disk.is_some() {
-            tracing::warn!("the disk prompt cache needs the prefix cache (--prompt-cache-bytes > 0): off");
+            tracing::warn!(
+                "the disk prompt cache needs the prefix cache (--prompt-cache-bytes > 0): off"
+            );
         }
     }
 

@@ -181,9 +181,8 @@ impl PrefixCache {
                 .zip(fresh)
                 .map(|(row, like)| LayerCache::from_row(row, n as i32, like))
                 .collect::<crate::model::Result<Vec<_>>>()?;
-            if rows.iter().all(|r| !matches!(r, LayerRow::Kv(k, _) if k.dim(2) as usize != n)) {
-                self.insert(prompt[..n].to_vec(), rows);
-            }
+            // Kept in memory as what every rank agreed on (their memory tiers stay alike).
+            self.insert(prompt[..n].to_vec(), cut_rows(rows, n)?);
             self.stats.hits += 1;
             self.stats.hit_tokens += n as u64;
             return Ok(Some((caches, n)));
@@ -382,6 +381,20 @@ fn states_only(layers: Vec<LayerRow>) -> Vec<LayerRow> {
         .map(|r| match r {
             LayerRow::State(_) => r,
             _ => LayerRow::Stateless,
+        })
+        .collect()
+}
+
+/// Keys and values cut to their first `n` positions (the disk's blocks may hold more).
+fn cut_rows(rows: Vec<LayerRow>, n: usize) -> crate::model::Result<Vec<LayerRow>> {
+    use crate::model::slicing::slice_axis;
+    rows.into_iter()
+        .map(|r| match r {
+            LayerRow::Kv(k, v) if k.dim(2) as usize > n => Ok(LayerRow::Kv(
+                slice_axis(&k, 2, 0, n as i32)?,
+                slice_axis(&v, 2, 0, n as i32)?,
+            )),
+            r => Ok(r),
         })
         .collect()
 }

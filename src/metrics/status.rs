@@ -167,20 +167,64 @@ fn disk_cache(
     bytes: &Unit,
 ) -> Result<(), std::fmt::Error> {
     let counters = [
-        ("prompt_disk_cache_hits", "Prompts that resumed from blocks read from disk", d.hits),
-        ("prompt_disk_cache_hit_tokens", "Prompt positions read from disk instead of prefilled", d.hit_tokens),
-        ("prompt_disk_cache_misses", "Lookups the disk could not serve further than memory", d.misses),
-        ("prompt_disk_cache_blocks_written", "Block files written", d.blocks_written),
-        ("prompt_disk_cache_written_bytes", "Bytes of block files written", d.bytes_written),
-        ("prompt_disk_cache_writes_dropped", "Writes skipped because the writer was behind", d.writes_dropped),
-        ("prompt_disk_cache_evictions", "Block files deleted to stay within the budget", d.evictions),
-        ("prompt_disk_cache_corrupt", "Block files found torn, corrupt or of another model (deleted)", d.corrupt),
+        (
+            "prompt_disk_cache_hits",
+            "Prompts that resumed from blocks read from disk",
+            d.hits,
+        ),
+        (
+            "prompt_disk_cache_hit_tokens",
+            "Prompt positions read from disk instead of prefilled",
+            d.hit_tokens,
+        ),
+        (
+            "prompt_disk_cache_misses",
+            "Lookups the disk could not serve further than memory",
+            d.misses,
+        ),
+        (
+            "prompt_disk_cache_blocks_written",
+            "Block files written",
+            d.blocks_written,
+        ),
+        (
+            "prompt_disk_cache_written_bytes",
+            "Bytes of block files written",
+            d.bytes_written,
+        ),
+        (
+            "prompt_disk_cache_writes_dropped",
+            "Writes skipped because the writer was behind",
+            d.writes_dropped,
+        ),
+        (
+            "prompt_disk_cache_evictions",
+            "Block files deleted to stay within the budget",
+            d.evictions,
+        ),
+        (
+            "prompt_disk_cache_corrupt",
+            "Block files found torn, corrupt or of another model (deleted)",
+            d.corrupt,
+        ),
     ];
     for (name, help, v) in counters {
         counter(e, name, help, v)?;
     }
-    gauge(e, "prompt_disk_cache_blocks", "Block files on disk", None, d.blocks as f64)?;
-    gauge(e, "prompt_disk_cache", "Bytes of block files on disk", Some(bytes), d.bytes as f64)?;
+    gauge(
+        e,
+        "prompt_disk_cache_blocks",
+        "Block files on disk",
+        None,
+        d.blocks as f64,
+    )?;
+    gauge(
+        e,
+        "prompt_disk_cache",
+        "Bytes of block files on disk",
+        Some(bytes),
+        d.bytes as f64,
+    )?;
     gauge(
         e,
         "prompt_disk_cache_budget",

@@ -55,3 +55,42 @@ fn fixtures(dir: &str, args: &[&str], name: &str) -> PathBuf {
     }
     dir.join(name)
 }
+
+/// Block files (and temporary ones) of every model and rank folder under a
+/// `--prompt-cache-dir`, sorted.
+pub fn disk_cache_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for model in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for rank in std::fs::read_dir(model.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for f in std::fs::read_dir(rank.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                out.push(f.path());
+            }
+        }
+    }
+    out.retain(|p| {
+        p.extension()
+            .is_some_and(|x| x == "safetensors" || x == "tmp")
+    });
+    out.sort();
+    out
+}
+
+/// A disk prompt cache block file's first position (from its safetensors header).
+pub fn block_start(path: &std::path::Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let head: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    head["__metadata__"]["start"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}

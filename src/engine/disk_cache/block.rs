@@ -52,8 +52,10 @@ impl HostArray {
                     crate::model::ModelError::Request(format!("copying a cache array: {e}"))
                 })?;
                 // SAFETY: plain numeric data viewed as bytes, within the slice's length.
-                unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, std::mem::size_of_val(s)) }
-                    .to_vec()
+                unsafe {
+                    std::slice::from_raw_parts(s.as_ptr() as *const u8, std::mem::size_of_val(s))
+                }
+                .to_vec()
             }};
         }
         let (dtype, data) = match a.dtype() {
@@ -204,7 +206,7 @@ impl Block {
     /// Reads a whole file, checking its model and checksum (owned; the server reads views).
     #[cfg(test)]
     pub fn decode(bytes: &[u8], model: &str) -> Result<Block, BlockError> {
-        let (header, layers) = decode_views(bytes, model)?;
+        let (header, layers) = decode_views(bytes, model, true)?;
         let own = |t: &TensorView| HostArray {
             dtype: t.dtype(),
             shape: t.shape().to_vec(),
@@ -228,27 +230,32 @@ impl Block {
     }
 }
 
-/// A whole file's header and layers as views of `bytes`, its model and checksum checked.
+/// A whole file's header and layers as views of `bytes`, its model checked (and its
+/// checksum when `verify`).
 pub fn decode_views<'a>(
     bytes: &'a [u8],
     model: &str,
+    verify: bool,
 ) -> Result<(BlockHeader, Vec<HostLayer<TensorView<'a>>>), BlockError> {
     let (header, _) = read_header(bytes, model)?;
-    let st =
-        safetensors::SafeTensors::deserialize(bytes).map_err(|e| BlockError::Format(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| BlockError::Format(e.to_string()))?;
     let (meta, _) = parse_head(bytes)?;
     let layers: usize = field(&meta, "layers")?;
     let mut tensors = st.tensors();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let want: u64 = u64::from_str_radix(&field::<String>(&meta, "checksum")?, 16)
         .map_err(|_| BlockError::Format("bad checksum field".into()))?;
-    if checksum(tensors.iter().map(|(_, t)| t.data())) != want {
+    if verify && checksum(tensors.iter().map(|(_, t)| t.data())) != want {
         return Err(BlockError::Checksum);
     }
     let mut by_name: HashMap<String, TensorView<'a>> = tensors.into_iter().collect();
     let mut out = Vec::with_capacity(layers);
     for l in 0..layers {
-        let (k, v) = (by_name.remove(&format!("{l}.k")), by_name.remove(&format!("{l}.v")));
+        let (k, v) = (
+            by_name.remove(&format!("{l}.k")),
+            by_name.remove(&format!("{l}.v")),
+        );
         out.push(match (k, v) {
             (Some(k), Some(v)) => HostLayer::Kv(k, v),
             (None, None) => {
@@ -260,7 +267,11 @@ pub fn decode_views<'a>(
                     false => HostLayer::State(states),
                 }
             }
-            _ => return Err(BlockError::Format(format!("layer {l}: keys without values"))),
+            _ => {
+                return Err(BlockError::Format(format!(
+                    "layer {l}: keys without values"
+                )))
+            }
         });
     }
     Ok((header, out))
@@ -313,9 +324,15 @@ pub fn head_len(first: [u8; 8]) -> u64 {
 /// starts with the file and holds at least its header).
 fn parse_head(bytes: &[u8]) -> Result<(HashMap<String, String>, u64), BlockError> {
     let short = || BlockError::Format("short header".into());
-    let first: [u8; 8] = bytes.get(..8).ok_or_else(short)?.try_into().map_err(|_| short())?;
+    let first: [u8; 8] = bytes
+        .get(..8)
+        .ok_or_else(short)?
+        .try_into()
+        .map_err(|_| short())?;
     let len = head_len(first);
-    let json = bytes.get(8..usize::try_from(len).map_err(|_| short())?).ok_or_else(short)?;
+    let json = bytes
+        .get(8..usize::try_from(len).map_err(|_| short())?)
+        .ok_or_else(short)?;
     let map: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(json).map_err(|e| BlockError::Format(e.to_string()))?;
     let mut meta = HashMap::new();
@@ -326,21 +343,30 @@ fn parse_head(bytes: &[u8]) -> Result<(HashMap<String, String>, u64), BlockError
                 meta.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
             }
         } else {
-            let end = v["data_offsets"][1].as_u64().ok_or_else(|| BlockError::Format(format!("{name}: no offsets")))?;
+            let end = v["data_offsets"][1]
+                .as_u64()
+                .ok_or_else(|| BlockError::Format(format!("{name}: no offsets")))?;
             data_len = data_len.max(end);
         }
     }
     Ok((meta, len + data_len))
 }
 
-fn field<T: std::str::FromStr>(meta: &HashMap<String, String>, name: &str) -> Result<T, BlockError> {
+fn field<T: std::str::FromStr>(
+    meta: &HashMap<String, String>,
+    name: &str,
+) -> Result<T, BlockError> {
     meta.get(name)
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| BlockError::Format(format!("missing or bad `{name}`")))
 }
 
 fn join(tokens: &[u32]) -> String {
-    tokens.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+    tokens
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn checksum<'a>(parts: impl Iterator<Item = &'a [u8]>) -> u64 {
@@ -364,7 +390,10 @@ mod tests {
     }
 
     fn block() -> Block {
-        let k = host(&(0..12).map(|i| i as f32).collect::<Vec<_>>(), &[1, 2, 3, 2]);
+        let k = host(
+            &(0..12).map(|i| i as f32).collect::<Vec<_>>(),
+            &[1, 2, 3, 2],
+        );
         Block {
             parent: 7,
             start: 4,
@@ -387,24 +416,36 @@ mod tests {
         assert_eq!((header.tokens, len), (vec![5, 6, 7], bytes.len() as u64));
         // The header alone suffices.
         let head = head_len(bytes[..8].try_into().unwrap()) as usize;
-        assert_eq!(read_header(&bytes[..head], "m").unwrap().1, bytes.len() as u64);
+        assert_eq!(
+            read_header(&bytes[..head], "m").unwrap().1,
+            bytes.len() as u64
+        );
     }
 
     #[test]
     fn torn_corrupt_or_foreign_files_are_errors() {
         let bytes = block().encode("m").unwrap();
-        assert!(matches!(Block::decode(&bytes, "other"), Err(BlockError::OtherModel)));
+        assert!(matches!(
+            Block::decode(&bytes, "other"),
+            Err(BlockError::OtherModel)
+        ));
         assert!(Block::decode(&bytes[..bytes.len() - 5], "m").is_err());
         let mut flipped = bytes.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0xff;
-        assert!(matches!(Block::decode(&flipped, "m"), Err(BlockError::Checksum)));
+        assert!(matches!(
+            Block::decode(&flipped, "m"),
+            Err(BlockError::Checksum)
+        ));
         assert!(read_header(b"garbage", "m").is_err());
     }
 
     #[test]
     fn positions_slice_every_head() {
-        let a = host(&(0..12).map(|i| i as f32).collect::<Vec<_>>(), &[1, 2, 3, 2]);
+        let a = host(
+            &(0..12).map(|i| i as f32).collect::<Vec<_>>(),
+            &[1, 2, 3, 2],
+        );
         let p = a.positions(1, 3);
         assert_eq!(p.shape, vec![1, 2, 2, 2]);
         let vals: Vec<f32> = p

@@ -17,12 +17,6 @@ pub struct Entry {
     pub last_used: u64,
 }
 
-impl Entry {
-    fn end(&self) -> usize {
-        self.header.start + self.header.tokens.len()
-    }
-}
-
 /// Where a stored prompt resumes: `tokens` positions, read from `chain` (root first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resume {
@@ -41,8 +35,8 @@ pub struct Plan {
 pub struct Index {
     block_tokens: usize,
     blocks: HashMap<Key, Entry>,
-    /// Partial blocks by the key they follow.
-    partials: HashMap<Key, Vec<Key>>,
+    /// Blocks by the key they follow.
+    children: HashMap<Key, Vec<Key>>,
     /// Keys being written, with what they are expected to take (they count as present
     /// when planning, and against the budget).
     pending: HashMap<Key, u64>,
@@ -55,7 +49,7 @@ impl Index {
         Index {
             block_tokens: block_tokens.max(1),
             blocks: HashMap::new(),
-            partials: HashMap::new(),
+            children: HashMap::new(),
             pending: HashMap::new(),
             bytes: 0,
             clock: 0,
@@ -85,11 +79,13 @@ impl Index {
         self.remove(key);
         self.pending.remove(&key);
         self.clock = self.clock.max(last_used) + 1;
-        if !self.is_full(&header) {
-            self.partials.entry(header.parent).or_default().push(key);
-        }
+        self.children.entry(header.parent).or_default().push(key);
         self.bytes += bytes;
-        let last_used = if last_used == 0 { self.clock } else { last_used };
+        let last_used = if last_used == 0 {
+            self.clock
+        } else {
+            last_used
+        };
         self.blocks.insert(
             key,
             Entry {
@@ -103,10 +99,10 @@ impl Index {
     pub fn remove(&mut self, key: Key) -> Option<Entry> {
         let e = self.blocks.remove(&key)?;
         self.bytes -= e.bytes;
-        if let Some(list) = self.partials.get_mut(&e.header.parent) {
+        if let Some(list) = self.children.get_mut(&e.header.parent) {
             list.retain(|k| *k != key);
             if list.is_empty() {
-                self.partials.remove(&e.header.parent);
+                self.children.remove(&e.header.parent);
             }
         }
         Some(e)
@@ -120,53 +116,46 @@ impl Index {
         self.pending.remove(&key);
     }
 
-    /// The longest stored prefix of `prompt` within `limit` positions (at a stored state for
-    /// a recurrent model).
+    /// The longest stored prefix of `prompt` within `limit` positions: full blocks walked
+    /// from the root, then the block that shares most of the rest (any part of it for keys
+    /// and values, which can be cut; for a recurrent model only whole blocks with a state).
     pub fn best(&self, prompt: &[u32], limit: usize, recurrent: bool) -> Option<Resume> {
-        let b = self.block_tokens;
         let limit = limit.min(prompt.len());
         let (mut parent, mut at) = (0 as Key, 0usize);
         let mut chain = Vec::new();
         let mut best: Option<Resume> = None;
         loop {
-            // A tail that follows the blocks walked so far.
-            for &pk in self.partials.get(&parent).into_iter().flatten() {
-                let e = &self.blocks[&pk];
-                let end = e.end();
-                let longer = best.as_ref().is_none_or(|r| end > r.tokens);
-                if end <= limit
-                    && longer
-                    && (!recurrent || e.header.has_state)
-                    && prompt[at..end] == e.header.tokens[..]
-                {
+            let rest = &prompt[at..limit];
+            let mut through = None;
+            for &ck in self.children.get(&parent).into_iter().flatten() {
+                let e = &self.blocks[&ck];
+                let tokens = &e.header.tokens;
+                let shared = common_prefix(tokens, rest);
+                let whole = shared == tokens.len();
+                if shared == 0 || (recurrent && !(whole && e.header.has_state)) {
+                    if whole && self.is_full(&e.header) {
+                        through.get_or_insert(ck);
+                    }
+                    continue;
+                }
+                if whole && self.is_full(&e.header) {
+                    through.get_or_insert(ck);
+                }
+                if best.as_ref().is_none_or(|r| at + shared > r.tokens) {
                     let mut c = chain.clone();
-                    c.push(pk);
+                    c.push(ck);
                     best = Some(Resume {
-                        tokens: end,
+                        tokens: at + shared,
                         chain: c,
                     });
                 }
             }
-            if at + b > limit {
+            let Some(k) = through else {
                 break;
-            }
-            let key = chain_key(parent, &prompt[at..at + b]);
-            match self.blocks.get(&key) {
-                Some(e) if e.header.tokens[..] == prompt[at..at + b] => {
-                    chain.push(key);
-                    at += b;
-                    parent = key;
-                    if (!recurrent || e.header.has_state)
-                        && best.as_ref().is_none_or(|r| at > r.tokens)
-                    {
-                        best = Some(Resume {
-                            tokens: at,
-                            chain: chain.clone(),
-                        });
-                    }
-                }
-                _ => break,
-            }
+            };
+            chain.push(k);
+            at += self.block_tokens;
+            parent = k;
         }
         best
     }
@@ -221,6 +210,10 @@ impl Index {
     }
 }
 
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,7 +234,13 @@ mod tests {
     fn store(ix: &mut Index, tokens: &[u32], state: bool) {
         let plan = ix.plan(tokens, state).unwrap();
         for (parent, start, end) in plan.blocks {
-            add(ix, parent, start, &tokens[start..end], state && end == tokens.len());
+            add(
+                ix,
+                parent,
+                start,
+                &tokens[start..end],
+                state && end == tokens.len(),
+            );
         }
     }
 
@@ -255,15 +254,16 @@ mod tests {
         let mut longer = seq.clone();
         longer.extend([50, 51]);
         assert_eq!(ix.best(&longer, 11, false).unwrap().tokens, 10);
-        // Diverging inside the tail: the full blocks only.
+        // Diverging inside the tail: the full blocks and the tail's shared part.
         let mut other = seq[..9].to_vec();
         other.extend([99, 98]);
         let r = ix.best(&other, 10, false).unwrap();
-        assert_eq!((r.tokens, r.chain.len()), (8, 2));
-        // Diverging in the first block: nothing.
-        assert!(ix.best(&[1, 2, 9, 9, 9], 4, false).is_none());
+        assert_eq!((r.tokens, r.chain.len()), (9, 3));
+        // Diverging in the first block: its shared part.
+        assert_eq!(ix.best(&[1, 2, 9, 9, 9], 4, false).unwrap().tokens, 2);
+        assert!(ix.best(&[7, 2, 9, 9, 9], 4, false).is_none());
         // The limit cuts: a prompt of exactly the sequence resumes before its last token.
-        assert_eq!(ix.best(&seq, 9, false).unwrap().tokens, 8);
+        assert_eq!(ix.best(&seq, 9, false).unwrap().tokens, 9);
     }
 
     #[test]
@@ -276,12 +276,22 @@ mod tests {
         let longer: Vec<u32> = (1..=14).collect();
         let plan = ix.plan(&longer, false).unwrap();
         assert_eq!(plan.from, 8);
-        assert_eq!(plan.blocks.iter().map(|b| (b.1, b.2)).collect::<Vec<_>>(), vec![(8, 12), (12, 14)]);
+        assert_eq!(
+            plan.blocks.iter().map(|b| (b.1, b.2)).collect::<Vec<_>>(),
+            vec![(8, 12), (12, 14)]
+        );
         // Keys being written count as present.
         let mut parent = 0;
         let mut keys = Vec::new();
         for (_, start, end) in &plan.blocks {
-            parent = chain_key(if keys.is_empty() { plan.blocks[0].0 } else { parent }, &longer[*start..*end]);
+            parent = chain_key(
+                if keys.is_empty() {
+                    plan.blocks[0].0
+                } else {
+                    parent
+                },
+                &longer[*start..*end],
+            );
             keys.push((parent, 1));
         }
         ix.set_pending(keys);
@@ -297,6 +307,8 @@ mod tests {
         // A state at 6 (a tail); the full block [0, 4) has none.
         assert_eq!(ix.best(&turn2, 11, true).unwrap().tokens, 6);
         assert_eq!(ix.best(&turn1[..5], 4, true), None);
+        // Never inside a block: the state is at its end.
+        assert_eq!(ix.best(&[1, 2, 3, 4, 5, 9, 9], 6, true), None);
         store(&mut ix, &turn2[..8], true);
         assert_eq!(ix.best(&turn2, 11, true).unwrap().tokens, 8);
     }

@@ -35,8 +35,8 @@ use crate::dist::Group;
 use crate::model::cache::LayerRow;
 use crate::model::{ModelError, Result};
 use block::{file_name, HostArray, HostLayer, Key};
-use safetensors::tensor::TensorView;
 use index::{Index, Resume};
+use safetensors::tensor::TensorView;
 pub use writer::finish_writes;
 use writer::{Segment, Writer, Written};
 
@@ -162,7 +162,9 @@ impl DiskCache {
                 .ok()
                 .and_then(|key| read_header_of(&path, &self.model).map(|h| (key, h)));
             match header {
-                Some((key, (header, bytes))) if block::chain_key(header.parent, &header.tokens) == key => {
+                Some((key, (header, bytes)))
+                    if block::chain_key(header.parent, &header.tokens) == key =>
+                {
                     let mtime = entry.metadata().and_then(|m| m.modified()).ok();
                     found.push((mtime, key, header, bytes));
                 }
@@ -194,26 +196,28 @@ impl DiskCache {
     /// Reads the blocks of `resume` into one row per layer (keys and values concatenated,
     /// the last block's states). A bad file is a miss: it is deleted and `Ok(None)` returned.
     pub fn load(&mut self, resume: &Resume) -> Result<Option<Vec<LayerRow>>> {
-        let mut files = Vec::with_capacity(resume.chain.len());
-        for &key in &resume.chain {
-            match std::fs::read(self.folder.join(file_name(key))) {
-                Ok(bytes) => files.push(bytes),
-                Err(e) => return Ok(self.bad_block(key, &e.to_string())),
-            }
-        }
-        let model = self.model.clone();
-        let mut blocks = Vec::with_capacity(files.len());
-        for (i, bytes) in files.iter().enumerate() {
-            match block::decode_views(bytes, &model) {
-                Ok((_, layers)) => blocks.push(layers),
-                Err(e) => {
-                    let e = e.to_string();
-                    drop(blocks);
-                    return Ok(self.bad_block(resume.chain[i], &e));
-                }
-            }
-        }
+        let started = std::time::Instant::now();
+        let paths: Vec<PathBuf> = (resume.chain.iter())
+            .map(|k| self.folder.join(file_name(*k)))
+            .collect();
+        let files = match read_checked(&paths, &self.model) {
+            Ok(files) => files,
+            Err((i, e)) => return Ok(self.bad_block(resume.chain[i], &e)),
+        };
+        let read = started.elapsed();
+        let blocks = files
+            .iter()
+            .map(|bytes| block::decode_views(bytes, &self.model, false).map(|(_, layers)| layers))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| ModelError::Request(format!("prompt cache: {e}")))?;
         let rows = rows_of(&blocks)?;
+        tracing::debug!(
+            blocks = files.len(),
+            bytes = files.iter().map(Vec::len).sum::<usize>(),
+            read_ms = read.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "prompt cache: read from disk"
+        );
         self.index.touch(&resume.chain);
         if let Some(w) = &self.writer {
             w.touch(resume.chain.clone());
@@ -448,37 +452,102 @@ fn block_keys(tokens: &[u32], blocks: &[(Key, usize, usize)]) -> Vec<Key> {
 }
 
 /// One row per layer from consecutive blocks: each layer's keys and values gathered head by
-/// head into one buffer (one copy, then MLX's), the last block's states.
+/// head into one buffer (one copy, by several threads: plain bytes), then MLX's copy of it on
+/// this thread; the last block's states.
 fn rows_of(blocks: &[Vec<HostLayer<TensorView<'_>>>]) -> Result<Vec<LayerRow>> {
     let Some(last) = blocks.last() else {
         return Ok(Vec::new());
     };
     let bad = || ModelError::Request("prompt cache blocks disagree on their layers".into());
+    // Every (layer, keys | values) to gather, as the blocks' parts.
+    let mut jobs: Vec<Vec<&TensorView<'_>>> = Vec::new();
+    for l in 0..last.len() {
+        if let HostLayer::Kv(..) = &last[l] {
+            let mut ks = Vec::with_capacity(blocks.len());
+            let mut vs = Vec::with_capacity(blocks.len());
+            for b in blocks {
+                match b.get(l) {
+                    Some(HostLayer::Kv(k, v)) => {
+                        ks.push(k);
+                        vs.push(v);
+                    }
+                    _ => return Err(bad()),
+                }
+            }
+            jobs.push(ks);
+            jobs.push(vs);
+        }
+    }
+    let gathered = in_parallel(&jobs, |parts| gather(parts));
+    let mut gathered = gathered.into_iter();
+    let mut array = || -> Result<Array> {
+        let (dtype, shape, data) = gathered.next().flatten().ok_or_else(bad)?;
+        Ok(block::array_from(dtype, &shape, &data))
+    };
     let view = |t: &TensorView| block::array_from(t.dtype(), t.shape(), t.data());
     (0..last.len())
         .map(|l| match &last[l] {
-            HostLayer::Kv(..) => {
-                let mut ks = Vec::with_capacity(blocks.len());
-                let mut vs = Vec::with_capacity(blocks.len());
-                for b in blocks {
-                    match b.get(l) {
-                        Some(HostLayer::Kv(k, v)) => {
-                            ks.push(k);
-                            vs.push(v);
-                        }
-                        _ => return Err(bad()),
-                    }
-                }
-                Ok(LayerRow::Kv(gather(&ks).ok_or_else(bad)?, gather(&vs).ok_or_else(bad)?))
-            }
+            HostLayer::Kv(..) => Ok(LayerRow::Kv(array()?, array()?)),
             HostLayer::State(s) => Ok(LayerRow::State(s.iter().map(view).collect())),
             HostLayer::Stateless => Ok(LayerRow::Stateless),
         })
         .collect()
 }
 
-/// Arrays `[1, H, n_i, D]` joined along positions; `None` when their shapes disagree.
-fn gather(parts: &[&TensorView<'_>]) -> Option<Array> {
+/// Threads for reading and gathering blocks.
+fn io_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8)
+}
+
+/// `f` over `items` on several threads (plain data only), results in order.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = io_threads().min(items.len()).max(1);
+    let mut out: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let f = &f;
+                scope.spawn(move || {
+                    (t..items.len())
+                        .step_by(threads)
+                        .map(|i| (i, f(&items[i])))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            for (i, r) in h.join().unwrap_or_default() {
+                out[i] = Some(r);
+            }
+        }
+    });
+    out.into_iter()
+        .map(|r| r.expect("every item ran"))
+        .collect()
+}
+
+/// Reads and checks (model, checksum) every file, several at a time; the first bad one's
+/// index and error otherwise.
+fn read_checked(
+    paths: &[PathBuf],
+    model: &str,
+) -> std::result::Result<Vec<Vec<u8>>, (usize, String)> {
+    let results = in_parallel(paths, |p| {
+        let bytes = std::fs::read(p).map_err(|e| e.to_string())?;
+        block::decode_views(&bytes, model, true).map_err(|e| e.to_string())?;
+        Ok::<_, String>(bytes)
+    });
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.map_err(|e| (i, e)))
+        .collect()
+}
+
+/// Arrays `[1, H, n_i, D]` joined along positions, as bytes; `None` when their shapes disagree.
+fn gather(parts: &[&TensorView<'_>]) -> Option<(safetensors::Dtype, Vec<usize>, Vec<u8>)> {
     let first = parts.first()?;
     let (dtype, shape) = (first.dtype(), first.shape());
     let [b, h, _, d] = shape[..] else {
@@ -487,7 +556,12 @@ fn gather(parts: &[&TensorView<'_>]) -> Option<Array> {
     let elem = dtype.bitsize() / 8;
     let row = d * elem;
     let n: usize = parts.iter().map(|p| p.shape()[2]).sum();
-    if parts.iter().any(|p| p.dtype() != dtype || p.shape().len() != 4 || p.shape()[..2] != shape[..2] || p.shape()[3] != d) {
+    if parts.iter().any(|p| {
+        p.dtype() != dtype
+            || p.shape().len() != 4
+            || p.shape()[..2] != shape[..2]
+            || p.shape()[3] != d
+    }) {
         return None;
     }
     let mut data = Vec::with_capacity(b * h * n * row);
@@ -497,5 +571,5 @@ fn gather(parts: &[&TensorView<'_>]) -> Option<Array> {
             data.extend_from_slice(&p.data()[head * len..(head + 1) * len]);
         }
     }
-    Some(block::array_from(dtype, &[b, h, n, d], &data))
+    Some((dtype, vec![b, h, n, d], data))
 }

@@ -116,7 +116,11 @@ impl Writer {
             return false;
         }
         QUEUED.fetch_add(bytes, Ordering::SeqCst);
-        if self.jobs.as_ref().is_none_or(|j| j.send(Job::Write(seg)).is_err()) {
+        if self
+            .jobs
+            .as_ref()
+            .is_none_or(|j| j.send(Job::Write(seg)).is_err())
+        {
             self.queued.fetch_sub(bytes, Ordering::SeqCst);
             QUEUED.fetch_sub(bytes, Ordering::SeqCst);
             return false;

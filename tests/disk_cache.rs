@@ -211,3 +211,53 @@ fn the_folder_keeps_its_budget() {
     let r = complete(&s, &format!("{} More.", prompt("oceans")));
     assert!(cached(&r) >= 512, "{r}");
 }
+
+/// Every cache kind the server runs goes through the disk and back: latent attention
+/// (DeepSeek-V3's MLA), windowed caches for sliding-window layers (gpt-oss with attention
+/// sinks, Mistral), in a new engine over the same folder (blocks of 8), with the tokens of a
+/// cold run. (Recurrent checkpoints: tests/hybrid.rs.)
+#[test]
+fn every_cache_kind_resumes_from_disk_in_a_new_engine() {
+    use common::engine::{engine, greedy, run};
+    use kooka::engine::disk_cache::open_for_model;
+    use kooka::engine::{DiskCacheConfig, EngineConfig};
+    use kooka::model::ComputeDtype;
+    let _one = one_at_a_time();
+    for name in ["deepseek_v3-q4g64", "gpt_oss-mxfp4", "mistral_swa-q4g64"] {
+        let model = common::tiny_model(name);
+        let config = DiskCacheConfig {
+            dir: fresh_dir(&format!("disk-cache-kinds-{name}")),
+            budget_bytes: 1 << 30,
+            block_tokens: 8,
+        };
+        let serving = EngineConfig {
+            prefill_chunk: 7,
+            prefix_cache_tokens: 4096,
+            windowed_caches: true,
+            ..Default::default()
+        };
+        let with_disk = || {
+            let mut e = engine(&model, serving);
+            let disk = open_for_model(&config, &model, ComputeDtype::Auto, None, 0);
+            assert!(disk.is_some(), "{name}: the folder opens");
+            e.set_disk_cache(disk, None);
+            e
+        };
+        let prompt: Vec<u32> = (0..37u32).map(|i| (i * 41 + 5) % 320).collect();
+        {
+            // Dropping the engine finishes its writes.
+            let mut e = with_disk();
+            run(&mut e, &[greedy(prompt.clone(), 6)], &[0]);
+        }
+        let mut longer = prompt.clone();
+        longer.extend([9, 8, 7]);
+        let hit = run(&mut with_disk(), &[greedy(longer.clone(), 6)], &[0]);
+        let cold_engine = EngineConfig {
+            prefix_cache_tokens: 0,
+            ..serving
+        };
+        let cold = run(&mut engine(&model, cold_engine), &[greedy(longer, 6)], &[0]);
+        assert_eq!(hit[0].1, 37, "{name}: the whole first prompt from disk");
+        assert_eq!(hit[0].0, cold[0].0, "{name}: tokens after resuming from disk");
+    }
+}

@@ -45,7 +45,16 @@ impl HostArray {
     pub fn from_array(a: &Array) -> crate::model::Result<Self> {
         let a = a.contiguous()?;
         a.eval()?;
-        let shape = a.shape().iter().map(|&d| d as usize).collect();
+        let shape: Vec<usize> = a.shape().iter().map(|&d| d as usize).collect();
+        let dtype = st_dtype_of(a.dtype())?;
+        if a.size() == 0 {
+            // (MLX gives no data pointer for an empty array.)
+            return Ok(HostArray {
+                dtype,
+                shape,
+                data: Vec::new(),
+            });
+        }
         macro_rules! bytes {
             ($t:ty) => {{
                 let s = a.try_as_slice::<$t>().map_err(|e| {
@@ -58,17 +67,12 @@ impl HostArray {
                 .to_vec()
             }};
         }
-        let (dtype, data) = match a.dtype() {
-            Dtype::Float32 => (safetensors::Dtype::F32, bytes!(f32)),
-            Dtype::Bfloat16 => (safetensors::Dtype::BF16, bytes!(half::bf16)),
-            Dtype::Float16 => (safetensors::Dtype::F16, bytes!(half::f16)),
-            Dtype::Uint32 => (safetensors::Dtype::U32, bytes!(u32)),
-            Dtype::Int32 => (safetensors::Dtype::I32, bytes!(i32)),
-            other => {
-                return Err(crate::model::ModelError::Request(format!(
-                    "the disk prompt cache cannot store {other:?} arrays"
-                )))
-            }
+        let data = match a.dtype() {
+            Dtype::Float32 => bytes!(f32),
+            Dtype::Bfloat16 => bytes!(half::bf16),
+            Dtype::Float16 => bytes!(half::f16),
+            Dtype::Uint32 => bytes!(u32),
+            _ => bytes!(i32),
         };
         Ok(HostArray { dtype, shape, data })
     }
@@ -91,6 +95,22 @@ impl HostArray {
             data,
         }
     }
+}
+
+/// The safetensors dtype of an MLX one the disk cache stores.
+fn st_dtype_of(dtype: Dtype) -> crate::model::Result<safetensors::Dtype> {
+    Ok(match dtype {
+        Dtype::Float32 => safetensors::Dtype::F32,
+        Dtype::Bfloat16 => safetensors::Dtype::BF16,
+        Dtype::Float16 => safetensors::Dtype::F16,
+        Dtype::Uint32 => safetensors::Dtype::U32,
+        Dtype::Int32 => safetensors::Dtype::I32,
+        other => {
+            return Err(crate::model::ModelError::Request(format!(
+                "the disk prompt cache cannot store {other:?} arrays"
+            )))
+        }
+    })
 }
 
 /// An MLX array (a copy) of `data`, `shape` elements of `dtype` (safetensors checked the
@@ -454,6 +474,21 @@ mod tests {
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
         assert_eq!(vals, vec![2.0, 3.0, 4.0, 5.0, 8.0, 9.0, 10.0, 11.0]);
+    }
+
+    #[test]
+    fn arrays_copy_out_and_back_empty_ones_too() {
+        let vals: Vec<f32> = (0..24).map(|i| i as f32 * 0.5).collect();
+        for (data, shape) in [(&vals[..], [1, 2, 3, 4]), (&vals[..0], [1, 1, 0, 4])] {
+            let a = Array::from_slice(data, &shape);
+            let h = HostArray::from_array(&a).unwrap();
+            assert_eq!(h.data.len(), data.len() * 4);
+            let b = array_from(h.dtype, &h.shape, &h.data);
+            assert_eq!(b.shape(), &shape);
+            if !data.is_empty() {
+                assert_eq!(b.as_slice::<f32>(), data);
+            }
+        }
     }
 
     #[test]

@@ -172,8 +172,15 @@ fn overload_gets_429s_and_the_rest_completes() {
         assert!(r.headers.contains("retry-after: 1"), "{}", r.headers);
         assert_eq!(r.json()["error"]["code"], "server_overloaded");
     }
-    let h = health(&addr);
-    assert_eq!(h["status"], "ok");
+    // /health reads the snapshot the model actor publishes after each round: give the last
+    // round a moment to land.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut h = health(&addr);
+    while h["status"] != "ok" && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        h = health(&addr);
+    }
+    assert_eq!(h["status"], "ok", "{h}");
     assert_eq!(h["runtime"]["waiting"], 0, "{h}");
 }
 

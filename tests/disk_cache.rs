@@ -258,6 +258,9 @@ fn every_cache_kind_resumes_from_disk_in_a_new_engine() {
         };
         let cold = run(&mut engine(&model, cold_engine), &[greedy(longer, 6)], &[0]);
         assert_eq!(hit[0].1, 37, "{name}: the whole first prompt from disk");
-        assert_eq!(hit[0].0, cold[0].0, "{name}: tokens after resuming from disk");
+        assert_eq!(
+            hit[0].0, cold[0].0,
+            "{name}: tokens after resuming from disk"
+        );
     }
 }

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod config;
 mod models;
 mod serve;
+mod speculation;
 pub use config::{parse, parse_from, ConfigError, ParseError};
 pub use models::{run_models, ModelsArgs};
 pub use serve::{run_serve, ParallelArg, ServeArgs};
@@ -202,6 +203,8 @@ pub struct GenerateArgs {
     /// count; default an even split.
     #[arg(long, env = "KOOKA_PIPELINE_SPLIT", value_delimiter = ',')]
     pub pipeline_split: Option<Vec<usize>>,
+    #[command(flatten)]
+    pub speculation: speculation::SpeculationArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -309,6 +312,12 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         engine.set_constrainer(crate::constrain::Constrainer::new(tok)?);
     }
     engine.set_prefill_chunk(args.prefill_step_size);
+    if let Some(speculation) = args.speculation.config() {
+        engine.configure(crate::engine::EngineConfig {
+            speculation: Some(speculation),
+            ..engine.config()
+        });
+    }
     let opts = GenerateOptions {
         max_tokens: args.max_tokens,
         params: SamplingParams {
@@ -378,6 +387,15 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     eprintln!("{stats}");
+    if let Some(s) = engine.status().speculation {
+        eprintln!(
+            "speculation: {} of {} draft tokens kept ({:.1}%) in {} verify steps",
+            s.accepted,
+            s.drafted,
+            100.0 * s.accepted as f64 / s.drafted.max(1) as f64,
+            s.steps
+        );
+    }
     Ok(())
 }
 

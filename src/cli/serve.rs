@@ -113,6 +113,8 @@ pub struct ServeArgs {
     /// backend, 2048 on a GPU].
     #[arg(long, env = "KOOKA_PREFILL_CHUNK", help_heading = "Runtime limits")]
     pub prefill_chunk: Option<usize>,
+    #[command(flatten)]
+    pub speculation: super::speculation::SpeculationArgs,
     #[arg(long, env = "KOOKA_COMPUTE_DTYPE", value_enum, default_value_t = ComputeDtypeArg::Auto, help_heading = "Model")]
     pub compute_dtype: ComputeDtypeArg,
     /// Require this key on inference routes (`Authorization: Bearer KEY` or `x-api-key`);
@@ -277,6 +279,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             prompt_cache_bytes: args.prompt_cache_bytes,
             disk_cache,
             prefill_chunk: args.prefill_chunk,
+            speculation: args.speculation.config(),
             queue_timeout: std::time::Duration::from_secs(args.queue_timeout.max(1)),
         },
         incremental_tool_calls: args.incremental_tool_calls,

@@ -26,10 +26,10 @@ pub(super) struct Ready {
 }
 
 pub(super) struct Batch {
-    rows: Vec<Sequence>,
-    caches: Vec<LayerCache>,
+    pub(super) rows: Vec<Sequence>,
+    pub(super) caches: Vec<LayerCache>,
     /// Every row's pending token, uint32 `[B]` (lazy until read).
-    tokens: Array,
+    pub(super) tokens: Array,
 }
 
 /// What a step queued for one row before reading its current token.
@@ -209,7 +209,7 @@ impl Batch {
 
     /// Keeps rows `keep`; the others' positions are offered to `prefix`. `tokens_all_rows`:
     /// whether `self.tokens` still has an entry for every row (else only the kept ones).
-    fn retain(
+    pub(super) fn retain(
         &mut self,
         keep: &[usize],
         tokens_all_rows: bool,
@@ -243,7 +243,7 @@ impl Batch {
     }
 }
 
-fn concat_tokens(tokens: Vec<Array>) -> Result<Array> {
+pub(super) fn concat_tokens(tokens: Vec<Array>) -> Result<Array> {
     if tokens.len() == 1 {
         return Ok(tokens
             .into_iter()

@@ -14,6 +14,11 @@
 //! 2. **Decode**: one batched forward for every decoding sequence (`batch.rs`), each row with
 //!    its own position, sampling parameters, processors, grammar and seed.
 //!
+//! With [`EngineConfig::speculation`], a batch of at most
+//! [`SpeculationConfig::max_rows`] rows runs verify steps instead (`speculative/`): every row
+//! reads its pending token and the tokens prompt lookup drafts for it in one forward, and
+//! keeps those its sampler agrees with.
+//!
 //! Sequences leave the batch as soon as they finish or are cancelled, and their keys and
 //! values go to the prefix cache. Models with sliding-window layers keep one batch per
 //! sequence (rotating caches are not batched) and no prefix cache.
@@ -35,6 +40,7 @@ mod prefill;
 mod prefix_cache;
 pub mod sampling;
 mod sequence;
+pub mod speculative;
 pub mod text;
 
 use std::collections::VecDeque;
@@ -52,6 +58,7 @@ use prefix_cache::PrefixCache;
 pub use prefix_cache::PrefixCacheStats;
 use sampling::{make_processors, Sampler, SamplingParams};
 use sequence::{Extras, Sequence};
+pub use speculative::{SpeculationConfig, SpeculationStats};
 
 /// Identifies a sequence within one engine.
 pub type SeqId = u64;
@@ -72,6 +79,8 @@ pub struct EngineConfig {
     /// Rank 0 has a disk tier under its prefix cache: with several ranks, every rank's
     /// lookups agree on one length (see [`disk_cache::agree`]).
     pub disk_cache: bool,
+    /// Speculative decoding (prompt lookup); `None`: off.
+    pub speculation: Option<SpeculationConfig>,
 }
 
 impl Default for EngineConfig {
@@ -81,6 +90,7 @@ impl Default for EngineConfig {
             prefix_cache_tokens: 0,
             windowed_caches: false,
             disk_cache: false,
+            speculation: None,
         }
     }
 }
@@ -117,6 +127,8 @@ pub struct EngineStatus {
     pub prefix_cache: PrefixCacheStats,
     /// The disk tier under it (`--prompt-cache-dir`).
     pub disk_cache: Option<DiskCacheStats>,
+    /// Speculative decoding so far, when it is on.
+    pub speculation: Option<SpeculationStats>,
 }
 
 /// One generation request, plain data (it crosses the control plane as is).
@@ -194,6 +206,9 @@ pub struct Engine {
     ranks: Option<Rc<Group>>,
     next_id: SeqId,
     steps: u64,
+    /// Caches can drop positions (no rotating or recurrent layer): speculation can run.
+    trimmable: bool,
+    speculation: SpeculationStats,
     /// Compiles the grammars of constrained requests (the tokenizer's vocabulary as bytes).
     constrainer: Option<Constrainer>,
 }
@@ -216,6 +231,8 @@ impl Engine {
             ranks: None,
             next_id: 0,
             steps: 0,
+            trimmable: false,
+            speculation: SpeculationStats::default(),
             constrainer: None,
         };
         engine.configure(config);
@@ -235,6 +252,13 @@ impl Engine {
         let fresh = self.new_caches();
         self.batchable = !fresh.iter().any(LayerCache::is_rotating);
         self.recurrent = fresh.iter().any(LayerCache::is_recurrent);
+        self.trimmable = self.batchable && !self.recurrent;
+        if config.speculation.is_some() && !self.trimmable {
+            tracing::warn!(
+                "speculative decoding needs caches that can drop positions \
+                 (no sliding-window rotation, no recurrent layers): off for this model"
+            );
+        }
         let checkpoint_tokens = self.model.checkpoint_tokens();
         if let Some(disk) = self.prefix.take().and_then(PrefixCache::into_disk) {
             self.disk = Some(disk);
@@ -297,6 +321,11 @@ impl Engine {
                 .map(PrefixCache::stats)
                 .unwrap_or_default(),
             disk_cache: self.prefix.as_ref().and_then(PrefixCache::disk_stats),
+            speculation: self
+                .config
+                .speculation
+                .filter(|_| self.trimmable)
+                .map(|_| self.speculation),
         }
     }
 
@@ -355,6 +384,8 @@ impl Engine {
                 cached: 0,
                 extras: Extras::default(),
                 prompt_logits: None,
+                drafted: 0,
+                accepted: 0,
             },
             caches: None,
             done: 0,
@@ -400,8 +431,15 @@ impl Engine {
             }
         }
         let mut events = Vec::new();
+        let speculation = self.config.speculation.filter(|_| self.trimmable);
         for b in self.batches.iter_mut() {
-            events.extend(b.step(self.model.as_ref(), self.prefix.as_mut())?);
+            let model = self.model.as_ref();
+            events.extend(match speculation {
+                Some(s) if b.len() <= s.max_rows && b.any_speculates() => {
+                    b.step_speculative(model, self.prefix.as_mut(), &s, &mut self.speculation)?
+                }
+                _ => b.step(model, self.prefix.as_mut())?,
+            });
         }
         self.batches.retain(|b| b.len() > 0);
         self.steps += 1;

@@ -68,6 +68,9 @@ pub(super) struct Sequence {
     /// The extras of the token now pending (read with it).
     pub extras: Extras,
     pub prompt_logits: Option<Array>,
+    /// Draft tokens proposed for this sequence, and kept (speculative decoding).
+    pub drafted: usize,
+    pub accepted: usize,
 }
 
 impl Sequence {
@@ -204,6 +207,15 @@ impl Sequence {
         } else {
             None
         };
+        if finish.is_some() && self.drafted > 0 {
+            tracing::debug!(
+                seq = self.id,
+                drafted = self.drafted,
+                accepted = self.accepted,
+                rate = self.accepted as f64 / self.drafted as f64,
+                "speculation"
+            );
+        }
         Ok(TokenEvent {
             seq: self.id,
             token,

@@ -134,6 +134,28 @@ impl Collector for StatusCollector {
         if let Some(d) = s.engine.disk_cache {
             disk_cache(e, &d, &bytes)?;
         }
+        if let Some(sp) = s.engine.speculation {
+            let counters = [
+                (
+                    "speculative_steps",
+                    "Verify forwards of speculative decoding",
+                    sp.steps,
+                ),
+                (
+                    "speculative_draft_tokens",
+                    "Draft tokens proposed (prompt lookup)",
+                    sp.drafted,
+                ),
+                (
+                    "speculative_accepted_tokens",
+                    "Draft tokens the model kept; over draft tokens: the acceptance rate",
+                    sp.accepted,
+                ),
+            ];
+            for (name, help, v) in counters {
+                counter(e, name, help, v)?;
+            }
+        }
         let m = s.memory;
         gauge(
             e,

@@ -340,21 +340,25 @@ impl Linear {
     }
 }
 
-/// A decode batch's `[B, 1, in]` goes through `f` as one sequence `[1, B, in]` and comes
-/// back as `[B, 1, out]`. The product is the same row by row, but MLX runs a batched input
-/// against one weight matrix as B separate matrix-vector products (the CUDA backend's
-/// quantized matmul, and the CPU backend's one GEMM call per batch entry), reading the weights
-/// B times; as one sequence they are read once.
+/// A decode batch's `[B, L, in]` (L = 1, or the few positions of a speculative verify step)
+/// goes through `f` as one sequence `[1, B * L, in]` and comes back as `[B, L, out]`. The
+/// product is the same row by row, but MLX runs a batched input against one weight matrix as
+/// B separate products (the CUDA backend's quantized matmul, and the CPU backend's one GEMM
+/// call per batch entry), reading the weights B times; as one sequence they are read once.
+/// Longer inputs (a batched prefill) go as they are: measured no faster reshaped.
 fn as_one_sequence(x: &Array, f: impl FnOnce(&Array) -> Result<Array>) -> Result<Array> {
     match x.shape() {
-        &[b, 1, k] if b > 1 => {
-            let y = f(&x.reshape(&[1, b, k])?)?;
+        &[b, l, k] if b > 1 && l <= MAX_ONE_SEQUENCE_POSITIONS => {
+            let y = f(&x.reshape(&[1, b * l, k])?)?;
             let n = y.shape()[2];
-            Ok(y.reshape(&[b, 1, n])?)
+            Ok(y.reshape(&[b, l, n])?)
         }
         _ => f(x),
     }
 }
+
+/// The longest per-row input [`as_one_sequence`] reshapes.
+const MAX_ONE_SEQUENCE_POSITIONS: i32 = 64;
 
 /// `nn.Embedding` / `nn.QuantizedEmbedding`, usable as the tied output projection.
 pub struct Embedding {

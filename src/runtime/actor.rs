@@ -220,6 +220,7 @@ fn budgets(model: &dyn LanguageModel, config: &RuntimeConfig) -> (ModelInfo, Eng
         // Serving batches sliding-window models too (gpt-oss, Mistral with windows).
         windowed_caches: true,
         disk_cache: false,
+        speculation: config.speculation,
     };
     (info, engine)
 }

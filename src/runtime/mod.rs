@@ -56,6 +56,8 @@ pub struct RuntimeConfig {
     pub disk_cache: Option<crate::engine::DiskCacheConfig>,
     /// Prompt tokens prefilled per engine step; `None`: 512 on the CPU backend, 2048 on a GPU.
     pub prefill_chunk: Option<usize>,
+    /// Speculative decoding (`--speculative`); `None`: off.
+    pub speculation: Option<crate::engine::SpeculationConfig>,
     /// A request still waiting to start after this long gets a 429.
     pub queue_timeout: Duration,
 }
@@ -69,6 +71,7 @@ impl Default for RuntimeConfig {
             prompt_cache_bytes: None,
             disk_cache: None,
             prefill_chunk: None,
+            speculation: None,
             queue_timeout: Duration::from_secs(600),
         }
     }

@@ -111,6 +111,18 @@ impl LayerCache {
         }
     }
 
+    /// Forgets the last `drop[b]` positions of every row `b` (see [`KvCache::drop_tail`]); a
+    /// recurrent state cannot.
+    pub fn drop_tail(&mut self, drop: &[i32]) -> Result<()> {
+        match self {
+            LayerCache::Kv(c) => c.drop_tail(drop),
+            LayerCache::Stateless => Ok(()),
+            LayerCache::State(_) => Err(ModelError::Request(
+                "a recurrent state cannot drop positions".into(),
+            )),
+        }
+    }
+
     /// Row `b` as arrays of its own and the tokens it holds (`None` for the row count of a
     /// stateless layer); `None` when this cache cannot give one (rotating, or empty).
     pub fn row(&self, b: usize) -> Result<Option<(LayerRow, Option<i32>)>> {

@@ -401,6 +401,66 @@ mod tests {
         assert_eq!(banded, [false, true, true, false, false, false, true, true]);
     }
 
+    /// Positions numbered by value: `[1, 1, n, 1]` holding `from..from + n`.
+    fn numbered(from: i32, n: i32) -> Array {
+        Array::from_iter((from..from + n).map(|v| v as f32), &[1, 1, n, 1])
+    }
+
+    fn row_values(c: &KvCache, b: usize) -> Vec<f32> {
+        let (k, _, _) = c.row(b).unwrap().unwrap();
+        k.eval().unwrap();
+        k.as_slice::<f32>().to_vec()
+    }
+
+    /// A verify step's rejected drafts leave every row: rows that keep fewer are shifted
+    /// right (more padding), the positions they keep unchanged, and the next write lands
+    /// after each row's last kept position.
+    #[test]
+    fn rows_drop_their_rejected_tails() {
+        let mut a = KvCache::new();
+        a.update_and_fetch(&numbered(0, 3), &numbered(0, 3)).unwrap();
+        let mut b = KvCache::new();
+        b.update_and_fetch(&numbered(10, 2), &numbered(10, 2)).unwrap();
+        let mut batch = KvCache::merge(vec![a, b]).unwrap();
+        // Four new positions per row: the pending token and three drafts.
+        let new = ops::concatenate(&[numbered(100, 4), numbered(200, 4)], 0).unwrap();
+        batch.update_and_fetch(&new, &new).unwrap();
+        // Row 0 keeps two drafts, row 1 none.
+        batch.drop_tail(&[1, 3]).unwrap();
+        assert_eq!(row_values(&batch, 0), [0.0, 1.0, 2.0, 100.0, 101.0, 102.0]);
+        assert_eq!(row_values(&batch, 1), [10.0, 11.0, 200.0]);
+        let Positions::PerRow(p) = batch.positions().unwrap() else {
+            panic!("two rows have their own positions");
+        };
+        p.eval().unwrap();
+        assert_eq!(p.as_slice::<i32>(), [6, 3]);
+        let next = ops::concatenate(&[numbered(300, 1), numbered(400, 1)], 0).unwrap();
+        batch.update_and_fetch(&next, &next).unwrap();
+        assert_eq!(
+            row_values(&batch, 0),
+            [0.0, 1.0, 2.0, 100.0, 101.0, 102.0, 300.0]
+        );
+        assert_eq!(row_values(&batch, 1), [10.0, 11.0, 200.0, 400.0]);
+        // The next query's mask hides the shifted-in columns.
+        let AttnMask::Array(m) = batch.make_mask(1).unwrap() else {
+            panic!("a batch has a mask");
+        };
+        assert_eq!(
+            host(&m),
+            [
+                true, true, true, true, true, true, true, true, // row 0
+                false, false, false, true, true, true, true, true, // row 1
+            ]
+        );
+        // One row: only the offset moves.
+        let mut one = KvCache::new();
+        one.update_and_fetch(&numbered(0, 5), &numbered(0, 5)).unwrap();
+        one.drop_tail(&[2]).unwrap();
+        assert_eq!(one.offset(), 3);
+        assert!(one.drop_tail(&[1, 1]).is_err(), "one row, two drops");
+        assert!(KvCache::rotating(8, 0).drop_tail(&[0]).is_err());
+    }
+
     /// A windowed cache keeps every position; its queries see only the last `window`.
     #[test]
     fn windowed_caches_grow_and_mask_to_their_window() {

@@ -199,6 +199,54 @@ impl KvCache {
         self.trim_padding()
     }
 
+    /// Forgets the last `drop[b]` positions of every row `b` (the draft tokens a verify step
+    /// did not keep). Rows dropping more than the least are shifted right by the difference,
+    /// their padding growing by as much, so that every row still ends at the shared offset:
+    /// one gather per array, only when the rows disagree.
+    pub fn drop_tail(&mut self, drop: &[i32]) -> Result<()> {
+        let Some(&least) = drop.iter().min() else {
+            return Ok(());
+        };
+        if self.rotation.is_some() {
+            return Err(ModelError::Request(
+                "a rotating cache cannot drop positions".into(),
+            ));
+        }
+        if drop.len() != self.rows() || least < 0 || least > self.offset {
+            return Err(ModelError::Request(format!(
+                "cannot drop {drop:?} positions from {} rows of {}",
+                self.rows(),
+                self.offset
+            )));
+        }
+        self.offset -= least;
+        let Some(r) = &mut self.rows else {
+            return Ok(());
+        };
+        let shift: Vec<i32> = drop.iter().map(|d| d - least).collect();
+        if shift.iter().all(|&s| s == 0) {
+            return Ok(());
+        }
+        let t = self.offset;
+        let mut idx = Vec::with_capacity(shift.len() * t as usize);
+        for (&s, pad) in shift.iter().zip(r.left_pad.iter_mut()) {
+            idx.extend((0..t).map(|j| (j - s).max(0)));
+            *pad = (*pad + s).min(t);
+        }
+        let idx = Array::from_slice(&idx, &[shift.len() as i32, 1, t, 1]);
+        if let (Some(k), Some(v)) = (&self.keys, &self.values) {
+            let gather = |a: &Array| -> Result<Array> {
+                let a = slice(a, 0, t)?;
+                let s = a.shape();
+                let idx = ops::broadcast_to(&idx, &[s[0], s[1], t, s[3]])?;
+                Ok(a.take_along_axis(&idx, 2)?)
+            };
+            self.keys = Some(gather(k)?);
+            self.values = Some(gather(v)?);
+        }
+        self.trim_padding()
+    }
+
     /// Drops the leading columns that are padding in every row; one row left means no
     /// padding (and no mask) at all.
     fn trim_padding(&mut self) -> Result<()> {

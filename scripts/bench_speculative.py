@@ -36,8 +36,9 @@ def edit_prompt(model_dir):
         source = f.read()
     text = ("Rename the method `compute_total` to `total_value` everywhere in this file and "
             f"return the whole file:\n\n```python\n{source}```")
-    return tok.apply_chat_template([{"role": "user", "content": text}],
-                                   add_generation_prompt=True, tokenize=True)
+    chat = tok.apply_chat_template([{"role": "user", "content": text}],
+                                   add_generation_prompt=True, tokenize=False)
+    return tok.encode(chat, add_special_tokens=False)
 
 
 def run_kooka(kooka, model_dir, ids, max_tokens, extra):

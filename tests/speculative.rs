@@ -48,8 +48,9 @@ fn ngram() -> Option<SpeculationConfig> {
 /// questions whose replies repeat little.
 fn prompts(dir: &PathBuf) -> Vec<Vec<u32>> {
     let tok = Tokenizer::load(dir).expect("tokenizer");
-    let file = std::fs::read_to_string(common::root().join("tests/fixtures/code_edit/inventory.py"))
-        .expect("fixture");
+    let file =
+        std::fs::read_to_string(common::root().join("tests/fixtures/code_edit/inventory.py"))
+            .expect("fixture");
     [
         format!(
             "Rename the method `compute_total` to `total_value` everywhere in this file and \
@@ -207,7 +208,11 @@ fn sampled_tokens_keep_their_distribution() {
     let mut context = prompt.clone();
     context.push(first);
     let draft = ngram::draft(&context, &SpeculationConfig::default(), 1);
-    assert_eq!(draft.len(), 1, "no draft after {first}: pick another prompt");
+    assert_eq!(
+        draft.len(),
+        1,
+        "no draft after {first}: pick another prompt"
+    );
     let draft = draft[0];
 
     // The exact distribution after the prompt and that first token.
@@ -241,7 +246,10 @@ fn sampled_tokens_keep_their_distribution() {
         (0.05..0.95).contains(&p),
         "p(draft) = {p:.3}: too sure or too unlikely to test the rule"
     );
-    assert!(stats.accepted > 0 && stats.drafted > stats.accepted, "{stats:?}");
+    assert!(
+        stats.accepted > 0 && stats.drafted > stats.accepted,
+        "{stats:?}"
+    );
     assert!(
         (freq - p).abs() < 4.0 * sigma,
         "the draft came out with frequency {freq:.4}, its probability is {p:.4}"
@@ -256,11 +264,11 @@ fn a_speculating_server_answers_as_a_plain_one() {
     use common::http::{post, read_sse, request, start, start_with};
     use serde_json::json;
 
-    let file = std::fs::read_to_string(common::root().join("tests/fixtures/code_edit/inventory.py"))
-        .expect("fixture");
+    let file =
+        std::fs::read_to_string(common::root().join("tests/fixtures/code_edit/inventory.py"))
+            .expect("fixture");
     let body = |stream: bool, extra: serde_json::Value| {
         let mut b = json!({
-            "model": "m",
             "messages": [{"role": "user", "content": format!(
                 "Return this file unchanged:\n\n```python\n{file}```")}],
             "max_tokens": 80,
@@ -303,7 +311,10 @@ fn a_speculating_server_answers_as_a_plain_one() {
                 s.spawn(move || ask(&addr, i % 2 == 0, json!({})))
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("client")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client"))
+            .collect()
     });
     for (i, text) in together.iter().enumerate() {
         assert_eq!(text, &want, "request {i} of 4 at once");

@@ -514,11 +514,43 @@ mod tests {
     #[test]
     fn verification_keeps_the_sampling_distribution() {
         let cases = [
-            (SamplingParams { temperature: 1.0, ..Default::default() }, 1u32),
-            (SamplingParams { temperature: 1.0, ..Default::default() }, 2),
-            (SamplingParams { temperature: 0.7, ..Default::default() }, 3),
-            (SamplingParams { temperature: 1.0, top_k: 3, ..Default::default() }, 0),
-            (SamplingParams { temperature: 1.0, top_p: 0.8, ..Default::default() }, 4),
+            (
+                SamplingParams {
+                    temperature: 1.0,
+                    ..Default::default()
+                },
+                1u32,
+            ),
+            (
+                SamplingParams {
+                    temperature: 1.0,
+                    ..Default::default()
+                },
+                2,
+            ),
+            (
+                SamplingParams {
+                    temperature: 0.7,
+                    ..Default::default()
+                },
+                3,
+            ),
+            (
+                SamplingParams {
+                    temperature: 1.0,
+                    top_k: 3,
+                    ..Default::default()
+                },
+                0,
+            ),
+            (
+                SamplingParams {
+                    temperature: 1.0,
+                    top_p: 0.8,
+                    ..Default::default()
+                },
+                4,
+            ),
         ];
         let n = 20_000;
         for (params, draft) in cases {
@@ -527,8 +559,7 @@ mod tests {
             let lp2 = ops::concatenate(&[&lp, &lp], 0).unwrap();
             let plain = Sampler::new(&params).unwrap();
             let mut want = [0f64; 5];
-            let mut p = plain;
-            let x = p.filtered_and_scaled(&lp).unwrap();
+            let x = plain.filtered_and_scaled(&lp).unwrap();
             let probs = ops::softmax_axis(&x, -1, None).unwrap();
             for (w, v) in want.iter_mut().zip(host(&probs)) {
                 *w = v as f64;
@@ -544,7 +575,12 @@ mod tests {
                 let first = if v.accepted == 1 { draft } else { v.next };
                 got[first as usize] += 1.0 / n as f64;
             }
-            let tv: f64 = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).sum::<f64>() / 2.0;
+            let tv: f64 = want
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b).abs())
+                .sum::<f64>()
+                / 2.0;
             assert!(
                 tv < 0.02,
                 "{params:?}, draft {draft}: want {want:?}, got {got:?} (tv {tv:.4})"

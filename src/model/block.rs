@@ -22,7 +22,10 @@ use super::slicing::slice_axis;
 use super::weights::Weights;
 
 /// `softmax(q k^T * scale + mask) v` (with `sinks`' extra logits): MLX's fused attention, or on
-/// the CPU backend, for a prompt chunk where it pays, [`cpu_attention`]'s.
+/// the CPU backend, for a prompt chunk where it pays, [`cpu_attention`]'s, or on a CUDA GPU,
+/// for a few queries (a speculative verify step), [`few_queries`]' two products.
+///
+/// [`few_queries`]: super::few_queries
 ///
 /// [`cpu_attention`]: super::cpu_attention
 pub(crate) fn attention(
@@ -38,6 +41,9 @@ pub(crate) fn attention(
         if let Some(m) = super::cpu_attention::use_for(mask, q, k) {
             return super::cpu_attention::scaled_dot_product_attention(q, k, v, scale, m);
         }
+    }
+    if super::few_queries::use_for(q, sinks.is_some()) {
+        return super::few_queries::attention(q, k, v, scale, mask);
     }
     let mask = match mask {
         AttnMask::None => None,

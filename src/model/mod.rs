@@ -29,6 +29,7 @@ pub mod cpu_attention;
 mod decoder;
 pub mod deepseek_v3;
 pub mod error;
+mod few_queries;
 pub mod glm4_moe;
 pub mod gpt_oss;
 pub mod hybrid;

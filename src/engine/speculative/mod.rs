@@ -63,11 +63,7 @@ pub struct Verdict {
 /// Greedy: drafts stand while each equals the argmax before it; `ids` are the argmaxes of
 /// the `1 + drafts.len()` verified positions.
 pub fn greedy_verdict(ids: &[u32], drafts: &[u32]) -> Verdict {
-    let accepted = drafts
-        .iter()
-        .zip(ids)
-        .take_while(|(d, id)| d == id)
-        .count();
+    let accepted = drafts.iter().zip(ids).take_while(|(d, id)| d == id).count();
     Verdict {
         accepted,
         next: ids[accepted],
@@ -78,7 +74,12 @@ pub fn greedy_verdict(ids: &[u32], drafts: &[u32]) -> Verdict {
 /// `uniform[i] < p_i(d_i)` (`draft_p`), the first that does not is replaced by `residual[i]`
 /// (a draw from `p_i` without `d_i`); all standing, the next token is `residual[n]` (a plain
 /// draw at the last position).
-pub fn sampled_verdict(draft_p: &[f32], uniform: &[f32], residual: &[u32], drafts: &[u32]) -> Verdict {
+pub fn sampled_verdict(
+    draft_p: &[f32],
+    uniform: &[f32],
+    residual: &[u32],
+    drafts: &[u32],
+) -> Verdict {
     let accepted = drafts
         .iter()
         .enumerate()
@@ -97,18 +98,53 @@ mod tests {
     #[test]
     fn greedy_keeps_the_agreeing_run() {
         let v = greedy_verdict(&[5, 6, 9, 1], &[5, 6, 7]);
-        assert_eq!(v, Verdict { accepted: 2, next: 9 });
+        assert_eq!(
+            v,
+            Verdict {
+                accepted: 2,
+                next: 9
+            }
+        );
         let all = greedy_verdict(&[5, 6, 7, 1], &[5, 6, 7]);
-        assert_eq!(all, Verdict { accepted: 3, next: 1 });
+        assert_eq!(
+            all,
+            Verdict {
+                accepted: 3,
+                next: 1
+            }
+        );
         let none = greedy_verdict(&[4], &[]);
-        assert_eq!(none, Verdict { accepted: 0, next: 4 });
+        assert_eq!(
+            none,
+            Verdict {
+                accepted: 0,
+                next: 4
+            }
+        );
     }
 
     #[test]
     fn sampled_stops_at_the_first_rejection() {
-        let v = sampled_verdict(&[0.9, 0.2, 0.9], &[0.5, 0.3, 0.1], &[11, 12, 13, 14], &[1, 2, 3]);
-        assert_eq!(v, Verdict { accepted: 1, next: 12 });
+        let v = sampled_verdict(
+            &[0.9, 0.2, 0.9],
+            &[0.5, 0.3, 0.1],
+            &[11, 12, 13, 14],
+            &[1, 2, 3],
+        );
+        assert_eq!(
+            v,
+            Verdict {
+                accepted: 1,
+                next: 12
+            }
+        );
         let all = sampled_verdict(&[0.9, 0.9], &[0.1, 0.1], &[11, 12, 13], &[1, 2]);
-        assert_eq!(all, Verdict { accepted: 2, next: 13 });
+        assert_eq!(
+            all,
+            Verdict {
+                accepted: 2,
+                next: 13
+            }
+        );
     }
 }

@@ -114,7 +114,10 @@ impl Batch {
             let ids = ids.as_slice::<u32>();
             for (i, d) in drafts.iter().enumerate() {
                 let row = &ids[i * n as usize..(i + 1) * n as usize];
-                queued.push(Queued::Read(greedy_verdict(row, d.as_deref().unwrap_or(&[]))));
+                queued.push(Queued::Read(greedy_verdict(
+                    row,
+                    d.as_deref().unwrap_or(&[]),
+                )));
             }
         } else {
             for (i, (seq, d)) in self.rows.iter_mut().zip(&drafts).enumerate() {

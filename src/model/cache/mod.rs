@@ -418,9 +418,11 @@ mod tests {
     #[test]
     fn rows_drop_their_rejected_tails() {
         let mut a = KvCache::new();
-        a.update_and_fetch(&numbered(0, 3), &numbered(0, 3)).unwrap();
+        a.update_and_fetch(&numbered(0, 3), &numbered(0, 3))
+            .unwrap();
         let mut b = KvCache::new();
-        b.update_and_fetch(&numbered(10, 2), &numbered(10, 2)).unwrap();
+        b.update_and_fetch(&numbered(10, 2), &numbered(10, 2))
+            .unwrap();
         let mut batch = KvCache::merge(vec![a, b]).unwrap();
         // Four new positions per row: the pending token and three drafts.
         let new = ops::concatenate(&[numbered(100, 4), numbered(200, 4)], 0).unwrap();
@@ -454,7 +456,8 @@ mod tests {
         );
         // One row: only the offset moves.
         let mut one = KvCache::new();
-        one.update_and_fetch(&numbered(0, 5), &numbered(0, 5)).unwrap();
+        one.update_and_fetch(&numbered(0, 5), &numbered(0, 5))
+            .unwrap();
         one.drop_tail(&[2]).unwrap();
         assert_eq!(one.offset(), 3);
         assert!(one.drop_tail(&[1, 1]).is_err(), "one row, two drops");

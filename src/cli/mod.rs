@@ -203,6 +203,10 @@ pub struct GenerateArgs {
     /// count; default an even split.
     #[arg(long, env = "KOOKA_PIPELINE_SPLIT", value_delimiter = ',')]
     pub pipeline_split: Option<Vec<usize>>,
+    /// A LoRA adapter folder in mlx-lm's format (`mlx_lm.lora`'s `adapter_config.json` and
+    /// `adapters.safetensors`), applied to the model's linear layers.
+    #[arg(long, env = "KOOKA_ADAPTER_PATH")]
+    pub adapter_path: Option<PathBuf>,
     #[command(flatten)]
     pub speculation: speculation::SpeculationArgs,
 }
@@ -278,7 +282,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         crate::model::resolve::resolve_model(&args.model, &crate::model::resolve::hf_cache_dir())?;
     let shard = join_shard(args.parallel, args.pipeline_split.clone())?;
     let rank = shard.as_ref().map_or(0, |s| s.group.rank());
-    let model = crate::model::load_model_sharded(&dir, dtype, shard)
+    let model = crate::model::load_model_with(&dir, dtype, shard, args.adapter_path.as_deref())
         .with_context(|| format!("loading {}", dir.display()))?;
     let needs_tokenizer = args.prompt_tokens.is_none() || !args.print_tokens;
     let tokenizer = if needs_tokenizer {

@@ -117,6 +117,10 @@ pub struct ServeArgs {
     pub speculation: super::speculation::SpeculationArgs,
     #[arg(long, env = "KOOKA_COMPUTE_DTYPE", value_enum, default_value_t = ComputeDtypeArg::Auto, help_heading = "Model")]
     pub compute_dtype: ComputeDtypeArg,
+    /// A LoRA adapter folder in mlx-lm's format (`mlx_lm.lora`'s `adapter_config.json` and
+    /// `adapters.safetensors`), applied to the model's linear layers; one rank only.
+    #[arg(long, env = "KOOKA_ADAPTER_PATH", help_heading = "Model")]
+    pub adapter_path: Option<PathBuf>,
     /// Require this key on inference routes (`Authorization: Bearer KEY` or `x-api-key`);
     /// `/health` stays public. Visible in `ps`: prefer `--api-key-file` or KOOKA_API_KEY.
     #[arg(
@@ -241,6 +245,12 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         std::time::Duration::from_secs(args.startup_timeout_secs),
         &dir,
     )?;
+    if cluster.is_some() && args.adapter_path.is_some() {
+        anyhow::bail!(
+            "--adapter-path runs on one rank for now: serve the model whole, or fuse the \
+             adapter into it with `mlx_lm.fuse`"
+        );
+    }
     let disk_cache = args
         .prompt_cache_dir
         .as_deref()
@@ -280,6 +290,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             disk_cache,
             prefill_chunk: args.prefill_chunk,
             speculation: args.speculation.config(),
+            adapter: args.adapter_path.clone(),
             queue_timeout: std::time::Duration::from_secs(args.queue_timeout.max(1)),
         },
         incremental_tool_calls: args.incremental_tool_calls,

@@ -8,6 +8,7 @@ use mlx_rs::error::Exception;
 use mlx_rs::transforms::compile::compile;
 use mlx_rs::{fast, ops, Array, Dtype};
 
+use super::adapter::Lora;
 use super::config::{QuantConfig, QuantMode, QuantSpec};
 use super::error::{ModelError, Result};
 use super::quant_ops;
@@ -249,10 +250,11 @@ impl Matrix {
     }
 }
 
-/// `nn.Linear` / `nn.QuantizedLinear`.
+/// `nn.Linear` / `nn.QuantizedLinear`, with a LoRA adapter's update when one is loaded.
 pub struct Linear {
     pub weight: Matrix,
     pub bias: Option<Array>,
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
@@ -270,7 +272,8 @@ impl Linear {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        let lora = Lora::take(ws, path, input, output)?;
+        Ok(Linear { weight, bias, lora })
     }
 
     /// One linear computing `parts` side by side (their outputs concatenated in order), when
@@ -287,6 +290,9 @@ impl Linear {
             })
             .collect();
         let Some(quant) = quant else { return Ok(None) };
+        if parts.iter().any(|l| l.lora.is_some()) {
+            return Ok(None);
+        }
         let first = quant[0];
         let alike = quant.iter().all(|q| {
             q.spec == first.spec
@@ -322,20 +328,29 @@ impl Linear {
                 Some(ops::concatenate(&b, 0)?)
             }
         };
-        Ok(Some(Linear { weight, bias }))
+        Ok(Some(Linear {
+            weight,
+            bias,
+            lora: None,
+        }))
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array> {
-        as_one_sequence(x, |x| match (&self.weight, &self.bias) {
+        let y = as_one_sequence(x, |x| match (&self.weight, &self.bias) {
             (Matrix::Dense(w), Some(b)) => Ok(ops::addmm(b, x, w.t(), None, None)?),
             (m, None) => m.matmul_t(x),
             (m, Some(b)) => Ok(m.matmul_t(x)?.add(b)?),
-        })
+        })?;
+        match &self.lora {
+            Some(lora) => lora.add_to(x, y),
+            None => Ok(y),
+        }
     }
 
     pub fn arrays(&self) -> Vec<&Array> {
         let mut v = self.weight.arrays();
         v.extend(self.bias.iter());
+        v.extend(self.lora.iter().flat_map(Lora::arrays));
         v
     }
 }
@@ -440,6 +455,7 @@ mod tests {
                 dense_from_rows: None,
             }),
             bias,
+            lora: None,
         }
     }
 
@@ -501,6 +517,7 @@ mod tests {
         let dense = Linear {
             weight: Matrix::Dense(Array::ones::<f32>(&[64, 128]).unwrap()),
             bias: None,
+            lora: None,
         };
         let q = quantized(64, 128, 1, false);
         assert!(Linear::fuse(&[&q, &dense]).unwrap().is_none());

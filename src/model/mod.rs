@@ -20,6 +20,7 @@
 //! dequantizes and casts to float32, `F16`/`Bf16` cast float weights and quantization
 //! scales/biases but keep packed weights packed.
 
+pub mod adapter;
 mod block;
 pub mod cache;
 pub mod catalog;
@@ -216,6 +217,16 @@ pub fn load_model(dir: &Path, dtype: ComputeDtype) -> Result<Box<dyn LanguageMod
     load_model_sharded(dir, dtype, None)
 }
 
+/// [`load_model`] with a LoRA adapter folder (mlx-lm's format, see [`adapter`]) applied to
+/// its linear layers; `None`: the plain model. One rank only.
+pub fn load_model_adapted(
+    dir: &Path,
+    dtype: ComputeDtype,
+    adapter: Option<&Path>,
+) -> Result<Box<dyn LanguageModel>> {
+    load_model_with(dir, dtype, None, adapter)
+}
+
 /// Loads this rank's part of the model of folder `dir` (the whole model for `None` or a
 /// one-rank group) and evaluates its weights. Every rank of a sharded model returns the
 /// same full logits from each forward; see [`shard`].
@@ -224,17 +235,43 @@ pub fn load_model_sharded(
     dtype: ComputeDtype,
     shard: Option<Shard>,
 ) -> Result<Box<dyn LanguageModel>> {
+    load_model_with(dir, dtype, shard, None)
+}
+
+/// The weights of `dir`, with `adapter`'s matrices beside them when one is given.
+fn weights_with(dir: &Path, dtype: ComputeDtype, adapter: Option<&Path>) -> Result<Weights> {
+    let mut ws = Weights::load(dir, dtype.policy())?;
+    if let Some(adapter) = adapter {
+        ws.add_adapter(adapter::Adapter::load(adapter)?)?;
+    }
+    Ok(ws)
+}
+
+/// [`load_model_sharded`] with an optional LoRA adapter folder (one rank only).
+pub fn load_model_with(
+    dir: &Path,
+    dtype: ComputeDtype,
+    shard: Option<Shard>,
+    adapter: Option<&Path>,
+) -> Result<Box<dyn LanguageModel>> {
     let cfg = ModelConfig::load(dir)?;
+    let shard = shard.filter(|s| s.group.size() > 1);
+    if adapter.is_some() && shard.is_some() {
+        return Err(ModelError::Shard(
+            "LoRA adapters run on one rank for now (serve the model whole, or fuse the \
+             adapter with `mlx_lm.fuse`)"
+                .into(),
+        ));
+    }
     if let Some(builder) = hybrid_builder_for(&cfg.model_type) {
-        return load_hybrid(dir, &cfg, dtype, shard, builder);
+        return load_hybrid(dir, &cfg, dtype, shard, builder, adapter);
     }
     let builder = builder_for(&cfg.model_type).ok_or_else(|| ModelError::UnsupportedModelType {
         found: cfg.model_type.clone(),
         supported: SUPPORTED_MODEL_TYPES.to_vec(),
     })?;
-    let shard = shard.filter(|s| s.group.size() > 1);
     let stage = shard::stage_for(&cfg, shard.as_ref())?;
-    let mut ws = Weights::load(dir, dtype.policy())?;
+    let mut ws = weights_with(dir, dtype, adapter)?;
     // Before the builder takes the embeddings out of the map.
     let wire = shard::wire_dtype(&ws)?;
     let (mut model, tied) = builder(&cfg, &mut ws, &stage)?;
@@ -257,6 +294,7 @@ fn load_hybrid(
     dtype: ComputeDtype,
     shard: Option<Shard>,
     builder: HybridBuilder,
+    adapter: Option<&Path>,
 ) -> Result<Box<dyn LanguageModel>> {
     let shard = shard.filter(|s| s.group.size() > 1);
     if let Some(Shard {
@@ -271,7 +309,7 @@ fn load_hybrid(
         )));
     }
     let stage = shard::stage_for(cfg, shard.as_ref())?;
-    let mut ws = Weights::load(dir, dtype.policy())?;
+    let mut ws = weights_with(dir, dtype, adapter)?;
     hybrid::canonical_names(cfg, &mut ws);
     let wire = shard::wire_dtype(&ws)?;
     let (mut model, tied) = builder(cfg, &mut ws, &stage)?;

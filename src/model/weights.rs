@@ -28,6 +28,10 @@ pub struct WeightPolicy {
 pub struct Weights {
     tensors: HashMap<String, Array>,
     pub policy: WeightPolicy,
+    /// A LoRA adapter's scale once [`Weights::add_adapter`] put its matrices in.
+    pub lora_scale: Option<f32>,
+    /// The adapter's tensor names (to name those no layer took).
+    adapter_names: Vec<String>,
 }
 
 /// The safetensors files of a model folder: the index's shards, else `model*.safetensors`.
@@ -83,12 +87,39 @@ impl Weights {
             })?;
             tensors.extend(part);
         }
-        Ok(Weights { tensors, policy })
+        Ok(Weights {
+            tensors,
+            policy,
+            lora_scale: None,
+            adapter_names: Vec::new(),
+        })
     }
 
     /// For tests and tools: weights from an in-memory map.
     pub fn from_map(tensors: HashMap<String, Array>, policy: WeightPolicy) -> Self {
-        Weights { tensors, policy }
+        Weights {
+            tensors,
+            policy,
+            lora_scale: None,
+            adapter_names: Vec::new(),
+        }
+    }
+
+    /// Puts a LoRA adapter's matrices beside the base weights: each linear layer the adapter
+    /// names takes its update when it loads ([`Lora::take`](super::adapter::Lora::take)).
+    pub fn add_adapter(&mut self, adapter: super::adapter::Adapter) -> Result<()> {
+        for (name, a) in adapter.tensors {
+            if self.tensors.contains_key(&name) {
+                return Err(ModelError::Config(format!(
+                    "adapter {}: {name} is also a base weight",
+                    adapter.dir.display()
+                )));
+            }
+            self.adapter_names.push(name.clone());
+            self.tensors.insert(name, a);
+        }
+        self.lora_scale = Some(adapter.scale);
+        Ok(())
     }
 
     /// Drops every tensor whose name starts with `prefix` (parts of a checkpoint no forward
@@ -170,8 +201,24 @@ impl Weights {
         }
     }
 
-    /// Drop tensors the architecture does not use on purpose; error on any others.
+    /// Drop tensors the architecture does not use on purpose; error on any others (first
+    /// an adapter's that no layer took: kooka adapts plain linear layers only).
     pub fn finish(mut self, ignore: impl Fn(&str) -> bool) -> Result<()> {
+        let mut left: Vec<&String> = self
+            .adapter_names
+            .iter()
+            .filter(|n| self.tensors.contains_key(*n))
+            .collect();
+        if !left.is_empty() {
+            left.sort();
+            let shown: Vec<&str> = left.iter().take(4).map(|s| s.as_str()).collect();
+            return Err(ModelError::Config(format!(
+                "the adapter targets layers kooka does not adapt (only plain linear layers: \
+                 not experts, embeddings or latent attention): {} ({} in all)",
+                shown.join(", "),
+                left.len()
+            )));
+        }
         self.tensors.retain(|k, _| !ignore(k));
         if self.tensors.is_empty() {
             return Ok(());

@@ -118,7 +118,10 @@ pub(super) fn spawn(
                     Some(leader) => leader
                         .load_model(&dir, dtype)
                         .map(|(m, shard, group)| (m, Some((shard, group)))),
-                    None => crate::model::load_model(&dir, dtype).map(|m| (m, None)),
+                    None => {
+                        crate::model::load_model_adapted(&dir, dtype, config.adapter.as_deref())
+                            .map(|m| (m, None))
+                    }
                 };
                 let (model, shard) = match loaded {
                     Ok(model) => model,
@@ -129,8 +132,19 @@ pub(super) fn spawn(
                 };
                 let (info, mut engine_config) = budgets(model.as_ref(), &config);
                 let disk = config.disk_cache.as_ref().and_then(|c| {
-                    let described = shard.as_ref().map(|(s, _)| s.as_str());
-                    crate::engine::disk_cache::open_for_model(c, &dir, dtype, described, 0)
+                    // How these weights differ from the folder's: the shard, or an adapter.
+                    let variant = match (&shard, config.adapter.as_deref()) {
+                        (Some((s, _)), _) => Some(s.clone()),
+                        (None, Some(a)) => match crate::model::adapter::Adapter::fingerprint(a) {
+                            Ok(id) => Some(id),
+                            Err(e) => {
+                                tracing::warn!("disk prompt cache off: reading the adapter: {e}");
+                                return None;
+                            }
+                        },
+                        (None, None) => None,
+                    };
+                    crate::engine::disk_cache::open_for_model(c, &dir, dtype, variant.as_deref(), 0)
                 });
                 engine_config.disk_cache = disk.is_some();
                 let mut stop_ids = model.config().eos_ids();

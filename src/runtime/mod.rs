@@ -58,6 +58,8 @@ pub struct RuntimeConfig {
     pub prefill_chunk: Option<usize>,
     /// Speculative decoding (`--speculative`); `None`: off.
     pub speculation: Option<crate::engine::SpeculationConfig>,
+    /// A LoRA adapter folder (`--adapter-path`); one rank only.
+    pub adapter: Option<std::path::PathBuf>,
     /// A request still waiting to start after this long gets a 429.
     pub queue_timeout: Duration,
 }
@@ -72,6 +74,7 @@ impl Default for RuntimeConfig {
             disk_cache: None,
             prefill_chunk: None,
             speculation: None,
+            adapter: None,
             queue_timeout: Duration::from_secs(600),
         }
     }

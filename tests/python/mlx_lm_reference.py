@@ -4,7 +4,8 @@ Usage: mlx_lm_reference.py JOBS_JSON   (a file, or '-' for stdin)
 
 JOBS_JSON is a list of jobs, each {"model": DIR, "max_tokens": N, "f32": bool, and either
 "tokens": [ids] or "prompt": TEXT (rendered through the folder's chat template), and
-optionally "prefill_step_size": S (default 2048, as generate_step)}.
+optionally "prefill_step_size": S (default 2048, as generate_step) and "adapter": DIR (a LoRA
+adapter folder, loaded as mlx-lm's `load(..., adapter_path=DIR)` does)}.
 Prints one JSON list with, per job, {"prompt_tokens": [...], "tokens": [...greedy ids...],
 "logits": [...last prompt position, float32...]}. With "f32": true the model is
 dequantized and cast to float32 after loading (kooka's `--compute-dtype f32`).
@@ -50,13 +51,17 @@ mx.gather_mm = _gather_mm_f32_on_cpu
 
 
 def run(job, cache):
-    key = (job["model"], bool(job.get("f32")))
+    key = (job["model"], bool(job.get("f32")), job.get("adapter"))
     if key not in cache:
         model, tokenizer = load(job["model"]) if "prompt" in job else (None, None)
         if model is None:
             from mlx_lm.utils import load_model
             from pathlib import Path
             model, _ = load_model(Path(job["model"]))
+        if job.get("adapter"):
+            from mlx_lm.tuner.utils import load_adapters
+            model = load_adapters(model, job["adapter"])
+            model.eval()
         if job.get("f32"):
             model = dequantize_model(model)
             model.set_dtype(mx.float32)

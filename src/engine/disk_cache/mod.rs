@@ -373,7 +373,8 @@ impl DiskCache {
 }
 
 /// Opens the disk tier of the model in `dir` for this rank, as `dtype` on this backend and
-/// split as `shard` says; a folder that cannot be used is a warning and no disk tier.
+/// split as `shard` says (or, on one rank, with the LoRA adapter it names); a folder that
+/// cannot be used is a warning and no disk tier.
 pub fn open_for_model(
     config: &DiskCacheConfig,
     dir: &Path,

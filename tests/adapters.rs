@@ -14,13 +14,7 @@ mod common;
 const KOOKA: &str = env!("CARGO_BIN_EXE_kooka");
 
 fn model() -> PathBuf {
-    let dir = common::root().join("models/SmolLM2-135M-Instruct");
-    assert!(
-        dir.join("config.json").exists(),
-        "{} is missing: run scripts/setup.sh --tests",
-        dir.display()
-    );
-    dir
+    common::model("SmolLM2-135M-Instruct")
 }
 
 fn python() -> PathBuf {

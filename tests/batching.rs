@@ -9,7 +9,6 @@ use std::sync::Mutex;
 use kooka::engine::sampling::SamplingParams;
 use kooka::engine::{Engine, EngineConfig, SequenceRequest};
 use kooka::model::{load_model, ComputeDtype};
-use kooka::tokenizer::Tokenizer;
 
 mod common;
 
@@ -18,13 +17,7 @@ use common::engine::run;
 static MLX: Mutex<()> = Mutex::new(());
 
 fn model_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct");
-    assert!(
-        dir.join("config.json").exists(),
-        "{} is missing: run scripts/setup.sh --tests",
-        dir.display()
-    );
-    dir
+    common::model("SmolLM2-135M-Instruct")
 }
 
 fn engine(config: EngineConfig) -> Engine {
@@ -35,23 +28,18 @@ fn engine(config: EngineConfig) -> Engine {
 }
 
 fn prompts() -> Vec<Vec<u32>> {
-    let tok = Tokenizer::load(&model_dir()).expect("tokenizer");
-    [
-        "Write a haiku about the sea.",
-        "What is the capital of France? Answer in one sentence.",
-        "List three prime numbers and explain why each is prime, briefly, in a numbered list.",
-        "def fibonacci(n):",
-        "Explain what a hash map is to a child who has never seen a computer, in two \
-         paragraphs, using an analogy with a library and its card catalogue.",
-        "Translate 'good morning' into Spanish, French and German.",
-    ]
-    .iter()
-    .map(|p| {
-        let msgs = serde_json::json!([{"role": "user", "content": p}]);
-        let text = tok.apply_chat_template(&msgs, true).expect("template");
-        tok.encode(&text, false).expect("encode")
-    })
-    .collect()
+    common::engine::chat_prompts(
+        &model_dir(),
+        &[
+            "Write a haiku about the sea.",
+            "What is the capital of France? Answer in one sentence.",
+            "List three prime numbers and explain why each is prime, briefly, in a numbered list.",
+            "def fibonacci(n):",
+            "Explain what a hash map is to a child who has never seen a computer, in two \
+             paragraphs, using an analogy with a library and its card catalogue.",
+            "Translate 'good morning' into Spanish, French and German.",
+        ],
+    )
 }
 
 fn request(prompt: Vec<u32>, params: SamplingParams, max_tokens: usize) -> SequenceRequest {

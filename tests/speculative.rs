@@ -20,13 +20,7 @@ use common::engine::run;
 static MLX: Mutex<()> = Mutex::new(());
 
 fn model(name: &str) -> PathBuf {
-    let dir = common::root().join("models").join(name);
-    assert!(
-        dir.join("config.json").exists(),
-        "{} is missing: run scripts/setup.sh --tests",
-        dir.display()
-    );
-    dir
+    common::model(name)
 }
 
 fn engine(dir: &PathBuf, speculation: Option<SpeculationConfig>) -> Engine {
@@ -47,27 +41,23 @@ fn ngram() -> Option<SpeculationConfig> {
 /// The chat prompts: a file to edit (the reply repeats most of it), a text to repeat, and
 /// questions whose replies repeat little.
 fn prompts(dir: &PathBuf) -> Vec<Vec<u32>> {
-    let tok = Tokenizer::load(dir).expect("tokenizer");
     let file =
         std::fs::read_to_string(common::root().join("tests/fixtures/code_edit/inventory.py"))
             .expect("fixture");
-    [
-        format!(
-            "Rename the method `compute_total` to `total_value` everywhere in this file and \
-             return the whole file:\n\n```python\n{file}```"
-        ),
-        "Repeat this sentence three times: the quick brown fox jumps over the lazy dog.".into(),
-        "Write a haiku about the sea.".into(),
-        "def fibonacci(n):".into(),
-        "List three prime numbers.".into(),
-    ]
-    .iter()
-    .map(|p| {
-        let msgs = serde_json::json!([{"role": "user", "content": p}]);
-        let text = tok.apply_chat_template(&msgs, true).expect("template");
-        tok.encode(&text, false).expect("encode")
-    })
-    .collect()
+    let edit = format!(
+        "Rename the method `compute_total` to `total_value` everywhere in this file and return \
+         the whole file:\n\n```python\n{file}```"
+    );
+    common::engine::chat_prompts(
+        dir,
+        &[
+            &edit,
+            "Repeat this sentence three times: the quick brown fox jumps over the lazy dog.",
+            "Write a haiku about the sea.",
+            "def fibonacci(n):",
+            "List three prime numbers.",
+        ],
+    )
 }
 
 fn request(prompt: Vec<u32>, params: SamplingParams, max_tokens: usize) -> SequenceRequest {

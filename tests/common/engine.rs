@@ -64,6 +64,19 @@ pub fn tiny_prompts(lengths: &[usize]) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// Each text as a one-message user chat in the model's template, tokenized.
+pub fn chat_prompts(dir: &Path, texts: &[&str]) -> Vec<Vec<u32>> {
+    let tok = kooka::tokenizer::Tokenizer::load(dir).expect("tokenizer");
+    texts
+        .iter()
+        .map(|p| {
+            let msgs = json!([{"role": "user", "content": p}]);
+            let text = tok.apply_chat_template(&msgs, true).expect("template");
+            tok.encode(&text, false).expect("encode")
+        })
+        .collect()
+}
+
 /// A greedy request for `max_tokens` tokens, no stop ids.
 pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> SequenceRequest {
     SequenceRequest {

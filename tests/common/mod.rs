@@ -16,6 +16,17 @@ pub fn tmp() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
 }
 
+/// `models/<name>`, which `scripts/setup.sh --tests` makes (a clear failure when it has not).
+pub fn model(name: &str) -> PathBuf {
+    let dir = root().join("models").join(name);
+    assert!(
+        dir.join("config.json").exists(),
+        "{} is missing: run scripts/setup.sh --tests",
+        dir.display()
+    );
+    dir
+}
+
 /// The tiny models of `make_tiny_models.py` (the parity fixtures), created once per
 /// target dir. Test binaries run one after another, so one lock per binary is enough.
 pub fn tiny_model(name: &str) -> PathBuf {

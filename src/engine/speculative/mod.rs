@@ -11,6 +11,10 @@
 //!
 //! [`LayerCache::drop_tail`]: crate::model::LayerCache::drop_tail
 
+use mlx_rs::Array;
+
+use crate::model::Result;
+
 pub mod ngram;
 mod step;
 
@@ -88,6 +92,62 @@ pub fn sampled_verdict(
     Verdict {
         accepted,
         next: residual[accepted],
+    }
+}
+
+/// What a verify step queued for one row (lazy until [`Verification::verdict`] reads it).
+pub enum Verification {
+    /// The argmax of every verified position, `[n + 1]`.
+    Greedy(Array),
+    /// `p_i(d_i)` and a uniform draw per draft (`[n]` f32), and a draw per position from
+    /// `p_i` without `d_i` (the last position: plain), `[n + 1]`.
+    Sampled {
+        draft_p: Array,
+        uniform: Array,
+        residual: Array,
+    },
+}
+
+impl Verification {
+    pub fn arrays(&self) -> Vec<&Array> {
+        match self {
+            Verification::Greedy(ids) => vec![ids],
+            Verification::Sampled {
+                draft_p,
+                uniform,
+                residual,
+            } => vec![draft_p, uniform, residual],
+        }
+    }
+
+    /// Reads the queued arrays: how many of `drafts` stand, and the next token.
+    pub fn verdict(&self, drafts: &[u32]) -> Result<Verdict> {
+        Ok(match self {
+            Verification::Greedy(ids) => {
+                ids.eval()?;
+                greedy_verdict(ids.as_slice::<u32>(), drafts)
+            }
+            Verification::Sampled {
+                draft_p,
+                uniform,
+                residual,
+            } => {
+                for a in [draft_p, uniform, residual] {
+                    a.eval()?;
+                }
+                // (An empty array has no data to slice.)
+                let floats = |a: &Array| match drafts.is_empty() {
+                    true => Vec::new(),
+                    false => a.as_slice::<f32>().to_vec(),
+                };
+                sampled_verdict(
+                    &floats(draft_p),
+                    &floats(uniform),
+                    residual.as_slice::<u32>(),
+                    drafts,
+                )
+            }
+        })
     }
 }
 

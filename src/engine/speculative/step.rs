@@ -8,10 +8,9 @@
 use mlx_rs::ops::indexing::argmax_axis;
 use mlx_rs::{transforms, Array};
 
-use super::{greedy_verdict, ngram, SpeculationConfig, SpeculationStats, Verdict};
+use super::{greedy_verdict, ngram, SpeculationConfig, SpeculationStats, Verdict, Verification};
 use crate::engine::batch::{concat_tokens, Batch};
 use crate::engine::prefix_cache::PrefixCache;
-use crate::engine::sampling::Verification;
 use crate::engine::sequence::{Sampled, Sequence};
 use crate::engine::TokenEvent;
 use crate::model::slicing::slice_axis;

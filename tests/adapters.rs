@@ -106,17 +106,6 @@ fn kooka(tokens: &[u32], n: usize, adapter: Option<&Path>) -> (Vec<u64>, Vec<f32
     (toks, l)
 }
 
-/// `max|a - b| / (1 + max|b|)`.
-fn relative_error(a: &[f32], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = 1.0 + b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - y).abs())
-        .fold(0.0, f64::max)
-        / scale
-}
-
 #[test]
 fn an_mlx_lm_lora_adapter_gives_mlx_lm_s_tokens() {
     let adapter = trained_adapter();
@@ -155,8 +144,8 @@ fn an_mlx_lm_lora_adapter_gives_mlx_lm_s_tokens() {
 
     let (got, logits) = kooka(&prompt, n, Some(adapter));
     let (base, base_logits) = kooka(&prompt, n, None);
-    let err = relative_error(&logits, &want_logits);
-    let moved = relative_error(&base_logits, &want_logits);
+    let err = common::logits_error(&logits, &want_logits);
+    let moved = common::logits_error(&base_logits, &want_logits);
     let text = |ids: &[u64]| {
         let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
         tok.hf().decode(&ids, false).unwrap_or_default()

@@ -28,6 +28,10 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
+mod common;
+
+use common::logits_error;
+
 const KOOKA: &str = env!("CARGO_BIN_EXE_kooka");
 
 fn root() -> PathBuf {
@@ -119,17 +123,6 @@ fn ids(v: &Value) -> Vec<u64> {
         .iter()
         .map(|x| x.as_u64().unwrap())
         .collect()
-}
-
-/// `max|got - want| / (1 + max|want|)`.
-fn logits_error(got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len(), "vocab size");
-    let scale = 1.0 + want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| (*g as f64 - w).abs())
-        .fold(0.0, f64::max)
-        / scale
 }
 
 const PROMPT: [u32; 12] = [1, 17, 42, 99, 3, 250, 7, 7, 300, 12, 64, 5];

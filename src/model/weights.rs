@@ -30,8 +30,6 @@ pub struct Weights {
     pub policy: WeightPolicy,
     /// A LoRA adapter's scale once [`Weights::add_adapter`] put its matrices in.
     pub lora_scale: Option<f32>,
-    /// The adapter's tensor names (to name those no layer took).
-    adapter_names: Vec<String>,
 }
 
 /// The safetensors files of a model folder: the index's shards, else `model*.safetensors`.
@@ -91,7 +89,6 @@ impl Weights {
             tensors,
             policy,
             lora_scale: None,
-            adapter_names: Vec::new(),
         })
     }
 
@@ -101,7 +98,6 @@ impl Weights {
             tensors,
             policy,
             lora_scale: None,
-            adapter_names: Vec::new(),
         }
     }
 
@@ -115,7 +111,6 @@ impl Weights {
                     adapter.dir.display()
                 )));
             }
-            self.adapter_names.push(name.clone());
             self.tensors.insert(name, a);
         }
         self.lora_scale = Some(adapter.scale);
@@ -204,11 +199,15 @@ impl Weights {
     /// Drop tensors the architecture does not use on purpose; error on any others (first
     /// an adapter's that no layer took: kooka adapts plain linear layers only).
     pub fn finish(mut self, ignore: impl Fn(&str) -> bool) -> Result<()> {
-        let mut left: Vec<&String> = self
-            .adapter_names
-            .iter()
-            .filter(|n| self.tensors.contains_key(*n))
-            .collect();
+        // (A base weight never has an adapter's name: `add_adapter` refuses a clash.)
+        let mut left: Vec<&String> = match self.lora_scale {
+            Some(_) => self
+                .tensors
+                .keys()
+                .filter(|n| n.ends_with(".lora_a") || n.ends_with(".lora_b"))
+                .collect(),
+            None => Vec::new(),
+        };
         if !left.is_empty() {
             left.sort();
             let shown: Vec<&str> = left.iter().take(4).map(|s| s.as_str()).collect();

@@ -105,3 +105,14 @@ pub fn block_start(path: &std::path::Path) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// `max|got - want| / (1 + max|want|)`: how far logits are from a reference's.
+pub fn logits_error(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "vocab size");
+    let scale = 1.0 + want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - w).abs())
+        .fold(0.0, f64::max)
+        / scale
+}

@@ -114,6 +114,32 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// Whether `other` maps every token to the same id (a draft model must: its drafts are
+    /// ids the model reads); else what differs, for the error.
+    pub fn same_vocabulary(&self, other: &Tokenizer) -> std::result::Result<(), String> {
+        let (a, b) = (self.inner.get_vocab(true), other.inner.get_vocab(true));
+        let mut differ: Vec<(&String, u32, Option<u32>)> = a
+            .iter()
+            .filter(|(t, id)| b.get(*t) != Some(id))
+            .map(|(t, &id)| (t, id, b.get(t).copied()))
+            .collect();
+        let missing = b.keys().filter(|t| !a.contains_key(*t)).count();
+        if differ.is_empty() && missing == 0 {
+            return Ok(());
+        }
+        differ.sort_by_key(|&(_, id, _)| id);
+        let example = match differ.first() {
+            Some((t, id, Some(other))) => format!("; e.g. {t:?} is {id} here, {other} there"),
+            Some((t, id, None)) => format!("; e.g. {t:?} ({id}) is missing there"),
+            None => String::new(),
+        };
+        Err(format!(
+            "{} of {} tokens differ, {missing} extra there{example}",
+            differ.len(),
+            a.len()
+        ))
+    }
+
     /// Renders the chat template for `messages` (`[{"role", "content"}]`) with
     /// `add_generation_prompt`, as transformers' `apply_chat_template` does.
     pub fn apply_chat_template(

@@ -1,7 +1,12 @@
-//! Speculative decoding with prompt lookup, in-process: greedy tokens identical to plain
-//! decoding, alone and inside a batch (rows joining, leaving, some that cannot speculate), on
-//! the default model and on Qwen2.5-Coder-0.5B editing a file; sampled tokens distributed as
-//! plain sampling's; and drafts that were actually kept (else nothing was tested).
+//! Speculative decoding with prompt lookup and with a draft model, in-process: greedy tokens
+//! identical to plain decoding, alone and inside a batch (rows joining, leaving, some that
+//! cannot speculate, a batch too full to speculate), on the default model and on
+//! Qwen2.5-Coder-0.5B editing a file; sampled tokens distributed as plain sampling's; drafts
+//! that were actually kept (else nothing was tested); over HTTP, a speculating server answers
+//! as a plain one; a draft model with another tokenizer is refused.
+//!
+//! The draft models are the models themselves at fewer bits (`scripts/requantize.py`): the
+//! same tokenizer, mostly the same choices, and some different ones (rejections).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,6 +41,22 @@ fn engine(dir: &PathBuf, speculation: Option<SpeculationConfig>) -> Engine {
 
 fn ngram() -> Option<SpeculationConfig> {
     Some(SpeculationConfig::default())
+}
+
+/// An engine drafting with `draft` (a prefix cache for both, so resent prompts start from it).
+fn drafting(dir: &PathBuf, draft: &PathBuf, config: SpeculationConfig) -> Engine {
+    let mut e = Engine::with_config(
+        load_model(dir, ComputeDtype::Auto).expect("model"),
+        EngineConfig {
+            prefill_chunk: 256,
+            prefix_cache_tokens: 8192,
+            speculation: Some(config),
+            ..Default::default()
+        },
+    );
+    e.set_draft_model(load_model(draft, ComputeDtype::Auto).expect("draft model"))
+        .expect("set the draft model");
+    e
 }
 
 /// The chat prompts: a file to edit (the reply repeats most of it), a text to repeat, and
@@ -134,6 +155,113 @@ fn prompt_lookup_keeps_greedy_tokens_alone_and_in_a_batch() {
         "prompt lookup kept only {kept_alone} draft tokens alone (the edit repeats its file)"
     );
     assert!(stats.accepted > kept_alone && stats.drafted >= stats.accepted);
+}
+
+/// A draft model (SmolLM2 at 6 bits for the 4-bit SmolLM2) in the schedules above, with at
+/// most 3 speculating rows: a fuller batch runs plain steps, which the draft follows, and
+/// speculates again when rows leave. The second schedule starts every prompt from the prefix
+/// caches (the model's and the draft's).
+#[test]
+fn a_draft_model_keeps_greedy_tokens_in_a_batch() {
+    let _g = MLX.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = model("SmolLM2-135M-Instruct");
+    let draft = common::requantized("SmolLM2-135M-Instruct", 6);
+    let prompts = prompts(&dir);
+    let mut reqs: Vec<SequenceRequest> = prompts
+        .iter()
+        .zip([48, 32, 24, 32, 24])
+        .map(|(p, n)| request(p.clone(), SamplingParams::default(), n))
+        .collect();
+    reqs.push(request(
+        prompts[1].clone(),
+        SamplingParams {
+            logprobs: true,
+            ..Default::default()
+        },
+        16,
+    ));
+    reqs.push(request(prompts[0].clone(), sampled(0.7, 11), 24));
+
+    let mut plain = engine(&dir, None);
+    let alone: Vec<Vec<u32>> = reqs
+        .iter()
+        .map(|r| run(&mut plain, std::slice::from_ref(r), &[0]).remove(0).0)
+        .collect();
+    let config = SpeculationConfig {
+        draft_tokens: 4,
+        max_rows: 3,
+        ..Default::default()
+    };
+    let mut e = drafting(&dir, &draft, config);
+    let together = run(&mut e, &reqs, &vec![0; reqs.len()]);
+    let staggered = run(&mut e, &reqs, &[0, 2, 2, 5, 9, 1, 3]);
+    let stats = e.status().speculation.expect("speculation is on");
+    let cached = e.status().prefix_cache.hit_tokens;
+    eprintln!("draft model: {stats:?}, prefix cache hit tokens {cached}");
+    for i in 0..reqs.len() {
+        if !reqs[i].params.greedy() {
+            continue;
+        }
+        assert_eq!(together[i].0, alone[i], "request {i}, all joined at once");
+        assert_eq!(staggered[i].0, alone[i], "request {i}, staggered joins");
+    }
+    assert!(
+        stats.accepted * 3 > stats.drafted && stats.drafted > stats.accepted,
+        "a 6-bit copy should agree mostly, not always: {stats:?}"
+    );
+    assert!(cached > 0, "resent prompts came from the prefix cache");
+}
+
+/// Qwen2.5-Coder-0.5B (8-bit) editing a file with its 4-bit copy as the draft: identical to
+/// plain greedy decoding, most tokens drafted and kept.
+#[test]
+fn a_draft_model_edits_code_as_the_model_does() {
+    let _g = MLX.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = model("Qwen2.5-Coder-0.5B-Instruct");
+    let draft = common::requantized("Qwen2.5-Coder-0.5B-Instruct", 4);
+    let prompt = prompts(&dir).remove(0);
+    let req = request(prompt, SamplingParams::default(), 64);
+    let plain = run(&mut engine(&dir, None), std::slice::from_ref(&req), &[0]).remove(0);
+    let config = SpeculationConfig {
+        draft_tokens: 6,
+        ..Default::default()
+    };
+    let mut e = drafting(&dir, &draft, config);
+    let spec = run(&mut e, std::slice::from_ref(&req), &[0]).remove(0);
+    let stats = e.status().speculation.expect("speculation is on");
+    eprintln!("draft model: {stats:?} over {} tokens", spec.0.len());
+    assert_eq!(spec.0, plain.0);
+    assert!(
+        stats.accepted * 2 >= spec.0.len() as u64,
+        "fewer than half the tokens came from kept drafts: {stats:?}"
+    );
+}
+
+/// A draft model must share the model's tokenizer: another one is refused before anything
+/// loads, with what differs.
+#[test]
+fn a_draft_model_with_another_tokenizer_is_refused() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kooka"))
+        .args(["generate", "--prompt", "hi", "--max-tokens", "1", "--model"])
+        .arg(model("SmolLM2-135M-Instruct"))
+        .arg("--draft-model")
+        .arg(model("Qwen2.5-Coder-0.5B-Instruct"))
+        .output()
+        .expect("kooka generate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("another tokenizer than the model") && err.contains("tokens differ"),
+        "{err}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kooka"))
+        .args(["generate", "--prompt", "hi", "--speculative", "draft", "--model"])
+        .arg(model("SmolLM2-135M-Instruct"))
+        .output()
+        .expect("kooka generate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("needs --draft-model"), "{err}");
 }
 
 /// A code edit on Qwen2.5-Coder-0.5B: the reply is the file again, so most of it is drafted
@@ -248,7 +376,7 @@ fn sampled_tokens_keep_their_distribution() {
 
 /// Over HTTP: a server with `--speculative ngram` answers exactly as one without it
 /// (non-streamed, streamed, four requests at once, a stop string), and reports what it kept
-/// in `/health` and `/metrics`.
+/// in `/health` and `/metrics`; so does one with `--draft-model`.
 #[test]
 fn a_speculating_server_answers_as_a_plain_one() {
     use common::http::{post, read_sse, request, start, start_with};
@@ -287,6 +415,15 @@ fn a_speculating_server_answers_as_a_plain_one() {
     assert!(!want.is_empty());
     assert_eq!(ask(&spec.addr, false, json!({})), want, "non-streamed");
     assert_eq!(ask(&spec.addr, true, json!({})), want, "streamed");
+    {
+        let draft = common::requantized("SmolLM2-135M-Instruct", 6);
+        let drafting = start_with(&["--draft-model", draft.to_str().expect("path")]);
+        assert_eq!(ask(&drafting.addr, false, json!({})), want, "draft model");
+        assert_eq!(ask(&drafting.addr, true, json!({})), want, "draft model, streamed");
+        let health = request(&drafting.addr, "GET", "/health", b"").json();
+        let kept = &health["runtime"]["engine"]["speculation"];
+        assert!(kept["accepted"].as_u64().unwrap_or(0) > 0, "{health}");
+    }
     // A stop string inside a burst of kept drafts cuts the text where plain decoding does.
     let stop = json!({"stop": ["item"]});
     assert_eq!(

@@ -282,6 +282,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         crate::model::resolve::resolve_model(&args.model, &crate::model::resolve::hf_cache_dir())?;
     let shard = join_shard(args.parallel, args.pipeline_split.clone())?;
     let rank = shard.as_ref().map_or(0, |s| s.group.rank());
+    let shard_free = shard.is_none();
     let model = crate::model::load_model_with(&dir, dtype, shard, args.adapter_path.as_deref())
         .with_context(|| format!("loading {}", dir.display()))?;
     let needs_tokenizer = args.prompt_tokens.is_none() || !args.print_tokens;
@@ -321,6 +322,12 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             speculation: Some(speculation),
             ..engine.config()
         });
+    }
+    if let Some(d) = args.speculation.draft_dir(&dir)? {
+        anyhow::ensure!(rank == 0 && shard_free, "--draft-model runs on one rank for now");
+        let draft = crate::model::load_model(&d, dtype)
+            .with_context(|| format!("loading the draft model {}", d.display()))?;
+        engine.set_draft_model(draft)?;
     }
     let opts = GenerateOptions {
         max_tokens: args.max_tokens,

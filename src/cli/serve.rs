@@ -251,6 +251,10 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
              adapter into it with `mlx_lm.fuse`"
         );
     }
+    let draft_model = args.speculation.draft_dir(&dir)?;
+    if cluster.is_some() && draft_model.is_some() {
+        anyhow::bail!("--draft-model runs on one rank for now: use --speculative ngram");
+    }
     let disk_cache = args
         .prompt_cache_dir
         .as_deref()
@@ -291,6 +295,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             prefill_chunk: args.prefill_chunk,
             speculation: args.speculation.config(),
             adapter: args.adapter_path.clone(),
+            draft_model,
             queue_timeout: std::time::Duration::from_secs(args.queue_timeout.max(1)),
         },
         incremental_tool_calls: args.incremental_tool_calls,

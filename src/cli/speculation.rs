@@ -1,5 +1,8 @@
 //! The speculative-decoding flags `serve` and `generate` share.
 
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use crate::engine::SpeculationConfig;
@@ -10,6 +13,8 @@ pub enum Drafter {
     /// Prompt lookup: the tokens that followed the latest earlier occurrence of the
     /// sequence's last 2-4 tokens, in its prompt or its reply so far.
     Ngram,
+    /// A smaller model with the same tokenizer (`--draft-model`) decodes greedily ahead.
+    Draft,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -25,6 +30,10 @@ pub struct SpeculationArgs {
         help_heading = "Speculative decoding"
     )]
     pub speculative: Option<Drafter>,
+    /// A smaller model with the same tokenizer that drafts (a folder, HF cache name or GGUF
+    /// as for --model); implies `--speculative draft`. One rank only.
+    #[arg(long, env = "KOOKA_DRAFT_MODEL", help_heading = "Speculative decoding")]
+    pub draft_model: Option<PathBuf>,
     /// Most draft tokens per sequence and step.
     #[arg(
         long,
@@ -48,10 +57,50 @@ pub struct SpeculationArgs {
 impl SpeculationArgs {
     /// The engine's setting; `None` when off.
     pub fn config(&self) -> Option<SpeculationConfig> {
-        self.speculative.map(|Drafter::Ngram| SpeculationConfig {
+        self.drafter().map(|_| SpeculationConfig {
             draft_tokens: self.num_draft_tokens as usize,
             max_rows: self.speculative_max_batch,
             ..SpeculationConfig::default()
         })
+    }
+
+    fn drafter(&self) -> Option<Drafter> {
+        match (self.speculative, &self.draft_model) {
+            (None, Some(_)) => Some(Drafter::Draft),
+            (d, _) => d,
+        }
+    }
+
+    /// The draft model's folder, its tokenizer checked against the model's in `model_dir`;
+    /// `None` unless drafting with a model.
+    pub fn draft_dir(&self, model_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+        let given = match (self.drafter(), &self.draft_model) {
+            (Some(Drafter::Draft), Some(p)) => p,
+            (Some(Drafter::Draft), None) => {
+                anyhow::bail!("--speculative draft needs --draft-model PATH")
+            }
+            (_, Some(_)) => anyhow::bail!(
+                "--draft-model drafts with a model: leave out --speculative ngram (or use \
+                 --speculative draft)"
+            ),
+            (_, None) => return Ok(None),
+        };
+        let dir = crate::model::resolve::resolve_model(
+            given,
+            &crate::model::resolve::hf_cache_dir(),
+        )
+        .with_context(|| format!("--draft-model {}", given.display()))?;
+        let load = |d: &Path| {
+            crate::tokenizer::Tokenizer::load(d)
+                .with_context(|| format!("the tokenizer of {}", d.display()))
+        };
+        if let Err(diff) = load(model_dir)?.same_vocabulary(&load(&dir)?) {
+            anyhow::bail!(
+                "--draft-model {} has another tokenizer than the model ({diff}): a draft \
+                 model must share the model's vocabulary",
+                given.display()
+            );
+        }
+        Ok(Some(dir))
     }
 }

@@ -14,6 +14,7 @@ use mlx_rs::{ops, transforms, Array};
 
 use super::prefix_cache::PrefixCache;
 use super::sequence::{Sampled, Sequence};
+use super::speculative::DraftModel;
 use super::{SeqId, TokenEvent};
 use crate::model::slicing::slice_axis;
 use crate::model::{LanguageModel, LayerCache, Result};
@@ -23,6 +24,8 @@ pub(super) struct Ready {
     pub seq: Sequence,
     pub caches: Vec<LayerCache>,
     pub first: Sampled,
+    /// The draft model's caches holding the prompt, when there is a draft model.
+    pub draft: Option<Vec<LayerCache>>,
 }
 
 pub(super) struct Batch {
@@ -30,6 +33,23 @@ pub(super) struct Batch {
     pub(super) caches: Vec<LayerCache>,
     /// Every row's pending token, uint32 `[B]` (lazy until read).
     pub(super) tokens: Array,
+    /// The draft model's caches, row for row with `caches` (speculative decoding with a
+    /// draft model): they hold the same tokens.
+    pub(super) draft: Option<Vec<LayerCache>>,
+}
+
+/// Merges per-row (or per-batch) caches layer by layer.
+fn merge_layers(parts: Vec<Vec<LayerCache>>) -> Result<Vec<LayerCache>> {
+    let mut layers: Vec<Vec<LayerCache>> = Vec::new();
+    for caches in parts {
+        if layers.is_empty() {
+            layers = caches.iter().map(|_| Vec::new()).collect();
+        }
+        for (layer, c) in layers.iter_mut().zip(caches) {
+            layer.push(c);
+        }
+    }
+    layers.into_iter().map(LayerCache::merge).collect()
 }
 
 /// What a step queued for one row before reading its current token.
@@ -46,28 +66,25 @@ impl Batch {
     /// A batch of the `ready` sequences (at least one).
     pub fn new(ready: Vec<Ready>) -> Result<Self> {
         let mut rows = Vec::with_capacity(ready.len());
-        let mut layer_parts: Vec<Vec<LayerCache>> = Vec::new();
+        let mut caches = Vec::with_capacity(ready.len());
+        let mut drafts = Some(Vec::with_capacity(ready.len()));
         let mut tokens = Vec::with_capacity(ready.len());
         for r in ready {
-            if layer_parts.is_empty() {
-                layer_parts = r.caches.iter().map(|_| Vec::new()).collect();
-            }
-            for (parts, c) in layer_parts.iter_mut().zip(r.caches) {
-                parts.push(c);
+            caches.push(r.caches);
+            match (r.draft, drafts.as_mut()) {
+                (Some(d), Some(all)) => all.push(d),
+                _ => drafts = None,
             }
             let mut seq = r.seq;
             seq.extras = r.first.extras;
             tokens.push(r.first.token);
             rows.push(seq);
         }
-        let caches = layer_parts
-            .into_iter()
-            .map(LayerCache::merge)
-            .collect::<Result<Vec<_>>>()?;
         Ok(Batch {
             rows,
-            caches,
+            caches: merge_layers(caches)?,
             tokens: concat_tokens(tokens)?,
+            draft: drafts.map(merge_layers).transpose()?,
         })
     }
 
@@ -82,21 +99,22 @@ impl Batch {
                 rows: Vec::new(),
                 caches: Vec::new(),
                 tokens: Array::from_int(0),
+                draft: None,
             },
         );
         let mut joined = Batch::new(ready)?;
-        let caches = old
-            .caches
-            .into_iter()
-            .zip(std::mem::take(&mut joined.caches))
-            .map(|(a, b)| LayerCache::merge(vec![a, b]))
-            .collect::<Result<Vec<_>>>()?;
+        let caches = merge_layers(vec![old.caches, std::mem::take(&mut joined.caches)])?;
+        let draft = match (old.draft, joined.draft.take()) {
+            (Some(a), Some(b)) => Some(merge_layers(vec![a, b])?),
+            _ => None,
+        };
         let mut rows = old.rows;
         rows.append(&mut joined.rows);
         *self = Batch {
             rows,
             caches,
             tokens: concat_tokens(vec![old.tokens, joined.tokens])?,
+            draft,
         };
         Ok(())
     }
@@ -117,10 +135,14 @@ impl Batch {
         &mut self,
         model: &dyn LanguageModel,
         prefix: Option<&mut PrefixCache>,
+        draft: Option<&mut DraftModel>,
     ) -> Result<Vec<TokenEvent>> {
         let b = self.rows.len() as i32;
         let input = self.tokens.reshape(&[b, 1])?;
         let logits = model.forward(&input, &mut self.caches)?;
+        if let (Some(d), Some(caches)) = (draft.as_deref(), self.draft.as_mut()) {
+            d.follow(&input, caches)?;
+        }
         let logits = logits.reshape(&[b, -1])?;
         let greedy = self.rows.iter().all(Sequence::plain_greedy);
         let mut next: Vec<Next> = Vec::with_capacity(self.rows.len());
@@ -192,28 +214,35 @@ impl Batch {
         let all = next_tokens.shape()[0] as usize == self.rows.len();
         self.tokens = next_tokens;
         if keep.len() < self.rows.len() {
-            self.retain(&keep, all, prefix)?;
+            self.retain(&keep, all, prefix, draft)?;
         }
         Ok(events)
     }
 
     /// Drops sequence `id` (its cached positions go to `prefix`); true if it was here.
-    pub fn cancel(&mut self, id: SeqId, prefix: Option<&mut PrefixCache>) -> Result<bool> {
+    pub fn cancel(
+        &mut self,
+        id: SeqId,
+        prefix: Option<&mut PrefixCache>,
+        draft: Option<&mut DraftModel>,
+    ) -> Result<bool> {
         let Some(pos) = self.rows.iter().position(|s| s.id == id) else {
             return Ok(false);
         };
         let keep: Vec<usize> = (0..self.rows.len()).filter(|&i| i != pos).collect();
-        self.retain(&keep, true, prefix)?;
+        self.retain(&keep, true, prefix, draft)?;
         Ok(true)
     }
 
-    /// Keeps rows `keep`; the others' positions are offered to `prefix`. `tokens_all_rows`:
-    /// whether `self.tokens` still has an entry for every row (else only the kept ones).
+    /// Keeps rows `keep`; the others' positions are offered to `prefix` (and the draft
+    /// model's to its own). `tokens_all_rows`: whether `self.tokens` still has an entry for
+    /// every row (else only the kept ones).
     pub(super) fn retain(
         &mut self,
         keep: &[usize],
         tokens_all_rows: bool,
         mut prefix: Option<&mut PrefixCache>,
+        mut draft: Option<&mut DraftModel>,
     ) -> Result<()> {
         for (i, seq) in self.rows.iter().enumerate() {
             if keep.contains(&i) {
@@ -221,6 +250,9 @@ impl Batch {
             }
             if let Some(cache) = prefix.as_deref_mut() {
                 cache.offer(&self.caches, i, &seq.fed)?;
+            }
+            if let (Some(d), Some(caches)) = (draft.as_deref_mut(), self.draft.as_ref()) {
+                d.offer(caches, i, &seq.fed)?;
             }
         }
         if tokens_all_rows && !keep.is_empty() {
@@ -235,7 +267,7 @@ impl Batch {
             keep.contains(&(i - 1))
         });
         if !self.rows.is_empty() {
-            for c in self.caches.iter_mut() {
+            for c in self.caches.iter_mut().chain(self.draft.iter_mut().flatten()) {
                 c.retain_rows(keep)?;
             }
         }

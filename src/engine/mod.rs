@@ -58,7 +58,7 @@ use prefix_cache::PrefixCache;
 pub use prefix_cache::PrefixCacheStats;
 use sampling::{make_processors, Sampler, SamplingParams};
 use sequence::{Extras, Sequence};
-pub use speculative::{SpeculationConfig, SpeculationStats};
+pub use speculative::{DraftModel, SpeculationConfig, SpeculationStats};
 
 /// Identifies a sequence within one engine.
 pub type SeqId = u64;
@@ -209,6 +209,8 @@ pub struct Engine {
     /// Caches can drop positions (no rotating or recurrent layer): speculation can run.
     trimmable: bool,
     speculation: SpeculationStats,
+    /// The draft model of speculative decoding, when one is set (else prompt lookup).
+    draft: Option<DraftModel>,
     /// Compiles the grammars of constrained requests (the tokenizer's vocabulary as bytes).
     constrainer: Option<Constrainer>,
 }
@@ -233,6 +235,7 @@ impl Engine {
             steps: 0,
             trimmable: false,
             speculation: SpeculationStats::default(),
+            draft: None,
             constrainer: None,
         };
         engine.configure(config);
@@ -278,6 +281,24 @@ impl Engine {
                 "the disk prompt cache needs the prefix cache (--prompt-cache-bytes > 0): off"
             );
         }
+    }
+
+    /// Speculation drafts with `model` (a smaller model with the model's vocabulary: the
+    /// caller checks the tokenizers) instead of prompt lookup; needs
+    /// [`EngineConfig::speculation`] and one rank. Call on an idle engine.
+    pub fn set_draft_model(&mut self, model: Box<dyn LanguageModel>) -> Result<()> {
+        if self.ranks.is_some() {
+            return Err(ModelError::Request(
+                "a draft model runs on one rank for now".into(),
+            ));
+        }
+        let draft = DraftModel::new(
+            model,
+            self.config.prefix_cache_tokens,
+            self.config.windowed_caches,
+        )?;
+        self.draft = Some(draft);
+        Ok(())
     }
 
     /// Puts a disk tier under the prefix cache (`disk`: this rank's, if it has one) and,
@@ -405,7 +426,7 @@ impl Engine {
             return;
         }
         for b in self.batches.iter_mut() {
-            match b.cancel(id, self.prefix.as_mut()) {
+            match b.cancel(id, self.prefix.as_mut(), self.draft.as_mut()) {
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(seq = id, "cancel: {e}"),
@@ -435,10 +456,14 @@ impl Engine {
         for b in self.batches.iter_mut() {
             let model = self.model.as_ref();
             events.extend(match speculation {
-                Some(s) if b.len() <= s.max_rows && b.any_speculates() => {
-                    b.step_speculative(model, self.prefix.as_mut(), &s, &mut self.speculation)?
-                }
-                _ => b.step(model, self.prefix.as_mut())?,
+                Some(s) if b.len() <= s.max_rows && b.any_speculates() => b.step_speculative(
+                    model,
+                    self.prefix.as_mut(),
+                    self.draft.as_mut(),
+                    &s,
+                    &mut self.speculation,
+                )?,
+                _ => b.step(model, self.prefix.as_mut(), self.draft.as_mut())?,
             });
         }
         self.batches.retain(|b| b.len() > 0);

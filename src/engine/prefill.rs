@@ -207,6 +207,19 @@ impl Engine {
         if let Some(prefix) = self.prefix.as_mut() {
             prefix.offer(&caches, 0, &seq.fed)?;
         }
-        Ok(Ready { seq, caches, first })
+        // The draft model reads every prompt: a batch drafts for all its rows in one chain.
+        let chunk = self.config.prefill_chunk;
+        let draft = match self.draft.as_mut() {
+            Some(d) if self.config.speculation.is_some() && self.trimmable => {
+                Some(d.prefill(&seq.fed, chunk)?)
+            }
+            _ => None,
+        };
+        Ok(Ready {
+            seq,
+            caches,
+            first,
+            draft,
+        })
     }
 }

@@ -153,6 +153,15 @@ pub(super) fn spawn(
                 stop_ids.dedup();
                 let mut engine = Engine::with_config(model, engine_config);
                 engine.set_disk_cache(disk, shard.map(|(_, group)| group));
+                if let Some(d) = &config.draft_model {
+                    let drafted = crate::model::load_model(d, dtype)
+                        .and_then(|m| engine.set_draft_model(m));
+                    if let Err(e) = drafted {
+                        let _ = ready_tx.send(Err(e.into()));
+                        return false;
+                    }
+                    info!(draft_model = %d.display(), "speculative decoding with a draft model");
+                }
                 let mut engine = ReplicatedEngine::new(engine, leader);
                 // Constrained decoding (response_format, forced tool calls) masks logits with
                 // the vocabulary as bytes; without it such requests fail, others are unaffected.

@@ -60,6 +60,8 @@ pub struct RuntimeConfig {
     pub speculation: Option<crate::engine::SpeculationConfig>,
     /// A LoRA adapter folder (`--adapter-path`); one rank only.
     pub adapter: Option<std::path::PathBuf>,
+    /// The draft model's folder (`--draft-model`, tokenizer already checked); one rank only.
+    pub draft_model: Option<std::path::PathBuf>,
     /// A request still waiting to start after this long gets a 429.
     pub queue_timeout: Duration,
 }
@@ -75,6 +77,7 @@ impl Default for RuntimeConfig {
             prefill_chunk: None,
             speculation: None,
             adapter: None,
+            draft_model: None,
             queue_timeout: Duration::from_secs(600),
         }
     }

@@ -67,6 +67,32 @@ fn fixtures(dir: &str, args: &[&str], name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// `models/<name>` requantized to `bits` (`scripts/requantize.py`, group 64): a draft model
+/// with the model's tokenizer, made once per target dir.
+pub fn requantized(name: &str, bits: u32) -> PathBuf {
+    static CREATE: Mutex<()> = Mutex::new(());
+    let _guard = CREATE.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp().join("requantized").join(format!("{name}-{bits}bit"));
+    if !dir.exists() {
+        let partial = dir.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        let out = Command::new(root().join("third_party/venv/bin/python"))
+            .arg(root().join("scripts/requantize.py"))
+            .arg(model(name))
+            .arg(&partial)
+            .args(["--bits", &bits.to_string()])
+            .output()
+            .expect("running scripts/requantize.py");
+        assert!(
+            out.status.success(),
+            "requantize.py {name} --bits {bits} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::rename(&partial, &dir).expect("renaming the requantized model");
+    }
+    dir
+}
+
 /// Block files (and temporary ones) of every model and rank folder under a
 /// `--prompt-cache-dir`, sorted.
 pub fn disk_cache_files(dir: &std::path::Path) -> Vec<PathBuf> {

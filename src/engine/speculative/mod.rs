@@ -5,7 +5,8 @@
 //! probability `p(d)` under the row's own distribution; on rejection the next token is drawn
 //! from `p` without `d`), which leaves every token distributed as plain sampling would.
 //!
-//! Drafts come from the context itself (`ngram.rs`, prompt lookup). The verify step lives
+//! Drafts come from the context itself (`ngram.rs`, prompt lookup) or from a smaller model
+//! with the same vocabulary (`draft.rs`, `--draft-model`). The verify step lives
 //! in `step.rs`: inside the decode batch, every row with its own draft length, rejected
 //! positions dropped from the caches afterwards ([`LayerCache::drop_tail`]).
 //!
@@ -15,8 +16,11 @@ use mlx_rs::Array;
 
 use crate::model::Result;
 
+mod draft;
 pub mod ngram;
 mod step;
+
+pub use draft::DraftModel;
 
 /// How sequences speculate (`kooka serve --speculative ngram`); plain data, identical on every
 /// rank.

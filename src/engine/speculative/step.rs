@@ -8,7 +8,10 @@
 use mlx_rs::ops::indexing::argmax_axis;
 use mlx_rs::{transforms, Array};
 
-use super::{greedy_verdict, ngram, SpeculationConfig, SpeculationStats, Verdict, Verification};
+use super::{
+    greedy_verdict, ngram, DraftModel, SpeculationConfig, SpeculationStats, Verdict,
+    Verification,
+};
 use crate::engine::batch::{concat_tokens, Batch};
 use crate::engine::prefix_cache::PrefixCache;
 use crate::engine::sequence::{Sampled, Sequence};
@@ -50,6 +53,7 @@ impl Batch {
         &mut self,
         model: &dyn LanguageModel,
         mut prefix: Option<&mut PrefixCache>,
+        mut draft: Option<&mut DraftModel>,
         config: &SpeculationConfig,
         stats: &mut SpeculationStats,
     ) -> Result<Vec<TokenEvent>> {
@@ -68,20 +72,33 @@ impl Batch {
         }
         let pending: Vec<u32> = keep.iter().map(|&i| read[i]).collect();
         if keep.len() < self.rows.len() {
-            self.retain(&keep, true, prefix.as_deref_mut())?;
+            self.retain(&keep, true, prefix.as_deref_mut(), draft.as_deref_mut())?;
             if self.rows.is_empty() {
                 return Ok(events);
             }
         }
 
-        // Drafts, within what each row may still generate.
+        // Drafts, within what each row may still generate: the draft model's (as many for
+        // every row, `k`, as the roomiest speculating row takes), else prompt lookup's.
+        let room = |seq: &Sequence| {
+            let left = seq.req.max_tokens.saturating_sub(seq.generated + 1);
+            config.draft_tokens.min(left)
+        };
+        let mut modelled = None;
+        if let (Some(d), Some(caches)) = (draft.as_deref(), self.draft.as_mut()) {
+            let rows = self.rows.iter().filter(|s| s.can_speculate());
+            let k = rows.map(room).max().unwrap_or(0);
+            let vocab = model.config().vocab_size.max(0) as usize;
+            modelled = Some((k, d.propose(&pending, k, vocab, caches)?));
+        }
         let drafts: Vec<Option<Vec<u32>>> = self
             .rows
             .iter()
-            .map(|seq| {
-                seq.can_speculate().then(|| {
-                    let room = seq.req.max_tokens.saturating_sub(seq.generated + 1);
-                    ngram::draft(&seq.fed, config, config.draft_tokens.min(room))
+            .enumerate()
+            .map(|(i, seq)| {
+                seq.can_speculate().then(|| match &modelled {
+                    Some((_, all)) => all[i][..all[i].len().min(room(seq))].to_vec(),
+                    None => ngram::draft(&seq.fed, config, room(seq)),
                 })
             })
             .collect();
@@ -145,6 +162,7 @@ impl Batch {
         // Standing drafts become events; each row's next token is pending.
         let mut next = Vec::with_capacity(self.rows.len());
         let mut dropped = Vec::with_capacity(self.rows.len());
+        let mut stood_per_row = Vec::with_capacity(self.rows.len());
         let mut keep = Vec::with_capacity(self.rows.len());
         for (i, (seq, q)) in self.rows.iter_mut().zip(queued).enumerate() {
             let d = drafts[i].as_deref().unwrap_or(&[]);
@@ -155,6 +173,7 @@ impl Batch {
                     seq.extras = s.extras;
                     next.push(s.token);
                     dropped.push(width as i32);
+                    stood_per_row.push(0);
                     keep.push(i);
                     continue;
                 }
@@ -176,6 +195,7 @@ impl Batch {
                 }
             }
             dropped.push((width - stood) as i32);
+            stood_per_row.push(stood);
             if !finished {
                 keep.push(i);
                 next.push(Array::from_slice(&[verdict.next], &[1]));
@@ -187,12 +207,21 @@ impl Batch {
                 c.drop_tail(&dropped)?;
             }
         }
+        // The draft read `k` drafts after every pending token: it drops what was not kept.
+        if let (Some((k, _)), Some(caches)) = (&modelled, self.draft.as_mut()) {
+            if *k > 0 {
+                let dropped: Vec<i32> = stood_per_row.iter().map(|&s| (k - s) as i32).collect();
+                for c in caches.iter_mut() {
+                    c.drop_tail(&dropped)?;
+                }
+            }
+        }
         self.tokens = match next.is_empty() {
             true => Array::from_slice::<u32>(&[], &[0]),
             false => concat_tokens(next)?,
         };
         if keep.len() < self.rows.len() {
-            self.retain(&keep, false, prefix)?;
+            self.retain(&keep, false, prefix, draft)?;
         }
         Ok(events)
     }

@@ -77,7 +77,7 @@ def load_mlx_lm(model_dir, f32=False):
     return model, tokenizer
 
 
-def bench_mlx_lm(loaded, ids, gen, reps, warm_up=True):
+def bench_mlx_lm(loaded, ids, gen, reps, warm_up=True, **generate_kwargs):
     import mlx.core as mx
     from mlx_lm import stream_generate
 
@@ -87,7 +87,8 @@ def bench_mlx_lm(loaded, ids, gen, reps, warm_up=True):
         first = last = None
         start = time.perf_counter()
         count = 0
-        for response in stream_generate(model, tokenizer, mx.array(ids), max_tokens=gen):
+        for response in stream_generate(model, tokenizer, mx.array(ids), max_tokens=gen,
+                                        **generate_kwargs):
             now = time.perf_counter()
             if first is None:
                 first = now

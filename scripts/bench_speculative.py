@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
-"""Prompt lookup on a code edit: kooka with and without `--speculative ngram`, and mlx-lm, one run.
+"""Speculation on a code edit: kooka plain, with `--speculative ngram` (and `--draft-model`), and mlx-lm, one run.
 
 usage: third_party/venv/bin/python scripts/bench_speculative.py [--model DIR] [--reps 3]
-           [--max-tokens 800] [--draft-tokens 8] [--kooka target/release/kooka] [--json OUT]
+           [--max-tokens 800] [--draft-tokens 8] [--draft-model DIR]
+           [--kooka target/release/kooka] [--json OUT]
 
 The request: "rename `compute_total` to `total_value` and return the whole file" over
 tests/fixtures/code_edit/inventory.py, in the model's chat template, greedy. kooka runs
 `kooka generate` on the prompt's token ids until EOS (or --max-tokens), plain and with prompt
 lookup, `--reps` times each (one process per run); the two replies must be the same tokens.
 mlx-lm (`stream_generate`, same model folder, float32 weights on the CPU as kooka computes
-there) generates as many tokens with plain decoding, as the reference speed. Reported: median
-decode tokens/s per side (tokens after the first / their time) and the ratios.
+there) generates as many tokens with plain decoding, as the reference speed. With
+--draft-model, kooka also runs with that draft model and mlx-lm with the same one
+(`stream_generate(draft_model=..., num_draft_tokens=...)`, its own speculative decoding).
+Reported: median decode tokens/s per side (tokens after the first / their time) and the ratios.
 """
 import argparse
 import json
@@ -59,6 +62,7 @@ def main():
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=800)
     parser.add_argument("--draft-tokens", type=int, default=8)
+    parser.add_argument("--draft-model", help="also speculate with this draft model (same tokenizer)")
     parser.add_argument("--kooka", default=os.path.join(ROOT, "target", "release", "kooka"))
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
@@ -73,6 +77,9 @@ def main():
     ids = edit_prompt(args.model)
     sides = {"plain": [], "ngram": [
         "--speculative", "ngram", "--num-draft-tokens", str(args.draft_tokens)]}
+    if args.draft_model:
+        sides["draft"] = ["--draft-model", args.draft_model,
+                          "--num-draft-tokens", str(args.draft_tokens)]
     results, replies, drafts = {}, {}, {}
     for name, extra in sides.items():
         tps = []
@@ -91,15 +98,21 @@ def main():
             kept, drafted, steps = drafts[name]
             print(f"  {kept} of {drafted} draft tokens kept ({100 * kept / max(drafted, 1):.1f}%), "
                   f"{steps} verify steps", flush=True)
-    identical = replies["plain"] == replies["ngram"]
+    identical = all(r == replies["plain"] for r in replies.values())
     if not identical:
-        sys.exit("FAIL: prompt lookup changed the greedy reply")
+        sys.exit("FAIL: speculation changed the greedy reply")
 
     on_cpu = "cpu" in str(mx.default_device()).lower()
     loaded = load_mlx_lm(args.model, f32=on_cpu)
     ref = bench_mlx_lm(loaded, ids, len(replies["plain"]), args.reps)
     results["mlx-lm"] = ref["decode_tps"]
     print(f"mlx-lm plain: decode tok/s {statistics.median(ref['decode_tps']):.1f}", flush=True)
+    if args.draft_model:
+        draft = load_mlx_lm(args.draft_model, f32=on_cpu)[0]
+        ref = bench_mlx_lm(loaded, ids, len(replies["plain"]), args.reps, draft_model=draft,
+                           num_draft_tokens=args.draft_tokens)
+        results["mlx-lm draft"] = ref["decode_tps"]
+        print(f"mlx-lm draft: decode tok/s {statistics.median(ref['decode_tps']):.1f}", flush=True)
 
     med = {k: statistics.median(v) for k, v in results.items()}
     summary = {
@@ -108,13 +121,18 @@ def main():
         "prompt_tokens": len(ids),
         "reply_tokens": len(replies["plain"]),
         "identical": identical,
-        "drafts_kept_drafted_steps": drafts.get("ngram"),
+        "drafts_kept_drafted_steps": drafts,
         "decode_tps": results,
         "speedup_vs_plain": med["ngram"] / med["plain"],
         "speedup_vs_mlx_lm": med["ngram"] / med["mlx-lm"],
     }
     print(f"prompt lookup: {summary['speedup_vs_plain']:.2f}x kooka plain, "
           f"{summary['speedup_vs_mlx_lm']:.2f}x mlx-lm; replies identical: {identical}")
+    if args.draft_model:
+        summary["draft_speedup_vs_plain"] = med["draft"] / med["plain"]
+        summary["draft_vs_mlx_lm_draft"] = med["draft"] / med["mlx-lm draft"]
+        print(f"draft model: {summary['draft_speedup_vs_plain']:.2f}x kooka plain, "
+              f"{summary['draft_vs_mlx_lm_draft']:.2f}x mlx-lm with the same draft")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)

@@ -145,10 +145,23 @@ fn check_parity_with(
     modes: &[(&str, bool)],
     env: &[(&str, &str)],
 ) {
+    // The KV cache settings kooka takes from the environment, for the reference too.
+    let mut kv = serde_json::Map::new();
+    for (var, key) in [
+        ("KOOKA_KV_BITS", "kv_bits"),
+        ("KOOKA_KV_GROUP_SIZE", "kv_group_size"),
+        ("KOOKA_QUANTIZED_KV_START", "quantized_kv_start"),
+    ] {
+        if let Some((_, v)) = env.iter().find(|(k, _)| *k == var) {
+            kv.insert(key.into(), json!(v.parse::<i64>().expect("a number")));
+        }
+    }
     let mut jobs = Vec::new();
     for name in names {
         for (_, f32) in modes.iter() {
-            jobs.push(json!({"model": dir.join(name), "tokens": prompt, "max_tokens": n, "f32": f32, "prefill_step_size": step}));
+            let mut job = json!({"model": dir.join(name), "tokens": prompt, "max_tokens": n, "f32": f32, "prefill_step_size": step});
+            job.as_object_mut().expect("a job").extend(kv.clone());
+            jobs.push(job);
         }
     }
     let refs = reference(&Value::Array(jobs));
@@ -289,6 +302,73 @@ fn hybrid_models_match_mlx_lm_past_one_scan_chunk() {
     let both = [("native", false), ("f32", true)];
     check_parity_with(&dir, &names, &prompt, 16, 2048, &both, &sequential);
     check_parity_with(&dir, &names, &prompt, 16, 100, &both, &sequential);
+}
+
+/// A quantized KV cache (`--kv-bits`) against mlx-lm's `QuantizedKVCache` (generate_step with
+/// `kv_bits`): 8 bits after the first step, and 4 bits from position 6 of a prompt prefilled
+/// in chunks of 4 (converted mid-prompt, as mlx-lm converts after the step that reaches it).
+/// kooka attends to the dequantized cache where mlx-lm multiplies by the packed one: the same
+/// values, summed in another order, and mlx-lm rounds the scores and probabilities to the
+/// model's dtype between its products. So: every model in float32 (logits within 1e-4), and
+/// natively the float16 one (in bfloat16 those roundings flip the tiny random models' tokens).
+/// The 4-bit logits must also differ from a full-precision cache's (else the setting did
+/// nothing).
+#[test]
+fn quantized_kv_cache_matches_mlx_lm() {
+    let (dir, names) = tiny_models();
+    let names: Vec<String> = names
+        .into_iter()
+        .filter(|n| {
+            [
+                "llama-bf16",
+                "llama-q4g64",
+                "qwen2-q8g32",
+                "llama_tied-f16",
+                "mistral-bf16",
+            ]
+            .contains(&n.as_str())
+        })
+        .collect();
+    assert_eq!(names.len(), 5, "tiny models missing: {names:?}");
+    let f16 = ["llama_tied-f16".to_string()];
+    for (bits, start) in [("8", "1"), ("4", "6")] {
+        let env = [
+            ("KOOKA_KV_BITS", bits),
+            ("KOOKA_KV_GROUP_SIZE", "32"),
+            ("KOOKA_QUANTIZED_KV_START", start),
+        ];
+        check_parity_with(&dir, &names, &PROMPT, 24, 4, &[("f32", true)], &env);
+        check_parity_with(&dir, &f16, &PROMPT, 24, 4, &[("native", false)], &env);
+    }
+    let prompt = PROMPT.map(|t| t.to_string()).join(",");
+    let args = [
+        "--prompt-tokens",
+        &prompt,
+        "--max-tokens",
+        "1",
+        "--compute-dtype",
+        "f32",
+    ];
+    let model = dir.join("llama-bf16");
+    let (_, plain) = kooka(&model, &args);
+    let (_, quantized) = kooka_env(
+        &model,
+        &args,
+        &[
+            ("KOOKA_KV_BITS", "4"),
+            ("KOOKA_KV_GROUP_SIZE", "32"),
+            ("KOOKA_QUANTIZED_KV_START", "0"),
+        ],
+    );
+    let moved = plain
+        .iter()
+        .zip(&quantized)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        moved > 1e-3,
+        "4-bit keys and values changed the logits by only {moved}"
+    );
 }
 
 /// kooka's chunked Gated DeltaNet prefill (the default from 32 tokens; mlx-lm has none off

@@ -255,7 +255,14 @@ fn a_draft_model_with_another_tokenizer_is_refused() {
         "{err}"
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kooka"))
-        .args(["generate", "--prompt", "hi", "--speculative", "draft", "--model"])
+        .args([
+            "generate",
+            "--prompt",
+            "hi",
+            "--speculative",
+            "draft",
+            "--model",
+        ])
         .arg(model("SmolLM2-135M-Instruct"))
         .output()
         .expect("kooka generate");
@@ -419,7 +426,11 @@ fn a_speculating_server_answers_as_a_plain_one() {
         let draft = common::requantized("SmolLM2-135M-Instruct", 6);
         let drafting = start_with(&["--draft-model", draft.to_str().expect("path")]);
         assert_eq!(ask(&drafting.addr, false, json!({})), want, "draft model");
-        assert_eq!(ask(&drafting.addr, true, json!({})), want, "draft model, streamed");
+        assert_eq!(
+            ask(&drafting.addr, true, json!({})),
+            want,
+            "draft model, streamed"
+        );
         let health = request(&drafting.addr, "GET", "/health", b"").json();
         let kept = &health["runtime"]["engine"]["speculation"];
         assert!(kept["accepted"].as_u64().unwrap_or(0) > 0, "{health}");

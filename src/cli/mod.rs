@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod config;
+mod kv_cache;
 mod models;
 mod serve;
 mod speculation;
@@ -209,6 +210,8 @@ pub struct GenerateArgs {
     pub adapter_path: Option<PathBuf>,
     #[command(flatten)]
     pub speculation: speculation::SpeculationArgs,
+    #[command(flatten)]
+    pub kv_cache: kv_cache::KvCacheArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -317,14 +320,16 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         engine.set_constrainer(crate::constrain::Constrainer::new(tok)?);
     }
     engine.set_prefill_chunk(args.prefill_step_size);
-    if let Some(speculation) = args.speculation.config() {
-        engine.configure(crate::engine::EngineConfig {
-            speculation: Some(speculation),
-            ..engine.config()
-        });
-    }
+    engine.configure(crate::engine::EngineConfig {
+        speculation: args.speculation.config(),
+        kv_quantization: args.kv_cache.config()?,
+        ..engine.config()
+    });
     if let Some(d) = args.speculation.draft_dir(&dir)? {
-        anyhow::ensure!(rank == 0 && shard_free, "--draft-model runs on one rank for now");
+        anyhow::ensure!(
+            rank == 0 && shard_free,
+            "--draft-model runs on one rank for now"
+        );
         let draft = crate::model::load_model(&d, dtype)
             .with_context(|| format!("loading the draft model {}", d.display()))?;
         engine.set_draft_model(draft)?;

@@ -115,6 +115,8 @@ pub struct ServeArgs {
     pub prefill_chunk: Option<usize>,
     #[command(flatten)]
     pub speculation: super::speculation::SpeculationArgs,
+    #[command(flatten)]
+    pub kv_cache: super::kv_cache::KvCacheArgs,
     #[arg(long, env = "KOOKA_COMPUTE_DTYPE", value_enum, default_value_t = ComputeDtypeArg::Auto, help_heading = "Model")]
     pub compute_dtype: ComputeDtypeArg,
     /// A LoRA adapter folder in mlx-lm's format (`mlx_lm.lora`'s `adapter_config.json` and
@@ -252,6 +254,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let draft_model = args.speculation.draft_dir(&dir)?;
+    let kv_quantization = args.kv_cache.config()?;
     if cluster.is_some() && draft_model.is_some() {
         anyhow::bail!("--draft-model runs on one rank for now: use --speculative ngram");
     }
@@ -267,6 +270,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             &dir,
             args.compute_dtype.into(),
             disk_cache.as_ref(),
+            kv_quantization,
         )
         .with_context(|| format!("rank {}", cluster.rank))?;
         crate::engine::disk_cache::finish_writes(WRITES_AT_EXIT);
@@ -296,6 +300,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             speculation: args.speculation.config(),
             adapter: args.adapter_path.clone(),
             draft_model,
+            kv_quantization,
             queue_timeout: std::time::Duration::from_secs(args.queue_timeout.max(1)),
         },
         incremental_tool_calls: args.incremental_tool_calls,

@@ -85,11 +85,9 @@ impl SpeculationArgs {
             ),
             (_, None) => return Ok(None),
         };
-        let dir = crate::model::resolve::resolve_model(
-            given,
-            &crate::model::resolve::hf_cache_dir(),
-        )
-        .with_context(|| format!("--draft-model {}", given.display()))?;
+        let dir =
+            crate::model::resolve::resolve_model(given, &crate::model::resolve::hf_cache_dir())
+                .with_context(|| format!("--draft-model {}", given.display()))?;
         let load = |d: &Path| {
             crate::tokenizer::Tokenizer::load(d)
                 .with_context(|| format!("the tokenizer of {}", d.display()))

@@ -28,9 +28,9 @@ use super::protocol::{Message, Op, StepTimes};
 use super::replicated::{apply, Applied};
 use super::{net, shard, ClusterConfig, ClusterError};
 use crate::constrain::Constrainer;
-use crate::engine::disk_cache::open_for_model;
+use crate::engine::disk_cache::{open_for_model, with_kv_layout};
 use crate::engine::{DiskCacheConfig, Engine, SeqId};
-use crate::model::ComputeDtype;
+use crate::model::{ComputeDtype, KvQuantization};
 use crate::tokenizer::Tokenizer;
 
 /// Runs this rank until rank 0 shuts it down (`Ok`) or something fails (`Err`; a lost
@@ -40,6 +40,7 @@ pub fn run(
     dir: &Path,
     dtype: ComputeDtype,
     disk_cache: Option<&DiskCacheConfig>,
+    kv_quantization: Option<KvQuantization>,
 ) -> Result<(), ClusterError> {
     let rank = config.rank;
     let deadline = Instant::now() + config.startup_timeout;
@@ -108,7 +109,13 @@ pub fn run(
             .map_err(io("starting the heartbeat thread"))?;
     }
 
-    let result = follow(config, (dir, dtype, disk_cache), &writer, &ops_rx, &clock);
+    let result = follow(
+        config,
+        (dir, dtype, disk_cache, kv_quantization),
+        &writer,
+        &ops_rx,
+        &clock,
+    );
     if let Err(e) = &result {
         let reason = e.to_string();
         error!(rank, "{reason}");
@@ -120,7 +127,12 @@ pub fn run(
 
 fn follow(
     config: &ClusterConfig,
-    (dir, dtype, disk_cache): (&Path, ComputeDtype, Option<&DiskCacheConfig>),
+    (dir, dtype, disk_cache, kv_quantization): (
+        &Path,
+        ComputeDtype,
+        Option<&DiskCacheConfig>,
+        Option<KvQuantization>,
+    ),
     writer: &Mutex<TcpStream>,
     ops: &mpsc::Receiver<Op>,
     clock: &StepClock,
@@ -128,7 +140,9 @@ fn follow(
     let (model, shard, group) = shard::load(dir, dtype, config)?;
     let mut engine = Engine::new(model);
     // This rank's own disk tier; with or without one it joins rank 0's lookups' agreement.
-    let disk = disk_cache.and_then(|c| open_for_model(c, dir, dtype, Some(&shard), config.rank));
+    let variant = with_kv_layout(Some(shard.clone()), kv_quantization);
+    let disk =
+        disk_cache.and_then(|c| open_for_model(c, dir, dtype, variant.as_deref(), config.rank));
     engine.set_disk_cache(disk, Some(group));
     // Constrained requests need a matcher on every rank (all ranks sample); it is built
     // from the model's tokenizer, as on rank 0.

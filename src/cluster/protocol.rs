@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{EngineConfig, SeqId, SequenceRequest};
 
 /// Bump on any change to [`Message`] or the framing.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// `KOOKA-CP` then the version, big-endian: 12 bytes each side sends first.
 pub const MAGIC: [u8; 8] = *b"KOOKA-CP";

@@ -267,7 +267,11 @@ impl Batch {
             keep.contains(&(i - 1))
         });
         if !self.rows.is_empty() {
-            for c in self.caches.iter_mut().chain(self.draft.iter_mut().flatten()) {
+            for c in self
+                .caches
+                .iter_mut()
+                .chain(self.draft.iter_mut().flatten())
+            {
                 c.retain_rows(keep)?;
             }
         }

@@ -50,7 +50,7 @@ use mlx_rs::Array;
 
 use crate::constrain::{Constrainer, Grammar};
 use crate::dist::Group;
-use crate::model::{LanguageModel, LayerCache, ModelError, Result};
+use crate::model::{KvQuantization, LanguageModel, LayerCache, ModelError, Result};
 use batch::Batch;
 use constrained::SeqConstraint;
 pub use disk_cache::{DiskCache, DiskCacheConfig, DiskCacheStats};
@@ -81,6 +81,8 @@ pub struct EngineConfig {
     pub disk_cache: bool,
     /// Speculative decoding (prompt lookup); `None`: off.
     pub speculation: Option<SpeculationConfig>,
+    /// Quantized keys and values (`--kv-bits`); `None`: as the model computes them.
+    pub kv_quantization: Option<KvQuantization>,
 }
 
 impl Default for EngineConfig {
@@ -91,6 +93,7 @@ impl Default for EngineConfig {
             windowed_caches: false,
             disk_cache: false,
             speculation: None,
+            kv_quantization: None,
         }
     }
 }
@@ -108,11 +111,15 @@ impl Drop for Engine {
 
 /// Fresh caches for one sequence of `model`, of the kind `config` asks for.
 fn fresh_caches(model: &dyn LanguageModel, config: &EngineConfig) -> Vec<LayerCache> {
-    if config.windowed_caches {
+    let mut caches = if config.windowed_caches {
         model.make_batchable_caches()
     } else {
         model.make_caches()
+    };
+    for c in caches.iter_mut() {
+        c.set_quantization(config.kv_quantization);
     }
+    caches
 }
 
 /// What the engine holds now, for `/health` and the scheduler.
@@ -260,6 +267,11 @@ impl Engine {
             tracing::warn!(
                 "speculative decoding needs caches that can drop positions \
                  (no sliding-window rotation, no recurrent layers): off for this model"
+            );
+        }
+        if config.kv_quantization.is_some() && fresh.iter().any(LayerCache::is_rotating) {
+            tracing::warn!(
+                "--kv-bits: rotating sliding-window caches stay in full precision (as mlx-lm's)"
             );
         }
         let checkpoint_tokens = self.model.checkpoint_tokens();

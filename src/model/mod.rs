@@ -53,7 +53,7 @@ use std::path::Path;
 
 use mlx_rs::{Array, Device, DeviceType, Dtype};
 
-pub use cache::{KvCache, LayerCache};
+pub use cache::{KvCache, KvQuantization, LayerCache};
 pub use config::ModelConfig;
 use decoder::Llama;
 pub use error::{ModelError, Result};

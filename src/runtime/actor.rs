@@ -144,6 +144,8 @@ pub(super) fn spawn(
                         },
                         (None, None) => None,
                     };
+                    let variant =
+                        crate::engine::disk_cache::with_kv_layout(variant, config.kv_quantization);
                     crate::engine::disk_cache::open_for_model(c, &dir, dtype, variant.as_deref(), 0)
                 });
                 engine_config.disk_cache = disk.is_some();
@@ -154,8 +156,8 @@ pub(super) fn spawn(
                 let mut engine = Engine::with_config(model, engine_config);
                 engine.set_disk_cache(disk, shard.map(|(_, group)| group));
                 if let Some(d) = &config.draft_model {
-                    let drafted = crate::model::load_model(d, dtype)
-                        .and_then(|m| engine.set_draft_model(m));
+                    let drafted =
+                        crate::model::load_model(d, dtype).and_then(|m| engine.set_draft_model(m));
                     if let Err(e) = drafted {
                         let _ = ready_tx.send(Err(e.into()));
                         return false;
@@ -219,8 +221,14 @@ fn budgets(model: &dyn LanguageModel, config: &RuntimeConfig) -> (ModelInfo, Eng
     let cfg = model.config();
     let on_cpu = crate::model::default_device_is_cpu();
     let dtype_bytes: usize = if on_cpu { 4 } else { 2 };
-    let per_token =
+    let mut per_token =
         crate::model::kv_layer_count(cfg).max(1) * cfg.cache_width().max(1) as usize * dtype_bytes;
+    // Quantized from the first position: each costs its packed size (with a later start,
+    // positions before it are full size, and admission counts every one as such).
+    if let Some(q) = config.kv_quantization.filter(|q| q.start == 0) {
+        let dim = cfg.head_dim().max(1);
+        per_token = (per_token * q.bytes(dim) / (dim as usize * dtype_bytes)).max(1);
+    }
     let weights: usize = model.parameters().iter().map(|a| a.nbytes()).sum();
     let free = super::memory::total_bytes().saturating_sub(weights);
     let kv_bytes = config.kv_cache_bytes.unwrap_or(free / 10 * 4);
@@ -244,6 +252,7 @@ fn budgets(model: &dyn LanguageModel, config: &RuntimeConfig) -> (ModelInfo, Eng
         windowed_caches: true,
         disk_cache: false,
         speculation: config.speculation,
+        kv_quantization: config.kv_quantization,
     };
     (info, engine)
 }

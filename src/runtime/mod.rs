@@ -62,6 +62,8 @@ pub struct RuntimeConfig {
     pub adapter: Option<std::path::PathBuf>,
     /// The draft model's folder (`--draft-model`, tokenizer already checked); one rank only.
     pub draft_model: Option<std::path::PathBuf>,
+    /// Quantized keys and values (`--kv-bits`); `None`: off.
+    pub kv_quantization: Option<crate::model::KvQuantization>,
     /// A request still waiting to start after this long gets a 429.
     pub queue_timeout: Duration,
 }
@@ -78,6 +80,7 @@ impl Default for RuntimeConfig {
             speculation: None,
             adapter: None,
             draft_model: None,
+            kv_quantization: None,
             queue_timeout: Duration::from_secs(600),
         }
     }

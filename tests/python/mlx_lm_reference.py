@@ -4,8 +4,9 @@ Usage: mlx_lm_reference.py JOBS_JSON   (a file, or '-' for stdin)
 
 JOBS_JSON is a list of jobs, each {"model": DIR, "max_tokens": N, "f32": bool, and either
 "tokens": [ids] or "prompt": TEXT (rendered through the folder's chat template), and
-optionally "prefill_step_size": S (default 2048, as generate_step) and "adapter": DIR (a LoRA
-adapter folder, loaded as mlx-lm's `load(..., adapter_path=DIR)` does)}.
+optionally "prefill_step_size": S (default 2048, as generate_step), "adapter": DIR (a LoRA
+adapter folder, loaded as mlx-lm's `load(..., adapter_path=DIR)` does) and "kv_bits",
+"kv_group_size", "quantized_kv_start" (a quantized KV cache, as generate_step's arguments)}.
 Prints one JSON list with, per job, {"prompt_tokens": [...], "tokens": [...greedy ids...],
 "logits": [...last prompt position, float32...]}. With "f32": true the model is
 dequantized and cast to float32 after loading (kooka's `--compute-dtype f32`).
@@ -17,7 +18,7 @@ import sys
 
 import mlx.core as mx
 from mlx_lm import load
-from mlx_lm.generate import generate_step
+from mlx_lm.generate import generate_step, maybe_quantize_kv_cache
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import dequantize_model
 
@@ -75,13 +76,17 @@ def run(job, cache):
         ids = list(job["tokens"])
     prompt = mx.array(ids)
     step = job.get("prefill_step_size", 2048)
+    kv = {"kv_bits": job.get("kv_bits"), "kv_group_size": job.get("kv_group_size", 64),
+          "quantized_kv_start": job.get("quantized_kv_start", 5000)}
     pc = make_prompt_cache(model)
     for start in range(0, len(ids) - 1, step):
         model(prompt[None, start:min(start + step, len(ids) - 1)], cache=pc)
+        maybe_quantize_kv_cache(pc, kv["quantized_kv_start"], kv["kv_group_size"], kv["kv_bits"])
         mx.eval([c.state for c in pc])
     logits = model(prompt[None, -1:], cache=pc)[0, -1].astype(mx.float32)
     out = []
-    for tok, _ in generate_step(prompt, model, max_tokens=job["max_tokens"], prefill_step_size=step):
+    for tok, _ in generate_step(prompt, model, max_tokens=job["max_tokens"], prefill_step_size=step,
+                                **kv):
         out.append(int(tok))
     return {"prompt_tokens": ids, "tokens": out, "logits": logits.tolist()}
 

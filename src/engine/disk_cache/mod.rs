@@ -372,6 +372,23 @@ impl DiskCache {
     }
 }
 
+/// The variant of [`open_for_model`] with quantized keys and values: rows of another layout,
+/// kept apart.
+pub fn with_kv_layout(
+    variant: Option<String>,
+    quant: Option<crate::model::KvQuantization>,
+) -> Option<String> {
+    match (variant, quant) {
+        (v, None) => v,
+        (v, Some(q)) => Some(format!(
+            "{}kv{}g{}",
+            v.map(|v| v + "-").unwrap_or_default(),
+            q.bits,
+            q.group_size
+        )),
+    }
+}
+
 /// Opens the disk tier of the model in `dir` for this rank, as `dtype` on this backend and
 /// split as `shard` says (or, on one rank, with the LoRA adapter it names); a folder that
 /// cannot be used is a warning and no disk tier.

@@ -26,10 +26,15 @@ pub struct DraftModel {
 impl DraftModel {
     /// `prefix_tokens`: the draft's own prefix cache budget (0: none). Fails when the draft
     /// cannot drop refused positions (sliding-window rotation, recurrent layers).
-    pub fn new(model: Box<dyn LanguageModel>, prefix_tokens: usize, windowed: bool) -> Result<Self> {
+    pub fn new(
+        model: Box<dyn LanguageModel>,
+        prefix_tokens: usize,
+        windowed: bool,
+    ) -> Result<Self> {
         let draft = DraftModel {
             model,
-            prefix: (prefix_tokens > 0).then(|| PrefixCache::with_checkpoints(prefix_tokens, false, 0)),
+            prefix: (prefix_tokens > 0)
+                .then(|| PrefixCache::with_checkpoints(prefix_tokens, false, 0)),
             windowed,
         };
         if draft

@@ -9,8 +9,7 @@ use mlx_rs::ops::indexing::argmax_axis;
 use mlx_rs::{transforms, Array};
 
 use super::{
-    greedy_verdict, ngram, DraftModel, SpeculationConfig, SpeculationStats, Verdict,
-    Verification,
+    greedy_verdict, ngram, DraftModel, SpeculationConfig, SpeculationStats, Verdict, Verification,
 };
 use crate::engine::batch::{concat_tokens, Batch};
 use crate::engine::prefix_cache::PrefixCache;

@@ -4,7 +4,7 @@
 
 use mlx_rs::Array;
 
-use super::{KvCache, StateCache};
+use super::{KvCache, KvQuantization, StateCache};
 use crate::model::error::{ModelError, Result};
 
 pub enum LayerCache {
@@ -99,6 +99,13 @@ impl LayerCache {
             _ => Err(ModelError::Request(
                 "caches of different kinds cannot be batched".into(),
             )),
+        }
+    }
+
+    /// Keys and values quantized from `quant.start` positions on (attention layers).
+    pub fn set_quantization(&mut self, quant: Option<KvQuantization>) {
+        if let LayerCache::Kv(c) = self {
+            c.set_quantization(quant);
         }
     }
 

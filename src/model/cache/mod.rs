@@ -16,6 +16,7 @@
 //! sums over the window in temporal rather than rotated order (equal to within rounding).
 
 mod layer;
+mod quantized;
 mod rows;
 mod state;
 
@@ -24,6 +25,8 @@ use mlx_rs::{ops, Array};
 use super::error::Result;
 use super::slicing::{slice_axis, slice_update_axis};
 pub use layer::{LayerCache, LayerRow};
+pub use quantized::KvQuantization;
+use quantized::{is_packed, pack, unpack};
 use rows::Rows;
 pub use rows::{Positions, RowsView};
 pub use state::StateCache;
@@ -76,6 +79,9 @@ pub struct KvCache {
     rows: Option<Rows>,
     /// A windowed cache's window (see the module doc); `None` for full attention.
     window: Option<i32>,
+    /// Quantize keys and values once `start` positions are held (`quantized.rs`); growing
+    /// caches only.
+    quant: Option<KvQuantization>,
 }
 
 /// `v[..., a..b, :]`.
@@ -114,6 +120,35 @@ impl KvCache {
             window: Some(window),
             ..Self::default()
         }
+    }
+
+    /// Keys and values quantized as `quant` says from its `start` on (a rotating cache
+    /// stays as it is, as mlx-lm's).
+    pub fn set_quantization(&mut self, quant: Option<KvQuantization>) {
+        if self.rotation.is_none() {
+            self.quant = quant;
+        }
+    }
+
+    /// Whether the positions held are quantized.
+    pub fn is_quantized(&self) -> bool {
+        self.keys.as_ref().is_some_and(is_packed)
+    }
+
+    /// Quantizes the positions held now (nothing if they are, or without a setting). Only the
+    /// written positions stay: the next write grows the buffer.
+    pub(crate) fn quantize_now(&mut self) -> Result<()> {
+        let Some(q) = self.quant else {
+            return Ok(());
+        };
+        if self.is_quantized() {
+            return Ok(());
+        }
+        if let (Some(k), Some(v)) = (self.keys.take(), self.values.take()) {
+            self.keys = Some(pack(&slice(&k, 0, self.offset)?, &q)?);
+            self.values = Some(pack(&slice(&v, 0, self.offset)?, &q)?);
+        }
+        Ok(())
     }
 
     /// The window of a windowed cache.
@@ -191,6 +226,36 @@ impl KvCache {
     }
 
     fn update_growing(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
+        // As mlx-lm converts after the step that reaches `start`: before this write (with
+        // `start` 0, from the first write on).
+        let quant = match self.quant {
+            Some(q) if self.is_quantized() || self.offset >= q.start => {
+                self.quantize_now()?;
+                Some(q)
+            }
+            _ => None,
+        };
+        let (new_keys, new_values) = match &quant {
+            Some(q) => (pack(keys, q)?, pack(values, q)?),
+            None => (keys.clone(), values.clone()),
+        };
+        let (k, v) = self.write_growing(&new_keys, &new_values)?;
+        let Some(q) = &quant else {
+            return Ok((k, v));
+        };
+        // The whole buffer, then the positions held: laid out as a plain cache's keys (a
+        // slice of a longer buffer), so attention takes the same path, batched or alone.
+        let (full_k, full_v) = self.parts();
+        let (full_k, full_v) = (full_k.clone(), full_v.clone());
+        let end = self.offset;
+        Ok((
+            slice(&unpack(&full_k, q, keys.dtype())?, 0, end)?,
+            slice(&unpack(&full_v, q, values.dtype())?, 0, end)?,
+        ))
+    }
+
+    /// Appends to a growing buffer; returns the positions held.
+    fn write_growing(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
         let prev = self.offset;
         let l = keys.shape()[2];
         let capacity = self.keys.as_ref().map(len).unwrap_or(0);
@@ -199,7 +264,7 @@ impl KvCache {
             let (new_k, new_v) = zeros_like_step(keys, values, n)?;
             match (self.keys.take(), self.values.take()) {
                 (Some(mut k), Some(mut v)) => {
-                    if prev % KV_STEP != 0 {
+                    if prev % KV_STEP != 0 || prev < len(&k) {
                         k = slice(&k, 0, prev)?;
                         v = slice(&v, 0, prev)?;
                     }

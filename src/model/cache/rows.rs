@@ -58,6 +58,7 @@ impl KvCache {
             values: Some(slice(values, 0, n)?),
             offset: n,
             window: like.window,
+            quant: like.quant,
             ..Self::default()
         })
     }
@@ -127,10 +128,18 @@ impl KvCache {
 
     /// One cache holding the rows of every part, in order. Parts may be empty (never
     /// written) only if all are; rotating caches cannot merge.
-    pub fn merge(parts: Vec<KvCache>) -> Result<KvCache> {
+    pub fn merge(mut parts: Vec<KvCache>) -> Result<KvCache> {
         if parts.len() == 1 {
             return Ok(parts.into_iter().next().unwrap_or_default());
         }
+        // Rows of one cache are all quantized or none (a short sequence joining quantized
+        // rows is quantized early).
+        if parts.iter().any(KvCache::is_quantized) {
+            for p in parts.iter_mut() {
+                p.quantize_now()?;
+            }
+        }
+        let quant = parts[0].quant;
         if parts
             .iter()
             .any(|p| p.rotation.is_some() || p.keys.is_none())
@@ -172,6 +181,7 @@ impl KvCache {
             rotation: None,
             rows: Some(Rows { left_pad: pads }),
             window,
+            quant,
         };
         merged.trim_padding()?;
         Ok(merged)
@@ -300,6 +310,7 @@ impl KvCache {
             values: Some(take(v)?),
             offset: n,
             window: self.window,
+            quant: self.quant,
             ..Self::default()
         })
     }

@@ -3,7 +3,8 @@
 #
 # usage: scripts/test.sh [extra cargo test args]
 #   KOOKA_SLOW_TESTS=0      skip the slow tests (they run by default here and in CI; the
-#                           soak in tests/hardening.rs takes KOOKA_SOAK_SECS, default 600)
+#                           soak in tests/hardening.rs takes KOOKA_SOAK_SECS: 300 here, to
+#                           keep CI under an hour; 600 when run alone)
 #   KOOKA_CONTRACT_TESTS=0  skip the contract suite (tests/contract) against `kooka serve`
 #   KOOKA_FUZZ_SLOW=0       skip the contract suite's stalled-body test (up to 40 s; the other
 #                           `fuzz` tests run with the SmolLM2 contract run, as `contract` tests)
@@ -15,6 +16,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 scripts/setup.sh --tests
 export KOOKA_SLOW_TESTS=${KOOKA_SLOW_TESTS:-1}
+export KOOKA_SOAK_SECS=${KOOKA_SOAK_SECS:-300}
 echo "==> cargo test --release --workspace (KOOKA_SLOW_TESTS=$KOOKA_SLOW_TESTS)" >&2
 cargo test --release --workspace "$@"
 

@@ -1,7 +1,7 @@
-//! LoRA adapters: one trained here by mlx-lm itself (`mlx_lm lora`, a few steps on the default
-//! model, so it changes the model's answers), then `kooka generate --adapter-path` against
-//! mlx-lm's `load_adapters` on the same weights: greedy tokens identical, logits close; and
-//! the folders kooka refuses, with a clear error.
+//! LoRA and DoRA adapters: each trained here by mlx-lm itself (`mlx_lm lora`, a few steps on
+//! the default model, so it changes the model's answers), then `kooka generate
+//! --adapter-path` against mlx-lm's `load_adapters` on the same weights: greedy tokens
+//! identical, logits close; and the folders kooka refuses, with a clear error.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,13 +21,16 @@ fn python() -> PathBuf {
     common::root().join("third_party/venv/bin/python")
 }
 
-/// An adapter trained once per test process: 4 steps of LoRA (rank 8, the last 4 layers,
-/// learning rate 1e-3, ~70 s: mlx-lm trains in the model's float16, slow on the CPU) on lines
-/// that all answer one question the same odd way (the loss falls from 4.0 to ~1).
-fn trained_adapter() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = common::tmp().join(format!("lora-{}", std::process::id()));
+/// An adapter of `kind` (`lora` or `dora`) trained once per test process: 4 steps (rank 8,
+/// the last 4 layers, learning rate 1e-3, ~70 s: mlx-lm trains in the model's float16, slow on
+/// the CPU) on lines that all answer one question the same odd way (the loss falls from 4.0
+/// to ~1).
+fn trained_adapter(kind: &str) -> &'static Path {
+    static LORA: OnceLock<PathBuf> = OnceLock::new();
+    static DORA: OnceLock<PathBuf> = OnceLock::new();
+    let cell = if kind == "dora" { &DORA } else { &LORA };
+    cell.get_or_init(|| {
+        let root = common::tmp().join(format!("{kind}-{}", std::process::id()));
         let data = root.join("data");
         std::fs::create_dir_all(&data).unwrap();
         let line = |i: usize| {
@@ -56,6 +59,7 @@ fn trained_adapter() -> &'static Path {
                 "1000",
             ])
             .args(["--max-seq-length", "32", "--seed", "7"])
+            .args(["--fine-tune-type", kind])
             .output()
             .expect("running mlx_lm lora (scripts/setup.sh --tests)");
         assert!(
@@ -108,7 +112,16 @@ fn kooka(tokens: &[u32], n: usize, adapter: Option<&Path>) -> (Vec<u64>, Vec<f32
 
 #[test]
 fn an_mlx_lm_lora_adapter_gives_mlx_lm_s_tokens() {
-    let adapter = trained_adapter();
+    matches_mlx_lm(trained_adapter("lora"));
+}
+
+/// DoRA: the LoRA update, then each output scaled by its magnitude over its adapted row's norm.
+#[test]
+fn an_mlx_lm_dora_adapter_gives_mlx_lm_s_tokens() {
+    matches_mlx_lm(trained_adapter("dora"));
+}
+
+fn matches_mlx_lm(adapter: &Path) {
     let tok = kooka::tokenizer::Tokenizer::load(&model()).expect("tokenizer");
     let prompt = tok
         .encode("Question 99: what colour is the sky? Answer:", true)
@@ -116,7 +129,12 @@ fn an_mlx_lm_lora_adapter_gives_mlx_lm_s_tokens() {
     let n = 16;
     let jobs = json!([{"model": model(), "tokens": prompt, "max_tokens": n, "f32": true,
                        "adapter": adapter}]);
-    let file = common::tmp().join(format!("lora-jobs-{}.json", std::process::id()));
+    let kind = adapter
+        .parent()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file = common::tmp().join(format!("jobs-{kind}.json"));
     std::fs::write(&file, jobs.to_string()).unwrap();
     let out = Command::new(python())
         .arg(common::root().join("tests/python/mlx_lm_reference.py"))
@@ -170,11 +188,11 @@ fn an_mlx_lm_lora_adapter_gives_mlx_lm_s_tokens() {
 #[test]
 fn adapters_kooka_cannot_run_are_refused_clearly() {
     let root = common::tmp().join(format!("lora-bad-{}", std::process::id()));
-    let dora = root.join("dora");
-    std::fs::create_dir_all(&dora).unwrap();
+    let full = root.join("full");
+    std::fs::create_dir_all(&full).unwrap();
     std::fs::write(
-        dora.join("adapter_config.json"),
-        r#"{"fine_tune_type": "dora", "lora_parameters": {"rank": 8, "scale": 20.0}}"#,
+        full.join("adapter_config.json"),
+        r#"{"fine_tune_type": "full"}"#,
     )
     .unwrap();
     let missing = root.join("missing");
@@ -185,7 +203,7 @@ fn adapters_kooka_cannot_run_are_refused_clearly() {
     )
     .unwrap();
     for (dir, says) in [
-        (dora, "DoRA adapters are not supported"),
+        (full, "a full fine-tune is a model"),
         (missing, "adapters.safetensors is missing"),
         (root.join("nowhere"), "adapter_config.json"),
     ] {

@@ -319,8 +319,9 @@ fn rss_bytes(pid: u32) -> u64 {
 /// The soak (slow: KOOKA_SLOW_TESTS=1; KOOKA_SOAK_SECS, default 600): 16 clients send
 /// distinct chat requests back to back, half of them streamed; every request completes,
 /// and the server's memory stays flat: its RSS over the last half of the run stays within
-/// 192 MiB of what it was a quarter of the way in (the prefix cache is held to 64 MiB, so
-/// it fills early).
+/// 192 MiB of what it was once warm, at a quarter of the run but at least 150 s in (the
+/// prefix cache is held to 64 MiB, and it and MLX's buffer cache fill within ~2 minutes:
+/// measured 1.04 GiB at 5 s, 1.3 GiB from 125 s on, flat after).
 #[test]
 fn soak_16_streams_keep_memory_flat_slow() {
     if std::env::var("KOOKA_SLOW_TESTS").as_deref() != Ok("1") {
@@ -371,9 +372,10 @@ fn soak_16_streams_keep_memory_flat_slow() {
         std::thread::sleep(Duration::from_secs(5));
     }
     let total: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let warm = (secs as f64 / 4.0).max(150.0_f64.min(secs as f64 / 2.0));
     let quarter = samples
         .iter()
-        .filter(|(t, _)| *t >= secs as f64 / 4.0)
+        .filter(|(t, _)| *t >= warm)
         .map(|s| s.1)
         .next()
         .unwrap_or(0);
@@ -385,14 +387,14 @@ fn soak_16_streams_keep_memory_flat_slow() {
         .unwrap_or(0);
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     eprintln!(
-        "soak: {total} requests in {secs} s; RSS at 1/4: {:.0} MiB, max over the last half: {:.0} MiB",
+        "soak: {total} requests in {secs} s; RSS at {warm:.0} s: {:.0} MiB, max over the last half: {:.0} MiB",
         mib(quarter),
         mib(late_max)
     );
     assert!(total >= 16, "only {total} requests completed");
     assert!(
         late_max <= quarter + (192 << 20),
-        "memory grew: {:.0} MiB at 1/4, {:.0} MiB later; samples {samples:?}",
+        "memory grew: {:.0} MiB at {warm:.0} s, {:.0} MiB later; samples {samples:?}",
         mib(quarter),
         mib(late_max)
     );

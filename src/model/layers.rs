@@ -202,6 +202,14 @@ pub enum Matrix {
 }
 
 impl Matrix {
+    /// The float matrix (dequantized when packed).
+    pub fn dense(&self) -> Result<Array> {
+        match self {
+            Matrix::Dense(w) => Ok(w.clone()),
+            Matrix::Quant(q) => q.dequantize(),
+        }
+    }
+
     /// Loads module `path`'s matrix: quantized iff `<path>.scales` exists. Under a
     /// dequantizing policy the packed matrix is expanded once here (then cast).
     pub fn load(
@@ -272,7 +280,7 @@ impl Linear {
         } else {
             None
         };
-        let lora = Lora::take(ws, path, input, output)?;
+        let lora = Lora::take(ws, path, input, output, &weight)?;
         Ok(Linear { weight, bias, lora })
     }
 
@@ -336,6 +344,15 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array> {
+        if let Some(lora) = self.lora.as_ref().filter(|l| l.rescales()) {
+            // DoRA: the rescaled output, then the bias.
+            let y = as_one_sequence(x, |x| self.weight.matmul_t(x))?;
+            let out = lora.add_to(x, y)?;
+            return match &self.bias {
+                Some(b) => Ok(out.add(b)?),
+                None => Ok(out),
+            };
+        }
         let y = as_one_sequence(x, |x| match (&self.weight, &self.bias) {
             (Matrix::Dense(w), Some(b)) => Ok(ops::addmm(b, x, w.t(), None, None)?),
             (m, None) => m.matmul_t(x),

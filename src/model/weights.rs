@@ -204,7 +204,7 @@ impl Weights {
             Some(_) => self
                 .tensors
                 .keys()
-                .filter(|n| n.ends_with(".lora_a") || n.ends_with(".lora_b"))
+                .filter(|n| super::adapter::is_adapter_tensor(n, true))
                 .collect(),
             None => Vec::new(),
         };

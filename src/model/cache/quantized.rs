@@ -142,10 +142,10 @@ mod tests {
                 .max(None)
                 .unwrap();
             diff.eval().unwrap();
-            assert_eq!(diff.item::<f32>(), 0.0, "{bits} bits");
+            assert_eq!(diff.try_item_exact::<f32>().unwrap(), 0.0, "{bits} bits");
             let err = got.subtract(&x).unwrap().abs().unwrap().max(None).unwrap();
             err.eval().unwrap();
-            assert!(err.item::<f32>() < if bits == 8 { 0.05 } else { 0.8 });
+            assert!(err.try_item_exact::<f32>().unwrap() < if bits == 8 { 0.05 } else { 0.8 });
         }
         let odd = KvQuantization {
             bits: 4,

@@ -45,6 +45,15 @@ def best_openblas_core():
     return None
 
 
+def reexec_with_openblas_core():
+    """Re-runs this script with OPENBLAS_CORETYPE set as kooka sets it, so that both sides of a
+    benchmark get the same OpenBLAS kernels (once: the new process finds it set)."""
+    core = best_openblas_core()
+    if sys.platform == "linux" and core and "OPENBLAS_CORETYPE" not in os.environ:
+        os.environ["OPENBLAS_CORETYPE"] = core
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+
+
 def prompt_ids(tokenizer, n):
     ids = []
     while len(ids) < n:
@@ -125,10 +134,7 @@ def main():
                         help="run mlx-lm with the weights dequantized and cast to float32 (kooka's CPU default)")
     args = parser.parse_args()
 
-    core = best_openblas_core()
-    if sys.platform == "linux" and core and "OPENBLAS_CORETYPE" not in os.environ:
-        os.environ["OPENBLAS_CORETYPE"] = core
-        os.execv(sys.executable, [sys.executable] + sys.argv)
+    reexec_with_openblas_core()
 
     from transformers import PreTrainedTokenizerFast
 

@@ -21,7 +21,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from bench import bench_mlx_lm, best_openblas_core, load_mlx_lm  # noqa: E402
+from bench import bench_mlx_lm, load_mlx_lm, reexec_with_openblas_core  # noqa: E402
 
 STATS = re.compile(r"generation: (\d+) tokens, ([\d.]+) tokens/s \| peak memory: ([\d.]+) GB")
 
@@ -55,10 +55,7 @@ def main():
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
-    core = best_openblas_core()
-    if sys.platform == "linux" and core and "OPENBLAS_CORETYPE" not in os.environ:
-        os.environ["OPENBLAS_CORETYPE"] = core
-        os.execv(sys.executable, [sys.executable] + sys.argv)
+    reexec_with_openblas_core()
 
     import mlx.core as mx
 

@@ -219,20 +219,28 @@ fn a_draft_model_edits_code_as_the_model_does() {
     let _g = MLX.lock().unwrap_or_else(|e| e.into_inner());
     let dir = model("Qwen2.5-Coder-0.5B-Instruct");
     let draft = common::requantized("Qwen2.5-Coder-0.5B-Instruct", 4);
-    let prompt = prompts(&dir).remove(0);
-    let req = request(prompt, SamplingParams::default(), 64);
-    let plain = run(&mut engine(&dir, None), std::slice::from_ref(&req), &[0]).remove(0);
     let config = SpeculationConfig {
         draft_tokens: 6,
         ..Default::default()
     };
-    let mut e = drafting(&dir, &draft, config);
-    let spec = run(&mut e, std::slice::from_ref(&req), &[0]).remove(0);
-    let stats = e.status().speculation.expect("speculation is on");
-    eprintln!("draft model: {stats:?} over {} tokens", spec.0.len());
-    assert_eq!(spec.0, plain.0);
+    edit_as_plain_mostly_drafted(&dir, drafting(&dir, &draft, config), 64);
+}
+
+/// The code edit (`max_tokens` greedy tokens) on `spec`, a speculating engine over `dir`:
+/// identical to plain decoding, and at least half of it from kept drafts.
+fn edit_as_plain_mostly_drafted(dir: &PathBuf, mut spec: Engine, max_tokens: usize) {
+    let req = request(
+        prompts(dir).remove(0),
+        SamplingParams::default(),
+        max_tokens,
+    );
+    let plain = run(&mut engine(dir, None), std::slice::from_ref(&req), &[0]).remove(0);
+    let got = run(&mut spec, std::slice::from_ref(&req), &[0]).remove(0);
+    let stats = spec.status().speculation.expect("speculation is on");
+    eprintln!("speculation: {stats:?} over {} tokens", got.0.len());
+    assert_eq!(got.0, plain.0);
     assert!(
-        stats.accepted * 2 >= spec.0.len() as u64,
+        stats.accepted * 2 >= got.0.len() as u64,
         "fewer than half the tokens came from kept drafts: {stats:?}"
     );
 }
@@ -277,18 +285,7 @@ fn a_draft_model_with_another_tokenizer_is_refused() {
 fn a_code_edit_is_identical_and_mostly_drafted() {
     let _g = MLX.lock().unwrap_or_else(|e| e.into_inner());
     let dir = model("Qwen2.5-Coder-0.5B-Instruct");
-    let prompt = prompts(&dir).remove(0);
-    let req = request(prompt, SamplingParams::default(), 160);
-    let plain = run(&mut engine(&dir, None), std::slice::from_ref(&req), &[0]).remove(0);
-    let mut e = engine(&dir, ngram());
-    let spec = run(&mut e, std::slice::from_ref(&req), &[0]).remove(0);
-    let stats = e.status().speculation.expect("speculation is on");
-    eprintln!("speculation: {stats:?} over {} tokens", spec.0.len());
-    assert_eq!(spec.0, plain.0);
-    assert!(
-        stats.accepted * 2 >= spec.0.len() as u64,
-        "fewer than half the tokens came from kept drafts: {stats:?}"
-    );
+    edit_as_plain_mostly_drafted(&dir, engine(&dir, ngram()), 160);
 }
 
 /// Sampled rows keep their distribution. The prompt ends "... the quick"; after a first

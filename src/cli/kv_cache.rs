@@ -8,7 +8,7 @@ use crate::model::KvQuantization;
 #[derive(Debug, Clone, Args)]
 pub struct KvCacheArgs {
     /// Quantize keys and values to this many bits (2, 3, 4, 5, 6 or 8) once a sequence holds
-    /// --quantized-kv-start positions, as mlx-lm's QuantizedKVCache: 8 bits keeps about 0.53
+    /// --quantized-kv-start positions, as mlx-lm's QuantizedKVCache: 8 bits keeps about 0.56
     /// of the memory of 16-bit keys, 4 bits 0.31 [default: off].
     #[arg(long, env = "KOOKA_KV_BITS", help_heading = "KV cache")]
     pub kv_bits: Option<i32>,

@@ -10,12 +10,12 @@
 //! 1.2e-2 of the largest logit at 8 bits on SmolLM2), and a schedule repeated gives the same
 //! tokens.
 
-use kooka::engine::{Engine, EngineConfig, SequenceRequest, SpeculationConfig};
+use kooka::engine::{EngineConfig, SequenceRequest, SpeculationConfig};
 use kooka::model::{load_model, ComputeDtype, KvQuantization, LayerCache};
 
 mod common;
 
-use common::engine::{chat_prompts, engine, greedy, run};
+use common::engine::{chat_prompts, engine, greedy, run, run_with_logits};
 
 const FOUR_BITS: KvQuantization = KvQuantization {
     bits: 4,
@@ -27,38 +27,6 @@ const EIGHT_BITS: KvQuantization = KvQuantization {
     bits: 8,
     ..FOUR_BITS
 };
-
-/// Each request's tokens and its last prompt position's logits.
-fn run_with_logits(
-    e: &mut Engine,
-    reqs: &[SequenceRequest],
-    start: &[usize],
-) -> Vec<(Vec<u32>, Vec<f32>)> {
-    let mut ids = std::collections::HashMap::new();
-    let mut out = vec![(Vec::new(), Vec::new()); reqs.len()];
-    let mut step = 0;
-    loop {
-        for (i, r) in reqs.iter().enumerate() {
-            if start[i] == step {
-                let mut r = r.clone();
-                r.return_prompt_logits = true;
-                ids.insert(e.add(r).expect("add"), i);
-            }
-        }
-        if !e.has_work() && start.iter().all(|&s| s <= step) {
-            break;
-        }
-        for ev in e.step().expect("step") {
-            let o = &mut out[ids[&ev.seq]];
-            o.0.push(ev.token);
-            if let Some(l) = ev.prompt_logits {
-                o.1 = l;
-            }
-        }
-        step += 1;
-    }
-    out
-}
 
 #[test]
 fn quantized_rows_batch_resume_and_speculate_as_alone() {

@@ -18,8 +18,45 @@ pub fn run(
     reqs: &[SequenceRequest],
     start: &[usize],
 ) -> Vec<(Vec<u32>, usize)> {
+    drive(engine, reqs, start, |o: &mut (Vec<u32>, usize), ev| {
+        o.0.push(ev.token);
+        if let Some(c) = ev.cached_tokens {
+            o.1 = c;
+        }
+    })
+}
+
+/// [`run`] returning each one's tokens and its last prompt position's logits.
+pub fn run_with_logits(
+    engine: &mut Engine,
+    reqs: &[SequenceRequest],
+    start: &[usize],
+) -> Vec<(Vec<u32>, Vec<f32>)> {
+    let reqs: Vec<SequenceRequest> = reqs
+        .iter()
+        .map(|r| SequenceRequest {
+            return_prompt_logits: true,
+            ..r.clone()
+        })
+        .collect();
+    drive(engine, &reqs, start, |o: &mut (Vec<u32>, Vec<f32>), ev| {
+        o.0.push(ev.token);
+        if let Some(l) = ev.prompt_logits {
+            o.1 = l;
+        }
+    })
+}
+
+/// Adds `reqs[i]` once `start[i]` steps have run, steps until all are done, and folds each
+/// event into its request's output with `record`.
+fn drive<T: Default + Clone>(
+    engine: &mut Engine,
+    reqs: &[SequenceRequest],
+    start: &[usize],
+    mut record: impl FnMut(&mut T, kooka::engine::TokenEvent),
+) -> Vec<T> {
     let mut ids: HashMap<SeqId, usize> = HashMap::new();
-    let mut out = vec![(Vec::new(), 0); reqs.len()];
+    let mut out = vec![T::default(); reqs.len()];
     let mut step = 0;
     loop {
         for (i, r) in reqs.iter().enumerate() {
@@ -32,11 +69,7 @@ pub fn run(
             break;
         }
         for ev in engine.step().expect("step") {
-            let o = &mut out[ids[&ev.seq]];
-            o.0.push(ev.token);
-            if let Some(c) = ev.cached_tokens {
-                o.1 = c;
-            }
+            record(&mut out[ids[&ev.seq]], ev);
         }
         step += 1;
     }

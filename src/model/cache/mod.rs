@@ -240,18 +240,10 @@ impl KvCache {
             None => (keys.clone(), values.clone()),
         };
         let (k, v) = self.write_growing(&new_keys, &new_values)?;
-        let Some(q) = &quant else {
-            return Ok((k, v));
-        };
-        // The whole buffer, then the positions held: laid out as a plain cache's keys (a
-        // slice of a longer buffer), so attention takes the same path, batched or alone.
-        let (full_k, full_v) = self.parts();
-        let (full_k, full_v) = (full_k.clone(), full_v.clone());
-        let end = self.offset;
-        Ok((
-            slice(&unpack(&full_k, q, keys.dtype())?, 0, end)?,
-            slice(&unpack(&full_v, q, values.dtype())?, 0, end)?,
-        ))
+        match &quant {
+            Some(q) => Ok((unpack(&k, q, keys.dtype())?, unpack(&v, q, values.dtype())?)),
+            None => Ok((k, v)),
+        }
     }
 
     /// Appends to a growing buffer; returns the positions held.

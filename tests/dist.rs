@@ -107,14 +107,36 @@ fn single_rank_without_environment() {
     );
 }
 
+/// The launchers' variables, removed from a command so that only a case's own count.
+const LAUNCH_VARS: [&str; 5] = [
+    "MLX_RANK",
+    "MLX_HOSTFILE",
+    "MLX_WORLD_SIZE",
+    "NCCL_HOST_IP",
+    "NCCL_PORT",
+];
+
 #[test]
 fn bad_environment_is_a_clear_error_not_a_crash() {
     let dir = scratch("bad");
     let garbage = dir.join("garbage.json");
     std::fs::write(&garbage, "not json").unwrap();
-    let cases: [(&[(&str, &str)], &str); 4] = [
-        (&[("MLX_RANK", "0")], "MLX_HOSTFILE is not"),
+    let ring = ring_hostfile("bad-ring", 2);
+    let nccl = [
+        ("MLX_RANK", "1"),
+        ("MLX_WORLD_SIZE", "2"),
+        ("NCCL_HOST_IP", "127.0.0.1"),
+        ("NCCL_PORT", "1"),
+    ];
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 8] = [
         (
+            &[],
+            &[("MLX_RANK", "0")],
+            "nothing says which group to join",
+        ),
+        (
+            &[],
             &[
                 ("MLX_RANK", "zero"),
                 ("MLX_HOSTFILE", garbage.to_str().unwrap()),
@@ -122,6 +144,7 @@ fn bad_environment_is_a_clear_error_not_a_crash() {
             "not a non-negative integer",
         ),
         (
+            &[],
             &[
                 ("MLX_RANK", "0"),
                 ("MLX_HOSTFILE", garbage.to_str().unwrap()),
@@ -129,18 +152,37 @@ fn bad_environment_is_a_clear_error_not_a_crash() {
             "not a JSON list",
         ),
         (
+            &[],
             &[
                 ("MLX_RANK", "0"),
                 ("MLX_HOSTFILE", "/nonexistent/hosts.json"),
             ],
             "cannot read MLX_HOSTFILE",
         ),
+        (
+            &[],
+            &[("MLX_RANK", "0"), ("NCCL_HOST_IP", "127.0.0.1")],
+            "--backend nccl needs MLX_WORLD_SIZE, NCCL_PORT",
+        ),
+        (
+            &["--backend", "nccl"],
+            &[("MLX_RANK", "0"), ("MLX_HOSTFILE", ring.to_str().unwrap())],
+            "--backend nccl was asked for, but the environment describes a ring run",
+        ),
+        (
+            &["--backend", "ring"],
+            &nccl,
+            "--backend ring was asked for, but the environment describes a nccl run",
+        ),
+        // A complete nccl environment on this CPU build: MLX has no nccl here.
+        (&[], &nccl, "nccl exists only in MLX's CUDA build"),
     ];
-    for (env, expected) in cases {
+    for (args, env, expected) in cases {
         let mut cmd = kooka();
-        cmd.arg("dist-check")
-            .env_remove("MLX_RANK")
-            .env_remove("MLX_HOSTFILE");
+        cmd.arg("dist-check").args(args);
+        for k in LAUNCH_VARS {
+            cmd.env_remove(k);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -153,6 +195,48 @@ fn bad_environment_is_a_clear_error_not_a_crash() {
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+/// `kooka launch --backend nccl` on a CPU build of MLX: every rank of a server says why and
+/// the launch ends at once with an error (nothing waits for NCCL's rendezvous).
+#[test]
+fn nccl_on_a_cpu_build_ends_the_launch_with_the_reason() {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct");
+    assert!(
+        model.join("config.json").exists(),
+        "run scripts/setup.sh --tests"
+    );
+    let port = free_ports(1)[0].to_string();
+    let started = std::time::Instant::now();
+    let mut cmd = kooka();
+    cmd.args([
+        "launch",
+        "-n",
+        "2",
+        "--backend",
+        "nccl",
+        "--nccl-port",
+        &port,
+        "--",
+    ])
+    .args(["serve", "--port", "0", "--parallel", "tensor", "--model"])
+    .arg(&model);
+    for k in LAUNCH_VARS {
+        cmd.env_remove(k);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("joining the MLX nccl group") && stderr.contains("MLX's CUDA build"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]

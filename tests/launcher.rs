@@ -55,7 +55,9 @@ fn text(bytes: &[u8]) -> String {
 /// exited, so output still in the pipe at that moment is lost.
 const SHOW_ENV: &str = "import os, json, time; e = os.environ; print(json.dumps({'rank': e.get('MLX_RANK'), \
     'verbose': e.get('MLX_RING_VERBOSE'), 'foo': e.get('FOO'), 'bar': e.get('BAR'), \
-    'hostfile': open(e['MLX_HOSTFILE']).read() if 'MLX_HOSTFILE' in e else None}), flush=True); time.sleep(0.5)";
+    'hostfile': open(e['MLX_HOSTFILE']).read() if 'MLX_HOSTFILE' in e else None, \
+    'nccl': [e.get(k) for k in ('NCCL_HOST_IP', 'NCCL_PORT', 'MLX_WORLD_SIZE', 'NCCL_DEBUG')], \
+    'gpu': e.get('CUDA_VISIBLE_DEVICES'), 'nvls': e.get('NCCL_NVLS_ENABLE')}), flush=True); time.sleep(0.5)";
 
 fn python() -> String {
     repo()
@@ -103,6 +105,22 @@ fn mlx_launch(args: &[&str]) -> BTreeMap<String, Value> {
         text(&out.stderr)
     );
     reports(&text(&out.stdout), false)
+}
+
+/// The ranks' reports without `nvls`, after checking that every kooka rank had
+/// NCCL_NVLS_ENABLE=0 (kooka launch sets it for every backend; mlx.launch does not).
+fn without_nvls(mut ranks: BTreeMap<String, Value>, kooka: bool) -> BTreeMap<String, Value> {
+    for (rank, report) in ranks.iter_mut() {
+        let nvls = report.as_object_mut().unwrap().remove("nvls");
+        if kooka {
+            assert_eq!(
+                nvls,
+                Some(Value::from("0")),
+                "rank {rank}: NCCL_NVLS_ENABLE"
+            );
+        }
+    }
+    ranks
 }
 
 fn kooka_launch(args: &[&str]) -> BTreeMap<String, Value> {
@@ -154,8 +172,8 @@ fn rank_environment_matches_mlx_launch() {
         ],
     ];
     for args in &cases {
-        let expected = mlx_launch(args);
-        let got = kooka_launch(args);
+        let expected = without_nvls(mlx_launch(args), false);
+        let got = without_nvls(kooka_launch(args), true);
         assert!(expected.len() >= 2, "mlx.launch {args:?} gave {expected:?}");
         assert_eq!(
             got, expected,
@@ -172,13 +190,69 @@ fn rank_environment_matches_mlx_launch() {
         "BAR=cli value",
         "--verbose",
     ];
-    assert_eq!(kooka_launch(&toml_args), mlx_launch(&cases[2]));
+    assert_eq!(
+        without_nvls(kooka_launch(&toml_args), true),
+        without_nvls(mlx_launch(&cases[2]), false)
+    );
     // And the hostfile is what the issue spells out.
     let two = kooka_launch(&["-n", "2"]);
     assert_eq!(
         two["1"]["hostfile"],
         "[[\"127.0.0.1:32323\"], [\"127.0.0.1:32324\"]]\n"
     );
+}
+
+/// `--backend nccl`: NCCL_HOST_IP, NCCL_PORT, MLX_WORLD_SIZE, MLX_RANK, NCCL_DEBUG and the GPU
+/// per rank as mlx.launch sets them (mlx.launch writes them without checking for a GPU, so
+/// this runs here). One difference on purpose: a hostfile listing one host twice gives its
+/// ranks GPUs 0 and 1 (mlx.launch: 0 and 0, rank modulo -n).
+#[test]
+fn nccl_environment_matches_mlx_launch() {
+    let dir = scratch("nccl-env");
+    let port = free_port_block(1).to_string();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["--backend", "nccl", "-n", "2"],
+        vec![
+            "--backend",
+            "nccl",
+            "-n",
+            "3",
+            "--nccl-port",
+            &port,
+            "--verbose",
+            "--env",
+            "BAR=cli value",
+        ],
+    ];
+    for args in &cases {
+        let expected = without_nvls(mlx_launch(args), false);
+        let got = without_nvls(kooka_launch(args), true);
+        assert!(expected.len() >= 2, "mlx.launch {args:?} gave {expected:?}");
+        assert_eq!(
+            got, expected,
+            "kooka launch {args:?} differs from mlx.launch"
+        );
+    }
+    let three = kooka_launch(&cases[1]);
+    assert_eq!(three["2"]["gpu"], "2");
+    assert_eq!(
+        three["2"]["nccl"],
+        serde_json::json!(["127.0.0.1", port, "3", "INFO"])
+    );
+
+    let json = dir.join("hosts.json");
+    std::fs::write(
+        &json,
+        r#"{"backend": "nccl", "hosts": [{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]},
+                                        {"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}]}"#,
+    )
+    .unwrap();
+    let args = ["--hostfile", json.to_str().unwrap()];
+    let mut expected = without_nvls(mlx_launch(&args), false);
+    let got = without_nvls(kooka_launch(&args), true);
+    assert_eq!(expected["1"]["gpu"], "0", "mlx.launch's rank modulo -n");
+    expected.get_mut("1").unwrap()["gpu"] = Value::from("1");
+    assert_eq!(got, expected);
 }
 
 #[test]

@@ -139,9 +139,9 @@ fn wait(mut child: Child, what: &str) -> Output {
     child.wait_with_output().expect("collecting kooka")
 }
 
-/// A ring hostfile of two loopback ports the OS says are free now.
-fn hostfile() -> PathBuf {
-    let listeners: Vec<TcpListener> = (0..2)
+/// A ring hostfile of `n` loopback ports the OS says are free now.
+fn hostfile(n: usize) -> PathBuf {
+    let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
     let hosts: Vec<Vec<String>> = listeners
@@ -153,34 +153,48 @@ fn hostfile() -> PathBuf {
     path
 }
 
-/// Runs the same command as rank 0 and rank 1 of a 2-rank ring; returns both outputs.
-fn two_ranks_raw(model: &Path, logits: &Path, args: &[&str]) -> [Output; 2] {
+/// Extra environment for every rank of a run.
+type Env<'a> = &'a [(&'a str, &'a str)];
+
+/// Runs the same command as every rank of an `n`-rank ring; returns the outputs in rank order.
+fn ranks_raw(model: &Path, logits: &Path, args: &[&str], n: usize, env: Env) -> Vec<Output> {
     let _ring = RINGS.lock().unwrap_or_else(|e| e.into_inner());
-    let hosts = hostfile();
-    let children: Vec<Child> = (0..2)
+    let hosts = hostfile(n);
+    let children: Vec<Child> = (0..n)
         .map(|rank| {
             generate(model, logits, args)
                 .env("MLX_RANK", rank.to_string())
                 .env("MLX_HOSTFILE", &hosts)
+                .envs(env.iter().copied())
                 .spawn()
                 .expect("spawning kooka")
         })
         .collect();
-    let mut outs = children
+    children
         .into_iter()
         .enumerate()
-        .map(|(rank, c)| wait(c, &format!("rank {rank}")));
+        .map(|(rank, c)| wait(c, &format!("rank {rank}")))
+        .collect()
+}
+
+fn two_ranks_raw(model: &Path, logits: &Path, args: &[&str]) -> [Output; 2] {
+    let mut outs = ranks_raw(model, logits, args, 2, &[]).into_iter();
     [outs.next().unwrap(), outs.next().unwrap()]
 }
 
-fn two_ranks(model: &Path, args: &[&str]) -> [Run; 2] {
+fn ranks(model: &Path, args: &[&str], n: usize, env: Env) -> Vec<Run> {
     let path = logits_path("ranks");
-    let [r0, r1] = two_ranks_raw(model, &path, args);
-    let path1 = PathBuf::from(format!("{}.rank1", path.display()));
-    [
-        read_run(&r0, &path, "rank 0"),
-        read_run(&r1, &path1, "rank 1"),
-    ]
+    ranks_raw(model, &path, args, n, env)
+        .iter()
+        .enumerate()
+        .map(|(rank, out)| {
+            let file = match rank {
+                0 => path.clone(),
+                r => PathBuf::from(format!("{}.rank{r}", path.display())),
+            };
+            read_run(out, &file, &format!("rank {rank}"))
+        })
+        .collect()
 }
 
 /// `max|got - want| / (1 + max|want|)`.
@@ -194,8 +208,20 @@ fn logits_error(got: &[f32], want: &[f32]) -> f64 {
         / scale
 }
 
-/// Sharded vs single rank on `model`; `tol`: `None` = bit-identical logits.
+/// Sharded (2 ranks) vs single rank on `model`; `tol`: `None` = bit-identical logits.
 fn check(model: &Path, single_args: &[&str], shard_args: &[&str], tol: Option<f64>) {
+    check_ranks(model, single_args, shard_args, tol, 2, &[]);
+}
+
+/// [`check`] on `n` ranks, each with `env` added.
+fn check_ranks(
+    model: &Path,
+    single_args: &[&str],
+    shard_args: &[&str],
+    tol: Option<f64>,
+    n: usize,
+    env: Env,
+) {
     let want = single(model, single_args);
     let distinct = want
         .tokens
@@ -209,7 +235,7 @@ fn check(model: &Path, single_args: &[&str], shard_args: &[&str], tol: Option<f6
     );
     let mut args = single_args.to_vec();
     args.extend_from_slice(shard_args);
-    let ranks = two_ranks(model, &args);
+    let ranks = ranks(model, &args, n, env);
     let name = model.file_name().unwrap().to_string_lossy();
     for (rank, got) in ranks.iter().enumerate() {
         assert_eq!(
@@ -229,9 +255,9 @@ fn check(model: &Path, single_args: &[&str], shard_args: &[&str], tol: Option<f6
         }
         println!("{name} {args:?}: rank {rank} tokens equal, logits error {err:.1e}");
     }
-    // Both ranks sample from these: they must agree exactly, whatever the mode.
+    // Every rank samples from these: they must agree exactly, whatever the mode.
     assert!(
-        ranks[0].logits == ranks[1].logits,
+        ranks.iter().all(|r| r.logits == ranks[0].logits),
         "{name} {args:?}: the ranks hold different logits"
     );
 }
@@ -248,6 +274,49 @@ fn sharded_model_pipeline_smollm2_is_bit_identical() {
         &["--parallel", "pipeline", "--pipeline-split", "10,20"],
         None,
     );
+}
+
+/// The hand-off NCCL gets (it has no send/recv): one all_sum per hand-off, every rank but the
+/// sender adding zeros, forced on the ring with KOOKA_PIPELINE_HANDOFF. Bit-identical too, on
+/// 2 and 3 ranks (with 3, every rank also takes part in the hand-offs between the others),
+/// with chunked prefill (only the caches evaluated) and on a hybrid model (recurrent states).
+#[test]
+fn sharded_model_pipeline_all_sum_handoffs_are_bit_identical() {
+    let all_sum = [("KOOKA_PIPELINE_HANDOFF", "all-sum")];
+    let model = smollm2();
+    let pipeline = ["--parallel", "pipeline"];
+    check_ranks(&model, &[], &pipeline, None, 2, &all_sum);
+    check_ranks(
+        &model,
+        &["--prefill-step-size", "5"],
+        &["--parallel", "pipeline", "--pipeline-split", "8,12,10"],
+        None,
+        3,
+        &all_sum,
+    );
+    check_ranks(
+        &tiny("nemotron_h-bf16"),
+        &["--compute-dtype", "native", "--prefill-step-size", "5"],
+        &["--parallel", "pipeline", "--pipeline-split", "2,2,3"],
+        None,
+        3,
+        &all_sum,
+    );
+    // A value the ranks cannot act on fails on every rank, naming it.
+    let path = logits_path("bad-handoff");
+    for out in ranks_raw(
+        &model,
+        &path,
+        &pipeline,
+        2,
+        &[("KOOKA_PIPELINE_HANDOFF", "smoke")],
+    ) {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("expected send-recv or all-sum"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

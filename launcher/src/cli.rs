@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-/// Start and supervise the ranks of a multi-process run, as `mlx.launch --backend ring`
-/// would set them up (same MLX_RANK / MLX_HOSTFILE, same ports). Output lines are
+/// Start and supervise the ranks of a multi-process run, as `mlx.launch --backend ring|nccl`
+/// would set them up (same MLX_RANK / MLX_HOSTFILE and ports; same NCCL_HOST_IP / NCCL_PORT /
+/// MLX_WORLD_SIZE). Output lines are
 /// prefixed with their rank; when a rank fails the others are stopped and its exit code
 /// is returned; SIGINT / SIGTERM reach every rank, local and remote.
 ///
@@ -15,8 +16,11 @@ use clap::Args;
 /// BatchMode=yes) and need `bash`.
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "\
-Ranks get MLX_RANK and MLX_HOSTFILE exactly as `mlx.launch --backend ring` sets them (a single
-rank gets neither). Output lines are prefixed with `[rank] `. When a rank exits non-zero the
+Ranks get MLX_RANK and MLX_HOSTFILE exactly as `mlx.launch --backend ring` sets them; with
+--backend nccl, NCCL_HOST_IP (rank 0's first IP), NCCL_PORT (--nccl-port), MLX_WORLD_SIZE,
+MLX_RANK and CUDA_VISIBLE_DEVICES (one GPU per rank, counted per host) as `mlx.launch --backend
+nccl` does. A single rank gets none of them. Every rank gets NCCL_NVLS_ENABLE=0 (NVLink
+multicast off, whatever --env says). Output lines are prefixed with `[rank] `. When a rank exits non-zero the
 others get SIGTERM (SIGKILL after --grace-period) and kooka launch exits with that rank's code;
 SIGINT/SIGTERM to kooka launch go to rank 0 first (kooka serve drains, then stops the other
 ranks), then, once it has exited or after --drain-timeout, to every rank left, local and remote;
@@ -29,6 +33,7 @@ binary; on remote hosts it must exist at the same absolute path. Remote hosts (s
 Examples:
   kooka launch -n 2 -- dist-check --expect-size 2
   kooka launch --hostfile hosts.toml -- serve --model M
+  kooka launch -n 2 --backend nccl -- serve --model M --parallel tensor
   kooka launch --dry-run --hosts 10.0.0.1,10.0.0.2 -- python3 job.py")]
 pub struct LaunchArgs {
     /// Comma-separated hosts (ssh names; IP addresses are also used for the ring).
@@ -42,9 +47,12 @@ pub struct LaunchArgs {
     /// Hostfile: kooka's TOML (see hostfile.example.toml) or mlx.launch's JSON.
     #[arg(long, value_name = "FILE")]
     pub hostfile: Option<PathBuf>,
-    /// Distributed backend (default: the hostfile's, else ring). Only `ring` for now.
+    /// Distributed backend: ring or nccl (default: the hostfile's, else ring).
     #[arg(long)]
     pub backend: Option<String>,
+    /// The port rank 0 hands NCCL's unique id out on (nccl backend).
+    #[arg(long, default_value_t = 12345)]
+    pub nccl_port: u16,
     /// Set an environment variable on every rank (repeatable; wins over the hostfile's).
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,

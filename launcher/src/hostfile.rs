@@ -192,17 +192,23 @@ impl Hostfile {
     }
 
     /// The error for a host that the ring cannot use because it has no `ips`.
-    pub fn missing_ips(&self, index: usize) -> HostfileError {
+    /// Host `index` has no IP address, and `backend` needs one (`"ring"`: every host's;
+    /// `"nccl"`: rank 0's, where the others fetch NCCL's unique id).
+    pub fn missing_ips(&self, index: usize, backend: &str) -> HostfileError {
         let host = &self.hosts[index];
+        let need = match backend {
+            "nccl" => "the nccl backend needs rank 0's IP address (every rank reaches it there)",
+            _ => "the ring backend needs at least one IP address for every host",
+        };
         let hint = if self.source == "--hosts" {
-            "the ring backend needs IP addresses: give --hosts IP addresses, or use a hostfile with `ips`"
+            format!("{need}: give --hosts IP addresses, or use a hostfile with `ips`")
         } else {
-            "the ring backend needs at least one IP address for every host"
+            need.to_string()
         };
         HostfileError::Invalid {
             file: self.source.clone(),
             location: location(Some((index, Some(&host.ssh))), "ips"),
-            message: hint.into(),
+            message: hint,
         }
     }
 }
@@ -503,7 +509,7 @@ mod tests {
     fn missing_ips_names_host() {
         let hf = json(r#"[{"ssh": "a", "ips": ["1.1.1.1"]}, {"ssh": "me@b"}]"#).unwrap();
         assert!(hf
-            .missing_ips(1)
+            .missing_ips(1, "ring")
             .to_string()
             .starts_with(r#"hostfile hosts.json: host 1 (ssh "me@b"), field "ips": "#));
     }

@@ -1,6 +1,7 @@
 //! `kooka launch`: starts and supervises the ranks of a multi-process run, set up exactly
-//! as `mlx.launch --backend ring` (MLX 0.32) would (same `MLX_RANK`, same `MLX_HOSTFILE`
-//! content and ports), without its weak points: output is prefixed by rank, a failing rank
+//! as `mlx.launch --backend ring|nccl` (MLX 0.32) would (same `MLX_RANK`, same `MLX_HOSTFILE`
+//! content and ports; same `NCCL_HOST_IP`, `NCCL_PORT`, `MLX_WORLD_SIZE`), without its weak
+//! points: output is prefixed by rank, a failing rank
 //! stops the others and sets the exit code, signals reach every rank (remote ones too),
 //! and a single rank runs without a (broken, empty) hostfile.
 //!
@@ -39,7 +40,7 @@ pub enum LaunchError {
     #[error("--env: {0}")]
     Env(String),
     #[error(
-        "backend {0:?} is not supported yet by kooka launch (only \"ring\"; use mlx.launch for it)"
+        "backend {0:?} is not supported yet by kooka launch (only \"ring\" and \"nccl\"; use mlx.launch for it)"
     )]
     UnsupportedBackend(String),
     #[error("unknown backend {0:?} (expected ring, mpi, nccl, jaccl or jaccl-ring)")]
@@ -89,26 +90,35 @@ pub fn plan(config: &LaunchConfig) -> Result<Vec<RankPlan>, LaunchError> {
         .clone()
         .or_else(|| hostfile.backend.clone())
         .unwrap_or_else(|| "ring".into());
-    match backend.as_str() {
-        "ring" => {}
-        "mpi" | "nccl" | "jaccl" | "jaccl-ring" => {
-            return Err(LaunchError::UnsupportedBackend(backend))
-        }
+    let backend = match backend.as_str() {
+        "ring" => env::Backend::Ring {
+            starting_port: a.starting_port,
+            connections_per_ip: a.connections_per_ip as usize,
+        },
+        "nccl" => env::Backend::Nccl { port: a.nccl_port },
+        "mpi" | "jaccl" | "jaccl-ring" => return Err(LaunchError::UnsupportedBackend(backend)),
         _ => return Err(LaunchError::UnknownBackend(backend)),
-    }
+    };
     let cli_env = a
         .env
         .iter()
         .map(|e| hostfile::parse_env_entry(e))
         .collect::<Result<Vec<_>, _>>()
         .map_err(LaunchError::Env)?;
-    Ok(env::plan(
-        &hostfile,
-        &cli_env,
-        a.verbose,
-        a.starting_port,
-        a.connections_per_ip as usize,
-    )?)
+    if let Some((_, v)) = cli_env
+        .iter()
+        .chain(&hostfile.env)
+        .find(|(k, v)| k == env::NCCL_NVLS.0 && v != env::NCCL_NVLS.1)
+    {
+        eprintln!(
+            "kooka launch: warning: {}={v} ignored: every rank gets {}={} (NVLink multicast \
+             can take a shared host's GPUs out of service)",
+            env::NCCL_NVLS.0,
+            env::NCCL_NVLS.0,
+            env::NCCL_NVLS.1
+        );
+    }
+    Ok(env::plan(&hostfile, &cli_env, a.verbose, backend)?)
 }
 
 /// The command line a rank runs: the kooka binary itself for a kooka subcommand.

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Issue 8's run: kooka on 1 GPU and on 2 ranks (one GPU each, pipeline and tensor parallel,
-MLX's ring backend) against mlx-lm's server on the same model, in one run. Started by
+"""Issues 8 and 23's run: kooka on 1 GPU and on 2 ranks (one GPU each, pipeline and tensor
+parallel, MLX's ring backend, and with --extras nccl its nccl backend) against mlx-lm's server
+on the same model, in one run. Started by
 scripts/gpu/multi.sh (which installs CUDA MLX first); standard library only.
 
 usage: python3 scripts/gpu/multi.py --kooka K --tokenizer DIR --work DIR --out DIR
@@ -18,14 +19,15 @@ Steps per model (each one a fresh set of processes, in this order):
             `python3 -m mlx_lm.server` on 1 GPU, then 2 ranks through mlx.launch --backend ring
   kooka-1, kooka-pipeline, kooka-tensor
             `kooka serve`, 1 GPU and 2 ranks through `kooka launch -n 2` (ring)
-  with --extras nccl, after all models: mlx-nccl-pipeline, mlx-nccl-tensor (mlx.launch
-  --backend nccl; kooka's binary joins only the ring backend).
+  with --extras nccl, after all models: gen-nccl-*, kooka-nccl-* (`kooka launch --backend
+  nccl`; pipeline hand-offs through all_sum) and mlx-nccl-pipeline, mlx-nccl-tensor
+  (mlx.launch --backend nccl).
 Servers are measured by http_bench.py's client (streamed /v1/completions, temperature 0, one
 warm-up request, then --reps requests with distinct prompts of one length).
 
 One GPU per rank: MLX's ring backend does not pick a device per rank (only its nccl backend
-does, and mlx.launch sets CUDA_VISIBLE_DEVICES only for nccl), so every rank runs under
-`bash -c 'export CUDA_VISIBLE_DEVICES=$MLX_RANK; exec ...'`. A sampler thread reads
+does, and mlx.launch / kooka launch set CUDA_VISIBLE_DEVICES only for nccl), so every ring
+rank runs under `bash -c 'export CUDA_VISIBLE_DEVICES=$MLX_RANK; exec ...'`. A sampler thread reads
 nvidia-smi every 0.5 s; each step records the peak memory and utilisation of every GPU, which
 shows whether both GPUs did the work.
 
@@ -222,11 +224,7 @@ class Run:
             if mode is None:
                 cmd, env = gen, self.env(0)
             else:
-                inner = "export CUDA_VISIBLE_DEVICES=$MLX_RANK; exec " + shlex.join(
-                    gen + ["--parallel", mode])
-                cmd = [self.a.kooka, "launch", "-n", "2", "-p", str(self.ports()), "--",
-                       "bash", "-c", inner]
-                env = self.env()
+                cmd, env = self.kooka_ranks(gen, mode, self.ports()), self.env()
             p, f = self.spawn(cmd, f"{tag}.log", env)
             try:
                 rc = p.wait(budget)
@@ -256,6 +254,16 @@ class Run:
             return res
         return fn
 
+    def kooka_ranks(self, command, mode, port):
+        """`kooka launch -n 2` running `command` split by `mode` (pipeline, tensor, or
+        nccl-pipeline / nccl-tensor: the launcher's nccl backend gives each rank its GPU)."""
+        if mode.startswith("nccl-"):
+            return [self.a.kooka, "launch", "-n", "2", "--backend", "nccl", "--nccl-port", str(port),
+                    "--"] + command + ["--parallel", mode[len("nccl-"):]]
+        # The ring backend does not pick a GPU per rank.
+        inner = "export CUDA_VISIBLE_DEVICES=$MLX_RANK; exec " + shlex.join(command + ["--parallel", mode])
+        return [self.a.kooka, "launch", "-n", "2", "-p", str(port), "--", "bash", "-c", inner]
+
     def serve(self, model_dir, engine, mode, backend, tag):
         def fn(budget):
             port = self.ports()
@@ -265,9 +273,7 @@ class Run:
                 if mode is None:
                     cmd, env = base, self.env(0)
                 else:
-                    inner = "export CUDA_VISIBLE_DEVICES=$MLX_RANK; exec " + shlex.join(
-                        base + ["--parallel", mode])
-                    cmd = [self.a.kooka, "launch", "-n", "2", "-p", str(port), "--", "bash", "-c", inner]
+                    cmd = self.kooka_ranks(base, mode if backend == "ring" else f"nccl-{mode}", port)
                     env = self.env()
             else:
                 base = [self.a.python, os.path.join(HERE, "mlx_lm_server.py"), "--model", model_dir,
@@ -423,8 +429,8 @@ def table(results, models, gen_tokens):
     for m in models:
         setups = [("1 GPU", "1", "1"), ("2 GPU pipeline, ring", "pipeline", "pipeline"),
                   ("2 GPU tensor, ring", "tensor", "tensor"),
-                  ("2 GPU pipeline, nccl", None, "nccl-pipeline"),
-                  ("2 GPU tensor, nccl", None, "nccl-tensor")]
+                  ("2 GPU pipeline, nccl", "nccl-pipeline", "nccl-pipeline"),
+                  ("2 GPU tensor, nccl", "nccl-tensor", "nccl-tensor")]
         for label, kmode, mmode in setups:
             k = results.get(f"{m}/kooka-{kmode}") if kmode else None
             g = results.get(f"{m}/gen-{kmode}") if kmode else None
@@ -510,6 +516,11 @@ def main():
             if not os.path.exists(os.path.join(d, "config.json")):
                 continue
             for mode in ("pipeline", "tensor"):
+                run.step(f"{name}/gen-nccl-{mode}", 180, run.generate(
+                    d, prompt_ids(a.python, d, a.prompt_words), a.max_tokens, f"nccl-{mode}",
+                    f"{name}-gen-nccl-{mode}"), min_left=45)
+                run.step(f"{name}/kooka-nccl-{mode}", 240, run.serve(
+                    d, "kooka", mode, "nccl", f"{name}-kooka-nccl-{mode}"), min_left=45)
                 if mode == "pipeline" and not mlx_has_pipeline(a.python, d):
                     run.save(f"{name}/mlx-nccl-pipeline", {"status": "n/a"})
                     continue

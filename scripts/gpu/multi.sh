@@ -10,8 +10,10 @@
 # release build), qwen-tokenizer/ (tokenizer.json.gz, tokenizer_config.json)}.
 # Results: $OUT/summary.md (the table), $OUT/results.json, $OUT/log.txt, $OUT/logs.tar.gz.
 # A second call on the same warm machine resumes: finished steps are kept in /opt/multi.
-# --extras nccl adds mlx-lm over MLX's nccl backend (mlx.launch --backend nccl), with a shim
-# for mlx-lm's CPU-stream barrier (scripts/gpu/mlx_lm_server.py); kooka joins only the ring.
+# --extras nccl adds kooka (kooka launch --backend nccl: generate and serve, pipeline and
+# tensor) and mlx-lm (mlx.launch --backend nccl, with a shim for mlx-lm's CPU-stream barrier:
+# scripts/gpu/mlx_lm_server.py) over MLX's nccl backend: issue 23's run is
+#   scripts/gpu/multi.sh --models llama-8b:4,qwen3-moe-30b-a3b:4 --extras nccl
 # Dry run on the CPU machine (tiny models, CPU MLX):
 #   MULTI_LOCAL=1 PY=third_party/venv/bin/python scripts/gpu/multi.sh \
 #     --models llama-tiny:4,qwen3-moe-tiny:4 --models-dir /tmp/mt/models --work /tmp/mt/work

@@ -9,11 +9,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod config;
 mod kv_cache;
 mod models;
+mod multi_rank;
 mod serve;
 mod speculation;
 pub use config::{parse, parse_from, ConfigError, ParseError};
 pub use models::{run_models, ModelsArgs};
-pub use serve::{run_serve, ParallelArg, ServeArgs};
+pub use multi_rank::{BackendArg, ParallelArg};
+pub use serve::{run_serve, ServeArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -112,6 +114,9 @@ pub struct ConvertArgs {
 
 #[derive(Debug, Args)]
 pub struct DistCheckArgs {
+    /// The MLX distributed backend (auto: what the launcher set up).
+    #[arg(long, env = "KOOKA_BACKEND", value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
     /// Fail unless the group has exactly this many ranks.
     #[arg(long)]
     pub expect_size: Option<usize>,
@@ -195,11 +200,14 @@ pub struct GenerateArgs {
     /// Constrain the reply to a JSON object.
     #[arg(long)]
     pub json_object: bool,
-    /// Multi-rank runs (MLX_RANK and MLX_HOSTFILE set, e.g. by `kooka launch -n 2 -- kooka
-    /// generate ...`): how the model is split over the ranks. Every rank generates in
-    /// lockstep; only rank 0 prints the text. Use the same flags on every rank.
+    /// Multi-rank runs (e.g. `kooka launch -n 2 -- kooka generate ...`): how the model is
+    /// split over the ranks. Every rank generates in lockstep; only rank 0 prints the text.
+    /// Use the same flags on every rank.
     #[arg(long, env = "KOOKA_PARALLEL", value_enum, default_value_t = ParallelArg::Pipeline)]
     pub parallel: ParallelArg,
+    /// Multi-rank: the MLX distributed backend (auto: what the launcher set up).
+    #[arg(long, env = "KOOKA_BACKEND", value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
     /// Pipeline: layers per rank in rank order (e.g. 25,37), summing to the model's layer
     /// count; default an even split.
     #[arg(long, env = "KOOKA_PIPELINE_SPLIT", value_delimiter = ',')]
@@ -266,6 +274,7 @@ pub fn run_convert(args: ConvertArgs) -> anyhow::Result<()> {
 
 pub fn run_dist(args: DistCheckArgs) -> anyhow::Result<()> {
     let report = crate::dist::check::run(
+        args.backend.backend(),
         args.expect_size,
         std::time::Duration::from_secs(args.timeout_secs),
     )?;
@@ -283,7 +292,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     let dtype: ComputeDtype = args.compute_dtype.into();
     let dir =
         crate::model::resolve::resolve_model(&args.model, &crate::model::resolve::hf_cache_dir())?;
-    let shard = join_shard(args.parallel, args.pipeline_split.clone())?;
+    let shard = multi_rank::join_shard(args.parallel, args.pipeline_split.clone(), args.backend)?;
     let rank = shard.as_ref().map_or(0, |s| s.group.rank());
     let shard_free = shard.is_none();
     let model = crate::model::load_model_with(&dir, dtype, shard, args.adapter_path.as_deref())
@@ -413,38 +422,6 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// With MLX_RANK / MLX_HOSTFILE set: joins the ring and says how to shard the model.
-/// `None` on a single rank.
-fn join_shard(
-    parallel: ParallelArg,
-    split: Option<Vec<usize>>,
-) -> anyhow::Result<Option<crate::model::Shard>> {
-    use crate::dist::{Backend, Group, Topology, Watchdog};
-    use crate::model::ParallelMode;
-    let topology = Topology::from_env()?;
-    if topology == Topology::Single {
-        return Ok(None);
-    }
-    let mode = match (parallel, split) {
-        (ParallelArg::Pipeline, split) => ParallelMode::Pipeline { split },
-        (ParallelArg::Tensor, None) => ParallelMode::Tensor,
-        (ParallelArg::Tensor, Some(_)) => {
-            anyhow::bail!("--pipeline-split only applies to --parallel pipeline")
-        }
-    };
-    // Ring setup waits without limit for a rank that never starts.
-    let watchdog = Watchdog::arm(
-        std::time::Duration::from_secs(120),
-        "joining the distributed group",
-    );
-    let group = Group::init(&topology, Backend::Ring).context("joining the distributed group")?;
-    watchdog.disarm();
-    Ok(Some(crate::model::Shard {
-        mode,
-        group: std::rc::Rc::new(group),
-    }))
 }
 
 /// `--json-schema` (strict) / `--json-object` as a grammar.

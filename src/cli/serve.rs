@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 
-use super::ComputeDtypeArg;
+use super::{BackendArg, ComputeDtypeArg, ParallelArg};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -191,8 +191,8 @@ pub struct ServeArgs {
         help_heading = "HTTP and security"
     )]
     pub incremental_tool_calls: bool,
-    /// Multi-rank runs (MLX_RANK and MLX_HOSTFILE set, by `kooka launch` or mlx.launch):
-    /// how the model is split over the ranks. Use the same flags on every rank.
+    /// Multi-rank runs (set up by `kooka launch` or mlx.launch): how the model is split over
+    /// the ranks. Use the same flags on every rank.
     #[arg(long, env = "KOOKA_PARALLEL", value_enum, default_value_t = ParallelArg::Pipeline, help_heading = "Multi-rank")]
     pub parallel: ParallelArg,
     /// Pipeline: layers per rank in rank order (e.g. 25,37), summing to the model's layer
@@ -204,8 +204,12 @@ pub struct ServeArgs {
         help_heading = "Multi-rank"
     )]
     pub pipeline_split: Option<Vec<usize>>,
+    /// Multi-rank: the MLX distributed backend. auto: what the launcher set up (MLX_HOSTFILE:
+    /// ring; NCCL_HOST_IP / MLX_WORLD_SIZE: nccl).
+    #[arg(long, env = "KOOKA_BACKEND", value_enum, default_value_t = BackendArg::Auto, help_heading = "Multi-rank")]
+    pub backend: BackendArg,
     /// Multi-rank: rank 0's control-plane port (default: one above the highest port in
-    /// MLX_HOSTFILE).
+    /// MLX_HOSTFILE; under nccl one above NCCL_PORT).
     #[arg(long, env = "KOOKA_CONTROL_PORT", help_heading = "Multi-rank")]
     pub control_port: Option<u16>,
     /// Multi-rank: every rank must join and load its shard within this many seconds.
@@ -216,14 +220,6 @@ pub struct ServeArgs {
         help_heading = "Multi-rank"
     )]
     pub startup_timeout_secs: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ParallelArg {
-    /// Contiguous layer ranges per rank, activations passed along (best over TCP).
-    Pipeline,
-    /// Heads and MLP columns sharded on every rank, partial sums all-reduced.
-    Tensor,
 }
 
 /// How long an exiting server waits for queued disk prompt cache writes.
@@ -239,9 +235,11 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             anyhow::bail!("--pipeline-split only applies to --parallel pipeline")
         }
     };
-    // No MLX_RANK / MLX_HOSTFILE: single rank, and the multi-rank flags are unused.
+    // No launcher environment: single rank, and the multi-rank flags are unused.
+    let topology = crate::dist::Topology::from_env(args.backend.backend())?;
+    topology.apply_process_defaults();
     let cluster = crate::cluster::ClusterConfig::from_topology(
-        &crate::dist::Topology::from_env()?,
+        &topology,
         parallel,
         args.control_port,
         std::time::Duration::from_secs(args.startup_timeout_secs),

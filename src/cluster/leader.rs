@@ -81,7 +81,7 @@ impl Leader {
         let deadline = Instant::now() + config.startup_timeout;
         let listener = net::listen(config.control)?;
         let status = Arc::new(ClusterStatus::new(
-            &config.hosts,
+            &config.topology.rank_hosts(),
             config.parallel.to_string(),
         ));
         info!(
@@ -118,6 +118,9 @@ impl Leader {
             let left = deadline.saturating_duration_since(Instant::now());
             match joined_rx.recv_timeout(left) {
                 Ok(Ok((rank, stream))) => {
+                    if let Ok(addr) = stream.peer_addr() {
+                        status.learn_host(rank, addr.ip().to_string());
+                    }
                     info!(rank, host = %status.host(rank), "rank connected");
                     leader.add_peer(rank, stream)?;
                     status.set(rank, RankState::Loading, None);
@@ -131,7 +134,7 @@ impl Leader {
                         .collect();
                     return Err(ClusterError::Startup(format!(
                         "{} did not connect to rank 0's control plane at {} within {}s; \
-                         start every rank (same MLX_HOSTFILE, --model and --parallel) or raise \
+                         start every rank (same launcher environment, --model and --parallel) or raise \
                          --startup-timeout-secs",
                         missing.join(", "),
                         config.control,

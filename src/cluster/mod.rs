@@ -1,7 +1,8 @@
 //! The multi-rank runtime of `kooka serve`: rank 0 replicates its sequence of engine
 //! operations to every other rank over a TCP control plane; every rank runs the same
 //! [`Engine`](crate::engine::Engine) on its shard and so samples the same tokens (the model
-//! forward itself exchanges activations over MLX's ring backend). Tokens never travel back.
+//! forward itself exchanges activations over MLX's ring or NCCL backend). Tokens never travel
+//! back.
 //!
 //! - [`protocol`]: the messages ([`Op`]: add / step / cancel / shutdown), the version
 //!   preamble, the follower's [`Hello`].
@@ -14,12 +15,13 @@
 //! - [`replicated`]: [`ReplicatedEngine`], the engine wrapper rank 0's model thread uses
 //!   (broadcast, then run locally), and [`replicated::apply`], its follower-side mirror.
 //! - [`status`]: [`ClusterStatus`], every rank's state for `/health`.
-//! - [`shard`]: each rank joins the MLX ring group and loads its part of the model.
+//! - [`shard`]: each rank joins the MLX group and loads its part of the model.
 //!
 //! The control port is rank 0's first `MLX_HOSTFILE` address with the port one above the
 //! highest port in the hostfile (the ring uses exactly the listed ports, and mlx.launch /
-//! kooka launch hand them out consecutively from `--starting-port`), unless
-//! `--control-port` says otherwise. Rank 0 listens there; the others connect.
+//! kooka launch hand them out consecutively from `--starting-port`); under nccl it is
+//! `NCCL_HOST_IP` with the port one above `NCCL_PORT`; `--control-port` overrides the port.
+//! Rank 0 listens there; the others connect.
 
 mod admission;
 pub mod codec;
@@ -67,11 +69,9 @@ impl Default for Timing {
 /// Everything a rank needs to join the control plane.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// `MLX_RANK` / `MLX_HOSTFILE`, for joining the MLX ring group.
+    /// The launcher's environment, for joining the MLX group.
     pub topology: Topology,
     pub rank: usize,
-    /// `MLX_HOSTFILE`: one address list per rank.
-    pub hosts: Vec<Vec<String>>,
     pub parallel: ParallelSpec,
     /// Where rank 0 listens and the others connect.
     pub control: SocketAddr,
@@ -83,7 +83,7 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
-    /// `None` in single-rank mode (no `MLX_RANK` / `MLX_HOSTFILE`).
+    /// `None` in single-rank mode (no launcher environment).
     pub fn from_topology(
         topology: &Topology,
         parallel: ParallelSpec,
@@ -91,15 +91,17 @@ impl ClusterConfig {
         startup_timeout: Duration,
         model_dir: &Path,
     ) -> Result<Option<Self>, ClusterError> {
-        let Topology::Ring { rank, hosts, .. } = topology else {
-            return Ok(None);
+        let control = match topology {
+            Topology::Single => return Ok(None),
+            Topology::Ring { hosts, .. } => net::control_addr(hosts, control_port)?,
+            Topology::Nccl { host, port, .. } => net::nccl_control_addr(host, *port, control_port)?,
         };
+        let size = topology.size();
         if let ParallelSpec::Pipeline { split: Some(split) } = &parallel {
-            if split.len() != hosts.len() {
+            if split.len() != size {
                 return Err(ClusterError::Config(format!(
-                    "--pipeline-split lists {} rank(s) but MLX_HOSTFILE has {}",
+                    "--pipeline-split lists {} rank(s) but the run has {size}",
                     split.len(),
-                    hosts.len()
                 )));
             }
             if split.contains(&0) {
@@ -115,10 +117,9 @@ impl ClusterConfig {
         })?;
         Ok(Some(ClusterConfig {
             topology: topology.clone(),
-            rank: *rank,
-            hosts: hosts.clone(),
+            rank: topology.rank(),
             parallel,
-            control: net::control_addr(hosts, control_port)?,
+            control,
             startup_timeout,
             model_id: model_dir
                 .file_name()
@@ -130,7 +131,7 @@ impl ClusterConfig {
     }
 
     pub fn world_size(&self) -> usize {
-        self.hosts.len()
+        self.topology.size()
     }
 
     /// What this rank says when it connects.
@@ -150,7 +151,7 @@ impl ClusterConfig {
         let r = hello.rank;
         if hello.world_size != self.world_size() {
             return Err(format!(
-                "rank {r} counts {} rank(s), rank 0 counts {}: do all ranks read the same MLX_HOSTFILE?",
+                "rank {r} counts {} rank(s), rank 0 counts {}: do all ranks share one launcher environment (MLX_HOSTFILE, MLX_WORLD_SIZE)?",
                 hello.world_size,
                 self.world_size()
             ));
@@ -221,9 +222,13 @@ mod tests {
 
     fn config(parallel: ParallelSpec) -> ClusterConfig {
         ClusterConfig {
-            topology: Topology::Single,
+            topology: Topology::Nccl {
+                rank: 0,
+                size: 2,
+                host: "127.0.0.1".into(),
+                port: 5000,
+            },
             rank: 0,
-            hosts: vec![vec!["127.0.0.1:5000".into()], vec!["127.0.0.1:5001".into()]],
             parallel,
             control: "127.0.0.1:5002".parse().unwrap(),
             startup_timeout: Duration::from_secs(1),

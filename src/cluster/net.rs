@@ -43,6 +43,38 @@ pub fn control_addr(hosts: &[Vec<String>], port: Option<u16>) -> Result<SocketAd
     Ok(addr)
 }
 
+/// Rank 0's control address under nccl: `NCCL_HOST_IP` (an IP or a host name) and `port`,
+/// or else the port one above `NCCL_PORT` (where NCCL's unique id is handed out).
+pub fn nccl_control_addr(
+    host: &str,
+    nccl_port: u16,
+    port: Option<u16>,
+) -> Result<SocketAddr, ClusterError> {
+    use std::net::ToSocketAddrs;
+    let port = match port {
+        Some(p) => p,
+        None => nccl_port.checked_add(1).ok_or_else(|| {
+            ClusterError::Config(
+                "NCCL_PORT is 65535, so no control port follows it; pass --control-port".into(),
+            )
+        })?,
+    };
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| {
+            ClusterError::Config(format!(
+                "NCCL_HOST_IP {host:?} does not resolve to an address"
+            ))
+        })
+}
+
 /// Low latency for the tiny op frames, keepalive so a vanished host is noticed by the
 /// kernel too, and timeouts so no read or write blocks forever.
 pub fn configure(stream: &TcpStream, timing: &Timing) -> std::io::Result<()> {
@@ -121,6 +153,18 @@ pub fn exchange_preamble(stream: &mut TcpStream) -> Result<(), ClusterError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nccl_control_port_follows_nccl_port() {
+        let addr = nccl_control_addr("127.0.0.1", 12345, None).unwrap();
+        assert_eq!(addr, "127.0.0.1:12346".parse().unwrap());
+        let addr = nccl_control_addr("localhost", 12345, Some(7000)).unwrap();
+        assert_eq!(addr.port(), 7000);
+        let err = nccl_control_addr("127.0.0.1", 65535, None).unwrap_err();
+        assert!(err.to_string().contains("--control-port"), "{err}");
+        let err = nccl_control_addr("no-such-host.invalid", 1, None).unwrap_err();
+        assert!(err.to_string().contains("does not resolve"), "{err}");
+    }
 
     fn hosts(list: &[&[&str]]) -> Vec<Vec<String>> {
         list.iter()

@@ -1,5 +1,5 @@
-//! What each rank loads, and how `/health` describes it: this rank joins the MLX ring group
-//! of `MLX_HOSTFILE` (on the calling thread, which must be the rank's MLX thread: the group
+//! What each rank loads, and how `/health` describes it: this rank joins the MLX group its
+//! launcher described (ring or nccl; on the calling thread, which must be the rank's MLX thread: the group
 //! is `!Send`) and loads its part of the model with
 //! [`load_model_sharded`](crate::model::load_model_sharded). Every rank then ends each
 //! forward with the same logits, which is what lets the control plane replicate operations
@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use super::protocol::ParallelSpec;
 use super::ClusterConfig;
-use crate::dist::{Backend, Group, Watchdog};
+use crate::dist::{Group, Watchdog};
 use crate::model::{
     load_model_sharded, ComputeDtype, LanguageModel, ModelConfig, ModelError, ParallelMode, Shard,
 };
@@ -26,7 +26,7 @@ impl From<&ParallelSpec> for ParallelMode {
     }
 }
 
-/// Joins the ring and loads this rank's shard; returns it, a one-line description and the
+/// Joins the group and loads this rank's shard; returns it, a one-line description and the
 /// group (the engine's disk tier agrees over it).
 pub fn load(
     dir: &Path,
@@ -36,9 +36,10 @@ pub fn load(
     let cfg = ModelConfig::load(dir)?;
     // Ring setup blocks without limit for a rank that never joins; the control plane has
     // already seen every rank, so this is the rare rank that died in between.
-    let watchdog = Watchdog::arm(config.startup_timeout, "joining the MLX ring group");
-    let group = Group::init(&config.topology, Backend::Ring)
-        .map_err(|e| ModelError::Shard(format!("joining the MLX ring group: {e}")))?;
+    let what = format!("joining the MLX {} group", config.topology.backend().name());
+    let watchdog = Watchdog::arm(config.startup_timeout, &what);
+    let group =
+        Group::init(&config.topology).map_err(|e| ModelError::Shard(format!("{what}: {e}")))?;
     watchdog.disarm();
     let group = Rc::new(group);
     let shard = Shard {

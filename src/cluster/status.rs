@@ -27,7 +27,8 @@ pub enum RankState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RankStatus {
     pub rank: usize,
-    /// The host part of the rank's first `MLX_HOSTFILE` address.
+    /// The host part of the rank's first `MLX_HOSTFILE` address (ring); under nccl rank 0's
+    /// `NCCL_HOST_IP`, and a follower's address as seen when it connects.
     pub host: String,
     /// What the rank holds (`layers 0-14`, `tensor shard 1/2`, ...), once loaded.
     pub shard: Option<String>,
@@ -64,17 +65,16 @@ pub struct ClusterStatus {
 }
 
 impl ClusterStatus {
-    pub fn new(hosts: &[Vec<String>], parallel: String) -> Self {
+    /// `hosts`: each rank's host, as far as known (see [`Topology::rank_hosts`]).
+    ///
+    /// [`Topology::rank_hosts`]: crate::dist::Topology::rank_hosts
+    pub fn new(hosts: &[String], parallel: String) -> Self {
         let ranks = hosts
             .iter()
             .enumerate()
-            .map(|(rank, addrs)| RankStatus {
+            .map(|(rank, host)| RankStatus {
                 rank,
-                host: addrs
-                    .first()
-                    .and_then(|a| a.rsplit_once(':'))
-                    .map(|(ip, _)| ip.to_string())
-                    .unwrap_or_default(),
+                host: host.clone(),
                 shard: None,
                 control_rtt_us: None,
                 steps: None,
@@ -138,6 +138,13 @@ impl ClusterStatus {
         self.changed.notify_all();
     }
 
+    /// Fills in a rank's host where the environment did not name it.
+    pub fn learn_host(&self, rank: usize, host: String) {
+        if let Some(r) = self.lock().get_mut(rank).filter(|r| r.host.is_empty()) {
+            r.host = host;
+        }
+    }
+
     /// A follower's round trip and step times, from its answer to a `Ping`.
     pub fn set_timing(&self, rank: usize, rtt: std::time::Duration, steps: StepTimes) {
         if let Some(r) = self.lock().get_mut(rank) {
@@ -193,11 +200,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    fn hosts() -> Vec<Vec<String>> {
-        vec![
-            vec!["10.0.0.1:5000".into()],
-            vec!["10.0.0.2:5001".into(), "10.0.0.2:5002".into()],
-        ]
+    fn hosts() -> Vec<String> {
+        vec!["10.0.0.1".into(), "10.0.0.2".into()]
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `kooka dist-check`: proves a distributed group works end to end, on every rank.
 //!
 //! Each rank joins the group from the environment, then checks `all_sum`, `all_gather` and
-//! a `send`/`recv` around the ring against values it can compute itself, and prints one
-//! JSON line. Any mismatch or MLX error is an `Err` (non-zero exit).
+//! (where the backend has them: not NCCL) a `send`/`recv` around the ring against values it
+//! can compute itself, and prints one JSON line. Any mismatch or MLX error is an `Err`
+//! (non-zero exit).
 
 use std::fmt;
 use std::time::Duration;
@@ -10,11 +11,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use mlx_rs::{transforms::eval, Array, Dtype};
 
-use super::{Backend, Group, Watchdog};
+use super::{Backend, Group, Topology, Watchdog};
 
 /// What one rank saw.
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
+    pub backend: &'static str,
     pub rank: usize,
     pub size: usize,
     pub all_sum: Vec<f32>,
@@ -30,9 +32,15 @@ impl fmt::Display for Report {
     }
 }
 
-pub fn run(expect_size: Option<usize>, timeout: Duration) -> anyhow::Result<Report> {
+pub fn run(
+    backend: Option<Backend>,
+    expect_size: Option<usize>,
+    timeout: Duration,
+) -> anyhow::Result<Report> {
     let watchdog = Watchdog::arm(timeout, "dist-check");
-    let group = Group::from_env(Backend::Ring).context("joining the distributed group")?;
+    let topology = Topology::from_env(backend)?;
+    topology.apply_process_defaults();
+    let group = Group::init(&topology).context("joining the distributed group")?;
     let (rank, size) = (group.rank(), group.size());
     if let Some(expected) = expect_size {
         if size != expected {
@@ -58,13 +66,14 @@ pub fn run(expect_size: Option<usize>, timeout: Duration) -> anyhow::Result<Repo
         bail!("rank {rank}: all_gather gave {all_gather:?}, expected {expected_gather:?}");
     }
 
-    let received = if size > 1 {
+    let received = if size > 1 && group.backend().has_send_recv() {
         Some(ring_exchange(&group)?)
     } else {
         None
     };
     watchdog.disarm();
     Ok(Report {
+        backend: group.backend().name(),
         rank,
         size,
         all_sum,

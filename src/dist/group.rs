@@ -16,24 +16,32 @@ use super::{DistError, Result, Topology};
 /// The communication backends kooka knows how to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// TCP ring between the hosts of `MLX_HOSTFILE` (what `mlx.launch --backend ring` sets up).
+    /// TCP ring between the hosts of `MLX_HOSTFILE` (what `mlx.launch --backend ring` sets
+    /// up). Communicates from the CPU, whatever the default device is.
     Ring,
-    /// Whatever MLX picks first among the available ones.
-    Any,
+    /// NVIDIA's collectives between GPUs (`mlx.launch --backend nccl`), only in MLX's CUDA
+    /// build. Communicates on a GPU stream; has no `send` / `recv`.
+    Nccl,
 }
 
 impl Backend {
     pub fn name(self) -> &'static str {
         match self {
             Backend::Ring => "ring",
-            Backend::Any => "any",
+            Backend::Nccl => "nccl",
         }
+    }
+
+    /// Whether point-to-point `send` / `recv` exist (MLX 0.32's NCCL backend has neither).
+    pub fn has_send_recv(self) -> bool {
+        self == Backend::Ring
     }
 }
 
 /// One rank's view of a distributed group. `!Send`: it lives on the model thread.
 pub struct Group {
     raw: sys::mlx_distributed_group,
+    backend: Backend,
     rank: usize,
     size: usize,
     /// Streams and groups belong to the thread that made them.
@@ -41,21 +49,24 @@ pub struct Group {
 }
 
 impl Group {
-    /// Joins the group described by `MLX_RANK` / `MLX_HOSTFILE`, or makes a one-rank group
-    /// when neither is set. Ring initialisation blocks until the neighbours are connected
-    /// (MLX retries for about 30 s).
-    pub fn from_env(backend: Backend) -> Result<Self> {
-        let topology = Topology::from_env()?;
-        Self::init(&topology, backend)
+    /// Joins the group the environment describes (see [`Topology`]; `backend`: what
+    /// `--backend` asked for), or makes a one-rank group when nothing is set.
+    pub fn from_env(backend: Option<Backend>) -> Result<Self> {
+        let topology = Topology::from_env(backend)?;
+        Self::init(&topology)
     }
 
-    pub fn init(topology: &Topology, backend: Backend) -> Result<Self> {
+    /// Joins `topology`'s group with its backend. Ring initialisation blocks until the
+    /// neighbours are connected (MLX retries for about 30 s); NCCL's until every rank has
+    /// fetched the unique id from rank 0.
+    pub fn init(topology: &Topology) -> Result<Self> {
+        let backend = topology.backend();
         let name = CString::new(backend.name()).expect("backend names have no NUL");
         // SAFETY: a valid C string; the call only reads it.
         if !unsafe { sys::mlx_distributed_is_available(name.as_ptr()) } {
             return Err(DistError::Unavailable(backend.name()));
         }
-        let strict = matches!(topology, Topology::Ring { .. });
+        let strict = !matches!(topology, Topology::Single);
         // SAFETY: mlx-c allocates the group into `raw`; freed in Drop.
         let mut raw = unsafe { sys::mlx_distributed_group_new() };
         call(|| unsafe { sys::mlx_distributed_init(&mut raw, strict, name.as_ptr()) }).map_err(
@@ -79,6 +90,7 @@ impl Group {
         };
         let group = Group {
             raw,
+            backend,
             rank: rank.max(0) as usize,
             size: size.max(1) as usize,
             _not_send: PhantomData,
@@ -100,6 +112,10 @@ impl Group {
 
     pub fn rank(&self) -> usize {
         self.rank
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     pub fn size(&self) -> usize {
@@ -160,6 +176,12 @@ impl Group {
     }
 
     fn peer(&self, op: &'static str, peer: usize) -> Result<i32> {
+        if !self.backend.has_send_recv() {
+            return Err(DistError::NoPointToPoint {
+                op,
+                backend: self.backend.name(),
+            });
+        }
         if peer >= self.size || peer == self.rank {
             return Err(DistError::InvalidPeer {
                 op,
@@ -171,14 +193,18 @@ impl Group {
         Ok(peer as i32)
     }
 
-    /// Runs one collective on the CPU stream: the ring backend communicates from the CPU
-    /// whatever the default device is.
+    /// Runs one collective on the stream its backend communicates on: the ring from the
+    /// CPU whatever the default device is, NCCL on this thread's GPU stream (MLX refuses a
+    /// CPU stream there).
     fn op(
         &self,
         op: &'static str,
         f: impl FnOnce(*mut sys::mlx_array, sys::mlx_stream) -> i32,
     ) -> Result<Array> {
-        let stream = Stream::cpu();
+        let stream = match self.backend {
+            Backend::Ring => Stream::cpu(),
+            Backend::Nccl => Stream::gpu(),
+        };
         // SAFETY: a fresh empty array handle that mlx-c fills in; on failure we free it.
         let mut res = unsafe { sys::mlx_array_new() };
         match call(|| f(&mut res, stream.as_ptr())) {

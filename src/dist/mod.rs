@@ -15,13 +15,13 @@ mod watchdog;
 
 pub use graph::depends;
 pub use group::{Backend, Group};
-pub use topology::{Topology, TopologyError};
+pub use topology::{LaunchEnv, Topology, TopologyError};
 pub use watchdog::Watchdog;
 
 /// Everything that can go wrong in the distributed layer.
 #[derive(Debug, thiserror::Error)]
 pub enum DistError {
-    #[error("the MLX distributed backend `{0}` is not available in this MLX build")]
+    #[error("the MLX distributed backend `{0}` is not available in this MLX build{hint}", hint = unavailable_hint(.0))]
     Unavailable(&'static str),
     #[error("invalid distributed environment")]
     Topology(#[from] TopologyError),
@@ -37,8 +37,23 @@ pub enum DistError {
         peer: usize,
         size: usize,
     },
+    #[error("{op}: the {backend} backend has no point-to-point operations (MLX 0.32)")]
+    NoPointToPoint {
+        op: &'static str,
+        backend: &'static str,
+    },
     #[error("{op} failed: {message}")]
     Op { op: &'static str, message: String },
 }
 
 pub type Result<T> = std::result::Result<T, DistError>;
+
+fn unavailable_hint(backend: &str) -> &'static str {
+    match backend {
+        "nccl" => {
+            " (nccl exists only in MLX's CUDA build, e.g. the mlx-cuda wheel's libmlx.so; \
+             on Macs and CPU builds use --backend ring)"
+        }
+        _ => "",
+    }
+}

@@ -1,7 +1,7 @@
 //! A deadline for blocking MLX calls that cannot be cancelled.
 //!
 //! MLX's ring backend waits without limit for a neighbour that never starts (its accept has
-//! no timeout), and a thread blocked inside MLX cannot be interrupted. A [`Watchdog`] armed
+//! no timeout), as does NCCL's bootstrap for a rank that never comes, and a thread blocked inside MLX cannot be interrupted. A [`Watchdog`] armed
 //! around such a call ends the process with a clear message and exit code 1 when the
 //! deadline passes, which is what a supervisor (`kooka launch`, mlx.launch) needs to tear
 //! the other ranks down.
@@ -15,7 +15,8 @@ pub struct Watchdog {
 
 impl Watchdog {
     /// Starts the countdown; `what` names the step in the message.
-    pub fn arm(timeout: Duration, what: &'static str) -> Self {
+    pub fn arm(timeout: Duration, what: impl Into<String>) -> Self {
+        let what = what.into();
         let (disarm, disarmed) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("kooka-watchdog".into())
@@ -24,7 +25,7 @@ impl Watchdog {
                     let rank = std::env::var("MLX_RANK").unwrap_or_else(|_| "0".into());
                     eprintln!(
                         "kooka: error: rank {rank}: {what} did not finish within {}s; \
-                         are all ranks started and reachable at the addresses of MLX_HOSTFILE?",
+                         are all ranks started and reachable (MLX_HOSTFILE's addresses; NCCL_HOST_IP:NCCL_PORT)?",
                         timeout.as_secs()
                     );
                     std::process::exit(1);

@@ -321,7 +321,7 @@ fn load_hybrid(
             cfg.hidden_size,
             cfg.vocab_size,
             wire,
-        )))?;
+        )?))?;
     }
     eval_with_progress(model.parameters())?;
     Ok(Box::new(model))

@@ -202,7 +202,7 @@ pub(crate) fn apply(
                 cfg.hidden_size,
                 cfg.vocab_size,
                 wire,
-            )));
+            )?));
         }
         ParallelMode::Tensor => {
             let tp = TensorParallel::new(shard.group);

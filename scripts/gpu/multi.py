@@ -515,10 +515,14 @@ def main():
             d = os.path.join(a.models_dir, name)
             if not os.path.exists(os.path.join(d, "config.json")):
                 continue
+            try:
+                ids = prompt_ids(a.python, d, a.prompt_words)
+            except subprocess.CalledProcessError as e:
+                run.log(f"{name}: cannot tokenize the prompt: {e.stderr[-500:]}")
+                continue
             for mode in ("pipeline", "tensor"):
                 run.step(f"{name}/gen-nccl-{mode}", 180, run.generate(
-                    d, prompt_ids(a.python, d, a.prompt_words), a.max_tokens, f"nccl-{mode}",
-                    f"{name}-gen-nccl-{mode}"), min_left=45)
+                    d, ids, a.max_tokens, f"nccl-{mode}", f"{name}-gen-nccl-{mode}"), min_left=45)
                 run.step(f"{name}/kooka-nccl-{mode}", 240, run.serve(
                     d, "kooka", mode, "nccl", f"{name}-kooka-nccl-{mode}"), min_left=45)
                 if mode == "pipeline" and not mlx_has_pipeline(a.python, d):

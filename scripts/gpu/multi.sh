@@ -7,7 +7,7 @@
 #
 # usage: scripts/gpu/multi.sh [multi.py flags, e.g. --models llama-8b:4 --extras nccl]
 # Carried from the CPU machine: third_party/gpu/{cuda13.part.ab, mlx*.whl, kooka (stripped
-# release build), qwen-tokenizer/ (tokenizer.json.gz, tokenizer_config.json)}.
+# release build), qwen-tokenizer/ (tokenizer.json or .json.gz, tokenizer_config.json)}.
 # Results: $OUT/summary.md (the table), $OUT/results.json, $OUT/log.txt, $OUT/logs.tar.gz.
 # A second call on the same warm machine resumes: finished steps are kept in /opt/multi.
 # --extras nccl adds kooka (kooka launch --backend nccl: generate and serve, pipeline and
@@ -40,8 +40,13 @@ TOK=${TOK:-/opt/mlxw/qwen-tokenizer}
 if ! [ -f "$TOK/tokenizer.json" ]; then
   src=$ROOT/third_party/gpu/qwen-tokenizer
   [ -d "$src" ] || src=/opt/mlxw/qwen-tokenizer
-  mkdir -p "$TOK" && cp "$src"/tokenizer_config.json "$TOK"/ && python3 -c 'import gzip, shutil, sys; shutil.copyfileobj(gzip.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-    "$src"/tokenizer.json.gz "$TOK"/tokenizer.json
+  mkdir -p "$TOK" && cp "$src"/tokenizer_config.json "$TOK"/
+  if [ -f "$src"/tokenizer.json ]; then  # stage.sh carries it as is; older stagings gzipped it
+    cp "$src"/tokenizer.json "$TOK"/
+  else
+    python3 -c 'import gzip, shutil, sys; shutil.copyfileobj(gzip.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+      "$src"/tokenizer.json.gz "$TOK"/tokenizer.json
+  fi
 fi
 "$PY" -c 'import mlx.core as mx; print("mlx", mx.__version__, mx.default_device())'
 WORK=/opt/multi

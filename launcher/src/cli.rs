@@ -18,8 +18,9 @@ use clap::Args;
 #[command(after_help = "\
 Ranks get MLX_RANK and MLX_HOSTFILE exactly as `mlx.launch --backend ring` sets them; with
 --backend nccl, NCCL_HOST_IP (rank 0's first IP), NCCL_PORT (--nccl-port), MLX_WORLD_SIZE,
-MLX_RANK and CUDA_VISIBLE_DEVICES (one GPU per rank, counted per host) as `mlx.launch --backend
-nccl` does. A single rank gets none of them. Every rank gets NCCL_NVLS_ENABLE=0 (NVLink
+MLX_RANK and CUDA_VISIBLE_DEVICES (one GPU per rank, counted per host; picked from a
+CUDA_VISIBLE_DEVICES list in --env, the hostfile or, for local ranks, the launcher's own
+environment) as `mlx.launch --backend nccl` does. A single rank gets none of them. Every rank gets NCCL_NVLS_ENABLE=0 (NVLink
 multicast off, whatever --env says). Output lines are prefixed with `[rank] `. When a rank exits non-zero the
 others get SIGTERM (SIGKILL after --grace-period) and kooka launch exits with that rank's code;
 SIGINT/SIGTERM to kooka launch go to rank 0 first (kooka serve drains, then stops the other
@@ -47,7 +48,8 @@ pub struct LaunchArgs {
     /// Hostfile: kooka's TOML (see hostfile.example.toml) or mlx.launch's JSON.
     #[arg(long, value_name = "FILE")]
     pub hostfile: Option<PathBuf>,
-    /// Distributed backend: ring or nccl (default: the hostfile's, else ring).
+    /// Distributed backend: ring or nccl (default: the hostfile's, else ring; mlx.launch picks
+    /// nccl on CUDA machines, kooka launch never guesses).
     #[arg(long)]
     pub backend: Option<String>,
     /// The port rank 0 hands NCCL's unique id out on (nccl backend).

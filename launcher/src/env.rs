@@ -163,7 +163,15 @@ pub fn plan(
                         .iter()
                         .filter(|h| h.ssh == host.ssh)
                         .count();
-                    let gpu = gpu_for(&last_wins(env.clone()), local_rank);
+                    let gpu = gpu_for(&last_wins(env.clone()), host.is_local(), local_rank)
+                        .map_err(|message| HostfileError::Invalid {
+                            file: hostfile.source.clone(),
+                            location: crate::hostfile::location(
+                                Some((rank, Some(&host.ssh))),
+                                "env",
+                            ),
+                            message,
+                        })?;
                     env.push(("NCCL_HOST_IP".into(), ip.clone()));
                     env.push(("NCCL_PORT".into(), port.to_string()));
                     env.push(("MLX_WORLD_SIZE".into(), size.to_string()));
@@ -186,22 +194,35 @@ pub fn plan(
 }
 
 /// The GPU of the `local_rank`-th rank on its host: that entry of a `CUDA_VISIBLE_DEVICES`
-/// list in `env` (wrapping around), else the local rank itself.
-fn gpu_for(env: &[(String, String)], local_rank: usize) -> String {
-    let list: Vec<&str> = env
+/// list in `env` (for a local host, else in the launcher's own environment), else the local
+/// rank itself. A list shorter than the host's ranks is an error: NCCL refuses two ranks on
+/// one GPU.
+fn gpu_for(env: &[(String, String)], local: bool, local_rank: usize) -> Result<String, String> {
+    let given = env
         .iter()
         .find(|(k, _)| k == "CUDA_VISIBLE_DEVICES")
-        .map(|(_, v)| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|d| !d.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
-    match list.is_empty() {
-        true => local_rank.to_string(),
-        false => list[local_rank % list.len()].to_string(),
-    }
+        .map(|(_, v)| v.clone())
+        .or_else(|| {
+            local
+                .then(|| std::env::var("CUDA_VISIBLE_DEVICES").ok())
+                .flatten()
+        });
+    let Some(given) = given else {
+        return Ok(local_rank.to_string());
+    };
+    let list: Vec<&str> = given
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    list.get(local_rank).map(|d| d.to_string()).ok_or_else(|| {
+        format!(
+            "rank {} of this host needs a GPU of its own, but CUDA_VISIBLE_DEVICES={given:?} \
+             lists {}",
+            local_rank + 1,
+            list.len()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -341,6 +362,12 @@ mod tests {
             ("CUDA_VISIBLE_DEVICES".to_string(), "4, 5".to_string()),
             ("NCCL_NVLS_ENABLE".to_string(), "1".to_string()),
         ];
+        let short = [("CUDA_VISIBLE_DEVICES".to_string(), "4".to_string())];
+        let e = plan(&hf, &short, false, nccl).unwrap_err().to_string();
+        assert!(
+            e.contains(r#"host 1 (ssh "a"), field "env""#) && e.contains("lists 1"),
+            "{e}"
+        );
         let plans = plan(&hf, &cli, false, nccl).unwrap();
         let gpus: Vec<String> = plans
             .iter()

@@ -79,7 +79,7 @@ impl Leader {
     /// other rank has connected and passed the handshake.
     pub fn start(config: ClusterConfig) -> Result<Leader, ClusterError> {
         let deadline = Instant::now() + config.startup_timeout;
-        let listener = net::listen(config.control)?;
+        let listener = net::listen(config.listen)?;
         let status = Arc::new(ClusterStatus::new(
             &config.topology.rank_hosts(),
             config.parallel.to_string(),

@@ -73,8 +73,11 @@ pub struct ClusterConfig {
     pub topology: Topology,
     pub rank: usize,
     pub parallel: ParallelSpec,
-    /// Where rank 0 listens and the others connect.
+    /// Where the others connect to rank 0.
     pub control: SocketAddr,
+    /// Where rank 0 listens: `control`, or every interface when `NCCL_HOST_IP` is a host
+    /// name (it may resolve to a loopback address on rank 0's own host).
+    pub listen: SocketAddr,
     /// Every rank connected and loaded within this, or startup fails naming the missing.
     pub startup_timeout: Duration,
     pub model_id: String,
@@ -91,10 +94,20 @@ impl ClusterConfig {
         startup_timeout: Duration,
         model_dir: &Path,
     ) -> Result<Option<Self>, ClusterError> {
-        let control = match topology {
+        let (control, listen) = match topology {
             Topology::Single => return Ok(None),
-            Topology::Ring { hosts, .. } => net::control_addr(hosts, control_port)?,
-            Topology::Nccl { host, port, .. } => net::nccl_control_addr(host, *port, control_port)?,
+            Topology::Ring { hosts, .. } => {
+                let control = net::control_addr(hosts, control_port)?;
+                (control, control)
+            }
+            Topology::Nccl { host, port, .. } => {
+                let control = net::nccl_control_addr(host, *port, control_port)?;
+                let listen = match host.parse::<std::net::IpAddr>() {
+                    Ok(_) => control,
+                    Err(_) => SocketAddr::from(([0, 0, 0, 0], control.port())),
+                };
+                (control, listen)
+            }
         };
         let size = topology.size();
         if let ParallelSpec::Pipeline { split: Some(split) } = &parallel {
@@ -120,6 +133,7 @@ impl ClusterConfig {
             rank: topology.rank(),
             parallel,
             control,
+            listen,
             startup_timeout,
             model_id: model_dir
                 .file_name()
@@ -231,6 +245,7 @@ mod tests {
             rank: 0,
             parallel,
             control: "127.0.0.1:5002".parse().unwrap(),
+            listen: "127.0.0.1:5002".parse().unwrap(),
             startup_timeout: Duration::from_secs(1),
             model_id: "m".into(),
             model_fingerprint: 7,

@@ -1,8 +1,10 @@
 //! [`Group`]: a rank's handle on an MLX distributed group, with `Result`s instead of aborts.
 //!
 //! The collective methods return lazy arrays, like every MLX op: the communication happens
-//! when they are evaluated (`mlx_rs::transforms::eval`), which is also where a lost peer
-//! surfaces (as an `Exception`: "[ring] connection to a peer was lost").
+//! when they are evaluated (`mlx_rs::transforms::eval`), which is also where a lost ring peer
+//! surfaces (as an `Exception`: "[ring] connection to a peer was lost"). NCCL has no timeout:
+//! a lost peer leaves the GPU stream waiting, and only the control plane's heartbeats (which
+//! end the process) notice it.
 
 use std::ffi::CString;
 use std::marker::PhantomData;
@@ -65,6 +67,9 @@ impl Group {
         // SAFETY: a valid C string; the call only reads it.
         if !unsafe { sys::mlx_distributed_is_available(name.as_ptr()) } {
             return Err(DistError::Unavailable(backend.name()));
+        }
+        if backend == Backend::Nccl && topology.size() > 1 {
+            one_visible_gpu()?;
         }
         let strict = !matches!(topology, Topology::Single);
         // SAFETY: mlx-c allocates the group into `raw`; freed in Drop.
@@ -194,8 +199,8 @@ impl Group {
     }
 
     /// Runs one collective on the stream its backend communicates on: the ring from the
-    /// CPU whatever the default device is, NCCL on this thread's GPU stream (MLX refuses a
-    /// CPU stream there).
+    /// CPU whatever the default device is, NCCL on this thread's GPU stream (the one the
+    /// model's ops use; a CPU stream would fail when evaluated).
     fn op(
         &self,
         op: &'static str,
@@ -216,6 +221,29 @@ impl Group {
             }
         }
     }
+}
+
+/// MLX's NCCL group talks from GPU `rank % count` while MLX computes on GPU 0, so a rank
+/// that sees several GPUs would hand NCCL buffers of another device: refused up front.
+fn one_visible_gpu() -> Result<()> {
+    let mut count = 0i32;
+    // SAFETY: writes one int; the call has no other effect.
+    call(|| unsafe { sys::mlx_device_count(&mut count, sys::mlx_device_type__MLX_GPU) }).map_err(
+        |message| DistError::Init {
+            backend: "nccl",
+            message: format!("counting GPUs: {message}"),
+        },
+    )?;
+    if count > 1 {
+        return Err(DistError::Init {
+            backend: "nccl",
+            message: format!(
+                "this rank sees {count} GPUs; under nccl each rank must see exactly one: set \
+                 CUDA_VISIBLE_DEVICES per rank (kooka launch --backend nccl and mlx.launch do)"
+            ),
+        });
+    }
+    Ok(())
 }
 
 impl Drop for Group {

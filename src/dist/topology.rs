@@ -207,17 +207,8 @@ impl Topology {
     /// Sets what the backend must find in the process environment before it starts (under
     /// nccl: [`NCCL_NVLS`], whatever was set). Call on the main thread, before other threads.
     pub fn apply_process_defaults(&self) {
-        let Topology::Nccl { rank, .. } = self else {
+        if !matches!(self, Topology::Nccl { .. }) {
             return;
-        };
-        if std::env::var_os("CUDA_VISIBLE_DEVICES").is_none() {
-            // MLX's NCCL group picks GPU `rank % count`, its arrays GPU 0.
-            tracing::warn!(
-                rank,
-                "CUDA_VISIBLE_DEVICES is not set: give each rank one GPU (kooka launch \
-                 --backend nccl and mlx.launch do), or ranks may compute on one GPU and \
-                 communicate from another"
-            );
         }
         let (name, value) = NCCL_NVLS;
         match std::env::var(name) {

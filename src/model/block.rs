@@ -347,7 +347,7 @@ impl Mlp {
     }
 
     /// gate and up as one matmul where [`Linear::fuse`] allows it.
-    fn fuse_projections(&mut self) -> Result<()> {
+    pub(crate) fn fuse_projections(&mut self) -> Result<()> {
         if let GateUp::Separate { gate, up } = &self.gate_up {
             if let Some(gate_up) = Linear::fuse(&[gate, up])? {
                 let hidden = gate.weight.rows();

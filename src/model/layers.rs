@@ -453,11 +453,11 @@ impl RmsNorm {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use mlx_rs::random;
 
-    fn quantized(rows: i32, cols: i32, seed: u64, bias: bool) -> Linear {
+    pub(crate) fn quantized(rows: i32, cols: i32, seed: u64, bias: bool) -> Linear {
         let key = random::key(seed).unwrap();
         let w = random::normal::<f32>(&[rows, cols], None, None, &key).unwrap();
         let (w, scales, biases) = ops::quantize(&w, 64, 4).unwrap();

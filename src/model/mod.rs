@@ -40,6 +40,7 @@ pub mod minimax;
 pub mod mixtral;
 mod mla;
 pub mod moe;
+mod projections;
 pub mod pull;
 mod quant_ops;
 pub mod qwen3_moe;

@@ -326,7 +326,8 @@ pub(crate) struct SparseMoe {
     prefix: String,
     /// Checkpoint path of the stacked experts.
     experts_path: String,
-    gate: Linear,
+    /// The router; `None` once [`SparseMoe::take_router`] lent it to a fused projection.
+    gate: Option<Linear>,
     switch_mlp: SwitchGlu,
     top_k: i32,
     experts: i32,
@@ -355,14 +356,14 @@ impl SparseMoe {
         let experts_path = format!("{prefix}.{}", m.layout.experts);
         Ok(SparseMoe {
             prefix: prefix.to_string(),
-            gate: Linear::load(
+            gate: Some(Linear::load(
                 ws,
                 &format!("{prefix}.{}", m.layout.router),
                 m.dims,
                 m.experts,
                 m.layout.bias,
                 quant,
-            )?,
+            )?),
             switch_mlp: SwitchGlu::load(ws, &experts_path, m, quant)?,
             experts_path,
             top_k: m.top_k,
@@ -398,17 +399,39 @@ impl SparseMoe {
 
     /// `x`: `[B, L, D]` -> `[B, L, D]`.
     pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
-        let (k, e) = (self.top_k, self.experts);
         match (self.routing, &self.score_bias) {
             (Routing::SigmoidBias, Some(bias)) => return self.forward_sigmoid(x, bias),
             (Routing::GroupedSigmoid { .. }, Some(bias)) => return self.forward_grouped(x, bias),
             _ => {}
         }
-        let gates = self.gate.forward(x)?;
+        let gates = self.router()?.forward(x)?;
+        self.forward_routed(x, &gates)
+    }
+
+    /// The router, unless [`SparseMoe::take_router`] took it.
+    fn router(&self) -> Result<&Linear> {
+        self.gate.as_ref().ok_or_else(|| {
+            ModelError::Mlx(format!(
+                "{}: the router was fused away; call forward_routed",
+                self.prefix
+            ))
+        })
+    }
+
+    /// Takes the router out, to compute its logits in a fused projection (they then go to
+    /// [`SparseMoe::forward_routed`]).
+    pub(crate) fn take_router(&mut self) -> Option<Linear> {
+        self.gate.take()
+    }
+
+    /// [`SparseMoe::forward`] from the router's logits `gates` `[B, L, experts]` (softmax
+    /// routings only).
+    pub(crate) fn forward_routed(&self, x: &Array, gates: &Array) -> Result<Array> {
+        let (k, e) = (self.top_k, self.experts);
         let (inds, scores) =
             match self.routing {
                 Routing::SoftmaxTopK { norm_topk_prob } => {
-                    let gates = ops::softmax_axis(&gates, -1, true)?;
+                    let gates = ops::softmax_axis(gates, -1, true)?;
                     let inds =
                         ops::argpartition_axis(&gates, -k, -1)?.try_index((.., .., (e - k)..))?;
                     let scores = gates.take_along_axis(&inds, -1)?;
@@ -450,7 +473,7 @@ impl SparseMoe {
     /// [`Routing::SigmoidBias`]: mlx-lm's `MiniMaxSparseMoeBlock`.
     fn forward_sigmoid(&self, x: &Array, bias: &Array) -> Result<Array> {
         let k = self.top_k;
-        let scores = ops::sigmoid(&self.gate.forward(&x.as_dtype(Dtype::Float32)?)?)?;
+        let scores = ops::sigmoid(&self.router()?.forward(&x.as_dtype(Dtype::Float32)?)?)?;
         let biased = scores.add(bias)?;
         let inds =
             ops::argpartition_axis(biased.negative()?, k - 1, -1)?.try_index((.., .., ..k))?;
@@ -474,7 +497,7 @@ impl SparseMoe {
             unreachable!("grouped routing only")
         };
         let k = self.top_k;
-        let scores = ops::sigmoid(&self.gate.forward(x)?.as_dtype(Dtype::Float32)?)?;
+        let scores = ops::sigmoid(&self.router()?.forward(x)?.as_dtype(Dtype::Float32)?)?;
         let mut biased = scores.add(bias)?;
         if n_group > 1 && topk_group < n_group {
             // Groups outside the best `topk_group` (by their two best scores) are zeroed.
@@ -509,7 +532,7 @@ impl SparseMoe {
     }
 
     pub(crate) fn arrays(&self) -> Vec<&Array> {
-        let mut v = self.gate.arrays();
+        let mut v: Vec<&Array> = self.gate.iter().flat_map(Linear::arrays).collect();
         v.extend(self.switch_mlp.arrays());
         v.extend(self.score_bias.iter());
         v.extend(self.shared.iter().flat_map(|m| m.arrays()));

@@ -23,6 +23,7 @@ use crate::model::cache::StateCache;
 use crate::model::config::QuantConfig;
 use crate::model::error::{ModelError, Result};
 use crate::model::layers::Linear;
+use crate::model::projections::Projections;
 use crate::model::slicing::slice_axis;
 use crate::model::weights::Weights;
 
@@ -160,8 +161,8 @@ impl DeltaSpec {
 
 /// mlx-lm's `Qwen3NextGatedDeltaNet`.
 pub(crate) struct GatedDeltaNet {
-    in_proj_qkvz: Linear,
-    in_proj_ba: Linear,
+    /// `in_proj_qkvz` and `in_proj_ba`, one matmul where they are alike.
+    in_proj: Projections,
     /// Depthwise conv weight `[conv_dim, K, 1]`.
     conv_weight: Array,
     dt_bias: Array,
@@ -190,15 +191,17 @@ impl GatedDeltaNet {
         let (kd, vd) = (s.key_dim(), s.value_dim());
         let conv_weight = ws.take_float(&p("conv1d.weight"), &[s.conv_dim(), s.conv_kernel, 1])?;
         Ok(GatedDeltaNet {
-            in_proj_qkvz: Linear::load(
-                ws,
-                &p("in_proj_qkvz"),
-                s.hidden,
-                2 * (kd + vd),
-                false,
-                quant,
-            )?,
-            in_proj_ba: Linear::load(ws, &p("in_proj_ba"), s.hidden, 2 * s.v_heads, false, quant)?,
+            in_proj: Projections::new(vec![
+                Linear::load(
+                    ws,
+                    &p("in_proj_qkvz"),
+                    s.hidden,
+                    2 * (kd + vd),
+                    false,
+                    quant,
+                )?,
+                Linear::load(ws, &p("in_proj_ba"), s.hidden, 2 * s.v_heads, false, quant)?,
+            ])?,
             conv_weight,
             dt_bias: ws.take_float(&p("dt_bias"), &[s.v_heads])?,
             a_log: ws.take_float(&p("A_log"), &[s.v_heads])?,
@@ -215,16 +218,11 @@ impl GatedDeltaNet {
         let (nk, dk, nv, dv) = (s.k_heads, s.k_dim, s.v_heads, s.v_dim);
         let r = nv / nk;
         // fix_query_key_value_ordering: per key head, q, k, then its value heads' v and z.
-        let qkvz = self
-            .in_proj_qkvz
-            .forward(x)?
+        let [qkvz, ba] = self.in_proj.forward_n::<2>(x)?;
+        let qkvz = qkvz
             .reshape(&[b, l, nk, -1])?
             .split_at_indices(&[dk, 2 * dk, 2 * dk + r * dv], -1)?;
-        let ba = self
-            .in_proj_ba
-            .forward(x)?
-            .reshape(&[b, l, nk, -1])?
-            .split_at_indices(&[r], -1)?;
+        let ba = ba.reshape(&[b, l, nk, -1])?.split_at_indices(&[r], -1)?;
         let [q, k, v, z] = <[Array; 4]>::try_from(qkvz)
             .map_err(|_| ModelError::Mlx("in_proj_qkvz split".into()))?;
         let [bg, a] =
@@ -296,8 +294,7 @@ impl GatedDeltaNet {
     }
 
     pub(crate) fn arrays(&self) -> Vec<&Array> {
-        let mut v = self.in_proj_qkvz.arrays();
-        v.extend(self.in_proj_ba.arrays());
+        let mut v = self.in_proj.arrays();
         v.extend([
             &self.conv_weight,
             &self.dt_bias,

@@ -13,6 +13,10 @@
 //! offsets from one) are refused: mlx-lm's `sanitize` rewrites them, so convert them with
 //! `mlx_lm.convert` first.
 
+use std::cell::RefCell;
+
+use mlx_rs::error::Exception;
+use mlx_rs::transforms::compile::compile;
 use mlx_rs::{ops, Array, Dtype};
 use serde::Deserialize;
 
@@ -25,6 +29,7 @@ use crate::model::error::{ModelError, Result};
 use crate::model::layers::{Linear, RmsNorm};
 use crate::model::llama::rope_theta;
 use crate::model::moe::{MoeLayout, MoeSpec, Routing, SparseMoe};
+use crate::model::projections::Projections;
 use crate::model::rope::Rope;
 use crate::model::shard::Stage;
 use crate::model::weights::Weights;
@@ -48,9 +53,8 @@ fn default_interval() -> i32 {
 
 /// Gated full attention (mlx-lm's `Qwen3NextAttention`).
 struct GatedAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q (with its gate), k and v: one matmul where they are alike.
+    qkv: Projections,
     o_proj: Linear,
     q_norm: RmsNorm,
     k_norm: RmsNorm,
@@ -81,9 +85,11 @@ impl GatedAttention {
             Linear::load(ws, &format!("{prefix}.{n}"), i, o, bias, quant)
         };
         Ok(GatedAttention {
-            q_proj: lin(ws, "q_proj", h, 2 * heads * hd)?,
-            k_proj: lin(ws, "k_proj", h, kv_heads * hd)?,
-            v_proj: lin(ws, "v_proj", h, kv_heads * hd)?,
+            qkv: Projections::new(vec![
+                lin(ws, "q_proj", h, 2 * heads * hd)?,
+                lin(ws, "k_proj", h, kv_heads * hd)?,
+                lin(ws, "v_proj", h, kv_heads * hd)?,
+            ])?,
             o_proj: lin(ws, "o_proj", heads * hd, h)?,
             q_norm: RmsNorm::load(ws, &format!("{prefix}.q_norm"), hd, eps)?,
             k_norm: RmsNorm::load(ws, &format!("{prefix}.k_norm"), hd, eps)?,
@@ -97,9 +103,8 @@ impl GatedAttention {
     fn forward(&self, x: &Array, cache: &mut KvCache, rows: Option<&RowsView>) -> Result<Array> {
         let (b, l) = (x.shape()[0], x.shape()[1]);
         let (mask, positions): (AttnMask, Positions) = attention_inputs(cache, l, rows)?;
-        let mut qg = self
-            .q_proj
-            .forward(x)?
+        let [q, keys, values] = self.qkv.forward_n::<3>(x)?;
+        let mut qg = q
             .reshape(&[b, l, self.heads, -1])?
             .split_equal(2, -1)?
             .into_iter();
@@ -107,7 +112,6 @@ impl GatedAttention {
             return Err(ModelError::Mlx("q_proj split".into()));
         };
         let gate = gate.reshape(&[b, l, -1])?;
-        let (keys, values) = (self.k_proj.forward(x)?, self.v_proj.forward(x)?);
         let queries = self
             .q_norm
             .forward(&queries)?
@@ -128,30 +132,70 @@ impl GatedAttention {
     }
 
     fn arrays(&self) -> Vec<&Array> {
-        let mut v: Vec<&Array> = [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
-            .into_iter()
-            .flat_map(Linear::arrays)
-            .collect();
+        let mut v = self.qkv.arrays();
+        v.extend(self.o_proj.arrays());
         v.extend([&self.q_norm.weight, &self.k_norm.weight]);
         v
     }
 }
 
 /// The sparse block (mlx-lm's `Qwen3NextSparseMoeBlock`): softmax top-k routed experts plus
-/// `sigmoid(shared_expert_gate(x)) * shared_expert(x)`.
+/// `sigmoid(shared_expert_gate(x)) * shared_expert(x)`. The router and the shared expert's
+/// gate read the same input: one matmul where they are alike (both 8-bit in mlx_lm.convert's
+/// checkpoints), as are the shared expert's gate and up projections.
 struct NextMoe {
+    /// The experts; their router moved into `gates`.
     routed: SparseMoe,
     shared: Mlp,
-    shared_gate: Linear,
+    /// The router's logits and the shared expert's gate.
+    gates: Projections,
 }
 
 impl NextMoe {
-    fn forward(&self, x: &Array) -> Result<Array> {
-        let y = self.routed.forward(x)?;
-        let shared = self.shared.forward(x)?;
-        let shared = ops::sigmoid(&self.shared_gate.forward(x)?)?.multiply(&shared)?;
-        Ok(y.add(&shared)?)
+    fn new(mut routed: SparseMoe, mut shared: Mlp, shared_gate: Linear) -> Result<Self> {
+        let router = routed
+            .take_router()
+            .ok_or_else(|| ModelError::Mlx("qwen3_next: the router is missing".into()))?;
+        shared.fuse_projections()?;
+        Ok(NextMoe {
+            routed,
+            shared,
+            gates: Projections::new(vec![router, shared_gate])?,
+        })
     }
+
+    fn forward(&self, x: &Array) -> Result<Array> {
+        let [router, shared_gate] = self.gates.forward_n::<2>(x)?;
+        let y = self.routed.forward_routed(x, &router)?;
+        gated_add(&y, &shared_gate, &self.shared.forward(x)?)
+    }
+
+    fn arrays(&self) -> Vec<&Array> {
+        let mut v = self.routed.arrays();
+        v.extend(self.shared.arrays());
+        v.extend(self.gates.arrays());
+        v
+    }
+}
+
+type Ternary = Box<dyn for<'a> FnMut(&'a [Array]) -> std::result::Result<Vec<Array>, Exception>>;
+
+thread_local! {
+    /// `y + sigmoid(gate) * shared`, one fused kernel (traced once per thread).
+    static GATED_ADD: RefCell<Ternary> = RefCell::new(Box::new(compile(
+        |a: &[Array]| -> std::result::Result<Vec<Array>, Exception> {
+            Ok(vec![a[0].add(ops::sigmoid(&a[1])?.multiply(&a[2])?)?])
+        },
+        false,
+    )));
+}
+
+fn gated_add(y: &Array, gate: &Array, shared: &Array) -> Result<Array> {
+    let args = [y.clone(), gate.clone(), shared.clone()];
+    GATED_ADD
+        .with(|f| (f.borrow_mut())(&args))?
+        .pop()
+        .ok_or_else(|| ModelError::Mlx("gated_add returned nothing".into()))
 }
 
 enum Mixer {
@@ -204,11 +248,7 @@ impl HybridLayer for NextLayer {
         };
         match &self.ffn {
             FeedForward::Dense(m) => v.extend(m.arrays()),
-            FeedForward::Sparse(m) => {
-                v.extend(m.routed.arrays());
-                v.extend(m.shared.arrays());
-                v.extend(m.shared_gate.arrays());
-            }
+            FeedForward::Sparse(m) => v.extend(m.arrays()),
         }
         v.extend([&self.input_norm.weight, &self.post_norm.weight]);
         v
@@ -315,9 +355,9 @@ pub(crate) fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result
         let mlp = format!("{p}.mlp");
         let ffn = if !dense_only.contains(&i) && experts > 0 && (i + 1) % step == 0 {
             let hidden = args.shared_expert_intermediate_size;
-            FeedForward::Sparse(NextMoe {
-                routed: SparseMoe::load(ws, &mlp, &moe, &quant)?,
-                shared: Mlp::load(
+            FeedForward::Sparse(NextMoe::new(
+                SparseMoe::load(ws, &mlp, &moe, &quant)?,
+                Mlp::load(
                     ws,
                     &format!("{mlp}.shared_expert"),
                     h,
@@ -325,7 +365,7 @@ pub(crate) fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result
                     false,
                     &quant,
                 )?,
-                shared_gate: Linear::load(
+                Linear::load(
                     ws,
                     &format!("{mlp}.shared_expert_gate"),
                     h,
@@ -333,16 +373,11 @@ pub(crate) fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result
                     false,
                     &quant,
                 )?,
-            })
-        } else {
-            FeedForward::Dense(Mlp::load(
-                ws,
-                &mlp,
-                h,
-                cfg.intermediate_size,
-                false,
-                &quant,
             )?)
+        } else {
+            let mut dense = Mlp::load(ws, &mlp, h, cfg.intermediate_size, false, &quant)?;
+            dense.fuse_projections()?;
+            FeedForward::Dense(dense)
         };
         layers.push(Box::new(NextLayer {
             mixer,

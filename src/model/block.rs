@@ -545,12 +545,12 @@ impl Block {
     }
 
     /// Fuses the projections that read the same input into one matmul each (q/k/v, and a
-    /// dense MLP's gate/up) where the weights allow it; after any sharding.
+    /// dense or shared expert MLP's gate/up) where the weights allow it; after any sharding.
     pub(crate) fn fuse_projections(&mut self) -> Result<()> {
         self.attn.fuse_projections()?;
         match &mut self.ffn {
             FeedForward::Dense(m) => m.fuse_projections(),
-            FeedForward::Sparse(_) => Ok(()),
+            FeedForward::Sparse(m) => m.fuse_projections(),
         }
     }
 }

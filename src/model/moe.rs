@@ -539,6 +539,14 @@ impl SparseMoe {
         v
     }
 
+    /// The shared experts' gate and up as one matmul where they allow it; after any sharding.
+    pub(crate) fn fuse_projections(&mut self) -> Result<()> {
+        match &mut self.shared {
+            Some(mlp) => mlp.fuse_projections(),
+            None => Ok(()),
+        }
+    }
+
     /// Tensor parallel: the router stays whole (every rank routes identically); the
     /// experts are split, so the block's output is a partial sum the caller reduces.
     pub(crate) fn shard_tensor(&mut self, tp: &TensorParallel) -> Result<()> {

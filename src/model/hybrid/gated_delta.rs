@@ -53,6 +53,18 @@ thread_local! {
         },
         true,
     )));
+    /// mlx-lm's `precise_swiglu` (compiled shapeless): `[h, gate, x]` ->
+    /// `(silu(gate) * x).astype(h.dtype)`, both in float32.
+    static PRECISE_SWIGLU: RefCell<Many> = RefCell::new(Box::new(compile(
+        |xs: &[Array]| -> std::result::Result<Vec<Array>, Exception> {
+            let gate = xs[1].as_dtype(Dtype::Float32)?;
+            let gate = gate.multiply(ops::sigmoid(&gate)?)?;
+            Ok(vec![gate
+                .multiply(xs[2].as_dtype(Dtype::Float32)?)?
+                .as_dtype(xs[0].dtype())?])
+        },
+        true,
+    )));
     /// mlx-lm's `_gated_delta_step_ops` (compiled, not shapeless) with scalar gates and no
     /// mask: `[q, k, v, g, beta, state]` -> `[y, state]`.
     static STEP: RefCell<Many> = RefCell::new(Box::new(compile(
@@ -287,9 +299,11 @@ impl GatedDeltaNet {
 
         // Qwen3NextRMSNormGated: rms_norm, then precise_swiglu (silu(z) * x in float32).
         let normed = fast::rms_norm(&out, Some(&self.norm_weight), s.eps)?;
-        let gated = silu(&z.as_dtype(Dtype::Float32)?)?
-            .multiply(normed.as_dtype(Dtype::Float32)?)?
-            .as_dtype(out.dtype())?;
+        let args = [out, z, normed];
+        let gated = PRECISE_SWIGLU
+            .with(|f| (f.borrow_mut())(&args))?
+            .pop()
+            .ok_or_else(|| ModelError::Mlx("precise_swiglu returned nothing".into()))?;
         self.out_proj.forward(&gated.reshape(&[b, l, -1])?)
     }
 

@@ -123,6 +123,17 @@ fn without_nvls(mut ranks: BTreeMap<String, Value>, kooka: bool) -> BTreeMap<Str
     ranks
 }
 
+/// Every rank of `kooka launch ARGS` sees what it would under `mlx.launch ARGS` (NVLS aside).
+fn assert_same_as_mlx_launch(args: &[&str]) {
+    let expected = without_nvls(mlx_launch(args), false);
+    let got = without_nvls(kooka_launch(args), true);
+    assert!(expected.len() >= 2, "mlx.launch {args:?} gave {expected:?}");
+    assert_eq!(
+        got, expected,
+        "kooka launch {args:?} differs from mlx.launch"
+    );
+}
+
 fn kooka_launch(args: &[&str]) -> BTreeMap<String, Value> {
     let out = kooka()
         .arg("launch")
@@ -172,13 +183,7 @@ fn rank_environment_matches_mlx_launch() {
         ],
     ];
     for args in &cases {
-        let expected = without_nvls(mlx_launch(args), false);
-        let got = without_nvls(kooka_launch(args), true);
-        assert!(expected.len() >= 2, "mlx.launch {args:?} gave {expected:?}");
-        assert_eq!(
-            got, expected,
-            "kooka launch {args:?} differs from mlx.launch"
-        );
+        assert_same_as_mlx_launch(args);
     }
     // The same hosts as kooka's TOML give the same result as mlx.launch's JSON.
     let toml_args = [
@@ -225,13 +230,7 @@ fn nccl_environment_matches_mlx_launch() {
         ],
     ];
     for args in &cases {
-        let expected = without_nvls(mlx_launch(args), false);
-        let got = without_nvls(kooka_launch(args), true);
-        assert!(expected.len() >= 2, "mlx.launch {args:?} gave {expected:?}");
-        assert_eq!(
-            got, expected,
-            "kooka launch {args:?} differs from mlx.launch"
-        );
+        assert_same_as_mlx_launch(args);
     }
     let three = kooka_launch(&cases[1]);
     assert_eq!(three["2"]["gpu"], "2");

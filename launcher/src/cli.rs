@@ -61,7 +61,8 @@ pub struct LaunchArgs {
     /// Working directory of every rank (default: the launcher's, where it exists).
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<String>,
-    /// Print what is started and every rank's exit; sets MLX_RING_VERBOSE=1.
+    /// Print what is started and every rank's exit; sets MLX_RING_VERBOSE=1 (ring) or
+    /// NCCL_DEBUG=INFO (nccl).
     #[arg(long)]
     pub verbose: bool,
     /// First ring port; ports count up by one per rank, IP and connection.

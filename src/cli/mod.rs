@@ -58,7 +58,7 @@ pub enum Command {
     /// Measure prefill and decode tokens/s on one prompt (what scripts/bench.py compares
     /// with mlx-lm).
     Bench(BenchArgs),
-    /// Start and supervise the ranks of a multi-process run (like mlx.launch, ring backend).
+    /// Start and supervise the ranks of a multi-process run (like mlx.launch: ring or nccl backend).
     Launch(kooka_launcher::LaunchArgs),
 }
 

@@ -278,7 +278,7 @@ impl Attention {
     }
 
     /// q, k and v as one matmul where [`Linear::fuse`] allows it.
-    fn fuse_projections(&mut self) -> Result<()> {
+    pub(crate) fn fuse_projections(&mut self) -> Result<()> {
         if let Qkv::Separate { q, k, v } = &self.qkv {
             if let Some(qkv) = Linear::fuse(&[q, k, v])? {
                 let (q_out, kv_out) = (q.weight.rows(), k.weight.rows());

@@ -314,7 +314,10 @@ pub(crate) fn load(cfg: &ModelConfig, ws: &mut Weights, stage: &Stage) -> Result
         let mixer = match pattern[i] {
             Kind::Mamba => Mixer::Mamba(Mamba2::load(ws, &m, &mamba, &quant)?),
             Kind::Attention => {
-                Mixer::Attention(Attention::load(ws, &m, &attn, Rope::none(), &quant)?)
+                // Layers split by pipeline only (never by heads): q/k/v fuse at load.
+                let mut a = Attention::load(ws, &m, &attn, Rope::none(), &quant)?;
+                a.fuse_projections()?;
+                Mixer::Attention(a)
             }
             Kind::Mlp => Mixer::Mlp(Relu2Mlp::load(
                 ws,

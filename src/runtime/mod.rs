@@ -195,6 +195,11 @@ impl RuntimeHandle {
         self.shared.draining.load(Ordering::SeqCst)
     }
 
+    /// Whether the model actor still takes messages (its thread has not ended).
+    pub fn is_alive(&self) -> bool {
+        self.actor.connected()
+    }
+
     /// Ends every waiting and running request with [`RuntimeError::Unavailable`]`(why)`:
     /// streams get an error event and their end, non-streamed requests a 503.
     pub fn fail_all(&self, why: &str) {

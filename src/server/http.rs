@@ -35,7 +35,8 @@ pub fn unix_now() -> u64 {
 
 /// `{"status", "runtime": {...}}`: 200 with `ok`, or `busy` while requests wait to start;
 /// 503 with `stuck` once one engine step has run longer than `--health-stuck-secs`, and with
-/// `draining` once the server is stopping. On rank 0 of a multi-rank run also `parallel` and
+/// `draining` once the server is stopping, and with `unavailable` once the model thread has
+/// ended (a fault: no request can run). On rank 0 of a multi-rank run also `parallel` and
 /// `ranks` (rank, host, shard, state), and 503 with `unavailable` until every rank is ready
 /// or once one is lost.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
@@ -43,7 +44,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let snapshot = state.cluster.as_ref().map(|c| c.snapshot());
     let (mut response, status) = if state.runtime.is_draining() {
         (HttpResponse::ServiceUnavailable(), "draining")
-    } else if snapshot.as_ref().is_some_and(|s| !s.healthy()) {
+    } else if !state.runtime.is_alive() || snapshot.as_ref().is_some_and(|s| !s.healthy()) {
         (HttpResponse::ServiceUnavailable(), "unavailable")
     } else if runtime.step_ms > state.stuck_step.as_millis() as u64 {
         (HttpResponse::ServiceUnavailable(), "stuck")

@@ -115,12 +115,7 @@ struct ChatReader {
 impl ChatReader {
     fn keep(&mut self, events: Vec<ReplyEvent>) -> Vec<ReplyEvent> {
         let single = self.single_call;
-        let events = events.into_iter().filter(|e| match e {
-            ReplyEvent::ToolStart { index, .. }
-            | ReplyEvent::ToolArgs { index, .. }
-            | ReplyEvent::ToolEnd { index } => !single || *index == 0,
-            _ => true,
-        });
+        let events = events.into_iter().filter(|e| !single || !e.is_later_call());
         if !self.whole_calls {
             return events.collect();
         }

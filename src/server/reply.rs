@@ -27,6 +27,19 @@ pub enum ReplyEvent {
     },
 }
 
+impl ReplyEvent {
+    /// A part of a tool call after the first: what `parallel_tool_calls: false` (Anthropic's
+    /// `disable_parallel_tool_use`) drops.
+    pub fn is_later_call(&self) -> bool {
+        match self {
+            ReplyEvent::ToolStart { index, .. }
+            | ReplyEvent::ToolArgs { index, .. }
+            | ReplyEvent::ToolEnd { index } => *index > 0,
+            _ => false,
+        }
+    }
+}
+
 /// Reasoning splitter, then tool parser, over one reply (or, for gpt-oss, the harmony
 /// parser, which does both).
 pub struct ReplyParser {

@@ -79,6 +79,7 @@ async fn handle(
     let meta = Meta {
         id: format!("msg_{:08x}{:016x}", job.id, super::http::unix_now()),
         model: r.model.clone().unwrap_or_else(|| state.model_id.clone()),
+        single_call: !r.parallel_tool_calls,
     };
     if r.stream {
         Ok(stream(job, parser, meta))
@@ -91,6 +92,18 @@ struct Meta {
     id: String,
     /// Echoed as the client named it (Claude Code checks it).
     model: String,
+    /// `tool_choice.disable_parallel_tool_use`: only the first tool call is kept.
+    single_call: bool,
+}
+
+impl Meta {
+    /// `events` without what this reply drops (tool calls after the first, when asked).
+    fn keep(&self, events: Vec<ReplyEvent>) -> Vec<ReplyEvent> {
+        match self.single_call {
+            true => events.into_iter().filter(|e| !e.is_later_call()).collect(),
+            false => events,
+        }
+    }
 }
 
 /// `stop_reason`.
@@ -115,10 +128,10 @@ async fn collect(
     let mut reply = Reply::default();
     let (finish, usage, stop_sequence) = loop {
         match next_item(&mut job, false).await {
-            JobItem::Text(t) => reply.extend(parser.push(&t)),
+            JobItem::Text(t) => reply.extend(meta.keep(parser.push(&t))),
             JobItem::Logprobs(_) | JobItem::Idle => {}
             JobItem::Done(done) => {
-                reply.extend(parser.finish());
+                reply.extend(meta.keep(parser.finish()));
                 break (done.finish, usage(&done.usage), done.stop_sequence);
             }
             JobItem::Failed(e) => return Err(e),
@@ -269,14 +282,14 @@ impl Stream {
             match next_item(&mut self.job, true).await {
                 JobItem::Idle => return Some(sse_event("ping", "{\"type\": \"ping\"}")),
                 JobItem::Text(t) => {
-                    let events = self.parser.push(&t);
+                    let events = self.meta.keep(self.parser.push(&t));
                     self.write(events, &mut out);
                 }
                 JobItem::Logprobs(_) => {}
                 JobItem::Done(done) => {
                     self.finished = true;
                     self.output_tokens = done.usage.completion_tokens;
-                    let events = self.parser.finish();
+                    let events = self.meta.keep(self.parser.finish());
                     self.write(events, &mut out);
                     if self.next_block == 0 {
                         // Every message has at least one content block.

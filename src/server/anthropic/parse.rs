@@ -83,15 +83,25 @@ pub(super) fn parse(body: &[u8], purpose: Purpose) -> Result<ChatRequest, ApiErr
     let messages = merge_turns(messages);
     let tools = tools(&obj)?;
     let tool_choice = tool_choice(&obj, &tools)?;
-    // Extended thinking asks templates that support it to think.
+    // Extended thinking asks templates that support it to think; "disabled" asks them not to
+    // (a template's own default otherwise).
     let mut kwargs = Map::new();
-    if get(&obj, "thinking")
+    match get(&obj, "thinking")
         .and_then(|t| t.get("type"))
         .and_then(Value::as_str)
-        == Some("enabled")
     {
-        kwargs.insert("enable_thinking".into(), Value::Bool(true));
+        Some("enabled") => {
+            kwargs.insert("enable_thinking".into(), Value::Bool(true));
+        }
+        Some("disabled") => {
+            kwargs.insert("enable_thinking".into(), Value::Bool(false));
+        }
+        _ => {}
     }
+    let parallel_tool_calls = !get(&obj, "tool_choice")
+        .and_then(|c| c.get("disable_parallel_tool_use"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     Ok(ChatRequest {
         model,
         messages,
@@ -103,7 +113,7 @@ pub(super) fn parse(body: &[u8], purpose: Purpose) -> Result<ChatRequest, ApiErr
         stop,
         tools,
         tool_choice,
-        parallel_tool_calls: true,
+        parallel_tool_calls,
         chat_template_kwargs: kwargs,
         response_format: output_format(&obj)?,
     })
@@ -447,6 +457,26 @@ mod tests {
         assert_eq!(m.len(), 6);
         assert_eq!(r.chat_template_kwargs["enable_thinking"], true);
         assert!(r.response_format.is_none());
+    }
+
+    #[test]
+    fn thinking_disabled_and_single_tool_use_are_passed_on() {
+        let r = parse(
+            br#"{"max_tokens":8,"messages":[{"role":"user","content":"hi"}],
+            "thinking":{"type":"disabled"},
+            "tools":[{"name":"Read","input_schema":{"type":"object"}}],
+            "tool_choice":{"type":"auto","disable_parallel_tool_use":true}}"#,
+            Purpose::Generate,
+        )
+        .unwrap();
+        assert_eq!(r.chat_template_kwargs["enable_thinking"], false);
+        assert!(!r.parallel_tool_calls);
+        let r = parse(
+            br#"{"max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#,
+            Purpose::Generate,
+        )
+        .unwrap();
+        assert!(r.parallel_tool_calls && r.chat_template_kwargs.is_empty());
     }
 
     #[test]

@@ -254,6 +254,42 @@ fn nccl_environment_matches_mlx_launch() {
     assert_eq!(got, expected);
 }
 
+/// mlx.launch's `--python` (the interpreter runs the command on every rank) and
+/// `--print-python`; `--mpi-arg` is accepted.
+#[test]
+fn python_flags_as_mlx_launch() {
+    let out = kooka()
+        .args([
+            "launch",
+            "-n",
+            "2",
+            "--python",
+            &python(),
+            "--mpi-arg",
+            "-x",
+            "--",
+        ])
+        .args(["-c", "import os; print('rank', os.environ['MLX_RANK'])"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("[0] rank 0") && stdout.contains("[1] rank 1"),
+        "{stdout}"
+    );
+    let out = kooka()
+        .args([
+            "launch",
+            "--print-python",
+            "--python",
+            "/opt/py/bin/python3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "/opt/py/bin/python3\n");
+}
+
 #[test]
 fn single_rank_gets_no_hostfile() {
     let out = kooka()

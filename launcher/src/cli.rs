@@ -90,9 +90,19 @@ pub struct LaunchArgs {
     /// Give remote ranks a terminal (`ssh -tt`); default: none (`ssh -T`).
     #[arg(long)]
     pub tty: bool,
+    /// Run the command with this interpreter on every rank (`PY COMMAND...`), as mlx.launch.
+    #[arg(long, value_name = "PY")]
+    pub python: Option<String>,
+    /// Print the interpreter --python names (else `python3` on PATH) and exit.
+    #[arg(long)]
+    pub print_python: bool,
+    /// An mpirun argument (repeatable; mlx.launch's, for --backend mpi, which kooka launch does
+    /// not support).
+    #[arg(long = "mpi-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub mpi_args: Vec<String>,
     /// The command every rank runs (after the flags, optionally after `--`).
     #[arg(
-        required = true,
+        required_unless_present = "print_python",
         trailing_var_arg = true,
         allow_hyphen_values = true,
         value_name = "COMMAND"

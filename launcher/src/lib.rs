@@ -133,12 +133,34 @@ pub fn resolve_command(config: &LaunchConfig) -> Result<Vec<String>, LaunchError
             command.insert(0, exe.display().to_string());
         }
     }
+    if let Some(python) = &config.args.python {
+        command.insert(0, python.clone());
+    }
     Ok(command)
+}
+
+/// `--print-python`: the interpreter `--python` names, else `python3` as found on PATH.
+pub fn python_path(args: &LaunchArgs) -> String {
+    if let Some(python) = &args.python {
+        return python.clone();
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("python3"))
+                .find(|p| p.is_file())
+        })
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "python3".into())
 }
 
 /// Runs the ranks to completion; returns the launcher's exit code.
 pub fn run(config: LaunchConfig) -> Result<i32, LaunchError> {
     let a = &config.args;
+    if a.print_python {
+        println!("{}", python_path(a));
+        return Ok(0);
+    }
     if !(a.grace_period.is_finite() && a.grace_period >= 0.0) {
         return Err(LaunchError::GracePeriod);
     }

@@ -35,6 +35,41 @@ impl BackendArg {
     }
 }
 
+/// `--pipeline-split`, else (pipeline runs) kooka-server's `MINIMAX_PIPELINE_SPLIT` (`25,37`),
+/// with a warning that names the new flag.
+pub(super) fn pipeline_split(
+    parallel: ParallelArg,
+    flag: Option<Vec<usize>>,
+) -> anyhow::Result<Option<Vec<usize>>> {
+    if flag.is_some() || parallel != ParallelArg::Pipeline {
+        return Ok(flag);
+    }
+    let legacy = std::env::var("MINIMAX_PIPELINE_SPLIT").ok();
+    let split = parse_legacy_split(legacy.as_deref())?;
+    if split.is_some() {
+        tracing::warn!(
+            "MINIMAX_PIPELINE_SPLIT is kooka-server's name: use --pipeline-split or KOOKA_PIPELINE_SPLIT"
+        );
+    }
+    Ok(split)
+}
+
+fn parse_legacy_split(value: Option<&str>) -> anyhow::Result<Option<Vec<usize>>> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    value
+        .split(',')
+        .map(|n| n.trim().parse::<usize>())
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "MINIMAX_PIPELINE_SPLIT={value:?} is not a list of layer counts like 25,37"
+            )
+        })
+}
+
 /// In a launcher's environment: joins the group and says how to shard the model. `None` on
 /// a single rank.
 pub(super) fn join_shard(
@@ -67,4 +102,21 @@ pub(super) fn join_shard(
         mode,
         group: std::rc::Rc::new(group),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_legacy_split;
+
+    #[test]
+    fn kooka_servers_split_variable_is_read() {
+        assert_eq!(
+            parse_legacy_split(Some("25, 37")).unwrap(),
+            Some(vec![25, 37])
+        );
+        assert_eq!(parse_legacy_split(Some(" ")).unwrap(), None);
+        assert_eq!(parse_legacy_split(None).unwrap(), None);
+        let err = parse_legacy_split(Some("25;37")).unwrap_err().to_string();
+        assert!(err.contains("MINIMAX_PIPELINE_SPLIT=\"25;37\""), "{err}");
+    }
 }

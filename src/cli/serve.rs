@@ -228,7 +228,10 @@ const WRITES_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(30);
 pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let dir =
         crate::model::resolve::resolve_model(&args.model, &crate::model::resolve::hf_cache_dir())?;
-    let parallel = match (args.parallel, args.pipeline_split) {
+    let parallel = match (
+        args.parallel,
+        super::multi_rank::pipeline_split(args.parallel, args.pipeline_split)?,
+    ) {
         (ParallelArg::Pipeline, split) => crate::cluster::ParallelSpec::Pipeline { split },
         (ParallelArg::Tensor, None) => crate::cluster::ParallelSpec::Tensor,
         (ParallelArg::Tensor, Some(_)) => {

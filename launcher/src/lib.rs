@@ -108,6 +108,7 @@ pub fn plan(config: &LaunchConfig) -> Result<Vec<RankPlan>, LaunchError> {
     if let Some((_, v)) = cli_env
         .iter()
         .chain(&hostfile.env)
+        .chain(hostfile.hosts.iter().flat_map(|h| &h.env))
         .find(|(k, v)| k == env::NCCL_NVLS.0 && v != env::NCCL_NVLS.1)
     {
         eprintln!(

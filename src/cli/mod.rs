@@ -292,8 +292,8 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     let dtype: ComputeDtype = args.compute_dtype.into();
     let dir =
         crate::model::resolve::resolve_model(&args.model, &crate::model::resolve::hf_cache_dir())?;
-    let split = multi_rank::pipeline_split(args.parallel, args.pipeline_split.clone())?;
-    let shard = multi_rank::join_shard(args.parallel, split, args.backend)?;
+    let parallel = multi_rank::parallel_spec(args.parallel, args.pipeline_split.clone())?;
+    let shard = multi_rank::join_shard(&parallel, args.backend)?;
     let rank = shard.as_ref().map_or(0, |s| s.group.rank());
     let shard_free = shard.is_none();
     let model = crate::model::load_model_with(&dir, dtype, shard, args.adapter_path.as_deref())

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::ValueEnum;
 
+use crate::cluster::ParallelSpec;
 use crate::dist::Backend;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -35,23 +36,29 @@ impl BackendArg {
     }
 }
 
-/// `--pipeline-split`, else (pipeline runs) kooka-server's `MINIMAX_PIPELINE_SPLIT` (`25,37`),
-/// with a warning that names the new flag.
-pub(super) fn pipeline_split(
+/// `--parallel` and `--pipeline-split` (else, for pipeline runs, kooka-server's
+/// `MINIMAX_PIPELINE_SPLIT`, with a warning that names the new flag) as one split spec.
+pub(super) fn parallel_spec(
     parallel: ParallelArg,
-    flag: Option<Vec<usize>>,
-) -> anyhow::Result<Option<Vec<usize>>> {
-    if flag.is_some() || parallel != ParallelArg::Pipeline {
-        return Ok(flag);
+    split: Option<Vec<usize>>,
+) -> anyhow::Result<ParallelSpec> {
+    match (parallel, split) {
+        (ParallelArg::Pipeline, Some(split)) => Ok(ParallelSpec::Pipeline { split: Some(split) }),
+        (ParallelArg::Pipeline, None) => {
+            let legacy = std::env::var("MINIMAX_PIPELINE_SPLIT").ok();
+            let split = parse_legacy_split(legacy.as_deref())?;
+            if split.is_some() {
+                tracing::warn!(
+                    "MINIMAX_PIPELINE_SPLIT is kooka-server's name: use --pipeline-split or KOOKA_PIPELINE_SPLIT"
+                );
+            }
+            Ok(ParallelSpec::Pipeline { split })
+        }
+        (ParallelArg::Tensor, None) => Ok(ParallelSpec::Tensor),
+        (ParallelArg::Tensor, Some(_)) => {
+            anyhow::bail!("--pipeline-split only applies to --parallel pipeline")
+        }
     }
-    let legacy = std::env::var("MINIMAX_PIPELINE_SPLIT").ok();
-    let split = parse_legacy_split(legacy.as_deref())?;
-    if split.is_some() {
-        tracing::warn!(
-            "MINIMAX_PIPELINE_SPLIT is kooka-server's name: use --pipeline-split or KOOKA_PIPELINE_SPLIT"
-        );
-    }
-    Ok(split)
 }
 
 fn parse_legacy_split(value: Option<&str>) -> anyhow::Result<Option<Vec<usize>>> {
@@ -73,24 +80,15 @@ fn parse_legacy_split(value: Option<&str>) -> anyhow::Result<Option<Vec<usize>>>
 /// In a launcher's environment: joins the group and says how to shard the model. `None` on
 /// a single rank.
 pub(super) fn join_shard(
-    parallel: ParallelArg,
-    split: Option<Vec<usize>>,
+    parallel: &ParallelSpec,
     backend: BackendArg,
 ) -> anyhow::Result<Option<crate::model::Shard>> {
     use crate::dist::{Group, Topology, Watchdog};
-    use crate::model::ParallelMode;
     let topology = Topology::from_env(backend.backend())?;
     if topology == Topology::Single {
         return Ok(None);
     }
     topology.apply_process_defaults();
-    let mode = match (parallel, split) {
-        (ParallelArg::Pipeline, split) => ParallelMode::Pipeline { split },
-        (ParallelArg::Tensor, None) => ParallelMode::Tensor,
-        (ParallelArg::Tensor, Some(_)) => {
-            anyhow::bail!("--pipeline-split only applies to --parallel pipeline")
-        }
-    };
     // Group setup waits without limit for a rank that never starts.
     let watchdog = Watchdog::arm(
         std::time::Duration::from_secs(120),
@@ -99,7 +97,7 @@ pub(super) fn join_shard(
     let group = Group::init(&topology).context("joining the distributed group")?;
     watchdog.disarm();
     Ok(Some(crate::model::Shard {
-        mode,
+        mode: parallel.into(),
         group: std::rc::Rc::new(group),
     }))
 }

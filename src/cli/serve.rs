@@ -228,16 +228,7 @@ const WRITES_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(30);
 pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let dir =
         crate::model::resolve::resolve_model(&args.model, &crate::model::resolve::hf_cache_dir())?;
-    let parallel = match (
-        args.parallel,
-        super::multi_rank::pipeline_split(args.parallel, args.pipeline_split)?,
-    ) {
-        (ParallelArg::Pipeline, split) => crate::cluster::ParallelSpec::Pipeline { split },
-        (ParallelArg::Tensor, None) => crate::cluster::ParallelSpec::Tensor,
-        (ParallelArg::Tensor, Some(_)) => {
-            anyhow::bail!("--pipeline-split only applies to --parallel pipeline")
-        }
-    };
+    let parallel = super::multi_rank::parallel_spec(args.parallel, args.pipeline_split)?;
     // No launcher environment: single rank, and the multi-rank flags are unused.
     let topology = crate::dist::Topology::from_env(args.backend.backend())?;
     topology.apply_process_defaults();

@@ -51,13 +51,6 @@ pub struct Group {
 }
 
 impl Group {
-    /// Joins the group the environment describes (see [`Topology`]; `backend`: what
-    /// `--backend` asked for), or makes a one-rank group when nothing is set.
-    pub fn from_env(backend: Option<Backend>) -> Result<Self> {
-        let topology = Topology::from_env(backend)?;
-        Self::init(&topology)
-    }
-
     /// Joins `topology`'s group with its backend. Ring initialisation blocks until the
     /// neighbours are connected (MLX retries for about 30 s); NCCL's until every rank has
     /// fetched the unique id from rank 0.

@@ -200,8 +200,9 @@ impl Topology {
 }
 
 /// NCCL's NVLink multicast (NVLS) stays off: kooka's all-reduces are small, and on shared
-/// hosts a program that uses multicast can take the host's GPUs out of service.
-pub const NCCL_NVLS: (&str, &str) = ("NCCL_NVLS_ENABLE", "0");
+/// hosts a program that uses multicast can take the host's GPUs out of service (the same
+/// setting `kooka launch` gives every rank).
+pub use kooka_launcher::env::NCCL_NVLS;
 
 impl Topology {
     /// Sets what the backend must find in the process environment before it starts (under

@@ -19,6 +19,7 @@ use mlx_rs::transforms::compile::compile;
 use mlx_rs::{fast, ops, Array, Dtype};
 
 use super::gated_delta_chunked::{gated_delta_chunked, log_decay, use_chunked, CHUNK};
+use super::{run_compiled, Compiled};
 use crate::model::cache::StateCache;
 use crate::model::config::QuantConfig;
 use crate::model::error::{ModelError, Result};
@@ -28,7 +29,6 @@ use crate::model::slicing::slice_axis;
 use crate::model::weights::Weights;
 
 type Unary = Box<dyn for<'a> FnMut(&'a Array) -> std::result::Result<Array, Exception>>;
-type Many = Box<dyn for<'a> FnMut(&'a [Array]) -> std::result::Result<Vec<Array>, Exception>>;
 
 /// A Python scalar in MLX arithmetic: weakly typed, so it takes the array's dtype.
 fn scalar(v: f64, like: &Array) -> std::result::Result<Array, Exception> {
@@ -43,7 +43,7 @@ thread_local! {
     )));
     /// mlx-lm's `compute_g` (compiled shapeless): `exp(-exp(A_log) * softplus(a + dt_bias))`
     /// in float32, softplus being mlx's `logaddexp(x, 0)`.
-    static COMPUTE_G: RefCell<Many> = RefCell::new(Box::new(compile(
+    static COMPUTE_G: RefCell<Compiled> = RefCell::new(Box::new(compile(
         |xs: &[Array]| -> std::result::Result<Vec<Array>, Exception> {
             let (a_log, a, dt_bias) = (&xs[0], &xs[1], &xs[2]);
             let x = a.add(dt_bias)?;
@@ -55,7 +55,7 @@ thread_local! {
     )));
     /// mlx-lm's `precise_swiglu` (compiled shapeless): `[h, gate, x]` ->
     /// `(silu(gate) * x).astype(h.dtype)`, both in float32.
-    static PRECISE_SWIGLU: RefCell<Many> = RefCell::new(Box::new(compile(
+    static PRECISE_SWIGLU: RefCell<Compiled> = RefCell::new(Box::new(compile(
         |xs: &[Array]| -> std::result::Result<Vec<Array>, Exception> {
             let gate = xs[1].as_dtype(Dtype::Float32)?;
             let gate = gate.multiply(ops::sigmoid(&gate)?)?;
@@ -67,7 +67,7 @@ thread_local! {
     )));
     /// mlx-lm's `_gated_delta_step_ops` (compiled, not shapeless) with scalar gates and no
     /// mask: `[q, k, v, g, beta, state]` -> `[y, state]`.
-    static STEP: RefCell<Many> = RefCell::new(Box::new(compile(
+    static STEP: RefCell<Compiled> = RefCell::new(Box::new(compile(
         |xs: &[Array]| -> std::result::Result<Vec<Array>, Exception> {
             let (q, k, v, g, beta, state) = (&xs[0], &xs[1], &xs[2], &xs[3], &xs[4], &xs[5]);
             let state = state.multiply(g.expand_dims_axes(&[-1, -2])?)?;
@@ -88,9 +88,7 @@ fn silu(x: &Array) -> Result<Array> {
 
 fn compute_g(a_log: &Array, a: &Array, dt_bias: &Array) -> Result<Array> {
     let args = [a_log.clone(), a.clone(), dt_bias.clone()];
-    let mut out = COMPUTE_G.with(|f| (f.borrow_mut())(&args))?;
-    out.pop()
-        .ok_or_else(|| ModelError::Mlx("compute_g returned nothing".into()))
+    run_compiled(&COMPUTE_G, &args, "compute_g")
 }
 
 /// mlx-lm's `gated_delta_ops`: `q`, `k` `[B, T, Hk, Dk]`, `v` `[B, T, Hv, Dv]`, `g` and
@@ -300,10 +298,7 @@ impl GatedDeltaNet {
         // Qwen3NextRMSNormGated: rms_norm, then precise_swiglu (silu(z) * x in float32).
         let normed = fast::rms_norm(&out, Some(&self.norm_weight), s.eps)?;
         let args = [out, z, normed];
-        let gated = PRECISE_SWIGLU
-            .with(|f| (f.borrow_mut())(&args))?
-            .pop()
-            .ok_or_else(|| ModelError::Mlx("precise_swiglu returned nothing".into()))?;
+        let gated = run_compiled(&PRECISE_SWIGLU, &args, "precise_swiglu")?;
         self.out_proj.forward(&gated.reshape(&[b, l, -1])?)
     }
 

@@ -32,6 +32,7 @@ use mlx_rs::error::Exception;
 use mlx_rs::transforms::compile::compile;
 use mlx_rs::{ops, Array, Dtype};
 
+use super::{run_compiled, Compiled};
 use crate::model::error::{ModelError, Result};
 use crate::model::slicing::slice_axis;
 
@@ -59,12 +60,10 @@ pub(crate) fn use_chunked(l: i32) -> bool {
     l >= MIN_TOKENS && !forced_sequential()
 }
 
-type Many = Box<dyn for<'a> FnMut(&'a [Array]) -> std::result::Result<Vec<Array>, Exception>>;
-
 thread_local! {
     /// `log g` of mlx-lm's `compute_g`, `-exp(A_log) * softplus(a + dt_bias)`, compiled
     /// shapeless as `compute_g` is, so its fused kernel rounds the bf16 steps alike.
-    static LOG_DECAY: RefCell<Many> = RefCell::new(Box::new(compile(
+    static LOG_DECAY: RefCell<Compiled> = RefCell::new(Box::new(compile(
         |xs: &[Array]| -> std::result::Result<Vec<Array>, Exception> {
             let (a_log, a, dt_bias) = (&xs[0], &xs[1], &xs[2]);
             let x = a.add(dt_bias)?;
@@ -81,9 +80,7 @@ thread_local! {
 /// (and `-inf - -inf` into NaN).
 pub(crate) fn log_decay(a_log: &Array, a: &Array, dt_bias: &Array) -> Result<Array> {
     let args = [a_log.clone(), a.clone(), dt_bias.clone()];
-    let mut out = LOG_DECAY.with(|f| (f.borrow_mut())(&args))?;
-    out.pop()
-        .ok_or_else(|| ModelError::Mlx("log_decay returned nothing".into()))
+    run_compiled(&LOG_DECAY, &args, "log_decay")
 }
 
 /// Size of the diagonal blocks inverted by the power series; larger blocks merge from them.

@@ -15,6 +15,10 @@ pub mod gated_delta_chunked;
 pub mod nemotron_h;
 pub mod qwen3_next;
 
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
+use mlx_rs::error::Exception;
 use mlx_rs::Array;
 
 use super::cache::{AttnMask, KvCache, LayerCache, Positions, RowsView};
@@ -24,6 +28,22 @@ use super::layers::{Embedding, Linear, RmsNorm};
 use super::shard::{Dist, Stage};
 use super::weights::Weights;
 use super::LanguageModel;
+
+/// A compiled MLX closure over several arrays, kept one per thread (`thread_local!`: a trace
+/// belongs to the thread that made it).
+pub(crate) type Compiled =
+    Box<dyn for<'a> FnMut(&'a [Array]) -> std::result::Result<Vec<Array>, Exception>>;
+
+/// Runs this thread's `f` on `args`; its one output (`name` for the error).
+pub(crate) fn run_compiled(
+    f: &'static LocalKey<RefCell<Compiled>>,
+    args: &[Array],
+    name: &str,
+) -> Result<Array> {
+    f.with(|f| (f.borrow_mut())(args))?
+        .pop()
+        .ok_or_else(|| ModelError::Mlx(format!("{name} returned nothing")))
+}
 
 /// One layer of a hybrid model: `h` in, `h` out (residuals included).
 pub(crate) trait HybridLayer {

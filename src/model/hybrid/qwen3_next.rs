@@ -21,7 +21,7 @@ use mlx_rs::{ops, Array, Dtype};
 use serde::Deserialize;
 
 use super::gated_delta::{DeltaSpec, GatedDeltaNet};
-use super::{attention_inputs, Hybrid, HybridLayer};
+use super::{attention_inputs, run_compiled, Compiled, Hybrid, HybridLayer};
 use crate::model::block::{attention, Mlp};
 use crate::model::cache::{AttnMask, KvCache, LayerCache, Positions, RowsView, StateCache};
 use crate::model::config::{ModelConfig, QuantConfig};
@@ -178,11 +178,9 @@ impl NextMoe {
     }
 }
 
-type Ternary = Box<dyn for<'a> FnMut(&'a [Array]) -> std::result::Result<Vec<Array>, Exception>>;
-
 thread_local! {
     /// `y + sigmoid(gate) * shared`, one fused kernel (traced once per thread).
-    static GATED_ADD: RefCell<Ternary> = RefCell::new(Box::new(compile(
+    static GATED_ADD: RefCell<Compiled> = RefCell::new(Box::new(compile(
         |a: &[Array]| -> std::result::Result<Vec<Array>, Exception> {
             Ok(vec![a[0].add(ops::sigmoid(&a[1])?.multiply(&a[2])?)?])
         },
@@ -192,10 +190,7 @@ thread_local! {
 
 fn gated_add(y: &Array, gate: &Array, shared: &Array) -> Result<Array> {
     let args = [y.clone(), gate.clone(), shared.clone()];
-    GATED_ADD
-        .with(|f| (f.borrow_mut())(&args))?
-        .pop()
-        .ok_or_else(|| ModelError::Mlx("gated_add returned nothing".into()))
+    run_compiled(&GATED_ADD, &args, "gated_add")
 }
 
 enum Mixer {

@@ -45,6 +45,12 @@ LLAMA_CPP_SDIST=llama_cpp_python-0.3.36.tar.gz
 LLAMA_CPP_SDIST_SHA=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 QWEN_GGUF=Qwen2.5-Coder-0.5B-Instruct.gguf
 QWEN_GGUF_SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+# NVRTC and CUDA's headers: scripts/check_cuda_kernels.py compiles kooka's CUDA kernels (no GPU needed)
+NVRTC_WHEELS=(
+  "nvidia-cuda-nvrtc-cu12 nvidia_cuda_nvrtc_cu12-12.8.93-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.whl a7756528852ef889772a84c6cd89d41dfa74667e24cca16bb31f8f061e3e9994"
+  "nvidia-cuda-runtime-cu12 nvidia_cuda_runtime_cu12-12.8.90-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl adade8dcbd0edf427b7204d480d6066d33902cab2a4707dcfc48a2d0fd44ab90"
+  "nvidia-cuda-cccl-cu12 nvidia_cuda_cccl_cu12-12.8.90-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl 575bc5cfb0fe4a1956c539215c0f1e6718821b95a68ef6b7abf226aa87e3a5ad"
+)
 QWEN_PART_SHAS=(
   4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27
   fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b
@@ -168,6 +174,28 @@ EOF
     done
     [ "$(sha_of "$TP/gguf/$QWEN_GGUF.partial")" = "$QWEN_GGUF_SHA" ] || fail "the joined $QWEN_GGUF does not match its pinned sha256"
     mv "$TP/gguf/$QWEN_GGUF.partial" "$TP/gguf/$QWEN_GGUF"
+  fi
+
+  step "test tool: NVRTC 12.8 and CUDA's headers (PyPI nvidia-cuda-*-cu12), to compile the CUDA kernels"
+  if [ "$(uname -s)" = Linux ] && ! [ -f "$TP/nvrtc/.done" ]; then
+    rm -rf "$TP/nvrtc" && mkdir -p "$TP/nvrtc/lib" "$TP/nvrtc/include"
+    for w in "${NVRTC_WHEELS[@]}"; do
+      set -- $w
+      fetch_pypi "$1" "$2" "$3" "$DL"
+      python3 - "$DL/$2" "$TP/nvrtc" <<'EOF'
+import os, re, shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for n in z.namelist():
+        m = re.match(r"nvidia/[^/]+/(include/.+|lib/libnvrtc(-builtins)?\.so[.0-9]*)$", n)
+        if m and not n.endswith("/"):
+            dst = os.path.join(sys.argv[2], m.group(1))
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            with z.open(n) as src, open(dst, "wb") as out:
+                shutil.copyfileobj(src, out)
+EOF
+      rm -f "$DL/$2"
+    done
+    touch "$TP/nvrtc/.done"
   fi
 
   step "coding-agent CLIs: Claude Code, Codex, opencode (npm, pinned by scripts/agents/package-lock.json)"

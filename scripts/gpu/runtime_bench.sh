@@ -6,11 +6,14 @@
 #      prompt's prefill; KOOKA_DENSE_FROM_ROWS as set (the results are tagged with it)
 #   3. scripts/bench_serve.py: kooka serve (and mlx_lm.server with SIDES=kooka,mlx-lm) at
 #      $STREAMS concurrent streams, and a ~4k-token prompt resent
+#   kernels (not in the default steps): examples/cuda_kernels, kooka's CUDA kernels against
+#      MLX's ops (parity and time); carried as third_party/gpu/cuda_kernels (stage.sh)
 # The synthetic Llama-8B 4-bit model gets Qwen2.5's tokenizer (151,936 ids, more than the
 # model's 128,256), so that every sampled id decodes to text and time-to-first-text is the
 # time to the first token. Carried: third_party/gpu/{cuda13.part.ab, kooka, qwen-tokenizer/}.
-# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve; default all)
-# env: MODEL, SIDES, STREAMS, LONG_WORDS (resend prompt), TURN2_WORDS (a chat's turn 2 after
+# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve kernels;
+#   default setup qmm engine serve)
+# env: MODEL, SIDES, STREAMS, RUNS (engine: "batch prompt gen" triples, comma-separated), LONG_WORDS (resend prompt), TURN2_WORDS (a chat's turn 2 after
 # a system prompt this long; 0: off), RESEND_ROUNDS.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -44,8 +47,9 @@ for step in "${steps[@]}"; do
       ;;
     engine)
       . scripts/gpu/env.sh
-      tag=dense-${KOOKA_DENSE_FROM_ROWS:-default}
-      for run in "1 4096 8" "1 512 64" "8 512 64" "32 512 64"; do
+      tag=dense-${KOOKA_DENSE_FROM_ROWS:-default},attention-${KOOKA_DECODE_ATTENTION:-default}
+      IFS=, read -ra runs <<< "${RUNS:-1 4096 8,1 512 64,8 512 64,32 512 64}"
+      for run in "${runs[@]}"; do
         set -- $run
         [ "$(left)" -gt 60 ] || { log "skip engine batch $1 prompt $2"; continue; }
         log "kooka bench --batch $1 --prompt-tokens $2 ($tag)"
@@ -65,6 +69,11 @@ for step in "${steps[@]}"; do
         --long-prompt-words ${LONG_WORDS:-3000} --turn2-words ${TURN2_WORDS:-0} \
         --resend-rounds ${RESEND_ROUNDS:-2} --timeout 240 --json "$OUT/serve.json" 2>&1 | tee "$OUT/serve.md" || true
       for f in /tmp/bslogs/*; do [ -f "$f" ] && tail -c 3000 "$f" > "$OUT/$(basename "$f").tail"; done
+      ;;
+    kernels)
+      . scripts/gpu/env.sh
+      log "cuda_kernels"
+      timeout 120 /opt/mlxw/cuda_kernels 2>&1 | tee "$OUT/kernels.md"
       ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac

@@ -33,4 +33,8 @@ if [ -x "$ROOT/target/release/kooka" ]; then
 else
   echo "stage.sh: target/release/kooka missing (cargo build --release); kooka not staged" >&2
 fi
+ex="$ROOT/target/release/examples/cuda_kernels"
+if [ -x "$ex" ]; then
+  cp "$ex" "$G/cuda_kernels" && strip "$G/cuda_kernels"   # cargo build --release --example cuda_kernels
+fi
 ls -la "$G"

@@ -12,6 +12,7 @@ use mlx_rs::Array;
 
 use super::cache::{AttnMask, KvCache, Positions, RowsView};
 use super::config::QuantConfig;
+use super::cuda::decode_attention;
 use super::error::Result;
 use super::layers::{swiglu, Linear, RmsNorm};
 use super::mla::LatentAttention;
@@ -23,7 +24,8 @@ use super::weights::Weights;
 
 /// `softmax(q k^T * scale + mask) v` (with `sinks`' extra logits): MLX's fused attention, or on
 /// the CPU backend, for a prompt chunk where it pays, [`cpu_attention`]'s, or on a CUDA GPU,
-/// for a few queries (a speculative verify step), [`few_queries`]' two products.
+/// for a few queries (a speculative verify step), [`few_queries`]' two products, and for a
+/// batched decode step, [`decode_attention`]'s kernel.
 ///
 /// [`few_queries`]: super::few_queries
 ///
@@ -45,11 +47,16 @@ pub(crate) fn attention(
     if super::few_queries::use_for(q, sinks.is_some()) {
         return super::few_queries::attention(q, k, v, scale, mask);
     }
+    if let AttnMask::Rows { starts, .. } = mask {
+        if sinks.is_none() && decode_attention::applies(q, k, v) {
+            return decode_attention::attention(q, k, v, scale, starts);
+        }
+    }
     let mask = match mask {
         AttnMask::None => None,
         AttnMask::Causal => Some(ScaledDotProductAttentionMask::Causal),
-        AttnMask::Array(m) | AttnMask::Banded { array: m, .. } => {
-            Some(ScaledDotProductAttentionMask::Array(m))
+        AttnMask::Array(_) | AttnMask::Banded { .. } | AttnMask::Rows { .. } => {
+            mask.array().map(ScaledDotProductAttentionMask::Array)
         }
     };
     Ok(fast::scaled_dot_product_attention(

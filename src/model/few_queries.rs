@@ -43,7 +43,9 @@ pub(crate) fn attention(
     let allowed = match mask {
         AttnMask::None => None,
         AttnMask::Causal => Some(causal_mask(l, s - l, i32::MAX)),
-        AttnMask::Array(m) | AttnMask::Banded { array: m, .. } => Some(m.clone()),
+        AttnMask::Array(_) | AttnMask::Banded { .. } | AttnMask::Rows { .. } => {
+            mask.array().cloned()
+        }
     };
     let scores = match allowed {
         None => scores,

@@ -260,7 +260,9 @@ impl LatentAttention {
         let allowed = match mask {
             AttnMask::None => None,
             AttnMask::Causal => Some(causal(l, offset)?),
-            AttnMask::Array(m) | AttnMask::Banded { array: m, .. } => Some(m.clone()),
+            AttnMask::Array(_) | AttnMask::Banded { .. } | AttnMask::Rows { .. } => {
+                mask.array().cloned()
+            }
         };
         let pe_scores = match allowed {
             Some(m) => ops::select(&m, &pe_scores, lowest(pe_scores.dtype())?)?,

@@ -27,6 +27,7 @@ pub mod catalog;
 pub mod config;
 #[cfg(target_os = "linux")]
 pub mod cpu_attention;
+pub mod cuda;
 mod decoder;
 pub mod deepseek_v3;
 pub mod error;
@@ -47,7 +48,7 @@ pub mod qwen3_moe;
 pub mod resolve;
 pub mod rope;
 pub mod shard;
-pub(crate) mod slicing;
+pub mod slicing;
 pub mod weights;
 
 use std::path::Path;

@@ -35,6 +35,7 @@ pub use state::StateCache;
 pub const KV_STEP: i32 = 256;
 
 /// The attention mask a forward needs, as mlx-lm's `make_mask` decides it.
+#[derive(Clone)]
 pub enum AttnMask {
     None,
     Causal,
@@ -47,13 +48,19 @@ pub enum AttnMask {
         window: i32,
         array: Array,
     },
+    /// One query per row of a batch (a decode step), row `b` seeing keys `starts[b]..`
+    /// (int32 `[B]`): the same as `array` (boolean `[B, 1, 1, keys]`), for attention that
+    /// takes the start of each row instead of a mask (`model::cuda::decode_attention`).
+    Rows { starts: Array, array: Array },
 }
 
 impl AttnMask {
     /// The boolean mask, if this is one.
     pub fn array(&self) -> Option<&Array> {
         match self {
-            AttnMask::Array(a) | AttnMask::Banded { array: a, .. } => Some(a),
+            AttnMask::Array(a) | AttnMask::Banded { array: a, .. } | AttnMask::Rows { array: a, .. } => {
+                Some(a)
+            }
             AttnMask::None | AttnMask::Causal => None,
         }
     }
@@ -180,6 +187,9 @@ impl KvCache {
     /// growing cache; a rotating cache's is its size).
     pub(crate) fn mask_within(&self, n: i32, window: Option<i32>) -> Result<AttnMask> {
         if let Some(r) = &self.rows {
+            if n == 1 {
+                return Self::row_starts(r, self.offset, window);
+            }
             return Ok(AttnMask::Array(Self::padding_mask(
                 r,
                 self.offset,
@@ -501,11 +511,13 @@ mod tests {
         );
         assert_eq!(row_values(&batch, 1), [10.0, 11.0, 200.0, 400.0]);
         // The next query's mask hides the shifted-in columns.
-        let AttnMask::Array(m) = batch.make_mask(1).unwrap() else {
+        let m = batch.make_mask(1).unwrap();
+        let (AttnMask::Rows { starts, .. }, Some(m)) = (&m, m.array()) else {
             panic!("a batch has a mask");
         };
+        assert_eq!(starts.as_slice::<i32>(), [0, 3]);
         assert_eq!(
-            host(&m),
+            host(m),
             [
                 true, true, true, true, true, true, true, true, // row 0
                 false, false, false, true, true, true, true, true, // row 1
@@ -547,11 +559,13 @@ mod tests {
         let mut other = KvCache::windowed(3);
         other.update_and_fetch(&kv(2), &kv(2)).unwrap();
         let batch = KvCache::merge(vec![c, other]).unwrap();
-        let AttnMask::Array(m) = batch.make_mask(1).unwrap() else {
+        let m = batch.make_mask(1).unwrap();
+        let (AttnMask::Rows { starts, .. }, Some(m)) = (&m, m.array()) else {
             panic!("a batch has a mask");
         };
+        assert_eq!(starts.as_slice::<i32>(), [3, 3], "the window and the padding");
         assert_eq!(
-            host(&m),
+            host(m),
             [false, false, false, true, true, true, false, false, false, true, true, true]
         );
     }

@@ -104,6 +104,23 @@ impl KvCache {
         }))
     }
 
+    /// The mask of one new query per row: none when every row sees every key, else each
+    /// row's first visible key (its padding, and the `window` when given) and the same as a
+    /// boolean mask.
+    pub(super) fn row_starts(r: &Rows, offset: i32, window: Option<i32>) -> Result<super::AttnMask> {
+        let keys = offset + 1;
+        let first_in_window = window.map_or(0, |w| (keys - w).max(0));
+        let starts: Vec<i32> = r.left_pad.iter().map(|&p| p.max(first_in_window)).collect();
+        if starts.iter().all(|&s| s == 0) {
+            return Ok(super::AttnMask::None);
+        }
+        let b = starts.len() as i32;
+        let starts = Array::from_slice(&starts, &[b]);
+        let j = Array::from_iter(0..keys, &[1, 1, 1, keys]);
+        let array = j.ge(&starts.reshape(&[b, 1, 1, 1])?)?;
+        Ok(super::AttnMask::Rows { starts, array })
+    }
+
     /// Keys `j` a row may attend to when `n` queries follow `offset`: `j >= left_pad[row]`
     /// (and causal within the `n`, and within the last `window` positions), as bool
     /// `[B, 1, n, offset + n]`.

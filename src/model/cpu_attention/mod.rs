@@ -75,7 +75,9 @@ pub(crate) fn use_for(mask: &AttnMask, q: &Array, k: &Array) -> Option<Mask> {
         AttnMask::Banded { window, array } if *window >= 1 && array.shape() == [l, s] => {
             Some(Mask::Window(*window as usize))
         }
-        AttnMask::Banded { .. } | AttnMask::Array(_) | AttnMask::None => None,
+        AttnMask::Banded { .. } | AttnMask::Array(_) | AttnMask::Rows { .. } | AttnMask::None => {
+            None
+        }
     }
 }
 

@@ -62,15 +62,7 @@ pub(crate) fn attention_inputs(
 ) -> Result<(AttnMask, Positions)> {
     match rows {
         Some(v) => {
-            let mask = match v.mask_for(None) {
-                AttnMask::None => AttnMask::None,
-                AttnMask::Causal => AttnMask::Causal,
-                AttnMask::Array(m) => AttnMask::Array(m.clone()),
-                AttnMask::Banded { window, array } => AttnMask::Banded {
-                    window: *window,
-                    array: array.clone(),
-                },
-            };
+            let mask = v.mask_for(None).clone();
             let positions = match &v.positions {
                 Positions::Same(p) => Positions::Same(*p),
                 Positions::PerRow(a) => Positions::PerRow(a.clone()),

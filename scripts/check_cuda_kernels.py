@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Compiles kooka's CUDA kernel bodies (src/model/cuda/*.cu) with NVRTC, as MLX 0.32's
+`fast::cuda_kernel` wraps them (a `__global__` function of the inputs, their `_shape` /
+`_strides` when the body uses them, and the outputs; the template constants first), for every
+type and a spread of constants. Needs no GPU: NVRTC only compiles. MLX's own device header
+(`mlx/backend/cuda/device/utils.cuh`, built into libmlx) is replaced by a stand-in that
+declares what the bodies use (`Shape`, `Strides`, the half types).
+
+usage: check_cuda_kernels.py [--nvrtc DIR]   (DIR: scripts/setup.sh --tests puts NVRTC in
+third_party/nvrtc: lib/libnvrtc.so.12 and include/ with CUDA's runtime and CCCL headers)
+"""
+import argparse
+import ctypes
+import itertools
+import os
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCES = os.path.join(ROOT, "src", "model", "cuda")
+TYPES = {"bfloat16": "__nv_bfloat16", "float16": "__half", "float32": "float"}
+
+# name -> (inputs, outputs, constant sets). Input / output names as in the Rust wrapper.
+KERNELS = {
+    "decode_attention_partial": (
+        [("q", "T"), ("k", "T"), ("v", "T"), ("starts", "int32_t")],
+        [("o_part", "float"), ("m_part", "float"), ("l_part", "float")],
+        [{"D": d, "G": g, "SCALE_BITS": 0x3E000000} for d, g in itertools.product((64, 128, 256), (1, 4, 8))],
+    ),
+    "decode_attention_combine": (
+        [("o_part", "float"), ("m_part", "float"), ("l_part", "float")],
+        [("out", "T")],
+        [{"D": d} for d in (64, 128, 256)],
+    ),
+}
+
+STAND_IN = """#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda/std/array>
+namespace mlx::core::cu {
+#define MAX_NDIM 10
+using Shape = cuda::std::array<int32_t, MAX_NDIM>;
+using Strides = cuda::std::array<int64_t, MAX_NDIM>;
+}
+"""
+
+
+def wrap(name, inputs, outputs, constants, body, t):
+    """The source MLX 0.32 compiles for `body` (mlx/backend/cuda/custom_kernel.cpp)."""
+    s = ('#include "mlx/backend/cuda/device/utils.cuh"\n\n#include <cooperative_groups.h>\n\n'
+         "namespace mlx::core::cu {\n\nnamespace cg = cooperative_groups;\n\n")
+    s += f"__global__ void custom_kernel_{name}(\n"
+    for n, ty in inputs:
+        ty = t if ty == "T" else ty
+        s += f"    const {ty}* {n},\n"
+        if n + "_shape" in body:
+            s += f"    const __grid_constant__ Shape {n}_shape,\n"
+        if n + "_strides" in body:
+            s += f"    const __grid_constant__ Strides {n}_strides,\n"
+    s += ",\n".join(f"    {t if ty == 'T' else ty}* {n}" for n, ty in outputs) + ") {\n"
+    s += f"  using T = {t};\n"
+    s += "".join(f"  constexpr int {k} = {v};\n" for k, v in constants.items())
+    return s + "\n" + body + "\n}\n\n} // namespace mlx::core::cu\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nvrtc", default=os.path.join(ROOT, "third_party", "nvrtc"))
+    args = p.parse_args()
+    nvrtc = ctypes.CDLL(os.path.join(args.nvrtc, "lib", "libnvrtc.so.12"))
+    stand_in = tempfile.mkdtemp()
+    os.makedirs(os.path.join(stand_in, "mlx/backend/cuda/device"))
+    with open(os.path.join(stand_in, "mlx/backend/cuda/device/utils.cuh"), "w") as f:
+        f.write(STAND_IN)
+    opts = [b"--device-as-default-execution-space", b"--gpu-architecture=compute_90", b"-std=c++17",
+            f"--include-path={stand_in}".encode(),
+            f"--include-path={os.path.join(args.nvrtc, 'include')}".encode()]
+    failed = 0
+    for name, (inputs, outputs, constant_sets) in KERNELS.items():
+        with open(os.path.join(SOURCES, name + ".cu")) as f:
+            body = f.read()
+        for (dtype, t), constants in itertools.product(TYPES.items(), constant_sets):
+            src = wrap(name, inputs, outputs, constants, body, t)
+            prog = ctypes.c_void_p()
+            assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), f"{name}.cu".encode(),
+                                            0, None, None) == 0
+            status = nvrtc.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+            size = ctypes.c_size_t()
+            nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+            log = ctypes.create_string_buffer(size.value)
+            nvrtc.nvrtcGetProgramLog(prog, log)
+            nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
+            what = f"{name} {dtype} {constants}"
+            if status != 0:
+                failed += 1
+                print(f"FAILED {what}\n{log.value.decode()}")
+            elif b"warning" in log.value:
+                failed += 1
+                print(f"WARNINGS {what}\n{log.value.decode()}")
+            else:
+                print(f"ok {what}")
+    print(f"{failed} failed" if failed else "all kernels compile")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,7 @@ use super::adapter::Lora;
 use super::config::{QuantConfig, QuantMode, QuantSpec};
 use super::error::{ModelError, Result};
 use super::quant_ops;
+use super::slicing::slice_axis;
 use super::weights::Weights;
 use crate::dist::depends;
 
@@ -61,6 +62,10 @@ pub struct QuantMatrix {
     /// float copy, then a GEMM): MLX's quantized GEMM is arithmetic-bound far below the
     /// device's float GEMM on a long prompt. `None`: always the quantized matmul.
     pub dense_from_rows: Option<i32>,
+    /// Inputs of 2 up to this many rows (a small decode batch) are padded with zero rows to
+    /// this many: MLX's CUDA backend multiplies fewer than 8 rows as that many matrix-vector
+    /// products, each reading the whole matrix, and 8 or more in one GEMM. `None`: never.
+    pub pad_rows_to: Option<i32>,
 }
 
 impl QuantMatrix {
@@ -159,6 +164,7 @@ impl QuantMatrix {
             biases,
             spec,
             dense_from_rows: ws.policy.dense_from_rows,
+            pad_rows_to: ws.policy.pad_rows_to,
         })
     }
 
@@ -177,6 +183,24 @@ impl QuantMatrix {
             let w = quant_ops::dequantize(&w, &self.scales, self.biases.as_ref(), &self.spec)?
                 .as_dtype(x.dtype())?;
             return Ok(ops::matmul(x, w.t())?);
+        }
+        let pad = match (self.pad_rows_to, shape) {
+            (Some(n), &[1, m, _]) if (2..n).contains(&m) && self.spec.mode == QuantMode::Affine => {
+                Some((m, n))
+            }
+            _ => None,
+        };
+        if let Some((m, n)) = pad {
+            let padded = ops::pad(x, &[(0, 0), (0, n - m), (0, 0)], None, None)?;
+            let y = quant_ops::quantized_matmul(
+                &padded,
+                &self.w,
+                &self.scales,
+                self.biases.as_ref(),
+                &self.spec,
+                true,
+            )?;
+            return slice_axis(&y, 1, 0, m);
         }
         quant_ops::quantized_matmul(
             x,
@@ -328,6 +352,7 @@ impl Linear {
             },
             spec: first.spec,
             dense_from_rows: first.dense_from_rows,
+            pad_rows_to: first.pad_rows_to,
         });
         let bias = match with_bias {
             0 => None,
@@ -470,6 +495,7 @@ pub(crate) mod tests {
                 biases: Some(biases),
                 spec,
                 dense_from_rows: None,
+                pad_rows_to: None,
             }),
             bias,
             lora: None,
@@ -499,6 +525,23 @@ pub(crate) mod tests {
                 let expected = ops::concatenate(&separate, -1).unwrap();
                 assert_eq!(host(&fused.forward(&x).unwrap()), host(&expected));
             }
+        }
+    }
+
+    #[test]
+    fn small_batches_padded_to_more_rows_give_the_same_rows() {
+        let plain = quantized(96, 128, 5, true);
+        let mut padding = quantized(96, 128, 5, true);
+        if let Matrix::Quant(q) = &mut padding.weight {
+            q.pad_rows_to = Some(8);
+        }
+        let key = random::key(12).unwrap();
+        for (b, l) in [(1, 1), (3, 1), (1, 5), (7, 1), (8, 1), (12, 1)] {
+            let x = random::normal::<f32>(&[b, l, 128], None, None, &key).unwrap();
+            let (want, got) = (plain.forward(&x).unwrap(), padding.forward(&x).unwrap());
+            assert_eq!(got.shape(), want.shape());
+            let diff = host(&want.subtract(&got).unwrap().abs().unwrap().max(None).unwrap());
+            assert!(diff[0] < 1e-4, "{b}x{l}: {}", diff[0]);
         }
     }
 

@@ -114,6 +114,7 @@ impl ComputeDtype {
             dequantize,
             dtype,
             dense_from_rows: dense_from_rows(on_cpu),
+            pad_rows_to: pad_rows_to(on_cpu),
         }
     }
 }
@@ -129,6 +130,18 @@ fn dense_from_rows(on_cpu: bool) -> Option<i32> {
         Ok(v) => v.trim().parse::<i32>().ok().filter(|n| *n > 0),
         Err(_) if on_cpu || cfg!(target_os = "macos") => None,
         Err(_) => Some(256),
+    }
+}
+
+/// To how many rows packed weights pad a smaller decode batch: `KOOKA_PAD_ROWS` (`0` or
+/// `off`: never), else 8 on CUDA, where MLX multiplies 2 to 7 rows as that many
+/// matrix-vector products (2 rows 1.8x, 4 rows 3.2x the time of 1 on an H200) and 8 rows in
+/// one GEMM (1.0x; `docs/PERFORMANCE.md`). The CPU unpacks at load; Metal is not measured.
+fn pad_rows_to(on_cpu: bool) -> Option<i32> {
+    match std::env::var("KOOKA_PAD_ROWS") {
+        Ok(v) => v.trim().parse::<i32>().ok().filter(|n| *n > 2),
+        Err(_) if on_cpu || cfg!(target_os = "macos") => None,
+        Err(_) => Some(8),
     }
 }
 

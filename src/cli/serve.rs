@@ -110,7 +110,7 @@ pub struct ServeArgs {
     pub prompt_cache_disk_bytes: Option<u64>,
     /// Prompt tokens read per scheduler step: each step also gives every running stream one
     /// token, so this bounds how long a long prompt stalls them [default: 512 on the CPU
-    /// backend, 2048 on a GPU].
+    /// backend, 2048 on Metal, 8192 on CUDA].
     #[arg(long, env = "KOOKA_PREFILL_CHUNK", help_heading = "Runtime limits")]
     pub prefill_chunk: Option<usize>,
     #[command(flatten)]

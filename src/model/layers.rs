@@ -62,7 +62,7 @@ pub struct QuantMatrix {
     /// float copy, then a GEMM): MLX's quantized GEMM is arithmetic-bound far below the
     /// device's float GEMM on a long prompt. `None`: always the quantized matmul.
     pub dense_from_rows: Option<i32>,
-    /// Inputs of 2 up to this many rows (a small decode batch) are padded with zero rows to
+    /// Inputs of half up to this many rows (a small decode batch) are padded with zero rows to
     /// this many: MLX's CUDA backend multiplies fewer than 8 rows as that many matrix-vector
     /// products, each reading the whole matrix, and 8 or more in one GEMM. `None`: never.
     pub pad_rows_to: Option<i32>,
@@ -185,7 +185,9 @@ impl QuantMatrix {
             return Ok(ops::matmul(x, w.t())?);
         }
         let pad = match (self.pad_rows_to, shape) {
-            (Some(n), &[1, m, _]) if (2..n).contains(&m) && self.spec.mode == QuantMode::Affine => {
+            // Padding at most doubles the rows: 2 rows padded to 8 measured slower than
+            // two matrix-vector products (H200: 14.5 vs 11.1 ms a step), 4 rows faster.
+            (Some(n), &[1, m, _]) if m < n && 2 * m >= n && self.spec.mode == QuantMode::Affine => {
                 Some((m, n))
             }
             _ => None,

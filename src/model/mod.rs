@@ -133,10 +133,11 @@ fn dense_from_rows(on_cpu: bool) -> Option<i32> {
     }
 }
 
-/// To how many rows packed weights pad a smaller decode batch: `KOOKA_PAD_ROWS` (`0` or
-/// `off`: never), else 8 on CUDA, where MLX multiplies 2 to 7 rows as that many
-/// matrix-vector products (2 rows 1.8x, 4 rows 3.2x the time of 1 on an H200) and 8 rows in
-/// one GEMM (1.0x; `docs/PERFORMANCE.md`). The CPU unpacks at load; Metal is not measured.
+/// To how many rows packed weights pad a decode batch of at least half as many:
+/// `KOOKA_PAD_ROWS` (`0` or `off`: never), else 8 on CUDA, where MLX multiplies 2 to 7 rows
+/// as that many matrix-vector products and 8 rows in one GEMM (an 8B 4-bit step on an H200:
+/// 4 rows 19.5 ms, padded to 8 16.7 ms; 2 rows 11.1 ms, padded 14.5 ms; docs/PERFORMANCE.md).
+/// The CPU unpacks at load; Metal is not measured.
 fn pad_rows_to(on_cpu: bool) -> Option<i32> {
     match std::env::var("KOOKA_PAD_ROWS") {
         Ok(v) => v.trim().parse::<i32>().ok().filter(|n| *n > 2),

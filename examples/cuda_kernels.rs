@@ -1,13 +1,16 @@
 //! kooka's CUDA kernels against MLX's ops on the GPU: the batched decode attention
 //! (`model::cuda::decode_attention`) against MLX's masked attention computed in float32, at
 //! several batch / head / key shapes, rows starting at random keys; then its time against
-//! MLX's masked and unmasked attention (32 calls per evaluation, median of 10). Exits
-//! non-zero if any error exceeds the tolerance. Run on the GPU machine (it refuses the CPU).
+//! MLX's masked and unmasked attention (32 calls per evaluation, median of 10). Then the
+//! few-rows 4-bit matmul (`model::cuda::qmm_small`) against the float32 product of the
+//! dequantized matrix, and its time against MLX's `quantized_matmul` over 32 distinct
+//! 14336x4096 matrices (an 8B model's layers: read from memory, not cache). Exits non-zero
+//! if any error exceeds the tolerance. Run on the GPU machine (it refuses the CPU).
 //!
 //! usage: cuda_kernels
 use std::time::Instant;
 
-use kooka::model::cuda::decode_attention;
+use kooka::model::cuda::{decode_attention, qmm_small};
 use kooka::model::slicing::slice_axis;
 use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
 use mlx_rs::{random, transforms, Array, Dtype};
@@ -125,7 +128,89 @@ fn main() -> anyhow::Result<()> {
         let plain = timed(&|| Ok(scaled_dot_product_attention(&q, &k, &v, s, None, None)?))?;
         println!("| {b} | {keys} | {kernel:.4} | {with_mask:.4} | {plain:.4} |");
     }
-    anyhow::ensure!(worst_excess <= 0.0, "the kernel is off by {worst_excess:e} more than MLX");
+    anyhow::ensure!(worst_excess <= 0.0, "the attention kernel is off by {worst_excess:e} more than MLX");
+    qmm()?;
     println!("\nparity ok");
+    Ok(())
+}
+
+/// A random packed matrix `[n, k]`: (w, scales, biases, the dequantized float32 matrix).
+fn packed(n: i32, k: i32, group: i32, dtype: Dtype, seed: u64) -> anyhow::Result<[Array; 4]> {
+    let w = random::normal::<f32>(&[n, k], None, None, Some(&random::key(seed)?))?.as_dtype(dtype)?;
+    let (q, s, b) = mlx_rs::ops::quantize(&w, group, 4)?;
+    let dense = mlx_rs::ops::dequantize(&q, &s, &b, group, 4)?.as_dtype(Dtype::Float32)?;
+    transforms::eval([&q, &s, &b, &dense])?;
+    Ok([q, s, b, dense])
+}
+
+fn qmm() -> anyhow::Result<()> {
+    use Dtype::{Bfloat16 as BF16, Float16 as F16, Float32 as F32};
+    println!("\n| M | N | K | group | dtype | kernel vs f32 | MLX vs f32 |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut worst_excess = 0.0f32;
+    let cases = [
+        (1, 4096, 4096, 64, BF16),
+        (2, 6144, 4096, 64, BF16),
+        (3, 100, 192, 64, BF16),
+        (8, 4096, 14336, 64, BF16),
+        (17, 2048, 512, 32, F16),
+        (32, 28672, 4096, 64, BF16),
+        (5, 96, 256, 128, F32),
+        (32, 4096, 4096, 128, BF16),
+    ];
+    for (i, &(m, n, k, group, dtype)) in cases.iter().enumerate() {
+        let [q, s, b, dense] = packed(n, k, group, dtype, 50 + i as u64)?;
+        let x = random::normal::<f32>(&[1, m, k], None, None, Some(&random::key(70 + i as u64)?))?
+            .as_dtype(dtype)?;
+        anyhow::ensure!(qmm_small::applies(&x, &q, &s, 4, group), "qmm_small does not apply");
+        let want = x.as_dtype(F32)?.matmul(dense.t())?;
+        let got = qmm_small::matmul_t(&x, &q, &s, &b, group)?;
+        anyhow::ensure!(got.shape() == [1, m, n] && got.dtype() == dtype, "shape or type");
+        let mlx = mlx_rs::ops::quantized_matmul(&x, &q, &s, &b, true, group, 4)?;
+        let (e_got, e_mlx) = (max_abs(&got, &want)?, max_abs(&mlx, &want)?);
+        println!("| {m} | {n} | {k} | {group} | {dtype:?} | {e_got:.2e} | {e_mlx:.2e} |");
+        // Outputs are sums of thousands of products: a few units of the type's precision.
+        let scale = want.abs()?.max(None)?.try_item_exact::<f32>()?;
+        let unit = match dtype {
+            BF16 => scale / 128.0,
+            F16 => scale / 1024.0,
+            _ => scale * 1e-5,
+        };
+        worst_excess = worst_excess.max(e_got - e_mlx.max(unit));
+    }
+    anyhow::ensure!(worst_excess <= 0.0, "qmm_small is off by {worst_excess:e} more than MLX");
+    // Time: 32 distinct matrices, as a decode step's layers.
+    let layers: Vec<[Array; 4]> = (0..32)
+        .map(|i| packed(14336, 4096, 64, BF16, 200 + i))
+        .collect::<anyhow::Result<_>>()?;
+    println!("\n| M | kernel ms / matrix | MLX ms / matrix | kernel GB/s |");
+    println!("|---|---|---|---|");
+    let bytes = 14336.0 * 4096.0 * (0.5 + 4.0 / 64.0);
+    for m in [1, 2, 4, 8, 16, 32] {
+        let x = random::normal::<f32>(&[1, m, 4096], None, None, Some(&random::key(9)?))?.as_dtype(BF16)?;
+        x.eval()?;
+        let run = |kernel: bool| -> anyhow::Result<f64> {
+            let once = || -> anyhow::Result<f64> {
+                let t = Instant::now();
+                let outs: Vec<Array> = layers
+                    .iter()
+                    .map(|[q, s, b, _]| match kernel {
+                        true => Ok(qmm_small::matmul_t(&x, q, s, b, 64)?),
+                        false => Ok(mlx_rs::ops::quantized_matmul(&x, q, s, b, true, 64, 4)?),
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                transforms::eval(outs.iter())?;
+                Ok(t.elapsed().as_secs_f64() * 1e3 / 32.0)
+            };
+            for _ in 0..3 {
+                once()?;
+            }
+            let mut ts: Vec<f64> = (0..10).map(|_| once()).collect::<anyhow::Result<_>>()?;
+            ts.sort_by(f64::total_cmp);
+            Ok(ts[ts.len() / 2])
+        };
+        let (ours, theirs) = (run(true)?, run(false)?);
+        println!("| {m} | {ours:.4} | {theirs:.4} | {:.0} |", bytes / ours / 1e6);
+    }
     Ok(())
 }

@@ -27,6 +27,11 @@ KERNELS = {
         [("o_part", "float"), ("m_part", "float"), ("l_part", "float")],
         [{"D": d, "G": g, "SCALE_BITS": 0x3E000000} for d, g in itertools.product((64, 128, 256), (1, 4, 8))],
     ),
+    "qmm_small": (
+        [("x", "T"), ("w", "uint32_t"), ("scales", "S"), ("biases", "S")],
+        [("y", "T")],
+        [{"TM": tm, "GROUP": g, "WARPS": 8} for tm, g in itertools.product((1, 2, 8, 32), (32, 64, 128))],
+    ),
     "decode_attention_combine": (
         [("o_part", "float"), ("m_part", "float"), ("l_part", "float")],
         [("out", "T")],
@@ -52,7 +57,7 @@ def wrap(name, inputs, outputs, constants, body, t):
          "namespace mlx::core::cu {\n\nnamespace cg = cooperative_groups;\n\n")
     s += f"__global__ void custom_kernel_{name}(\n"
     for n, ty in inputs:
-        ty = t if ty == "T" else ty
+        ty = t if ty in ("T", "S") else ty
         s += f"    const {ty}* {n},\n"
         if n + "_shape" in body:
             s += f"    const __grid_constant__ Shape {n}_shape,\n"
@@ -60,6 +65,8 @@ def wrap(name, inputs, outputs, constants, body, t):
             s += f"    const __grid_constant__ Strides {n}_strides,\n"
     s += ",\n".join(f"    {t if ty == 'T' else ty}* {n}" for n, ty in outputs) + ") {\n"
     s += f"  using T = {t};\n"
+    if "S" in [ty for _, ty in inputs]:
+        s += f"  using S = {t};\n"
     s += "".join(f"  constexpr int {k} = {v};\n" for k, v in constants.items())
     return s + "\n" + body + "\n}\n\n} // namespace mlx::core::cu\n"
 

@@ -33,12 +33,14 @@ thread_local! {
             &["q", "k", "v", "starts"],
             &["o_part", "m_part", "l_part"],
             PARTIAL,
+            false,
         ),
         CudaKernel::new(
             "kooka_decode_attention_combine",
             &["o_part", "m_part", "l_part"],
             &["out"],
             COMBINE,
+            true,
         ),
     );
 }

@@ -50,9 +50,15 @@ fn strings(items: &[&str]) -> mlx_sys::mlx_vector_string {
 }
 
 impl CudaKernel {
-    /// `source` is the body; arrays are read in place (strided) unless they are passed
-    /// row-contiguous by the caller.
-    pub fn new(name: &str, inputs: &[&str], outputs: &[&str], source: &str) -> Self {
+    /// `source` is the body; with `contiguous`, MLX copies inputs that are not
+    /// row-contiguous first, else the body reads them in place (through `_strides`).
+    pub fn new(
+        name: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        source: &str,
+        contiguous: bool,
+    ) -> Self {
         let (n, src, header) = (c_string(name), c_string(source), c_string(""));
         let (ins, outs) = (strings(inputs), strings(outputs));
         // SAFETY: every argument is live for the call, which copies what it keeps.
@@ -63,7 +69,7 @@ impl CudaKernel {
                 outs,
                 src.as_ptr(),
                 header.as_ptr(),
-                false,
+                contiguous,
                 0,
             );
             mlx_sys::mlx_vector_string_free(ins);

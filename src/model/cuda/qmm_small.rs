@@ -19,6 +19,8 @@ const SOURCE: &str = include_str!("qmm_small.cu");
 const WARPS: i32 = 8;
 /// The most rows a thread holds (the largest `TM`).
 const MAX_ROWS: i32 = 32;
+/// Off until measured on the GPU (`KOOKA_QMM_ROWS=1-32` turns it on).
+const DEFAULT_ROWS: Option<(i32, i32)> = None;
 
 thread_local! {
     static KERNEL: CudaKernel = CudaKernel::new(
@@ -30,8 +32,8 @@ thread_local! {
     );
 }
 
-/// The rows this kernel takes: `KOOKA_QMM_ROWS` as `LO-HI` (`off`: none), else 1-32 on a
-/// CUDA device, none elsewhere. Decided once per process.
+/// The rows this kernel takes on a CUDA device: `KOOKA_QMM_ROWS` as `LO-HI` (up to 32), else
+/// [`DEFAULT_ROWS`]; none elsewhere. Decided once per process.
 fn rows() -> Option<(i32, i32)> {
     static ROWS: OnceLock<Option<(i32, i32)>> = OnceLock::new();
     *ROWS.get_or_init(|| {
@@ -39,7 +41,7 @@ fn rows() -> Option<(i32, i32)> {
             return None;
         }
         match std::env::var("KOOKA_QMM_ROWS") {
-            Err(_) => Some((1, MAX_ROWS)),
+            Err(_) => DEFAULT_ROWS,
             Ok(v) => {
                 let (lo, hi) = v.trim().split_once('-')?;
                 let (lo, hi) = (lo.parse::<i32>().ok()?, hi.parse::<i32>().ok()?);

@@ -55,7 +55,11 @@ fn masked(q: &Array, k: &Array, v: &Array, mask: &Array, scale: f32) -> anyhow::
 }
 
 fn max_abs(a: &Array, b: &Array) -> anyhow::Result<f32> {
-    let d = a.as_dtype(Dtype::Float32)?.subtract(b.as_dtype(Dtype::Float32)?)?.abs()?.max(None)?;
+    let d = a
+        .as_dtype(Dtype::Float32)?
+        .subtract(b.as_dtype(Dtype::Float32)?)?
+        .abs()?
+        .max(None)?;
     d.eval()?;
     Ok(d.try_item_exact::<f32>()?)
 }
@@ -77,7 +81,14 @@ fn timed(f: &dyn Fn() -> anyhow::Result<Array>) -> anyhow::Result<f64> {
 
 fn main() -> anyhow::Result<()> {
     use Dtype::{Bfloat16 as BF16, Float16 as F16, Float32 as F32};
-    let case = |b, h, kvh, d, keys, dtype| Case { b, h, kvh, d, keys, dtype };
+    let case = |b, h, kvh, d, keys, dtype| Case {
+        b,
+        h,
+        kvh,
+        d,
+        keys,
+        dtype,
+    };
     let cases = [
         case(32, 32, 8, 128, 640, BF16),
         case(8, 32, 8, 128, 1000, BF16),
@@ -101,7 +112,10 @@ fn main() -> anyhow::Result<()> {
         let f32s = |a: &Array| a.as_dtype(F32);
         let want = masked(&f32s(&q)?, &f32s(&k)?, &f32s(&v)?, &mask, scale)?;
         let got = decode_attention::attention(&q, &k, &v, scale, &starts)?;
-        anyhow::ensure!(got.shape() == q.shape() && got.dtype() == q.dtype(), "shape or type");
+        anyhow::ensure!(
+            got.shape() == q.shape() && got.dtype() == q.dtype(),
+            "shape or type"
+        );
         let mlx = masked(&q, &k, &v, &mask, scale)?;
         let (e_got, e_mlx) = (max_abs(&got, &want)?, max_abs(&mlx, &want)?);
         println!(
@@ -128,7 +142,10 @@ fn main() -> anyhow::Result<()> {
         let plain = timed(&|| Ok(scaled_dot_product_attention(&q, &k, &v, s, None, None)?))?;
         println!("| {b} | {keys} | {kernel:.4} | {with_mask:.4} | {plain:.4} |");
     }
-    anyhow::ensure!(worst_excess <= 0.0, "the attention kernel is off by {worst_excess:e} more than MLX");
+    anyhow::ensure!(
+        worst_excess <= 0.0,
+        "the attention kernel is off by {worst_excess:e} more than MLX"
+    );
     qmm()?;
     println!("\nparity ok");
     Ok(())
@@ -136,7 +153,8 @@ fn main() -> anyhow::Result<()> {
 
 /// A random packed matrix `[n, k]`: (w, scales, biases, the dequantized float32 matrix).
 fn packed(n: i32, k: i32, group: i32, dtype: Dtype, seed: u64) -> anyhow::Result<[Array; 4]> {
-    let w = random::normal::<f32>(&[n, k], None, None, Some(&random::key(seed)?))?.as_dtype(dtype)?;
+    let w =
+        random::normal::<f32>(&[n, k], None, None, Some(&random::key(seed)?))?.as_dtype(dtype)?;
     let (q, s, b) = mlx_rs::ops::quantize(&w, group, 4)?;
     let dense = mlx_rs::ops::dequantize(&q, &s, &b, group, 4)?.as_dtype(Dtype::Float32)?;
     transforms::eval([&q, &s, &b, &dense])?;
@@ -162,10 +180,16 @@ fn qmm() -> anyhow::Result<()> {
         let [q, s, b, dense] = packed(n, k, group, dtype, 50 + i as u64)?;
         let x = random::normal::<f32>(&[1, m, k], None, None, Some(&random::key(70 + i as u64)?))?
             .as_dtype(dtype)?;
-        anyhow::ensure!(qmm_small::applies(&x, &q, &s, 4, group), "qmm_small does not apply");
+        anyhow::ensure!(
+            qmm_small::applies(&x, &q, &s, 4, group),
+            "qmm_small does not apply"
+        );
         let want = x.as_dtype(F32)?.matmul(dense.t())?;
         let got = qmm_small::matmul_t(&x, &q, &s, &b, group)?;
-        anyhow::ensure!(got.shape() == [1, m, n] && got.dtype() == dtype, "shape or type");
+        anyhow::ensure!(
+            got.shape() == [1, m, n] && got.dtype() == dtype,
+            "shape or type"
+        );
         let mlx = mlx_rs::ops::quantized_matmul(&x, &q, &s, &b, true, group, 4)?;
         let (e_got, e_mlx) = (max_abs(&got, &want)?, max_abs(&mlx, &want)?);
         println!("| {m} | {n} | {k} | {group} | {dtype:?} | {e_got:.2e} | {e_mlx:.2e} |");
@@ -178,7 +202,10 @@ fn qmm() -> anyhow::Result<()> {
         };
         worst_excess = worst_excess.max(e_got - e_mlx.max(unit));
     }
-    anyhow::ensure!(worst_excess <= 0.0, "qmm_small is off by {worst_excess:e} more than MLX");
+    anyhow::ensure!(
+        worst_excess <= 0.0,
+        "qmm_small is off by {worst_excess:e} more than MLX"
+    );
     // Time: 32 distinct matrices, as a decode step's layers.
     let layers: Vec<[Array; 4]> = (0..32)
         .map(|i| packed(14336, 4096, 64, BF16, 200 + i))
@@ -187,7 +214,8 @@ fn qmm() -> anyhow::Result<()> {
     println!("|---|---|---|---|");
     let bytes = 14336.0 * 4096.0 * (0.5 + 4.0 / 64.0);
     for m in [1, 2, 4, 8, 16, 32] {
-        let x = random::normal::<f32>(&[1, m, 4096], None, None, Some(&random::key(9)?))?.as_dtype(BF16)?;
+        let x = random::normal::<f32>(&[1, m, 4096], None, None, Some(&random::key(9)?))?
+            .as_dtype(BF16)?;
         x.eval()?;
         let run = |kernel: bool| -> anyhow::Result<f64> {
             let once = || -> anyhow::Result<f64> {
@@ -210,7 +238,10 @@ fn qmm() -> anyhow::Result<()> {
             Ok(ts[ts.len() / 2])
         };
         let (ours, theirs) = (run(true)?, run(false)?);
-        println!("| {m} | {ours:.4} | {theirs:.4} | {:.0} |", bytes / ours / 1e6);
+        println!(
+            "| {m} | {ours:.4} | {theirs:.4} | {:.0} |",
+            bytes / ours / 1e6
+        );
     }
     Ok(())
 }

@@ -21,6 +21,10 @@ fn cuda_kernels_compile_with_nvrtc() {
         .output()
         .expect("python3 runs");
     let log = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{log}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{log}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(log.contains("all kernels compile"), "{log}");
 }

@@ -10,9 +10,9 @@ use mlx_rs::{fast, ops, Array, Dtype};
 
 use super::adapter::Lora;
 use super::config::{QuantConfig, QuantMode, QuantSpec};
+use super::cuda::qmm_small;
 use super::error::{ModelError, Result};
 use super::quant_ops;
-use super::cuda::qmm_small;
 use super::slicing::slice_axis;
 use super::weights::Weights;
 use crate::dist::depends;
@@ -551,7 +551,15 @@ pub(crate) mod tests {
             let x = random::normal::<f32>(&[b, l, 128], None, None, &key).unwrap();
             let (want, got) = (plain.forward(&x).unwrap(), padding.forward(&x).unwrap());
             assert_eq!(got.shape(), want.shape());
-            let diff = host(&want.subtract(&got).unwrap().abs().unwrap().max(None).unwrap());
+            let diff = host(
+                &want
+                    .subtract(&got)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max(None)
+                    .unwrap(),
+            );
             assert!(diff[0] < 1e-4, "{b}x{l}: {}", diff[0]);
         }
     }

@@ -51,16 +51,19 @@ pub enum AttnMask {
     /// One query per row of a batch (a decode step), row `b` seeing keys `starts[b]..`
     /// (int32 `[B]`): the same as `array` (boolean `[B, 1, 1, keys]`), for attention that
     /// takes the start of each row instead of a mask (`model::cuda::decode_attention`).
-    Rows { starts: Array, array: Array },
+    Rows {
+        starts: Array,
+        array: Array,
+    },
 }
 
 impl AttnMask {
     /// The boolean mask, if this is one.
     pub fn array(&self) -> Option<&Array> {
         match self {
-            AttnMask::Array(a) | AttnMask::Banded { array: a, .. } | AttnMask::Rows { array: a, .. } => {
-                Some(a)
-            }
+            AttnMask::Array(a)
+            | AttnMask::Banded { array: a, .. }
+            | AttnMask::Rows { array: a, .. } => Some(a),
             AttnMask::None | AttnMask::Causal => None,
         }
     }
@@ -563,7 +566,11 @@ mod tests {
         let (AttnMask::Rows { starts, .. }, Some(m)) = (&m, m.array()) else {
             panic!("a batch has a mask");
         };
-        assert_eq!(starts.as_slice::<i32>(), [3, 3], "the window and the padding");
+        assert_eq!(
+            starts.as_slice::<i32>(),
+            [3, 3],
+            "the window and the padding"
+        );
         assert_eq!(
             host(m),
             [false, false, false, true, true, true, false, false, false, true, true, true]

@@ -107,7 +107,11 @@ impl KvCache {
     /// The mask of one new query per row: none when every row sees every key, else each
     /// row's first visible key (its padding, and the `window` when given) and the same as a
     /// boolean mask.
-    pub(super) fn row_starts(r: &Rows, offset: i32, window: Option<i32>) -> Result<super::AttnMask> {
+    pub(super) fn row_starts(
+        r: &Rows,
+        offset: i32,
+        window: Option<i32>,
+    ) -> Result<super::AttnMask> {
         let keys = offset + 1;
         let first_in_window = window.map_or(0, |w| (keys - w).max(0));
         let starts: Vec<i32> = r.left_pad.iter().map(|&p| p.max(first_in_window)).collect();

@@ -81,13 +81,7 @@ pub fn applies(q: &Array, k: &Array, v: &Array) -> bool {
 
 /// `softmax(q k^T * scale) v` with row `b` seeing keys `starts[b]..` (int32 `[B]`); `q`, `k`,
 /// `v` as [`applies`] says. `[B, H, 1, D]` in `q`'s type.
-pub fn attention(
-    q: &Array,
-    k: &Array,
-    v: &Array,
-    scale: f32,
-    starts: &Array,
-) -> Result<Array> {
+pub fn attention(q: &Array, k: &Array, v: &Array, scale: f32, starts: &Array) -> Result<Array> {
     let (b, h, d) = (q.shape()[0], q.shape()[1], q.shape()[3]);
     let (kvh, keys) = (k.shape()[1], k.shape()[2]);
     let chunks = chunk_count(b * kvh, keys);

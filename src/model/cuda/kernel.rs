@@ -110,11 +110,13 @@ impl CudaKernel {
                 mlx_sys::mlx_fast_cuda_kernel_config_set_thread_group(config, t1, t2, t3);
                 for ((_, value), name) in launch.constants.iter().zip(&names) {
                     match value {
-                        Constant::Int(v) => mlx_sys::mlx_fast_cuda_kernel_config_add_template_arg_int(
-                            config,
-                            name.as_ptr(),
-                            *v,
-                        ),
+                        Constant::Int(v) => {
+                            mlx_sys::mlx_fast_cuda_kernel_config_add_template_arg_int(
+                                config,
+                                name.as_ptr(),
+                                *v,
+                            )
+                        }
                         Constant::Type(d) => {
                             mlx_sys::mlx_fast_cuda_kernel_config_add_template_arg_dtype(
                                 config,
@@ -148,7 +150,11 @@ impl CudaKernel {
             mlx_sys::mlx_fast_cuda_kernel_config_free(config);
             status.map_err(fail)?;
             if outputs.len() != launch.outputs.len() {
-                return Err(fail(format!("{} outputs, expected {}", outputs.len(), launch.outputs.len())));
+                return Err(fail(format!(
+                    "{} outputs, expected {}",
+                    outputs.len(),
+                    launch.outputs.len()
+                )));
             }
             Ok(outputs)
         }

@@ -43,6 +43,7 @@ mod mla;
 pub mod moe;
 mod projections;
 pub mod pull;
+mod quant_matrix;
 mod quant_ops;
 pub mod qwen3_moe;
 pub mod resolve;

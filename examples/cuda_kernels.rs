@@ -64,10 +64,11 @@ fn max_abs(a: &Array, b: &Array) -> anyhow::Result<f32> {
     Ok(d.try_item_exact::<f32>()?)
 }
 
-fn timed(f: &dyn Fn() -> anyhow::Result<Array>) -> anyhow::Result<f64> {
+/// Milliseconds per call of `f(i)`, `i` in 0..32, all 32 evaluated together (median of 10).
+fn timed(f: &dyn Fn(usize) -> anyhow::Result<Array>) -> anyhow::Result<f64> {
     let run = || -> anyhow::Result<f64> {
         let t = Instant::now();
-        let outs: Vec<Array> = (0..32).map(|_| f()).collect::<anyhow::Result<_>>()?;
+        let outs: Vec<Array> = (0..32).map(f).collect::<anyhow::Result<_>>()?;
         transforms::eval(outs.iter())?;
         Ok(t.elapsed().as_secs_f64() * 1e3 / 32.0)
     };
@@ -137,9 +138,9 @@ fn main() -> anyhow::Result<()> {
         let c = case(b, 32, 8, 128, keys, BF16);
         let (q, k, v, starts, mask) = inputs(&c, 99)?;
         let s = 128f32.powf(-0.5);
-        let kernel = timed(&|| Ok(decode_attention::attention(&q, &k, &v, s, &starts)?))?;
-        let with_mask = timed(&|| masked(&q, &k, &v, &mask, s))?;
-        let plain = timed(&|| Ok(scaled_dot_product_attention(&q, &k, &v, s, None, None)?))?;
+        let kernel = timed(&|_| Ok(decode_attention::attention(&q, &k, &v, s, &starts)?))?;
+        let with_mask = timed(&|_| masked(&q, &k, &v, &mask, s))?;
+        let plain = timed(&|_| Ok(scaled_dot_product_attention(&q, &k, &v, s, None, None)?))?;
         println!("| {b} | {keys} | {kernel:.4} | {with_mask:.4} | {plain:.4} |");
     }
     anyhow::ensure!(
@@ -217,27 +218,14 @@ fn qmm() -> anyhow::Result<()> {
         let x = random::normal::<f32>(&[1, m, 4096], None, None, Some(&random::key(9)?))?
             .as_dtype(BF16)?;
         x.eval()?;
-        let run = |kernel: bool| -> anyhow::Result<f64> {
-            let once = || -> anyhow::Result<f64> {
-                let t = Instant::now();
-                let outs: Vec<Array> = layers
-                    .iter()
-                    .map(|[q, s, b, _]| match kernel {
-                        true => Ok(qmm_small::matmul_t(&x, q, s, b, 64)?),
-                        false => Ok(mlx_rs::ops::quantized_matmul(&x, q, s, b, true, 64, 4)?),
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-                transforms::eval(outs.iter())?;
-                Ok(t.elapsed().as_secs_f64() * 1e3 / 32.0)
-            };
-            for _ in 0..3 {
-                once()?;
-            }
-            let mut ts: Vec<f64> = (0..10).map(|_| once()).collect::<anyhow::Result<_>>()?;
-            ts.sort_by(f64::total_cmp);
-            Ok(ts[ts.len() / 2])
-        };
-        let (ours, theirs) = (run(true)?, run(false)?);
+        let ours = timed(&|i| {
+            let [q, s, b, _] = &layers[i];
+            Ok(qmm_small::matmul_t(&x, q, s, b, 64)?)
+        })?;
+        let theirs = timed(&|i| {
+            let [q, s, b, _] = &layers[i];
+            Ok(mlx_rs::ops::quantized_matmul(&x, q, s, b, true, 64, 4)?)
+        })?;
         println!(
             "| {m} | {ours:.4} | {theirs:.4} | {:.0} |",
             bytes / ours / 1e6

@@ -303,23 +303,18 @@ impl PrefixCache {
 
     /// Keeps what row `row` of `caches` holds: a copy of its positions (or its state), which
     /// are the first of `tokens` (the ids fed so far). Nothing when the caches cannot give a
-    /// row (rotating).
+    /// row (rotating), or when this cache and its disk tier hold those tokens already (a
+    /// resent prompt: no copy is made).
     pub fn offer(
         &mut self,
         caches: &[LayerCache],
         row: usize,
         tokens: &[u32],
     ) -> crate::model::Result<()> {
-        let mut layers = Vec::with_capacity(caches.len());
         let mut n = None;
         for c in caches {
-            match c.row(row)? {
-                Some((r, len)) => {
-                    if len.is_some() {
-                        n = len;
-                    }
-                    layers.push(r);
-                }
+            match c.row_len(row) {
+                Some(len) => n = len.or(n),
                 None => return Ok(()),
             }
         }
@@ -327,14 +322,52 @@ impl PrefixCache {
         if n == 0 || n > tokens.len() {
             return Ok(());
         }
+        let tokens = &tokens[..n];
+        let recurrent = caches.iter().any(LayerCache::is_recurrent);
+        let disk_lacks = (self.disk.as_mut()).is_some_and(|d| d.lacks(tokens, recurrent));
+        if !self.wants(tokens) && !disk_lacks {
+            return Ok(());
+        }
+        let mut layers = Vec::with_capacity(caches.len());
+        for c in caches {
+            match c.row(row)? {
+                Some((r, _)) => layers.push(r),
+                None => return Ok(()),
+            }
+        }
         mlx_rs::transforms::async_eval(layers.iter().flat_map(LayerRow::arrays))?;
         if let Some(disk) = self.disk.as_mut() {
-            if let Err(e) = disk.store(&tokens[..n], &layers) {
+            if let Err(e) = disk.store(tokens, &layers) {
                 tracing::warn!("prompt cache: not written to disk: {e}");
             }
         }
-        self.insert(tokens[..n].to_vec(), layers);
+        self.insert(tokens.to_vec(), layers);
         Ok(())
+    }
+
+    /// Whether [`Self::insert`] would keep `tokens`; an entry that already covers them counts
+    /// as used now.
+    fn wants(&mut self, tokens: &[u32]) -> bool {
+        if self.budget_tokens == 0
+            || tokens.is_empty()
+            || tokens.len() + self.checkpoint_tokens > self.budget_tokens
+        {
+            return false;
+        }
+        self.clock += 1;
+        let (clock, recurrent, n) = (self.clock, self.recurrent, tokens.len());
+        match self
+            .entries
+            .iter_mut()
+            .find(|e| e.tokens.starts_with(tokens))
+        {
+            None => true,
+            Some(e) => {
+                e.last_used = clock;
+                // A recurrent state inside a longer entry is a new checkpoint.
+                recurrent && n != e.tokens.len() && !e.checkpoints.iter().any(|(at, _)| *at == n)
+            }
+        }
     }
 
     fn total_tokens(&self) -> usize {
@@ -458,6 +491,27 @@ mod tests {
         assert!(c.lookup(&[1, 2, 3, 4, 5, 6], &fresh(1)).unwrap().is_none());
         // Too big for the budget: never kept.
         assert!(!c.insert((0..11).collect(), kv(11)));
+    }
+
+    #[test]
+    fn offering_what_is_held_copies_nothing_and_counts_as_use() {
+        let mut c = PrefixCache::new(10);
+        let held = |n: i32| vec![LayerCache::from_row(&kv(n)[0], n, &fresh(1)[0]).unwrap()];
+        c.offer(&held(4), 0, &[1, 2, 3, 4, 5]).unwrap();
+        assert_eq!(
+            (c.stats().entries, c.stats().tokens),
+            (1, 4),
+            "the 4 positions held"
+        );
+        assert!(c.insert(vec![8, 8, 8], kv(3)));
+        // Resent: covered, so no row is taken, but [1..4] is now the most recently used.
+        assert!(!c.wants(&[1, 2, 3]));
+        c.offer(&held(4), 0, &[1, 2, 3, 4]).unwrap();
+        assert_eq!(c.stats().entries, 2);
+        assert!(c.insert(vec![9, 9, 9, 9], kv(4)));
+        assert_eq!(c.stats().evictions, 1);
+        assert!(c.lookup(&[1, 2, 3, 4, 5], &fresh(1)).unwrap().is_some());
+        assert!(c.lookup(&[8, 8, 8, 8], &fresh(1)).unwrap().is_none());
     }
 
     /// A layer of keys and values and a recurrent layer; the state's value says after how

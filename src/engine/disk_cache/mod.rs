@@ -241,6 +241,13 @@ impl DiskCache {
         self.stats.misses += 1;
     }
 
+    /// Whether [`Self::store`] would write anything of `tokens` (`state`: with recurrent
+    /// states after them).
+    pub fn lacks(&mut self, tokens: &[u32], state: bool) -> bool {
+        self.drain();
+        self.writer.is_some() && self.index.plan(tokens, state).is_some()
+    }
+
     /// Queues what the folder lacks of `tokens` (with `layers` after them: keys and values of
     /// at least `tokens.len()` positions, recurrent states after exactly that many).
     pub fn store(&mut self, tokens: &[u32], layers: &[LayerRow]) -> Result<()> {

@@ -140,6 +140,16 @@ impl LayerCache {
         })
     }
 
+    /// What [`Self::row`] would give as its length, without copying anything: `None` when
+    /// it would give no row, `Some(None)` for a stateless layer.
+    pub fn row_len(&self, b: usize) -> Option<Option<i32>> {
+        match self {
+            LayerCache::Kv(c) => c.row_len(b).map(Some),
+            LayerCache::State(s) => s.row_len(b).map(Some),
+            LayerCache::Stateless => Some(None),
+        }
+    }
+
     /// Row `b`'s first `n` positions of a right-padded batched prefill (attention layers
     /// only: a recurrent state would have read the padding).
     pub fn row_head(&self, b: usize, n: i32) -> Result<LayerCache> {

@@ -304,19 +304,23 @@ impl KvCache {
     /// cache (a shared buffer would keep the whole batch alive and stop MLX from updating it
     /// in place), and `n`.
     pub fn row(&self, b: usize) -> Result<Option<(Array, Array, i32)>> {
-        let (Some(k), Some(v)) = (&self.keys, &self.values) else {
+        let (Some(k), Some(v), Some(n)) = (&self.keys, &self.values, self.row_len(b)) else {
             return Ok(None);
         };
-        if self.rotation.is_some() {
-            return Ok(None);
+        let take = |a: &Array| own_copy(a, b, self.offset - n, self.offset);
+        Ok(Some((take(k)?, take(v)?, n)))
+    }
+
+    /// The positions [`Self::row`] would give row `b` (`None`: no row, as there).
+    pub fn row_len(&self, b: usize) -> Option<i32> {
+        if self.keys.is_none() || self.values.is_none() || self.rotation.is_some() {
+            return None;
         }
         let pad = match &self.rows {
             Some(r) => r.left_pad.get(b).copied().unwrap_or(self.offset),
             None => 0,
         };
-        let n = self.offset - pad;
-        let take = |a: &Array| own_copy(a, b, pad, self.offset);
-        Ok(Some((take(k)?, take(v)?, n)))
+        Some(self.offset - pad)
     }
 
     /// Row `b`'s first `n` positions of a cache without padding (a right-padded batched

@@ -108,15 +108,19 @@ impl StateCache {
         Ok(())
     }
 
+    /// The tokens row `b` has read, when [`Self::row`] gives it (`None` before the first
+    /// forward).
+    pub fn row_len(&self, b: usize) -> Option<i32> {
+        let n = *self.lengths.get(b)?;
+        (self.written() && n > 0).then_some(n)
+    }
+
     /// Row `b`'s state as arrays of its own (a view would keep the whole batch alive), and
     /// the tokens it has read; `None` before the first forward.
     pub fn row(&self, b: usize) -> Result<Option<(Vec<Array>, i32)>> {
-        let Some(&n) = self.lengths.get(b) else {
+        let Some(n) = self.row_len(b) else {
             return Ok(None);
         };
-        if !self.written() || n == 0 {
-            return Ok(None);
-        }
         if self.lengths.len() == 1 {
             // Arrays are immutable and the next forward replaces them: no copy needed.
             return Ok(Some((self.arrays.iter().flatten().cloned().collect(), n)));

@@ -279,17 +279,7 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
             Some(Value::Array(parts)) => {
                 let mut text = String::new();
                 for part in parts {
-                    match part.get("text").and_then(Value::as_str) {
-                        Some(t) if part.get("type").and_then(Value::as_str) == Some("text") => {
-                            text.push_str(t)
-                        }
-                        _ => {
-                            return Err(ApiError::field(
-                                &format!("{param}.content"),
-                                format!("`{param}.content`: only text parts are supported"),
-                            ))
-                        }
-                    }
+                    text.push_str(&chat_part_text(part, &format!("{param}.content"))?);
                 }
                 m.insert("content".into(), Value::String(text));
             }
@@ -321,6 +311,31 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
         out.push(Value::Object(m));
     }
     Ok(out)
+}
+
+/// The text of one part of a chat message's content. What a text model cannot read (an
+/// image, audio, a file) stands as a short note, as in the Anthropic and Responses APIs, so
+/// that an agent's pasted screenshot does not fail the whole turn.
+fn chat_part_text(part: &Value, param: &str) -> Result<String, ApiError> {
+    let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
+    let field = |name: &str| part.get(name).and_then(Value::as_str);
+    let what = match (kind, field("text"), field("refusal")) {
+        ("text", Some(t), _) | ("refusal", _, Some(t)) => return Ok(t.to_string()),
+        ("image_url", ..) => "image",
+        ("input_audio", ..) => "audio",
+        ("file", ..) => "file",
+        _ => {
+            return Err(ApiError::field(
+                param,
+                format!(
+                    "`{param}`: content part type {kind:?} is not supported (text parts; \
+                     images, audio and files stand as a note that they were omitted)"
+                ),
+            ))
+        }
+    };
+    tracing::debug!(param, kind, "content part not readable by the model");
+    Ok(format!("[{what} omitted]"))
 }
 
 /// Templates index into `function.arguments` (`tool_call.arguments | tojson`, `.items()`),
@@ -363,6 +378,26 @@ mod tests {
         assert_eq!(r.params.top_k, 0);
         assert_eq!(r.params.seed, Some(u64::MAX));
         assert_eq!(r.stop, vec!["x".to_string()]);
+    }
+
+    #[test]
+    fn unreadable_parts_stand_as_notes_and_unknown_ones_are_refused() {
+        let r = parse_chat(
+            br#"{"messages":[{"role":"user","content":[{"type":"text","text":"look: "},
+                {"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}},
+                {"type":"input_audio","input_audio":{"data":"AAAA","format":"wav"}}]},
+                {"role":"assistant","content":[{"type":"refusal","refusal":"no"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.messages[0]["content"],
+            "look: [image omitted][audio omitted]"
+        );
+        assert_eq!(r.messages[1]["content"], "no");
+        assert_eq!(
+            param_of(r#"{"messages":[{"role":"user","content":[{"type":"video"}]}]}"#).as_deref(),
+            Some("messages[0].content")
+        );
     }
 
     #[test]

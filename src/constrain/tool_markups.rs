@@ -83,7 +83,10 @@ impl Markup {
     /// The body of one call of `tool` (a Lark rule body).
     pub(super) fn call(self, tool: &Tool) -> Result<String, ConstrainError> {
         if self == Markup::JsonTools {
-            return Ok(json_rule(&json_call_schema(tool), !tool.strict));
+            return Ok(json_rule(
+                &json_call_schema(tool, "arguments"),
+                !tool.strict,
+            ));
         }
         if self.json_bodied() {
             return self.tagged_call(tool, &json_rule(&tool.params, !tool.strict));

@@ -106,11 +106,12 @@ impl ToolCalls<'_> {
             ParserKind::Deepseek => Some(Markup::Deepseek),
             ParserKind::KimiK2 => Some(Markup::KimiK2),
             ParserKind::Harmony => None,
+            ParserKind::Llama3Json => return llama3_call(self.tools, self.choice, self.parallel),
             other => {
                 return Err(ConstrainError::unsupported(
                     "tool_choice",
                     format!(
-                    "tool calls in the {} format (supported: json_tools, qwen3_coder, minimax_m2, glm45, deepseek, kimi_k2, harmony)",
+                    "tool calls in the {} format (supported: json_tools, qwen3_coder, minimax_m2, glm45, deepseek, kimi_k2, harmony, llama3_json)",
                     other.name()
                 ),
                 ))
@@ -275,6 +276,52 @@ fn harmony_call(tools: &[Tool], choice: &ToolChoice) -> Result<Option<Grammar>, 
     Grammar::new(start + &rules, what, "tools").map(Some)
 }
 
+/// Llama 3.x: a forced call is the whole reply, `{"name": NAME, "parameters": {...}}` (with
+/// parallel calls, several joined by `; `, as the parser splits them). Under `auto` the reply
+/// is a call only if it starts as one, which a lazy trigger cannot express: unconstrained.
+fn llama3_call(
+    tools: &[Value],
+    choice: &ToolChoice,
+    parallel: bool,
+) -> Result<Option<Grammar>, ConstrainError> {
+    if *choice == ToolChoice::Auto {
+        return Ok(None);
+    }
+    let mut tools = parse_tools(tools)?;
+    if let ToolChoice::Function(name) = choice {
+        tools.retain(|t| &t.name == name);
+        tools.truncate(1);
+    }
+    if tools.is_empty() {
+        return Err(ConstrainError::invalid(
+            "tool_choice",
+            match choice {
+                ToolChoice::Function(name) => {
+                    format!("names function `{name}`, which is not among the tools")
+                }
+                _ => "`required` needs at least one tool in `tools`".into(),
+            },
+        ));
+    }
+    let mut rules = String::new();
+    let mut alternatives = Vec::new();
+    for (i, tool) in tools.iter().enumerate() {
+        let schema = json_call_schema(tool, "parameters");
+        rules.push_str(&format!("call_{i}: {}\n", json_rule(&schema, !tool.strict)));
+        alternatives.push(format!("call_{i}"));
+    }
+    rules.push_str(&format!("call: {}\n", alternatives.join(" | ")));
+    let start = match parallel && matches!(choice, ToolChoice::Required) {
+        true => "start: call (\"; \" call)*\n",
+        false => "start: call\n",
+    };
+    let what = match choice {
+        ToolChoice::Function(name) => format!("tool call of {name} (llama3_json)"),
+        _ => "required tool calls (llama3_json)".to_string(),
+    };
+    Grammar::new(start.to_string() + &rules, what, "tools").map(Some)
+}
+
 /// A custom tool's call in json_tools markup with its `input` held to the tool's grammar:
 /// the call's rule body and the grammar's rules. `None` (the call is constrained as any other
 /// function's) for other markups or a grammar that cannot be embedded (logged).
@@ -371,9 +418,9 @@ const OPTIONAL_NEWLINE: &str = r#""\n"?"#;
 /// 2^53 - 1: the largest integer a double (JavaScript's numbers) holds exactly.
 const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
 
-/// `{"name": NAME, "arguments": PARAMS}` as one schema; the parameters' `$defs` move to its
+/// `{"name": NAME, ARGS_KEY: PARAMS}` as one schema; the parameters' `$defs` move to its
 /// root so `#/$defs/...` references still resolve.
-fn json_call_schema(tool: &Tool) -> Value {
+fn json_call_schema(tool: &Tool, args_key: &str) -> Value {
     let mut args = tool.params.clone();
     let mut root = Map::new();
     if let Some(obj) = args.as_object_mut() {
@@ -386,9 +433,9 @@ fn json_call_schema(tool: &Tool) -> Value {
     root.insert("type".into(), json!("object"));
     root.insert(
         "properties".into(),
-        json!({"name": {"const": tool.name}, "arguments": args}),
+        json!({"name": {"const": tool.name}, args_key: args}),
     );
-    root.insert("required".into(), json!(["name", "arguments"]));
+    root.insert("required".into(), json!(["name", args_key]));
     root.insert("additionalProperties".into(), json!(false));
     Value::Object(root)
 }

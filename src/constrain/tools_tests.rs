@@ -259,6 +259,51 @@ fn refs_into_defs_still_resolve() {
 }
 
 #[test]
+fn llama3_json_forced_calls_are_the_whole_reply() {
+    let c = test_constrainer();
+    let tools = [echo(), weather()];
+    let g = grammar(&tools, ToolChoice::Required, ParserKind::Llama3Json, false);
+    let text = r#"{"name": "echo", "parameters": {"text": "hi"}}"#;
+    assert_eq!(run(&c, &g, text), Run::Complete(true));
+    let (content, calls) = parse(ParserKind::Llama3Json, &tools, text);
+    assert_eq!(content, "");
+    assert_eq!(calls, [("echo".to_string(), json!({"text": "hi"}))]);
+    for bad in [
+        "Sure",
+        r#"{"name": "echo", "arguments""#,
+        r#"{"name": "get_weather", "parameters": {"city": "Oslo", "days": 9"#,
+    ] {
+        assert!(matches!(run(&c, &g, bad), Run::Rejected(_)), "{bad}");
+    }
+    // Parallel: `; ` and another call, which the parser splits.
+    let g = grammar(&tools, ToolChoice::Required, ParserKind::Llama3Json, true);
+    let two = format!(
+        r#"{text}; {{"name": "get_weather", "parameters": {{"city": "Oslo", "days": 3}}}}"#
+    );
+    assert_eq!(
+        run(&c, &g, &two),
+        Run::Complete(false),
+        "another may follow"
+    );
+    assert_eq!(parse(ParserKind::Llama3Json, &tools, &two).1.len(), 2);
+    // A named function: only that one; `auto` stays unconstrained.
+    let g = grammar(
+        &tools,
+        ToolChoice::Function("get_weather".into()),
+        ParserKind::Llama3Json,
+        true,
+    );
+    assert!(matches!(run(&c, &g, text), Run::Rejected(_)));
+    let auto = ToolCalls {
+        tools: &tools,
+        choice: &ToolChoice::Auto,
+        format: ParserKind::Llama3Json,
+        parallel: true,
+    };
+    assert_eq!(auto.grammar().unwrap(), None);
+}
+
+#[test]
 fn errors_name_the_problem() {
     let tools = [echo()];
     let build = |choice: ToolChoice, format: ParserKind, tools: &[Value]| {
@@ -279,6 +324,10 @@ fn errors_name_the_problem() {
     assert_eq!(err.param(), Some("tool_choice"));
     assert!(err.to_string().contains("nope"), "{err}");
     let err = build(ToolChoice::Required, ParserKind::Pythonic, &tools).unwrap_err();
+    assert!(
+        err.to_string().contains("llama3_json"),
+        "lists what is: {err}"
+    );
     assert!(err.to_string().contains("pythonic"), "{err}");
     assert!(build(ToolChoice::Required, ParserKind::JsonTools, &[]).is_err());
     assert_eq!(

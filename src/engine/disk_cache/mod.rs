@@ -23,13 +23,15 @@
 mod block;
 pub mod identity;
 mod index;
+mod load;
 mod writer;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
-use mlx_rs::Array;
+use mlx_rs::{transforms, Array};
 
 use crate::dist::Group;
 use crate::model::cache::LayerRow;
@@ -205,15 +207,25 @@ impl DiskCache {
             Err((i, e)) => return Ok(self.bad_block(resume.chain[i], &e)),
         };
         let read = started.elapsed();
-        let blocks = files
-            .iter()
-            .map(|bytes| block::decode_views(bytes, &self.model, false).map(|(_, layers)| layers))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| ModelError::Request(format!("prompt cache: {e}")))?;
-        let rows = rows_of(&blocks)?;
+        let bytes: usize = files.iter().map(Vec::len).sum();
+        let blocks = files.len();
+        let rows = match std::env::var("KOOKA_DISK_LOAD").as_deref() {
+            Ok("gather") => {
+                let views = files
+                    .iter()
+                    .map(|bytes| {
+                        block::decode_views(bytes, &self.model, false).map(|(_, layers)| layers)
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| ModelError::Request(format!("prompt cache: {e}")))?;
+                rows_of(&views)?
+            }
+            _ => self.rows_loaded(files, &paths)?,
+        };
+        transforms::eval(rows.iter().flat_map(LayerRow::arrays))?;
         tracing::debug!(
-            blocks = files.len(),
-            bytes = files.iter().map(Vec::len).sum::<usize>(),
+            blocks,
+            bytes,
             read_ms = read.as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
             "prompt cache: read from disk"
@@ -474,6 +486,61 @@ fn block_keys(tokens: &[u32], blocks: &[(Key, usize, usize)]) -> Vec<Key> {
         .iter()
         .map(|&(parent, start, end)| block::chain_key(parent, &tokens[start..end]))
         .collect()
+}
+
+impl DiskCache {
+    /// One row per layer from consecutive blocks' files (read and checked): each block's
+    /// tensors through MLX's loading ([`load::arrays_of`]), each layer's keys and values
+    /// joined along positions by MLX, the last block's states.
+    fn rows_loaded(&self, files: Vec<Vec<u8>>, paths: &[PathBuf]) -> Result<Vec<LayerRow>> {
+        let bad = || ModelError::Request("prompt cache blocks disagree on their layers".into());
+        let kinds: Vec<HostLayer<()>> = match files.last() {
+            None => return Ok(Vec::new()),
+            Some(bytes) => block::decode_views(bytes, &self.model, false)
+                .map_err(|e| ModelError::Request(format!("prompt cache: {e}")))?
+                .1
+                .into_iter()
+                .map(|l| match l {
+                    HostLayer::Kv(..) => HostLayer::Kv((), ()),
+                    HostLayer::State(s) => HostLayer::State(vec![(); s.len()]),
+                    HostLayer::Stateless => HostLayer::Stateless,
+                })
+                .collect(),
+        };
+        let mut maps = Vec::with_capacity(files.len());
+        for (bytes, path) in files.into_iter().zip(paths) {
+            maps.push(load::arrays_of(
+                Arc::new(bytes),
+                &path.display().to_string(),
+            )?);
+        }
+        let last = maps.len() - 1;
+        let mut take = |i: usize, name: &str| maps[i].remove(name).ok_or_else(bad);
+        let mut rows = Vec::with_capacity(kinds.len());
+        for (l, kind) in kinds.iter().enumerate() {
+            rows.push(match kind {
+                HostLayer::Kv(..) => {
+                    let mut joined = |part: &str| -> Result<Array> {
+                        let parts = (0..=last)
+                            .map(|i| take(i, &format!("{l}.{part}")))
+                            .collect::<Result<Vec<_>>>()?;
+                        match parts.len() {
+                            1 => Ok(parts.into_iter().next().ok_or_else(bad)?),
+                            _ => Ok(mlx_rs::ops::concatenate(&parts, 2)?),
+                        }
+                    };
+                    LayerRow::Kv(joined("k")?, joined("v")?)
+                }
+                HostLayer::State(s) => LayerRow::State(
+                    (0..s.len())
+                        .map(|j| take(last, &format!("{l}.s{j}")))
+                        .collect::<Result<_>>()?,
+                ),
+                HostLayer::Stateless => LayerRow::Stateless,
+            });
+        }
+        Ok(rows)
+    }
 }
 
 /// One row per layer from consecutive blocks: each layer's keys and values gathered head by

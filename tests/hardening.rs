@@ -1,8 +1,8 @@
 //! Regression tests for the hardening pass (issue 18), one per finding, against the real
 //! `kooka serve` binary on the default model: out-of-vocabulary ids, clients that leave a
 //! non-streamed request, the Host and Origin checks, API key files, slow bodies, the queue
-//! timeout and `/health`, a graceful SIGTERM, and the small ones (HEAD, huge numbers,
-//! constrained-decoding messages).
+//! timeout and `/health`, a graceful SIGTERM, the port answering while the model loads, and
+//! the small ones (HEAD, huge numbers, constrained-decoding messages).
 
 mod common;
 
@@ -429,4 +429,39 @@ fn health_says_stuck_during_a_long_step() {
     assert_eq!(reply.join().unwrap().status, 200);
     let health = request(&addr, "GET", "/health", b"").json();
     assert_eq!(health["status"], "ok", "{health}");
+}
+
+#[test]
+fn while_the_model_loads_the_port_answers_503_loading() {
+    let (mut server, lines) = start_loading();
+    // The weights take seconds to load; the loading server answers at once.
+    let r = request(&server.addr, "GET", "/health", b"");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["status"], "loading");
+    let chat = json!({"messages": [{"role": "user", "content": FRANCE}], "max_tokens": 4});
+    let r = request(
+        &server.addr,
+        "POST",
+        "/v1/chat/completions",
+        chat.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.headers.to_lowercase().contains("retry-after: 5"),
+        "{}",
+        r.headers
+    );
+    assert_eq!(r.json()["error"]["code"], "model_loading");
+    // Then the real server takes the same port over.
+    let addr = wait_for(&mut server, &lines, Announced::Listening);
+    assert_eq!(addr, server.addr);
+    let r = request(&server.addr, "GET", "/health", b"");
+    assert_eq!((r.status, r.json()["status"].clone()), (200, json!("ok")));
+    let r = request(
+        &server.addr,
+        "POST",
+        "/v1/chat/completions",
+        chat.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
 }

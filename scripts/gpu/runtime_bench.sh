@@ -8,10 +8,12 @@
 #      $STREAMS concurrent streams, and a ~4k-token prompt resent
 #   kernels (not in the default steps): examples/cuda_kernels, kooka's CUDA kernels against
 #      MLX's ops (parity and time); carried as third_party/gpu/cuda_kernels (stage.sh)
+#   disk (not in the default steps): scripts/bench_disk_cache.py, a DISK_TOKENS (20000) prompt
+#      from the disk prompt cache after restarts, for each of DISK_LOADS ("load gather")
 # The synthetic Llama-8B 4-bit model gets Qwen2.5's tokenizer (151,936 ids, more than the
 # model's 128,256), so that every sampled id decodes to text and time-to-first-text is the
 # time to the first token. Carried: third_party/gpu/{cuda13.part.ab, kooka, qwen-tokenizer/}.
-# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve kernels;
+# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve kernels disk;
 #   default setup qmm engine serve)
 # env: MODEL, SIDES, STREAMS, RUNS (engine: "batch prompt gen" triples, comma-separated), LONG_WORDS (resend prompt), TURN2_WORDS (a chat's turn 2 after
 # a system prompt this long; 0: off), RESEND_ROUNDS.
@@ -69,6 +71,20 @@ for step in "${steps[@]}"; do
         --long-prompt-words ${LONG_WORDS:-3000} --turn2-words ${TURN2_WORDS:-0} \
         --resend-rounds ${RESEND_ROUNDS:-2} --timeout 240 --json "$OUT/serve.json" 2>&1 | tee "$OUT/serve.md" || true
       for f in /tmp/bslogs/*; do [ -f "$f" ] && tail -c 3000 "$f" > "$OUT/$(basename "$f").tail"; done
+      ;;
+    disk)
+      # The disk prompt cache (issue 20): a DISK_TOKENS prompt after restarts, for each block
+      # loading mode (KOOKA_DISK_LOAD: load = MLX's safetensors Load, gather = host arrays).
+      . scripts/gpu/env.sh
+      python3 -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c['max_position_embeddings']=max(c.get('max_position_embeddings',0),32768); json.dump(c,open(p,'w'))" $MODEL/config.json
+      for mode in ${DISK_LOADS:-load gather}; do
+        l=$(left); [ "$l" -gt 120 ] || { log "skip disk $mode ($l s left)"; continue; }
+        log "bench_disk_cache KOOKA_DISK_LOAD=$mode"
+        KOOKA_DISK_LOAD=$mode timeout $((l - 20)) python3 scripts/bench_disk_cache.py --model $MODEL \
+          --kooka /opt/mlxw/kooka --prompt-tokens ${DISK_TOKENS:-20000} --dir /tmp/kdb-$mode/cache 2>&1 \
+          | tail -2 | tee -a "$OUT/disk.md" || true
+        grep "read from disk" /tmp/kdb-$mode/cache/bench-server.log >> "$OUT/disk.md" || true
+      done
       ;;
     kernels)
       . scripts/gpu/env.sh

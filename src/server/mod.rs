@@ -11,6 +11,7 @@ pub mod error;
 pub mod generation;
 pub mod harmony_prompt;
 pub mod http;
+mod loading;
 pub mod models;
 pub mod openai;
 pub mod openapi;
@@ -210,6 +211,12 @@ pub fn run_ranked(
     };
     let chat_info = ChatInfo::new(&tokenizer);
     let metrics = Arc::new(Metrics::new());
+    let model_id = crate::model::resolve::served_id(dir);
+    let loading = loading::start(&listener, &model_id)?;
+    println!(
+        "kooka: loading {model_id}; http://{} answers 503 until it is ready",
+        listener.local_addr()?
+    );
     let runtime = RuntimeHandle::start(
         dir.clone(),
         config.dtype,
@@ -220,8 +227,9 @@ pub fn run_ranked(
     )?;
     let mut aliases = config.aliases.clone();
     aliases.push(dir.display().to_string());
+    loading.stop();
     let state = web::Data::new(AppState {
-        model_id: crate::model::resolve::served_id(dir),
+        model_id,
         aliases,
         created: http::unix_now(),
         template,

@@ -39,6 +39,50 @@ pub fn start_with(extra: &[&str]) -> Server {
 
 /// [`start_with`] with more environment variables; `extra` may name its own `--model`.
 pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+    let (mut server, lines) = spawn(extra, env);
+    server.addr = wait_for(&mut server, &lines, Announced::Listening);
+    server
+}
+
+/// Starts the default model's `kooka serve` and returns as soon as its port answers while
+/// the model loads (`server.addr` is set), with what announces the rest.
+pub fn start_loading() -> (Server, mpsc::Receiver<(Announced, String)>) {
+    let (mut server, lines) = spawn(&[], &[]);
+    server.addr = wait_for(&mut server, &lines, Announced::Loading);
+    (server, lines)
+}
+
+/// What `kooka serve` prints on stdout: where it answers while loading, then where it serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Announced {
+    Loading,
+    Listening,
+}
+
+/// Waits (up to 180 s) for the `kind` line, and returns its address.
+pub fn wait_for(
+    server: &mut Server,
+    lines: &mpsc::Receiver<(Announced, String)>,
+    kind: Announced,
+) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok((k, addr)) if k == kind => return addr,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = server.child.kill();
+                panic!(
+                    "kooka serve did not print its {kind:?} address; stderr:\n{}",
+                    server.stderr.lock().unwrap()
+                );
+            }
+        }
+    }
+}
+
+fn spawn(extra: &[&str], env: &[(&str, &str)]) -> (Server, mpsc::Receiver<(Announced, String)>) {
     let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(MODEL);
     assert!(
         model.join("config.json").exists(),
@@ -72,26 +116,25 @@ pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("kooka: listening on http://") {
-                let _ = tx.send(addr.to_string());
+            let announced = match line.strip_prefix("kooka: listening on http://") {
+                Some(addr) => Some((Announced::Listening, addr.to_string())),
+                // `kooka: loading MODEL; http://ADDR answers 503 until it is ready`
+                None => (line.strip_prefix("kooka: loading "))
+                    .and_then(|rest| rest.split("http://").nth(1))
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .map(|addr| (Announced::Loading, addr.to_string())),
+            };
+            if let Some(a) = announced {
+                let _ = tx.send(a);
             }
         }
     });
-    let addr = match rx.recv_timeout(Duration::from_secs(180)) {
-        Ok(addr) => addr,
-        Err(_) => {
-            let _ = child.kill();
-            panic!(
-                "kooka serve did not print its address; stderr:\n{}",
-                stderr.lock().unwrap()
-            );
-        }
-    };
-    Server {
+    let server = Server {
         child,
-        addr,
+        addr: String::new(),
         stderr,
-    }
+    };
+    (server, rx)
 }
 
 pub struct Response {

@@ -10,6 +10,10 @@
 3. A new server on the same folder: the prompt plus ~50 tokens (a conversation's next turn);
    then, after one more restart, the prompt exactly. Each restarted server first answers a
    short unrelated prompt, so that one-time start-up costs are not counted.
+4. Beside a decoding stream (one more restart, page cache dropped): a short prompt streams
+   --beside-tokens tokens, and once it has begun the long prompt comes back from disk; the
+   stream's longest pause between two tokens is how long the disk hit stopped everyone else
+   (its median pause, for scale).
 
 TTFT is the time to the whole reply of a `max_tokens: 1` completion (prefill plus one token).
 
@@ -18,7 +22,10 @@ usage: scripts/bench_disk_cache.py --model models/SmolLM2-135M-Instruct --prompt
 """
 
 import argparse
+import http.client
 import json
+import statistics
+import threading
 import os
 import random
 import shutil
@@ -62,6 +69,24 @@ def complete(addr, prompt):
     dt = time.perf_counter() - t
     u = r["usage"]
     return dt, u["prompt_tokens"], u.get("prompt_tokens_details", {}).get("cached_tokens", 0)
+
+
+def stream_times(addr, prompt, max_tokens, begun):
+    """Streams a completion; the arrival time of each text chunk (`begun` set after 8)."""
+    host, port = addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=3600)
+    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+                       "stream": True})
+    conn.request("POST", "/v1/completions", body=body,
+                 headers={"Content-Type": "application/json", "Host": "localhost"})
+    times = []
+    for line in conn.getresponse():
+        if line.startswith(b"data: {"):
+            times.append(time.perf_counter())
+            if len(times) == 8:
+                begun.set()
+    begun.set()
+    return times
 
 
 def sentences(first, n, seed):
@@ -113,6 +138,8 @@ def main():
     ap.add_argument("--kooka", default="target/release/kooka")
     ap.add_argument("--dir", default="/tmp/kooka-disk-bench")
     ap.add_argument("--json")
+    ap.add_argument("--beside-tokens", type=int, default=300,
+                    help="tokens the stream beside the disk hit asks for (0: skip that part)")
     ap.add_argument("serve_args", nargs="*", help="more `kooka serve` flags (after --)")
     a = ap.parse_args()
     shutil.rmtree(a.dir, ignore_errors=True)
@@ -141,8 +168,29 @@ def main():
     nxt, tokens_next, c3, dropped = restarted(prompt + " " + sentences(5000, 4, 3))
     disk, _, c2, _ = restarted(prompt)
     warm, _, _, _ = restarted(prompt, drop=False)
+    beside = None
+    if a.beside_tokens > 0:
+        drop_page_cache()
+        p, addr = start(a.kooka, a.model, cache, a.serve_args)
+        try:
+            complete(addr, "Warm-up. " + sentences(0, 3, 4))
+            begun, times = threading.Event(), []
+            story = "Once upon a time, in a lighthouse by the sea, there lived"
+            t = threading.Thread(target=lambda: times.extend(
+                stream_times(addr, story, a.beside_tokens, begun)))
+            t.start()
+            begun.wait(600)
+            hit, _, _ = complete(addr, prompt)
+            t.join()
+        finally:
+            stop(p)
+        gaps = [b - a_ for a_, b in zip(times, times[1:])]
+        if gaps:
+            beside = {"stream_tokens": len(times), "max_pause_s": round(max(gaps), 3),
+                      "median_pause_s": round(statistics.median(gaps), 4), "disk_hit_s": round(hit, 3)}
     out = {
         "model": a.model, "prompt_tokens": tokens, "bytes_on_disk": written,
+        "beside_a_stream": beside,
         "page_cache_dropped": dropped,
         "cold_s": round(cold, 3), "memory_s": round(memory, 3), "disk_s": round(disk, 3),
         "next_turn_from_disk_s": round(nxt, 3), "disk_page_cache_warm_s": round(warm, 3), "next_turn_tokens": tokens_next,
@@ -155,6 +203,10 @@ def main():
           f"({100 * disk / cold:.1f}% of cold; next turn {100 * nxt / cold:.1f}%; "
           f"files in the page cache {warm:.2f} s, {100 * warm / cold:.1f}%), "
           f"{written / 1e6:.0f} MB on disk, page cache {'dropped' if dropped else 'NOT dropped'}")
+    if beside:
+        print(f"beside a decoding stream: the disk hit took {beside['disk_hit_s']:.2f} s; the "
+              f"stream's longest pause {beside['max_pause_s']:.2f} s (median {beside['median_pause_s']:.3f} s, "
+              f"{beside['stream_tokens']} tokens)")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -217,7 +217,7 @@ fn the_folder_keeps_its_budget() {
 /// sinks, Mistral), in a new engine over the same folder (blocks of 8), with the tokens of a
 /// cold run. (Recurrent checkpoints: tests/hybrid.rs.)
 #[test]
-fn every_cache_kind_resumes_from_disk_in_a_new_engine() {
+fn every_cache_kind_resumes_from_disk_in_a_new_engine_beside_a_decoding_request() {
     use common::engine::{engine, greedy, run};
     use kooka::engine::disk_cache::open_for_model;
     use kooka::engine::{DiskCacheConfig, EngineConfig};
@@ -251,16 +251,21 @@ fn every_cache_kind_resumes_from_disk_in_a_new_engine() {
         }
         let mut longer = prompt.clone();
         longer.extend([9, 8, 7]);
-        let hit = run(&mut with_disk(), &[greedy(longer.clone(), 6)], &[0]);
+        // Another request decodes meanwhile: the blocks are read on a thread of their own
+        // while its steps go on.
+        let other: Vec<u32> = (0..20u32).map(|i| (i * 13 + 7) % 320).collect();
+        let reqs = [greedy(other, 12), greedy(longer, 6)];
+        let hit = run(&mut with_disk(), &reqs, &[0, 4]);
         let cold_engine = EngineConfig {
             prefix_cache_tokens: 0,
             ..serving
         };
-        let cold = run(&mut engine(&model, cold_engine), &[greedy(longer, 6)], &[0]);
-        assert_eq!(hit[0].1, 37, "{name}: the whole first prompt from disk");
+        let cold = run(&mut engine(&model, cold_engine), &reqs, &[0, 4]);
+        assert_eq!(hit[1].1, 37, "{name}: the whole first prompt from disk");
         assert_eq!(
-            hit[0].0, cold[0].0,
+            hit[1].0, cold[1].0,
             "{name}: tokens after resuming from disk"
         );
+        assert_eq!(hit[0].0, cold[0].0, "{name}: the request beside it");
     }
 }

@@ -193,6 +193,8 @@ struct Prefilling {
     caches: Option<Vec<LayerCache>>,
     /// Prompt positions the caches hold.
     done: usize,
+    /// Its cached prefix being read from disk while the engine goes on.
+    disk: Option<disk_cache::PendingRead>,
 }
 
 /// Batched generation state over one model.
@@ -422,6 +424,7 @@ impl Engine {
             },
             caches: None,
             done: 0,
+            disk: None,
         });
         Ok(id)
     }

@@ -38,22 +38,23 @@ impl Engine {
             let Some(p) = self.prefilling.front_mut() else {
                 break;
             };
+            if p.caches.is_none() {
+                let Some((caches, n)) = self.ask_prefix(0)? else {
+                    // Its blocks are still being read: the batch decodes meanwhile.
+                    break;
+                };
+                let Some(p) = self.prefilling.front_mut() else {
+                    break;
+                };
+                p.done = n;
+                p.seq.cached = n;
+                p.caches = Some(caches);
+                continue;
+            }
             let prompt = &p.seq.req.prompt;
             let head = prompt.len() - 1;
-            let caches = match &mut p.caches {
-                Some(c) => c,
-                None => {
-                    let hit = match self.prefix.as_mut() {
-                        Some(prefix) => prefix
-                            .lookup(prompt, &fresh_caches(self.model.as_ref(), &self.config))?,
-                        None => None,
-                    };
-                    let (caches, n) =
-                        hit.unwrap_or_else(|| (fresh_caches(self.model.as_ref(), &self.config), 0));
-                    p.done = n;
-                    p.seq.cached = n;
-                    p.caches.insert(caches)
-                }
+            let Some(caches) = p.caches.as_mut() else {
+                break;
             };
             if p.done < head {
                 // A chunk ends at the next checkpoint, where the prefix cache takes the
@@ -106,29 +107,25 @@ impl Engine {
         let mut take = 0;
         let mut longest = 0;
         for i in 0..self.prefilling.len().min(MAX_PREFILL_ROWS) {
-            let p = &mut self.prefilling[i];
-            if p.caches.is_some() {
+            let p = &self.prefilling[i];
+            if p.caches.is_some() || p.disk.is_some() {
                 break;
             }
             let len = p.seq.req.prompt.len();
             if longest.max(len) * (take + 1) > *budget {
                 break;
             }
-            let hit = match self.prefix.as_mut() {
-                Some(prefix) => prefix.lookup(
-                    &p.seq.req.prompt,
-                    &fresh_caches(self.model.as_ref(), &self.config),
-                )?,
-                None => None,
+            // Asked once: the cache is settled even if this prompt is read alone.
+            let Some((caches, n)) = self.ask_prefix(i)? else {
+                break;
             };
-            if let Some((caches, n)) = hit {
-                p.done = n;
-                p.seq.cached = n;
-                p.caches = Some(caches);
+            let p = &mut self.prefilling[i];
+            p.done = n;
+            p.seq.cached = n;
+            p.caches = Some(caches);
+            if n > 0 {
                 break;
             }
-            // Asked once: the cache is settled even if this prompt is read alone.
-            p.caches = Some(fresh_caches(self.model.as_ref(), &self.config));
             longest = longest.max(len);
             take += 1;
         }
@@ -170,6 +167,34 @@ impl Engine {
             ready.push(self.start_decoding(p.seq, own, row)?);
         }
         Ok(ready)
+    }
+
+    /// What the prefix cache holds for prefilling sequence `i`: caches and the positions they
+    /// hold (fresh ones and 0 when nothing is cached); `None` while its blocks are read from
+    /// disk on a thread of their own, which this waits for only when no batch is decoding.
+    fn ask_prefix(&mut self, i: usize) -> Result<Option<(Vec<LayerCache>, usize)>> {
+        let fresh = fresh_caches(self.model.as_ref(), &self.config);
+        let wait = self.batches.is_empty();
+        let (Some(prefix), Some(p)) = (self.prefix.as_mut(), self.prefilling.get_mut(i)) else {
+            return Ok(Some((fresh, 0)));
+        };
+        let prompt = &p.seq.req.prompt;
+        let hit = if !prefix.reads_in_background() {
+            prefix.lookup(prompt, &fresh)?
+        } else {
+            if p.disk.is_none() {
+                p.disk = prefix.start_disk_read(prompt);
+            }
+            match p.disk.as_ref().map(|read| read.poll(wait)) {
+                None => prefix.lookup_memory(prompt, &fresh)?,
+                Some(None) => return Ok(None),
+                Some(Some(outcome)) => match p.disk.take() {
+                    Some(read) => prefix.finish_disk_read(prompt, &fresh, read, outcome)?,
+                    None => None,
+                },
+            }
+        };
+        Ok(Some(hit.unwrap_or((fresh, 0))))
     }
 
     /// The last prompt token: its logits, and the first sample queued.

@@ -17,7 +17,7 @@
 
 use std::rc::Rc;
 
-use super::disk_cache::{self, DiskCache, DiskCacheStats};
+use super::disk_cache::{self, DiskCache, DiskCacheStats, PendingRead, ReadOutcome};
 use crate::dist::Group;
 use crate::model::cache::LayerRow;
 use crate::model::LayerCache;
@@ -161,32 +161,101 @@ impl PrefixCache {
     /// Caches for `prompt` holding its longest cached prefix (at most `prompt.len() - 1`
     /// positions: the last prompt token is always run, for its logits; for a recurrent model,
     /// the longest checkpoint within the shared prefix), and that length; `None` when
-    /// nothing useful is cached.
+    /// nothing useful is cached. A disk tier is read at once (see [`Self::start_disk_read`]
+    /// for reading it while the engine goes on).
     pub fn lookup(
         &mut self,
         prompt: &[u32],
         fresh: &[LayerCache],
     ) -> crate::model::Result<Option<(Vec<LayerCache>, usize)>> {
         let limit = prompt.len().saturating_sub(1);
-        let recurrent = self.recurrent;
-        let in_memory = self
-            .entries
-            .iter()
-            .filter_map(|e| e.resumable(common_prefix(&e.tokens, &prompt[..limit]), recurrent))
-            .max()
-            .unwrap_or(0);
+        let in_memory = self.in_memory(prompt);
         if let Some((n, rows)) = self.from_disk(prompt, limit, in_memory)? {
-            let caches = rows
-                .iter()
-                .zip(fresh)
-                .map(|(row, like)| LayerCache::from_row(row, n as i32, like))
-                .collect::<crate::model::Result<Vec<_>>>()?;
-            // Kept in memory as what every rank agreed on (their memory tiers stay alike).
-            self.insert(prompt[..n].to_vec(), cut_rows(rows, n)?);
-            self.stats.hits += 1;
-            self.stats.hit_tokens += n as u64;
-            return Ok(Some((caches, n)));
+            return self.resume_rows(prompt, fresh, n, rows).map(Some);
         }
+        self.lookup_memory(prompt, fresh)
+    }
+
+    /// Whether disk reads can go on while the engine works ([`Self::start_disk_read`]): a
+    /// disk tier on one rank (several ranks agree on every lookup in lockstep, so they read
+    /// at once).
+    pub fn reads_in_background(&self) -> bool {
+        self.disk.is_some() && self.ranks.is_none()
+    }
+
+    /// Starts reading the disk tier's blocks for `prompt` when they serve it further than
+    /// memory; `None` when the disk has nothing better (then [`Self::lookup_memory`]).
+    pub fn start_disk_read(&mut self, prompt: &[u32]) -> Option<PendingRead> {
+        let limit = prompt.len().saturating_sub(1);
+        let in_memory = self.in_memory(prompt);
+        let recurrent = self.recurrent;
+        let disk = self.disk.as_mut()?;
+        match disk.best(prompt, limit, recurrent) {
+            Some(r) if r.tokens > in_memory => Some(disk.start_read(r)),
+            _ => {
+                disk.count_miss();
+                None
+            }
+        }
+    }
+
+    /// [`Self::lookup`]'s answer from a finished disk read (from memory if it failed).
+    pub fn finish_disk_read(
+        &mut self,
+        prompt: &[u32],
+        fresh: &[LayerCache],
+        read: PendingRead,
+        outcome: ReadOutcome,
+    ) -> crate::model::Result<Option<(Vec<LayerCache>, usize)>> {
+        let n = read.tokens();
+        let rows = match self.disk.as_mut() {
+            Some(disk) => disk.finish_read(read, outcome)?,
+            None => None,
+        };
+        match rows {
+            Some(rows) => self.resume_rows(prompt, fresh, n, rows).map(Some),
+            None => self.lookup_memory(prompt, fresh),
+        }
+    }
+
+    /// The longest prefix of `prompt` (within its last token) memory can resume from.
+    fn in_memory(&self, prompt: &[u32]) -> usize {
+        let limit = prompt.len().saturating_sub(1);
+        self.entries
+            .iter()
+            .filter_map(|e| e.resumable(common_prefix(&e.tokens, &prompt[..limit]), self.recurrent))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Caches resumed from rows the disk gave for `prompt[..n]`, kept in memory too (as what
+    /// every rank agreed on: their memory tiers stay alike).
+    fn resume_rows(
+        &mut self,
+        prompt: &[u32],
+        fresh: &[LayerCache],
+        n: usize,
+        rows: Vec<LayerRow>,
+    ) -> crate::model::Result<(Vec<LayerCache>, usize)> {
+        let caches = rows
+            .iter()
+            .zip(fresh)
+            .map(|(row, like)| LayerCache::from_row(row, n as i32, like))
+            .collect::<crate::model::Result<Vec<_>>>()?;
+        self.insert(prompt[..n].to_vec(), cut_rows(rows, n)?);
+        self.stats.hits += 1;
+        self.stats.hit_tokens += n as u64;
+        Ok((caches, n))
+    }
+
+    /// [`Self::lookup`] in memory only.
+    pub fn lookup_memory(
+        &mut self,
+        prompt: &[u32],
+        fresh: &[LayerCache],
+    ) -> crate::model::Result<Option<(Vec<LayerCache>, usize)>> {
+        let limit = prompt.len().saturating_sub(1);
+        let recurrent = self.recurrent;
         let best = self
             .entries
             .iter()

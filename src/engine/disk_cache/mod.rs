@@ -12,6 +12,9 @@
 //! - Every sequence the memory tier takes in is offered here too; the new blocks are copied
 //!   to host memory on the MLX thread and written by a writer thread ([`writer`]), which
 //!   drops work when it is behind rather than stall decoding.
+//! - A lookup the disk serves further than memory reads the chain back ([`read`]: on one
+//!   rank on a thread of its own while the batch decodes) and turns each file into arrays
+//!   through MLX's own loading ([`load`]).
 //! - On start the index is rebuilt from the files' headers; a file that is torn, corrupt,
 //!   of another model or of another format is a miss and is deleted. Least recently used
 //!   blocks go when the folder passes its byte budget.

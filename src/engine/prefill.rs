@@ -229,7 +229,12 @@ impl Engine {
         queued.extend(seq.prompt_logits.iter());
         transforms::async_eval(queued)?;
         seq.fed = seq.req.prompt.clone();
-        if let Some(prefix) = self.prefix.as_mut() {
+        // A prompt whose prefix cache hit holds all but its last token gains nothing from
+        // being offered now (a lookup never takes a prompt's last token; what grows it is
+        // offered when the sequence ends) but a copy of its whole row. A recurrent state
+        // after the whole prompt is a checkpoint the next turn may resume from: kept.
+        let news = seq.req.prompt.len() > seq.cached + 1;
+        if let (Some(prefix), true) = (self.prefix.as_mut(), news || self.recurrent) {
             prefix.offer(&caches, 0, &seq.fed)?;
         }
         // The draft model reads every prompt: a batch drafts for all its rows in one chain.

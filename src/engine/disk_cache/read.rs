@@ -24,6 +24,8 @@ pub type ReadOutcome = std::result::Result<Vec<Vec<u8>>, (usize, String)>;
 /// A read of blocks going on on a thread of its own.
 pub struct PendingRead {
     resume: Resume,
+    /// Its block files, in chain order.
+    paths: Vec<PathBuf>,
     started: Instant,
     rx: mpsc::Receiver<ReadOutcome>,
 }
@@ -64,8 +66,9 @@ impl DiskCache {
     /// the last block's states). A bad file is a miss: it is deleted and `Ok(None)` returned.
     pub fn load(&mut self, resume: &Resume) -> Result<Option<Vec<LayerRow>>> {
         let started = Instant::now();
-        let outcome = read_checked(&self.paths(resume), &self.model);
-        self.rows_read(resume, outcome, started)
+        let paths = self.paths(resume);
+        let outcome = read_checked(&paths, &self.model);
+        self.rows_read(resume, &paths, outcome, started)
     }
 
     /// Starts reading the blocks of `resume` on a thread of its own; [`Self::finish_read`]
@@ -73,16 +76,18 @@ impl DiskCache {
     pub fn start_read(&self, resume: Resume) -> PendingRead {
         let (tx, rx) = mpsc::channel();
         let (paths, model) = (self.paths(&resume), self.model.clone());
+        let reading = paths.clone();
         let spawned = std::thread::Builder::new()
             .name("kooka-cache-read".into())
             .spawn(move || {
-                let _ = tx.send(read_checked(&paths, &model));
+                let _ = tx.send(read_checked(&reading, &model));
             });
         if let Err(e) = spawned {
             tracing::warn!("prompt cache: no reading thread: {e}");
         }
         PendingRead {
             resume,
+            paths,
             started: Instant::now(),
             rx,
         }
@@ -94,12 +99,13 @@ impl DiskCache {
         read: PendingRead,
         outcome: ReadOutcome,
     ) -> Result<Option<Vec<LayerRow>>> {
-        self.rows_read(&read.resume, outcome, read.started)
+        self.rows_read(&read.resume, &read.paths, outcome, read.started)
     }
 
     fn rows_read(
         &mut self,
         resume: &Resume,
+        paths: &[PathBuf],
         outcome: ReadOutcome,
         started: Instant,
     ) -> Result<Option<Vec<LayerRow>>> {
@@ -128,7 +134,7 @@ impl DiskCache {
                     .map_err(|e| ModelError::Request(format!("prompt cache: {e}")))?;
                 rows_of(&views)?
             }
-            _ => self.rows_loaded(files, &self.paths(resume))?,
+            _ => self.rows_loaded(files, paths)?,
         };
         transforms::eval(rows.iter().flat_map(LayerRow::arrays))?;
         tracing::debug!(

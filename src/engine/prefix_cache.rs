@@ -17,7 +17,7 @@
 
 use std::rc::Rc;
 
-use super::disk_cache::{self, DiskCache, DiskCacheStats, PendingRead, ReadOutcome};
+use super::disk_cache::{self, DiskCache, DiskCacheStats, PendingRead, ReadOutcome, Resume};
 use crate::dist::Group;
 use crate::model::cache::LayerRow;
 use crate::model::LayerCache;
@@ -139,15 +139,13 @@ impl PrefixCache {
             return Ok(None);
         }
         let recurrent = self.recurrent;
-        let mut loaded = None;
-        if let Some(disk) = self.disk.as_mut() {
-            match disk.best(prompt, limit, recurrent) {
-                Some(r) if r.tokens > in_memory => {
-                    loaded = disk.load(&r)?.map(|rows| (r.tokens, rows));
-                }
-                _ => disk.count_miss(),
-            }
-        }
+        let loaded = match (
+            self.disk_resume(prompt, limit, in_memory),
+            self.disk.as_mut(),
+        ) {
+            (Some(r), Some(disk)) => disk.load(&r)?.map(|rows| (r.tokens, rows)),
+            _ => None,
+        };
         let local = loaded.as_ref().map_or(0, |(n, _)| *n);
         let agreed = match &self.ranks {
             Some(group) => disk_cache::agree(group, local, recurrent)?,
@@ -188,10 +186,16 @@ impl PrefixCache {
     pub fn start_disk_read(&mut self, prompt: &[u32]) -> Option<PendingRead> {
         let limit = prompt.len().saturating_sub(1);
         let in_memory = self.in_memory(prompt);
-        let recurrent = self.recurrent;
+        let resume = self.disk_resume(prompt, limit, in_memory)?;
+        Some(self.disk.as_ref()?.start_read(resume))
+    }
+
+    /// The disk tier's longest stored prefix of `prompt` within `limit`, when it reaches
+    /// beyond the `in_memory` positions memory serves (else a miss is counted).
+    fn disk_resume(&mut self, prompt: &[u32], limit: usize, in_memory: usize) -> Option<Resume> {
         let disk = self.disk.as_mut()?;
-        match disk.best(prompt, limit, recurrent) {
-            Some(r) if r.tokens > in_memory => Some(disk.start_read(r)),
+        match disk.best(prompt, limit, self.recurrent) {
+            Some(r) if r.tokens > in_memory => Some(r),
             _ => {
                 disk.count_miss();
                 None

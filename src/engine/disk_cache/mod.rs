@@ -30,6 +30,7 @@ mod load;
 mod read;
 mod writer;
 
+pub use index::Resume;
 pub use read::{PendingRead, ReadOutcome};
 
 use std::fs::File;
@@ -42,7 +43,7 @@ use crate::dist::Group;
 use crate::model::cache::LayerRow;
 use crate::model::{ModelError, Result};
 use block::{file_name, HostArray, HostLayer, Key};
-use index::{Index, Resume};
+use index::Index;
 pub use writer::finish_writes;
 use writer::{Segment, Writer, Written};
 

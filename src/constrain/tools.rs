@@ -105,8 +105,7 @@ impl ToolCalls<'_> {
             ParserKind::Glm45 => Some(Markup::Glm45),
             ParserKind::Deepseek => Some(Markup::Deepseek),
             ParserKind::KimiK2 => Some(Markup::KimiK2),
-            ParserKind::Harmony => None,
-            ParserKind::Llama3Json => return llama3_call(self.tools, self.choice, self.parallel),
+            ParserKind::Harmony | ParserKind::Llama3Json => None,
             other => {
                 return Err(ConstrainError::unsupported(
                     "tool_choice",
@@ -142,7 +141,10 @@ impl ToolCalls<'_> {
             };
         }
         let Some(markup) = markup else {
-            return harmony_call(&tools, self.choice);
+            return match self.format {
+                ParserKind::Llama3Json => llama3_call(&tools, self.choice, parallel),
+                _ => harmony_call(&tools, self.choice),
+            };
         };
         let mut rules = String::new();
         if !markup.json_bodied() {
@@ -280,28 +282,12 @@ fn harmony_call(tools: &[Tool], choice: &ToolChoice) -> Result<Option<Grammar>, 
 /// parallel calls, several joined by `; `, as the parser splits them). Under `auto` the reply
 /// is a call only if it starts as one, which a lazy trigger cannot express: unconstrained.
 fn llama3_call(
-    tools: &[Value],
+    tools: &[Tool],
     choice: &ToolChoice,
     parallel: bool,
 ) -> Result<Option<Grammar>, ConstrainError> {
     if *choice == ToolChoice::Auto {
         return Ok(None);
-    }
-    let mut tools = parse_tools(tools)?;
-    if let ToolChoice::Function(name) = choice {
-        tools.retain(|t| &t.name == name);
-        tools.truncate(1);
-    }
-    if tools.is_empty() {
-        return Err(ConstrainError::invalid(
-            "tool_choice",
-            match choice {
-                ToolChoice::Function(name) => {
-                    format!("names function `{name}`, which is not among the tools")
-                }
-                _ => "`required` needs at least one tool in `tools`".into(),
-            },
-        ));
     }
     let mut rules = String::new();
     let mut alternatives = Vec::new();
@@ -311,7 +297,7 @@ fn llama3_call(
         alternatives.push(format!("call_{i}"));
     }
     rules.push_str(&format!("call: {}\n", alternatives.join(" | ")));
-    let start = match parallel && matches!(choice, ToolChoice::Required) {
+    let start = match parallel {
         true => "start: call (\"; \" call)*\n",
         false => "start: call\n",
     };

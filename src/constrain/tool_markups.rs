@@ -11,21 +11,27 @@ impl Markup {
             Markup::MinimaxM2 => "<minimax:tool_call>",
             Markup::Deepseek => deepseek::CALLS_BEGIN,
             Markup::KimiK2 => kimi_k2::SECTION_BEGIN,
+            Markup::Mistral => MISTRAL_CALLS,
         }
     }
 
     /// The markups whose arguments are one JSON object (a custom tool's `input` is a JSON
     /// string held to its grammar).
     pub(super) fn json_bodied(self) -> bool {
-        matches!(self, Markup::JsonTools | Markup::Deepseek | Markup::KimiK2)
+        matches!(
+            self,
+            Markup::JsonTools | Markup::Deepseek | Markup::KimiK2 | Markup::Mistral
+        )
     }
 
     /// DeepSeek's or Kimi-K2's call of `tool` with arguments `args` (a rule body), between
     /// the call tags. DeepSeek: V3.1's `NAME<｜tool▁sep｜>{..}`, or V3 / R1's
     /// `function<｜tool▁sep｜>NAME` and a fenced JSON block (the model writes its own).
-    /// Kimi-K2: `functions.NAME:IDX<|tool_call_argument_begin|>{..}`, any index.
+    /// Kimi-K2: `functions.NAME:IDX<|tool_call_argument_begin|>{..}`, any index. Mistral:
+    /// `NAME[ARGS]{..}` (Devstral, Ministral 3), or `NAME[CALL_ID]ID[ARGS]{..}` (Small 3.2).
     pub(super) fn tagged_call(self, tool: &Tool, args: &str) -> Result<String, ConstrainError> {
-        check_name(&tool.name, '<', &tool.name, "its name")?;
+        let end_of_name = if self == Markup::Mistral { '[' } else { '<' };
+        check_name(&tool.name, end_of_name, &tool.name, "its name")?;
         if tool.name.contains(char::is_whitespace) {
             return Err(ConstrainError::unsupported(
                 "tools",
@@ -47,6 +53,11 @@ impl Markup {
                     lit(end)
                 )
             }
+            Markup::Mistral => format!(
+                "{} mistral_call_id? {} {args}",
+                lit(&tool.name),
+                lit("[ARGS]")
+            ),
             _ => format!(
                 "{} {} /[0-9]+/ {} {args} {}",
                 lit(kimi_k2::CALL_BEGIN),
@@ -66,6 +77,11 @@ impl Markup {
             }
             (Markup::KimiK2, false) => format!("call {}", lit(kimi_k2::SECTION_END)),
             (Markup::KimiK2, true) => format!("call+ {}", lit(kimi_k2::SECTION_END)),
+            // Each call after its own `[TOOL_CALLS]`, or Mistral-Nemo's JSON list.
+            (Markup::Mistral, false) => "(call | mistral_list)".into(),
+            (Markup::Mistral, true) => {
+                format!("(call ({} call)* | mistral_list)", lit(MISTRAL_CALLS))
+            }
             (Markup::MinimaxM2, false) => r#""\n" call "</minimax:tool_call>""#.into(),
             (Markup::MinimaxM2, true) => r#""\n" call+ "</minimax:tool_call>""#.into(),
             // One call per block, the name right after the tag.
@@ -78,6 +94,29 @@ impl Markup {
                 r#""\n" call "\n</tool_call>" ("\n<tool_call>\n" call "\n</tool_call>")*"#.into()
             }
         }
+    }
+
+    /// Mistral-Nemo's calls: one JSON list after `[TOOL_CALLS]`, each item `{"name": ..,
+    /// "arguments": {..}}` with an optional 9-character `id` (its template writes one); the
+    /// rules `mistral_list` and `mistral_call_id`.
+    pub(super) fn mistral_rules(tools: &[Tool], parallel: bool) -> String {
+        let mut rules = String::from("mistral_call_id: \"[CALL_ID]\" /[A-Za-z0-9]{9}/\n");
+        let mut items = Vec::new();
+        for (i, tool) in tools.iter().enumerate() {
+            let mut schema = json_call_schema(tool, "arguments");
+            schema["properties"]["id"] = json!({"type": "string", "pattern": "^[A-Za-z0-9]{9}$"});
+            rules.push_str(&format!(
+                "mistral_item_{i}: {}\n",
+                json_rule(&schema, !tool.strict)
+            ));
+            items.push(format!("mistral_item_{i}"));
+        }
+        rules.push_str(&format!("mistral_item: {}\n", items.join(" | ")));
+        rules.push_str(match parallel {
+            true => "mistral_list: \"[\" mistral_item ((\",\" | \", \") mistral_item)* \"]\"\n",
+            false => "mistral_list: \"[\" mistral_item \"]\"\n",
+        });
+        rules
     }
 
     /// The body of one call of `tool` (a Lark rule body).
@@ -253,6 +292,7 @@ impl Markup {
             Markup::Glm45 => "glm45",
             Markup::Deepseek => "deepseek",
             Markup::KimiK2 => "kimi_k2",
+            Markup::Mistral => "mistral",
         }
     }
 }

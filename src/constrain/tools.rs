@@ -7,12 +7,13 @@
 //! - `auto`: free text; once the format's start tag appears the rest is held to valid calls,
 //!   then EOS (a lazy trigger: text until the tag, then the grammar).
 //!
-//! json_tools embeds each tool's schema whole (`%json`); the XML formats (qwen3_coder,
-//! minimax_m2) carry every argument as raw text the parser types by schema
-//! (`chat::tools::typing::coerce`), so each parameter gets its own value rule: string
-//! parameters (and ones with no schema) are free text up to `</parameter>`, `enum`/`const` a
-//! choice of literals, anything else JSON for the parameter's schema. String `pattern`/`format`/`minLength`/`maxLength` cannot be enforced on raw
-//! text: an error for `strict` tools, ignored otherwise.
+//! The JSON-bodied markups (json_tools, deepseek, kimi_k2, mistral) embed each tool's schema
+//! whole (`%json`); the XML ones (qwen3_coder, minimax_m2, glm45) carry every argument as raw
+//! text the parser types by schema (`chat::tools::typing::coerce`), so each parameter gets its
+//! own value rule: string parameters (and ones with no schema) are free text up to the close
+//! tag, `enum`/`const` a choice of literals, anything else JSON for the parameter's schema.
+//! String `pattern`/`format`/`minLength`/`maxLength` cannot be enforced on raw text: an error
+//! for `strict` tools, ignored otherwise.
 
 use serde_json::{json, Map, Value};
 
@@ -79,7 +80,12 @@ enum Markup {
     Deepseek,
     /// Kimi-K2's `<|tool_calls_section_begin|>` tags around JSON arguments.
     KimiK2,
+    /// Mistral's `[TOOL_CALLS]NAME[ARGS]{..}`, or a JSON list after `[TOOL_CALLS]`.
+    Mistral,
 }
+
+/// Mistral's tag before its calls (a control token the grammars spell as text).
+const MISTRAL_CALLS: &str = "[TOOL_CALLS]";
 
 /// How a parameter's raw text is constrained in the XML formats.
 enum ValueRule {
@@ -105,12 +111,13 @@ impl ToolCalls<'_> {
             ParserKind::Glm45 => Some(Markup::Glm45),
             ParserKind::Deepseek => Some(Markup::Deepseek),
             ParserKind::KimiK2 => Some(Markup::KimiK2),
+            ParserKind::Mistral => Some(Markup::Mistral),
             ParserKind::Harmony | ParserKind::Llama3Json => None,
             other => {
                 return Err(ConstrainError::unsupported(
                     "tool_choice",
                     format!(
-                    "tool calls in the {} format (supported: json_tools, qwen3_coder, minimax_m2, glm45, deepseek, kimi_k2, harmony, llama3_json)",
+                    "tool calls in the {} format (supported: json_tools, qwen3_coder, minimax_m2, glm45, deepseek, kimi_k2, mistral, harmony, llama3_json)",
                     other.name()
                 ),
                 ))
@@ -194,6 +201,7 @@ impl ToolCalls<'_> {
         rules.push_str(&format!("call: {}\n", alternatives.join(" | ")));
         match markup {
             Markup::JsonTools | Markup::Deepseek | Markup::KimiK2 => {}
+            Markup::Mistral => rules.push_str(&Markup::mistral_rules(&tools, parallel)),
             Markup::Glm45 => rules.push_str("param_text[lazy]: /(?s:.*)<\\/arg_value>/\n"),
             _ => rules.push_str("param_text[lazy]: /(?s:.*)<\\/parameter>/\n"),
         }
@@ -446,6 +454,9 @@ mod markups;
 #[cfg(test)]
 #[path = "tools_harmony_tests.rs"]
 mod harmony_tests;
+#[cfg(test)]
+#[path = "tools_mistral_tests.rs"]
+mod mistral_tests;
 #[cfg(test)]
 #[path = "tools_tests.rs"]
 mod tests;

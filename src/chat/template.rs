@@ -131,6 +131,27 @@ impl ChatTemplate {
         kwargs: &Map<String, Value>,
     ) -> Result<String, TemplateError> {
         let messages = prepare_messages(messages)?;
+        match self.render_prepared(&messages, tools, add_generation_prompt, kwargs) {
+            // Some templates read every assistant message's content as text (Devstral's
+            // indexes `content[0]` when it is not a string), while OpenAI clients send a
+            // tool-call turn with `content: null` or none: such a render is tried again with
+            // `""` there, as llama.cpp's template polyfills do. A template that renders the
+            // message without content never sees the `""`.
+            Err(TemplateError::Render(e)) => match with_empty_content(&messages) {
+                Some(filled) => self.render_prepared(&filled, tools, add_generation_prompt, kwargs),
+                None => Err(TemplateError::Render(e)),
+            },
+            other => other,
+        }
+    }
+
+    fn render_prepared(
+        &self,
+        messages: &[Value],
+        tools: Option<&[Value]>,
+        add_generation_prompt: bool,
+        kwargs: &Map<String, Value>,
+    ) -> Result<String, TemplateError> {
         let mut ctx: BTreeMap<String, JValue> = BTreeMap::new();
         let special = [
             ("bos_token", &self.special.bos),
@@ -171,6 +192,26 @@ impl ChatTemplate {
             .map_err(|e| TemplateError::Syntax(e.to_string()))?;
         template.render(JValue::from(ctx)).map_err(classify)
     }
+}
+
+/// `messages` with `content: ""` on each assistant message that has none (`None`: every
+/// message has content).
+fn with_empty_content(messages: &[Value]) -> Option<Vec<Value>> {
+    let lacks = |m: &Value| m["role"] == "assistant" && m.get("content").is_none();
+    if !messages.iter().any(lacks) {
+        return None;
+    }
+    let filled = messages
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            if lacks(&m) {
+                m["content"] = Value::String(String::new());
+            }
+            m
+        })
+        .collect();
+    Some(filled)
 }
 
 /// Tells a `raise_exception` refusal from other failures.
@@ -417,6 +458,29 @@ mod tests {
             out,
             "['thinking', 'role', 'reasoning', 'reasoning_content']hmm"
         );
+    }
+
+    #[test]
+    fn an_assistant_turn_without_content_is_retried_with_empty_text() {
+        // Devstral's shape: content read as text, else as a list of parts.
+        let src = "{% for m in messages %}{% if m['content'] is string %}{{ m['content'] }}{% else %}{{ m['content'][0]['text'] }}{% endif %}|{% endfor %}";
+        let calls = json!([{"function": {"name": "f", "arguments": "{}"}}]);
+        let out = render(
+            src,
+            json!([{"role": "user", "content": "hi"},
+                {"role": "assistant", "content": null, "tool_calls": calls}]),
+        )
+        .unwrap();
+        assert_eq!(out, "hi||");
+        // A template that skips missing content renders the message without it.
+        let out = render(
+            "{% for m in messages %}{{ m.content is defined }}{% endfor %}",
+            json!([{"role": "assistant", "content": null, "tool_calls": calls}]),
+        )
+        .unwrap();
+        assert_eq!(out, "False");
+        // A user turn is not patched: still an error.
+        assert!(render(src, json!([{"role": "user", "content": null}])).is_err());
     }
 
     #[test]

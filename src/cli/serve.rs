@@ -119,6 +119,15 @@ pub struct ServeArgs {
     pub kv_cache: super::kv_cache::KvCacheArgs,
     #[arg(long, env = "KOOKA_COMPUTE_DTYPE", value_enum, default_value_t = ComputeDtypeArg::Auto, help_heading = "Model")]
     pub compute_dtype: ComputeDtypeArg,
+    /// A chat template to use instead of the model's: a Jinja file, or the template itself
+    /// (as mlx_lm.server's `--chat-template` takes it).
+    #[arg(long, env = "KOOKA_CHAT_TEMPLATE", help_heading = "Model")]
+    pub chat_template: Option<String>,
+    /// The model's tool-call format, when its tokenizer_config.json does not name one and
+    /// its template does not show it: json_tools (hermes), qwen3_coder, minimax_m2, glm45,
+    /// mistral, llama3_json, pythonic, deepseek, deepseek_v32, kimi_k2 or harmony.
+    #[arg(long, env = "KOOKA_TOOL_CALL_PARSER", value_parser = tool_call_parser, help_heading = "Model")]
+    pub tool_call_parser: Option<String>,
     /// A LoRA adapter folder in mlx-lm's format (`mlx_lm.lora`'s `adapter_config.json` and
     /// `adapters.safetensors`), applied to the model's linear layers; one rank only.
     #[arg(long, env = "KOOKA_ADAPTER_PATH", help_heading = "Model")]
@@ -296,6 +305,12 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             queue_timeout: std::time::Duration::from_secs(args.queue_timeout.max(1)),
         },
         incremental_tool_calls: args.incremental_tool_calls,
+        chat_template: args
+            .chat_template
+            .as_deref()
+            .map(chat_template_source)
+            .transpose()?,
+        tool_call_parser: args.tool_call_parser,
     };
     let leader = cluster
         .map(crate::cluster::Leader::start)
@@ -356,4 +371,28 @@ fn api_keys(key: Option<String>, file: Option<&std::path::Path>) -> anyhow::Resu
         );
     }
     Ok(keys)
+}
+
+/// `--tool-call-parser`: a format name kooka reads (or one of the aliases other servers use).
+fn tool_call_parser(name: &str) -> Result<String, String> {
+    match crate::chat::tools::ParserKind::from_name(name) {
+        Some(kind) => Ok(kind.name().to_string()),
+        None => Err(format!(
+            "unknown tool-call format `{name}` (known: json_tools, qwen3_coder, minimax_m2, glm45, mistral, llama3_json, pythonic, deepseek, deepseek_v32, kimi_k2, harmony)"
+        )),
+    }
+}
+
+/// `--chat-template`: a file's text, or the argument itself when it names no file (a
+/// template always holds `{{` or `{%`, so a mistyped path is an error, not a template).
+fn chat_template_source(arg: &str) -> anyhow::Result<String> {
+    let path = std::path::Path::new(arg);
+    if path.is_file() {
+        return std::fs::read_to_string(path)
+            .with_context(|| format!("reading the chat template {}", path.display()));
+    }
+    if arg.contains("{{") || arg.contains("{%") {
+        return Ok(arg.to_string());
+    }
+    anyhow::bail!("--chat-template {arg}: no such file, and not a Jinja template either")
 }

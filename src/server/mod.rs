@@ -68,6 +68,10 @@ pub struct ServeConfig {
     pub runtime: RuntimeConfig,
     /// Stream OpenAI chat tool-call arguments as they are generated (else each call whole).
     pub incremental_tool_calls: bool,
+    /// A chat template's source that replaces the model's.
+    pub chat_template: Option<String>,
+    /// A tool-call format name that replaces tokenizer_config.json's `tool_parser_type`.
+    pub tool_call_parser: Option<String>,
 }
 
 /// How chat replies of this model are read.
@@ -197,7 +201,16 @@ pub fn run_ranked(
     leader: Option<crate::cluster::Leader>,
 ) -> Result<(), ServeError> {
     let dir = &config.model_dir;
-    let tokenizer = Arc::new(Tokenizer::load(dir)?);
+    let mut tokenizer = Tokenizer::load(dir)?;
+    if let Some(source) = &config.chat_template {
+        info!("chat template: --chat-template's, not the model's");
+        tokenizer.chat_template = Some(source.clone());
+    }
+    if let Some(name) = &config.tool_call_parser {
+        info!(parser = %name, "tool-call format: --tool-call-parser's");
+        tokenizer.tool_parser_type = Some(name.clone());
+    }
+    let tokenizer = Arc::new(tokenizer);
     let template = match &tokenizer.chat_template {
         Some(source) => Some(ChatTemplate::new(
             source,

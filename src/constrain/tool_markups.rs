@@ -12,6 +12,7 @@ impl Markup {
             Markup::Deepseek => deepseek::CALLS_BEGIN,
             Markup::KimiK2 => kimi_k2::SECTION_BEGIN,
             Markup::Mistral => MISTRAL_CALLS,
+            Markup::DeepseekV32 => DSML_CALLS.0,
         }
     }
 
@@ -84,6 +85,8 @@ impl Markup {
             }
             (Markup::MinimaxM2, false) => r#""\n" call "</minimax:tool_call>""#.into(),
             (Markup::MinimaxM2, true) => r#""\n" call+ "</minimax:tool_call>""#.into(),
+            (Markup::DeepseekV32, false) => format!(r#""\n" call {}"#, lit(DSML_CALLS.1)),
+            (Markup::DeepseekV32, true) => format!(r#""\n" call+ {}"#, lit(DSML_CALLS.1)),
             // One call per block, the name right after the tag.
             (Markup::Glm45, false) => r#"call "</tool_call>""#.into(),
             (Markup::Glm45, true) => {
@@ -133,6 +136,11 @@ impl Markup {
         let (open, close, forbidden) = match self {
             Markup::Qwen3Coder => (format!("<function={}>\n", tool.name), "</function>", '>'),
             Markup::Glm45 => (tool.name.clone(), "", '<'),
+            Markup::DeepseekV32 => (
+                format!("<｜DSML｜invoke name=\"{}\">\n", tool.name),
+                "</｜DSML｜invoke>\n",
+                '"',
+            ),
             _ => (
                 format!("<invoke name=\"{}\">\n", tool.name),
                 "</invoke>\n",
@@ -194,6 +202,20 @@ impl Markup {
                     format!("{open} ({}) {close}", choices.join(" | "))
                 }
                 ValueRule::Json(schema) => format!("{open} {schema} {close}"),
+            };
+        }
+        if self == Markup::DeepseekV32 {
+            // `string="true"` before raw text, `"false"` before JSON (a choice: either).
+            let open = lit(&format!("<｜DSML｜parameter name=\"{key}\" string=\""));
+            let close = lit("</｜DSML｜parameter>\n");
+            return match rule {
+                ValueRule::Text => format!(r#"{open} "true\">" param_text "\n""#),
+                ValueRule::Choice(texts) => {
+                    let choices: Vec<String> = texts.iter().map(|t| lit(t)).collect();
+                    let choices = choices.join(" | ");
+                    format!(r#"{open} ("true" | "false") "\">" ({choices}) {close}"#)
+                }
+                ValueRule::Json(schema) => format!(r#"{open} "false\">" {schema} {close}"#),
             };
         }
         let (open, close) = match self {
@@ -293,6 +315,7 @@ impl Markup {
             Markup::Deepseek => "deepseek",
             Markup::KimiK2 => "kimi_k2",
             Markup::Mistral => "mistral",
+            Markup::DeepseekV32 => "deepseek_v32",
         }
     }
 }

@@ -8,7 +8,7 @@
 //!   then EOS (a lazy trigger: text until the tag, then the grammar).
 //!
 //! The JSON-bodied markups (json_tools, deepseek, kimi_k2, mistral) embed each tool's schema
-//! whole (`%json`); the XML ones (qwen3_coder, minimax_m2, glm45) carry every argument as raw
+//! whole (`%json`); the XML ones (qwen3_coder, minimax_m2, glm45, deepseek_v32) carry every argument as raw
 //! text the parser types by schema (`chat::tools::typing::coerce`), so each parameter gets its
 //! own value rule: string parameters (and ones with no schema) are free text up to the close
 //! tag, `enum`/`const` a choice of literals, anything else JSON for the parameter's schema.
@@ -82,7 +82,12 @@ enum Markup {
     KimiK2,
     /// Mistral's `[TOOL_CALLS]NAME[ARGS]{..}`, or a JSON list after `[TOOL_CALLS]`.
     Mistral,
+    /// DeepSeek-V3.2's DSML: `<｜DSML｜invoke name=..>` with `string="true|false"` parameters.
+    DeepseekV32,
 }
+
+/// DeepSeek-V3.2's block of calls (plain text, not added tokens).
+const DSML_CALLS: (&str, &str) = ("<｜DSML｜function_calls>", "</｜DSML｜function_calls>");
 
 /// Mistral's tag before its calls (a control token the grammars spell as text).
 const MISTRAL_CALLS: &str = "[TOOL_CALLS]";
@@ -112,12 +117,13 @@ impl ToolCalls<'_> {
             ParserKind::Deepseek => Some(Markup::Deepseek),
             ParserKind::KimiK2 => Some(Markup::KimiK2),
             ParserKind::Mistral => Some(Markup::Mistral),
+            ParserKind::DeepseekV32 => Some(Markup::DeepseekV32),
             ParserKind::Harmony | ParserKind::Llama3Json => None,
             other => {
                 return Err(ConstrainError::unsupported(
                     "tool_choice",
                     format!(
-                    "tool calls in the {} format (supported: json_tools, qwen3_coder, minimax_m2, glm45, deepseek, kimi_k2, mistral, harmony, llama3_json)",
+                    "tool calls in the {} format (supported: json_tools, qwen3_coder, minimax_m2, glm45, deepseek, deepseek_v32, kimi_k2, mistral, harmony, llama3_json)",
                     other.name()
                 ),
                 ))
@@ -203,6 +209,9 @@ impl ToolCalls<'_> {
             Markup::JsonTools | Markup::Deepseek | Markup::KimiK2 => {}
             Markup::Mistral => rules.push_str(&Markup::mistral_rules(&tools, parallel)),
             Markup::Glm45 => rules.push_str("param_text[lazy]: /(?s:.*)<\\/arg_value>/\n"),
+            Markup::DeepseekV32 => {
+                rules.push_str("param_text[lazy]: /(?s:.*)<\\/｜DSML｜parameter>/\n")
+            }
             _ => rules.push_str("param_text[lazy]: /(?s:.*)<\\/parameter>/\n"),
         }
         let rest = markup.after_open(parallel);
@@ -451,6 +460,9 @@ fn with_defs(prop: &Value, params: &Value) -> Value {
 #[path = "tool_markups.rs"]
 mod markups;
 
+#[cfg(test)]
+#[path = "tools_dsml_tests.rs"]
+mod dsml_tests;
 #[cfg(test)]
 #[path = "tools_harmony_tests.rs"]
 mod harmony_tests;

@@ -4,7 +4,7 @@
 //! byte-level BPE tokens map back through GPT-2's byte-to-unicode table, SentencePiece
 //! tokens through `▁` -> space and `<0xHH>` byte fallback. Special added tokens get
 //! llguidance's 0xFF marker, so no grammar of ours can produce them as text, except the
-//! tool-call tags (Qwen's `<tool_call>`, DeepSeek's, Kimi-K2's and Mistral's call tags are added tokens
+//! tool-call tags (Qwen's `<tool_call>`, DeepSeek's, Kimi-K2's, Mistral's and LFM2's call tags are added tokens
 //! the model emits whole; the tool grammars spell them as text).
 //!
 //! One extra, virtual token follows the vocabulary: the grammar's EOS. The engine reads its
@@ -20,7 +20,7 @@ use serde_json::Value;
 use super::ConstrainError;
 
 /// Added tokens that are markup the grammars spell out, never hidden behind the marker.
-const MARKUP_TOKENS: [&str; 17] = [
+const MARKUP_TOKENS: [&str; 19] = [
     "<tool_call>",
     "</tool_call>",
     "<minimax:tool_call>",
@@ -35,6 +35,9 @@ const MARKUP_TOKENS: [&str; 17] = [
     "[TOOL_CALLS]",
     "[ARGS]",
     "[CALL_ID]",
+    // LFM2.
+    "<|tool_call_start|>",
+    "<|tool_call_end|>",
     // Kimi-K2.
     "<|tool_calls_section_begin|>",
     "<|tool_calls_section_end|>",

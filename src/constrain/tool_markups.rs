@@ -13,6 +13,7 @@ impl Markup {
             Markup::KimiK2 => kimi_k2::SECTION_BEGIN,
             Markup::Mistral => MISTRAL_CALLS,
             Markup::DeepseekV32 => DSML_CALLS.0,
+            Markup::Pythonic => PYTHONIC_CALLS.0,
         }
     }
 
@@ -87,6 +88,10 @@ impl Markup {
             (Markup::MinimaxM2, true) => r#""\n" call+ "</minimax:tool_call>""#.into(),
             (Markup::DeepseekV32, false) => format!(r#""\n" call {}"#, lit(DSML_CALLS.1)),
             (Markup::DeepseekV32, true) => format!(r#""\n" call+ {}"#, lit(DSML_CALLS.1)),
+            (Markup::Pythonic, false) => format!(r#""[" call "]" {}"#, lit(PYTHONIC_CALLS.1)),
+            (Markup::Pythonic, true) => {
+                format!(r#""[" call ("," " "? call)* "]" {}"#, lit(PYTHONIC_CALLS.1))
+            }
             // One call per block, the name right after the tag.
             (Markup::Glm45, false) => r#"call "</tool_call>""#.into(),
             (Markup::Glm45, true) => {
@@ -120,6 +125,89 @@ impl Markup {
             false => "mistral_list: \"[\" mistral_item \"]\"\n",
         });
         rules
+    }
+
+    /// LFM2's pythonic call of `tool` (the `i`th), `NAME(KEY=VALUE, ...)`: its rule body and
+    /// the rules it uses. Keyword arguments come in the schema's order, the optional ones
+    /// optional, with JSON values (which Python reads the same, and the parser reads
+    /// `true`/`null` too) and `True`/`False` for a boolean parameter.
+    pub(super) fn pythonic_call(tool: &Tool, i: usize) -> Result<(String, String), ConstrainError> {
+        if tool.name.is_empty()
+            || !tool
+                .name
+                .chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        {
+            return Err(ConstrainError::unsupported(
+                "tools",
+                format!(
+                    "tool `{}`: its name cannot be written as a pythonic call (letters, digits, `_`, `.`, `-`)",
+                    tool.name
+                ),
+            ));
+        }
+        let props = tool.params.get("properties").and_then(Value::as_object);
+        let required: Vec<&str> = tool
+            .params
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut keys: Vec<&str> = props
+            .map(|p| p.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        keys.extend(
+            required
+                .iter()
+                .filter(|k| !keys.contains(k))
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        let mut rules = String::new();
+        let mut params = Vec::new();
+        for (j, key) in keys.iter().enumerate() {
+            if key.is_empty() || !key.chars().all(|c| c.is_alphanumeric() || c == '_') {
+                return Err(ConstrainError::unsupported(
+                    "tools",
+                    format!(
+                        "tool `{}` parameter `{key}`: not a Python keyword name",
+                        tool.name
+                    ),
+                ));
+            }
+            let prop = props
+                .and_then(|p| p.get(*key))
+                .cloned()
+                .unwrap_or(json!({}));
+            let value = match schema_types(&prop).as_slice() {
+                [t] if t == "boolean" => r#"("True" | "False")"#.to_string(),
+                _ => json_rule(&with_defs(&prop, &tool.params), !tool.strict),
+            };
+            rules.push_str(&format!(
+                "py{i}_p{j}: {} {value}\n",
+                lit(&format!("{key}="))
+            ));
+            params.push((format!("py{i}_p{j}"), required.contains(key)));
+        }
+        // `py{i}_a{j}`: the arguments from the `j`th on when none is written yet, `py{i}_b{j}`
+        // when one is (so a `, ` comes first).
+        let n = params.len();
+        rules.push_str(&format!("py{i}_a{n}: \"\"\npy{i}_b{n}: \"\"\n"));
+        for (j, (param, required)) in params.iter().enumerate().rev() {
+            let next = j + 1;
+            let (first, more) = (
+                format!("{param} py{i}_b{next}"),
+                format!("\", \" {param} py{i}_b{next}"),
+            );
+            match required {
+                true => rules.push_str(&format!("py{i}_a{j}: {first}\npy{i}_b{j}: {more}\n")),
+                false => rules.push_str(&format!(
+                    "py{i}_a{j}: {first} | py{i}_a{next}\npy{i}_b{j}: {more} | py{i}_b{next}\n"
+                )),
+            }
+        }
+        let body = format!("{} py{i}_a0 \")\"", lit(&format!("{}(", tool.name)));
+        Ok((body, rules))
     }
 
     /// The body of one call of `tool` (a Lark rule body).
@@ -316,6 +404,7 @@ impl Markup {
             Markup::KimiK2 => "kimi_k2",
             Markup::Mistral => "mistral",
             Markup::DeepseekV32 => "deepseek_v32",
+            Markup::Pythonic => "pythonic",
         }
     }
 }

@@ -84,7 +84,12 @@ enum Markup {
     Mistral,
     /// DeepSeek-V3.2's DSML: `<｜DSML｜invoke name=..>` with `string="true|false"` parameters.
     DeepseekV32,
+    /// LFM2's `<|tool_call_start|>[NAME(KEY=VALUE, ...)]<|tool_call_end|>`.
+    Pythonic,
 }
+
+/// LFM2's tags around its list of calls.
+const PYTHONIC_CALLS: (&str, &str) = ("<|tool_call_start|>", "<|tool_call_end|>");
 
 /// DeepSeek-V3.2's block of calls (plain text, not added tokens).
 const DSML_CALLS: (&str, &str) = ("<｜DSML｜function_calls>", "</｜DSML｜function_calls>");
@@ -118,16 +123,8 @@ impl ToolCalls<'_> {
             ParserKind::KimiK2 => Some(Markup::KimiK2),
             ParserKind::Mistral => Some(Markup::Mistral),
             ParserKind::DeepseekV32 => Some(Markup::DeepseekV32),
+            ParserKind::Pythonic => Some(Markup::Pythonic),
             ParserKind::Harmony | ParserKind::Llama3Json => None,
-            other => {
-                return Err(ConstrainError::unsupported(
-                    "tool_choice",
-                    format!(
-                    "tool calls in the {} format (supported: json_tools, qwen3_coder, minimax_m2, glm45, deepseek, deepseek_v32, kimi_k2, mistral, harmony, llama3_json)",
-                    other.name()
-                ),
-                ))
-            }
         };
         let mut tools = parse_tools(self.tools)?;
         let parallel = match self.choice {
@@ -160,7 +157,7 @@ impl ToolCalls<'_> {
             };
         };
         let mut rules = String::new();
-        if !markup.json_bodied() {
+        if !markup.json_bodied() && markup != Markup::Pythonic {
             // The XML markups carry `input` as raw text: the grammar as it is.
             for (i, tool) in tools.iter_mut().enumerate() {
                 let Some(definition) = tool.grammar.as_deref() else {
@@ -199,6 +196,11 @@ impl ToolCalls<'_> {
                         lit("}")
                     )
                 }
+                None if markup == Markup::Pythonic => {
+                    let (body, grammar) = Markup::pythonic_call(tool, i)?;
+                    rules.push_str(&grammar);
+                    body
+                }
                 None => markup.call(tool)?,
             };
             rules.push_str(&format!("{rule}: {body}\n"));
@@ -206,7 +208,7 @@ impl ToolCalls<'_> {
         }
         rules.push_str(&format!("call: {}\n", alternatives.join(" | ")));
         match markup {
-            Markup::JsonTools | Markup::Deepseek | Markup::KimiK2 => {}
+            Markup::JsonTools | Markup::Deepseek | Markup::KimiK2 | Markup::Pythonic => {}
             Markup::Mistral => rules.push_str(&Markup::mistral_rules(&tools, parallel)),
             Markup::Glm45 => rules.push_str("param_text[lazy]: /(?s:.*)<\\/arg_value>/\n"),
             Markup::DeepseekV32 => {
@@ -461,14 +463,11 @@ fn with_defs(prop: &Value, params: &Value) -> Value {
 mod markups;
 
 #[cfg(test)]
-#[path = "tools_dsml_tests.rs"]
-mod dsml_tests;
+#[path = "tools_formats_tests.rs"]
+mod formats_tests;
 #[cfg(test)]
 #[path = "tools_harmony_tests.rs"]
 mod harmony_tests;
-#[cfg(test)]
-#[path = "tools_mistral_tests.rs"]
-mod mistral_tests;
 #[cfg(test)]
 #[path = "tools_tests.rs"]
 mod tests;

@@ -323,12 +323,6 @@ fn errors_name_the_problem() {
     .unwrap_err();
     assert_eq!(err.param(), Some("tool_choice"));
     assert!(err.to_string().contains("nope"), "{err}");
-    let err = build(ToolChoice::Required, ParserKind::Pythonic, &tools).unwrap_err();
-    assert!(
-        err.to_string().contains("llama3_json"),
-        "lists what is: {err}"
-    );
-    assert!(err.to_string().contains("pythonic"), "{err}");
     assert!(build(ToolChoice::Required, ParserKind::JsonTools, &[]).is_err());
     assert_eq!(
         build(ToolChoice::Auto, ParserKind::JsonTools, &[]).unwrap(),

@@ -1,8 +1,8 @@
 //! `kooka serve --chat-template` and `--tool-call-parser` against the real binary: the default
-//! model (SmolLM2, whose own template knows no tools) served with Devstral's template, so a
-//! forced call comes back through Mistral's `[TOOL_CALLS]NAME[ARGS]{..}` markup with a
-//! Mistral id, and that id renders back through the template on the next turn. Bad values
-//! stop the server with a message.
+//! model (SmolLM2, whose own template knows no tools) served with Devstral's, LFM2's and
+//! DeepSeek-V3.2's templates, so a forced call comes back through Mistral's, the pythonic or
+//! the DSML markup (held there by the grammar), and renders back through the template on the
+//! next turn. Bad values stop the server with a message.
 
 mod common;
 
@@ -11,9 +11,10 @@ use std::process::Command;
 use common::http::*;
 use serde_json::{json, Value};
 
-fn devstral_template() -> String {
+fn template(file: &str) -> String {
     let path = common::root()
-        .join("third_party/llama.cpp/templates/unsloth-mistral-Devstral-Small-2507.jinja");
+        .join("third_party/llama.cpp/templates")
+        .join(file);
     assert!(
         path.exists(),
         "{} is missing: run scripts/setup.sh --tests",
@@ -27,38 +28,29 @@ fn weather_tool() -> Value {
         "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}])
 }
 
-#[test]
-fn a_template_and_tool_format_from_flags_carry_a_forced_call_and_its_next_turn() {
-    let template = devstral_template();
-    let server = start_with(&[
-        "--chat-template",
-        &template,
-        "--tool-call-parser",
-        "mistral",
-    ]);
-    let log = server.stderr.lock().unwrap().clone();
-    assert!(log.contains("--chat-template's"), "{log}");
+/// Serves the default model with `flags`, forces a call of get_weather and sends it back with
+/// its result; returns the call's id.
+fn forced_call_and_next_turn(flags: &[&str]) -> String {
+    let server = start_with(flags);
     let question = json!({"role": "user", "content": "What is the weather in Paris?"});
     let r = post(
         &server.addr,
-        &json!({"messages": [question], "max_tokens": 48, "temperature": 0,
+        // DSML's fullwidth bars are byte tokens to SmolLM2: its call takes ~90 tokens.
+        &json!({"messages": [question], "max_tokens": 160, "temperature": 0,
             "tools": weather_tool(), "tool_choice": "required", "parallel_tool_calls": false}),
     );
-    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.status, 200, "{flags:?}: {}", r.text());
     let c = r.json();
-    assert_eq!(c["choices"][0]["finish_reason"], "tool_calls", "{c}");
+    assert_eq!(
+        c["choices"][0]["finish_reason"], "tool_calls",
+        "{flags:?}: {c}"
+    );
     let call = &c["choices"][0]["message"]["tool_calls"][0];
     assert_eq!(call["function"]["name"], "get_weather", "{c}");
     let args: Value =
         serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
-    assert!(args["city"].is_string(), "{args}");
-    // Mistral's templates refuse any id but 9 alphanumerics: the parser gives one.
-    let id = call["id"].as_str().unwrap();
-    assert!(
-        id.len() == 9 && id.chars().all(|ch| ch.is_ascii_alphanumeric()),
-        "{id}"
-    );
-
+    assert!(args["city"].is_string(), "{flags:?}: {args}");
+    let id = call["id"].as_str().unwrap().to_string();
     // The call and its result go back through the same template.
     let r = post(
         &server.addr,
@@ -68,7 +60,28 @@ fn a_template_and_tool_format_from_flags_carry_a_forced_call_and_its_next_turn()
             {"role": "tool", "tool_call_id": id, "content": "{\"celsius\": 21}"},
         ]}),
     );
-    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.status, 200, "{flags:?}: {}", r.text());
+    id
+}
+
+#[test]
+fn a_template_and_tool_format_from_flags_carry_a_forced_call_and_its_next_turn() {
+    let devstral = template("unsloth-mistral-Devstral-Small-2507.jinja");
+    let id = forced_call_and_next_turn(&[
+        "--chat-template",
+        &devstral,
+        "--tool-call-parser",
+        "mistral",
+    ]);
+    // Mistral's templates refuse any id but 9 alphanumerics: the parser gives one.
+    assert!(
+        id.len() == 9 && id.chars().all(|ch| ch.is_ascii_alphanumeric()),
+        "{id}"
+    );
+    // The format from the template alone: LFM2's pythonic calls, DeepSeek-V3.2's DSML.
+    for file in ["LFM2.5-8B-A1B.jinja", "deepseek-ai-DeepSeek-V3.2.jinja"] {
+        forced_call_and_next_turn(&["--chat-template", &template(file)]);
+    }
 }
 
 #[test]

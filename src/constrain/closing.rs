@@ -11,8 +11,7 @@
 //! length` as a cut reply does.
 //!
 //! The XML-ish tool-call markups (MiniMax-M2's `<invoke>`, Qwen3-Coder's `<function=...>`,
-//! GLM's `<arg_value>`)
-//! write parameters as raw text up to a closing tag. There the closers are the tokens that
+//! GLM's `<arg_value>`, DeepSeek-V3.2's `<｜DSML｜parameter>`) write parameters as raw text up to a closing tag. There the closers are the tokens that
 //! write (or continue writing) one of [`XML_CLOSE_TAGS`], so a value that would run on is
 //! ended with `</parameter>` and the call's own tags follow. JSON closers count only while
 //! some JSON is open (a `"` in raw text closes nothing).
@@ -20,17 +19,21 @@
 use std::sync::Arc;
 
 /// The closing tags of the XML-ish tool-call markups' parameters, calls and blocks.
-pub(crate) const XML_CLOSE_TAGS: [&str; 6] = [
+pub(crate) const XML_CLOSE_TAGS: [&str; 9] = [
     "</parameter>",
     "</arg_value>",
     "</invoke>",
     "</minimax:tool_call>",
     "</function>",
     "</tool_call>",
+    // DeepSeek-V3.2's DSML (the bars are fullwidth, three bytes each).
+    "</｜DSML｜parameter>",
+    "</｜DSML｜invoke>",
+    "</｜DSML｜function_calls>",
 ];
 
-/// The longest tag prefix a [`Nesting`] keeps (the longest closing tag).
-const TAG_CAP: usize = 24;
+/// The longest tag prefix a [`Nesting`] keeps (at least the longest closing tag, 27 bytes).
+const TAG_CAP: usize = 32;
 
 /// Tokens the closing mode may keep and the bytes of every token, per vocabulary.
 pub(crate) struct Vocabulary {
@@ -411,5 +414,39 @@ mod tests {
         at.push(&vocab, 1);
         at.push(&vocab, 2);
         assert!(vocab.closes(3, &at), "a fresh `</` after a stray `<`");
+    }
+
+    #[test]
+    fn dsml_elements_are_followed_to_the_outermost() {
+        let texts = [
+            "<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"f\">\n",
+            "<｜DSML｜parameter name=\"x\" string=\"true\">",
+            "Oslo",
+            "</｜DSML｜parameter>\n",
+            "</｜DSML｜invoke>\n",
+        ];
+        let tokens: Vec<Vec<u8>> = texts.iter().map(|t| t.as_bytes().to_vec()).collect();
+        let vocab = Vocabulary::new(&tokens);
+        let mut at = Nesting::default();
+        let mut open = Vec::new();
+        for token in 0..texts.len() {
+            at.push(&vocab, token as u32);
+            open.push(at.open_element());
+        }
+        assert_eq!(
+            open,
+            [
+                Some("</｜DSML｜invoke>"),
+                Some("</｜DSML｜parameter>"),
+                Some("</｜DSML｜parameter>"),
+                Some("</｜DSML｜invoke>"),
+                Some("</｜DSML｜function_calls>"),
+            ]
+        );
+        assert!(vocab.closes(3, &{
+            let mut at = Nesting::default();
+            (0..3).for_each(|t| at.push(&vocab, t));
+            at
+        }));
     }
 }

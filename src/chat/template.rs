@@ -175,7 +175,7 @@ impl ChatTemplate {
             }
             ctx.insert(key.clone(), JValue::from_serialize(value));
         }
-        ctx.insert("messages".into(), JValue::from_serialize(&messages));
+        ctx.insert("messages".into(), JValue::from_serialize(messages));
         ctx.insert(
             "tools".into(),
             tools.map_or(JValue::from(()), JValue::from_serialize),

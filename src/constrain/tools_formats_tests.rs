@@ -32,8 +32,8 @@ fn mistral_forced_calls_take_any_of_the_three_shapes() {
         json!({"city": "Oslo", "days": 3}),
     );
     let echo_call = ("echo".to_string(), json!({"text": "hi"}));
-    assert_eq!(calls(ARGS_SHAPE), [weather_call.clone()]);
-    assert_eq!(calls(CALL_ID_SHAPE), [echo_call.clone()]);
+    assert_eq!(calls(ARGS_SHAPE), [weather_call]);
+    assert_eq!(calls(CALL_ID_SHAPE), std::slice::from_ref(&echo_call));
     assert_eq!(calls(LIST_SHAPE), [echo_call]);
     for bad in [
         "Sure",

@@ -744,10 +744,17 @@ fn ranks_started_with_different_flags_are_refused() {
     }
 }
 
-/// Compatibility mode: plain `mlx.launch` sets only MLX_RANK / MLX_HOSTFILE.
+/// Compatibility mode: plain `mlx.launch` sets only MLX_RANK / MLX_HOSTFILE (with `-n 1`, an
+/// empty hostfile: one rank).
 #[test]
 fn ranks_started_by_mlx_launch() {
     let _serial = serial();
+    for ranks in [2, 1] {
+        mlx_launch_serves(ranks);
+    }
+}
+
+fn mlx_launch_serves(ranks: usize) {
     let launch = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("third_party/venv/bin/mlx.launch");
     assert!(
         launch.exists(),
@@ -758,7 +765,7 @@ fn ranks_started_by_mlx_launch() {
     let mut cmd = Command::new(&launch);
     cmd.args([
         "-n",
-        "2",
+        &ranks.to_string(),
         "--backend",
         "ring",
         "-p",
@@ -791,7 +798,10 @@ fn ranks_started_by_mlx_launch() {
         asks_for_paris(&addr);
         let (status, health) = request(&addr, "GET", "/health", "");
         assert_eq!(status, 200, "{health}");
-        assert!(health.contains("pipeline rank 1/2"), "{health}");
+        match ranks {
+            1 => assert!(!health.contains("rank"), "one rank: {health}"),
+            _ => assert!(health.contains("pipeline rank 1/2"), "{health}"),
+        }
     }));
     kill_group();
     drop(launcher);

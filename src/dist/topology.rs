@@ -244,6 +244,17 @@ fn ring(env: &LaunchEnv) -> Result<Topology, TopologyError> {
         }),
         (Some(rank), Some(path)) => {
             let rank = parse_rank(rank)?;
+            // `mlx.launch -n 1` writes an empty hostfile: a world of one.
+            if std::fs::read_to_string(path).is_ok_and(|t| t.trim().is_empty()) {
+                if rank > 0 {
+                    return Err(TopologyError::RankOutOfRange {
+                        rank,
+                        size: 1,
+                        path: path.clone(),
+                    });
+                }
+                return Ok(Topology::Single);
+            }
             let hosts = read_hostfile(path)?;
             if rank >= hosts.len() {
                 return Err(TopologyError::RankOutOfRange {
@@ -373,6 +384,16 @@ mod tests {
         let path = hostfile(r#"[["127.0.0.1:5000"],["127.0.0.1:5001"]]"#);
         let t = Topology::from_vars(Some("1".into()), Some(path)).unwrap();
         assert_eq!((t.rank(), t.size()), (1, 2));
+    }
+
+    #[test]
+    fn an_empty_hostfile_is_a_world_of_one() {
+        // What `mlx.launch -n 1` writes (`echo '' > file`).
+        let path = hostfile("\n");
+        let t = Topology::from_vars(Some("0".into()), Some(path.clone())).unwrap();
+        assert_eq!(t, Topology::Single);
+        let err = Topology::from_vars(Some("1".into()), Some(path)).unwrap_err();
+        assert!(err.to_string().contains("lists 1 rank"), "{err}");
     }
 
     #[test]

@@ -231,8 +231,10 @@ fn logprobs_logit_bias_routes_and_metadata() {
     assert!(!text.is_empty(), "{text}");
     let unit = &text[..text.len() / 3];
     assert_eq!(text, unit.repeat(3), "{text}");
-    let r = post(addr, &france(json!({"logit_bias": {"x": 1}})));
-    assert_error(&r, 400, Some("logit_bias"));
+    for bias in [json!({"x": 1}), json!({"4000000": 5})] {
+        let r = post(addr, &france(json!({ "logit_bias": bias })));
+        assert_error(&r, 400, Some("logit_bias"));
+    }
 
     // Query strings are ignored by routing; a wrong method on a known path is a 405.
     let r = request(

@@ -60,6 +60,14 @@ pub fn submit(state: &AppState, request: u64, spec: JobSpec) -> Result<Job, ApiE
             code: Some("context_length_exceeded"),
         });
     }
+    let vocab = state.runtime.info().vocab_size;
+    let outside = |id: u32| vocab > 0 && id as usize >= vocab;
+    if let Some((id, _)) = spec.params.logit_bias.iter().find(|(id, _)| outside(*id)) {
+        return Err(ApiError::field(
+            "logit_bias",
+            format!("`logit_bias` token id {id} is outside the model's vocabulary (0..{vocab})"),
+        ));
+    }
     // Without max_tokens a completion may use the rest of the context (as vLLM does).
     let max_tokens = match (spec.max_tokens, context_left) {
         (Some(n), Some(left)) => n.min(left),

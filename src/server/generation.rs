@@ -324,6 +324,7 @@ pub fn chat_prompt(
     let template = state.template.as_ref().ok_or_else(|| {
         ApiError::bad_request("This model has no chat template; chat completions need one")
     })?;
+    let kwargs = &*state.chat.thinking_kwargs(kwargs);
     // Custom tools' grammars are for the constraint, not the prompt.
     let shown: Vec<Value>;
     let tools = if tools

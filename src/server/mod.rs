@@ -83,6 +83,32 @@ pub struct ChatInfo {
     pub tool_parser: Option<crate::chat::tools::ParserKind>,
     /// Reasoning markers the template uses (`<think>`, `</think>`).
     pub think_tags: Option<(&'static str, &'static str)>,
+    /// The template's own thinking switch when it does not read `enable_thinking`.
+    pub thinking_switch: Option<ThinkingSwitch>,
+}
+
+/// A chat template's thinking switch other than `enable_thinking`, which the APIs' switches
+/// (Anthropic `thinking`, Responses `reasoning.effort: none`) set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThinkingSwitch {
+    /// A boolean `thinking` (DeepSeek-V3.1's template).
+    Thinking,
+    /// `thinking_mode`: `"enabled"` / `"disabled"` (MiniMax-M3's).
+    Mode,
+}
+
+impl ThinkingSwitch {
+    fn of(source: &str) -> Option<Self> {
+        if source.contains("enable_thinking") {
+            None
+        } else if source.contains("thinking_mode") {
+            Some(ThinkingSwitch::Mode)
+        } else if source.contains("thinking is defined") || source.contains("if thinking") {
+            Some(ThinkingSwitch::Thinking)
+        } else {
+            None
+        }
+    }
 }
 
 impl ChatInfo {
@@ -103,7 +129,35 @@ impl ChatInfo {
             think_tags: source
                 .filter(|s| s.contains("<think>"))
                 .map(|_| ("<think>", "</think>")),
+            thinking_switch: source.and_then(ThinkingSwitch::of),
         }
+    }
+
+    /// The request's template kwargs, with an `enable_thinking` also given as the template's
+    /// own switch (unless the request sets that too).
+    pub fn thinking_kwargs<'a>(
+        &self,
+        kwargs: &'a serde_json::Map<String, serde_json::Value>,
+    ) -> std::borrow::Cow<'a, serde_json::Map<String, serde_json::Value>> {
+        use serde_json::Value;
+        let (Some(switch), Some(Value::Bool(on))) =
+            (self.thinking_switch, kwargs.get("enable_thinking"))
+        else {
+            return std::borrow::Cow::Borrowed(kwargs);
+        };
+        let (key, value) = match switch {
+            ThinkingSwitch::Thinking => ("thinking", Value::Bool(*on)),
+            ThinkingSwitch::Mode => (
+                "thinking_mode",
+                Value::from(if *on { "enabled" } else { "disabled" }),
+            ),
+        };
+        if kwargs.contains_key(key) {
+            return std::borrow::Cow::Borrowed(kwargs);
+        }
+        let mut out = kwargs.clone();
+        out.insert(key.into(), value);
+        std::borrow::Cow::Owned(out)
     }
 }
 
@@ -302,4 +356,35 @@ pub fn run_ranked(
         leader.shutdown();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_api_thinking_switch_reaches_a_template_that_names_it_otherwise() {
+        let info = |source: &str| ChatInfo {
+            thinking_switch: ThinkingSwitch::of(source),
+            ..Default::default()
+        };
+        let on = json!({"enable_thinking": true});
+        let on = on.as_object().unwrap();
+        let deepseek = info("{%- if not thinking is defined -%}{% set thinking = false %}");
+        assert_eq!(deepseek.thinking_kwargs(on)["thinking"], true);
+        let minimax = info("{% if thinking_mode == 'enabled' %}");
+        assert_eq!(minimax.thinking_kwargs(on)["thinking_mode"], "enabled");
+        let qwen = info("{% if enable_thinking is defined and enable_thinking is false %}");
+        assert_eq!(
+            qwen.thinking_kwargs(on).len(),
+            1,
+            "Qwen3 reads enable_thinking"
+        );
+        // The request's own value wins; no switch asked, nothing added.
+        let both = json!({"enable_thinking": true, "thinking": false});
+        let both = both.as_object().unwrap();
+        assert_eq!(deepseek.thinking_kwargs(both)["thinking"], false);
+        assert!(deepseek.thinking_kwargs(&Default::default()).is_empty());
+    }
 }

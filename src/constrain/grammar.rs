@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::lark::{json_rule, validate};
+use super::lark::{json_rule, lit, validate};
 use super::ConstrainError;
 
 /// What a reply must look like: plain data (it crosses threads inside
@@ -139,6 +139,22 @@ pub enum ResponseFormat {
         /// `json_schema.strict`: unsupported keywords are an error instead of ignored.
         strict: bool,
     },
+    /// Text matching a regular expression (vLLM's `guided_regex`).
+    Regex {
+        regex: String,
+        /// The request field it came from (errors name it).
+        field: &'static str,
+    },
+    /// Exactly one of these texts (vLLM's `guided_choice`).
+    Choice {
+        choices: Vec<String>,
+        field: &'static str,
+    },
+    /// Text in an llguidance Lark grammar with a `start` rule (vLLM's `guided_grammar`).
+    Lark {
+        grammar: String,
+        field: &'static str,
+    },
 }
 
 impl ResponseFormat {
@@ -150,14 +166,86 @@ impl ResponseFormat {
             ResponseFormat::JsonSchema { schema, strict } => {
                 Some(Grammar::json_schema(schema, *strict)?)
             }
+            ResponseFormat::Regex { regex, field } => Some(Grammar::new(
+                format!("start: /{}/\n", lark_regex(regex)),
+                "regex",
+                field,
+            )?),
+            ResponseFormat::Choice { choices, field } => {
+                let texts: Vec<String> = choices.iter().map(|c| lit(c)).collect();
+                Some(Grammar::new(
+                    format!("start: {}\n", texts.join(" | ")),
+                    "choice",
+                    field,
+                )?)
+            }
+            ResponseFormat::Lark { grammar, field } => Some(
+                Grammar::new(format!("{grammar}\n"), "grammar", field).map_err(|e| {
+                    ConstrainError::invalid(
+                        field,
+                        format!("{e} (expected: a Lark grammar with a `start` rule, as llguidance reads it; GBNF's `::=` is not read)"),
+                    )
+                })?,
+            ),
         })
     }
+}
+
+/// A regular expression as the body of a Lark `/.../` token: `/` escaped, newlines as `\n`.
+fn lark_regex(regex: &str) -> String {
+    let mut out = String::new();
+    let mut chars = regex.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                out.push(c);
+                if let Some(next) = chars.next() {
+                    out.push(next);
+                }
+            }
+            '/' => out.push_str("\\/"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn regex_choice_and_lark_formats() {
+        let g = ResponseFormat::Regex {
+            regex: "[0-9]{3}/x".into(),
+            field: "guided_regex",
+        };
+        assert_eq!(
+            g.grammar().unwrap().unwrap().lark(),
+            "start: /[0-9]{3}\\/x/\n"
+        );
+        let err = ResponseFormat::Regex {
+            regex: "(".into(),
+            field: "guided_regex",
+        }
+        .grammar()
+        .unwrap_err();
+        assert_eq!(err.param(), Some("guided_regex"));
+        let g = ResponseFormat::Choice {
+            choices: vec!["yes".into(), "no \"way\"".into()],
+            field: "guided_choice",
+        };
+        assert!(g.grammar().unwrap().is_some());
+        let err = ResponseFormat::Lark {
+            grammar: "root ::= \"a\"".into(),
+            field: "guided_grammar",
+        }
+        .grammar()
+        .unwrap_err();
+        assert_eq!(err.param(), Some("guided_grammar"));
+    }
 
     #[test]
     fn unsupported_schema_names_the_feature_when_strict() {

@@ -307,8 +307,49 @@ pub fn parse_response_format(v: &Value) -> ResponseFormat {
                     .unwrap_or(false),
             }
         }
+        Some("regex") => ResponseFormat::Regex {
+            regex: text_of(v, "regex"),
+            field: guided_field(v),
+        },
+        Some("choice") => ResponseFormat::Choice {
+            choices: v["choice"]
+                .as_array()
+                .map(|c| {
+                    c.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            field: guided_field(v),
+        },
+        Some("grammar") => ResponseFormat::Lark {
+            grammar: text_of(v, "grammar"),
+            field: guided_field(v),
+        },
         _ => ResponseFormat::Text,
     }
+}
+
+fn text_of(v: &Value, key: &str) -> String {
+    v[key].as_str().unwrap_or_default().to_string()
+}
+
+/// The vLLM field a `regex` / `choice` / `grammar` format came from (errors name it).
+fn guided_field(v: &Value) -> &'static str {
+    const FIELDS: [&str; 6] = [
+        "guided_regex",
+        "guided_choice",
+        "guided_grammar",
+        "structured_outputs.regex",
+        "structured_outputs.choice",
+        "structured_outputs.grammar",
+    ];
+    let field = v["field"].as_str().unwrap_or_default();
+    FIELDS
+        .into_iter()
+        .find(|f| *f == field)
+        .unwrap_or("structured_outputs")
 }
 
 /// Renders `messages` (+ `tools` unless `tool_choice` is none) with the model's chat

@@ -5,6 +5,7 @@
 use serde_json::{Map, Value};
 
 mod fields;
+mod guided;
 
 use super::error::ApiError;
 use crate::engine::sampling::SamplingParams;
@@ -207,11 +208,19 @@ pub(crate) fn check_choice(choice: &ToolChoice, tools: &[Value]) -> Result<(), A
     Ok(())
 }
 
-/// `response_format`: `{"type": "text" | "json_object" | "json_schema", ...}`.
+/// `response_format`: `{"type": "text" | "json_object" | "json_schema", ...}`, or one of
+/// vLLM's structured-output fields ([`guided`]; not both).
 pub(crate) fn response_format(obj: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
+    let guided = guided::guided(obj)?;
     let Some(v) = get(obj, "response_format") else {
-        return Ok(None);
+        return Ok(guided);
     };
+    if guided.is_some() {
+        return Err(ApiError::field(
+            "response_format",
+            "`response_format` and a vLLM structured-output field (guided_*, structured_outputs) cannot both be set",
+        ));
+    }
     let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
     match kind {
         "text" => Ok(None),

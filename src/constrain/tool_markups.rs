@@ -146,23 +146,7 @@ impl Markup {
                 ),
             ));
         }
-        let props = tool.params.get("properties").and_then(Value::as_object);
-        let required: Vec<&str> = tool
-            .params
-            .get("required")
-            .and_then(Value::as_array)
-            .map(|r| r.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let mut keys: Vec<&str> = props
-            .map(|p| p.keys().map(String::as_str).collect())
-            .unwrap_or_default();
-        keys.extend(
-            required
-                .iter()
-                .filter(|k| !keys.contains(k))
-                .copied()
-                .collect::<Vec<_>>(),
-        );
+        let (props, required, keys) = tool.param_keys();
         let mut rules = String::new();
         let mut params = Vec::new();
         for (j, key) in keys.iter().enumerate() {
@@ -241,23 +225,7 @@ impl Markup {
             // GLM-4.5/4.6 write a newline after the name and each tag, GLM-4.7 none.
             body.push(OPTIONAL_NEWLINE.into());
         }
-        let props = tool.params.get("properties").and_then(Value::as_object);
-        let required: Vec<&str> = tool
-            .params
-            .get("required")
-            .and_then(Value::as_array)
-            .map(|r| r.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let mut keys: Vec<&str> = props
-            .map(|p| p.keys().map(String::as_str).collect())
-            .unwrap_or_default();
-        // A required key the schema does not describe still has to be written.
-        let undescribed: Vec<&str> = required
-            .iter()
-            .filter(|k| !keys.contains(k))
-            .copied()
-            .collect();
-        keys.extend(undescribed);
+        let (props, required, keys) = tool.param_keys();
         for key in keys {
             check_name(key, forbidden, &tool.name, &format!("parameter `{key}`"))?;
             let prop = props.and_then(|p| p.get(key));

@@ -63,6 +63,30 @@ struct Tool {
     raw_rule: Option<String>,
 }
 
+impl Tool {
+    /// The parameters' schemas, the required names, and every name a call writes: the
+    /// described ones in schema order, then required ones the schema does not describe.
+    fn param_keys(&self) -> (Option<&Map<String, Value>>, Vec<&str>, Vec<&str>) {
+        let props = self.params.get("properties").and_then(Value::as_object);
+        let required: Vec<&str> = self
+            .params
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut keys: Vec<&str> = props
+            .map(|p| p.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let undescribed: Vec<&str> = required
+            .iter()
+            .filter(|k| !keys.contains(k))
+            .copied()
+            .collect();
+        keys.extend(undescribed);
+        (props, required, keys)
+    }
+}
+
 /// Where a function object carries a custom (freeform) tool's Lark grammar: the Responses API's
 /// `custom` tools are offered to the model as functions with one string argument, `input`,
 /// and that argument is held to the grammar (json_tools markup). Servers strip the key before

@@ -14,6 +14,9 @@ use crate::model::{ModelError, Result};
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pub chat_template: Option<String>,
+    /// The template named `tool_use` where tokenizer_config lists named templates
+    /// (Hermes, Command-R): transformers renders requests with tools through it.
+    pub tool_use_template: Option<String>,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
     /// EOS ids from tokenizer_config's eos_token and generation_config.json.
@@ -55,17 +58,26 @@ impl Tokenizer {
             message: e.to_string(),
         })?;
         let cfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
-        let mut chat_template = match cfg.get("chat_template") {
-            Some(Value::String(s)) => Some(s.clone()),
+        let named = |name: &str| match cfg.get("chat_template") {
             Some(Value::Array(list)) => list
                 .iter()
-                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
-                .or_else(|| list.first())
+                .find(|t| t.get("name").and_then(Value::as_str) == Some(name))
                 .and_then(|t| t.get("template"))
                 .and_then(Value::as_str)
                 .map(str::to_string),
             _ => None,
         };
+        let mut chat_template = match cfg.get("chat_template") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Array(list)) => named("default").or_else(|| {
+                list.first()
+                    .and_then(|t| t.get("template"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            }),
+            _ => None,
+        };
+        let tool_use_template = named("tool_use");
         let jinja = dir.join("chat_template.jinja");
         if chat_template.is_none() && jinja.exists() {
             chat_template = Some(read_to_string(&jinja)?);
@@ -89,6 +101,7 @@ impl Tokenizer {
         Ok(Tokenizer {
             inner,
             chat_template,
+            tool_use_template,
             bos_token,
             eos_token,
             eos_ids,

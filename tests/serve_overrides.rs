@@ -24,7 +24,8 @@ fn template(file: &str) -> String {
 }
 
 fn weather_tool() -> Value {
-    json!([{"type": "function", "function": {"name": "get_weather", "parameters": {
+    json!([{"type": "function", "function": {"name": "get_weather",
+        "description": "The weather in a city", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}])
 }
 
@@ -82,6 +83,65 @@ fn a_template_and_tool_format_from_flags_carry_a_forced_call_and_its_next_turn()
     for file in ["LFM2.5-8B-A1B.jinja", "deepseek-ai-DeepSeek-V3.2.jinja"] {
         forced_call_and_next_turn(&["--chat-template", &template(file)]);
     }
+}
+
+/// A model whose tokenizer_config lists named templates (Hermes, Command-R): requests with
+/// tools render through `tool_use`, the others through `default`.
+#[test]
+fn a_named_tool_use_template_takes_requests_with_tools() {
+    let base = common::model("SmolLM2-135M-Instruct");
+    let dir = common::tmp().join("named-templates");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ] {
+        std::os::unix::fs::symlink(base.join(file), dir.join(file)).unwrap();
+    }
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    let hermes = std::fs::read_to_string(template(
+        "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja",
+    ))
+    .unwrap();
+    config["chat_template"] = json!([
+        {"name": "default", "template": config["chat_template"]},
+        {"name": "tool_use", "template": hermes},
+    ]);
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let model = dir.display().to_string();
+    let server = start_with(&["--model", &model]);
+    let log = server.stderr.lock().unwrap().clone();
+    assert!(log.contains("`tool_use` template"), "{log}");
+    assert!(
+        log.contains("parser=\"json_tools\""),
+        "Hermes writes <tool_call>: {log}"
+    );
+    let question = json!({"role": "user", "content": "What is the weather in Paris?"});
+    let r = post(
+        &server.addr,
+        &json!({"messages": [question], "max_tokens": 64, "temperature": 0,
+            "tools": weather_tool(), "tool_choice": "required", "parallel_tool_calls": false}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let c = r.json();
+    assert_eq!(
+        c["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "get_weather",
+        "{c}"
+    );
+    // Hermes' tool prompt (its <tools> system message) is far longer than the question alone.
+    let with_tools = c["usage"]["prompt_tokens"].as_u64().unwrap();
+    let r = post(
+        &server.addr,
+        &json!({"messages": [question], "max_tokens": 4}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let without = r.json()["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(with_tools > without + 100, "{with_tools} vs {without}");
 }
 
 #[test]

@@ -362,10 +362,17 @@ pub fn chat_prompt(
     tool_choice: &ToolChoice,
     kwargs: &Map<String, Value>,
 ) -> Result<ChatPrompt, ApiError> {
-    let template = state.template.as_ref().ok_or_else(|| {
-        ApiError::bad_request("This model has no chat template; chat completions need one")
-    })?;
-    let kwargs = &*state.chat.thinking_kwargs(kwargs);
+    let use_tools = !tools.is_empty() && *tool_choice != ToolChoice::None;
+    let (template, chat) = match (&state.tool_template, use_tools) {
+        (Some((template, chat)), true) => (template, chat),
+        _ => (
+            state.template.as_ref().ok_or_else(|| {
+                ApiError::bad_request("This model has no chat template; chat completions need one")
+            })?,
+            &state.chat,
+        ),
+    };
+    let kwargs = &*chat.thinking_kwargs(kwargs);
     // Custom tools' grammars are for the constraint, not the prompt.
     let shown: Vec<Value>;
     let tools = if tools
@@ -386,9 +393,8 @@ pub fn chat_prompt(
     } else {
         tools
     };
-    let use_tools = !tools.is_empty() && *tool_choice != ToolChoice::None;
     // gpt-oss: the reply is read by channel, and earlier turns need reshaping for its template.
-    let harmony = state.chat.tool_parser == Some(ParserKind::Harmony);
+    let harmony = chat.tool_parser == Some(ParserKind::Harmony);
     let reshaped;
     let messages = if harmony {
         reshaped = super::harmony_prompt::harmony_messages(messages);
@@ -396,14 +402,13 @@ pub fn chat_prompt(
     } else {
         messages
     };
-    let parser_kind = match (use_tools, state.chat.template_renders_tools) {
+    let parser_kind = match (use_tools, chat.template_renders_tools) {
         (false, _) => None,
-        (true, true) => Some(state.chat.tool_parser.unwrap_or(ParserKind::JsonTools)),
+        (true, true) => Some(chat.tool_parser.unwrap_or(ParserKind::JsonTools)),
         (true, false) => Some(ParserKind::JsonTools),
     };
     let render =
-        |messages: &[Value], generation: bool| match (use_tools, state.chat.template_renders_tools)
-        {
+        |messages: &[Value], generation: bool| match (use_tools, chat.template_renders_tools) {
             (false, true) => template.render(messages, None, generation, kwargs),
             // Earlier tool turns still need writing out as text for such a template.
             (false, false) => {
@@ -432,7 +437,7 @@ pub fn chat_prompt(
         .chat
         .think_tags
         .and_then(|(open, close)| text.trim_end().ends_with(open).then_some(close));
-    let reasoning = state.chat.think_tags.map(|(open, close)| {
+    let reasoning = chat.think_tags.map(|(open, close)| {
         let splitter = ReasoningSplitter::new(open, close);
         if reasoning_close.is_some() {
             splitter.starting_inside()

@@ -112,8 +112,7 @@ impl ThinkingSwitch {
 }
 
 impl ChatInfo {
-    fn new(tokenizer: &Tokenizer) -> Self {
-        let source = tokenizer.chat_template.as_deref();
+    fn new(tokenizer: &Tokenizer, source: Option<&str>) -> Self {
         let config = tokenizer
             .tool_parser_type
             .as_ref()
@@ -168,6 +167,9 @@ pub struct AppState {
     pub aliases: Vec<String>,
     pub created: u64,
     pub template: Option<ChatTemplate>,
+    /// The model's `tool_use` template and how its replies are read: requests with tools
+    /// render through it (see [`Tokenizer::tool_use_template`]).
+    pub tool_template: Option<(ChatTemplate, ChatInfo)>,
     pub tokenizer: Arc<Tokenizer>,
     pub runtime: RuntimeHandle,
     pub max_body_bytes: usize,
@@ -259,24 +261,36 @@ pub fn run_ranked(
     if let Some(source) = &config.chat_template {
         info!("chat template: --chat-template's, not the model's");
         tokenizer.chat_template = Some(source.clone());
+        tokenizer.tool_use_template = None;
     }
     if let Some(name) = &config.tool_call_parser {
         info!(parser = %name, "tool-call format: --tool-call-parser's");
         tokenizer.tool_parser_type = Some(name.clone());
     }
     let tokenizer = Arc::new(tokenizer);
-    let template = match &tokenizer.chat_template {
-        Some(source) => Some(ChatTemplate::new(
+    let compile = |source: &str| {
+        ChatTemplate::new(
             source,
             SpecialTokens {
                 bos: tokenizer.bos_token.clone(),
                 eos: tokenizer.eos_token.clone(),
                 ..Default::default()
             },
-        )?),
+        )
+    };
+    let template = tokenizer
+        .chat_template
+        .as_deref()
+        .map(compile)
+        .transpose()?;
+    let chat_info = ChatInfo::new(&tokenizer, tokenizer.chat_template.as_deref());
+    let tool_template = match tokenizer.tool_use_template.as_deref() {
+        Some(source) => {
+            info!("chat template: requests with tools use the model's `tool_use` template");
+            Some((compile(source)?, ChatInfo::new(&tokenizer, Some(source))))
+        }
         None => None,
     };
-    let chat_info = ChatInfo::new(&tokenizer);
     let metrics = Arc::new(Metrics::new());
     let model_id = crate::model::resolve::served_id(dir);
     let loading = loading::start(&listener, &model_id)?;
@@ -300,6 +314,7 @@ pub fn run_ranked(
         aliases,
         created: http::unix_now(),
         template,
+        tool_template,
         tokenizer,
         runtime,
         max_body_bytes: config.max_body_bytes,

@@ -123,9 +123,10 @@ pub struct ServeArgs {
     /// (as mlx_lm.server's `--chat-template` takes it).
     #[arg(long, env = "KOOKA_CHAT_TEMPLATE", help_heading = "Model")]
     pub chat_template: Option<String>,
-    /// The model's tool-call format, when its tokenizer_config.json does not name one and
-    /// its template does not show it: json_tools (hermes), qwen3_coder, minimax_m2, glm45,
-    /// mistral, llama3_json, pythonic, deepseek, deepseek_v32, kimi_k2 or harmony.
+    /// The model's tool-call format, in place of tokenizer_config.json's `tool_parser_type`
+    /// (for a model whose files name none, or the wrong one): json_tools (hermes),
+    /// qwen3_coder, minimax_m2, glm45, mistral, llama3_json, pythonic, deepseek, deepseek_v32,
+    /// kimi_k2 or harmony.
     #[arg(long, env = "KOOKA_TOOL_CALL_PARSER", value_parser = tool_call_parser, help_heading = "Model")]
     pub tool_call_parser: Option<String>,
     /// A LoRA adapter folder in mlx-lm's format (`mlx_lm.lora`'s `adapter_config.json` and

@@ -19,7 +19,9 @@ const SOURCE: &str = include_str!("qmm_small.cu");
 const WARPS: i32 = 8;
 /// The most rows a thread holds (the largest `TM`).
 const MAX_ROWS: i32 = 32;
-/// Off until measured on the GPU (`KOOKA_QMM_ROWS=1-32` turns it on).
+/// Off: on an H200 it decodes at about half the speed of MLX's own kernels (8B 4-bit, batch 1:
+/// 94 vs 169 tokens/s; batch 32: 605 vs 1,232; PERFORMANCE "Kernels for the batch");
+/// `KOOKA_QMM_ROWS=1-32` turns it on for work on it.
 const DEFAULT_ROWS: Option<(i32, i32)> = None;
 
 thread_local! {

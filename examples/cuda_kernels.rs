@@ -183,7 +183,7 @@ fn qmm() -> anyhow::Result<()> {
             .as_dtype(dtype)?;
         anyhow::ensure!(
             qmm_small::applies(&x, &q, &s, 4, group),
-            "qmm_small does not apply"
+            "qmm_small does not apply (it is off unless KOOKA_QMM_ROWS=1-32)"
         );
         let want = x.as_dtype(F32)?.matmul(dense.t())?;
         let got = qmm_small::matmul_t(&x, &q, &s, &b, group)?;

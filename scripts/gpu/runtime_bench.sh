@@ -89,7 +89,7 @@ for step in "${steps[@]}"; do
     kernels)
       . scripts/gpu/env.sh
       log "cuda_kernels"
-      timeout 120 /opt/mlxw/cuda_kernels 2>&1 | tee "$OUT/kernels.md"
+      KOOKA_QMM_ROWS=${KOOKA_QMM_ROWS:-1-32} timeout 120 /opt/mlxw/cuda_kernels 2>&1 | tee "$OUT/kernels.md"
       ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac

@@ -1,5 +1,5 @@
 //! vLLM's structured-output fields (`guided_choice`, `guided_regex`, `guided_json`,
-//! `guided_grammar`, `structured_outputs`) against the real binary on the default model: the
+//! `guided_grammar` in Lark or GBNF, `structured_outputs`) against the real binary on the default model: the
 //! reply follows the constraint on chat and completions; a bad one is a 400 naming its field.
 
 mod common;
@@ -47,6 +47,22 @@ fn replies_follow_the_vllm_constraint_fields() {
         .to_string();
     assert!(["red", "green", "blue"].contains(&color.as_str()), "{text}");
 
+    // GBNF, as llama.cpp and vLLM's xgrammar take it.
+    let gbnf = "root ::= \"answer: \" digit{1,3}\ndigit ::= [0-9]";
+    let r = post(addr, &france(json!({"guided_grammar": gbnf})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.json()["choices"][0]["message"]["content"].clone();
+    let digits = text
+        .as_str()
+        .unwrap()
+        .strip_prefix("answer: ")
+        .unwrap_or("x")
+        .to_string();
+    assert!(
+        (1..=3).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit()),
+        "{text}"
+    );
+
     let schema = json!({"type": "object", "properties": {"city": {"type": "string"}},
         "required": ["city"], "additionalProperties": false});
     let r = post(
@@ -59,10 +75,8 @@ fn replies_follow_the_vllm_constraint_fields() {
 
     for (extra, field) in [
         (json!({"guided_regex": "(ab"}), "guided_regex"),
-        (
-            json!({"guided_grammar": "root ::= \"a\""}),
-            "guided_grammar",
-        ),
+        (json!({"guided_grammar": "start: ("}), "guided_grammar"),
+        (json!({"guided_grammar": "root ::= \"a"}), "guided_grammar"),
         (json!({"guided_choice": []}), "guided_choice"),
         (
             json!({"guided_choice": ["a"], "response_format": {"type": "json_object"}}),

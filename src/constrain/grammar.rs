@@ -150,7 +150,8 @@ pub enum ResponseFormat {
         choices: Vec<String>,
         field: &'static str,
     },
-    /// Text in an llguidance Lark grammar with a `start` rule (vLLM's `guided_grammar`).
+    /// Text in an llguidance Lark grammar with a `start` rule, or a GBNF one with `root`
+    /// (vLLM's `guided_grammar`).
     Lark {
         grammar: String,
         field: &'static str,
@@ -179,11 +180,17 @@ impl ResponseFormat {
                     field,
                 )?)
             }
+            // GBNF (`root ::= ...`, llama.cpp's and xgrammar's format) is read as Lark.
+            ResponseFormat::Lark { grammar, field } if grammar.contains("::=") => {
+                let lark = super::gbnf::to_lark(grammar)
+                    .map_err(|e| ConstrainError::invalid(field, e))?;
+                Some(Grammar::new(lark, "grammar (GBNF)", field)?)
+            }
             ResponseFormat::Lark { grammar, field } => Some(
                 Grammar::new(format!("{grammar}\n"), "grammar", field).map_err(|e| {
                     ConstrainError::invalid(
                         field,
-                        format!("{e} (expected: a Lark grammar with a `start` rule, as llguidance reads it; GBNF's `::=` is not read)"),
+                        format!("{e} (expected: a Lark grammar with a `start` rule as llguidance reads it, or GBNF with a `root` rule)"),
                     )
                 })?,
             ),
@@ -238,8 +245,13 @@ mod tests {
             field: "guided_choice",
         };
         assert!(g.grammar().unwrap().is_some());
+        let gbnf = ResponseFormat::Lark {
+            grammar: "root ::= \"a\" [0-9]+".into(),
+            field: "guided_grammar",
+        };
+        assert!(gbnf.grammar().unwrap().unwrap().lark().contains("g_root"));
         let err = ResponseFormat::Lark {
-            grammar: "root ::= \"a\"".into(),
+            grammar: "start: (".into(),
             field: "guided_grammar",
         }
         .grammar()

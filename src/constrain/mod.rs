@@ -24,6 +24,7 @@
 mod closing;
 mod embed;
 mod error;
+mod gbnf;
 mod grammar;
 mod lark;
 mod matcher;

@@ -1,5 +1,5 @@
 //! vLLM's structured-output fields, which clients written for vLLM send in `extra_body`:
-//! `guided_json`, `guided_regex`, `guided_choice`, `guided_grammar` (Lark) and the newer
+//! `guided_json`, `guided_regex`, `guided_choice`, `guided_grammar` (Lark or GBNF) and the newer
 //! `structured_outputs: {json | regex | choice | grammar | json_object}`. Each becomes a
 //! `response_format`-shaped value (kooka's own `regex`, `choice` and `grammar` types beside
 //! `json_schema`) that [`crate::server::generation::parse_response_format`] reads; at most one

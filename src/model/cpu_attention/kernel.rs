@@ -202,7 +202,7 @@ unsafe fn run_impl<const FMA: bool>(x: &Inputs, item: Item, sc: &mut Scratch, ou
     sum.fill(0.0);
 
     // Query i sits at position off + i; keys visible to it: lo(i)..hi(i).
-    let off = s - l;
+    let off = s.saturating_sub(l); // causal masks need s >= l (checked); without one, unused
     let hi = |i: usize| match x.mask {
         Mask::None => s,
         Mask::Causal | Mask::Window(_) => off + i + 1,

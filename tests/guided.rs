@@ -47,9 +47,9 @@ fn replies_follow_the_vllm_constraint_fields() {
         .to_string();
     assert!(["red", "green", "blue"].contains(&color.as_str()), "{text}");
 
-    // GBNF, as llama.cpp and vLLM's xgrammar take it.
+    // GBNF, as llama.cpp and vLLM's xgrammar take it (llama.cpp server's own field).
     let gbnf = "root ::= \"answer: \" digit{1,3}\ndigit ::= [0-9]";
-    let r = post(addr, &france(json!({"guided_grammar": gbnf})));
+    let r = post(addr, &france(json!({ "grammar": gbnf })));
     assert_eq!(r.status, 200, "{}", r.text());
     let text = r.json()["choices"][0]["message"]["content"].clone();
     let digits = text

@@ -337,10 +337,11 @@ fn text_of(v: &Value, key: &str) -> String {
 
 /// The vLLM field a `regex` / `choice` / `grammar` format came from (errors name it).
 fn guided_field(v: &Value) -> &'static str {
-    const FIELDS: [&str; 6] = [
+    const FIELDS: [&str; 7] = [
         "guided_regex",
         "guided_choice",
         "guided_grammar",
+        "grammar",
         "structured_outputs.regex",
         "structured_outputs.choice",
         "structured_outputs.grammar",

@@ -1,6 +1,7 @@
 //! vLLM's structured-output fields, which clients written for vLLM send in `extra_body`:
 //! `guided_json`, `guided_regex`, `guided_choice`, `guided_grammar` (Lark or GBNF) and the newer
-//! `structured_outputs: {json | regex | choice | grammar | json_object}`. Each becomes a
+//! `structured_outputs: {json | regex | choice | grammar | json_object}`, and llama.cpp
+//! server's `grammar` (GBNF) and `json_schema`. Each becomes a
 //! `response_format`-shaped value (kooka's own `regex`, `choice` and `grammar` types beside
 //! `json_schema`) that [`crate::server::generation::parse_response_format`] reads; at most one
 //! constraint per request.
@@ -17,6 +18,9 @@ pub(crate) fn guided(obj: &Map<String, Value>) -> Result<Option<Value>, ApiError
         "guided_regex",
         "guided_choice",
         "guided_grammar",
+        // llama.cpp server's own fields.
+        "grammar",
+        "json_schema",
     ]
     .into_iter()
     .filter_map(|k| get(obj, k).map(|v| (k.to_string(), v.clone())))
@@ -45,7 +49,10 @@ pub(crate) fn guided(obj: &Map<String, Value>) -> Result<Option<Value>, ApiError
             format!("one constraint per request, got {}", names.join(", ")),
         ));
     }
-    let kind = field.rsplit(['_', '.']).next().unwrap_or_default();
+    let kind = match field.as_str() {
+        "json_schema" => "json",
+        f => f.rsplit(['_', '.']).next().unwrap_or_default(),
+    };
     let text = |what: &str| match &value {
         Value::String(s) if !s.is_empty() => Ok(s.clone()),
         _ => Err(ApiError::field(
@@ -121,6 +128,13 @@ mod tests {
             .unwrap();
         assert_eq!(v["choice"], json!(["yes", "no"]));
         assert_eq!(v["field"], "structured_outputs.choice");
+        let v = of(json!({"json_schema": schema})).unwrap().unwrap();
+        assert_eq!(v["json_schema"]["schema"], schema);
+        let v = of(json!({"grammar": "root ::= \"a\""})).unwrap().unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["field"].as_str()),
+            (Some("grammar"), Some("grammar"))
+        );
         let v = of(json!({"structured_outputs": {"json_object": true}}))
             .unwrap()
             .unwrap();

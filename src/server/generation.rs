@@ -434,8 +434,7 @@ pub fn chat_prompt(
     };
     let text = rendered.map_err(|e| ApiError::field("messages", e.to_string()))?;
     // Templates like Qwen3's open the think block in the prompt.
-    let reasoning_close = state
-        .chat
+    let reasoning_close = chat
         .think_tags
         .and_then(|(open, close)| text.trim_end().ends_with(open).then_some(close));
     let reasoning = chat.think_tags.map(|(open, close)| {

@@ -335,22 +335,9 @@ fn text_of(v: &Value, key: &str) -> String {
     v[key].as_str().unwrap_or_default().to_string()
 }
 
-/// The vLLM field a `regex` / `choice` / `grammar` format came from (errors name it).
+/// The request field a `regex` / `choice` / `grammar` format came from (errors name it).
 fn guided_field(v: &Value) -> &'static str {
-    const FIELDS: [&str; 7] = [
-        "guided_regex",
-        "guided_choice",
-        "guided_grammar",
-        "grammar",
-        "structured_outputs.regex",
-        "structured_outputs.choice",
-        "structured_outputs.grammar",
-    ];
-    let field = v["field"].as_str().unwrap_or_default();
-    FIELDS
-        .into_iter()
-        .find(|f| *f == field)
-        .unwrap_or("structured_outputs")
+    super::request::constraint_field(v["field"].as_str().unwrap_or_default())
 }
 
 /// Renders `messages` (+ `tools` unless `tool_choice` is none) with the model's chat

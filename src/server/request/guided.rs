@@ -11,67 +11,86 @@ use serde_json::{json, Map, Value};
 use super::fields::get;
 use crate::server::error::ApiError;
 
+/// Every constraint field and what it asks for (`json`, `regex`, `choice`, `grammar`,
+/// `object`): the top-level ones, then `structured_outputs`' keys.
+const FIELDS: [(&str, &str); 11] = [
+    ("guided_json", "json"),
+    ("guided_regex", "regex"),
+    ("guided_choice", "choice"),
+    ("guided_grammar", "grammar"),
+    // llama.cpp server's own fields.
+    ("grammar", "grammar"),
+    ("json_schema", "json"),
+    ("structured_outputs.json", "json"),
+    ("structured_outputs.regex", "regex"),
+    ("structured_outputs.choice", "choice"),
+    ("structured_outputs.grammar", "grammar"),
+    ("structured_outputs.json_object", "object"),
+];
+
+/// A constraint field's name as a `'static` one (what errors name), for the `field` that
+/// [`guided`]'s values carry.
+pub(crate) fn field_name(field: &str) -> &'static str {
+    FIELDS
+        .iter()
+        .map(|(name, _)| *name)
+        .find(|name| *name == field)
+        .unwrap_or("structured_outputs")
+}
+
 /// The request's vLLM-style constraint, as a `response_format` value (`None`: none asked).
 pub(crate) fn guided(obj: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
-    let mut found: Vec<(String, Value)> = [
-        "guided_json",
-        "guided_regex",
-        "guided_choice",
-        "guided_grammar",
-        // llama.cpp server's own fields.
-        "grammar",
-        "json_schema",
-    ]
-    .into_iter()
-    .filter_map(|k| get(obj, k).map(|v| (k.to_string(), v.clone())))
-    .collect();
-    if let Some(so) = get(obj, "structured_outputs") {
-        let Value::Object(so) = so else {
+    let so = match get(obj, "structured_outputs") {
+        None => None,
+        Some(Value::Object(so)) => Some(so),
+        Some(_) => {
             return Err(ApiError::field(
                 "structured_outputs",
                 "`structured_outputs` must be an object",
-            ));
-        };
-        for key in ["json", "regex", "choice", "grammar", "json_object"] {
-            match so.get(key) {
-                None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-                Some(v) => found.push((format!("structured_outputs.{key}"), v.clone())),
-            }
+            ))
         }
-    }
-    let Some((field, value)) = found.first().cloned() else {
+    };
+    let found: Vec<(&str, &str, &Value)> = FIELDS
+        .iter()
+        .filter_map(|&(field, kind)| {
+            let value = match field.strip_prefix("structured_outputs.") {
+                Some(key) => so?
+                    .get(key)
+                    .filter(|v| !matches!(v, Value::Null | Value::Bool(false))),
+                None => get(obj, field),
+            };
+            value.map(|v| (field, kind, v))
+        })
+        .collect();
+    let Some(&(field, kind, value)) = found.first() else {
         return Ok(None);
     };
     if found.len() > 1 {
-        let names: Vec<&str> = found.iter().map(|(k, _)| k.as_str()).collect();
+        let names: Vec<&str> = found.iter().map(|(f, _, _)| *f).collect();
         return Err(ApiError::field(
             "structured_outputs",
             format!("one constraint per request, got {}", names.join(", ")),
         ));
     }
-    let kind = match field.as_str() {
-        "json_schema" => "json",
-        f => f.rsplit(['_', '.']).next().unwrap_or_default(),
-    };
-    let text = |what: &str| match &value {
+    let text = |what: &str| match value {
         Value::String(s) if !s.is_empty() => Ok(s.clone()),
         _ => Err(ApiError::field(
-            &field,
+            field,
             format!("`{field}` must be a non-empty string ({what})"),
         )),
     };
     Ok(Some(match kind {
         "json" => {
             // A schema object, or its JSON text.
-            let schema = match &value {
+            let schema = match value {
                 Value::String(s) => serde_json::from_str(s).map_err(|e| {
-                    ApiError::field(&field, format!("`{field}` is not a JSON schema: {e}"))
+                    ApiError::field(field, format!("`{field}` is not a JSON schema: {e}"))
                 })?,
                 v => v.clone(),
             };
             if !(schema.is_object() || schema.is_boolean()) {
                 return Err(ApiError::field(
-                    &field,
+                    field,
                     format!("`{field}` must be a JSON schema object"),
                 ));
             }
@@ -81,7 +100,7 @@ pub(crate) fn guided(obj: &Map<String, Value>) -> Result<Option<Value>, ApiError
         "regex" => json!({"type": "regex", "regex": text("a regular expression")?, "field": field}),
         "grammar" => json!({"type": "grammar", "grammar": text("a Lark grammar")?, "field": field}),
         _ => {
-            let choices = match &value {
+            let choices = match value {
                 Value::Array(items) if !items.is_empty() => items
                     .iter()
                     .map(|c| c.as_str().map(str::to_string))
@@ -90,7 +109,7 @@ pub(crate) fn guided(obj: &Map<String, Value>) -> Result<Option<Value>, ApiError
             };
             let Some(choices) = choices else {
                 return Err(ApiError::field(
-                    &field,
+                    field,
                     format!("`{field}` must be a non-empty list of strings"),
                 ));
             };

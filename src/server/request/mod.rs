@@ -7,6 +7,8 @@ use serde_json::{Map, Value};
 mod fields;
 mod guided;
 
+pub(crate) use guided::field_name as constraint_field;
+
 use super::error::ApiError;
 use crate::engine::sampling::SamplingParams;
 pub use fields::parse_object;

@@ -26,6 +26,15 @@ impl Markup {
         )
     }
 
+    /// The XML-ish markups, whose arguments are raw text (a custom tool's `input` is its
+    /// grammar as it is).
+    pub(super) fn raw_text_args(self) -> bool {
+        matches!(
+            self,
+            Markup::Qwen3Coder | Markup::MinimaxM2 | Markup::Glm45 | Markup::DeepseekV32
+        )
+    }
+
     /// DeepSeek's or Kimi-K2's call of `tool` with arguments `args` (a rule body), between
     /// the call tags. DeepSeek: V3.1's `NAME<｜tool▁sep｜>{..}`, or V3 / R1's
     /// `function<｜tool▁sep｜>NAME` and a fenced JSON block (the model writes its own).

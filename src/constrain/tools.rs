@@ -181,7 +181,7 @@ impl ToolCalls<'_> {
             };
         };
         let mut rules = String::new();
-        if !markup.json_bodied() && markup != Markup::Pythonic {
+        if markup.raw_text_args() {
             // The XML markups carry `input` as raw text: the grammar as it is.
             for (i, tool) in tools.iter_mut().enumerate() {
                 let Some(definition) = tool.grammar.as_deref() else {

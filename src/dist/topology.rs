@@ -244,22 +244,15 @@ fn ring(env: &LaunchEnv) -> Result<Topology, TopologyError> {
         }),
         (Some(rank), Some(path)) => {
             let rank = parse_rank(rank)?;
+            let hosts = read_hostfile(path)?;
             // `mlx.launch -n 1` writes an empty hostfile: a world of one.
-            if std::fs::read_to_string(path).is_ok_and(|t| t.trim().is_empty()) {
-                if rank > 0 {
-                    return Err(TopologyError::RankOutOfRange {
-                        rank,
-                        size: 1,
-                        path: path.clone(),
-                    });
-                }
+            if hosts.is_empty() && rank == 0 {
                 return Ok(Topology::Single);
             }
-            let hosts = read_hostfile(path)?;
             if rank >= hosts.len() {
                 return Err(TopologyError::RankOutOfRange {
                     rank,
-                    size: hosts.len(),
+                    size: hosts.len().max(1),
                     path: path.clone(),
                 });
             }
@@ -330,6 +323,9 @@ fn read_hostfile(path: &Path) -> Result<Vec<Vec<String>>, TopologyError> {
         path: path.to_owned(),
         message,
     };
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
     let hosts: Vec<Vec<String>> =
         serde_json::from_str(&text).map_err(|e| malformed(e.to_string()))?;
     if hosts.is_empty() {

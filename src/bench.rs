@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
-use crate::engine::{sampling::SamplingParams, Engine, SequenceRequest};
+use crate::engine::{sampling::SamplingParams, Engine, EngineConfig, SequenceRequest};
 use crate::model::{load_model, ComputeDtype};
 
 pub struct BenchOptions {
@@ -29,6 +29,19 @@ pub struct BenchOptions {
     pub batch: usize,
     /// Prompt tokens prefilled per engine step.
     pub prefill_chunk: usize,
+}
+
+/// `kooka bench --resend`: the engine's time to the first token of one prompt cold, resent
+/// (its prefix cached) and resent with `extra` more tokens, in milliseconds, per repetition.
+/// No HTTP and no tokenizer: with the same figures over HTTP (`scripts/bench_serve.py`) the
+/// difference is what the server adds around the engine.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ResendReport {
+    pub prompt_tokens: usize,
+    pub extra_tokens: usize,
+    pub cold_ms: Vec<f64>,
+    pub resent_ms: Vec<f64>,
+    pub extended_ms: Vec<f64>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -84,6 +97,69 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     }
     report.peak_memory_gb = mlx_rs::memory::peak_memory().unwrap_or(0) as f64 / 1e9;
     Ok(report)
+}
+
+/// Time to the first token, cold / resent / extended, `reps` times after one warm-up (each
+/// repetition a prompt of its own, so nothing is cached before its cold run).
+pub fn run_resend(options: &BenchOptions, extra: usize) -> anyhow::Result<ResendReport> {
+    if options.prompt_ids.is_empty() {
+        bail!("bench needs a non-empty prompt");
+    }
+    let model = load_model(&options.model, options.dtype)
+        .with_context(|| format!("loading {}", options.model.display()))?;
+    let vocab = model.config().vocab_size.max(1) as u32;
+    let longest = options.prompt_ids.len() + extra;
+    let mut engine = Engine::with_config(
+        model,
+        EngineConfig {
+            prefill_chunk: options.prefill_chunk.max(1),
+            prefix_cache_tokens: 4 * longest,
+            ..EngineConfig::default()
+        },
+    );
+    let mut report = ResendReport {
+        prompt_tokens: options.prompt_ids.len(),
+        extra_tokens: extra,
+        ..ResendReport::default()
+    };
+    for rep in 0..=options.reps {
+        let mut prompt = options.prompt_ids.clone();
+        prompt[0] = (prompt[0] + rep as u32) % vocab;
+        let mut extended = prompt.clone();
+        extended.extend((0..extra as u32).map(|i| 100 + (i * 7 + 3) % 1000));
+        let cold = first_token_ms(&mut engine, &prompt)?;
+        let resent = first_token_ms(&mut engine, &prompt)?;
+        let longer = first_token_ms(&mut engine, &extended)?;
+        if rep > 0 {
+            report.cold_ms.push(cold);
+            report.resent_ms.push(resent);
+            report.extended_ms.push(longer);
+        }
+    }
+    Ok(report)
+}
+
+/// Milliseconds from adding `prompt` (one token asked) to its token event; runs it out.
+fn first_token_ms(engine: &mut Engine, prompt: &[u32]) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    engine.add(SequenceRequest {
+        prompt: prompt.to_vec(),
+        params: SamplingParams::default(),
+        max_tokens: 1,
+        stop_ids: Vec::new(),
+        return_prompt_logits: false,
+        constraint: None,
+        checkpoints: Vec::new(),
+    })?;
+    let mut first = None;
+    while engine.has_work() {
+        let events = engine.step()?;
+        if first.is_none() && !events.is_empty() {
+            first = Some(start.elapsed());
+        }
+    }
+    let first = first.context("the engine produced no token")?;
+    Ok(first.as_secs_f64() * 1e3)
 }
 
 fn one_run(engine: &mut Engine, options: &BenchOptions) -> anyhow::Result<(f64, f64)> {

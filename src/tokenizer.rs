@@ -10,6 +10,10 @@ use crate::engine::text::Decode;
 use crate::model::config::{ids_of, read_to_string};
 use crate::model::{ModelError, Result};
 
+/// Texts at least this long log their tokenizing time (debug): a long prompt's share of its
+/// time to the first token.
+const LOGGED_TEXT_BYTES: usize = 4096;
+
 /// Tokenizer plus the special-token facts generation needs.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -111,10 +115,18 @@ impl Tokenizer {
 
     /// Token ids of `text`; `special` adds the post-processor's special tokens (BOS...).
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let started = std::time::Instant::now();
         let enc = self
             .inner
             .encode(text, special)
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        if text.len() >= LOGGED_TEXT_BYTES {
+            tracing::debug!(
+                tokens = enc.len(),
+                micros = started.elapsed().as_micros() as u64,
+                "prompt tokenized"
+            );
+        }
         Ok(enc.get_ids().to_vec())
     }
 

@@ -6,6 +6,8 @@
 #      prompt's prefill; KOOKA_DENSE_FROM_ROWS as set (the results are tagged with it)
 #   3. scripts/bench_serve.py: kooka serve (and mlx_lm.server with SIDES=kooka,mlx-lm) at
 #      $STREAMS concurrent streams, and a ~4k-token prompt resent
+#   resend (not in the default steps): a resent ~4k-token prompt's time to the first token,
+#      engine only (kooka bench --resend) and over HTTP with the server's debug timings
 #   kernels (not in the default steps): examples/cuda_kernels, kooka's CUDA kernels against
 #      MLX's ops (parity and time); carried as third_party/gpu/cuda_kernels (stage.sh)
 #   disk (not in the default steps): scripts/bench_disk_cache.py, a DISK_TOKENS (20000) prompt
@@ -13,7 +15,7 @@
 # The synthetic Llama-8B 4-bit model gets Qwen2.5's tokenizer (151,936 ids, more than the
 # model's 128,256), so that every sampled id decodes to text and time-to-first-text is the
 # time to the first token. Carried: third_party/gpu/{cuda13.part.ab, kooka, qwen-tokenizer/}.
-# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve kernels disk;
+# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend kernels disk;
 #   default setup qmm engine serve)
 # env: MODEL, SIDES, STREAMS, RUNS (engine: "batch prompt gen" triples, comma-separated), LONG_WORDS (resend prompt), TURN2_WORDS (a chat's turn 2 after
 # a system prompt this long; 0: off), RESEND_ROUNDS.
@@ -85,6 +87,22 @@ for step in "${steps[@]}"; do
           | tail -2 | tee -a "$OUT/disk.md" || true
         grep "read from disk" /tmp/kdb-$mode/cache/bench-server.log >> "$OUT/disk.md" || true
       done
+      ;;
+    resend)
+      # Where a resent prompt's time to the first token goes (issue 14): the engine alone
+      # (kooka bench --resend: no HTTP, no tokenizer), then over HTTP with the server's debug
+      # lines (tokenizing time, queued-to-first-token time) beside the client's figure.
+      . scripts/gpu/env.sh
+      log "kooka bench --resend"
+      timeout 150 /opt/mlxw/kooka bench --model $MODEL --prompt-tokens 4065 --resend 130 \
+        --reps 3 --prefill-chunk 8192 2>&1 | tail -1 | tee -a "$OUT/resend.md"
+      l=$(left); [ "$l" -gt 90 ] || { log "skip resend over HTTP ($l s left)"; continue; }
+      rm -rf /tmp/rslogs; mkdir -p /tmp/rslogs
+      RUST_LOG=kooka=debug TMPDIR=/tmp/rslogs timeout -s INT -k 15 $((l - 20)) python3 \
+        scripts/bench_serve.py --model $MODEL --kooka /opt/mlxw/kooka --sides kooka --streams "" \
+        --long-prompt-words ${LONG_WORDS:-3000} --resend-rounds 3 --timeout 120 2>&1 \
+        | tail -4 | tee -a "$OUT/resend.md" || true
+      grep -h "first token\|prompt tokenized" /tmp/rslogs/* | tail -12 >> "$OUT/resend.md" || true
       ;;
     kernels)
       . scripts/gpu/env.sh

@@ -93,6 +93,10 @@ pub struct BenchArgs {
     /// Print one JSON line (all repetitions) instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Instead: the time to the first token of the prompt cold, resent (from the prefix
+    /// cache) and resent with this many more tokens (engine only, no HTTP or tokenizer).
+    #[arg(long, value_name = "EXTRA_TOKENS")]
+    pub resend: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -468,6 +472,26 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         batch: args.batch,
         prefill_chunk: args.prefill_chunk,
     };
+    if let Some(extra) = args.resend {
+        let report = crate::bench::run_resend(&options, extra)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            let m = |v: &[f64]| BenchReport::median(v);
+            let cold = m(&report.cold_ms);
+            println!(
+                "prompt {} tokens, first token (engine only): cold {:.1} ms | resent {:.1} ms ({:.1}% of cold) | +{} tokens {:.1} ms (median of {})",
+                report.prompt_tokens,
+                cold,
+                m(&report.resent_ms),
+                100.0 * m(&report.resent_ms) / cold,
+                report.extra_tokens,
+                m(&report.extended_ms),
+                options.reps
+            );
+        }
+        return Ok(());
+    }
     let report = crate::bench::run(&options)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -299,6 +299,12 @@ impl Worker {
             None => {
                 let ttft = now - a.queued_at;
                 m.time_to_first_token.observe(ttft.as_secs_f64());
+                debug!(
+                    request = a.id,
+                    micros = ttft.as_micros() as u64,
+                    cached = a.cached_tokens,
+                    "first token"
+                );
                 m.cached_prompt_tokens.inc_by(a.cached_tokens as u64);
                 ttft
             }

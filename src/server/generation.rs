@@ -154,7 +154,7 @@ pub fn submit_chat(state: &AppState, chat: &ChatRequest) -> Result<(Job, ReplyPa
 pub fn encode_text(state: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
     state
         .tokenizer
-        .encode(text, true)
+        .encode_prompt(text, true)
         .map_err(|e| ApiError::Internal(format!("tokenizing the prompt: {e}")))
 }
 
@@ -442,7 +442,7 @@ pub fn chat_prompt(
     };
     let ids = state
         .tokenizer
-        .encode(&text, false)
+        .encode_prompt(&text, false)
         .map_err(|e| ApiError::Internal(format!("tokenizing the prompt: {e}")))?;
     let parser = if harmony {
         let names = use_tools.then(|| HarmonyParser::tool_names(tools));

@@ -2,6 +2,8 @@
 //! (chat template, bos/eos tokens) and `generation_config.json` (eos ids), plus chat
 //! template rendering (through `chat::ChatTemplate`, the one renderer).
 
+mod encode_cache;
+
 use std::path::Path;
 
 use serde_json::Value;
@@ -9,14 +11,14 @@ use serde_json::Value;
 use crate::engine::text::Decode;
 use crate::model::config::{ids_of, read_to_string};
 use crate::model::{ModelError, Result};
-
-/// Texts at least this long log their tokenizing time (debug): a long prompt's share of its
-/// time to the first token.
-const LOGGED_TEXT_BYTES: usize = 4096;
+use encode_cache::EncodeCache;
+pub use encode_cache::Reuse;
 
 /// Tokenizer plus the special-token facts generation needs.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// Recent prompts' ids, for [`Tokenizer::encode_prompt`].
+    prompts: EncodeCache,
     pub chat_template: Option<String>,
     /// The template named `tool_use` where tokenizer_config lists named templates
     /// (Hermes, Command-R): transformers renders requests with tools through it.
@@ -103,6 +105,7 @@ impl Tokenizer {
         eos_ids.sort_unstable();
         eos_ids.dedup();
         Ok(Tokenizer {
+            prompts: EncodeCache::new(&inner),
             inner,
             chat_template,
             tool_use_template,
@@ -115,19 +118,35 @@ impl Tokenizer {
 
     /// Token ids of `text`; `special` adds the post-processor's special tokens (BOS...).
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        let started = std::time::Instant::now();
         let enc = self
             .inner
             .encode(text, special)
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        if text.len() >= LOGGED_TEXT_BYTES {
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// [`Tokenizer::encode`] for a request's prompt: the same ids, reusing those of a recent
+    /// prompt that starts the same way (see `encode_cache.rs`).
+    pub fn encode_prompt(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        Ok(self.encode_prompt_reusing(text, special)?.0)
+    }
+
+    /// [`Tokenizer::encode_prompt`], and what it reused.
+    pub fn encode_prompt_reusing(&self, text: &str, special: bool) -> Result<(Vec<u32>, Reuse)> {
+        let started = std::time::Instant::now();
+        let (ids, reuse) = self
+            .prompts
+            .encode(&self.inner, text, special)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        if text.len() >= encode_cache::MIN_BYTES {
             tracing::debug!(
-                tokens = enc.len(),
+                tokens = ids.len(),
                 micros = started.elapsed().as_micros() as u64,
+                reused = ?reuse,
                 "prompt tokenized"
             );
         }
-        Ok(enc.get_ids().to_vec())
+        Ok((ids, reuse))
     }
 
     /// The underlying HF tokenizer (constrained decoding maps its vocabulary to bytes).

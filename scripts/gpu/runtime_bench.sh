@@ -51,7 +51,7 @@ for step in "${steps[@]}"; do
       ;;
     engine)
       . scripts/gpu/env.sh
-      tag=dense-${KOOKA_DENSE_FROM_ROWS:-default},attention-${KOOKA_DECODE_ATTENTION:-default},qmm-rows-${KOOKA_QMM_ROWS:-off}
+      tag=dense-${KOOKA_DENSE_FROM_ROWS:-default},keep-unpacked-${KOOKA_KEEP_UNPACKED_FROM_ROWS:-off},attention-${KOOKA_DECODE_ATTENTION:-default},qmm-rows-${KOOKA_QMM_ROWS:-off}
       IFS=, read -ra runs <<< "${RUNS:-1 4096 8,1 512 64,8 512 64,32 512 64}"
       for run in "${runs[@]}"; do
         set -- $run

@@ -183,6 +183,14 @@ impl Linear {
             },
             spec: first.spec,
             dense_from_rows: first.dense_from_rows,
+            unpacked: match quant
+                .iter()
+                .map(|q| q.unpacked.as_ref())
+                .collect::<Option<Vec<_>>>()
+            {
+                Some(copies) => Some(ops::concatenate(&copies, 0)?),
+                None => None,
+            },
             pad_rows_to: first.pad_rows_to,
         });
         let bias = match with_bias {
@@ -327,6 +335,7 @@ pub(crate) mod tests {
                 biases: Some(biases),
                 spec,
                 dense_from_rows: None,
+                unpacked: None,
                 pad_rows_to: None,
             }),
             bias,
@@ -361,6 +370,30 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn fused_linears_keep_their_unpacked_copies_in_order() {
+        let mut parts = [quantized(64, 128, 1, true), quantized(32, 128, 2, true)];
+        for p in parts.iter_mut() {
+            if let Matrix::Quant(q) = &mut p.weight {
+                q.dense_from_rows = Some(2);
+                q.unpacked = Some(q.dequantize().unwrap());
+            }
+        }
+        let fused = Linear::fuse(&[&parts[0], &parts[1]]).unwrap().unwrap();
+        let Matrix::Quant(q) = &fused.weight else {
+            panic!("fused quantized linears stay quantized")
+        };
+        assert_eq!(
+            q.unpacked.as_ref().map(|u| u.shape().to_vec()),
+            Some(vec![96, 128])
+        );
+        let key = random::key(3).unwrap();
+        let x = random::normal::<f32>(&[1, 4, 128], None, None, &key).unwrap();
+        let separate: Vec<Array> = parts.iter().map(|l| l.forward(&x).unwrap()).collect();
+        let expected = ops::concatenate(&separate, -1).unwrap();
+        assert_eq!(host(&fused.forward(&x).unwrap()), host(&expected));
+    }
+
+    #[test]
     fn small_batches_padded_to_more_rows_give_the_same_rows() {
         let plain = quantized(96, 128, 5, true);
         let mut padding = quantized(96, 128, 5, true);
@@ -383,6 +416,33 @@ pub(crate) mod tests {
             );
             assert!(diff[0] < 1e-4, "{b}x{l}: {}", diff[0]);
         }
+    }
+
+    #[test]
+    fn a_kept_unpacked_copy_is_what_long_inputs_multiply() {
+        let packed = quantized(96, 128, 4, true);
+        let mut kept = quantized(96, 128, 4, true);
+        if let Matrix::Quant(q) = &mut kept.weight {
+            q.dense_from_rows = Some(4);
+            q.unpacked = Some(q.dequantize().unwrap());
+            // From here the packed words are zeros: only the kept copy gives the right values.
+            q.w = ops::zeros_like(&q.w).unwrap();
+        }
+        let key = random::key(5).unwrap();
+        let x = random::normal::<f32>(&[1, 6, 128], None, None, &key).unwrap();
+        let (a, b) = (
+            host(&packed.forward(&x).unwrap()),
+            host(&kept.forward(&x).unwrap()),
+        );
+        for (p, u) in a.iter().zip(&b) {
+            assert!((p - u).abs() <= 1e-3 * (1.0 + p.abs()), "{p} vs {u}");
+        }
+        let one = random::normal::<f32>(&[1, 1, 128], None, None, &key).unwrap();
+        assert_ne!(
+            host(&packed.forward(&one).unwrap()),
+            host(&kept.forward(&one).unwrap()),
+            "below the threshold the (zeroed) packed matrix runs"
+        );
     }
 
     #[test]

@@ -111,10 +111,15 @@ impl ComputeDtype {
             ComputeDtype::F16 => (false, Some(Dtype::Float16)),
             ComputeDtype::Bf16 => (false, Some(Dtype::Bfloat16)),
         };
+        let (dense_from_rows, keep_unpacked) = match keep_unpacked_from_rows(on_cpu) {
+            Some(rows) => (Some(rows), true),
+            None => (dense_from_rows(on_cpu), false),
+        };
         WeightPolicy {
             dequantize,
             dtype,
-            dense_from_rows: dense_from_rows(on_cpu),
+            dense_from_rows,
+            keep_unpacked,
             pad_rows_to: pad_rows_to(on_cpu),
         }
     }
@@ -132,6 +137,21 @@ fn dense_from_rows(on_cpu: bool) -> Option<i32> {
         Err(_) if on_cpu || cfg!(target_os = "macos") => None,
         Err(_) => Some(256),
     }
+}
+
+/// `KOOKA_KEEP_UNPACKED_FROM_ROWS=N`: packed matrices also keep an unpacked float copy,
+/// made at load, and multiply inputs of at least N rows by it (memory for speed: a decode
+/// batch of 8-32 rows then runs at float GEMM speed, where MLX's packed GEMM on CUDA reads the
+/// weights far below the memory's bandwidth). Unset, `0` or `off`: no copy kept. Not on the
+/// CPU backend, which unpacks at load anyway.
+fn keep_unpacked_from_rows(on_cpu: bool) -> Option<i32> {
+    if on_cpu {
+        return None;
+    }
+    std::env::var("KOOKA_KEEP_UNPACKED_FROM_ROWS")
+        .ok()
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .filter(|n| *n > 0)
 }
 
 /// To how many rows packed weights pad a decode batch of at least half as many:

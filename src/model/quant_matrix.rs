@@ -23,6 +23,9 @@ pub struct QuantMatrix {
     /// float copy, then a GEMM): MLX's quantized GEMM is arithmetic-bound far below the
     /// device's float GEMM on a long prompt. `None`: always the quantized matmul.
     pub dense_from_rows: Option<i32>,
+    /// The unpacked matrix kept from load (`WeightPolicy::keep_unpacked`), used for inputs of
+    /// at least `dense_from_rows` rows instead of a transient copy.
+    pub unpacked: Option<Array>,
     /// Inputs of half up to this many rows (a small decode batch) are padded with zero rows to
     /// this many: MLX's CUDA backend multiplies fewer than 8 rows as that many matrix-vector
     /// products, each reading the whole matrix, and 8 or more in one GEMM. `None`: never.
@@ -119,14 +122,21 @@ impl QuantMatrix {
             // Exponents (uint8), never cast.
             QuantMode::Mxfp4 => (scales, None),
         };
-        Ok(QuantMatrix {
+        let mut q = QuantMatrix {
             w,
             scales,
             biases,
             spec,
             dense_from_rows: ws.policy.dense_from_rows,
+            unpacked: None,
             pad_rows_to: ws.policy.pad_rows_to,
-        })
+        };
+        // Stacked experts go through MLX's gathered matmul: they keep no copy.
+        if ws.policy.keep_unpacked && lead.is_empty() {
+            let dtype = ws.policy.dtype.unwrap_or(q.scales.dtype());
+            q.unpacked = Some(q.dequantize()?.as_dtype(dtype)?);
+        }
+        Ok(q)
     }
 
     pub(crate) fn dequantize(&self) -> Result<Array> {
@@ -137,6 +147,17 @@ impl QuantMatrix {
     pub(crate) fn matmul_t(&self, x: &Array) -> Result<Array> {
         let shape = x.shape();
         let rows: i32 = shape[..shape.len().saturating_sub(1)].iter().product();
+        if let Some(w) = self
+            .unpacked
+            .as_ref()
+            .filter(|_| self.dense_from_rows.is_some_and(|min| rows >= min))
+        {
+            let w = match w.dtype() == x.dtype() {
+                true => w.clone(),
+                false => w.as_dtype(x.dtype())?,
+            };
+            return Ok(ops::matmul(x, w.t())?);
+        }
         if self.dense_from_rows.is_some_and(|min| rows >= min) {
             // Unpacked only once `x` exists: MLX would otherwise schedule the unpacking of
             // every layer's weights early and hold all those float copies at once.
@@ -186,6 +207,7 @@ impl QuantMatrix {
     pub(crate) fn arrays(&self) -> Vec<&Array> {
         let mut v = vec![&self.w, &self.scales];
         v.extend(self.biases.iter());
+        v.extend(self.unpacked.iter());
         v
     }
 }

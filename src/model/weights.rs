@@ -22,6 +22,9 @@ pub struct WeightPolicy {
     /// first (`dequantize`, then a float GEMM) instead of MLX's quantized matmul; `None`
     /// never does. See [`QuantMatrix::dense_from_rows`](super::layers::QuantMatrix).
     pub dense_from_rows: Option<i32>,
+    /// The unpacked copy is made once at load and kept (memory for speed: a decode batch of
+    /// a few rows multiplies it at float GEMM speed), instead of made per product.
+    pub keep_unpacked: bool,
     /// Packed matrices pad inputs of fewer rows to this many. See
     /// [`QuantMatrix::pad_rows_to`](super::layers::QuantMatrix).
     pub pad_rows_to: Option<i32>,

@@ -243,3 +243,48 @@ fn sliding_window_models_batch_with_windowed_caches() {
         }
     }
 }
+
+/// With nothing else decoding, a prompt's first token comes out of the step that reads the
+/// prompt (before any forward for the next token is queued); a one-token request is then
+/// done, and a longer one goes on with the same tokens as when it joins a running batch.
+#[test]
+fn the_first_token_comes_with_the_prompt_when_nothing_else_decodes() {
+    let _g = MLX.lock().unwrap_or_else(|e| e.into_inner());
+    let prompt = prompts().remove(4);
+    let mut e = engine(EngineConfig::default());
+    e.add(request(prompt.clone(), params(0.0, None), 1))
+        .unwrap();
+    let events = e.step().unwrap();
+    assert_eq!(events.len(), 1, "the first step reports the first token");
+    assert!(events[0].finish.is_some());
+    assert!(!e.has_work(), "a one-token request is done after one step");
+    // A longer one: its first token is out after one step, and no forward has read it yet
+    // (cancelled now, the prefix cache gets the prompt's positions only).
+    let mut e = engine(EngineConfig {
+        prefix_cache_tokens: 4096,
+        ..Default::default()
+    });
+    let id = e
+        .add(request(prompt.clone(), params(0.0, None), 12))
+        .unwrap();
+    assert_eq!(e.step().unwrap().len(), 1);
+    e.cancel(id);
+    assert_eq!(e.status().prefix_cache.tokens, prompt.len());
+    let alone = run(
+        &mut e,
+        &[request(prompt.clone(), params(0.0, None), 12)],
+        &[0],
+    );
+    // The same request joining a batch that is already decoding another one.
+    let other = prompts().remove(0);
+    let joined = run(
+        &mut e,
+        &[
+            request(other, params(0.0, None), 30),
+            request(prompt, params(0.0, None), 12),
+        ],
+        &[0, 3],
+    );
+    assert_eq!(joined[1].0, alone[0].0);
+    assert_eq!(alone[0].0.len(), 12);
+}

@@ -155,7 +155,7 @@ impl Batch {
             next_tokens = Some(t);
         } else {
             for (i, seq) in self.rows.iter_mut().enumerate() {
-                if seq.ends_now() {
+                if !seq.reported && seq.ends_now() {
                     next.push(Next::Nothing);
                     continue;
                 }
@@ -182,9 +182,16 @@ impl Batch {
         for (i, seq) in self.rows.iter_mut().enumerate() {
             let token = current[i];
             seq.fed.push(token);
-            let ev = seq.event(token)?;
-            let done = ev.finish.is_some();
-            events.push(ev);
+            // A reported token's event is out, and it did not end its row.
+            let done = match std::mem::take(&mut seq.reported) {
+                true => false,
+                false => {
+                    let ev = seq.event(token)?;
+                    let done = ev.finish.is_some();
+                    events.push(ev);
+                    done
+                }
+            };
             let n = next.next();
             if done {
                 continue;
@@ -215,6 +222,29 @@ impl Batch {
         self.tokens = next_tokens;
         if keep.len() < self.rows.len() {
             self.retain(&keep, all, prefix, draft)?;
+        }
+        Ok(events)
+    }
+
+    /// Reads every row's pending token and reports it without queuing a forward (a fresh
+    /// batch, nothing else decoding: the first tokens come a forward's host time sooner).
+    /// Rows that end with it leave; the next [`Batch::step`] feeds the others' tokens (whose
+    /// keys and values it writes) without reporting them again.
+    pub fn report_first(&mut self, prefix: Option<&mut PrefixCache>) -> Result<Vec<TokenEvent>> {
+        self.tokens.eval()?;
+        let current: Vec<u32> = self.tokens.as_slice::<u32>().to_vec();
+        let mut events = Vec::with_capacity(self.rows.len());
+        let mut keep = Vec::with_capacity(self.rows.len());
+        for (i, seq) in self.rows.iter_mut().enumerate() {
+            let ev = seq.event(current[i])?;
+            if ev.finish.is_none() {
+                seq.reported = true;
+                keep.push(i);
+            }
+            events.push(ev);
+        }
+        if keep.len() < self.rows.len() {
+            self.retain(&keep, true, prefix, None)?;
         }
         Ok(events)
     }

@@ -10,7 +10,9 @@
 //!    front of the queue starts from its longest prefix in the prefix cache
 //!    (`prefix_cache.rs`) and reads its prompt chunk by chunk, one chunk per step, so the
 //!    running streams keep flowing while a long prompt is read. Its last prompt token runs
-//!    alone and queues the first sample; the sequence then joins the decode batch.
+//!    alone and queues the first sample; the sequence then joins the decode batch. When no
+//!    other sequence decodes, the step ends there with the first tokens read (the next
+//!    forward's host time would only delay them).
 //! 2. **Decode**: one batched forward for every decoding sequence (`batch.rs`), each row with
 //!    its own position, sampling parameters, processors, grammar and seed.
 //!
@@ -421,6 +423,7 @@ impl Engine {
                 prompt_logits: None,
                 drafted: 0,
                 accepted: 0,
+                reported: false,
             },
             caches: None,
             done: 0,
@@ -454,6 +457,14 @@ impl Engine {
     /// decoding sequence.
     pub fn step(&mut self) -> Result<Vec<TokenEvent>> {
         let ready = self.prefill()?;
+        // Nothing else decodes: the first tokens are read before the next forward is queued
+        // (its host time would only delay them; the device has no other work meanwhile).
+        let report_first = !ready.is_empty()
+            && self.batches.is_empty()
+            && self.batchable
+            && self.draft.is_none()
+            && self.config.speculation.is_none()
+            && ready.iter().all(|r| r.seq.constraint.is_none());
         if !ready.is_empty() {
             if self.batchable {
                 match self.batches.first_mut() {
@@ -465,6 +476,15 @@ impl Engine {
                     self.batches.push(Batch::new(vec![r])?);
                 }
             }
+        }
+        if report_first {
+            let mut events = Vec::new();
+            for b in self.batches.iter_mut() {
+                events.extend(b.report_first(self.prefix.as_mut())?);
+            }
+            self.batches.retain(|b| b.len() > 0);
+            self.steps += 1;
+            return Ok(events);
         }
         let mut events = Vec::new();
         let speculation = self.config.speculation.filter(|_| self.trimmable);

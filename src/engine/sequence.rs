@@ -71,6 +71,9 @@ pub(super) struct Sequence {
     /// Draft tokens proposed for this sequence, and kept (speculative decoding).
     pub drafted: usize,
     pub accepted: usize,
+    /// The pending token's event is already out: a fresh batch reports its first tokens
+    /// before queuing any forward ([`super::batch::Batch::report_first`]).
+    pub reported: bool,
 }
 
 impl Sequence {

@@ -18,7 +18,7 @@
 //! An identical text gets its ids back whole. Texts shorter than [`MIN_BYTES`] are
 //! tokenized directly.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use serde_json::Value;
@@ -48,8 +48,8 @@ pub enum Reuse {
 }
 
 pub struct EncodeCache {
-    /// Ids of added tokens a text may be cut after.
-    cut_ids: HashSet<u32>,
+    /// Added tokens a text may be cut after, by id.
+    cut_ids: HashMap<u32, String>,
     /// The longest added token, in bytes.
     longest_added: usize,
     /// What `encode(_, true)` puts before and after the text's ids; `None`: not a plain
@@ -67,7 +67,7 @@ impl EncodeCache {
         let cut_ids = added
             .iter()
             .filter(|(_, t)| !t.normalized && !t.rstrip && !t.single_word)
-            .map(|(&id, _)| id)
+            .map(|(&id, t)| (id, t.content.clone()))
             .collect();
         let longest_added = added.values().map(|t| t.content.len()).max().unwrap_or(0);
         let first_piece_apart = tok
@@ -104,11 +104,18 @@ impl EncodeCache {
         let reuse = match reused {
             Some(r) => r,
             None => {
-                let rest = tok.encode(&text[from..], false)?;
-                for (i, (&id, &(_, end))) in
+                let tail = &text[from..];
+                let rest = tok.encode(tail, false)?;
+                for (i, (id, &(_, end))) in
                     rest.get_ids().iter().zip(rest.get_offsets()).enumerate()
                 {
-                    if self.cut_ids.contains(&id) {
+                    // Only where the token's own text ends (an offset a post-processor
+                    // trimmed is no place to cut).
+                    let at_its_end = self.cut_ids.get(id).is_some_and(|content| {
+                        tail.get(..end)
+                            .is_some_and(|t| t.ends_with(content.as_str()))
+                    });
+                    if at_its_end {
                         cuts.push((from + end, ids.len() + i + 1));
                     }
                 }

@@ -12,7 +12,7 @@
 //!    running streams keep flowing while a long prompt is read. Its last prompt token runs
 //!    alone and queues the first sample; the sequence then joins the decode batch. When no
 //!    other sequence decodes, the step ends there with the first tokens read (the next
-//!    forward's host time would only delay them).
+//!    forward's host time would only delay them; see [`Engine::step`]'s `report_first`).
 //! 2. **Decode**: one batched forward for every decoding sequence (`batch.rs`), each row with
 //!    its own position, sampling parameters, processors, grammar and seed.
 //!
@@ -224,6 +224,25 @@ pub struct Engine {
     draft: Option<DraftModel>,
     /// Compiles the grammars of constrained requests (the tokenizer's vocabulary as bytes).
     constrainer: Option<Constrainer>,
+    /// A fresh batch reads its first tokens before queuing the next forward (see
+    /// [`reports_first_tokens_early`]).
+    report_first: bool,
+}
+
+/// Whether a fresh batch (nothing else decoding) reads its first tokens before queuing the
+/// next forward: `KOOKA_REPORT_FIRST=1` or `0`; by default on the CPU backend and Metal, off
+/// on CUDA, where the one 32-stream run of a build with it stalled (cause not found yet,
+/// docs/PERFORMANCE.md) while its resend runs did not.
+fn reports_first_tokens_early() -> bool {
+    match std::env::var("KOOKA_REPORT_FIRST")
+        .ok()
+        .as_deref()
+        .map(str::trim)
+    {
+        Some("1") => true,
+        Some("0") => false,
+        _ => crate::model::default_device_is_cpu() || cfg!(target_os = "macos"),
+    }
 }
 
 impl Engine {
@@ -248,6 +267,7 @@ impl Engine {
             speculation: SpeculationStats::default(),
             draft: None,
             constrainer: None,
+            report_first: reports_first_tokens_early(),
         };
         engine.configure(config);
         engine
@@ -459,7 +479,8 @@ impl Engine {
         let ready = self.prefill()?;
         // Nothing else decodes: the first tokens are read before the next forward is queued
         // (its host time would only delay them; the device has no other work meanwhile).
-        let report_first = !ready.is_empty()
+        let report_first = self.report_first
+            && !ready.is_empty()
             && self.batches.is_empty()
             && self.batchable
             && self.draft.is_none()

@@ -76,7 +76,10 @@ fn check(tok: &Tokenizer, text: &str, special: bool) -> Reuse {
 }
 
 fn conversations(model: &str) {
-    let tok = Tokenizer::load(&common::model(model)).unwrap();
+    conversations_with(&Tokenizer::load(&common::model(model)).unwrap(), model);
+}
+
+fn conversations_with(tok: &Tokenizer, model: &str) {
     let specials: Vec<String> = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<tool_call>"]
         .iter()
         .filter(|s| tok.token_to_id(s).is_some())
@@ -96,11 +99,11 @@ fn conversations(model: &str) {
             );
             text += "<|im_end|>\n<|im_start|>assistant\n";
             let special = turn % 2 == 0;
-            if let Reuse::Prefix(_) = check(&tok, &text, special) {
+            if let Reuse::Prefix(_) = check(tok, &text, special) {
                 prefixes += 1;
             }
             // Resent as is (an agent's retry).
-            if check(&tok, &text, special) == Reuse::Whole {
+            if check(tok, &text, special) == Reuse::Whole {
                 wholes += 1;
             }
             // Edited in the middle, and cut at every kind of place: still exact.
@@ -110,7 +113,7 @@ fn conversations(model: &str) {
                 .find(|&i| text.is_char_boundary(i))
                 .unwrap_or(0);
             let edited = format!("{} {}", &text[..at], message(&mut rng, &specials));
-            check(&tok, &edited, special);
+            check(tok, &edited, special);
             text += &message(&mut rng, &specials);
         }
     }
@@ -129,6 +132,40 @@ fn smollm2_conversations_tokenize_as_whole() {
 #[test]
 fn qwen_conversations_tokenize_as_whole() {
     conversations("Qwen2.5-Coder-0.5B-Instruct");
+}
+
+/// A tokenizer whose post-processor adds tokens around the text (a BOS before, an EOS after,
+/// as TemplateProcessing does for Llama-style models): `encode(_, true)` reuses the text's
+/// ids and puts them around.
+#[test]
+fn conversations_through_a_post_processor_that_adds_tokens() {
+    let dir = common::tmp().join("encode-cache-bos-eos");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = common::model("SmolLM2-135M-Instruct");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer.json")).unwrap())
+            .unwrap();
+    let special = |t: &str| serde_json::json!({"SpecialToken": {"id": t, "type_id": 0}});
+    let seq = serde_json::json!({"Sequence": {"id": "A", "type_id": 0}});
+    json["post_processor"] = serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": [special("<|endoftext|>"), seq, special("<|im_end|>")],
+        "pair": [special("<|endoftext|>"), seq,
+                 {"Sequence": {"id": "B", "type_id": 1}}, special("<|im_end|>")],
+        "special_tokens": {
+            "<|endoftext|>": {"id": "<|endoftext|>", "ids": [0], "tokens": ["<|endoftext|>"]},
+            "<|im_end|>": {"id": "<|im_end|>", "ids": [2], "tokens": ["<|im_end|>"]}
+        }
+    });
+    std::fs::write(dir.join("tokenizer.json"), json.to_string()).unwrap();
+    let tok = Tokenizer::load(&dir).unwrap();
+    let ids = tok.encode("hello", true).unwrap();
+    assert_eq!(
+        (ids[0], ids[ids.len() - 1]),
+        (0, 2),
+        "the post-processor is in use"
+    );
+    conversations_with(&tok, "SmolLM2 with BOS and EOS");
 }
 
 /// Texts that differ right after an added token, or inside one, or that grow within a

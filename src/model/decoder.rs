@@ -48,9 +48,9 @@ impl Llama {
             Some(Embedding::load(
                 ws,
                 "model.embed_tokens",
-                cfg.vocab_size,
-                h,
+                (cfg.vocab_size, h),
                 quant,
+                tied && stage.last,
             )?)
         } else {
             None

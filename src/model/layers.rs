@@ -262,16 +262,21 @@ pub struct Embedding {
 }
 
 impl Embedding {
+    /// `output`: the table is also the output projection (tied embeddings, on the last
+    /// stage); only then does it keep an unpacked copy (`WeightPolicy::keep_unpacked`), which
+    /// serves products, not row lookups.
     pub fn load(
         ws: &mut Weights,
         path: &str,
-        vocab: i32,
-        dims: i32,
+        (vocab, dims): (i32, i32),
         quant: &QuantConfig,
+        output: bool,
     ) -> Result<Self> {
-        Ok(Embedding {
-            table: Matrix::load(ws, path, vocab, dims, quant)?,
-        })
+        let mut table = Matrix::load(ws, path, vocab, dims, quant)?;
+        if let (Matrix::Quant(q), false) = (&mut table, output) {
+            q.unpacked = None;
+        }
+        Ok(Embedding { table })
     }
 
     /// Rows for `ids` (any integer shape) -> `[..., dims]`. A packed table gathers the

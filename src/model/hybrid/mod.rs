@@ -153,9 +153,9 @@ impl Hybrid {
             true => Some(Embedding::load(
                 ws,
                 "model.embed_tokens",
-                cfg.vocab_size,
-                h,
+                (cfg.vocab_size, h),
                 quant,
+                tied && stage.last,
             )?),
             false => None,
         };

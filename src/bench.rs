@@ -72,9 +72,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     if options.prompt_ids.is_empty() || options.gen_tokens < 2 {
         bail!("bench needs a non-empty prompt and at least 2 generated tokens");
     }
-    let model = load_model(&options.model, options.dtype)
-        .with_context(|| format!("loading {}", options.model.display()))?;
-    let mut engine = Engine::new(model);
+    let mut engine = Engine::new(load(options)?);
     engine.set_prefill_chunk(options.prefill_chunk);
     let mut report = BenchReport {
         prompt_tokens: options.prompt_ids.len(),
@@ -105,8 +103,7 @@ pub fn run_resend(options: &BenchOptions, extra: usize) -> anyhow::Result<Resend
     if options.prompt_ids.is_empty() {
         bail!("bench needs a non-empty prompt");
     }
-    let model = load_model(&options.model, options.dtype)
-        .with_context(|| format!("loading {}", options.model.display()))?;
+    let model = load(options)?;
     let vocab = model.config().vocab_size.max(1) as u32;
     let longest = options.prompt_ids.len() + extra;
     let mut engine = Engine::with_config(
@@ -139,18 +136,25 @@ pub fn run_resend(options: &BenchOptions, extra: usize) -> anyhow::Result<Resend
     Ok(report)
 }
 
+fn load(options: &BenchOptions) -> anyhow::Result<Box<dyn crate::model::LanguageModel>> {
+    load_model(&options.model, options.dtype)
+        .with_context(|| format!("loading {}", options.model.display()))
+}
+
+/// A greedy request with no stop ids (every run generates exactly `max_tokens`).
+fn greedy(prompt: Vec<u32>, max_tokens: usize) -> SequenceRequest {
+    SequenceRequest {
+        prompt,
+        params: SamplingParams::default(),
+        max_tokens,
+        ..SequenceRequest::default()
+    }
+}
+
 /// Milliseconds from adding `prompt` (one token asked) to its token event; runs it out.
 fn first_token_ms(engine: &mut Engine, prompt: &[u32]) -> anyhow::Result<f64> {
     let start = Instant::now();
-    engine.add(SequenceRequest {
-        prompt: prompt.to_vec(),
-        params: SamplingParams::default(),
-        max_tokens: 1,
-        stop_ids: Vec::new(),
-        return_prompt_logits: false,
-        constraint: None,
-        checkpoints: Vec::new(),
-    })?;
+    engine.add(greedy(prompt.to_vec(), 1))?;
     let mut first = None;
     while engine.has_work() {
         let events = engine.step()?;
@@ -169,15 +173,7 @@ fn one_run(engine: &mut Engine, options: &BenchOptions) -> anyhow::Result<(f64, 
     for i in 0..batch {
         let mut prompt = options.prompt_ids.clone();
         prompt[0] = (prompt[0] + i as u32) % vocab;
-        engine.add(SequenceRequest {
-            prompt,
-            params: SamplingParams::default(),
-            max_tokens: options.gen_tokens,
-            stop_ids: Vec::new(),
-            return_prompt_logits: false,
-            constraint: None,
-            checkpoints: Vec::new(),
-        })?;
+        engine.add(greedy(prompt, options.gen_tokens))?;
     }
     let (mut firsts, mut count) = (0usize, 0usize);
     let mut first = None;

@@ -36,6 +36,20 @@ struct Entry {
     cuts: Vec<(usize, usize)>,
 }
 
+/// What the remembered texts give a new one.
+enum Base {
+    /// Nothing: it is tokenized whole.
+    None,
+    /// The same text: its ids.
+    Whole(Vec<u32>),
+    /// The ids and cuts of its first `end` bytes.
+    Prefix {
+        ids: Vec<u32>,
+        cuts: Vec<(usize, usize)>,
+        end: usize,
+    },
+}
+
 /// What [`EncodeCache::encode`] did (tests and logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reuse {
@@ -99,82 +113,83 @@ impl EncodeCache {
         if !self.enabled || text.len() < MIN_BYTES || (special && specials.is_none()) {
             return Ok((tok.encode(text, special)?.get_ids().to_vec(), Reuse::None));
         }
-        let (base, reused) = self.base_for(text);
-        let (mut ids, mut cuts, from) = base.unwrap_or_default();
-        let reuse = match reused {
-            Some(r) => r,
-            None => {
-                let tail = &text[from..];
-                let rest = tok.encode(tail, false)?;
-                for (i, (id, &(_, end))) in
-                    rest.get_ids().iter().zip(rest.get_offsets()).enumerate()
-                {
-                    // Only where the token's own text ends (an offset a post-processor
-                    // trimmed is no place to cut).
-                    let at_its_end = self.cut_ids.get(id).is_some_and(|content| {
-                        tail.get(..end)
-                            .is_some_and(|t| t.ends_with(content.as_str()))
-                    });
-                    if at_its_end {
-                        cuts.push((from + end, ids.len() + i + 1));
-                    }
-                }
-                ids.extend_from_slice(rest.get_ids());
-                if from > 0 {
-                    Reuse::Prefix(from)
-                } else {
-                    Reuse::None
-                }
+        let (ids, reuse) = match self.base_for(text) {
+            Base::Whole(ids) => (ids, Reuse::Whole),
+            Base::Prefix { ids, cuts, end } => {
+                (self.extend(tok, text, ids, cuts, end)?, Reuse::Prefix(end))
             }
+            Base::None => (
+                self.extend(tok, text, Vec::new(), Vec::new(), 0)?,
+                Reuse::None,
+            ),
         };
-        self.remember(text, &ids, cuts);
-        if let Some((before, after)) = specials {
-            let mut all = Vec::with_capacity(before.len() + ids.len() + after.len());
-            all.extend_from_slice(before);
-            all.extend_from_slice(&ids);
-            all.extend_from_slice(after);
-            ids = all;
-        }
+        let ids = match specials {
+            Some((before, after)) => [before.as_slice(), &ids, after].concat(),
+            None => ids,
+        };
         Ok((ids, reuse))
     }
 
-    /// The ids and cuts reusable for `text` and the byte offset they reach (`Some(Whole)`:
-    /// all of it).
-    #[allow(clippy::type_complexity)]
-    fn base_for(
+    /// `ids` (and their `cuts`) for `text[..from]`, completed by tokenizing the rest; the
+    /// whole is remembered.
+    fn extend(
         &self,
+        tok: &tokenizers::Tokenizer,
         text: &str,
-    ) -> (
-        Option<(Vec<u32>, Vec<(usize, usize)>, usize)>,
-        Option<Reuse>,
-    ) {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        mut ids: Vec<u32>,
+        mut cuts: Vec<(usize, usize)>,
+        from: usize,
+    ) -> tokenizers::Result<Vec<u32>> {
+        let tail = &text[from..];
+        let rest = tok.encode(tail, false)?;
+        for (i, (id, &(_, end))) in rest.get_ids().iter().zip(rest.get_offsets()).enumerate() {
+            // Only where the token's own text ends (an offset a post-processor trimmed is
+            // no place to cut).
+            let at_its_end = self.cut_ids.get(id).is_some_and(|content| {
+                tail.get(..end)
+                    .is_some_and(|t| t.ends_with(content.as_str()))
+            });
+            if at_its_end {
+                cuts.push((from + end, ids.len() + i + 1));
+            }
+        }
+        ids.extend_from_slice(rest.get_ids());
+        self.remember(text, &ids, cuts);
+        Ok(ids)
+    }
+
+    /// What the remembered texts give `text`; an identical one becomes the most recent.
+    fn base_for(&self, text: &str) -> Base {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let best = entries
             .iter()
-            .map(|e| (common_prefix(e.text.as_bytes(), text.as_bytes()), e))
-            .max_by_key(|(n, _)| *n);
-        let Some((shared, e)) = best else {
-            return (None, None);
+            .enumerate()
+            .map(|(i, e)| (common_prefix(e.text.as_bytes(), text.as_bytes()), i))
+            .max_by_key(|&(n, _)| n);
+        let Some((shared, i)) = best else {
+            return Base::None;
         };
-        if shared == text.len() && shared == e.text.len() {
-            return (
-                Some((e.ids.clone(), e.cuts.clone(), shared)),
-                Some(Reuse::Whole),
-            );
+        if shared == text.len() && shared == entries[i].text.len() {
+            let e = entries.remove(i);
+            let ids = e.ids.clone();
+            entries.push(e);
+            return Base::Whole(ids);
         }
-        let usable = e
+        let e = &entries[i];
+        match e
             .cuts
             .iter()
-            .rposition(|&(end, _)| end + self.longest_added <= shared);
-        match usable {
+            .rposition(|&(end, _)| end + self.longest_added <= shared)
+        {
             Some(c) => {
                 let (end, n) = e.cuts[c];
-                (
-                    Some((e.ids[..n].to_vec(), e.cuts[..=c].to_vec(), end)),
-                    None,
-                )
+                Base::Prefix {
+                    ids: e.ids[..n].to_vec(),
+                    cuts: e.cuts[..=c].to_vec(),
+                    end,
+                }
             }
-            None => (None, None),
+            None => Base::None,
         }
     }
 

@@ -10,12 +10,13 @@
 #      engine only (kooka bench --resend) and over HTTP with the server's debug timings
 #   kernels (not in the default steps): examples/cuda_kernels, kooka's CUDA kernels against
 #      MLX's ops (parity and time); carried as third_party/gpu/cuda_kernels (stage.sh)
+#   stall (not in the default steps): native stacks of a 32-stream serve with KOOKA_REPORT_FIRST=1
 #   disk (not in the default steps): scripts/bench_disk_cache.py, a DISK_TOKENS (20000) prompt
 #      from the disk prompt cache after restarts, for each of DISK_LOADS ("load gather")
 # The synthetic Llama-8B 4-bit model gets Qwen2.5's tokenizer (151,936 ids, more than the
 # model's 128,256), so that every sampled id decodes to text and time-to-first-text is the
 # time to the first token. Carried: third_party/gpu/{cuda13.part.ab, kooka, qwen-tokenizer/}.
-# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend kernels disk;
+# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels disk;
 #   default setup qmm engine serve)
 # env: MODEL, SIDES, STREAMS, RUNS (engine: "batch prompt gen" triples, comma-separated), LONG_WORDS (resend prompt), TURN2_WORDS (a chat's turn 2 after
 # a system prompt this long; 0: off), RESEND_ROUNDS.
@@ -67,12 +68,36 @@ for step in "${steps[@]}"; do
       l=$(left); [ "$l" -gt 90 ] || { log "skip serve ($l s left)"; continue; }
       log "bench_serve sides=$SIDES streams=$STREAMS ($l s left)"
       mkdir -p /tmp/bslogs
+      # Every 20 s from the 60th: the server's threads (state, kernel wait channel), to tell
+      # a stalled engine step (the kooka-mlx thread waiting) from a busy one.
+      # Also each thread's kernel stack and /health (its step_ms: the engine step running).
+      ( sleep 60; while pid=$(pgrep -x kooka | head -1); [ -n "$pid" ]; do
+          { date +%T; ps -L -o tid,stat,wchan:30,pcpu,comm -p "$pid"
+            for t in /proc/$pid/task/*; do echo "$(cat $t/comm) $(head -3 $t/stack 2>/dev/null | tr '\n' ' ')"; done
+            port=$(ss -ltnp 2>/dev/null | grep "pid=$pid," | grep -o ':[0-9]*' | head -1)
+            [ -n "$port" ] && curl -s -m 3 "http://127.0.0.1$port/health"; echo
+          } >> "$OUT/threads.txt" 2>&1
+          sleep 20; done ) &
       TMPDIR=/tmp/bslogs timeout -s INT -k 15 $((l - 20)) python3 scripts/bench_serve.py \
         --model $MODEL --kooka /opt/mlxw/kooka --mlx-lm-cmd "python3 scripts/gpu/mlx_lm_server.py" \
         --sides $SIDES --streams $STREAMS --max-tokens 128 --prompt-words 400 \
         --long-prompt-words ${LONG_WORDS:-3000} --turn2-words ${TURN2_WORDS:-0} \
         --resend-rounds ${RESEND_ROUNDS:-2} --timeout 240 --json "$OUT/serve.json" 2>&1 | tee "$OUT/serve.md" || true
       for f in /tmp/bslogs/*; do [ -f "$f" ] && tail -c 3000 "$f" > "$OUT/$(basename "$f").tail"; done
+      ;;
+    stall)
+      # The 32-stream stall with KOOKA_REPORT_FIRST=1 (issue 14): the server's native stacks
+      # (a gdb carried as third_party/gpu/gdb.tar.xz, run by its own loader) and the GPU's
+      # utilisation, at 75 s and 95 s into a 32-stream run.
+      tar -xJf third_party/gpu/gdb.tar.xz -C /tmp
+      ( for at in 75 95; do sleep $((at == 75 ? 75 : 20)); pid=$(pgrep -x kooka | head -1)
+          [ -n "$pid" ] || continue
+          { echo "== $at s"; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
+            timeout 60 /tmp/gdbb/run.sh -p "$pid" -batch -ex "thread apply all bt 30" 2>&1 \
+              | grep -v "^\[New LWP\|^$"; } >> "$OUT/stall.txt" 2>&1
+        done ) &
+      KOOKA_REPORT_FIRST=1 STREAMS=32 RESEND_ROUNDS=1 END=$(($(date +%s) + 130)) "$0" serve
+      wait
       ;;
     disk)
       # The disk prompt cache (issue 20): a DISK_TOKENS prompt after restarts, for each block

@@ -79,7 +79,7 @@ pub struct ServeArgs {
     )]
     pub queue_timeout: u64,
     /// KV cache memory that admission hands out, in bytes [default: 40% of the memory the
-    /// weights leave]. A request reserves prompt + max_tokens positions; a prompt that can
+    /// weights leave: a CUDA GPU's own memory, else the machine's]. A request reserves prompt + max_tokens positions; a prompt that can
     /// never fit gets 400.
     #[arg(long, env = "KOOKA_KV_CACHE_BYTES", help_heading = "Runtime limits")]
     pub kv_cache_bytes: Option<usize>,

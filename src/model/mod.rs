@@ -30,6 +30,7 @@ pub mod cpu_attention;
 pub mod cuda;
 mod decoder;
 pub mod deepseek_v3;
+pub mod device;
 pub mod error;
 mod few_queries;
 pub mod glm4_moe;
@@ -143,8 +144,8 @@ fn dense_from_rows(on_cpu: bool) -> Option<i32> {
 /// made at load, and multiply inputs of at least N rows by it (memory for speed: a decode
 /// batch of 8-32 rows then runs at float GEMM speed, where MLX's packed GEMM on CUDA reads the
 /// weights far below the memory's bandwidth: 2x the batch-32 decode rate of an 8B model on an
-/// H100, docs/PERFORMANCE.md). Unset, `0` or `off`: no copy kept (opt-in until a default
-/// checks that the copies fit the device). Not on the CPU backend, which unpacks at load.
+/// H100, docs/PERFORMANCE.md). `0` or `off`: no copy kept. Unset: [`keeps_copies_by_default`]
+/// decides once the weights are known. Not on the CPU backend, which unpacks at load.
 fn keep_unpacked_from_rows(on_cpu: bool) -> Option<i32> {
     if on_cpu {
         return None;
@@ -153,6 +154,51 @@ fn keep_unpacked_from_rows(on_cpu: bool) -> Option<i32> {
         .ok()
         .and_then(|v| v.trim().parse::<i32>().ok())
         .filter(|n| *n > 0)
+}
+
+/// The rows from which kept unpacked copies multiply when they are the default.
+const KEEP_UNPACKED_DEFAULT_ROWS: i32 = 8;
+
+/// The share of the GPU's memory that the weights and their kept copies may take by default;
+/// the rest is left to the KV cache, the prefix cache and activations.
+const KEPT_COPIES_MEMORY_SHARE: f64 = 0.5;
+
+/// Without `KOOKA_KEEP_UNPACKED_FROM_ROWS`, on CUDA: packed matrices keep unpacked copies
+/// (from [`KEEP_UNPACKED_DEFAULT_ROWS`] rows) when the checkpoint and the copies take at most
+/// [`KEPT_COPIES_MEMORY_SHARE`] of the GPU's memory as MLX reports it (an 8B 4-bit model's
+/// ~15 GB of copies fit an 80 GB H100; a 70B's do not). Metal (not measured there) and the CPU
+/// backend keep none. Logs what it chose.
+fn keeps_copies_by_default(ws: &Weights, cfg: &ModelConfig) -> Result<bool> {
+    let on_cpu = default_device_is_cpu();
+    if on_cpu
+        || cfg!(target_os = "macos")
+        || ws.policy.dequantize
+        || std::env::var_os("KOOKA_KEEP_UNPACKED_FROM_ROWS").is_some()
+    {
+        return Ok(false);
+    }
+    let elem = match ws.policy.dtype {
+        Some(Dtype::Float32) => 4,
+        _ => 2,
+    };
+    let copies = ws.unpacked_copy_bytes(&cfg.quant_config()?, elem);
+    if copies == 0 {
+        return Ok(false);
+    }
+    let weights = ws.bytes();
+    let device = device::DeviceInfo::of_default_device().total_memory;
+    let keep =
+        device.is_some_and(|d| (weights + copies) as f64 <= d as f64 * KEPT_COPIES_MEMORY_SHARE);
+    let gib = |b: usize| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+    tracing::info!(
+        keep,
+        copies = gib(copies),
+        weights = gib(weights),
+        device_memory = device.map(gib).unwrap_or_else(|| "unknown".into()),
+        "unpacked weight copies for batches of {KEEP_UNPACKED_DEFAULT_ROWS}+ rows \
+         (KOOKA_KEEP_UNPACKED_FROM_ROWS sets the rows, 0 turns them off)"
+    );
+    Ok(keep)
 }
 
 /// To how many rows packed weights pad a decode batch of at least half as many:
@@ -277,8 +323,17 @@ pub fn load_model_sharded(
 }
 
 /// The weights of `dir`, with `adapter`'s matrices beside them when one is given.
-fn weights_with(dir: &Path, dtype: ComputeDtype, adapter: Option<&Path>) -> Result<Weights> {
+fn weights_with(
+    dir: &Path,
+    cfg: &ModelConfig,
+    dtype: ComputeDtype,
+    adapter: Option<&Path>,
+) -> Result<Weights> {
     let mut ws = Weights::load(dir, dtype.policy())?;
+    if keeps_copies_by_default(&ws, cfg)? {
+        ws.policy.keep_unpacked = true;
+        ws.policy.dense_from_rows = Some(KEEP_UNPACKED_DEFAULT_ROWS);
+    }
     if let Some(adapter) = adapter {
         ws.add_adapter(adapter::Adapter::load(adapter)?)?;
     }
@@ -309,7 +364,7 @@ pub fn load_model_with(
         supported: SUPPORTED_MODEL_TYPES.to_vec(),
     })?;
     let stage = shard::stage_for(&cfg, shard.as_ref())?;
-    let mut ws = weights_with(dir, dtype, adapter)?;
+    let mut ws = weights_with(dir, &cfg, dtype, adapter)?;
     // Before the builder takes the embeddings out of the map.
     let wire = shard::wire_dtype(&ws)?;
     let (mut model, tied) = builder(&cfg, &mut ws, &stage)?;
@@ -347,7 +402,7 @@ fn load_hybrid(
         )));
     }
     let stage = shard::stage_for(cfg, shard.as_ref())?;
-    let mut ws = weights_with(dir, dtype, adapter)?;
+    let mut ws = weights_with(dir, &cfg, dtype, adapter)?;
     hybrid::canonical_names(cfg, &mut ws);
     let wire = shard::wire_dtype(&ws)?;
     let (mut model, tied) = builder(cfg, &mut ws, &stage)?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use mlx_rs::{Array, Dtype};
 
-use super::config::read_to_string;
+use super::config::{read_to_string, QuantConfig};
 use super::error::{ModelError, Result};
 
 /// How weights are turned into the arrays the forward pass uses.
@@ -155,6 +155,39 @@ impl Weights {
         self.tensors.insert(name.to_string(), a);
     }
 
+    /// Bytes of every tensor still in the map (metadata only: nothing is read).
+    pub fn bytes(&self) -> usize {
+        self.tensors.values().map(Array::nbytes).sum()
+    }
+
+    /// Bytes of the float copies [`WeightPolicy::keep_unpacked`] would make, at `elem` bytes
+    /// an entry: one per packed 2-D matrix (`X.weight` beside `X.scales`; stacked experts
+    /// keep none), but none for an embedding table with an output projection of its own.
+    /// Columns are the packed words times 32 over the bits `quant` names (4 where it names
+    /// none). Metadata only.
+    pub fn unpacked_copy_bytes(&self, quant: &QuantConfig, elem: usize) -> usize {
+        let untied = self.tensors.contains_key("lm_head.weight");
+        self.tensors
+            .iter()
+            .filter_map(|(name, w)| {
+                let path = name.strip_suffix(".weight")?;
+                let packed = w.dtype() == Dtype::Uint32
+                    && w.ndim() == 2
+                    && self.tensors.contains_key(&format!("{path}.scales"));
+                if !packed || (untied && path.ends_with("embed_tokens")) {
+                    return None;
+                }
+                let bits = match quant.for_module(path) {
+                    Some(Some(spec)) => spec.bits,
+                    _ => quant.default.map_or(4, |spec| spec.bits),
+                }
+                .max(1) as usize;
+                let (rows, words) = (w.shape()[0] as usize, w.shape()[1] as usize);
+                Some(rows * words * 32 / bits * elem)
+            })
+            .sum()
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
@@ -236,5 +269,69 @@ impl Weights {
             shown.join(", "),
             names.len()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packed(rows: i32, words: i32) -> Array {
+        Array::zeros::<u32>(&[rows, words]).unwrap()
+    }
+
+    #[test]
+    fn unpacked_copies_count_packed_matrices_at_their_bits() {
+        let mut t = HashMap::new();
+        // 4-bit: 8 columns a word; 8-bit (an override): 4.
+        t.insert("a.weight".to_string(), packed(16, 8));
+        t.insert(
+            "a.scales".to_string(),
+            Array::zeros::<f32>(&[16, 1]).unwrap(),
+        );
+        t.insert("b.weight".to_string(), packed(4, 8));
+        t.insert(
+            "b.scales".to_string(),
+            Array::zeros::<f32>(&[4, 1]).unwrap(),
+        );
+        // Float and stacked matrices keep no copy.
+        t.insert(
+            "c.weight".to_string(),
+            Array::zeros::<f32>(&[4, 4]).unwrap(),
+        );
+        t.insert(
+            "d.weight".to_string(),
+            Array::zeros::<u32>(&[2, 4, 8]).unwrap(),
+        );
+        t.insert(
+            "d.scales".to_string(),
+            Array::zeros::<f32>(&[2, 4, 1]).unwrap(),
+        );
+        let quant = QuantConfig::parse(&serde_json::json!({
+            "group_size": 64, "bits": 4, "b": {"group_size": 64, "bits": 8}
+        }))
+        .unwrap();
+        let ws = Weights::from_map(t, crate::model::ComputeDtype::Native.policy());
+        assert_eq!(ws.unpacked_copy_bytes(&quant, 2), 16 * 64 * 2 + 4 * 32 * 2);
+    }
+
+    #[test]
+    fn an_embedding_keeps_a_copy_only_when_it_is_the_output() {
+        let mut t = HashMap::new();
+        t.insert("model.embed_tokens.weight".to_string(), packed(10, 8));
+        t.insert(
+            "model.embed_tokens.scales".to_string(),
+            Array::zeros::<f32>(&[10, 1]).unwrap(),
+        );
+        let quant = QuantConfig::parse(&serde_json::json!({"group_size": 64, "bits": 4})).unwrap();
+        let policy = crate::model::ComputeDtype::Native.policy();
+        let tied = Weights::from_map(t.clone(), policy);
+        assert_eq!(tied.unpacked_copy_bytes(&quant, 2), 10 * 64 * 2);
+        t.insert(
+            "lm_head.weight".to_string(),
+            Array::zeros::<f32>(&[10, 64]).unwrap(),
+        );
+        let untied = Weights::from_map(t, policy);
+        assert_eq!(untied.unpacked_copy_bytes(&quant, 2), 0);
     }
 }

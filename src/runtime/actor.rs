@@ -177,6 +177,10 @@ pub(super) fn spawn(
                     max_running = config.max_running,
                     max_queue = config.max_queue,
                     prefill_chunk = engine_config.prefill_chunk,
+                    memory_gib = format!(
+                        "{:.1}",
+                        super::memory::total_bytes() as f64 / f64::from(1u32 << 30)
+                    ),
                     "runtime limits"
                 );
                 let limits = Limits {

@@ -25,9 +25,18 @@ impl MlxMemory {
     }
 }
 
-/// Physical memory in bytes (16 GiB when it cannot be read). On Apple silicon this is the
-/// unified memory the GPU also uses; on a CUDA machine host memory stands in for the GPU's.
+/// The memory the model's arrays live in, in bytes: a CUDA GPU's own memory as MLX reports
+/// it, else physical memory (the CPU backend; on Apple silicon the unified memory the GPU
+/// shares). Call it on the thread that owns MLX state.
 pub fn total_bytes() -> usize {
+    let gpu = !crate::model::default_device_is_cpu() && !cfg!(target_os = "macos");
+    gpu.then(|| crate::model::device::DeviceInfo::of_default_device().total_memory)
+        .flatten()
+        .unwrap_or_else(physical_bytes)
+}
+
+/// Physical memory in bytes (16 GiB when it cannot be read).
+fn physical_bytes() -> usize {
     // SAFETY: sysconf only reads system configuration.
     let (pages, size) = unsafe {
         (

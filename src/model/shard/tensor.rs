@@ -105,6 +105,11 @@ impl TensorParallel {
         if let Some(b) = &q.biases {
             q.biases = Some(self.part(b, axis, &format!("{name}.biases"))?);
         }
+        // A kept unpacked copy is made again from this rank's part (the whole one, still
+        // lazy, is never computed).
+        if let Some(u) = q.unpacked.take() {
+            q.unpacked = Some(q.dequantize()?.as_dtype(u.dtype())?);
+        }
         Ok(())
     }
 

@@ -10,7 +10,7 @@
 #      engine only (kooka bench --resend) and over HTTP with the server's debug timings
 #   kernels (not in the default steps): examples/cuda_kernels, kooka's CUDA kernels against
 #      MLX's ops (parity and time); carried as third_party/gpu/cuda_kernels (stage.sh)
-#   stall (not in the default steps): native stacks of a 32-stream serve with KOOKA_REPORT_FIRST=1
+#   stall (not in the default steps): native stacks (eu-stack) of a 32-stream serve with KOOKA_REPORT_FIRST=1
 #   disk (not in the default steps): scripts/bench_disk_cache.py, a DISK_TOKENS (20000) prompt
 #      from the disk prompt cache after restarts, for each of DISK_LOADS ("load gather")
 # The synthetic Llama-8B 4-bit model gets Qwen2.5's tokenizer (151,936 ids, more than the
@@ -87,16 +87,15 @@ for step in "${steps[@]}"; do
       ;;
     stall)
       # The 32-stream stall with KOOKA_REPORT_FIRST=1 (issue 14): the server's native stacks
-      # (a gdb carried as third_party/gpu/gdb.tar.xz, run by its own loader) and the GPU's
-      # utilisation, at 75 s and 95 s into a 32-stream run.
-      tar -xJf third_party/gpu/gdb.tar.xz -C /tmp
-      ( for at in 75 95; do sleep $((at == 75 ? 75 : 20)); pid=$(pgrep -x kooka | head -1)
+      # (elfutils' eu-stack carried as third_party/gpu/stack.tar.xz, run by its own loader) and
+      # the GPU's utilisation, at 75, 85 and 95 s into a 32-stream run.
+      tar -xJf third_party/gpu/stack.tar.xz -C /tmp
+      ( sleep 65; for at in 75 85 95; do sleep 10; pid=$(pgrep -x kooka | head -1)
           [ -n "$pid" ] || continue
           { echo "== $at s"; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
-            timeout 60 /tmp/gdbb/run.sh -p "$pid" -batch -ex "thread apply all bt 30" 2>&1 \
-              | grep -v "^\[New LWP\|^$"; } >> "$OUT/stall.txt" 2>&1
+            timeout 30 /tmp/stk/run.sh -p "$pid" -n 40; } >> "$OUT/stall.txt" 2>&1
         done ) &
-      KOOKA_REPORT_FIRST=1 STREAMS=32 RESEND_ROUNDS=1 END=$(($(date +%s) + 130)) "$0" serve
+      KOOKA_REPORT_FIRST=1 STREAMS=32 RESEND_ROUNDS=1 END=$(($(date +%s) + 120)) "$0" serve
       wait
       ;;
     disk)

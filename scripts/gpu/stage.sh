@@ -37,4 +37,27 @@ ex="$ROOT/target/release/examples/cuda_kernels"
 if [ -x "$ex" ]; then
   cp "$ex" "$G/cuda_kernels" && strip "$G/cuda_kernels"   # cargo build --release --example cuda_kernels
 fi
+# elfutils' eu-stack (Debian bookworm's, pinned) with its loader and libraries, for the
+# `stall` step's native stacks (run 2 carries it: third_party/gpu/stack.tar.xz, ~2 MB).
+stage_stack() {
+  local d; d=$(mktemp -d)
+  ( cd "$d" && apt-get download -q elfutils=0.188-2.1 libdw1=0.188-2.1 libelf1=0.188-2.1 ) >/dev/null 2>&1 || return 1
+  ( cd "$d" && sha256sum -c --quiet ) <<'SUMS' || return 1
+31e479c38d2eb1a5d134c1d12bf619d1a1a1fa4482b073e95c70021c07443c23  elfutils_0.188-2.1_amd64.deb
+ffd7b1bad982ad1afd9c2b75ab2edd18e229508df731a8f4d8443f093a91442f  libdw1_0.188-2.1_amd64.deb
+619add379c606b3ac6c1a175853b918e6939598a83d8ebadf3bdfd50d10b3c8c  libelf1_0.188-2.1_amd64.deb
+SUMS
+  mkdir -p "$d/stk/lib"
+  for deb in "$d"/*.deb; do dpkg-deb -x "$deb" "$d/root"; done
+  cp "$d/root/usr/bin/eu-stack" "$d/stk/"
+  cp -L "$d"/root/usr/lib/x86_64-linux-gnu/lib{dw,elf}.so.1 "$d/stk/lib/"
+  for l in libstdc++.so.6 libc.so.6 libz.so.1 liblzma.so.5 libbz2.so.1.0 libm.so.6 libgcc_s.so.1; do
+    cp -L "/lib/x86_64-linux-gnu/$l" "$d/stk/lib/"
+  done
+  cp -L /lib64/ld-linux-x86-64.so.2 "$d/stk/"
+  printf '#!/bin/sh\nD=$(cd "$(dirname "$0")" && pwd)\nexec "$D/ld-linux-x86-64.so.2" --library-path "$D/lib" "$D/eu-stack" "$@"\n' > "$d/stk/run.sh"
+  chmod +x "$d/stk/run.sh"
+  tar -cJf "$G/stack.tar.xz" -C "$d" stk && rm -rf "$d"
+}
+[ -f "$G/stack.tar.xz" ] || stage_stack || echo "stage.sh: eu-stack not staged (apt-get download elfutils failed)" >&2
 ls -la "$G"

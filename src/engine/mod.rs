@@ -230,19 +230,19 @@ pub struct Engine {
 }
 
 /// Whether a fresh batch (nothing else decoding) reads its first tokens before queuing the
-/// next forward: `KOOKA_REPORT_FIRST=1` or `0`; by default on the CPU backend and Metal, off
-/// on CUDA, where the one 32-stream run of a build with it stalled (cause not found yet,
-/// docs/PERFORMANCE.md) while its resend runs did not.
+/// next forward: `KOOKA_REPORT_FIRST=0` turns it off (on by default). CUDA had it off for a
+/// while, for a 32-stream stall seen only with it on; a native stack taken during one showed
+/// MLX compiling a quantized-matmul kernel variant with NVRTC on its first use, with the GPU
+/// idle (docs/PERFORMANCE.md): a first-use cost of the shapes a run happens to meet, not a
+/// hang of the early read.
 fn reports_first_tokens_early() -> bool {
-    match std::env::var("KOOKA_REPORT_FIRST")
-        .ok()
-        .as_deref()
-        .map(str::trim)
-    {
-        Some("1") => true,
-        Some("0") => false,
-        _ => crate::model::default_device_is_cpu() || cfg!(target_os = "macos"),
-    }
+    !matches!(
+        std::env::var("KOOKA_REPORT_FIRST")
+            .ok()
+            .as_deref()
+            .map(str::trim),
+        Some("0")
+    )
 }
 
 impl Engine {

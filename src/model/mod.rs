@@ -164,10 +164,11 @@ const KEEP_UNPACKED_DEFAULT_ROWS: i32 = 8;
 const KEPT_COPIES_MEMORY_SHARE: f64 = 0.5;
 
 /// Without `KOOKA_KEEP_UNPACKED_FROM_ROWS`, on CUDA: packed matrices keep unpacked copies
-/// (from [`KEEP_UNPACKED_DEFAULT_ROWS`] rows) when the checkpoint and the copies take at most
-/// [`KEPT_COPIES_MEMORY_SHARE`] of the GPU's memory as MLX reports it (an 8B 4-bit model's
-/// ~15 GB of copies fit an 80 GB H100; a 70B's do not). Metal (not measured there) and the CPU
-/// backend keep none. Logs what it chose.
+/// (from [`KEEP_UNPACKED_DEFAULT_ROWS`] rows) when the checkpoint and the copies fit in
+/// [`KEPT_COPIES_MEMORY_SHARE`] of the GPU's memory as MLX reports it (its free memory when
+/// reported: another process on the GPU leaves less; an 8B 4-bit model's 14 GiB of copies fit
+/// an 80 GB H100, a 70B's do not). Metal (not measured there) and the CPU backend keep none.
+/// Logs what it chose.
 fn keeps_copies_by_default(ws: &Weights, cfg: &ModelConfig) -> Result<bool> {
     let on_cpu = default_device_is_cpu();
     if on_cpu
@@ -186,19 +187,25 @@ fn keeps_copies_by_default(ws: &Weights, cfg: &ModelConfig) -> Result<bool> {
         return Ok(false);
     }
     let weights = ws.bytes();
-    let device = device::DeviceInfo::of_default_device().total_memory;
-    let keep =
-        device.is_some_and(|d| (weights + copies) as f64 <= d as f64 * KEPT_COPIES_MEMORY_SHARE);
+    let info = device::DeviceInfo::of_default_device();
+    let memory = info.free_memory.or(info.total_memory);
+    let keep = copies_fit(weights, copies, memory);
     let gib = |b: usize| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
     tracing::info!(
         keep,
         copies = gib(copies),
         weights = gib(weights),
-        device_memory = device.map(gib).unwrap_or_else(|| "unknown".into()),
+        device_memory = memory.map(gib).unwrap_or_else(|| "unknown".into()),
         "unpacked weight copies for batches of {KEEP_UNPACKED_DEFAULT_ROWS}+ rows \
          (KOOKA_KEEP_UNPACKED_FROM_ROWS sets the rows, 0 turns them off)"
     );
     Ok(keep)
+}
+
+/// Whether `weights` and their `copies` (bytes) fit in [`KEPT_COPIES_MEMORY_SHARE`] of
+/// `memory` (unknown: no).
+fn copies_fit(weights: usize, copies: usize, memory: Option<usize>) -> bool {
+    memory.is_some_and(|m| (weights + copies) as f64 <= m as f64 * KEPT_COPIES_MEMORY_SHARE)
 }
 
 /// To how many rows packed weights pad a decode batch of at least half as many:
@@ -436,4 +443,24 @@ fn eval_with_progress(params: Vec<&Array>) -> Result<()> {
     }
     progress.finish();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copies_fit;
+
+    const GIB: usize = 1 << 30;
+
+    #[test]
+    fn kept_copies_fit_in_half_the_gpu_memory() {
+        // An 8B 4-bit model on an 80 GB H100 (measured: 4.2 + 14.0 GiB of 79.6).
+        assert!(copies_fit(
+            4 * GIB + GIB / 5,
+            14 * GIB,
+            Some(79 * GIB + 3 * GIB / 5)
+        ));
+        // A 70B 4-bit model's ~37 + ~130 GiB do not fit there; nothing fits an unknown device.
+        assert!(!copies_fit(37 * GIB, 130 * GIB, Some(80 * GIB)));
+        assert!(!copies_fit(GIB, GIB, None));
+    }
 }

@@ -9,7 +9,7 @@
 //! same tokenizer, mostly the same choices, and some different ones (rejections).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use kooka::engine::sampling::SamplingParams;
@@ -28,7 +28,7 @@ fn model(name: &str) -> PathBuf {
     common::model(name)
 }
 
-fn engine(dir: &PathBuf, speculation: Option<SpeculationConfig>) -> Engine {
+fn engine(dir: &Path, speculation: Option<SpeculationConfig>) -> Engine {
     Engine::with_config(
         load_model(dir, ComputeDtype::Auto).expect("model"),
         EngineConfig {
@@ -44,7 +44,7 @@ fn ngram() -> Option<SpeculationConfig> {
 }
 
 /// An engine drafting with `draft` (a prefix cache for both, so resent prompts start from it).
-fn drafting(dir: &PathBuf, draft: &PathBuf, config: SpeculationConfig) -> Engine {
+fn drafting(dir: &Path, draft: &Path, config: SpeculationConfig) -> Engine {
     let mut e = Engine::with_config(
         load_model(dir, ComputeDtype::Auto).expect("model"),
         EngineConfig {
@@ -61,7 +61,7 @@ fn drafting(dir: &PathBuf, draft: &PathBuf, config: SpeculationConfig) -> Engine
 
 /// The chat prompts: a file to edit (the reply repeats most of it), a text to repeat, and
 /// questions whose replies repeat little.
-fn prompts(dir: &PathBuf) -> Vec<Vec<u32>> {
+fn prompts(dir: &Path) -> Vec<Vec<u32>> {
     let file =
         std::fs::read_to_string(common::root().join("tests/fixtures/code_edit/inventory.py"))
             .expect("fixture");
@@ -228,7 +228,7 @@ fn a_draft_model_edits_code_as_the_model_does() {
 
 /// The code edit (`max_tokens` greedy tokens) on `spec`, a speculating engine over `dir`:
 /// identical to plain decoding, and at least half of it from kept drafts.
-fn edit_as_plain_mostly_drafted(dir: &PathBuf, mut spec: Engine, max_tokens: usize) {
+fn edit_as_plain_mostly_drafted(dir: &Path, mut spec: Engine, max_tokens: usize) {
     let req = request(
         prompts(dir).remove(0),
         SamplingParams::default(),

@@ -409,7 +409,7 @@ fn load_hybrid(
         )));
     }
     let stage = shard::stage_for(cfg, shard.as_ref())?;
-    let mut ws = weights_with(dir, &cfg, dtype, adapter)?;
+    let mut ws = weights_with(dir, cfg, dtype, adapter)?;
     hybrid::canonical_names(cfg, &mut ws);
     let wire = shard::wire_dtype(&ws)?;
     let (mut model, tied) = builder(cfg, &mut ws, &stage)?;

@@ -159,7 +159,7 @@ pub(super) fn spawn(
                     let drafted =
                         crate::model::load_model(d, dtype).and_then(|m| engine.set_draft_model(m));
                     if let Err(e) = drafted {
-                        let _ = ready_tx.send(Err(e.into()));
+                        let _ = ready_tx.send(Err(e));
                         return false;
                     }
                     info!(draft_model = %d.display(), "speculative decoding with a draft model");

@@ -33,8 +33,8 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// `{"status", "runtime": {...}}`: 200 with `ok`, or `busy` while requests wait to start;
-/// 503 with `stuck` once one engine step has run longer than `--health-stuck-secs`, and with
+/// `{"status", "busy", "runtime": {...}}`: 200 with `ok` (as the servers kooka replaces
+/// answer; `busy` is true while requests wait to start); 503 with `stuck` once one engine step has run longer than `--health-stuck-secs`, and with
 /// `draining` once the server is stopping, and with `unavailable` once the model thread has
 /// ended (a fault: no request can run). On rank 0 of a multi-rank run also `parallel` and
 /// `ranks` (rank, host, shard, state), and 503 with `unavailable` until every rank is ready
@@ -48,16 +48,16 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         (HttpResponse::ServiceUnavailable(), "unavailable")
     } else if runtime.step_ms > state.stuck_step.as_millis() as u64 {
         (HttpResponse::ServiceUnavailable(), "stuck")
-    } else if runtime.waiting > 0 {
-        (HttpResponse::Ok(), "busy")
     } else {
         (HttpResponse::Ok(), "ok")
     };
+    let busy = runtime.waiting > 0;
     let Some(snapshot) = snapshot else {
-        return response.json(json!({"status": status, "runtime": runtime}));
+        return response.json(json!({"status": status, "busy": busy, "runtime": runtime}));
     };
     response.json(json!({
         "status": status,
+        "busy": busy,
         "parallel": snapshot.parallel,
         "ranks": snapshot.ranks,
         "runtime": runtime,

@@ -70,7 +70,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let tools = tools(&obj)?;
     let tool_choice = tool_choice(&obj, &tools)?;
     let parallel_tool_calls = boolean(&obj, "parallel_tool_calls")?.unwrap_or(true);
-    let chat_template_kwargs = match get(&obj, "chat_template_kwargs") {
+    let mut chat_template_kwargs = match get(&obj, "chat_template_kwargs") {
         None => Map::new(),
         Some(Value::Object(m)) => m.clone(),
         Some(v) => {
@@ -83,6 +83,20 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
             ))
         }
     };
+    let effort = match get(&obj, "reasoning_effort") {
+        None => None,
+        Some(Value::String(e)) => Some(e.as_str()),
+        Some(v) => {
+            return Err(ApiError::field(
+                "reasoning_effort",
+                format!(
+                "`reasoning_effort` must be a string (none, minimal, low, medium, high), got {}",
+                type_name(v)
+            ),
+            ))
+        }
+    };
+    apply_reasoning_effort(effort, &mut chat_template_kwargs);
     let response_format = response_format(&obj)?;
     Ok(ChatRequest {
         model,
@@ -99,6 +113,27 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
         chat_template_kwargs,
         response_format,
     })
+}
+
+/// A request's reasoning effort (chat's `reasoning_effort`, the Responses API's
+/// `reasoning.effort`) as chat-template variables, where the request's own
+/// `chat_template_kwargs` do not already set them: `none` turns thinking off
+/// (`enable_thinking: false`, Qwen3's templates), any other value becomes `reasoning_effort`
+/// (gpt-oss's template reads low, medium or high). Templates that read neither ignore them.
+pub(crate) fn apply_reasoning_effort(effort: Option<&str>, kwargs: &mut Map<String, Value>) {
+    match effort {
+        None => {}
+        Some("none") => {
+            kwargs
+                .entry("enable_thinking")
+                .or_insert(Value::Bool(false));
+        }
+        Some(e) => {
+            kwargs
+                .entry("reasoning_effort")
+                .or_insert_with(|| Value::String(e.to_string()));
+        }
+    }
 }
 
 /// The raw `tools` list (empty when absent).
@@ -389,6 +424,26 @@ mod tests {
         assert_eq!(r.params.top_k, 0);
         assert_eq!(r.params.seed, Some(u64::MAX));
         assert_eq!(r.stop, vec!["x".to_string()]);
+    }
+
+    #[test]
+    fn reasoning_effort_reaches_the_template_unless_its_kwargs_say_otherwise() {
+        let msgs = r#""messages":[{"role":"user","content":"hi"}]"#;
+        let r = parse_chat(format!(r#"{{{msgs},"reasoning_effort":"high"}}"#).as_bytes()).unwrap();
+        assert_eq!(r.chat_template_kwargs["reasoning_effort"], "high");
+        let r = parse_chat(format!(r#"{{{msgs},"reasoning_effort":"none"}}"#).as_bytes()).unwrap();
+        assert_eq!(r.chat_template_kwargs["enable_thinking"], false);
+        assert!(!r.chat_template_kwargs.contains_key("reasoning_effort"));
+        let r = parse_chat(
+            format!(
+                r#"{{{msgs},"reasoning_effort":"low","chat_template_kwargs":{{"reasoning_effort":"medium"}}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.chat_template_kwargs["reasoning_effort"], "medium");
+        let body = format!(r#"{{{msgs},"reasoning_effort":3}}"#);
+        assert_eq!(param_of(&body).as_deref(), Some("reasoning_effort"));
     }
 
     #[test]

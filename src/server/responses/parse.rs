@@ -13,8 +13,8 @@ use tracing::{debug, warn};
 use crate::constrain::CUSTOM_GRAMMAR_KEY;
 use crate::server::error::ApiError;
 use crate::server::request::{
-    boolean, check, check_choice, get, max_tokens, parse_object, sampling, string, type_name,
-    ChatRequest, ToolChoice,
+    apply_reasoning_effort, boolean, check, check_choice, get, max_tokens, parse_object, sampling,
+    string, type_name, ChatRequest, ToolChoice,
 };
 
 /// A validated Responses request.
@@ -75,15 +75,10 @@ pub(super) fn parse(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
     let parallel_tool_calls = boolean(&obj, "parallel_tool_calls")?.unwrap_or(true);
     let response_format = text_format(&obj)?;
     let mut kwargs = Map::new();
-    if let Some(effort) = get(&obj, "reasoning")
+    let effort = get(&obj, "reasoning")
         .and_then(|r| r.get("effort"))
-        .and_then(Value::as_str)
-    {
-        // Templates that can think (Qwen3's) do unless told not to.
-        if effort == "none" {
-            kwargs.insert("enable_thinking".into(), Value::Bool(false));
-        }
-    }
+        .and_then(Value::as_str);
+    apply_reasoning_effort(effort, &mut kwargs);
     let echo = ECHOED
         .iter()
         .filter_map(|k| obj.get(*k).map(|v| (k.to_string(), v.clone())))

@@ -166,3 +166,25 @@ fn bad_values_stop_the_server_with_a_message() {
         assert!(err.contains(says), "{flag} {value}: {err}");
     }
 }
+
+/// `--served-model-name`: the server reports the name and answers to it, and to the folder's
+/// id as before; another name is still a 404.
+#[test]
+fn a_served_model_name_is_reported_and_answered() {
+    let server = start_with(&["--served-model-name", "coder"]);
+    let models = request(&server.addr, "GET", "/v1/models", b"").json();
+    assert_eq!(models["data"][0]["id"], "coder", "{models}");
+    for name in ["coder", "SmolLM2-135M-Instruct"] {
+        let r = post(
+            &server.addr,
+            &france(json!({"model": name, "max_tokens": 1})),
+        );
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        assert_eq!(r.json()["model"], "coder", "{name}");
+    }
+    let r = post(
+        &server.addr,
+        &france(json!({"model": "gpt-4o", "max_tokens": 1})),
+    );
+    assert_error(&r, 404, None);
+}

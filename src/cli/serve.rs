@@ -28,6 +28,11 @@ pub struct ServeArgs {
         help_heading = "Model"
     )]
     pub model: PathBuf,
+    /// The name the server answers to and reports (`/v1/models`, each response's `model`):
+    /// requests may name it, or the folder / repo id as before [default: the folder's name or
+    /// the repo id].
+    #[arg(long, env = "KOOKA_SERVED_MODEL_NAME", help_heading = "Model")]
+    pub served_model_name: Option<String>,
     #[arg(
         long,
         env = "KOOKA_HOST",
@@ -282,6 +287,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}:{}", args.host, args.port))?;
     let config = crate::server::ServeConfig {
         model_dir: dir,
+        served_name: args.served_model_name.filter(|n| !n.trim().is_empty()),
         aliases: vec![args.model.display().to_string()],
         dtype: args.compute_dtype.into(),
         max_body_bytes: args.max_body_bytes,

@@ -44,6 +44,9 @@ pub const DEFAULT_MAX_TOKENS: usize = 4096;
 pub struct ServeConfig {
     /// The resolved model folder.
     pub model_dir: PathBuf,
+    /// `--served-model-name`: the id the server reports and answers to instead of the
+    /// folder's (which stays an alias).
+    pub served_name: Option<String>,
     /// Other names the `model` request field may use (e.g. the path as given).
     pub aliases: Vec<String>,
     pub dtype: ComputeDtype,
@@ -292,7 +295,11 @@ pub fn run_ranked(
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
-    let model_id = crate::model::resolve::served_id(dir);
+    let folder_id = crate::model::resolve::served_id(dir);
+    let model_id = config
+        .served_name
+        .clone()
+        .unwrap_or_else(|| folder_id.clone());
     let loading = loading::start(&listener, &model_id)?;
     println!(
         "kooka: loading {model_id}; http://{} answers 503 until it is ready",
@@ -308,6 +315,7 @@ pub fn run_ranked(
     )?;
     let mut aliases = config.aliases.clone();
     aliases.push(dir.display().to_string());
+    aliases.push(folder_id);
     loading.stop();
     let state = web::Data::new(AppState {
         model_id,

@@ -112,6 +112,40 @@ impl Grammar {
         )
     }
 
+    /// This grammar (a `response_format`'s) or `tools`' calls: the reply is either this
+    /// grammar's text or free text ending in calls, as `tools` (an `auto` tool grammar,
+    /// `start: FREE_TEXT | trigger ...`) allows. `None` when either grammar is not of that
+    /// form (a format of several rules, whose names could clash; a forced or unconstrained
+    /// tool choice).
+    pub fn or_tool_calls(&self, tools: &Grammar) -> Option<Grammar> {
+        let mut own = self.lark.lines().filter(|l| !l.trim().is_empty());
+        let body = own.next()?.strip_prefix("start:")?.to_string();
+        if own.next().is_some() {
+            return None;
+        }
+        let mut lines = tools.lark.lines();
+        let rest = lines.next()?.strip_prefix("start: FREE_TEXT | ")?;
+        // Text before a call does not start with `{`, so that a JSON answer is known as one
+        // from its first byte (llguidance cannot end a JSON object that free text could
+        // still extend into a call).
+        let others: Vec<String> = lines
+            .filter(|l| !l.starts_with("FREE_TEXT:"))
+            .map(|l| match l.strip_prefix("trigger[lazy]: /(?s:.*)") {
+                Some(open) => format!("trigger[lazy]: /(?s:([^{{].*)?){open}"),
+                None => l.to_string(),
+            })
+            .collect();
+        Grammar::new(
+            format!(
+                "start: format_answer | {rest}\nformat_answer:{body}\n{}\n",
+                others.join("\n")
+            ),
+            format!("{} or {}", self.what, tools.what),
+            "response_format",
+        )
+        .ok()
+    }
+
     /// The llguidance grammar text.
     pub fn lark(&self) -> &str {
         &self.lark

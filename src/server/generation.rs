@@ -105,9 +105,14 @@ pub fn submit_chat(state: &AppState, chat: &ChatRequest) -> Result<(Job, ReplyPa
         prompt.tool_format,
         chat.parallel_tool_calls,
     )?;
+    let answers_format = answers_with_format(
+        chat.response_format.is_some(),
+        &chat.tools,
+        &chat.tool_choice,
+    );
     // gpt-oss answers in channels: a JSON answer is the body of its `final` message.
     let constraint = match constraint {
-        Some(g) if prompt.harmony && chat.response_format.is_some() => Some(
+        Some(g) if prompt.harmony && answers_format => Some(
             g.harmony_final("response_format")
                 .map_err(constrain_error)?,
         ),
@@ -118,19 +123,17 @@ pub fn submit_chat(state: &AppState, chat: &ChatRequest) -> Result<(Job, ReplyPa
     // JSON answer inside the reasoning would be read as reasoning, never as the answer.
     // (Anthropic itself does not offer forced tool use with thinking.)
     let constraint = match (constraint, prompt.reasoning_close) {
-        (Some(g), Some(close)) if chat.response_format.is_some() || chat.tool_choice.forced() => {
-            Some(
-                g.after_literal(
-                    &format!("{close}\n\n"),
-                    if chat.response_format.is_some() {
-                        "response_format"
-                    } else {
-                        "tool_choice"
-                    },
-                )
-                .map_err(constrain_error)?,
+        (Some(g), Some(close)) if answers_format || chat.tool_choice.forced() => Some(
+            g.after_literal(
+                &format!("{close}\n\n"),
+                if answers_format {
+                    "response_format"
+                } else {
+                    "tool_choice"
+                },
             )
-        }
+            .map_err(constrain_error)?,
+        ),
         (g, _) => g,
     };
     let params = forced_call_params(chat.params.clone(), &chat.tool_choice, chat.sampling_set);
@@ -249,10 +252,13 @@ pub fn constrain_error(e: ConstrainError) -> ApiError {
     }
 }
 
-/// The grammar a request asks for: its `response_format`, else the tool-call markup with
-/// arguments valid for the tools' schemas. A forced call (`required` / named) must follow it;
-/// with `auto` a call that starts is completed validly, and a tool format the engine cannot
-/// enforce leaves the reply unconstrained.
+/// The grammar a request asks for: the tool-call markup with arguments valid for the tools'
+/// schemas, and its `response_format` for an answer. A forced call (`required` / named) must
+/// follow the markup (the format is for the answer that comes after the call's result); with
+/// `auto` a call that starts is completed validly, and with a `response_format` too the reply
+/// is either the formatted answer or calls (where both can be written as one grammar; else
+/// the format alone, as without tools). A tool format the engine cannot enforce leaves
+/// calls unconstrained.
 pub fn request_grammar(
     response_format: Option<&Value>,
     tools: &[Value],
@@ -260,11 +266,40 @@ pub fn request_grammar(
     tool_format: Option<ParserKind>,
     parallel: bool,
 ) -> Result<Option<Grammar>, ApiError> {
-    if let Some(format) = response_format {
-        return parse_response_format(format)
+    let calls = || tool_grammar(tools, tool_choice, tool_format, parallel);
+    let Some(format) = response_format else {
+        return calls();
+    };
+    if answers_with_format(true, tools, tool_choice) {
+        let answer = parse_response_format(format)
             .grammar()
-            .map_err(constrain_error);
+            .map_err(constrain_error)?;
+        return match (answer, tools.is_empty()) {
+            (Some(a), false) if !matches!(tool_choice, ToolChoice::None) => {
+                Ok(Some(match calls()? {
+                    Some(t) => a.or_tool_calls(&t).unwrap_or(a),
+                    None => a,
+                }))
+            }
+            (answer, _) => Ok(answer),
+        };
     }
+    calls()
+}
+
+/// Whether a request's grammar includes its `response_format` (`has_format`): not when a
+/// forced call comes first.
+pub fn answers_with_format(has_format: bool, tools: &[Value], tool_choice: &ToolChoice) -> bool {
+    has_format && !(tool_choice.forced() && !tools.is_empty())
+}
+
+/// The tool-call grammar of a request (`None`: nothing to constrain).
+fn tool_grammar(
+    tools: &[Value],
+    tool_choice: &ToolChoice,
+    tool_format: Option<ParserKind>,
+    parallel: bool,
+) -> Result<Option<Grammar>, ApiError> {
     let Some(format) = tool_format else {
         return Ok(None);
     };

@@ -567,6 +567,34 @@ fn response_format_and_forced_tool_calls_are_guaranteed() {
     );
     assert_eq!(args.as_object().unwrap().len(), 1, "{args}");
 
+    // With a response_format too (as agent SDKs with an output type send): a forced call is
+    // still a call, and with `auto` the reply is the formatted answer or a call.
+    let format = json!({"type": "json_schema", "json_schema": {"name": "city", "schema": schema,
+        "strict": true}});
+    let r = post(
+        addr,
+        &france(
+            json!({"tools": echo, "max_tokens": 48, "response_format": format,
+        "tool_choice": "required", "parallel_tool_calls": false}),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let c = r.json();
+    assert_eq!(c["choices"][0]["finish_reason"], "tool_calls", "{c}");
+    let r = post(
+        addr,
+        &france(json!({"tools": echo, "max_tokens": 96, "response_format": format})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let c = r.json();
+    let message = &c["choices"][0]["message"];
+    let answered = message["content"]
+        .as_str()
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        .is_some_and(|v| v["city"].is_string() && v["population"].is_u64());
+    let called = message["tool_calls"][0]["function"]["name"] == "echo";
+    assert!(answered || called, "{c}");
+
     // Streamed, the call arrives as tool_calls deltas and no markup leaks into content.
     let r = post(
         addr,

@@ -114,13 +114,24 @@ impl ThinkingSwitch {
     }
 }
 
+/// The tool-call format: `forced` (`--tool-call-parser`) as given, else what the model's
+/// `tool_parser_type` and template say ([`crate::chat::tools::select_parser`]); and why.
+fn tool_parser(
+    configured: Option<&str>,
+    source: Option<&str>,
+    forced: Option<&str>,
+) -> (Option<crate::chat::tools::ParserKind>, String) {
+    if let Some(kind) = forced.and_then(crate::chat::tools::ParserKind::from_name) {
+        return (Some(kind), "--tool-call-parser".to_string());
+    }
+    let config = configured.map(|t| serde_json::json!({ "tool_parser_type": t }));
+    crate::chat::tools::select_parser(config.as_ref(), source)
+}
+
 impl ChatInfo {
-    fn new(tokenizer: &Tokenizer, source: Option<&str>) -> Self {
-        let config = tokenizer
-            .tool_parser_type
-            .as_ref()
-            .map(|t| serde_json::json!({ "tool_parser_type": t }));
-        let (tool_parser, why) = crate::chat::tools::select_parser(config.as_ref(), source);
+    /// `forced`: `--tool-call-parser`'s format, which wins over the model's files and template.
+    fn new(tokenizer: &Tokenizer, source: Option<&str>, forced: Option<&str>) -> Self {
+        let (tool_parser, why) = tool_parser(tokenizer.tool_parser_type.as_deref(), source, forced);
         info!(
             parser = tool_parser.map(|k| k.name()).unwrap_or("none"),
             "tool-call parser: {why}"
@@ -266,10 +277,6 @@ pub fn run_ranked(
         tokenizer.chat_template = Some(source.clone());
         tokenizer.tool_use_template = None;
     }
-    if let Some(name) = &config.tool_call_parser {
-        info!(parser = %name, "tool-call format: --tool-call-parser's");
-        tokenizer.tool_parser_type = Some(name.clone());
-    }
     let tokenizer = Arc::new(tokenizer);
     let compile = |source: &str| {
         ChatTemplate::new(
@@ -286,11 +293,15 @@ pub fn run_ranked(
         .as_deref()
         .map(compile)
         .transpose()?;
-    let chat_info = ChatInfo::new(&tokenizer, tokenizer.chat_template.as_deref());
+    let forced = config.tool_call_parser.as_deref();
+    let chat_info = ChatInfo::new(&tokenizer, tokenizer.chat_template.as_deref(), forced);
     let tool_template = match tokenizer.tool_use_template.as_deref() {
         Some(source) => {
             info!("chat template: requests with tools use the model's `tool_use` template");
-            Some((compile(source)?, ChatInfo::new(&tokenizer, Some(source))))
+            Some((
+                compile(source)?,
+                ChatInfo::new(&tokenizer, Some(source), forced),
+            ))
         }
         None => None,
     };
@@ -385,6 +396,20 @@ pub fn run_ranked(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_tool_call_parser_flag_wins_over_the_model_and_its_template() {
+        use crate::chat::tools::ParserKind;
+        let qwen3_coder =
+            "{% if tools %}<tool_call>\n<function={{ name }}>\n<parameter=x>{% endif %}";
+        // The model's files say json_tools, the template proves qwen3_coder: the template wins.
+        let (kind, _) = tool_parser(Some("json_tools"), Some(qwen3_coder), None);
+        assert_eq!(kind, Some(ParserKind::Qwen3Coder));
+        // The operator's flag wins over both.
+        let (kind, why) = tool_parser(Some("json_tools"), Some(qwen3_coder), Some("json_tools"));
+        assert_eq!(kind, Some(ParserKind::JsonTools));
+        assert!(why.contains("--tool-call-parser"), "{why}");
+    }
 
     #[test]
     fn the_api_thinking_switch_reaches_a_template_that_names_it_otherwise() {

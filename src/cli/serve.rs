@@ -319,6 +319,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             .transpose()?,
         tool_call_parser: args.tool_call_parser,
     };
+    warn_if_unreachable_by_name(&listener, &config);
     let leader = cluster
         .map(crate::cluster::Leader::start)
         .transpose()
@@ -402,4 +403,23 @@ fn chat_template_source(arg: &str) -> anyhow::Result<String> {
         return Ok(arg.to_string());
     }
     anyhow::bail!("--chat-template {arg}: no such file, and not a Jinja template either")
+}
+
+/// Bound beyond loopback without an API key: the server still answers only requests
+/// addressed to loopback names or IP addresses, and pages of loopback origins (DNS
+/// rebinding; docs/API.md "Who may call the server"). Says so at startup, so that a client
+/// reaching it by a host name (`mymac.local`, Docker's `host.docker.internal`) is not a
+/// surprise 403.
+fn warn_if_unreachable_by_name(
+    listener: &std::net::TcpListener,
+    config: &crate::server::ServeConfig,
+) {
+    let beyond_loopback = listener.local_addr().is_ok_and(|a| !a.ip().is_loopback());
+    if beyond_loopback && config.api_keys.is_empty() && config.allowed_hosts.is_none() {
+        tracing::warn!(
+            "listening beyond loopback without an API key: requests addressed by a host name \
+             other than localhost get 403 (add it with --allowed-hosts, or set --api-key), and \
+             browser pages need --allowed-origins"
+        );
+    }
 }

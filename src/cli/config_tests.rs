@@ -74,7 +74,7 @@ fn bad_files_name_the_file_line_and_key() {
         (
             "far",
             "colour = 3\n",
-            ":1: key `colour`: unknown key; the keys are model, host, port",
+            ":1: key `colour`: unknown key; the keys are model, served-model-name, host, port",
         ),
         (
             "type",

@@ -487,6 +487,9 @@ fn with_defs(prop: &Value, params: &Value) -> Value {
 mod markups;
 
 #[cfg(test)]
+#[path = "tools_format_tests.rs"]
+mod format_tests;
+#[cfg(test)]
 #[path = "tools_formats_tests.rs"]
 mod formats_tests;
 #[cfg(test)]

@@ -133,10 +133,15 @@ impl QuantMatrix {
         };
         // Stacked experts go through MLX's gathered matmul: they keep no copy.
         if ws.policy.keep_unpacked && lead.is_empty() {
-            let dtype = ws.policy.dtype.unwrap_or(q.scales.dtype());
-            q.unpacked = Some(q.dequantize()?.as_dtype(dtype)?);
+            q.keep_unpacked(ws.policy.dtype.unwrap_or(q.scales.dtype()))?;
         }
         Ok(q)
+    }
+
+    /// Makes the kept unpacked copy (lazily) from the packed matrix as it is now, in `dtype`.
+    pub(crate) fn keep_unpacked(&mut self, dtype: Dtype) -> Result<()> {
+        self.unpacked = Some(self.dequantize()?.as_dtype(dtype)?);
+        Ok(())
     }
 
     pub(crate) fn dequantize(&self) -> Result<Array> {

@@ -105,11 +105,8 @@ pub fn submit_chat(state: &AppState, chat: &ChatRequest) -> Result<(Job, ReplyPa
         prompt.tool_format,
         chat.parallel_tool_calls,
     )?;
-    let answers_format = answers_with_format(
-        chat.response_format.is_some(),
-        &chat.tools,
-        &chat.tool_choice,
-    );
+    let answers_format =
+        chat.response_format.is_some() && format_is_the_answer(&chat.tools, &chat.tool_choice);
     // gpt-oss answers in channels: a JSON answer is the body of its `final` message.
     let constraint = match constraint {
         Some(g) if prompt.harmony && answers_format => Some(
@@ -270,27 +267,27 @@ pub fn request_grammar(
     let Some(format) = response_format else {
         return calls();
     };
-    if answers_with_format(true, tools, tool_choice) {
-        let answer = parse_response_format(format)
-            .grammar()
-            .map_err(constrain_error)?;
-        return match (answer, tools.is_empty()) {
-            (Some(a), false) if !matches!(tool_choice, ToolChoice::None) => {
-                Ok(Some(match calls()? {
-                    Some(t) => a.or_tool_calls(&t).unwrap_or(a),
-                    None => a,
-                }))
-            }
-            (answer, _) => Ok(answer),
-        };
+    if !format_is_the_answer(tools, tool_choice) {
+        return calls();
     }
-    calls()
+    let answer = parse_response_format(format)
+        .grammar()
+        .map_err(constrain_error)?;
+    match answer {
+        Some(a) if !tools.is_empty() && !matches!(tool_choice, ToolChoice::None) => {
+            Ok(Some(match calls()? {
+                Some(t) => a.or_tool_calls(&t).unwrap_or(a),
+                None => a,
+            }))
+        }
+        answer => Ok(answer),
+    }
 }
 
-/// Whether a request's grammar includes its `response_format` (`has_format`): not when a
+/// Whether a request's `response_format`, if it has one, constrains this reply: not when a
 /// forced call comes first.
-pub fn answers_with_format(has_format: bool, tools: &[Value], tool_choice: &ToolChoice) -> bool {
-    has_format && !(tool_choice.forced() && !tools.is_empty())
+fn format_is_the_answer(tools: &[Value], tool_choice: &ToolChoice) -> bool {
+    !(tool_choice.forced() && !tools.is_empty())
 }
 
 /// The tool-call grammar of a request (`None`: nothing to constrain).

@@ -108,7 +108,7 @@ impl TensorParallel {
         // A kept unpacked copy is made again from this rank's part (the whole one, still
         // lazy, is never computed).
         if let Some(u) = q.unpacked.take() {
-            q.unpacked = Some(q.dequantize()?.as_dtype(u.dtype())?);
+            q.keep_unpacked(u.dtype())?;
         }
         Ok(())
     }

@@ -2,15 +2,15 @@
 //! (`model::cuda::decode_attention`) against MLX's masked attention computed in float32, at
 //! several batch / head / key shapes, rows starting at random keys; then its time against
 //! MLX's masked and unmasked attention (32 calls per evaluation, median of 10). Then the
-//! few-rows 4-bit matmul (`model::cuda::qmm_small`) against the float32 product of the
-//! dequantized matrix, and its time against MLX's `quantized_matmul` over 32 distinct
-//! 14336x4096 matrices (an 8B model's layers: read from memory, not cache). Exits non-zero
-//! if any error exceeds the tolerance. Run on the GPU machine (it refuses the CPU).
+//! few-rows quantized matrix-vector product (`model::cuda::qmv`) against the float32 product
+//! of the dequantized matrix, and its speed against MLX's `quantized_matmul` on an 8B model's
+//! decode shapes (distinct matrices, ~2 GB of each: read from memory, not cache) for several
+//! tunings. Exits non-zero if any error exceeds the tolerance. Run on the GPU machine.
 //!
-//! usage: cuda_kernels
+//! usage: cuda_kernels   (QMV_ONLY=1: only the qmv part)
 use std::time::Instant;
 
-use kooka::model::cuda::{decode_attention, qmm_small};
+use kooka::model::cuda::{decode_attention, qmv};
 use kooka::model::slicing::slice_axis;
 use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
 use mlx_rs::{random, transforms, Array, Dtype};
@@ -66,11 +66,16 @@ fn max_abs(a: &Array, b: &Array) -> anyhow::Result<f32> {
 
 /// Milliseconds per call of `f(i)`, `i` in 0..32, all 32 evaluated together (median of 10).
 fn timed(f: &dyn Fn(usize) -> anyhow::Result<Array>) -> anyhow::Result<f64> {
+    timed_n(32, f)
+}
+
+/// Milliseconds per call of `f(i)`, `i` in 0..n, all n evaluated together (median of 10).
+fn timed_n(n: usize, f: &dyn Fn(usize) -> anyhow::Result<Array>) -> anyhow::Result<f64> {
     let run = || -> anyhow::Result<f64> {
         let t = Instant::now();
-        let outs: Vec<Array> = (0..32).map(f).collect::<anyhow::Result<_>>()?;
+        let outs: Vec<Array> = (0..n).map(f).collect::<anyhow::Result<_>>()?;
         transforms::eval(outs.iter())?;
-        Ok(t.elapsed().as_secs_f64() * 1e3 / 32.0)
+        Ok(t.elapsed().as_secs_f64() * 1e3 / n as f64)
     };
     for _ in 0..3 {
         run()?;
@@ -82,6 +87,12 @@ fn timed(f: &dyn Fn(usize) -> anyhow::Result<Array>) -> anyhow::Result<f64> {
 
 fn main() -> anyhow::Result<()> {
     use Dtype::{Bfloat16 as BF16, Float16 as F16, Float32 as F32};
+    // The float32 references must be float32: MLX's CUDA GEMM rounds through TF32 otherwise.
+    std::env::set_var("MLX_ENABLE_TF32", "0");
+    if std::env::var_os("QMV_ONLY").is_some() {
+        qmv_timing()?;
+        return qmv_parity();
+    }
     let case = |b, h, kvh, d, keys, dtype| Case {
         b,
         h,
@@ -147,53 +158,65 @@ fn main() -> anyhow::Result<()> {
         worst_excess <= 0.0,
         "the attention kernel is off by {worst_excess:e} more than MLX"
     );
-    qmm()?;
+    qmv_parity()?;
+    qmv_timing()?;
     println!("\nparity ok");
     Ok(())
 }
 
 /// A random packed matrix `[n, k]`: (w, scales, biases, the dequantized float32 matrix).
-fn packed(n: i32, k: i32, group: i32, dtype: Dtype, seed: u64) -> anyhow::Result<[Array; 4]> {
+fn packed(
+    n: i32,
+    k: i32,
+    bits: i32,
+    group: i32,
+    dtype: Dtype,
+    seed: u64,
+) -> anyhow::Result<[Array; 4]> {
     let w =
         random::normal::<f32>(&[n, k], None, None, Some(&random::key(seed)?))?.as_dtype(dtype)?;
-    let (q, s, b) = mlx_rs::ops::quantize(&w, group, 4)?;
-    let dense = mlx_rs::ops::dequantize(&q, &s, &b, group, 4)?.as_dtype(Dtype::Float32)?;
+    let (q, s, b) = mlx_rs::ops::quantize(&w, group, bits)?;
+    let dense = mlx_rs::ops::dequantize(&q, &s, &b, group, bits)?.as_dtype(Dtype::Float32)?;
     transforms::eval([&q, &s, &b, &dense])?;
     Ok([q, s, b, dense])
 }
 
-fn qmm() -> anyhow::Result<()> {
+/// Random packed weights without a float matrix first (for the timings: gigabytes of them).
+fn packed_fast(n: i32, k: i32, seed: u64) -> anyhow::Result<[Array; 3]> {
+    let key = random::key(seed)?;
+    let q =
+        random::randint::<_, i32>(0, i32::MAX, &[n, k / 8], Some(&key))?.as_dtype(Dtype::Uint32)?;
+    let s = random::uniform::<_, f32>(0.0, 0.01, &[n, k / 64], Some(&key))?
+        .as_dtype(Dtype::Bfloat16)?;
+    let b = s.negative()?;
+    transforms::eval([&q, &s, &b])?;
+    Ok([q, s, b])
+}
+
+fn qmv_parity() -> anyhow::Result<()> {
     use Dtype::{Bfloat16 as BF16, Float16 as F16, Float32 as F32};
-    println!("\n| M | N | K | group | dtype | kernel vs f32 | MLX vs f32 |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("\n| M | N | K | bits | group | dtype | trick | kernel vs f32 | MLX vs f32 |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut worst_excess = 0.0f32;
     let cases = [
-        (1, 4096, 4096, 64, BF16),
-        (2, 6144, 4096, 64, BF16),
-        (3, 100, 192, 64, BF16),
-        (8, 4096, 14336, 64, BF16),
-        (17, 2048, 512, 32, F16),
-        (32, 28672, 4096, 64, BF16),
-        (5, 96, 256, 128, F32),
-        (32, 4096, 4096, 128, BF16),
+        (1, 4096, 4096, 4, 64, BF16),
+        (1, 6144, 4096, 4, 64, BF16),
+        (1, 4096, 14336, 4, 64, BF16),
+        (2, 100, 192, 4, 64, BF16),
+        (3, 2048, 512, 4, 32, F16),
+        (8, 4096, 4096, 4, 128, BF16),
+        (5, 96, 256, 4, 128, F32),
+        (1, 1000, 2048, 8, 64, BF16),
+        (4, 512, 96, 8, 32, F16),
+        (1, 513, 1024, 8, 128, F32),
     ];
-    for (i, &(m, n, k, group, dtype)) in cases.iter().enumerate() {
-        let [q, s, b, dense] = packed(n, k, group, dtype, 50 + i as u64)?;
+    for (i, &(m, n, k, bits, group, dtype)) in cases.iter().enumerate() {
+        let [q, s, b, dense] = packed(n, k, bits, group, dtype, 50 + i as u64)?;
         let x = random::normal::<f32>(&[1, m, k], None, None, Some(&random::key(70 + i as u64)?))?
             .as_dtype(dtype)?;
-        anyhow::ensure!(
-            qmm_small::applies(&x, &q, &s, 4, group),
-            "qmm_small does not apply (it is off unless KOOKA_QMM_ROWS=1-32)"
-        );
         let want = x.as_dtype(F32)?.matmul(dense.t())?;
-        let got = qmm_small::matmul_t(&x, &q, &s, &b, group)?;
-        anyhow::ensure!(
-            got.shape() == [1, m, n] && got.dtype() == dtype,
-            "shape or type"
-        );
-        let mlx = mlx_rs::ops::quantized_matmul(&x, &q, &s, &b, true, group, 4)?;
-        let (e_got, e_mlx) = (max_abs(&got, &want)?, max_abs(&mlx, &want)?);
-        println!("| {m} | {n} | {k} | {group} | {dtype:?} | {e_got:.2e} | {e_mlx:.2e} |");
+        let mlx = mlx_rs::ops::quantized_matmul(&x, &q, &s, &b, true, group, bits)?;
+        let e_mlx = max_abs(&mlx, &want)?;
         // Outputs are sums of thousands of products: a few units of the type's precision.
         let scale = want.abs()?.max(None)?.try_item_exact::<f32>()?;
         let unit = match dtype {
@@ -201,35 +224,112 @@ fn qmm() -> anyhow::Result<()> {
             F16 => scale / 1024.0,
             _ => scale * 1e-5,
         };
-        worst_excess = worst_excess.max(e_got - e_mlx.max(unit));
+        for trick in [false, true] {
+            let tuning = qmv::Tuning {
+                trick,
+                ..qmv::Tuning::default()
+            };
+            let got = qmv::matmul_t_tuned(&x, &q, &s, &b, bits, group, tuning)?;
+            anyhow::ensure!(
+                got.shape() == [1, m, n] && got.dtype() == dtype,
+                "shape or type"
+            );
+            let e_got = max_abs(&got, &want)?;
+            println!("| {m} | {n} | {k} | {bits} | {group} | {dtype:?} | {trick} | {e_got:.2e} | {e_mlx:.2e} |");
+            worst_excess = worst_excess.max(e_got - e_mlx.max(unit));
+        }
     }
     anyhow::ensure!(
         worst_excess <= 0.0,
-        "qmm_small is off by {worst_excess:e} more than MLX"
+        "qmv is off by {worst_excess:e} more than MLX"
     );
-    // Time: 32 distinct matrices, as a decode step's layers.
-    let layers: Vec<[Array; 4]> = (0..32)
-        .map(|i| packed(14336, 4096, 64, BF16, 200 + i))
-        .collect::<anyhow::Result<_>>()?;
-    println!("\n| M | kernel ms / matrix | MLX ms / matrix | kernel GB/s |");
-    println!("|---|---|---|---|");
-    let bytes = 14336.0 * 4096.0 * (0.5 + 4.0 / 64.0);
-    for m in [1, 2, 4, 8, 16, 32] {
-        let x = random::normal::<f32>(&[1, m, 4096], None, None, Some(&random::key(9)?))?
-            .as_dtype(BF16)?;
-        x.eval()?;
-        let ours = timed(&|i| {
-            let [q, s, b, _] = &layers[i];
-            Ok(qmm_small::matmul_t(&x, q, s, b, 64)?)
-        })?;
-        let theirs = timed(&|i| {
-            let [q, s, b, _] = &layers[i];
-            Ok(mlx_rs::ops::quantized_matmul(&x, q, s, b, true, 64, 4)?)
-        })?;
-        println!(
-            "| {m} | {ours:.4} | {theirs:.4} | {:.0} |",
-            bytes / ours / 1e6
-        );
+    Ok(())
+}
+
+/// Times one 4-bit decode step's products (Llama-8B's shapes, distinct matrices so that they
+/// come from memory) with MLX's kernel and each tuning of kooka's.
+fn qmv_timing() -> anyhow::Result<()> {
+    use qmv::Tuning;
+    let tunings = [
+        Tuning::default(),
+        Tuning {
+            trick: false,
+            ..Tuning::default()
+        },
+        Tuning {
+            unroll: 2,
+            ..Tuning::default()
+        },
+        Tuning {
+            unroll: 8,
+            ..Tuning::default()
+        },
+        Tuning {
+            warps: 4,
+            ..Tuning::default()
+        },
+        Tuning {
+            rows_per_warp: 2,
+            unroll: 2,
+            ..Tuning::default()
+        },
+        Tuning {
+            rows_per_warp: 2,
+            unroll: 4,
+            ..Tuning::default()
+        },
+        Tuning {
+            rows_per_warp: 4,
+            unroll: 2,
+            ..Tuning::default()
+        },
+    ];
+    println!("\nGB/s of weights read (M = 1 unless said; MLX, then each tuning: rows per warp / warps / unroll / trick)");
+    let shapes = [
+        (6144, 4096),
+        (4096, 4096),
+        (28672, 4096),
+        (4096, 14336),
+        (128256, 4096),
+    ];
+    for (n, k) in shapes {
+        let bytes = n as f64 * k as f64 * (0.5 + 4.0 / 64.0);
+        let count = ((2e9 / bytes) as usize).clamp(2, 32);
+        let mats: Vec<[Array; 3]> = (0..count)
+            .map(|i| packed_fast(n, k, 300 + i as u64))
+            .collect::<anyhow::Result<_>>()?;
+        for m in [1, 2, 4, 8] {
+            if m > 1 && (n, k) != (28672, 4096) {
+                continue;
+            }
+            let x = random::normal::<f32>(&[1, m, k], None, None, Some(&random::key(9)?))?
+                .as_dtype(Dtype::Bfloat16)?;
+            x.eval()?;
+            let gbs = |ms: f64| bytes / ms / 1e6;
+            let mlx = timed_n(count, &|i| {
+                let [q, s, b] = &mats[i];
+                Ok(mlx_rs::ops::quantized_matmul(&x, q, s, b, true, 64, 4)?)
+            })?;
+            let mut line = format!("{n}x{k} M={m}: MLX {:.0}", gbs(mlx));
+            for t in tunings
+                .iter()
+                .filter(|t| m == 1 || **t == Tuning::default())
+            {
+                let ms = timed_n(count, &|i| {
+                    let [q, s, b] = &mats[i];
+                    Ok(qmv::matmul_t_tuned(&x, q, s, b, 4, 64, *t)?)
+                })?;
+                let trick = if t.trick { "t" } else { "x" };
+                line += &format!(
+                    " | {}/{}/{}/{trick} {:.0}",
+                    t.rows_per_warp,
+                    t.warps,
+                    t.unroll,
+                    gbs(ms)
+                );
+            }
+            println!("{line}");
+        }
     }
     Ok(())
 }

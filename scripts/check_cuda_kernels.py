@@ -27,10 +27,13 @@ KERNELS = {
         [("o_part", "float"), ("m_part", "float"), ("l_part", "float")],
         [{"D": d, "G": g, "SCALE_BITS": 0x3E000000} for d, g in itertools.product((64, 128, 256), (1, 4, 8))],
     ),
-    "qmm_small": (
+    "qmv": (
         [("x", "T"), ("w", "uint32_t"), ("scales", "S"), ("biases", "S")],
         [("y", "T")],
-        [{"TM": tm, "GROUP": g, "WARPS": 8} for tm, g in itertools.product((1, 2, 8, 32), (32, 64, 128))],
+        [{"TM": tm, "BITS": bits, "GROUP": 64, "RPW": 2, "WARPS": 8, "UNROLL": 2, "TRICK": trick}
+         for tm, bits, trick in itertools.product((1, 8), (4, 8), (0, 1))]
+        + [{"TM": 2, "BITS": 4, "GROUP": g, "RPW": rpw, "WARPS": 4, "UNROLL": u, "TRICK": 1}
+           for g, rpw, u in ((32, 1, 1), (128, 4, 4))],
     ),
     "decode_attention_combine": (
         [("o_part", "float"), ("m_part", "float"), ("l_part", "float")],

@@ -1,11 +1,11 @@
 //! A packed (MLX-quantized) matrix and how it multiplies an input: MLX's quantized matmul,
 //! or on CUDA, by input size, a transient unpacked copy (long inputs), kooka's few-rows kernel
-//! (`cuda::qmm_small`) or MLX's GEMM on rows padded to 8.
+//! (`cuda::qmv`) or MLX's GEMM on rows padded to 8.
 
 use mlx_rs::{ops, Array, Dtype};
 
 use super::config::{QuantConfig, QuantMode, QuantSpec};
-use super::cuda::qmm_small;
+use super::cuda::qmv;
 use super::error::{ModelError, Result};
 use super::quant_ops;
 use super::slicing::slice_axis;
@@ -174,9 +174,9 @@ impl QuantMatrix {
         if let Some(biases) = &self.biases {
             let (bits, group) = (self.spec.bits, self.spec.group_size);
             if self.spec.mode == QuantMode::Affine
-                && qmm_small::applies(x, &self.w, &self.scales, bits, group)
+                && qmv::applies(x, &self.w, &self.scales, bits, group)
             {
-                return qmm_small::matmul_t(x, &self.w, &self.scales, biases, group);
+                return qmv::matmul_t(x, &self.w, &self.scales, biases, bits, group);
             }
         }
         let pad = match (self.pad_rows_to, shape) {

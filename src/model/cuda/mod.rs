@@ -5,4 +5,4 @@
 
 pub mod decode_attention;
 mod kernel;
-pub mod qmm_small;
+pub mod qmv;

@@ -1,0 +1,195 @@
+// Body of kooka's quantized matrix-vector product for a few rows: y = x W^T, W packed as MLX's
+// affine BITS-bit (uint32 words of 32/BITS values along K, low bits first; per group of GROUP
+// values a scale and a bias: w = scale * q + bias). MLX wraps it in a __global__ function of
+// x [M, K] (T), w [N, K*BITS/32] (uint32), scales and biases [N, K/GROUP] (S), their _shape,
+// and the output y [M, N] (T). Template constants: T, S, TM (rows of x held, >= M), BITS (4 or
+// 8), GROUP (32, 64 or 128), RPW (rows of W per warp), WARPS (warps per block), UNROLL (16-byte
+// loads a lane has in flight per row), TRICK (1: unpack 4-bit values with the exponent trick
+// below; 0: exactly, one value at a time).
+//
+// Decode reads every weight once per token, so this is a memory-bound kernel: each warp owns
+// RPW rows of W and streams them with whole 16-byte loads per lane (a warp reads 512
+// contiguous bytes of a row per step), UNROLL loads per row in flight, so the memory system
+// always has enough requests. Each lane's 16 bytes (32 values at 4 bits, 16 at 8) fall in one
+// quantization group (GROUP is a multiple of them), so a load needs one scale and one bias:
+// sum(x * (s q + b)) = s * sum(x q) + b * sum(x); sum(x) is shared by the warp's RPW rows and
+// the x values are read (through L1) once for all of them. Sums are float32.
+//
+// The 4-bit unpacking is what the arithmetic units spend most on. With TRICK, one shift
+// places two values at bits 12-15 and 16-19 of a word; OR-ing the exponent of 1.0 into each
+// makes the floats 1 + q / 2048 and 1 + q / 128 without a conversion, so x * q comes out of
+// sum(x * f) - sum(x) scaled back (1.5 integer operations a value instead of 3; the float
+// sums lose at most ~2^-13 of sum |x| in the rescaling, far below bfloat16's 2^-8).
+const int M = x_shape[0];
+const int K = x_shape[1];
+const int N = w_shape[0];
+constexpr int VPL = 128 / BITS;  // values in a lane's 16-byte load
+constexpr int VPW = 32 / BITS;   // values in a word
+constexpr int XB = VPW * sizeof(T);  // bytes of x under a word
+const int lane = threadIdx.x & 31;
+const int warp = threadIdx.x >> 5;
+const int n0 = (blockIdx.x * WARPS + warp) * RPW;
+if (n0 >= N) {
+  return;
+}
+const int chunks = K / VPL;
+const int words_per_row = K / VPW;
+const int groups = K / GROUP;
+
+const uint4* wrow[RPW];
+const S* srow[RPW];
+const S* brow[RPW];
+#pragma unroll
+for (int r = 0; r < RPW; ++r) {
+  const int n = min(n0 + r, N - 1);  // rows past N repeat the last one, never written
+  wrow[r] = reinterpret_cast<const uint4*>(w + size_t(n) * words_per_row);
+  srow[r] = scales + size_t(n) * groups;
+  brow[r] = biases + size_t(n) * groups;
+}
+
+float acc[TM][RPW];
+#pragma unroll
+for (int m = 0; m < TM; ++m) {
+#pragma unroll
+  for (int r = 0; r < RPW; ++r) {
+    acc[m][r] = 0.f;
+  }
+}
+
+// VPW values of x from `p` as floats.
+auto load_x = [](const T* p, float* out) {
+  if constexpr (XB == 16 || XB == 32) {
+#pragma unroll
+    for (int h = 0; h < XB / 16; ++h) {
+      const uint4 raw = reinterpret_cast<const uint4*>(p)[h];
+      const T* v = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int i = 0; i < 16 / int(sizeof(T)); ++i) {
+        out[h * (16 / int(sizeof(T))) + i] = static_cast<float>(v[i]);
+      }
+    }
+  } else {
+    const uint2 raw = *reinterpret_cast<const uint2*>(p);
+    const T* v = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < VPW; ++i) {
+      out[i] = static_cast<float>(v[i]);
+    }
+  }
+};
+
+for (int c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
+  uint4 wv[UNROLL][RPW];
+  float sc[UNROLL][RPW];
+  float bi[UNROLL][RPW];
+#pragma unroll
+  for (int u = 0; u < UNROLL; ++u) {
+    const int c = c0 + 32 * u;
+    if (c < chunks) {
+      const int g = c * VPL / GROUP;
+#pragma unroll
+      for (int r = 0; r < RPW; ++r) {
+        wv[u][r] = wrow[r][c];
+        sc[u][r] = static_cast<float>(srow[r][g]);
+        bi[u][r] = static_cast<float>(brow[r][g]);
+      }
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < UNROLL; ++u) {
+    const int c = c0 + 32 * u;
+    if (c >= chunks) {
+      break;
+    }
+#pragma unroll
+    for (int m = 0; m < TM; ++m) {
+      if (m >= M) {
+        break;
+      }
+      const T* xc = x + size_t(m) * K + size_t(c) * VPL;
+      float dot[RPW];
+#pragma unroll
+      for (int r = 0; r < RPW; ++r) {
+        dot[r] = 0.f;
+      }
+      float xsum = 0.f;
+      if constexpr (BITS == 4 && TRICK) {
+        float lo[RPW], hi[RPW];
+        float xlo = 0.f, xhi = 0.f;
+#pragma unroll
+        for (int r = 0; r < RPW; ++r) {
+          lo[r] = 0.f;
+          hi[r] = 0.f;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          float xv[VPW];
+          load_x(xc + j * VPW, xv);
+#pragma unroll
+          for (int p = 0; p < 4; ++p) {
+            xlo += xv[2 * p];
+            xhi += xv[2 * p + 1];
+          }
+#pragma unroll
+          for (int r = 0; r < RPW; ++r) {
+            const uint32_t word = reinterpret_cast<const uint32_t*>(&wv[u][r])[j];
+            // values 2p and 2p+1 at bits 12-15 and 16-19
+            const uint32_t shifted[4] = {word << 12, word << 4, word >> 4, word >> 12};
+#pragma unroll
+            for (int p = 0; p < 4; ++p) {
+              lo[r] = fmaf(xv[2 * p], __uint_as_float(0x3F800000u | (shifted[p] & 0xF000u)), lo[r]);
+              hi[r] = fmaf(xv[2 * p + 1], __uint_as_float(0x3F800000u | (shifted[p] & 0xF0000u)), hi[r]);
+            }
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < RPW; ++r) {
+          dot[r] = 2048.f * (lo[r] - xlo) + 128.f * (hi[r] - xhi);
+        }
+        xsum = xlo + xhi;
+      } else {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          float xv[VPW];
+          load_x(xc + j * VPW, xv);
+#pragma unroll
+          for (int i = 0; i < VPW; ++i) {
+            xsum += xv[i];
+          }
+#pragma unroll
+          for (int r = 0; r < RPW; ++r) {
+            const uint32_t word = reinterpret_cast<const uint32_t*>(&wv[u][r])[j];
+#pragma unroll
+            for (int i = 0; i < VPW; ++i) {
+              // q as a float without a conversion instruction: 2^23 + q, minus 2^23
+              const uint32_t q = (word >> (BITS * i)) & ((1u << BITS) - 1u);
+              dot[r] = fmaf(xv[i], __uint_as_float(0x4B000000u | q) - 8388608.f, dot[r]);
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < RPW; ++r) {
+        acc[m][r] += sc[u][r] * dot[r] + bi[u][r] * xsum;
+      }
+    }
+  }
+}
+
+#pragma unroll
+for (int m = 0; m < TM; ++m) {
+  if (m >= M) {
+    break;
+  }
+#pragma unroll
+  for (int r = 0; r < RPW; ++r) {
+    float v = acc[m][r];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      v += __shfl_xor_sync(0xffffffffu, v, off);
+    }
+    if (lane == 0 && n0 + r < N) {
+      y[size_t(m) * N + n0 + r] = static_cast<T>(v);
+    }
+  }
+}

@@ -1,0 +1,254 @@
+//! Quantized matrix-vector products for a few rows on a CUDA GPU: decode's linear layers.
+//!
+//! A batch-1 decode step of an 8B 4-bit model spends most of its time in MLX's 4-bit
+//! matrix-vector kernel, which reads the weights at ~800 GB/s on an H100 (a quarter of its
+//! memory's speed; `scripts/gpu/decode_bound.py`). `qmv.cu` streams each row of the packed
+//! matrix with whole 16-byte loads per lane and several in flight: see the kernel's comment.
+
+use std::sync::OnceLock;
+
+use mlx_rs::{Array, Dtype};
+
+use super::kernel::{Constant, CudaKernel, Launch};
+use crate::model::error::Result;
+
+const SOURCE: &str = include_str!("qmv.cu");
+
+/// The most rows of `x` the kernel takes (its `TM`).
+pub const MAX_ROWS: i32 = 8;
+
+/// Off until measured faster than MLX's kernel in a whole decode step (`KOOKA_QMV_ROWS=1-1`
+/// turns it on).
+const DEFAULT_ROWS: Option<(i32, i32)> = None;
+
+/// How the kernel splits the work: rows of W per warp, warps per block, 16-byte loads in
+/// flight per row, and whether 4-bit values are unpacked with the exponent trick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    pub rows_per_warp: i32,
+    pub warps: i32,
+    pub unroll: i32,
+    pub trick: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            rows_per_warp: 1,
+            warps: 8,
+            unroll: 4,
+            trick: true,
+        }
+    }
+}
+
+thread_local! {
+    static KERNEL: CudaKernel = CudaKernel::new(
+        "kooka_qmv",
+        &["x", "w", "scales", "biases"],
+        &["y"],
+        SOURCE,
+        true,
+    );
+}
+
+/// The rows of `x` this kernel takes on a CUDA device: `KOOKA_QMV_ROWS` as `LO-HI` (up to
+/// [`MAX_ROWS`]; `0` for none), else [`DEFAULT_ROWS`]; none elsewhere. Decided once per
+/// process.
+fn rows() -> Option<(i32, i32)> {
+    static ROWS: OnceLock<Option<(i32, i32)>> = OnceLock::new();
+    *ROWS.get_or_init(|| {
+        if !cfg!(target_os = "linux") || crate::model::default_device_is_cpu() {
+            return None;
+        }
+        match std::env::var("KOOKA_QMV_ROWS") {
+            Err(_) => DEFAULT_ROWS,
+            Ok(v) => parse_rows(&v),
+        }
+    })
+}
+
+fn parse_rows(v: &str) -> Option<(i32, i32)> {
+    let (lo, hi) = v.trim().split_once('-')?;
+    let (lo, hi) = (lo.parse::<i32>().ok()?, hi.parse::<i32>().ok()?);
+    (1 <= lo && lo <= hi).then_some((lo, hi.min(MAX_ROWS)))
+}
+
+/// Whether the kernel takes `x` (`[..., K]`) times packed `w` (uint32 `[N, K*bits/32]`,
+/// affine, groups of `group` with float `scales` and biases): a CUDA device, rows in
+/// [`rows`]' range, float types, 4 or 8 bits, `K` a multiple of a 16-byte load's values,
+/// groups of 32, 64 or 128.
+pub fn applies(x: &Array, w: &Array, scales: &Array, bits: i32, group: i32) -> bool {
+    rows().is_some_and(|range| fits(x, w, scales, bits, group, range))
+}
+
+fn fits(x: &Array, w: &Array, scales: &Array, bits: i32, group: i32, (lo, hi): (i32, i32)) -> bool {
+    let (xs, ws) = (x.shape(), w.shape());
+    let Some((&k, lead)) = xs.split_last() else {
+        return false;
+    };
+    let m: i32 = lead.iter().product();
+    let float = |d: Dtype| matches!(d, Dtype::Bfloat16 | Dtype::Float16 | Dtype::Float32);
+    matches!(bits, 4 | 8)
+        && matches!(group, 32 | 64 | 128)
+        && (lo..=hi).contains(&m)
+        && float(x.dtype())
+        && float(scales.dtype())
+        && w.dtype() == Dtype::Uint32
+        && ws.len() == 2
+        && k % (128 / bits) == 0
+        && ws[1] * 32 == k * bits
+        && scales.shape() == [ws[0], k / group]
+}
+
+/// The tuning [`matmul_t`] uses: `KOOKA_QMV_TUNING` as `rows_per_warp,warps,unroll,trick`
+/// (for measuring), else the default.
+fn tuning() -> Tuning {
+    static TUNING: OnceLock<Tuning> = OnceLock::new();
+    *TUNING.get_or_init(|| {
+        std::env::var("KOOKA_QMV_TUNING")
+            .ok()
+            .and_then(|v| parse_tuning(&v))
+            .unwrap_or_default()
+    })
+}
+
+fn parse_tuning(v: &str) -> Option<Tuning> {
+    let n: Vec<i32> = v
+        .split(',')
+        .map(|p| p.trim().parse().ok())
+        .collect::<Option<_>>()?;
+    let [rows_per_warp, warps, unroll, trick] = n[..] else {
+        return None;
+    };
+    let ok =
+        (1..=8).contains(&rows_per_warp) && (1..=32).contains(&warps) && (1..=16).contains(&unroll);
+    ok.then_some(Tuning {
+        rows_per_warp,
+        warps,
+        unroll,
+        trick: trick != 0,
+    })
+}
+
+/// `x @ dequantize(w)^T` as [`applies`] says, with the default [`Tuning`]; `[..., N]` in
+/// `x`'s type.
+pub fn matmul_t(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    bits: i32,
+    group: i32,
+) -> Result<Array> {
+    matmul_t_tuned(x, w, scales, biases, bits, group, tuning())
+}
+
+/// [`matmul_t`] with an explicit [`Tuning`] (for `examples/cuda_kernels.rs`).
+pub fn matmul_t_tuned(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    bits: i32,
+    group: i32,
+    tuning: Tuning,
+) -> Result<Array> {
+    let xs = x.shape();
+    let k = xs[xs.len() - 1];
+    let m = x.size() as i32 / k;
+    let n = w.shape()[0];
+    let tm = (m as u32).next_power_of_two() as i32;
+    let Tuning {
+        rows_per_warp: rpw,
+        warps,
+        unroll,
+        trick,
+    } = tuning;
+    let constants = [
+        ("T", Constant::Type(x.dtype())),
+        ("S", Constant::Type(scales.dtype())),
+        ("TM", Constant::Int(tm)),
+        ("BITS", Constant::Int(bits)),
+        ("GROUP", Constant::Int(group)),
+        ("RPW", Constant::Int(rpw)),
+        ("WARPS", Constant::Int(warps)),
+        ("UNROLL", Constant::Int(unroll)),
+        ("TRICK", Constant::Int(trick as i32)),
+    ];
+    let x2 = x.reshape(&[m, k])?;
+    let per_block = rpw * warps;
+    let blocks = (n + per_block - 1) / per_block;
+    let y = KERNEL.with(|kernel| {
+        kernel.apply(
+            &[&x2, w, scales, biases],
+            &Launch {
+                outputs: vec![(vec![m, n], x.dtype())],
+                grid: [blocks * 32 * warps, 1, 1],
+                group: [32 * warps, 1, 1],
+                constants: &constants,
+            },
+        )
+    })?;
+    let mut shape = xs.to_vec();
+    *shape.last_mut().expect("x has a last axis") = n;
+    Ok(y[0].reshape(&shape)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_is_off_on_the_cpu() {
+        let x = mlx_rs::ops::zeros::<f32>(&[1, 1, 64]).unwrap();
+        let m = mlx_rs::ops::zeros::<f32>(&[32, 64]).unwrap();
+        let (w, s, _) = mlx_rs::ops::quantize(m, 64, 4).unwrap();
+        assert!(!applies(&x, &w, &s, 4, 64));
+    }
+
+    #[test]
+    fn shapes_and_rows_it_takes() {
+        let x = |m: i32, k: i32| mlx_rs::ops::zeros::<f32>(&[1, m, k]).unwrap();
+        let packed = |n: i32, k: i32, bits: i32, group: i32| {
+            let m = mlx_rs::ops::zeros::<f32>(&[n, k]).unwrap();
+            let (w, s, _) = mlx_rs::ops::quantize(m, group, bits).unwrap();
+            (w, s)
+        };
+        let (w, s) = packed(16, 256, 4, 64);
+        assert!(fits(&x(1, 256), &w, &s, 4, 64, (1, 1)));
+        assert!(!fits(&x(2, 256), &w, &s, 4, 64, (1, 1)));
+        assert!(fits(&x(2, 256), &w, &s, 4, 64, (1, 8)));
+        assert!(
+            !fits(&x(1, 128), &w, &s, 4, 64, (1, 1)),
+            "K must match the matrix"
+        );
+        let (w8, s8) = packed(16, 256, 8, 32);
+        assert!(fits(&x(1, 256), &w8, &s8, 8, 32, (1, 1)));
+        let (w2, s2) = packed(16, 256, 2, 64);
+        assert!(
+            !fits(&x(1, 256), &w2, &s2, 2, 64, (1, 1)),
+            "2 bits is MLX's"
+        );
+        // K of 96: three 16-byte loads at 4 bits, six at 8
+        let (w8, s8) = packed(16, 96, 8, 32);
+        assert!(fits(&x(1, 96), &w8, &s8, 8, 32, (1, 1)));
+        let (w4, s4) = packed(16, 96, 4, 32);
+        assert!(fits(&x(1, 96), &w4, &s4, 4, 32, (1, 1)));
+    }
+
+    #[test]
+    fn rows_from_the_environment() {
+        assert_eq!(parse_rows("1-4"), Some((1, 4)));
+        assert_eq!(parse_rows("2-32"), Some((2, MAX_ROWS)));
+        assert_eq!(parse_rows("0"), None);
+        assert_eq!(parse_rows("3-1"), None);
+        let t = parse_tuning("2,4,8,0").unwrap();
+        assert_eq!(
+            (t.rows_per_warp, t.warps, t.unroll, t.trick),
+            (2, 4, 8, false)
+        );
+        assert_eq!(parse_tuning("2,4,8"), None);
+        assert_eq!(parse_tuning("0,4,8,1"), None);
+    }
+}

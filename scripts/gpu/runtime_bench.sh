@@ -11,12 +11,14 @@
 #   kernels (not in the default steps): examples/cuda_kernels, kooka's CUDA kernels against
 #      MLX's ops (parity and time); carried as third_party/gpu/cuda_kernels (stage.sh)
 #   stall (not in the default steps): native stacks (eu-stack) of a 32-stream serve with KOOKA_REPORT_FIRST=1
+#   qmv (not in the default steps): kooka's few-rows quantized matvec against MLX's (cuda_kernels
+#      QMV_ONLY=1, carried), then batch-1 decode with it on and off
 #   disk (not in the default steps): scripts/bench_disk_cache.py, a DISK_TOKENS (20000) prompt
 #      from the disk prompt cache after restarts, for each of DISK_LOADS ("load gather")
 # The synthetic Llama-8B 4-bit model gets Qwen2.5's tokenizer (151,936 ids, more than the
 # model's 128,256), so that every sampled id decodes to text and time-to-first-text is the
 # time to the first token. Carried: third_party/gpu/{cuda13.part.ab, kooka, qwen-tokenizer/}.
-# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels disk;
+# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels qmv disk;
 #   default setup qmm engine serve)
 # env: MODEL, SIDES, STREAMS, RUNS (engine: "batch prompt gen" triples, comma-separated), LONG_WORDS (resend prompt), TURN2_WORDS (a chat's turn 2 after
 # a system prompt this long; 0: off), RESEND_ROUNDS.
@@ -97,6 +99,26 @@ for step in "${steps[@]}"; do
         done ) &
       KOOKA_REPORT_FIRST=1 STREAMS=32 RESEND_ROUNDS=1 END=$(($(date +%s) + 120)) "$0" serve
       wait
+      ;;
+    qmv)
+      # kooka's few-rows quantized matvec (issue 22): parity and GB/s against MLX's kernel for
+      # each tuning (examples/cuda_kernels.rs, carried as third_party/gpu/cuda_kernels), then
+      # batch-1 decode with it on and off, alternating (KOOKA_QMV_TUNING as set applies).
+      . scripts/gpu/env.sh
+      log "cuda_kernels QMV_ONLY"
+      QMV_ONLY=1 timeout 200 /opt/mlxw/cuda_kernels > "$OUT/qmv.md" 2>&1 || echo "cuda_kernels failed" >> "$OUT/qmv.md"
+      grep -E 'M=|Error|off by' "$OUT/qmv.md" || true
+      for rows in ${QMV_ROWS_RUNS:-1-1 0 1-1 0 1-1 0}; do
+        [ "$(left)" -gt 40 ] || { log "skip bench qmv=$rows"; continue; }
+        echo "qmv=$rows tuning=${KOOKA_QMV_TUNING:-default} $(KOOKA_QMV_ROWS=$rows timeout 60 /opt/mlxw/kooka bench \
+          --model $MODEL --batch 1 --prompt-tokens 512 --gen-tokens 128 --reps 1 2>&1 | tail -1)" | tee -a "$OUT/qmv-bench.md"
+      done
+      if [ -x /opt/mlxw/step_profile ]; then
+        for rows in 1-1 0; do
+          [ "$(left)" -gt 40 ] || continue
+          echo "step_profile qmv=$rows $(KOOKA_QMV_ROWS=$rows timeout 60 /opt/mlxw/step_profile $MODEL 512 128 2>&1 | tail -1)" | tee -a "$OUT/qmv-bench.md"
+        done
+      fi
       ;;
     disk)
       # The disk prompt cache (issue 20): a DISK_TOKENS prompt after restarts, for each block

@@ -49,6 +49,20 @@ fn strings(items: &[&str]) -> mlx_sys::mlx_vector_string {
     }
 }
 
+/// The body without comments and indentation: MLX rebuilds and hashes the whole source on
+/// every call of the kernel (host time on each decode step), so it is kept short.
+fn compact(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    for line in source.lines() {
+        let code = line.split_once("//").map_or(line, |(code, _)| code).trim();
+        if !code.is_empty() {
+            out.push_str(code);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 impl CudaKernel {
     /// `source` is the body; with `contiguous`, MLX copies inputs that are not
     /// row-contiguous first, else the body reads them in place (through `_strides`).
@@ -59,7 +73,7 @@ impl CudaKernel {
         source: &str,
         contiguous: bool,
     ) -> Self {
-        let (n, src, header) = (c_string(name), c_string(source), c_string(""));
+        let (n, src, header) = (c_string(name), c_string(&compact(source)), c_string(""));
         let (ins, outs) = (strings(inputs), strings(outputs));
         // SAFETY: every argument is live for the call, which copies what it keeps.
         let raw = unsafe {
@@ -165,5 +179,19 @@ impl Drop for CudaKernel {
     fn drop(&mut self) {
         // SAFETY: made by `mlx_fast_cuda_kernel_new`, freed once.
         unsafe { mlx_sys::mlx_fast_cuda_kernel_free(self.raw) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compact;
+
+    #[test]
+    fn compact_drops_comments_and_indentation_and_keeps_lines() {
+        let src = "// about\nconst int a = 1;  // one\n\n#pragma unroll\n    for (;;) {}\n";
+        assert_eq!(
+            compact(src),
+            "const int a = 1;\n#pragma unroll\nfor (;;) {}\n"
+        );
     }
 }

@@ -164,7 +164,8 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A random packed matrix `[n, k]`: (w, scales, biases, the dequantized float32 matrix).
+/// A random packed matrix `[n, k]`: (w, scales, biases, the dequantized matrix in float32:
+/// `scale * q + bias` exactly, not rounded to the scales' type as MLX's `dequantize` does).
 fn packed(
     n: i32,
     k: i32,
@@ -176,7 +177,8 @@ fn packed(
     let w =
         random::normal::<f32>(&[n, k], None, None, Some(&random::key(seed)?))?.as_dtype(dtype)?;
     let (q, s, b) = mlx_rs::ops::quantize(&w, group, bits)?;
-    let dense = mlx_rs::ops::dequantize(&q, &s, &b, group, bits)?.as_dtype(Dtype::Float32)?;
+    let f32s = |a: &Array| a.as_dtype(Dtype::Float32);
+    let dense = mlx_rs::ops::dequantize(&q, &f32s(&s)?, &f32s(&b)?, group, bits)?;
     transforms::eval([&q, &s, &b, &dense])?;
     Ok([q, s, b, dense])
 }

@@ -5,7 +5,7 @@
 // and the output y [M, N] (T). Template constants: T, S, TM (rows of x held, >= M), BITS (4 or
 // 8), GROUP (32, 64 or 128), RPW (rows of W per warp), WARPS (warps per block), UNROLL (16-byte
 // loads a lane has in flight per row), TRICK (1: unpack 4-bit values with the exponent trick
-// below; 0: exactly, one value at a time).
+// below when x is 16-bit; 0, or float32 x: exactly, one value at a time).
 //
 // Decode reads every weight once per token, so this is a memory-bound kernel: each warp owns
 // RPW rows of W and streams them with whole 16-byte loads per lane (a warp reads 512
@@ -113,7 +113,7 @@ for (int c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
         dot[r] = 0.f;
       }
       float xsum = 0.f;
-      if constexpr (BITS == 4 && TRICK) {
+      if constexpr (BITS == 4 && TRICK && sizeof(T) == 2) {
         float lo[RPW], hi[RPW];
         float xlo = 0.f, xhi = 0.f;
 #pragma unroll

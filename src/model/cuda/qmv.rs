@@ -2,8 +2,9 @@
 //!
 //! A batch-1 decode step of an 8B 4-bit model spends most of its time in MLX's 4-bit
 //! matrix-vector kernel, which reads the weights at ~800 GB/s on an H100 (a quarter of its
-//! memory's speed; `scripts/gpu/decode_bound.py`). `qmv.cu` streams each row of the packed
-//! matrix with whole 16-byte loads per lane and several in flight: see the kernel's comment.
+//! memory's speed; `scripts/gpu/decode_bound.py`), and MLX multiplies 2-7 rows as that many
+//! matrix-vector products. `qmv.cu` streams each row of the packed matrix once for all rows,
+//! with whole 16-byte loads per lane and several in flight: see the kernel's comment.
 
 use std::sync::OnceLock;
 
@@ -17,9 +18,16 @@ const SOURCE: &str = include_str!("qmv.cu");
 /// The most rows of `x` the kernel takes (its `TM`).
 pub const MAX_ROWS: i32 = 8;
 
-/// Off until measured faster than MLX's kernel in a whole decode step (`KOOKA_QMV_ROWS=1-1`
-/// turns it on).
-const DEFAULT_ROWS: Option<(i32, i32)> = None;
+/// 1-3 rows: on an H100, 8B 4-bit, batch-1 decode 197.5 / 225.3 tokens/s against 171.0 / 171.6
+/// with MLX's kernel, and 2-4 rows read at 1.6-2x MLX's rate (PERFORMANCE "qmv"); from 4 rows
+/// the batch is padded to 8 for MLX's GEMM, which reads faster still.
+const DEFAULT_ROWS: Option<(i32, i32)> = Some((1, 3));
+
+/// Matrices of fewer values keep MLX's kernel: on an H100 kooka's read a 4096x4096 4-bit
+/// matrix no faster (576-642 against 673 GB/s) and a 6144x4096 one about as fast (774 against
+/// 712), while each call of a custom kernel costs the host more than one of MLX's own, which is
+/// what bounds the decode of small or sparse (MoE) models. 28672x4096: 1,406 against 945.
+pub const MIN_VALUES: i64 = 32 << 20;
 
 /// How the kernel splits the work: rows of W per warp, warps per block, 16-byte loads in
 /// flight per row, and whether 4-bit values are unpacked with the exponent trick.
@@ -77,12 +85,20 @@ fn parse_rows(v: &str) -> Option<(i32, i32)> {
 /// Whether the kernel takes `x` (`[..., K]`) times packed `w` (uint32 `[N, K*bits/32]`,
 /// affine, groups of `group` with float `scales` and biases): a CUDA device, rows in
 /// [`rows`]' range, float types, 4 or 8 bits, `K` a multiple of a 16-byte load's values,
-/// groups of 32, 64 or 128.
+/// groups of 32, 64 or 128, at least [`MIN_VALUES`] values.
 pub fn applies(x: &Array, w: &Array, scales: &Array, bits: i32, group: i32) -> bool {
-    rows().is_some_and(|range| fits(x, w, scales, bits, group, range))
+    rows().is_some_and(|range| fits(x, w, scales, bits, group, range, MIN_VALUES))
 }
 
-fn fits(x: &Array, w: &Array, scales: &Array, bits: i32, group: i32, (lo, hi): (i32, i32)) -> bool {
+fn fits(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    bits: i32,
+    group: i32,
+    (lo, hi): (i32, i32),
+    min_values: i64,
+) -> bool {
     let (xs, ws) = (x.shape(), w.shape());
     let Some((&k, lead)) = xs.split_last() else {
         return false;
@@ -98,6 +114,7 @@ fn fits(x: &Array, w: &Array, scales: &Array, bits: i32, group: i32, (lo, hi): (
         && ws.len() == 2
         && k % (128 / bits) == 0
         && ws[1] * 32 == k * bits
+        && ws[0] as i64 * k as i64 >= min_values
         && scales.shape() == [ws[0], k / group]
 }
 
@@ -216,25 +233,29 @@ mod tests {
             (w, s)
         };
         let (w, s) = packed(16, 256, 4, 64);
-        assert!(fits(&x(1, 256), &w, &s, 4, 64, (1, 1)));
-        assert!(!fits(&x(2, 256), &w, &s, 4, 64, (1, 1)));
-        assert!(fits(&x(2, 256), &w, &s, 4, 64, (1, 8)));
+        assert!(fits(&x(1, 256), &w, &s, 4, 64, (1, 1), 0));
+        assert!(!fits(&x(2, 256), &w, &s, 4, 64, (1, 1), 0));
+        assert!(fits(&x(2, 256), &w, &s, 4, 64, (1, 8), 0));
         assert!(
-            !fits(&x(1, 128), &w, &s, 4, 64, (1, 1)),
+            !fits(&x(1, 128), &w, &s, 4, 64, (1, 1), 0),
             "K must match the matrix"
         );
         let (w8, s8) = packed(16, 256, 8, 32);
-        assert!(fits(&x(1, 256), &w8, &s8, 8, 32, (1, 1)));
+        assert!(fits(&x(1, 256), &w8, &s8, 8, 32, (1, 1), 0));
         let (w2, s2) = packed(16, 256, 2, 64);
         assert!(
-            !fits(&x(1, 256), &w2, &s2, 2, 64, (1, 1)),
+            !fits(&x(1, 256), &w2, &s2, 2, 64, (1, 1), 0),
             "2 bits is MLX's"
         );
         // K of 96: three 16-byte loads at 4 bits, six at 8
         let (w8, s8) = packed(16, 96, 8, 32);
-        assert!(fits(&x(1, 96), &w8, &s8, 8, 32, (1, 1)));
+        assert!(fits(&x(1, 96), &w8, &s8, 8, 32, (1, 1), 0));
         let (w4, s4) = packed(16, 96, 4, 32);
-        assert!(fits(&x(1, 96), &w4, &s4, 4, 32, (1, 1)));
+        assert!(fits(&x(1, 96), &w4, &s4, 4, 32, (1, 1), 0));
+        assert!(
+            !fits(&x(1, 96), &w4, &s4, 4, 32, (1, 1), MIN_VALUES),
+            "small: MLX's kernel"
+        );
     }
 
     #[test]

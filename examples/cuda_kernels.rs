@@ -252,40 +252,23 @@ fn qmv_parity() -> anyhow::Result<()> {
 /// come from memory) with MLX's kernel and each tuning of kooka's.
 fn qmv_timing() -> anyhow::Result<()> {
     use qmv::Tuning;
+    // rows per warp, warps, loads in flight, trick; the first is the default
     let tunings = [
-        Tuning::default(),
-        Tuning {
-            trick: false,
-            ..Tuning::default()
-        },
-        Tuning {
-            unroll: 2,
-            ..Tuning::default()
-        },
-        Tuning {
-            unroll: 8,
-            ..Tuning::default()
-        },
-        Tuning {
-            warps: 4,
-            ..Tuning::default()
-        },
-        Tuning {
-            rows_per_warp: 2,
-            unroll: 2,
-            ..Tuning::default()
-        },
-        Tuning {
-            rows_per_warp: 2,
-            unroll: 4,
-            ..Tuning::default()
-        },
-        Tuning {
-            rows_per_warp: 4,
-            unroll: 2,
-            ..Tuning::default()
-        },
-    ];
+        (1, 8, 4, true),
+        (1, 8, 4, false),
+        (1, 8, 2, true),
+        (1, 8, 8, true),
+        (1, 4, 4, true),
+        (2, 8, 2, true),
+        (2, 8, 4, true),
+        (4, 8, 2, true),
+    ]
+    .map(|(rows_per_warp, warps, unroll, trick)| Tuning {
+        rows_per_warp,
+        warps,
+        unroll,
+        trick,
+    });
     println!("\nGB/s of weights read (M = 1 unless said; MLX, then each tuning: rows per warp / warps / unroll / trick)");
     let shapes = [
         (6144, 4096),

@@ -42,7 +42,14 @@ fn trained_adapter(kind: &str) -> &'static Path {
         std::fs::write(data.join("train.jsonl"), train.join("\n")).unwrap();
         std::fs::write(data.join("valid.jsonl"), train[..4].join("\n")).unwrap();
         let out = root.join("adapter");
+        // A temporary folder of its own: MLX's CPU backend writes each compiled kernel's
+        // library straight to TMPDIR/mlx/<version>/cpu, so the LoRA and DoRA trainings, which
+        // start together and compile the same kernels, could load each other's half-written
+        // file ("file too short").
+        let tmp = root.join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
         let run = Command::new(python())
+            .env("TMPDIR", &tmp)
             .args(["-m", "mlx_lm", "lora", "--train", "--model"])
             .arg(model())
             .arg("--data")

@@ -3,6 +3,8 @@
 
 pub mod engine;
 pub mod http;
+pub mod launch;
+pub mod ranks;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -19,7 +19,8 @@ const SOURCE: &str = include_str!("qmv.cu");
 pub const MAX_ROWS: i32 = 8;
 
 /// 1-3 rows: on an H100, 8B 4-bit, batch-1 decode 197.5 / 225.3 tokens/s against 171.0 / 171.6
-/// with MLX's kernel, and 2-4 rows read at 1.6-2x MLX's rate (PERFORMANCE "qmv"); from 4 rows
+/// with MLX's kernel, and 2-4 rows read at 1.6-2x MLX's rate (PERFORMANCE "GPU decode at batch
+/// 1"); from 4 rows
 /// the batch is padded to 8 for MLX's GEMM, which reads faster still.
 const DEFAULT_ROWS: Option<(i32, i32)> = Some((1, 3));
 

@@ -13,12 +13,15 @@
 #   stall (not in the default steps): native stacks (eu-stack) of a 32-stream serve with KOOKA_REPORT_FIRST=1
 #   qmv (not in the default steps): kooka's few-rows quantized matvec against MLX's (cuda_kernels
 #      QMV_ONLY=1, carried), then batch-1 decode with it on and off
+#   buffers (not in the default steps): batch-1 decode and its step profile for each of BUFFER_RUNS
+#      ("ops/mb" pairs: MLX_MAX_OPS_PER_BUFFER / MLX_MAX_MB_PER_BUFFER, how much of the lazy graph
+#      MLX puts in one CUDA graph before launching it; "default" for MLX's own)
 #   disk (not in the default steps): scripts/bench_disk_cache.py, a DISK_TOKENS (20000) prompt
 #      from the disk prompt cache after restarts, for each of DISK_LOADS ("load gather")
 # The synthetic Llama-8B 4-bit model gets Qwen2.5's tokenizer (151,936 ids, more than the
 # model's 128,256), so that every sampled id decodes to text and time-to-first-text is the
 # time to the first token. Carried: third_party/gpu/{cuda13.part.ab, kooka, qwen-tokenizer/}.
-# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels qmv disk;
+# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels qmv buffers disk;
 #   default setup qmm engine serve)
 # env: MODEL, SIDES, STREAMS, RUNS (engine: "batch prompt gen" triples, comma-separated), LONG_WORDS (resend prompt), TURN2_WORDS (a chat's turn 2 after
 # a system prompt this long; 0: off), RESEND_ROUNDS.
@@ -119,6 +122,28 @@ for step in "${steps[@]}"; do
           echo "step_profile qmv=$rows $(KOOKA_QMV_ROWS=$rows timeout 60 /opt/mlxw/step_profile $MODEL 512 128 2>&1 | tail -1)" | tee -a "$OUT/qmv-bench.md"
         done
       fi
+      ;;
+    buffers)
+      # How MLX cuts a decode step into CUDA graphs (issue 22): each graph costs the host an
+      # update and a launch, and MLX lets at most 10 be in flight before async_eval waits.
+      . scripts/gpu/env.sh
+      if [ -x /opt/mlxw/step_profile ]; then
+        # one decode step's nodes by primitive, at batch 1 (MLX's DOT export)
+        DOT=/tmp/step.dot timeout 60 /opt/mlxw/step_profile $MODEL 16 1 > /dev/null 2>&1 || true
+        { echo "nodes of one decode step:"; grep -o 'label ="[A-Za-z_]*' /tmp/step.dot | cut -d'"' -f2 \
+          | sort | uniq -c | sort -rn; } > "$OUT/step-nodes.md" 2>&1 || true
+      fi
+      for run in ${BUFFER_RUNS:-default 50/1000 400/100000 1000/100000 default}; do
+        [ "$(left)" -gt 50 ] || { log "skip buffers $run"; continue; }
+        env=()
+        [ "$run" = default ] || env=(MLX_MAX_OPS_PER_BUFFER=${run%/*} MLX_MAX_MB_PER_BUFFER=${run#*/})
+        echo "buffers=$run bench $(env "${env[@]}" timeout 60 /opt/mlxw/kooka bench --model $MODEL \
+          --batch 1 --prompt-tokens 512 --gen-tokens 128 --reps 1 2>&1 | tail -1)" | tee -a "$OUT/buffers.md"
+        if [ -x /opt/mlxw/step_profile ]; then
+          echo "buffers=$run step_profile $(env "${env[@]}" timeout 60 /opt/mlxw/step_profile \
+            $MODEL 512 128 2>&1 | tail -1)" | tee -a "$OUT/buffers.md"
+        fi
+      done
       ;;
     disk)
       # The disk prompt cache (issue 20): a DISK_TOKENS prompt after restarts, for each block

@@ -5,6 +5,7 @@ pub mod engine;
 pub mod http;
 pub mod launch;
 pub mod ranks;
+pub mod tool_replies;
 
 use std::path::PathBuf;
 use std::process::Command;

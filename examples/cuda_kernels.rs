@@ -252,23 +252,31 @@ fn qmv_parity() -> anyhow::Result<()> {
 /// come from memory) with MLX's kernel and each tuning of kooka's.
 fn qmv_timing() -> anyhow::Result<()> {
     use qmv::Tuning;
-    // rows per warp, warps, loads in flight, trick; the first is the default
-    let tunings = [
-        (1, 8, 4, true),
-        (1, 8, 4, false),
-        (1, 8, 2, true),
-        (1, 8, 8, true),
-        (1, 4, 4, true),
-        (2, 8, 2, true),
-        (2, 8, 4, true),
-        (4, 8, 2, true),
-    ]
-    .map(|(rows_per_warp, warps, unroll, trick)| Tuning {
-        rows_per_warp,
-        warps,
-        unroll,
-        trick,
-    });
+    // rows per warp, warps, loads in flight, trick; QMV_TUNINGS ("r,w,u,t r,w,u,t ...") for
+    // others. The first is also timed with more rows of x.
+    let tunings: Vec<Tuning> = match std::env::var("QMV_TUNINGS") {
+        Ok(v) => v
+            .split_whitespace()
+            .map(|t| qmv::parse_tuning(t).ok_or_else(|| anyhow::anyhow!("QMV_TUNINGS: bad {t:?}")))
+            .collect::<anyhow::Result<_>>()?,
+        Err(_) => [
+            (1, 8, 4, true),
+            (1, 8, 4, false),
+            (1, 8, 2, true),
+            (1, 8, 8, true),
+            (1, 4, 4, true),
+            (2, 8, 2, true),
+            (2, 8, 4, true),
+            (4, 8, 2, true),
+        ]
+        .map(|(rows_per_warp, warps, unroll, trick)| Tuning {
+            rows_per_warp,
+            warps,
+            unroll,
+            trick,
+        })
+        .to_vec(),
+    };
     println!("\nGB/s of weights read (M = 1 unless said; MLX, then each tuning: rows per warp / warps / unroll / trick)");
     let shapes = [
         (6144, 4096),
@@ -296,10 +304,7 @@ fn qmv_timing() -> anyhow::Result<()> {
                 Ok(mlx_rs::ops::quantized_matmul(&x, q, s, b, true, 64, 4)?)
             })?;
             let mut line = format!("{n}x{k} M={m}: MLX {:.0}", gbs(mlx));
-            for t in tunings
-                .iter()
-                .filter(|t| m == 1 || **t == Tuning::default())
-            {
+            for t in tunings.iter().take(if m == 1 { tunings.len() } else { 1 }) {
                 let ms = timed_n(count, &|i| {
                     let [q, s, b] = &mats[i];
                     Ok(qmv::matmul_t_tuned(&x, q, s, b, 4, 64, *t)?)

@@ -12,7 +12,8 @@
 #      MLX's ops (parity and time); carried as third_party/gpu/cuda_kernels (stage.sh)
 #   stall (not in the default steps): native stacks (eu-stack) of a 32-stream serve with KOOKA_REPORT_FIRST=1
 #   qmv (not in the default steps): kooka's few-rows quantized matvec against MLX's (cuda_kernels
-#      QMV_ONLY=1, carried), then batch-1 decode with it on and off
+#      QMV_ONLY=1, carried; QMV_TUNINGS picks the tunings), then batch-1 decode with it on and
+#      off (QMV_ROWS_RUNS), and for each of QMV_VARIANTS ("tuning/min-values")
 #   buffers (not in the default steps): batch-1 decode and its step profile for each of BUFFER_RUNS
 #      ("ops/mb" pairs: MLX_MAX_OPS_PER_BUFFER / MLX_MAX_MB_PER_BUFFER, how much of the lazy graph
 #      MLX puts in one CUDA graph before launching it; "default" for MLX's own)
@@ -115,6 +116,15 @@ for step in "${steps[@]}"; do
         [ "$(left)" -gt 40 ] || { log "skip bench qmv=$rows"; continue; }
         echo "qmv=$rows tuning=${KOOKA_QMV_TUNING:-default} $(KOOKA_QMV_ROWS=$rows timeout 60 /opt/mlxw/kooka bench \
           --model $MODEL --batch 1 --prompt-tokens 512 --gen-tokens 128 --reps 1 2>&1 | tail -1)" | tee -a "$OUT/qmv-bench.md"
+      done
+      # QMV_VARIANTS: "TUNING/MIN_VALUES" pairs ("-" keeps the default), batch-1 decode each
+      for v in ${QMV_VARIANTS:-}; do
+        [ "$(left)" -gt 40 ] || { log "skip bench variant $v"; continue; }
+        env=(); t=${v%/*}; mv=${v#*/}
+        [ "$t" = - ] || env+=(KOOKA_QMV_TUNING=$t)
+        [ "$mv" = - ] || env+=(KOOKA_QMV_MIN_VALUES=$mv)
+        echo "variant $v $(env "${env[@]}" timeout 60 /opt/mlxw/kooka bench --model $MODEL --batch 1 \
+          --prompt-tokens 512 --gen-tokens 128 --reps 1 2>&1 | tail -1)" | tee -a "$OUT/qmv-bench.md"
       done
       if [ -x /opt/mlxw/step_profile ]; then
         for rows in 1-1 0; do

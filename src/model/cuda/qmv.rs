@@ -86,9 +86,21 @@ fn parse_rows(v: &str) -> Option<(i32, i32)> {
 /// Whether the kernel takes `x` (`[..., K]`) times packed `w` (uint32 `[N, K*bits/32]`,
 /// affine, groups of `group` with float `scales` and biases): a CUDA device, rows in
 /// [`rows`]' range, float types, 4 or 8 bits, `K` a multiple of a 16-byte load's values,
-/// groups of 32, 64 or 128, at least [`MIN_VALUES`] values.
+/// groups of 32, 64 or 128, at least [`min_values`] values.
 pub fn applies(x: &Array, w: &Array, scales: &Array, bits: i32, group: i32) -> bool {
-    rows().is_some_and(|range| fits(x, w, scales, bits, group, range, MIN_VALUES))
+    rows().is_some_and(|range| fits(x, w, scales, bits, group, range, min_values()))
+}
+
+/// The fewest values of a matrix the kernel takes: `KOOKA_QMV_MIN_VALUES` (for measuring),
+/// else [`MIN_VALUES`].
+fn min_values() -> i64 {
+    static MIN: OnceLock<i64> = OnceLock::new();
+    *MIN.get_or_init(|| {
+        std::env::var("KOOKA_QMV_MIN_VALUES")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(MIN_VALUES)
+    })
 }
 
 fn fits(
@@ -131,7 +143,8 @@ fn tuning() -> Tuning {
     })
 }
 
-fn parse_tuning(v: &str) -> Option<Tuning> {
+/// `rows_per_warp,warps,unroll,trick` (trick 0 or 1), as `KOOKA_QMV_TUNING` takes it.
+pub fn parse_tuning(v: &str) -> Option<Tuning> {
     let n: Vec<i32> = v
         .split(',')
         .map(|p| p.trim().parse().ok())

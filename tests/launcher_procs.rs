@@ -145,17 +145,10 @@ fn sigterm(child: &Child) {
 }
 
 fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let until = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > until {
-            let _ = child.kill();
-            panic!("launcher still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::exit_within(child, limit).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("launcher still running after {limit:?}");
+    })
 }
 
 #[test]

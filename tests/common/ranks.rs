@@ -170,17 +170,9 @@ impl Proc {
     }
 
     pub fn exit_within(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running after {within:?}; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        match super::exit_within(&mut self.child, within) {
+            Some(status) => status,
+            None => panic!("still running after {within:?}; stderr:\n{}", self.stderr()),
         }
     }
 

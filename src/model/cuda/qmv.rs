@@ -246,30 +246,66 @@ mod tests {
             let (w, s, _) = mlx_rs::ops::quantize(m, group, bits).unwrap();
             (w, s)
         };
-        let (w, s) = packed(16, 256, 4, 64);
-        assert!(fits(&x(1, 256), &w, &s, 4, 64, (1, 1), 0));
-        assert!(!fits(&x(2, 256), &w, &s, 4, 64, (1, 1), 0));
-        assert!(fits(&x(2, 256), &w, &s, 4, 64, (1, 8), 0));
-        assert!(
-            !fits(&x(1, 128), &w, &s, 4, 64, (1, 1), 0),
-            "K must match the matrix"
-        );
-        let (w8, s8) = packed(16, 256, 8, 32);
-        assert!(fits(&x(1, 256), &w8, &s8, 8, 32, (1, 1), 0));
-        let (w2, s2) = packed(16, 256, 2, 64);
-        assert!(
-            !fits(&x(1, 256), &w2, &s2, 2, 64, (1, 1), 0),
-            "2 bits is MLX's"
-        );
-        // K of 96: three 16-byte loads at 4 bits, six at 8
-        let (w8, s8) = packed(16, 96, 8, 32);
-        assert!(fits(&x(1, 96), &w8, &s8, 8, 32, (1, 1), 0));
-        let (w4, s4) = packed(16, 96, 4, 32);
-        assert!(fits(&x(1, 96), &w4, &s4, 4, 32, (1, 1), 0));
-        assert!(
-            !fits(&x(1, 96), &w4, &s4, 4, 32, (1, 1), MIN_VALUES),
-            "small: MLX's kernel"
-        );
+        // (rows of x, x's K, matrix K, bits, group, rows taken, fewest values, takes it, why)
+        let cases = [
+            (1, 256, 256, 4, 64, (1, 1), 0, true, "one row"),
+            (2, 256, 256, 4, 64, (1, 1), 0, false, "two rows, one taken"),
+            (2, 256, 256, 4, 64, (1, 8), 0, true, "two rows of 1-8"),
+            (
+                1,
+                128,
+                256,
+                4,
+                64,
+                (1, 1),
+                0,
+                false,
+                "K must match the matrix",
+            ),
+            (1, 256, 256, 8, 32, (1, 1), 0, true, "8 bits"),
+            (1, 256, 256, 2, 64, (1, 1), 0, false, "2 bits is MLX's"),
+            (
+                1,
+                96,
+                96,
+                8,
+                32,
+                (1, 1),
+                0,
+                true,
+                "K of 96: six 16-byte loads at 8 bits",
+            ),
+            (
+                1,
+                96,
+                96,
+                4,
+                32,
+                (1, 1),
+                0,
+                true,
+                "K of 96: three at 4 bits",
+            ),
+            (
+                1,
+                96,
+                96,
+                4,
+                32,
+                (1, 1),
+                MIN_VALUES,
+                false,
+                "small: MLX's kernel",
+            ),
+        ];
+        for (m, xk, k, bits, group, rows, min, want, why) in cases {
+            let (w, s) = packed(16, k, bits, group);
+            assert_eq!(
+                fits(&x(m, xk), &w, &s, bits, group, rows, min),
+                want,
+                "{why}"
+            );
+        }
     }
 
     #[test]

@@ -37,7 +37,8 @@ fn two_pipeline_ranks_answer_exactly_like_one() {
     let expected_stream = sse_text(&streamed);
     drop(single);
 
-    let (mut r0, mut r1, addr) = two_ranks("parity", &["--parallel", "pipeline"]);
+    // A fresh MLX kernel cache: both ranks compile the same CPU kernels at once.
+    let (mut r0, mut r1, addr, tmp) = two_fresh_ranks("parity", &["--parallel", "pipeline"]);
     let (status, health) = request(&addr, "GET", "/health", "");
     assert_eq!(status, 200, "{health}");
     let health: Value = serde_json::from_str(&health).unwrap();
@@ -127,6 +128,14 @@ fn two_pipeline_ranks_answer_exactly_like_one() {
         r1.stderr(),
         r0.stderr()
     );
+    // Rank 1 compiled its kernels into a folder of its own (MLX writes them in place, so
+    // sharing the folder with rank 0 can load a half-written one), rank 0 into the shared one.
+    let compiled = |dir: PathBuf| {
+        let cpu = dir.join("mlx").read_dir().ok().and_then(|mut v| v.next());
+        cpu.is_some_and(|v| v.is_ok_and(|v| v.path().join("cpu").read_dir().is_ok()))
+    };
+    assert!(compiled(tmp.join("kooka-rank1")), "rank 1's kernel folder");
+    assert!(compiled(tmp.clone()), "rank 0's kernel folder");
 }
 
 /// A tiny random mixture of experts (`qwen3_moe`, 4-bit with float32 scales) with SmolLM2's

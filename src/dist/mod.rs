@@ -10,6 +10,7 @@ mod error_capture;
 pub(crate) use error_capture::call as mlx_call;
 mod graph;
 mod group;
+mod rank_tmpdir;
 mod topology;
 mod watchdog;
 

@@ -206,8 +206,10 @@ pub use kooka_launcher::env::NCCL_NVLS;
 
 impl Topology {
     /// Sets what the backend must find in the process environment before it starts (under
-    /// nccl: [`NCCL_NVLS`], whatever was set). Call on the main thread, before other threads.
+    /// nccl: [`NCCL_NVLS`], whatever was set), and a rank after 0 its own `TMPDIR` (see
+    /// `rank_tmpdir.rs`). Call on the main thread, before other threads.
     pub fn apply_process_defaults(&self) {
+        super::rank_tmpdir::separate(self.rank());
         if !matches!(self, Topology::Nccl { .. }) {
             return;
         }

@@ -119,6 +119,10 @@ pub fn serve(rank: Option<(usize, &PathBuf, u16)>, extra: &[&str]) -> Proc {
 
 /// [`serve`] with another model folder.
 pub fn serve_model(model: &Path, rank: Option<(usize, &PathBuf, u16)>, extra: &[&str]) -> Proc {
+    spawn(serve_command(model, rank, extra))
+}
+
+fn serve_command(model: &Path, rank: Option<(usize, &PathBuf, u16)>, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kooka"));
     cmd.args(["serve", "--port", "0", "--model"])
         .arg(model)
@@ -130,7 +134,7 @@ pub fn serve_model(model: &Path, rank: Option<(usize, &PathBuf, u16)>, extra: &[
             .env("MLX_HOSTFILE", hostfile)
             .args(["--control-port", &control.to_string()]);
     }
-    spawn(cmd)
+    cmd
 }
 
 impl Proc {
@@ -197,6 +201,24 @@ pub fn two_ranks_of(model: &Path, name: &str, extra: &[&str]) -> (Proc, Proc, St
     let r0 = serve_model(model, Some((0, &hostfile, control)), extra);
     let addr = r0.address();
     (r0, r1, addr)
+}
+
+/// [`two_ranks`] as on a fresh machine: both ranks' `TMPDIR` (where MLX's CPU backend keeps
+/// the kernels it compiles) is a new folder of this test's, returned last.
+pub fn two_fresh_ranks(name: &str, extra: &[&str]) -> (Proc, Proc, String, PathBuf) {
+    let (hostfile, control) = hostfile(name, 2);
+    let tmp = hostfile.parent().unwrap().join("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let rank = |r: usize| {
+        let mut cmd = serve_command(&model(), Some((r, &hostfile, control)), extra);
+        cmd.env("TMPDIR", &tmp);
+        spawn(cmd)
+    };
+    let r1 = rank(1);
+    let r0 = rank(0);
+    let addr = r0.address();
+    (r0, r1, addr, tmp)
 }
 
 // ---- HTTP over raw sockets ----------------------------------------------------------------

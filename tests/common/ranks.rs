@@ -196,23 +196,37 @@ pub fn two_ranks(name: &str, extra: &[&str]) -> (Proc, Proc, String) {
 
 /// [`two_ranks`] with another model folder.
 pub fn two_ranks_of(model: &Path, name: &str, extra: &[&str]) -> (Proc, Proc, String) {
-    let (hostfile, control) = hostfile(name, 2);
-    let r1 = serve_model(model, Some((1, &hostfile, control)), extra);
-    let r0 = serve_model(model, Some((0, &hostfile, control)), extra);
-    let addr = r0.address();
+    let (r0, r1, addr, _) = two_ranks_in(model, name, extra, false);
     (r0, r1, addr)
 }
 
 /// [`two_ranks`] as on a fresh machine: both ranks' `TMPDIR` (where MLX's CPU backend keeps
 /// the kernels it compiles) is a new folder of this test's, returned last.
 pub fn two_fresh_ranks(name: &str, extra: &[&str]) -> (Proc, Proc, String, PathBuf) {
+    let (r0, r1, addr, tmp) = two_ranks_in(&model(), name, extra, true);
+    (r0, r1, addr, tmp.expect("a fresh TMPDIR"))
+}
+
+/// Rank 1, then rank 0, of a two-rank run; with `fresh_tmp`, both get `TMPDIR` = a new
+/// folder beside the hostfile.
+fn two_ranks_in(
+    model: &Path,
+    name: &str,
+    extra: &[&str],
+    fresh_tmp: bool,
+) -> (Proc, Proc, String, Option<PathBuf>) {
     let (hostfile, control) = hostfile(name, 2);
-    let tmp = hostfile.parent().unwrap().join("tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).unwrap();
+    let tmp = fresh_tmp.then(|| {
+        let dir = hostfile.parent().unwrap().join("tmp");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    });
     let rank = |r: usize| {
-        let mut cmd = serve_command(&model(), Some((r, &hostfile, control)), extra);
-        cmd.env("TMPDIR", &tmp);
+        let mut cmd = serve_command(model, Some((r, &hostfile, control)), extra);
+        if let Some(dir) = &tmp {
+            cmd.env("TMPDIR", dir);
+        }
         spawn(cmd)
     };
     let r1 = rank(1);

@@ -247,56 +247,17 @@ mod tests {
             (w, s)
         };
         // (rows of x, x's K, matrix K, bits, group, rows taken, fewest values, takes it, why)
+        #[rustfmt::skip]
         let cases = [
             (1, 256, 256, 4, 64, (1, 1), 0, true, "one row"),
             (2, 256, 256, 4, 64, (1, 1), 0, false, "two rows, one taken"),
             (2, 256, 256, 4, 64, (1, 8), 0, true, "two rows of 1-8"),
-            (
-                1,
-                128,
-                256,
-                4,
-                64,
-                (1, 1),
-                0,
-                false,
-                "K must match the matrix",
-            ),
+            (1, 128, 256, 4, 64, (1, 1), 0, false, "K must match the matrix"),
             (1, 256, 256, 8, 32, (1, 1), 0, true, "8 bits"),
             (1, 256, 256, 2, 64, (1, 1), 0, false, "2 bits is MLX's"),
-            (
-                1,
-                96,
-                96,
-                8,
-                32,
-                (1, 1),
-                0,
-                true,
-                "K of 96: six 16-byte loads at 8 bits",
-            ),
-            (
-                1,
-                96,
-                96,
-                4,
-                32,
-                (1, 1),
-                0,
-                true,
-                "K of 96: three at 4 bits",
-            ),
-            (
-                1,
-                96,
-                96,
-                4,
-                32,
-                (1, 1),
-                MIN_VALUES,
-                false,
-                "small: MLX's kernel",
-            ),
+            (1, 96, 96, 8, 32, (1, 1), 0, true, "K of 96: six 16-byte loads at 8 bits"),
+            (1, 96, 96, 4, 32, (1, 1), 0, true, "K of 96: three at 4 bits"),
+            (1, 96, 96, 4, 32, (1, 1), MIN_VALUES, false, "small: MLX's kernel"),
         ];
         for (m, xk, k, bits, group, rows, min, want, why) in cases {
             let (w, s) = packed(16, k, bits, group);

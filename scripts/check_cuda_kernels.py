@@ -4,9 +4,10 @@
 `_strides` when the body uses them, and the outputs; the template constants first), for every
 type and a spread of constants. Needs no GPU: NVRTC only compiles. MLX's own device header
 (`mlx/backend/cuda/device/utils.cuh`, built into libmlx) is replaced by a stand-in that
-declares what the bodies use (`Shape`, `Strides`, the half types).
+declares what the bodies use (`Shape`, `Strides`, the half types, and by signature the
+functors the folded qmv variants call); `--mlx` compiles against MLX's real headers instead.
 
-usage: check_cuda_kernels.py [--nvrtc DIR]   (DIR: scripts/setup.sh --tests puts NVRTC in
+usage: check_cuda_kernels.py [--nvrtc DIR] [--mlx DIR]   (DIR: scripts/setup.sh --tests puts NVRTC in
 third_party/nvrtc: lib/libnvrtc.so.12 and include/ with CUDA's runtime and CCCL headers)
 """
 import argparse
@@ -20,22 +21,49 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = os.path.join(ROOT, "src", "model", "cuda")
 TYPES = {"bfloat16": "__nv_bfloat16", "float16": "__half", "float32": "float"}
 
-# name -> (inputs, outputs, constant sets). Input / output names as in the Rust wrapper.
+# name -> (source file, header, inputs, outputs, constant sets). Input / output names as in the
+# Rust wrapper; the qmv variants with folded neighbours are the same body under #defines.
+QMV_INPUTS = [("x", "T"), ("w", "uint32_t"), ("scales", "S"), ("biases", "S")]
+FOLDED = '#include "mlx/backend/cuda/device/unary_ops.cuh"\n#include "mlx/backend/cuda/device/binary_ops.cuh"\n'
 KERNELS = {
     "decode_attention_partial": (
+        "decode_attention_partial", "",
         [("q", "T"), ("k", "T"), ("v", "T"), ("starts", "int32_t")],
         [("o_part", "float"), ("m_part", "float"), ("l_part", "float")],
         [{"D": d, "G": g, "SCALE_BITS": 0x3E000000} for d, g in itertools.product((64, 128, 256), (1, 4, 8))],
     ),
     "qmv": (
-        [("x", "T"), ("w", "uint32_t"), ("scales", "S"), ("biases", "S")],
+        "qmv", "",
+        QMV_INPUTS,
         [("y", "T")],
         [{"TM": tm, "BITS": bits, "GROUP": 64, "RPW": 2, "WARPS": 8, "UNROLL": 2, "TRICK": trick}
          for tm, bits, trick in itertools.product((1, 8), (4, 8), (0, 1))]
         + [{"TM": 2, "BITS": 4, "GROUP": g, "RPW": rpw, "WARPS": 4, "UNROLL": u, "TRICK": 1}
            for g, rpw, u in ((32, 1, 1), (128, 4, 4))],
     ),
+    "qmv_norm_glu": (
+        "qmv", FOLDED + "#define QMV_NORM 1\n#define QMV_GLU 1\n",
+        QMV_INPUTS + [("norm", "T")],
+        [("y", "T")],
+        [{"TM": tm, "BITS": bits, "GROUP": 64, "RPW": rpw, "WARPS": 8, "UNROLL": 4, "TRICK": 1,
+          "KN": 4096, "EPS_BITS": 0x3727C5AC} for tm, bits, rpw in ((1, 4, 1), (2, 8, 2))],
+    ),
+    "qmv_norm": (
+        "qmv", FOLDED + "#define QMV_NORM 1\n",
+        QMV_INPUTS + [("norm", "T")],
+        [("y", "T")],
+        [{"TM": 1, "BITS": 4, "GROUP": 128, "RPW": 1, "WARPS": 8, "UNROLL": 4, "TRICK": 1,
+          "KN": 576, "EPS_BITS": 0x3727C5AC}],
+    ),
+    "qmv_res": (
+        "qmv", FOLDED + "#define QMV_RES 1\n",
+        QMV_INPUTS + [("res", "T")],
+        [("y", "T")],
+        [{"TM": tm, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 4, "TRICK": 1}
+         for tm in (1, 4)],
+    ),
     "decode_attention_combine": (
+        "decode_attention_combine", "",
         [("o_part", "float"), ("m_part", "float"), ("l_part", "float")],
         [("out", "T")],
         [{"D": d} for d in (64, 128, 256)],
@@ -53,11 +81,26 @@ using Strides = cuda::std::array<int64_t, MAX_NDIM>;
 }
 """
 
+# MLX's functors the folded qmv variants call, by signature only (MLX's own headers do the maths).
+UNARY_STAND_IN = """#pragma once
+#include "mlx/backend/cuda/device/utils.cuh"
+namespace mlx::core::cu {
+struct Sigmoid { template <typename T> __device__ T operator()(T x) { return x; } };
+}
+"""
+BINARY_STAND_IN = """#pragma once
+#include "mlx/backend/cuda/device/utils.cuh"
+namespace mlx::core::cu {
+struct Add { template <typename T> __device__ T operator()(T x, T y) { return x + y; } };
+struct Multiply { template <typename T> __device__ T operator()(T x, T y) { return x * y; } };
+}
+"""
 
-def wrap(name, inputs, outputs, constants, body, t):
+
+def wrap(name, header, inputs, outputs, constants, body, t):
     """The source MLX 0.32 compiles for `body` (mlx/backend/cuda/custom_kernel.cpp)."""
     s = ('#include "mlx/backend/cuda/device/utils.cuh"\n\n#include <cooperative_groups.h>\n\n'
-         "namespace mlx::core::cu {\n\nnamespace cg = cooperative_groups;\n\n")
+         + header + "namespace mlx::core::cu {\n\nnamespace cg = cooperative_groups;\n\n")
     s += f"__global__ void custom_kernel_{name}(\n"
     for n, ty in inputs:
         ty = t if ty in ("T", "S") else ty
@@ -77,21 +120,25 @@ def wrap(name, inputs, outputs, constants, body, t):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nvrtc", default=os.path.join(ROOT, "third_party", "nvrtc"))
+    p.add_argument("--mlx", help="a folder with MLX's own mlx/backend/cuda/device/*.cuh (from MLX's "
+                   "source at the pinned version) to compile against instead of the stand-ins")
     args = p.parse_args()
     nvrtc = ctypes.CDLL(os.path.join(args.nvrtc, "lib", "libnvrtc.so.12"))
     stand_in = tempfile.mkdtemp()
     os.makedirs(os.path.join(stand_in, "mlx/backend/cuda/device"))
-    with open(os.path.join(stand_in, "mlx/backend/cuda/device/utils.cuh"), "w") as f:
-        f.write(STAND_IN)
+    for header, text in (("utils.cuh", STAND_IN), ("unary_ops.cuh", UNARY_STAND_IN),
+                         ("binary_ops.cuh", BINARY_STAND_IN)):
+        with open(os.path.join(stand_in, "mlx/backend/cuda/device", header), "w") as f:
+            f.write(text)
     opts = [b"--device-as-default-execution-space", b"--gpu-architecture=compute_90", b"-std=c++17",
-            f"--include-path={stand_in}".encode(),
+            f"--include-path={args.mlx or stand_in}".encode(),
             f"--include-path={os.path.join(args.nvrtc, 'include')}".encode()]
     failed = 0
-    for name, (inputs, outputs, constant_sets) in KERNELS.items():
-        with open(os.path.join(SOURCES, name + ".cu")) as f:
+    for name, (source, header, inputs, outputs, constant_sets) in KERNELS.items():
+        with open(os.path.join(SOURCES, source + ".cu")) as f:
             body = f.read()
         for (dtype, t), constants in itertools.product(TYPES.items(), constant_sets):
-            src = wrap(name, inputs, outputs, constants, body, t)
+            src = wrap(name, header, inputs, outputs, constants, body, t)
             prog = ctypes.c_void_p()
             assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), f"{name}.cu".encode(),
                                             0, None, None) == 0

@@ -14,6 +14,11 @@
 #   qmv (not in the default steps): kooka's few-rows quantized matvec against MLX's (cuda_kernels
 #      QMV_ONLY=1, carried; QMV_TUNINGS picks the tunings), then batch-1 decode with it on and
 #      off (QMV_ROWS_RUNS), and for each of QMV_VARIANTS ("tuning/min-values")
+#   folds (not in the default steps): kooka's matvec with its neighbours folded in (RMSNorm,
+#      SwiGLU, the residual addition): cuda_kernels FOLDS_ONLY=1 (parity and time against the
+#      separate kernels), batch-1 decode and its step profile with KOOKA_QMV_FOLD 1 / 0
+#      alternating (FOLD_RUNS), then greedy parity with mlx-lm with the folds on (bench.sh
+#      models parity, SmolLM2-135M and Llama-8B 4-bit shapes)
 #   buffers (not in the default steps): batch-1 decode and its step profile for each of BUFFER_RUNS
 #      ("ops/mb" pairs: MLX_MAX_OPS_PER_BUFFER / MLX_MAX_MB_PER_BUFFER, how much of the lazy graph
 #      MLX puts in one CUDA graph before launching it; "default" for MLX's own)
@@ -22,7 +27,7 @@
 # The synthetic Llama-8B 4-bit model gets Qwen2.5's tokenizer (151,936 ids, more than the
 # model's 128,256), so that every sampled id decodes to text and time-to-first-text is the
 # time to the first token. Carried: third_party/gpu/{cuda13.part.ab, kooka, qwen-tokenizer/}.
-# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels qmv buffers disk;
+# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels qmv folds buffers disk;
 #   default setup qmm engine serve)
 # env: MODEL, SIDES, STREAMS, RUNS (engine: "batch prompt gen" triples, comma-separated), LONG_WORDS (resend prompt), TURN2_WORDS (a chat's turn 2 after
 # a system prompt this long; 0: off), RESEND_ROUNDS.
@@ -132,6 +137,27 @@ for step in "${steps[@]}"; do
           echo "step_profile qmv=$rows $(KOOKA_QMV_ROWS=$rows timeout 60 /opt/mlxw/step_profile $MODEL 512 128 2>&1 | tail -1)" | tee -a "$OUT/qmv-bench.md"
         done
       fi
+      ;;
+    folds)
+      . scripts/gpu/env.sh
+      log "cuda_kernels FOLDS_ONLY"
+      FOLDS_ONLY=1 timeout 150 /opt/mlxw/cuda_kernels > "$OUT/folds.md" 2>&1 || echo "cuda_kernels failed" >> "$OUT/folds.md"
+      grep -E 'differs|rror|panic|a layer|us a call|\): ' "$OUT/folds.md" || true
+      for f in ${FOLD_RUNS:-1 0 1 0}; do
+        [ "$(left)" -gt 40 ] || { log "skip bench fold=$f"; continue; }
+        echo "fold=$f $(KOOKA_QMV_FOLD=$f timeout 60 /opt/mlxw/kooka bench --model $MODEL --batch 1 \
+          --prompt-tokens 512 --gen-tokens 128 --reps 1 2>&1 | tail -1)" | tee -a "$OUT/folds-bench.md"
+      done
+      if [ -x /opt/mlxw/step_profile ]; then
+        for f in 1 0; do
+          [ "$(left)" -gt 40 ] || continue
+          echo "step_profile fold=$f $(KOOKA_QMV_FOLD=$f timeout 60 /opt/mlxw/step_profile $MODEL 512 128 2>&1 | tail -1)" | tee -a "$OUT/folds-bench.md"
+        done
+      fi
+      l=$(left); [ "$l" -gt 60 ] || { log "skip parity ($l s left)"; continue; }
+      ln -sfn "$MODEL" /opt/models/llama-8b-b4
+      TOK=/opt/mlxw/qwen-tokenizer KOOKA=/opt/mlxw/kooka MODELS="smollm2-135m:4 llama-8b:4" \
+        DEADLINE=$(($(date +%s) + l - 45)) timeout $((l - 10)) scripts/gpu/bench.sh models parity || true
       ;;
     buffers)
       # How MLX cuts a decode step into CUDA graphs (issue 22): each graph costs the host an

@@ -14,7 +14,7 @@ use super::cache::{AttnMask, KvCache, Positions, RowsView};
 use super::config::QuantConfig;
 use super::cuda::decode_attention;
 use super::error::Result;
-use super::layers::{swiglu, Linear, RmsNorm};
+use super::layers::{swiglu, Folded, Linear, RmsNorm};
 use super::mla::LatentAttention;
 use super::moe::SparseMoe;
 use super::rope::Rope;
@@ -177,23 +177,51 @@ impl Attention {
         mask: &AttnMask,
         positions: &Positions,
     ) -> Result<Array> {
+        self.forward_folded(x, cache, mask, positions, None, None)
+    }
+
+    /// [`Attention::forward`] of `norm(x)` plus `residual` (each optional), folded into the
+    /// q/k/v and output products where the kernel takes them ([`Folded`]).
+    pub(crate) fn forward_folded(
+        &self,
+        x: &Array,
+        cache: &mut KvCache,
+        mask: &AttnMask,
+        positions: &Positions,
+        norm: Option<&RmsNorm>,
+        residual: Option<&Array>,
+    ) -> Result<Array> {
         let (b, l) = (x.shape()[0], x.shape()[1]);
-        let (q, k, v) = self.project(x, positions)?;
+        let (q, k, v) = self.project(x, norm, positions)?;
         let (k, v) = cache.update_and_fetch(&k, &v)?;
         let out = attention(&q, &k, &v, self.scale, mask, self.sinks.as_ref())?;
         let out = out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?;
-        self.o_proj.forward(&out)
+        let folded = Folded {
+            residual,
+            ..Folded::default()
+        };
+        self.o_proj.forward_folded(&out, &folded)
     }
 
-    /// q, k, v as `[B, heads, L, head_dim]`, q and k rotated for positions from `offset`.
-    fn project(&self, x: &Array, offset: &Positions) -> Result<(Array, Array, Array)> {
+    /// q, k, v of `norm(x)` as `[B, heads, L, head_dim]`, q and k rotated for positions from
+    /// `offset`.
+    fn project(
+        &self,
+        x: &Array,
+        norm: Option<&RmsNorm>,
+        offset: &Positions,
+    ) -> Result<(Array, Array, Array)> {
         let (b, l) = (x.shape()[0], x.shape()[1]);
         let (nq, nkv) = (self.n_heads, self.n_kv_heads);
         if let (Qkv::Fused { qkv, .. }, None, None) = (&self.qkv, &self.q_norm, &self.k_norm) {
             // All heads from one matmul; the q and k heads rotated in one call (RoPE is per
             // head, so the values are those of two calls).
+            let folded = Folded {
+                norm,
+                ..Folded::default()
+            };
             let y = qkv
-                .forward(x)?
+                .forward_folded(x, &folded)?
                 .reshape(&[b, l, nq + 2 * nkv, -1])?
                 .transpose_axes(&[0, 2, 1, 3])?;
             let qk = self
@@ -219,6 +247,14 @@ impl Attention {
                 _ => a,
             };
             Ok(a.transpose_axes(&[0, 2, 1, 3])?)
+        };
+        let normed;
+        let x = match norm {
+            Some(norm) => {
+                normed = norm.forward(x)?;
+                &normed
+            }
+            None => x,
         };
         let (q, k, v) = match &self.qkv {
             Qkv::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
@@ -299,7 +335,7 @@ impl Attention {
 /// The gate and up projections: two matmuls, or one (see [`Linear::fuse`]).
 enum GateUp {
     Separate { gate: Linear, up: Linear },
-    Fused { gate_up: Linear, hidden: i32 },
+    Fused(Linear),
 }
 
 /// The SwiGLU MLP.
@@ -331,21 +367,49 @@ impl Mlp {
     }
 
     pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
-        let (gate, up) = match &self.gate_up {
-            GateUp::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
-            GateUp::Fused { gate_up, hidden } => {
-                let y = gate_up.forward(x)?;
-                let h = *hidden;
-                (slice_axis(&y, 2, 0, h)?, slice_axis(&y, 2, h, 2 * h)?)
+        self.forward_folded(x, None, None)
+    }
+
+    /// [`Mlp::forward`] of `norm(x)` plus `residual` (each optional), folded into the
+    /// products where the kernel takes them ([`Folded`]; SwiGLU too, with gate/up fused).
+    pub(crate) fn forward_folded(
+        &self,
+        x: &Array,
+        norm: Option<&RmsNorm>,
+        residual: Option<&Array>,
+    ) -> Result<Array> {
+        let act = match &self.gate_up {
+            GateUp::Fused(gate_up) => {
+                let folded = Folded {
+                    norm,
+                    glu: true,
+                    residual: None,
+                };
+                gate_up.forward_folded(x, &folded)?
+            }
+            GateUp::Separate { gate, up } => {
+                let normed;
+                let x = match norm {
+                    Some(norm) => {
+                        normed = norm.forward(x)?;
+                        &normed
+                    }
+                    None => x,
+                };
+                swiglu(&gate.forward(x)?, &up.forward(x)?)?
             }
         };
-        self.down_proj.forward(&swiglu(&gate, &up)?)
+        let folded = Folded {
+            residual,
+            ..Folded::default()
+        };
+        self.down_proj.forward_folded(&act, &folded)
     }
 
     pub(crate) fn arrays(&self) -> Vec<&Array> {
         match &self.gate_up {
             GateUp::Separate { gate, up } => vec![gate, up],
-            GateUp::Fused { gate_up, .. } => vec![gate_up],
+            GateUp::Fused(gate_up) => vec![gate_up],
         }
         .into_iter()
         .chain([&self.down_proj])
@@ -357,8 +421,7 @@ impl Mlp {
     pub(crate) fn fuse_projections(&mut self) -> Result<()> {
         if let GateUp::Separate { gate, up } = &self.gate_up {
             if let Some(gate_up) = Linear::fuse(&[gate, up])? {
-                let hidden = gate.weight.rows();
-                self.gate_up = GateUp::Fused { gate_up, hidden };
+                self.gate_up = GateUp::Fused(gate_up);
             }
         }
         Ok(())
@@ -386,10 +449,11 @@ pub(crate) enum FeedForward {
 }
 
 impl FeedForward {
-    fn forward(&self, x: &Array) -> Result<Array> {
+    /// `residual + ffn(norm(x))` (no residual: the feed-forward's output alone).
+    fn forward(&self, x: &Array, norm: &RmsNorm, residual: Option<&Array>) -> Result<Array> {
         match self {
-            FeedForward::Dense(m) => m.forward(x),
-            FeedForward::Sparse(m) => m.forward(x),
+            FeedForward::Dense(m) => m.forward_folded(x, Some(norm), residual),
+            FeedForward::Sparse(m) => add_residual(residual, m.forward(&norm.forward(x)?)?),
         }
     }
 
@@ -426,11 +490,26 @@ impl From<LatentAttention> for SelfAttention {
     }
 }
 
+/// `residual + y`, or `y` alone.
+fn add_residual(residual: Option<&Array>, y: Array) -> Result<Array> {
+    match residual {
+        Some(r) => Ok(r.add(&y)?),
+        None => Ok(y),
+    }
+}
+
 impl SelfAttention {
-    fn forward(&self, x: &Array, c: &mut KvCache, m: &AttnMask, p: &Positions) -> Result<Array> {
+    /// `residual + attention(norm(x))` (no residual: the attention's output alone).
+    fn forward(
+        &self,
+        x: &Array,
+        (c, m, p): (&mut KvCache, &AttnMask, &Positions),
+        norm: &RmsNorm,
+        residual: Option<&Array>,
+    ) -> Result<Array> {
         match self {
-            SelfAttention::Gqa(a) => a.forward(x, c, m, p),
-            SelfAttention::Mla(a) => a.forward(x, c, m, p),
+            SelfAttention::Gqa(a) => a.forward_folded(x, c, m, p, Some(norm), residual),
+            SelfAttention::Mla(a) => add_residual(residual, a.forward(&norm.forward(x)?, c, m, p)?),
         }
     }
 
@@ -502,23 +581,26 @@ impl Block {
         tp: Option<&TensorParallel>,
         rows: Option<&RowsView>,
     ) -> Result<Array> {
-        let reduce = |r: Array| match tp {
-            Some(tp) => tp.all_sum(&r),
-            None => Ok(r),
-        };
-        let x = self.input_norm.forward(h)?;
-        let r = match rows {
-            Some(v) => self
-                .attn
-                .forward(&x, cache, v.mask_for(self.window), &v.positions)?,
+        // Alone, the norms and residual additions fold into the products (`Folded`); under
+        // tensor parallelism the partial outputs are summed over the ranks first.
+        let attend = |residual: Option<&Array>, cache: &mut KvCache| match rows {
+            Some(v) => {
+                let at = (cache, v.mask_for(self.window), &v.positions);
+                self.attn.forward(h, at, &self.input_norm, residual)
+            }
             None => {
                 let (mask, positions) = (cache.make_mask(h.shape()[1])?, cache.positions()?);
-                self.attn.forward(&x, cache, &mask, &positions)?
+                let at = (cache, &mask, &positions);
+                self.attn.forward(h, at, &self.input_norm, residual)
             }
         };
-        let h1 = h.add(&reduce(r)?)?;
-        let r = self.ffn.forward(&self.post_norm.forward(&h1)?)?;
-        Ok(h1.add(&reduce(r)?)?)
+        let Some(tp) = tp else {
+            let h1 = attend(Some(h), cache)?;
+            return self.ffn.forward(&h1, &self.post_norm, Some(&h1));
+        };
+        let h1 = h.add(&tp.all_sum(&attend(None, cache)?)?)?;
+        let r = self.ffn.forward(&h1, &self.post_norm, None)?;
+        Ok(h1.add(&tp.all_sum(&r)?)?)
     }
 
     /// A fresh cache for this layer (rotating for sliding-window layers).

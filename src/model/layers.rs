@@ -13,6 +13,7 @@ use super::config::QuantConfig;
 use super::error::Result;
 pub use super::quant_matrix::QuantMatrix;
 use super::quant_ops;
+use super::slicing::slice_axis;
 use super::weights::Weights;
 
 type Binary =
@@ -110,6 +111,26 @@ impl Matrix {
             Matrix::Dense(w) => w.shape()[0],
             Matrix::Quant(q) => q.w.shape()[0],
         }
+    }
+}
+
+/// A linear's neighbours in a block, to fold into its product where kooka's CUDA kernel takes
+/// them (`cuda::qmv`: one kernel instead of two or three, a decode step's cost on a GPU), else
+/// run as MLX ops in mlx-lm's order: `residual + swiglu(norm(x) @ W^T)`.
+#[derive(Clone, Copy, Default)]
+pub struct Folded<'a> {
+    /// The RMSNorm before the product.
+    pub norm: Option<&'a RmsNorm>,
+    /// The product is gate and up side by side; the output is `silu(gate) * up`.
+    pub glu: bool,
+    /// Added to the output: the block's residual stream.
+    pub residual: Option<&'a Array>,
+}
+
+impl Folded<'_> {
+    /// Nothing to fold: a plain product.
+    pub fn is_empty(&self) -> bool {
+        self.norm.is_none() && !self.glu && self.residual.is_none()
     }
 }
 
@@ -224,6 +245,40 @@ impl Linear {
         })?;
         match &self.lora {
             Some(lora) => lora.add_to(x, y),
+            None => Ok(y),
+        }
+    }
+
+    /// [`Linear::forward`] with `folded`'s neighbours: in one kernel when the matrix is
+    /// packed and takes them (no bias, no adapter), else as MLX ops in mlx-lm's order.
+    pub fn forward_folded(&self, x: &Array, folded: &Folded) -> Result<Array> {
+        if folded.is_empty() {
+            return self.forward(x);
+        }
+        if let (Matrix::Quant(q), None, None) = (&self.weight, &self.bias, &self.lora) {
+            if let Some(y) = q.matmul_t_folded(x, folded)? {
+                return Ok(y);
+            }
+        }
+        let normed;
+        let x = match folded.norm {
+            Some(norm) => {
+                normed = norm.forward(x)?;
+                &normed
+            }
+            None => x,
+        };
+        let mut y = self.forward(x)?;
+        if folded.glu {
+            let axis = y.ndim() - 1;
+            let h = y.shape()[axis] / 2;
+            y = swiglu(
+                &slice_axis(&y, axis, 0, h)?,
+                &slice_axis(&y, axis, h, 2 * h)?,
+            )?;
+        }
+        match folded.residual {
+            Some(r) => Ok(r.add(&y)?),
             None => Ok(y),
         }
     }

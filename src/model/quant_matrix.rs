@@ -7,6 +7,7 @@ use mlx_rs::{ops, Array, Dtype};
 use super::config::{QuantConfig, QuantMode, QuantSpec};
 use super::cuda::qmv;
 use super::error::{ModelError, Result};
+use super::layers::Folded;
 use super::quant_ops;
 use super::slicing::slice_axis;
 use super::weights::Weights;
@@ -207,6 +208,20 @@ impl QuantMatrix {
             &self.spec,
             true,
         )
+    }
+
+    /// `x @ W.T` with `folded`'s neighbours in kooka's kernel, when it takes them (affine
+    /// packing, a decode step's few rows: [`qmv::applies_folded`]); else `None`.
+    pub(crate) fn matmul_t_folded(&self, x: &Array, folded: &Folded) -> Result<Option<Array>> {
+        let (Some(biases), QuantMode::Affine) = (&self.biases, self.spec.mode) else {
+            return Ok(None);
+        };
+        let (bits, group) = (self.spec.bits, self.spec.group_size);
+        if !qmv::applies_folded(x, &self.w, &self.scales, bits, group, folded) {
+            return Ok(None);
+        }
+        let y = qmv::matmul_t_folded(x, &self.w, &self.scales, biases, bits, group, folded)?;
+        Ok(Some(y))
     }
 
     pub(crate) fn arrays(&self) -> Vec<&Array> {

@@ -33,6 +33,7 @@ thread_local! {
             &["q", "k", "v", "starts"],
             &["o_part", "m_part", "l_part"],
             PARTIAL,
+            "",
             false,
         ),
         CudaKernel::new(
@@ -40,6 +41,7 @@ thread_local! {
             &["o_part", "m_part", "l_part"],
             &["out"],
             COMBINE,
+            "",
             true,
         ),
     );

@@ -64,16 +64,19 @@ fn compact(source: &str) -> String {
 }
 
 impl CudaKernel {
-    /// `source` is the body; with `contiguous`, MLX copies inputs that are not
-    /// row-contiguous first, else the body reads them in place (through `_strides`).
+    /// `source` is the body, `header` what goes before the function (includes, defines);
+    /// with `contiguous`, MLX copies inputs that are not row-contiguous first, else the body
+    /// reads them in place (through `_strides`). MLX caches the compiled kernel by `name`:
+    /// one name per body and header.
     pub fn new(
         name: &str,
         inputs: &[&str],
         outputs: &[&str],
         source: &str,
+        header: &str,
         contiguous: bool,
     ) -> Self {
-        let (n, src, header) = (c_string(name), c_string(&compact(source)), c_string(""));
+        let (n, src, header) = (c_string(name), c_string(&compact(source)), c_string(header));
         let (ins, outs) = (strings(inputs), strings(outputs));
         // SAFETY: every argument is live for the call, which copies what it keeps.
         let raw = unsafe {

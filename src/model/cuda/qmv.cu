@@ -20,38 +20,98 @@
 // makes the floats 1 + q / 2048 and 1 + q / 128 without a conversion, so x * q comes out of
 // sum(x * f) - sum(x) scaled back (1.5 integer operations a value instead of 3; the float
 // sums lose at most ~2^-13 of sum |x| in the rescaling, far below bfloat16's 2^-8).
+//
+// Folded neighbours, each switched on by a #define in the kernel's header (one compiled
+// kernel per combination), so that a decode step runs fewer kernels (each costs the device
+// ~4 us however small): QMV_NORM takes `norm` [K] and normalizes x first, as MLX's RMSNorm
+// (float sum of squares, rsqrt(mean + eps) with eps the float of EPS_BITS, then
+// norm * T(x * r)), into shared memory that the block's warps read instead of x (KN = K);
+// QMV_GLU takes W as gate and up stacked ([2H, K]) and writes silu(gate) * up ([M, H]), a
+// warp computing gate row o and up row H + o together, in T at every op as MLX's compiled
+// SwiGLU; QMV_RES takes `res` [M, outputs] and writes res + y (MLX's Add in T).
 const int M = x_shape[0];
 const int K = x_shape[1];
-const int N = w_shape[0];
+const int N = w_shape[0];  // rows of W
+#ifdef QMV_GLU
+const int NO = N / 2;  // outputs: gate row o with up row NO + o
+constexpr int RR = 2 * RPW;  // rows of W a warp streams
+#else
+const int NO = N;
+constexpr int RR = RPW;
+#endif
 constexpr int VPL = 128 / BITS;  // values in a lane's 16-byte load
 constexpr int VPW = 32 / BITS;   // values in a word
 constexpr int XB = VPW * sizeof(T);  // bytes of x under a word
 const int lane = threadIdx.x & 31;
 const int warp = threadIdx.x >> 5;
-const int n0 = (blockIdx.x * WARPS + warp) * RPW;
-if (n0 >= N) {
+const int n0 = (blockIdx.x * WARPS + warp) * RPW;  // the warp's first output
+
+#ifdef QMV_NORM
+// The whole block normalizes x into shared memory before any warp leaves.
+__shared__ __align__(16) T xs[TM * KN];
+__shared__ float part[TM][WARPS];
+for (int m = 0; m < M; ++m) {
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < K; i += 32 * WARPS) {
+    const float v = static_cast<float>(x[size_t(m) * K + i]);
+    ss += v * v;
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    ss += __shfl_xor_sync(0xffffffffu, ss, off);
+  }
+  if (lane == 0) {
+    part[m][warp] = ss;
+  }
+}
+__syncthreads();
+for (int m = 0; m < M; ++m) {
+  float ss = 0.f;
+#pragma unroll
+  for (int i = 0; i < WARPS; ++i) {
+    ss += part[m][i];
+  }
+  const float r = rsqrt(ss / K + __int_as_float(EPS_BITS));
+  for (int i = threadIdx.x; i < K; i += 32 * WARPS) {
+    const float v = static_cast<float>(x[size_t(m) * K + i]) * r;
+    xs[m * KN + i] = norm[i] * static_cast<T>(v);
+  }
+}
+__syncthreads();
+const T* xin = xs;
+#else
+const T* xin = x;
+#endif
+
+if (n0 >= NO) {
   return;
 }
 const int chunks = K / VPL;
 const int words_per_row = K / VPW;
 const int groups = K / GROUP;
 
-const uint4* wrow[RPW];
-const S* srow[RPW];
-const S* brow[RPW];
+const uint4* wrow[RR];
+const S* srow[RR];
+const S* brow[RR];
 #pragma unroll
-for (int r = 0; r < RPW; ++r) {
-  const int n = min(n0 + r, N - 1);  // rows past N repeat the last one, never written
+for (int r = 0; r < RR; ++r) {
+  // rows past the end repeat the last one, never written
+#ifdef QMV_GLU
+  const int o = min(n0 + r % RPW, NO - 1);
+  const int n = r < RPW ? o : NO + o;
+#else
+  const int n = min(n0 + r, N - 1);
+#endif
   wrow[r] = reinterpret_cast<const uint4*>(w + size_t(n) * words_per_row);
   srow[r] = scales + size_t(n) * groups;
   brow[r] = biases + size_t(n) * groups;
 }
 
-float acc[TM][RPW];
+float acc[TM][RR];
 #pragma unroll
 for (int m = 0; m < TM; ++m) {
 #pragma unroll
-  for (int r = 0; r < RPW; ++r) {
+  for (int r = 0; r < RR; ++r) {
     acc[m][r] = 0.f;
   }
 }
@@ -79,16 +139,16 @@ auto load_x = [](const T* p, float* out) {
 };
 
 for (int c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
-  uint4 wv[UNROLL][RPW];
-  float sc[UNROLL][RPW];
-  float bi[UNROLL][RPW];
+  uint4 wv[UNROLL][RR];
+  float sc[UNROLL][RR];
+  float bi[UNROLL][RR];
 #pragma unroll
   for (int u = 0; u < UNROLL; ++u) {
     const int c = c0 + 32 * u;
     if (c < chunks) {
       const int g = c * VPL / GROUP;
 #pragma unroll
-      for (int r = 0; r < RPW; ++r) {
+      for (int r = 0; r < RR; ++r) {
         wv[u][r] = wrow[r][c];
         sc[u][r] = static_cast<float>(srow[r][g]);
         bi[u][r] = static_cast<float>(brow[r][g]);
@@ -106,18 +166,18 @@ for (int c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
       if (m >= M) {
         break;
       }
-      const T* xc = x + size_t(m) * K + size_t(c) * VPL;
-      float dot[RPW];
+      const T* xc = xin + size_t(m) * K + size_t(c) * VPL;
+      float dot[RR];
 #pragma unroll
-      for (int r = 0; r < RPW; ++r) {
+      for (int r = 0; r < RR; ++r) {
         dot[r] = 0.f;
       }
       float xsum = 0.f;
       if constexpr (BITS == 4 && TRICK && sizeof(T) == 2) {
-        float lo[RPW], hi[RPW];
+        float lo[RR], hi[RR];
         float xlo = 0.f, xhi = 0.f;
 #pragma unroll
-        for (int r = 0; r < RPW; ++r) {
+        for (int r = 0; r < RR; ++r) {
           lo[r] = 0.f;
           hi[r] = 0.f;
         }
@@ -131,7 +191,7 @@ for (int c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
             xhi += xv[2 * p + 1];
           }
 #pragma unroll
-          for (int r = 0; r < RPW; ++r) {
+          for (int r = 0; r < RR; ++r) {
             const uint32_t word = reinterpret_cast<const uint32_t*>(&wv[u][r])[j];
             // values 2p and 2p+1 at bits 12-15 and 16-19
             const uint32_t shifted[4] = {word << 12, word << 4, word >> 4, word >> 12};
@@ -143,7 +203,7 @@ for (int c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
           }
         }
 #pragma unroll
-        for (int r = 0; r < RPW; ++r) {
+        for (int r = 0; r < RR; ++r) {
           dot[r] = 2048.f * (lo[r] - xlo) + 128.f * (hi[r] - xhi);
         }
         xsum = xlo + xhi;
@@ -157,7 +217,7 @@ for (int c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
             xsum += xv[i];
           }
 #pragma unroll
-          for (int r = 0; r < RPW; ++r) {
+          for (int r = 0; r < RR; ++r) {
             const uint32_t word = reinterpret_cast<const uint32_t*>(&wv[u][r])[j];
 #pragma unroll
             for (int i = 0; i < VPW; ++i) {
@@ -169,27 +229,43 @@ for (int c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
         }
       }
 #pragma unroll
-      for (int r = 0; r < RPW; ++r) {
+      for (int r = 0; r < RR; ++r) {
         acc[m][r] += sc[u][r] * dot[r] + bi[u][r] * xsum;
       }
     }
   }
 }
 
+// Every lane ends with the full sums; lane 0 writes the warp's outputs.
 #pragma unroll
 for (int m = 0; m < TM; ++m) {
   if (m >= M) {
     break;
   }
+  float v[RR];
 #pragma unroll
-  for (int r = 0; r < RPW; ++r) {
-    float v = acc[m][r];
+  for (int r = 0; r < RR; ++r) {
+    v[r] = acc[m][r];
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
-      v += __shfl_xor_sync(0xffffffffu, v, off);
+      v[r] += __shfl_xor_sync(0xffffffffu, v[r], off);
     }
-    if (lane == 0 && n0 + r < N) {
-      y[size_t(m) * N + n0 + r] = static_cast<T>(v);
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < RPW; ++r) {
+      if (n0 + r < NO) {
+#ifdef QMV_GLU
+        const T g = static_cast<T>(v[r]);
+        T out = Multiply{}(Multiply{}(g, Sigmoid{}(g)), static_cast<T>(v[RPW + r]));
+#else
+        T out = static_cast<T>(v[r]);
+#endif
+#ifdef QMV_RES
+        out = Add{}(res[size_t(m) * NO + n0 + r], out);
+#endif
+        y[size_t(m) * NO + n0 + r] = out;
+      }
     }
   }
 }

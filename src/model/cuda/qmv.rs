@@ -5,13 +5,18 @@
 //! memory's speed; `scripts/gpu/decode_bound.py`), and MLX multiplies 2-7 rows as that many
 //! matrix-vector products. `qmv.cu` streams each row of the packed matrix once for all rows,
 //! with whole 16-byte loads per lane and several in flight: see the kernel's comment.
+//!
+//! The kernel can also take a linear's neighbours in a decode step ([`Folded`]: the RMSNorm
+//! before it, SwiGLU and the residual addition after it), each one kernel fewer per layer.
 
+use std::cell::OnceCell;
 use std::sync::OnceLock;
 
 use mlx_rs::{Array, Dtype};
 
 use super::kernel::{Constant, CudaKernel, Launch};
 use crate::model::error::Result;
+use crate::model::layers::Folded;
 
 const SOURCE: &str = include_str!("qmv.cu");
 
@@ -51,14 +56,45 @@ impl Default for Tuning {
     }
 }
 
+/// The most bytes of normalized x a block keeps in shared memory (`QMV_NORM`): rows of x
+/// (rounded up to a power of two) times K times the type's size.
+const NORM_SHARED_BYTES: i64 = 32 << 10;
+
 thread_local! {
-    static KERNEL: CudaKernel = CudaKernel::new(
-        "kooka_qmv",
-        &["x", "w", "scales", "biases"],
-        &["y"],
-        SOURCE,
-        true,
-    );
+    /// One kernel per combination of folds (index: norm 1, glu 2, residual 4), made on first
+    /// use: MLX compiles and caches each under its own name.
+    static KERNELS: [OnceCell<CudaKernel>; 8] = Default::default();
+}
+
+/// Runs `f` with the kernel for `folded`'s combination.
+fn with_kernel<R>(folded: &Folded, f: impl FnOnce(&CudaKernel) -> R) -> R {
+    let (norm, glu, res) = (folded.norm.is_some(), folded.glu, folded.residual.is_some());
+    let index = norm as usize | (glu as usize) << 1 | (res as usize) << 2;
+    KERNELS.with(|kernels| {
+        let kernel = kernels[index].get_or_init(|| {
+            let mut name = String::from("kooka_qmv");
+            let mut inputs = vec!["x", "w", "scales", "biases"];
+            let mut header = String::new();
+            if index != 0 {
+                // MLX's functors, so that SwiGLU and the addition round as MLX's own kernels.
+                header.push_str("#include \"mlx/backend/cuda/device/unary_ops.cuh\"\n");
+                header.push_str("#include \"mlx/backend/cuda/device/binary_ops.cuh\"\n");
+            }
+            for (on, define, suffix, input) in [
+                (norm, "QMV_NORM", "_norm", Some("norm")),
+                (glu, "QMV_GLU", "_glu", None),
+                (res, "QMV_RES", "_res", Some("res")),
+            ] {
+                if on {
+                    name.push_str(suffix);
+                    header.push_str(&format!("#define {define} 1\n"));
+                    inputs.extend(input);
+                }
+            }
+            CudaKernel::new(&name, &inputs, &["y"], SOURCE, &header, true)
+        });
+        f(kernel)
+    })
 }
 
 /// The rows of `x` this kernel takes on a CUDA device: `KOOKA_QMV_ROWS` as `LO-HI` (up to
@@ -89,6 +125,46 @@ fn parse_rows(v: &str) -> Option<(i32, i32)> {
 /// groups of 32, 64 or 128, at least [`min_values`] values.
 pub fn applies(x: &Array, w: &Array, scales: &Array, bits: i32, group: i32) -> bool {
     rows().is_some_and(|range| fits(x, w, scales, bits, group, range, min_values()))
+}
+
+/// Whether the kernel takes `x` times `w` with `folded`'s neighbours: as [`applies`], but
+/// any size of matrix (a fold saves a whole kernel, more than the kernel loses to MLX's on
+/// small matrices), and only while `KOOKA_QMV_FOLD` is not `0` (for measuring); the norm's
+/// weight in x's type over K, x's normalized rows within [`NORM_SHARED_BYTES`]; for SwiGLU,
+/// an even number of rows; the residual in x's type and the output's shape.
+pub fn applies_folded(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    bits: i32,
+    group: i32,
+    folded: &Folded,
+) -> bool {
+    static FOLD: OnceLock<bool> = OnceLock::new();
+    let on =
+        *FOLD.get_or_init(|| std::env::var("KOOKA_QMV_FOLD").map_or(true, |v| v.trim() != "0"));
+    on && rows().is_some_and(|range| fits(x, w, scales, bits, group, range, 0))
+        && folds_fit(x, w, folded)
+}
+
+fn folds_fit(x: &Array, w: &Array, folded: &Folded) -> bool {
+    let xs = x.shape();
+    let k = xs[xs.len() - 1];
+    let m = x.size() as i64 / k as i64;
+    let n = w.shape()[0];
+    let out = if folded.glu { n / 2 } else { n };
+    let norm_fits = folded.norm.is_none_or(|norm| {
+        let tm = (m as u64).next_power_of_two() as i64;
+        norm.weight.dtype() == x.dtype()
+            && norm.weight.shape() == [k]
+            && tm * k as i64 * x.item_size() as i64 <= NORM_SHARED_BYTES
+    });
+    let res_fits = folded.residual.is_none_or(|r| {
+        r.dtype() == x.dtype()
+            && r.size() as i64 == m * out as i64
+            && r.shape().last() == Some(&out)
+    });
+    norm_fits && res_fits && (!folded.glu || n % 2 == 0)
 }
 
 /// The fewest values of a matrix the kernel takes: `KOOKA_QMV_MIN_VALUES` (for measuring),
@@ -172,10 +248,35 @@ pub fn matmul_t(
     bits: i32,
     group: i32,
 ) -> Result<Array> {
-    matmul_t_tuned(x, w, scales, biases, bits, group, tuning())
+    matmul_t_tuned(
+        x,
+        w,
+        scales,
+        biases,
+        bits,
+        group,
+        tuning(),
+        &Folded::default(),
+    )
 }
 
-/// [`matmul_t`] with an explicit [`Tuning`] (for `examples/cuda_kernels.rs`).
+/// `residual + glu(norm(x) @ dequantize(w)^T)`, as much of it as `folded` holds, as
+/// [`applies_folded`] says, with the default [`Tuning`]; `[..., N]` (`N / 2` with SwiGLU) in
+/// `x`'s type.
+pub fn matmul_t_folded(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    bits: i32,
+    group: i32,
+    folded: &Folded,
+) -> Result<Array> {
+    matmul_t_tuned(x, w, scales, biases, bits, group, tuning(), folded)
+}
+
+/// [`matmul_t_folded`] with an explicit [`Tuning`] (for `examples/cuda_kernels`).
+#[allow(clippy::too_many_arguments)]
 pub fn matmul_t_tuned(
     x: &Array,
     w: &Array,
@@ -184,11 +285,13 @@ pub fn matmul_t_tuned(
     bits: i32,
     group: i32,
     tuning: Tuning,
+    folded: &Folded,
 ) -> Result<Array> {
     let xs = x.shape();
     let k = xs[xs.len() - 1];
     let m = x.size() as i32 / k;
     let n = w.shape()[0];
+    let out = if folded.glu { n / 2 } else { n };
     let tm = (m as u32).next_power_of_two() as i32;
     let Tuning {
         rows_per_warp: rpw,
@@ -196,7 +299,7 @@ pub fn matmul_t_tuned(
         unroll,
         trick,
     } = tuning;
-    let constants = [
+    let mut constants = vec![
         ("T", Constant::Type(x.dtype())),
         ("S", Constant::Type(scales.dtype())),
         ("TM", Constant::Int(tm)),
@@ -208,13 +311,20 @@ pub fn matmul_t_tuned(
         ("TRICK", Constant::Int(trick as i32)),
     ];
     let x2 = x.reshape(&[m, k])?;
+    let mut inputs = vec![&x2, w, scales, biases];
+    if let Some(norm) = folded.norm {
+        constants.push(("KN", Constant::Int(k)));
+        constants.push(("EPS_BITS", Constant::Int(norm.eps.to_bits() as i32)));
+        inputs.push(&norm.weight);
+    }
+    inputs.extend(folded.residual);
     let per_block = rpw * warps;
-    let blocks = (n + per_block - 1) / per_block;
-    let y = KERNEL.with(|kernel| {
+    let blocks = (out + per_block - 1) / per_block;
+    let y = with_kernel(folded, |kernel| {
         kernel.apply(
-            &[&x2, w, scales, biases],
+            &inputs,
             &Launch {
-                outputs: vec![(vec![m, n], x.dtype())],
+                outputs: vec![(vec![m, out], x.dtype())],
                 grid: [blocks * 32 * warps, 1, 1],
                 group: [32 * warps, 1, 1],
                 constants: &constants,
@@ -222,7 +332,7 @@ pub fn matmul_t_tuned(
         )
     })?;
     let mut shape = xs.to_vec();
-    *shape.last_mut().expect("x has a last axis") = n;
+    *shape.last_mut().expect("x has a last axis") = out;
     Ok(y[0].reshape(&shape)?)
 }
 

@@ -5,12 +5,17 @@
 //! few-rows quantized matrix-vector product (`model::cuda::qmv`) against the float32 product
 //! of the dequantized matrix, and its speed against MLX's `quantized_matmul` on an 8B model's
 //! decode shapes (distinct matrices, ~2 GB of each: read from memory, not cache) for several
-//! tunings. Exits non-zero if any error exceeds the tolerance. Run on the GPU machine.
+//! tunings. Then the same kernel with its neighbours folded in (`folds.rs`) against the MLX
+//! ops it replaces, and their times. Exits non-zero if any error exceeds the tolerance. Run on
+//! the GPU machine.
 //!
-//! usage: cuda_kernels   (QMV_ONLY=1: only the qmv part)
+//! usage: cuda_kernels   (QMV_ONLY=1: only the qmv parts; FOLDS_ONLY=1: only the folds)
 use std::time::Instant;
 
+mod folds;
+
 use kooka::model::cuda::{decode_attention, qmv};
+use kooka::model::layers::Folded;
 use kooka::model::slicing::slice_axis;
 use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
 use mlx_rs::{random, transforms, Array, Dtype};
@@ -54,7 +59,7 @@ fn masked(q: &Array, k: &Array, v: &Array, mask: &Array, scale: f32) -> anyhow::
     )?)
 }
 
-fn max_abs(a: &Array, b: &Array) -> anyhow::Result<f32> {
+pub(crate) fn max_abs(a: &Array, b: &Array) -> anyhow::Result<f32> {
     let d = a
         .as_dtype(Dtype::Float32)?
         .subtract(b.as_dtype(Dtype::Float32)?)?
@@ -70,7 +75,7 @@ fn timed(f: &dyn Fn(usize) -> anyhow::Result<Array>) -> anyhow::Result<f64> {
 }
 
 /// Milliseconds per call of `f(i)`, `i` in 0..n, all n evaluated together (median of 10).
-fn timed_n(n: usize, f: &dyn Fn(usize) -> anyhow::Result<Array>) -> anyhow::Result<f64> {
+pub(crate) fn timed_n(n: usize, f: &dyn Fn(usize) -> anyhow::Result<Array>) -> anyhow::Result<f64> {
     let run = || -> anyhow::Result<f64> {
         let t = Instant::now();
         let outs: Vec<Array> = (0..n).map(f).collect::<anyhow::Result<_>>()?;
@@ -89,9 +94,15 @@ fn main() -> anyhow::Result<()> {
     use Dtype::{Bfloat16 as BF16, Float16 as F16, Float32 as F32};
     // The float32 references must be float32: MLX's CUDA GEMM rounds through TF32 otherwise.
     std::env::set_var("MLX_ENABLE_TF32", "0");
+    if std::env::var_os("FOLDS_ONLY").is_some() {
+        folds::parity()?;
+        return folds::timing();
+    }
     if std::env::var_os("QMV_ONLY").is_some() {
         qmv_timing()?;
-        return qmv_parity();
+        qmv_parity()?;
+        folds::parity()?;
+        return folds::timing();
     }
     let case = |b, h, kvh, d, keys, dtype| Case {
         b,
@@ -160,13 +171,15 @@ fn main() -> anyhow::Result<()> {
     );
     qmv_parity()?;
     qmv_timing()?;
+    folds::parity()?;
+    folds::timing()?;
     println!("\nparity ok");
     Ok(())
 }
 
 /// A random packed matrix `[n, k]`: (w, scales, biases, the dequantized matrix in float32:
 /// `scale * q + bias` exactly, not rounded to the scales' type as MLX's `dequantize` does).
-fn packed(
+pub(crate) fn packed(
     n: i32,
     k: i32,
     bits: i32,
@@ -184,7 +197,7 @@ fn packed(
 }
 
 /// Random packed weights without a float matrix first (for the timings: gigabytes of them).
-fn packed_fast(n: i32, k: i32, seed: u64) -> anyhow::Result<[Array; 3]> {
+pub(crate) fn packed_fast(n: i32, k: i32, seed: u64) -> anyhow::Result<[Array; 3]> {
     let key = random::key(seed)?;
     let q =
         random::randint::<_, i32>(0, i32::MAX, &[n, k / 8], Some(&key))?.as_dtype(Dtype::Uint32)?;
@@ -200,6 +213,7 @@ fn qmv_parity() -> anyhow::Result<()> {
     println!("\n| M | N | K | bits | group | dtype | trick | kernel vs f32 | MLX vs f32 |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut worst_excess = 0.0f32;
+    let plain = Folded::default();
     let cases = [
         (1, 4096, 4096, 4, 64, BF16),
         (1, 6144, 4096, 4, 64, BF16),
@@ -231,7 +245,7 @@ fn qmv_parity() -> anyhow::Result<()> {
                 trick,
                 ..qmv::Tuning::default()
             };
-            let got = qmv::matmul_t_tuned(&x, &q, &s, &b, bits, group, tuning)?;
+            let got = qmv::matmul_t_tuned(&x, &q, &s, &b, bits, group, tuning, &plain)?;
             anyhow::ensure!(
                 got.shape() == [1, m, n] && got.dtype() == dtype,
                 "shape or type"
@@ -307,7 +321,16 @@ fn qmv_timing() -> anyhow::Result<()> {
             for t in tunings.iter().take(if m == 1 { tunings.len() } else { 1 }) {
                 let ms = timed_n(count, &|i| {
                     let [q, s, b] = &mats[i];
-                    Ok(qmv::matmul_t_tuned(&x, q, s, b, 4, 64, *t)?)
+                    Ok(qmv::matmul_t_tuned(
+                        &x,
+                        q,
+                        s,
+                        b,
+                        4,
+                        64,
+                        *t,
+                        &Folded::default(),
+                    )?)
                 })?;
                 let trick = if t.trick { "t" } else { "x" };
                 line += &format!(

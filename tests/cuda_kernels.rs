@@ -1,7 +1,7 @@
 //! kooka's CUDA kernel bodies (`src/model/cuda/*.cu`) compile: `scripts/check_cuda_kernels.py`
 //! wraps each as MLX's `fast::cuda_kernel` does and compiles it with NVRTC for every type and a
 //! spread of constants (no GPU needed; NVRTC comes from `scripts/setup.sh --tests`). Their
-//! results are checked against MLX on a GPU by `examples/cuda_kernels.rs`.
+//! results are checked against MLX on a GPU by `examples/cuda_kernels/`.
 
 mod common;
 

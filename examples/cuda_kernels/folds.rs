@@ -128,7 +128,26 @@ pub fn parity() -> anyhow::Result<()> {
 /// Microseconds per call of each Llama-8B 4-bit decode product with its neighbours, as the
 /// step ran them unfolded (q/k/v and o on MLX's kernel, below kooka's floor) and folded.
 pub fn timing() -> anyhow::Result<()> {
-    println!("\nus a call, M = 1 (distinct matrices): unfolded (separate kernels) | folded");
+    // The default tuning, then QMV_FOLD_TUNINGS ("r,w,u,t ...").
+    let mut tunings = vec![Tuning::default()];
+    let more = std::env::var("QMV_FOLD_TUNINGS").unwrap_or_else(|_| "1,8,2,1 2,8,2,1".into());
+    for t in more.split_whitespace() {
+        let bad = || anyhow::anyhow!("QMV_FOLD_TUNINGS: bad {t:?}");
+        tunings.push(qmv::parse_tuning(t).ok_or_else(bad)?);
+    }
+    let names: Vec<String> = tunings
+        .iter()
+        .map(|t| {
+            format!(
+                "{}/{}/{}/{}",
+                t.rows_per_warp, t.warps, t.unroll, t.trick as i32
+            )
+        })
+        .collect();
+    println!(
+        "\nus a call, M = 1 (distinct matrices): unfolded (separate kernels) | folded, tuned {}",
+        names.join(" | ")
+    );
     let bf16 = Dtype::Bfloat16;
     // (what, rows, K, norm, glu, residual, MLX's kernel when unfolded)
     let products = [
@@ -145,7 +164,7 @@ pub fn timing() -> anyhow::Result<()> {
         ),
         ("down + residual", 4096, 14336, false, false, true, false),
     ];
-    let (mut before, mut after) = (0.0, 0.0);
+    let (mut before, mut after) = (0.0, vec![0.0; tunings.len()]);
     for (what, n, k, norm, glu, res, mlx) in products {
         let bytes = n as f64 * k as f64 * (0.5 + 4.0 / 64.0);
         let count = ((2e9 / bytes) as usize).clamp(2, 32);
@@ -179,23 +198,19 @@ pub fn timing() -> anyhow::Result<()> {
                 None => y,
             })
         })?;
-        let folded = timed_n(count, &|i| {
-            let [q, s, b] = &mats[i];
-            Ok(qmv::matmul_t_tuned(
-                &x,
-                q,
-                s,
-                b,
-                4,
-                64,
-                Tuning::default(),
-                &f,
-            )?)
-        })?;
-        println!("{what} ({n}x{k}): {:.1} | {:.1}", split * 1e3, folded * 1e3);
+        let mut line = format!("{what} ({n}x{k}): {:.1}", split * 1e3);
+        for (t, total) in tunings.iter().zip(after.iter_mut()) {
+            let folded = timed_n(count, &|i| {
+                let [q, s, b] = &mats[i];
+                Ok(qmv::matmul_t_tuned(&x, q, s, b, 4, 64, *t, &f)?)
+            })?;
+            line += &format!(" | {:.1}", folded * 1e3);
+            *total += folded;
+        }
+        println!("{line}");
         before += split;
-        after += folded;
     }
-    println!("a layer: {:.1} | {:.1} us", before * 1e3, after * 1e3);
+    let totals: Vec<String> = after.iter().map(|t| format!("{:.1}", t * 1e3)).collect();
+    println!("a layer: {:.1} | {} us", before * 1e3, totals.join(" | "));
     Ok(())
 }

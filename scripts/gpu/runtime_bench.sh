@@ -16,9 +16,10 @@
 #      off (QMV_ROWS_RUNS), and for each of QMV_VARIANTS ("tuning/min-values")
 #   folds (not in the default steps): kooka's matvec with its neighbours folded in (RMSNorm,
 #      SwiGLU, the residual addition): cuda_kernels FOLDS_ONLY=1 (parity and time against the
-#      separate kernels), batch-1 decode and its step profile with KOOKA_QMV_FOLD 1 / 0
-#      alternating (FOLD_RUNS), then greedy parity with mlx-lm with the folds on (bench.sh
-#      models parity, SmolLM2-135M and Llama-8B 4-bit shapes)
+#      separate kernels; QMV_FOLD_TUNINGS), batch-1 decode and its step profile with
+#      KOOKA_QMV_FOLD 1 / 0 alternating (FOLD_RUNS) and folded for each of FOLD_TUNINGS, then
+#      greedy parity with mlx-lm with the folds on (bench.sh models parity, SmolLM2-135M and
+#      Llama-8B 4-bit shapes) and SmolLM2's batch-1 decode with KOOKA_QMV_FOLD 1 / 0
 #   buffers (not in the default steps): batch-1 decode and its step profile for each of BUFFER_RUNS
 #      ("ops/mb" pairs: MLX_MAX_OPS_PER_BUFFER / MLX_MAX_MB_PER_BUFFER, how much of the lazy graph
 #      MLX puts in one CUDA graph before launching it; "default" for MLX's own)
@@ -111,7 +112,7 @@ for step in "${steps[@]}"; do
       ;;
     qmv)
       # kooka's few-rows quantized matvec (issue 22): parity and GB/s against MLX's kernel for
-      # each tuning (examples/cuda_kernels.rs, carried as third_party/gpu/cuda_kernels), then
+      # each tuning (examples/cuda_kernels/, carried as third_party/gpu/cuda_kernels), then
       # batch-1 decode with it on and off, alternating (KOOKA_QMV_TUNING as set applies).
       . scripts/gpu/env.sh
       log "cuda_kernels QMV_ONLY"
@@ -148,6 +149,11 @@ for step in "${steps[@]}"; do
         echo "fold=$f $(KOOKA_QMV_FOLD=$f timeout 60 /opt/mlxw/kooka bench --model $MODEL --batch 1 \
           --prompt-tokens 512 --gen-tokens 128 --reps 1 2>&1 | tail -1)" | tee -a "$OUT/folds-bench.md"
       done
+      for t in ${FOLD_TUNINGS:-1,8,2,1}; do
+        [ "$(left)" -gt 40 ] || continue
+        echo "fold=1 tuning=$t $(KOOKA_QMV_TUNING=$t timeout 60 /opt/mlxw/kooka bench --model $MODEL --batch 1 \
+          --prompt-tokens 512 --gen-tokens 128 --reps 1 2>&1 | tail -1)" | tee -a "$OUT/folds-bench.md"
+      done
       if [ -x /opt/mlxw/step_profile ]; then
         for f in 1 0; do
           [ "$(left)" -gt 40 ] || continue
@@ -158,6 +164,11 @@ for step in "${steps[@]}"; do
       ln -sfn "$MODEL" /opt/models/llama-8b-b4
       TOK=/opt/mlxw/qwen-tokenizer KOOKA=/opt/mlxw/kooka MODELS="smollm2-135m:4 llama-8b:4" \
         DEADLINE=$(($(date +%s) + l - 45)) timeout $((l - 10)) scripts/gpu/bench.sh models parity || true
+      for f in ${FOLD_RUNS:-1 0 1 0}; do
+        [ "$(left)" -gt 25 ] && [ -f /opt/models/smollm2-135m-b4/config.json ] || continue
+        echo "smollm2 fold=$f $(KOOKA_QMV_FOLD=$f timeout 30 /opt/mlxw/kooka bench --model /opt/models/smollm2-135m-b4 \
+          --batch 1 --prompt-tokens 512 --gen-tokens 256 --reps 1 2>&1 | tail -1)" | tee -a "$OUT/folds-bench.md"
+      done
       ;;
     buffers)
       # How MLX cuts a decode step into CUDA graphs (issue 22): each graph costs the host an

@@ -380,6 +380,56 @@ mod tests {
     }
 
     #[test]
+    fn folds_it_takes() {
+        use crate::model::layers::RmsNorm;
+        let bf16 = |shape: &[i32]| {
+            mlx_rs::ops::zeros::<f32>(shape)
+                .unwrap()
+                .as_dtype(Dtype::Bfloat16)
+                .unwrap()
+        };
+        let (x, w) = (bf16(&[1, 1, 4096]), bf16(&[6, 4096 / 8]));
+        let norm = |k: i32, dtype: Dtype| RmsNorm {
+            weight: bf16(&[k]).as_dtype(dtype).unwrap(),
+            eps: 1e-5,
+        };
+        let (good, short, f32_norm) = (
+            norm(4096, Dtype::Bfloat16),
+            norm(2048, Dtype::Bfloat16),
+            norm(4096, Dtype::Float32),
+        );
+        let (res, half_res) = (bf16(&[1, 1, 6]), bf16(&[1, 1, 3]));
+        fn folded<'a>(
+            norm: Option<&'a RmsNorm>,
+            glu: bool,
+            residual: Option<&'a Array>,
+        ) -> Folded<'a> {
+            Folded {
+                norm,
+                glu,
+                residual,
+            }
+        }
+        #[rustfmt::skip]
+        let cases = [
+            (folded(Some(&good), false, None), true, "the norm"),
+            (folded(Some(&short), false, None), false, "a norm over another K"),
+            (folded(Some(&f32_norm), false, None), false, "a norm in another type"),
+            (folded(None, true, Some(&half_res)), true, "SwiGLU halves the outputs"),
+            (folded(None, true, Some(&res)), false, "the residual must match the outputs"),
+            (folded(Some(&good), true, Some(&half_res)), true, "all three"),
+        ];
+        for (f, want, why) in cases {
+            assert_eq!(folds_fit(&x, &w, &f), want, "{why}");
+        }
+        let odd = bf16(&[5, 4096 / 8]);
+        assert!(!folds_fit(&x, &odd, &folded(None, true, None)), "odd rows");
+        // 8 rows of x normalized: 8 * 4096 * 2 bytes, past the shared memory a block keeps.
+        let x8 = bf16(&[1, 8, 4096]);
+        assert!(!folds_fit(&x8, &w, &folded(Some(&good), false, None)));
+    }
+
+    #[test]
     fn rows_from_the_environment() {
         assert_eq!(parse_rows("1-4"), Some((1, 4)));
         assert_eq!(parse_rows("2-32"), Some((2, MAX_ROWS)));

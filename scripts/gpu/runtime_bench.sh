@@ -162,7 +162,7 @@ for step in "${steps[@]}"; do
       fi
       l=$(left); [ "$l" -gt 60 ] || { log "skip parity ($l s left)"; continue; }
       ln -sfn "$MODEL" /opt/models/llama-8b-b4
-      TOK=/opt/mlxw/qwen-tokenizer KOOKA=/opt/mlxw/kooka MODELS="smollm2-135m:4 llama-8b:4" \
+      KOOKA_QMV_FOLD=1 TOK=/opt/mlxw/qwen-tokenizer KOOKA=/opt/mlxw/kooka MODELS="smollm2-135m:4 llama-8b:4" \
         DEADLINE=$(($(date +%s) + l - 45)) timeout $((l - 10)) scripts/gpu/bench.sh models parity || true
       for f in ${FOLD_RUNS:-1 0 1 0}; do
         [ "$(left)" -gt 25 ] && [ -f /opt/models/smollm2-135m-b4/config.json ] || continue

@@ -56,6 +56,9 @@ impl Default for Tuning {
     }
 }
 
+/// Whether the folds are on unless `KOOKA_QMV_FOLD` says.
+const FOLD_BY_DEFAULT: bool = false;
+
 /// The most bytes of normalized x a block keeps in shared memory (`QMV_NORM`): rows of x
 /// (rounded up to a power of two) times K times the type's size.
 const NORM_SHARED_BYTES: i64 = 32 << 10;
@@ -129,7 +132,8 @@ pub fn applies(x: &Array, w: &Array, scales: &Array, bits: i32, group: i32) -> b
 
 /// Whether the kernel takes `x` times `w` with `folded`'s neighbours: as [`applies`], but
 /// any size of matrix (a fold saves a whole kernel, more than the kernel loses to MLX's on
-/// small matrices), and only while `KOOKA_QMV_FOLD` is not `0` (for measuring); the norm's
+/// small matrices), and only while folding is on (`KOOKA_QMV_FOLD`, `0` or `1`, else
+/// [`FOLD_BY_DEFAULT`]); the norm's
 /// weight in x's type over K, x's normalized rows within [`NORM_SHARED_BYTES`]; for SwiGLU,
 /// an even number of rows; the residual in x's type and the output's shape.
 pub fn applies_folded(
@@ -141,8 +145,9 @@ pub fn applies_folded(
     folded: &Folded,
 ) -> bool {
     static FOLD: OnceLock<bool> = OnceLock::new();
-    let on =
-        *FOLD.get_or_init(|| std::env::var("KOOKA_QMV_FOLD").map_or(true, |v| v.trim() != "0"));
+    let on = *FOLD.get_or_init(|| {
+        std::env::var("KOOKA_QMV_FOLD").map_or(FOLD_BY_DEFAULT, |v| v.trim() != "0")
+    });
     on && rows().is_some_and(|range| fits(x, w, scales, bits, group, range, 0))
         && folds_fit(x, w, folded)
 }

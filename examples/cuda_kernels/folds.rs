@@ -87,7 +87,19 @@ pub fn parity() -> anyhow::Result<()> {
             residual: res.then_some(&residual),
         };
         let want = unfolded(&x, [&q, &s, &b], bits, group, &f)?;
+        // The default tuning, and 3 blocks (each warp on many rows in turn).
+        let capped = Tuning {
+            max_blocks: 3,
+            ..Tuning::default()
+        };
         let got = qmv::matmul_t_tuned(&x, &q, &s, &b, bits, group, Tuning::default(), &f)?;
+        let got_capped = qmv::matmul_t_tuned(&x, &q, &s, &b, bits, group, capped, &f)?;
+        let capped_differ = got_capped.ne(&got)?.sum(None)?.as_dtype(Dtype::Int32)?;
+        if capped_differ.try_item_exact::<i32>()? != 0 {
+            failures.push(format!(
+                "{m}x{n}x{k} {dtype:?}: 3 blocks differ from the default"
+            ));
+        }
         anyhow::ensure!(
             got.shape() == [1, m, out] && got.dtype() == dtype,
             "shape or type: {:?} {:?}",
@@ -130,7 +142,8 @@ pub fn parity() -> anyhow::Result<()> {
 pub fn timing() -> anyhow::Result<()> {
     // The default tuning, then QMV_FOLD_TUNINGS ("r,w,u,t ...").
     let mut tunings = vec![Tuning::default()];
-    let more = std::env::var("QMV_FOLD_TUNINGS").unwrap_or_else(|_| "1,8,2,1 2,8,2,1".into());
+    let more = std::env::var("QMV_FOLD_TUNINGS")
+        .unwrap_or_else(|_| "1,8,2,1 1,8,4,1,1056 1,8,2,1,1056".into());
     for t in more.split_whitespace() {
         let bad = || anyhow::anyhow!("QMV_FOLD_TUNINGS: bad {t:?}");
         tunings.push(qmv::parse_tuning(t).ok_or_else(bad)?);

@@ -210,7 +210,9 @@ pub(crate) fn packed_fast(n: i32, k: i32, seed: u64) -> anyhow::Result<[Array; 3
 
 fn qmv_parity() -> anyhow::Result<()> {
     use Dtype::{Bfloat16 as BF16, Float16 as F16, Float32 as F32};
-    println!("\n| M | N | K | bits | group | dtype | trick | kernel vs f32 | MLX vs f32 |");
+    println!(
+        "\n| M | N | K | bits | group | dtype | trick, most blocks | kernel vs f32 | MLX vs f32 |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut worst_excess = 0.0f32;
     let plain = Folded::default();
@@ -240,9 +242,11 @@ fn qmv_parity() -> anyhow::Result<()> {
             F16 => scale / 1024.0,
             _ => scale * 1e-5,
         };
-        for trick in [false, true] {
+        // exact, the trick, and the trick with 3 blocks (each warp on many rows in turn)
+        for (trick, max_blocks) in [(false, 0), (true, 0), (true, 3)] {
             let tuning = qmv::Tuning {
                 trick,
+                max_blocks,
                 ..qmv::Tuning::default()
             };
             let got = qmv::matmul_t_tuned(&x, &q, &s, &b, bits, group, tuning, &plain)?;
@@ -251,7 +255,7 @@ fn qmv_parity() -> anyhow::Result<()> {
                 "shape or type"
             );
             let e_got = max_abs(&got, &want)?;
-            println!("| {m} | {n} | {k} | {bits} | {group} | {dtype:?} | {trick} | {e_got:.2e} | {e_mlx:.2e} |");
+            println!("| {m} | {n} | {k} | {bits} | {group} | {dtype:?} | {trick}, {max_blocks} | {e_got:.2e} | {e_mlx:.2e} |");
             worst_excess = worst_excess.max(e_got - e_mlx.max(unit));
         }
     }
@@ -266,32 +270,33 @@ fn qmv_parity() -> anyhow::Result<()> {
 /// come from memory) with MLX's kernel and each tuning of kooka's.
 fn qmv_timing() -> anyhow::Result<()> {
     use qmv::Tuning;
-    // rows per warp, warps, loads in flight, trick; QMV_TUNINGS ("r,w,u,t r,w,u,t ...") for
-    // others. The first is also timed with more rows of x.
+    // rows per warp, warps, loads in flight, trick, most blocks; QMV_TUNINGS ("r,w,u,t[,b]
+    // ...") for others. The first is also timed with more rows of x.
     let tunings: Vec<Tuning> = match std::env::var("QMV_TUNINGS") {
         Ok(v) => v
             .split_whitespace()
             .map(|t| qmv::parse_tuning(t).ok_or_else(|| anyhow::anyhow!("QMV_TUNINGS: bad {t:?}")))
             .collect::<anyhow::Result<_>>()?,
         Err(_) => [
-            (1, 8, 4, true),
-            (1, 8, 4, false),
-            (1, 8, 2, true),
-            (1, 8, 8, true),
-            (1, 4, 4, true),
-            (2, 8, 2, true),
-            (2, 8, 4, true),
-            (4, 8, 2, true),
+            (1, 8, 4, true, 0),
+            (1, 8, 4, true, 528),
+            (1, 8, 4, true, 1056),
+            (1, 8, 2, true, 0),
+            (1, 8, 2, true, 1056),
+            (2, 8, 2, true, 0),
+            (2, 8, 2, true, 528),
+            (4, 8, 2, true, 0),
         ]
-        .map(|(rows_per_warp, warps, unroll, trick)| Tuning {
+        .map(|(rows_per_warp, warps, unroll, trick, max_blocks)| Tuning {
             rows_per_warp,
             warps,
             unroll,
             trick,
+            max_blocks,
         })
         .to_vec(),
     };
-    println!("\nGB/s of weights read (M = 1 unless said; MLX, then each tuning: rows per warp / warps / unroll / trick)");
+    println!("\nGB/s of weights read (M = 1 unless said; MLX, then each tuning: rows per warp / warps / unroll / trick / most blocks)");
     let shapes = [
         (6144, 4096),
         (4096, 4096),
@@ -334,10 +339,11 @@ fn qmv_timing() -> anyhow::Result<()> {
                 })?;
                 let trick = if t.trick { "t" } else { "x" };
                 line += &format!(
-                    " | {}/{}/{}/{trick} {:.0}",
+                    " | {}/{}/{}/{trick}/{} {:.0}",
                     t.rows_per_warp,
                     t.warps,
                     t.unroll,
+                    t.max_blocks,
                     gbs(ms)
                 );
             }

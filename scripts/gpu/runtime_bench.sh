@@ -15,11 +15,11 @@
 #      QMV_ONLY=1, carried; QMV_TUNINGS picks the tunings), then batch-1 decode with it on and
 #      off (QMV_ROWS_RUNS), and for each of QMV_VARIANTS ("tuning/min-values")
 #   folds (not in the default steps): kooka's matvec with its neighbours folded in (RMSNorm,
-#      SwiGLU, the residual addition): cuda_kernels FOLDS_ONLY=1 (parity and time against the
-#      separate kernels; QMV_FOLD_TUNINGS), batch-1 decode and its step profile with
-#      KOOKA_QMV_FOLD 1 / 0 alternating (FOLD_RUNS) and folded for each of FOLD_TUNINGS, then
-#      greedy parity with mlx-lm with the folds on (bench.sh models parity, SmolLM2-135M and
-#      Llama-8B 4-bit shapes) and SmolLM2's batch-1 decode with KOOKA_QMV_FOLD 1 / 0
+#      SwiGLU, the residual addition): cuda_kernels FOLDS_ONLY=1 (FOLD_KERNELS=QMV_ONLY: the
+#      plain kernel's tunings first), batch-1 decode with KOOKA_QMV_FOLD 1 and 0, greedy parity
+#      with mlx-lm with the folds on (bench.sh models parity, SmolLM2-135M and Llama-8B 4-bit
+#      shapes), decode folded for each of FOLD_TUNINGS, step profiles folded and not, FOLD_RUNS
+#      more decodes, SmolLM2's decode with KOOKA_QMV_FOLD 1 / 0
 #   buffers (not in the default steps): batch-1 decode and its step profile for each of BUFFER_RUNS
 #      ("ops/mb" pairs: MLX_MAX_OPS_PER_BUFFER / MLX_MAX_MB_PER_BUFFER, how much of the lazy graph
 #      MLX puts in one CUDA graph before launching it; "default" for MLX's own)
@@ -141,18 +141,27 @@ for step in "${steps[@]}"; do
       ;;
     folds)
       . scripts/gpu/env.sh
-      log "cuda_kernels FOLDS_ONLY"
-      FOLDS_ONLY=1 timeout 150 /opt/mlxw/cuda_kernels > "$OUT/folds.md" 2>&1 || echo "cuda_kernels failed" >> "$OUT/folds.md"
-      grep -E 'differs|rror|panic|a layer|us a call|\): ' "$OUT/folds.md" || true
-      for f in ${FOLD_RUNS:-1 0 1 0}; do
-        [ "$(left)" -gt 40 ] || { log "skip bench fold=$f"; continue; }
-        echo "fold=$f $(KOOKA_QMV_FOLD=$f timeout 60 /opt/mlxw/kooka bench --model $MODEL --batch 1 \
+      log "cuda_kernels ${FOLD_KERNELS:-FOLDS_ONLY}"
+      env ${FOLD_KERNELS:-FOLDS_ONLY}=1 timeout 200 /opt/mlxw/cuda_kernels > "$OUT/folds.md" 2>&1 || echo "cuda_kernels failed" >> "$OUT/folds.md"
+      grep -E 'differs|off by|rror|panic|a layer|us a call|\): |M=' "$OUT/folds.md" || true
+      bench8b() {  # label, then env assignments
+        local label=$1; shift
+        [ "$(left)" -gt 40 ] || { log "skip bench $label"; return 0; }
+        echo "$label $(env "$@" timeout 60 /opt/mlxw/kooka bench --model $MODEL --batch 1 \
           --prompt-tokens 512 --gen-tokens 128 --reps 1 2>&1 | tail -1)" | tee -a "$OUT/folds-bench.md"
-      done
-      for t in ${FOLD_TUNINGS:-1,8,2,1}; do
-        [ "$(left)" -gt 40 ] || continue
-        echo "fold=1 tuning=$t $(KOOKA_QMV_TUNING=$t timeout 60 /opt/mlxw/kooka bench --model $MODEL --batch 1 \
-          --prompt-tokens 512 --gen-tokens 128 --reps 1 2>&1 | tail -1)" | tee -a "$OUT/folds-bench.md"
+      }
+      bench8b fold=1 KOOKA_QMV_FOLD=1
+      bench8b fold=0 KOOKA_QMV_FOLD=0
+      l=$(left)
+      if [ "$l" -gt 100 ]; then
+        ln -sfn "$MODEL" /opt/models/llama-8b-b4
+        KOOKA_QMV_FOLD=1 TOK=/opt/mlxw/qwen-tokenizer KOOKA=/opt/mlxw/kooka MODELS="smollm2-135m:4 llama-8b:4" \
+          DEADLINE=$(($(date +%s) + l - 80)) timeout $((l - 40)) scripts/gpu/bench.sh models parity || true
+      else
+        log "skip parity ($l s left)"
+      fi
+      for t in ${FOLD_TUNINGS:-1,8,4,1,1056 1,8,2,1}; do
+        bench8b "fold=1 tuning=$t" KOOKA_QMV_FOLD=1 KOOKA_QMV_TUNING=$t
       done
       if [ -x /opt/mlxw/step_profile ]; then
         for f in 1 0; do
@@ -160,11 +169,10 @@ for step in "${steps[@]}"; do
           echo "step_profile fold=$f $(KOOKA_QMV_FOLD=$f timeout 60 /opt/mlxw/step_profile $MODEL 512 128 2>&1 | tail -1)" | tee -a "$OUT/folds-bench.md"
         done
       fi
-      l=$(left); [ "$l" -gt 60 ] || { log "skip parity ($l s left)"; continue; }
-      ln -sfn "$MODEL" /opt/models/llama-8b-b4
-      KOOKA_QMV_FOLD=1 TOK=/opt/mlxw/qwen-tokenizer KOOKA=/opt/mlxw/kooka MODELS="smollm2-135m:4 llama-8b:4" \
-        DEADLINE=$(($(date +%s) + l - 45)) timeout $((l - 10)) scripts/gpu/bench.sh models parity || true
-      for f in ${FOLD_RUNS:-1 0 1 0}; do
+      for f in ${FOLD_RUNS:-1 0}; do
+        bench8b fold=$f KOOKA_QMV_FOLD=$f
+      done
+      for f in 1 0 1 0; do
         [ "$(left)" -gt 25 ] && [ -f /opt/models/smollm2-135m-b4/config.json ] || continue
         echo "smollm2 fold=$f $(KOOKA_QMV_FOLD=$f timeout 30 /opt/mlxw/kooka bench --model /opt/models/smollm2-135m-b4 \
           --batch 1 --prompt-tokens 512 --gen-tokens 256 --reps 1 2>&1 | tail -1)" | tee -a "$OUT/folds-bench.md"

@@ -8,7 +8,7 @@
 // below when x is 16-bit; 0, or float32 x: exactly, one value at a time).
 //
 // Decode reads every weight once per token, so this is a memory-bound kernel: each warp owns
-// RPW rows of W and streams them with whole 16-byte loads per lane (a warp reads 512
+// RPW rows of W at a time and streams them with whole 16-byte loads per lane (a warp reads 512
 // contiguous bytes of a row per step), UNROLL loads per row in flight, so the memory system
 // always has enough requests. Each lane's 16 bytes (32 values at 4 bits, 16 at 8) fall in one
 // quantization group (GROUP is a multiple of them), so a load needs one scale and one bias:
@@ -44,7 +44,6 @@ constexpr int VPW = 32 / BITS;   // values in a word
 constexpr int XB = VPW * sizeof(T);  // bytes of x under a word
 const int lane = threadIdx.x & 31;
 const int warp = threadIdx.x >> 5;
-const int n0 = (blockIdx.x * WARPS + warp) * RPW;  // the warp's first output
 
 #ifdef QMV_NORM
 // The whole block normalizes x into shared memory before any warp leaves.
@@ -83,29 +82,53 @@ const T* xin = xs;
 const T* xin = x;
 #endif
 
-if (n0 >= NO) {
-  return;
-}
 const int chunks = K / VPL;
 const int words_per_row = K / VPW;
 const int groups = K / GROUP;
-
-const uint4* wrow[RR];
-const S* srow[RR];
-const S* brow[RR];
-#pragma unroll
-for (int r = 0; r < RR; ++r) {
-  // rows past the end repeat the last one, never written
-#ifdef QMV_GLU
-  const int o = min(n0 + r % RPW, NO - 1);
-  const int n = r < RPW ? o : NO + o;
-#else
-  const int n = min(n0 + r, N - 1);
-#endif
-  wrow[r] = reinterpret_cast<const uint4*>(w + size_t(n) * words_per_row);
-  srow[r] = scales + size_t(n) * groups;
-  brow[r] = biases + size_t(n) * groups;
+// A warp's work is a sequence of tiles: pass b (UNROLL 16-byte loads a lane, each row of the
+// group) of row group rg (RPW outputs), for its row groups rg, rg + stride, ... While it
+// multiplies one tile, the next one's loads are in flight (registers double-buffered), so the
+// memory never waits on the arithmetic; with fewer blocks than row groups (Tuning's
+// max_blocks) warps stay resident and go on to further rows.
+const int passes = (chunks + 32 * UNROLL - 1) / (32 * UNROLL);
+const int row_groups = (NO + RPW - 1) / RPW;
+const int stride = gridDim.x * WARPS;
+int rg = blockIdx.x * WARPS + warp;
+if (rg >= row_groups) {
+  return;
 }
+
+// Row r of row group rg; rows past the end repeat the last one, never written.
+auto row_of = [&](int group, int r) {
+#ifdef QMV_GLU
+  const int o = min(group * RPW + r % RPW, NO - 1);
+  return r < RPW ? o : NO + o;
+#else
+  return min(group * RPW + r, N - 1);
+#endif
+};
+struct Tile {
+  uint4 w[UNROLL][RR];
+  float s[UNROLL][RR];
+  float b[UNROLL][RR];
+};
+auto load = [&](int group, int pass, Tile& t) {
+#pragma unroll
+  for (int r = 0; r < RR; ++r) {
+    const size_t n = row_of(group, r);
+    const uint4* wr = reinterpret_cast<const uint4*>(w + n * words_per_row);
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int c = (pass * UNROLL + u) * 32 + lane;
+      if (c < chunks) {
+        const int g = c * VPL / GROUP;
+        t.w[u][r] = wr[c];
+        t.s[u][r] = static_cast<float>(scales[n * groups + g]);
+        t.b[u][r] = static_cast<float>(biases[n * groups + g]);
+      }
+    }
+  }
+};
 
 float acc[TM][RR];
 #pragma unroll
@@ -138,26 +161,22 @@ auto load_x = [](const T* p, float* out) {
   }
 };
 
-for (int c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
-  uint4 wv[UNROLL][RR];
-  float sc[UNROLL][RR];
-  float bi[UNROLL][RR];
-#pragma unroll
-  for (int u = 0; u < UNROLL; ++u) {
-    const int c = c0 + 32 * u;
-    if (c < chunks) {
-      const int g = c * VPL / GROUP;
-#pragma unroll
-      for (int r = 0; r < RR; ++r) {
-        wv[u][r] = wrow[r][c];
-        sc[u][r] = static_cast<float>(srow[r][g]);
-        bi[u][r] = static_cast<float>(brow[r][g]);
-      }
-    }
+Tile cur, nxt;
+load(rg, 0, cur);
+int b = 0;
+while (true) {
+  int next_rg = rg, next_b = b + 1;
+  if (next_b == passes) {
+    next_rg = rg + stride;
+    next_b = 0;
+  }
+  const bool more = next_rg < row_groups;
+  if (more) {
+    load(next_rg, next_b, nxt);
   }
 #pragma unroll
   for (int u = 0; u < UNROLL; ++u) {
-    const int c = c0 + 32 * u;
+    const int c = (b * UNROLL + u) * 32 + lane;
     if (c >= chunks) {
       break;
     }
@@ -192,7 +211,7 @@ for (int c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
           }
 #pragma unroll
           for (int r = 0; r < RR; ++r) {
-            const uint32_t word = reinterpret_cast<const uint32_t*>(&wv[u][r])[j];
+            const uint32_t word = reinterpret_cast<const uint32_t*>(&cur.w[u][r])[j];
             // values 2p and 2p+1 at bits 12-15 and 16-19
             const uint32_t shifted[4] = {word << 12, word << 4, word >> 4, word >> 12};
 #pragma unroll
@@ -218,7 +237,7 @@ for (int c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
           }
 #pragma unroll
           for (int r = 0; r < RR; ++r) {
-            const uint32_t word = reinterpret_cast<const uint32_t*>(&wv[u][r])[j];
+            const uint32_t word = reinterpret_cast<const uint32_t*>(&cur.w[u][r])[j];
 #pragma unroll
             for (int i = 0; i < VPW; ++i) {
               // q as a float without a conversion instruction: 2^23 + q, minus 2^23
@@ -230,42 +249,56 @@ for (int c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
       }
 #pragma unroll
       for (int r = 0; r < RR; ++r) {
-        acc[m][r] += sc[u][r] * dot[r] + bi[u][r] * xsum;
+        acc[m][r] += cur.s[u][r] * dot[r] + cur.b[u][r] * xsum;
       }
     }
   }
-}
-
-// Every lane ends with the full sums; lane 0 writes the warp's outputs.
+  if (next_b == 0) {
+    // Every lane ends with the full sums; lane 0 writes the warp's outputs.
 #pragma unroll
-for (int m = 0; m < TM; ++m) {
-  if (m >= M) {
-    break;
-  }
-  float v[RR];
+    for (int m = 0; m < TM; ++m) {
+      if (m >= M) {
+        break;
+      }
+      float v[RR];
 #pragma unroll
-  for (int r = 0; r < RR; ++r) {
-    v[r] = acc[m][r];
+      for (int r = 0; r < RR; ++r) {
+        v[r] = acc[m][r];
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      v[r] += __shfl_xor_sync(0xffffffffu, v[r], off);
-    }
-  }
-  if (lane == 0) {
+        for (int off = 16; off > 0; off >>= 1) {
+          v[r] += __shfl_xor_sync(0xffffffffu, v[r], off);
+        }
+      }
+      if (lane == 0) {
 #pragma unroll
-    for (int r = 0; r < RPW; ++r) {
-      if (n0 + r < NO) {
+        for (int r = 0; r < RPW; ++r) {
+          if (rg * RPW + r < NO) {
 #ifdef QMV_GLU
-        const T g = static_cast<T>(v[r]);
-        T out = Multiply{}(Multiply{}(g, Sigmoid{}(g)), static_cast<T>(v[RPW + r]));
+            const T g = static_cast<T>(v[r]);
+            T out = Multiply{}(Multiply{}(g, Sigmoid{}(g)), static_cast<T>(v[RPW + r]));
 #else
-        T out = static_cast<T>(v[r]);
+            T out = static_cast<T>(v[r]);
 #endif
 #ifdef QMV_RES
-        out = Add{}(res[size_t(m) * NO + n0 + r], out);
+            out = Add{}(res[size_t(m) * NO + rg * RPW + r], out);
 #endif
-        y[size_t(m) * NO + n0 + r] = out;
+            y[size_t(m) * NO + rg * RPW + r] = out;
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < TM; ++m) {
+#pragma unroll
+      for (int r = 0; r < RR; ++r) {
+        acc[m][r] = 0.f;
       }
     }
   }
+  if (!more) {
+    break;
+  }
+  rg = next_rg;
+  b = next_b;
+  cur = nxt;
 }

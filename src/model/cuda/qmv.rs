@@ -36,13 +36,16 @@ const DEFAULT_ROWS: Option<(i32, i32)> = Some((1, 3));
 pub const MIN_VALUES: i64 = 32 << 20;
 
 /// How the kernel splits the work: rows of W per warp, warps per block, 16-byte loads in
-/// flight per row, and whether 4-bit values are unpacked with the exponent trick.
+/// flight per row, whether 4-bit values are unpacked with the exponent trick, and the most
+/// blocks launched (0: one per `warps * rows_per_warp` outputs; fewer: each warp goes on to
+/// further rows, its next loads in flight while it multiplies).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuning {
     pub rows_per_warp: i32,
     pub warps: i32,
     pub unroll: i32,
     pub trick: bool,
+    pub max_blocks: i32,
 }
 
 impl Default for Tuning {
@@ -52,6 +55,7 @@ impl Default for Tuning {
             warps: 8,
             unroll: 4,
             trick: true,
+            max_blocks: 0,
         }
     }
 }
@@ -224,22 +228,28 @@ fn tuning() -> Tuning {
     })
 }
 
-/// `rows_per_warp,warps,unroll,trick` (trick 0 or 1), as `KOOKA_QMV_TUNING` takes it.
+/// `rows_per_warp,warps,unroll,trick[,max_blocks]` (trick 0 or 1), as `KOOKA_QMV_TUNING`
+/// takes it.
 pub fn parse_tuning(v: &str) -> Option<Tuning> {
     let n: Vec<i32> = v
         .split(',')
         .map(|p| p.trim().parse().ok())
         .collect::<Option<_>>()?;
-    let [rows_per_warp, warps, unroll, trick] = n[..] else {
-        return None;
+    let (rows_per_warp, warps, unroll, trick, max_blocks) = match n[..] {
+        [r, w, u, t] => (r, w, u, t, 0),
+        [r, w, u, t, b] => (r, w, u, t, b),
+        _ => return None,
     };
-    let ok =
-        (1..=8).contains(&rows_per_warp) && (1..=32).contains(&warps) && (1..=16).contains(&unroll);
+    let ok = (1..=8).contains(&rows_per_warp)
+        && (1..=32).contains(&warps)
+        && (1..=16).contains(&unroll)
+        && max_blocks >= 0;
     ok.then_some(Tuning {
         rows_per_warp,
         warps,
         unroll,
         trick: trick != 0,
+        max_blocks,
     })
 }
 
@@ -303,6 +313,7 @@ pub fn matmul_t_tuned(
         warps,
         unroll,
         trick,
+        max_blocks,
     } = tuning;
     let mut constants = vec![
         ("T", Constant::Type(x.dtype())),
@@ -324,7 +335,10 @@ pub fn matmul_t_tuned(
     }
     inputs.extend(folded.residual);
     let per_block = rpw * warps;
-    let blocks = (out + per_block - 1) / per_block;
+    let mut blocks = (out + per_block - 1) / per_block;
+    if max_blocks > 0 {
+        blocks = blocks.min(max_blocks);
+    }
     let y = with_kernel(folded, |kernel| {
         kernel.apply(
             &inputs,
@@ -446,6 +460,8 @@ mod tests {
             (2, 4, 8, false)
         );
         assert_eq!(parse_tuning("2,4,8"), None);
+        assert_eq!(parse_tuning("1,8,4,1,528").unwrap().max_blocks, 528);
+        assert_eq!(parse_tuning("1,8,4,1,-1"), None);
         assert_eq!(parse_tuning("0,4,8,1"), None);
     }
 }

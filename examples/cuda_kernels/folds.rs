@@ -53,7 +53,8 @@ fn norm_weight(k: i32, seed: u64, dtype: Dtype) -> anyhow::Result<Array> {
 /// Folded against unfolded on decode shapes (Llama-8B's, SmolLM2's) and every combination:
 /// without the norm the two must be identical (the same sums, MLX's functors); with it, x's
 /// sum of squares is added in another order than MLX's, so a normalized value may round the
-/// other way: at most a unit of the type's precision, on under 1% of the outputs.
+/// other way: at most a unit of the type's precision, on under 1% of the outputs (16-bit
+/// types; H100: none differed) or by float32's precision (there 42 of 256 by ~1e-7).
 pub fn parity() -> anyhow::Result<()> {
     use Dtype::{Bfloat16 as BF16, Float16 as F16, Float32 as F32};
     println!("\n| M | N | K | bits | group | dtype | norm | glu | res | outputs differing | max diff | max |");
@@ -87,12 +88,12 @@ pub fn parity() -> anyhow::Result<()> {
             residual: res.then_some(&residual),
         };
         let want = unfolded(&x, [&q, &s, &b], bits, group, &f)?;
-        // The default tuning, and 3 blocks (each warp on many rows in turn).
+        // The folded tuning, and 3 blocks (each warp on many rows in turn).
         let capped = Tuning {
             max_blocks: 3,
-            ..Tuning::default()
+            ..Tuning::folded()
         };
-        let got = qmv::matmul_t_tuned(&x, &q, &s, &b, bits, group, Tuning::default(), &f)?;
+        let got = qmv::matmul_t_tuned(&x, &q, &s, &b, bits, group, Tuning::folded(), &f)?;
         let got_capped = qmv::matmul_t_tuned(&x, &q, &s, &b, bits, group, capped, &f)?;
         let capped_differ = got_capped.ne(&got)?.sum(None)?.as_dtype(Dtype::Int32)?;
         if capped_differ.try_item_exact::<i32>()? != 0 {
@@ -123,9 +124,12 @@ pub fn parity() -> anyhow::Result<()> {
             F16 => 1.0 / 1024.0,
             _ => 1e-5,
         };
-        let ok = match norm {
-            false => differing == 0,
-            true => diff <= unit * top && (differing as i64) * 100 <= (m * out) as i64,
+        // float32 outputs are not rounded to a coarse type: any change in the norm's last bit
+        // shows, so only its size counts.
+        let ok = match (norm, dtype) {
+            (false, _) => differing == 0,
+            (true, F32) => diff <= unit * top,
+            (true, _) => diff <= unit * top && (differing as i64) * 100 <= (m * out) as i64,
         };
         if !ok {
             failures.push(format!(
@@ -140,10 +144,9 @@ pub fn parity() -> anyhow::Result<()> {
 /// Microseconds per call of each Llama-8B 4-bit decode product with its neighbours, as the
 /// step ran them unfolded (q/k/v and o on MLX's kernel, below kooka's floor) and folded.
 pub fn timing() -> anyhow::Result<()> {
-    // The default tuning, then QMV_FOLD_TUNINGS ("r,w,u,t ...").
-    let mut tunings = vec![Tuning::default()];
-    let more = std::env::var("QMV_FOLD_TUNINGS")
-        .unwrap_or_else(|_| "1,8,2,1 1,8,4,1,1056 1,8,2,1,1056".into());
+    // The folded default, then QMV_FOLD_TUNINGS ("r,w,u,t[,b] ...").
+    let mut tunings = vec![Tuning::folded()];
+    let more = std::env::var("QMV_FOLD_TUNINGS").unwrap_or_else(|_| "1,8,4,1 1,8,2,1,1056".into());
     for t in more.split_whitespace() {
         let bad = || anyhow::anyhow!("QMV_FOLD_TUNINGS: bad {t:?}");
         tunings.push(qmv::parse_tuning(t).ok_or_else(bad)?);

@@ -160,7 +160,7 @@ for step in "${steps[@]}"; do
       else
         log "skip parity ($l s left)"
       fi
-      for t in ${FOLD_TUNINGS:-1,8,4,1,1056 1,8,2,1}; do
+      for t in ${FOLD_TUNINGS:-1,8,4,1 1,8,2,1,1056}; do
         bench8b "fold=1 tuning=$t" KOOKA_QMV_FOLD=1 KOOKA_QMV_TUNING=$t
       done
       if [ -x /opt/mlxw/step_profile ]; then

@@ -4,9 +4,8 @@
 //! addition); then each of Llama-8B's decode-step products folded against unfolded.
 
 use kooka::model::cuda::qmv::{self, Tuning};
-use kooka::model::layers::{swiglu, Folded, RmsNorm};
-use kooka::model::slicing::slice_axis;
-use mlx_rs::{fast, random, Array, Dtype};
+use kooka::model::layers::{swiglu_halves, Folded, RmsNorm};
+use mlx_rs::{random, Array, Dtype};
 
 use super::{max_abs, packed, packed_fast, timed_n};
 
@@ -18,19 +17,11 @@ fn unfolded(
     group: i32,
     f: &Folded,
 ) -> anyhow::Result<Array> {
-    let x = match f.norm {
-        Some(n) => fast::rms_norm(x, Some(&n.weight), n.eps)?,
-        None => x.clone(),
-    };
+    let x = RmsNorm::maybe(f.norm, x)?;
     let plain = Folded::default();
     let mut y = qmv::matmul_t_tuned(&x, q, s, b, bits, group, Tuning::default(), &plain)?;
     if f.glu {
-        let axis = y.ndim() - 1;
-        let h = y.shape()[axis] / 2;
-        y = swiglu(
-            &slice_axis(&y, axis, 0, h)?,
-            &slice_axis(&y, axis, h, 2 * h)?,
-        )?;
+        y = swiglu_halves(&y)?;
     }
     Ok(match f.residual {
         Some(r) => r.add(&y)?,
@@ -204,10 +195,7 @@ pub fn timing() -> anyhow::Result<()> {
             if !mlx {
                 return unfolded(&x, [q, s, b], 4, 64, &f);
             }
-            let xn = match f.norm {
-                Some(n) => fast::rms_norm(&x, Some(&n.weight), n.eps)?,
-                None => x.clone(),
-            };
+            let xn = RmsNorm::maybe(f.norm, &x)?;
             let y = mlx_rs::ops::quantized_matmul(&xn, q, s, b, true, 64, 4)?;
             Ok(match f.residual {
                 Some(r) => r.add(&y)?,

@@ -248,14 +248,7 @@ impl Attention {
             };
             Ok(a.transpose_axes(&[0, 2, 1, 3])?)
         };
-        let normed;
-        let x = match norm {
-            Some(norm) => {
-                normed = norm.forward(x)?;
-                &normed
-            }
-            None => x,
-        };
+        let x = &RmsNorm::maybe(norm, x)?;
         let (q, k, v) = match &self.qkv {
             Qkv::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
             Qkv::Fused { qkv, q_out, kv_out } => {
@@ -388,14 +381,7 @@ impl Mlp {
                 gate_up.forward_folded(x, &folded)?
             }
             GateUp::Separate { gate, up } => {
-                let normed;
-                let x = match norm {
-                    Some(norm) => {
-                        normed = norm.forward(x)?;
-                        &normed
-                    }
-                    None => x,
-                };
+                let x = &RmsNorm::maybe(norm, x)?;
                 swiglu(&gate.forward(x)?, &up.forward(x)?)?
             }
         };

@@ -44,6 +44,13 @@ pub fn swiglu(gate: &Array, up: &Array) -> Result<Array> {
     Ok(SWIGLU.with(|f| (f.borrow_mut())((gate, up)))?)
 }
 
+/// [`swiglu`] of the two halves of `y`'s last axis: gate, then up (a fused gate/up product).
+pub fn swiglu_halves(y: &Array) -> Result<Array> {
+    let axis = y.ndim() - 1;
+    let h = y.shape()[axis] / 2;
+    swiglu(&slice_axis(y, axis, 0, h)?, &slice_axis(y, axis, h, 2 * h)?)
+}
+
 /// gpt-oss's SwiGLU (mlx-lm's compiled `swiglu_oai`): the gate clipped from above at 7, the
 /// linear part clipped to +-7 and shifted by one, `(up + 1) * gate * sigmoid(1.702 * gate)`.
 /// The constants are in the inputs' dtype, as Python scalars are in MLX.
@@ -260,22 +267,9 @@ impl Linear {
                 return Ok(y);
             }
         }
-        let normed;
-        let x = match folded.norm {
-            Some(norm) => {
-                normed = norm.forward(x)?;
-                &normed
-            }
-            None => x,
-        };
-        let mut y = self.forward(x)?;
+        let mut y = self.forward(&RmsNorm::maybe(folded.norm, x)?)?;
         if folded.glu {
-            let axis = y.ndim() - 1;
-            let h = y.shape()[axis] / 2;
-            y = swiglu(
-                &slice_axis(&y, axis, 0, h)?,
-                &slice_axis(&y, axis, h, 2 * h)?,
-            )?;
+            y = swiglu_halves(&y)?;
         }
         match folded.residual {
             Some(r) => Ok(r.add(&y)?),
@@ -373,6 +367,14 @@ impl RmsNorm {
 
     pub fn forward(&self, x: &Array) -> Result<Array> {
         Ok(fast::rms_norm(x, Some(&self.weight), self.eps)?)
+    }
+
+    /// `norm(x)` with a norm, else `x` as it is.
+    pub fn maybe(norm: Option<&RmsNorm>, x: &Array) -> Result<Array> {
+        match norm {
+            Some(norm) => norm.forward(x),
+            None => Ok(x.clone()),
+        }
     }
 }
 

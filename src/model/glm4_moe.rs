@@ -9,7 +9,8 @@
 //! (`model.layers.{num_hidden_layers}`) is not read, as mlx-lm drops it. As in mlx-lm,
 //! `rope_scaling` is not applied.
 
-use super::block::{Attention, AttnSpec, Block, FeedForward, Mlp, QkNorm};
+use super::attention::{Attention, AttnSpec, QkNorm};
+use super::block::{Block, FeedForward, Mlp};
 use super::config::{ModelConfig, QuantConfig};
 use super::error::{ModelError, Result};
 use super::llama::{rope_theta, Llama};

@@ -10,7 +10,8 @@
 //! output head is never tied. Under tensor parallelism the sinks are split with their heads
 //! and each rank adds `1/size` of the experts' down bias, as mlx-lm's `shard` does.
 
-use super::block::{Attention, AttnSpec, Block, FeedForward, QkNorm};
+use super::attention::{Attention, AttnSpec, QkNorm};
+use super::block::{Block, FeedForward};
 use super::config::{ModelConfig, QuantConfig};
 use super::error::{ModelError, Result};
 use super::llama::{rope_theta, sliding_windows, Llama};

@@ -7,7 +7,8 @@
 //! The blocks live in `block.rs` and the model around them in `decoder.rs`, shared with the
 //! mixtures of experts, whose blocks carry a [`FeedForward::Sparse`] instead of the dense MLP.
 
-use super::block::{Attention, AttnSpec, Block, FeedForward, Mlp, QkNorm};
+use super::attention::{Attention, AttnSpec, QkNorm};
+use super::block::{Block, FeedForward, Mlp};
 use super::config::{ModelConfig, QuantConfig};
 use super::error::{ModelError, Result};
 use super::rope::Rope;

@@ -10,7 +10,8 @@
 //! unused by the model, as in mlx-lm. Under tensor parallelism the q/k norms are sharded
 //! with their heads and reduce their squared sums over the ranks, as mlx-lm's `shard` does.
 
-use super::block::{Attention, AttnSpec, Block, FeedForward, QkNorm};
+use super::attention::{Attention, AttnSpec, QkNorm};
+use super::block::{Block, FeedForward};
 use super::config::{ModelConfig, QuantConfig};
 use super::error::{ModelError, Result};
 use super::llama::{rope_theta, Llama};

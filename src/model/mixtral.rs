@@ -5,7 +5,8 @@
 //! a softmax over those. Defaults follow mlx-lm's `ModelArgs` (8 experts, top-2, rope_theta
 //! 1e6, 8 KV heads, untied embeddings); as in mlx-lm, `rope_scaling` is not applied.
 
-use super::block::{Attention, AttnSpec, Block, FeedForward, QkNorm};
+use super::attention::{Attention, AttnSpec, QkNorm};
+use super::block::{Block, FeedForward};
 use super::config::{ModelConfig, QuantConfig};
 use super::error::Result;
 use super::llama::{rope_theta, Llama};

@@ -21,6 +21,7 @@
 //! scales/biases but keep packed weights packed.
 
 pub mod adapter;
+mod attention;
 mod block;
 pub mod cache;
 pub mod catalog;

@@ -7,7 +7,8 @@
 //! keeps the top `num_experts_per_tok` and, with `norm_topk_prob`, renormalizes them.
 //! As in mlx-lm, RoPE is plain (`rope_scaling` and `rope_traditional` are not applied).
 
-use super::block::{Attention, AttnSpec, Block, FeedForward, Mlp, QkNorm};
+use super::attention::{Attention, AttnSpec, QkNorm};
+use super::block::{Block, FeedForward, Mlp};
 use super::config::{ModelConfig, QuantConfig};
 use super::error::{ModelError, Result};
 use super::llama::{rope_theta, Llama};

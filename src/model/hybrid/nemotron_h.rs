@@ -24,7 +24,7 @@ use serde_json::Value;
 use self::mamba2::{Mamba2, MambaSpec};
 use self::moe::{NemotronMoe, NemotronMoeSpec, Relu2Mlp};
 use super::{attention_inputs, Hybrid, HybridLayer};
-use crate::model::block::{Attention, AttnSpec, QkNorm};
+use crate::model::attention::{Attention, AttnSpec, QkNorm};
 use crate::model::cache::{KvCache, LayerCache, RowsView, StateCache};
 use crate::model::config::{ModelConfig, QuantConfig};
 use crate::model::error::{ModelError, Result};

@@ -22,7 +22,8 @@ use serde::Deserialize;
 
 use super::gated_delta::{DeltaSpec, GatedDeltaNet};
 use super::{attention_inputs, run_compiled, Compiled, Hybrid, HybridLayer};
-use crate::model::block::{attention, Mlp};
+use crate::model::attention::attention;
+use crate::model::block::Mlp;
 use crate::model::cache::{AttnMask, KvCache, LayerCache, Positions, RowsView, StateCache};
 use crate::model::config::{ModelConfig, QuantConfig};
 use crate::model::error::{ModelError, Result};

@@ -177,7 +177,15 @@ impl QuantMatrix {
             if self.spec.mode == QuantMode::Affine
                 && qmv::applies(x, &self.w, &self.scales, bits, group)
             {
-                return qmv::matmul_t(x, &self.w, &self.scales, biases, bits, group);
+                return qmv::matmul_t(
+                    x,
+                    &self.w,
+                    &self.scales,
+                    biases,
+                    bits,
+                    group,
+                    &Folded::default(),
+                );
             }
         }
         let pad = match (self.pad_rows_to, shape) {
@@ -220,7 +228,7 @@ impl QuantMatrix {
         if !qmv::applies_folded(x, &self.w, &self.scales, bits, group, folded) {
             return Ok(None);
         }
-        let y = qmv::matmul_t_folded(x, &self.w, &self.scales, biases, bits, group, folded)?;
+        let y = qmv::matmul_t(x, &self.w, &self.scales, biases, bits, group, folded)?;
         Ok(Some(y))
     }
 

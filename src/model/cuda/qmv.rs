@@ -242,7 +242,7 @@ fn fits(
         && scales.shape() == [ws[0], k / group]
 }
 
-/// The tuning [`matmul_t`] (`folded`: [`matmul_t_folded`]) uses: `KOOKA_QMV_TUNING` as
+/// The tuning [`matmul_t`] uses (`folded`: for a call with folds): `KOOKA_QMV_TUNING` as
 /// `rows_per_warp,warps,unroll,trick[,max_blocks]` (for measuring), else the default (folded:
 /// [`Tuning::folded`]).
 fn tuning(folded: bool) -> Tuning {
@@ -284,32 +284,10 @@ pub fn parse_tuning(v: &str) -> Option<Tuning> {
     })
 }
 
-/// `x @ dequantize(w)^T` as [`applies`] says, with the default [`Tuning`]; `[..., N]` in
-/// `x`'s type.
+/// `residual + glu(norm(x) @ dequantize(w)^T)`, as much of it as `folded` holds (none: as
+/// [`applies`] says; some: as [`applies_folded`] says), with the default [`Tuning`] (folded:
+/// [`Tuning::folded`]); `[..., N]` (`N / 2` with SwiGLU) in `x`'s type.
 pub fn matmul_t(
-    x: &Array,
-    w: &Array,
-    scales: &Array,
-    biases: &Array,
-    bits: i32,
-    group: i32,
-) -> Result<Array> {
-    matmul_t_tuned(
-        x,
-        w,
-        scales,
-        biases,
-        bits,
-        group,
-        tuning(false),
-        &Folded::default(),
-    )
-}
-
-/// `residual + glu(norm(x) @ dequantize(w)^T)`, as much of it as `folded` holds, as
-/// [`applies_folded`] says, with the default [`Tuning`]; `[..., N]` (`N / 2` with SwiGLU) in
-/// `x`'s type.
-pub fn matmul_t_folded(
     x: &Array,
     w: &Array,
     scales: &Array,
@@ -318,10 +296,11 @@ pub fn matmul_t_folded(
     group: i32,
     folded: &Folded,
 ) -> Result<Array> {
-    matmul_t_tuned(x, w, scales, biases, bits, group, tuning(true), folded)
+    let tuning = tuning(!folded.is_empty());
+    matmul_t_tuned(x, w, scales, biases, bits, group, tuning, folded)
 }
 
-/// [`matmul_t_folded`] with an explicit [`Tuning`] (for `examples/cuda_kernels`).
+/// [`matmul_t`] with an explicit [`Tuning`] (for `examples/cuda_kernels`).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_t_tuned(
     x: &Array,

@@ -36,31 +36,65 @@ KERNELS = {
         "qmv", "",
         QMV_INPUTS,
         [("y", "T")],
-        [{"TM": tm, "BITS": bits, "GROUP": 64, "RPW": 2, "WARPS": 8, "UNROLL": 2, "TRICK": trick}
-         for tm, bits, trick in itertools.product((1, 8), (4, 8), (0, 1))]
-        + [{"TM": 2, "BITS": 4, "GROUP": g, "RPW": rpw, "WARPS": 4, "UNROLL": u, "TRICK": 1}
-           for g, rpw, u in ((32, 1, 1), (128, 4, 4))],
+        [{"TM": tm, "BITS": bits, "GROUP": 64, "RPW": 2, "WARPS": 8, "UNROLL": 2, "TRICK": trick,
+          "KN": 4096, "STAGE": 0} for tm, bits, trick in itertools.product((1, 8), (4, 8), (0, 1))]
+        + [{"TM": 2, "BITS": 4, "GROUP": g, "RPW": rpw, "WARPS": 4, "UNROLL": u, "TRICK": 1,
+            "KN": 1024, "STAGE": 0} for g, rpw, u in ((32, 1, 1), (128, 4, 4))],
+    ),
+    # x staged (4-bit, the trick, 16-bit x only)
+    "qmv_staged": (
+        "qmv", "",
+        QMV_INPUTS,
+        [("y", "T")],
+        [{"TM": tm, "BITS": 4, "GROUP": g, "RPW": rpw, "WARPS": 8, "UNROLL": u, "TRICK": 1,
+          "KN": kn, "STAGE": 1} for tm, g, rpw, u, kn in ((1, 64, 1, 2, 4096), (2, 32, 2, 4, 4096), (1, 128, 1, 2, 9216))],
     ),
     "qmv_norm_glu": (
         "qmv", FOLDED + "#define QMV_NORM 1\n#define QMV_GLU 1\n",
         QMV_INPUTS + [("norm", "T")],
         [("y", "T")],
         [{"TM": tm, "BITS": bits, "GROUP": 64, "RPW": rpw, "WARPS": 8, "UNROLL": 4, "TRICK": 1,
-          "KN": 4096, "EPS_BITS": 0x3727C5AC} for tm, bits, rpw in ((1, 4, 1), (2, 8, 2))],
+          "KN": 4096, "EPS_BITS": 0x3727C5AC, "STAGE": 0} for tm, bits, rpw in ((1, 4, 1), (2, 8, 2))],
+    ),
+    "qmv_norm_glu_staged": (
+        "qmv", FOLDED + "#define QMV_NORM 1\n#define QMV_GLU 1\n",
+        QMV_INPUTS + [("norm", "T")],
+        [("y", "T")],
+        [{"TM": 1, "BITS": 4, "GROUP": 64, "RPW": rpw, "WARPS": 8, "UNROLL": 2, "TRICK": 1,
+          "KN": 4096, "EPS_BITS": 0x3727C5AC, "STAGE": 1} for rpw in (1, 2)],
+    ),
+    "qmv_norm_rope": (
+        "qmv", FOLDED + "#define QMV_NORM 1\n#define QMV_ROPE 1\n",
+        QMV_INPUTS + [("norm", "T"), ("pos", "int32_t")],
+        [("y", "T")],
+        [{"TM": tm, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 2, "TRICK": 1,
+          "KN": 4096, "EPS_BITS": 0x3727C5AC, "STAGE": 0, "HD": hd, "RH": 40, "TRAD": trad,
+          "SCALE_BITS": 0x3F800000, "BASE_BITS": 0x4197A112} for tm, hd, trad in ((1, 128, 0), (2, 64, 1))]
+        + [{"TM": 1, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 2, "TRICK": 1, "KN": 4096,
+            "EPS_BITS": 0x3727C5AC, "STAGE": 1, "HD": 128, "RH": 40, "TRAD": 0, "SCALE_BITS": 0x3F800000,
+            "BASE_BITS": 0x4197A112}],
+    ),
+    "qmv_rope_freqs": (
+        "qmv", FOLDED + "#define QMV_ROPE 1\n#define QMV_ROPE_FREQS 1\n",
+        QMV_INPUTS + [("pos", "int32_t"), ("freqs", "float")],
+        [("y", "T")],
+        [{"TM": 1, "BITS": bits, "GROUP": 64, "RPW": rpw, "WARPS": 8, "UNROLL": 2, "TRICK": 1,
+          "KN": 4096, "STAGE": 0, "HD": 128, "RH": 40, "TRAD": 0, "SCALE_BITS": 0x3F800000}
+         for bits, rpw in ((4, 1), (8, 2))],
     ),
     "qmv_norm": (
         "qmv", FOLDED + "#define QMV_NORM 1\n",
         QMV_INPUTS + [("norm", "T")],
         [("y", "T")],
         [{"TM": 1, "BITS": 4, "GROUP": 128, "RPW": 1, "WARPS": 8, "UNROLL": 4, "TRICK": 1,
-          "KN": 576, "EPS_BITS": 0x3727C5AC}],
+          "KN": 576, "EPS_BITS": 0x3727C5AC, "STAGE": 0}],
     ),
     "qmv_res": (
         "qmv", FOLDED + "#define QMV_RES 1\n",
         QMV_INPUTS + [("res", "T")],
         [("y", "T")],
-        [{"TM": tm, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 4, "TRICK": 1}
-         for tm in (1, 4)],
+        [{"TM": tm, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 4, "TRICK": 1,
+          "KN": 4096, "STAGE": stage} for tm, stage in ((1, 0), (4, 0), (1, 1))],
     ),
     "decode_attention_combine": (
         "decode_attention_combine", "",
@@ -138,6 +172,8 @@ def main():
         with open(os.path.join(SOURCES, source + ".cu")) as f:
             body = f.read()
         for (dtype, t), constants in itertools.product(TYPES.items(), constant_sets):
+            if constants.get("STAGE") and dtype == "float32":
+                continue  # x staged: 16-bit x only
             src = wrap(name, header, inputs, outputs, constants, body, t)
             prog = ctypes.c_void_p()
             assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), f"{name}.cu".encode(),

@@ -7,7 +7,7 @@ use kooka::model::cuda::qmv::{self, Tuning};
 use kooka::model::layers::{swiglu_halves, Folded, RmsNorm};
 use mlx_rs::{random, Array, Dtype};
 
-use super::{max_abs, packed, packed_fast, timed_n};
+use super::{all_equal, max_abs, packed, packed_fast, timed_n};
 
 /// `residual + swiglu(qmv(rms_norm(x)))`, as much as `f` holds, one kernel a step.
 fn unfolded(
@@ -77,6 +77,7 @@ pub fn parity() -> anyhow::Result<()> {
             norm: norm.then_some(&rms),
             glu,
             residual: res.then_some(&residual),
+            rope: None,
         };
         let want = unfolded(&x, [&q, &s, &b], bits, group, &f)?;
         // The folded tuning, and 3 blocks (each warp on many rows in turn).
@@ -85,12 +86,23 @@ pub fn parity() -> anyhow::Result<()> {
             ..Tuning::folded()
         };
         let got = qmv::matmul_t_tuned(&x, &q, &s, &b, bits, group, Tuning::folded(), &f)?;
-        let got_capped = qmv::matmul_t_tuned(&x, &q, &s, &b, bits, group, capped, &f)?;
-        let capped_differ = got_capped.ne(&got)?.sum(None)?.as_dtype(Dtype::Int32)?;
-        if capped_differ.try_item_exact::<i32>()? != 0 {
-            failures.push(format!(
-                "{m}x{n}x{k} {dtype:?}: 3 blocks differ from the default"
-            ));
+        // The same sums with x staged (where it applies) and with 3 blocks: the same outputs.
+        let staged = |max_blocks| Tuning {
+            max_blocks,
+            stage: true,
+            ..Tuning::folded()
+        };
+        for (what, t) in [
+            ("3 blocks", capped),
+            ("staged", staged(0)),
+            ("staged, 3 blocks", staged(3)),
+        ] {
+            let other = qmv::matmul_t_tuned(&x, &q, &s, &b, bits, group, t, &f)?;
+            if !all_equal(&other, &got)? {
+                failures.push(format!(
+                    "{m}x{n}x{k} {dtype:?}: {what} differ from the default"
+                ));
+            }
         }
         anyhow::ensure!(
             got.shape() == [1, m, out] && got.dtype() == dtype,
@@ -135,9 +147,10 @@ pub fn parity() -> anyhow::Result<()> {
 /// Microseconds per call of each Llama-8B 4-bit decode product with its neighbours, as the
 /// step ran them unfolded (q/k/v and o on MLX's kernel, below kooka's floor) and folded.
 pub fn timing() -> anyhow::Result<()> {
-    // The folded default, then QMV_FOLD_TUNINGS ("r,w,u,t[,b] ...").
+    // The folded default, then QMV_FOLD_TUNINGS ("r,w,u,t[,b[,s]] ...").
     let mut tunings = vec![Tuning::folded()];
-    let more = std::env::var("QMV_FOLD_TUNINGS").unwrap_or_else(|_| "1,8,4,1 1,8,2,1,1056".into());
+    let more = std::env::var("QMV_FOLD_TUNINGS")
+        .unwrap_or_else(|_| "1,8,4,1 1,8,2,1,528,1 1,8,2,1,1056,1 2,8,2,1,528,1".into());
     for t in more.split_whitespace() {
         let bad = || anyhow::anyhow!("QMV_FOLD_TUNINGS: bad {t:?}");
         tunings.push(qmv::parse_tuning(t).ok_or_else(bad)?);
@@ -146,8 +159,13 @@ pub fn timing() -> anyhow::Result<()> {
         .iter()
         .map(|t| {
             format!(
-                "{}/{}/{}/{}",
-                t.rows_per_warp, t.warps, t.unroll, t.trick as i32
+                "{}/{}/{}/{}/{}{}",
+                t.rows_per_warp,
+                t.warps,
+                t.unroll,
+                t.trick as i32,
+                t.max_blocks,
+                if t.stage { "/s" } else { "" }
             )
         })
         .collect();
@@ -189,6 +207,7 @@ pub fn timing() -> anyhow::Result<()> {
             norm: norm.then_some(&rms),
             glu,
             residual: res.then_some(&residual),
+            rope: None,
         };
         let split = timed_n(count, &|i| {
             let [q, s, b] = &mats[i];

@@ -6,13 +6,15 @@
 //! of the dequantized matrix, and its speed against MLX's `quantized_matmul` on an 8B model's
 //! decode shapes (distinct matrices, ~2 GB of each: read from memory, not cache) for several
 //! tunings. Then the same kernel with its neighbours folded in (`folds.rs`) against the MLX
-//! ops it replaces, and their times. Exits non-zero if any error exceeds the tolerance. Run on
+//! ops it replaces, and as a q/k/v projection that rotates its heads (`rope_fold.rs`) against
+//! MLX's RoPE after it, and their times. Exits non-zero if any error exceeds the tolerance. Run on
 //! the GPU machine.
 //!
 //! usage: cuda_kernels   (QMV_ONLY=1: only the qmv parts; FOLDS_ONLY=1: only the folds)
 use std::time::Instant;
 
 mod folds;
+mod rope_fold;
 
 use kooka::model::cuda::{decode_attention, qmv};
 use kooka::model::layers::Folded;
@@ -59,6 +61,12 @@ fn masked(q: &Array, k: &Array, v: &Array, mask: &Array, scale: f32) -> anyhow::
     )?)
 }
 
+/// Whether `a` and `b` hold the same values, bit for bit where they are finite.
+pub(crate) fn all_equal(a: &Array, b: &Array) -> anyhow::Result<bool> {
+    let differing = a.ne(b)?.sum(None)?.as_dtype(Dtype::Int32)?;
+    Ok(differing.try_item_exact::<i32>()? == 0)
+}
+
 pub(crate) fn max_abs(a: &Array, b: &Array) -> anyhow::Result<f32> {
     let d = a
         .as_dtype(Dtype::Float32)?
@@ -96,13 +104,17 @@ fn main() -> anyhow::Result<()> {
     std::env::set_var("MLX_ENABLE_TF32", "0");
     if std::env::var_os("FOLDS_ONLY").is_some() {
         folds::parity()?;
-        return folds::timing();
+        rope_fold::parity()?;
+        folds::timing()?;
+        return rope_fold::timing();
     }
     if std::env::var_os("QMV_ONLY").is_some() {
         qmv_timing()?;
         qmv_parity()?;
         folds::parity()?;
-        return folds::timing();
+        rope_fold::parity()?;
+        folds::timing()?;
+        return rope_fold::timing();
     }
     let case = |b, h, kvh, d, keys, dtype| Case {
         b,
@@ -172,7 +184,9 @@ fn main() -> anyhow::Result<()> {
     qmv_parity()?;
     qmv_timing()?;
     folds::parity()?;
+    rope_fold::parity()?;
     folds::timing()?;
+    rope_fold::timing()?;
     println!("\nparity ok");
     Ok(())
 }
@@ -211,10 +225,11 @@ pub(crate) fn packed_fast(n: i32, k: i32, seed: u64) -> anyhow::Result<[Array; 3
 fn qmv_parity() -> anyhow::Result<()> {
     use Dtype::{Bfloat16 as BF16, Float16 as F16, Float32 as F32};
     println!(
-        "\n| M | N | K | bits | group | dtype | trick, most blocks | kernel vs f32 | MLX vs f32 |"
+        "\n| M | N | K | bits | group | dtype | trick, most blocks, staged | kernel vs f32 | MLX vs f32 |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut worst_excess = 0.0f32;
+    let mut staged_differ = Vec::new();
     let plain = Folded::default();
     let cases = [
         (1, 4096, 4096, 4, 64, BF16),
@@ -242,11 +257,20 @@ fn qmv_parity() -> anyhow::Result<()> {
             F16 => scale / 1024.0,
             _ => scale * 1e-5,
         };
-        // exact, the trick, and the trick with 3 blocks (each warp on many rows in turn)
-        for (trick, max_blocks) in [(false, 0), (true, 0), (true, 3)] {
+        // exact, the trick, the trick with 3 blocks (each warp on many rows in turn), and the
+        // trick with x staged (where it applies: the same sums, so the trick's outputs exactly)
+        let mut trick_out = None;
+        for (trick, max_blocks, stage) in [
+            (false, 0, false),
+            (true, 0, false),
+            (true, 3, false),
+            (true, 0, true),
+            (true, 3, true),
+        ] {
             let tuning = qmv::Tuning {
                 trick,
                 max_blocks,
+                stage,
                 ..qmv::Tuning::default()
             };
             let got = qmv::matmul_t_tuned(&x, &q, &s, &b, bits, group, tuning, &plain)?;
@@ -255,13 +279,24 @@ fn qmv_parity() -> anyhow::Result<()> {
                 "shape or type"
             );
             let e_got = max_abs(&got, &want)?;
-            println!("| {m} | {n} | {k} | {bits} | {group} | {dtype:?} | {trick}, {max_blocks} | {e_got:.2e} | {e_mlx:.2e} |");
+            println!("| {m} | {n} | {k} | {bits} | {group} | {dtype:?} | {trick}, {max_blocks}, {stage} | {e_got:.2e} | {e_mlx:.2e} |");
             worst_excess = worst_excess.max(e_got - e_mlx.max(unit));
+            match (&trick_out, stage) {
+                (None, false) if trick => trick_out = Some(got),
+                (Some(t), true) if !all_equal(&got, t)? => {
+                    staged_differ.push(format!("{m}x{n}x{k} {dtype:?} {max_blocks} blocks"))
+                }
+                _ => {}
+            }
         }
     }
     anyhow::ensure!(
         worst_excess <= 0.0,
         "qmv is off by {worst_excess:e} more than MLX"
+    );
+    anyhow::ensure!(
+        staged_differ.is_empty(),
+        "staged x changed the trick's outputs: {staged_differ:?}"
     );
     Ok(())
 }
@@ -270,33 +305,36 @@ fn qmv_parity() -> anyhow::Result<()> {
 /// come from memory) with MLX's kernel and each tuning of kooka's.
 fn qmv_timing() -> anyhow::Result<()> {
     use qmv::Tuning;
-    // rows per warp, warps, loads in flight, trick, most blocks; QMV_TUNINGS ("r,w,u,t[,b]
-    // ...") for others. The first is also timed with more rows of x.
+    // rows per warp, warps, loads in flight, most blocks, x staged (all with the trick);
+    // QMV_TUNINGS ("r,w,u,t[,b[,s]] ...") for others. The first is also timed with more rows of x.
     let tunings: Vec<Tuning> = match std::env::var("QMV_TUNINGS") {
         Ok(v) => v
             .split_whitespace()
             .map(|t| qmv::parse_tuning(t).ok_or_else(|| anyhow::anyhow!("QMV_TUNINGS: bad {t:?}")))
             .collect::<anyhow::Result<_>>()?,
         Err(_) => [
-            (1, 8, 4, true, 0),
-            (1, 8, 4, true, 528),
-            (1, 8, 4, true, 1056),
-            (1, 8, 2, true, 0),
-            (1, 8, 2, true, 1056),
-            (2, 8, 2, true, 0),
-            (2, 8, 2, true, 528),
-            (4, 8, 2, true, 0),
+            (1, 8, 4, 0, false),
+            (1, 8, 2, 0, false),
+            (2, 8, 2, 0, false),
+            (1, 8, 4, 528, true),
+            (1, 8, 2, 528, true),
+            (1, 8, 2, 1056, true),
+            (2, 8, 2, 528, true),
+            (2, 8, 2, 0, true),
+            (2, 4, 2, 1056, true),
+            (1, 4, 4, 1056, true),
         ]
-        .map(|(rows_per_warp, warps, unroll, trick, max_blocks)| Tuning {
+        .map(|(rows_per_warp, warps, unroll, max_blocks, stage)| Tuning {
             rows_per_warp,
             warps,
             unroll,
-            trick,
+            trick: true,
             max_blocks,
+            stage,
         })
         .to_vec(),
     };
-    println!("\nGB/s of weights read (M = 1 unless said; MLX, then each tuning: rows per warp / warps / unroll / trick / most blocks)");
+    println!("\nGB/s of weights read (M = 1 unless said; MLX, then each tuning: rows per warp / warps / unroll / trick / most blocks, /s: x staged)");
     let shapes = [
         (6144, 4096),
         (4096, 4096),
@@ -338,8 +376,9 @@ fn qmv_timing() -> anyhow::Result<()> {
                     )?)
                 })?;
                 let trick = if t.trick { "t" } else { "x" };
+                let staged = if t.stage { "/s" } else { "" };
                 line += &format!(
-                    " | {}/{}/{}/{trick}/{} {:.0}",
+                    " | {}/{}/{}/{trick}/{}{staged} {:.0}",
                     t.rows_per_warp,
                     t.warps,
                     t.unroll,

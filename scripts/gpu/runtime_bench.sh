@@ -20,6 +20,11 @@
 #      with mlx-lm with the folds on (bench.sh models parity, SmolLM2-135M and Llama-8B 4-bit
 #      shapes), decode folded for each of FOLD_TUNINGS, step profiles folded and not, FOLD_RUNS
 #      more decodes, SmolLM2's decode with KOOKA_QMV_FOLD 1 / 0
+#   stage (not in the default steps): x staged in shared memory by the matvec (Tuning::stage):
+#      cuda_kernels QMV_ONLY=1 (tunings with and without, parity, the folds), batch-1 decode for
+#      each of STAGE_TUNINGS ("-": the default), step profiles, greedy parity with mlx-lm under
+#      STAGE_PARITY_TUNING (SmolLM2-135M 4-bit with every matrix on the kernel, Llama-8B 4-bit);
+#      STAGE_KERNELS=0 skips cuda_kernels
 #   buffers (not in the default steps): batch-1 decode and its step profile for each of BUFFER_RUNS
 #      ("ops/mb" pairs: MLX_MAX_OPS_PER_BUFFER / MLX_MAX_MB_PER_BUFFER, how much of the lazy graph
 #      MLX puts in one CUDA graph before launching it; "default" for MLX's own)
@@ -28,7 +33,7 @@
 # The synthetic Llama-8B 4-bit model gets Qwen2.5's tokenizer (151,936 ids, more than the
 # model's 128,256), so that every sampled id decodes to text and time-to-first-text is the
 # time to the first token. Carried: third_party/gpu/{cuda13.part.ab, kooka, qwen-tokenizer/}.
-# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels qmv folds buffers disk;
+# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels qmv folds stage buffers disk;
 #   default setup qmm engine serve)
 # env: MODEL, SIDES, STREAMS, RUNS (engine: "batch prompt gen" triples, comma-separated), LONG_WORDS (resend prompt), TURN2_WORDS (a chat's turn 2 after
 # a system prompt this long; 0: off), RESEND_ROUNDS.
@@ -42,6 +47,14 @@ STREAMS=${STREAMS:-1,8,32}
 MODEL=${MODEL:-/opt/models/llama-8b-b4-qwentok}
 log() { echo "$(date +%T) $*" | tee -a "$OUT/log.txt"; }
 left() { echo $((END - $(date +%s))); }
+# Batch-1 decode of $MODEL (512-token prompt, 128 tokens) into $OUT/$BENCH_LOG: a label, then
+# environment assignments for the run.
+bench8b() {
+  local label=$1; shift
+  [ "$(left)" -gt 40 ] || { log "skip bench $label"; return 0; }
+  echo "$label $(env "$@" timeout 60 /opt/mlxw/kooka bench --model $MODEL --batch 1 \
+    --prompt-tokens 512 --gen-tokens 128 --reps 1 2>&1 | tail -1)" | tee -a "$OUT/${BENCH_LOG:-folds-bench.md}"
+}
 export PYTHONUNBUFFERED=1
 steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(setup qmm engine serve)
 for step in "${steps[@]}"; do
@@ -144,12 +157,6 @@ for step in "${steps[@]}"; do
       log "cuda_kernels ${FOLD_KERNELS:-FOLDS_ONLY}"
       env ${FOLD_KERNELS:-FOLDS_ONLY}=1 timeout 200 /opt/mlxw/cuda_kernels > "$OUT/folds.md" 2>&1 || echo "cuda_kernels failed" >> "$OUT/folds.md"
       grep -E 'differs|off by|rror|panic|a layer|us a call|\): |M=' "$OUT/folds.md" || true
-      bench8b() {  # label, then env assignments
-        local label=$1; shift
-        [ "$(left)" -gt 40 ] || { log "skip bench $label"; return 0; }
-        echo "$label $(env "$@" timeout 60 /opt/mlxw/kooka bench --model $MODEL --batch 1 \
-          --prompt-tokens 512 --gen-tokens 128 --reps 1 2>&1 | tail -1)" | tee -a "$OUT/folds-bench.md"
-      }
       bench8b fold=1 KOOKA_QMV_FOLD=1
       bench8b fold=0 KOOKA_QMV_FOLD=0
       l=$(left)
@@ -176,6 +183,33 @@ for step in "${steps[@]}"; do
         [ "$(left)" -gt 25 ] && [ -f /opt/models/smollm2-135m-b4/config.json ] || continue
         echo "smollm2 fold=$f $(KOOKA_QMV_FOLD=$f timeout 30 /opt/mlxw/kooka bench --model /opt/models/smollm2-135m-b4 \
           --batch 1 --prompt-tokens 512 --gen-tokens 256 --reps 1 2>&1 | tail -1)" | tee -a "$OUT/folds-bench.md"
+      done
+      ;;
+    stage)
+      . scripts/gpu/env.sh
+      if [ "${STAGE_KERNELS:-1}" = 1 ]; then
+        log "cuda_kernels QMV_ONLY"
+        QMV_ONLY=1 timeout ${KERNELS_S:-220} /opt/mlxw/cuda_kernels > "$OUT/stage-kernels.md" 2>&1 \
+          || echo "cuda_kernels failed" >> "$OUT/stage-kernels.md"
+        grep -E 'differ|off by|rror|panic|a layer|M=1|\): ' "$OUT/stage-kernels.md" | head -40 || true
+      fi
+      export BENCH_LOG=stage-bench.md
+      for t in ${STAGE_TUNINGS:-- 1,8,2,1,528,1 2,8,2,1,528,1 - 1,8,2,1,528,1 2,8,2,1,528,1}; do
+        if [ "$t" = - ]; then bench8b "tuning=default"; else bench8b "tuning=$t" KOOKA_QMV_TUNING=$t; fi
+      done
+      pt=${STAGE_PARITY_TUNING:-1,8,2,1,528,1}
+      for t in - "$pt"; do
+        [ "$(left)" -gt 40 ] && [ -x /opt/mlxw/step_profile ] || continue
+        env=(); [ "$t" = - ] || env=(KOOKA_QMV_TUNING=$t)
+        echo "step_profile tuning=$t $(env "${env[@]}" timeout 60 /opt/mlxw/step_profile $MODEL 512 128 2>&1 | tail -1)" | tee -a "$OUT/stage-bench.md"
+      done
+      ln -sfn "$MODEL" /opt/models/llama-8b-b4
+      # SmolLM2's matrices are below the kernel's floors: every one on it here.
+      for spec in "smollm2-135m:4 KOOKA_QMV_MIN_VALUES=0 KOOKA_QMV_FOLD_MIN_VALUES=0" "llama-8b:4"; do
+        set -- $spec; shape=$1; shift
+        l=$(left); [ "$l" -gt 60 ] || { log "skip parity $shape ($l s left)"; continue; }
+        env "$@" KOOKA_QMV_TUNING=$pt TOK=/opt/mlxw/qwen-tokenizer KOOKA=/opt/mlxw/kooka MODELS=$shape \
+          DEADLINE=$(($(date +%s) + l - 50)) timeout $((l - 20)) scripts/gpu/bench.sh models parity || true
       done
       ;;
     buffers)

@@ -10,7 +10,7 @@ use super::cache::{AttnMask, KvCache, Positions};
 use super::config::QuantConfig;
 use super::cuda::decode_attention;
 use super::error::Result;
-use super::layers::{Folded, Linear, RmsNorm};
+use super::layers::{Folded, Linear, RmsNorm, RopeFold};
 use super::rope::Rope;
 use super::shard::{Split, TensorParallel};
 use super::slicing::slice_axis;
@@ -209,18 +209,36 @@ impl Attention {
         let (nq, nkv) = (self.n_heads, self.n_kv_heads);
         if let (Qkv::Fused { qkv, .. }, None, None) = (&self.qkv, &self.q_norm, &self.k_norm) {
             // All heads from one matmul; the q and k heads rotated in one call (RoPE is per
-            // head, so the values are those of two calls).
-            let folded = Folded {
+            // head, so the values are those of two calls), or by the matmul's kernel itself.
+            let rope = RopeFold {
+                rope: &self.rope,
+                positions: offset,
+                head_dim: qkv.weight.rows() / (nq + 2 * nkv),
+                rotated_heads: nq + nkv,
+            };
+            let with_rope = Folded {
                 norm,
+                rope: Some(rope),
                 ..Folded::default()
             };
-            let y = qkv
-                .forward_folded(x, &folded)?
+            let (y, rotated) = match qkv.folded_in_kernel(x, &with_rope)? {
+                Some(y) => (y, true),
+                None => {
+                    let folded = Folded {
+                        norm,
+                        ..Folded::default()
+                    };
+                    (qkv.forward_folded(x, &folded)?, false)
+                }
+            };
+            let y = y
                 .reshape(&[b, l, nq + 2 * nkv, -1])?
                 .transpose_axes(&[0, 2, 1, 3])?;
-            let qk = self
-                .rope
-                .forward(&slice_axis(&y, 1, 0, nq + nkv)?, offset)?;
+            let qk = slice_axis(&y, 1, 0, nq + nkv)?;
+            let qk = match rotated {
+                true => qk,
+                false => self.rope.forward(&qk, offset)?,
+            };
             return Ok((
                 slice_axis(&qk, 1, 0, nq)?,
                 slice_axis(&qk, 1, nq, nq + nkv)?,

@@ -69,7 +69,7 @@ impl Mlp {
                 let folded = Folded {
                     norm,
                     glu: true,
-                    residual: None,
+                    ..Folded::default()
                 };
                 gate_up.forward_folded(x, &folded)?
             }

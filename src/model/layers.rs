@@ -9,10 +9,12 @@ use mlx_rs::transforms::compile::compile;
 use mlx_rs::{fast, ops, Array};
 
 use super::adapter::Lora;
+use super::cache::Positions;
 use super::config::QuantConfig;
 use super::error::Result;
 pub use super::quant_matrix::QuantMatrix;
 use super::quant_ops;
+use super::rope::Rope;
 use super::slicing::slice_axis;
 use super::weights::Weights;
 
@@ -132,13 +134,26 @@ pub struct Folded<'a> {
     pub glu: bool,
     /// Added to the output: the block's residual stream.
     pub residual: Option<&'a Array>,
+    /// The product is a fused q/k/v projection whose q and k heads RoPE rotates (the kernel
+    /// only: [`Linear::folded_in_kernel`]).
+    pub rope: Option<RopeFold<'a>>,
 }
 
 impl Folded<'_> {
     /// Nothing to fold: a plain product.
     pub fn is_empty(&self) -> bool {
-        self.norm.is_none() && !self.glu && self.residual.is_none()
+        self.norm.is_none() && !self.glu && self.residual.is_none() && self.rope.is_none()
     }
+}
+
+/// RoPE on a fused q/k/v product's outputs: heads of `head_dim` features, the first
+/// `rotated_heads` (q's, then k's) rotated for `positions`, the rest (v's) as they are.
+#[derive(Clone, Copy)]
+pub struct RopeFold<'a> {
+    pub rope: &'a Rope,
+    pub positions: &'a Positions,
+    pub head_dim: i32,
+    pub rotated_heads: i32,
 }
 
 /// `nn.Linear` / `nn.QuantizedLinear`, with a LoRA adapter's update when one is loaded.
@@ -256,16 +271,25 @@ impl Linear {
         }
     }
 
-    /// [`Linear::forward`] with `folded`'s neighbours: in one kernel when the matrix is
-    /// packed and takes them (no bias, no adapter), else as MLX ops in mlx-lm's order.
+    /// [`Linear::forward`] with `folded`'s neighbours in one kernel, when the matrix is
+    /// packed and the kernel takes them all (no bias, no adapter); else `None`.
+    pub fn folded_in_kernel(&self, x: &Array, folded: &Folded) -> Result<Option<Array>> {
+        match (&self.weight, &self.bias, &self.lora) {
+            (Matrix::Quant(q), None, None) => q.matmul_t_folded(x, folded),
+            _ => Ok(None),
+        }
+    }
+
+    /// [`Linear::forward`] with `folded`'s neighbours (not RoPE: see
+    /// [`Linear::folded_in_kernel`]): in one kernel where it takes them, else as MLX ops in
+    /// mlx-lm's order.
     pub fn forward_folded(&self, x: &Array, folded: &Folded) -> Result<Array> {
+        debug_assert!(folded.rope.is_none(), "RoPE folds only in the kernel");
         if folded.is_empty() {
             return self.forward(x);
         }
-        if let (Matrix::Quant(q), None, None) = (&self.weight, &self.bias, &self.lora) {
-            if let Some(y) = q.matmul_t_folded(x, folded)? {
-                return Ok(y);
-            }
+        if let Some(y) = self.folded_in_kernel(x, folded)? {
+            return Ok(y);
         }
         let mut y = self.forward(&RmsNorm::maybe(folded.norm, x)?)?;
         if folded.glu {

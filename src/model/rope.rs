@@ -170,7 +170,28 @@ fn llama3_freqs(
     Ok(ops::select(&medium, smooth_freqs, freqs)?)
 }
 
+/// The frequencies a kernel that rotates as [`Rope::forward`] needs (those of MLX's RoPE
+/// kernel): from `log2(base)`, or one per pair.
+pub enum KernelFreqs<'a> {
+    Log2Base(f32),
+    PerPair(&'a Array),
+}
+
 impl Rope {
+    /// What MLX's RoPE kernel gets for this rope: the frequencies and the positions' scale;
+    /// `None` where more happens first (YaRN's scaled input).
+    pub fn kernel_freqs(&self) -> Option<(KernelFreqs<'_>, f32)> {
+        match &self.kind {
+            // MLX passes std::log2 of its float base
+            RopeKind::Base { base, scale } => Some((KernelFreqs::Log2Base(base.log2()), *scale)),
+            RopeKind::Freqs(f) => Some((KernelFreqs::PerPair(f), 1.0)),
+            RopeKind::Yarn { freqs, mscale } if *mscale == 1.0 => {
+                Some((KernelFreqs::PerPair(freqs), 1.0))
+            }
+            RopeKind::Yarn { .. } => None,
+        }
+    }
+
     /// `x.at[..., :dims].multiply(m)`: the rotated features scaled, the rest as they are.
     fn scale_rotated(&self, x: &Array, m: f32) -> Result<Array> {
         let d = *x.shape().last().unwrap_or(&0);

@@ -5,7 +5,9 @@
 // and the output y [M, N] (T). Template constants: T, S, TM (rows of x held, >= M), BITS (4 or
 // 8), GROUP (32, 64 or 128), RPW (rows of W per warp), WARPS (warps per block), UNROLL (16-byte
 // loads a lane has in flight per row), TRICK (1: unpack 4-bit values with the exponent trick
-// below when x is 16-bit; 0, or float32 x: exactly, one value at a time).
+// below when x is 16-bit; 0, or float32 x: exactly, one value at a time), KN (= K), STAGE (1:
+// the block first stages x in shared memory as floats in the order the lanes read them, with
+// each 32-value chunk's sums, below; 4-bit 16-bit x with the trick only).
 //
 // Decode reads every weight once per token, so this is a memory-bound kernel: each warp owns
 // RPW rows of W at a time and streams them with whole 16-byte loads per lane (a warp reads 512
@@ -14,6 +16,12 @@
 // quantization group (GROUP is a multiple of them), so a load needs one scale and one bias:
 // sum(x * (s q + b)) = s * sum(x q) + b * sum(x); sum(x) is shared by the warp's RPW rows and
 // the x values are read (through L1) once for all of them. Sums are float32.
+//
+// Per 8 values a row the trick's multiply is 12 integer operations and 8 FMAs; reading x
+// from memory adds 8 conversions and 8 additions (for sum(x)) per row unless RPW shares them.
+// STAGE does both once per block instead (shared memory, conflict-free), so that the warps
+// issue ~40% fewer instructions: with several blocks' worth of rows per warp (max_blocks),
+// each block stages x once.
 //
 // The 4-bit unpacking is what the arithmetic units spend most on. With TRICK, one shift
 // places two values at bits 12-15 and 16-19 of a word; OR-ing the exponent of 1.0 into each
@@ -25,15 +33,21 @@
 // kernel per combination), so that a decode step runs fewer kernels (each costs the device
 // ~4 us however small): QMV_NORM takes `norm` [K] and normalizes x first, as MLX's RMSNorm
 // (float sum of squares, rsqrt(mean + eps) with eps the float of EPS_BITS, then
-// norm * T(x * r)), into shared memory that the block's warps read instead of x (KN = K);
+// norm * T(x * r)), into shared memory that the block's warps read instead of x;
 // QMV_GLU takes W as gate and up stacked ([2H, K]) and writes silu(gate) * up ([M, H]), a
 // warp computing gate row o and up row H + o together, in T at every op as MLX's compiled
-// SwiGLU; QMV_RES takes `res` [M, outputs] and writes res + y (MLX's Add in T).
+// SwiGLU; QMV_RES takes `res` [M, outputs] and writes res + y (MLX's Add in T); QMV_ROPE
+// rotates the q and k heads of a fused q/k/v product as MLX's RoPE (its `rope_single` /
+// `rope` kernels' float steps on the products rounded to T): heads of HD features, the first
+// RH rotated (the v heads after them are not), TRAD for the traditional pairing, positions
+// `pos` [1] or [M] (int32), the frequencies from log2(base) (BASE_BITS) or, with
+// QMV_ROPE_FREQS, `freqs` [HD / 2] (float32), positions scaled by the float of SCALE_BITS; a
+// warp computes both rows of a rotated pair.
 const int M = x_shape[0];
 const int K = x_shape[1];
 const int N = w_shape[0];  // rows of W
-#ifdef QMV_GLU
-const int NO = N / 2;  // outputs: gate row o with up row NO + o
+#if defined(QMV_GLU) || defined(QMV_ROPE)
+const int NO = N / 2;  // outputs: gate row o with up row NO + o; or RoPE's pair o
 constexpr int RR = 2 * RPW;  // rows of W a warp streams
 #else
 const int NO = N;
@@ -43,44 +57,25 @@ constexpr int VPL = 128 / BITS;  // values in a lane's 16-byte load
 constexpr int VPW = 32 / BITS;   // values in a word
 constexpr int XB = VPW * sizeof(T);  // bytes of x under a word
 const int lane = threadIdx.x & 31;
+static_assert(!STAGE || (BITS == 4 && TRICK && sizeof(T) == 2), "STAGE: the trick's path only");
 const int warp = threadIdx.x >> 5;
 
 #ifdef QMV_NORM
-// The whole block normalizes x into shared memory before any warp leaves.
-__shared__ __align__(16) T xs[TM * KN];
-__shared__ float part[TM][WARPS];
-for (int m = 0; m < M; ++m) {
-  float ss = 0.f;
-  for (int i = threadIdx.x; i < K; i += 32 * WARPS) {
-    const float v = static_cast<float>(x[size_t(m) * K + i]);
-    ss += v * v;
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    ss += __shfl_xor_sync(0xffffffffu, ss, off);
-  }
-  if (lane == 0) {
-    part[m][warp] = ss;
-  }
-}
-__syncthreads();
-for (int m = 0; m < M; ++m) {
-  float ss = 0.f;
-#pragma unroll
-  for (int i = 0; i < WARPS; ++i) {
-    ss += part[m][i];
-  }
-  const float r = rsqrt(ss / K + __int_as_float(EPS_BITS));
-  for (int i = threadIdx.x; i < K; i += 32 * WARPS) {
-    const float v = static_cast<float>(x[size_t(m) * K + i]) * r;
-    xs[m * KN + i] = norm[i] * static_cast<T>(v);
-  }
-}
-__syncthreads();
-const T* xin = xs;
+constexpr bool NORM = true;
 #else
-const T* xin = x;
+constexpr bool NORM = false;
 #endif
+// The x a lane reads with STAGE: chunk c's 32 values as floats in shared memory, word j's
+// eight as two float4s (h = 0, 1) at (((m * QS + c / 32) * 4 + j) * 2 + h) * 32 + c % 32, so
+// that a warp's 32 lanes read 512 consecutive bytes (no bank conflicts); and each chunk's sums
+// of its even and odd values, which the trick needs: no value of x is then converted or added
+// per row of W.
+constexpr int QS = STAGE ? (KN / VPL + 31) / 32 : 1;
+__shared__ __align__(16) float xst[STAGE ? TM * QS * 32 * VPL : 1];
+__shared__ float xlo_s[STAGE ? TM * QS * 32 : 1];
+__shared__ float xhi_s[STAGE ? TM * QS * 32 : 1];
+// Without STAGE, QMV_NORM's normalized x in its own order.
+__shared__ __align__(16) T xs[NORM && !STAGE ? TM * KN : 1];
 
 const int chunks = K / VPL;
 const int words_per_row = K / VPW;
@@ -94,15 +89,27 @@ const int passes = (chunks + 32 * UNROLL - 1) / (32 * UNROLL);
 const int row_groups = (NO + RPW - 1) / RPW;
 const int stride = gridDim.x * WARPS;
 int rg = blockIdx.x * WARPS + warp;
-if (rg >= row_groups) {
-  return;
-}
+const bool active = rg < row_groups;
 
 // Row r of row group rg; rows past the end repeat the last one, never written.
+#ifdef QMV_ROPE
+// Pair o's two rows: in head o / (HD / 2), features i and i + HD / 2 (TRAD: 2i and 2i + 1)
+// for i = o % (HD / 2), as MLX's RoPE pairs them.
+auto pair_rows = [](int o, int& a, int& b) {
+  const int h = o / (HD / 2);
+  const int i = o - h * (HD / 2);
+  a = h * HD + (TRAD ? 2 * i : i);
+  b = a + (TRAD ? 1 : HD / 2);
+};
+#endif
 auto row_of = [&](int group, int r) {
 #ifdef QMV_GLU
   const int o = min(group * RPW + r % RPW, NO - 1);
   return r < RPW ? o : NO + o;
+#elif defined(QMV_ROPE)
+  int a, b;
+  pair_rows(min(group * RPW + r % RPW, NO - 1), a, b);
+  return r < RPW ? a : b;
 #else
   return min(group * RPW + r, N - 1);
 #endif
@@ -162,7 +169,88 @@ auto load_x = [](const T* p, float* out) {
 };
 
 Tile cur, nxt;
-load(rg, 0, cur);
+if (active) {
+  // The first loads go out before the block prepares x.
+  load(rg, 0, cur);
+}
+
+#ifdef QMV_NORM
+// The whole block normalizes x before any warp multiplies: MLX's RMSNorm per row.
+__shared__ float part[TM][WARPS];
+__shared__ float rinv[TM];
+for (int m = 0; m < M; ++m) {
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < K; i += 32 * WARPS) {
+    const float v = static_cast<float>(x[size_t(m) * K + i]);
+    ss += v * v;
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    ss += __shfl_xor_sync(0xffffffffu, ss, off);
+  }
+  if (lane == 0) {
+    part[m][warp] = ss;
+  }
+}
+__syncthreads();
+if (threadIdx.x < M) {
+  float ss = 0.f;
+#pragma unroll
+  for (int i = 0; i < WARPS; ++i) {
+    ss += part[threadIdx.x][i];
+  }
+  rinv[threadIdx.x] = rsqrt(ss / K + __int_as_float(EPS_BITS));
+}
+__syncthreads();
+#endif
+// Value i of x's row m as the products read it (normalized with QMV_NORM).
+auto x_at = [&](int m, int i) -> T {
+#ifdef QMV_NORM
+  const float v = static_cast<float>(x[size_t(m) * K + i]) * rinv[m];
+  return norm[i] * static_cast<T>(v);
+#else
+  return x[size_t(m) * K + i];
+#endif
+};
+if constexpr (STAGE) {
+  // A thread a chunk: its values in the lanes' order, its sums in the order the trick adds.
+  for (int t = threadIdx.x; t < M * chunks; t += 32 * WARPS) {
+    const int m = t / chunks;
+    const int c = t - m * chunks;
+    float lo = 0.f, hi = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float v[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        v[e] = static_cast<float>(x_at(m, c * VPL + j * 8 + e));
+      }
+#pragma unroll
+      for (int p = 0; p < 4; ++p) {
+        lo += v[2 * p];
+        hi += v[2 * p + 1];
+      }
+      float4* dst = reinterpret_cast<float4*>(xst) +
+          ((size_t(m) * QS + (c >> 5)) * 4 + j) * 64 + (c & 31);
+      dst[0] = make_float4(v[0], v[1], v[2], v[3]);
+      dst[32] = make_float4(v[4], v[5], v[6], v[7]);
+    }
+    xlo_s[m * QS * 32 + c] = lo;
+    xhi_s[m * QS * 32 + c] = hi;
+  }
+  __syncthreads();
+} else if constexpr (NORM) {
+  for (int m = 0; m < M; ++m) {
+    for (int i = threadIdx.x; i < K; i += 32 * WARPS) {
+      xs[m * KN + i] = x_at(m, i);
+    }
+  }
+  __syncthreads();
+}
+if (!active) {
+  return;
+}
+const T* xin = NORM ? xs : x;
 int b = 0;
 while (true) {
   int next_rg = rg, next_b = b + 1;
@@ -200,14 +288,27 @@ while (true) {
           lo[r] = 0.f;
           hi[r] = 0.f;
         }
+        if constexpr (STAGE) {
+          xlo = xlo_s[m * QS * 32 + c];
+          xhi = xhi_s[m * QS * 32 + c];
+        }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           float xv[VPW];
-          load_x(xc + j * VPW, xv);
+          if constexpr (STAGE) {
+            const float4* src = reinterpret_cast<const float4*>(xst) +
+                ((size_t(m) * QS + b * UNROLL + u) * 4 + j) * 64 + lane;
+            const float4 a0 = src[0];
+            const float4 a1 = src[32];
+            xv[0] = a0.x, xv[1] = a0.y, xv[2] = a0.z, xv[3] = a0.w;
+            xv[4] = a1.x, xv[5] = a1.y, xv[6] = a1.z, xv[7] = a1.w;
+          } else {
+            load_x(xc + j * VPW, xv);
 #pragma unroll
-          for (int p = 0; p < 4; ++p) {
-            xlo += xv[2 * p];
-            xhi += xv[2 * p + 1];
+            for (int p = 0; p < 4; ++p) {
+              xlo += xv[2 * p];
+              xhi += xv[2 * p + 1];
+            }
           }
 #pragma unroll
           for (int r = 0; r < RR; ++r) {
@@ -272,6 +373,38 @@ while (true) {
       if (lane == 0) {
 #pragma unroll
         for (int r = 0; r < RPW; ++r) {
+#ifdef QMV_ROPE
+          const int o = rg * RPW + r;
+          if (o < NO) {
+            int a, b;
+            pair_rows(o, a, b);
+            const int h = o / (HD / 2);
+            const int i = o - h * (HD / 2);
+            T out_a = static_cast<T>(v[r]);
+            T out_b = static_cast<T>(v[RPW + r]);
+            if (h < RH) {
+              // MLX's RoPE kernel, step by step, on the products as T
+#ifdef QMV_ROPE_FREQS
+              float inv_freq = 1.0 / freqs[i];
+#else
+              float d = static_cast<float>(i) / static_cast<float>(HD / 2);
+              float inv_freq = exp2(-d * __int_as_float(BASE_BITS));
+#endif
+              float L = __int_as_float(SCALE_BITS) * static_cast<float>(pos[pos_shape[0] == 1 ? 0 : m]);
+              float theta = L * inv_freq;
+              float costheta = cos(theta);
+              float sintheta = sin(theta);
+              float x1 = static_cast<float>(out_a);
+              float x2 = static_cast<float>(out_b);
+              float rx1 = x1 * costheta - x2 * sintheta;
+              float rx2 = x1 * sintheta + x2 * costheta;
+              out_a = static_cast<T>(rx1);
+              out_b = static_cast<T>(rx2);
+            }
+            y[size_t(m) * N + a] = out_a;
+            y[size_t(m) * N + b] = out_b;
+          }
+#else
           if (rg * RPW + r < NO) {
 #ifdef QMV_GLU
             const T g = static_cast<T>(v[r]);
@@ -284,6 +417,7 @@ while (true) {
 #endif
             y[size_t(m) * NO + rg * RPW + r] = out;
           }
+#endif
         }
       }
     }

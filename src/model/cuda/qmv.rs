@@ -15,8 +15,10 @@ use std::sync::OnceLock;
 use mlx_rs::{Array, Dtype};
 
 use super::kernel::{Constant, CudaKernel, Launch};
-use crate::model::error::Result;
-use crate::model::layers::Folded;
+use crate::model::cache::Positions;
+use crate::model::error::{ModelError, Result};
+use crate::model::layers::{Folded, RopeFold};
+use crate::model::rope::KernelFreqs;
 
 const SOURCE: &str = include_str!("qmv.cu");
 
@@ -36,9 +38,11 @@ const DEFAULT_ROWS: Option<(i32, i32)> = Some((1, 3));
 pub const MIN_VALUES: i64 = 32 << 20;
 
 /// How the kernel splits the work: rows of W per warp, warps per block, 16-byte loads in
-/// flight per row, whether 4-bit values are unpacked with the exponent trick, and the most
+/// flight per row, whether 4-bit values are unpacked with the exponent trick, the most
 /// blocks launched (0: one per `warps * rows_per_warp` outputs; fewer: each warp goes on to
-/// further rows, its next loads in flight while it multiplies).
+/// further rows, its next loads in flight while it multiplies), and whether each block stages
+/// x in shared memory first (4-bit, 16-bit x, the trick, x within [`STAGE_SHARED_BYTES`];
+/// elsewhere ignored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuning {
     pub rows_per_warp: i32,
@@ -46,6 +50,7 @@ pub struct Tuning {
     pub unroll: i32,
     pub trick: bool,
     pub max_blocks: i32,
+    pub stage: bool,
 }
 
 impl Default for Tuning {
@@ -56,6 +61,7 @@ impl Default for Tuning {
             unroll: 4,
             trick: true,
             max_blocks: 0,
+            stage: false,
         }
     }
 }
@@ -87,16 +93,46 @@ pub const FOLD_MIN_VALUES: i64 = 16 << 20;
 /// (rounded up to a power of two) times K times the type's size.
 const NORM_SHARED_BYTES: i64 = 32 << 10;
 
+/// The most bytes of staged x a block keeps in shared memory ([`Tuning::stage`], see
+/// [`staged_bytes`]); MLX's kernels get at most 48 KiB of static shared memory.
+pub const STAGE_SHARED_BYTES: i64 = 40 << 10;
+
+/// Shared memory of `tm` staged rows of `k` values: the floats in whole passes of 32 chunks of
+/// 32, and two sums a chunk.
+fn staged_bytes(tm: i32, k: i32) -> i64 {
+    let passes = (k as i64 / 32 + 31) / 32;
+    tm as i64 * passes * 32 * (32 + 2) * 4
+}
+
+/// Whether a call with `tuning` stages x ([`Tuning::stage`]): 4-bit, the trick, 16-bit x,
+/// `tm` rows of `k` values within [`STAGE_SHARED_BYTES`].
+fn stages(tuning: &Tuning, x: Dtype, bits: i32, tm: i32, k: i32) -> bool {
+    tuning.stage
+        && tuning.trick
+        && bits == 4
+        && matches!(x, Dtype::Bfloat16 | Dtype::Float16)
+        && staged_bytes(tm, k) <= STAGE_SHARED_BYTES
+}
+
 thread_local! {
-    /// One kernel per combination of folds (index: norm 1, glu 2, residual 4), made on first
-    /// use: MLX compiles and caches each under its own name.
-    static KERNELS: [OnceCell<CudaKernel>; 8] = Default::default();
+    /// One kernel per combination of folds (index: norm 1, glu 2, residual 4, RoPE 8, RoPE
+    /// with per-pair frequencies 16), made on first use: MLX compiles and caches each under
+    /// its own name.
+    static KERNELS: [OnceCell<CudaKernel>; 32] = Default::default();
 }
 
 /// Runs `f` with the kernel for `folded`'s combination.
 fn with_kernel<R>(folded: &Folded, f: impl FnOnce(&CudaKernel) -> R) -> R {
     let (norm, glu, res) = (folded.norm.is_some(), folded.glu, folded.residual.is_some());
-    let index = norm as usize | (glu as usize) << 1 | (res as usize) << 2;
+    let rope = folded.rope.is_some();
+    let freqs = folded
+        .rope
+        .is_some_and(|r| matches!(r.rope.kernel_freqs(), Some((KernelFreqs::PerPair(_), _))));
+    let index = norm as usize
+        | (glu as usize) << 1
+        | (res as usize) << 2
+        | (rope as usize) << 3
+        | (freqs as usize) << 4;
     KERNELS.with(|kernels| {
         let kernel = kernels[index].get_or_init(|| {
             let mut name = String::from("kooka_qmv");
@@ -111,6 +147,8 @@ fn with_kernel<R>(folded: &Folded, f: impl FnOnce(&CudaKernel) -> R) -> R {
                 (norm, "QMV_NORM", "_norm", Some("norm")),
                 (glu, "QMV_GLU", "_glu", None),
                 (res, "QMV_RES", "_res", Some("res")),
+                (rope, "QMV_ROPE", "_rope", Some("pos")),
+                (freqs, "QMV_ROPE_FREQS", "_freqs", Some("freqs")),
             ] {
                 if on {
                     name.push_str(suffix);
@@ -158,7 +196,8 @@ pub fn applies(x: &Array, w: &Array, scales: &Array, bits: i32, group: i32) -> b
 /// from [`FOLD_MIN_VALUES`] (a fold saves a whole kernel, more than the kernel loses to MLX's
 /// on a 4096x4096 matrix), and only while folding is on ([`FOLD_BY_DEFAULT`]); the norm's
 /// weight in x's type over K, x's normalized rows within [`NORM_SHARED_BYTES`]; for SwiGLU,
-/// an even number of rows; the residual in x's type and the output's shape.
+/// an even number of rows; the residual in x's type and the output's shape; for RoPE, see
+/// [`rope_fits`].
 pub fn applies_folded(
     x: &Array,
     w: &Array,
@@ -199,7 +238,37 @@ fn folds_fit(x: &Array, w: &Array, folded: &Folded) -> bool {
             && r.size() as i64 == m * out as i64
             && r.shape().last() == Some(&out)
     });
-    norm_fits && res_fits && (!folded.glu || n % 2 == 0)
+    let rope_fits = folded
+        .rope
+        .is_none_or(|r| !folded.glu && folded.residual.is_none() && rope_fits(&r, xs, n));
+    norm_fits && res_fits && rope_fits && (!folded.glu || n % 2 == 0)
+}
+
+/// Whether the kernel rotates `r`'s heads of a product of `x` (shape `xs`) into `n` outputs
+/// as MLX's RoPE would: all of each head rotated (MLX's `dims` = the head's), whole heads,
+/// frequencies MLX's kernel takes (float32, one per pair), one position per row of x (a
+/// decode step) and the positions one or one per row (int32).
+fn rope_fits(r: &RopeFold, xs: &[i32], n: i32) -> bool {
+    let hd = r.head_dim;
+    let rows: i32 = xs[..xs.len() - 1].iter().product();
+    let freqs_fit = match r.rope.kernel_freqs() {
+        Some((KernelFreqs::Log2Base(_), _)) => true,
+        Some((KernelFreqs::PerPair(f), _)) => f.dtype() == Dtype::Float32 && f.shape() == [hd / 2],
+        None => false,
+    };
+    let positions_fit = match r.positions {
+        Positions::Same(_) => true,
+        Positions::PerRow(p) => p.dtype() == Dtype::Int32 && p.shape() == [rows],
+    };
+    hd > 0
+        && hd % 2 == 0
+        && n % hd == 0
+        && (0..=n / hd).contains(&r.rotated_heads)
+        && r.rope.dims == hd
+        && xs.len() >= 2
+        && xs[xs.len() - 2] == 1
+        && freqs_fit
+        && positions_fit
 }
 
 /// The fewest values of a matrix the kernel takes: `KOOKA_QMV_MIN_VALUES` (for measuring),
@@ -259,16 +328,17 @@ fn tuning(folded: bool) -> Tuning {
     }
 }
 
-/// `rows_per_warp,warps,unroll,trick[,max_blocks]` (trick 0 or 1), as `KOOKA_QMV_TUNING`
-/// takes it.
+/// `rows_per_warp,warps,unroll,trick[,max_blocks[,stage]]` (trick and stage 0 or 1), as
+/// `KOOKA_QMV_TUNING` takes it.
 pub fn parse_tuning(v: &str) -> Option<Tuning> {
     let n: Vec<i32> = v
         .split(',')
         .map(|p| p.trim().parse().ok())
         .collect::<Option<_>>()?;
-    let (rows_per_warp, warps, unroll, trick, max_blocks) = match n[..] {
-        [r, w, u, t] => (r, w, u, t, 0),
-        [r, w, u, t, b] => (r, w, u, t, b),
+    let (rows_per_warp, warps, unroll, trick, max_blocks, stage) = match n[..] {
+        [r, w, u, t] => (r, w, u, t, 0, 0),
+        [r, w, u, t, b] => (r, w, u, t, b, 0),
+        [r, w, u, t, b, s] => (r, w, u, t, b, s),
         _ => return None,
     };
     let ok = (1..=8).contains(&rows_per_warp)
@@ -281,6 +351,7 @@ pub fn parse_tuning(v: &str) -> Option<Tuning> {
         unroll,
         trick: trick != 0,
         max_blocks,
+        stage: stage != 0,
     })
 }
 
@@ -317,6 +388,12 @@ pub fn matmul_t_tuned(
     let m = x.size() as i32 / k;
     let n = w.shape()[0];
     let out = if folded.glu { n / 2 } else { n };
+    // What a warp computes: an output, or with SwiGLU or RoPE a pair of rows.
+    let items = if folded.glu || folded.rope.is_some() {
+        n / 2
+    } else {
+        n
+    };
     let tm = (m as u32).next_power_of_two() as i32;
     let Tuning {
         rows_per_warp: rpw,
@@ -324,7 +401,9 @@ pub fn matmul_t_tuned(
         unroll,
         trick,
         max_blocks,
+        ..
     } = tuning;
+    let stage = stages(&tuning, x.dtype(), bits, tm, k);
     let mut constants = vec![
         ("T", Constant::Type(x.dtype())),
         ("S", Constant::Type(scales.dtype())),
@@ -335,17 +414,42 @@ pub fn matmul_t_tuned(
         ("WARPS", Constant::Int(warps)),
         ("UNROLL", Constant::Int(unroll)),
         ("TRICK", Constant::Int(trick as i32)),
+        ("KN", Constant::Int(k)),
+        ("STAGE", Constant::Int(stage as i32)),
     ];
     let x2 = x.reshape(&[m, k])?;
     let mut inputs = vec![&x2, w, scales, biases];
     if let Some(norm) = folded.norm {
-        constants.push(("KN", Constant::Int(k)));
         constants.push(("EPS_BITS", Constant::Int(norm.eps.to_bits() as i32)));
         inputs.push(&norm.weight);
     }
     inputs.extend(folded.residual);
+    let (positions, freqs);
+    if let Some(r) = &folded.rope {
+        let (kind, scale) = r.rope.kernel_freqs().ok_or_else(|| {
+            ModelError::Request("qmv: RoPE folded where the kernel cannot take it".into())
+        })?;
+        constants.push(("HD", Constant::Int(r.head_dim)));
+        constants.push(("RH", Constant::Int(r.rotated_heads)));
+        constants.push(("TRAD", Constant::Int(r.rope.traditional as i32)));
+        constants.push(("SCALE_BITS", Constant::Int(scale.to_bits() as i32)));
+        positions = match r.positions {
+            Positions::Same(p) => Array::from_slice(&[*p], &[1]),
+            Positions::PerRow(p) => p.clone(),
+        };
+        inputs.push(&positions);
+        match kind {
+            KernelFreqs::Log2Base(b) => {
+                constants.push(("BASE_BITS", Constant::Int(b.to_bits() as i32)))
+            }
+            KernelFreqs::PerPair(f) => {
+                freqs = f.clone();
+                inputs.push(&freqs);
+            }
+        }
+    }
     let per_block = rpw * warps;
-    let mut blocks = (out + per_block - 1) / per_block;
+    let mut blocks = (items + per_block - 1) / per_block;
     if max_blocks > 0 {
         blocks = blocks.min(max_blocks);
     }
@@ -437,6 +541,7 @@ mod tests {
                 norm,
                 glu,
                 residual,
+                rope: None,
             }
         }
         #[rustfmt::skip]
@@ -459,6 +564,33 @@ mod tests {
     }
 
     #[test]
+    fn x_is_staged_where_it_fits() {
+        let staged = Tuning {
+            stage: true,
+            ..Tuning::default()
+        };
+        // Llama-8B's K of 4096: 128 chunks, one row 17 KiB, two 34 KiB; its 14336: 61 KiB.
+        assert_eq!(staged_bytes(1, 4096), 4 * 32 * 34 * 4);
+        assert!(stages(&staged, Dtype::Bfloat16, 4, 1, 4096));
+        assert!(stages(&staged, Dtype::Float16, 4, 2, 4096));
+        assert!(!stages(&staged, Dtype::Bfloat16, 4, 4, 4096), "four rows");
+        assert!(!stages(&staged, Dtype::Bfloat16, 4, 1, 14336), "K of 14336");
+        assert!(!stages(&staged, Dtype::Float32, 4, 1, 4096), "float32 x");
+        assert!(!stages(&staged, Dtype::Bfloat16, 8, 1, 4096), "8 bits");
+        let exact = Tuning {
+            trick: false,
+            ..staged
+        };
+        assert!(
+            !stages(&exact, Dtype::Bfloat16, 4, 1, 4096),
+            "without the trick"
+        );
+        assert!(!stages(&Tuning::default(), Dtype::Bfloat16, 4, 1, 4096));
+        // SmolLM2's K of 576: 18 chunks, one pass of 32.
+        assert_eq!(staged_bytes(3, 576), 3 * 32 * 34 * 4);
+    }
+
+    #[test]
     fn rows_from_the_environment() {
         assert_eq!(parse_rows("1-4"), Some((1, 4)));
         assert_eq!(parse_rows("2-32"), Some((2, MAX_ROWS)));
@@ -471,6 +603,9 @@ mod tests {
         );
         assert_eq!(parse_tuning("2,4,8"), None);
         assert_eq!(parse_tuning("1,8,4,1,528").unwrap().max_blocks, 528);
+        assert!(parse_tuning("1,8,2,1,528,1").unwrap().stage);
+        assert!(!parse_tuning("1,8,2,1,528").unwrap().stage);
+        assert_eq!(parse_tuning("1,8,2,1,528,1,0"), None);
         assert_eq!(parse_tuning("1,8,4,1,-1"), None);
         assert_eq!(parse_tuning("0,4,8,1"), None);
     }

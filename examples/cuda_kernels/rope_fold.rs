@@ -1,0 +1,231 @@
+//! kooka's quantized matrix-vector kernel as a fused q/k/v projection that also rotates the q
+//! and k heads (`Folded::rope`) against the same product followed by MLX's RoPE, as the
+//! attention ran it before: the outputs must be identical (the kernel does MLX's RoPE's float
+//! steps on the products rounded to the type). Then the two ways' times on Llama-8B's q/k/v.
+
+use kooka::model::cache::Positions;
+use kooka::model::cuda::qmv::{self, Tuning};
+use kooka::model::layers::{Folded, RmsNorm, RopeFold};
+use kooka::model::rope::Rope;
+use kooka::model::slicing::slice_axis;
+use mlx_rs::{ops, random, Array, Dtype};
+
+use super::{max_abs, packed, packed_fast, timed_n};
+
+/// One fused q/k/v projection to check.
+struct Case {
+    rows: i32,
+    q_heads: i32,
+    kv_heads: i32,
+    head_dim: i32,
+    k: i32,
+    base: f32,
+    /// Llama-3's frequency scaling (per-pair frequencies) instead of the base alone.
+    llama3: bool,
+    traditional: bool,
+    /// One position per row of x; else all at `positions[0]`.
+    per_row: bool,
+    positions: &'static [i32],
+    dtype: Dtype,
+}
+
+fn rope_of(c: &Case) -> anyhow::Result<Rope> {
+    let scaling = serde_json::json!({
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+    });
+    let scaling = c.llama3.then_some(&scaling);
+    Ok(Rope::new(c.head_dim, c.base, c.traditional, scaling)?)
+}
+
+fn positions_of(c: &Case) -> Positions {
+    match c.per_row {
+        true => Positions::PerRow(Array::from_slice(c.positions, &[c.rows])),
+        false => Positions::Same(c.positions[0]),
+    }
+}
+
+/// `[rows, 1, heads * head_dim]` as `[rows, heads, 1, head_dim]`.
+fn heads(y: &Array, c: &Case) -> anyhow::Result<Array> {
+    let h = c.q_heads + 2 * c.kv_heads;
+    Ok(y.reshape(&[c.rows, 1, h, c.head_dim])?
+        .transpose_axes(&[0, 2, 1, 3])?)
+}
+
+/// The norm, the product (kooka's kernel) and MLX's RoPE on the q and k heads, as separate
+/// kernels.
+fn separate(
+    x: &Array,
+    [q, s, b]: [&Array; 3],
+    norm: &RmsNorm,
+    rope: &Rope,
+    positions: &Positions,
+    c: &Case,
+) -> anyhow::Result<Array> {
+    let f = Folded {
+        norm: Some(norm),
+        ..Folded::default()
+    };
+    let y = heads(
+        &qmv::matmul_t_tuned(x, q, s, b, 4, 64, Tuning::folded(), &f)?,
+        c,
+    )?;
+    let rotated = c.q_heads + c.kv_heads;
+    let qk = rope.forward(&slice_axis(&y, 1, 0, rotated)?, positions)?;
+    let v = slice_axis(&y, 1, rotated, rotated + c.kv_heads)?;
+    Ok(ops::concatenate(&[qk, v], 1)?)
+}
+
+fn folded<'a>(norm: &'a RmsNorm, rope: &'a Rope, positions: &'a Positions, c: &Case) -> Folded<'a> {
+    Folded {
+        norm: Some(norm),
+        rope: Some(RopeFold {
+            rope,
+            positions,
+            head_dim: c.head_dim,
+            rotated_heads: c.q_heads + c.kv_heads,
+        }),
+        ..Folded::default()
+    }
+}
+
+fn norm_of(k: i32, seed: u64, dtype: Dtype) -> anyhow::Result<RmsNorm> {
+    let w = random::normal::<f32>(&[k], None, None, Some(&random::key(seed)?))?;
+    Ok(RmsNorm {
+        weight: w
+            .multiply(Array::from_f32(0.1))?
+            .add(Array::from_f32(1.0))?
+            .as_dtype(dtype)?,
+        eps: 1e-5,
+    })
+}
+
+pub fn parity() -> anyhow::Result<()> {
+    use Dtype::{Bfloat16 as BF16, Float16 as F16};
+    let case = |rows,
+                q_heads,
+                kv_heads,
+                head_dim,
+                k,
+                base,
+                llama3,
+                traditional,
+                per_row,
+                positions,
+                dtype| Case {
+        rows,
+        q_heads,
+        kv_heads,
+        head_dim,
+        k,
+        base,
+        llama3,
+        traditional,
+        per_row,
+        positions,
+        dtype,
+    };
+    #[rustfmt::skip]
+    let cases = [
+        // Llama-3-8B: 32 q and 8 kv heads of 128, Llama-3 frequencies
+        case(1, 32, 8, 128, 4096, 500000.0, true, false, false, &[1234], BF16),
+        case(1, 32, 8, 128, 4096, 500000.0, false, false, false, &[5], BF16),
+        case(2, 32, 8, 128, 4096, 10000.0, false, false, true, &[17, 3000], BF16),
+        // SmolLM2-135M: 9 q and 3 kv heads of 64, the traditional pairing for the check
+        case(3, 9, 3, 64, 576, 100000.0, false, true, true, &[0, 1, 4095], BF16),
+        case(1, 8, 2, 64, 1024, 10000.0, true, false, false, &[100000], F16),
+    ];
+    println!("\n| rows | heads q/kv x dim | K | frequencies | traditional | positions | dtype | tuning | outputs differing | max diff |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut failures = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        let seed = 900 + 10 * i as u64;
+        let n = (c.q_heads + 2 * c.kv_heads) * c.head_dim;
+        let [q, s, b, _] = packed(n, c.k, 4, 64, c.dtype, seed)?;
+        let x =
+            random::normal::<f32>(&[c.rows, 1, c.k], None, None, Some(&random::key(seed + 1)?))?
+                .as_dtype(c.dtype)?;
+        let norm = norm_of(c.k, seed + 2, c.dtype)?;
+        let rope = rope_of(c)?;
+        let positions = positions_of(c);
+        let want = separate(&x, [&q, &s, &b], &norm, &rope, &positions, c)?;
+        let f = folded(&norm, &rope, &positions, c);
+        let staged = Tuning {
+            stage: true,
+            max_blocks: 3,
+            ..Tuning::folded()
+        };
+        for (what, t) in [("folded", Tuning::folded()), ("staged, 3 blocks", staged)] {
+            let got = heads(&qmv::matmul_t_tuned(&x, &q, &s, &b, 4, 64, t, &f)?, c)?;
+            let differing = got
+                .ne(&want)?
+                .sum(None)?
+                .as_dtype(Dtype::Int32)?
+                .try_item_exact::<i32>()?;
+            let diff = max_abs(&got, &want)?;
+            let freqs = if c.llama3 { "llama3" } else { "base" };
+            println!(
+                "| {} | {}/{} x {} | {} | {freqs} {} | {} | {:?} | {:?} | {what} | {differing} | {diff:.2e} |",
+                c.rows, c.q_heads, c.kv_heads, c.head_dim, c.k, c.base, c.traditional, c.positions, c.dtype
+            );
+            if differing != 0 {
+                failures.push(format!("case {i} ({what}): {differing} outputs differ"));
+            }
+        }
+    }
+    anyhow::ensure!(failures.is_empty(), "RoPE folded differs: {failures:?}");
+    Ok(())
+}
+
+/// Microseconds per call of Llama-8B's q/k/v (with its norm) and RoPE: separate (kooka's kernel,
+/// then MLX's RoPE) and folded, over distinct matrices.
+pub fn timing() -> anyhow::Result<()> {
+    let c = Case {
+        rows: 1,
+        q_heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+        k: 4096,
+        base: 500000.0,
+        llama3: true,
+        traditional: false,
+        per_row: false,
+        positions: &[1000],
+        dtype: Dtype::Bfloat16,
+    };
+    let n = (c.q_heads + 2 * c.kv_heads) * c.head_dim;
+    let count = 32;
+    let mats: Vec<[Array; 3]> = (0..count)
+        .map(|i| packed_fast(n, c.k, 800 + i as u64))
+        .collect::<anyhow::Result<_>>()?;
+    let x = random::normal::<f32>(&[1, 1, c.k], None, None, Some(&random::key(3)?))?
+        .as_dtype(c.dtype)?;
+    let norm = norm_of(c.k, 4, c.dtype)?;
+    let rope = rope_of(&c)?;
+    let positions = positions_of(&c);
+    mlx_rs::transforms::eval([&x, &norm.weight])?;
+    let f = folded(&norm, &rope, &positions, &c);
+    let split = timed_n(count, &|i| {
+        let [q, s, b] = &mats[i];
+        separate(&x, [q, s, b], &norm, &rope, &positions, &c)
+    })?;
+    let together = timed_n(count, &|i| {
+        let [q, s, b] = &mats[i];
+        Ok(qmv::matmul_t_tuned(
+            &x,
+            q,
+            s,
+            b,
+            4,
+            64,
+            Tuning::folded(),
+            &f,
+        )?)
+    })?;
+    println!(
+        "\nq/k/v + norm + RoPE (6144x4096), us a call: separate {:.1} | folded {:.1}",
+        split * 1e3,
+        together * 1e3
+    );
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Quantized matrix-vector products for a few rows on a CUDA GPU: decode's linear layers.
+//!
+//! A batch-1 decode step of an 8B 4-bit model spends most of its time in MLX's 4-bit
+//! matrix-vector kernel, which reads the weights at ~800 GB/s on an H100 (a quarter of its
+//! memory's speed; `scripts/gpu/decode_bound.py`), and MLX multiplies 2-7 rows as that many
+//! matrix-vector products. `qmv.cu` streams each row of the packed matrix once for all rows,
+//! with whole 16-byte loads per lane and several in flight: see the kernel's comment.
+//!
+//! The kernel can also take a linear's neighbours in a decode step ([`Folded`]: the RMSNorm
+//! before it, SwiGLU and the residual addition after it), each one kernel fewer per layer.
+
+mod fit;
+mod tuning;
+
+use std::cell::OnceCell;
+
+use mlx_rs::Array;
+
+pub use fit::{applies, applies_folded, FOLD_MIN_VALUES, MAX_ROWS, MIN_VALUES};
+pub use tuning::{parse_tuning, Tuning, STAGE_SHARED_BYTES};
+use tuning::{stages, tuning};
+
+use super::kernel::{Constant, CudaKernel, Launch};
+use crate::model::cache::Positions;
+use crate::model::error::{ModelError, Result};
+use crate::model::layers::Folded;
+use crate::model::rope::KernelFreqs;
+
+const SOURCE: &str = include_str!("../qmv.cu");
+
+thread_local! {
+    /// One kernel per combination of folds (index: norm 1, glu 2, residual 4, RoPE 8, RoPE
+    /// with per-pair frequencies 16), made on first use: MLX compiles and caches each under
+    /// its own name.
+    static KERNELS: [OnceCell<CudaKernel>; 32] = Default::default();
+}
+
+/// Runs `f` with the kernel for `folded`'s combination.
+fn with_kernel<R>(folded: &Folded, f: impl FnOnce(&CudaKernel) -> R) -> R {
+    let (norm, glu, res) = (folded.norm.is_some(), folded.glu, folded.residual.is_some());
+    let rope = folded.rope.is_some();
+    let freqs = folded
+        .rope
+        .is_some_and(|r| matches!(r.rope.kernel_freqs(), Some((KernelFreqs::PerPair(_), _))));
+    let index = norm as usize
+        | (glu as usize) << 1
+        | (res as usize) << 2
+        | (rope as usize) << 3
+        | (freqs as usize) << 4;
+    KERNELS.with(|kernels| {
+        let kernel = kernels[index].get_or_init(|| {
+            let mut name = String::from("kooka_qmv");
+            let mut inputs = vec!["x", "w", "scales", "biases"];
+            let mut header = String::new();
+            if index != 0 {
+                // MLX's functors, so that SwiGLU and the addition round as MLX's own kernels.
+                header.push_str("#include \"mlx/backend/cuda/device/unary_ops.cuh\"\n");
+                header.push_str("#include \"mlx/backend/cuda/device/binary_ops.cuh\"\n");
+            }
+            for (on, define, suffix, input) in [
+                (norm, "QMV_NORM", "_norm", Some("norm")),
+                (glu, "QMV_GLU", "_glu", None),
+                (res, "QMV_RES", "_res", Some("res")),
+                (rope, "QMV_ROPE", "_rope", Some("pos")),
+                (freqs, "QMV_ROPE_FREQS", "_freqs", Some("freqs")),
+            ] {
+                if on {
+                    name.push_str(suffix);
+                    header.push_str(&format!("#define {define} 1\n"));
+                    inputs.extend(input);
+                }
+            }
+            CudaKernel::new(&name, &inputs, &["y"], SOURCE, &header, true)
+        });
+        f(kernel)
+    })
+}
+
+/// `residual + glu(norm(x) @ dequantize(w)^T)`, as much of it as `folded` holds (none: as
+/// [`applies`] says; some: as [`applies_folded`] says), with the default [`Tuning`] (folded:
+/// [`Tuning::folded`]); `[..., N]` (`N / 2` with SwiGLU) in `x`'s type.
+pub fn matmul_t(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    bits: i32,
+    group: i32,
+    folded: &Folded,
+) -> Result<Array> {
+    let tuning = tuning(!folded.is_empty());
+    matmul_t_tuned(x, w, scales, biases, bits, group, tuning, folded)
+}
+
+/// [`matmul_t`] with an explicit [`Tuning`] (for `examples/cuda_kernels`).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_t_tuned(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    bits: i32,
+    group: i32,
+    tuning: Tuning,
+    folded: &Folded,
+) -> Result<Array> {
+    let xs = x.shape();
+    let k = xs[xs.len() - 1];
+    let m = x.size() as i32 / k;
+    let n = w.shape()[0];
+    let out = if folded.glu { n / 2 } else { n };
+    // What a warp computes: an output, or with SwiGLU or RoPE a pair of rows.
+    let items = if folded.glu || folded.rope.is_some() {
+        n / 2
+    } else {
+        n
+    };
+    let tm = (m as u32).next_power_of_two() as i32;
+    let Tuning {
+        rows_per_warp: rpw,
+        warps,
+        unroll,
+        trick,
+        max_blocks,
+        ..
+    } = tuning;
+    let stage = stages(&tuning, x.dtype(), bits, tm, k);
+    let mut constants = vec![
+        ("T", Constant::Type(x.dtype())),
+        ("S", Constant::Type(scales.dtype())),
+        ("TM", Constant::Int(tm)),
+        ("BITS", Constant::Int(bits)),
+        ("GROUP", Constant::Int(group)),
+        ("RPW", Constant::Int(rpw)),
+        ("WARPS", Constant::Int(warps)),
+        ("UNROLL", Constant::Int(unroll)),
+        ("TRICK", Constant::Int(trick as i32)),
+        ("KN", Constant::Int(k)),
+        ("STAGE", Constant::Int(stage as i32)),
+    ];
+    let x2 = x.reshape(&[m, k])?;
+    let mut inputs = vec![&x2, w, scales, biases];
+    if let Some(norm) = folded.norm {
+        constants.push(("EPS_BITS", Constant::Int(norm.eps.to_bits() as i32)));
+        inputs.push(&norm.weight);
+    }
+    inputs.extend(folded.residual);
+    let (positions, freqs);
+    if let Some(r) = &folded.rope {
+        let (kind, scale) = r.rope.kernel_freqs().ok_or_else(|| {
+            ModelError::Request("qmv: RoPE folded where the kernel cannot take it".into())
+        })?;
+        constants.push(("HD", Constant::Int(r.head_dim)));
+        constants.push(("RH", Constant::Int(r.rotated_heads)));
+        constants.push(("TRAD", Constant::Int(r.rope.traditional as i32)));
+        constants.push(("SCALE_BITS", Constant::Int(scale.to_bits() as i32)));
+        positions = match r.positions {
+            Positions::Same(p) => Array::from_slice(&[*p], &[1]),
+            Positions::PerRow(p) => p.clone(),
+        };
+        inputs.push(&positions);
+        match kind {
+            KernelFreqs::Log2Base(b) => {
+                constants.push(("BASE_BITS", Constant::Int(b.to_bits() as i32)))
+            }
+            KernelFreqs::PerPair(f) => {
+                freqs = f.clone();
+                inputs.push(&freqs);
+            }
+        }
+    }
+    let per_block = rpw * warps;
+    let mut blocks = (items + per_block - 1) / per_block;
+    if max_blocks > 0 {
+        blocks = blocks.min(max_blocks);
+    }
+    let y = with_kernel(folded, |kernel| {
+        kernel.apply(
+            &inputs,
+            &Launch {
+                outputs: vec![(vec![m, out], x.dtype())],
+                grid: [blocks * 32 * warps, 1, 1],
+                group: [32 * warps, 1, 1],
+                constants: &constants,
+            },
+        )
+    })?;
+    let mut shape = xs.to_vec();
+    *shape.last_mut().expect("x has a last axis") = out;
+    Ok(y[0].reshape(&shape)?)
+}

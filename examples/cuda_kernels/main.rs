@@ -10,7 +10,8 @@
 //! MLX's RoPE after it, and their times. Exits non-zero if any error exceeds the tolerance. Run on
 //! the GPU machine.
 //!
-//! usage: cuda_kernels   (QMV_ONLY=1: only the qmv parts; FOLDS_ONLY=1: only the folds)
+//! usage: cuda_kernels   (QMV_ONLY=1: only the qmv parts; FOLDS_ONLY=1: only the folds;
+//! ROPE_ONLY=1: only the RoPE fold)
 use std::time::Instant;
 
 mod folds;
@@ -102,6 +103,10 @@ fn main() -> anyhow::Result<()> {
     use Dtype::{Bfloat16 as BF16, Float16 as F16, Float32 as F32};
     // The float32 references must be float32: MLX's CUDA GEMM rounds through TF32 otherwise.
     std::env::set_var("MLX_ENABLE_TF32", "0");
+    if std::env::var_os("ROPE_ONLY").is_some() {
+        rope_fold::parity()?;
+        return rope_fold::timing();
+    }
     if std::env::var_os("FOLDS_ONLY").is_some() {
         folds::parity()?;
         rope_fold::parity()?;

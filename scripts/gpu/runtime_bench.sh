@@ -25,6 +25,7 @@
 #      each of STAGE_TUNINGS ("-": the default), step profiles, greedy parity with mlx-lm under
 #      STAGE_PARITY_TUNING (SmolLM2-135M 4-bit with every matrix on the kernel, Llama-8B 4-bit);
 #      STAGE_KERNELS=0 skips cuda_kernels
+#   rope (not in the default steps): RoPE folded into the fused q/k/v product (see the step)
 #   buffers (not in the default steps): batch-1 decode and its step profile for each of BUFFER_RUNS
 #      ("ops/mb" pairs: MLX_MAX_OPS_PER_BUFFER / MLX_MAX_MB_PER_BUFFER, how much of the lazy graph
 #      MLX puts in one CUDA graph before launching it; "default" for MLX's own)
@@ -33,7 +34,7 @@
 # The synthetic Llama-8B 4-bit model gets Qwen2.5's tokenizer (151,936 ids, more than the
 # model's 128,256), so that every sampled id decodes to text and time-to-first-text is the
 # time to the first token. Carried: third_party/gpu/{cuda13.part.ab, kooka, qwen-tokenizer/}.
-# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels qmv folds stage buffers disk;
+# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels qmv folds stage rope buffers disk;
 #   default setup qmm engine serve)
 # env: MODEL, SIDES, STREAMS, RUNS (engine: "batch prompt gen" triples, comma-separated), LONG_WORDS (resend prompt), TURN2_WORDS (a chat's turn 2 after
 # a system prompt this long; 0: off), RESEND_ROUNDS.
@@ -211,6 +212,54 @@ for step in "${steps[@]}"; do
         env "$@" KOOKA_QMV_TUNING=$pt TOK=/opt/mlxw/qwen-tokenizer KOOKA=/opt/mlxw/kooka MODELS=$shape \
           DEADLINE=$(($(date +%s) + l - 50)) timeout $((l - 20)) scripts/gpu/bench.sh models parity || true
       done
+      ;;
+    rope)
+      # RoPE folded into the fused q/k/v product: cuda_kernels ROPE_ONLY=1 (against MLX's RoPE,
+      # bit for bit, and the time), $MODEL's greedy tokens and last prompt logits with the
+      # folds (RoPE's too), without RoPE's and without any, batch-1 decode and step profiles
+      # with and without RoPE's fold, then greedy parity with mlx-lm (bench.sh, Llama-8B).
+      . scripts/gpu/env.sh
+      log "cuda_kernels ROPE_ONLY"
+      ROPE_ONLY=1 timeout 120 /opt/mlxw/cuda_kernels > "$OUT/rope-kernels.md" 2>&1 || echo "cuda_kernels failed" >> "$OUT/rope-kernels.md"
+      grep -E 'differ|rror|panic|\| (folded|staged)|us a call' "$OUT/rope-kernels.md" || true
+      ids=$(python3 -c 'print(",".join(str(100 + 7 * i) for i in range(24)))')
+      for v in "all KOOKA_QMV_FOLD=1" "norope KOOKA_QMV_FOLD_ROPE=0" "none KOOKA_QMV_FOLD=0"; do
+        set -- $v; tag=$1; shift
+        env "$@" timeout 90 /opt/mlxw/kooka generate --model $MODEL --prompt-tokens $ids --print-tokens \
+          --ignore-eos --max-tokens 32 --print-logits $OUT/rope-logits-$tag.json > $OUT/rope-tokens-$tag.json 2>/dev/null || true
+      done
+      python3 - "$OUT" <<'PY' | tee -a "$OUT/rope-bench.md"
+import json, sys
+out = sys.argv[1]
+def load(tag):
+    try:
+        return json.load(open(f"{out}/rope-tokens-{tag}.json"))["tokens"], json.load(open(f"{out}/rope-logits-{tag}.json"))
+    except Exception as e:
+        return None, None
+# RoPE's fold must change nothing (all vs norope); without folds MLX's kernel does q/k/v and o.
+for a, b in (("all", "norope"), ("all", "none")):
+    (ta, la), (tb, lb) = load(a), load(b)
+    if ta is None or tb is None:
+        print(f"{a} vs {b}: missing"); continue
+    same = sum(x == y for x, y in zip(ta, tb))
+    diff = max(abs(x - y) for x, y in zip(la, lb))
+    print(f"folds {a} vs {b}: greedy tokens identical {same}/{len(ta)}; last prompt logits max |diff| {diff:.4g}")
+PY
+      export BENCH_LOG=rope-bench.md
+      for v in all norope all norope; do
+        if [ $v = all ]; then bench8b "folds=all"; else bench8b "folds=norope" KOOKA_QMV_FOLD_ROPE=0; fi
+      done
+      for v in all norope; do
+        [ "$(left)" -gt 40 ] && [ -x /opt/mlxw/step_profile ] || continue
+        env=(); [ $v = all ] || env=(KOOKA_QMV_FOLD_ROPE=0)
+        echo "step_profile folds=$v $(env "${env[@]}" timeout 60 /opt/mlxw/step_profile $MODEL 512 128 2>&1 | tail -1)" | tee -a "$OUT/rope-bench.md"
+      done
+      ln -sfn "$MODEL" /opt/models/llama-8b-b4
+      l=$(left)
+      if [ "$l" -gt 60 ]; then
+        TOK=/opt/mlxw/qwen-tokenizer KOOKA=/opt/mlxw/kooka MODELS=llama-8b:4 DEADLINE=$(($(date +%s) + l - 50)) \
+          timeout $((l - 10)) scripts/gpu/bench.sh models parity || true
+      fi
       ;;
     buffers)
       # How MLX cuts a decode step into CUDA graphs (issue 22): each graph costs the host an

@@ -126,6 +126,11 @@ fn folds_fit(x: &Array, w: &Array, folded: &Folded) -> bool {
 /// frequencies MLX's kernel takes (float32, one per pair), one position per row of x (a
 /// decode step) and the positions one or one per row (int32).
 fn rope_fits(r: &RopeFold, xs: &[i32], n: i32) -> bool {
+    // `KOOKA_QMV_FOLD_ROPE=0` leaves RoPE to MLX's kernel (for measuring).
+    static ON: OnceLock<bool> = OnceLock::new();
+    if !*ON.get_or_init(|| std::env::var("KOOKA_QMV_FOLD_ROPE").map_or(true, |v| v.trim() != "0")) {
+        return false;
+    }
     let hd = r.head_dim;
     let rows: i32 = xs[..xs.len() - 1].iter().product();
     let freqs_fit = match r.rope.kernel_freqs() {

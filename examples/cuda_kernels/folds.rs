@@ -7,7 +7,7 @@ use kooka::model::cuda::qmv::{self, Tuning};
 use kooka::model::layers::{swiglu_halves, Folded, RmsNorm};
 use mlx_rs::{random, Array, Dtype};
 
-use super::{all_equal, max_abs, packed, packed_fast, timed_n};
+use super::{all_equal, count_differing, max_abs, packed, packed_fast, timed_n};
 
 /// `residual + swiglu(qmv(rms_norm(x)))`, as much as `f` holds, one kernel a step.
 fn unfolded(
@@ -110,11 +110,7 @@ pub fn parity() -> anyhow::Result<()> {
             got.shape(),
             got.dtype()
         );
-        let differing = got
-            .ne(&want)?
-            .sum(None)?
-            .as_dtype(Dtype::Int32)?
-            .try_item_exact::<i32>()?;
+        let differing = count_differing(&got, &want)?;
         let diff = max_abs(&got, &want)?;
         let top = want
             .abs()?

@@ -62,10 +62,15 @@ fn masked(q: &Array, k: &Array, v: &Array, mask: &Array, scale: f32) -> anyhow::
     )?)
 }
 
-/// Whether `a` and `b` hold the same values, bit for bit where they are finite.
-pub(crate) fn all_equal(a: &Array, b: &Array) -> anyhow::Result<bool> {
+/// How many values of `a` and `b` differ.
+pub(crate) fn count_differing(a: &Array, b: &Array) -> anyhow::Result<i32> {
     let differing = a.ne(b)?.sum(None)?.as_dtype(Dtype::Int32)?;
-    Ok(differing.try_item_exact::<i32>()? == 0)
+    Ok(differing.try_item_exact::<i32>()?)
+}
+
+/// Whether `a` and `b` hold the same values.
+pub(crate) fn all_equal(a: &Array, b: &Array) -> anyhow::Result<bool> {
+    Ok(count_differing(a, b)? == 0)
 }
 
 pub(crate) fn max_abs(a: &Array, b: &Array) -> anyhow::Result<f32> {

@@ -10,7 +10,7 @@ use kooka::model::rope::Rope;
 use kooka::model::slicing::slice_axis;
 use mlx_rs::{ops, random, Array, Dtype};
 
-use super::{max_abs, packed, packed_fast, timed_n};
+use super::{count_differing, max_abs, packed, packed_fast, timed_n};
 
 /// One fused q/k/v projection to check.
 struct Case {
@@ -23,8 +23,7 @@ struct Case {
     /// Llama-3's frequency scaling (per-pair frequencies) instead of the base alone.
     llama3: bool,
     traditional: bool,
-    /// One position per row of x; else all at `positions[0]`.
-    per_row: bool,
+    /// One position for every row of x, or one per row.
     positions: &'static [i32],
     dtype: Dtype,
 }
@@ -39,9 +38,9 @@ fn rope_of(c: &Case) -> anyhow::Result<Rope> {
 }
 
 fn positions_of(c: &Case) -> Positions {
-    match c.per_row {
-        true => Positions::PerRow(Array::from_slice(c.positions, &[c.rows])),
-        false => Positions::Same(c.positions[0]),
+    match c.positions {
+        [p] => Positions::Same(*p),
+        all => Positions::PerRow(Array::from_slice(all, &[c.rows])),
     }
 }
 
@@ -102,38 +101,15 @@ fn norm_of(k: i32, seed: u64, dtype: Dtype) -> anyhow::Result<RmsNorm> {
 
 pub fn parity() -> anyhow::Result<()> {
     use Dtype::{Bfloat16 as BF16, Float16 as F16};
-    let case = |rows,
-                q_heads,
-                kv_heads,
-                head_dim,
-                k,
-                base,
-                llama3,
-                traditional,
-                per_row,
-                positions,
-                dtype| Case {
-        rows,
-        q_heads,
-        kv_heads,
-        head_dim,
-        k,
-        base,
-        llama3,
-        traditional,
-        per_row,
-        positions,
-        dtype,
-    };
     #[rustfmt::skip]
     let cases = [
         // Llama-3-8B: 32 q and 8 kv heads of 128, Llama-3 frequencies
-        case(1, 32, 8, 128, 4096, 500000.0, true, false, false, &[1234], BF16),
-        case(1, 32, 8, 128, 4096, 500000.0, false, false, false, &[5], BF16),
-        case(2, 32, 8, 128, 4096, 10000.0, false, false, true, &[17, 3000], BF16),
+        Case { rows: 1, q_heads: 32, kv_heads: 8, head_dim: 128, k: 4096, base: 500000.0, llama3: true, traditional: false, positions: &[1234], dtype: BF16 },
+        Case { rows: 1, q_heads: 32, kv_heads: 8, head_dim: 128, k: 4096, base: 500000.0, llama3: false, traditional: false, positions: &[5], dtype: BF16 },
+        Case { rows: 2, q_heads: 32, kv_heads: 8, head_dim: 128, k: 4096, base: 10000.0, llama3: false, traditional: false, positions: &[17, 3000], dtype: BF16 },
         // SmolLM2-135M: 9 q and 3 kv heads of 64, the traditional pairing for the check
-        case(3, 9, 3, 64, 576, 100000.0, false, true, true, &[0, 1, 4095], BF16),
-        case(1, 8, 2, 64, 1024, 10000.0, true, false, false, &[100000], F16),
+        Case { rows: 3, q_heads: 9, kv_heads: 3, head_dim: 64, k: 576, base: 100000.0, llama3: false, traditional: true, positions: &[0, 1, 4095], dtype: BF16 },
+        Case { rows: 1, q_heads: 8, kv_heads: 2, head_dim: 64, k: 1024, base: 10000.0, llama3: true, traditional: false, positions: &[100000], dtype: F16 },
     ];
     println!("\n| rows | heads q/kv x dim | K | frequencies | traditional | positions | dtype | tuning | outputs differing | max diff |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
@@ -157,11 +133,7 @@ pub fn parity() -> anyhow::Result<()> {
         };
         for (what, t) in [("folded", Tuning::folded()), ("staged, 3 blocks", staged)] {
             let got = heads(&qmv::matmul_t_tuned(&x, &q, &s, &b, 4, 64, t, &f)?, c)?;
-            let differing = got
-                .ne(&want)?
-                .sum(None)?
-                .as_dtype(Dtype::Int32)?
-                .try_item_exact::<i32>()?;
+            let differing = count_differing(&got, &want)?;
             let diff = max_abs(&got, &want)?;
             let freqs = if c.llama3 { "llama3" } else { "base" };
             println!(
@@ -189,7 +161,6 @@ pub fn timing() -> anyhow::Result<()> {
         base: 500000.0,
         llama3: true,
         traditional: false,
-        per_row: false,
         positions: &[1000],
         dtype: Dtype::Bfloat16,
     };

@@ -25,6 +25,7 @@
 #      each of STAGE_TUNINGS ("-": the default), step profiles, greedy parity with mlx-lm under
 #      STAGE_PARITY_TUNING (SmolLM2-135M 4-bit with every matrix on the kernel, Llama-8B 4-bit);
 #      STAGE_KERNELS=0 skips cuda_kernels
+#   ab (not in the default steps): batch-1 decode, the default against AB_ENV, with parity (see the step)
 #   rope (not in the default steps): RoPE folded into the fused q/k/v product (see the step)
 #   buffers (not in the default steps): batch-1 decode and its step profile for each of BUFFER_RUNS
 #      ("ops/mb" pairs: MLX_MAX_OPS_PER_BUFFER / MLX_MAX_MB_PER_BUFFER, how much of the lazy graph
@@ -34,7 +35,7 @@
 # The synthetic Llama-8B 4-bit model gets Qwen2.5's tokenizer (151,936 ids, more than the
 # model's 128,256), so that every sampled id decodes to text and time-to-first-text is the
 # time to the first token. Carried: third_party/gpu/{cuda13.part.ab, kooka, qwen-tokenizer/}.
-# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels qmv folds stage rope buffers disk;
+# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels qmv folds stage rope ab buffers disk;
 #   default setup qmm engine serve)
 # env: MODEL, SIDES, STREAMS, RUNS (engine: "batch prompt gen" triples, comma-separated), LONG_WORDS (resend prompt), TURN2_WORDS (a chat's turn 2 after
 # a system prompt this long; 0: off), RESEND_ROUNDS.
@@ -260,6 +261,35 @@ PY
         TOK=/opt/mlxw/qwen-tokenizer KOOKA=/opt/mlxw/kooka MODELS=llama-8b:4 DEADLINE=$(($(date +%s) + l - 50)) \
           timeout $((l - 10)) scripts/gpu/bench.sh models parity || true
       fi
+      ;;
+    ab)
+      # $MODEL's batch-1 decode alternating the default and AB_ENV ("VAR=value ..."), AB_RUNS
+      # (3) pairs, their step profiles, and their greedy tokens and last prompt logits compared.
+      . scripts/gpu/env.sh
+      export BENCH_LOG=ab-bench.md
+      ids=$(python3 -c 'print(",".join(str(100 + 7 * i) for i in range(24)))')
+      for side in a b; do
+        env=(); [ $side = a ] || env=($AB_ENV)
+        env "${env[@]}" timeout 90 /opt/mlxw/kooka generate --model $MODEL --prompt-tokens $ids --print-tokens \
+          --ignore-eos --max-tokens 32 --print-logits $OUT/ab-logits-$side.json > $OUT/ab-tokens-$side.json 2>/dev/null || true
+      done
+      python3 - "$OUT" <<'PY' | tee -a "$OUT/ab-bench.md"
+import json, sys
+out = sys.argv[1]
+t = [json.load(open(f"{out}/ab-tokens-{s}.json"))["tokens"] for s in "ab"]
+l = [json.load(open(f"{out}/ab-logits-{s}.json")) for s in "ab"]
+print(f"default vs AB_ENV: greedy tokens identical {sum(x == y for x, y in zip(*t))}/{len(t[0])}; "
+      f"last prompt logits max |diff| {max(abs(x - y) for x, y in zip(*l)):.4g}")
+PY
+      for i in $(seq ${AB_RUNS:-3}); do
+        bench8b default
+        bench8b "$AB_ENV" $AB_ENV
+      done
+      for side in a b; do
+        [ "$(left)" -gt 40 ] && [ -x /opt/mlxw/step_profile ] || continue
+        env=(); [ $side = a ] || env=($AB_ENV)
+        echo "step_profile ${env[*]:-default} $(env "${env[@]}" timeout 60 /opt/mlxw/step_profile $MODEL 512 128 2>&1 | tail -1)" | tee -a "$OUT/ab-bench.md"
+      done
       ;;
     buffers)
       # How MLX cuts a decode step into CUDA graphs (issue 22): each graph costs the host an

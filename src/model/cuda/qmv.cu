@@ -17,17 +17,18 @@
 // sum(x * (s q + b)) = s * sum(x q) + b * sum(x); sum(x) is shared by the warp's RPW rows and
 // the x values are read (through L1) once for all of them. Sums are float32.
 //
-// Per 8 values a row the trick's multiply is 12 integer operations and 8 FMAs; reading x
-// from memory adds 8 conversions and 8 additions (for sum(x)) per row unless RPW shares them.
-// STAGE does both once per block instead (shared memory, conflict-free), so that the warps
-// issue ~40% fewer instructions: with several blocks' worth of rows per warp (max_blocks),
-// each block stages x once.
-//
 // The 4-bit unpacking is what the arithmetic units spend most on. With TRICK, one shift
 // places two values at bits 12-15 and 16-19 of a word; OR-ing the exponent of 1.0 into each
 // makes the floats 1 + q / 2048 and 1 + q / 128 without a conversion, so x * q comes out of
 // sum(x * f) - sum(x) scaled back (1.5 integer operations a value instead of 3; the float
 // sums lose at most ~2^-13 of sum |x| in the rescaling, far below bfloat16's 2^-8).
+//
+// Per 8 values a row the trick's multiply is 12 integer operations and 8 FMAs; reading x
+// from memory adds 8 conversions and 8 additions (for sum(x)) per row unless RPW shares them.
+// STAGE does both once per block instead (shared memory, conflict-free): ~40% fewer operations
+// a row, best with several blocks' worth of rows per warp (max_blocks) so that each block
+// stages x once. Measured faster on the largest matrices only (docs/PERFORMANCE.md), so the
+// default tunings leave it off.
 //
 // Folded neighbours, each switched on by a #define in the kernel's header (one compiled
 // kernel per combination), so that a decode step runs fewer kernels (each costs the device

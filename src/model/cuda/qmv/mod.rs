@@ -7,7 +7,8 @@
 //! with whole 16-byte loads per lane and several in flight: see the kernel's comment.
 //!
 //! The kernel can also take a linear's neighbours in a decode step ([`Folded`]: the RMSNorm
-//! before it, SwiGLU and the residual addition after it), each one kernel fewer per layer.
+//! before it, RoPE on a fused q/k/v product's heads, SwiGLU and the residual addition after
+//! it), each one kernel fewer per layer.
 
 mod fit;
 mod tuning;
@@ -88,7 +89,8 @@ pub fn matmul_t(
     group: i32,
     folded: &Folded,
 ) -> Result<Array> {
-    let tuning = tuning(!folded.is_empty());
+    let k = *x.shape().last().expect("x has a last axis") as i64;
+    let tuning = tuning(!folded.is_empty(), w.shape()[0] as i64 * k);
     matmul_t_tuned(x, w, scales, biases, bits, group, tuning, folded)
 }
 

@@ -67,20 +67,46 @@ pub(super) fn stages(tuning: &Tuning, x: Dtype, bits: i32, tm: i32, k: i32) -> b
         && staged_bytes(tm, k) <= STAGE_SHARED_BYTES
 }
 
-/// The tuning [`matmul_t`] uses (`folded`: for a call with folds): `KOOKA_QMV_TUNING` as
-/// `rows_per_warp,warps,unroll,trick[,max_blocks]` (for measuring), else the default (folded:
-/// [`Tuning::folded`]).
-pub(super) fn tuning(folded: bool) -> Tuning {
+/// Matrices of at least this many values get x staged, with [`STAGED_MAX_BLOCKS`] blocks:
+/// none by default (`KOOKA_QMV_STAGE_MIN_VALUES` for measuring). On an H100 staging read the
+/// largest matrices 10-25% faster and the small ones slower (PERFORMANCE "RoPE in the q/k/v
+/// product; x staged"), but no whole step has been measured on a steady machine yet.
+const STAGE_MIN_VALUES: i64 = i64::MAX;
+
+/// The blocks of a staged call from [`STAGE_MIN_VALUES`]: 4 a streaming multiprocessor of an
+/// H100 or H200 (132), each warp going on to further rows so that a block stages x once.
+const STAGED_MAX_BLOCKS: i32 = 528;
+
+/// The tuning [`matmul_t`] uses for a matrix of `values` (`folded`: for a call with folds):
+/// `KOOKA_QMV_TUNING` as `rows_per_warp,warps,unroll,trick[,max_blocks[,stage]]` (for
+/// measuring), else the default (folded: [`Tuning::folded`]), staged from
+/// [`STAGE_MIN_VALUES`].
+pub(super) fn tuning(folded: bool, values: i64) -> Tuning {
     static TUNING: OnceLock<Option<Tuning>> = OnceLock::new();
+    static STAGE_FROM: OnceLock<i64> = OnceLock::new();
     let set = TUNING.get_or_init(|| {
         std::env::var("KOOKA_QMV_TUNING")
             .ok()
             .and_then(|v| parse_tuning(&v))
     });
-    match (set, folded) {
-        (Some(t), _) => *t,
+    let stage_from = *STAGE_FROM.get_or_init(|| {
+        std::env::var("KOOKA_QMV_STAGE_MIN_VALUES")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(STAGE_MIN_VALUES)
+    });
+    let base = match (set, folded) {
+        (Some(t), _) => return *t,
         (None, false) => Tuning::default(),
         (None, true) => Tuning::folded(),
+    };
+    match values >= stage_from {
+        true => Tuning {
+            stage: true,
+            max_blocks: STAGED_MAX_BLOCKS,
+            ..base
+        },
+        false => base,
     }
 }
 
@@ -114,6 +140,16 @@ pub fn parse_tuning(v: &str) -> Option<Tuning> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staging_is_off_by_default() {
+        if std::env::var_os("KOOKA_QMV_TUNING").is_none()
+            && std::env::var_os("KOOKA_QMV_STAGE_MIN_VALUES").is_none()
+        {
+            assert_eq!(tuning(true, 1 << 40), Tuning::folded());
+            assert_eq!(tuning(false, 1 << 40), Tuning::default());
+        }
+    }
 
     #[test]
     fn x_is_staged_where_it_fits() {

@@ -69,8 +69,9 @@ pub(super) fn stages(tuning: &Tuning, x: Dtype, bits: i32, tm: i32, k: i32) -> b
 
 /// Matrices of at least this many values get x staged, with [`STAGED_MAX_BLOCKS`] blocks:
 /// none by default (`KOOKA_QMV_STAGE_MIN_VALUES` for measuring). On an H100 staging read the
-/// largest matrices 10-25% faster and the small ones slower (PERFORMANCE "RoPE in the q/k/v
-/// product; x staged"), but no whole step has been measured on a steady machine yet.
+/// largest matrices 10-25% faster and the small ones slower, but an 8B decode step staged from
+/// 64M values was no faster: the host bounded it (PERFORMANCE "RoPE in the q/k/v product; x
+/// staged").
 const STAGE_MIN_VALUES: i64 = i64::MAX;
 
 /// The blocks of a staged call from [`STAGE_MIN_VALUES`]: 4 a streaming multiprocessor of an

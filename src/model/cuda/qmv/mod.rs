@@ -147,7 +147,7 @@ pub fn matmul_t_tuned(
         inputs.push(&norm.weight);
     }
     inputs.extend(folded.residual);
-    let (positions, freqs);
+    let positions;
     if let Some(r) = &folded.rope {
         let (kind, scale) = r.rope.kernel_freqs().ok_or_else(|| {
             ModelError::Request("qmv: RoPE folded where the kernel cannot take it".into())
@@ -165,10 +165,7 @@ pub fn matmul_t_tuned(
             KernelFreqs::Log2Base(b) => {
                 constants.push(("BASE_BITS", Constant::Int(b.to_bits() as i32)))
             }
-            KernelFreqs::PerPair(f) => {
-                freqs = f.clone();
-                inputs.push(&freqs);
-            }
+            KernelFreqs::PerPair(f) => inputs.push(f),
         }
     }
     let per_block = rpw * warps;

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Compiles kooka's CUDA kernel bodies (src/model/cuda/*.cu) with NVRTC, as MLX 0.32's
 `fast::cuda_kernel` wraps them (a `__global__` function of the inputs, their `_shape` /
-`_strides` when the body uses them, and the outputs; the template constants first), for every
-type and a spread of constants. Needs no GPU: NVRTC only compiles. MLX's own device header
+`_strides` / `_ndim` when the body uses them, and the outputs; the template constants first),
+for every type and a spread of constants, and qmv once more as kooka hands it to MLX: a stub that
+includes the body from a file (src/model/cuda/kernel.rs). Needs no GPU: NVRTC only compiles. MLX's own device header
 (`mlx/backend/cuda/device/utils.cuh`, built into libmlx) is replaced by a stand-in that
 declares what the bodies use (`Shape`, `Strides`, the half types, and by signature the
 functors the folded qmv variants call); `--mlx` compiles against MLX's real headers instead.
@@ -24,6 +25,7 @@ TYPES = {"bfloat16": "__nv_bfloat16", "float16": "__half", "float32": "float"}
 # name -> (source file, header, inputs, outputs, constant sets). Input / output names as in the
 # Rust wrapper; the qmv variants with folded neighbours are the same body under #defines.
 QMV_INPUTS = [("x", "T"), ("w", "uint32_t"), ("scales", "S"), ("biases", "S")]
+ROPE_OUTPUTS = [("yq", "T"), ("yk", "T"), ("yv", "T")]  # q, k and v heads apart
 FOLDED = '#include "mlx/backend/cuda/device/unary_ops.cuh"\n#include "mlx/backend/cuda/device/binary_ops.cuh"\n'
 KERNELS = {
     "decode_attention_partial": (
@@ -66,20 +68,20 @@ KERNELS = {
     "qmv_norm_rope": (
         "qmv", FOLDED + "#define QMV_NORM 1\n#define QMV_ROPE 1\n",
         QMV_INPUTS + [("norm", "T"), ("pos", "int32_t")],
-        [("y", "T")],
+        ROPE_OUTPUTS,
         [{"TM": tm, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 2, "TRICK": 1,
           "KN": 4096, "EPS_BITS": 0x3727C5AC, "STAGE": 0, "HD": hd, "RH": 40, "TRAD": trad,
-          "SCALE_BITS": 0x3F800000, "BASE_BITS": 0x4197A112} for tm, hd, trad in ((1, 128, 0), (2, 64, 1))]
+          "SCALE_BITS": 0x3F800000, "BASE_BITS": 0x4197A112, "QH": 32} for tm, hd, trad in ((1, 128, 0), (2, 64, 1))]
         + [{"TM": 1, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 2, "TRICK": 1, "KN": 4096,
             "EPS_BITS": 0x3727C5AC, "STAGE": 1, "HD": 128, "RH": 40, "TRAD": 0, "SCALE_BITS": 0x3F800000,
-            "BASE_BITS": 0x4197A112}],
+            "BASE_BITS": 0x4197A112, "QH": 32}],
     ),
     "qmv_rope_freqs": (
         "qmv", FOLDED + "#define QMV_ROPE 1\n#define QMV_ROPE_FREQS 1\n",
         QMV_INPUTS + [("pos", "int32_t"), ("freqs", "float")],
-        [("y", "T")],
+        ROPE_OUTPUTS,
         [{"TM": 1, "BITS": bits, "GROUP": 64, "RPW": rpw, "WARPS": 8, "UNROLL": 2, "TRICK": 1,
-          "KN": 4096, "STAGE": 0, "HD": 128, "RH": 40, "TRAD": 0, "SCALE_BITS": 0x3F800000}
+          "KN": 4096, "STAGE": 0, "HD": 128, "RH": 40, "TRAD": 0, "SCALE_BITS": 0x3F800000, "QH": 32}
          for bits, rpw in ((4, 1), (8, 2))],
     ),
     "qmv_norm": (
@@ -143,6 +145,8 @@ def wrap(name, header, inputs, outputs, constants, body, t):
             s += f"    const __grid_constant__ Shape {n}_shape,\n"
         if n + "_strides" in body:
             s += f"    const __grid_constant__ Strides {n}_strides,\n"
+        if n + "_ndim" in body:
+            s += f"    const __grid_constant__ int {n}_ndim,\n"
     s += ",\n".join(f"    {t if ty == 'T' else ty}* {n}" for n, ty in outputs) + ") {\n"
     s += f"  using T = {t};\n"
     if "S" in [ty for _, ty in inputs]:
@@ -167,32 +171,42 @@ def main():
     opts = [b"--device-as-default-execution-space", b"--gpu-architecture=compute_90", b"-std=c++17",
             f"--include-path={args.mlx or stand_in}".encode(),
             f"--include-path={os.path.join(args.nvrtc, 'include')}".encode()]
-    failed = 0
+    jobs = []  # (name, header, inputs, outputs, constants, body, dtype)
     for name, (source, header, inputs, outputs, constant_sets) in KERNELS.items():
         with open(os.path.join(SOURCES, source + ".cu")) as f:
             body = f.read()
-        for (dtype, t), constants in itertools.product(TYPES.items(), constant_sets):
-            if constants.get("STAGE") and dtype == "float32":
-                continue  # x staged: 16-bit x only
-            src = wrap(name, header, inputs, outputs, constants, body, t)
-            prog = ctypes.c_void_p()
-            assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), f"{name}.cu".encode(),
-                                            0, None, None) == 0
-            status = nvrtc.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
-            size = ctypes.c_size_t()
-            nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-            log = ctypes.create_string_buffer(size.value)
-            nvrtc.nvrtcGetProgramLog(prog, log)
-            nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
-            what = f"{name} {dtype} {constants}"
-            if status != 0:
-                failed += 1
-                print(f"FAILED {what}\n{log.value.decode()}")
-            elif b"warning" in log.value:
-                failed += 1
-                print(f"WARNINGS {what}\n{log.value.decode()}")
-            else:
-                print(f"ok {what}")
+        for dtype, constants in itertools.product(TYPES, constant_sets):
+            if not (constants.get("STAGE") and dtype == "float32"):  # x staged: 16-bit x only
+                jobs.append((name, header, inputs, outputs, constants, body, dtype))
+        if name == "qmv":
+            # As src/model/cuda/kernel.rs hands MLX a body: a stub that includes it from a file.
+            included = os.path.join(stand_in, "qmv-body.cu")
+            with open(included, "w") as f:
+                f.write(body)
+            used = [n + s for n, _ in inputs for s in ("_shape", "_strides", "_ndim") if n + s in body]
+            stub = f"// {' '.join(used)}\n#include \"{included}\"\n"
+            jobs.append(("qmv_included", header, inputs, outputs, constant_sets[0], stub, "bfloat16"))
+    failed = 0
+    for name, header, inputs, outputs, constants, body, dtype in jobs:
+        src = wrap(name, header, inputs, outputs, constants, body, TYPES[dtype])
+        prog = ctypes.c_void_p()
+        assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), f"{name}.cu".encode(),
+                                        0, None, None) == 0
+        status = nvrtc.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+        size = ctypes.c_size_t()
+        nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
+        what = f"{name} {dtype} {constants}"
+        if status != 0:
+            failed += 1
+            print(f"FAILED {what}\n{log.value.decode()}")
+        elif b"warning" in log.value:
+            failed += 1
+            print(f"WARNINGS {what}\n{log.value.decode()}")
+        else:
+            print(f"ok {what}")
     print(f"{failed} failed" if failed else "all kernels compile")
     sys.exit(1 if failed else 0)
 

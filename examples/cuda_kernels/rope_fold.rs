@@ -1,6 +1,7 @@
 //! kooka's quantized matrix-vector kernel as a fused q/k/v projection that also rotates the q
-//! and k heads (`Folded::rope`) against the same product followed by MLX's RoPE, as the
-//! attention ran it before: the outputs must be identical (the kernel does MLX's RoPE's float
+//! and k heads (`Folded::rope`) and hands q, k and v over apart against the same product
+//! followed by MLX's RoPE, as the attention runs it where the kernel does not apply: the
+//! outputs must be identical (the kernel does MLX's RoPE's float
 //! steps on the products rounded to the type). Then the two ways' times on Llama-8B's q/k/v.
 
 use kooka::model::cache::Positions;
@@ -82,6 +83,7 @@ fn folded<'a>(norm: &'a RmsNorm, rope: &'a Rope, positions: &'a Positions, c: &C
             rope,
             positions,
             head_dim: c.head_dim,
+            q_heads: c.q_heads,
             rotated_heads: c.q_heads + c.kv_heads,
         }),
         ..Folded::default()
@@ -132,7 +134,8 @@ pub fn parity() -> anyhow::Result<()> {
             ..Tuning::folded()
         };
         for (what, t) in [("folded", Tuning::folded()), ("staged, 3 blocks", staged)] {
-            let got = heads(&qmv::matmul_t_tuned(&x, &q, &s, &b, 4, 64, t, &f)?, c)?;
+            let got =
+                ops::concatenate(&qmv::rotated_heads_tuned(&x, &q, &s, &b, 4, 64, t, &f)?, 1)?;
             let differing = count_differing(&got, &want)?;
             let diff = max_abs(&got, &want)?;
             let freqs = if c.llama3 { "llama3" } else { "base" };
@@ -182,16 +185,8 @@ pub fn timing() -> anyhow::Result<()> {
     })?;
     let together = timed_n(count, &|i| {
         let [q, s, b] = &mats[i];
-        Ok(qmv::matmul_t_tuned(
-            &x,
-            q,
-            s,
-            b,
-            4,
-            64,
-            Tuning::folded(),
-            &f,
-        )?)
+        let [q, ..] = qmv::rotated_heads_tuned(&x, q, s, b, 4, 64, Tuning::folded(), &f)?;
+        Ok(q)
     })?;
     println!(
         "\nq/k/v + norm + RoPE (6144x4096), us a call: separate {:.1} | folded {:.1}",

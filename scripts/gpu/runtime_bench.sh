@@ -25,7 +25,8 @@
 #      each of STAGE_TUNINGS ("-": the default), step profiles, greedy parity with mlx-lm under
 #      STAGE_PARITY_TUNING (SmolLM2-135M 4-bit with every matrix on the kernel, Llama-8B 4-bit);
 #      STAGE_KERNELS=0 skips cuda_kernels
-#   ab (not in the default steps): batch-1 decode, the default against AB_ENV, with parity (see the step)
+#   ab (not in the default steps): batch-1 decode, the default against AB_ENV / AB_BIN, with parity (see the step)
+#   hostprof (not in the default steps): native stacks of a decode step's host thread, summed (see the step)
 #   rope (not in the default steps): RoPE folded into the fused q/k/v product (see the step)
 #   buffers (not in the default steps): batch-1 decode and its step profile for each of BUFFER_RUNS
 #      ("ops/mb" pairs: MLX_MAX_OPS_PER_BUFFER / MLX_MAX_MB_PER_BUFFER, how much of the lazy graph
@@ -35,7 +36,7 @@
 # The synthetic Llama-8B 4-bit model gets Qwen2.5's tokenizer (151,936 ids, more than the
 # model's 128,256), so that every sampled id decodes to text and time-to-first-text is the
 # time to the first token. Carried: third_party/gpu/{cuda13.part.ab, kooka, qwen-tokenizer/}.
-# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels qmv folds stage rope ab buffers disk;
+# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels qmv folds stage rope ab hostprof buffers disk;
 #   default setup qmm engine serve)
 # env: MODEL, SIDES, STREAMS, RUNS (engine: "batch prompt gen" triples, comma-separated), LONG_WORDS (resend prompt), TURN2_WORDS (a chat's turn 2 after
 # a system prompt this long; 0: off), RESEND_ROUNDS.
@@ -54,7 +55,7 @@ left() { echo $((END - $(date +%s))); }
 bench8b() {
   local label=$1; shift
   [ "$(left)" -gt 40 ] || { log "skip bench $label"; return 0; }
-  echo "$label $(env "$@" timeout 60 /opt/mlxw/kooka bench --model $MODEL --batch 1 \
+  echo "$label $(env "$@" timeout 60 ${KOOKA_BIN:-/opt/mlxw/kooka} bench --model $MODEL --batch 1 \
     --prompt-tokens 512 --gen-tokens 128 --reps 1 2>&1 | tail -1)" | tee -a "$OUT/${BENCH_LOG:-folds-bench.md}"
 }
 export PYTHONUNBUFFERED=1
@@ -218,7 +219,8 @@ for step in "${steps[@]}"; do
       # RoPE folded into the fused q/k/v product: cuda_kernels ROPE_ONLY=1 (against MLX's RoPE,
       # bit for bit, and the time), $MODEL's greedy tokens and last prompt logits with the
       # folds (RoPE's too), without RoPE's and without any, batch-1 decode and step profiles
-      # with and without RoPE's fold, then greedy parity with mlx-lm (bench.sh, Llama-8B).
+      # with and without RoPE's fold, then greedy parity with mlx-lm (bench.sh, Llama-8B;
+      # ROPE_PARITY=0 skips it).
       . scripts/gpu/env.sh
       log "cuda_kernels ROPE_ONLY"
       ROPE_ONLY=1 timeout 120 /opt/mlxw/cuda_kernels > "$OUT/rope-kernels.md" 2>&1 || echo "cuda_kernels failed" >> "$OUT/rope-kernels.md"
@@ -257,20 +259,23 @@ PY
       done
       ln -sfn "$MODEL" /opt/models/llama-8b-b4
       l=$(left)
-      if [ "$l" -gt 60 ]; then
+      if [ "$l" -gt 60 ] && [ "${ROPE_PARITY:-1}" = 1 ]; then
         TOK=/opt/mlxw/qwen-tokenizer KOOKA=/opt/mlxw/kooka MODELS=llama-8b:4 DEADLINE=$(($(date +%s) + l - 50)) \
           timeout $((l - 10)) scripts/gpu/bench.sh models parity || true
       fi
       ;;
     ab)
-      # $MODEL's batch-1 decode alternating the default and AB_ENV ("VAR=value ..."), AB_RUNS
-      # (3) pairs, their step profiles, and their greedy tokens and last prompt logits compared.
+      # $MODEL's batch-1 decode alternating the default and side b: AB_ENV ("VAR=value ...")
+      # and/or another build (AB_BIN, with its step_profile AB_PROFILE, e.g. the commit before
+      # a change, carried), AB_RUNS (3) pairs, their step profiles, and their greedy tokens and
+      # last prompt logits compared.
       . scripts/gpu/env.sh
       export BENCH_LOG=ab-bench.md
+      bin_b=${AB_BIN:-/opt/mlxw/kooka}; prof_b=${AB_PROFILE:-/opt/mlxw/step_profile}
       ids=$(python3 -c 'print(",".join(str(100 + 7 * i) for i in range(24)))')
       for side in a b; do
-        env=(); [ $side = a ] || env=($AB_ENV)
-        env "${env[@]}" timeout 90 /opt/mlxw/kooka generate --model $MODEL --prompt-tokens $ids --print-tokens \
+        env=(); bin=/opt/mlxw/kooka; [ $side = a ] || { env=(${AB_ENV:-}); bin=$bin_b; }
+        env "${env[@]}" timeout 90 $bin generate --model $MODEL --prompt-tokens $ids --print-tokens \
           --ignore-eos --max-tokens 32 --print-logits $OUT/ab-logits-$side.json > $OUT/ab-tokens-$side.json 2>/dev/null || true
       done
       python3 - "$OUT" <<'PY' | tee -a "$OUT/ab-bench.md"
@@ -278,18 +283,36 @@ import json, sys
 out = sys.argv[1]
 t = [json.load(open(f"{out}/ab-tokens-{s}.json"))["tokens"] for s in "ab"]
 l = [json.load(open(f"{out}/ab-logits-{s}.json")) for s in "ab"]
-print(f"default vs AB_ENV: greedy tokens identical {sum(x == y for x, y in zip(*t))}/{len(t[0])}; "
+print(f"a vs b: greedy tokens identical {sum(x == y for x, y in zip(*t))}/{len(t[0])}; "
       f"last prompt logits max |diff| {max(abs(x - y) for x, y in zip(*l)):.4g}")
 PY
       for i in $(seq ${AB_RUNS:-3}); do
-        bench8b default
-        bench8b "$AB_ENV" $AB_ENV
+        bench8b a
+        KOOKA_BIN=$bin_b bench8b "b ${AB_ENV:-} ${AB_BIN:-}" ${AB_ENV:-}
       done
       for side in a b; do
-        [ "$(left)" -gt 40 ] && [ -x /opt/mlxw/step_profile ] || continue
-        env=(); [ $side = a ] || env=($AB_ENV)
-        echo "step_profile ${env[*]:-default} $(env "${env[@]}" timeout 60 /opt/mlxw/step_profile $MODEL 512 128 2>&1 | tail -1)" | tee -a "$OUT/ab-bench.md"
+        env=(); prof=/opt/mlxw/step_profile; [ $side = a ] || { env=(${AB_ENV:-}); prof=$prof_b; }
+        [ "$(left)" -gt 40 ] && [ -x $prof ] || continue
+        echo "step_profile $side ${env[*]:-} $(env "${env[@]}" timeout 60 $prof $MODEL 512 128 2>&1 | tail -1)" | tee -a "$OUT/ab-bench.md"
       done
+      ;;
+    hostprof)
+      # Where the host's time goes in a decode step: HOSTPROF_SAMPLES (60) native stacks of
+      # step_profile's main thread (eu-stack, carried in run 1 as stack.tar.xz) while it
+      # decodes, summed per function (scripts/gpu/stack_summary.py). step_profile staged with
+      # its symbols (strip --strip-debug).
+      . scripts/gpu/env.sh
+      tar -xJf /opt/mlxw/stack.tar.xz -C /tmp
+      /opt/mlxw/step_profile $MODEL 512 6000 > "$OUT/hostprof-run.txt" 2>&1 &
+      pid=$!
+      sleep ${HOSTPROF_WAIT:-20}
+      : > "$OUT/hostprof-stacks.txt"
+      for i in $(seq ${HOSTPROF_SAMPLES:-60}); do
+        kill -0 $pid 2>/dev/null || break
+        timeout 10 /tmp/stk/run.sh -p $pid -n 40 >> "$OUT/hostprof-stacks.txt" 2>&1 || true
+      done
+      kill $pid 2>/dev/null || true
+      python3 scripts/gpu/stack_summary.py --tid $pid "$OUT/hostprof-stacks.txt" | tee "$OUT/hostprof.md" | head -${HOSTPROF_LINES:-60}
       ;;
     buffers)
       # How MLX cuts a decode step into CUDA graphs (issue 22): each graph costs the host an

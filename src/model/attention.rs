@@ -58,6 +58,16 @@ pub(crate) fn attention(
     )?)
 }
 
+/// The attention's output `[B, heads, L, head_dim]` as `[B, L, heads * head_dim]`. One
+/// position (decode) needs no transpose: its elements are already in that order, so a
+/// reshape does it (one view less a layer).
+pub(crate) fn heads_to_features(out: &Array, b: i32, l: i32) -> Result<Array> {
+    if l == 1 {
+        return Ok(out.reshape(&[b, 1, -1])?);
+    }
+    Ok(out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?)
+}
+
 /// What one layer's attention looks like.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AttnSpec {
@@ -189,7 +199,7 @@ impl Attention {
         let (q, k, v) = self.project(x, norm, positions)?;
         let (k, v) = cache.update_and_fetch(&k, &v)?;
         let out = attention(&q, &k, &v, self.scale, mask, self.sinks.as_ref())?;
-        let out = out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?;
+        let out = heads_to_features(&out, b, l)?;
         let folded = Folded {
             residual,
             ..Folded::default()
@@ -210,10 +220,12 @@ impl Attention {
         if let (Qkv::Fused { qkv, .. }, None, None) = (&self.qkv, &self.q_norm, &self.k_norm) {
             // All heads from one matmul; the q and k heads rotated in one call (RoPE is per
             // head, so the values are those of two calls), or by the matmul's kernel itself.
+            // The kernel may also rotate the heads and hand them over apart (no views).
             let rope = RopeFold {
                 rope: &self.rope,
                 positions: offset,
                 head_dim: qkv.weight.rows() / (nq + 2 * nkv),
+                q_heads: nq,
                 rotated_heads: nq + nkv,
             };
             let with_rope = Folded {
@@ -221,24 +233,20 @@ impl Attention {
                 rope: Some(rope),
                 ..Folded::default()
             };
-            let (y, rotated) = match qkv.folded_in_kernel(x, &with_rope)? {
-                Some(y) => (y, true),
-                None => {
-                    let folded = Folded {
-                        norm,
-                        ..Folded::default()
-                    };
-                    (qkv.forward_folded(x, &folded)?, false)
-                }
+            if let Some([q, k, v]) = qkv.rotated_heads_in_kernel(x, &with_rope)? {
+                return Ok((q, k, v));
+            }
+            let folded = Folded {
+                norm,
+                ..Folded::default()
             };
-            let y = y
+            let y = qkv
+                .forward_folded(x, &folded)?
                 .reshape(&[b, l, nq + 2 * nkv, -1])?
                 .transpose_axes(&[0, 2, 1, 3])?;
-            let qk = slice_axis(&y, 1, 0, nq + nkv)?;
-            let qk = match rotated {
-                true => qk,
-                false => self.rope.forward(&qk, offset)?,
-            };
+            let qk = self
+                .rope
+                .forward(&slice_axis(&y, 1, 0, nq + nkv)?, offset)?;
             return Ok((
                 slice_axis(&qk, 1, 0, nq)?,
                 slice_axis(&qk, 1, nq, nq + nkv)?,

@@ -147,12 +147,14 @@ impl Folded<'_> {
 }
 
 /// RoPE on a fused q/k/v product's outputs: heads of `head_dim` features, the first
-/// `rotated_heads` (q's, then k's) rotated for `positions`, the rest (v's) as they are.
+/// `rotated_heads` (`q_heads` of q's, then k's) rotated for `positions`, the rest (v's) as
+/// they are.
 #[derive(Clone, Copy)]
 pub struct RopeFold<'a> {
     pub rope: &'a Rope,
     pub positions: &'a Positions,
     pub head_dim: i32,
+    pub q_heads: i32,
     pub rotated_heads: i32,
 }
 
@@ -271,8 +273,9 @@ impl Linear {
         }
     }
 
-    /// [`Linear::forward`] with `folded`'s neighbours in one kernel, when the matrix is
-    /// packed and the kernel takes them all (no bias, no adapter); else `None`.
+    /// [`Linear::forward`] with `folded`'s neighbours (not RoPE: see
+    /// [`Linear::rotated_heads_in_kernel`]) in one kernel, when the matrix is packed and the
+    /// kernel takes them all (no bias, no adapter); else `None`.
     pub fn folded_in_kernel(&self, x: &Array, folded: &Folded) -> Result<Option<Array>> {
         match (&self.weight, &self.bias, &self.lora) {
             (Matrix::Quant(q), None, None) => q.matmul_t_folded(x, folded),
@@ -280,9 +283,23 @@ impl Linear {
         }
     }
 
+    /// A fused q/k/v projection of `x` (`[B, 1, in]`) with `folded`'s norm and RoPE, as q, k
+    /// and v `[B, heads, 1, head_dim]`, in one kernel when the matrix is packed and the kernel
+    /// takes it all; else `None`.
+    pub fn rotated_heads_in_kernel(
+        &self,
+        x: &Array,
+        folded: &Folded,
+    ) -> Result<Option<[Array; 3]>> {
+        match (&self.weight, &self.bias, &self.lora) {
+            (Matrix::Quant(q), None, None) => q.rotated_heads(x, folded),
+            _ => Ok(None),
+        }
+    }
+
     /// [`Linear::forward`] with `folded`'s neighbours (not RoPE: see
-    /// [`Linear::folded_in_kernel`]): in one kernel where it takes them, else as MLX ops in
-    /// mlx-lm's order.
+    /// [`Linear::rotated_heads_in_kernel`]): in one kernel where it takes them, else as MLX ops
+    /// in mlx-lm's order.
     pub fn forward_folded(&self, x: &Array, folded: &Folded) -> Result<Array> {
         debug_assert!(folded.rope.is_none(), "RoPE folds only in the kernel");
         if folded.is_empty() {

@@ -21,6 +21,7 @@
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
 use mlx_rs::{ops, Array, Dtype};
 
+use super::attention::heads_to_features;
 use super::cache::{AttnMask, KvCache, Positions};
 use super::config::{QuantConfig, QuantMode};
 use super::error::{ModelError, Result};
@@ -288,7 +289,7 @@ impl LatentAttention {
         } else {
             out
         };
-        let out = out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?;
+        let out = heads_to_features(&out, b, l)?;
         self.o_proj.forward(&out)
     }
 

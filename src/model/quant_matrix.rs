@@ -221,15 +221,46 @@ impl QuantMatrix {
     /// `x @ W.T` with `folded`'s neighbours in kooka's kernel, when it takes them (affine
     /// packing, a decode step's few rows: [`qmv::applies_folded`]); else `None`.
     pub(crate) fn matmul_t_folded(&self, x: &Array, folded: &Folded) -> Result<Option<Array>> {
+        match self.kernel_takes(x, folded) {
+            Some((biases, bits, group)) if folded.rope.is_none() => Ok(Some(qmv::matmul_t(
+                x,
+                &self.w,
+                &self.scales,
+                biases,
+                bits,
+                group,
+                folded,
+            )?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// A fused q/k/v product with RoPE in kooka's kernel, as q, k and v heads
+    /// ([`qmv::rotated_heads`]), when it takes it; else `None`.
+    pub(crate) fn rotated_heads(&self, x: &Array, folded: &Folded) -> Result<Option<[Array; 3]>> {
+        match self.kernel_takes(x, folded) {
+            Some((biases, bits, group)) if folded.rope.is_some() => Ok(Some(qmv::rotated_heads(
+                x,
+                &self.w,
+                &self.scales,
+                biases,
+                bits,
+                group,
+                folded,
+            )?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The biases, bits and group size, when kooka's kernel takes `x` and `folded` on this
+    /// matrix.
+    fn kernel_takes(&self, x: &Array, folded: &Folded) -> Option<(&Array, i32, i32)> {
         let (Some(biases), QuantMode::Affine) = (&self.biases, self.spec.mode) else {
-            return Ok(None);
+            return None;
         };
         let (bits, group) = (self.spec.bits, self.spec.group_size);
-        if !qmv::applies_folded(x, &self.w, &self.scales, bits, group, folded) {
-            return Ok(None);
-        }
-        let y = qmv::matmul_t(x, &self.w, &self.scales, biases, bits, group, folded)?;
-        Ok(Some(y))
+        qmv::applies_folded(x, &self.w, &self.scales, bits, group, folded)
+            .then_some((biases, bits, group))
     }
 
     pub(crate) fn arrays(&self) -> Vec<&Array> {

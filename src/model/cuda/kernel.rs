@@ -5,6 +5,7 @@
 //! the lazy graph.
 
 use std::ffi::CString;
+use std::path::{Path, PathBuf};
 
 use mlx_rs::{Array, Dtype, Stream};
 
@@ -49,8 +50,68 @@ fn strings(items: &[&str]) -> mlx_sys::mlx_vector_string {
     }
 }
 
-/// The body without comments and indentation: MLX rebuilds and hashes the whole source on
-/// every call of the kernel (host time on each decode step), so it is kept short.
+/// What MLX gets as the body. MLX rebuilds and hashes the whole source on every call of the
+/// kernel (host time on each decode step: a host profile of an 8B decode step found ~17% of
+/// it there with qmv's 9 KB), so the body goes to a file in the user's cache once and MLX
+/// gets a two-line stub that includes it (NVRTC reads it when it compiles); where the file
+/// cannot be written, the body without comments and indentation.
+fn body_for_mlx(name: &str, inputs: &[&str], source: &str) -> String {
+    match body_file(name, source) {
+        Ok(path) => match include_stub(inputs, source, &path) {
+            Some(stub) => return stub,
+            None => {
+                tracing::debug!(path = %path.display(), "CUDA kernel body: path not includable")
+            }
+        },
+        Err(e) => tracing::debug!(error = %e, "CUDA kernel body not written; inline"),
+    }
+    compact(source)
+}
+
+/// A comment with the `<input>_shape` / `_strides` / `_ndim` names the body uses (MLX passes
+/// those arguments when it finds the names in the source it gets), then the `#include`.
+fn include_stub(inputs: &[&str], source: &str, path: &Path) -> Option<String> {
+    let path = path.to_str().filter(|p| !p.contains(['"', '\\', '\n']))?;
+    let used: Vec<String> = inputs
+        .iter()
+        .flat_map(|n| ["_shape", "_strides", "_ndim"].map(|s| format!("{n}{s}")))
+        .filter(|name| source.contains(name.as_str()))
+        .collect();
+    Some(format!("// {}\n#include \"{path}\"\n", used.join(" ")))
+}
+
+/// `$XDG_CACHE_HOME/kooka/cuda/<name>-<hash of the body>.cu` (else under `~/.cache`), with
+/// `source` in it: written unless it already holds exactly that, through a rename (ranks of
+/// one machine may write it at once).
+fn body_file(name: &str, source: &str) -> std::io::Result<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .ok_or_else(|| std::io::Error::other("no XDG_CACHE_HOME or HOME"))?;
+    body_file_in(&cache.join("kooka").join("cuda"), name, source)
+}
+
+fn body_file_in(dir: &Path, name: &str, source: &str) -> std::io::Result<PathBuf> {
+    let path = dir.join(format!("{name}-{:016x}.cu", fnv1a(source.as_bytes())));
+    if std::fs::read(&path).is_ok_and(|held| held == source.as_bytes()) {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}-{}.tmp", std::process::id()));
+    std::fs::write(&tmp, source)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// FNV-1a, 64 bits: a name for a body that stays the same across builds.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The body without comments and indentation, for MLX when it cannot be included.
 fn compact(source: &str) -> String {
     let mut out = String::with_capacity(source.len());
     for line in source.lines() {
@@ -76,7 +137,8 @@ impl CudaKernel {
         header: &str,
         contiguous: bool,
     ) -> Self {
-        let (n, src, header) = (c_string(name), c_string(&compact(source)), c_string(header));
+        let body = body_for_mlx(name, inputs, source);
+        let (n, src, header) = (c_string(name), c_string(&body), c_string(header));
         let (ins, outs) = (strings(inputs), strings(outputs));
         // SAFETY: every argument is live for the call, which copies what it keeps.
         let raw = unsafe {
@@ -187,7 +249,29 @@ impl Drop for CudaKernel {
 
 #[cfg(test)]
 mod tests {
-    use super::compact;
+    use super::*;
+
+    #[test]
+    fn the_stub_names_the_shapes_the_body_uses_and_includes_it() {
+        let body = "int m = x_shape[0] * x_ndim;\nint n = w_shape[0];\n";
+        let stub = include_stub(&["x", "w", "pos"], body, Path::new("/c/k-1.cu")).unwrap();
+        assert_eq!(stub, "// x_shape x_ndim w_shape\n#include \"/c/k-1.cu\"\n");
+        assert_eq!(include_stub(&["x"], body, Path::new("/c/a\"b.cu")), None);
+    }
+
+    #[test]
+    fn the_body_file_holds_the_body_and_is_named_by_it() {
+        let dir = std::env::temp_dir().join(format!("kooka-kernel-test-{}", std::process::id()));
+        let a = body_file_in(&dir, "k", "int a;\n").unwrap();
+        let b = body_file_in(&dir, "k", "int b;\n").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "int a;\n");
+        // A file changed under that name is written again.
+        std::fs::write(&a, "tampered").unwrap();
+        assert_eq!(body_file_in(&dir, "k", "int a;\n").unwrap(), a);
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "int a;\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn compact_drops_comments_and_indentation_and_keeps_lines() {

@@ -1,8 +1,9 @@
 // Body of kooka's quantized matrix-vector product for a few rows: y = x W^T, W packed as MLX's
 // affine BITS-bit (uint32 words of 32/BITS values along K, low bits first; per group of GROUP
 // values a scale and a bias: w = scale * q + bias). MLX wraps it in a __global__ function of
-// x [M, K] (T), w [N, K*BITS/32] (uint32), scales and biases [N, K/GROUP] (S), their _shape,
-// and the output y [M, N] (T). Template constants: T, S, TM (rows of x held, >= M), BITS (4 or
+// x [..., K] (T; M rows: any shape, so that callers need no view of it), w [N, K*BITS/32]
+// (uint32), scales and biases [N, K/GROUP] (S), their _shape, and the output y [M, N] (T; its
+// shape is the caller's). Template constants: T, S, TM (rows of x held, >= M), BITS (4 or
 // 8), GROUP (32, 64 or 128), RPW (rows of W per warp), WARPS (warps per block), UNROLL (16-byte
 // loads a lane has in flight per row), TRICK (1: unpack 4-bit values with the exponent trick
 // below when x is 16-bit; 0, or float32 x: exactly, one value at a time), KN (= K), STAGE (1:
@@ -43,9 +44,15 @@
 // RH rotated (the v heads after them are not), TRAD for the traditional pairing, positions
 // `pos` [1] or [M] (int32), the frequencies from log2(base) (BASE_BITS) or, with
 // QMV_ROPE_FREQS, `freqs` [HD / 2] (float32), positions scaled by the float of SCALE_BITS; a
-// warp computes both rows of a rotated pair.
-const int M = x_shape[0];
-const int K = x_shape[1];
+// warp computes both rows of a rotated pair. With RoPE the outputs are the heads apart, as
+// the attention takes them (q's are the first QH rotated heads): `yq` [M, QH, 1, HD], `yk`
+// [M, RH - QH, 1, HD] and `yv` [M, the rest, 1, HD], no y (one position a row: the layout of
+// [M, 1, heads, HD], so no transpose either).
+int M = 1;
+for (int i = 0; i + 1 < x_ndim; ++i) {
+  M *= x_shape[i];
+}
+const int K = x_shape[x_ndim - 1];
 const int N = w_shape[0];  // rows of W
 #if defined(QMV_GLU) || defined(QMV_ROPE)
 const int NO = N / 2;  // outputs: gate row o with up row NO + o; or RoPE's pair o
@@ -101,6 +108,19 @@ auto pair_rows = [](int o, int& a, int& b) {
   const int i = o - h * (HD / 2);
   a = h * HD + (TRAD ? 2 * i : i);
   b = a + (TRAD ? 1 : HD / 2);
+};
+// Row `row` of x's row m into its head's output.
+auto put = [&](int m, int row, T value) {
+  constexpr int QR = QH * HD;
+  constexpr int KR = (RH - QH) * HD;
+  const int vr = N - RH * HD;
+  if (row < QR) {
+    yq[size_t(m) * QR + row] = value;
+  } else if (row < QR + KR) {
+    yk[size_t(m) * KR + row - QR] = value;
+  } else {
+    yv[size_t(m) * vr + row - QR - KR] = value;
+  }
 };
 #endif
 auto row_of = [&](int group, int r) {
@@ -402,8 +422,8 @@ while (true) {
               out_a = static_cast<T>(rx1);
               out_b = static_cast<T>(rx2);
             }
-            y[size_t(m) * N + a] = out_a;
-            y[size_t(m) * N + b] = out_b;
+            put(m, a, out_a);
+            put(m, b, out_b);
           }
 #else
           if (rg * RPW + r < NO) {

@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use super::gated_delta::{DeltaSpec, GatedDeltaNet};
 use super::{attention_inputs, run_compiled, Compiled, Hybrid, HybridLayer};
-use crate::model::attention::attention;
+use crate::model::attention::{attention, heads_to_features};
 use crate::model::block::Mlp;
 use crate::model::cache::{AttnMask, KvCache, LayerCache, Positions, RowsView, StateCache};
 use crate::model::config::{ModelConfig, QuantConfig};
@@ -128,7 +128,7 @@ impl GatedAttention {
         let keys = self.rope.forward(&keys, &positions)?;
         let (keys, values) = cache.update_and_fetch(&keys, &values)?;
         let out = attention(&queries, &keys, &values, self.scale, &mask, None)?;
-        let out = out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?;
+        let out = heads_to_features(&out, b, l)?;
         self.o_proj.forward(&out.multiply(ops::sigmoid(&gate)?)?)
     }
 

@@ -122,9 +122,10 @@ fn folds_fit(x: &Array, w: &Array, folded: &Folded) -> bool {
 }
 
 /// Whether the kernel rotates `r`'s heads of a product of `x` (shape `xs`) into `n` outputs
-/// as MLX's RoPE would: all of each head rotated (MLX's `dims` = the head's), whole heads,
-/// frequencies MLX's kernel takes (float32, one per pair), one position per row of x (a
-/// decode step) and the positions one or one per row (int32).
+/// as MLX's RoPE would: all of each head rotated (MLX's `dims` = the head's), whole heads, q's
+/// among the rotated, frequencies MLX's kernel takes (float32, one per pair), x as `[B, 1, K]`
+/// (a decode step, whose heads come out as `[B, heads, 1, head_dim]`) and the positions one
+/// or one per row (int32).
 fn rope_fits(r: &RopeFold, xs: &[i32], n: i32) -> bool {
     // `KOOKA_QMV_FOLD_ROPE=0` leaves RoPE to MLX's kernel (for measuring).
     static ON: OnceLock<bool> = OnceLock::new();
@@ -146,9 +147,10 @@ fn rope_fits(r: &RopeFold, xs: &[i32], n: i32) -> bool {
         && hd % 2 == 0
         && n % hd == 0
         && (0..=n / hd).contains(&r.rotated_heads)
+        && (0..=r.rotated_heads).contains(&r.q_heads)
         && r.rope.dims == hd
-        && xs.len() >= 2
-        && xs[xs.len() - 2] == 1
+        && xs.len() == 3
+        && xs[1] == 1
         && freqs_fit
         && positions_fit
 }

@@ -71,15 +71,17 @@ fn with_kernel<R>(folded: &Folded, f: impl FnOnce(&CudaKernel) -> R) -> R {
                     inputs.extend(input);
                 }
             }
-            CudaKernel::new(&name, &inputs, &["y"], SOURCE, &header, true)
+            let outputs: &[&str] = if rope { &["yq", "yk", "yv"] } else { &["y"] };
+            CudaKernel::new(&name, &inputs, outputs, SOURCE, &header, true)
         });
         f(kernel)
     })
 }
 
 /// `residual + glu(norm(x) @ dequantize(w)^T)`, as much of it as `folded` holds (none: as
-/// [`applies`] says; some: as [`applies_folded`] says), with the default [`Tuning`] (folded:
-/// [`Tuning::folded`]); `[..., N]` (`N / 2` with SwiGLU) in `x`'s type.
+/// [`applies`] says; some: as [`applies_folded`] says; not RoPE: [`rotated_heads`]), with the
+/// default [`Tuning`] (folded: [`Tuning::folded`]); `[..., N]` (`N / 2` with SwiGLU) in `x`'s
+/// type.
 pub fn matmul_t(
     x: &Array,
     w: &Array,
@@ -89,9 +91,28 @@ pub fn matmul_t(
     group: i32,
     folded: &Folded,
 ) -> Result<Array> {
-    let k = *x.shape().last().expect("x has a last axis") as i64;
-    let tuning = tuning(!folded.is_empty(), w.shape()[0] as i64 * k);
+    let tuning = default_tuning(x, w, folded);
     matmul_t_tuned(x, w, scales, biases, bits, group, tuning, folded)
+}
+
+/// A fused q/k/v product with its q and k heads rotated (`folded.rope`, as
+/// [`applies_folded`] says): q, k and v as `[B, heads, 1, head_dim]` of `x` `[B, 1, K]`.
+pub fn rotated_heads(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    bits: i32,
+    group: i32,
+    folded: &Folded,
+) -> Result<[Array; 3]> {
+    let tuning = default_tuning(x, w, folded);
+    rotated_heads_tuned(x, w, scales, biases, bits, group, tuning, folded)
+}
+
+fn default_tuning(x: &Array, w: &Array, folded: &Folded) -> Tuning {
+    let k = *x.shape().last().expect("x has a last axis") as i64;
+    tuning(!folded.is_empty(), w.shape()[0] as i64 * k)
 }
 
 /// [`matmul_t`] with an explicit [`Tuning`] (for `examples/cuda_kernels`).
@@ -106,11 +127,76 @@ pub fn matmul_t_tuned(
     tuning: Tuning,
     folded: &Folded,
 ) -> Result<Array> {
+    if folded.rope.is_some() {
+        return Err(ModelError::Request(
+            "qmv: a product with RoPE comes out as heads (rotated_heads)".into(),
+        ));
+    }
     let xs = x.shape();
-    let k = xs[xs.len() - 1];
+    let n = w.shape()[0];
+    let mut shape = xs.to_vec();
+    *shape.last_mut().expect("x has a last axis") = if folded.glu { n / 2 } else { n };
+    let mut y = launch(
+        x,
+        w,
+        scales,
+        biases,
+        [bits, group],
+        tuning,
+        folded,
+        vec![shape],
+    )?;
+    Ok(y.remove(0))
+}
+
+/// [`rotated_heads`] with an explicit [`Tuning`] (for `examples/cuda_kernels`).
+#[allow(clippy::too_many_arguments)]
+pub fn rotated_heads_tuned(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    bits: i32,
+    group: i32,
+    tuning: Tuning,
+    folded: &Folded,
+) -> Result<[Array; 3]> {
+    let (Some(r), &[b, 1, _]) = (&folded.rope, x.shape()) else {
+        return Err(ModelError::Request(
+            "qmv: rotated heads need RoPE and x as [B, 1, K]".into(),
+        ));
+    };
+    let hd = r.head_dim;
+    let heads = w.shape()[0] / hd;
+    let shapes = [
+        r.q_heads,
+        r.rotated_heads - r.q_heads,
+        heads - r.rotated_heads,
+    ]
+    .map(|h| vec![b, h, 1, hd])
+    .to_vec();
+    let y = launch(x, w, scales, biases, [bits, group], tuning, folded, shapes)?;
+    let [q, k, v]: [Array; 3] = y
+        .try_into()
+        .map_err(|_| ModelError::Request("qmv: three outputs expected".into()))?;
+    Ok([q, k, v])
+}
+
+/// One call of the kernel for `folded`'s combination, its outputs in `shapes` (x's type).
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    [bits, group]: [i32; 2],
+    tuning: Tuning,
+    folded: &Folded,
+    shapes: Vec<Vec<i32>>,
+) -> Result<Vec<Array>> {
+    let k = *x.shape().last().expect("x has a last axis");
     let m = x.size() as i32 / k;
     let n = w.shape()[0];
-    let out = if folded.glu { n / 2 } else { n };
     // What a warp computes: an output, or with SwiGLU or RoPE a pair of rows.
     let items = if folded.glu || folded.rope.is_some() {
         n / 2
@@ -140,8 +226,7 @@ pub fn matmul_t_tuned(
         ("KN", Constant::Int(k)),
         ("STAGE", Constant::Int(stage as i32)),
     ];
-    let x2 = x.reshape(&[m, k])?;
-    let mut inputs = vec![&x2, w, scales, biases];
+    let mut inputs = vec![x, w, scales, biases];
     if let Some(norm) = folded.norm {
         constants.push(("EPS_BITS", Constant::Int(norm.eps.to_bits() as i32)));
         inputs.push(&norm.weight);
@@ -154,6 +239,7 @@ pub fn matmul_t_tuned(
         })?;
         constants.push(("HD", Constant::Int(r.head_dim)));
         constants.push(("RH", Constant::Int(r.rotated_heads)));
+        constants.push(("QH", Constant::Int(r.q_heads)));
         constants.push(("TRAD", Constant::Int(r.rope.traditional as i32)));
         constants.push(("SCALE_BITS", Constant::Int(scale.to_bits() as i32)));
         positions = match r.positions {
@@ -173,18 +259,15 @@ pub fn matmul_t_tuned(
     if max_blocks > 0 {
         blocks = blocks.min(max_blocks);
     }
-    let y = with_kernel(folded, |kernel| {
+    with_kernel(folded, |kernel| {
         kernel.apply(
             &inputs,
             &Launch {
-                outputs: vec![(vec![m, out], x.dtype())],
+                outputs: shapes.into_iter().map(|s| (s, x.dtype())).collect(),
                 grid: [blocks * 32 * warps, 1, 1],
                 group: [32 * warps, 1, 1],
                 constants: &constants,
             },
         )
-    })?;
-    let mut shape = xs.to_vec();
-    *shape.last_mut().expect("x has a last axis") = out;
-    Ok(y[0].reshape(&shape)?)
+    })
 }

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Compiles kooka's CUDA kernel bodies (src/model/cuda/*.cu) with NVRTC, as MLX 0.32's
 `fast::cuda_kernel` wraps them (a `__global__` function of the inputs, their `_shape` /
-`_strides` / `_ndim` when the body uses them, and the outputs; the template constants first),
-for every type and a spread of constants, and qmv once more as kooka hands it to MLX: a stub that
-includes the body from a file (src/model/cuda/kernel.rs). Needs no GPU: NVRTC only compiles. MLX's own device header
+`_strides` / `_ndim` when the body uses them, and the outputs) with the constants at the end of
+the header, where kooka declares them, for every type and a spread of constants; and qmv once
+more as kooka hands it to MLX: a stub that includes the body from a file
+(src/model/cuda/kernel.rs). Needs no GPU: NVRTC only compiles. MLX's own device header
 (`mlx/backend/cuda/device/utils.cuh`, built into libmlx) is replaced by a stand-in that
 declares what the bodies use (`Shape`, `Strides`, the half types, and by signature the
 functors the folded qmv variants call); `--mlx` compiles against MLX's real headers instead.
@@ -134,9 +135,15 @@ struct Multiply { template <typename T> __device__ T operator()(T x, T y) { retu
 
 
 def wrap(name, header, inputs, outputs, constants, body, t):
-    """The source MLX 0.32 compiles for `body` (mlx/backend/cuda/custom_kernel.cpp)."""
+    """The source MLX 0.32 compiles for `body` (mlx/backend/cuda/custom_kernel.cpp) as kooka calls
+    it (src/model/cuda/kernel.rs): the constants declared at the end of the header, not as MLX's
+    template arguments."""
+    consts = f"using T = {t};\n"
+    if "S" in [ty for _, ty in inputs]:
+        consts += f"using S = {t};\n"
+    consts += "".join(f"constexpr int {k} = {v};\n" for k, v in constants.items())
     s = ('#include "mlx/backend/cuda/device/utils.cuh"\n\n#include <cooperative_groups.h>\n\n'
-         + header + "namespace mlx::core::cu {\n\nnamespace cg = cooperative_groups;\n\n")
+         + header + consts + "namespace mlx::core::cu {\n\nnamespace cg = cooperative_groups;\n\n")
     s += f"__global__ void custom_kernel_{name}(\n"
     for n, ty in inputs:
         ty = t if ty in ("T", "S") else ty
@@ -148,10 +155,6 @@ def wrap(name, header, inputs, outputs, constants, body, t):
         if n + "_ndim" in body:
             s += f"    const __grid_constant__ int {n}_ndim,\n"
     s += ",\n".join(f"    {t if ty == 'T' else ty}* {n}" for n, ty in outputs) + ") {\n"
-    s += f"  using T = {t};\n"
-    if "S" in [ty for _, ty in inputs]:
-        s += f"  using S = {t};\n"
-    s += "".join(f"  constexpr int {k} = {v};\n" for k, v in constants.items())
     return s + "\n" + body + "\n}\n\n} // namespace mlx::core::cu\n"
 
 

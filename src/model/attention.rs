@@ -41,6 +41,8 @@ pub(crate) fn attention(
     if super::few_queries::use_for(q, sinks.is_some()) {
         return super::few_queries::attention(q, k, v, scale, mask);
     }
+    // One sequence keeps MLX's attention (cuDNN's from 256 keys): kooka's kernel was slower
+    // there on an H100 (PERFORMANCE, "Fewer views").
     if let AttnMask::Rows { starts, .. } = mask {
         if sinks.is_none() && decode_attention::applies(q, k, v) {
             return decode_attention::attention(q, k, v, scale, starts);

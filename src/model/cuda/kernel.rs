@@ -4,6 +4,8 @@
 //! NVRTC the first time each set of template constants is used, and runs it as one node of
 //! the lazy graph.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
@@ -13,6 +15,7 @@ use crate::dist::mlx_call;
 use crate::model::error::{ModelError, Result};
 
 /// A compile-time constant of the kernel body.
+#[derive(Clone, Copy, PartialEq, Debug)]
 pub(crate) enum Constant {
     Int(i32),
     Type(Dtype),
@@ -27,10 +30,26 @@ pub(crate) struct Launch<'a> {
     pub constants: &'a [(&'a str, Constant)],
 }
 
-/// A kernel body and its argument names, made once per thread (the MLX object is not `Send`).
+/// A kernel body and its argument names, made once per thread (MLX's objects are not `Send`).
+///
+/// Each set of constants gets its own MLX kernel whose header declares them, rather than
+/// passing them as MLX's template arguments: MLX formats every template argument into the
+/// source on every call (fmt, ~8% of an 8B decode step's host time with qmv's 13 constants).
 pub(crate) struct CudaKernel {
-    raw: mlx_sys::mlx_fast_cuda_kernel,
     name: String,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+    /// What MLX gets as the body ([`body_for_mlx`]).
+    body: String,
+    header: String,
+    contiguous: bool,
+    variants: RefCell<HashMap<u64, Variant>>,
+}
+
+/// An MLX kernel for one set of constants.
+struct Variant {
+    constants: Vec<(String, Constant)>,
+    raw: mlx_sys::mlx_fast_cuda_kernel,
 }
 
 fn c_string(s: &str) -> CString {
@@ -127,8 +146,8 @@ fn compact(source: &str) -> String {
 impl CudaKernel {
     /// `source` is the body, `header` what goes before the function (includes, defines);
     /// with `contiguous`, MLX copies inputs that are not row-contiguous first, else the body
-    /// reads them in place (through `_strides`). MLX caches the compiled kernel by `name`:
-    /// one name per body and header.
+    /// reads them in place (through `_strides`). One name per body and header: MLX names
+    /// each variant's module after it.
     pub fn new(
         name: &str,
         inputs: &[&str],
@@ -137,9 +156,43 @@ impl CudaKernel {
         header: &str,
         contiguous: bool,
     ) -> Self {
-        let body = body_for_mlx(name, inputs, source);
-        let (n, src, header) = (c_string(name), c_string(&body), c_string(header));
-        let (ins, outs) = (strings(inputs), strings(outputs));
+        CudaKernel {
+            name: name.into(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            body: body_for_mlx(name, inputs, source),
+            header: header.into(),
+            contiguous,
+            variants: RefCell::default(),
+        }
+    }
+
+    /// The MLX kernel for `constants`, made on first use: the header declares them.
+    fn variant(&self, constants: &[(&str, Constant)]) -> mlx_sys::mlx_fast_cuda_kernel {
+        let key = constants_key(constants);
+        let same = |v: &Variant| {
+            v.constants.len() == constants.len()
+                && v.constants
+                    .iter()
+                    .zip(constants)
+                    .all(|((a, x), (b, y))| a == b && x == y)
+        };
+        let mut variants = self.variants.borrow_mut();
+        if let Some(v) = variants.get(&key).filter(|v| same(v)) {
+            return v.raw;
+        }
+        let mut header = self.header.clone();
+        for (name, value) in constants {
+            header.push_str(&match value {
+                Constant::Int(v) => format!("constexpr int {name} = {v};\n"),
+                Constant::Type(d) => format!("using {name} = {};\n", cuda_type(*d)),
+            });
+        }
+        let name = format!("{}_{:016x}", self.name, fnv1a(header.as_bytes()));
+        let inputs: Vec<&str> = self.inputs.iter().map(String::as_str).collect();
+        let outputs: Vec<&str> = self.outputs.iter().map(String::as_str).collect();
+        let (n, src, header) = (c_string(&name), c_string(&self.body), c_string(&header));
+        let (ins, outs) = (strings(&inputs), strings(&outputs));
         // SAFETY: every argument is live for the call, which copies what it keeps.
         let raw = unsafe {
             let raw = mlx_sys::mlx_fast_cuda_kernel_new(
@@ -148,23 +201,26 @@ impl CudaKernel {
                 outs,
                 src.as_ptr(),
                 header.as_ptr(),
-                contiguous,
+                self.contiguous,
                 0,
             );
             mlx_sys::mlx_vector_string_free(ins);
             mlx_sys::mlx_vector_string_free(outs);
             raw
         };
-        CudaKernel {
-            raw,
-            name: name.into(),
+        let constants = constants.iter().map(|(n, c)| (n.to_string(), *c)).collect();
+        // A (never seen) hash collision replaces the other variant, which is then freed.
+        if let Some(old) = variants.insert(key, Variant { constants, raw }) {
+            // SAFETY: made by `mlx_fast_cuda_kernel_new`, no longer referenced.
+            unsafe { mlx_sys::mlx_fast_cuda_kernel_free(old.raw) };
         }
+        raw
     }
 
     /// The kernel's outputs for `inputs` (lazy, on the thread's stream).
     pub fn apply(&self, inputs: &[&Array], launch: &Launch) -> Result<Vec<Array>> {
         let fail = |e: String| ModelError::Mlx(format!("CUDA kernel {}: {e}", self.name));
-        let names: Vec<CString> = launch.constants.iter().map(|(n, _)| c_string(n)).collect();
+        let raw = self.variant(launch.constants);
         let stream = Stream::thread_local_or_default();
         // SAFETY: the config, vectors and names live until freed below; `raw` is live.
         unsafe {
@@ -187,30 +243,12 @@ impl CudaKernel {
                 let [t1, t2, t3] = launch.group;
                 mlx_sys::mlx_fast_cuda_kernel_config_set_grid(config, g1, g2, g3);
                 mlx_sys::mlx_fast_cuda_kernel_config_set_thread_group(config, t1, t2, t3);
-                for ((_, value), name) in launch.constants.iter().zip(&names) {
-                    match value {
-                        Constant::Int(v) => {
-                            mlx_sys::mlx_fast_cuda_kernel_config_add_template_arg_int(
-                                config,
-                                name.as_ptr(),
-                                *v,
-                            )
-                        }
-                        Constant::Type(d) => {
-                            mlx_sys::mlx_fast_cuda_kernel_config_add_template_arg_dtype(
-                                config,
-                                name.as_ptr(),
-                                *d as mlx_sys::mlx_dtype,
-                            )
-                        }
-                    };
-                }
                 for a in inputs {
                     mlx_sys::mlx_vector_array_append_value(input_vec, a.as_ptr());
                 }
                 mlx_sys::mlx_fast_cuda_kernel_apply(
                     &mut output_vec,
-                    self.raw,
+                    raw,
                     input_vec,
                     config,
                     stream.as_ptr(),
@@ -242,8 +280,45 @@ impl CudaKernel {
 
 impl Drop for CudaKernel {
     fn drop(&mut self) {
-        // SAFETY: made by `mlx_fast_cuda_kernel_new`, freed once.
-        unsafe { mlx_sys::mlx_fast_cuda_kernel_free(self.raw) };
+        for v in self.variants.get_mut().values() {
+            // SAFETY: made by `mlx_fast_cuda_kernel_new`, freed once.
+            unsafe { mlx_sys::mlx_fast_cuda_kernel_free(v.raw) };
+        }
+    }
+}
+
+/// A hash of the constants' names and values (the variants' key).
+fn constants_key(constants: &[(&str, Constant)]) -> u64 {
+    let mut bytes = Vec::with_capacity(constants.len() * 16);
+    for (name, value) in constants {
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.push(0);
+        let v = match value {
+            Constant::Int(v) => *v as i64,
+            Constant::Type(d) => (1 << 40) | *d as i64,
+        };
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    fnv1a(&bytes)
+}
+
+/// The CUDA type MLX gives arrays of `dtype` (its `dtype_to_cuda_type`).
+fn cuda_type(dtype: Dtype) -> &'static str {
+    match dtype {
+        Dtype::Bool => "bool",
+        Dtype::Int8 => "int8_t",
+        Dtype::Int16 => "int16_t",
+        Dtype::Int32 => "int32_t",
+        Dtype::Int64 => "int64_t",
+        Dtype::Uint8 => "uint8_t",
+        Dtype::Uint16 => "uint16_t",
+        Dtype::Uint32 => "uint32_t",
+        Dtype::Uint64 => "uint64_t",
+        Dtype::Float16 => "__half",
+        Dtype::Bfloat16 => "__nv_bfloat16",
+        Dtype::Float32 => "float",
+        Dtype::Float64 => "double",
+        Dtype::Complex64 => "mlx::core::cu::complex64_t",
     }
 }
 
@@ -257,6 +332,20 @@ mod tests {
         let stub = include_stub(&["x", "w", "pos"], body, Path::new("/c/k-1.cu")).unwrap();
         assert_eq!(stub, "// x_shape x_ndim w_shape\n#include \"/c/k-1.cu\"\n");
         assert_eq!(include_stub(&["x"], body, Path::new("/c/a\"b.cu")), None);
+    }
+
+    #[test]
+    fn each_set_of_constants_has_its_own_key() {
+        use Constant::{Int, Type};
+        let a = [("T", Type(Dtype::Bfloat16)), ("TM", Int(1))];
+        assert_eq!(constants_key(&a), constants_key(&a.clone()));
+        for other in [
+            [("T", Type(Dtype::Float16)), ("TM", Int(1))],
+            [("T", Type(Dtype::Bfloat16)), ("TM", Int(2))],
+            [("T", Type(Dtype::Bfloat16)), ("RPW", Int(1))],
+        ] {
+            assert_ne!(constants_key(&a), constants_key(&other), "{other:?}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use kooka::model::cuda::qmv::{self, Tuning};
 use kooka::model::layers::{swiglu_halves, Folded, RmsNorm};
 use mlx_rs::{random, Array, Dtype};
 
-use super::{all_equal, count_differing, max_abs, packed, packed_fast, timed_n};
+use super::{all_equal, as_packed, count_differing, max_abs, packed, packed_fast, timed_n};
 
 /// `residual + swiglu(qmv(rms_norm(x)))`, as much as `f` holds, one kernel a step.
 fn unfolded(
@@ -19,7 +19,12 @@ fn unfolded(
 ) -> anyhow::Result<Array> {
     let x = RmsNorm::maybe(f.norm, x)?;
     let plain = Folded::default();
-    let mut y = qmv::matmul_t_tuned(&x, q, s, b, bits, group, Tuning::default(), &plain)?;
+    let mut y = qmv::matmul_t_tuned(
+        &x,
+        as_packed(q, s, b, bits, group),
+        Tuning::default(),
+        &plain,
+    )?;
     if f.glu {
         y = swiglu_halves(&y)?;
     }
@@ -85,7 +90,8 @@ pub fn parity() -> anyhow::Result<()> {
             max_blocks: 3,
             ..Tuning::folded()
         };
-        let got = qmv::matmul_t_tuned(&x, &q, &s, &b, bits, group, Tuning::folded(), &f)?;
+        let got =
+            qmv::matmul_t_tuned(&x, as_packed(&q, &s, &b, bits, group), Tuning::folded(), &f)?;
         // The same sums with x staged (where it applies) and with 3 blocks: the same outputs.
         let staged = |max_blocks| Tuning {
             max_blocks,
@@ -97,7 +103,7 @@ pub fn parity() -> anyhow::Result<()> {
             ("staged", staged(0)),
             ("staged, 3 blocks", staged(3)),
         ] {
-            let other = qmv::matmul_t_tuned(&x, &q, &s, &b, bits, group, t, &f)?;
+            let other = qmv::matmul_t_tuned(&x, as_packed(&q, &s, &b, bits, group), t, &f)?;
             if !all_equal(&other, &got)? {
                 failures.push(format!(
                     "{m}x{n}x{k} {dtype:?}: {what} differ from the default"
@@ -221,7 +227,7 @@ pub fn timing() -> anyhow::Result<()> {
         for (t, total) in tunings.iter().zip(after.iter_mut()) {
             let folded = timed_n(count, &|i| {
                 let [q, s, b] = &mats[i];
-                Ok(qmv::matmul_t_tuned(&x, q, s, b, 4, 64, *t, &f)?)
+                Ok(qmv::matmul_t_tuned(&x, as_packed(q, s, b, 4, 64), *t, &f)?)
             })?;
             line += &format!(" | {:.1}", folded * 1e3);
             *total += folded;

@@ -62,6 +62,23 @@ fn masked(q: &Array, k: &Array, v: &Array, mask: &Array, scale: f32) -> anyhow::
     )?)
 }
 
+/// `w`, `scales` and `biases` (as `packed` makes them) as kooka's kernel takes them.
+pub(crate) fn as_packed<'a>(
+    w: &'a Array,
+    scales: &'a Array,
+    biases: &'a Array,
+    bits: i32,
+    group: i32,
+) -> qmv::Packed<'a> {
+    qmv::Packed {
+        w,
+        scales,
+        biases,
+        bits,
+        group,
+    }
+}
+
 /// How many values of `a` and `b` differ.
 pub(crate) fn count_differing(a: &Array, b: &Array) -> anyhow::Result<i32> {
     let differing = a.ne(b)?.sum(None)?.as_dtype(Dtype::Int32)?;
@@ -295,7 +312,7 @@ fn qmv_parity() -> anyhow::Result<()> {
                 stage,
                 ..qmv::Tuning::default()
             };
-            let got = qmv::matmul_t_tuned(&x, &q, &s, &b, bits, group, tuning, &plain)?;
+            let got = qmv::matmul_t_tuned(&x, as_packed(&q, &s, &b, bits, group), tuning, &plain)?;
             anyhow::ensure!(
                 got.shape() == [1, m, n] && got.dtype() == dtype,
                 "shape or type"
@@ -388,11 +405,7 @@ fn qmv_timing() -> anyhow::Result<()> {
                     let [q, s, b] = &mats[i];
                     Ok(qmv::matmul_t_tuned(
                         &x,
-                        q,
-                        s,
-                        b,
-                        4,
-                        64,
+                        as_packed(q, s, b, 4, 64),
                         *t,
                         &Folded::default(),
                     )?)

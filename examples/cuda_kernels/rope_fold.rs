@@ -11,7 +11,7 @@ use kooka::model::rope::Rope;
 use kooka::model::slicing::slice_axis;
 use mlx_rs::{ops, random, Array, Dtype};
 
-use super::{count_differing, max_abs, packed, packed_fast, timed_n};
+use super::{as_packed, count_differing, max_abs, packed, packed_fast, timed_n};
 
 /// One fused q/k/v projection to check.
 struct Case {
@@ -67,7 +67,7 @@ fn separate(
         ..Folded::default()
     };
     let y = heads(
-        &qmv::matmul_t_tuned(x, q, s, b, 4, 64, Tuning::folded(), &f)?,
+        &qmv::matmul_t_tuned(x, as_packed(q, s, b, 4, 64), Tuning::folded(), &f)?,
         c,
     )?;
     let rotated = c.q_heads + c.kv_heads;
@@ -134,8 +134,10 @@ pub fn parity() -> anyhow::Result<()> {
             ..Tuning::folded()
         };
         for (what, t) in [("folded", Tuning::folded()), ("staged, 3 blocks", staged)] {
-            let got =
-                ops::concatenate(&qmv::rotated_heads_tuned(&x, &q, &s, &b, 4, 64, t, &f)?, 1)?;
+            let got = ops::concatenate(
+                &qmv::rotated_heads_tuned(&x, as_packed(&q, &s, &b, 4, 64), t, &f)?,
+                1,
+            )?;
             let differing = count_differing(&got, &want)?;
             let diff = max_abs(&got, &want)?;
             let freqs = if c.llama3 { "llama3" } else { "base" };
@@ -185,7 +187,8 @@ pub fn timing() -> anyhow::Result<()> {
     })?;
     let together = timed_n(count, &|i| {
         let [q, s, b] = &mats[i];
-        let [q, ..] = qmv::rotated_heads_tuned(&x, q, s, b, 4, 64, Tuning::folded(), &f)?;
+        let [q, ..] =
+            qmv::rotated_heads_tuned(&x, as_packed(q, s, b, 4, 64), Tuning::folded(), &f)?;
         Ok(q)
     })?;
     println!(

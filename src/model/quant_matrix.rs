@@ -172,20 +172,9 @@ impl QuantMatrix {
                 .as_dtype(x.dtype())?;
             return Ok(ops::matmul(x, w.t())?);
         }
-        if let Some(biases) = &self.biases {
-            let (bits, group) = (self.spec.bits, self.spec.group_size);
-            if self.spec.mode == QuantMode::Affine
-                && qmv::applies(x, &self.w, &self.scales, bits, group)
-            {
-                return qmv::matmul_t(
-                    x,
-                    &self.w,
-                    &self.scales,
-                    biases,
-                    bits,
-                    group,
-                    &Folded::default(),
-                );
+        if let Some(m) = self.packed() {
+            if qmv::applies(x, m.w, m.scales, m.bits, m.group) {
+                return qmv::matmul_t(x, m, &Folded::default());
             }
         }
         let pad = match (self.pad_rows_to, shape) {
@@ -222,15 +211,7 @@ impl QuantMatrix {
     /// packing, a decode step's few rows: [`qmv::applies_folded`]); else `None`.
     pub(crate) fn matmul_t_folded(&self, x: &Array, folded: &Folded) -> Result<Option<Array>> {
         match self.kernel_takes(x, folded) {
-            Some((biases, bits, group)) if folded.rope.is_none() => Ok(Some(qmv::matmul_t(
-                x,
-                &self.w,
-                &self.scales,
-                biases,
-                bits,
-                group,
-                folded,
-            )?)),
+            Some(m) if folded.rope.is_none() => Ok(Some(qmv::matmul_t(x, m, folded)?)),
             _ => Ok(None),
         }
     }
@@ -239,28 +220,29 @@ impl QuantMatrix {
     /// ([`qmv::rotated_heads`]), when it takes it; else `None`.
     pub(crate) fn rotated_heads(&self, x: &Array, folded: &Folded) -> Result<Option<[Array; 3]>> {
         match self.kernel_takes(x, folded) {
-            Some((biases, bits, group)) if folded.rope.is_some() => Ok(Some(qmv::rotated_heads(
-                x,
-                &self.w,
-                &self.scales,
-                biases,
-                bits,
-                group,
-                folded,
-            )?)),
+            Some(m) if folded.rope.is_some() => Ok(Some(qmv::rotated_heads(x, m, folded)?)),
             _ => Ok(None),
         }
     }
 
-    /// The biases, bits and group size, when kooka's kernel takes `x` and `folded` on this
-    /// matrix.
-    fn kernel_takes(&self, x: &Array, folded: &Folded) -> Option<(&Array, i32, i32)> {
-        let (Some(biases), QuantMode::Affine) = (&self.biases, self.spec.mode) else {
-            return None;
-        };
-        let (bits, group) = (self.spec.bits, self.spec.group_size);
-        qmv::applies_folded(x, &self.w, &self.scales, bits, group, folded)
-            .then_some((biases, bits, group))
+    /// This matrix as kooka's kernel takes it, when it does take `x` and `folded` here.
+    fn kernel_takes(&self, x: &Array, folded: &Folded) -> Option<qmv::Packed<'_>> {
+        self.packed()
+            .filter(|m| qmv::applies_folded(x, m.w, m.scales, m.bits, m.group, folded))
+    }
+
+    /// The matrix for kooka's kernel: affine packing with biases.
+    fn packed(&self) -> Option<qmv::Packed<'_>> {
+        match (&self.biases, self.spec.mode) {
+            (Some(biases), QuantMode::Affine) => Some(qmv::Packed {
+                w: &self.w,
+                scales: &self.scales,
+                biases,
+                bits: self.spec.bits,
+                group: self.spec.group_size,
+            }),
+            _ => None,
+        }
     }
 
     pub(crate) fn arrays(&self) -> Vec<&Array> {

@@ -1,8 +1,8 @@
 //! A custom CUDA kernel through mlx-c's `mlx_fast_cuda_kernel_*` (MLX's `fast::cuda_kernel`):
 //! MLX wraps the body in a `__global__` function of the named inputs (each a `const T*`, with
-//! `<name>_shape` / `<name>_strides` when the body uses them) and outputs, compiles it with
-//! NVRTC the first time each set of template constants is used, and runs it as one node of
-//! the lazy graph.
+//! `<name>_shape` / `<name>_strides` / `<name>_ndim` when the body uses them) and outputs after
+//! a header (here: includes, defines and the constants), compiles it with NVRTC the first time
+//! each set of constants is used, and runs it as one node of the lazy graph.
 
 use std::cell::RefCell;
 use std::collections::HashMap;

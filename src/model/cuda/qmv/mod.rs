@@ -78,86 +78,54 @@ fn with_kernel<R>(folded: &Folded, f: impl FnOnce(&CudaKernel) -> R) -> R {
     })
 }
 
+/// A packed matrix as the kernel takes it: MLX's affine packing, `w` uint32
+/// `[N, K * bits / 32]` with `scales` and `biases` `[N, K / group]`.
+#[derive(Clone, Copy)]
+pub struct Packed<'a> {
+    pub w: &'a Array,
+    pub scales: &'a Array,
+    pub biases: &'a Array,
+    pub bits: i32,
+    pub group: i32,
+}
+
 /// `residual + glu(norm(x) @ dequantize(w)^T)`, as much of it as `folded` holds (none: as
 /// [`applies`] says; some: as [`applies_folded`] says; not RoPE: [`rotated_heads`]), with the
 /// default [`Tuning`] (folded: [`Tuning::folded`]); `[..., N]` (`N / 2` with SwiGLU) in `x`'s
 /// type.
-pub fn matmul_t(
-    x: &Array,
-    w: &Array,
-    scales: &Array,
-    biases: &Array,
-    bits: i32,
-    group: i32,
-    folded: &Folded,
-) -> Result<Array> {
-    let tuning = default_tuning(x, w, folded);
-    matmul_t_tuned(x, w, scales, biases, bits, group, tuning, folded)
+pub fn matmul_t(x: &Array, m: Packed, folded: &Folded) -> Result<Array> {
+    matmul_t_tuned(x, m, default_tuning(x, m, folded), folded)
 }
 
 /// A fused q/k/v product with its q and k heads rotated (`folded.rope`, as
 /// [`applies_folded`] says): q, k and v as `[B, heads, 1, head_dim]` of `x` `[B, 1, K]`.
-pub fn rotated_heads(
-    x: &Array,
-    w: &Array,
-    scales: &Array,
-    biases: &Array,
-    bits: i32,
-    group: i32,
-    folded: &Folded,
-) -> Result<[Array; 3]> {
-    let tuning = default_tuning(x, w, folded);
-    rotated_heads_tuned(x, w, scales, biases, bits, group, tuning, folded)
+pub fn rotated_heads(x: &Array, m: Packed, folded: &Folded) -> Result<[Array; 3]> {
+    rotated_heads_tuned(x, m, default_tuning(x, m, folded), folded)
 }
 
-fn default_tuning(x: &Array, w: &Array, folded: &Folded) -> Tuning {
+fn default_tuning(x: &Array, m: Packed, folded: &Folded) -> Tuning {
     let k = *x.shape().last().expect("x has a last axis") as i64;
-    tuning(!folded.is_empty(), w.shape()[0] as i64 * k)
+    tuning(!folded.is_empty(), m.w.shape()[0] as i64 * k)
 }
 
 /// [`matmul_t`] with an explicit [`Tuning`] (for `examples/cuda_kernels`).
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_t_tuned(
-    x: &Array,
-    w: &Array,
-    scales: &Array,
-    biases: &Array,
-    bits: i32,
-    group: i32,
-    tuning: Tuning,
-    folded: &Folded,
-) -> Result<Array> {
+pub fn matmul_t_tuned(x: &Array, m: Packed, tuning: Tuning, folded: &Folded) -> Result<Array> {
     if folded.rope.is_some() {
         return Err(ModelError::Request(
             "qmv: a product with RoPE comes out as heads (rotated_heads)".into(),
         ));
     }
-    let xs = x.shape();
-    let n = w.shape()[0];
-    let mut shape = xs.to_vec();
+    let n = m.w.shape()[0];
+    let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("x has a last axis") = if folded.glu { n / 2 } else { n };
-    let mut y = launch(
-        x,
-        w,
-        scales,
-        biases,
-        [bits, group],
-        tuning,
-        folded,
-        vec![shape],
-    )?;
+    let mut y = launch(x, m, tuning, folded, vec![shape])?;
     Ok(y.remove(0))
 }
 
 /// [`rotated_heads`] with an explicit [`Tuning`] (for `examples/cuda_kernels`).
-#[allow(clippy::too_many_arguments)]
 pub fn rotated_heads_tuned(
     x: &Array,
-    w: &Array,
-    scales: &Array,
-    biases: &Array,
-    bits: i32,
-    group: i32,
+    m: Packed,
     tuning: Tuning,
     folded: &Folded,
 ) -> Result<[Array; 3]> {
@@ -167,7 +135,7 @@ pub fn rotated_heads_tuned(
         ));
     };
     let hd = r.head_dim;
-    let heads = w.shape()[0] / hd;
+    let heads = m.w.shape()[0] / hd;
     let shapes = [
         r.q_heads,
         r.rotated_heads - r.q_heads,
@@ -175,7 +143,7 @@ pub fn rotated_heads_tuned(
     ]
     .map(|h| vec![b, h, 1, hd])
     .to_vec();
-    let y = launch(x, w, scales, biases, [bits, group], tuning, folded, shapes)?;
+    let y = launch(x, m, tuning, folded, shapes)?;
     let [q, k, v]: [Array; 3] = y
         .try_into()
         .map_err(|_| ModelError::Request("qmv: three outputs expected".into()))?;
@@ -183,13 +151,15 @@ pub fn rotated_heads_tuned(
 }
 
 /// One call of the kernel for `folded`'s combination, its outputs in `shapes` (x's type).
-#[allow(clippy::too_many_arguments)]
 fn launch(
     x: &Array,
-    w: &Array,
-    scales: &Array,
-    biases: &Array,
-    [bits, group]: [i32; 2],
+    Packed {
+        w,
+        scales,
+        biases,
+        bits,
+        group,
+    }: Packed,
     tuning: Tuning,
     folded: &Folded,
     shapes: Vec<Vec<i32>>,

@@ -74,8 +74,8 @@ fn strings(items: &[&str]) -> mlx_sys::mlx_vector_string {
 /// it there with qmv's 9 KB), so the body goes to a file in the user's cache once and MLX
 /// gets a two-line stub that includes it (NVRTC reads it when it compiles); where the file
 /// cannot be written, the body without comments and indentation.
-fn body_for_mlx(name: &str, inputs: &[&str], source: &str) -> String {
-    match body_file(name, source) {
+fn body_for_mlx(inputs: &[&str], source: &str) -> String {
+    match body_file(source) {
         Ok(path) => match include_stub(inputs, source, &path) {
             Some(stub) => return stub,
             None => {
@@ -99,25 +99,26 @@ fn include_stub(inputs: &[&str], source: &str, path: &Path) -> Option<String> {
     Some(format!("// {}\n#include \"{path}\"\n", used.join(" ")))
 }
 
-/// `$XDG_CACHE_HOME/kooka/cuda/<name>-<hash of the body>.cu` (else under `~/.cache`), with
-/// `source` in it: written unless it already holds exactly that, through a rename (ranks of
-/// one machine may write it at once).
-fn body_file(name: &str, source: &str) -> std::io::Result<PathBuf> {
+/// `$XDG_CACHE_HOME/kooka/cuda/body-<hash of the body>.cu` (else under `~/.cache`; kernels of
+/// one body share it), with `source` in it: written unless it already holds exactly that,
+/// through a rename (ranks of one machine may write it at once).
+fn body_file(source: &str) -> std::io::Result<PathBuf> {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .ok_or_else(|| std::io::Error::other("no XDG_CACHE_HOME or HOME"))?;
-    body_file_in(&cache.join("kooka").join("cuda"), name, source)
+    body_file_in(&cache.join("kooka").join("cuda"), source)
 }
 
-fn body_file_in(dir: &Path, name: &str, source: &str) -> std::io::Result<PathBuf> {
-    let path = dir.join(format!("{name}-{:016x}.cu", fnv1a(source.as_bytes())));
+fn body_file_in(dir: &Path, source: &str) -> std::io::Result<PathBuf> {
+    let hash = fnv1a(source.as_bytes());
+    let path = dir.join(format!("body-{hash:016x}.cu"));
     if std::fs::read(&path).is_ok_and(|held| held == source.as_bytes()) {
         return Ok(path);
     }
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{name}-{}.tmp", std::process::id()));
+    let tmp = dir.join(format!(".body-{hash:016x}-{}.tmp", std::process::id()));
     std::fs::write(&tmp, source)?;
     std::fs::rename(&tmp, &path)?;
     Ok(path)
@@ -160,7 +161,7 @@ impl CudaKernel {
             name: name.into(),
             inputs: inputs.iter().map(|s| s.to_string()).collect(),
             outputs: outputs.iter().map(|s| s.to_string()).collect(),
-            body: body_for_mlx(name, inputs, source),
+            body: body_for_mlx(inputs, source),
             header: header.into(),
             contiguous,
             variants: RefCell::default(),
@@ -351,13 +352,13 @@ mod tests {
     #[test]
     fn the_body_file_holds_the_body_and_is_named_by_it() {
         let dir = std::env::temp_dir().join(format!("kooka-kernel-test-{}", std::process::id()));
-        let a = body_file_in(&dir, "k", "int a;\n").unwrap();
-        let b = body_file_in(&dir, "k", "int b;\n").unwrap();
+        let a = body_file_in(&dir, "int a;\n").unwrap();
+        let b = body_file_in(&dir, "int b;\n").unwrap();
         assert_ne!(a, b);
         assert_eq!(std::fs::read_to_string(&a).unwrap(), "int a;\n");
         // A file changed under that name is written again.
         std::fs::write(&a, "tampered").unwrap();
-        assert_eq!(body_file_in(&dir, "k", "int a;\n").unwrap(), a);
+        assert_eq!(body_file_in(&dir, "int a;\n").unwrap(), a);
         assert_eq!(std::fs::read_to_string(&a).unwrap(), "int a;\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }

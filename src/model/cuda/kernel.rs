@@ -41,6 +41,9 @@ pub(crate) struct CudaKernel {
     outputs: Vec<String>,
     /// What MLX gets as the body ([`body_for_mlx`]).
     body: String,
+    /// The body's file when `body` includes it, and the body to write there again if the file
+    /// is gone when a new variant is made (NVRTC reads it when MLX first runs the variant).
+    included: Option<(PathBuf, String)>,
     header: String,
     contiguous: bool,
     variants: RefCell<HashMap<u64, Variant>>,
@@ -74,17 +77,18 @@ fn strings(items: &[&str]) -> mlx_sys::mlx_vector_string {
 /// it there with qmv's 9 KB), so the body goes to a file in the user's cache once and MLX
 /// gets a two-line stub that includes it (NVRTC reads it when it compiles); where the file
 /// cannot be written, the body without comments and indentation.
-fn body_for_mlx(inputs: &[&str], source: &str) -> String {
+/// Also the file, when the stub includes one.
+fn body_for_mlx(inputs: &[&str], source: &str) -> (String, Option<PathBuf>) {
     match body_file(source) {
         Ok(path) => match include_stub(inputs, source, &path) {
-            Some(stub) => return stub,
+            Some(stub) => return (stub, Some(path)),
             None => {
                 tracing::debug!(path = %path.display(), "CUDA kernel body: path not includable")
             }
         },
         Err(e) => tracing::debug!(error = %e, "CUDA kernel body not written; inline"),
     }
-    compact(source)
+    (compact(source), None)
 }
 
 /// A comment with the `<input>_shape` / `_strides` / `_ndim` names the body uses (MLX passes
@@ -157,11 +161,13 @@ impl CudaKernel {
         header: &str,
         contiguous: bool,
     ) -> Self {
+        let (body, file) = body_for_mlx(inputs, source);
         CudaKernel {
             name: name.into(),
             inputs: inputs.iter().map(|s| s.to_string()).collect(),
             outputs: outputs.iter().map(|s| s.to_string()).collect(),
-            body: body_for_mlx(inputs, source),
+            body,
+            included: file.map(|path| (path, source.to_string())),
             header: header.into(),
             contiguous,
             variants: RefCell::default(),
@@ -181,6 +187,12 @@ impl CudaKernel {
         let mut variants = self.variants.borrow_mut();
         if let Some(v) = variants.get(&key).filter(|v| same(v)) {
             return v.raw;
+        }
+        if let Some((path, source)) = self.included.as_ref().filter(|(p, _)| !p.exists()) {
+            // Deleted while kooka runs (a cache cleaner): written again, same name.
+            if let Err(e) = body_file(source) {
+                tracing::warn!(path = %path.display(), error = %e, "CUDA kernel body not rewritten");
+            }
         }
         let mut header = self.header.clone();
         for (name, value) in constants {

@@ -220,9 +220,9 @@ impl Attention {
         let (b, l) = (x.shape()[0], x.shape()[1]);
         let (nq, nkv) = (self.n_heads, self.n_kv_heads);
         if let (Qkv::Fused { qkv, .. }, None, None) = (&self.qkv, &self.q_norm, &self.k_norm) {
-            // All heads from one matmul; the q and k heads rotated in one call (RoPE is per
-            // head, so the values are those of two calls), or by the matmul's kernel itself.
-            // The kernel may also rotate the heads and hand them over apart (no views).
+            // All heads from one matmul: kooka's kernel rotates the q and k heads itself and
+            // hands q, k and v over apart (no views); else the product, then RoPE on the q and
+            // k heads in one call (RoPE is per head, so the values are those of two calls).
             let rope = RopeFold {
                 rope: &self.rope,
                 positions: offset,

@@ -1,6 +1,6 @@
 // Body of kooka's batched decode attention, pass 2: merges the chunks of pass 1. Inputs
 // o_part [B, H, C, D], m_part and l_part [B, H, C] (float32); output out [B, H, 1, D] of
-// type T. Template constants: T, D. One block per (row, query head), one thread per element.
+// type T. Compile-time constants: T, D. One block per (row, query head), one thread per element.
 const float NEG_INF = -__int_as_float(0x7f800000);
 const size_t rh = blockIdx.x;
 const int d = threadIdx.x;

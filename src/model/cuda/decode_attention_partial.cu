@@ -1,6 +1,6 @@
 // Body of kooka's batched decode attention, pass 1 (MLX wraps it in a __global__ function
 // whose parameters are the inputs q, k, v, starts with their _shape/_strides, then the
-// outputs o_part, m_part, l_part). Template constants: T (q/k/v dtype), D (head dim, a
+// outputs o_part, m_part, l_part). Compile-time constants: T (q/k/v dtype), D (head dim, a
 // multiple of 32), G (query heads per key/value head), SCALE_BITS (the softmax scale times
 // log2(e), as float bits).
 //

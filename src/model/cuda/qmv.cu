@@ -3,7 +3,7 @@
 // values a scale and a bias: w = scale * q + bias). MLX wraps it in a __global__ function of
 // x [..., K] (T; M rows: any shape, so that callers need no view of it), w [N, K*BITS/32]
 // (uint32), scales and biases [N, K/GROUP] (S), their _shape, and the output y [M, N] (T; its
-// shape is the caller's). Template constants: T, S, TM (rows of x held, >= M), BITS (4 or
+// shape is the caller's). Compile-time constants: T, S, TM (rows of x held, >= M), BITS (4 or
 // 8), GROUP (32, 64 or 128), RPW (rows of W per warp), WARPS (warps per block), UNROLL (16-byte
 // loads a lane has in flight per row), TRICK (1: unpack 4-bit values with the exponent trick
 // below when x is 16-bit; 0, or float32 x: exactly, one value at a time), KN (= K), STAGE (1:

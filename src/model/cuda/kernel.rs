@@ -128,11 +128,18 @@ fn body_file_in(dir: &Path, source: &str) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// FNV-1a, 64 bits: a name for a body that stays the same across builds.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
+    fnv1a_from(FNV_OFFSET, bytes)
+}
+
+/// FNV-1a continued from `h` over `bytes`.
+fn fnv1a_from(h: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(h, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The body without comments and indentation, for MLX when it cannot be included.
@@ -300,19 +307,17 @@ impl Drop for CudaKernel {
     }
 }
 
-/// A hash of the constants' names and values (the variants' key).
+/// A hash of the constants' names and values (the variants' key), without allocating: it runs
+/// on every call.
 fn constants_key(constants: &[(&str, Constant)]) -> u64 {
-    let mut bytes = Vec::with_capacity(constants.len() * 16);
-    for (name, value) in constants {
-        bytes.extend_from_slice(name.as_bytes());
-        bytes.push(0);
+    constants.iter().fold(FNV_OFFSET, |h, (name, value)| {
         let v = match value {
             Constant::Int(v) => *v as i64,
             Constant::Type(d) => (1 << 40) | *d as i64,
         };
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
-    fnv1a(&bytes)
+        let h = fnv1a_from(h, name.as_bytes());
+        fnv1a_from(fnv1a_from(h, &[0]), &v.to_le_bytes())
+    })
 }
 
 /// The CUDA type MLX gives arrays of `dtype` (its `dtype_to_cuda_type`).

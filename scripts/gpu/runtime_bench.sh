@@ -27,6 +27,7 @@
 #      STAGE_KERNELS=0 skips cuda_kernels
 #   ab (not in the default steps): batch-1 decode, the default against AB_ENV / AB_BIN, with parity (see the step)
 #   hostprof (not in the default steps): native stacks of a decode step's host thread, summed (see the step)
+#   ktrace (not in the default steps): every kernel of decode steps on the device's clock (CUPTI), summed (see the step)
 #   rope (not in the default steps): RoPE folded into the fused q/k/v product (see the step)
 #   buffers (not in the default steps): batch-1 decode and its step profile for each of BUFFER_RUNS
 #      ("ops/mb" pairs: MLX_MAX_OPS_PER_BUFFER / MLX_MAX_MB_PER_BUFFER, how much of the lazy graph
@@ -36,7 +37,7 @@
 # The synthetic Llama-8B 4-bit model gets Qwen2.5's tokenizer (151,936 ids, more than the
 # model's 128,256), so that every sampled id decodes to text and time-to-first-text is the
 # time to the first token. Carried: third_party/gpu/{cuda13.part.ab, kooka, qwen-tokenizer/}.
-# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels qmv folds stage rope ab hostprof buffers disk;
+# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels qmv folds stage rope ab hostprof ktrace buffers disk;
 #   default setup qmm engine serve)
 # env: MODEL, SIDES, STREAMS, RUNS (engine: "batch prompt gen" triples, comma-separated), LONG_WORDS (resend prompt), TURN2_WORDS (a chat's turn 2 after
 # a system prompt this long; 0: off), RESEND_ROUNDS.
@@ -313,6 +314,25 @@ PY
       done
       kill $pid 2>/dev/null || true
       python3 scripts/gpu/stack_summary.py --tid $pid "$OUT/hostprof-stacks.txt" | tee "$OUT/hostprof.md" | head -${HOSTPROF_LINES:-60}
+      ;;
+    ktrace)
+      # Where a decode step's device time goes: step_profile (KTRACE_PROMPT tokens, 64 steps a
+      # round) under the CUPTI kernel tracer (scripts/gpu/kernel_trace.c, carried in run 1 as
+      # ktrace.tar.xz), once for each of KTRACE_ENVS (env assignments, comma-separated; "-"
+      # for none), summed per kernel by scripts/gpu/kernel_trace.py.
+      . scripts/gpu/env.sh
+      mkdir -p /tmp/ktrace-lib && tar -xJf /opt/mlxw/ktrace.tar.xz -C /tmp/ktrace-lib
+      n=0
+      for e in ${KTRACE_ENVS:--}; do
+        [ "$(left)" -gt 45 ] || { log "skip ktrace $e"; continue; }
+        n=$((n + 1)); env=(); [ "$e" = - ] || IFS=, read -ra env <<< "$e"
+        trace=/tmp/ktrace-$n.tsv
+        env "${env[@]}" KTRACE_OUT=$trace CUDA_INJECTION64_PATH=/tmp/ktrace-lib/ktrace/libkernel_trace.so \
+          timeout 150 /opt/mlxw/step_profile $MODEL ${KTRACE_PROMPT:-512} 64 > "$OUT/ktrace-$n-run.txt" 2>&1 || true
+        { echo "## $e (prompt ${KTRACE_PROMPT:-512})"; tail -1 "$OUT/ktrace-$n-run.txt"
+          python3 scripts/gpu/kernel_trace.py $trace --top ${KTRACE_TOP:-40}; } 2>&1 | tee -a "$OUT/ktrace.md"
+        gzip -c $trace > "$OUT/ktrace-$n.tsv.gz" || true
+      done
       ;;
     buffers)
       # How MLX cuts a decode step into CUDA graphs (issue 22): each graph costs the host an

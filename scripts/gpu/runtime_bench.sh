@@ -27,6 +27,7 @@
 #      STAGE_KERNELS=0 skips cuda_kernels
 #   ab (not in the default steps): batch-1 decode, the default against AB_ENV / AB_BIN, with parity (see the step)
 #   hostprof (not in the default steps): native stacks of a decode step's host thread, summed (see the step)
+#   kattn (not in the default steps): the decode attention kernels' parity and device times (see the step)
 #   ktrace (not in the default steps): every kernel of decode steps on the device's clock (CUPTI), summed (see the step)
 #   rope (not in the default steps): RoPE folded into the fused q/k/v product (see the step)
 #   buffers (not in the default steps): batch-1 decode and its step profile for each of BUFFER_RUNS
@@ -37,7 +38,7 @@
 # The synthetic Llama-8B 4-bit model gets Qwen2.5's tokenizer (151,936 ids, more than the
 # model's 128,256), so that every sampled id decodes to text and time-to-first-text is the
 # time to the first token. Carried: third_party/gpu/{cuda13.part.ab, kooka, qwen-tokenizer/}.
-# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels qmv folds stage rope ab hostprof ktrace buffers disk;
+# usage: scripts/gpu/runtime_bench.sh [STEP...]   (STEPS: setup qmm engine serve resend stall kernels qmv folds stage rope ab hostprof ktrace kattn buffers disk;
 #   default setup qmm engine serve)
 # env: MODEL, SIDES, STREAMS, RUNS (engine: "batch prompt gen" triples, comma-separated), LONG_WORDS (resend prompt), TURN2_WORDS (a chat's turn 2 after
 # a system prompt this long; 0: off), RESEND_ROUNDS.
@@ -333,6 +334,15 @@ PY
           python3 scripts/gpu/kernel_trace.py $trace --top ${KTRACE_TOP:-40}; } 2>&1 | tee -a "$OUT/ktrace.md"
         gzip -c $trace > "$OUT/ktrace-$n.tsv.gz" || true
       done
+      ;;
+    kattn)
+      # kooka's decode attention against MLX's (cuda_kernels ATTENTION_ONLY=1: parity, then
+      # times as the host sees them) under the kernel tracer: each kernel's device time.
+      . scripts/gpu/env.sh
+      mkdir -p /tmp/ktrace-lib && tar -xJf /opt/mlxw/ktrace.tar.xz -C /tmp/ktrace-lib
+      KTRACE_OUT=/tmp/kattn.tsv CUDA_INJECTION64_PATH=/tmp/ktrace-lib/ktrace/libkernel_trace.so \
+        ATTENTION_ONLY=1 timeout 240 /opt/mlxw/cuda_kernels 2>&1 | tee "$OUT/kattn.md" || true
+      python3 scripts/gpu/kernel_trace.py /tmp/kattn.tsv --whole --top 60 2>&1 | tee -a "$OUT/kattn.md"
       ;;
     buffers)
       # How MLX cuts a decode step into CUDA graphs (issue 22): each graph costs the host an

@@ -41,11 +41,17 @@ pub(crate) fn attention(
     if super::few_queries::use_for(q, sinks.is_some()) {
         return super::few_queries::attention(q, k, v, scale, mask);
     }
-    // One sequence keeps MLX's attention (cuDNN's from 256 keys): kooka's kernel was slower
-    // there on an H100 (PERFORMANCE, "Fewer views").
-    if let AttnMask::Rows { starts, .. } = mask {
-        if sinks.is_none() && decode_attention::applies(q, k, v) {
-            return decode_attention::attention(q, k, v, scale, starts);
+    if sinks.is_none() && decode_attention::applies(q, k, v) {
+        match mask {
+            AttnMask::Rows { starts, .. } => {
+                return decode_attention::attention(q, k, v, scale, Some(starts));
+            }
+            // One sequence keeps MLX's attention (cuDNN's from 256 keys) unless asked: kooka's
+            // kernel was slower there on an H100 (PERFORMANCE, "Fewer views").
+            AttnMask::None | AttnMask::Causal if decode_attention::takes_one_sequence() => {
+                return decode_attention::attention(q, k, v, scale, None);
+            }
+            _ => {}
         }
     }
     let mask = match mask {

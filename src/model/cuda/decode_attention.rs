@@ -23,17 +23,26 @@ const COMBINE: &str = include_str!("decode_attention_combine.cu");
 const PARTIAL_THREADS: i32 = 128;
 /// Blocks pass 1 aims for: a few per SM of the largest GPUs (an H200 has 132).
 const TARGET_BLOCKS: i32 = 1024;
-/// The fewest keys a chunk gets (fewer: the merge costs more than the parallelism gives).
-const MIN_CHUNK: i32 = 64;
+/// The fewest keys a chunk gets: one 32-key tile for each of pass 1's four warps (fewer: the
+/// merge costs more than the parallelism gives).
+const MIN_CHUNK: i32 = 128;
 
 thread_local! {
-    static KERNELS: (CudaKernel, CudaKernel) = (
+    static KERNELS: (CudaKernel, CudaKernel, CudaKernel) = (
         CudaKernel::new(
             "kooka_decode_attention_partial",
             &["q", "k", "v", "starts"],
             &["o_part", "m_part", "l_part"],
             PARTIAL,
             "",
+            false,
+        ),
+        CudaKernel::new(
+            "kooka_decode_attention_partial_all_keys",
+            &["q", "k", "v"],
+            &["o_part", "m_part", "l_part"],
+            PARTIAL,
+            "#define NO_STARTS 1\n",
             false,
         ),
         CudaKernel::new(
@@ -47,15 +56,41 @@ thread_local! {
     );
 }
 
-/// Whether `KOOKA_DECODE_ATTENTION` leaves the kernel on (`mlx` turns it off: MLX's masked
-/// attention instead). Decided once per process.
-fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        let off = std::env::var("KOOKA_DECODE_ATTENTION")
-            .is_ok_and(|v| matches!(v.trim(), "mlx" | "0" | "off" | "false"));
-        !off && cfg!(target_os = "linux") && !crate::model::default_device_is_cpu()
+/// Where `KOOKA_DECODE_ATTENTION` puts the kernel: batched decode steps (the default), none
+/// (`mlx`: MLX's masked attention instead), or also one sequence's (`all`: instead of MLX's
+/// cuDNN attention). Decided once per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Off,
+    Batched,
+    All,
+}
+
+fn setting() -> Use {
+    static USE: OnceLock<Use> = OnceLock::new();
+    *USE.get_or_init(|| {
+        if !cfg!(target_os = "linux") || crate::model::default_device_is_cpu() {
+            return Use::Off;
+        }
+        match std::env::var("KOOKA_DECODE_ATTENTION")
+            .as_deref()
+            .map(str::trim)
+        {
+            Ok("mlx" | "0" | "off" | "false") => Use::Off,
+            Ok("all") => Use::All,
+            _ => Use::Batched,
+        }
     })
+}
+
+fn enabled() -> bool {
+    setting() != Use::Off
+}
+
+/// Whether one sequence's decode step (no mask: every key seen) takes the kernel too
+/// (`KOOKA_DECODE_ATTENTION=all`), where [`applies`].
+pub fn takes_one_sequence() -> bool {
+    setting() == Use::All
 }
 
 /// Whether the kernel takes `q` `[B, H, 1, D]` over `k`, `v` `[B, KVH, S, D]`: a CUDA
@@ -81,9 +116,15 @@ pub fn applies(q: &Array, k: &Array, v: &Array) -> bool {
         && (h / ks[1]) * d <= 2048
 }
 
-/// `softmax(q k^T * scale) v` with row `b` seeing keys `starts[b]..` (int32 `[B]`); `q`, `k`,
-/// `v` as [`applies`] says. `[B, H, 1, D]` in `q`'s type.
-pub fn attention(q: &Array, k: &Array, v: &Array, scale: f32, starts: &Array) -> Result<Array> {
+/// `softmax(q k^T * scale) v` with row `b` seeing keys `starts[b]..` (int32 `[B]`; `None`:
+/// every key); `q`, `k`, `v` as [`applies`] says. `[B, H, 1, D]` in `q`'s type.
+pub fn attention(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    scale: f32,
+    starts: Option<&Array>,
+) -> Result<Array> {
     let (b, h, d) = (q.shape()[0], q.shape()[1], q.shape()[3]);
     let (kvh, keys) = (k.shape()[1], k.shape()[2]);
     let chunks = chunk_count(b * kvh, keys);
@@ -94,9 +135,13 @@ pub fn attention(q: &Array, k: &Array, v: &Array, scale: f32, starts: &Array) ->
         ("G", Constant::Int(h / kvh)),
         ("SCALE_BITS", Constant::Int(scale_log2e)),
     ];
-    KERNELS.with(|(pass1, pass2)| {
+    KERNELS.with(|(with_starts, all_keys, pass2)| {
+        let (pass1, inputs) = match starts {
+            Some(starts) => (with_starts, vec![q, k, v, starts]),
+            None => (all_keys, vec![q, k, v]),
+        };
         let parts = pass1.apply(
-            &[q, k, v, starts],
+            &inputs,
             &Launch {
                 outputs: vec![
                     (vec![b, h, chunks, d], Dtype::Float32),
@@ -138,8 +183,8 @@ mod tests {
     fn chunks_fill_the_gpu_without_tiny_chunks() {
         // Batch 32 of 8 key heads over 640 keys: 4 chunks of 160.
         assert_eq!(chunk_count(256, 640), 4);
-        // One row of 8 heads over 640 keys: as many 64-key chunks as there are.
-        assert_eq!(chunk_count(8, 640), 10);
+        // One row of 8 heads over 640 keys: as many 128-key chunks as there are.
+        assert_eq!(chunk_count(8, 640), 5);
         // A long context: bounded by the block target.
         assert_eq!(chunk_count(8, 100_000), 128);
         assert_eq!(chunk_count(4096, 10), 1);

@@ -2,17 +2,25 @@
 // whose parameters are the inputs q, k, v, starts with their _shape/_strides, then the
 // outputs o_part, m_part, l_part). Compile-time constants: T (q/k/v dtype), D (head dim, a
 // multiple of 32), G (query heads per key/value head), SCALE_BITS (the softmax scale times
-// log2(e), as float bits).
+// log2(e), as float bits). Under NO_STARTS (one sequence) there is no `starts`: every row
+// sees all keys.
 //
 // One block of 4 warps per (key chunk, key/value head, row). Row b attends to keys
-// starts[b] .. L-1 (L = k_shape[2]); this block to the chunk's share of them. Each warp
-// walks every 4th key of the chunk: its 32 lanes hold D/32 elements of each of the G
-// queries, of the key and of the value, and keep a running max, sum and weighted value per
-// query (scores in base 2). The warps' partial results are merged through shared memory;
-// the chunk's (max, sum, weighted values) go to m_part, l_part, o_part for pass 2.
+// starts[b] .. L-1 (L = k_shape[2]); this block to the chunk's share of them. The G queries
+// (scaled, as floats) sit in shared memory. Each warp walks tiles of 32 keys (every 4th tile
+// of the chunk): lane i scores key i of the tile against the G queries, reading the key's row
+// with D / (16 / sizeof(T)) independent 16-byte loads; one warp-wide max per query updates the
+// running max (scores in base 2); then the lanes split the value rows (D / 32 elements each,
+// one coalesced row a key, every key's load independent) and add p * v, each key's p taken
+// from its lane by a shuffle. Each lane keeps its share of the sum of p; the warps' running
+// max, sum and weighted values are merged through shared memory, and the chunk's go to
+// m_part, l_part, o_part for pass 2. Keys whose rows are not 16-byte aligned and contiguous
+// (never the cache's) are read one element at a time.
 const float NEG_INF = -__int_as_float(0x7f800000);
 constexpr int WARPS = 4;
-constexpr int E = D / 32;
+constexpr int E = D / 32;               // value elements a lane accumulates
+constexpr int V16 = 16 / sizeof(T);     // elements in a 16-byte load
+constexpr int KL = D / V16;             // 16-byte loads of a key row
 const float scale_log2e = __int_as_float(SCALE_BITS);
 const int chunk = blockIdx.x;
 const int hk = blockIdx.y;
@@ -23,61 +31,182 @@ const int nc = gridDim.x;
 const int L = k_shape[2];
 const int hq = q_shape[1];
 const int per_chunk = (L + nc - 1) / nc;
+#ifdef NO_STARTS
+const int lo = chunk * per_chunk;  // one sequence: every row sees all keys
+#else
 const int lo = max(starts[b], chunk * per_chunk);
+#endif
 const int hi = min(L, (chunk + 1) * per_chunk);
 
-float qr[G][E];
-float m[G];
-float l[G];
-float o[G][E];
-for (int g = 0; g < G; ++g) {
+__shared__ __align__(16) float qs[G][D];
+for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+  const int g = i / D;
+  const int d = i - g * D;
   const T* qp = q + b * q_strides[0] + (hk * G + g) * q_strides[1];
-  for (int e = 0; e < E; ++e) {
-    qr[g][e] = static_cast<float>(qp[(lane * E + e) * q_strides[3]]) * scale_log2e;
-    o[g][e] = 0.f;
-  }
-  m[g] = NEG_INF;
-  l[g] = 0.f;
+  qs[g][d] = static_cast<float>(qp[d * q_strides[3]]) * scale_log2e;
 }
 
 const T* kb = k + b * k_strides[0] + hk * k_strides[1];
 const T* vb = v + b * v_strides[0] + hk * v_strides[1];
-for (int j = lo + warp; j < hi; j += WARPS) {
-  const T* kp = kb + j * k_strides[2];
-  const T* vp = vb + j * v_strides[2];
-  float kr[E];
-  float vr[E];
-  for (int e = 0; e < E; ++e) {
-    kr[e] = static_cast<float>(kp[(lane * E + e) * k_strides[3]]);
-    vr[e] = static_cast<float>(vp[(lane * E + e) * v_strides[3]]);
+// Rows as 16-byte loads: contiguous, aligned rows (the cache's layout).
+const bool k_vec = k_strides[3] == 1 && k_strides[2] % V16 == 0 &&
+                   (reinterpret_cast<size_t>(kb) & 15) == 0;
+const bool v_vec = v_strides[3] == 1 && v_strides[2] % V16 == 0 &&
+                   (reinterpret_cast<size_t>(vb) & 15) == 0;
+// A lane's E value elements as floats: one load where the rows allow it.
+auto load_v = [&](const T* vp, float* vf) {
+  constexpr int BYTES = E * sizeof(T);
+  if (v_vec && BYTES >= 4) {
+    if constexpr (BYTES >= 16) {
+#pragma unroll
+      for (int h = 0; h < BYTES / 16; ++h) {
+        const uint4 raw = reinterpret_cast<const uint4*>(vp)[h];
+        const T* t = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+        for (int i = 0; i < V16; ++i) {
+          vf[h * V16 + i] = static_cast<float>(t[i]);
+        }
+      }
+    } else if constexpr (BYTES == 8) {
+      const uint2 raw = *reinterpret_cast<const uint2*>(vp);
+      const T* t = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int i = 0; i < E; ++i) {
+        vf[i] = static_cast<float>(t[i]);
+      }
+    } else if constexpr (BYTES == 4) {
+      const unsigned raw = *reinterpret_cast<const unsigned*>(vp);
+      const T* t = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int i = 0; i < E; ++i) {
+        vf[i] = static_cast<float>(t[i]);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      vf[e] = static_cast<float>(vp[e * v_strides[3]]);
+    }
   }
+};
+__syncthreads();
+
+float m[G];
+float l[G];
+float o[G][E];
+#pragma unroll
+for (int g = 0; g < G; ++g) {
+  m[g] = NEG_INF;
+  l[g] = 0.f;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    o[g][e] = 0.f;
+  }
+}
+
+for (int t0 = lo + warp * 32; t0 < hi; t0 += WARPS * 32) {
+  const int j = t0 + lane;
+  const bool in = j < hi;
+  float s[G];
+#pragma unroll
   for (int g = 0; g < G; ++g) {
-    float s = 0.f;
-    for (int e = 0; e < E; ++e) {
-      s += qr[g][e] * kr[e];
+    s[g] = 0.f;
+  }
+  if (in) {
+    const T* kp = kb + size_t(j) * k_strides[2];
+    if (k_vec) {
+      // KB loads in flight at a time (all of a row's, up to 8).
+      constexpr int KB = KL < 8 ? KL : 8;
+#pragma unroll
+      for (int c0 = 0; c0 < KL; c0 += KB) {
+        uint4 raw[KB];
+#pragma unroll
+        for (int c = 0; c < KB; ++c) {
+          raw[c] = reinterpret_cast<const uint4*>(kp)[c0 + c];
+        }
+#pragma unroll
+        for (int c = 0; c < KB; ++c) {
+          const T* kv = reinterpret_cast<const T*>(&raw[c]);
+#pragma unroll
+          for (int i4 = 0; i4 < V16; i4 += 4) {
+            const int d = (c0 + c) * V16 + i4;
+            const float k0 = static_cast<float>(kv[i4]);
+            const float k1 = static_cast<float>(kv[i4 + 1]);
+            const float k2 = static_cast<float>(kv[i4 + 2]);
+            const float k3 = static_cast<float>(kv[i4 + 3]);
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+              const float4 qv = *reinterpret_cast<const float4*>(&qs[g][d]);
+              s[g] += qv.x * k0 + qv.y * k1 + qv.z * k2 + qv.w * k3;
+            }
+          }
+        }
+      }
+    } else {
+      for (int d = 0; d < D; ++d) {
+        const float kf = static_cast<float>(kp[d * k_strides[3]]);
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          s[g] += qs[g][d] * kf;
+        }
+      }
     }
+  }
+  // The tile's max per query (lane 0's key is always in), the running max, and p.
+  float p[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    float t = in ? s[g] : NEG_INF;
+#pragma unroll
     for (int off = 16; off > 0; off /= 2) {
-      s += __shfl_xor_sync(0xffffffff, s, off);
+      t = fmaxf(t, __shfl_xor_sync(0xffffffff, t, off));
     }
-    const float mn = fmaxf(m[g], s);
+    const float mn = fmaxf(m[g], t);
     const float corr = exp2f(m[g] - mn);
-    const float p = exp2f(s - mn);
-    l[g] = l[g] * corr + p;
+    p[g] = in ? exp2f(s[g] - mn) : 0.f;
+    l[g] = l[g] * corr + p[g];
+#pragma unroll
     for (int e = 0; e < E; ++e) {
-      o[g][e] = o[g][e] * corr + p * vr[e];
+      o[g][e] *= corr;
     }
     m[g] = mn;
+  }
+  // p * v over the tile's keys: lane owns elements lane * E .. lane * E + E - 1.
+  const int n = min(32, hi - t0);
+  const T* vt = vb + size_t(t0) * v_strides[2] + size_t(lane * E) * v_strides[3];
+#pragma unroll 8
+  for (int jj = 0; jj < 32; ++jj) {
+    if (jj < n) {
+      const T* vp = vt + size_t(jj) * v_strides[2];
+      float vf[E];
+      load_v(vp, vf);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const float pj = __shfl_sync(0xffffffff, p[g], jj);
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          o[g][e] += pj * vf[e];
+        }
+      }
+    }
   }
 }
 
 __shared__ float sm[WARPS][G];
 __shared__ float sl[WARPS][G];
 __shared__ float so[WARPS][G][D];
+#pragma unroll
 for (int g = 0; g < G; ++g) {
+  float lw = l[g];
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) {
+    lw += __shfl_xor_sync(0xffffffff, lw, off);
+  }
   if (lane == 0) {
     sm[warp][g] = m[g];
-    sl[warp][g] = l[g];
+    sl[warp][g] = lw;
   }
+#pragma unroll
   for (int e = 0; e < E; ++e) {
     so[warp][g][lane * E + e] = o[g][e];
   }

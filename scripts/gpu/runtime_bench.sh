@@ -337,12 +337,17 @@ PY
       ;;
     kattn)
       # kooka's decode attention against MLX's (cuda_kernels ATTENTION_ONLY=1: parity, then
-      # times as the host sees them) under the kernel tracer: each kernel's device time.
+      # times as the host sees them) under the kernel tracer: each kernel's device time; for
+      # each binary of KATTN_BINS (another build's cuda_kernels to compare against).
       . scripts/gpu/env.sh
       mkdir -p /tmp/ktrace-lib && tar -xJf /opt/mlxw/ktrace.tar.xz -C /tmp/ktrace-lib
-      KTRACE_OUT=/tmp/kattn.tsv CUDA_INJECTION64_PATH=/tmp/ktrace-lib/ktrace/libkernel_trace.so \
-        ATTENTION_ONLY=1 timeout 240 /opt/mlxw/cuda_kernels 2>&1 | tee "$OUT/kattn.md" || true
-      python3 scripts/gpu/kernel_trace.py /tmp/kattn.tsv --whole --top 60 2>&1 | tee -a "$OUT/kattn.md"
+      for bin in ${KATTN_BINS:-/opt/mlxw/cuda_kernels}; do
+        [ "$(left)" -gt 60 ] || { log "skip kattn $bin"; continue; }
+        tag=$(basename $bin)
+        KTRACE_OUT=/tmp/kattn-$tag.tsv CUDA_INJECTION64_PATH=/tmp/ktrace-lib/ktrace/libkernel_trace.so \
+          ATTENTION_ONLY=1 timeout 240 $bin 2>&1 | tee "$OUT/kattn-$tag.md" || true
+        python3 scripts/gpu/kernel_trace.py /tmp/kattn-$tag.tsv --whole --top 60 2>&1 | tee -a "$OUT/kattn-$tag.md"
+      done
       ;;
     buffers)
       # How MLX cuts a decode step into CUDA graphs (issue 22): each graph costs the host an

@@ -13,7 +13,7 @@
 mod fit;
 mod tuning;
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 
 use mlx_rs::Array;
 
@@ -34,6 +34,28 @@ thread_local! {
     /// with per-pair frequencies 16), made on first use: MLX compiles and caches each under
     /// its own name.
     static KERNELS: [OnceCell<CudaKernel>; 32] = Default::default();
+}
+
+thread_local! {
+    /// The last one-sequence position handed to RoPE's fold, as the int32 `[1]` the kernel
+    /// reads: every layer of a decode step asks for the same one, so a step makes one array
+    /// (one upload) instead of one a layer.
+    static POSITION: RefCell<Option<(i32, Array)>> = const { RefCell::new(None) };
+}
+
+/// Position `p` as an int32 `[1]` array, the same array while `p` is.
+fn position_array(p: i32) -> Array {
+    POSITION.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((q, a)) if *q == p => a.clone(),
+            _ => {
+                let a = Array::from_slice(&[p], &[1]);
+                *last = Some((p, a.clone()));
+                a
+            }
+        }
+    })
 }
 
 /// Runs `f` with the kernel for `folded`'s combination.
@@ -213,7 +235,7 @@ fn launch(
         constants.push(("TRAD", Constant::Int(r.rope.traditional as i32)));
         constants.push(("SCALE_BITS", Constant::Int(scale.to_bits() as i32)));
         positions = match r.positions {
-            Positions::Same(p) => Array::from_slice(&[*p], &[1]),
+            Positions::Same(p) => position_array(*p),
             Positions::PerRow(p) => p.clone(),
         };
         inputs.push(&positions);
@@ -240,4 +262,18 @@ fn launch(
             },
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_array_holds_the_position_asked_for() {
+        let value = |a: Array| a.try_item_exact::<i32>().unwrap();
+        assert_eq!(value(position_array(7)), 7);
+        assert_eq!(value(position_array(7)), 7); // the same array again
+        assert_eq!(value(position_array(8)), 8);
+        assert_eq!(value(position_array(7)), 7);
+    }
 }

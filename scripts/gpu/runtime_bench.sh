@@ -327,12 +327,12 @@ PY
       for e in ${KTRACE_ENVS:--}; do
         [ "$(left)" -gt 45 ] || { log "skip ktrace $e"; continue; }
         n=$((n + 1)); env=(); [ "$e" = - ] || IFS=, read -ra env <<< "$e"
-        trace=/tmp/ktrace-$n.tsv
+        trace=/tmp/ktrace-${KTRACE_PROMPT:-512}-$n.tsv
         env "${env[@]}" KTRACE_OUT=$trace CUDA_INJECTION64_PATH=/tmp/ktrace-lib/ktrace/libkernel_trace.so \
-          timeout 150 /opt/mlxw/step_profile $MODEL ${KTRACE_PROMPT:-512} 64 > "$OUT/ktrace-$n-run.txt" 2>&1 || true
-        { echo "## $e (prompt ${KTRACE_PROMPT:-512})"; tail -1 "$OUT/ktrace-$n-run.txt"
+          timeout 150 /opt/mlxw/step_profile $MODEL ${KTRACE_PROMPT:-512} 64 > "$OUT/ktrace-${KTRACE_PROMPT:-512}-$n-run.txt" 2>&1 || true
+        { echo "## $e (prompt ${KTRACE_PROMPT:-512})"; tail -1 "$OUT/ktrace-${KTRACE_PROMPT:-512}-$n-run.txt"
           python3 scripts/gpu/kernel_trace.py $trace --top ${KTRACE_TOP:-40}; } 2>&1 | tee -a "$OUT/ktrace.md"
-        gzip -c $trace > "$OUT/ktrace-$n.tsv.gz" || true
+        gzip -c $trace > "$OUT/ktrace-${KTRACE_PROMPT:-512}-$n.tsv.gz" || true
       done
       ;;
     kattn)
@@ -341,6 +341,8 @@ PY
       # each binary of KATTN_BINS (another build's cuda_kernels to compare against).
       . scripts/gpu/env.sh
       mkdir -p /tmp/ktrace-lib && tar -xJf /opt/mlxw/ktrace.tar.xz -C /tmp/ktrace-lib
+      # (binaries may come packed, to fit a run: cd third_party/gpu && tar -cJf kernels.tar.xz cuda_kernels ...)
+      [ -f /opt/mlxw/kernels.tar.xz ] && tar -xJf /opt/mlxw/kernels.tar.xz -C /opt/mlxw
       for bin in ${KATTN_BINS:-/opt/mlxw/cuda_kernels}; do
         [ "$(left)" -gt 60 ] || { log "skip kattn $bin"; continue; }
         tag=$(basename $bin)

@@ -9,13 +9,16 @@
 // starts[b] .. L-1 (L = k_shape[2]); this block to the chunk's share of them. The G queries
 // (scaled, as floats) sit in shared memory. Each warp walks tiles of 32 keys (every 4th tile
 // of the chunk): lane i scores key i of the tile against the G queries, reading the key's row
-// with D / (16 / sizeof(T)) independent 16-byte loads; one warp-wide max per query updates the
-// running max (scores in base 2); then the lanes split the value rows (D / 32 elements each,
-// one coalesced row a key, every key's load independent) and add p * v, each key's p taken
-// from its lane by a shuffle. Each lane keeps its share of the sum of p; the warps' running
-// max, sum and weighted values are merged through shared memory, and the chunk's go to
-// m_part, l_part, o_part for pass 2. Keys whose rows are not 16-byte aligned and contiguous
-// (never the cache's) are read one element at a time.
+// with D / (16 / sizeof(T)) 16-byte loads, all in flight together; one warp-wide max per query
+// updates the running max (scores in base 2); then the lanes split the value rows (D / 32
+// elements each, one coalesced row a key) and add p * v, each key's p taken from its lane by a
+// shuffle, the loads of VB keys issued before any is used. No branch guards a load (lanes and
+// keys past the tile read its last key again, weighted 0), so that the loads can go out
+// together: one sequence's step has too few warps to hide a chain of waits. Each lane keeps
+// its share of the sum of p; the warps' running max, sum and weighted values are merged
+// through shared memory, and the chunk's go to m_part, l_part, o_part for pass 2. Keys whose
+// rows are not 16-byte aligned and contiguous (never the cache's) are read one element at a
+// time.
 const float NEG_INF = -__int_as_float(0x7f800000);
 constexpr int WARPS = 4;
 constexpr int E = D / 32;               // value elements a lane accumulates
@@ -104,51 +107,48 @@ for (int g = 0; g < G; ++g) {
   }
 }
 
+// Keys a lane's value loads take per batch: all in flight before any is used (E floats each).
+constexpr int VB = 64 / E < 8 ? 8 : (64 / E > 16 ? 16 : 64 / E);
 for (int t0 = lo + warp * 32; t0 < hi; t0 += WARPS * 32) {
-  const int j = t0 + lane;
-  const bool in = j < hi;
+  const int n = min(32, hi - t0);  // keys of this tile
+  const bool in = lane < n;
   float s[G];
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     s[g] = 0.f;
   }
-  if (in) {
-    const T* kp = kb + size_t(j) * k_strides[2];
-    if (k_vec) {
-      // KB loads in flight at a time (all of a row's, up to 8).
-      constexpr int KB = KL < 8 ? KL : 8;
+  // Lanes past the tile score its last key again (no branch around the loads: all of a
+  // row's go out together); their p is 0.
+  const T* kp = kb + size_t(t0 + (in ? lane : n - 1)) * k_strides[2];
+  if (k_vec) {
+    uint4 raw[KL];
 #pragma unroll
-      for (int c0 = 0; c0 < KL; c0 += KB) {
-        uint4 raw[KB];
+    for (int c = 0; c < KL; ++c) {
+      raw[c] = reinterpret_cast<const uint4*>(kp)[c];
+    }
 #pragma unroll
-        for (int c = 0; c < KB; ++c) {
-          raw[c] = reinterpret_cast<const uint4*>(kp)[c0 + c];
-        }
+    for (int c = 0; c < KL; ++c) {
+      const T* kv = reinterpret_cast<const T*>(&raw[c]);
 #pragma unroll
-        for (int c = 0; c < KB; ++c) {
-          const T* kv = reinterpret_cast<const T*>(&raw[c]);
-#pragma unroll
-          for (int i4 = 0; i4 < V16; i4 += 4) {
-            const int d = (c0 + c) * V16 + i4;
-            const float k0 = static_cast<float>(kv[i4]);
-            const float k1 = static_cast<float>(kv[i4 + 1]);
-            const float k2 = static_cast<float>(kv[i4 + 2]);
-            const float k3 = static_cast<float>(kv[i4 + 3]);
-#pragma unroll
-            for (int g = 0; g < G; ++g) {
-              const float4 qv = *reinterpret_cast<const float4*>(&qs[g][d]);
-              s[g] += qv.x * k0 + qv.y * k1 + qv.z * k2 + qv.w * k3;
-            }
-          }
-        }
-      }
-    } else {
-      for (int d = 0; d < D; ++d) {
-        const float kf = static_cast<float>(kp[d * k_strides[3]]);
+      for (int i4 = 0; i4 < V16; i4 += 4) {
+        const int d = c * V16 + i4;
+        const float k0 = static_cast<float>(kv[i4]);
+        const float k1 = static_cast<float>(kv[i4 + 1]);
+        const float k2 = static_cast<float>(kv[i4 + 2]);
+        const float k3 = static_cast<float>(kv[i4 + 3]);
 #pragma unroll
         for (int g = 0; g < G; ++g) {
-          s[g] += qs[g][d] * kf;
+          const float4 qv = *reinterpret_cast<const float4*>(&qs[g][d]);
+          s[g] += qv.x * k0 + qv.y * k1 + qv.z * k2 + qv.w * k3;
         }
+      }
+    }
+  } else {
+    for (int d = 0; d < D; ++d) {
+      const float kf = static_cast<float>(kp[d * k_strides[3]]);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        s[g] += qs[g][d] * kf;
       }
     }
   }
@@ -171,21 +171,26 @@ for (int t0 = lo + warp * 32; t0 < hi; t0 += WARPS * 32) {
     }
     m[g] = mn;
   }
-  // p * v over the tile's keys: lane owns elements lane * E .. lane * E + E - 1.
-  const int n = min(32, hi - t0);
+  // p * v over the tile's keys, VB keys' loads in flight at a time (keys past the tile
+  // read its last row again, with p = 0): lane owns elements lane * E .. lane * E + E - 1.
   const T* vt = vb + size_t(t0) * v_strides[2] + size_t(lane * E) * v_strides[3];
-#pragma unroll 8
-  for (int jj = 0; jj < 32; ++jj) {
-    if (jj < n) {
-      const T* vp = vt + size_t(jj) * v_strides[2];
-      float vf[E];
-      load_v(vp, vf);
 #pragma unroll
-      for (int g = 0; g < G; ++g) {
-        const float pj = __shfl_sync(0xffffffff, p[g], jj);
+  for (int j0 = 0; j0 < 32; j0 += VB) {
+    if (j0 < n) {
+      float vf[VB][E];
 #pragma unroll
-        for (int e = 0; e < E; ++e) {
-          o[g][e] += pj * vf[e];
+      for (int u = 0; u < VB; ++u) {
+        load_v(vt + size_t(min(j0 + u, n - 1)) * v_strides[2], vf[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < VB; ++u) {
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          const float pj = __shfl_sync(0xffffffff, p[g], j0 + u);
+#pragma unroll
+          for (int e = 0; e < E; ++e) {
+            o[g][e] += pj * vf[u][e];
+          }
         }
       }
     }

@@ -339,6 +339,8 @@ PY
       # kooka's decode attention against MLX's (cuda_kernels ATTENTION_ONLY=1: parity, then
       # times as the host sees them) under the kernel tracer: each kernel's device time; for
       # each binary of KATTN_BINS (another build's cuda_kernels to compare against).
+      # KATTN_MODE=QMV_ONLY (or FOLDS_ONLY, ROPE_ONLY) traces those parts instead: the matvec's
+      # device time per tuning, where the host-timed tables include the host's per-call cost.
       . scripts/gpu/env.sh
       mkdir -p /tmp/ktrace-lib && tar -xJf /opt/mlxw/ktrace.tar.xz -C /tmp/ktrace-lib
       # (binaries may come packed, to fit a run: cd third_party/gpu && tar -cJf kernels.tar.xz cuda_kernels ...)
@@ -347,7 +349,7 @@ PY
         [ "$(left)" -gt 60 ] || { log "skip kattn $bin"; continue; }
         tag=$(basename $bin)
         KTRACE_OUT=/tmp/kattn-$tag.tsv CUDA_INJECTION64_PATH=/tmp/ktrace-lib/ktrace/libkernel_trace.so \
-          ATTENTION_ONLY=1 timeout 240 $bin 2>&1 | tee "$OUT/kattn-$tag.md" || true
+          ${KATTN_MODE:-ATTENTION_ONLY}=1 timeout 240 $bin 2>&1 | tee "$OUT/kattn-$tag.md" || true
         python3 scripts/gpu/kernel_trace.py /tmp/kattn-$tag.tsv --whole --top 60 2>&1 | tee -a "$OUT/kattn-$tag.md"
       done
       ;;

@@ -46,8 +46,9 @@ pub(crate) fn attention(
             AttnMask::Rows { starts, .. } => {
                 return decode_attention::attention(q, k, v, scale, Some(starts));
             }
-            // One sequence keeps MLX's attention (cuDNN's from 256 keys) unless asked: kooka's
-            // kernel was slower there on an H100 (PERFORMANCE, "Fewer views").
+            // One sequence keeps MLX's attention (cuDNN's from 256 keys) unless asked: the
+            // same whole-step speed on an H100, and mlx-lm's rounding (PERFORMANCE, "The
+            // device's side of a step").
             AttnMask::None | AttnMask::Causal if decode_attention::takes_one_sequence() => {
                 return decode_attention::attention(q, k, v, scale, None);
             }

@@ -44,6 +44,19 @@ def short(name, width=70):
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
+def by_kind(rows):
+    """Each kernel kind's (short name, grid and block, registers) durations, in ns."""
+    names = demangle({r[5] for r in rows})
+    kinds = defaultdict(list)
+    for r in rows:
+        kinds[(short(names[r[5]]), r[3], r[4])].append(r[1] - r[0])
+    return sorted(kinds.items(), key=lambda kv: -sum(kv[1]))
+
+
+def dims_text(dims):
+    return "x".join(dims[:3]) + " / " + "x".join(dims[3:])
+
+
 def union(spans):
     total, end = 0, None
     for s, e in sorted(spans):
@@ -93,18 +106,13 @@ def main():
           f"({100 * busy / wall:.0f}%), kernels {len(inside) / steps:.0f} (sum {kernel_sum:.1f} us)")
     print(f"idle between kernels a step: {idle_small:.1f} us in gaps <= 5 us, {idle_big:.1f} us in "
           f"longer gaps; median gap {statistics.median(between) / 1e3:.2f} us")
-    names = demangle({r[5] for r in inside})
-    kinds = defaultdict(list)
-    for r in inside:
-        kinds[(short(names[r[5]]), r[3], r[4])].append(r[1] - r[0])
     print()
     print("| kernel | grid / block | regs | calls a step | mean us | us a step | share |")
     print("|---|---|---|---|---|---|---|")
-    ranked = sorted(kinds.items(), key=lambda kv: -sum(kv[1]))
+    ranked = by_kind(inside)
     for (name, dims, regs), d in ranked[: a.top]:
         per = sum(d) / steps / 1e3
-        grid = "x".join(dims[:3]) + " / " + "x".join(dims[3:])
-        print(f"| `{name}` | {grid} | {regs} | {len(d) / steps:.2f} | {sum(d) / len(d) / 1e3:.2f} "
+        print(f"| `{name}` | {dims_text(dims)} | {regs} | {len(d) / steps:.2f} | {sum(d) / len(d) / 1e3:.2f} "
               f"| {per:.1f} | {100 * per / wall:.1f}% |")
     rest = ranked[a.top:]
     if rest:
@@ -113,15 +121,10 @@ def main():
 
 
 def whole(rows, top):
-    names = demangle({r[5] for r in rows})
-    kinds = defaultdict(list)
-    for r in rows:
-        kinds[(short(names[r[5]]), r[3], r[4])].append(r[1] - r[0])
     print("| kernel | grid / block | regs | calls | mean us | median us |")
     print("|---|---|---|---|---|---|")
-    for (name, dims, regs), d in sorted(kinds.items(), key=lambda kv: -sum(kv[1]))[:top]:
-        grid = "x".join(dims[:3]) + " / " + "x".join(dims[3:])
-        print(f"| `{name}` | {grid} | {regs} | {len(d)} | {sum(d) / len(d) / 1e3:.2f} "
+    for (name, dims, regs), d in by_kind(rows)[:top]:
+        print(f"| `{name}` | {dims_text(dims)} | {regs} | {len(d)} | {sum(d) / len(d) / 1e3:.2f} "
               f"| {statistics.median(d) / 1e3:.2f} |")
 
 

@@ -60,6 +60,13 @@ bench8b() {
   echo "$label $(env "$@" timeout 60 ${KOOKA_BIN:-/opt/mlxw/kooka} bench --model $MODEL --batch 1 \
     --prompt-tokens 512 --gen-tokens 128 --reps 1 2>&1 | tail -1)" | tee -a "$OUT/${BENCH_LOG:-folds-bench.md}"
 }
+# Runs a command under the kernel tracer (carried in run 1 as ktrace.tar.xz), its trace into $1.
+traced() {
+  local trace=$1; shift
+  [ -f /tmp/ktrace-lib/ktrace/libkernel_trace.so ] || { mkdir -p /tmp/ktrace-lib &&
+    tar -xJf /opt/mlxw/ktrace.tar.xz -C /tmp/ktrace-lib; }
+  KTRACE_OUT=$trace CUDA_INJECTION64_PATH=/tmp/ktrace-lib/ktrace/libkernel_trace.so "$@"
+}
 export PYTHONUNBUFFERED=1
 steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(setup qmm engine serve)
 for step in "${steps[@]}"; do
@@ -322,13 +329,12 @@ PY
       # ktrace.tar.xz), once for each of KTRACE_ENVS (env assignments, comma-separated; "-"
       # for none), summed per kernel by scripts/gpu/kernel_trace.py.
       . scripts/gpu/env.sh
-      mkdir -p /tmp/ktrace-lib && tar -xJf /opt/mlxw/ktrace.tar.xz -C /tmp/ktrace-lib
       n=0
       for e in ${KTRACE_ENVS:--}; do
         [ "$(left)" -gt 45 ] || { log "skip ktrace $e"; continue; }
         n=$((n + 1)); env=(); [ "$e" = - ] || IFS=, read -ra env <<< "$e"
         trace=/tmp/ktrace-${KTRACE_PROMPT:-512}-$n.tsv
-        env "${env[@]}" KTRACE_OUT=$trace CUDA_INJECTION64_PATH=/tmp/ktrace-lib/ktrace/libkernel_trace.so \
+        traced $trace env "${env[@]}" \
           timeout 150 /opt/mlxw/step_profile $MODEL ${KTRACE_PROMPT:-512} 64 > "$OUT/ktrace-${KTRACE_PROMPT:-512}-$n-run.txt" 2>&1 || true
         { echo "## $e (prompt ${KTRACE_PROMPT:-512})"; tail -1 "$OUT/ktrace-${KTRACE_PROMPT:-512}-$n-run.txt"
           python3 scripts/gpu/kernel_trace.py $trace --top ${KTRACE_TOP:-40}; } 2>&1 | tee -a "$OUT/ktrace.md"
@@ -342,13 +348,12 @@ PY
       # KATTN_MODE=QMV_ONLY (or FOLDS_ONLY, ROPE_ONLY) traces those parts instead: the matvec's
       # device time per tuning, where the host-timed tables include the host's per-call cost.
       . scripts/gpu/env.sh
-      mkdir -p /tmp/ktrace-lib && tar -xJf /opt/mlxw/ktrace.tar.xz -C /tmp/ktrace-lib
       # (binaries may come packed, to fit a run: cd third_party/gpu && tar -cJf kernels.tar.xz cuda_kernels ...)
       [ -f /opt/mlxw/kernels.tar.xz ] && tar -xJf /opt/mlxw/kernels.tar.xz -C /opt/mlxw
       for bin in ${KATTN_BINS:-/opt/mlxw/cuda_kernels}; do
         [ "$(left)" -gt 60 ] || { log "skip kattn $bin"; continue; }
         tag=$(basename $bin)
-        KTRACE_OUT=/tmp/kattn-$tag.tsv CUDA_INJECTION64_PATH=/tmp/ktrace-lib/ktrace/libkernel_trace.so \
+        traced /tmp/kattn-$tag.tsv env \
           ${KATTN_MODE:-ATTENTION_ONLY}=1 timeout 240 $bin 2>&1 | tee "$OUT/kattn-$tag.md" || true
         python3 scripts/gpu/kernel_trace.py /tmp/kattn-$tag.tsv --whole --top 60 2>&1 | tee -a "$OUT/kattn-$tag.md"
       done

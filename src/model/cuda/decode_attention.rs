@@ -136,12 +136,13 @@ pub fn attention(
         ("SCALE_BITS", Constant::Int(scale_log2e)),
     ];
     KERNELS.with(|(with_starts, all_keys, pass2)| {
+        let inputs = [q, k, v, starts.unwrap_or(q)];
         let (pass1, inputs) = match starts {
-            Some(starts) => (with_starts, vec![q, k, v, starts]),
-            None => (all_keys, vec![q, k, v]),
+            Some(_) => (with_starts, &inputs[..]),
+            None => (all_keys, &inputs[..3]),
         };
         let parts = pass1.apply(
-            &inputs,
+            inputs,
             &Launch {
                 outputs: vec![
                     (vec![b, h, chunks, d], Dtype::Float32),

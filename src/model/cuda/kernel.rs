@@ -43,7 +43,7 @@ pub(crate) struct CudaKernel {
     body: String,
     /// The body's file when `body` includes it, and the body to write there again if the file
     /// is gone when a new variant is made (NVRTC reads it when MLX first runs the variant).
-    included: Option<(PathBuf, String)>,
+    included: Option<(PathBuf, &'static str)>,
     header: String,
     contiguous: bool,
     variants: RefCell<HashMap<u64, Variant>>,
@@ -164,7 +164,7 @@ impl CudaKernel {
         name: &str,
         inputs: &[&str],
         outputs: &[&str],
-        source: &str,
+        source: &'static str,
         header: &str,
         contiguous: bool,
     ) -> Self {
@@ -174,7 +174,7 @@ impl CudaKernel {
             inputs: inputs.iter().map(|s| s.to_string()).collect(),
             outputs: outputs.iter().map(|s| s.to_string()).collect(),
             body,
-            included: file.map(|path| (path, source.to_string())),
+            included: file.map(|path| (path, source)),
             header: header.into(),
             contiguous,
             variants: RefCell::default(),

@@ -34,9 +34,6 @@ thread_local! {
     /// with per-pair frequencies 16), made on first use: MLX compiles and caches each under
     /// its own name.
     static KERNELS: [OnceCell<CudaKernel>; 32] = Default::default();
-}
-
-thread_local! {
     /// The last one-sequence position handed to RoPE's fold, as the int32 `[1]` the kernel
     /// reads: every layer of a decode step asks for the same one, so a step makes one array
     /// (one upload) instead of one a layer.

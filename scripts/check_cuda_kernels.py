@@ -57,7 +57,15 @@ KERNELS = {
         QMV_INPUTS,
         [("y", "T")],
         [{"TM": tm, "BITS": 4, "GROUP": g, "RPW": rpw, "WARPS": 8, "UNROLL": u, "TRICK": 1,
-          "KN": kn, "STAGE": 1} for tm, g, rpw, u, kn in ((1, 64, 1, 2, 4096), (2, 32, 2, 4, 4096), (1, 128, 1, 2, 9216))],
+          "KN": kn, "STAGE": 1} for tm, g, rpw, u, kn in ((1, 64, 1, 2, 4096), (2, 32, 2, 4, 4096), (1, 128, 1, 2, 9216),
+                                      (1, 64, 1, 2, 14336))],
+    ),
+    "qmv_probe": (
+        "qmv", "#define QMV_PROBE 1\n",
+        QMV_INPUTS,
+        [("y", "T")],
+        [{"TM": 1, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 4, "TRICK": 1,
+          "KN": 4096, "STAGE": 0}],
     ),
     "qmv_norm_glu": (
         "qmv", FOLDED + "#define QMV_NORM 1\n#define QMV_GLU 1\n",

@@ -326,14 +326,15 @@ PY
     ktrace)
       # Where a decode step's device time goes: step_profile (KTRACE_PROMPT tokens, 64 steps a
       # round) under the CUPTI kernel tracer (scripts/gpu/kernel_trace.c, carried in run 1 as
-      # ktrace.tar.xz), once for each of KTRACE_ENVS (env assignments, comma-separated; "-"
-      # for none), summed per kernel by scripts/gpu/kernel_trace.py.
+      # ktrace.tar.xz), once for each of KTRACE_ENVS (env assignments joined by "+", since
+      # values such as KOOKA_QMV_TUNING's hold commas; "-" for none), summed per kernel by
+      # scripts/gpu/kernel_trace.py.
       . scripts/gpu/env.sh
       n=0
       for e in ${KTRACE_ENVS:--}; do
         [ "$(left)" -gt 45 ] || { log "skip ktrace $e"; continue; }
-        n=$((n + 1)); env=(); [ "$e" = - ] || IFS=, read -ra env <<< "$e"
-        trace=/tmp/ktrace-${KTRACE_PROMPT:-512}-$n.tsv
+        n=$((n + 1)); env=(); [ "$e" = - ] || IFS=+ read -ra env <<< "$e"
+        trace=/tmp/ktrace-${KTRACE_PROMPT:-512}-$n.tsv; rm -f $trace   # (no stale trace if the run fails)
         traced $trace env "${env[@]}" \
           timeout 150 /opt/mlxw/step_profile $MODEL ${KTRACE_PROMPT:-512} 64 > "$OUT/ktrace-${KTRACE_PROMPT:-512}-$n-run.txt" 2>&1 || true
         { echo "## $e (prompt ${KTRACE_PROMPT:-512})"; tail -1 "$OUT/ktrace-${KTRACE_PROMPT:-512}-$n-run.txt"

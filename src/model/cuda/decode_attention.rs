@@ -152,6 +152,7 @@ pub fn attention(
                 grid: [chunks * PARTIAL_THREADS, kvh, b],
                 group: [PARTIAL_THREADS, 1, 1],
                 constants: &partial,
+                shared_bytes: 0,
             },
         )?;
         let combine = [("T", Constant::Type(q.dtype())), ("D", Constant::Int(d))];
@@ -162,6 +163,7 @@ pub fn attention(
                 grid: [b * h * d, 1, 1],
                 group: [d, 1, 1],
                 constants: &combine,
+                shared_bytes: 0,
             },
         )?;
         Ok(out.into_iter().next().expect("one output"))

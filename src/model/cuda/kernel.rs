@@ -22,12 +22,15 @@ pub(crate) enum Constant {
 }
 
 /// One launch: the outputs to allocate, the grid in threads (as MLX counts it: blocks are
-/// `grid / group`, rounded up), the threads of a block and the body's constants.
+/// `grid / group`, rounded up), the threads of a block, the body's constants and the bytes of
+/// dynamic shared memory a block gets (`extern __shared__`; fixed by the constants: MLX takes
+/// it when it makes the constants' kernel).
 pub(crate) struct Launch<'a> {
     pub outputs: Vec<(Vec<i32>, Dtype)>,
     pub grid: [i32; 3],
     pub group: [i32; 3],
     pub constants: &'a [(&'a str, Constant)],
+    pub shared_bytes: i32,
 }
 
 /// A kernel body and its argument names, made once per thread (MLX's objects are not `Send`).
@@ -181,8 +184,13 @@ impl CudaKernel {
         }
     }
 
-    /// The MLX kernel for `constants`, made on first use: the header declares them.
-    fn variant(&self, constants: &[(&str, Constant)]) -> mlx_sys::mlx_fast_cuda_kernel {
+    /// The MLX kernel for `constants`, made on first use: the header declares them; its blocks
+    /// get `shared_bytes` of dynamic shared memory.
+    fn variant(
+        &self,
+        constants: &[(&str, Constant)],
+        shared_bytes: i32,
+    ) -> mlx_sys::mlx_fast_cuda_kernel {
         let key = constants_key(constants);
         let same = |v: &Variant| {
             v.constants.len() == constants.len()
@@ -222,7 +230,7 @@ impl CudaKernel {
                 src.as_ptr(),
                 header.as_ptr(),
                 self.contiguous,
-                0,
+                shared_bytes,
             );
             mlx_sys::mlx_vector_string_free(ins);
             mlx_sys::mlx_vector_string_free(outs);
@@ -240,7 +248,7 @@ impl CudaKernel {
     /// The kernel's outputs for `inputs` (lazy, on the thread's stream).
     pub fn apply(&self, inputs: &[&Array], launch: &Launch) -> Result<Vec<Array>> {
         let fail = |e: String| ModelError::Mlx(format!("CUDA kernel {}: {e}", self.name));
-        let raw = self.variant(launch.constants);
+        let raw = self.variant(launch.constants, launch.shared_bytes);
         let stream = Stream::thread_local_or_default();
         // SAFETY: the config, vectors and names live until freed below; `raw` is live.
         unsafe {

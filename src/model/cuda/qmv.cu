@@ -28,8 +28,9 @@
 // from memory adds 8 conversions and 8 additions (for sum(x)) per row unless RPW shares them.
 // STAGE does both once per block instead (shared memory, conflict-free): ~40% fewer operations
 // a row, best with several blocks' worth of rows per warp (max_blocks) so that each block
-// stages x once. Measured faster on the largest matrices only (docs/PERFORMANCE.md), so the
-// default tunings leave it off.
+// stages x once. Measured faster on the largest matrices only (docs/PERFORMANCE.md), so by
+// default only those are staged (qmv/tuning.rs). The staged floats live in dynamic shared
+// memory, sized by the launch.
 //
 // Folded neighbours, each switched on by a #define in the kernel's header (one compiled
 // kernel per combination), so that a decode step runs fewer kernels (each costs the device
@@ -78,10 +79,13 @@ constexpr bool NORM = false;
 // that a warp's 32 lanes read 512 consecutive bytes (no bank conflicts); and each chunk's sums
 // of its even and odd values, which the trick needs: no value of x is then converted or added
 // per row of W.
+// They live in the launch's dynamic shared memory (qmv's `staged_bytes`): a K of 14336 takes
+// 61 KiB, past the 48 KiB of static shared memory a kernel may have.
 constexpr int QS = STAGE ? (KN / VPL + 31) / 32 : 1;
-__shared__ __align__(16) float xst[STAGE ? TM * QS * 32 * VPL : 1];
-__shared__ float xlo_s[STAGE ? TM * QS * 32 : 1];
-__shared__ float xhi_s[STAGE ? TM * QS * 32 : 1];
+extern __shared__ __align__(16) float qmv_staged[];
+float* const xst = qmv_staged;
+float* const xlo_s = xst + TM * QS * 32 * VPL;
+float* const xhi_s = xlo_s + TM * QS * 32;
 // Without STAGE, QMV_NORM's normalized x in its own order.
 __shared__ __align__(16) T xs[NORM && !STAGE ? TM * KN : 1];
 
@@ -168,7 +172,7 @@ for (int m = 0; m < TM; ++m) {
 }
 
 // VPW values of x from `p` as floats.
-auto load_x = [](const T* p, float* out) {
+[[maybe_unused]] auto load_x = [](const T* p, float* out) {  // unused: QMV_PROBE
   if constexpr (XB == 16 || XB == 32) {
 #pragma unroll
     for (int h = 0; h < XB / 16; ++h) {
@@ -271,7 +275,7 @@ if constexpr (STAGE) {
 if (!active) {
   return;
 }
-const T* xin = NORM ? xs : x;
+[[maybe_unused]] const T* xin = NORM ? xs : x;  // unused: QMV_PROBE
 int b = 0;
 while (true) {
   int next_rg = rg, next_b = b + 1;
@@ -289,6 +293,15 @@ while (true) {
     if (c >= chunks) {
       break;
     }
+#ifdef QMV_PROBE
+    // Measuring only (KOOKA_QMV_PROBE): the same loads, no arithmetic on them but a XOR, so
+    // that the time says what the memory alone allows at this occupancy. Wrong outputs.
+#pragma unroll
+    for (int r = 0; r < RR; ++r) {
+      const uint4 q = cur.w[u][r];
+      acc[0][r] += __uint_as_float((q.x ^ q.y ^ q.z ^ q.w) & 0x3FFFFFFFu) * cur.s[u][r] + cur.b[u][r];
+    }
+#else
 #pragma unroll
     for (int m = 0; m < TM; ++m) {
       if (m >= M) {
@@ -374,6 +387,7 @@ while (true) {
         acc[m][r] += cur.s[u][r] * dot[r] + cur.b[u][r] * xsum;
       }
     }
+#endif
   }
   if (next_b == 0) {
     // Every lane ends with the full sums; lane 0 writes the warp's outputs.

@@ -19,7 +19,7 @@ use mlx_rs::Array;
 
 pub use fit::{applies, applies_folded, FOLD_MIN_VALUES, MAX_ROWS, MIN_VALUES};
 pub use tuning::{parse_tuning, Tuning, STAGE_SHARED_BYTES};
-use tuning::{stages, tuning};
+use tuning::{staged_bytes, stages, tuning};
 
 use super::kernel::{Constant, CudaKernel, Launch};
 use crate::model::cache::Positions;
@@ -89,6 +89,10 @@ fn with_kernel<R>(folded: &Folded, f: impl FnOnce(&CudaKernel) -> R) -> R {
                     header.push_str(&format!("#define {define} 1\n"));
                     inputs.extend(input);
                 }
+            }
+            if std::env::var_os("KOOKA_QMV_PROBE").is_some() {
+                // measuring only: the loads without the arithmetic (wrong outputs; qmv.cu)
+                header.push_str("#define QMV_PROBE 1\n");
             }
             let outputs: &[&str] = if rope { &["yq", "yk", "yv"] } else { &["y"] };
             CudaKernel::new(&name, &inputs, outputs, SOURCE, &header, true)
@@ -256,6 +260,7 @@ fn launch(
                 grid: [blocks * 32 * warps, 1, 1],
                 group: [32 * warps, 1, 1],
                 constants: &constants,
+                shared_bytes: if stage { staged_bytes(tm, k) as i32 } else { 0 },
             },
         )
     })

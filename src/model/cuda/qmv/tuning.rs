@@ -46,13 +46,14 @@ impl Tuning {
     }
 }
 
-/// The most bytes of staged x a block keeps in shared memory ([`Tuning::stage`], see
-/// [`staged_bytes`]); MLX's kernels get at most 48 KiB of static shared memory.
-pub const STAGE_SHARED_BYTES: i64 = 40 << 10;
+/// The most bytes of staged x a block keeps in (dynamic) shared memory ([`Tuning::stage`],
+/// see [`staged_bytes`]): one row of a K of 14336 (61 KiB), three blocks to a streaming
+/// multiprocessor of an H100's 227 KiB.
+pub const STAGE_SHARED_BYTES: i64 = 64 << 10;
 
 /// Shared memory of `tm` staged rows of `k` values: the floats in whole passes of 32 chunks of
 /// 32, and two sums a chunk.
-fn staged_bytes(tm: i32, k: i32) -> i64 {
+pub(super) fn staged_bytes(tm: i32, k: i32) -> i64 {
     let passes = (k as i64 / 32 + 31) / 32;
     tm as i64 * passes * 32 * (32 + 2) * 4
 }
@@ -67,16 +68,19 @@ pub(super) fn stages(tuning: &Tuning, x: Dtype, bits: i32, tm: i32, k: i32) -> b
         && staged_bytes(tm, k) <= STAGE_SHARED_BYTES
 }
 
-/// Matrices of at least this many values get x staged, with [`STAGED_MAX_BLOCKS`] blocks:
-/// none by default (`KOOKA_QMV_STAGE_MIN_VALUES` for measuring). On an H100 staging read the
-/// largest matrices 10-25% faster and the small ones slower, but an 8B decode step staged from
-/// 64M values was no faster: the host bounded it (PERFORMANCE "RoPE in the q/k/v product; x
-/// staged").
-const STAGE_MIN_VALUES: i64 = i64::MAX;
+/// Matrices of at least this many values get x staged, with [`STAGED_MAX_BLOCKS`] blocks
+/// (`KOOKA_QMV_STAGE_MIN_VALUES` moves it): an 8B model's gate/up (117M) and head (525M), not
+/// its down (59M). Device times on an H100 (kernel tracer, PERFORMANCE "Where the matvec's
+/// time goes"): gate/up 47.3 -> 44.1 us, head 170 -> 143 us; staged down 23.3 -> 33.3 us,
+/// o and q/k/v slower too (their one wave of blocks waits for the staging). Bit-identical
+/// outputs either way.
+const STAGE_MIN_VALUES: i64 = 100_000_000;
 
-/// The blocks of a staged call from [`STAGE_MIN_VALUES`]: 4 a streaming multiprocessor of an
-/// H100 or H200 (132), each warp going on to further rows so that a block stages x once.
-const STAGED_MAX_BLOCKS: i32 = 528;
+/// The blocks of a staged call from [`STAGE_MIN_VALUES`]: 3 a streaming multiprocessor of an
+/// H100 or H200 (132; 8 warps of ~80 registers a lane take 20K of its 64K registers, and 3
+/// staged x of the largest fit its shared memory), all resident at once, each warp going on
+/// to further rows so that a block stages x once.
+const STAGED_MAX_BLOCKS: i32 = 396;
 
 /// The tuning [`matmul_t`] uses for a matrix of `values` (`folded`: for a call with folds):
 /// `KOOKA_QMV_TUNING` as `rows_per_warp,warps,unroll,trick[,max_blocks[,stage]]` (for
@@ -143,12 +147,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn staging_is_off_by_default() {
+    fn only_the_largest_matrices_are_staged_by_default() {
         if std::env::var_os("KOOKA_QMV_TUNING").is_none()
             && std::env::var_os("KOOKA_QMV_STAGE_MIN_VALUES").is_none()
         {
-            assert_eq!(tuning(true, 1 << 40), Tuning::folded());
-            assert_eq!(tuning(false, 1 << 40), Tuning::default());
+            // an 8B model's down projection (4096 x 14336) and q/k/v (6144 x 4096): not staged
+            assert_eq!(tuning(true, 4096 * 14336), Tuning::folded());
+            assert_eq!(tuning(false, 6144 * 4096), Tuning::default());
+            // its gate/up (28672 x 4096) and head (128256 x 4096): staged, blocks all resident
+            let staged = tuning(true, 28672 * 4096);
+            assert!(staged.stage);
+            assert_eq!(staged.max_blocks, STAGED_MAX_BLOCKS);
+            assert_eq!(staged.unroll, Tuning::folded().unroll);
+            assert!(tuning(false, 128256 * 4096).stage);
         }
     }
 
@@ -158,12 +169,19 @@ mod tests {
             stage: true,
             ..Tuning::default()
         };
-        // Llama-8B's K of 4096: 128 chunks, one row 17 KiB, two 34 KiB; its 14336: 61 KiB.
+        // Llama-8B's K of 4096: 128 chunks, one row 17 KiB, two 34 KiB; its 14336: 60,928 bytes.
         assert_eq!(staged_bytes(1, 4096), 4 * 32 * 34 * 4);
         assert!(stages(&staged, Dtype::Bfloat16, 4, 1, 4096));
         assert!(stages(&staged, Dtype::Float16, 4, 2, 4096));
         assert!(!stages(&staged, Dtype::Bfloat16, 4, 4, 4096), "four rows");
-        assert!(!stages(&staged, Dtype::Bfloat16, 4, 1, 14336), "K of 14336");
+        assert!(
+            stages(&staged, Dtype::Bfloat16, 4, 1, 14336),
+            "K of 14336: 61 KiB"
+        );
+        assert!(
+            !stages(&staged, Dtype::Bfloat16, 4, 2, 14336),
+            "two rows of 14336"
+        );
         assert!(!stages(&staged, Dtype::Float32, 4, 1, 4096), "float32 x");
         assert!(!stages(&staged, Dtype::Bfloat16, 8, 1, 4096), "8 bits");
         let exact = Tuning {

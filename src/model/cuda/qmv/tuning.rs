@@ -70,8 +70,8 @@ pub(super) fn stages(tuning: &Tuning, x: Dtype, bits: i32, tm: i32, k: i32) -> b
 
 /// Matrices of at least this many values get x staged, with [`STAGED_MAX_BLOCKS`] blocks
 /// (`KOOKA_QMV_STAGE_MIN_VALUES` moves it): an 8B model's gate/up (117M) and head (525M), not
-/// its down (59M). Device times on an H100 (kernel tracer, PERFORMANCE "Where the matvec's
-/// time goes"): gate/up 47.3 -> 44.1 us, head 170 -> 143 us; staged down 23.3 -> 33.3 us,
+/// its down (59M). Device times on an H100 (kernel tracer, PERFORMANCE "The matvec's loads
+/// alone"): gate/up 47.3 -> 44.1 us, head 170 -> 143 us; staged down 23.3 -> 33.3 us,
 /// o and q/k/v slower too (their one wave of blocks waits for the staging). Bit-identical
 /// outputs either way.
 const STAGE_MIN_VALUES: i64 = 100_000_000;

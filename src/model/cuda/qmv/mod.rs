@@ -18,7 +18,7 @@ use std::cell::{OnceCell, RefCell};
 use mlx_rs::Array;
 
 pub use fit::{applies, applies_folded, FOLD_MIN_VALUES, MAX_ROWS, MIN_VALUES};
-pub use tuning::{parse_tuning, Tuning, STAGE_SHARED_BYTES};
+pub use tuning::{parse_tuning, Tuning};
 use tuning::{staged_bytes, stages, tuning};
 
 use super::kernel::{Constant, CudaKernel, Launch};

@@ -60,6 +60,31 @@ KERNELS = {
           "KN": kn, "STAGE": 1} for tm, g, rpw, u, kn in ((1, 64, 1, 2, 4096), (2, 32, 2, 4, 4096), (1, 128, 1, 2, 9216),
                                       (1, 64, 1, 2, 14336))],
     ),
+    # on the tensor cores (4-bit, 16-bit x): every group size, rows of x, K split
+    "qmv_mma": (
+        "qmv", "",
+        QMV_INPUTS,
+        [("y", "T")],
+        [{"TM": tm, "BITS": 4, "GROUP": g, "RPW": 1, "WARPS": w, "UNROLL": u, "TRICK": 1,
+          "KN": kn, "STAGE": 0, "MMA": 1, "KSPLIT": ks}
+         for tm, g, w, u, kn, ks in ((1, 64, 8, 2, 4096, 1), (2, 64, 4, 1, 4096, 2), (4, 128, 8, 4, 14336, 4),
+                                     (8, 128, 8, 2, 1024, 1), (2, 32, 8, 2, 4096, 8), (1, 32, 4, 1, 14336, 1))],
+    ),
+    "qmv_mma_folds": (
+        "qmv", FOLDED + "#define QMV_NORM 1\n#define QMV_GLU 1\n#define QMV_RES 1\n",
+        QMV_INPUTS + [("norm", "T"), ("res", "T")],
+        [("y", "T")],
+        [{"TM": tm, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 2, "TRICK": 1,
+          "KN": 4096, "EPS_BITS": 0x3727C5AC, "STAGE": 0, "MMA": 1, "KSPLIT": ks} for tm, ks in ((1, 1), (2, 2))],
+    ),
+    "qmv_mma_rope": (
+        "qmv", FOLDED + "#define QMV_NORM 1\n#define QMV_ROPE 1\n",
+        QMV_INPUTS + [("norm", "T"), ("pos", "int32_t")],
+        ROPE_OUTPUTS,
+        [{"TM": 1, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 2, "TRICK": 1,
+          "KN": 4096, "EPS_BITS": 0x3727C5AC, "STAGE": 0, "MMA": 1, "KSPLIT": 2, "HD": 128, "RH": 40,
+          "TRAD": 0, "SCALE_BITS": 0x3F800000, "BASE_BITS": 0x4197A112, "QH": 32}],
+    ),
     "qmv_probe": (
         "qmv", "#define QMV_PROBE 1\n",
         QMV_INPUTS,
@@ -199,10 +224,13 @@ def main():
     for name, (source, header, inputs, outputs, constant_sets) in KERNELS.items():
         if args.only and not name.startswith(args.only):
             continue
+        if source == "qmv":  # the scalar path unless a set says MMA
+            constant_sets = [{"MMA": 0, "KSPLIT": 1, **c} for c in constant_sets]
         with open(os.path.join(SOURCES, source + ".cu")) as f:
             body = f.read()
         for dtype, constants in itertools.product(TYPES, constant_sets):
-            if not (constants.get("STAGE") and dtype == "float32"):  # x staged: 16-bit x only
+            # x staged, or the tensor cores: 16-bit x only
+            if not ((constants.get("STAGE") or constants.get("MMA")) and dtype == "float32"):
                 jobs.append((name, header, inputs, outputs, constants, body, dtype))
         if name == "qmv":
             # As src/model/cuda/kernel.rs hands MLX a body: a stub that includes it from a file.

@@ -7,7 +7,10 @@ use kooka::model::cuda::qmv::{self, Tuning};
 use kooka::model::layers::{swiglu_halves, Folded, RmsNorm};
 use mlx_rs::{random, Array, Dtype};
 
-use super::{all_equal, as_packed, count_differing, max_abs, packed, packed_fast, timed_n};
+use super::{
+    all_equal, as_packed, count_differing, max_abs, mma_env, packed, packed_fast, timed_n,
+    tuning_name,
+};
 
 /// `residual + swiglu(qmv(rms_norm(x)))`, as much as `f` holds, one kernel a step.
 fn unfolded(
@@ -22,7 +25,7 @@ fn unfolded(
     let mut y = qmv::matmul_t_tuned(
         &x,
         as_packed(q, s, b, bits, group),
-        Tuning::default(),
+        mma_env(Tuning::default()),
         &plain,
     )?;
     if f.glu {
@@ -86,17 +89,23 @@ pub fn parity() -> anyhow::Result<()> {
         };
         let want = unfolded(&x, [&q, &s, &b], bits, group, &f)?;
         // The folded tuning, and 3 blocks (each warp on many rows in turn).
-        let capped = Tuning {
+        let capped = mma_env(Tuning {
             max_blocks: 3,
             ..Tuning::folded()
-        };
-        let got =
-            qmv::matmul_t_tuned(&x, as_packed(&q, &s, &b, bits, group), Tuning::folded(), &f)?;
+        });
+        let got = qmv::matmul_t_tuned(
+            &x,
+            as_packed(&q, &s, &b, bits, group),
+            mma_env(Tuning::folded()),
+            &f,
+        )?;
         // The same sums with x staged (where it applies) and with 3 blocks: the same outputs.
-        let staged = |max_blocks| Tuning {
-            max_blocks,
-            stage: true,
-            ..Tuning::folded()
+        let staged = |max_blocks| {
+            mma_env(Tuning {
+                max_blocks,
+                stage: true,
+                ..Tuning::folded()
+            })
         };
         for (what, t) in [
             ("3 blocks", capped),
@@ -157,20 +166,7 @@ pub fn timing() -> anyhow::Result<()> {
         let bad = || anyhow::anyhow!("QMV_FOLD_TUNINGS: bad {t:?}");
         tunings.push(qmv::parse_tuning(t).ok_or_else(bad)?);
     }
-    let names: Vec<String> = tunings
-        .iter()
-        .map(|t| {
-            format!(
-                "{}/{}/{}/{}/{}{}",
-                t.rows_per_warp,
-                t.warps,
-                t.unroll,
-                t.trick as i32,
-                t.max_blocks,
-                if t.stage { "/s" } else { "" }
-            )
-        })
-        .collect();
+    let names: Vec<String> = tunings.iter().map(tuning_name).collect();
     println!(
         "\nus a call, M = 1 (distinct matrices): unfolded (separate kernels) | folded, tuned {}",
         names.join(" | ")

@@ -79,6 +79,32 @@ pub(crate) fn as_packed<'a>(
     }
 }
 
+/// `t` on the tensor cores when the run says `QMV_MMA=1` (the folds' checks then compare the
+/// tensor-core path folded against the same path unfolded).
+pub(crate) fn mma_env(t: qmv::Tuning) -> qmv::Tuning {
+    match std::env::var("QMV_MMA").is_ok_and(|v| v.trim() == "1") {
+        true => qmv::Tuning { mma: true, ..t },
+        false => t,
+    }
+}
+
+/// A tuning as the tables name it: rows per warp / warps / unroll / trick (t or x) / most
+/// blocks, then `/s` when x is staged, `/mK` on the tensor cores with K split K ways (0: the
+/// default split).
+pub(crate) fn tuning_name(t: &qmv::Tuning) -> String {
+    let trick = if t.trick { "t" } else { "x" };
+    let mut name = format!(
+        "{}/{}/{}/{trick}/{}",
+        t.rows_per_warp, t.warps, t.unroll, t.max_blocks
+    );
+    if t.mma {
+        name += &format!("/m{}", t.k_split);
+    } else if t.stage {
+        name += "/s";
+    }
+    name
+}
+
 /// How many values of `a` and `b` differ.
 pub(crate) fn count_differing(a: &Array, b: &Array) -> anyhow::Result<i32> {
     let differing = a.ne(b)?.sum(None)?.as_dtype(Dtype::Int32)?;
@@ -136,8 +162,10 @@ fn main() -> anyhow::Result<()> {
         return rope_fold::timing();
     }
     if std::env::var_os("QMV_ONLY").is_some() {
+        // the parity first, its verdict after the timings
+        let parity = qmv_parity();
         qmv_timing()?;
-        qmv_parity()?;
+        parity?;
         folds::parity()?;
         rope_fold::parity()?;
         folds::timing()?;
@@ -274,9 +302,7 @@ pub(crate) fn packed_fast(n: i32, k: i32, seed: u64) -> anyhow::Result<[Array; 3
 
 fn qmv_parity() -> anyhow::Result<()> {
     use Dtype::{Bfloat16 as BF16, Float16 as F16, Float32 as F32};
-    println!(
-        "\n| M | N | K | bits | group | dtype | trick, most blocks, staged | kernel vs f32 | MLX vs f32 |"
-    );
+    println!("\n| M | N | K | bits | group | dtype | tuning | kernel vs f32 | MLX vs f32 |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut worst_excess = 0.0f32;
     let mut staged_differ = Vec::new();
@@ -310,17 +336,24 @@ fn qmv_parity() -> anyhow::Result<()> {
         // exact, the trick, the trick with 3 blocks (each warp on many rows in turn), and the
         // trick with x staged (where it applies: the same sums, so the trick's outputs exactly)
         let mut trick_out = None;
-        for (trick, max_blocks, stage) in [
-            (false, 0, false),
-            (true, 0, false),
-            (true, 3, false),
-            (true, 0, true),
-            (true, 3, true),
+        let mut mma_out = None;
+        for (trick, max_blocks, stage, mma, k_split) in [
+            (false, 0, false, false, 0),
+            (true, 0, false, false, 0),
+            (true, 3, false, false, 0),
+            (true, 0, true, false, 0),
+            (true, 3, true, false, 0),
+            (true, 0, false, true, 0),
+            (true, 3, false, true, 0),
+            (true, 0, false, true, 2),
         ] {
             let tuning = qmv::Tuning {
                 trick,
                 max_blocks,
                 stage,
+                mma,
+                k_split,
+                unroll: if mma { 2 } else { 4 },
                 ..qmv::Tuning::default()
             };
             let got = qmv::matmul_t_tuned(&x, as_packed(&q, &s, &b, bits, group), tuning, &plain)?;
@@ -329,14 +362,28 @@ fn qmv_parity() -> anyhow::Result<()> {
                 "shape or type"
             );
             let e_got = max_abs(&got, &want)?;
-            println!("| {m} | {n} | {k} | {bits} | {group} | {dtype:?} | {trick}, {max_blocks}, {stage} | {e_got:.2e} | {e_mlx:.2e} |");
+            let name = tuning_name(&tuning);
+            println!("| {m} | {n} | {k} | {bits} | {group} | {dtype:?} | {name} | {e_got:.2e} | {e_mlx:.2e} |");
             worst_excess = worst_excess.max(e_got - e_mlx.max(unit));
-            match (&trick_out, stage) {
-                (None, false) if trick => trick_out = Some(got),
-                (Some(t), true) if !all_equal(&got, t)? => {
-                    staged_differ.push(format!("{m}x{n}x{k} {dtype:?} {max_blocks} blocks"))
+            // x staged: the trick's sums; the tensor cores with 3 blocks: their own sums
+            let same_as = match (mma, stage) {
+                (true, _) if k_split == 0 && max_blocks == 0 => {
+                    mma_out = Some(got);
+                    continue;
                 }
-                _ => {}
+                (true, _) if k_split == 0 => &mma_out,
+                (true, _) => continue,
+                (false, false) if trick && trick_out.is_none() => {
+                    trick_out = Some(got);
+                    continue;
+                }
+                (false, true) => &trick_out,
+                (false, false) => continue,
+            };
+            if let Some(want_same) = same_as {
+                if !all_equal(&got, want_same)? {
+                    staged_differ.push(format!("{m}x{n}x{k} {dtype:?} {name}"));
+                }
             }
         }
     }
@@ -346,7 +393,7 @@ fn qmv_parity() -> anyhow::Result<()> {
     );
     anyhow::ensure!(
         staged_differ.is_empty(),
-        "staged x changed the trick's outputs: {staged_differ:?}"
+        "staged x or blocks changed the outputs: {staged_differ:?}"
     );
     Ok(())
 }
@@ -381,6 +428,7 @@ fn qmv_timing() -> anyhow::Result<()> {
             trick: true,
             max_blocks,
             stage,
+            ..Tuning::default()
         })
         .to_vec(),
     };
@@ -421,16 +469,7 @@ fn qmv_timing() -> anyhow::Result<()> {
                         &Folded::default(),
                     )?)
                 })?;
-                let trick = if t.trick { "t" } else { "x" };
-                let staged = if t.stage { "/s" } else { "" };
-                line += &format!(
-                    " | {}/{}/{}/{trick}/{}{staged} {:.0}",
-                    t.rows_per_warp,
-                    t.warps,
-                    t.unroll,
-                    t.max_blocks,
-                    gbs(ms)
-                );
+                line += &format!(" | {} {:.0}", tuning_name(t), gbs(ms));
             }
             println!("{line}");
         }

@@ -11,7 +11,7 @@ use kooka::model::rope::Rope;
 use kooka::model::slicing::slice_axis;
 use mlx_rs::{ops, random, Array, Dtype};
 
-use super::{as_packed, count_differing, max_abs, packed, packed_fast, timed_n};
+use super::{as_packed, count_differing, max_abs, mma_env, packed, packed_fast, timed_n};
 
 /// One fused q/k/v projection to check.
 struct Case {
@@ -67,7 +67,7 @@ fn separate(
         ..Folded::default()
     };
     let y = heads(
-        &qmv::matmul_t_tuned(x, as_packed(q, s, b, 4, 64), Tuning::folded(), &f)?,
+        &qmv::matmul_t_tuned(x, as_packed(q, s, b, 4, 64), mma_env(Tuning::folded()), &f)?,
         c,
     )?;
     let rotated = c.q_heads + c.kv_heads;
@@ -128,12 +128,13 @@ pub fn parity() -> anyhow::Result<()> {
         let positions = positions_of(c);
         let want = separate(&x, [&q, &s, &b], &norm, &rope, &positions, c)?;
         let f = folded(&norm, &rope, &positions, c);
-        let staged = Tuning {
+        let staged = mma_env(Tuning {
             stage: true,
             max_blocks: 3,
             ..Tuning::folded()
-        };
-        for (what, t) in [("folded", Tuning::folded()), ("staged, 3 blocks", staged)] {
+        });
+        let plain = mma_env(Tuning::folded());
+        for (what, t) in [("folded", plain), ("staged, 3 blocks", staged)] {
             let got = ops::concatenate(
                 &qmv::rotated_heads_tuned(&x, as_packed(&q, &s, &b, 4, 64), t, &f)?,
                 1,
@@ -188,7 +189,7 @@ pub fn timing() -> anyhow::Result<()> {
     let together = timed_n(count, &|i| {
         let [q, s, b] = &mats[i];
         let [q, ..] =
-            qmv::rotated_heads_tuned(&x, as_packed(q, s, b, 4, 64), Tuning::folded(), &f)?;
+            qmv::rotated_heads_tuned(&x, as_packed(q, s, b, 4, 64), mma_env(Tuning::folded()), &f)?;
         Ok(q)
     })?;
     println!(

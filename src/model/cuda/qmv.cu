@@ -58,9 +58,11 @@ const int N = w_shape[0];  // rows of W
 #if defined(QMV_GLU) || defined(QMV_ROPE)
 const int NO = N / 2;  // outputs: gate row o with up row NO + o; or RoPE's pair o
 constexpr int RR = 2 * RPW;  // rows of W a warp streams
+constexpr bool PAIRED = true;
 #else
 const int NO = N;
 constexpr int RR = RPW;
+constexpr bool PAIRED = false;
 #endif
 constexpr int VPL = 128 / BITS;  // values in a lane's 16-byte load
 constexpr int VPW = 32 / BITS;   // values in a word
@@ -87,7 +89,7 @@ float* const xst = qmv_staged;
 float* const xlo_s = xst + TM * QS * 32 * VPL;
 float* const xhi_s = xlo_s + TM * QS * 32;
 // Without STAGE, QMV_NORM's normalized x in its own order.
-__shared__ __align__(16) T xs[NORM && !STAGE ? TM * KN : 1];
+__shared__ __align__(16) T xs[NORM && !STAGE && !MMA ? TM * KN : 1];
 
 const int chunks = K / VPL;
 const int words_per_row = K / VPW;
@@ -193,42 +195,41 @@ for (int m = 0; m < TM; ++m) {
   }
 };
 
-Tile cur, nxt;
-if (active) {
-  // The first loads go out before the block prepares x.
-  load(rg, 0, cur);
-}
-
 #ifdef QMV_NORM
-// The whole block normalizes x before any warp multiplies: MLX's RMSNorm per row.
+// MLX's RMSNorm of x's rows, for x_at: the whole block computes each row's 1 / rms before any
+// warp multiplies.
 __shared__ float part[TM][WARPS];
 __shared__ float rinv[TM];
-for (int m = 0; m < M; ++m) {
-  float ss = 0.f;
-  for (int i = threadIdx.x; i < K; i += 32 * WARPS) {
-    const float v = static_cast<float>(x[size_t(m) * K + i]);
-    ss += v * v;
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    ss += __shfl_xor_sync(0xffffffffu, ss, off);
-  }
-  if (lane == 0) {
-    part[m][warp] = ss;
-  }
-}
-__syncthreads();
-if (threadIdx.x < M) {
-  float ss = 0.f;
-#pragma unroll
-  for (int i = 0; i < WARPS; ++i) {
-    ss += part[threadIdx.x][i];
-  }
-  rinv[threadIdx.x] = rsqrt(ss / K + __int_as_float(EPS_BITS));
-}
-__syncthreads();
 #endif
-// Value i of x's row m as the products read it (normalized with QMV_NORM).
+auto normalize = [&]() {
+#ifdef QMV_NORM
+  for (int m = 0; m < M; ++m) {
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < K; i += 32 * WARPS) {
+      const float v = static_cast<float>(x[size_t(m) * K + i]);
+      ss += v * v;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    }
+    if (lane == 0) {
+      part[m][warp] = ss;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < M) {
+    float ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < WARPS; ++i) {
+      ss += part[threadIdx.x][i];
+    }
+    rinv[threadIdx.x] = rsqrt(ss / K + __int_as_float(EPS_BITS));
+  }
+  __syncthreads();
+#endif
+};
+// Value i of x's row m as the products read it (normalized with QMV_NORM, after normalize()).
 auto x_at = [&](int m, int i) -> T {
 #ifdef QMV_NORM
   const float v = static_cast<float>(x[size_t(m) * K + i]) * rinv[m];
@@ -237,6 +238,343 @@ auto x_at = [&](int m, int i) -> T {
   return x[size_t(m) * K + i];
 #endif
 };
+// Output o of x's row m from its product va (with SwiGLU or RoPE: pair o's two products, va
+// and vb), through the folds after the product.
+auto store = [&](int m, int o, float va, [[maybe_unused]] float vb) {
+#ifdef QMV_ROPE
+  int a, b;
+  pair_rows(o, a, b);
+  const int h = o / (HD / 2);
+  const int i = o - h * (HD / 2);
+  T out_a = static_cast<T>(va);
+  T out_b = static_cast<T>(vb);
+  if (h < RH) {
+    // MLX's RoPE kernel, step by step, on the products as T
+#ifdef QMV_ROPE_FREQS
+    float inv_freq = 1.0 / freqs[i];
+#else
+    float d = static_cast<float>(i) / static_cast<float>(HD / 2);
+    float inv_freq = exp2(-d * __int_as_float(BASE_BITS));
+#endif
+    float L = __int_as_float(SCALE_BITS) * static_cast<float>(pos[pos_shape[0] == 1 ? 0 : m]);
+    float theta = L * inv_freq;
+    float costheta = cos(theta);
+    float sintheta = sin(theta);
+    float x1 = static_cast<float>(out_a);
+    float x2 = static_cast<float>(out_b);
+    float rx1 = x1 * costheta - x2 * sintheta;
+    float rx2 = x1 * sintheta + x2 * costheta;
+    out_a = static_cast<T>(rx1);
+    out_b = static_cast<T>(rx2);
+  }
+  put(m, a, out_a);
+  put(m, b, out_b);
+#else
+#ifdef QMV_GLU
+  const T g = static_cast<T>(va);
+  T out = Multiply{}(Multiply{}(g, Sigmoid{}(g)), static_cast<T>(vb));
+#else
+  T out = static_cast<T>(va);
+#endif
+#ifdef QMV_RES
+  out = Add{}(res[size_t(m) * NO + o], out);
+#endif
+  y[size_t(m) * NO + o] = out;
+#endif
+};
+
+// ---- MMA: the products on the tensor cores (4-bit W, 16-bit x; see the comment at the top) ----
+if constexpr (MMA) {
+  static_assert(!MMA || (BITS == 4 && sizeof(T) == 2), "MMA: 4-bit W, 16-bit x");
+  constexpr bool BF16 = cuda::std::is_same_v<T, __nv_bfloat16>;
+  // 128 + q as a bfloat16 (1024 + q as a half): the exponent OR-ed over a 4-bit value
+  constexpr uint32_t MAGIC = BF16 ? 0x43004300u : 0x64006400u;
+  constexpr float OFF = BF16 ? 128.f : 1024.f;
+  constexpr int Q = 128 / GROUP;  // groups in a span (a row's 64 bytes: 4 lanes' 16)
+  constexpr int NQ = Q < 2 ? Q : 2;  // groups a lane's two columns of D cover
+  constexpr int ITEMS = PAIRED ? 8 : 16;  // outputs of a warp's 16 rows
+  constexpr int TPB = WARPS / KSPLIT;  // row tiles of a block
+  constexpr int SPAN_WORDS = 96;  // a staged span of a row of x: 4 lanes' 16 words 80 bytes apart
+  const int nsp = K / 128;
+  const int ng = K / GROUP;
+  const int tiles = (NO + ITEMS - 1) / ITEMS;
+  const int tile_groups = (tiles + TPB - 1) / TPB;
+  if (int(blockIdx.x) >= tile_groups) {
+    return;
+  }
+  const int g = lane >> 2, t = lane & 3;
+  const int slot = warp / KSPLIT, kpart = warp - slot * KSPLIT;
+  const int per_part = nsp / KSPLIT;
+  const int span0 = kpart * per_part;
+  const int steps = (per_part + UNROLL - 1) / UNROLL;
+  uint32_t* const zero = reinterpret_cast<uint32_t*>(qmv_staged);  // 128 bytes
+  uint32_t* const xp = zero + 32;
+  float* const xsum = reinterpret_cast<float*>(xp + M * nsp * SPAN_WORDS);
+
+  // Row r (0-15) of tile `tile`: rows past the end repeat the last one, never written.
+  auto tile_row = [&](int tile, int r) -> int {
+#ifdef QMV_GLU
+    const int o = min(tile * 8 + (r & 7), NO - 1);
+    return r < 8 ? o : NO + o;
+#elif defined(QMV_ROPE)
+    int a, b;
+    pair_rows(min(tile * 8 + (r & 7), NO - 1), a, b);
+    return r < 8 ? a : b;
+#else
+    return min(tile * 16 + r, N - 1);
+#endif
+  };
+  struct MmaTile {
+    uint4 w[UNROLL][2];
+    S s[UNROLL][2][NQ];
+    S b[UNROLL][2][NQ];
+  };
+  // The scales (or biases) of a lane's NQ groups of a span.
+  auto load_groups = [](const S* p, S* out) {
+    if constexpr (sizeof(S) == 2 && NQ == 2) {
+      *reinterpret_cast<uint32_t*>(out) = *reinterpret_cast<const uint32_t*>(p);
+    } else {
+#pragma unroll
+      for (int q = 0; q < NQ; ++q) {
+        out[q] = p[q];
+      }
+    }
+  };
+  const int qoff = Q == 4 ? 2 * (t & 1) : 0;
+  auto tile_of = [&](int it) { return (int(blockIdx.x) + it * int(gridDim.x)) * TPB + slot; };
+  auto mma_load = [&](int it, int st, MmaTile& tl) {
+    const int tile = tile_of(it);
+    if (tile >= tiles) {
+      return;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const size_t row = tile_row(tile, g + 8 * h);
+      const uint4* wr = reinterpret_cast<const uint4*>(w + row * words_per_row) + t;
+      const S* sr = scales + row * groups + qoff;
+      const S* br = biases + row * groups + qoff;
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+        const int span = span0 + st * UNROLL + u;
+        if (span < span0 + per_part) {
+          tl.w[u][h] = wr[span * 4];
+          load_groups(sr + span * Q, tl.s[u][h]);
+          load_groups(br + span * Q, tl.b[u][h]);
+        }
+      }
+    }
+  };
+
+  MmaTile cur, nxt;
+  mma_load(0, 0, cur);  // the first loads go out before the block prepares x
+  normalize();
+  // x staged for the tensor cores: lane t's 32 values of a span (values 32t..32t+31) as the
+  // 16 pairs its B fragments take, (x0, x4), (x1, x5), (x2, x6), (x3, x7) for each 8 (the
+  // order the 4-bit values come out of a word), and each group's sum of x.
+  if (threadIdx.x < 32) {
+    zero[threadIdx.x] = 0u;
+  }
+  const int chunks8 = M * (K / 8);
+  for (int base = warp * 32; base < chunks8; base += WARPS * 32) {
+    const int c = base + lane;
+    float sum = 0.f;
+    int m = 0, k = 0;
+    if (c < chunks8) {
+      m = c / (K / 8);
+      k = (c - m * (K / 8)) * 8;
+      uint32_t bits[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const T v = x_at(m, k + e);
+        sum += static_cast<float>(v);
+        bits[e] = *reinterpret_cast<const uint16_t*>(&v);
+      }
+      const int span = k >> 7, lt = (k >> 5) & 3, j = (k >> 3) & 3;
+      *reinterpret_cast<uint4*>(xp + (m * nsp + span) * SPAN_WORDS + lt * 20 + j * 4) =
+          make_uint4(bits[0] | bits[4] << 16, bits[1] | bits[5] << 16, bits[2] | bits[6] << 16,
+                     bits[3] | bits[7] << 16);
+    }
+#pragma unroll
+    for (int off = 1; off < GROUP / 8; off <<= 1) {
+      sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    }
+    if (c < chunks8 && c % (GROUP / 8) == 0) {
+      xsum[m * ng + k / GROUP] = sum;
+    }
+  }
+  __syncthreads();
+
+  // B column n holds x's row n / Q over group n % Q of a span, zeros elsewhere: lane (g, t)
+  // gives column g its values of lane t's 32, or zeros.
+  const bool real = g / Q < M && g % Q == t * Q / 4;
+  const uint32_t* const xl = real ? xp + (g / Q) * nsp * SPAN_WORDS + t * 20 : zero + 16;
+  const int xstride = real ? SPAN_WORDS : 0;
+  // D's columns 2t and 2t + 1 of this lane: x's rows (2t + c) / Q, groups (2t + c) % Q.
+  // Columns past x's rows read the last row's sums (and are never written): no branch.
+  int cm[2], xrow[2];
+#pragma unroll
+  for (int c = 0; c < 2; ++c) {
+    cm[c] = (2 * t + c) / Q;
+    xrow[c] = min(cm[c], M - 1) * ng + (2 * t + c) % Q;
+  }
+  float acc[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+  // Values p and p + 4 of a word as 16-bit floats OFF + q: the shift a high multiply (the
+  // multiply-add pipe, which the tensor-core loop leaves idle, rather than the integer
+  // one), the mask and the exponent one instruction (lop3).
+  auto unpack = [](uint32_t word, int p) -> uint32_t {
+    uint32_t shifted = word, out;
+    if (p > 0) {
+      asm("mul.hi.u32 %0, %1, %2;" : "=r"(shifted) : "r"(word), "r"(1u << (32 - 4 * p)));
+    }
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(out) : "r"(shifted), "n"(0x000F000Fu), "n"(MAGIC));
+    return out;
+  };
+  auto mma = [](float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                uint32_t b1) {
+    if constexpr (BF16) {
+      asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+          "{%8,%9}, {%0,%1,%2,%3};"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+          : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    } else {
+      asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+          "{%8,%9}, {%0,%1,%2,%3};"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+          : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+  };
+  __shared__ float red[KSPLIT > 1 ? WARPS * 4 * 32 : 1];
+  int it = 0, st = 0;
+  while (true) {
+    int next_it = it, next_st = st + 1;
+    if (next_st == steps) {
+      next_it = it + 1;
+      next_st = 0;
+    }
+    const bool more = int(blockIdx.x) + next_it * int(gridDim.x) < tile_groups;
+    if (more) {
+      mma_load(next_it, next_st, nxt);
+    }
+    const int tile = tile_of(it);
+    if (tile < tiles) {
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+        const int span = span0 + st * UNROLL + u;
+        if (span >= span0 + per_part) {
+          break;
+        }
+        const uint4* xs4 = reinterpret_cast<const uint4*>(xl + span * xstride);
+        float d[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const uint4 xb = xs4[j];
+          const uint32_t w0 = reinterpret_cast<const uint32_t*>(&cur.w[u][0])[j];
+          const uint32_t w1 = reinterpret_cast<const uint32_t*>(&cur.w[u][1])[j];
+          uint32_t p0[4], p1[4];
+#pragma unroll
+          for (int p = 0; p < 4; ++p) {
+            p0[p] = unpack(w0, p);
+            p1[p] = unpack(w1, p);
+          }
+          mma(d, p0[0], p1[0], p0[1], p1[1], xb.x, xb.y);
+          mma(d, p0[2], p1[2], p0[3], p1[3], xb.z, xb.w);
+        }
+        // d = sum(x (OFF + q)) per row and column: the group's s * sum(x q) + b * sum(x)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const float xsg = xsum[xrow[c] + span * Q];
+          const int q = Q == 1 ? 0 : c;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const float dot = fmaf(-OFF, xsg, d[2 * h + c]);
+            acc[h][c] = fmaf(static_cast<float>(cur.s[u][h][q]), dot,
+                             fmaf(static_cast<float>(cur.b[u][h][q]), xsg, acc[h][c]));
+          }
+        }
+      }
+    }
+    if (next_st == 0) {
+      // The tile's sums: the K parts' in order, then each row of x's from its columns.
+      if constexpr (KSPLIT > 1) {
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          red[(warp * 4 + i) * 32 + lane] = acc[i >> 1][i & 1];
+        }
+        __syncthreads();
+        if (kpart == 0) {
+          for (int p = 1; p < KSPLIT; ++p) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              acc[i >> 1][i & 1] += red[((warp + p) * 4 + i) * 32 + lane];
+            }
+          }
+        }
+      }
+      if (kpart == 0 && tile < tiles) {
+        // this lane's rows of x and their products for rows g and g + 8 of the tile
+        float v[2][2];
+        int vm[2];
+        int nv = 0;
+        if constexpr (Q == 1) {
+          nv = 2;
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            vm[c] = 2 * t + c;
+            v[c][0] = acc[0][c];
+            v[c][1] = acc[1][c];
+          }
+        } else {
+          float s0 = acc[0][0] + acc[0][1], s1 = acc[1][0] + acc[1][1];
+          if constexpr (Q == 4) {
+            s0 += __shfl_xor_sync(0xffffffffu, s0, 1);
+            s1 += __shfl_xor_sync(0xffffffffu, s1, 1);
+          }
+          nv = Q == 4 ? (t & 1) == 0 : 1;
+          vm[0] = cm[0];
+          v[0][0] = s0;
+          v[0][1] = s1;
+        }
+        for (int i = 0; i < nv; ++i) {
+          const int m = vm[i];
+          if (m < M) {
+            if constexpr (PAIRED) {
+              if (tile * 8 + g < NO) {
+                store(m, tile * 8 + g, v[i][0], v[i][1]);
+              }
+            } else {
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                if (tile * 16 + g + 8 * h < NO) {
+                  store(m, tile * 16 + g + 8 * h, v[i][h], 0.f);
+                }
+              }
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        acc[i >> 1][i & 1] = 0.f;
+      }
+    }
+    if (!more) {
+      break;
+    }
+    it = next_it;
+    st = next_st;
+    cur = nxt;
+  }
+  return;
+}
+
+Tile cur, nxt;
+if (active) {
+  // The first loads go out before the block prepares x.
+  load(rg, 0, cur);
+}
+
+normalize();
 if constexpr (STAGE) {
   // A thread a chunk: its values in the lanes' order, its sums in the order the trick adds.
   for (int t = threadIdx.x; t < M * chunks; t += 32 * WARPS) {
@@ -408,51 +746,9 @@ while (true) {
       if (lane == 0) {
 #pragma unroll
         for (int r = 0; r < RPW; ++r) {
-#ifdef QMV_ROPE
-          const int o = rg * RPW + r;
-          if (o < NO) {
-            int a, b;
-            pair_rows(o, a, b);
-            const int h = o / (HD / 2);
-            const int i = o - h * (HD / 2);
-            T out_a = static_cast<T>(v[r]);
-            T out_b = static_cast<T>(v[RPW + r]);
-            if (h < RH) {
-              // MLX's RoPE kernel, step by step, on the products as T
-#ifdef QMV_ROPE_FREQS
-              float inv_freq = 1.0 / freqs[i];
-#else
-              float d = static_cast<float>(i) / static_cast<float>(HD / 2);
-              float inv_freq = exp2(-d * __int_as_float(BASE_BITS));
-#endif
-              float L = __int_as_float(SCALE_BITS) * static_cast<float>(pos[pos_shape[0] == 1 ? 0 : m]);
-              float theta = L * inv_freq;
-              float costheta = cos(theta);
-              float sintheta = sin(theta);
-              float x1 = static_cast<float>(out_a);
-              float x2 = static_cast<float>(out_b);
-              float rx1 = x1 * costheta - x2 * sintheta;
-              float rx2 = x1 * sintheta + x2 * costheta;
-              out_a = static_cast<T>(rx1);
-              out_b = static_cast<T>(rx2);
-            }
-            put(m, a, out_a);
-            put(m, b, out_b);
-          }
-#else
           if (rg * RPW + r < NO) {
-#ifdef QMV_GLU
-            const T g = static_cast<T>(v[r]);
-            T out = Multiply{}(Multiply{}(g, Sigmoid{}(g)), static_cast<T>(v[RPW + r]));
-#else
-            T out = static_cast<T>(v[r]);
-#endif
-#ifdef QMV_RES
-            out = Add{}(res[size_t(m) * NO + rg * RPW + r], out);
-#endif
-            y[size_t(m) * NO + rg * RPW + r] = out;
+            store(m, rg * RPW + r, v[r], v[PAIRED ? RPW + r : r]);
           }
-#endif
         }
       }
     }

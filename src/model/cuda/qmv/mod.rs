@@ -18,8 +18,8 @@ use std::cell::{OnceCell, RefCell};
 use mlx_rs::Array;
 
 pub use fit::{applies, applies_folded, FOLD_MIN_VALUES, MAX_ROWS, MIN_VALUES};
+use tuning::{k_split, mma_bytes, staged_bytes, stages, tuning, uses_mma};
 pub use tuning::{parse_tuning, Tuning};
-use tuning::{staged_bytes, stages, tuning};
 
 use super::kernel::{Constant, CudaKernel, Launch};
 use crate::model::cache::Positions;
@@ -191,11 +191,8 @@ fn launch(
     let m = x.size() as i32 / k;
     let n = w.shape()[0];
     // What a warp computes: an output, or with SwiGLU or RoPE a pair of rows.
-    let items = if folded.glu || folded.rope.is_some() {
-        n / 2
-    } else {
-        n
-    };
+    let paired = folded.glu || folded.rope.is_some();
+    let items = if paired { n / 2 } else { n };
     let tm = (m as u32).next_power_of_two() as i32;
     let Tuning {
         rows_per_warp: rpw,
@@ -205,7 +202,13 @@ fn launch(
         max_blocks,
         ..
     } = tuning;
-    let stage = stages(&tuning, x.dtype(), bits, tm, k);
+    let mma = uses_mma(&tuning, x.dtype(), bits, group, tm, k);
+    let stage = !mma && stages(&tuning, x.dtype(), bits, tm, k);
+    // On the tensor cores a warp computes 16 rows of W (8 pairs), `ks` warps of a block
+    // each over a part of K.
+    let per_tile = if paired { 8 } else { 16 };
+    let tiles = (items + per_tile - 1) / per_tile;
+    let ks = if mma { k_split(&tuning, tiles, k) } else { 1 };
     let mut constants = vec![
         ("T", Constant::Type(x.dtype())),
         ("S", Constant::Type(scales.dtype())),
@@ -218,6 +221,8 @@ fn launch(
         ("TRICK", Constant::Int(trick as i32)),
         ("KN", Constant::Int(k)),
         ("STAGE", Constant::Int(stage as i32)),
+        ("MMA", Constant::Int(mma as i32)),
+        ("KSPLIT", Constant::Int(ks)),
     ];
     let mut inputs = vec![x, w, scales, biases];
     if let Some(norm) = folded.norm {
@@ -247,8 +252,16 @@ fn launch(
             KernelFreqs::PerPair(f) => inputs.push(f),
         }
     }
-    let per_block = rpw * warps;
-    let mut blocks = (items + per_block - 1) / per_block;
+    let mut blocks = match mma {
+        true => {
+            let per_block = warps / ks;
+            (tiles + per_block - 1) / per_block
+        }
+        false => {
+            let per_block = rpw * warps;
+            (items + per_block - 1) / per_block
+        }
+    };
     if max_blocks > 0 {
         blocks = blocks.min(max_blocks);
     }
@@ -260,7 +273,11 @@ fn launch(
                 grid: [blocks * 32 * warps, 1, 1],
                 group: [32 * warps, 1, 1],
                 constants: &constants,
-                shared_bytes: if stage { staged_bytes(tm, k) as i32 } else { 0 },
+                shared_bytes: match (mma, stage) {
+                    (true, _) => mma_bytes(tm, k, group) as i32,
+                    (false, true) => staged_bytes(tm, k) as i32,
+                    (false, false) => 0,
+                },
             },
         )
     })

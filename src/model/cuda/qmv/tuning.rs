@@ -10,7 +10,10 @@ use mlx_rs::Dtype;
 /// blocks launched (0: one per `warps * rows_per_warp` outputs; fewer: each warp goes on to
 /// further rows, its next loads in flight while it multiplies), and whether each block stages
 /// x in shared memory first (4-bit, 16-bit x, the trick, x within [`STAGE_SHARED_BYTES`];
-/// elsewhere ignored).
+/// elsewhere ignored); and whether the products run on the tensor cores instead ([`uses_mma`]:
+/// 16 rows of W a warp, `unroll` spans of 128 values in flight, K split among `k_split`
+/// warps of a block, 0: [`k_split`] chooses; `rows_per_warp`, `trick` and `stage` then
+/// ignored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuning {
     pub rows_per_warp: i32,
@@ -19,6 +22,8 @@ pub struct Tuning {
     pub trick: bool,
     pub max_blocks: i32,
     pub stage: bool,
+    pub mma: bool,
+    pub k_split: i32,
 }
 
 impl Default for Tuning {
@@ -30,6 +35,8 @@ impl Default for Tuning {
             trick: true,
             max_blocks: 0,
             stage: false,
+            mma: false,
+            k_split: 0,
         }
     }
 }
@@ -68,6 +75,50 @@ pub(super) fn stages(tuning: &Tuning, x: Dtype, bits: i32, tm: i32, k: i32) -> b
         && staged_bytes(tm, k) <= STAGE_SHARED_BYTES
 }
 
+/// The bytes of x a block stages for the tensor cores ([`uses_mma`]): 128 of zeros, then per row
+/// of x (`tm`) each span of 128 values as 384 bytes (the B fragments of its 4 lanes, 80 bytes
+/// apart so that a warp's reads hit distinct banks) and each group's sum.
+pub(super) fn mma_bytes(tm: i32, k: i32, group: i32) -> i64 {
+    128 + tm as i64 * (k as i64 / 128 * 384 + k as i64 / group as i64 * 4)
+}
+
+/// Whether a call with `tuning` runs on the tensor cores ([`Tuning::mma`]): 4-bit W, 16-bit x,
+/// K whole spans of 128, `tm` rows of x within the 8 columns of the MMA's B (each row takes
+/// a column per group of a span: `128 / group`), its staged x within [`STAGE_SHARED_BYTES`].
+pub(super) fn uses_mma(tuning: &Tuning, x: Dtype, bits: i32, group: i32, tm: i32, k: i32) -> bool {
+    tuning.mma
+        && bits == 4
+        && matches!(x, Dtype::Bfloat16 | Dtype::Float16)
+        && matches!(group, 32 | 64 | 128)
+        && k % 128 == 0
+        && tm * (128 / group) <= 8
+        && mma_bytes(tm, k, group) <= STAGE_SHARED_BYTES
+}
+
+/// The warps that split K for `tiles` row tiles of 16 of a K of `k` on the tensor cores:
+/// `tuning.k_split` where set and dividing both the warps and K's spans, else doubled from 1
+/// while there are fewer than [`MMA_WARPS`] warps in all (up to 8).
+pub(super) fn k_split(tuning: &Tuning, tiles: i32, k: i32) -> i32 {
+    let spans = k / 128;
+    let fits = |s: i32| s >= 1 && tuning.warps % s == 0 && spans % s == 0;
+    if tuning.k_split > 0 {
+        return if fits(tuning.k_split) {
+            tuning.k_split
+        } else {
+            1
+        };
+    }
+    let mut s = 1;
+    while s < 8 && tiles as i64 * (s as i64) < MMA_WARPS && fits(2 * s) {
+        s *= 2;
+    }
+    s
+}
+
+/// Warps enough to keep an H100's or H200's memory busy on the tensor-core path: ~4 a
+/// scheduler of its 132 streaming multiprocessors.
+const MMA_WARPS: i64 = 2048;
+
 /// Matrices of at least this many values get x staged, with [`STAGED_MAX_BLOCKS`] blocks
 /// (`KOOKA_QMV_STAGE_MIN_VALUES` moves it): an 8B model's gate/up (117M) and head (525M), not
 /// its down (59M). Device times on an H100 (kernel tracer, PERFORMANCE "The matvec's loads
@@ -100,8 +151,17 @@ pub(super) fn tuning(folded: bool, values: i64) -> Tuning {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(STAGE_MIN_VALUES)
     });
+    static MMA: OnceLock<bool> = OnceLock::new();
+    let mma = *MMA.get_or_init(|| std::env::var("KOOKA_QMV_MMA").is_ok_and(|v| v.trim() == "1"));
     let base = match (set, folded) {
         (Some(t), _) => return *t,
+        (None, _) if mma => {
+            return Tuning {
+                mma: true,
+                unroll: 2,
+                ..Tuning::default()
+            }
+        }
         (None, false) => Tuning::default(),
         (None, true) => Tuning::folded(),
     };
@@ -115,31 +175,33 @@ pub(super) fn tuning(folded: bool, values: i64) -> Tuning {
     }
 }
 
-/// `rows_per_warp,warps,unroll,trick[,max_blocks[,stage]]` (trick and stage 0 or 1), as
-/// `KOOKA_QMV_TUNING` takes it.
+/// `rows_per_warp,warps,unroll,trick[,max_blocks[,stage[,mma[,k_split]]]]` (trick, stage and
+/// mma 0 or 1), as `KOOKA_QMV_TUNING` takes it.
 pub fn parse_tuning(v: &str) -> Option<Tuning> {
     let n: Vec<i32> = v
         .split(',')
         .map(|p| p.trim().parse().ok())
         .collect::<Option<_>>()?;
-    let (rows_per_warp, warps, unroll, trick, max_blocks, stage) = match n[..] {
-        [r, w, u, t] => (r, w, u, t, 0, 0),
-        [r, w, u, t, b] => (r, w, u, t, b, 0),
-        [r, w, u, t, b, s] => (r, w, u, t, b, s),
-        _ => return None,
+    if !(4..=8).contains(&n.len()) {
+        return None;
+    }
+    let at = |i: usize| n.get(i).copied().unwrap_or(0);
+    let t = Tuning {
+        rows_per_warp: at(0),
+        warps: at(1),
+        unroll: at(2),
+        trick: at(3) != 0,
+        max_blocks: at(4),
+        stage: at(5) != 0,
+        mma: at(6) != 0,
+        k_split: at(7),
     };
-    let ok = (1..=8).contains(&rows_per_warp)
-        && (1..=32).contains(&warps)
-        && (1..=16).contains(&unroll)
-        && max_blocks >= 0;
-    ok.then_some(Tuning {
-        rows_per_warp,
-        warps,
-        unroll,
-        trick: trick != 0,
-        max_blocks,
-        stage: stage != 0,
-    })
+    let ok = (1..=8).contains(&t.rows_per_warp)
+        && (1..=32).contains(&t.warps)
+        && (1..=16).contains(&t.unroll)
+        && t.max_blocks >= 0
+        && (0..=8).contains(&t.k_split);
+    ok.then_some(t)
 }
 
 #[cfg(test)]
@@ -208,8 +270,76 @@ mod tests {
         assert_eq!(parse_tuning("1,8,4,1,528").unwrap().max_blocks, 528);
         assert!(parse_tuning("1,8,2,1,528,1").unwrap().stage);
         assert!(!parse_tuning("1,8,2,1,528").unwrap().stage);
-        assert_eq!(parse_tuning("1,8,2,1,528,1,0"), None);
+        let mma = parse_tuning("1,8,2,1,0,0,1,4").unwrap();
+        assert!(mma.mma && !mma.stage);
+        assert_eq!(mma.k_split, 4);
+        assert_eq!(parse_tuning("1,8,2,1,0,0,1,9"), None);
+        assert_eq!(parse_tuning("1,8,2,1,0,0,1,4,0"), None);
         assert_eq!(parse_tuning("1,8,4,1,-1"), None);
         assert_eq!(parse_tuning("0,4,8,1"), None);
+    }
+
+    #[test]
+    fn the_tensor_cores_take_4_bit_16_bit_whole_spans() {
+        let mma = Tuning {
+            mma: true,
+            ..Tuning::default()
+        };
+        assert!(uses_mma(&mma, Dtype::Bfloat16, 4, 64, 1, 4096));
+        assert!(
+            uses_mma(&mma, Dtype::Float16, 4, 64, 4, 4096),
+            "4 rows: 8 columns"
+        );
+        assert!(
+            !uses_mma(&mma, Dtype::Bfloat16, 4, 64, 8, 4096),
+            "8 rows: 16 columns"
+        );
+        assert!(uses_mma(&mma, Dtype::Bfloat16, 4, 128, 8, 1024));
+        assert!(
+            !uses_mma(&mma, Dtype::Bfloat16, 4, 128, 8, 4096),
+            "8 rows of 4096: 97 KiB"
+        );
+        assert!(!uses_mma(&mma, Dtype::Bfloat16, 4, 32, 4, 4096));
+        assert!(
+            !uses_mma(&mma, Dtype::Bfloat16, 4, 64, 1, 576),
+            "K of 576: 4.5 spans"
+        );
+        assert!(!uses_mma(&mma, Dtype::Float32, 4, 64, 1, 4096));
+        assert!(!uses_mma(&mma, Dtype::Bfloat16, 8, 64, 1, 4096));
+        assert!(!uses_mma(
+            &Tuning::default(),
+            Dtype::Bfloat16,
+            4,
+            64,
+            1,
+            4096
+        ));
+        // a K of 14336: 112 spans, 43,904 bytes a row of x
+        assert_eq!(mma_bytes(1, 14336, 64), 128 + 112 * 384 + 224 * 4);
+        assert!(uses_mma(&mma, Dtype::Bfloat16, 4, 64, 1, 14336));
+        assert!(
+            !uses_mma(&mma, Dtype::Bfloat16, 4, 64, 2, 14336),
+            "two rows: 86 KiB"
+        );
+    }
+
+    #[test]
+    fn k_is_split_while_the_warps_are_few() {
+        let t = Tuning {
+            mma: true,
+            ..Tuning::default()
+        };
+        // an 8B model's head (8016 tiles), gate/up (1792), q/k/v (384), down (256 of K 14336)
+        assert_eq!(k_split(&t, 8016, 4096), 1);
+        assert_eq!(k_split(&t, 1792, 4096), 2);
+        assert_eq!(k_split(&t, 384, 4096), 8);
+        assert_eq!(k_split(&t, 256, 14336), 8);
+        // spans that do not halve, warps that do not
+        assert_eq!(k_split(&t, 10, 384), 1);
+        let four = Tuning { warps: 4, ..t };
+        assert_eq!(k_split(&four, 256, 4096), 4);
+        let set = Tuning { k_split: 2, ..t };
+        assert_eq!(k_split(&set, 8016, 4096), 2);
+        assert_eq!(k_split(&set, 8016, 384), 1, "3 spans");
     }
 }

@@ -277,7 +277,7 @@ PY
       # $MODEL's batch-1 decode alternating the default and side b: AB_ENV ("VAR=value ...")
       # and/or another build (AB_BIN, with its step_profile AB_PROFILE, e.g. the commit before
       # a change, carried), AB_RUNS (3) pairs, their step profiles, and their greedy tokens and
-      # last prompt logits compared.
+      # last prompt logits compared (AB_REF=1: both against mlx-lm's too).
       . scripts/gpu/env.sh
       export BENCH_LOG=ab-bench.md
       bin_b=${AB_BIN:-/opt/mlxw/kooka}; prof_b=${AB_PROFILE:-/opt/mlxw/step_profile}
@@ -287,13 +287,25 @@ PY
         env "${env[@]}" timeout 90 $bin generate --model $MODEL --prompt-tokens $ids --print-tokens \
           --ignore-eos --max-tokens 32 --print-logits $OUT/ab-logits-$side.json > $OUT/ab-tokens-$side.json 2>/dev/null || true
       done
+      if [ -n "${AB_REF:-}" ]; then   # mlx-lm's greedy tokens and logits on the same prompt
+        echo "[{\"model\": \"$MODEL\", \"max_tokens\": 32, \"tokens\": [$ids]}]" |
+          timeout 240 python3 tests/python/mlx_lm_reference.py - > $OUT/ab-ref.json 2> $OUT/ab-ref.err || true
+      fi
       python3 - "$OUT" <<'PY' | tee -a "$OUT/ab-bench.md"
-import json, sys
+import json, os, sys
 out = sys.argv[1]
 t = [json.load(open(f"{out}/ab-tokens-{s}.json"))["tokens"] for s in "ab"]
 l = [json.load(open(f"{out}/ab-logits-{s}.json")) for s in "ab"]
 print(f"a vs b: greedy tokens identical {sum(x == y for x, y in zip(*t))}/{len(t[0])}; "
       f"last prompt logits max |diff| {max(abs(x - y) for x, y in zip(*l)):.4g}")
+if os.path.getsize(f"{out}/ab-ref.json") if os.path.exists(f"{out}/ab-ref.json") else 0:
+    ref = json.load(open(f"{out}/ab-ref.json"))[0]
+    top = sorted(ref["logits"], reverse=True)[:2]
+    for side, tokens, logits in zip("ab", t, l):
+        same = sum(x == y for x, y in zip(tokens, ref["tokens"]))
+        diff = max(abs(x - y) for x, y in zip(logits, ref["logits"]))
+        print(f"{side} vs mlx-lm: greedy tokens identical {same}/{len(tokens)}; last prompt logits "
+              f"max |diff| {diff:.4g} (mlx-lm's top-2 margin {top[0] - top[1]:.4g})")
 PY
       for i in $(seq ${AB_RUNS:-3}); do
         bench8b a

@@ -342,31 +342,46 @@ if constexpr (MMA) {
   };
   const int qoff = Q == 4 ? 2 * (t & 1) : 0;
   auto tile_of = [&](int it) { return (int(blockIdx.x) + it * int(gridDim.x)) * TPB + slot; };
-  auto mma_load = [&](int it, int st, MmaTile& tl) {
+  // Where this lane reads its two rows of a tile (found once a tile, not at every load), as
+  // 32-bit offsets (fewer registers than pointers): in 16-byte words of w, and in groups.
+  struct Rows {
+    int w[2];
+    int g[2];
+    bool valid;
+  };
+  auto rows_of = [&](int it) {
+    Rows r;
     const int tile = tile_of(it);
-    if (tile >= tiles) {
+    r.valid = tile < tiles;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = tile_row(min(tile, tiles - 1), g + 8 * h);
+      r.w[h] = row * (words_per_row / 4) + t;
+      r.g[h] = row * groups + qoff;
+    }
+    return r;
+  };
+  auto mma_load = [&](const Rows& r, int st, MmaTile& tl) {
+    if (!r.valid) {
       return;
     }
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const size_t row = tile_row(tile, g + 8 * h);
-      const uint4* wr = reinterpret_cast<const uint4*>(w + row * words_per_row) + t;
-      const S* sr = scales + row * groups + qoff;
-      const S* br = biases + row * groups + qoff;
+    for (int u = 0; u < UNROLL; ++u) {
+      const int span = span0 + st * UNROLL + u;
+      if (span < span0 + per_part) {
 #pragma unroll
-      for (int u = 0; u < UNROLL; ++u) {
-        const int span = span0 + st * UNROLL + u;
-        if (span < span0 + per_part) {
-          tl.w[u][h] = wr[span * 4];
-          load_groups(sr + span * Q, tl.s[u][h]);
-          load_groups(br + span * Q, tl.b[u][h]);
+        for (int h = 0; h < 2; ++h) {
+          tl.w[u][h] = reinterpret_cast<const uint4*>(w)[r.w[h] + span * 4];
+          load_groups(scales + r.g[h] + span * Q, tl.s[u][h]);
+          load_groups(biases + r.g[h] + span * Q, tl.b[u][h]);
         }
       }
     }
   };
 
   MmaTile cur, nxt;
-  mma_load(0, 0, cur);  // the first loads go out before the block prepares x
+  Rows rows = rows_of(0), next_rows = rows;
+  mma_load(rows, 0, cur);  // the first loads go out before the block prepares x
   normalize();
   // x staged for the tensor cores: lane t's 32 values of a span (values 32t..32t+31) as the
   // 16 pairs its B fragments take, (x0, x4), (x1, x5), (x2, x6), (x3, x7) for each 8 (the
@@ -453,10 +468,13 @@ if constexpr (MMA) {
     }
     const bool more = int(blockIdx.x) + next_it * int(gridDim.x) < tile_groups;
     if (more) {
-      mma_load(next_it, next_st, nxt);
+      if (next_st == 0) {
+        next_rows = rows_of(next_it);
+      }
+      mma_load(next_rows, next_st, nxt);
     }
     const int tile = tile_of(it);
-    if (tile < tiles) {
+    if (rows.valid) {
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) {
         const int span = span0 + st * UNROLL + u;
@@ -563,6 +581,7 @@ if constexpr (MMA) {
     }
     it = next_it;
     st = next_st;
+    rows = next_rows;
     cur = nxt;
   }
   return;

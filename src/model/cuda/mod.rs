@@ -3,6 +3,7 @@
 //! else (the CPU, Metal, other shapes) keeps MLX's ops. `scripts/gpu/kernels.py` checks them
 //! against MLX on the GPU; `scripts/check_cuda_kernels.py` compiles them with NVRTC anywhere.
 
+mod arch;
 pub mod decode_attention;
 mod kernel;
 pub mod qmv;

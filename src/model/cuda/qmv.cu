@@ -32,6 +32,22 @@
 // default only those are staged (qmv/tuning.rs). The staged floats live in dynamic shared
 // memory, sized by the launch.
 //
+// MMA (1: 4-bit W, 16-bit x) runs the products on the tensor cores instead, where the
+// unpacking costs a quarter of the above: a warp takes 16 rows of W (8 pairs with SwiGLU or
+// RoPE) and multiplies them with mma.m16n8k16 (float32 sums). A "span" is 64 bytes of a row
+// (128 values, 4 lanes' 16-byte loads); lane (g, t) = lane (4g + t) holds rows g and g + 8 of
+// the tile (A's rows) over its 32 values of each span, and one lop3 makes two of them the
+// 16-bit floats OFF + q (the exponent of 128 for bfloat16, 1024 for half, OR-ed over q: exact,
+// no conversion); sum(x (OFF + q)) - OFF sum(x) is sum(x q). The block stages x once as the
+// B fragments ((x0, x4), (x1, x5), ... the order the values come out of a word); the groups of
+// a span (128 / GROUP of them) go to separate columns of B (lanes whose group a column is not
+// read zeros there), so that D holds one sum per row, group and row of x, to which the group's
+// scale and bias apply (float32, as the scalar path: the tensor cores only add exact products
+// of 16-bit values, in float32). x's rows take the columns too (TM * 128 / GROUP <= 8). K may
+// be split among KSPLIT warps of a block (the row tiles of a small matrix are too few to keep
+// the memory busy), their sums added in order. UNROLL is then the spans a lane has in flight.
+// No more loads than the scalar path, half the instructions a weight (docs/PERFORMANCE.md).
+//
 // Folded neighbours, each switched on by a #define in the kernel's header (one compiled
 // kernel per combination), so that a decode step runs fewer kernels (each costs the device
 // ~4 us however small): QMV_NORM takes `norm` [K] and normalizes x first, as MLX's RMSNorm
@@ -283,7 +299,7 @@ auto store = [&](int m, int o, float va, [[maybe_unused]] float vb) {
 #endif
 };
 
-// ---- MMA: the products on the tensor cores (4-bit W, 16-bit x; see the comment at the top) ----
+// ---- MMA: the products on the tensor cores (see the comment at the top) ----
 if constexpr (MMA) {
   static_assert(!MMA || (BITS == 4 && sizeof(T) == 2), "MMA: 4-bit W, 16-bit x");
   constexpr bool BF16 = cuda::std::is_same_v<T, __nv_bfloat16>;

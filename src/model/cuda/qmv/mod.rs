@@ -4,7 +4,10 @@
 //! matrix-vector kernel, which reads the weights at ~800 GB/s on an H100 (a quarter of its
 //! memory's speed; `scripts/gpu/decode_bound.py`), and MLX multiplies 2-7 rows as that many
 //! matrix-vector products. `qmv.cu` streams each row of the packed matrix once for all rows,
-//! with whole 16-byte loads per lane and several in flight: see the kernel's comment.
+//! with whole 16-byte loads per lane and several in flight: see the kernel's comment. On a
+//! GPU of compute capability 8.0+ the 4-bit products of 16-bit x run on the tensor cores by
+//! default (`mma.m16n8k16`; [`Tuning::mma`], `tuning.rs` says which), half the instructions a
+//! weight of the scalar path.
 //!
 //! The kernel can also take a linear's neighbours in a decode step ([`Folded`]: the RMSNorm
 //! before it, RoPE on a fused q/k/v product's heads, SwiGLU and the residual addition after
@@ -18,7 +21,9 @@ use std::cell::{OnceCell, RefCell};
 use mlx_rs::Array;
 
 pub use fit::{applies, applies_folded, FOLD_MIN_VALUES, MAX_ROWS, MIN_VALUES};
-use tuning::{k_split, mma_bytes, staged_bytes, stages, tuning, uses_mma};
+use tuning::{
+    explicit_tuning, k_split, mma_bytes, mma_tuning, staged_bytes, stages, tuning, uses_mma,
+};
 pub use tuning::{parse_tuning, Tuning};
 
 use super::kernel::{Constant, CudaKernel, Launch};
@@ -126,9 +131,14 @@ pub fn rotated_heads(x: &Array, m: Packed, folded: &Folded) -> Result<[Array; 3]
     rotated_heads_tuned(x, m, default_tuning(x, m, folded), folded)
 }
 
+/// `KOOKA_QMV_TUNING` where set; else the tensor cores where they take the product
+/// ([`mma_tuning`], [`uses_mma`]); else the scalar path's tuning for its size.
 fn default_tuning(x: &Array, m: Packed, folded: &Folded) -> Tuning {
-    let k = *x.shape().last().expect("x has a last axis") as i64;
-    tuning(!folded.is_empty(), m.w.shape()[0] as i64 * k)
+    let k = *x.shape().last().expect("x has a last axis");
+    let tm = (x.size() as u32 / k as u32).next_power_of_two() as i32;
+    let mma = mma_tuning(folded.rope.is_some())
+        .filter(|t| explicit_tuning().is_none() && uses_mma(t, x.dtype(), m.bits, m.group, tm, k));
+    mma.unwrap_or_else(|| tuning(!folded.is_empty(), m.w.shape()[0] as i64 * k as i64))
 }
 
 /// [`matmul_t`] with an explicit [`Tuning`] (for `examples/cuda_kernels`).

@@ -138,30 +138,16 @@ const STAGED_MAX_BLOCKS: i32 = 396;
 /// measuring), else the default (folded: [`Tuning::folded`]), staged from
 /// [`STAGE_MIN_VALUES`].
 pub(super) fn tuning(folded: bool, values: i64) -> Tuning {
-    static TUNING: OnceLock<Option<Tuning>> = OnceLock::new();
     static STAGE_FROM: OnceLock<i64> = OnceLock::new();
-    let set = TUNING.get_or_init(|| {
-        std::env::var("KOOKA_QMV_TUNING")
-            .ok()
-            .and_then(|v| parse_tuning(&v))
-    });
+    let set = explicit_tuning();
     let stage_from = *STAGE_FROM.get_or_init(|| {
         std::env::var("KOOKA_QMV_STAGE_MIN_VALUES")
             .ok()
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(STAGE_MIN_VALUES)
     });
-    static MMA: OnceLock<bool> = OnceLock::new();
-    let mma = *MMA.get_or_init(|| std::env::var("KOOKA_QMV_MMA").is_ok_and(|v| v.trim() == "1"));
     let base = match (set, folded) {
         (Some(t), _) => return *t,
-        (None, _) if mma => {
-            return Tuning {
-                mma: true,
-                unroll: 2,
-                ..Tuning::default()
-            }
-        }
         (None, false) => Tuning::default(),
         (None, true) => Tuning::folded(),
     };
@@ -173,6 +159,61 @@ pub(super) fn tuning(folded: bool, values: i64) -> Tuning {
         },
         false => base,
     }
+}
+
+/// `KOOKA_QMV_TUNING`, read once: one tuning for every call (for measuring).
+pub(super) fn explicit_tuning() -> &'static Option<Tuning> {
+    static TUNING: OnceLock<Option<Tuning>> = OnceLock::new();
+    TUNING.get_or_init(|| {
+        std::env::var("KOOKA_QMV_TUNING")
+            .ok()
+            .and_then(|v| parse_tuning(&v))
+    })
+}
+
+/// Which products the tensor cores take by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MmaUse {
+    None,
+    All,
+    /// All but a q/k/v product with RoPE folded: on an H100 its 384 row tiles make one block
+    /// each (K split 8 ways), and each block's norm and staging of x cost more than the
+    /// tensor cores save (20.9 against 17.8 us; PERFORMANCE "The 4-bit products on the
+    /// tensor cores").
+    AllButRope,
+}
+
+/// [`MmaUse`] from `KOOKA_QMV_MMA` (`0`: none, `1`: all that fit, else the default
+/// [`MmaUse::AllButRope`]), none on a GPU before compute capability 8.0 (Ampere: the
+/// `mma.m16n8k16` on 16-bit floats).
+fn mma_use() -> MmaUse {
+    static USE: OnceLock<MmaUse> = OnceLock::new();
+    *USE.get_or_init(|| {
+        let ampere = crate::model::cuda::arch::compute_capability().is_some_and(|(m, _)| m >= 8);
+        if !ampere {
+            return MmaUse::None;
+        }
+        match std::env::var("KOOKA_QMV_MMA").as_deref().map(str::trim) {
+            Ok("0") => MmaUse::None,
+            Ok("1") => MmaUse::All,
+            _ => MmaUse::AllButRope,
+        }
+    })
+}
+
+/// The tensor cores' tuning where they take a product by default (`rope`: q/k/v with RoPE
+/// folded); whether its shape fits is [`uses_mma`]'s to say.
+pub(super) fn mma_tuning(rope: bool) -> Option<Tuning> {
+    let on = match mma_use() {
+        MmaUse::None => false,
+        MmaUse::All => true,
+        MmaUse::AllButRope => !rope,
+    };
+    on.then_some(Tuning {
+        mma: true,
+        unroll: 2,
+        ..Tuning::default()
+    })
 }
 
 /// `rows_per_warp,warps,unroll,trick[,max_blocks[,stage[,mma[,k_split]]]]` (trick, stage and

@@ -90,7 +90,9 @@ KERNELS = {
         QMV_INPUTS,
         [("y", "T")],
         [{"TM": 1, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 4, "TRICK": 1,
-          "KN": 4096, "STAGE": 0}],
+          "KN": 4096, "STAGE": 0},
+         {"TM": 1, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 2, "TRICK": 1,
+          "KN": 4096, "STAGE": 0, "MMA": 1, "KSPLIT": 2}],
     ),
     "qmv_norm_glu": (
         "qmv", FOLDED + "#define QMV_NORM 1\n#define QMV_GLU 1\n",

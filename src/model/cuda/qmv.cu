@@ -452,7 +452,7 @@ if constexpr (MMA) {
   // Values p and p + 4 of a word as 16-bit floats OFF + q: the shift a high multiply (the
   // multiply-add pipe, which the tensor-core loop leaves idle, rather than the integer
   // one), the mask and the exponent one instruction (lop3).
-  auto unpack = [](uint32_t word, int p) -> uint32_t {
+  [[maybe_unused]] auto unpack = [](uint32_t word, int p) -> uint32_t {  // unused: QMV_PROBE
     uint32_t shifted = word, out;
     if (p > 0) {
       asm("mul.hi.u32 %0, %1, %2;" : "=r"(shifted) : "r"(word), "r"(1u << (32 - 4 * p)));
@@ -460,7 +460,7 @@ if constexpr (MMA) {
     asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(out) : "r"(shifted), "n"(0x000F000Fu), "n"(MAGIC));
     return out;
   };
-  auto mma = [](float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+  [[maybe_unused]] auto mma = [](float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                 uint32_t b1) {
     if constexpr (BF16) {
       asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
@@ -497,8 +497,16 @@ if constexpr (MMA) {
         if (span >= span0 + per_part) {
           break;
         }
-        const uint4* xs4 = reinterpret_cast<const uint4*>(xl + span * xstride);
+        [[maybe_unused]] const uint4* xs4 = reinterpret_cast<const uint4*>(xl + span * xstride);
         float d[4] = {0.f, 0.f, 0.f, 0.f};
+#ifdef QMV_PROBE
+        // Measuring only (KOOKA_QMV_PROBE): the same loads, a XOR for the arithmetic.
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint4 q = cur.w[u][h];
+          d[2 * h] = __uint_as_float((q.x ^ q.y ^ q.z ^ q.w) & 0x3FFFFFFFu);
+        }
+#else
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const uint4 xb = xs4[j];
@@ -513,6 +521,7 @@ if constexpr (MMA) {
           mma(d, p0[0], p1[0], p0[1], p1[1], xb.x, xb.y);
           mma(d, p0[2], p1[2], p0[3], p1[3], xb.z, xb.w);
         }
+#endif
         // d = sum(x (OFF + q)) per row and column: the group's s * sum(x q) + b * sum(x)
 #pragma unroll
         for (int c = 0; c < 2; ++c) {

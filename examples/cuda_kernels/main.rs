@@ -347,14 +347,16 @@ fn qmv_parity() -> anyhow::Result<()> {
             (true, 3, false, true, 0),
             (true, 0, false, true, 2),
         ] {
+            let base = match mma {
+                true => qmv::Tuning::mma(),
+                false => qmv::Tuning::default(),
+            };
             let tuning = qmv::Tuning {
                 trick,
                 max_blocks,
                 stage,
-                mma,
                 k_split,
-                unroll: if mma { 2 } else { 4 },
-                ..qmv::Tuning::default()
+                ..base
             };
             let got = qmv::matmul_t_tuned(&x, as_packed(&q, &s, &b, bits, group), tuning, &plain)?;
             anyhow::ensure!(

@@ -51,6 +51,17 @@ impl Tuning {
             ..Tuning::default()
         }
     }
+
+    /// On the tensor cores ([`uses_mma`]): two spans a lane in flight, K split as [`k_split`]
+    /// chooses (4 spans were slower on every 8B shape on an H100, PERFORMANCE "The 4-bit
+    /// products on the tensor cores").
+    pub fn mma() -> Self {
+        Tuning {
+            mma: true,
+            unroll: 2,
+            ..Tuning::default()
+        }
+    }
 }
 
 /// The most bytes of staged x a block keeps in (dynamic) shared memory ([`Tuning::stage`],
@@ -209,11 +220,7 @@ pub(super) fn mma_tuning(rope: bool) -> Option<Tuning> {
         MmaUse::All => true,
         MmaUse::AllButRope => !rope,
     };
-    on.then_some(Tuning {
-        mma: true,
-        unroll: 2,
-        ..Tuning::default()
-    })
+    on.then(Tuning::mma)
 }
 
 /// `rows_per_warp,warps,unroll,trick[,max_blocks[,stage[,mma[,k_split]]]]` (trick, stage and

@@ -66,16 +66,19 @@ KERNELS = {
         QMV_INPUTS,
         [("y", "T")],
         [{"TM": tm, "BITS": 4, "GROUP": g, "RPW": 1, "WARPS": w, "UNROLL": u, "TRICK": 1,
-          "KN": kn, "STAGE": 0, "MMA": 1, "KSPLIT": ks}
-         for tm, g, w, u, kn, ks in ((1, 64, 8, 2, 4096, 1), (2, 64, 4, 1, 4096, 2), (4, 128, 8, 4, 14336, 4),
-                                     (8, 128, 8, 2, 1024, 1), (2, 32, 8, 2, 4096, 8), (1, 32, 4, 1, 14336, 1))],
+          "KN": kn, "STAGE": 0, "MMA": 1, "KSPLIT": ks, "PF": pf}
+         for tm, g, w, u, kn, ks, pf in ((1, 64, 8, 2, 4096, 1, 0), (2, 64, 4, 1, 4096, 2, 0),
+                                         (4, 128, 8, 4, 14336, 4, 0), (8, 128, 8, 2, 1024, 1, 0),
+                                         (2, 32, 8, 2, 4096, 8, 0), (1, 32, 4, 1, 14336, 1, 0),
+                                         (1, 64, 8, 2, 4096, 2, 4), (2, 32, 8, 1, 14336, 8, 2))],
     ),
     "qmv_mma_folds": (
         "qmv", FOLDED + "#define QMV_NORM 1\n#define QMV_GLU 1\n#define QMV_RES 1\n",
         QMV_INPUTS + [("norm", "T"), ("res", "T")],
         [("y", "T")],
         [{"TM": tm, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 2, "TRICK": 1,
-          "KN": 4096, "EPS_BITS": 0x3727C5AC, "STAGE": 0, "MMA": 1, "KSPLIT": ks} for tm, ks in ((1, 1), (2, 2))],
+          "KN": 4096, "EPS_BITS": 0x3727C5AC, "STAGE": 0, "MMA": 1, "KSPLIT": ks, "PF": pf}
+         for tm, ks, pf in ((1, 1, 0), (2, 2, 0), (1, 2, 3))],
     ),
     "qmv_mma_rope": (
         "qmv", FOLDED + "#define QMV_NORM 1\n#define QMV_ROPE 1\n",
@@ -83,7 +86,8 @@ KERNELS = {
         ROPE_OUTPUTS,
         [{"TM": 1, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 2, "TRICK": 1,
           "KN": 4096, "EPS_BITS": 0x3727C5AC, "STAGE": 0, "MMA": 1, "KSPLIT": 2, "HD": 128, "RH": 40,
-          "TRAD": 0, "SCALE_BITS": 0x3F800000, "BASE_BITS": 0x4197A112, "QH": 32}],
+          "TRAD": 0, "SCALE_BITS": 0x3F800000, "BASE_BITS": 0x4197A112, "QH": 32, "PF": pf}
+         for pf in (0, 2)],
     ),
     "qmv_probe": (
         "qmv", "#define QMV_PROBE 1\n",
@@ -227,7 +231,7 @@ def main():
         if args.only and not name.startswith(args.only):
             continue
         if source == "qmv":  # the scalar path unless a set says MMA
-            constant_sets = [{"MMA": 0, "KSPLIT": 1, **c} for c in constant_sets]
+            constant_sets = [{"MMA": 0, "KSPLIT": 1, "PF": 0, **c} for c in constant_sets]
         with open(os.path.join(SOURCES, source + ".cu")) as f:
             body = f.read()
         for dtype, constants in itertools.product(TYPES, constant_sets):

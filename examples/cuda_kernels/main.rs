@@ -90,7 +90,7 @@ pub(crate) fn mma_env(t: qmv::Tuning) -> qmv::Tuning {
 
 /// A tuning as the tables name it: rows per warp / warps / unroll / trick (t or x) / most
 /// blocks, then `/s` when x is staged, `/mK` on the tensor cores with K split K ways (0: the
-/// default split).
+/// default split), `/pN` with the L2 asked N steps ahead.
 pub(crate) fn tuning_name(t: &qmv::Tuning) -> String {
     let trick = if t.trick { "t" } else { "x" };
     let mut name = format!(
@@ -99,6 +99,9 @@ pub(crate) fn tuning_name(t: &qmv::Tuning) -> String {
     );
     if t.mma {
         name += &format!("/m{}", t.k_split);
+        if t.prefetch > 0 {
+            name += &format!("/p{}", t.prefetch);
+        }
     } else if t.stage {
         name += "/s";
     }

@@ -395,8 +395,47 @@ if constexpr (MMA) {
     }
   };
 
+  // PF > 0: the L2 is asked for the data of the step PF steps ahead of this one (of tile
+  // it, or of the next tile where that is past its end): weights by lanes 0-15 (row lane
+  // of the tile), scales and biases by lanes 16-31. These requests take no registers, so
+  // the memory has far more in flight than the loads' two steps, and the loads then find
+  // their data in the L2.
+  [[maybe_unused]] auto prefetch = [&](int pit, int pst) {
+    if (pst >= steps) {
+      pst -= steps;
+      pit += 1;
+    }
+    const int ptile = tile_of(pit);
+    if (pst >= steps || ptile >= tiles) {
+      return;
+    }
+    const int row = tile_row(ptile, lane & 15);
+    const int span = span0 + pst * UNROLL;
+    const int count = min(UNROLL, span0 + per_part - span);  // spans of the step
+    if (lane < 16) {
+      const char* p = reinterpret_cast<const char*>(w) + (size_t(row) * (words_per_row / 4) + span * 4) * 16;
+#if __CUDA_ARCH__ >= 900
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(count * 64) : "memory");
+#else
+      for (int i = 0; i < count; ++i) {
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(p + i * 64));
+      }
+#endif
+    } else {
+      const size_t at = size_t(row) * groups + span * Q;
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(scales + at));
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(biases + at));
+    }
+  };
+
   MmaTile cur, nxt;
   Rows rows = rows_of(0), next_rows = rows;
+  if constexpr (PF > 0) {
+    // the steps before the loop's first prefetch (the first's loads are already out)
+    for (int i = 1; i < PF; ++i) {
+      prefetch(0, i);
+    }
+  }
   mma_load(rows, 0, cur);  // the first loads go out before the block prepares x
   normalize();
   // x staged for the tensor cores: lane t's 32 values of a span (values 32t..32t+31) as the
@@ -488,6 +527,9 @@ if constexpr (MMA) {
         next_rows = rows_of(next_it);
       }
       mma_load(next_rows, next_st, nxt);
+    }
+    if constexpr (PF > 0) {
+      prefetch(it, st + PF);
     }
     const int tile = tile_of(it);
     if (rows.valid) {

@@ -233,6 +233,7 @@ fn launch(
         ("STAGE", Constant::Int(stage as i32)),
         ("MMA", Constant::Int(mma as i32)),
         ("KSPLIT", Constant::Int(ks)),
+        ("PF", Constant::Int(if mma { tuning.prefetch } else { 0 })),
     ];
     let mut inputs = vec![x, w, scales, biases];
     if let Some(norm) = folded.norm {

@@ -12,8 +12,8 @@ use mlx_rs::Dtype;
 /// x in shared memory first (4-bit, 16-bit x, the trick, x within [`STAGE_SHARED_BYTES`];
 /// elsewhere ignored); and whether the products run on the tensor cores instead ([`uses_mma`]:
 /// 16 rows of W a warp, `unroll` spans of 128 values in flight, K split among `k_split`
-/// warps of a block, 0: [`k_split`] chooses; `rows_per_warp`, `trick` and `stage` then
-/// ignored).
+/// warps of a block, 0: [`k_split`] chooses, and the L2 asked for the data `prefetch` steps
+/// ahead of the loads, 0: not; `rows_per_warp`, `trick` and `stage` then ignored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuning {
     pub rows_per_warp: i32,
@@ -24,6 +24,7 @@ pub struct Tuning {
     pub stage: bool,
     pub mma: bool,
     pub k_split: i32,
+    pub prefetch: i32,
 }
 
 impl Default for Tuning {
@@ -37,6 +38,7 @@ impl Default for Tuning {
             stage: false,
             mma: false,
             k_split: 0,
+            prefetch: 0,
         }
     }
 }
@@ -220,17 +222,33 @@ pub(super) fn mma_tuning(rope: bool) -> Option<Tuning> {
         MmaUse::All => true,
         MmaUse::AllButRope => !rope,
     };
-    on.then(Tuning::mma)
+    on.then(|| Tuning {
+        prefetch: mma_prefetch(),
+        ..Tuning::mma()
+    })
 }
 
-/// `rows_per_warp,warps,unroll,trick[,max_blocks[,stage[,mma[,k_split]]]]` (trick, stage and
-/// mma 0 or 1), as `KOOKA_QMV_TUNING` takes it.
+/// `KOOKA_QMV_PREFETCH`: the steps ahead of its loads for which the tensor-core path asks the
+/// L2 for the data (0, the default: none; for measuring).
+fn mma_prefetch() -> i32 {
+    static STEPS: OnceLock<i32> = OnceLock::new();
+    *STEPS.get_or_init(|| {
+        std::env::var("KOOKA_QMV_PREFETCH")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|s| (0..=16).contains(s))
+            .unwrap_or(0)
+    })
+}
+
+/// `rows_per_warp,warps,unroll,trick[,max_blocks[,stage[,mma[,k_split[,prefetch]]]]]` (trick,
+/// stage and mma 0 or 1), as `KOOKA_QMV_TUNING` takes it.
 pub fn parse_tuning(v: &str) -> Option<Tuning> {
     let n: Vec<i32> = v
         .split(',')
         .map(|p| p.trim().parse().ok())
         .collect::<Option<_>>()?;
-    if !(4..=8).contains(&n.len()) {
+    if !(4..=9).contains(&n.len()) {
         return None;
     }
     let at = |i: usize| n.get(i).copied().unwrap_or(0);
@@ -243,12 +261,14 @@ pub fn parse_tuning(v: &str) -> Option<Tuning> {
         stage: at(5) != 0,
         mma: at(6) != 0,
         k_split: at(7),
+        prefetch: at(8),
     };
     let ok = (1..=8).contains(&t.rows_per_warp)
         && (1..=32).contains(&t.warps)
         && (1..=16).contains(&t.unroll)
         && t.max_blocks >= 0
-        && (0..=8).contains(&t.k_split);
+        && (0..=8).contains(&t.k_split)
+        && (0..=16).contains(&t.prefetch);
     ok.then_some(t)
 }
 
@@ -322,7 +342,9 @@ mod tests {
         assert!(mma.mma && !mma.stage);
         assert_eq!(mma.k_split, 4);
         assert_eq!(parse_tuning("1,8,2,1,0,0,1,9"), None);
-        assert_eq!(parse_tuning("1,8,2,1,0,0,1,4,0"), None);
+        assert_eq!(parse_tuning("1,8,2,1,0,0,1,4,3").unwrap().prefetch, 3);
+        assert_eq!(parse_tuning("1,8,2,1,0,0,1,4,3,0"), None);
+        assert_eq!(parse_tuning("1,8,2,1,0,0,1,4,17"), None);
         assert_eq!(parse_tuning("1,8,4,1,-1"), None);
         assert_eq!(parse_tuning("0,4,8,1"), None);
     }

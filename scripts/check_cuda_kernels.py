@@ -66,19 +66,21 @@ KERNELS = {
         QMV_INPUTS,
         [("y", "T")],
         [{"TM": tm, "BITS": 4, "GROUP": g, "RPW": 1, "WARPS": w, "UNROLL": u, "TRICK": 1,
-          "KN": kn, "STAGE": 0, "MMA": 1, "KSPLIT": ks, "PF": pf}
-         for tm, g, w, u, kn, ks, pf in ((1, 64, 8, 2, 4096, 1, 0), (2, 64, 4, 1, 4096, 2, 0),
-                                         (4, 128, 8, 4, 14336, 4, 0), (8, 128, 8, 2, 1024, 1, 0),
-                                         (2, 32, 8, 2, 4096, 8, 0), (1, 32, 4, 1, 14336, 1, 0),
-                                         (1, 64, 8, 2, 4096, 2, 4), (2, 32, 8, 1, 14336, 8, 2))],
+          "KN": kn, "STAGE": 0, "MMA": 1, "KSPLIT": ks, "PF": pf, "PIPE": pipe}
+         for tm, g, w, u, kn, ks, pf, pipe in ((1, 64, 8, 2, 4096, 1, 0, 0), (2, 64, 4, 1, 4096, 2, 0, 0),
+                                               (4, 128, 8, 4, 14336, 4, 0, 0), (8, 128, 8, 2, 1024, 1, 0, 0),
+                                               (2, 32, 8, 2, 4096, 8, 0, 0), (1, 32, 4, 1, 14336, 1, 0, 0),
+                                               (1, 64, 8, 2, 4096, 2, 4, 0), (2, 32, 8, 1, 14336, 8, 2, 0),
+                                               (1, 64, 8, 2, 4096, 2, 0, 3), (2, 32, 8, 1, 14336, 8, 0, 4),
+                                               (1, 64, 8, 1, 4096, 1, 2, 6))],
     ),
     "qmv_mma_folds": (
         "qmv", FOLDED + "#define QMV_NORM 1\n#define QMV_GLU 1\n#define QMV_RES 1\n",
         QMV_INPUTS + [("norm", "T"), ("res", "T")],
         [("y", "T")],
         [{"TM": tm, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 2, "TRICK": 1,
-          "KN": 4096, "EPS_BITS": 0x3727C5AC, "STAGE": 0, "MMA": 1, "KSPLIT": ks, "PF": pf}
-         for tm, ks, pf in ((1, 1, 0), (2, 2, 0), (1, 2, 3))],
+          "KN": 4096, "EPS_BITS": 0x3727C5AC, "STAGE": 0, "MMA": 1, "KSPLIT": ks, "PF": pf,
+          "PIPE": pipe} for tm, ks, pf, pipe in ((1, 1, 0, 0), (2, 2, 0, 0), (1, 2, 3, 0), (2, 2, 0, 3))],
     ),
     "qmv_mma_rope": (
         "qmv", FOLDED + "#define QMV_NORM 1\n#define QMV_ROPE 1\n",
@@ -86,8 +88,8 @@ KERNELS = {
         ROPE_OUTPUTS,
         [{"TM": 1, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 2, "TRICK": 1,
           "KN": 4096, "EPS_BITS": 0x3727C5AC, "STAGE": 0, "MMA": 1, "KSPLIT": 2, "HD": 128, "RH": 40,
-          "TRAD": 0, "SCALE_BITS": 0x3F800000, "BASE_BITS": 0x4197A112, "QH": 32, "PF": pf}
-         for pf in (0, 2)],
+          "TRAD": 0, "SCALE_BITS": 0x3F800000, "BASE_BITS": 0x4197A112, "QH": 32, "PF": pf, "PIPE": pipe}
+         for pf, pipe in ((0, 0), (2, 0), (0, 3))],
     ),
     "qmv_probe": (
         "qmv", "#define QMV_PROBE 1\n",
@@ -96,7 +98,9 @@ KERNELS = {
         [{"TM": 1, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 4, "TRICK": 1,
           "KN": 4096, "STAGE": 0},
          {"TM": 1, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 2, "TRICK": 1,
-          "KN": 4096, "STAGE": 0, "MMA": 1, "KSPLIT": 2}],
+          "KN": 4096, "STAGE": 0, "MMA": 1, "KSPLIT": 2},
+         {"TM": 1, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 2, "TRICK": 1,
+          "KN": 4096, "STAGE": 0, "MMA": 1, "KSPLIT": 2, "PIPE": 3}],
     ),
     "qmv_norm_glu": (
         "qmv", FOLDED + "#define QMV_NORM 1\n#define QMV_GLU 1\n",
@@ -231,7 +235,7 @@ def main():
         if args.only and not name.startswith(args.only):
             continue
         if source == "qmv":  # the scalar path unless a set says MMA
-            constant_sets = [{"MMA": 0, "KSPLIT": 1, "PF": 0, **c} for c in constant_sets]
+            constant_sets = [{"MMA": 0, "KSPLIT": 1, "PF": 0, "PIPE": 0, **c} for c in constant_sets]
         with open(os.path.join(SOURCES, source + ".cu")) as f:
             body = f.read()
         for dtype, constants in itertools.product(TYPES, constant_sets):

@@ -80,17 +80,26 @@ pub(crate) fn as_packed<'a>(
 }
 
 /// `t` on the tensor cores when the run says `QMV_MMA=1` (the folds' checks then compare the
-/// tensor-core path folded against the same path unfolded).
+/// tensor-core path folded against the same path unfolded), with a ring of `QMV_PIPE` steps
+/// where set.
 pub(crate) fn mma_env(t: qmv::Tuning) -> qmv::Tuning {
+    let pipe = std::env::var("QMV_PIPE")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
     match std::env::var("QMV_MMA").is_ok_and(|v| v.trim() == "1") {
-        true => qmv::Tuning { mma: true, ..t },
+        true => qmv::Tuning {
+            mma: true,
+            pipe,
+            ..t
+        },
         false => t,
     }
 }
 
 /// A tuning as the tables name it: rows per warp / warps / unroll / trick (t or x) / most
 /// blocks, then `/s` when x is staged, `/mK` on the tensor cores with K split K ways (0: the
-/// default split), `/pN` with the L2 asked N steps ahead.
+/// default split), `/pN` with the L2 asked N steps ahead, `/rN` with a ring of N steps.
 pub(crate) fn tuning_name(t: &qmv::Tuning) -> String {
     let trick = if t.trick { "t" } else { "x" };
     let mut name = format!(
@@ -101,6 +110,9 @@ pub(crate) fn tuning_name(t: &qmv::Tuning) -> String {
         name += &format!("/m{}", t.k_split);
         if t.prefetch > 0 {
             name += &format!("/p{}", t.prefetch);
+        }
+        if t.pipe > 0 {
+            name += &format!("/r{}", t.pipe);
         }
     } else if t.stage {
         name += "/s";
@@ -337,18 +349,21 @@ fn qmv_parity() -> anyhow::Result<()> {
             _ => scale * 1e-5,
         };
         // exact, the trick, the trick with 3 blocks (each warp on many rows in turn), and the
-        // trick with x staged (where it applies: the same sums, so the trick's outputs exactly)
+        // trick with x staged (where it applies: the same sums, so the trick's outputs exactly);
+        // then the tensor cores: K whole, 3 blocks, K split 2, a ring of 3 steps (alone and with 3 blocks)
         let mut trick_out = None;
         let mut mma_out = None;
-        for (trick, max_blocks, stage, mma, k_split) in [
-            (false, 0, false, false, 0),
-            (true, 0, false, false, 0),
-            (true, 3, false, false, 0),
-            (true, 0, true, false, 0),
-            (true, 3, true, false, 0),
-            (true, 0, false, true, 0),
-            (true, 3, false, true, 0),
-            (true, 0, false, true, 2),
+        for (trick, max_blocks, stage, mma, k_split, pipe) in [
+            (false, 0, false, false, 0, 0),
+            (true, 0, false, false, 0, 0),
+            (true, 3, false, false, 0, 0),
+            (true, 0, true, false, 0, 0),
+            (true, 3, true, false, 0, 0),
+            (true, 0, false, true, 0, 0),
+            (true, 3, false, true, 0, 0),
+            (true, 0, false, true, 2, 0),
+            (true, 0, false, true, 0, 3),
+            (true, 3, false, true, 0, 3),
         ] {
             let base = match mma {
                 true => qmv::Tuning::mma(),
@@ -359,6 +374,7 @@ fn qmv_parity() -> anyhow::Result<()> {
                 max_blocks,
                 stage,
                 k_split,
+                pipe,
                 ..base
             };
             let got = qmv::matmul_t_tuned(&x, as_packed(&q, &s, &b, bits, group), tuning, &plain)?;
@@ -370,9 +386,9 @@ fn qmv_parity() -> anyhow::Result<()> {
             let name = tuning_name(&tuning);
             println!("| {m} | {n} | {k} | {bits} | {group} | {dtype:?} | {name} | {e_got:.2e} | {e_mlx:.2e} |");
             worst_excess = worst_excess.max(e_got - e_mlx.max(unit));
-            // x staged: the trick's sums; the tensor cores with 3 blocks: their own sums
+            // x staged: the trick's sums; the tensor cores with 3 blocks or a ring of loads: their own sums
             let same_as = match (mma, stage) {
-                (true, _) if k_split == 0 && max_blocks == 0 => {
+                (true, _) if k_split == 0 && max_blocks == 0 && pipe == 0 => {
                     mma_out = Some(got);
                     continue;
                 }

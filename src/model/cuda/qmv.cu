@@ -428,15 +428,108 @@ if constexpr (MMA) {
     }
   };
 
-  MmaTile cur, nxt;
-  Rows rows = rows_of(0), next_rows = rows;
+  // PIPE > 1: a warp's loads go through a ring of PIPE steps in shared memory (after the
+  // staged x) by cp.async, PIPE - 1 steps in flight while it multiplies one, in place of the
+  // registers' one step ahead: more in flight, fewer registers. Each lane copies, then reads
+  // back, only its own data (its 16 bytes of each row and span, its scales and biases), so
+  // a lane waits for its own copies only (cp.async.wait_group), never for the warp.
+  constexpr int SB = NQ * int(sizeof(S));  // bytes of a lane's scales (or biases) of a row and span
+  static_assert(PIPE < 2 || SB == 4 || SB == 8, "PIPE: cp.async copies 4, 8 or 16 bytes");
+  constexpr int RING_STEP = UNROLL * 32 * (2 * 16 + 4 * SB);  // bytes of a warp's step
+  constexpr int RING = PIPE > 1 ? PIPE : 1;  // slots of the ring
+  constexpr int AHEAD = RING > 1 ? RING - 1 : 1;  // steps of loads in flight (registers: one)
+  constexpr int X_BYTES = (128 + TM * (KN / 128 * 384 + KN / GROUP * 4) + 15) / 16 * 16;
+  [[maybe_unused]] char* const ring =
+      reinterpret_cast<char*>(qmv_staged) + X_BYTES + warp * (RING > 1 ? RING : 0) * RING_STEP;
+  // where a lane's 16 bytes of row h of span u of a step in slot `slot` sit; then its scales
+  // and biases of that row and span
+  [[maybe_unused]] auto ring_w = [&](int slot, int u, int h) {
+    return ring + slot * RING_STEP + ((u * 2 + h) * 32 + lane) * 16;
+  };
+  [[maybe_unused]] auto ring_sb = [&](int slot, int u, int h, int bias) {
+    return ring + slot * RING_STEP + UNROLL * 2 * 32 * 16 + (((u * 2 + h) * 2 + bias) * 32 + lane) * SB;
+  };
+  [[maybe_unused]] auto copy_async = [](void* dst, const void* src, auto bytes) {
+    const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+    if constexpr (decltype(bytes)::value == 16) {
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+    } else {
+      asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(d), "l"(src), "n"(decltype(bytes)::value)
+                   : "memory");
+    }
+  };
+  // A step's copies into its slot of the ring (one commit group a step, empty where the
+  // warp has no such step, so that the groups count the steps).
+  [[maybe_unused]] auto issue = [&](const Rows& r, int st, int slot, bool any) {
+    if (any && r.valid) {
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+        const int span = span0 + st * UNROLL + u;
+        if (span < span0 + per_part) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            copy_async(ring_w(slot, u, h), reinterpret_cast<const uint4*>(w) + r.w[h] + span * 4,
+                       cuda::std::integral_constant<int, 16>{});
+            copy_async(ring_sb(slot, u, h, 0), scales + r.g[h] + span * Q, cuda::std::integral_constant<int, SB>{});
+            copy_async(ring_sb(slot, u, h, 1), biases + r.g[h] + span * Q, cuda::std::integral_constant<int, SB>{});
+          }
+        }
+      }
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+  };
+  // Slot `slot`'s step into registers, once its copies are in (all but the PIPE - 1 latest
+  // groups).
+  [[maybe_unused]] auto take = [&](int slot, MmaTile& tl) {
+    asm volatile("cp.async.wait_group %0;" ::"n"(AHEAD) : "memory");
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        tl.w[u][h] = *reinterpret_cast<const uint4*>(ring_w(slot, u, h));
+        if constexpr (SB == 4) {
+          *reinterpret_cast<uint32_t*>(tl.s[u][h]) = *reinterpret_cast<const uint32_t*>(ring_sb(slot, u, h, 0));
+          *reinterpret_cast<uint32_t*>(tl.b[u][h]) = *reinterpret_cast<const uint32_t*>(ring_sb(slot, u, h, 1));
+        } else {
+          *reinterpret_cast<uint2*>(tl.s[u][h]) = *reinterpret_cast<const uint2*>(ring_sb(slot, u, h, 0));
+          *reinterpret_cast<uint2*>(tl.b[u][h]) = *reinterpret_cast<const uint2*>(ring_sb(slot, u, h, 1));
+        }
+      }
+    }
+  };
+
+  // The steps this block's warps take: `steps` a tile, for tiles blockIdx.x, + gridDim.x, ...
+  const int total = (tile_groups - int(blockIdx.x) + int(gridDim.x) - 1) / int(gridDim.x) * steps;
+  // Where the loads are (tile `ahead_it`, its step `ahead_st`): AHEAD steps ahead of the
+  // step multiplied.
+  int ahead_it = 0, ahead_st = 0;
+  Rows ahead_rows = rows_of(0);
+  // The next step's loads: rows found at each tile's first step.
+  [[maybe_unused]] auto advance = [&]() {
+    if (++ahead_st == steps) {
+      ahead_st = 0;
+      ++ahead_it;
+      ahead_rows = rows_of(ahead_it);
+    }
+  };
+  MmaTile cur;
+  [[maybe_unused]] MmaTile nxt;
   if constexpr (PF > 0) {
     // the steps before the loop's first prefetch (the first's loads are already out)
     for (int i = 1; i < PF; ++i) {
       prefetch(0, i);
     }
   }
-  mma_load(rows, 0, cur);  // the first loads go out before the block prepares x
+  // the first loads go out before the block prepares x
+  if constexpr (PIPE > 1) {
+    for (int j = 0; j < AHEAD; ++j) {
+      issue(ahead_rows, ahead_st, j, j < total);
+      advance();
+    }
+  } else {
+    mma_load(ahead_rows, 0, cur);
+    advance();
+  }
   normalize();
   // x staged for the tensor cores: lane t's 32 values of a span (values 32t..32t+31) as the
   // 16 pairs its B fragments take, (x0, x4), (x1, x5), (x2, x6), (x3, x7) for each 8 (the
@@ -515,24 +608,20 @@ if constexpr (MMA) {
   };
   __shared__ float red[KSPLIT > 1 ? WARPS * 4 * 32 : 1];
   int it = 0, st = 0;
-  while (true) {
-    int next_it = it, next_st = st + 1;
-    if (next_st == steps) {
-      next_it = it + 1;
-      next_st = 0;
-    }
-    const bool more = int(blockIdx.x) + next_it * int(gridDim.x) < tile_groups;
-    if (more) {
-      if (next_st == 0) {
-        next_rows = rows_of(next_it);
-      }
-      mma_load(next_rows, next_st, nxt);
+  for (int step = 0; step < total; ++step) {
+    if constexpr (PIPE > 1) {
+      issue(ahead_rows, ahead_st, (step + AHEAD) % RING, step + AHEAD < total);
+      advance();
+      take(step % RING, cur);
+    } else if (step + 1 < total) {
+      mma_load(ahead_rows, ahead_st, nxt);
+      advance();
     }
     if constexpr (PF > 0) {
       prefetch(it, st + PF);
     }
     const int tile = tile_of(it);
-    if (rows.valid) {
+    if (tile < tiles) {
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) {
         const int span = span0 + st * UNROLL + u;
@@ -578,7 +667,7 @@ if constexpr (MMA) {
         }
       }
     }
-    if (next_st == 0) {
+    if (st == steps - 1) {
       // The tile's sums: the K parts' in order, then each row of x's from its columns.
       if constexpr (KSPLIT > 1) {
         __syncthreads();
@@ -643,13 +732,13 @@ if constexpr (MMA) {
         acc[i >> 1][i & 1] = 0.f;
       }
     }
-    if (!more) {
-      break;
+    if (++st == steps) {
+      st = 0;
+      ++it;
     }
-    it = next_it;
-    st = next_st;
-    rows = next_rows;
-    cur = nxt;
+    if constexpr (PIPE < 2) {
+      cur = nxt;
+    }
   }
   return;
 }

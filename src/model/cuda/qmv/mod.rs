@@ -22,7 +22,8 @@ use mlx_rs::Array;
 
 pub use fit::{applies, applies_folded, FOLD_MIN_VALUES, MAX_ROWS, MIN_VALUES};
 use tuning::{
-    explicit_tuning, k_split, mma_bytes, mma_tuning, staged_bytes, stages, tuning, uses_mma,
+    explicit_tuning, k_split, mma_shared_bytes, mma_tuning, pipe_stages, staged_bytes, stages,
+    tuning, uses_mma,
 };
 pub use tuning::{parse_tuning, Tuning};
 
@@ -219,6 +220,11 @@ fn launch(
     let per_tile = if paired { 8 } else { 16 };
     let tiles = (items + per_tile - 1) / per_tile;
     let ks = if mma { k_split(&tuning, tiles, k) } else { 1 };
+    let scale_bytes = scales.item_size() as i32;
+    let pipe = match mma {
+        true => pipe_stages(&tuning, tm, k, group, scale_bytes),
+        false => 0,
+    };
     let mut constants = vec![
         ("T", Constant::Type(x.dtype())),
         ("S", Constant::Type(scales.dtype())),
@@ -234,6 +240,7 @@ fn launch(
         ("MMA", Constant::Int(mma as i32)),
         ("KSPLIT", Constant::Int(ks)),
         ("PF", Constant::Int(if mma { tuning.prefetch } else { 0 })),
+        ("PIPE", Constant::Int(pipe)),
     ];
     let mut inputs = vec![x, w, scales, biases];
     if let Some(norm) = folded.norm {
@@ -285,7 +292,7 @@ fn launch(
                 group: [32 * warps, 1, 1],
                 constants: &constants,
                 shared_bytes: match (mma, stage) {
-                    (true, _) => mma_bytes(tm, k, group) as i32,
+                    (true, _) => mma_shared_bytes(&tuning, tm, k, group, scale_bytes, pipe) as i32,
                     (false, true) => staged_bytes(tm, k) as i32,
                     (false, false) => 0,
                 },

@@ -12,8 +12,10 @@ use mlx_rs::Dtype;
 /// x in shared memory first (4-bit, 16-bit x, the trick, x within [`STAGE_SHARED_BYTES`];
 /// elsewhere ignored); and whether the products run on the tensor cores instead ([`uses_mma`]:
 /// 16 rows of W a warp, `unroll` spans of 128 values in flight, K split among `k_split`
-/// warps of a block, 0: [`k_split`] chooses, and the L2 asked for the data `prefetch` steps
-/// ahead of the loads, 0: not; `rows_per_warp`, `trick` and `stage` then ignored).
+/// warps of a block, 0: [`k_split`] chooses; the L2 asked for the data `prefetch` steps
+/// ahead of the loads, 0: not; and with `pipe` of 2 or more the loads go through a ring of
+/// that many steps in shared memory ([`pipe_stages`]), 0: through registers, one step ahead;
+/// `rows_per_warp`, `trick` and `stage` then ignored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuning {
     pub rows_per_warp: i32,
@@ -25,6 +27,7 @@ pub struct Tuning {
     pub mma: bool,
     pub k_split: i32,
     pub prefetch: i32,
+    pub pipe: i32,
 }
 
 impl Default for Tuning {
@@ -39,6 +42,7 @@ impl Default for Tuning {
             mma: false,
             k_split: 0,
             prefetch: 0,
+            pipe: 0,
         }
     }
 }
@@ -223,17 +227,21 @@ pub(super) fn mma_tuning(rope: bool) -> Option<Tuning> {
         MmaUse::AllButRope => !rope,
     };
     on.then(|| Tuning {
-        prefetch: mma_prefetch(),
+        prefetch: env_steps("KOOKA_QMV_PREFETCH", &PREFETCH),
+        pipe: env_steps("KOOKA_QMV_PIPE", &PIPE),
         ..Tuning::mma()
     })
 }
 
-/// `KOOKA_QMV_PREFETCH`: the steps ahead of its loads for which the tensor-core path asks the
-/// L2 for the data (0, the default: none; for measuring).
-fn mma_prefetch() -> i32 {
-    static STEPS: OnceLock<i32> = OnceLock::new();
-    *STEPS.get_or_init(|| {
-        std::env::var("KOOKA_QMV_PREFETCH")
+static PREFETCH: OnceLock<i32> = OnceLock::new();
+static PIPE: OnceLock<i32> = OnceLock::new();
+
+/// A count of steps (0-16) from the environment, read once (0 where unset): for the
+/// tensor-core path's default, `KOOKA_QMV_PREFETCH` ([`Tuning::prefetch`]) and
+/// `KOOKA_QMV_PIPE` ([`Tuning::pipe`]), for measuring.
+fn env_steps(name: &str, cell: &OnceLock<i32>) -> i32 {
+    *cell.get_or_init(|| {
+        std::env::var(name)
             .ok()
             .and_then(|v| v.trim().parse().ok())
             .filter(|s| (0..=16).contains(s))
@@ -241,14 +249,66 @@ fn mma_prefetch() -> i32 {
     })
 }
 
-/// `rows_per_warp,warps,unroll,trick[,max_blocks[,stage[,mma[,k_split[,prefetch]]]]]` (trick,
-/// stage and mma 0 or 1), as `KOOKA_QMV_TUNING` takes it.
+/// The most bytes of dynamic shared memory a tensor-core block takes with its ring of loads
+/// ([`pipe_stages`]): what every GPU from compute capability 8.0 on gives a block (8.6 and
+/// 8.9: 99 KiB).
+const PIPE_SHARED_BYTES: i64 = 99 << 10;
+
+/// The bytes of a warp's step in the ring of loads: `unroll` spans, each lane's 16 bytes of
+/// its two rows and their scales and biases (`nq` groups of `scale_bytes` each).
+fn ring_step_bytes(unroll: i32, nq: i32, scale_bytes: i32) -> i64 {
+    unroll as i64 * 32 * (2 * 16 + 4 * (nq * scale_bytes) as i64)
+}
+
+/// The staged x of [`mma_bytes`] rounded up to 16 bytes: where the ring of loads starts.
+fn ring_offset(tm: i32, k: i32, group: i32) -> i64 {
+    (mma_bytes(tm, k, group) + 15) / 16 * 16
+}
+
+/// The ring's slots a tensor-core call gets ([`Tuning::pipe`], fewer where the ring would
+/// pass [`PIPE_SHARED_BYTES`]; 0: none, loads through registers): cp.async copies 4, 8 or
+/// 16 bytes, so a lane's scales of a row and span must be 4 or 8 bytes (with 16-bit scales,
+/// groups of 32 or 64).
+pub(super) fn pipe_stages(tuning: &Tuning, tm: i32, k: i32, group: i32, scale_bytes: i32) -> i32 {
+    let nq = (128 / group).min(2);
+    if tuning.pipe < 2 || !matches!(nq * scale_bytes, 4 | 8) {
+        return 0;
+    }
+    let step = tuning.warps as i64 * ring_step_bytes(tuning.unroll, nq, scale_bytes);
+    let room = (PIPE_SHARED_BYTES - ring_offset(tm, k, group)) / step;
+    match room.min(tuning.pipe as i64) {
+        s if s >= 2 => s as i32,
+        _ => 0,
+    }
+}
+
+/// Dynamic shared memory of a tensor-core call: staged x, then the ring of `stages` slots.
+pub(super) fn mma_shared_bytes(
+    tuning: &Tuning,
+    tm: i32,
+    k: i32,
+    group: i32,
+    scale_bytes: i32,
+    stages: i32,
+) -> i64 {
+    match stages {
+        0 => mma_bytes(tm, k, group),
+        s => {
+            let nq = (128 / group).min(2);
+            ring_offset(tm, k, group)
+                + s as i64 * tuning.warps as i64 * ring_step_bytes(tuning.unroll, nq, scale_bytes)
+        }
+    }
+}
+
+/// `rows_per_warp,warps,unroll,trick[,max_blocks[,stage[,mma[,k_split[,prefetch[,pipe]]]]]]`
+/// (trick, stage and mma 0 or 1), as `KOOKA_QMV_TUNING` takes it.
 pub fn parse_tuning(v: &str) -> Option<Tuning> {
     let n: Vec<i32> = v
         .split(',')
         .map(|p| p.trim().parse().ok())
         .collect::<Option<_>>()?;
-    if !(4..=9).contains(&n.len()) {
+    if !(4..=10).contains(&n.len()) {
         return None;
     }
     let at = |i: usize| n.get(i).copied().unwrap_or(0);
@@ -262,13 +322,15 @@ pub fn parse_tuning(v: &str) -> Option<Tuning> {
         mma: at(6) != 0,
         k_split: at(7),
         prefetch: at(8),
+        pipe: at(9),
     };
     let ok = (1..=8).contains(&t.rows_per_warp)
         && (1..=32).contains(&t.warps)
         && (1..=16).contains(&t.unroll)
         && t.max_blocks >= 0
         && (0..=8).contains(&t.k_split)
-        && (0..=16).contains(&t.prefetch);
+        && (0..=16).contains(&t.prefetch)
+        && (0..=16).contains(&t.pipe);
     ok.then_some(t)
 }
 
@@ -343,7 +405,8 @@ mod tests {
         assert_eq!(mma.k_split, 4);
         assert_eq!(parse_tuning("1,8,2,1,0,0,1,9"), None);
         assert_eq!(parse_tuning("1,8,2,1,0,0,1,4,3").unwrap().prefetch, 3);
-        assert_eq!(parse_tuning("1,8,2,1,0,0,1,4,3,0"), None);
+        assert_eq!(parse_tuning("1,8,2,1,0,0,1,4,3,4").unwrap().pipe, 4);
+        assert_eq!(parse_tuning("1,8,2,1,0,0,1,4,3,4,0"), None);
         assert_eq!(parse_tuning("1,8,2,1,0,0,1,4,17"), None);
         assert_eq!(parse_tuning("1,8,4,1,-1"), None);
         assert_eq!(parse_tuning("0,4,8,1"), None);
@@ -390,6 +453,31 @@ mod tests {
         assert!(
             !uses_mma(&mma, Dtype::Bfloat16, 4, 64, 2, 14336),
             "two rows: 86 KiB"
+        );
+    }
+
+    #[test]
+    fn the_ring_of_loads_fits_its_shared_memory() {
+        let t = Tuning {
+            pipe: 3,
+            ..Tuning::mma()
+        };
+        // 8 warps, 2 spans a step, bf16 scales of groups of 64: 24 KiB a slot
+        assert_eq!(ring_step_bytes(2, 2, 2), 2 * 32 * 48);
+        assert_eq!(pipe_stages(&t, 1, 4096, 64, 2), 3);
+        let bytes = mma_shared_bytes(&t, 1, 4096, 64, 2, 3);
+        assert_eq!(bytes, ring_offset(1, 4096, 64) + 3 * 8 * 3072);
+        assert!(bytes <= PIPE_SHARED_BYTES);
+        // six slots do not fit: as many as do
+        let six = Tuning { pipe: 6, ..t };
+        assert_eq!(pipe_stages(&six, 1, 4096, 64, 2), 3);
+        // groups of 128 with 16-bit scales: 2 bytes a lane, which cp.async cannot copy
+        assert_eq!(pipe_stages(&t, 1, 4096, 128, 2), 0);
+        assert_eq!(pipe_stages(&t, 1, 4096, 128, 4), 3, "float32 scales");
+        assert_eq!(pipe_stages(&Tuning::mma(), 1, 4096, 64, 2), 0, "off");
+        assert_eq!(
+            mma_shared_bytes(&t, 1, 4096, 64, 2, 0),
+            mma_bytes(1, 4096, 64)
         );
     }
 

@@ -11,7 +11,8 @@
 //! the GPU machine.
 //!
 //! usage: cuda_kernels   (QMV_ONLY=1: only the qmv parts; FOLDS_ONLY=1: only the folds;
-//! ROPE_ONLY=1: only the RoPE fold; ATTENTION_ONLY=1: only the decode attention)
+//! ROPE_ONLY=1: only the RoPE fold; ATTENTION_ONLY=1: only the decode attention; PARITY_ONLY=1:
+//! the qmv's and the folds' parity, no timings)
 use std::time::Instant;
 
 mod folds;
@@ -175,6 +176,11 @@ fn main() -> anyhow::Result<()> {
         rope_fold::parity()?;
         folds::timing()?;
         return rope_fold::timing();
+    }
+    if std::env::var_os("PARITY_ONLY").is_some() {
+        qmv_parity()?;
+        folds::parity()?;
+        return rope_fold::parity();
     }
     if std::env::var_os("QMV_ONLY").is_some() {
         // the parity first, its verdict after the timings

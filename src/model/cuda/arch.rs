@@ -1,25 +1,46 @@
-//! The GPU's compute capability, from the CUDA driver MLX has already loaded: some kernels
-//! (the tensor-core matvec's `mma.m16n8k16` on 16-bit floats) need 8.0 or later.
+//! The GPU's compute capability and shared memory, from the CUDA driver MLX has already
+//! loaded: some kernels (the tensor-core matvec's `mma.m16n8k16` on 16-bit floats) need 8.0
+//! or later, and its ring of loads sizes itself to the shared memory.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::OnceLock;
 
-/// CUDA's `CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR` / `_MINOR`.
+/// CUDA's `CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR` / `_MINOR`,
+/// `CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR` and
+/// `CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN`.
 const MAJOR: c_int = 75;
 const MINOR: c_int = 76;
+const SHARED_PER_SM: c_int = 81;
+const SHARED_PER_BLOCK: c_int = 97;
 
-/// Device 0's compute capability (the device MLX uses), or None where the CUDA driver cannot
-/// be loaded or answer (no GPU; then no kernel that needs it is chosen). Asked once.
-pub fn compute_capability() -> Option<(i32, i32)> {
-    static CC: OnceLock<Option<(i32, i32)>> = OnceLock::new();
-    *CC.get_or_init(|| {
-        let cc = query();
-        tracing::debug!(?cc, "CUDA compute capability");
-        cc
+/// What kooka's kernels ask of device 0 (the device MLX uses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gpu {
+    pub major: i32,
+    pub minor: i32,
+    /// Bytes of shared memory a streaming multiprocessor has, and the most a block may take
+    /// (opting in past 48 KiB).
+    pub shared_per_sm: i32,
+    pub shared_per_block: i32,
+}
+
+/// Device 0, or None where the CUDA driver cannot be loaded or answer (no GPU; then no
+/// kernel that needs it is chosen). Asked once.
+pub fn gpu() -> Option<Gpu> {
+    static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
+    *GPU.get_or_init(|| {
+        let gpu = query();
+        tracing::debug!(?gpu, "CUDA device");
+        gpu
     })
 }
 
-fn query() -> Option<(i32, i32)> {
+/// Device 0's compute capability ([`gpu`]).
+pub fn compute_capability() -> Option<(i32, i32)> {
+    gpu().map(|g| (g.major, g.minor))
+}
+
+fn query() -> Option<Gpu> {
     type Init = unsafe extern "C" fn(u32) -> c_int;
     type DeviceGet = unsafe extern "C" fn(*mut c_int, c_int) -> c_int;
     type Attribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int;
@@ -47,11 +68,16 @@ fn query() -> Option<(i32, i32)> {
         if device_get(&mut device, 0) != 0 {
             return None;
         }
-        let (mut major, mut minor) = (0, 0);
-        if attribute(&mut major, MAJOR, device) != 0 || attribute(&mut minor, MINOR, device) != 0 {
-            return None;
-        }
-        Some((major, minor))
+        let get = |what| {
+            let mut value = 0;
+            (attribute(&mut value, what, device) == 0).then_some(value)
+        };
+        Some(Gpu {
+            major: get(MAJOR)?,
+            minor: get(MINOR)?,
+            shared_per_sm: get(SHARED_PER_SM)?,
+            shared_per_block: get(SHARED_PER_BLOCK)?,
+        })
     }
 }
 
@@ -62,8 +88,9 @@ mod tests {
     #[test]
     fn a_compute_capability_is_a_real_one_or_none() {
         // None without a CUDA driver (the CPU machine); else a capability CUDA has shipped.
-        if let Some((major, minor)) = compute_capability() {
-            assert!((3..=20).contains(&major) && (0..10).contains(&minor));
+        if let Some(g) = gpu() {
+            assert!((3..=20).contains(&g.major) && (0..10).contains(&g.minor));
+            assert!(g.shared_per_block >= 48 << 10 && g.shared_per_sm >= g.shared_per_block);
         }
     }
 }

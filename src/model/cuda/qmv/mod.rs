@@ -22,8 +22,8 @@ use mlx_rs::Array;
 
 pub use fit::{applies, applies_folded, FOLD_MIN_VALUES, MAX_ROWS, MIN_VALUES};
 use tuning::{
-    explicit_tuning, k_split, mma_shared_bytes, mma_tuning, pipe_stages, staged_bytes, stages,
-    tuning, uses_mma,
+    explicit_tuning, k_split, mma_shared_bytes, mma_tuning, pipe_shared_bytes, pipe_stages,
+    staged_bytes, stages, tuning, uses_mma,
 };
 pub use tuning::{parse_tuning, Tuning};
 
@@ -221,9 +221,9 @@ fn launch(
     let tiles = (items + per_tile - 1) / per_tile;
     let ks = if mma { k_split(&tuning, tiles, k) } else { 1 };
     let scale_bytes = scales.item_size() as i32;
-    let pipe = match mma {
-        true => pipe_stages(&tuning, tm, k, group, scale_bytes),
-        false => 0,
+    let pipe = match (mma, pipe_shared_bytes()) {
+        (true, Some(most)) => pipe_stages(&tuning, tm, k, group, scale_bytes, most),
+        _ => 0,
     };
     let mut constants = vec![
         ("T", Constant::Type(x.dtype())),

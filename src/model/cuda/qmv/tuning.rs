@@ -250,9 +250,13 @@ fn env_steps(name: &str, cell: &OnceLock<i32>) -> i32 {
 }
 
 /// The most bytes of dynamic shared memory a tensor-core block takes with its ring of loads
-/// ([`pipe_stages`]): what every GPU from compute capability 8.0 on gives a block (8.6 and
-/// 8.9: 99 KiB).
-const PIPE_SHARED_BYTES: i64 = 99 << 10;
+/// ([`pipe_stages`]): two blocks to a streaming multiprocessor (each also holds 1 KiB the
+/// system reserves), within what a block may have; on an H100 or H200 113 KiB. None
+/// without a GPU.
+pub(super) fn pipe_shared_bytes() -> Option<i64> {
+    crate::model::cuda::arch::gpu()
+        .map(|g| (g.shared_per_sm as i64 / 2 - 1024).min(g.shared_per_block as i64))
+}
 
 /// The bytes of a warp's step in the ring of loads: `unroll` spans, each lane's 16 bytes of
 /// its two rows and their scales and biases (`nq` groups of `scale_bytes` each).
@@ -265,17 +269,24 @@ fn ring_offset(tm: i32, k: i32, group: i32) -> i64 {
     (mma_bytes(tm, k, group) + 15) / 16 * 16
 }
 
-/// The ring's slots a tensor-core call gets ([`Tuning::pipe`], fewer where the ring would
-/// pass [`PIPE_SHARED_BYTES`]; 0: none, loads through registers): cp.async copies 4, 8 or
-/// 16 bytes, so a lane's scales of a row and span must be 4 or 8 bytes (with 16-bit scales,
-/// groups of 32 or 64).
-pub(super) fn pipe_stages(tuning: &Tuning, tm: i32, k: i32, group: i32, scale_bytes: i32) -> i32 {
+/// The ring's slots a tensor-core call gets ([`Tuning::pipe`], fewer where the block's
+/// shared memory would pass `most` bytes ([`pipe_shared_bytes`]); 0: none, loads through
+/// registers): cp.async copies 4, 8 or 16 bytes, so a lane's scales of a row and span must be
+/// 4 or 8 bytes (with 16-bit scales, groups of 32 or 64).
+pub(super) fn pipe_stages(
+    tuning: &Tuning,
+    tm: i32,
+    k: i32,
+    group: i32,
+    scale_bytes: i32,
+    most: i64,
+) -> i32 {
     let nq = (128 / group).min(2);
     if tuning.pipe < 2 || !matches!(nq * scale_bytes, 4 | 8) {
         return 0;
     }
     let step = tuning.warps as i64 * ring_step_bytes(tuning.unroll, nq, scale_bytes);
-    let room = (PIPE_SHARED_BYTES - ring_offset(tm, k, group)) / step;
+    let room = (most - ring_offset(tm, k, group)).max(0) / step;
     match room.min(tuning.pipe as i64) {
         s if s >= 2 => s as i32,
         _ => 0,
@@ -462,19 +473,27 @@ mod tests {
             pipe: 3,
             ..Tuning::mma()
         };
-        // 8 warps, 2 spans a step, bf16 scales of groups of 64: 24 KiB a slot
+        // an H100's 113 KiB a block; 8 warps, 2 spans a step, bf16 scales of groups of 64:
+        // 24 KiB a slot
+        let most = 228 * 1024 / 2 - 1024;
         assert_eq!(ring_step_bytes(2, 2, 2), 2 * 32 * 48);
-        assert_eq!(pipe_stages(&t, 1, 4096, 64, 2), 3);
+        assert_eq!(pipe_stages(&t, 1, 4096, 64, 2, most), 3);
         let bytes = mma_shared_bytes(&t, 1, 4096, 64, 2, 3);
         assert_eq!(bytes, ring_offset(1, 4096, 64) + 3 * 8 * 3072);
-        assert!(bytes <= PIPE_SHARED_BYTES);
-        // six slots do not fit: as many as do
+        assert!(bytes <= most);
+        // six slots do not fit: as many as do; a K of 14336 stages 43 KiB of x first
         let six = Tuning { pipe: 6, ..t };
-        assert_eq!(pipe_stages(&six, 1, 4096, 64, 2), 3);
+        assert_eq!(pipe_stages(&six, 1, 4096, 64, 2, most), 4);
+        assert_eq!(pipe_stages(&six, 1, 14336, 64, 2, most), 2);
+        assert_eq!(
+            pipe_stages(&six, 1, 14336, 64, 2, 60_000),
+            0,
+            "no room for 2"
+        );
         // groups of 128 with 16-bit scales: 2 bytes a lane, which cp.async cannot copy
-        assert_eq!(pipe_stages(&t, 1, 4096, 128, 2), 0);
-        assert_eq!(pipe_stages(&t, 1, 4096, 128, 4), 3, "float32 scales");
-        assert_eq!(pipe_stages(&Tuning::mma(), 1, 4096, 64, 2), 0, "off");
+        assert_eq!(pipe_stages(&t, 1, 4096, 128, 2, most), 0);
+        assert_eq!(pipe_stages(&t, 1, 4096, 128, 4, most), 3, "float32 scales");
+        assert_eq!(pipe_stages(&Tuning::mma(), 1, 4096, 64, 2, most), 0, "off");
         assert_eq!(
             mma_shared_bytes(&t, 1, 4096, 64, 2, 0),
             mma_bytes(1, 4096, 64)

@@ -45,8 +45,12 @@
 // scale and bias apply (float32, as the scalar path: the tensor cores only add exact products
 // of 16-bit values, in float32). x's rows take the columns too (TM * 128 / GROUP <= 8). K may
 // be split among KSPLIT warps of a block (the row tiles of a small matrix are too few to keep
-// the memory busy), their sums added in order. UNROLL is then the spans a lane has in flight.
+// the memory busy), their sums added in order. UNROLL is then the spans of a step.
 // No more loads than the scalar path, half the instructions a weight (docs/PERFORMANCE.md).
+// How far the loads run ahead of the products: by default one step (UNROLL spans) in
+// registers, double-buffered; PIPE (>= 2) runs them through a ring of PIPE steps in shared
+// memory by cp.async instead (PIPE - 1 steps in flight, no registers held for them); PF (> 0)
+// asks the L2 for the data PF steps ahead besides.
 //
 // Folded neighbours, each switched on by a #define in the kernel's header (one compiled
 // kernel per combination), so that a decode step runs fewer kernels (each costs the device

@@ -381,21 +381,28 @@ if constexpr (MMA) {
     }
     return r;
   };
-  auto mma_load = [&](const Rows& r, int st, MmaTile& tl) {
-    if (!r.valid) {
-      return;
-    }
+  // What a lane loads in step `st` of its rows `r`: f(u, h, its 16 bytes, its scales, its
+  // biases) for span u of the step and row h (the registers' loads, or the ring's copies).
+  auto each_load = [&](const Rows& r, int st, auto&& f) {
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
       const int span = span0 + st * UNROLL + u;
       if (span < span0 + per_part) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          tl.w[u][h] = reinterpret_cast<const uint4*>(w)[r.w[h] + span * 4];
-          load_groups(scales + r.g[h] + span * Q, tl.s[u][h]);
-          load_groups(biases + r.g[h] + span * Q, tl.b[u][h]);
+          f(u, h, reinterpret_cast<const uint4*>(w) + r.w[h] + span * 4, scales + r.g[h] + span * Q,
+            biases + r.g[h] + span * Q);
         }
       }
+    }
+  };
+  auto mma_load = [&](const Rows& r, int st, MmaTile& tl) {
+    if (r.valid) {
+      each_load(r, st, [&](int u, int h, const uint4* wp, const S* sp, const S* bp) {
+        tl.w[u][h] = *wp;
+        load_groups(sp, tl.s[u][h]);
+        load_groups(bp, tl.b[u][h]);
+      });
     }
   };
 
@@ -466,19 +473,11 @@ if constexpr (MMA) {
   // warp has no such step, so that the groups count the steps).
   [[maybe_unused]] auto issue = [&](const Rows& r, int st, int slot, bool any) {
     if (any && r.valid) {
-#pragma unroll
-      for (int u = 0; u < UNROLL; ++u) {
-        const int span = span0 + st * UNROLL + u;
-        if (span < span0 + per_part) {
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            copy_async(ring_w(slot, u, h), reinterpret_cast<const uint4*>(w) + r.w[h] + span * 4,
-                       cuda::std::integral_constant<int, 16>{});
-            copy_async(ring_sb(slot, u, h, 0), scales + r.g[h] + span * Q, cuda::std::integral_constant<int, SB>{});
-            copy_async(ring_sb(slot, u, h, 1), biases + r.g[h] + span * Q, cuda::std::integral_constant<int, SB>{});
-          }
-        }
-      }
+      each_load(r, st, [&](int u, int h, const uint4* wp, const S* sp, const S* bp) {
+        copy_async(ring_w(slot, u, h), wp, cuda::std::integral_constant<int, 16>{});
+        copy_async(ring_sb(slot, u, h, 0), sp, cuda::std::integral_constant<int, SB>{});
+        copy_async(ring_sb(slot, u, h, 1), bp, cuda::std::integral_constant<int, SB>{});
+      });
     }
     asm volatile("cp.async.commit_group;" ::: "memory");
   };

@@ -72,11 +72,12 @@ fn query() -> Option<Gpu> {
             let mut value = 0;
             (attribute(&mut value, what, device) == 0).then_some(value)
         };
+        // (shared memory unknown: 0, so nothing that sizes itself to it runs)
         Some(Gpu {
             major: get(MAJOR)?,
             minor: get(MINOR)?,
-            shared_per_sm: get(SHARED_PER_SM)?,
-            shared_per_block: get(SHARED_PER_BLOCK)?,
+            shared_per_sm: get(SHARED_PER_SM).unwrap_or(0),
+            shared_per_block: get(SHARED_PER_BLOCK).unwrap_or(0),
         })
     }
 }
@@ -90,7 +91,7 @@ mod tests {
         // None without a CUDA driver (the CPU machine); else a capability CUDA has shipped.
         if let Some(g) = gpu() {
             assert!((3..=20).contains(&g.major) && (0..10).contains(&g.minor));
-            assert!(g.shared_per_block >= 48 << 10 && g.shared_per_sm >= g.shared_per_block);
+            assert!(g.shared_per_sm >= g.shared_per_block);
         }
     }
 }

@@ -252,7 +252,7 @@ fn env_steps(name: &str, cell: &OnceLock<i32>) -> i32 {
 /// The most bytes of dynamic shared memory a tensor-core block takes with its ring of loads
 /// ([`pipe_stages`]): two blocks to a streaming multiprocessor (each also holds 1 KiB the
 /// system reserves), within what a block may have; on an H100 or H200 113 KiB. None
-/// without a GPU.
+/// without a GPU (0 where the driver did not say: no ring).
 pub(super) fn pipe_shared_bytes() -> Option<i64> {
     crate::model::cuda::arch::gpu()
         .map(|g| (g.shared_per_sm as i64 / 2 - 1024).min(g.shared_per_block as i64))

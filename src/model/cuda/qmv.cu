@@ -449,6 +449,7 @@ if constexpr (MMA) {
   constexpr int RING_STEP = UNROLL * 32 * (2 * 16 + 4 * SB);  // bytes of a warp's step
   constexpr int RING = PIPE > 1 ? PIPE : 1;  // slots of the ring
   constexpr int AHEAD = RING > 1 ? RING - 1 : 1;  // steps of loads in flight (registers: one)
+  // where the ring starts: the staged x for TM rows, rounded up to 16 bytes (qmv's ring_offset)
   constexpr int X_BYTES = (128 + TM * (KN / 128 * 384 + KN / GROUP * 4) + 15) / 16 * 16;
   [[maybe_unused]] char* const ring =
       reinterpret_cast<char*>(qmv_staged) + X_BYTES + warp * (RING > 1 ? RING : 0) * RING_STEP;

@@ -258,10 +258,17 @@ pub(super) fn pipe_shared_bytes() -> Option<i64> {
         .map(|g| (g.shared_per_sm as i64 / 2 - 1024).min(g.shared_per_block as i64))
 }
 
-/// The bytes of a warp's step in the ring of loads: `unroll` spans, each lane's 16 bytes of
-/// its two rows and their scales and biases (`nq` groups of `scale_bytes` each).
-fn ring_step_bytes(unroll: i32, nq: i32, scale_bytes: i32) -> i64 {
-    unroll as i64 * 32 * (2 * 16 + 4 * (nq * scale_bytes) as i64)
+/// The bytes of a lane's scales (or biases) of a row and span: its groups of the span (two of
+/// four with groups of 32) of `scale_bytes` each.
+fn lane_scale_bytes(group: i32, scale_bytes: i32) -> i64 {
+    (128 / group).min(2) as i64 * scale_bytes as i64
+}
+
+/// The bytes of a slot of the ring of loads, a step of the block's warps: `unroll` spans,
+/// each lane's 16 bytes of its two rows and their scales and biases.
+fn ring_slot_bytes(tuning: &Tuning, group: i32, scale_bytes: i32) -> i64 {
+    let lane = 2 * 16 + 4 * lane_scale_bytes(group, scale_bytes);
+    tuning.warps as i64 * tuning.unroll as i64 * 32 * lane
 }
 
 /// The staged x of [`mma_bytes`] rounded up to 16 bytes: where the ring of loads starts.
@@ -281,12 +288,11 @@ pub(super) fn pipe_stages(
     scale_bytes: i32,
     most: i64,
 ) -> i32 {
-    let nq = (128 / group).min(2);
-    if tuning.pipe < 2 || !matches!(nq * scale_bytes, 4 | 8) {
+    if tuning.pipe < 2 || !matches!(lane_scale_bytes(group, scale_bytes), 4 | 8) {
         return 0;
     }
-    let step = tuning.warps as i64 * ring_step_bytes(tuning.unroll, nq, scale_bytes);
-    let room = (most - ring_offset(tm, k, group)).max(0) / step;
+    let room =
+        (most - ring_offset(tm, k, group)).max(0) / ring_slot_bytes(tuning, group, scale_bytes);
     match room.min(tuning.pipe as i64) {
         s if s >= 2 => s as i32,
         _ => 0,
@@ -304,11 +310,7 @@ pub(super) fn mma_shared_bytes(
 ) -> i64 {
     match stages {
         0 => mma_bytes(tm, k, group),
-        s => {
-            let nq = (128 / group).min(2);
-            ring_offset(tm, k, group)
-                + s as i64 * tuning.warps as i64 * ring_step_bytes(tuning.unroll, nq, scale_bytes)
-        }
+        s => ring_offset(tm, k, group) + s as i64 * ring_slot_bytes(tuning, group, scale_bytes),
     }
 }
 
@@ -476,7 +478,7 @@ mod tests {
         // an H100's 113 KiB a block; 8 warps, 2 spans a step, bf16 scales of groups of 64:
         // 24 KiB a slot
         let most = 228 * 1024 / 2 - 1024;
-        assert_eq!(ring_step_bytes(2, 2, 2), 2 * 32 * 48);
+        assert_eq!(ring_slot_bytes(&t, 64, 2), 8 * 2 * 32 * 48);
         assert_eq!(pipe_stages(&t, 1, 4096, 64, 2, most), 3);
         let bytes = mma_shared_bytes(&t, 1, 4096, 64, 2, 3);
         assert_eq!(bytes, ring_offset(1, 4096, 64) + 3 * 8 * 3072);

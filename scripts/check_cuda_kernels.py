@@ -91,6 +91,16 @@ KERNELS = {
           "TRAD": 0, "SCALE_BITS": 0x3F800000, "BASE_BITS": 0x4197A112, "QH": 32, "PF": pf, "PIPE": pipe}
          for pf, pipe in ((0, 0), (2, 0), (0, 3))],
     ),
+    # k and v written into the layer's cache in place: q alone comes out
+    "qmv_rope_kv": (
+        "qmv", FOLDED + "#define QMV_NORM 1\n#define QMV_ROPE 1\n#define QMV_KV_CACHE 1\n",
+        QMV_INPUTS + [("norm", "T"), ("pos", "int32_t"), ("kc", "T"), ("vc", "T")],
+        [("yq", "T")],
+        [{"TM": 1, "BITS": 4, "GROUP": 64, "RPW": 1, "WARPS": 8, "UNROLL": 2, "TRICK": 1,
+          "KN": 4096, "EPS_BITS": 0x3727C5AC, "STAGE": 0, "MMA": mma, "KSPLIT": ks, "HD": 128, "RH": 40,
+          "TRAD": 0, "SCALE_BITS": 0x3F800000, "BASE_BITS": 0x4197A112, "QH": 32, "PF": 0, "PIPE": pipe}
+         for mma, ks, pipe in ((0, 1, 0), (1, 2, 0), (1, 8, 3))],
+    ),
     "qmv_probe": (
         "qmv", "#define QMV_PROBE 1\n",
         QMV_INPUTS,

@@ -2,13 +2,15 @@
 //! and k heads (`Folded::rope`) and hands q, k and v over apart against the same product
 //! followed by MLX's RoPE, as the attention runs it where the kernel does not apply: the
 //! outputs must be identical (the kernel does MLX's RoPE's float
-//! steps on the products rounded to the type). Then the two ways' times on Llama-8B's q/k/v.
+//! steps on the products rounded to the type). The same product writing k and v into a cache
+//! in place (`RopeFold::into_cache`) must give the same q and put the same k and v at the
+//! position, touching nothing else of the cache. Then the two ways' times on Llama-8B's q/k/v.
 
 use kooka::model::cache::Positions;
 use kooka::model::cuda::qmv::{self, Tuning};
-use kooka::model::layers::{Folded, RmsNorm, RopeFold};
+use kooka::model::layers::{CacheSlot, Folded, RmsNorm, RopeFold};
 use kooka::model::rope::Rope;
-use kooka::model::slicing::slice_axis;
+use kooka::model::slicing::{slice_axis, slice_update_axis};
 use mlx_rs::{ops, random, Array, Dtype};
 
 use super::{as_packed, count_differing, max_abs, mma_env, packed, packed_fast, timed_n};
@@ -85,9 +87,56 @@ fn folded<'a>(norm: &'a RmsNorm, rope: &'a Rope, positions: &'a Positions, c: &C
             head_dim: c.head_dim,
             q_heads: c.q_heads,
             rotated_heads: c.q_heads + c.kv_heads,
+            into_cache: None,
         }),
         ..Folded::default()
     }
+}
+
+/// The product with k and v written into a cache in place, against the product handing them
+/// over, all rows at `c`'s first position: outputs and cache entries differing (q, then the
+/// cache's written position, then the rest of the cache, which must keep its values).
+fn into_cache(
+    x: &Array,
+    [q, s, b]: [&Array; 3],
+    norm: &RmsNorm,
+    rope: &Rope,
+    c: &Case,
+    tuning: Tuning,
+    seed: u64,
+) -> anyhow::Result<[i32; 3]> {
+    let p = c.positions[0];
+    let positions = Positions::Same(p);
+    let m = as_packed(q, s, b, 4, 64);
+    let [want_q, want_k, want_v] =
+        qmv::rotated_heads_tuned(x, m, tuning, &folded(norm, rope, &positions, c))?;
+    // Buffers of their own (the kernel writes into them), and copies to compare with.
+    let cache_of = |seed: u64| -> anyhow::Result<(Array, Array)> {
+        let shape = [c.rows, c.kv_heads, p + 3, c.head_dim];
+        let a = random::normal::<f32>(&shape, None, None, Some(&random::key(seed)?))?
+            .as_dtype(c.dtype)?;
+        let copy = a.multiply(Array::from_f32(1.0).as_dtype(c.dtype)?)?;
+        mlx_rs::transforms::eval([&a, &copy])?;
+        Ok((a, copy))
+    };
+    let (kc, kc_before) = cache_of(seed)?;
+    let (vc, vc_before) = cache_of(seed + 1)?;
+    let mut f = folded(norm, rope, &positions, c);
+    if let Some(r) = &mut f.rope {
+        r.into_cache = Some(CacheSlot {
+            keys: &kc,
+            values: &vc,
+        });
+    }
+    let got_q = qmv::rotated_q_into_cache_tuned(x, m, tuning, &f)?;
+    got_q.eval()?;
+    let at = |a: &Array| slice_axis(a, 2, p, p + 1);
+    let written = count_differing(&at(&kc)?, &want_k)? + count_differing(&at(&vc)?, &want_v)?;
+    let rest = |a: &Array, before: &Array, new: &Array| -> anyhow::Result<i32> {
+        count_differing(a, &slice_update_axis(before, new, 2, p, p + 1)?)
+    };
+    let rest = rest(&kc, &kc_before, &want_k)? + rest(&vc, &vc_before, &want_v)?;
+    Ok([count_differing(&got_q, &want_q)?, written, rest])
 }
 
 fn norm_of(k: i32, seed: u64, dtype: Dtype) -> anyhow::Result<RmsNorm> {
@@ -148,6 +197,17 @@ pub fn parity() -> anyhow::Result<()> {
             );
             if differing != 0 {
                 failures.push(format!("case {i} ({what}): {differing} outputs differ"));
+            }
+            let [q_diff, written, rest] =
+                into_cache(&x, [&q, &s, &b], &norm, &rope, c, t, seed + 3)?;
+            println!(
+                "| {} | {}/{} x {} | {} | | | {} into the cache | {:?} | {what} | q {q_diff}, k/v written {written}, rest {rest} | |",
+                c.rows, c.q_heads, c.kv_heads, c.head_dim, c.k, c.positions[0], c.dtype
+            );
+            if q_diff + written + rest != 0 {
+                failures.push(format!(
+                    "case {i} ({what}, into the cache): q {q_diff}, written {written}, rest {rest} differ"
+                ));
             }
         }
     }

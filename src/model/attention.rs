@@ -8,9 +8,9 @@ use mlx_rs::Array;
 
 use super::cache::{AttnMask, KvCache, Positions};
 use super::config::QuantConfig;
-use super::cuda::decode_attention;
+use super::cuda::{decode_attention, qmv};
 use super::error::Result;
-use super::layers::{Folded, Linear, RmsNorm, RopeFold};
+use super::layers::{CacheSlot, Folded, Linear, RmsNorm, RopeFold};
 use super::rope::Rope;
 use super::shard::{Split, TensorParallel};
 use super::slicing::slice_axis;
@@ -205,8 +205,17 @@ impl Attention {
         residual: Option<&Array>,
     ) -> Result<Array> {
         let (b, l) = (x.shape()[0], x.shape()[1]);
-        let (q, k, v) = self.project(x, norm, positions)?;
-        let (k, v) = cache.update_and_fetch(&k, &v)?;
+        let (q, k, v) = match self.project_into_cache(x, norm, positions, cache)? {
+            Some(q) => {
+                let (k, v) = cache.kernel_wrote(1)?;
+                (q, k, v)
+            }
+            None => {
+                let (q, k, v) = self.project(x, norm, positions)?;
+                let (k, v) = cache.update_and_fetch(&k, &v)?;
+                (q, k, v)
+            }
+        };
         let out = attention(&q, &k, &v, self.scale, mask, self.sinks.as_ref())?;
         let out = heads_to_features(&out, b, l)?;
         let folded = Folded {
@@ -214,6 +223,58 @@ impl Attention {
             ..Folded::default()
         };
         self.o_proj.forward_folded(&out, &folded)
+    }
+
+    /// The RoPE fold of the fused q/k/v product `qkv` (its q and k heads rotated for
+    /// `positions`), its k and v heads written into `into_cache` where given.
+    fn rope_fold<'a>(
+        &'a self,
+        qkv: &Linear,
+        positions: &'a Positions,
+        into_cache: Option<CacheSlot<'a>>,
+    ) -> RopeFold<'a> {
+        let (nq, nkv) = (self.n_heads, self.n_kv_heads);
+        RopeFold {
+            rope: &self.rope,
+            positions,
+            head_dim: qkv.weight.rows() / (nq + 2 * nkv),
+            q_heads: nq,
+            rotated_heads: nq + nkv,
+            into_cache,
+        }
+    }
+
+    /// q of a decode step of one sequence (`x` `[1, 1, hidden]` at the cache's position) whose
+    /// k and v heads the q/k/v kernel writes straight into `cache`'s buffers
+    /// ([`qmv::writes_cache`]; then [`KvCache::kernel_wrote`]): no cache update of its own, and
+    /// no copy of the cache where MLX still holds it; `None` where that does not apply.
+    fn project_into_cache(
+        &self,
+        x: &Array,
+        norm: Option<&RmsNorm>,
+        positions: &Positions,
+        cache: &mut KvCache,
+    ) -> Result<Option<Array>> {
+        let (Qkv::Fused { qkv, .. }, None, None) = (&self.qkv, &self.q_norm, &self.k_norm) else {
+            return Ok(None);
+        };
+        let at_cache = matches!(positions, Positions::Same(p) if *p == cache.offset());
+        if !qmv::writes_cache() || x.shape()[..2] != [1, 1] || !at_cache {
+            return Ok(None);
+        }
+        let Some((keys, values)) = cache.kernel_slot(1)? else {
+            return Ok(None);
+        };
+        let slot = CacheSlot {
+            keys: &keys,
+            values: &values,
+        };
+        let folded = Folded {
+            norm,
+            rope: Some(self.rope_fold(qkv, positions, Some(slot))),
+            ..Folded::default()
+        };
+        qkv.rotated_q_into_cache(x, &folded)
     }
 
     /// q, k, v of `norm(x)` as `[B, heads, L, head_dim]`, q and k rotated for positions from
@@ -230,16 +291,9 @@ impl Attention {
             // All heads from one matmul: kooka's kernel rotates the q and k heads itself and
             // hands q, k and v over apart (no views); else the product, then RoPE on the q and
             // k heads in one call (RoPE is per head, so the values are those of two calls).
-            let rope = RopeFold {
-                rope: &self.rope,
-                positions: offset,
-                head_dim: qkv.weight.rows() / (nq + 2 * nkv),
-                q_heads: nq,
-                rotated_heads: nq + nkv,
-            };
             let with_rope = Folded {
                 norm,
-                rope: Some(rope),
+                rope: Some(self.rope_fold(qkv, offset, None)),
                 ..Folded::default()
             };
             if let Some([q, k, v]) = qkv.rotated_heads_in_kernel(x, &with_rope)? {

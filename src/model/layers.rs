@@ -156,6 +156,17 @@ pub struct RopeFold<'a> {
     pub head_dim: i32,
     pub q_heads: i32,
     pub rotated_heads: i32,
+    /// Where the kernel writes the k and v heads itself, instead of handing them over.
+    pub into_cache: Option<CacheSlot<'a>>,
+}
+
+/// A layer's whole key and value buffers (`[B, heads, capacity, head_dim]`, this cache's own:
+/// [`crate::model::cache::KvCache::kernel_slot`]), which a fused q/k/v product with RoPE
+/// writes in place at the position it rotates for (`Positions::Same`).
+#[derive(Clone, Copy)]
+pub struct CacheSlot<'a> {
+    pub keys: &'a Array,
+    pub values: &'a Array,
 }
 
 /// `nn.Linear` / `nn.QuantizedLinear`, with a LoRA adapter's update when one is loaded.
@@ -293,6 +304,15 @@ impl Linear {
     ) -> Result<Option<[Array; 3]>> {
         match (&self.weight, &self.bias, &self.lora) {
             (Matrix::Quant(q), None, None) => q.rotated_heads(x, folded),
+            _ => Ok(None),
+        }
+    }
+
+    /// [`Linear::rotated_heads_in_kernel`] with the k and v heads written by the kernel into
+    /// the cache slot `folded.rope` names: q alone, or `None` where the kernel does not take it.
+    pub fn rotated_q_into_cache(&self, x: &Array, folded: &Folded) -> Result<Option<Array>> {
+        match (&self.weight, &self.bias, &self.lora) {
+            (Matrix::Quant(q), None, None) => q.rotated_q_into_cache(x, folded),
             _ => Ok(None),
         }
     }

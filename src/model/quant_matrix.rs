@@ -225,6 +225,17 @@ impl QuantMatrix {
         }
     }
 
+    /// [`Self::rotated_heads`] with k and v written into `folded.rope`'s cache slot by the
+    /// kernel ([`qmv::rotated_q_into_cache`]): q, when the kernel takes it all; else `None`.
+    pub(crate) fn rotated_q_into_cache(&self, x: &Array, folded: &Folded) -> Result<Option<Array>> {
+        match self.kernel_takes(x, folded) {
+            Some(m) if folded.rope.is_some_and(|r| r.into_cache.is_some()) => {
+                Ok(Some(qmv::rotated_q_into_cache(x, m, folded)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// This matrix as kooka's kernel takes it, when it does take `x` and `folded` here.
     fn kernel_takes(&self, x: &Array, folded: &Folded) -> Option<qmv::Packed<'_>> {
         self.packed()

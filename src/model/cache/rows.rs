@@ -203,6 +203,7 @@ impl KvCache {
             rows: Some(Rows { left_pad: pads }),
             window,
             quant,
+            own_buffers: false,
         };
         merged.trim_padding()?;
         Ok(merged)
@@ -221,6 +222,7 @@ impl KvCache {
         if let (Some(k), Some(v)) = (&self.keys, &self.values) {
             self.keys = Some(k.take_axis(&idx, 0)?);
             self.values = Some(v.take_axis(&idx, 0)?);
+            self.own_buffers = false;
         }
         let left_pad = keep
             .iter()
@@ -251,6 +253,9 @@ impl KvCache {
             )));
         }
         self.offset -= least;
+        // Readers of the dropped positions (a verify step's attention) may still be queued:
+        // the next write goes through a slice update, which makes a buffer of its own.
+        self.own_buffers = false;
         let Some(r) = &mut self.rows else {
             return Ok(());
         };
@@ -274,6 +279,7 @@ impl KvCache {
             };
             self.keys = Some(gather(k)?);
             self.values = Some(gather(v)?);
+            self.own_buffers = false;
         }
         self.trim_padding()
     }
@@ -291,6 +297,7 @@ impl KvCache {
                 let cap = len(k);
                 self.keys = Some(slice(k, m, cap)?);
                 self.values = Some(slice(v, m, cap)?);
+                self.own_buffers = false;
             }
             self.offset -= m;
         }

@@ -68,7 +68,9 @@
 // warp computes both rows of a rotated pair. With RoPE the outputs are the heads apart, as
 // the attention takes them (q's are the first QH rotated heads): `yq` [M, QH, 1, HD], `yk`
 // [M, RH - QH, 1, HD] and `yv` [M, the rest, 1, HD], no y (one position a row: the layout of
-// [M, 1, heads, HD], so no transpose either).
+// [M, 1, heads, HD], so no transpose either). With QMV_KV_CACHE as well, k and v go straight
+// into the layer's cache instead (`kc`, `vc` [M, heads, capacity, HD], at position pos[0]):
+// only q comes out, and the decode step needs no cache update of its own.
 int M = 1;
 for (int i = 0; i + 1 < x_ndim; ++i) {
   M *= x_shape[i];
@@ -143,9 +145,24 @@ auto put = [&](int m, int row, T value) {
   if (row < QR) {
     yq[size_t(m) * QR + row] = value;
   } else if (row < QR + KR) {
+#ifdef QMV_KV_CACHE
+    // Written where it is kept: the layer's cache `kc` [M, RH - QH, capacity, HD], at the
+    // position being computed (the host makes sure that is the cache's next position and
+    // that nothing else reads that slot; MLX hands inputs over as const).
+    const int r = row - QR;
+    const_cast<T*>(kc)[(size_t(m) * (RH - QH) + r / HD) * kc_shape[2] * HD + size_t(pos[0]) * HD + r % HD] =
+        value;
+#else
     yk[size_t(m) * KR + row - QR] = value;
+#endif
   } else {
+#ifdef QMV_KV_CACHE
+    const int r = row - QR - KR;
+    const_cast<T*>(vc)[(size_t(m) * (vr / HD) + r / HD) * vc_shape[2] * HD + size_t(pos[0]) * HD + r % HD] =
+        value;
+#else
     yv[size_t(m) * vr + row - QR - KR] = value;
+#endif
   }
 };
 #endif

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use mlx_rs::{Array, Dtype};
 
 use crate::model::cache::Positions;
-use crate::model::layers::{Folded, RopeFold};
+use crate::model::layers::{CacheSlot, Folded, RopeFold};
 use crate::model::rope::KernelFreqs;
 
 /// The most rows of `x` the kernel takes (its `TM`).
@@ -117,21 +117,35 @@ fn folds_fit(x: &Array, w: &Array, folded: &Folded) -> bool {
     });
     let rope_fits = folded
         .rope
-        .is_none_or(|r| !folded.glu && folded.residual.is_none() && rope_fits(&r, xs, n));
+        .is_none_or(|r| !folded.glu && folded.residual.is_none() && rope_fits(&r, x, n));
     norm_fits && res_fits && rope_fits && (!folded.glu || n % 2 == 0)
 }
+
+/// Whether a decode step's fused q/k/v kernel writes its k and v heads straight into the
+/// layer's cache (`KOOKA_QMV_WRITE_CACHE=1`; [`WRITE_CACHE_BY_DEFAULT`] otherwise).
+pub fn writes_cache() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| match std::env::var("KOOKA_QMV_WRITE_CACHE") {
+        Ok(v) => v.trim() == "1",
+        Err(_) => WRITE_CACHE_BY_DEFAULT,
+    })
+}
+
+/// Off until measured on a GPU: built, NVRTC-checked and unit-tested on the CPU only.
+const WRITE_CACHE_BY_DEFAULT: bool = false;
 
 /// Whether the kernel rotates `r`'s heads of a product of `x` (shape `xs`) into `n` outputs
 /// as MLX's RoPE would: all of each head rotated (MLX's `dims` = the head's), whole heads, q's
 /// among the rotated, frequencies MLX's kernel takes (float32, one per pair), x as `[B, 1, K]`
 /// (a decode step, whose heads come out as `[B, heads, 1, head_dim]`) and the positions one
-/// or one per row (int32).
-fn rope_fits(r: &RopeFold, xs: &[i32], n: i32) -> bool {
+/// or one per row (int32); and a cache to write k and v into that [`slot_fits`].
+fn rope_fits(r: &RopeFold, x: &Array, n: i32) -> bool {
     // `KOOKA_QMV_FOLD_ROPE=0` leaves RoPE to MLX's kernel (for measuring).
     static ON: OnceLock<bool> = OnceLock::new();
     if !*ON.get_or_init(|| std::env::var("KOOKA_QMV_FOLD_ROPE").map_or(true, |v| v.trim() != "0")) {
         return false;
     }
+    let xs = x.shape();
     let hd = r.head_dim;
     let rows: i32 = xs[..xs.len() - 1].iter().product();
     let freqs_fit = match r.rope.kernel_freqs() {
@@ -153,6 +167,27 @@ fn rope_fits(r: &RopeFold, xs: &[i32], n: i32) -> bool {
         && xs[1] == 1
         && freqs_fit
         && positions_fit
+        && r.into_cache.is_none_or(|slot| slot_fits(&slot, r, x, n))
+}
+
+/// Whether the kernel can write the k and v heads of a product of `x` into `slot`: one
+/// position for every row (`Positions::Same`) inside the buffers, which are of x's type and
+/// shaped `[rows, heads, capacity, head_dim]` as the heads come out.
+fn slot_fits(slot: &CacheSlot, r: &RopeFold, x: &Array, n: i32) -> bool {
+    let Positions::Same(p) = *r.positions else {
+        return false;
+    };
+    let hd = r.head_dim;
+    let fits = |a: &Array, heads: i32| {
+        let s = a.shape();
+        a.dtype() == x.dtype()
+            && s.len() == 4
+            && s[0] == x.shape()[0]
+            && s[1] == heads
+            && (0..s[2]).contains(&p)
+            && s[3] == hd
+    };
+    fits(slot.keys, r.rotated_heads - r.q_heads) && fits(slot.values, n / hd - r.rotated_heads)
 }
 
 /// The fewest values of a matrix the kernel takes: `KOOKA_QMV_MIN_VALUES` (for measuring),

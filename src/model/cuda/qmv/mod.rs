@@ -20,7 +20,7 @@ use std::cell::{OnceCell, RefCell};
 
 use mlx_rs::Array;
 
-pub use fit::{applies, applies_folded, FOLD_MIN_VALUES, MAX_ROWS, MIN_VALUES};
+pub use fit::{applies, applies_folded, writes_cache, FOLD_MIN_VALUES, MAX_ROWS, MIN_VALUES};
 use tuning::{
     explicit_tuning, k_split, mma_shared_bytes, mma_tuning, pipe_shared_bytes, pipe_stages,
     staged_bytes, stages, tuning, uses_mma,
@@ -37,9 +37,9 @@ const SOURCE: &str = include_str!("../qmv.cu");
 
 thread_local! {
     /// One kernel per combination of folds (index: norm 1, glu 2, residual 4, RoPE 8, RoPE
-    /// with per-pair frequencies 16), made on first use: MLX compiles and caches each under
-    /// its own name.
-    static KERNELS: [OnceCell<CudaKernel>; 32] = Default::default();
+    /// with per-pair frequencies 16, k and v into the cache 32), made on first use: MLX
+    /// compiles and caches each under its own name.
+    static KERNELS: [OnceCell<CudaKernel>; 64] = const { [const { OnceCell::new() }; 64] };
     /// The last one-sequence position handed to RoPE's fold, as the int32 `[1]` the kernel
     /// reads: every layer of a decode step asks for the same one, so a step makes one array
     /// (one upload) instead of one a layer.
@@ -68,11 +68,13 @@ fn with_kernel<R>(folded: &Folded, f: impl FnOnce(&CudaKernel) -> R) -> R {
     let freqs = folded
         .rope
         .is_some_and(|r| matches!(r.rope.kernel_freqs(), Some((KernelFreqs::PerPair(_), _))));
+    let cache = folded.rope.is_some_and(|r| r.into_cache.is_some());
     let index = norm as usize
         | (glu as usize) << 1
         | (res as usize) << 2
         | (rope as usize) << 3
-        | (freqs as usize) << 4;
+        | (freqs as usize) << 4
+        | (cache as usize) << 5;
     KERNELS.with(|kernels| {
         let kernel = kernels[index].get_or_init(|| {
             let mut name = String::from("kooka_qmv");
@@ -89,6 +91,7 @@ fn with_kernel<R>(folded: &Folded, f: impl FnOnce(&CudaKernel) -> R) -> R {
                 (res, "QMV_RES", "_res", Some("res")),
                 (rope, "QMV_ROPE", "_rope", Some("pos")),
                 (freqs, "QMV_ROPE_FREQS", "_freqs", Some("freqs")),
+                (cache, "QMV_KV_CACHE", "_kv", Some("kc")),
             ] {
                 if on {
                     name.push_str(suffix);
@@ -96,11 +99,18 @@ fn with_kernel<R>(folded: &Folded, f: impl FnOnce(&CudaKernel) -> R) -> R {
                     inputs.extend(input);
                 }
             }
+            if cache {
+                inputs.push("vc");
+            }
             if std::env::var_os("KOOKA_QMV_PROBE").is_some() {
                 // measuring only: the loads without the arithmetic (wrong outputs; qmv.cu)
                 header.push_str("#define QMV_PROBE 1\n");
             }
-            let outputs: &[&str] = if rope { &["yq", "yk", "yv"] } else { &["y"] };
+            let outputs: &[&str] = match (rope, cache) {
+                (true, true) => &["yq"],
+                (true, false) => &["yq", "yk", "yv"],
+                (false, _) => &["y"],
+            };
             CudaKernel::new(&name, &inputs, outputs, SOURCE, &header, true)
         });
         f(kernel)
@@ -163,6 +173,45 @@ pub fn rotated_heads_tuned(
     tuning: Tuning,
     folded: &Folded,
 ) -> Result<[Array; 3]> {
+    if folded.rope.is_some_and(|r| r.into_cache.is_some()) {
+        return Err(ModelError::Request(
+            "qmv: k and v go into the cache: rotated_q_into_cache".into(),
+        ));
+    }
+    let y = rotated(x, m, tuning, folded)?;
+    let [q, k, v]: [Array; 3] = y
+        .try_into()
+        .map_err(|_| ModelError::Request("qmv: three outputs expected".into()))?;
+    Ok([q, k, v])
+}
+
+/// [`rotated_heads`] whose k and v heads the kernel writes into `folded.rope`'s cache slot
+/// (as [`applies_folded`] says) at the position it rotates for: q alone comes out.
+pub fn rotated_q_into_cache(x: &Array, m: Packed, folded: &Folded) -> Result<Array> {
+    rotated_q_into_cache_tuned(x, m, default_tuning(x, m, folded), folded)
+}
+
+/// [`rotated_q_into_cache`] with an explicit [`Tuning`] (for `examples/cuda_kernels`).
+pub fn rotated_q_into_cache_tuned(
+    x: &Array,
+    m: Packed,
+    tuning: Tuning,
+    folded: &Folded,
+) -> Result<Array> {
+    if folded.rope.is_none_or(|r| r.into_cache.is_none()) {
+        return Err(ModelError::Request(
+            "qmv: no cache slot to write k and v into".into(),
+        ));
+    }
+    let mut y = rotated(x, m, tuning, folded)?;
+    match y.len() {
+        1 => Ok(y.remove(0)),
+        _ => Err(ModelError::Request("qmv: q alone expected".into())),
+    }
+}
+
+/// The rotated heads' product: q, k and v, or q alone where k and v go into the cache.
+fn rotated(x: &Array, m: Packed, tuning: Tuning, folded: &Folded) -> Result<Vec<Array>> {
     let (Some(r), &[b, 1, _]) = (&folded.rope, x.shape()) else {
         return Err(ModelError::Request(
             "qmv: rotated heads need RoPE and x as [B, 1, K]".into(),
@@ -170,18 +219,12 @@ pub fn rotated_heads_tuned(
     };
     let hd = r.head_dim;
     let heads = m.w.shape()[0] / hd;
-    let shapes = [
-        r.q_heads,
-        r.rotated_heads - r.q_heads,
-        heads - r.rotated_heads,
-    ]
-    .map(|h| vec![b, h, 1, hd])
-    .to_vec();
-    let y = launch(x, m, tuning, folded, shapes)?;
-    let [q, k, v]: [Array; 3] = y
-        .try_into()
-        .map_err(|_| ModelError::Request("qmv: three outputs expected".into()))?;
-    Ok([q, k, v])
+    let mut shapes = vec![vec![b, r.q_heads, 1, hd]];
+    if r.into_cache.is_none() {
+        shapes.push(vec![b, r.rotated_heads - r.q_heads, 1, hd]);
+        shapes.push(vec![b, heads - r.rotated_heads, 1, hd]);
+    }
+    launch(x, m, tuning, folded, shapes)
 }
 
 /// One call of the kernel for `folded`'s combination, its outputs in `shapes` (x's type).
@@ -268,6 +311,9 @@ fn launch(
                 constants.push(("BASE_BITS", Constant::Int(b.to_bits() as i32)))
             }
             KernelFreqs::PerPair(f) => inputs.push(f),
+        }
+        if let Some(slot) = &r.into_cache {
+            inputs.extend([slot.keys, slot.values]);
         }
     }
     let mut blocks = match mma {

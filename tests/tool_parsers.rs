@@ -337,3 +337,48 @@ fn kimi_k2() {
     let bad = "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{\"city\": <|tool_call_end|><|tool_calls_section_end|>";
     check(k, bad, reply(bad, vec![]));
 }
+
+/// A reply the token limit or a stop string cut short (`finish_cut`): the call it did not
+/// get to finish is dropped, not given back as content; complete calls and text stay, and an
+/// announced call is closed as at the end.
+#[test]
+fn a_cut_reply_drops_its_unfinished_call() {
+    let cut = |k: ParserKind, text: &str| {
+        let mut p = new_parser(k, &tools());
+        let mut reply = ParsedReply::default();
+        for ch in text.chars() {
+            reply.extend(p.push(&ch.to_string()));
+        }
+        reply.extend(p.finish_cut());
+        reply
+    };
+    let paris = r#"<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>"#;
+    let r = cut(
+        ParserKind::JsonTools,
+        &format!("Checking.\n{paris}\n<tool_call>\n{{\"name\": \"get_time\", \"arguments\": {{\"tz\": \""),
+    );
+    assert_eq!((r.content.as_str(), r.tool_calls.len()), ("Checking.\n", 1));
+    assert_eq!(r.tool_calls[0].name, "get_weather");
+    // A held-back partial start tag goes too; text alone stays.
+    let r = cut(ParserKind::JsonTools, "Sure <tool_c");
+    assert_eq!((r.content.as_str(), r.tool_calls.len()), ("Sure ", 0));
+    assert_eq!(cut(ParserKind::JsonTools, "just text").content, "just text");
+    // A body cut just before its end tag still parses.
+    let r = cut(ParserKind::JsonTools, &paris[..paris.len() - 5]);
+    assert_eq!((r.content.as_str(), r.tool_calls.len()), ("", 1));
+    // XML markup: a block with no function yet is dropped; an announced call is closed.
+    let r = cut(ParserKind::Qwen3Coder, "Ok.\n<tool_call>\n<funct");
+    assert_eq!((r.content.as_str(), r.tool_calls.len()), ("Ok.\n", 0));
+    let r = cut(
+        ParserKind::Qwen3Coder,
+        "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=da",
+    );
+    assert_eq!((r.content.as_str(), r.tool_calls.len()), ("", 1));
+    assert_eq!(r.tool_calls[0].arguments, r#"{"city":"Paris"}"#);
+    // Not cut: the unterminated block is given back, as before.
+    let mut p = new_parser(ParserKind::JsonTools, &tools());
+    let mut r = ParsedReply::default();
+    r.extend(p.push("<tool_call>{\"name\": \"get_ti"));
+    r.extend(p.finish());
+    assert_eq!(r.content, "<tool_call>{\"name\": \"get_ti");
+}

@@ -18,6 +18,10 @@ pub struct Grammar {
     lark: String,
     /// What it enforces, for logs ("json_schema", "tool calls (json_tools, required)").
     what: String,
+    /// The reply may be free text until markup starts (`tool_choice: auto`): while it is, the
+    /// token limit may cut it anywhere, so it is not ended early to stay valid.
+    #[serde(default)]
+    free_text_first: bool,
 }
 
 impl Grammar {
@@ -32,7 +36,21 @@ impl Grammar {
         Ok(Grammar {
             lark,
             what: what.into(),
+            free_text_first: false,
         })
+    }
+
+    /// This grammar with free text first (see `free_text_first`).
+    pub(crate) fn with_free_text_first(self) -> Self {
+        Grammar {
+            free_text_first: true,
+            ..self
+        }
+    }
+
+    /// Whether the reply may be free text until markup starts.
+    pub fn free_text_first(&self) -> bool {
+        self.free_text_first
     }
 
     /// Any JSON object (`response_format: {"type": "json_object"}`).
@@ -43,6 +61,7 @@ impl Grammar {
                 json_rule(&serde_json::json!({"type": "object"}), false)
             ),
             what: "json_object".into(),
+            free_text_first: false,
         }
     }
 

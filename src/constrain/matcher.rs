@@ -73,6 +73,7 @@ impl Constrainer {
 
     /// A fresh matcher at the start of `grammar`.
     pub fn matcher(&self, grammar: &Grammar) -> Result<GrammarMatcher, ConstrainError> {
+        let free_text = grammar.free_text_first();
         let grammar = TopLevelGrammar::from_lark(grammar.lark().to_string());
         // Runs on the MLX thread: a compiler panic must not take the engine down.
         let matcher = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -88,6 +89,7 @@ impl Constrainer {
             vocab: self.vocab.clone(),
             nesting: Nesting::default(),
             closed: false,
+            free_text,
         })
     }
 }
@@ -101,6 +103,10 @@ pub struct GrammarMatcher {
     nesting: Nesting,
     /// The closing mode has narrowed a mask: the reply ends because of the token limit.
     closed: bool,
+    /// The reply is still free text ([`Grammar::free_text_first`], and the grammar could end
+    /// at every token so far): the limit may cut it anywhere, so it is not ended early. A call
+    /// the limit then cuts is dropped from the reply (`ToolParser::finish_cut`).
+    free_text: bool,
 }
 
 impl GrammarMatcher {
@@ -123,12 +129,13 @@ impl GrammarMatcher {
             .map_err(|e| ConstrainError::Matcher(e.to_string()))?;
         let any_token = fill_bias(&mask, self.n_tokens, bias);
         let may_end = mask.is_allowed(self.n_tokens as u32);
+        self.free_text &= may_end;
         for &s in stop_ids {
             if let Some(slot) = bias.get_mut(s as usize) {
                 *slot = if may_end { 0.0 } else { f32::NEG_INFINITY };
             }
         }
-        if any_token && self.must_close(tokens_left) {
+        if any_token && !self.free_text && self.must_close(tokens_left) {
             if may_end {
                 // The shortest way to a valid reply: end it here.
                 self.closed = true;

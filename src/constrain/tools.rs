@@ -255,12 +255,15 @@ impl ToolCalls<'_> {
             ToolChoice::Required => "required tool calls".to_string(),
             _ => "tool calls (auto)".to_string(),
         };
-        Grammar::new(
+        let grammar = Grammar::new(
             start + &rules,
             format!("{what} ({})", self.format.name()),
             "tools",
-        )
-        .map(Some)
+        )?;
+        Ok(Some(match self.choice {
+            ToolChoice::Auto => grammar.with_free_text_first(),
+            _ => grammar,
+        }))
     }
 }
 

@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::chat::tools::{new_parser, ParsedReply};
-use crate::constrain::matcher::tests::{run, test_constrainer, Run};
+use crate::constrain::matcher::tests::{run, test_constrainer, Run, STOP};
+use crate::constrain::MaskStep;
 
 pub(super) fn echo() -> Value {
     json!({"type": "function", "function": {"name": "echo", "parameters": {
@@ -123,6 +124,32 @@ fn auto_is_free_text_until_the_tag() {
         run(&c, &g, "Hm <tool_call>oops"),
         Run::Rejected(_)
     ));
+}
+
+/// Free text under `auto` is valid wherever the token limit cuts it, so it runs to the limit
+/// (ending it early gains nothing); after a call the limit still ends the reply rather than
+/// let a second call start that cannot finish.
+#[test]
+fn auto_free_text_runs_to_the_limit() {
+    let c = test_constrainer();
+    let tools = [echo()];
+    let g = grammar(&tools, ToolChoice::Auto, ParserKind::JsonTools, true);
+    let mut m = c.matcher(&g).unwrap();
+    let mut bias = vec![0f32; c.vocab_size() + 8];
+    for (left, b) in (1..=3).rev().zip(b"Hi!") {
+        let step = m.next_bias(&mut bias, &[STOP], left);
+        assert_eq!(step, Ok(MaskStep::Sample), "{left} tokens left");
+        m.accept(*b as u32).unwrap();
+    }
+    let mut m = c.matcher(&g).unwrap();
+    m.accept(256).unwrap(); // <tool_call>
+    for b in "\n{\"name\": \"echo\", \"arguments\": {\"text\": \"x\"}}\n".bytes() {
+        m.next_bias(&mut bias, &[STOP], usize::MAX).unwrap();
+        m.accept(b as u32).unwrap();
+    }
+    m.next_bias(&mut bias, &[STOP], usize::MAX).unwrap();
+    m.accept(257).unwrap(); // </tool_call>
+    assert_eq!(m.next_bias(&mut bias, &[STOP], 2), Ok(MaskStep::Finish));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::generation::{submit_chat, Job};
 use super::http::{
     next_item, read_body, sse_data, sse_keepalive, sse_response, unix_now, unless_client_leaves,
-    JobItem,
+    JobItem, Outcome,
 };
 use super::reply::{Reply, ReplyEvent, ReplyParser};
 use super::request::parse_chat;
@@ -154,8 +154,8 @@ impl ChatReader {
         self.keep(events)
     }
 
-    fn finish(&mut self) -> Vec<ReplyEvent> {
-        let events = self.parser.finish();
+    fn finish(&mut self, outcome: &Outcome) -> Vec<ReplyEvent> {
+        let events = self.parser.finish_as(outcome);
         let mut out = self.keep(events);
         out.extend(self.release());
         out
@@ -184,7 +184,7 @@ async fn collect_chat(
             JobItem::Text(t) => reply.extend(reader.push(&t)),
             JobItem::Logprobs(lp) => logprobs.push(logprob_json(&lp)),
             JobItem::Done(done) => {
-                reply.extend(reader.finish());
+                reply.extend(reader.finish(&done));
                 break (done.finish, done.usage);
             }
             JobItem::Failed(e) => return Err(e),
@@ -330,7 +330,7 @@ impl ChatStream {
                 JobItem::Logprobs(lp) => self.logprobs.push(logprob_json(&lp)),
                 JobItem::Done(done) => {
                     self.finished = true;
-                    let events = self.reader.finish();
+                    let events = self.reader.finish(&done);
                     self.write(events, &mut out);
                     let reason = self.reader.finish_reason(done.finish);
                     let logprobs = match std::mem::take(&mut self.logprobs) {

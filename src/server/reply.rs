@@ -7,6 +7,8 @@
 
 use crate::chat::tools::harmony::{HarmonyEvent, HarmonyParser};
 use crate::chat::tools::{ParseEvent, ReasoningEvent, ReasoningSplitter, ToolParser};
+use crate::runtime::Finish;
+use crate::server::http::Outcome;
 
 /// One piece of a reply, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,11 +150,21 @@ impl ReplyParser {
             Some(r) => r.push(text),
             None => vec![ReasoningEvent::Content(text.to_string())],
         };
-        self.route(pieces, false)
+        self.route(pieces, None)
     }
 
     /// Ends the reply: flushes held-back text and closes what the format closes at EOS.
     pub fn finish(&mut self) -> Vec<ReplyEvent> {
+        self.end(false)
+    }
+
+    /// Ends the reply as `outcome` says: a reply the token limit or a stop string cut short
+    /// drops the tool call it did not get to finish ([`ToolParser::finish_cut`]).
+    pub fn finish_as(&mut self, outcome: &Outcome) -> Vec<ReplyEvent> {
+        self.end(outcome.finish == Finish::Length || outcome.stop_sequence.is_some())
+    }
+
+    fn end(&mut self, cut: bool) -> Vec<ReplyEvent> {
         if let Some(h) = &mut self.harmony {
             let events = h.finish();
             return self.route_harmony(events);
@@ -161,10 +173,11 @@ impl ReplyParser {
             Some(r) => r.finish(),
             None => Vec::new(),
         };
-        self.route(pieces, true)
+        self.route(pieces, Some(cut))
     }
 
-    fn route(&mut self, pieces: Vec<ReasoningEvent>, end: bool) -> Vec<ReplyEvent> {
+    /// `end`: the reply ended (cut short or not).
+    fn route(&mut self, pieces: Vec<ReasoningEvent>, end: Option<bool>) -> Vec<ReplyEvent> {
         let mut out = Vec::new();
         for piece in pieces {
             match piece {
@@ -180,9 +193,9 @@ impl ReplyParser {
                 },
             }
         }
-        if end {
+        if let Some(cut) = end {
             if let Some(p) = &mut self.tools {
-                let events = p.finish();
+                let events = if cut { p.finish_cut() } else { p.finish() };
                 self.convert(events, &mut out);
             }
             self.end_bare_call(&mut out);

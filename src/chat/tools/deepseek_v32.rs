@@ -34,6 +34,10 @@ impl ToolParser for DeepseekV32Parser {
     fn finish(&mut self) -> Vec<ParseEvent> {
         self.0.finish()
     }
+
+    fn finish_cut(&mut self) -> Vec<ParseEvent> {
+        self.0.finish_cut()
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,10 @@ impl ToolParser for Glm45Parser {
     fn finish(&mut self) -> Vec<ParseEvent> {
         self.0.finish()
     }
+
+    fn finish_cut(&mut self) -> Vec<ParseEvent> {
+        self.0.finish_cut()
+    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,10 @@ impl ToolParser for JsonToolsParser {
     fn finish(&mut self) -> Vec<ParseEvent> {
         self.0.finish()
     }
+
+    fn finish_cut(&mut self) -> Vec<ParseEvent> {
+        self.0.finish_cut()
+    }
 }
 
 fn parse_body(body: &str, calls: &mut CallCounter) -> Option<Vec<ParseEvent>> {

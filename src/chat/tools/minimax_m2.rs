@@ -35,4 +35,8 @@ impl ToolParser for MinimaxM2Parser {
     fn finish(&mut self) -> Vec<ParseEvent> {
         self.0.finish()
     }
+
+    fn finish_cut(&mut self) -> Vec<ParseEvent> {
+        self.0.finish_cut()
+    }
 }

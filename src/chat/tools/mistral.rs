@@ -35,6 +35,10 @@ impl ToolParser for MistralParser {
     fn finish(&mut self) -> Vec<ParseEvent> {
         self.0.finish()
     }
+
+    fn finish_cut(&mut self) -> Vec<ParseEvent> {
+        self.0.finish_cut()
+    }
 }
 
 /// Mistral's templates require 9 alphanumeric characters for a call id.

@@ -11,7 +11,8 @@
 //! announce a call as soon as its name is
 //! known and stream its arguments one parameter at a time; the JSON-bodied formats announce a
 //! call once its body is complete. Malformed markup (a body that does not parse) is given back
-//! as content, never dropped and never a panic. Whitespace between and after tool calls is
+//! as content, never dropped and never a panic; only a block that the token limit or a stop
+//! string cut off ([`ToolParser::finish_cut`]) is dropped. Whitespace between and after tool calls is
 //! dropped.
 //!
 //! [`deepseek`] and [`kimi_k2`] read JSON arguments between special-token tags.
@@ -81,6 +82,13 @@ pub trait ToolParser: Send {
     fn push(&mut self, text_delta: &str) -> Vec<ParseEvent>;
     /// Ends the reply: flushes held-back text and any call the format closes at EOS.
     fn finish(&mut self) -> Vec<ParseEvent>;
+    /// Ends a reply that the token limit or a stop string cut short: as [`Self::finish`],
+    /// except that a call the model did not get to finish (an unterminated block that does
+    /// not parse, a held-back partial start tag) is dropped rather than given back as
+    /// content. A call already announced is closed as at the end.
+    fn finish_cut(&mut self) -> Vec<ParseEvent> {
+        self.finish()
+    }
 }
 
 /// A finished tool call, as in an OpenAI response message.

@@ -35,6 +35,10 @@ impl ToolParser for PythonicParser {
     fn finish(&mut self) -> Vec<ParseEvent> {
         self.0.finish()
     }
+
+    fn finish_cut(&mut self) -> Vec<ParseEvent> {
+        self.0.finish_cut()
+    }
 }
 
 fn parse_body(body: &str, calls: &mut CallCounter) -> Option<Vec<ParseEvent>> {

@@ -31,4 +31,8 @@ impl ToolParser for Qwen3CoderParser {
     fn finish(&mut self) -> Vec<ParseEvent> {
         self.0.finish()
     }
+
+    fn finish_cut(&mut self) -> Vec<ParseEvent> {
+        self.0.finish_cut()
+    }
 }

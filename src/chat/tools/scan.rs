@@ -199,6 +199,26 @@ impl ToolParser for BlockParser {
         let pieces = self.scan.finish();
         self.handle(pieces, true)
     }
+
+    fn finish_cut(&mut self) -> Vec<ParseEvent> {
+        // All that is held back is a partial tag (start or end): dropped.
+        self.scan.finish();
+        if !self.scan.inside() {
+            return Vec::new();
+        }
+        let body = std::mem::take(&mut self.body);
+        let mut calls = CallCounter {
+            next: self.calls.next,
+        };
+        match (self.parse_body)(&body, &mut calls) {
+            Some(events) if !events.is_empty() => {
+                self.calls = calls;
+                self.gate.call();
+                events
+            }
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// Content after a tool call: whitespace is held until real text follows, and dropped if

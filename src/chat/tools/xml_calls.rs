@@ -73,7 +73,8 @@ impl XmlCallParser {
         }
     }
 
-    fn handle(&mut self, pieces: Vec<Piece>, at_end: bool) -> Vec<ParseEvent> {
+    /// `at_end`: the reply ended (`cut`: cut short, see [`ToolParser::finish_cut`]).
+    fn handle(&mut self, pieces: Vec<Piece>, at_end: bool, cut: bool) -> Vec<ParseEvent> {
         let mut out = Vec::new();
         for piece in pieces {
             match piece {
@@ -87,11 +88,11 @@ impl XmlCallParser {
                     self.body.push_str(&text);
                     self.advance(&mut out);
                 }
-                Piece::Close => self.close_block(&mut out, true),
+                Piece::Close => self.close_block(&mut out, true, false),
             }
         }
         if at_end && self.scan.inside() {
-            self.close_block(&mut out, false);
+            self.close_block(&mut out, false, cut);
         }
         out
     }
@@ -214,8 +215,9 @@ impl XmlCallParser {
         }
     }
 
-    /// The block ended: close an unclosed function; a block with no function is text.
-    fn close_block(&mut self, out: &mut Vec<ParseEvent>, terminated: bool) {
+    /// The block ended: close an unclosed function; a block with no function is text (none
+    /// where the reply was `cut` short).
+    fn close_block(&mut self, out: &mut Vec<ParseEvent>, terminated: bool, cut: bool) {
         self.advance(out);
         if let Some(call) = self.open.take() {
             out.push(ParseEvent::ToolCallArgsDelta {
@@ -243,7 +245,7 @@ impl XmlCallParser {
             out.push(ParseEvent::ToolCallEnd { index });
             self.block_calls += 1;
         }
-        if self.block_calls == 0 {
+        if self.block_calls == 0 && !cut {
             let end = if terminated { self.syntax.block.1 } else { "" };
             let text = format!("{}{}{end}", self.syntax.block.0, self.body);
             self.gate.text(out, &text, self.calls.next > 0);
@@ -262,11 +264,17 @@ fn strip_one_newline(s: &str) -> &str {
 impl ToolParser for XmlCallParser {
     fn push(&mut self, text_delta: &str) -> Vec<ParseEvent> {
         let pieces = self.scan.push(text_delta);
-        self.handle(pieces, false)
+        self.handle(pieces, false, false)
     }
 
     fn finish(&mut self) -> Vec<ParseEvent> {
         let pieces = self.scan.finish();
-        self.handle(pieces, true)
+        self.handle(pieces, true, false)
+    }
+
+    fn finish_cut(&mut self) -> Vec<ParseEvent> {
+        // All that is held back is a partial tag (start or end): dropped.
+        self.scan.finish();
+        self.handle(Vec::new(), true, true)
     }
 }

@@ -131,7 +131,7 @@ async fn collect(
             JobItem::Text(t) => reply.extend(meta.keep(parser.push(&t))),
             JobItem::Logprobs(_) | JobItem::Idle => {}
             JobItem::Done(done) => {
-                reply.extend(meta.keep(parser.finish()));
+                reply.extend(meta.keep(parser.finish_as(&done)));
                 break (done.finish, usage(&done.usage), done.stop_sequence);
             }
             JobItem::Failed(e) => return Err(e),
@@ -289,7 +289,7 @@ impl Stream {
                 JobItem::Done(done) => {
                     self.finished = true;
                     self.output_tokens = done.usage.completion_tokens;
-                    let events = self.meta.keep(self.parser.finish());
+                    let events = self.meta.keep(self.parser.finish_as(&done));
                     self.write(events, &mut out);
                     if self.next_block == 0 {
                         // Every message has at least one content block.

@@ -176,7 +176,7 @@ async fn collect(
             }
             JobItem::Logprobs(_) | JobItem::Idle => {}
             JobItem::Done(done) => {
-                for e in parser.finish() {
+                for e in parser.finish_as(&done) {
                     output.push(e, &mut ignored);
                 }
                 output.finish(&mut ignored);
@@ -253,7 +253,7 @@ impl Stream {
                 JobItem::Logprobs(_) => {}
                 JobItem::Done(done) => {
                     self.finished = true;
-                    for e in self.parser.finish() {
+                    for e in self.parser.finish_as(&done) {
                         self.output.push(e, &mut events);
                     }
                     self.output.finish(&mut events);

@@ -160,4 +160,50 @@ fn completions_and_anthropic_messages() {
     );
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(r.json()["error"]["type"], "not_found_error");
+
+    // A final assistant turn is a prefill: the reply continues it (greedy, so the same text
+    // as the turn's own continuation), and the prompt ends with it, not with a new turn.
+    let turns = |prefill: Option<&str>| {
+        let mut m = vec![json!({"role": "user", "content": "Count from 1 to 10."})];
+        m.extend(prefill.map(|p| json!({"role": "assistant", "content": p})));
+        m
+    };
+    let count = |messages: Vec<Value>| {
+        let body = json!({"model": "claude-x", "messages": messages});
+        let r = request(
+            addr,
+            "POST",
+            "/v1/messages/count_tokens",
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["input_tokens"].as_u64().unwrap()
+    };
+    let reply = |messages: Vec<Value>| {
+        let body =
+            json!({"model": "claude-x", "max_tokens": 6, "temperature": 0, "messages": messages});
+        let r = request(addr, "POST", "/v1/messages", body.to_string().as_bytes());
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["content"][0]["text"].as_str().unwrap().to_string()
+    };
+    let whole = reply(turns(None));
+    let head: String = whole.chars().take(whole.chars().count() / 2).collect();
+    assert!(!head.trim().is_empty(), "{whole:?}");
+    let rest = reply(turns(Some(head.trim_end())));
+    assert!(
+        whole.starts_with(&format!(
+            "{}{}",
+            head.trim_end(),
+            &rest[..rest.len().min(1)]
+        )),
+        "continued {rest:?} after {head:?}, alone {whole:?}"
+    );
+    let (alone, prefilled) = (count(turns(None)), count(turns(Some(head.trim_end()))));
+    assert!(prefilled > alone, "{prefilled} against {alone}");
+
+    // A turn of blocks that carry nothing is an empty turn, as `content: ""` is.
+    let body = json!({"model": "claude-x", "max_tokens": 2,
+        "messages": [{"role": "user", "content": []}]});
+    let r = request(addr, "POST", "/v1/messages", body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
 }

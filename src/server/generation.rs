@@ -97,6 +97,7 @@ pub fn submit_chat(state: &AppState, chat: &ChatRequest) -> Result<(Job, ReplyPa
         &chat.tools,
         &chat.tool_choice,
         &chat.chat_template_kwargs,
+        chat.continue_final,
     )?;
     let constraint = request_grammar(
         chat.response_format.as_ref(),
@@ -210,6 +211,15 @@ pub struct ChatPrompt {
     /// next turn of the conversation starts with those tokens: a checkpoint there lets it
     /// resume instead of reading everything again.
     pub checkpoints: Vec<usize>,
+}
+
+/// `rendered` (the messages without a generation prompt) cut after the text of `last`, the
+/// final assistant turn, which the reply continues.
+fn continued(rendered: Option<String>, last: &Value) -> Option<String> {
+    let content = last["content"].as_str()?.trim_end();
+    let text = rendered?;
+    let at = text.rfind(content.trim_start())?;
+    Some(text[..at + content.trim_start().len()].to_string())
 }
 
 /// Where the messages end in the prompt `ids` (rendered as `text`): the length of
@@ -381,6 +391,7 @@ pub fn chat_prompt(
     tools: &[Value],
     tool_choice: &ToolChoice,
     kwargs: &Map<String, Value>,
+    continue_final: bool,
 ) -> Result<ChatPrompt, ApiError> {
     let use_tools = !tools.is_empty() && *tool_choice != ToolChoice::None;
     let (template, chat) = match (&state.tool_template, use_tools) {
@@ -452,6 +463,13 @@ pub fn chat_prompt(
         other => (other, messages),
     };
     let text = rendered.map_err(|e| ApiError::field("messages", e.to_string()))?;
+    // A prefill (`continue_final`): the messages without a generation prompt, cut after the
+    // final assistant turn's text, as transformers' `continue_final_message` does; where the
+    // template does not write that text out, a new turn as before.
+    let text = match (continue_final && !harmony, messages.last()) {
+        (true, Some(last)) => continued(render(messages, false).ok(), last).unwrap_or(text),
+        _ => text,
+    };
     // Templates like Qwen3's open the think block in the prompt.
     let reasoning_close = chat
         .think_tags

@@ -58,6 +58,7 @@ pub async fn count_tokens(
             &r.tools,
             &r.tool_choice,
             &r.chat_template_kwargs,
+            r.continue_final,
         )?;
         Ok::<_, ApiError>(prompt.ids.len())
     };

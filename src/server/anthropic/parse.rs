@@ -102,6 +102,12 @@ pub(super) fn parse(body: &[u8], purpose: Purpose) -> Result<ChatRequest, ApiErr
         .and_then(|c| c.get("disable_parallel_tool_use"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    // A final assistant turn of text is a prefill: the reply continues it.
+    let continue_final = messages.last().is_some_and(|m| {
+        m["role"] == "assistant"
+            && m.get("tool_calls").is_none()
+            && m["content"].as_str().is_some_and(|c| !c.trim().is_empty())
+    });
     Ok(ChatRequest {
         model,
         messages,
@@ -116,6 +122,7 @@ pub(super) fn parse(body: &[u8], purpose: Purpose) -> Result<ChatRequest, ApiErr
         parallel_tool_calls,
         chat_template_kwargs: kwargs,
         response_format: output_format(&obj)?,
+        continue_final,
     })
 }
 
@@ -312,7 +319,12 @@ fn conversation(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
                 }
             }
         }
-        if !text.is_empty() || !calls.is_empty() || !thinking.is_empty() {
+        // A turn of blocks that carry nothing (`[]`, an empty text) is an empty turn, as
+        // `content: ""` is; one of tool results only has those.
+        let results_only = blocks
+            .iter()
+            .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"));
+        if !text.is_empty() || !calls.is_empty() || !thinking.is_empty() || !results_only {
             let mut msg = json!({"role": role, "content": text});
             if !thinking.is_empty() {
                 msg["reasoning_content"] = json!(thinking);

@@ -36,6 +36,9 @@ pub struct ChatRequest {
     pub chat_template_kwargs: Map<String, Value>,
     /// `response_format`, validated to be `text`, `json_object` or `json_schema`.
     pub response_format: Option<Value>,
+    /// The reply continues the final assistant message (Anthropic's prefill) instead of
+    /// starting a new turn after it.
+    pub continue_final: bool,
 }
 
 /// `tool_choice`.
@@ -112,6 +115,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
         parallel_tool_calls,
         chat_template_kwargs,
         response_format,
+        continue_final: false,
     })
 }
 

@@ -98,6 +98,7 @@ pub(super) fn parse(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
             parallel_tool_calls,
             chat_template_kwargs: kwargs,
             response_format,
+            continue_final: false,
         },
         custom_tools,
         echo,

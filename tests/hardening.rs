@@ -454,6 +454,20 @@ fn while_the_model_loads_the_port_answers_503_loading() {
         r.headers
     );
     assert_eq!(r.json()["error"]["code"], "model_loading");
+    // Anthropic's routes answer in Anthropic's shape.
+    let messages = json!({"max_tokens": 4, "messages": [{"role": "user", "content": FRANCE}]});
+    let r = request(
+        &server.addr,
+        "POST",
+        "/v1/messages",
+        messages.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    let e = r.json();
+    assert_eq!(
+        (e["type"].as_str(), e["error"]["type"].as_str()),
+        (Some("error"), Some("overloaded_error"))
+    );
     // Then the real server takes the same port over.
     let addr = wait_for(&mut server, &lines, Announced::Listening);
     assert_eq!(addr, server.addr);

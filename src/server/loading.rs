@@ -84,8 +84,19 @@ async fn answer(req: HttpRequest, model: web::Data<String>) -> HttpResponse {
     if req.path() == "/health" {
         return response.json(json!({"status": "loading", "model": model.as_str()}));
     }
+    let message = format!(
+        "the model {} is still loading; try again shortly",
+        model.as_str()
+    );
+    if req.path().starts_with("/v1/messages") {
+        // Anthropic's shape on its routes, as every other error there.
+        return response.json(json!({
+            "type": "error",
+            "error": {"type": "overloaded_error", "message": message},
+        }));
+    }
     response.json(json!({"error": {
-        "message": format!("the model {} is still loading; try again shortly", model.as_str()),
+        "message": message,
         "type": "service_unavailable",
         "param": null,
         "code": "model_loading",

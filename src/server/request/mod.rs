@@ -308,10 +308,26 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
                 format!("`{param}` must be an object"),
             ));
         };
-        if !matches!(m.get("role"), Some(Value::String(_))) {
+        let Some(Value::String(role)) = m.get("role") else {
             return Err(ApiError::field(
                 &format!("{param}.role"),
                 format!("`{param}.role` is required and must be a string"),
+            ));
+        };
+        // OpenAI's roles, and Llama 3's `ipython` (its templates' tool results).
+        const ROLES: [&str; 7] = [
+            "system",
+            "developer",
+            "user",
+            "assistant",
+            "tool",
+            "function",
+            "ipython",
+        ];
+        if !ROLES.contains(&role.as_str()) {
+            return Err(ApiError::field(
+                &format!("{param}.role"),
+                format!("`{param}.role` {role:?} is not one of {}", ROLES.join(", ")),
             ));
         }
         let mut m = m.clone();
@@ -494,6 +510,10 @@ mod tests {
         );
         assert_eq!(
             param_of(r#"{"messages":[{"content":"x"}]}"#).as_deref(),
+            Some("messages[0].role")
+        );
+        assert_eq!(
+            param_of(r#"{"messages":[{"role":"wizard","content":"x"}]}"#).as_deref(),
             Some("messages[0].role")
         );
     }

@@ -48,6 +48,9 @@ def check_response(r, status=("completed", "incomplete")):
     check_usage(r["usage"])
     if r["status"] == "incomplete":
         assert r["incomplete_details"] == {"reason": "max_output_tokens"}, r
+        # The message the limit cut is incomplete too, as OpenAI marks it.
+        messages = [i for i in r["output"] if i["type"] == "message"]
+        assert not messages or messages[-1]["status"] == "incomplete", r
 
 
 def message_text(r):

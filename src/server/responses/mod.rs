@@ -179,7 +179,10 @@ async fn collect(
                 for e in parser.finish_as(&done) {
                     output.push(e, &mut ignored);
                 }
-                output.finish(&mut ignored);
+                match status_of(done.finish, output.called) {
+                    Status::Incomplete => output.finish_cut(&mut ignored),
+                    _ => output.finish(&mut ignored),
+                }
                 break (done.finish, done.usage);
             }
             JobItem::Failed(e) => return Err(e),
@@ -256,9 +259,12 @@ impl Stream {
                     for e in self.parser.finish_as(&done) {
                         self.output.push(e, &mut events);
                     }
-                    self.output.finish(&mut events);
-                    self.write(events, &mut out);
                     let status = status_of(done.finish, self.output.called);
+                    match status {
+                        Status::Incomplete => self.output.finish_cut(&mut events),
+                        _ => self.output.finish(&mut events),
+                    }
+                    self.write(events, &mut out);
                     self.end(status, Some(&done.usage), &mut out);
                 }
                 JobItem::Failed(e) => {

@@ -46,6 +46,9 @@ pub(super) struct Output {
     open: Option<(String, Open)>,
     /// Whether the reply called a tool.
     pub called: bool,
+    /// The status a message item closes with: `incomplete` for the last one of a reply the
+    /// token limit cut ([`Self::finish_cut`]).
+    message_status: &'static str,
 }
 
 impl Output {
@@ -56,6 +59,7 @@ impl Output {
             items: Vec::new(),
             open: None,
             called: false,
+            message_status: "completed",
         }
     }
 
@@ -191,6 +195,12 @@ impl Output {
         self.close(out);
     }
 
+    /// Closes the open item of a reply the token limit cut: a message is `incomplete`.
+    pub fn finish_cut(&mut self, out: &mut Vec<StreamEvent>) {
+        self.message_status = "incomplete";
+        self.close(out);
+    }
+
     fn added(&self, item: Value) -> StreamEvent {
         (
             "response.output_item.added",
@@ -228,8 +238,8 @@ impl Output {
                     "response.content_part.done",
                     json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
                 ));
-                json!({"type": "message", "id": id, "status": "completed", "role": "assistant",
-                    "content": [part]})
+                json!({"type": "message", "id": id, "status": self.message_status,
+                    "role": "assistant", "content": [part]})
             }
             Open::Function {
                 call_id,

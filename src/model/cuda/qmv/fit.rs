@@ -122,17 +122,22 @@ fn folds_fit(x: &Array, w: &Array, folded: &Folded) -> bool {
 }
 
 /// Whether a decode step's fused q/k/v kernel writes its k and v heads straight into the
-/// layer's cache (`KOOKA_QMV_WRITE_CACHE=1`; [`WRITE_CACHE_BY_DEFAULT`] otherwise).
+/// layer's cache, where the kernel runs at all (`KOOKA_QMV_WRITE_CACHE=0` or `1`;
+/// [`WRITE_CACHE_BY_DEFAULT`] otherwise).
 pub fn writes_cache() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| match std::env::var("KOOKA_QMV_WRITE_CACHE") {
-        Ok(v) => v.trim() == "1",
-        Err(_) => WRITE_CACHE_BY_DEFAULT,
+    *ON.get_or_init(|| {
+        let on = std::env::var("KOOKA_QMV_WRITE_CACHE")
+            .map_or(WRITE_CACHE_BY_DEFAULT, |v| v.trim() != "0");
+        on && rows().is_some()
     })
 }
 
-/// Off until measured on a GPU: built, NVRTC-checked and unit-tested on the CPU only.
-const WRITE_CACHE_BY_DEFAULT: bool = false;
+/// On an H100 the 8B 4-bit batch-1 decode went from 258.2 / 251.0 to 309.5 / 309.1 tokens/s
+/// (step 3.60 -> 3.21 ms, the host's `async_eval` 2.16 -> 1.66 ms: 64 cache updates fewer a
+/// step), greedy tokens 32/32 and last prompt logits identical (PERFORMANCE "k and v straight
+/// into the cache").
+const WRITE_CACHE_BY_DEFAULT: bool = true;
 
 /// Whether the kernel rotates `r`'s heads of a product of `x` (shape `xs`) into `n` outputs
 /// as MLX's RoPE would: all of each head rotated (MLX's `dims` = the head's), whole heads, q's

@@ -49,8 +49,9 @@
 // No more loads than the scalar path, half the instructions a weight (docs/PERFORMANCE.md).
 // How far the loads run ahead of the products: by default one step (UNROLL spans) in
 // registers, double-buffered; PIPE (>= 2) runs them through a ring of PIPE steps in shared
-// memory by cp.async instead (PIPE - 1 steps in flight, no registers held for them); PF (> 0)
-// asks the L2 for the data PF steps ahead besides.
+// memory by cp.async instead (PIPE - 1 steps in flight, no registers held for them; measured
+// much slower on an H100, so off: the default already runs at the speed of its own loads); PF
+// (> 0) asks the L2 for the data PF steps ahead besides (not measured yet).
 //
 // Folded neighbours, each switched on by a #define in the kernel's header (one compiled
 // kernel per combination), so that a decode step runs fewer kernels (each costs the device

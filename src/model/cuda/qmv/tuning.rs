@@ -14,8 +14,9 @@ use mlx_rs::Dtype;
 /// 16 rows of W a warp, `unroll` spans of 128 values in flight, K split among `k_split`
 /// warps of a block, 0: [`k_split`] chooses; the L2 asked for the data `prefetch` steps
 /// ahead of the loads, 0: not; and with `pipe` of 2 or more the loads go through a ring of
-/// that many steps in shared memory ([`pipe_stages`]), 0: through registers, one step ahead;
-/// `rows_per_warp`, `trick` and `stage` then ignored).
+/// that many steps in shared memory ([`pipe_stages`]; on an H100 much slower than the
+/// registers, PERFORMANCE "the ring of loads, measured"), 0: through registers, one step
+/// ahead; `rows_per_warp`, `trick` and `stage` then ignored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuning {
     pub rows_per_warp: i32,

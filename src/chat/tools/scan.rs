@@ -162,30 +162,32 @@ impl BlockParser {
     /// Turns the finished block into calls, or gives its text back.
     fn close(&mut self, terminated: bool) -> Vec<ParseEvent> {
         let body = std::mem::take(&mut self.body);
+        if let Some(events) = self.calls_of(&body) {
+            return events;
+        }
+        let end = if terminated {
+            self.scan.end.unwrap_or("")
+        } else {
+            ""
+        };
+        let mut out = Vec::new();
+        self.gate.text(
+            &mut out,
+            &format!("{}{body}{end}", self.scan.start),
+            self.calls.next > 0,
+        );
+        out
+    }
+
+    /// The calls of a block's `body`, counted as made; `None` where it holds none.
+    fn calls_of(&mut self, body: &str) -> Option<Vec<ParseEvent>> {
         let mut calls = CallCounter {
             next: self.calls.next,
         };
-        match (self.parse_body)(&body, &mut calls) {
-            Some(events) if !events.is_empty() => {
-                self.calls = calls;
-                self.gate.call();
-                events
-            }
-            _ => {
-                let end = if terminated {
-                    self.scan.end.unwrap_or("")
-                } else {
-                    ""
-                };
-                let mut out = Vec::new();
-                self.gate.text(
-                    &mut out,
-                    &format!("{}{body}{end}", self.scan.start),
-                    self.calls.next > 0,
-                );
-                out
-            }
-        }
+        let events = (self.parse_body)(body, &mut calls).filter(|e| !e.is_empty())?;
+        self.calls = calls;
+        self.gate.call();
+        Some(events)
     }
 }
 
@@ -207,17 +209,7 @@ impl ToolParser for BlockParser {
             return Vec::new();
         }
         let body = std::mem::take(&mut self.body);
-        let mut calls = CallCounter {
-            next: self.calls.next,
-        };
-        match (self.parse_body)(&body, &mut calls) {
-            Some(events) if !events.is_empty() => {
-                self.calls = calls;
-                self.gate.call();
-                events
-            }
-            _ => Vec::new(),
-        }
+        self.calls_of(&body).unwrap_or_default()
     }
 }
 

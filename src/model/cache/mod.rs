@@ -290,11 +290,22 @@ impl KvCache {
         }
         let n = (KV_STEP + l - 1) / KV_STEP * KV_STEP;
         let (new_k, new_v) = zeros_like_step(keys, values, n)?;
+        let keep = (self.keys.as_ref())
+            .is_some_and(|k| prev % KV_STEP != 0 || prev < len(k))
+            .then_some(prev);
+        self.append(keep, new_k, new_v)?;
+        self.own_buffers = true;
+        Ok(())
+    }
+
+    /// Appends `new_k` / `new_v` to the buffers (after their first `keep` positions, where
+    /// given), or makes them the buffers where there are none yet.
+    fn append(&mut self, keep: Option<i32>, new_k: Array, new_v: Array) -> Result<()> {
         match (self.keys.take(), self.values.take()) {
             (Some(mut k), Some(mut v)) => {
-                if prev % KV_STEP != 0 || prev < len(&k) {
-                    k = slice(&k, 0, prev)?;
-                    v = slice(&v, 0, prev)?;
+                if let Some(n) = keep {
+                    k = slice(&k, 0, n)?;
+                    v = slice(&v, 0, n)?;
                 }
                 self.keys = Some(concat(vec![k, new_k])?);
                 self.values = Some(concat(vec![v, new_v])?);
@@ -304,7 +315,6 @@ impl KvCache {
                 self.values = Some(new_v);
             }
         }
-        self.own_buffers = true;
         Ok(())
     }
 
@@ -424,16 +434,7 @@ impl KvCache {
         if grow {
             let new_size = KV_STEP.min(r.max_size - prev);
             let (new_k, new_v) = zeros_like_step(keys, values, new_size)?;
-            match (self.keys.take(), self.values.take()) {
-                (Some(k), Some(v)) => {
-                    self.keys = Some(concat(vec![k, new_k])?);
-                    self.values = Some(concat(vec![v, new_v])?);
-                }
-                _ => {
-                    self.keys = Some(new_k);
-                    self.values = Some(new_v);
-                }
-            }
+            self.append(None, new_k, new_v)?;
             r.idx = prev;
         }
         let trim = self.keys.as_ref().map(len).unwrap_or(0) - r.max_size;

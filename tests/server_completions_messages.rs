@@ -201,6 +201,22 @@ fn completions_and_anthropic_messages() {
     let (alone, prefilled) = (count(turns(None)), count(turns(Some(head.trim_end()))));
     assert!(prefilled > alone, "{prefilled} against {alone}");
 
+    // Legacy `text_offset` counts characters, not bytes (SmolLM2 writes Japanese here).
+    let body = json!({"prompt": "Translate to Japanese: Good morning. Japanese:",
+        "max_tokens": 12, "temperature": 0, "logprobs": 1});
+    let r = request(addr, "POST", "/v1/completions", body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let choice = &r.json()["choices"][0];
+    let chars = choice["text"].as_str().unwrap().chars().count() as u64;
+    let offsets: Vec<u64> = (choice["logprobs"]["text_offset"].as_array().unwrap().iter())
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
+    assert!(
+        offsets.last().is_some_and(|&o| o < chars),
+        "{offsets:?} over {chars} characters"
+    );
+
     // A turn of blocks that carry nothing is an empty turn, as `content: ""` is.
     let body = json!({"model": "claude-x", "max_tokens": 2,
         "messages": [{"role": "user", "content": []}]});

@@ -225,11 +225,16 @@ impl LegacyLogprobs {
 
 async fn collect(mut job: Job, meta: Meta) -> Result<HttpResponse, ApiError> {
     let mut text = String::new();
+    // `text_offset` counts characters, as OpenAI's (and vLLM's) do, not bytes.
+    let mut chars = 0;
     let mut logprobs = LegacyLogprobs::default();
     loop {
         match next_item(&mut job, false).await {
-            JobItem::Text(t) => text.push_str(&t),
-            JobItem::Logprobs(lp) => logprobs.push(lp, text.len()),
+            JobItem::Text(t) => {
+                chars += t.chars().count();
+                text.push_str(&t);
+            }
+            JobItem::Logprobs(lp) => logprobs.push(lp, chars),
             JobItem::Done(done) => {
                 let choices = json!([{
                     "index": 0, "text": text, "logprobs": logprobs.json(),
@@ -249,6 +254,7 @@ struct Stream {
     include_usage: bool,
     finished: bool,
     logprobs: LegacyLogprobs,
+    /// Characters sent so far (`text_offset`).
     sent: usize,
 }
 
@@ -269,7 +275,7 @@ impl Stream {
                 JobItem::Logprobs(lp) => self.logprobs.push(lp, self.sent),
                 JobItem::Text(t) => {
                     let lp = std::mem::take(&mut self.logprobs).json();
-                    self.sent += t.len();
+                    self.sent += t.chars().count();
                     return Some(self.chunk(&t, lp, None));
                 }
                 JobItem::Done(done) => {

@@ -490,6 +490,9 @@ fn with_defs(prop: &Value, params: &Value) -> Value {
 mod markups;
 
 #[cfg(test)]
+#[path = "tools_custom_tests.rs"]
+mod custom_tests;
+#[cfg(test)]
 #[path = "tools_format_tests.rs"]
 mod format_tests;
 #[cfg(test)]

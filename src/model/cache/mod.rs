@@ -15,8 +15,10 @@
 //! like any other (a rotating buffer cannot); the price is memory for the whole context, and
 //! sums over the window in temporal rather than rotated order (equal to within rounding).
 
+mod kernel_slot;
 mod layer;
 mod quantized;
+mod rotating;
 mod rows;
 mod state;
 
@@ -27,6 +29,7 @@ use super::slicing::{slice_axis, slice_update_axis};
 pub use layer::{LayerCache, LayerRow};
 pub use quantized::KvQuantization;
 use quantized::{is_packed, pack, unpack};
+use rotating::Rotation;
 use rows::Rows;
 pub use rows::{Positions, RowsView};
 pub use state::StateCache;
@@ -69,15 +72,6 @@ impl AttnMask {
     }
 }
 
-/// Sliding-window state of a rotating cache.
-#[derive(Clone, Copy)]
-struct Rotation {
-    max_size: i32,
-    keep: i32,
-    /// Next write slot (`_idx`).
-    idx: i32,
-}
-
 /// Keys and values of one layer, `[B, kv_heads, capacity, head_dim]`.
 #[derive(Default)]
 pub struct KvCache {
@@ -115,18 +109,6 @@ fn len(v: &Array) -> i32 {
 impl KvCache {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// A rotating cache of at most `max_size` positions whose first `keep` stay.
-    pub fn rotating(max_size: i32, keep: i32) -> Self {
-        KvCache {
-            rotation: Some(Rotation {
-                max_size,
-                keep,
-                idx: 0,
-            }),
-            ..Self::default()
-        }
     }
 
     /// A growing cache whose queries see only the last `window` positions.
@@ -329,141 +311,6 @@ impl KvCache {
         }
     }
 
-    /// The whole key and value buffers, with room for `l` more positions, when a kernel may
-    /// write those in place (then [`Self::kernel_wrote`]): one sequence, a growing cache whose
-    /// next positions stay unquantized, buffers of its own (see `own_buffers`). `None` where
-    /// the positions go through [`Self::update_and_fetch`].
-    pub fn kernel_slot(&mut self, l: i32) -> Result<Option<(Array, Array)>> {
-        let unquantized = match self.quant {
-            Some(q) => !self.is_quantized() && self.offset + l <= q.start,
-            None => true,
-        };
-        let (Some(k), Some(v)) = (&self.keys, &self.values) else {
-            return Ok(None);
-        };
-        if self.rotation.is_some() || self.rows.is_some() || !unquantized {
-            return Ok(None);
-        }
-        let (k, v) = (k.clone(), v.clone());
-        self.make_room(l, &k, &v)?;
-        if !self.own_buffers {
-            return Ok(None);
-        }
-        let (k, v) = self.parts();
-        Ok(Some((k.clone(), v.clone())))
-    }
-
-    /// A kernel wrote the next `l` positions into [`Self::kernel_slot`]'s buffers: counts them
-    /// and returns the positions held, as [`Self::update_and_fetch`] does.
-    pub fn kernel_wrote(&mut self, l: i32) -> Result<(Array, Array)> {
-        self.offset += l;
-        self.held()
-    }
-
-    /// `_temporal_order`: the buffer rearranged oldest-first, unused tail sliced off.
-    fn temporal_order(&self, r: Rotation, v: &Array) -> Result<Array> {
-        if r.idx == len(v) {
-            Ok(v.clone())
-        } else if r.idx < self.offset {
-            let mut parts = Vec::with_capacity(3);
-            if r.keep > 0 {
-                parts.push(slice(v, 0, r.keep)?);
-            }
-            parts.push(slice(v, r.idx, len(v))?);
-            parts.push(slice(v, r.keep, r.idx)?);
-            concat(parts)
-        } else {
-            slice(v, 0, r.idx)
-        }
-    }
-
-    /// `_trim`: drop `trim` positions after the first `keep`, then append `append`.
-    fn trim(r: Rotation, trim: i32, v: Array, append: Option<&Array>) -> Result<Array> {
-        let mut parts = Vec::with_capacity(3);
-        if trim > 0 {
-            if r.keep > 0 {
-                parts.push(slice(&v, 0, r.keep)?);
-            }
-            parts.push(slice(&v, trim + r.keep, len(&v))?);
-        } else {
-            parts.push(v);
-        }
-        parts.extend(append.cloned());
-        if parts.len() == 1 {
-            return Ok(parts.remove(0));
-        }
-        concat(parts)
-    }
-
-    fn update_concat(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
-        let Some(mut r) = self.rotation else {
-            unreachable!("rotating caches only")
-        };
-        match (self.keys.take(), self.values.take()) {
-            (Some(k), Some(v)) => {
-                let k = self.temporal_order(r, &k)?;
-                let v = self.temporal_order(r, &v)?;
-                r.idx = len(&k);
-                let trim = r.idx - r.max_size + 1;
-                self.keys = Some(Self::trim(r, trim, k, Some(keys))?);
-                self.values = Some(Self::trim(r, trim, v, Some(values))?);
-            }
-            _ => {
-                self.keys = Some(keys.clone());
-                self.values = Some(values.clone());
-            }
-        }
-        self.offset += keys.shape()[2];
-        let (k, v) = self.parts();
-        r.idx = len(k);
-        let out = (k.clone(), v.clone());
-        self.rotation = Some(r);
-        Ok(out)
-    }
-
-    fn update_in_place(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
-        let Some(mut r) = self.rotation else {
-            unreachable!("rotating caches only")
-        };
-        let s = keys.shape()[2];
-        let prev = self.offset;
-        let grow = match &self.keys {
-            None => true,
-            Some(k) => prev >= len(k) && len(k) < r.max_size,
-        };
-        if grow {
-            let new_size = KV_STEP.min(r.max_size - prev);
-            let (new_k, new_v) = zeros_like_step(keys, values, new_size)?;
-            self.append(None, new_k, new_v)?;
-            r.idx = prev;
-        }
-        let trim = self.keys.as_ref().map(len).unwrap_or(0) - r.max_size;
-        if trim > 0 {
-            if let (Some(k), Some(v)) = (self.keys.take(), self.values.take()) {
-                self.keys = Some(Self::trim(r, trim, k, None)?);
-                self.values = Some(Self::trim(r, trim, v, None)?);
-            }
-            r.idx = r.max_size;
-        }
-        if r.idx == r.max_size {
-            r.idx = r.keep;
-        }
-        let (a, b) = (r.idx, r.idx + s);
-        let (k, v) = self.parts();
-        *k = slice_update_axis(k, keys, 2, a, b)?;
-        *v = slice_update_axis(v, values, 2, a, b)?;
-        self.offset += s;
-        r.idx += s;
-        self.rotation = Some(r);
-        let end = self.offset;
-        let (k, v) = self.parts();
-        if end < len(k) {
-            Ok((slice(k, 0, end)?, slice(v, 0, end)?))
-        } else {
-            Ok((k.clone(), v.clone()))
-        }
-    }
-
     /// Makes evaluating this cache also evaluate `dep` (no copy). A pipeline rank ties its
     /// `send` to its last cache this way: prefill evaluates only the caches, and the next
     /// rank would otherwise wait for a send that never runs.
@@ -530,7 +377,7 @@ mod tests {
     }
 
     /// Positions numbered by value: `[1, 1, n, 1]` holding `from..from + n`.
-    fn numbered(from: i32, n: i32) -> Array {
+    pub(super) fn numbered(from: i32, n: i32) -> Array {
         Array::from_iter((from..from + n).map(|v| v as f32), &[1, 1, n, 1])
     }
 
@@ -592,88 +439,6 @@ mod tests {
         assert_eq!(one.offset(), 3);
         assert!(one.drop_tail(&[1, 1]).is_err(), "one row, two drops");
         assert!(KvCache::rotating(8, 0).drop_tail(&[0]).is_err());
-    }
-
-    /// Values of a `[1, 1, n, 1]` array.
-    fn values_of(a: &Array) -> Vec<f32> {
-        a.eval().unwrap();
-        a.as_slice::<f32>().to_vec()
-    }
-
-    /// A kernel may write a cache in place only where the buffers are the cache's own and
-    /// nothing may still read the positions it writes: a grown or slice-updated buffer of one
-    /// sequence, not a prefix-cache hit's, not after positions were dropped, not rows, not a
-    /// rotating or quantized cache. The slot has room, and `kernel_wrote` counts the positions.
-    #[test]
-    fn kernels_write_in_place_only_into_buffers_of_the_cache_own() {
-        let mut c = KvCache::new();
-        assert!(c.kernel_slot(1).unwrap().is_none(), "nothing allocated yet");
-        c.update_and_fetch(&numbered(0, 3), &numbered(0, 3))
-            .unwrap();
-        let (k, _) = c.kernel_slot(1).unwrap().expect("a buffer of its own");
-        assert_eq!(k.shape(), [1, 1, KV_STEP, 1]);
-        let (k, v) = c.kernel_wrote(1).unwrap();
-        assert_eq!((c.offset(), k.shape()[2], v.shape()[2]), (4, 4, 4));
-        assert_eq!(values_of(&k)[..3], [0.0, 1.0, 2.0]);
-
-        // A full buffer grows first, keeping what it holds.
-        let mut full = KvCache::new();
-        full.update_and_fetch(&numbered(0, KV_STEP), &numbered(0, KV_STEP))
-            .unwrap();
-        let (k, _) = full.kernel_slot(1).unwrap().expect("grown");
-        assert_eq!(k.shape()[2], 2 * KV_STEP);
-        assert_eq!(
-            values_of(&slice(&k, 0, KV_STEP).unwrap()),
-            values_of(&numbered(0, KV_STEP))
-        );
-
-        // A prefix-cache hit reads the stored arrays: the first write makes a buffer of its own.
-        let stored = numbered(0, 8);
-        let mut hit = KvCache::from_prefix(&stored, &stored, 5, &KvCache::new()).unwrap();
-        let (k, _) = hit.kernel_slot(1).unwrap().expect("a new buffer");
-        assert_eq!(k.shape()[2], 5 + KV_STEP, "grown as mlx-lm grows it");
-        assert_eq!(
-            values_of(&slice(&k, 0, 5).unwrap()),
-            [0.0, 1.0, 2.0, 3.0, 4.0]
-        );
-
-        // Dropped positions may still be read: one slice update, then in place again.
-        c.drop_tail(&[2]).unwrap();
-        assert!(c.kernel_slot(1).unwrap().is_none(), "after a drop");
-        c.update_and_fetch(&numbered(50, 1), &numbered(50, 1))
-            .unwrap();
-        assert!(c.kernel_slot(1).unwrap().is_some(), "after a slice update");
-
-        // Rows, rotating and quantized caches keep their own updates.
-        let mut other = KvCache::new();
-        other
-            .update_and_fetch(&numbered(0, 2), &numbered(0, 2))
-            .unwrap();
-        let mut rows = KvCache::merge(vec![c, other]).unwrap();
-        assert!(rows.kernel_slot(1).unwrap().is_none(), "rows");
-        let mut rotating = KvCache::rotating(16, 0);
-        rotating
-            .update_and_fetch(&numbered(0, 3), &numbered(0, 3))
-            .unwrap();
-        assert!(rotating.kernel_slot(1).unwrap().is_none(), "rotating");
-        let quant = |start| KvQuantization {
-            bits: 8,
-            group_size: 32,
-            start,
-        };
-        let kv = |n: i32| ops::zeros::<f32>(&[1, 1, n, 32]).unwrap();
-        let mut later = KvCache::new();
-        later.set_quantization(Some(quant(4)));
-        later.update_and_fetch(&kv(3), &kv(3)).unwrap();
-        assert!(
-            later.kernel_slot(1).unwrap().is_some(),
-            "position 3 stays plain"
-        );
-        later.kernel_wrote(1).unwrap();
-        assert!(
-            later.kernel_slot(1).unwrap().is_none(),
-            "position 4 is quantized"
-        );
     }
 
     /// A windowed cache keeps every position; its queries see only the last `window`.

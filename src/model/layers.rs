@@ -9,12 +9,11 @@ use mlx_rs::transforms::compile::compile;
 use mlx_rs::{fast, ops, Array};
 
 use super::adapter::Lora;
-use super::cache::Positions;
 use super::config::QuantConfig;
 use super::error::Result;
+pub use super::folded::{CacheSlot, Folded, RopeFold};
 pub use super::quant_matrix::QuantMatrix;
 use super::quant_ops;
-use super::rope::Rope;
 use super::slicing::slice_axis;
 use super::weights::Weights;
 
@@ -121,52 +120,6 @@ impl Matrix {
             Matrix::Quant(q) => q.w.shape()[0],
         }
     }
-}
-
-/// A linear's neighbours in a block, to fold into its product where kooka's CUDA kernel takes
-/// them (`cuda::qmv`: one kernel instead of two or three, a decode step's cost on a GPU), else
-/// run as MLX ops in mlx-lm's order: `residual + swiglu(norm(x) @ W^T)`.
-#[derive(Clone, Copy, Default)]
-pub struct Folded<'a> {
-    /// The RMSNorm before the product.
-    pub norm: Option<&'a RmsNorm>,
-    /// The product is gate and up side by side; the output is `silu(gate) * up`.
-    pub glu: bool,
-    /// Added to the output: the block's residual stream.
-    pub residual: Option<&'a Array>,
-    /// The product is a fused q/k/v projection whose q and k heads RoPE rotates (the kernel
-    /// only: [`Linear::folded_in_kernel`]).
-    pub rope: Option<RopeFold<'a>>,
-}
-
-impl Folded<'_> {
-    /// Nothing to fold: a plain product.
-    pub fn is_empty(&self) -> bool {
-        self.norm.is_none() && !self.glu && self.residual.is_none() && self.rope.is_none()
-    }
-}
-
-/// RoPE on a fused q/k/v product's outputs: heads of `head_dim` features, the first
-/// `rotated_heads` (`q_heads` of q's, then k's) rotated for `positions`, the rest (v's) as
-/// they are.
-#[derive(Clone, Copy)]
-pub struct RopeFold<'a> {
-    pub rope: &'a Rope,
-    pub positions: &'a Positions,
-    pub head_dim: i32,
-    pub q_heads: i32,
-    pub rotated_heads: i32,
-    /// Where the kernel writes the k and v heads itself, instead of handing them over.
-    pub into_cache: Option<CacheSlot<'a>>,
-}
-
-/// A layer's whole key and value buffers (`[B, heads, capacity, head_dim]`, this cache's own:
-/// [`crate::model::cache::KvCache::kernel_slot`]), which a fused q/k/v product with RoPE
-/// writes in place at the position it rotates for (`Positions::Same`).
-#[derive(Clone, Copy)]
-pub struct CacheSlot<'a> {
-    pub keys: &'a Array,
-    pub values: &'a Array,
 }
 
 /// `nn.Linear` / `nn.QuantizedLinear`, with a LoRA adapter's update when one is loaded.

@@ -34,6 +34,7 @@ pub mod deepseek_v3;
 pub mod device;
 pub mod error;
 mod few_queries;
+mod folded;
 pub mod glm4_moe;
 pub mod gpt_oss;
 pub mod hybrid;

@@ -216,10 +216,10 @@ pub struct ChatPrompt {
 /// `rendered` (the messages without a generation prompt) cut after the text of `last`, the
 /// final assistant turn, which the reply continues.
 fn continued(rendered: Option<String>, last: &Value) -> Option<String> {
-    let content = last["content"].as_str()?.trim_end();
+    let content = last["content"].as_str()?.trim();
     let text = rendered?;
-    let at = text.rfind(content.trim_start())?;
-    Some(text[..at + content.trim_start().len()].to_string())
+    let at = text.rfind(content)?;
+    Some(text[..at + content.len()].to_string())
 }
 
 /// Where the messages end in the prompt `ids` (rendered as `text`): the length of

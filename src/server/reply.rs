@@ -153,7 +153,9 @@ impl ReplyParser {
         self.route(pieces, None)
     }
 
-    /// Ends the reply: flushes held-back text and closes what the format closes at EOS.
+    /// Ends a reply that ended by itself: flushes held-back text and closes what the format
+    /// closes at EOS (the routes call [`Self::finish_as`]).
+    #[cfg(test)]
     pub fn finish(&mut self) -> Vec<ReplyEvent> {
         self.end(false)
     }
